@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages RadChain needs, only those missing.
+#   python: what creating the virtual environment needs
+#   test:   real DICOM software and network namespaces used by the test suite
+set -euo pipefail
+case "${1:-test}" in
+  python) pkgs=(python3-venv python3-dev build-essential) ;;
+  test)   pkgs=(orthanc orthanc-python orthanc-dicomweb dcmtk iproute2) ;;
+  *) echo "usage: $0 python|test" >&2; exit 2 ;;
+esac
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+echo "installing Debian packages: ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

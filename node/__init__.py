@@ -1,0 +1,1 @@
+"""RadChain's blockchain application: transactions, blocks, store, runtime, RPC, CLI and DICOM hook."""
