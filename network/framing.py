@@ -1,0 +1,121 @@
+"""Wire framing for RadChain peer streams, sans I/O (bytes in, frames out).
+
+Every frame is ``u32 big-endian length | u8 kind | body`` where length counts kind + body.
+Bodies by kind:
+
+  DATA  ``u8 channel length | channel (ASCII) | payload``   one-way message on a channel
+  PING  ``u64 nonce``                                       heartbeat, sent every second when idle
+  PONG  ``u64 nonce``                                       answer to a PING (gives an RTT sample)
+  REQ   ``u8 channel length | channel (ASCII) | payload``   request (first frame of a request stream)
+  RESP  ``payload``                                         successful response
+  ERR   ``UTF-8 message``                                   failed request
+
+A 4-byte length plus a kind byte (rather than varints) lets the reader pull 64 KiB at a time and
+parse in place: reading a varint byte by byte costs a yamux window update per `read()`.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "DATA", "PING", "PONG", "REQ", "RESP", "ERR", "MAX_FRAME", "FrameError", "FrameDecoder",
+    "encode", "encode_data", "encode_req", "parse_channel_body", "check_channel",
+]
+
+DATA, PING, PONG, REQ, RESP, ERR = 1, 2, 3, 4, 5, 6
+_KINDS = frozenset((DATA, PING, PONG, REQ, RESP, ERR))
+MAX_FRAME = 16 * 1024 * 1024  # kind + body; larger frames are a protocol violation
+_HDR = struct.Struct(">IB")
+
+
+class FrameError(ValueError):
+    """The peer sent bytes that are not a valid frame; the stream must be dropped."""
+
+
+def check_channel(channel: str) -> bytes:
+    """Channel name as wire bytes: 1..255 printable ASCII characters."""
+    try:
+        raw = channel.encode("ascii")
+    except (UnicodeEncodeError, AttributeError) as e:
+        raise ValueError(f"channel must be an ASCII str, got {channel!r}") from e
+    if not 1 <= len(raw) <= 255 or not raw.isascii() or not all(0x21 <= b <= 0x7E for b in raw):
+        raise ValueError(f"channel must be 1..255 printable ASCII characters, got {channel!r}")
+    return raw
+
+
+def encode(kind: int, body: bytes = b"") -> bytes:
+    if len(body) + 1 > MAX_FRAME:
+        raise ValueError(f"frame of {len(body) + 1} bytes exceeds the {MAX_FRAME}-byte limit")
+    return _HDR.pack(len(body) + 1, kind) + body
+
+
+def _encode_channel_frame(kind: int, channel: str, payload: bytes) -> bytes:
+    ch = check_channel(channel)
+    n = 1 + 1 + len(ch) + len(payload)
+    if n > MAX_FRAME:
+        raise ValueError(f"message of {len(payload)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+    return b"".join((_HDR.pack(n, kind), bytes((len(ch),)), ch, payload))
+
+
+def encode_data(channel: str, payload: bytes) -> bytes:
+    return _encode_channel_frame(DATA, channel, payload)
+
+
+def encode_req(channel: str, payload: bytes) -> bytes:
+    return _encode_channel_frame(REQ, channel, payload)
+
+
+def parse_channel_body(body: bytes) -> tuple[str, bytes]:
+    """Split a DATA/REQ body into (channel, payload); FrameError if malformed."""
+    if not body:
+        raise FrameError("empty body")
+    n = body[0]
+    ch = body[1 : 1 + n]
+    if n == 0 or len(ch) != n or not all(0x21 <= b <= 0x7E for b in ch):
+        raise FrameError("bad channel name")
+    return ch.decode("ascii"), bytes(body[1 + n :])
+
+
+class FrameDecoder:
+    """Incremental decoder: `feed(bytes)` returns the complete frames as (kind, body) pairs.
+
+    Raises FrameError on an oversized or zero-length frame or an unknown kind; the decoder is then
+    unusable (the stream is out of sync and must be reset).
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+        self._broken = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        if self._broken:
+            raise FrameError("decoder already failed")
+        buf = self._buf
+        buf += data
+        out: list[tuple[int, bytes]] = []
+        pos = 0
+        try:
+            while len(buf) - pos >= 5:
+                n, kind = _HDR.unpack_from(buf, pos)
+                if n == 0 or n > self._max:
+                    raise FrameError(f"frame length {n} outside 1..{self._max}")
+                if kind not in _KINDS:
+                    raise FrameError(f"unknown frame kind {kind}")
+                end = pos + 4 + n
+                if end > len(buf):
+                    break
+                out.append((kind, bytes(buf[pos + 5 : end])))
+                pos = end
+        except FrameError:
+            self._broken = True
+            raise
+        finally:
+            if pos:
+                del buf[:pos]
+        return out

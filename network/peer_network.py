@@ -1,0 +1,528 @@
+"""PeerNetwork: reliable per-peer streams and request/response between consortium members.
+
+Shape (see docs/NETWORK.md for the guarantees):
+  * one long-lived outbound stream per peer (protocol MSG_PROTOCOL) owned by a writer task that
+    drains a bounded FrameQueue and coalesces frames into writes of up to 256 KiB; the peer's own
+    outbound stream arrives here through the stream handler and is read by a reader task;
+  * an app heartbeat (PING every `heartbeat` s, answered by PONG) on that stream; a peer silent for
+    `dead_after` s is declared dead: its stream is reset, the connection dropped, and redialled;
+  * reconnect with exponential backoff 50 ms -> 2 s, re-supplying the static addresses and evicting
+    the swarm's negative dial cache before every dial;
+  * request/response on a short-lived stream per request (REQ_PROTOCOL), so a bulk response never
+    delays consensus frames queued on the long-lived stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import multiaddr
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+
+from . import framing
+from .framing import DATA, ERR, PING, PONG, REQ, RESP, FrameDecoder, FrameError
+from .host import PortLock, apply_library_workarounds, build_host
+from .identity import parse_peer_id, peer_id_of
+from .queue import FrameQueue
+
+__all__ = ["PeerNetwork", "RequestError", "RequestTimeout", "MSG_PROTOCOL", "REQ_PROTOCOL"]
+
+log = logging.getLogger("radchain.network")
+
+MSG_PROTOCOL = TProtocol("/radchain/msg/1.0.0")
+REQ_PROTOCOL = TProtocol("/radchain/req/1.0.0")
+
+COALESCE_BYTES = 256 * 1024  # one stream.write() per batch; per-write trio checkpoints cost 20-50 us
+READ_CHUNK = 65536
+BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
+CONNECT_TIMEOUT = 5.0  # a PSK mismatch hangs ~10 s per dial attempt inside libp2p; we give up sooner
+CLEANUP_TIMEOUT = 1.0
+REQUEST_READ_TIMEOUT = 10.0  # server side: the request frame must arrive within this
+_PING = struct.Struct(">d")
+
+Handler = Callable[[str, bytes], Awaitable[bytes]]
+
+
+class RequestError(Exception):
+    """A request failed: peer unreachable, stream broken, no handler, handler error, response too big."""
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """No response within the caller's timeout."""
+
+
+@dataclass(eq=False)
+class _Peer:
+    pid: str
+    id: ID
+    addrs: list[multiaddr.Multiaddr]
+    queue: FrameQueue
+    pending: list[bytes] = field(default_factory=list)  # taken from the queue, not yet written
+    up: bool = False  # our outbound stream to the peer is open
+    session_started: float = 0.0
+    last_rx: float = float("-inf")  # trio clock of the last bytes received from the peer
+    reader_blocked: bool = False  # the inbound reader waits on a full inbox (our fault, not the peer's)
+    inbound: INetStream | None = None
+    rtt: float | None = None
+
+
+def _unblock(host: IHost, pid: ID) -> None:
+    """Evict the swarm's 60 s negative dial cache for this peer (else a restarted peer stays unreachable)."""
+    net = host.get_network()
+    if hasattr(net, "unblock_peer"):
+        net.unblock_peer(pid)
+    else:  # pragma: no cover - older/newer layouts
+        cache = getattr(net, "_negative_peer_cache", None)
+        if cache is not None:
+            cache.evict(str(pid))
+
+
+async def _quietly(stream: INetStream | None, how: str = "reset") -> None:
+    """Reset or close a stream, bounded in time and shielded from cancellation, ignoring errors."""
+    if stream is None:
+        return
+    with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+        try:
+            await (stream.reset() if how == "reset" else stream.close())
+        except Exception:
+            pass
+
+
+class PeerNetwork:
+    """Consortium messaging over py-libp2p. See the module docstring and docs/NETWORK.md.
+
+    `members` maps every member's peer-ID string to its static multiaddrs; our own entry, if
+    present, is ignored for dialing. `psk` (32 bytes) enables libp2p private networking.
+    Run with `await nursery.start(net.run)`; it returns once listening.
+    """
+
+    def __init__(
+        self,
+        identity: KeyPair,
+        members: Mapping[str, Sequence[str]],
+        psk: bytes | None,
+        listen: str,
+        *,
+        queue_frames: int = 10_000,
+        queue_bytes: int = 64 * 1024 * 1024,
+        inbox_size: int = 10_000,
+        max_response: int = 4 * 1024 * 1024,
+        max_concurrent_requests: int = 16,
+        handler_timeout: float = 30.0,
+        heartbeat: float = 1.0,
+        dead_after: float = 3.5,
+        lock_dir: str | None = None,
+    ) -> None:
+        self.identity = identity
+        self.peer_id = peer_id_of(identity)
+        self.listen = multiaddr.Multiaddr(listen)
+        if self.listen.value_for_protocol("ip4") is None or self.listen.value_for_protocol("tcp") is None:
+            raise ValueError(f"listen address must be /ip4/<ip>/tcp/<port>, got {listen}")
+        self.psk = psk
+        self.max_response = max_response
+        self.handler_timeout = handler_timeout
+        self.heartbeat = heartbeat
+        self.dead_after = dead_after
+        self._lock_dir = lock_dir
+        self._peers: dict[str, _Peer] = {}
+        for pid, addrs in members.items():
+            ident = parse_peer_id(pid)
+            if pid == self.peer_id:
+                continue
+            self._peers[pid] = _Peer(
+                pid=pid,
+                id=ident,
+                addrs=[multiaddr.Multiaddr(a) for a in addrs],
+                queue=FrameQueue(queue_frames, queue_bytes),
+            )
+        self._allowed = frozenset(self._peers) | {self.peer_id}
+        self._inbox_send, self.inbox = trio.open_memory_channel[tuple[str, str, bytes]](inbox_size)
+        self._handlers: dict[str, Handler] = {}
+        self._req_slots = trio.Semaphore(max_concurrent_requests)
+        self.stats: Counter[str] = Counter()
+        self.host: IHost | None = None
+        self.listen_addrs: list[str] = []
+        self._running = False
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def peers(self) -> list[str]:
+        """Every other member's peer ID."""
+        return list(self._peers)
+
+    def connected_peers(self) -> list[str]:
+        """Peers with an open outbound stream that we heard from within `dead_after` seconds."""
+        if not self._running:
+            return []
+        now = trio.current_time()
+        return [p.pid for p in self._peers.values() if p.up and now - p.last_rx <= self.dead_after]
+
+    def send(self, peer_id: str, channel: str, data: bytes) -> bool:
+        """Enqueue `data` for `peer_id` on `channel` without blocking.
+
+        Returns False, counting `stats["dropped_queue_full"]`, when the peer's queue is full (a peer
+        down or slower than we produce): nothing is enqueued then. Use `send_wait` to wait for room.
+        Raises KeyError for a non-member, ValueError for a bad channel or a message over 16 MiB.
+        """
+        p = self._peer(peer_id)
+        return self._enqueue(p, framing.encode_data(channel, bytes(data)))
+
+    def broadcast(self, channel: str, data: bytes) -> int:
+        """`send` to every other member (never to ourselves); returns how many queues accepted it."""
+        frame = framing.encode_data(channel, bytes(data))
+        return sum(self._enqueue(p, frame) for p in self._peers.values())
+
+    async def send_wait(self, peer_id: str, channel: str, data: bytes) -> None:
+        """Like `send`, but waits for room in the peer's queue (backpressure) instead of dropping."""
+        p = self._peer(peer_id)
+        await p.queue.put(framing.encode_data(channel, bytes(data)))
+        self.stats["frames_queued"] += 1
+
+    async def broadcast_wait(self, channel: str, data: bytes) -> None:
+        """Like `broadcast`, waiting for room in each queue in turn."""
+        frame = framing.encode_data(channel, bytes(data))
+        for p in self._peers.values():
+            await p.queue.put(frame)
+            self.stats["frames_queued"] += 1
+
+    def serve(self, channel: str, handler: Handler) -> None:
+        """Answer requests on `channel` with `await handler(peer_id, data) -> bytes`.
+
+        A handler that raises or overruns `handler_timeout` makes the requester get RequestError;
+        so does a response over `max_response` bytes. Both are counted in `stats`.
+        """
+        framing.check_channel(channel)
+        self._handlers[channel] = handler
+
+    async def request(self, peer_id: str, channel: str, data: bytes, timeout: float) -> bytes:
+        """Send a request to `peer_id` and return its response.
+
+        Raises RequestTimeout (also a TimeoutError) after `timeout` seconds, RequestError for any other
+        failure (unreachable peer, no handler there, handler error, response over `max_response`).
+        """
+        p = self._peer(peer_id)
+        frame = framing.encode_req(channel, bytes(data))
+        host = self._host()
+        self.stats["requests_sent"] += 1
+        stream: INetStream | None = None
+        ok = False
+        result = b""
+        with trio.move_on_after(timeout) as cs:
+            try:
+                _unblock(host, p.id)
+                await host.connect(PeerInfo(p.id, p.addrs))
+                stream = await host.new_stream(p.id, [REQ_PROTOCOL])
+                await stream.write(frame)
+                kind, body = await self._read_one_frame(stream, self.max_response + 1)
+                if kind == RESP:
+                    result, ok = body, True
+                elif kind == ERR:
+                    raise RequestError(f"{peer_id} refused the request: {body.decode('utf-8', 'replace')}")
+                else:
+                    raise RequestError(f"{peer_id} answered with frame kind {kind}")
+            except RequestError:
+                self.stats["requests_failed"] += 1
+                raise
+            except FrameError as e:
+                self.stats["requests_failed"] += 1
+                raise RequestError(f"bad response from {peer_id}: {e}") from e
+            except Exception as e:
+                self.stats["requests_failed"] += 1
+                raise RequestError(f"request to {peer_id} failed: {type(e).__name__}: {e}") from e
+            finally:
+                await _quietly(stream, "close" if ok else "reset")
+        if cs.cancelled_caught:
+            self.stats["requests_timed_out"] += 1
+            raise RequestTimeout(f"no response from {peer_id} on {channel!r} within {timeout} s")
+        return result
+
+    def peer_status(self) -> dict[str, dict[str, object]]:
+        """Per-peer view for health endpoints: up, seconds since heard, queued frames/bytes, RTT (ms)."""
+        now = trio.current_time() if self._running else 0.0
+        return {
+            p.pid: {
+                "up": p.up,
+                "silent_s": None if p.last_rx == float("-inf") else round(now - p.last_rx, 3),
+                "queued_frames": len(p.queue) + len(p.pending),
+                "queued_bytes": p.queue.nbytes,
+                "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 3),
+            }
+            for p in self._peers.values()
+        }
+
+    async def wait_connected(self, peers: Iterable[str] | None = None) -> None:
+        """Wait until all `peers` (default: every member) are in `connected_peers()`.
+        Wrap in trio.fail_after/move_on_after to bound it."""
+        want = set(self._peers if peers is None else peers)
+        while not want <= set(self.connected_peers()):
+            await trio.sleep(0.01)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, dial every member, and serve until cancelled. Closes the host first on the way out
+        (closing it after its services raced into "Nursery is closed to new arrivals")."""
+        apply_library_workarounds()
+        lock = PortLock(self.listen, self._lock_dir)
+        lock.acquire()
+        try:
+            host = build_host(self.identity, self._allowed, self.psk, self.listen, self._on_reject)
+            self.host = host
+            async with host.run(listen_addrs=[self.listen]):
+                try:
+                    host.set_stream_handler(MSG_PROTOCOL, self._on_msg_stream)
+                    host.set_stream_handler(REQ_PROTOCOL, self._on_req_stream)
+                    self.listen_addrs = [str(a) for a in host.get_transport_addrs()]
+                    self._running = True
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(trio.sleep_forever)  # serve even with no other member
+                        for p in self._peers.values():
+                            nursery.start_soon(self._peer_loop, p)
+                        task_status.started()
+                finally:
+                    self._running = False
+                    for p in self._peers.values():
+                        p.up = False
+                    with trio.CancelScope(shield=True), trio.move_on_after(3):
+                        try:
+                            await host.close()
+                        except Exception:
+                            log.debug("host.close failed", exc_info=True)
+        finally:
+            self._inbox_send.close()
+            lock.release()
+
+    # ------------------------------------------------------------------ internals
+
+    def _peer(self, peer_id: str) -> _Peer:
+        try:
+            return self._peers[peer_id]
+        except KeyError:
+            raise KeyError(f"{peer_id!r} is not another consortium member") from None
+
+    def _host(self) -> IHost:
+        if self.host is None or not self._running:
+            raise RequestError("network is not running")
+        return self.host
+
+    def _enqueue(self, p: _Peer, frame: bytes) -> bool:
+        if p.queue.put_nowait(frame):
+            self.stats["frames_queued"] += 1
+            return True
+        self.stats["dropped_queue_full"] += 1
+        return False
+
+    def _on_reject(self, remote: str) -> None:
+        self.stats["rejected_handshakes"] += 1
+        log.warning("refused connection from non-member %s", remote)
+
+    def _member_of(self, stream: INetStream) -> _Peer | None:
+        try:
+            pid = stream.muxed_conn.peer_id.to_base58()
+        except Exception:
+            return None
+        return self._peers.get(pid)
+
+    async def _peer_loop(self, p: _Peer) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            if await self._session(p):
+                backoff = BACKOFF_MIN
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _session(self, p: _Peer) -> bool:
+        """One outbound stream's life. Returns True if the stream was established."""
+        host = self.host
+        assert host is not None
+        stream: INetStream | None = None
+        established = dead = False
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                _unblock(host, p.id)
+                await host.connect(PeerInfo(p.id, p.addrs))  # re-supply static addrs: peerstore TTLs expire
+                stream = await host.new_stream(p.id, [MSG_PROTOCOL])
+            established = True
+            p.up, p.session_started = True, trio.current_time()
+            self.stats["connects"] += 1
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watchdog, p, nursery.cancel_scope)
+                await self._write_loop(p, stream)
+            dead = True  # only the watchdog ends the nursery without an exception
+        except trio.TooSlowError:
+            self.stats["dial_timeouts"] += 1
+        except Exception as e:
+            self.stats["stream_errors" if established else "dial_failures"] += 1
+            log.debug("session with %s ended: %r", p.pid, e)
+        finally:
+            p.up = False
+            await _quietly(stream, "reset")
+        if dead:
+            self.stats["peers_declared_dead"] += 1
+            log.info("peer %s silent for %.1f s: dropping its connection", p.pid, self.dead_after)
+            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+                try:
+                    await host.disconnect(p.id)
+                except Exception:
+                    pass
+        return established
+
+    async def _watchdog(self, p: _Peer, scope: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(self.heartbeat / 4)
+            if p.reader_blocked:
+                continue
+            if trio.current_time() - max(p.last_rx, p.session_started) > self.dead_after:
+                scope.cancel()
+                return
+
+    async def _write_loop(self, p: _Peer, stream: INetStream) -> None:
+        pending = p.pending  # survives a broken stream: resent on the next one
+        last_ping = float("-inf")
+        while True:
+            if not pending:
+                wait = max(0.0, last_ping + self.heartbeat - trio.current_time())
+                with trio.move_on_after(wait):
+                    pending.extend(await p.queue.get_batch(COALESCE_BYTES))
+            now = trio.current_time()
+            if now - last_ping >= self.heartbeat:
+                pending.insert(0, framing.encode(PING, _PING.pack(now)))
+                last_ping = now
+            if not pending:
+                continue
+            data = b"".join(pending)
+            await stream.write(data)
+            self.stats["frames_out"] += len(pending)
+            self.stats["bytes_out"] += len(data)
+            pending.clear()
+
+    async def _read_one_frame(self, stream: INetStream, max_frame: int) -> tuple[int, bytes]:
+        dec = FrameDecoder(max_frame)
+        while True:
+            chunk = await stream.read(READ_CHUNK)
+            if not chunk:
+                raise RequestError("stream closed before a complete frame")
+            frames = dec.feed(chunk)
+            if frames:
+                if len(frames) > 1 or dec.buffered:
+                    raise FrameError("more than one frame")
+                return frames[0]
+
+    async def _on_msg_stream(self, stream: INetStream) -> None:
+        p = self._member_of(stream)
+        if p is None:  # the allow-list already refused non-members at the handshake; belt and braces
+            self.stats["rejected_streams"] += 1
+            await _quietly(stream, "reset")
+            return
+        old, p.inbound = p.inbound, stream
+        if old is not None:  # the peer reconnected: its previous stream is stale
+            await _quietly(old, "reset")
+        dec = FrameDecoder()
+        inbox = self._inbox_send
+        stats = self.stats
+        try:
+            while True:
+                chunk = await stream.read(READ_CHUNK)
+                if not chunk:
+                    break
+                p.last_rx = trio.current_time()
+                stats["bytes_in"] += len(chunk)
+                for kind, body in dec.feed(chunk):
+                    if kind == DATA:
+                        item = (p.pid, *framing.parse_channel_body(body))
+                        stats["frames_in"] += 1
+                        try:
+                            inbox.send_nowait(item)
+                        except trio.WouldBlock:
+                            stats["inbox_full_waits"] += 1
+                            p.reader_blocked = True
+                            try:
+                                await inbox.send(item)
+                            finally:
+                                p.reader_blocked = False
+                                p.last_rx = trio.current_time()
+                    elif kind == PING:
+                        if len(body) != _PING.size:
+                            raise FrameError("bad PING")
+                        p.queue.put_nowait(framing.encode(PONG, body))
+                    elif kind == PONG:
+                        if len(body) != _PING.size:
+                            raise FrameError("bad PONG")
+                        p.rtt = trio.current_time() - _PING.unpack(body)[0]
+                    else:
+                        raise FrameError(f"frame kind {kind} not allowed on a message stream")
+        except FrameError as e:
+            stats["malformed_frames"] += 1
+            log.warning("malformed frame from %s (%s): dropping the stream", p.pid, e)
+            await _quietly(stream, "reset")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            await _quietly(stream, "reset")  # we are shutting down
+        except Exception as e:
+            stats["inbound_errors"] += 1
+            log.debug("inbound stream from %s ended: %r", p.pid, e)
+            await _quietly(stream, "reset")
+        finally:
+            if p.inbound is stream:
+                p.inbound = None
+
+    async def _on_req_stream(self, stream: INetStream) -> None:
+        p = self._member_of(stream)
+        if p is None:
+            self.stats["rejected_streams"] += 1
+            await _quietly(stream, "reset")
+            return
+        async with self._req_slots:
+            try:
+                with trio.fail_after(REQUEST_READ_TIMEOUT):
+                    kind, body = await self._read_one_frame(stream, framing.MAX_FRAME)
+                if kind != REQ:
+                    raise FrameError(f"frame kind {kind} on a request stream")
+                channel, payload = framing.parse_channel_body(body)
+            except FrameError as e:
+                self.stats["malformed_frames"] += 1
+                log.warning("malformed request from %s (%s): dropping the stream", p.pid, e)
+                await _quietly(stream, "reset")
+                return
+            except Exception:
+                self.stats["inbound_errors"] += 1
+                await _quietly(stream, "reset")
+                return
+            self.stats["requests_served"] += 1
+            reply = await self._answer(p.pid, channel, payload)
+            try:
+                await stream.write(reply)
+            except Exception:
+                self.stats["inbound_errors"] += 1
+                await _quietly(stream, "reset")
+                return
+            await _quietly(stream, "close")
+
+    async def _answer(self, pid: str, channel: str, payload: bytes) -> bytes:
+        handler = self._handlers.get(channel)
+        if handler is None:
+            self.stats["requests_unhandled"] += 1
+            return framing.encode(ERR, f"no handler for channel {channel!r}".encode())
+        try:
+            with trio.fail_after(self.handler_timeout):
+                out = await handler(pid, payload)
+        except Exception as e:
+            self.stats["handler_errors"] += 1
+            log.warning("handler for %r failed on a request from %s", channel, pid, exc_info=True)
+            return framing.encode(ERR, f"handler error: {type(e).__name__}".encode())
+        if not isinstance(out, bytes | bytearray | memoryview):
+            self.stats["handler_errors"] += 1
+            return framing.encode(ERR, b"handler returned a non-bytes response")
+        if len(out) > self.max_response:
+            self.stats["responses_too_large"] += 1
+            return framing.encode(ERR, f"response of {len(out)} bytes exceeds the limit".encode())
+        return framing.encode(RESP, bytes(out))

@@ -1,0 +1,6 @@
+"""Makes tests/network/network_testkit.py importable (pytest runs with --import-mode=importlib)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

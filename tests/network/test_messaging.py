@@ -1,0 +1,99 @@
+"""Members exchange many messages on several channels, both directions, nothing lost, order kept."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import trio
+from network_testkit import Roster, running, wait_for
+
+
+async def _collect(net, expect: int, out: dict):
+    got = 0
+    async for pid, channel, data in net.inbox:
+        out[(pid, channel)].append(data)
+        got += 1
+        if got == expect:
+            return
+
+
+@pytest.mark.timeout(60)
+async def test_bidirectional_many_messages_ordered_per_channel():
+    r = Roster(2)
+    a, b = r.net(0), r.net(1)
+    n = 3000
+    async with running(a, b):
+        got_a, got_b = collections.defaultdict(list), collections.defaultdict(list)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_collect, a, 2 * n, got_a)
+                nursery.start_soon(_collect, b, 2 * n, got_b)
+                for i in range(n):
+                    # send() is non-blocking; fall back to send_wait when a queue fills up
+                    for src, dst in ((a, b), (b, a)):
+                        for ch in ("consensus", "tx"):
+                            msg = f"{ch}:{i}".encode() * (1 + i % 7)
+                            if not src.send(dst.peer_id, ch, msg):
+                                await src.send_wait(dst.peer_id, ch, msg)
+        for got, src in ((got_b, a), (got_a, b)):
+            for ch in ("consensus", "tx"):
+                assert got[(src.peer_id, ch)] == [f"{ch}:{i}".encode() * (1 + i % 7) for i in range(n)]
+        assert a.stats["malformed_frames"] == b.stats["malformed_frames"] == 0
+
+
+@pytest.mark.timeout(60)
+async def test_broadcast_reaches_every_member_and_not_self():
+    r = Roster(4, seed=20)
+    nets = [r.net(i) for i in range(4)]
+    async with running(*nets):
+        assert sorted(nets[0].connected_peers()) == sorted(r.pids[1:])
+        for i in range(200):
+            assert nets[0].broadcast("tx", i.to_bytes(4, "big")) == 3
+        for net in nets[1:]:
+            with trio.fail_after(10):
+                seen = [await net.inbox.receive() for _ in range(200)]
+            assert [(p, c, int.from_bytes(d, "big")) for p, c, d in seen] == [
+                (r.pids[0], "tx", i) for i in range(200)
+            ]
+        with trio.move_on_after(0.2):
+            extra = await nets[0].inbox.receive()
+            pytest.fail(f"broadcast came back to the sender: {extra}")
+
+
+@pytest.mark.timeout(60)
+async def test_large_message_and_limits():
+    r = Roster(2, seed=40)
+    a, b = r.net(0), r.net(1)
+    async with running(a, b):
+        big = bytes(range(256)) * (8 * 1024 * 1024 // 256)  # 8 MiB
+        assert a.send(b.peer_id, "sync", big)
+        with trio.fail_after(20):
+            pid, ch, data = await b.inbox.receive()
+        assert (pid, ch, data == big) == (a.peer_id, "sync", True)
+        with pytest.raises(ValueError):
+            a.send(b.peer_id, "sync", b"x" * (16 * 1024 * 1024))
+        with pytest.raises(ValueError):
+            a.send(b.peer_id, "bad channel", b"x")
+        with pytest.raises(KeyError):
+            a.send("12D3KooWNotAMember", "tx", b"x")
+        with pytest.raises(KeyError):
+            a.send(a.peer_id, "tx", b"x")  # not to ourselves
+
+
+@pytest.mark.timeout(30)
+async def test_full_queue_drops_and_counts_while_peer_down():
+    r = Roster(2, seed=60)
+    a = r.net(0, queue_frames=100)
+    async with running(a, connect=False):
+        assert a.connected_peers() == []
+        accepted = [a.send(r.pids[1], "tx", b"m%d" % i) for i in range(150)]
+        assert accepted == [True] * 100 + [False] * 50
+        assert a.stats["dropped_queue_full"] == 50
+        # the peer comes up later: the 100 queued messages are delivered in order
+        b = r.net(1)
+        async with running(b, connect=False):
+            with trio.fail_after(15):
+                got = [await b.inbox.receive() for _ in range(100)]
+            assert [d for _, _, d in got] == [b"m%d" % i for i in range(100)]
+            await wait_for(lambda: r.pids[1] in a.connected_peers())

@@ -1,0 +1,79 @@
+"""A peer process killed with kill -9 and restarted (same key, same port) is reached again."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import trio
+from network_testkit import PSK, Roster, env_with_repo, running, wait_for
+
+from network.identity import identity_from_seed
+
+
+def _spawn(roster: Roster, i: int, key_path, members_path, lock_dir) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "network.testpeer", "--key", str(key_path), "--members", str(members_path),
+         "--listen", roster.addrs[i], "--psk", PSK.hex(), "--lock-dir", str(lock_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_with_repo(),
+    )
+
+
+async def _ready(proc: subprocess.Popen) -> str:
+    line = await trio.to_thread.run_sync(proc.stdout.readline)
+    assert line.startswith(b"READY"), (line, proc.stderr.read() if proc.poll() is not None else b"")
+    return line.split()[1].decode()
+
+
+async def _echo_roundtrip(net, peer: str, tag: bytes, n: int = 50) -> None:
+    for i in range(n):
+        assert net.send(peer, "ping", tag + b"%d" % i)
+    with trio.fail_after(15):
+        got = []
+        while len(got) < n:
+            pid, ch, data = await net.inbox.receive()
+            if data.startswith(tag):
+                assert (pid, ch) == (peer, "echo:ping")
+                got.append(data)
+    assert got == [tag + b"%d" % i for i in range(n)]
+
+
+@pytest.mark.timeout(60)
+async def test_peer_killed_with_sigkill_and_restarted_is_reached_again(tmp_path):
+    r = Roster(2, seed=80)
+    key_path = tmp_path / "p2p.key"
+    key_path.write_bytes(identity_from_seed(bytes([81]) * 32).private_key.serialize())
+    key_path.chmod(0o600)
+    members_path = tmp_path / "members.json"
+    members_path.write_text(json.dumps(r.members))
+    a = r.net(0)
+    peer = r.pids[1]
+    proc = _spawn(r, 1, key_path, members_path, tmp_path)
+    try:
+        async with running(a, connect=False):
+            assert await _ready(proc) == peer
+            await wait_for(lambda: peer in a.connected_peers(), timeout=15)
+            await _echo_roundtrip(a, peer, b"before-")
+
+            proc.send_signal(signal.SIGKILL)
+            await trio.to_thread.run_sync(proc.wait)
+            await wait_for(lambda: peer not in a.connected_peers(), timeout=10)
+            # messages sent while the peer is down wait in its queue
+            queued = [a.send(peer, "ping", b"during-%d" % i) for i in range(10)]
+            assert all(queued)
+
+            proc = _spawn(r, 1, key_path, members_path, tmp_path)  # same key, same port
+            assert await _ready(proc) == peer
+            t0 = trio.current_time()
+            await wait_for(lambda: peer in a.connected_peers(), timeout=15)
+            reconnect_s = trio.current_time() - t0
+            await _echo_roundtrip(a, peer, b"after-")
+            assert a.stats["connects"] >= 2
+            print(f"reconnected {reconnect_s:.2f} s after the restarted peer listened")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
