@@ -1,0 +1,325 @@
+"""The ledger application consensus drives: build, digest, validate and execute proposals.
+
+``Chain(genesis, store)`` is also the ``app`` of ``consensus.replica.Replica`` (``digest``, ``validate``).
+
+- ``build_proposal(height, proposer, timestamp_ms, txs)``: payload bytes (node.block) for consensus.
+- ``proposal_digest(payload)``: SHA-256 of the proposal header, what members sign in commits. A receipt
+  (tx + Merkle path + proposal header + certificate) is checkable without the block.
+- ``validate_proposal(height, payload, now_ms)``: raise ProposalError unless the payload is well formed and
+  within limits, its header names this chain and height, a known proposer and a timestamp within
+  ``max_clock_skew_ms`` of ``now_ms``, every tx decodes canonically, belongs to this chain, is signed by
+  a client key registered to its member (as of the last executed block), appears once, and tx_root is
+  their Merkle root. Signatures already verified (``check_tx`` from the mempool, or an earlier validation)
+  are not verified again.
+- ``execute(payload, certificate)``: verify the certificate, apply the txs (node.state rules), derive the
+  block header (prev_hash, state_root, view of the certificate) and write block, certificate, txs, indexes
+  and state in one store batch. Txs already committed (or repeated in the payload) are marked DUPLICATE
+  and not indexed again; txs whose key is no longer authorised are REJECTED. Both are deterministic, so
+  every node derives the same block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+import msgpack
+
+from consensus.certificate import Certificate, CertificateError, verify_certificate
+from node.block import (
+    APPLIED,
+    DUPLICATE,
+    PROPOSAL_DOMAIN,
+    REJECTED,
+    Block,
+    BlockError,
+    BlockHeader,
+    ProposalHeader,
+    encode_payload,
+    split_payload,
+)
+from node.genesis import Genesis
+from node.merkle import merkle_root
+from node.state import STATE_TYPES, LedgerState, next_state_root
+from node.store import INDEXES, LOC, SUFFIX, Store
+from node.tx import Tx, TxError, decode_tx
+
+__all__ = ["Chain", "ChainError", "ProposalError", "proposal_digest", "execute_txs"]
+
+_sha256 = hashlib.sha256
+
+
+class ProposalError(ValueError):
+    """A proposal payload is invalid; ``reason`` says why (and which tx)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ChainError(RuntimeError):
+    """The chain cannot execute (bad certificate, wrong height, wrong genesis, store mismatch)."""
+
+
+def proposal_digest(payload: bytes) -> bytes:
+    """SHA-256 of the payload's proposal header (domain-separated); reads only the header."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(payload), 1), max_bin_len=len(payload))
+    unpacker.feed(payload)
+    try:
+        if unpacker.read_array_header() != 2:
+            raise ProposalError("payload: must be [proposal_header, txs]")
+        header = unpacker.unpack()
+    except ProposalError:
+        raise
+    except Exception as exc:
+        raise ProposalError(f"payload: undecodable ({exc.__class__.__name__})") from None
+    if type(header) is not bytes:
+        raise ProposalError("payload: proposal header must be a bin")
+    return _sha256(PROPOSAL_DOMAIN + header).digest()
+
+
+# Index tags (node.store key layout), bound once for the hot loop.
+_T_STUDY, _T_PATIENT, _T_ACTOR = b"I" + INDEXES["study"], b"I" + INDEXES["patient"], b"I" + INDEXES["actor"]
+_TIME_PREFIX = b"I" + INDEXES["time"] + b"\x00"
+_prefix_cache: dict[tuple[bytes, str], bytes] = {}
+
+
+def _str_prefix(tag: bytes, value: str) -> bytes:
+    p = _prefix_cache.get((tag, value))
+    if p is None:
+        raw = value.encode()
+        p = _prefix_cache[(tag, value)] = b"I" + tag + bytes((len(raw),)) + raw
+    return p
+
+
+_TAG_TYPE, _TAG_MEMBER, _TAG_AE = INDEXES["type"], INDEXES["member"], INDEXES["ae"]
+
+
+def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Callable[[bytes], bool],
+                puts: list | None = None) -> tuple[bytes, list, list]:
+    """Decide and apply ``txs`` of block ``height``: (statuses, tx/index puts, state writes).
+
+    ``first_seen(hash)`` says whether a tx hash was NOT committed in an earlier block. Shared by
+    Chain.execute and offline verification, so both derive the same statuses and state root.
+    """
+    statuses = bytearray(len(txs))
+    writes: list = []
+    seen: set[bytes] = set()
+    chain_id = state.chain_id
+    authorized = state.authorized
+    puts = [] if puts is None else puts
+    put = puts.append
+    pack_loc, pack_suffix = LOC.pack, SUFFIX.pack
+    for i, tx in enumerate(txs):
+        h = tx.hash
+        if h in seen or not first_seen(h):
+            statuses[i] = DUPLICATE
+            continue
+        seen.add(h)
+        f = tx.fields
+        member, tx_type = f["member"], f["type"]
+        if f["chain"] != chain_id or not authorized(member, f["client"]) or (
+                tx_type in STATE_TYPES and not state.apply(tx, h, writes)):
+            statuses[i] = REJECTED
+            put((b"T" + h, pack_loc(height, i, REJECTED) + tx.raw))
+            continue
+        put((b"T" + h, pack_loc(height, i, APPLIED) + tx.raw))
+        suffix = pack_suffix(f["ts"], height, i)
+        put((_TIME_PREFIX + suffix, h))
+        put((_str_prefix(_TAG_TYPE, tx_type) + suffix, h))
+        put((_str_prefix(_TAG_MEMBER, member) + suffix, h))
+        v = f.get("patient")
+        if v is not None:
+            put((_T_PATIENT + b"\x10" + v + suffix, h))
+        v = f.get("study")
+        if v is not None:
+            put((_T_STUDY + b"\x10" + v + suffix, h))
+        v = f.get("user")
+        if v is not None:
+            put((_T_ACTOR + b"\x10" + v + suffix, h))
+        v = f.get("ae")
+        if v is not None:
+            put((_str_prefix(_TAG_AE, v) + suffix, h))
+    return bytes(statuses), puts, writes
+
+
+class Chain:
+    """Ledger state machine over one Store, for one genesis."""
+
+    # Signatures verified but not yet executed; bounded so a flood of never-proposed txs cannot grow it.
+    VERIFIED_CACHE = 100_000
+    # Validated proposals kept for execute(); a handful beyond the consensus pipelining depth.
+    PROPOSAL_CACHE = 64
+
+    def __init__(self, genesis: Genesis, store: Store, *, clock: Callable[[], float] = time.time):
+        self.genesis = genesis
+        self.store = store
+        self.chain_id = genesis.chain_id
+        self.members = genesis.member_pubkeys
+        self.clock = clock
+        self.max_txs = genesis.param("max_block_txs")
+        self.max_payload = genesis.param("max_payload_bytes")
+        self.max_skew = genesis.param("max_clock_skew_ms")
+        ghash = genesis.hash()
+        stored = store.genesis_hash()
+        if stored is None:
+            if store.height:
+                raise ChainError(f"{store.path}: blocks without a genesis record")
+            state, writes = LedgerState.from_genesis(genesis)
+            store.init_genesis(ghash, state.root, writes)
+        elif stored != ghash:
+            raise ChainError(f"{store.path}: store belongs to another genesis ({stored.hex()[:16]}, "
+                             f"this genesis {ghash.hex()[:16]})")
+        self.state = self._load_state()
+        self._verified: dict[bytes, Tx] = {}
+        self._proposals: dict[bytes, tuple[ProposalHeader, list[Tx]]] = {}
+
+    def _load_state(self) -> LedgerState:
+        root = self.store.state_root if self.store.height else self.store.initial_state_root()
+        return LedgerState.load(self.genesis, self.store.state_items(), root)
+
+    @property
+    def height(self) -> int:
+        return self.store.height
+
+    # ------------------------------------------------------------------ txs (mempool entry point)
+    def check_tx(self, raw: bytes) -> Tx:
+        """Decode, verify and authorise one tx (mempool admission); raises TxError. Result is cached."""
+        h = _sha256(raw).digest()
+        tx = self._verified.get(h)
+        if tx is None:
+            tx = decode_tx(raw, hash=h)
+            self._remember(tx)
+        self._check_authorised(tx)
+        return tx
+
+    def _check_authorised(self, tx: Tx) -> None:
+        f = tx.fields
+        if f["chain"] != self.chain_id:
+            raise TxError(f"chain: tx is for chain {f['chain']!r}, this is {self.chain_id!r}")
+        if not self.state.authorized(f["member"], f["client"]):
+            raise TxError(f"client: key {f['client'].hex()[:16]} is not authorised for member {f['member']!r}")
+
+    def _remember(self, tx: Tx) -> None:
+        cache = self._verified
+        if len(cache) >= self.VERIFIED_CACHE:
+            del cache[next(iter(cache))]
+        cache[tx.hash] = tx
+
+    # ------------------------------------------------------------------ proposals
+    def build_proposal(self, height: int, proposer: int, timestamp_ms: int, txs: list[bytes]) -> bytes:
+        hashes = [_sha256(t).digest() for t in txs]
+        header = ProposalHeader(self.chain_id, height, proposer, timestamp_ms, len(txs), merkle_root(hashes))
+        return encode_payload(header, list(txs))
+
+    proposal_digest = staticmethod(proposal_digest)
+
+    def digest(self, payload: bytes) -> bytes:
+        """consensus app interface."""
+        return proposal_digest(payload)
+
+    def validate(self, height: int, payload: bytes) -> bool:
+        """consensus app interface: validate_proposal against this node's clock."""
+        try:
+            self.validate_proposal(height, payload)
+        except ProposalError:
+            return False
+        return True
+
+    def _parse(self, payload: bytes, verify_all: bool) -> tuple[bytes, ProposalHeader, list[Tx]]:
+        try:
+            header_bytes, raws = split_payload(payload, self.max_txs, self.max_payload)
+            header = ProposalHeader.decode(header_bytes)
+        except BlockError as exc:
+            raise ProposalError(str(exc)) from None
+        digest = _sha256(PROPOSAL_DOMAIN + header_bytes).digest()
+        if header.tx_count != len(raws):
+            raise ProposalError(f"tx_count {header.tx_count} but {len(raws)} txs")
+        cache = self._verified
+        txs: list[Tx] = []
+        append = txs.append
+        for i, raw in enumerate(raws):
+            h = _sha256(raw).digest()
+            tx = cache.get(h)
+            if tx is None:
+                try:
+                    tx = decode_tx(raw, hash=h, verify=verify_all)
+                except TxError as exc:
+                    raise ProposalError(f"tx {i}: {exc}") from None
+            append(tx)
+        if merkle_root([t.hash for t in txs]) != header.tx_root:
+            raise ProposalError("tx_root does not match the txs")
+        return digest, header, txs
+
+    def validate_proposal(self, height: int, payload: bytes, now_ms: int | None = None) -> None:
+        digest, header, txs = self._parse(payload, verify_all=True)
+        if header.chain_id != self.chain_id:
+            raise ProposalError(f"chain_id {header.chain_id!r}, expected {self.chain_id!r}")
+        if header.height != height:
+            raise ProposalError(f"proposal is for height {header.height}, expected {height}")
+        if header.proposer >= len(self.members):
+            raise ProposalError(f"proposer {header.proposer} is not a member")
+        now = int(self.clock() * 1000) if now_ms is None else now_ms
+        if abs(header.timestamp - now) > self.max_skew:
+            raise ProposalError(f"timestamp {header.timestamp} is {header.timestamp - now} ms from now "
+                                f"(tolerance {self.max_skew} ms)")
+        if len({t.hash for t in txs}) != len(txs):
+            raise ProposalError("a tx appears twice in the proposal")
+        chain_id, authorized = self.chain_id, self.state.authorized
+        for i, tx in enumerate(txs):
+            f = tx.fields
+            if f["chain"] != chain_id:
+                raise ProposalError(f"tx {i}: for chain {f['chain']!r}")
+            if not authorized(f["member"], f["client"]):
+                raise ProposalError(f"tx {i}: client key not authorised for member {f['member']!r}")
+        for tx in txs:  # all verified now; execute() and later proposals reuse them
+            if tx.hash not in self._verified:
+                self._remember(tx)
+        props = self._proposals
+        if len(props) >= self.PROPOSAL_CACHE:
+            del props[next(iter(props))]
+        props[digest] = (header, txs)
+
+    # ------------------------------------------------------------------ execution
+    def execute(self, payload: bytes, certificate: bytes, *, verify_certificate_sigs: bool = True) -> Block:
+        """Apply a committed payload as the next block; one atomic store write. Returns the block."""
+        height = self.store.height + 1
+        digest = proposal_digest(payload)
+        cached = self._proposals.pop(digest, None)
+        if cached is None:
+            try:
+                digest, header, txs = self._parse(payload, verify_all=True)
+            except ProposalError as exc:
+                raise ChainError(f"height {height}: committed payload is invalid: {exc.reason}") from None
+        else:
+            header, txs = cached
+        if header.height != height or header.chain_id != self.chain_id:
+            raise ChainError(f"payload for {header.chain_id}/{header.height}, next is {self.chain_id}/{height}")
+        try:
+            cert = Certificate.decode(certificate)
+            if verify_certificate_sigs:
+                verify_certificate(cert, self.members, self.chain_id, height, digest)
+            elif cert.height != height or cert.digest != digest:
+                raise CertificateError("certificate does not match the payload")
+        except CertificateError as exc:
+            raise ChainError(f"height {height}: {exc}") from None
+
+        state = self.state
+        has = self.store.db.get
+        try:
+            statuses, puts, writes = execute_txs(state, height, txs, lambda h: has(b"T" + h) is None)
+            state_root = next_state_root(state.root, height, writes)
+            prev = self.store.head if height > 1 else self.genesis.hash()
+            block_header = BlockHeader(self.chain_id, height, prev, digest, header.proposer, state_root,
+                                       header.timestamp, header.tx_count, header.tx_root, cert.view)
+            block = Block(block_header, tuple(t.hash for t in txs), statuses)
+            self.store.write_block(block, certificate, puts, writes)
+        except BaseException:
+            self.state = self._load_state()  # in-memory registry may hold half a block; the store does not
+            raise
+        state.root = state_root
+        verified = self._verified
+        for t in txs:
+            verified.pop(t.hash, None)
+        return block

@@ -1,0 +1,289 @@
+"""The chain store: LevelDB (plyvel), one atomic write batch per block.
+
+Key layout (heights, indexes and timestamps big-endian so that key order is numeric order and every
+lookup below is a point get or one range scan)::
+
+    M head                      -> height u64 | block hash 32 | state root 32      (absent: empty chain)
+    M genesis                   -> genesis hash 32
+    B height u64                -> block record (node.block.Block.encode)
+    C height u64                -> commit certificate (consensus.certificate.Certificate.encode)
+    H block hash 32             -> height u64
+    T tx hash 32                -> height u64 | index u32 | status u8 | tx wire bytes
+    I name u8 | len u8 | key | ts u64 | height u64 | index u32  -> tx hash 32     (secondary indexes)
+    S state key                 -> state value                                   (node.state)
+
+A block, its certificate, its txs, their index entries, the state writes and the new head go in one
+``WriteBatch``, so after a crash (kill -9 at any instant) the store holds either all of a block or none of
+it, and ``M head`` always names the last complete block. With ``sync=True`` (default) the batch is also
+fsynced, which extends the guarantee to power loss.
+
+Indexes (name: key): ``study`` (study token), ``patient`` (patient token), ``actor`` (user token), ``ae``
+(AE title of the actor), ``member`` (submitting member name), ``type`` (tx type), ``time`` (key ``b""``:
+every applied tx). Entries are ordered by (client timestamp, height, index). A tx that was a duplicate of
+an earlier tx or was rejected at execution has no index entries.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import plyvel
+
+from node.block import Block, BlockHeader, encode_payload
+from node.merkle import MerkleProof, inclusion_path
+
+__all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "index_key_prefix"]
+
+INDEXES = {"study": b"s", "patient": b"p", "actor": b"a", "ae": b"e", "member": b"m", "type": b"t", "time": b"T"}
+
+_HEAD = b"Mhead"
+_GENESIS = b"Mgenesis"
+_U64 = struct.Struct(">Q")
+_LOC = struct.Struct(">QIB")   # height, index, status
+_SUFFIX = struct.Struct(">QQI")  # ts, height, index
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened, or a record in it is missing or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    ts: int
+    height: int
+    index: int
+    tx_hash: bytes
+
+
+def index_key_prefix(name: str, key: bytes | str) -> bytes:
+    try:
+        tag = INDEXES[name]
+    except KeyError:
+        raise StoreError(f"unknown index {name!r}; one of {', '.join(INDEXES)}") from None
+    if isinstance(key, str):
+        key = key.encode()
+    if len(key) > 255:
+        raise StoreError("index key longer than 255 bytes")
+    return b"I" + tag + bytes((len(key),)) + key
+
+
+def block_key(height: int) -> bytes:
+    return b"B" + _U64.pack(height)
+
+
+def cert_key(height: int) -> bytes:
+    return b"C" + _U64.pack(height)
+
+
+class Store:
+    """Blocks, txs, certificates, indexes and state of one node, in one LevelDB directory."""
+
+    def __init__(self, path: str | os.PathLike, *, sync: bool = True, create: bool = True):
+        self.path = os.fspath(path)
+        self.sync = sync
+        if create:
+            os.makedirs(self.path, exist_ok=True)
+        try:
+            # bloom filter: has_tx() of a new tx is a miss, answered without reading a table block.
+            self._db = plyvel.DB(self.path, create_if_missing=create, bloom_filter_bits=10,
+                                 write_buffer_size=32 << 20, lru_cache_size=64 << 20)
+        except plyvel.IOError as exc:
+            raise StoreError(f"{self.path}: cannot open the chain store ({exc}); is a node running on it?") from None
+        except plyvel.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the chain store ({exc})") from None
+        head = self._db.get(_HEAD)
+        if head is None:
+            self.height, self.head, self.state_root = 0, None, None
+        else:
+            if len(head) != 72:
+                raise StoreError("M head: malformed")
+            self.height = _U64.unpack_from(head)[0]
+            self.head, self.state_root = head[8:40], head[40:72]
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def db(self) -> plyvel.DB:
+        """The raw LevelDB handle (tests and tools; do not write through it)."""
+        return self._db
+
+    # ------------------------------------------------------------------ genesis marker
+    def genesis_hash(self) -> bytes | None:
+        return self._db.get(_GENESIS)
+
+    def init_genesis(self, genesis_hash: bytes, state_root: bytes, state_writes: list[tuple[bytes, bytes]]) -> None:
+        """Record which genesis this store belongs to, with the initial state, atomically."""
+        with self._db.write_batch(sync=self.sync) as wb:
+            wb.put(_GENESIS, genesis_hash)
+            for key, value in state_writes:
+                wb.put(b"S" + key, value)
+            wb.put(b"Mstate0", state_root)
+
+    def initial_state_root(self) -> bytes | None:
+        return self._db.get(b"Mstate0")
+
+    # ------------------------------------------------------------------ writing
+    def write_block(self, block: Block, certificate: bytes, puts: list[tuple[bytes, bytes]],
+                    state_writes: list[tuple[bytes, bytes | None]]) -> None:
+        """Append ``block`` with its certificate, tx/index ``puts`` and state writes in ONE atomic batch."""
+        header = block.header
+        if header.height != self.height + 1:
+            raise StoreError(f"write_block: height {header.height} after head {self.height}")
+        block_hash = header.hash()
+        hb = _U64.pack(header.height)
+        with self._db.write_batch(sync=self.sync) as wb:
+            put = wb.put
+            for key, value in puts:
+                put(key, value)
+            for key, value in state_writes:
+                if value is None:
+                    wb.delete(b"S" + key)
+                else:
+                    put(b"S" + key, value)
+            put(b"B" + hb, block.encode())
+            put(b"C" + hb, certificate)
+            put(b"H" + block_hash, hb)
+            put(_HEAD, hb + block_hash + header.state_root)
+        self.height, self.head, self.state_root = header.height, block_hash, header.state_root
+
+    # ------------------------------------------------------------------ blocks
+    def get_block(self, height: int) -> Block | None:
+        if not 0 < height <= self.height:
+            return None
+        data = self._db.get(b"B" + _U64.pack(height))
+        return None if data is None else Block.decode(data)
+
+    def get_block_record(self, height: int) -> bytes | None:
+        return self._db.get(b"B" + _U64.pack(height))
+
+    def get_block_by_hash(self, block_hash: bytes) -> Block | None:
+        hb = self._db.get(b"H" + block_hash)
+        return None if hb is None else self.get_block(_U64.unpack(hb)[0])
+
+    def get_header(self, height: int) -> BlockHeader | None:
+        block = self.get_block(height)
+        return None if block is None else block.header
+
+    def get_certificate(self, height: int) -> bytes | None:
+        if not 0 < height <= self.height:
+            return None
+        return self._db.get(b"C" + _U64.pack(height))
+
+    def blocks(self, start: int = 1, end: int | None = None) -> Iterator[Block]:
+        """Blocks of heights start..end, both inclusive (end defaults to the head), in height order."""
+        end = self.height if end is None else min(end, self.height)
+        start = max(start, 1)
+        if start > end:
+            return
+        for _key, data in self._db.iterator(start=block_key(start), stop=block_key(end + 1)):
+            yield Block.decode(data)
+
+    def get_payload(self, height: int) -> bytes | None:
+        """The certified payload of ``height``, rebuilt from the block and its txs (block sync sends this)."""
+        block = self.get_block(height)
+        if block is None:
+            return None
+        txs = []
+        for h in block.tx_hashes:
+            rec = self.get_tx(h)
+            if rec is None:
+                raise StoreError(f"height {height}: tx {h.hex()} missing")
+            txs.append(rec[2])
+        return encode_payload(block.header.proposal_header(), txs)
+
+    # ------------------------------------------------------------------ txs
+    def get_tx(self, tx_hash: bytes) -> tuple[int, int, bytes] | None:
+        """(height, index in its block, wire bytes) of the first inclusion of a tx, or None."""
+        rec = self._db.get(b"T" + tx_hash)
+        if rec is None:
+            return None
+        height, index, _status = _LOC.unpack_from(rec)
+        return height, index, rec[_LOC.size:]
+
+    def tx_status(self, tx_hash: bytes) -> int | None:
+        """node.block.APPLIED or REJECTED (execution refused it: e.g. client key not authorised), or None."""
+        rec = self._db.get(b"T" + tx_hash)
+        return None if rec is None else rec[12]
+
+    def has_tx(self, tx_hash: bytes) -> bool:
+        return self._db.get(b"T" + tx_hash) is not None
+
+    def tx_proof(self, tx_hash: bytes) -> MerkleProof | None:
+        """Merkle audit path of a tx to its block's tx_root (RFC 9162), or None if the tx is unknown."""
+        rec = self.get_tx(tx_hash)
+        if rec is None:
+            return None
+        height, index, _raw = rec
+        block = self.get_block(height)
+        if block is None:
+            raise StoreError(f"tx {tx_hash.hex()}: block {height} missing")
+        return MerkleProof(height, index, block.header.tx_count, tuple(inclusion_path(list(block.tx_hashes), index)))
+
+    # ------------------------------------------------------------------ indexes
+    def query(self, index_name: str, key: bytes | str = b"", since_ms: int | None = None,
+              until_ms: int | None = None, cursor: str | None = None,
+              limit: int = 100) -> tuple[list[IndexEntry], str | None]:
+        """Applied txs whose ``index_name`` entry equals ``key``, with since_ms <= ts < until_ms, oldest first.
+
+        Returns (entries, next_cursor); pass next_cursor back to get the following page (None: no more).
+        """
+        if not 0 < limit <= 10_000:
+            raise StoreError("limit: must be 1..10000")
+        prefix = index_key_prefix(index_name, key)
+        start = prefix + _U64.pack(since_ms or 0)
+        stop = prefix + _U64.pack(until_ms) if until_ms is not None else prefix + b"\xff" * 20
+        include_start = True
+        if cursor is not None:
+            try:
+                suffix = bytes.fromhex(cursor)
+            except ValueError:
+                suffix = b""
+            if len(suffix) != _SUFFIX.size:
+                raise StoreError("cursor: malformed")
+            if prefix + suffix >= start:
+                start, include_start = prefix + suffix, False
+        out: list[IndexEntry] = []
+        n = len(prefix)
+        for k, v in self._db.iterator(start=start, stop=stop, include_start=include_start):
+            if len(out) == limit:
+                return out, _cursor(out[-1])
+            ts, height, index = _SUFFIX.unpack_from(k, n)
+            out.append(IndexEntry(ts, height, index, v))
+        return out, None
+
+    # ------------------------------------------------------------------ state
+    def state_get(self, key: bytes) -> bytes | None:
+        return self._db.get(b"S" + key)
+
+    def state_items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        for k, v in self._db.iterator(prefix=b"S" + prefix):
+            yield k[1:], v
+
+
+def _cursor(entry: IndexEntry) -> str:
+    return _SUFFIX.pack(entry.ts, entry.height, entry.index).hex()
+
+
+def tx_record(height: int, index: int, status: int, raw: bytes) -> bytes:
+    return _LOC.pack(height, index, status) + raw
+
+
+def index_key(tag: bytes, key: bytes, suffix: bytes) -> bytes:
+    """Index key for the tag byte of INDEXES, the key and the packed (ts, height, index) suffix."""
+    return b"I" + tag + bytes((len(key),)) + key + suffix
+
+
+SUFFIX = _SUFFIX
+LOC = _LOC
