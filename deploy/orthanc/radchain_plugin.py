@@ -1,0 +1,228 @@
+"""RadChain's Orthanc plugin (orthanc-python 4.0, Orthanc 1.10): stores and HTTP reads become raw events.
+
+Loaded by Orthanc's embedded Python (Debian's python3.11); it imports only the standard-library parts of
+node.dicom, so no virtual environment is needed. Configure it in the Orthanc JSON (see orthanc.json here):
+
+    "PythonScript": "/opt/radchain/deploy/orthanc/radchain_plugin.py",
+    "RadChain": {
+        "Home": "/var/lib/radchain/node",   // node home: config.toml ([rpc], [dicom]) and spool/
+        "SourceDir": "/opt/radchain",      // optional: where node/ lives (default: two levels up)
+        "RecordDicomStores": true,         // false when the DICOM audit proxy fronts this Orthanc
+        "Deliver": true                    // run a spool deliverer thread in Orthanc (one per spool)
+    }
+
+Hooks: OnStoredInstance (every stored instance, any origin: C-STORE, REST upload, plugins) ->
+`instances.stored` with digests; IncomingHttpRequestFilter (REST, WADO-URI, DICOMweb) -> `instances.accessed`
+for instance/series/study reads, `query` for QIDO naming a patient or study, `study.deleted` for DELETE.
+Both spool synchronously (fsync, ~1 ms) before Orthanc goes on, so an acknowledged store or an answered
+read always has its event on disk. C-GET and C-MOVE have no hook in Orthanc 1.10: use the proxy for those.
+"""
+
+import base64
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+
+import orthanc
+
+_CFG = json.loads(orthanc.GetConfiguration()).get("RadChain", {})
+_SRC = _CFG.get("SourceDir") or os.environ.get("RADCHAIN_SRC") or os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if _SRC not in sys.path:
+    sys.path.insert(0, _SRC)
+
+from node.dicom import records  # noqa: E402
+from node.dicom.rawdicom import DicomFormatError, inspect_file  # noqa: E402
+from node.dicom.settings import load_settings  # noqa: E402
+from node.dicom.spool import Spool  # noqa: E402
+
+log = logging.getLogger("radchain.orthanc")
+
+if not _CFG.get("Home"):
+    raise RuntimeError('radchain_plugin: set "RadChain": {"Home": "<node home>"} in the Orthanc configuration')
+SETTINGS = load_settings(_CFG["Home"])
+SPOOL = Spool(SETTINGS.spool_dir)
+RECORD_DICOM_STORES = bool(_CFG.get("RecordDicomStores", True))
+OWN_AET = json.loads(orthanc.GetConfiguration()).get("DicomAet", "ORTHANC")
+COMMON = {"purpose": SETTINGS.purpose, "default_issuer": SETTINGS.default_issuer}
+ORIGIN = {getattr(orthanc.InstanceOrigin, n): n for n in dir(orthanc.InstanceOrigin) if n.isupper()}
+HMETH = {getattr(orthanc.HttpMethod, n): n for n in dir(orthanc.HttpMethod) if n.isupper()}
+
+
+def _error(what, exc):
+    orthanc.LogError("radchain: %s: %s" % (what, exc))
+
+
+# -- stores -------------------------------------------------------------------------------------------------
+def on_stored(dicom, instance_id):
+    try:
+        origin = ORIGIN.get(dicom.GetInstanceOrigin(), "UNKNOWN")
+        if origin == "DICOM_PROTOCOL" and not RECORD_DICOM_STORES:
+            return
+        remote = dicom.GetInstanceRemoteAet() if origin == "DICOM_PROTOCOL" else None
+        info = inspect_file(dicom.GetInstanceData())
+        actor = remote or ("orthanc-" + origin.lower().replace("_", "-"))
+        event = records.stored_event(info, actor=actor, actor_ae=remote, peer_ae=OWN_AET, outcome=0, **COMMON)
+        SPOOL.put(event, source="orthanc", local={"orthanc_id": instance_id, "origin": origin})
+    except DicomFormatError as exc:
+        _error("stored instance %s not recorded, malformed" % instance_id, exc)
+    except Exception as exc:  # never break Orthanc's store path; but say so loudly
+        _error("stored instance %s not recorded" % instance_id, exc)
+
+
+orthanc.RegisterOnStoredInstanceCallback(on_stored)
+
+
+# -- HTTP reads -----------------------------------------------------------------------------------------------
+_REST = re.compile(r"^/(instances|series|studies|patients)/([0-9a-f-]{44})(/.*)?$")
+_READ_SUFFIX = re.compile(r"^/(file|preview|image-uint8|image-uint16|image-int16|rendered|frames(/.*)?|"
+                          r"archive|media|content(/.*)?|attachments/dicom/data|pdf|numpy|matlab|"
+                          r"tags|simplified-tags|instances-tags|shared-tags)?/?$")
+_DICOMWEB = re.compile(r"^/dicom-web/studies(?:/([0-9.]+)(?:/series/([0-9.]+)(?:/instances/([0-9.]+))?)?)?(/.*)?$")
+_recent = {}
+_recent_lock = threading.Lock()
+COALESCE_SECONDS = 5.0  # a viewer fetching 300 frames of one instance is one read, not 300
+
+
+def _actor(ip, headers):
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    for h in ("x-radchain-user", "x-forwarded-user", "x-remote-user"):
+        if headers.get(h):
+            return headers[h]
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("basic "):
+        try:
+            return base64.b64decode(auth[6:]).decode("utf-8", "replace").split(":", 1)[0]
+        except ValueError:
+            pass
+    return "http-client@%s" % ip
+
+
+def _get(uri):
+    try:
+        return json.loads(orthanc.RestApiGet(uri))
+    except Exception:
+        return None
+
+
+def _resolve(level, oid):
+    """Orthanc ID -> (patient id, issuer, study uid, series uids, sop uids)."""
+    if level == "patients":
+        p = _get("/patients/%s" % oid)
+        if not p:
+            return []
+        return [r for s in p.get("Studies", []) for r in _resolve("studies", s)]
+    if level == "studies":
+        s = _get("/studies/%s" % oid)
+        if not s:
+            return []
+        pt = s.get("PatientMainDicomTags", {})
+        return [(pt.get("PatientID"), pt.get("IssuerOfPatientID"), s["MainDicomTags"].get("StudyInstanceUID"),
+                 [], [])]
+    if level == "series":
+        se = _get("/series/%s" % oid)
+        st = _get("/series/%s/study" % oid)
+        if not se or not st:
+            return []
+        pt = st.get("PatientMainDicomTags", {})
+        return [(pt.get("PatientID"), pt.get("IssuerOfPatientID"), st["MainDicomTags"].get("StudyInstanceUID"),
+                 [se["MainDicomTags"].get("SeriesInstanceUID")], [])]
+    inst = _get("/instances/%s" % oid)
+    st = _get("/instances/%s/study" % oid)
+    se = _get("/instances/%s/series" % oid)
+    if not inst or not st or not se:
+        return []
+    pt = st.get("PatientMainDicomTags", {})
+    return [(pt.get("PatientID"), pt.get("IssuerOfPatientID"), st["MainDicomTags"].get("StudyInstanceUID"),
+             [se["MainDicomTags"].get("SeriesInstanceUID")], [inst["MainDicomTags"].get("SOPInstanceUID")])]
+
+
+def _lookup_study(study_uid):
+    try:
+        hits = json.loads(orthanc.RestApiPost("/tools/lookup", study_uid))
+    except Exception:
+        return []
+    return [r for h in hits if h.get("Type") == "Study" for r in _resolve("studies", h["ID"])]
+
+
+def _events_for(kind, rows, actor, action, local):
+    events = []
+    for patient, issuer, study, series, sops in rows:
+        events.append(records.base_event(
+            kind, patient_id=patient, issuer=issuer, study_uid=study, actor=actor, action=action,
+            series_uids=[s for s in series if s] or None, sop_instance_uids=[s for s in sops if s] or None,
+            n_instances=len(sops) or None, outcome=0, peer_ae=OWN_AET, **COMMON))
+    return events
+
+
+def http_filter(uri, **request):
+    try:
+        method = HMETH.get(request.get("method"), "?")
+        ip = request.get("ip")
+        actor = _actor(ip, request.get("headers"))
+        get = request.get("get") or {}
+        kind, rows, action = None, [], None
+        m = _REST.match(uri)
+        if m and method in ("GET", "DELETE"):
+            level, oid, rest = m.group(1), m.group(2), m.group(3) or ""
+            if method == "DELETE":
+                if level in ("studies", "patients") and not rest:
+                    kind, action, rows = "study.deleted", "D", _resolve(level, oid)
+                elif not rest:
+                    kind, action, rows = "instances.accessed", "D", _resolve(level, oid)
+            elif _READ_SUFFIX.match(rest) and (rest or level == "instances"):
+                kind, action, rows = "instances.accessed", "R", _resolve(level, oid)
+        elif uri.rstrip("/") == "/wado" and method == "GET":
+            study = get.get("studyUID")
+            if study:
+                kind, action = "instances.accessed", "R"
+                rows = [(p, i, s, [get.get("seriesUID")], [get.get("objectUID")]) for p, i, s, _, _ in
+                        _lookup_study(study)]
+        elif method == "GET" and _DICOMWEB.match(uri):
+            study, series, inst, rest = _DICOMWEB.match(uri).groups()
+            if study:
+                # QIDO inside a study (.../series, .../instances without a UID) is a query; the rest
+                # (WADO-RS: the study, a series, an instance, metadata, rendered, frames) is a read.
+                qido = rest in ("/series", "/instances") or (series and rest == "/instances")
+                kind, action = ("query", "E") if qido else ("instances.accessed", "R")
+                rows = [(p, i, s, [series] if series else [], [inst] if inst else [])
+                        for p, i, s, _, _ in _lookup_study(study)]
+            else:
+                pid = get.get("PatientID") or get.get("00100020")
+                suid = get.get("StudyInstanceUID") or get.get("0020000D")
+                if suid:
+                    kind, action, rows = "query", "E", [(p, i, s, [], []) for p, i, s, _, _ in _lookup_study(suid)]
+                elif pid and not any(c in pid for c in "*?"):
+                    kind, action, rows = "query", "E", [(pid, None, None, [], [])]
+        if kind and rows:
+            key = (kind, actor, uri.split("/frames")[0])
+            now = time.monotonic()
+            with _recent_lock:
+                if now - _recent.get(key, -1e9) < COALESCE_SECONDS:
+                    return True
+                _recent[key] = now
+                if len(_recent) > 10000:
+                    _recent.clear()
+            events = _events_for(kind, rows, actor, action, None)
+            SPOOL.put_many(events, source="orthanc-http", local={"ip": ip, "method": method, "uri": uri})
+    except Exception as exc:
+        _error("HTTP %s not recorded" % uri, exc)
+    return True
+
+
+orthanc.RegisterIncomingHttpRequestFilter(http_filter)
+
+
+# -- delivery -------------------------------------------------------------------------------------------------
+if _CFG.get("Deliver", True) and SETTINGS.rpc_url:
+    from node.dicom.delivery import Deliverer  # noqa: E402
+
+    _stop = threading.Event()
+    _deliverer = Deliverer(SPOOL, SETTINGS.rpc_url, SETTINGS.rpc_token)
+    threading.Thread(target=_deliverer.run_forever, args=(_stop,), name="radchain-deliver", daemon=True).start()
+
+orthanc.LogWarning("radchain plugin: recording into %s" % SETTINGS.spool_dir)

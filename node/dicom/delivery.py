@@ -1,0 +1,208 @@
+"""Delivers spooled events to the node: JSON-RPC 2.0 `submit_event`, at least once, in spool order.
+
+* success (`result.tx`)                 -> the spool file is removed, event_id -> tx logged in delivered.jsonl
+* JSON-RPC error that names the event   -> moved to spool/dead/ with the reason; never retried
+  (invalid params -32602 / invalid request -32600, or an error carrying `data.reason`/`data.field`)
+* anything else (refused connection, timeout, HTTP 5xx/401, -32603, "not ready")
+                                        -> retried with exponential backoff, the event stays pending
+
+Several processes may share one spool (proxy, ATNA receiver, Orthanc, import); an flock on
+spool/deliver.lock lets exactly one of them deliver at a time, and the others stand by.
+Standard library only (http.client), so the Orthanc plugin can deliver too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import http.client
+import json
+import logging
+import os
+import threading
+import time
+from urllib.parse import urlsplit
+
+from node.dicom.spool import Spool
+
+log = logging.getLogger("radchain.dicom.delivery")
+
+INVALID_CODES = {-32600, -32602}
+
+
+class RetryLater(Exception):
+    """The node could not take the event now; keep it and try again."""
+
+
+class Deliverer:
+    def __init__(self, spool: Spool, rpc_url: str, token: str | None, *, timeout: float = 10.0):
+        self.spool = spool
+        parts = urlsplit(rpc_url if "://" in rpc_url else f"http://{rpc_url}")
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"RPC URL must be http(s)://HOST:PORT, got {rpc_url!r}")
+        self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
+        self._path = parts.path or "/"
+        self.token = token
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock_fd: int | None = None
+        self._next_id = 0
+        self.stats = {"delivered": 0, "dead": 0, "retries": 0}
+        self.last_error: str | None = None
+
+    # -- the single-deliverer lock -----------------------------------------------------------------
+    def _acquire(self) -> bool:
+        if self._lock_fd is not None:
+            return True
+        fd = os.open(self.spool.root / "deliver.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    # -- one RPC ------------------------------------------------------------------------------------
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        for attempt in (0, 1):  # one silent retry when a kept-alive connection turns out closed
+            if self._conn is None:
+                cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+                self._conn = cls(self._host, self._port, timeout=self.timeout)
+            headers = {"Content-Type": "application/json"}
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            try:
+                self._conn.request("POST", self._path, body=body, headers=headers)
+                resp = self._conn.getresponse()
+                return resp.status, resp.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._conn.close()
+                self._conn = None
+                if attempt:
+                    raise RetryLater(f"node closed the connection: {exc}") from exc
+            except OSError as exc:  # refused, timeout, unreachable
+                self._conn.close()
+                self._conn = None
+                raise RetryLater(f"node unreachable at {self._host}:{self._port}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def submit(self, event: dict) -> dict:
+        """Returns the JSON-RPC result; raises RetryLater, or ValueError(reason) for a refused event."""
+        self._next_id += 1
+        body = json.dumps({"jsonrpc": "2.0", "id": self._next_id, "method": "submit_event",
+                           "params": {"event": event}}).encode()
+        status, raw = self._post(body)
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise RetryLater(f"node answered HTTP {status} with non-JSON body") from None
+        if not isinstance(doc, dict):
+            raise RetryLater(f"node answered HTTP {status} with unexpected JSON")
+        if isinstance(doc.get("result"), dict) and doc["result"].get("tx"):
+            return doc["result"]
+        err = doc.get("error")
+        if isinstance(err, dict):
+            data = err.get("data") if isinstance(err.get("data"), dict) else {}
+            reason = data.get("reason") or err.get("message") or "refused"
+            if data.get("field"):
+                reason = f"{reason} (field {data['field']})"
+            if err.get("code") in INVALID_CODES or "reason" in data or "field" in data:
+                raise ValueError(str(reason))
+            raise RetryLater(f"node error {err.get('code')}: {reason}")
+        raise RetryLater(f"node answered HTTP {status} without result or error")
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Deliver everything pending; returns how many were handled. Raises RetryLater to back off.
+        Returns -1 when another process holds the delivery lock."""
+        if not self._acquire():
+            return -1
+        n = 0
+        for path in self.spool.pending():
+            try:
+                record = self.spool.load(path)
+                event = record["event"]
+            except FileNotFoundError:
+                continue
+            except (ValueError, KeyError, TypeError) as exc:
+                self.spool.mark_dead(path, f"corrupt spool file: {exc}")
+                self.stats["dead"] += 1
+                n += 1
+                continue
+            try:
+                result = self.submit(event)
+            except ValueError as exc:
+                dead = self.spool.mark_dead(path, str(exc), record)
+                log.warning("event %s refused by the node: %s (moved to %s)", event.get("event_id"), exc, dead)
+                self.stats["dead"] += 1
+            else:
+                self.spool.mark_delivered(path, event.get("event_id"), result)
+                self.stats["delivered"] += 1
+            n += 1
+        return n
+
+    def run_forever(self, stop: threading.Event, *, idle_poll: float = 0.25, max_backoff: float = 5.0) -> None:
+        """Until `stop` is set: deliver, wait for new events (or poll other processes' events), back off on
+        errors. Meant for a thread (or trio.to_thread)."""
+        backoff = 0.1
+        try:
+            while not stop.is_set():
+                self.spool.wakeup.clear()
+                try:
+                    n = self.run_once()
+                except RetryLater as exc:
+                    self.stats["retries"] += 1
+                    if self.last_error != str(exc):
+                        log.warning("delivery paused, will retry: %s", exc)
+                    self.last_error = str(exc)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, max_backoff)
+                    continue
+                backoff = 0.1
+                self.last_error = None
+                if n == -1:  # another process delivers; stand by
+                    stop.wait(1.0)
+                elif n == 0:
+                    self.spool.wakeup.wait(idle_poll)
+        finally:
+            self.close()
+
+    def drain(self, deadline: float) -> bool:
+        """Deliver until the spool is empty or `deadline` (time.monotonic) passes; True when empty."""
+        backoff = 0.1
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    n = self.run_once()
+                except RetryLater as exc:
+                    self.last_error = str(exc)
+                    time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                if n == -1:
+                    return self.spool.count() == 0  # someone else delivers
+                if self.spool.count() == 0:
+                    return True
+            return self.spool.count() == 0
+        finally:
+            self.close()
+
+
+async def deliver_in_background(deliverer: Deliverer) -> None:
+    """A trio task: runs the deliverer in a worker thread until cancelled."""
+    import trio
+
+    stop = threading.Event()
+    try:
+        await trio.to_thread.run_sync(deliverer.run_forever, stop, abandon_on_cancel=True)
+    finally:
+        stop.set()
+        deliverer.spool.wakeup.set()

@@ -1,0 +1,264 @@
+"""The DICOM audit proxy: a relay between modalities/viewers and the PACS that records what passes.
+
+Design: bytes are relayed PDU by PDU, unmodified (except the called AE title, rewritten to the PACS's), so
+the PACS sees exactly what the modality sent and every DIMSE service (C-ECHO, C-STORE, C-FIND, C-GET,
+C-MOVE, N-*) and transfer syntax works without the proxy re-encoding anything. A copy of each PDU goes to
+the sans-I/O `AssociationAuditor`; data sets are parsed and hashed in worker threads while the PACS is busy,
+and a response (the source's acknowledgement) is held only until its event is fsynced in the spool.
+Consensus and delivery never sit on this path.
+
+A full pynetdicom SCP+SCU store-and-forward was the other option; it decodes and re-encodes every data set
+and tops out around 57 inst/s into Orthanc on this class of machine (shared/notes/dicom.md 5), below the 0.9x
+goal, and it would change the bytes the digests are taken over. pynetdicom is used here as an SCU only, to
+resolve the patient of a C-MOVE that names only a study (resolve.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from typing import Callable
+
+import trio
+
+from node.dicom import ul
+from node.dicom.audit import AssociationAuditor, Emit, Journal, Prepare, Reject, StudyDirectory
+from node.dicom.spool import Spool, SpoolError
+
+log = logging.getLogger("radchain.dicom.proxy")
+
+ARTIM_SECONDS = 30.0      # PS3.8 9.1.5: how long a new connection may take to send its A-ASSOCIATE-RQ
+CONNECT_SECONDS = 10.0    # to reach the PACS
+IDLE_SECONDS = 3600.0     # an association with no traffic at all for an hour is closed
+RECV = 1 << 16
+
+
+class DicomProxy:
+    def __init__(self, spool: Spool, *, pacs: tuple[str, str, int], listen: tuple[str, int],
+                 purpose: str = "TREAT", default_issuer: str = "HOSP", allowed_aets: list[str] | None = None,
+                 resolver: Callable[[str], tuple[str | None, str | None]] | None = None):
+        self.spool = spool
+        self.pacs_aet, self.pacs_host, self.pacs_port = pacs
+        self.listen = listen
+        self.purpose = purpose
+        self.default_issuer = default_issuer
+        self.allowed_aets = list(allowed_aets or [])
+        self.resolver = resolver
+        self.directory = StudyDirectory()
+        self.limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self._ids = itertools.count(1)
+        self.stats = {"associations": 0, "rejected": 0, "errors": 0, "events": 0}
+        self.address: tuple[str, int] | None = None
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        host, port = self.listen
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self.address = listeners[0].socket.getsockname()[:2]
+        log.info("DICOM proxy listening on %s:%d -> %s@%s:%d", *self.address, self.pacs_aet, self.pacs_host,
+                 self.pacs_port)
+        task_status.started(self.address)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        try:
+            peer_host, peer_port = client.socket.getpeername()[:2]
+        except OSError:
+            await client.aclose()
+            return
+        assoc_id = f"{os.getpid()}-{next(self._ids)}"
+        peer = f"{peer_host}:{peer_port}"
+        try:
+            await Association(self, client, peer, assoc_id).run()
+        except Exception as exc:  # one bad association must never take the proxy down
+            self.stats["errors"] += 1
+            log.error("association %s from %s ended with an error: %s", assoc_id, peer, exc,
+                      exc_info=not isinstance(exc, (ul.ProtocolError, OSError, trio.BrokenResourceError,
+                                                    trio.TooSlowError)))
+            try:
+                self.spool.journal({"what": "association-error", "assoc": assoc_id, "peer": peer,
+                                    "error": f"{type(exc).__name__}: {exc}"})
+            except OSError:
+                pass
+        finally:
+            await client.aclose()
+
+
+class Association:
+    def __init__(self, proxy: DicomProxy, client: trio.SocketStream, peer: str, assoc_id: str):
+        self.proxy = proxy
+        self.client = client
+        self.peer = peer
+        self.pacs: trio.SocketStream | None = None
+        self.auditor = AssociationAuditor(
+            peer=peer, pacs_aet=proxy.pacs_aet, purpose=proxy.purpose, default_issuer=proxy.default_issuer,
+            allowed_aets=proxy.allowed_aets, directory=proxy.directory, resolver=proxy.resolver,
+            assoc_id=assoc_id)
+        self.results: dict = {}
+        self.done: dict = {}
+        self.nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        reader = ul.PduReader()
+        first: list[tuple[int, bytes]] = []
+        with trio.fail_after(ARTIM_SECONDS):
+            while not first:
+                data = await self.client.receive_some(RECV)
+                if not data:
+                    return  # a port probe
+                first = reader.feed(data)
+        pdu_type, pdu = first[0]
+        if pdu_type != ul.A_ASSOCIATE_RQ:
+            raise ul.ProtocolError(f"connection opened with {ul.PDU_NAMES[pdu_type]}, not A-ASSOCIATE-RQ")
+        self.proxy.stats["associations"] += 1
+        actions = self.auditor.feed("up", pdu_type, pdu)
+        for a in actions:
+            if isinstance(a, Journal):
+                self.proxy.spool.journal(a.record)
+            elif isinstance(a, Reject):
+                self.proxy.stats["rejected"] += 1
+                await self.client.send_all(a.pdu)
+                return
+        try:
+            with trio.fail_after(CONNECT_SECONDS):
+                self.pacs = await trio.open_tcp_stream(self.proxy.pacs_host, self.proxy.pacs_port)
+        except (OSError, trio.TooSlowError) as exc:
+            reason = f"PACS {self.proxy.pacs_aet}@{self.proxy.pacs_host}:{self.proxy.pacs_port} unreachable: {exc}"
+            log.error("association from %s (%s): %s", self.auditor.calling, self.peer, reason)
+            self.proxy.spool.journal({"what": "pacs-unreachable", "peer": self.peer, "error": reason})
+            # rejected-transient, service-provider (presentation), temporary congestion (PS3.8 9.3.4)
+            await self.client.send_all(ul.associate_rj(2, 3, 1))
+            return
+        try:
+            if self.auditor.called != self.proxy.pacs_aet:
+                pdu = ul.with_called_ae(pdu, self.proxy.pacs_aet)
+            await self.pacs.send_all(pdu)
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._relay, self.client, self.pacs, "up", reader, first[1:])
+                nursery.start_soon(self._relay, self.pacs, self.client, "down", ul.PduReader(), [])
+        finally:
+            await self.pacs.aclose()
+
+    async def _relay(self, src: trio.SocketStream, dst: trio.SocketStream, direction: str,
+                     reader: ul.PduReader, backlog: list) -> None:
+        try:
+            pdus = backlog
+            while True:
+                out = []
+                for pdu_type, pdu in pdus:
+                    try:
+                        actions = self.auditor.feed(direction, pdu_type, pdu)
+                    except ul.ProtocolError as exc:
+                        await self._abort(f"{direction}: {exc}")
+                        raise
+                    for a in actions:
+                        if isinstance(a, Prepare):
+                            self._prepare(a)
+                        elif isinstance(a, Journal):
+                            self.proxy.spool.journal(a.record)
+                        elif isinstance(a, Emit):
+                            if out:
+                                await dst.send_all(b"".join(out))
+                                out = []
+                            await self._emit(a)
+                    out.append(pdu)
+                if out:
+                    await dst.send_all(b"".join(out))
+                with trio.fail_after(IDLE_SECONDS):
+                    data = await src.receive_some(RECV)
+                if not data:
+                    break
+                try:
+                    pdus = reader.feed(data)
+                except ul.ProtocolError as exc:
+                    await self._abort(f"{direction}: {exc}")
+                    raise
+        finally:
+            # one side closed (normally after A-RELEASE-RP): close the other one too
+            self.nursery.cancel_scope.cancel()
+
+    def _prepare(self, action: Prepare) -> None:
+        done = trio.Event()
+        self.done[action.key] = done
+
+        async def work():
+            try:
+                self.results[action.key] = await trio.to_thread.run_sync(action.fn, limiter=self.proxy.limiter)
+            except Exception as exc:
+                self.results[action.key] = exc
+            finally:
+                done.set()
+        self.nursery.start_soon(work)
+
+    async def _emit(self, action: Emit) -> None:
+        for key in action.keys:
+            await self.done[key].wait()
+        results = {k: self.results.pop(k, None) for k in action.keys}
+        for k in action.keys:
+            self.done.pop(k, None)
+        events = action.build(results)
+        if not events:
+            return
+        local = {"peer": self.peer, "assoc": self.auditor.assoc_id, "op": action.what}
+        try:
+            await trio.to_thread.run_sync(
+                lambda: self.proxy.spool.put_many(events, source="dicom-proxy", local=local))
+        except SpoolError as exc:
+            # Not durable -> must not acknowledge: abort so the modality retries later.
+            log.critical("spool write failed, aborting association from %s: %s", self.peer, exc)
+            await self._abort(str(exc))
+            raise
+        self.proxy.stats["events"] += len(events)
+
+    async def _abort(self, why: str) -> None:
+        self.proxy.spool.journal({"what": "association-aborted-by-proxy", "assoc": self.auditor.assoc_id,
+                                  "peer": self.peer, "calling_ae": self.auditor.calling, "error": why})
+        for stream in (self.client, self.pacs):
+            if stream is not None:
+                with trio.move_on_after(2):
+                    try:
+                        await stream.send_all(ul.abort())
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
+
+
+def pynetdicom_resolver(pacs: tuple[str, str, int], own_aet: str = "RADCHAIN", timeout: float = 5.0):
+    """Find the patient of a study by a STUDY-level C-FIND to the PACS (pynetdicom SCU, runs in a thread)."""
+    aet, host, port = pacs
+
+    def resolve(study_uid: str) -> tuple[str | None, str | None]:
+        from pydicom.dataset import Dataset
+        from pynetdicom import AE
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+        ae = AE(ae_title=own_aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate(host, port, ae_title=aet)
+        if not assoc.is_established:
+            return (None, None)
+        try:
+            q = Dataset()
+            q.QueryRetrieveLevel = "STUDY"
+            q.StudyInstanceUID = study_uid
+            q.PatientID = ""
+            q.IssuerOfPatientID = ""
+            for status, ident in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
+                if status and status.Status in (0xFF00, 0xFF01) and ident is not None and ident.get("PatientID"):
+                    return (str(ident.PatientID), str(ident.get("IssuerOfPatientID") or "") or None)
+        finally:
+            assoc.release()
+        return (None, None)
+    return resolve
+
+
+async def run_proxy(proxy: DicomProxy, deliverer=None, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """The proxy plus (optionally) spool delivery, owned by one nursery."""
+    from node.dicom.delivery import deliver_in_background
+
+    async with trio.open_nursery() as nursery:
+        if deliverer is not None:
+            nursery.start_soon(deliver_in_background, deliverer)
+        address = await nursery.start(proxy.serve)
+        task_status.started(address)

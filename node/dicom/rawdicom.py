@@ -1,0 +1,251 @@
+"""A small DICOM data-set walker over raw bytes (standard library only).
+
+It finds top-level elements without decoding the data set, which keeps the relay fast, lets the Orthanc
+plugin run without pydicom, and above all makes every path (proxy, plugin, import, verify-image) hash the
+same bytes:
+
+* `digest`       = SHA-256 of the encoded data set (PS3.5 7), i.e. the file without its 128-byte preamble,
+                   "DICM" and File Meta Information (group 0002), or exactly the bytes a C-STORE carried.
+* `pixel_digest` = SHA-256 of the value of the top-level Pixel Data (7FE0,0010) element as encoded: native
+                   pixels, or for encapsulated transfer syntaxes every item up to (not including) the sequence
+                   delimiter. It survives metadata edits and implicit<->explicit little-endian re-encoding.
+
+Refs: PS3.5 7.1 (data elements), 7.5 (nested data sets, undefined lengths), 6.2.2 (UN with undefined length
+is implicit VR LE), A.4 (encapsulation), PS3.10 7.1 (file meta information).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+
+PIXEL_DATA = 0x7FE00010
+ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+UNDEFINED = 0xFFFFFFFF
+# PS3.5 7.1.2: these VRs have 2 reserved bytes and a 32-bit length in explicit VR.
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+# Tags the hook reads (keyword -> tag).
+TAGS = {
+    "SOPClassUID": 0x00080016, "SOPInstanceUID": 0x00080018, "AccessionNumber": 0x00080050,
+    "QueryRetrieveLevel": 0x00080052, "Modality": 0x00080060, "PatientName": 0x00100010,
+    "PatientID": 0x00100020, "IssuerOfPatientID": 0x00100021, "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
+}
+
+
+class DicomFormatError(ValueError):
+    """The bytes are not a well-formed DICOM data set (truncated, bad lengths, not DICOM at all)."""
+
+
+@dataclass
+class Walk:
+    values: dict[int, bytes] = field(default_factory=dict)   # wanted tag -> raw value bytes
+    pixel_digest: str | None = None
+    end: int = 0
+
+
+def _walk(data: bytes | memoryview, pos: int, end: int, implicit: bool, little: bool, wanted: set[int] | None,
+          out: Walk | None, stop_at_item_end: bool = False) -> int:
+    """Walk elements from pos; records wanted tags/pixel data when `out` is given (top level only).
+    Returns the position after the last element (after an item delimiter when stop_at_item_end)."""
+    u16, u32 = ("<H", "<I") if little else (">H", ">I")
+    n = end
+    while pos < n:
+        if pos + 8 > n:
+            raise DicomFormatError(f"truncated element header at byte {pos}")
+        group, elem = struct.unpack_from(u16 + u16[1], data, pos)
+        tag = (group << 16) | elem
+        if tag in (ITEM_END, SEQ_END, ITEM):
+            # Delimiters and items have no VR (PS3.5 7.5); items are always little endian in LE syntaxes.
+            length = struct.unpack_from(u32, data, pos + 4)[0]
+            pos += 8
+            if tag == ITEM_END and stop_at_item_end:
+                return pos
+            if tag == SEQ_END:
+                raise DicomFormatError(f"unexpected sequence delimiter at byte {pos - 8}")
+            raise DicomFormatError(f"unexpected item tag at byte {pos - 8}")
+        group_is_meta = group == 0x0002
+        if implicit and not group_is_meta:
+            vr = None
+            length = struct.unpack_from(u32, data, pos + 4)[0]
+            pos += 8
+        else:
+            vr = bytes(data[pos + 4:pos + 6])
+            if not (vr.isalpha() and vr.isupper()):
+                raise DicomFormatError(f"bad VR {vr!r} for tag ({group:04X},{elem:04X}) at byte {pos}")
+            if vr in _LONG_VRS:
+                if pos + 12 > n:
+                    raise DicomFormatError(f"truncated element header at byte {pos}")
+                length = struct.unpack_from(u32, data, pos + 8)[0]
+                pos += 12
+            else:
+                length = struct.unpack_from(u16, data, pos + 6)[0]
+                pos += 8
+        if length == UNDEFINED:
+            start = pos
+            if tag == PIXEL_DATA:
+                pos = _skip_fragments(data, pos, n, little)
+                if out is not None:
+                    out.pixel_digest = hashlib.sha256(data[start:pos - 8]).hexdigest()
+            else:
+                # SQ, or UN with undefined length, whose content is implicit VR little endian (PS3.5 6.2.2).
+                nested_implicit = implicit or vr == b"UN"
+                pos = _skip_sequence(data, pos, n, nested_implicit, little and not (vr == b"UN"))
+            continue
+        if pos + length > n:
+            raise DicomFormatError(f"element ({group:04X},{elem:04X}) length {length} runs past the end")
+        if out is not None:
+            if tag == PIXEL_DATA:
+                out.pixel_digest = hashlib.sha256(data[pos:pos + length]).hexdigest()
+            elif wanted is not None and tag in wanted:
+                out.values[tag] = bytes(data[pos:pos + length])
+        pos += length
+    if stop_at_item_end:
+        raise DicomFormatError("item without delimiter")
+    return pos
+
+
+def _skip_sequence(data, pos: int, n: int, implicit: bool, little: bool) -> int:
+    u32 = "<I" if little else ">I"
+    while True:
+        if pos + 8 > n:
+            raise DicomFormatError("truncated sequence")
+        group, elem = struct.unpack_from("<HH" if little else ">HH", data, pos)
+        tag = (group << 16) | elem
+        length = struct.unpack_from(u32, data, pos + 4)[0]
+        pos += 8
+        if tag == SEQ_END:
+            return pos
+        if tag != ITEM:
+            raise DicomFormatError(f"expected an item in a sequence at byte {pos - 8}")
+        if length == UNDEFINED:
+            pos = _walk(data, pos, n, implicit, little, None, None, stop_at_item_end=True)
+        else:
+            if pos + length > n:
+                raise DicomFormatError("sequence item runs past the end")
+            pos += length
+
+
+def _skip_fragments(data, pos: int, n: int, little: bool) -> int:
+    u32 = "<I" if little else ">I"
+    while True:
+        if pos + 8 > n:
+            raise DicomFormatError("truncated encapsulated pixel data")
+        group, elem = struct.unpack_from("<HH" if little else ">HH", data, pos)
+        tag = (group << 16) | elem
+        length = struct.unpack_from(u32, data, pos + 4)[0]
+        pos += 8
+        if tag == SEQ_END:
+            return pos
+        if tag != ITEM or length == UNDEFINED or pos + length > n:
+            raise DicomFormatError("malformed encapsulated pixel data fragment")
+        pos += length
+
+
+def walk_dataset(data: bytes | memoryview, transfer_syntax: str, wanted: set[int] | None = None) -> Walk:
+    implicit = transfer_syntax == IMPLICIT_LE
+    little = transfer_syntax != EXPLICIT_BE
+    if transfer_syntax == DEFLATED_LE:
+        try:
+            data = zlib.decompress(bytes(data), -15)
+        except zlib.error as exc:
+            raise DicomFormatError(f"deflated data set does not inflate: {exc}") from exc
+    out = Walk()
+    try:
+        out.end = _walk(memoryview(data), 0, len(data), implicit, little, wanted, out)
+    except DicomFormatError as exc:
+        # Some writers label an implicit VR data set as explicit; retry like pydicom does.
+        if implicit or not little or "bad VR" not in str(exc) or "at byte 0" not in str(exc):
+            raise
+        out = Walk()
+        out.end = _walk(memoryview(data), 0, len(data), True, True, wanted, out)
+    return out
+
+
+def text(raw: bytes | None) -> str | None:
+    """A string value (UI, LO, AE, CS, PN ...) without padding; None when absent or empty."""
+    if raw is None:
+        return None
+    s = raw.decode("latin-1").rstrip("\x00 ").lstrip(" ")
+    return s or None
+
+
+def integer(raw: bytes | None) -> int | None:
+    """US or UL, little endian (command sets are always implicit VR little endian)."""
+    if not raw:
+        return None
+    return int.from_bytes(raw[:4] if len(raw) >= 4 else raw[:2], "little")
+
+
+@dataclass
+class InstanceInfo:
+    transfer_syntax: str
+    fields: dict[str, str]
+    digest: str
+    pixel_digest: str | None
+
+    def get(self, key: str) -> str | None:
+        return self.fields.get(key)
+
+
+def inspect_dataset(data: bytes | memoryview, transfer_syntax: str) -> InstanceInfo:
+    """UIDs, patient fields and both digests of an encoded data set (as carried by a C-STORE)."""
+    w = walk_dataset(data, transfer_syntax, set(TAGS.values()))
+    fields = {}
+    for key, tag in TAGS.items():
+        v = text(w.values.get(tag))
+        if v is not None:
+            fields[key] = v
+    return InstanceInfo(transfer_syntax, fields, hashlib.sha256(data).hexdigest(), w.pixel_digest)
+
+
+def split_file(blob: bytes) -> tuple[str, int]:
+    """(transfer syntax, offset of the data set) of a DICOM file (PS3.10), preamble and meta optional."""
+    pos = 132 if len(blob) >= 132 and blob[128:132] == b"DICM" else 0
+    ts = None
+    start = pos
+    while pos + 8 <= len(blob):
+        group = struct.unpack_from("<H", blob, pos)[0]
+        if group != 0x0002:
+            break
+        elem = struct.unpack_from("<H", blob, pos + 2)[0]
+        vr = blob[pos + 4:pos + 6]
+        if vr.isalpha() and vr.isupper():
+            if vr in _LONG_VRS:
+                length = struct.unpack_from("<I", blob, pos + 8)[0]
+                pos += 12
+            else:
+                length = struct.unpack_from("<H", blob, pos + 6)[0]
+                pos += 8
+        else:  # some writers put an implicit VR meta group; tolerate it
+            length = struct.unpack_from("<I", blob, pos + 4)[0]
+            pos += 8
+        if length == UNDEFINED or pos + length > len(blob):
+            raise DicomFormatError("malformed file meta information")
+        if elem == 0x0010:
+            ts = text(blob[pos:pos + length])
+        pos += length
+    if start == 132 and pos == 132 and ts is None:
+        raise DicomFormatError("DICM file without file meta information")
+    if ts is None:
+        if len(blob) < 8:
+            raise DicomFormatError("too short to be DICOM")
+        # No meta: guess explicit VR LE when a plausible VR follows the first tag, else implicit.
+        vr = blob[pos + 4:pos + 6]
+        ts = EXPLICIT_LE if (vr.isalpha() and vr.isupper()) else IMPLICIT_LE
+    return ts, pos
+
+
+def inspect_file(blob: bytes) -> InstanceInfo:
+    ts, offset = split_file(blob)
+    if offset >= len(blob):
+        raise DicomFormatError("file has no data set after its meta information")
+    return inspect_dataset(memoryview(blob)[offset:], ts)

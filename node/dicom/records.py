@@ -1,0 +1,79 @@
+"""Raw events (docs/CONTRACTS.md "Raw events") built from what the hook observed. Standard library only.
+
+Field use for DICOM traffic: `actor` and `actor_ae` are the AE title that asked (the calling AE: a modality,
+a viewer, a router), `peer_ae` the other side (the PACS, or a C-MOVE destination), `issuer` the
+IssuerOfPatientID (0010,0021) or this hospital's configured issuer, `purpose` the configured purpose of use.
+Peer IP addresses and association details are not raw-event fields; they go to the spool's local journal.
+"""
+
+from __future__ import annotations
+
+import time
+
+from node.dicom.rawdicom import InstanceInfo
+
+# DIMSE status (PS3.7 C) -> EventOutcomeIndicator (PS3.15 A.5: 0 success, 4 minor, 8 serious, 12 major)
+def outcome_of(status: int | None) -> int:
+    if status is None:
+        return 8
+    if status == 0x0000:
+        return 0
+    if status == 0x0001 or 0xB000 <= status <= 0xBFFF or status == 0xFE00:  # warning, or cancelled
+        return 4
+    return 8
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def base_event(kind: str, *, patient_id: str | None, issuer: str | None, study_uid: str | None, actor: str,
+               purpose: str, default_issuer: str, when_ms: int | None = None, **extra) -> dict:
+    event = {
+        "type": kind,
+        "patient_id": patient_id or "UNKNOWN",
+        "issuer": issuer or default_issuer,
+        "study_uid": study_uid or "UNKNOWN",
+        "actor": actor or "UNKNOWN",
+        "purpose": purpose,
+        "time": when_ms if when_ms is not None else now_ms(),
+    }
+    for key, value in extra.items():
+        if value is not None and value != [] and value != "":
+            event[key] = value
+    return event
+
+
+def stored_event(info: InstanceInfo, *, actor: str, actor_ae: str | None, peer_ae: str | None, outcome: int,
+                 purpose: str, default_issuer: str, action: str = "C", kind: str = "instances.stored") -> dict:
+    """One instance stored (C-STORE through the proxy, Orthanc store, folder import)."""
+    return base_event(
+        kind, patient_id=info.get("PatientID"), issuer=info.get("IssuerOfPatientID"),
+        study_uid=info.get("StudyInstanceUID"), actor=actor, purpose=purpose, default_issuer=default_issuer,
+        actor_ae=actor_ae, peer_ae=peer_ae,
+        series_uids=[info.get("SeriesInstanceUID")] if info.get("SeriesInstanceUID") else None,
+        sop_instance_uids=[info.get("SOPInstanceUID")] if info.get("SOPInstanceUID") else None,
+        n_series=1 if info.get("SeriesInstanceUID") else None, n_instances=1,
+        digest=info.digest, pixel_digest=info.pixel_digest, outcome=outcome, action=action,
+    )
+
+
+def grouped_events(kind: str, instances: list[dict], *, actor: str, actor_ae: str | None, peer_ae: str | None,
+                   outcome: int, purpose: str, default_issuer: str, action: str | None) -> list[dict]:
+    """One event per (patient, study) for reads/transfers of many instances. `instances` holds dicts with
+    PatientID, IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID."""
+    groups: dict[tuple, list[dict]] = {}
+    for inst in instances:
+        key = (inst.get("PatientID"), inst.get("IssuerOfPatientID"), inst.get("StudyInstanceUID"))
+        groups.setdefault(key, []).append(inst)
+    events = []
+    for (patient, issuer, study), members in groups.items():
+        series = sorted({m["SeriesInstanceUID"] for m in members if m.get("SeriesInstanceUID")})
+        sops = [m["SOPInstanceUID"] for m in members if m.get("SOPInstanceUID")]
+        events.append(base_event(
+            kind, patient_id=patient, issuer=issuer, study_uid=study, actor=actor, purpose=purpose,
+            default_issuer=default_issuer, actor_ae=actor_ae, peer_ae=peer_ae, series_uids=series or None,
+            sop_instance_uids=sops or None, n_series=len(series) or None, n_instances=len(sops) or None,
+            outcome=outcome, action=action,
+        ))
+    return events

@@ -1,0 +1,316 @@
+"""Helpers for the DICOM hook tests (imported by conftest.py and the tests): Orthanc (+ the RadChain plugin), dcmtk, a JSON-RPC recorder.
+
+Ports are free ports on 127.0.0.1. Every external client runs under a timeout. Orthanc starts once per
+session (about 2 s). Nothing sleeps and hopes: `wait_for` polls a condition against a deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+RADCHAIN = str(VENV_BIN / "radchain")
+CLIENT_TIMEOUT = 60  # seconds, for every dcmtk client call
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def run_tool(args: list[str], timeout: float = CLIENT_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a dcmtk (or other) client with TCP_NODELAY=1 under a hard timeout."""
+    proc = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def need(*binaries: str) -> None:
+    missing = [b for b in binaries if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)} (run `bash deploy/install-system-deps.sh test`)")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# -- test data ----------------------------------------------------------------------------------------------
+TEST_FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm", "SC_rgb.dcm", "US1_UNCR.dcm"]
+
+
+def sample_file(name: str) -> Path:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} not bundled")
+    return Path(path)
+
+
+def make_instances(out: Path, n: int, *, patient_id: str = "RC-TEST-PAT", study_uid: str | None = None,
+                   patient_name: str = "Radchain^Testpatient") -> tuple[list[Path], str]:
+    """n valid CT instances (CT_small.dcm with new UIDs) in one study; returns (paths, study uid)."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    out.mkdir(parents=True, exist_ok=True)
+    base = dcmread(sample_file("CT_small.dcm"))
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    paths = []
+    for i in range(n):
+        ds = base.copy()
+        ds.PatientID = patient_id
+        ds.PatientName = patient_name
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        p = out / f"inst_{i:04d}.dcm"
+        ds.save_as(p)
+        paths.append(p)
+    return paths, study_uid
+
+
+# -- a real HTTP JSON-RPC peer standing in for the node ----------------------------------------------------
+class RpcRecorder:
+    """A small JSON-RPC 2.0 server (stdlib http.server): records `submit_event` calls, answers like the node.
+    `refuse_types` get a validation error; `stop()`/`start()` simulate the node going down and coming back."""
+
+    def __init__(self, token: str = "dicom-test-token-0123456789"):
+        self.token = token
+        self.port = free_port()
+        self.events: list[dict] = []
+        self.by_id: dict[str, dict] = {}
+        self.refuse_types: set[str] = set()
+        self.unauthorized = 0
+        self._server = None
+        self._lock = threading.Lock()
+
+    def _handler(self):
+        rec = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Authorization") != f"Bearer {rec.token}":
+                    rec.unauthorized += 1
+                    self._send(401, {"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": "unauthorized"}})
+                    return
+                req = json.loads(body)
+                event = req["params"]["event"]
+                if event.get("type") in rec.refuse_types:
+                    self._send(200, {"jsonrpc": "2.0", "id": req["id"], "error": {
+                        "code": -32602, "message": "invalid event", "data": {"reason": "type refused by test",
+                                                                             "field": "type"}}})
+                    return
+                tx = hashlib.sha256(event["event_id"].encode()).hexdigest()
+                with rec._lock:
+                    rec.events.append(event)
+                    rec.by_id[event["event_id"]] = event
+                self._send(200, {"jsonrpc": "2.0", "id": req["id"], "result": {"tx": tx, "status": "pending"}})
+
+            def _send(self, code, doc):
+                data = json.dumps(doc).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+        return Handler
+
+    def start(self):
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def unique(self) -> dict[str, dict]:
+        with self._lock:
+            return dict(self.by_id)
+
+
+def write_home(home: Path, rpc_listen: str | None, token: str | None, **dicom) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    lines = ['[node]', 'name = "hosp-test"', '']
+    if rpc_listen:
+        lines += ['[rpc]', f'listen = "{rpc_listen}"', f'tokens = {{ dicom = "{token}" }}', '']
+    lines += ['[dicom]', 'issuer = "HOSP-TEST"', 'purpose = "TREAT"']
+    for k, v in dicom.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    (home / "config.toml").write_text("\n".join(lines) + "\n")
+    return home
+
+
+def spooled_events(home: Path) -> list[dict]:
+    pending = sorted((home / "spool" / "pending").glob("*.json"))
+    return [json.loads(p.read_bytes())["event"] for p in pending]
+
+
+# -- Orthanc ---------------------------------------------------------------------------------------------------
+class Orthanc:
+    def __init__(self, root: Path, *, plugin: bool = True):
+        self.root = root
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.aet = "ORTHANC"
+        self.store_scp_port = free_port()   # dcmtk storescp: C-MOVE destination "STORESCP"
+        self.movescu_port = free_port()     # movescu receiving its own C-MOVE
+        self.home = root / "radchain-home"
+        self.plugin = plugin
+        self.proc = None
+
+    def config(self) -> dict:
+        cfg = {
+            "Name": "RADCHAIN-TEST-PACS",
+            "StorageDirectory": str(self.root / "storage"), "IndexDirectory": str(self.root / "storage"),
+            "HttpServerEnabled": True, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "HttpDescribeErrors": True,
+            "DicomServerEnabled": True, "DicomAet": self.aet, "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": False, "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True, "DicomAlwaysAllowMove": True,
+            "DicomCheckModalityHost": False,
+            "DicomModalities": {"storescp": ["STORESCP", "127.0.0.1", self.store_scp_port],
+                                "movescu": ["MOVESCU", "127.0.0.1", self.movescu_port]},
+            "SynchronousCMove": True, "StableAge": 3, "MaximumStorageCacheSize": 0, "SaveJobs": False,
+            "Plugins": [], "ConcurrentJobs": 2,
+        }
+        if self.plugin:
+            cfg["Plugins"] = ["/usr/share/orthanc/plugins/libOrthancPython.so"]
+            cfg["PythonScript"] = str(REPO / "deploy" / "orthanc" / "radchain_plugin.py")
+            cfg["RadChain"] = {"Home": str(self.home), "SourceDir": str(REPO), "RecordDicomStores": True,
+                               "Deliver": True}
+            if Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so").exists():
+                cfg["Plugins"].append("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+                cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado"}
+        return cfg
+
+    def start(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.root / "orthanc.json"
+        cfg_path.write_text(json.dumps(self.config(), indent=1))
+        log = open(self.root / "orthanc.log", "ab")
+        self.proc = subprocess.Popen(["Orthanc", str(cfg_path)], env=ENV, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for(lambda: self.proc.poll() is not None or self.alive(), 30, 0.1, "Orthanc HTTP")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"Orthanc exited: {(self.root / 'orthanc.log').read_text()[-3000:]}")
+        wait_for(lambda: port_open(self.dicom_port), 10, 0.05, "Orthanc DICOM port")
+        return self
+
+    def alive(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/system", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def get(self, path: str, headers: dict | None = None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", headers=headers or {})
+        with urllib.request.urlopen(req, timeout=20) as r:
+            data = r.read()
+            return json.loads(data) if r.headers.get_content_type() == "application/json" else data
+
+    def post(self, path: str, body: bytes | str, content_type: str = "application/json"):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
+                                     data=body.encode() if isinstance(body, str) else body,
+                                     headers={"Content-Type": content_type}, method="POST")
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return json.loads(r.read())
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+# -- the proxy as the real command ----------------------------------------------------------------------------
+class ProcessHandle:
+    def __init__(self, args: list[str], log: Path, ready_port: int | None = None, env: dict | None = None):
+        self.args = args
+        self.log = log
+        self.ready_port = ready_port
+        self.env = env or ENV
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if self.ready_port:
+            wait_for(lambda: self.proc.poll() is not None or port_open(self.ready_port), 20, 0.05,
+                     f"{self.args[1]} to listen")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.args} exited:\n{self.log.read_text()[-3000:]}")
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def start_proxy(home: Path, orthanc: Orthanc, *extra: str) -> tuple[ProcessHandle, int]:
+    port = free_port()
+    p = ProcessHandle([RADCHAIN, "dicom-proxy", "--home", str(home), "--listen", f"127.0.0.1:{port}",
+                       "--pacs", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", *extra],
+                      home.parent / f"proxy-{port}.log", ready_port=port)
+    return p.start(), port
