@@ -57,6 +57,20 @@ def _error(what, exc):
     orthanc.LogError("radchain: %s: %s" % (what, exc))
 
 
+def _spool(events, source, local):
+    """Spool the events the node can take; journal (with the reason) those lacking a patient or study."""
+    good = []
+    for event in events:
+        why = records.unrecordable(event)
+        if why:
+            orthanc.LogWarning("radchain: %s event not recorded on chain: %s" % (event["type"], why))
+            SPOOL.journal({"what": "unrecordable", "source": source, "reason": why, "event": event, **local})
+        else:
+            good.append(event)
+    if good:
+        SPOOL.put_many(good, source=source, local=local)
+
+
 # -- stores -------------------------------------------------------------------------------------------------
 def on_stored(dicom, instance_id):
     try:
@@ -67,7 +81,7 @@ def on_stored(dicom, instance_id):
         info = inspect_file(dicom.GetInstanceData())
         actor = remote or ("orthanc-" + origin.lower().replace("_", "-"))
         event = records.stored_event(info, actor=actor, actor_ae=remote, peer_ae=OWN_AET, outcome=0, **COMMON)
-        SPOOL.put(event, source="orthanc", local={"orthanc_id": instance_id, "origin": origin})
+        _spool([event], "orthanc", {"orthanc_id": instance_id, "origin": origin})
     except DicomFormatError as exc:
         _error("stored instance %s not recorded, malformed" % instance_id, exc)
     except Exception as exc:  # never break Orthanc's store path; but say so loudly
@@ -208,7 +222,7 @@ def http_filter(uri, **request):
                 if len(_recent) > 10000:
                     _recent.clear()
             events = _events_for(kind, rows, actor, action, None)
-            SPOOL.put_many(events, source="orthanc-http", local={"ip": ip, "method": method, "uri": uri})
+            _spool(events, "orthanc-http", {"ip": ip, "method": method, "uri": uri})
     except Exception as exc:
         _error("HTTP %s not recorded" % uri, exc)
     return True

@@ -26,7 +26,9 @@ from node.dicom.spool import Spool
 
 log = logging.getLogger("radchain.dicom.delivery")
 
-INVALID_CODES = {-32600, -32602}
+INVALID_CODES = {-32600, -32602}  # JSON-RPC invalid request / invalid params
+REJECTED = -32003                 # node.rpc.errors.REJECTED: the node refused the event's tx
+BATCH = 100                       # events per HTTP request (JSON-RPC batch; the node takes up to 1000)
 
 
 class RetryLater(Exception):
@@ -47,6 +49,7 @@ class Deliverer:
         self._lock_fd: int | None = None
         self._next_id = 0
         self.stats = {"delivered": 0, "dead": 0, "retries": 0}
+        self.batch_ok = True
         self.last_error: str | None = None
 
     # -- the single-deliverer lock -----------------------------------------------------------------
@@ -95,17 +98,50 @@ class Deliverer:
         raise AssertionError("unreachable")
 
     def submit(self, event: dict) -> dict:
-        """Returns the JSON-RPC result; raises RetryLater, or ValueError(reason) for a refused event."""
-        self._next_id += 1
-        body = json.dumps({"jsonrpc": "2.0", "id": self._next_id, "method": "submit_event",
-                           "params": {"event": event}}).encode()
-        status, raw = self._post(body)
+        """One event; returns the JSON-RPC result, raises RetryLater, or ValueError(reason) if refused."""
+        outcome = self.submit_many([event])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def submit_many(self, events: list[dict]) -> list:
+        """A JSON-RPC batch (one HTTP request); per event: result dict, ValueError (refused: dead-letter) or
+        RetryLater. Raises RetryLater when the whole request failed. Falls back to single calls if the
+        server does not take batches."""
+        if len(events) > 1 and not self.batch_ok:
+            return [self._one(e) for e in events]
+        calls = []
+        for event in events:
+            self._next_id += 1
+            calls.append({"jsonrpc": "2.0", "id": self._next_id, "method": "submit_event",
+                          "params": {"event": event}})
+        payload = calls if len(calls) > 1 else calls[0]
+        status, raw = self._post(json.dumps(payload).encode())
         try:
             doc = json.loads(raw)
         except ValueError:
-            raise RetryLater(f"node answered HTTP {status} with non-JSON body") from None
+            raise RetryLater(f"node answered HTTP {status} with a non-JSON body") from None
+        if len(calls) == 1:
+            return [self._classify(doc, status)]
+        if not isinstance(doc, list):
+            if isinstance(doc, dict) and isinstance(doc.get("error"), dict) and \
+                    doc["error"].get("code") in INVALID_CODES:
+                self.batch_ok = False  # a server without batch support
+                return [self._one(e) for e in events]
+            return [self._classify(doc, status) for _ in calls]
+        by_id = {d.get("id"): d for d in doc if isinstance(d, dict)}
+        return [self._classify(by_id.get(c["id"]), status) for c in calls]
+
+    def _one(self, event: dict):
+        try:
+            return self.submit_many([event])[0]
+        except RetryLater as exc:
+            return exc
+
+    @staticmethod
+    def _classify(doc, status: int):
         if not isinstance(doc, dict):
-            raise RetryLater(f"node answered HTTP {status} with unexpected JSON")
+            return RetryLater(f"node answered HTTP {status} without a response for the event")
         if isinstance(doc.get("result"), dict) and doc["result"].get("tx"):
             return doc["result"]
         err = doc.get("error")
@@ -114,10 +150,11 @@ class Deliverer:
             reason = data.get("reason") or err.get("message") or "refused"
             if data.get("field"):
                 reason = f"{reason} (field {data['field']})"
-            if err.get("code") in INVALID_CODES or "reason" in data or "field" in data:
-                raise ValueError(str(reason))
-            raise RetryLater(f"node error {err.get('code')}: {reason}")
-        raise RetryLater(f"node answered HTTP {status} without result or error")
+            if err.get("code") in INVALID_CODES or err.get("code") == REJECTED or "reason" in data \
+                    or "field" in data:
+                return ValueError(f"{err.get('code')}: {reason}")
+            return RetryLater(f"node error {err.get('code')}: {reason}")
+        return RetryLater(f"node answered HTTP {status} without result or error")
 
     # -- the loop -----------------------------------------------------------------------------------
     def run_once(self) -> int:
@@ -126,27 +163,38 @@ class Deliverer:
         if not self._acquire():
             return -1
         n = 0
-        for path in self.spool.pending():
-            try:
-                record = self.spool.load(path)
-                event = record["event"]
-            except FileNotFoundError:
+        paths = self.spool.pending()
+        for i in range(0, len(paths), BATCH):
+            batch = []
+            for path in paths[i:i + BATCH]:
+                try:
+                    record = self.spool.load(path)
+                    batch.append((path, record, record["event"]))
+                except FileNotFoundError:
+                    continue
+                except (ValueError, KeyError, TypeError) as exc:
+                    self.spool.mark_dead(path, f"corrupt spool file: {exc}")
+                    self.stats["dead"] += 1
+                    n += 1
+            if not batch:
                 continue
-            except (ValueError, KeyError, TypeError) as exc:
-                self.spool.mark_dead(path, f"corrupt spool file: {exc}")
-                self.stats["dead"] += 1
-                n += 1
-                continue
-            try:
-                result = self.submit(event)
-            except ValueError as exc:
-                dead = self.spool.mark_dead(path, str(exc), record)
-                log.warning("event %s refused by the node: %s (moved to %s)", event.get("event_id"), exc, dead)
-                self.stats["dead"] += 1
-            else:
-                self.spool.mark_delivered(path, event.get("event_id"), result)
-                self.stats["delivered"] += 1
-            n += 1
+            outcomes = self.submit_many([event for _, _, event in batch])
+            retry = None
+            for (path, record, event), outcome in zip(batch, outcomes):
+                if isinstance(outcome, RetryLater):
+                    retry = retry or outcome
+                elif isinstance(outcome, ValueError):
+                    dead = self.spool.mark_dead(path, str(outcome), record)
+                    log.warning("event %s refused by the node: %s (moved to %s)", event.get("event_id"),
+                                outcome, dead)
+                    self.stats["dead"] += 1
+                    n += 1
+                else:
+                    self.spool.mark_delivered(path, event.get("event_id"), outcome)
+                    self.stats["delivered"] += 1
+                    n += 1
+            if retry is not None:
+                raise retry
         return n
 
     def run_forever(self, stop: threading.Event, *, idle_poll: float = 0.25, max_backoff: float = 5.0) -> None:

@@ -22,7 +22,7 @@ from typing import Callable
 
 import trio
 
-from node.dicom import ul
+from node.dicom import records, ul
 from node.dicom.audit import AssociationAuditor, Emit, Journal, Prepare, Reject, StudyDirectory
 from node.dicom.spool import Spool, SpoolError
 
@@ -197,7 +197,16 @@ class Association:
         results = {k: self.results.pop(k, None) for k in action.keys}
         for k in action.keys:
             self.done.pop(k, None)
-        events = action.build(results)
+        events = []
+        for event in action.build(results):
+            why = records.unrecordable(event)
+            if why:
+                log.warning("%s from %s (%s) not recorded on chain: %s", action.what, self.auditor.calling,
+                            self.peer, why)
+                self.proxy.spool.journal({"what": "unrecordable", "op": action.what, "peer": self.peer,
+                                          "assoc": self.auditor.assoc_id, "reason": why, "event": event})
+            else:
+                events.append(event)
         if not events:
             return
         local = {"peer": self.peer, "assoc": self.auditor.assoc_id, "op": action.what}

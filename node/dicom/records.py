@@ -12,6 +12,8 @@ import time
 
 from node.dicom.rawdicom import InstanceInfo
 
+MAX_LIST = 256  # node.tx.MAX_LIST: UIDs per list in one tx
+
 # DIMSE status (PS3.7 C) -> EventOutcomeIndicator (PS3.15 A.5: 0 success, 4 minor, 8 serious, 12 major)
 def outcome_of(status: int | None) -> int:
     if status is None:
@@ -33,11 +35,12 @@ def base_event(kind: str, *, patient_id: str | None, issuer: str | None, study_u
         "type": kind,
         "patient_id": patient_id or "UNKNOWN",
         "issuer": issuer or default_issuer,
-        "study_uid": study_uid or "UNKNOWN",
         "actor": actor or "UNKNOWN",
         "purpose": purpose,
         "time": when_ms if when_ms is not None else now_ms(),
     }
+    if study_uid:
+        event["study_uid"] = study_uid
     for key, value in extra.items():
         if value is not None and value != [] and value != "":
             event[key] = value
@@ -68,12 +71,25 @@ def grouped_events(kind: str, instances: list[dict], *, actor: str, actor_ae: st
         groups.setdefault(key, []).append(inst)
     events = []
     for (patient, issuer, study), members in groups.items():
-        series = sorted({m["SeriesInstanceUID"] for m in members if m.get("SeriesInstanceUID")})
-        sops = [m["SOPInstanceUID"] for m in members if m.get("SOPInstanceUID")]
-        events.append(base_event(
-            kind, patient_id=patient, issuer=issuer, study_uid=study, actor=actor, purpose=purpose,
-            default_issuer=default_issuer, actor_ae=actor_ae, peer_ae=peer_ae, series_uids=series or None,
-            sop_instance_uids=sops or None, n_series=len(series) or None, n_instances=len(sops) or None,
-            outcome=outcome, action=action,
-        ))
+        # the node takes at most MAX_LIST UIDs per list: a 1,000-instance C-GET is 4 events
+        for i in range(0, max(len(members), 1), MAX_LIST):
+            chunk = members[i:i + MAX_LIST]
+            series = sorted({m["SeriesInstanceUID"] for m in chunk if m.get("SeriesInstanceUID")})
+            sops = [m["SOPInstanceUID"] for m in chunk if m.get("SOPInstanceUID")]
+            events.append(base_event(
+                kind, patient_id=patient, issuer=issuer, study_uid=study, actor=actor, purpose=purpose,
+                default_issuer=default_issuer, actor_ae=actor_ae, peer_ae=peer_ae, series_uids=series or None,
+                sop_instance_uids=sops or None, n_series=len(series) or None, n_instances=len(sops) or None,
+                outcome=outcome, action=action,
+            ))
     return events
+
+
+def unrecordable(event: dict) -> str | None:
+    """Why the node would refuse this event for missing identifiers (None when it is fine). Such events go to
+    the spool's journal instead, with the reason, so the gap is visible without dead-lettering on the node."""
+    if event.get("patient_id") in (None, "", "UNKNOWN"):
+        return "no PatientID in the data set, the query or the PACS"
+    if event["type"] != "query" and not event.get("study_uid"):
+        return "no StudyInstanceUID"
+    return None

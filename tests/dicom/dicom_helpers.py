@@ -117,8 +117,21 @@ class RpcRecorder:
         self.by_id: dict[str, dict] = {}
         self.refuse_types: set[str] = set()
         self.unauthorized = 0
+        self.batches = 0
         self._server = None
         self._lock = threading.Lock()
+
+    def _answer(self, req: dict) -> dict:
+        event = req["params"]["event"]
+        if event.get("type") in self.refuse_types:
+            return {"jsonrpc": "2.0", "id": req["id"], "error": {
+                "code": -32602, "message": "invalid event", "data": {"reason": "type refused by test",
+                                                                     "field": "type"}}}
+        tx = hashlib.sha256(event["event_id"].encode()).hexdigest()
+        with self._lock:
+            self.events.append(event)
+            self.by_id[event["event_id"]] = event
+        return {"jsonrpc": "2.0", "id": req["id"], "result": {"tx": tx, "status": "pending"}}
 
     def _handler(self):
         rec = self
@@ -136,17 +149,11 @@ class RpcRecorder:
                     self._send(401, {"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": "unauthorized"}})
                     return
                 req = json.loads(body)
-                event = req["params"]["event"]
-                if event.get("type") in rec.refuse_types:
-                    self._send(200, {"jsonrpc": "2.0", "id": req["id"], "error": {
-                        "code": -32602, "message": "invalid event", "data": {"reason": "type refused by test",
-                                                                             "field": "type"}}})
-                    return
-                tx = hashlib.sha256(event["event_id"].encode()).hexdigest()
-                with rec._lock:
-                    rec.events.append(event)
-                    rec.by_id[event["event_id"]] = event
-                self._send(200, {"jsonrpc": "2.0", "id": req["id"], "result": {"tx": tx, "status": "pending"}})
+                if isinstance(req, list):
+                    rec.batches += 1
+                    self._send(200, [rec._answer(r) for r in req])
+                else:
+                    self._send(200, rec._answer(req))
 
             def _send(self, code, doc):
                 data = json.dumps(doc).encode()
