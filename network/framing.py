@@ -80,42 +80,40 @@ def parse_channel_body(body: bytes) -> tuple[str, bytes]:
 class FrameDecoder:
     """Incremental decoder: `feed(bytes)` returns the complete frames as (kind, body) pairs.
 
-    Raises FrameError on an oversized or zero-length frame or an unknown kind; the decoder is then
-    unusable (the stream is out of sync and must be reset).
+    On an oversized or zero-length frame or an unknown kind, `feed` still returns the valid frames
+    that preceded it and sets `error` (a FrameError); the caller handles those frames, then drops the
+    stream. Any later `feed` raises that error: the byte stream is out of sync for good.
     """
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
         self._max = max_frame
-        self._broken = False
+        self.error: FrameError | None = None
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        if self._broken:
-            raise FrameError("decoder already failed")
+        if self.error is not None:
+            raise self.error
         buf = self._buf
         buf += data
         out: list[tuple[int, bytes]] = []
         pos = 0
-        try:
-            while len(buf) - pos >= 5:
-                n, kind = _HDR.unpack_from(buf, pos)
-                if n == 0 or n > self._max:
-                    raise FrameError(f"frame length {n} outside 1..{self._max}")
-                if kind not in _KINDS:
-                    raise FrameError(f"unknown frame kind {kind}")
-                end = pos + 4 + n
-                if end > len(buf):
-                    break
-                out.append((kind, bytes(buf[pos + 5 : end])))
-                pos = end
-        except FrameError:
-            self._broken = True
-            raise
-        finally:
-            if pos:
-                del buf[:pos]
+        while len(buf) - pos >= 5:
+            n, kind = _HDR.unpack_from(buf, pos)
+            if n == 0 or n > self._max:
+                self.error = FrameError(f"frame length {n} outside 1..{self._max}")
+                break
+            if kind not in _KINDS:
+                self.error = FrameError(f"unknown frame kind {kind}")
+                break
+            end = pos + 4 + n
+            if end > len(buf):
+                break
+            out.append((kind, bytes(buf[pos + 5 : end])))
+            pos = end
+        if pos:
+            del buf[:pos]
         return out

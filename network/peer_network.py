@@ -413,6 +413,8 @@ class PeerNetwork:
             if not chunk:
                 raise RequestError("stream closed before a complete frame")
             frames = dec.feed(chunk)
+            if dec.error is not None:
+                raise dec.error
             if frames:
                 if len(frames) > 1 or dec.buffered:
                     raise FrameError("more than one frame")
@@ -461,6 +463,8 @@ class PeerNetwork:
                         p.rtt = trio.current_time() - _PING.unpack(body)[0]
                     else:
                         raise FrameError(f"frame kind {kind} not allowed on a message stream")
+                if dec.error is not None:
+                    raise dec.error
         except FrameError as e:
             stats["malformed_frames"] += 1
             log.warning("malformed frame from %s (%s): dropping the stream", p.pid, e)
