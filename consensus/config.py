@@ -1,0 +1,60 @@
+"""Replica configuration: the consortium (chain id, member keys) and protocol tuning with defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .certificate import max_faulty, quorum
+
+
+@dataclass(frozen=True)
+class Config:
+    chain_id: str
+    members: tuple[bytes, ...]  # ed25519 public keys; index = replica id
+    # K: a checkpoint every K heights. PBFT (Castro & Liskov 2002, sec. 4.3) takes K=100 requests; a block
+    # already batches ~2,000 txs, so 16 blocks keep the unstable log (and the WAL) short.
+    checkpoint_interval: int = 16
+    # L: heights accepted above the last stable checkpoint (high watermark = low + L). PBFT suggests L = 2K;
+    # 4K lets a checkpoint take a while to become stable without stalling the pipeline.
+    watermark_window: int = 64
+    # Heights the primary keeps in flight (proposed, not yet committed).
+    pipeline: int = 4
+    # A backup with pending work votes a view change if nothing commits for this long.
+    progress_timeout: float = 5.0
+    # Waiting for NEW-VIEW once 2f+1 VIEW-CHANGEs for the view are in; doubles per consecutive view change.
+    view_change_timeout: float = 5.0
+    # Timeouts double per consecutive view change without a commit, at most 2**max_backoff times.
+    max_backoff: int = 5
+    # Status gossip and retransmission of this replica's in-flight messages (lost messages, restarted peers).
+    retransmit_interval: float = 1.0
+    # A state transfer that has not answered by then is asked again.
+    state_transfer_timeout: float = 20.0
+    # Committed blocks pushed to a lagging peer per status message.
+    catchup_batch: int = 4
+    # Largest accepted message (a pre-prepare carries the ~1 MB payload).
+    max_message_bytes: int = 8 << 20
+
+    def __post_init__(self) -> None:
+        if len(self.members) < 1:
+            raise ValueError("at least one member")
+        if self.checkpoint_interval < 1 or self.pipeline < 1:
+            raise ValueError("checkpoint_interval and pipeline must be positive")
+        if self.watermark_window < self.checkpoint_interval or self.watermark_window % self.checkpoint_interval:
+            raise ValueError("watermark_window must be a positive multiple of checkpoint_interval")
+        if self.pipeline > self.watermark_window:
+            raise ValueError("pipeline must fit in the watermark window")
+
+    @property
+    def n(self) -> int:
+        return len(self.members)
+
+    @property
+    def f(self) -> int:
+        return max_faulty(self.n)
+
+    @property
+    def quorum(self) -> int:
+        return quorum(self.n)
+
+    def primary(self, view: int) -> int:
+        return view % self.n

@@ -1,0 +1,31 @@
+"""Per-height consensus state: the accepted proposal, payloads by digest, votes, and the certificates."""
+
+from __future__ import annotations
+
+from .certificate import Certificate
+
+
+class Slot:
+    __slots__ = ("height", "pp", "nv", "pending", "payloads", "prepares", "commits", "prepared", "cert",
+                 "fetch_tick")
+
+    def __init__(self, height: int) -> None:
+        self.height = height
+        self.pp: tuple[int, bytes] | None = None       # (view, digest) accepted as that view's proposal
+        self.nv = False                                # pp was assigned by NEW-VIEW (already validated)
+        self.pending: tuple[int, bytes] | None = None  # a pre-prepare waiting for its payload
+        self.payloads: dict[bytes, bytes] = {}
+        self.prepares: dict[tuple[int, bytes], dict[int, bytes]] = {}  # (view, digest) -> member -> sig
+        self.commits: dict[tuple[int, bytes], dict[int, bytes]] = {}
+        self.prepared: tuple[int, bytes, tuple[tuple[int, bytes], ...]] | None = None  # best prepared cert
+        self.cert: Certificate | None = None
+        self.fetch_tick = -1
+
+    def known_digests(self) -> set[bytes]:
+        out = {d for _, d in self.prepares} | {d for _, d in self.commits}
+        for x in (self.pp, self.pending, self.prepared):
+            if x is not None:
+                out.add(x[1])
+        if self.cert is not None:
+            out.add(self.cert.digest)
+        return out

@@ -1,0 +1,123 @@
+"""Write-ahead-log records. The replica emits Persist(record) before it sends anything the record covers, so
+a replica restarted after kill -9 (Replica(..., wal=records)) never signs a message that conflicts with one
+it sent before, and still carries its prepared certificates into view changes.
+
+Records (msgpack lists, first element a tag):
+  ["view", w]                         about to send VIEW-CHANGE for view w
+  ["newview", w, newview_wire]        entered view w (the NEW-VIEW it accepted or built)
+  ["vote", v, h, d, payload|None]     about to sign a pre-prepare/prepare vote for digest d at (v, h)
+  ["commit", v, h, d, [[i, sig]..]]   about to sign COMMIT; the list is the prepared certificate (2f+1 votes)
+  ["stable", h, state_digest, proof]  checkpoint h became stable (proof: 2f+1 checkpoint signatures)
+Records for heights at or below the newest stable checkpoint are obsolete: compact() drops them.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from .messages import MAX_DIGEST, MAX_SIG
+
+
+class WalError(ValueError):
+    pass
+
+
+def _pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def view_record(view: int) -> bytes:
+    return _pack(["view", view])
+
+
+def newview_record(view: int, wire: bytes) -> bytes:
+    return _pack(["newview", view, wire])
+
+
+def vote_record(view: int, height: int, digest: bytes, payload: bytes | None) -> bytes:
+    return _pack(["vote", view, height, digest, payload])
+
+
+def commit_record(view: int, height: int, digest: bytes, proof: tuple[tuple[int, bytes], ...]) -> bytes:
+    return _pack(["commit", view, height, digest, [[i, s] for i, s in proof]])
+
+
+def stable_record(height: int, state_digest: bytes, proof: tuple[tuple[int, bytes], ...]) -> bytes:
+    return _pack(["stable", height, state_digest, [[i, s] for i, s in proof]])
+
+
+def _int(x) -> int:
+    if type(x) is not int or x < 0:
+        raise WalError("bad integer")
+    return x
+
+
+def _b(x, limit: int | None = None) -> bytes:
+    if type(x) is not bytes or (limit is not None and len(x) > limit):
+        raise WalError("bad bytes")
+    return x
+
+
+def _proof(x) -> tuple[tuple[int, bytes], ...]:
+    if type(x) is not list:
+        raise WalError("bad proof")
+    out = []
+    for item in x:
+        if type(item) is not list or len(item) != 2:
+            raise WalError("bad proof item")
+        out.append((_int(item[0]), _b(item[1], MAX_SIG)))
+    return tuple(out)
+
+
+def decode(record: bytes) -> tuple:
+    """Parse one record into a tuple (tag, ...). Raises WalError for a torn or foreign record."""
+    try:
+        raw = msgpack.unpackb(record, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise WalError(f"undecodable record: {type(exc).__name__}") from exc
+    if type(raw) is not list or not raw or type(raw[0]) is not str:
+        raise WalError("not a WAL record")
+    tag, rest = raw[0], raw[1:]
+    try:
+        if tag == "view" and len(rest) == 1:
+            return (tag, _int(rest[0]))
+        if tag == "newview" and len(rest) == 2:
+            return (tag, _int(rest[0]), _b(rest[1]))
+        if tag == "vote" and len(rest) == 4:
+            payload = None if rest[3] is None else _b(rest[3])
+            return (tag, _int(rest[0]), _int(rest[1]), _b(rest[2], MAX_DIGEST), payload)
+        if tag == "commit" and len(rest) == 4:
+            return (tag, _int(rest[0]), _int(rest[1]), _b(rest[2], MAX_DIGEST), _proof(rest[3]))
+        if tag == "stable" and len(rest) == 3:
+            return (tag, _int(rest[0]), _b(rest[1], MAX_DIGEST), _proof(rest[2]))
+    except (TypeError, IndexError) as exc:
+        raise WalError("malformed record") from exc
+    raise WalError(f"unknown record {tag!r}")
+
+
+def compact(records) -> list[bytes]:
+    """The records a restart still needs: the newest stable checkpoint, the newest view records, and votes
+    above the stable checkpoint. The runtime may rewrite its WAL file with this list (atomically)."""
+    parsed = []
+    for r in records:
+        try:
+            parsed.append((decode(r), r))
+        except WalError:
+            continue
+    stable = max((p[1] for p, _ in parsed if p[0] == "stable"), default=0)
+    top_view = max((p[1] for p, _ in parsed if p[0] in ("view", "newview")), default=0)
+    out = []
+    kept_stable = False
+    for p, r in reversed(parsed):
+        tag = p[0]
+        if tag == "stable":
+            if p[1] == stable and not kept_stable:
+                out.append(r)
+                kept_stable = True
+        elif tag in ("view", "newview"):
+            if p[1] == top_view:
+                out.append(r)
+        elif p[2] > stable:
+            out.append(r)
+    out.reverse()
+    return out
