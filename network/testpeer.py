@@ -4,7 +4,9 @@ Runs one PeerNetwork. Every inbound message (peer, channel, data) is sent back t
 "echo:" + channel unless the channel starts with "echo:" or is "sink" (counted only); requests on
 "echo" are answered with their payload, on "sleep" after sleeping <payload as float> seconds.
 Prints "READY <peer_id> <listen addrs>" on stdout once listening and "STATS <json>" when it gets
-a message on channel "stats".
+a message on channel "stats". With `--probe SECONDS` it also broadcasts a sequence number on "ping"
+at that interval, prints "ECHO <peer> <seq>" for each echo that comes back, and prints
+"PEERS <peer,...>" whenever the set of connected peers changes (used by the netns test).
 """
 
 from __future__ import annotations
@@ -38,14 +40,31 @@ async def _main(args: argparse.Namespace) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(net.run)
         print("READY", peer_id_of(identity), " ".join(net.listen_addrs), flush=True)
+        if args.probe:
+            nursery.start_soon(_probe, net, args.probe)
         received = 0
         async for peer, channel, data in net.inbox:
             received += 1
-            if channel == "stats":
+            if channel == "echo:ping" and args.probe:
+                print("ECHO", peer, int(data), flush=True)
+            elif channel == "stats":
                 print("STATS", json.dumps({"received": received, **net.stats}), flush=True)
             elif channel != "sink" and not channel.startswith("echo:"):
                 if not net.send(peer, "echo:" + channel, data):
                     await net.send_wait(peer, "echo:" + channel, data)
+
+
+async def _probe(net: PeerNetwork, interval: float) -> None:
+    seq = 0
+    last: list[str] | None = None
+    while True:
+        peers = sorted(net.connected_peers())
+        if peers != last:
+            print("PEERS", ",".join(peers), flush=True)
+            last = peers
+        seq += 1
+        net.broadcast("ping", str(seq).encode())
+        await trio.sleep(interval)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--listen", required=True)
     ap.add_argument("--psk", default="", help="64 hex chars")
     ap.add_argument("--lock-dir", default=None)
+    ap.add_argument("--probe", type=float, default=0.0, help="broadcast a probe every SECONDS")
     args = ap.parse_args(argv)
     try:
         trio.run(_main, args)

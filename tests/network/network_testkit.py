@@ -64,3 +64,42 @@ def env_with_repo() -> dict[str, str]:
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+class PeerProc:
+    """A `python -m network.testpeer` subprocess whose stdout lines are collected by a thread."""
+
+    def __init__(self, argv: list[str], prefix: list[str] | None = None) -> None:
+        import subprocess
+        import sys
+        import threading
+
+        self.proc = subprocess.Popen(
+            [*(prefix or []), sys.executable, "-m", "network.testpeer", *argv],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_with_repo(),
+        )
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._pump, daemon=True)
+        self._t.start()
+
+    def _pump(self) -> None:
+        for raw in self.proc.stdout:
+            self.lines.append(raw.decode().rstrip("\n"))
+
+    async def wait_line(self, pred, timeout: float = 15, start: int = 0) -> tuple[int, str]:
+        """Index and text of the first line from `start` on that satisfies pred."""
+        with trio.fail_after(timeout):
+            i = start
+            while True:
+                while i < len(self.lines):
+                    if pred(self.lines[i]):
+                        return i, self.lines[i]
+                    i += 1
+                if self.proc.poll() is not None and i >= len(self.lines):
+                    raise AssertionError(f"peer exited {self.proc.returncode}: {self.proc.stderr.read()[-2000:]!r}")
+                await trio.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
