@@ -1,0 +1,52 @@
+"""`radchain start --home DIR`: run a node until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("start", help="run a node in the foreground (SIGINT/SIGTERM stop it cleanly)")
+    p.add_argument("--home", required=True, type=Path, help="node home (config.toml, genesis.json, keys/, data/)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import logging
+
+    import trio
+
+    from node.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.home)
+    except ConfigError as exc:
+        print(f"radchain start: {exc}", file=sys.stderr)
+        return 2
+    from network.logs import mute_libp2p_logging
+    from node.logs import setup_logging
+
+    setup_logging(cfg.log_level, cfg.name)
+    mute_libp2p_logging()
+    from node.runtime import Node
+
+    async def main() -> None:
+        node = Node(cfg)
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                await nursery.start(node.run)
+                async for signum in signals:
+                    logging.getLogger("radchain.node").info(
+                        "stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except* RuntimeError as group:  # py-libp2p 0.8.1 may raise while its services unwind (docs/NETWORK.md)
+        for exc in group.exceptions:
+            if "Nursery is closed" not in str(exc):
+                raise
+    return 0

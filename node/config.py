@@ -1,0 +1,192 @@
+"""Node configuration: HOME/config.toml, validated at load with errors that name the bad key.
+
+The file holds this hospital's secrets (pseudonym key, network PSK, RPC tokens), so it is written 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """The node's configuration is missing, malformed or inconsistent."""
+
+
+@dataclass
+class RpcConfig:
+    listen: str = "127.0.0.1:26657"
+    tokens: dict[str, str] = field(default_factory=dict)  # integrator name -> bearer token (write access)
+    read_requires_token: bool = False
+    max_body_bytes: int = 1 << 20
+    rate_limit_per_second: float = 2000.0  # per client address; bursts of the same size are allowed
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass
+class ConsensusConfig:
+    checkpoint_interval: int = 16
+    watermark_window: int = 64
+    pipeline: int = 4
+    request_timeout: float = 2.0  # seconds without progress on pending work before a view change
+    wal_fsync: bool = True
+
+
+@dataclass
+class MempoolConfig:
+    max_txs: int = 100_000
+    max_block_txs: int = 2000
+    gossip_batch: int = 256
+    gossip_interval: float = 0.02
+    rebroadcast_after: float = 5.0
+
+
+@dataclass
+class NodeConfig:
+    home: Path
+    name: str
+    p2p_listen: str
+    psk: bytes
+    pseudonym_key: bytes
+    rpc: RpcConfig = field(default_factory=RpcConfig)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    mempool: MempoolConfig = field(default_factory=MempoolConfig)
+    log_level: str = "INFO"
+    store_sync: bool = False  # a plyvel write survives kill -9 without fsync; set true to survive power loss
+    extra: dict = field(default_factory=dict)  # sections owned by plugins, e.g. [dicom]
+
+    # Paths inside the home, per docs/CONTRACTS.md "Node home layout".
+    @property
+    def genesis_path(self) -> Path:
+        return self.home / "genesis.json"
+
+    @property
+    def member_key_path(self) -> Path:
+        return self.home / "keys" / "member.key"
+
+    @property
+    def p2p_key_path(self) -> Path:
+        return self.home / "keys" / "p2p.key"
+
+    @property
+    def chain_dir(self) -> Path:
+        return self.home / "data" / "chain"
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.home / "data" / "wal"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://{self.rpc.listen}"
+
+
+def _hex_bytes(section: dict, key: str, where: str, length: int) -> bytes:
+    value = section.get(key)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key} must be a hex string of {length} bytes")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.{key} is not hex: {exc}") from exc
+    if len(raw) != length:
+        raise ConfigError(f"{where}.{key} must be {length} bytes, got {len(raw)}")
+    return raw
+
+
+def _fill(obj, section: dict, where: str) -> None:
+    """Copy known keys from a TOML table onto a dataclass, type-checked; unknown keys are errors."""
+    for key, value in section.items():
+        if not hasattr(obj, key):
+            raise ConfigError(f"unknown key {where}.{key}")
+        current = getattr(obj, key)
+        if isinstance(current, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{key} must be true or false")
+        if isinstance(current, (int, float)) and not isinstance(current, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}.{key} must be a number")
+            if value <= 0:
+                raise ConfigError(f"{where}.{key} must be positive")
+            value = type(current)(value)
+        if isinstance(current, str) and not isinstance(value, str):
+            raise ConfigError(f"{where}.{key} must be a string")
+        if isinstance(current, dict) and not isinstance(value, dict):
+            raise ConfigError(f"{where}.{key} must be a table")
+        setattr(obj, key, value)
+
+
+def load_config(home: str | os.PathLike) -> NodeConfig:
+    home = Path(home).resolve()
+    path = home / "config.toml"
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no config at {path}; run `radchain init` or `radchain testnet` first") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    known = {"node", "p2p", "rpc", "consensus", "mempool", "pseudonym", "log", "store"}
+    node = raw.get("node", {})
+    p2p = raw.get("p2p", {})
+    if not isinstance(node.get("name"), str) or not node["name"]:
+        raise ConfigError("node.name must be this member's name as listed in genesis.json")
+    if not isinstance(p2p.get("listen"), str):
+        raise ConfigError("p2p.listen must be a multiaddr such as /ip4/127.0.0.1/tcp/26656")
+    cfg = NodeConfig(
+        home=home,
+        name=node["name"],
+        p2p_listen=p2p["listen"],
+        psk=_hex_bytes(p2p, "psk", "p2p", 32),
+        pseudonym_key=_hex_bytes(raw.get("pseudonym", {}), "key", "pseudonym", 32),
+        log_level=str(raw.get("log", {}).get("level", "INFO")).upper(),
+        store_sync=bool(raw.get("store", {}).get("sync", False)),
+        extra={k: v for k, v in raw.items() if k not in known},
+    )
+    _fill(cfg.rpc, raw.get("rpc", {}), "rpc")
+    _fill(cfg.consensus, raw.get("consensus", {}), "consensus")
+    _fill(cfg.mempool, raw.get("mempool", {}), "mempool")
+    if ":" not in cfg.rpc.listen or not cfg.rpc.listen.rsplit(":", 1)[1].isdigit():
+        raise ConfigError("rpc.listen must be HOST:PORT")
+    for name, token in cfg.rpc.tokens.items():
+        if not isinstance(token, str) or len(token) < 16:
+            raise ConfigError(f"rpc.tokens.{name} must be a string of at least 16 characters")
+    return cfg
+
+
+def write_config(home: Path, *, name: str, p2p_listen: str, rpc_listen: str, psk: bytes,
+                 pseudonym_key: bytes, tokens: dict[str, str], extra: dict | None = None) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "node": {"name": name},
+        "p2p": {"listen": p2p_listen, "psk": psk.hex()},
+        "rpc": {"listen": rpc_listen, "tokens": tokens},
+        # The consortium pseudonym key: shared by members, never on chain, never sent over gossip.
+        "pseudonym": {"key": pseudonym_key.hex()},
+        "log": {"level": "INFO"},
+    }
+    doc.update(extra or {})
+    path = home / "config.toml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        tomli_w.dump(doc, fh)
+    return path
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)

@@ -1,0 +1,221 @@
+"""Drives the sans-I/O replica: one task feeds it events and performs the actions it returns.
+
+Everything that changes the ledger goes through this task (consensus commits and synced blocks alike), so
+the store has a single writer and blocks are executed strictly in height order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from consensus import actions as A
+from consensus import events as E
+from consensus import wal as consensus_wal
+from node.chain import Chain, ChainError
+from node.wal import WriteAheadLog
+
+log = logging.getLogger("radchain.driver")
+
+# Rewrite the WAL without obsolete records once it grows past this (after a stable checkpoint).
+WAL_COMPACT_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class SyncedBlocks:
+    """Blocks fetched by block sync (already checked against their certificates by the sync task)."""
+    blocks: list[tuple[int, bytes, bytes]]  # (height, payload, certificate)
+    announce: bool  # tell the replica it may re-enter consensus at the new height
+    done: trio.Event | None = None
+
+
+@dataclass(frozen=True)
+class MempoolChanged:
+    pass
+
+
+class ConsensusDriver:
+    def __init__(self, replica, chain: Chain, wal: WriteAheadLog, *, send: Callable[[int, bytes], None],
+                 broadcast: Callable[[bytes], None], build_proposal: Callable[[int], bytes],
+                 mempool_count: Callable[[], int], on_commit: Callable[[object, bytes], None],
+                 on_state_transfer: Callable[[int, tuple[int, ...]], None],
+                 on_evidence: Callable[[bytes], None]):
+        self.replica = replica
+        self.chain = chain
+        self.wal = wal
+        self._send = send
+        self._broadcast = broadcast
+        self._build_proposal = build_proposal
+        self._mempool_count = mempool_count
+        self._on_commit = on_commit
+        self._on_state_transfer = on_state_transfer
+        self._on_evidence = on_evidence
+        self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
+        self._timers: dict[object, float] = {}
+        self._timers_changed = trio.Event()
+        self._pending_commits: dict[int, A.Commit] = {}
+        self._work_reported = -1
+        self._mempool_dirty = False
+        self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0}
+        self.commit_latency_ms: deque[float] = deque(maxlen=1000)
+
+    # ------------------------------------------------------------------ inputs (any task)
+    def message(self, sender: int, data: bytes) -> None:
+        self._events_send.send_nowait(E.MessageReceived(sender, data))
+
+    def mempool_changed(self) -> None:
+        if not self._mempool_dirty:  # coalesce: one WorkPending per burst of admissions
+            self._mempool_dirty = True
+            self._events_send.send_nowait(MempoolChanged())
+
+    def synced(self, blocks: list[tuple[int, bytes, bytes]], announce: bool = True,
+               done: trio.Event | None = None) -> None:
+        self._events_send.send_nowait(SyncedBlocks(blocks, announce, done))
+
+    # ------------------------------------------------------------------ the loop
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._timer_loop)
+            self._perform(self.replica.start())
+            task_status.started()
+            async for event in self._events_recv:
+                self.stats["events"] += 1
+                if isinstance(event, MempoolChanged):
+                    self._mempool_dirty = False
+                    count = self._mempool_count()
+                    if count == self._work_reported:
+                        continue
+                    self._work_reported = count
+                    event = E.WorkPending(count)
+                elif isinstance(event, SyncedBlocks):
+                    self._apply_synced(event)
+                    continue
+                elif isinstance(event, _Replay):
+                    self._perform([event.commit])
+                    continue
+                self._feed(event)
+                await trio.lowlevel.checkpoint()
+
+    def _feed(self, event) -> None:
+        follow = deque([event])
+        while follow:
+            for action in self.replica.handle(follow.popleft()) or ():
+                produced = self._perform_one(action)
+                if produced is not None:
+                    follow.append(produced)
+            self.wal.flush()
+
+    def _perform(self, actions) -> None:
+        follow = [p for p in (self._perform_one(a) for a in actions) if p is not None]
+        self.wal.flush()
+        for event in follow:
+            self._feed(event)
+
+    def _perform_one(self, action):
+        """Perform one action; returns a follow-up event for the replica, if any."""
+        if isinstance(action, A.Persist):
+            self.wal.append(action.record)
+            self.wal.records.append(action.record)
+            self.stats["wal_records"] += 1
+            if action.record[1:8] == _STABLE_TAG and self.wal.size() > WAL_COMPACT_BYTES:
+                self.wal.flush()
+                self.wal.records = list(consensus_wal.compact(self.wal.records))
+                self.wal.rewrite(self.wal.records)
+            return None
+        # Anything that leaves the process, or acts on state, waits for the log to be durable.
+        self.wal.flush()
+        if isinstance(action, A.Send):
+            self._send(action.to, action.data)
+        elif isinstance(action, A.Broadcast):
+            self._broadcast(action.data)
+        elif isinstance(action, A.SetTimer):
+            self._timers[action.timer] = trio.current_time() + action.seconds
+            self._timers_changed.set()
+        elif isinstance(action, A.CancelTimer):
+            self._timers.pop(action.timer, None)
+        elif isinstance(action, A.RequestProposal):
+            return E.ProposalReady(action.height, self._build_proposal(action.height))
+        elif isinstance(action, A.Commit):
+            return self._commit(action)
+        elif isinstance(action, A.RequestStateTransfer):
+            self._on_state_transfer(action.target_height, action.peers)
+        elif isinstance(action, A.ReportEvidence):
+            self._on_evidence(action.evidence)
+        return None
+
+    def _commit(self, action: A.Commit):
+        height = self.chain.height
+        if action.height <= height:
+            return None  # already executed (block sync got there first)
+        if action.height > height + 1:
+            self._pending_commits[action.height] = action  # a gap that block sync will fill
+            return None
+        block = self._execute(action.payload, action.certificate)
+        if block is None:
+            return None
+        event = E.Executed(block.height, block.hash)
+        # Commits queued behind a gap can go now.
+        nxt = self._pending_commits.pop(self.chain.height + 1, None)
+        if nxt is not None:
+            self._events_send.send_nowait(_Replay(nxt))
+        return event
+
+    def _execute(self, payload: bytes, certificate: bytes, verify: bool = False):
+        started = time.perf_counter()
+        try:
+            block = self.chain.execute(payload, certificate, verify_certificate_sigs=verify)
+        except ChainError:
+            log.exception("could not execute a committed block; will sync it from peers")
+            return None
+        self.stats["commits"] += 1
+        self.commit_latency_ms.append((time.perf_counter() - started) * 1000)
+        self._on_commit(block, payload)
+        return block
+
+    def _apply_synced(self, event: SyncedBlocks) -> None:
+        last = None
+        for height, payload, certificate in event.blocks:
+            if height != self.chain.height + 1:
+                continue
+            block = self._execute(payload, certificate, verify=True)
+            if block is None:
+                break
+            self.stats["synced_blocks"] += 1
+            last = block
+        for h in [h for h in self._pending_commits if h <= self.chain.height]:
+            del self._pending_commits[h]
+        if last is not None and event.announce:
+            self._feed(E.StateTransferred(last.height, last.hash))
+        if event.done is not None:
+            event.done.set()
+
+    # ------------------------------------------------------------------ timers
+    async def _timer_loop(self) -> None:
+        while True:
+            if not self._timers:
+                await self._timers_changed.wait()
+                self._timers_changed = trio.Event()
+                continue
+            timer, deadline = min(self._timers.items(), key=lambda kv: kv[1])
+            with trio.move_on_at(deadline):
+                await self._timers_changed.wait()
+                self._timers_changed = trio.Event()
+                continue
+            if self._timers.get(timer) == deadline:
+                del self._timers[timer]
+                self._events_send.send_nowait(E.TimerFired(timer))
+
+
+@dataclass(frozen=True)
+class _Replay:
+    commit: A.Commit
+
+
+# consensus.wal records are msgpack lists tagged by a string; a "stable" record ends an obsolete prefix.
+_STABLE_TAG = b"\xa6stable"

@@ -1,0 +1,114 @@
+"""Transaction gossip: admitted txs travel to every member in batches over the reliable peer streams.
+
+The consortium is a full mesh, so a batch goes straight to every member and is not relayed. What a lost
+message (a peer killed mid-write) would drop is covered by re-gossiping txs that wait too long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+import msgpack
+import trio
+
+from node.chain import Chain
+from node.config import MempoolConfig
+from node.mempool import Mempool, MempoolFull
+from node.tx import TxError
+
+log = logging.getLogger("radchain.gossip")
+
+CHANNEL = "tx"
+MAX_BATCH_TXS = 4096
+MAX_BATCH_BYTES = 8 << 20
+
+
+class TxGossip:
+    def __init__(self, broadcast: Callable[[str, bytes], int], chain: Chain, mempool: Mempool,
+                 cfg: MempoolConfig, on_admitted: Callable[[], None]):
+        self._broadcast = broadcast
+        self.chain = chain
+        self.mempool = mempool
+        self.cfg = cfg
+        self._on_admitted = on_admitted
+        self._outbox: list[bytes] = []
+        self._wake = trio.Event()
+        self.stats = {"batches_out": 0, "batches_in": 0, "txs_in": 0, "txs_admitted": 0, "txs_refused": 0,
+                      "batches_malformed": 0, "rebroadcast": 0}
+
+    def admit(self, items: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """Admit already-checked (hash, raw) txs from this node's clients; durable and queued for gossip.
+        Raises MempoolFull."""
+        fresh = self.mempool.add_many(items, time.monotonic())
+        if fresh:
+            fresh_set = set(fresh)
+            self._outbox.extend(raw for h, raw in items if h in fresh_set)
+            if len(self._outbox) >= self.cfg.gossip_batch:
+                self._wake.set()
+            self._on_admitted()
+        return fresh
+
+    def on_batch(self, peer: str, data: bytes) -> None:
+        """A batch from a member: every tx is checked (signature, authorisation) before admission."""
+        self.stats["batches_in"] += 1
+        try:
+            raws = msgpack.unpackb(data, raw=False, max_array_len=MAX_BATCH_TXS, max_bin_len=MAX_BATCH_BYTES)
+            if not isinstance(raws, list) or not all(isinstance(r, bytes) for r in raws):
+                raise ValueError("not a list of byte strings")
+        except Exception as exc:
+            self.stats["batches_malformed"] += 1
+            log.warning("malformed tx batch from %s: %s", peer[-8:], exc)
+            return
+        self.stats["txs_in"] += len(raws)
+        has = self.chain.store.has_tx
+        items = []
+        for raw in raws:
+            h = hashlib.sha256(raw).digest()
+            if h in self.mempool or has(h):
+                continue
+            try:
+                self.chain.check_tx(raw)
+            except TxError:
+                self.stats["txs_refused"] += 1
+                continue
+            items.append((h, raw))
+        if not items:
+            return
+        try:
+            fresh = self.mempool.add_many(items, time.monotonic())
+        except MempoolFull:
+            self.stats["txs_refused"] += len(items)
+            return  # the origin keeps them and re-gossips later
+        self.stats["txs_admitted"] += len(fresh)
+        if fresh:
+            self._on_admitted()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._flush_loop)
+            nursery.start_soon(self._rebroadcast_loop)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with trio.move_on_after(self.cfg.gossip_interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            while self._outbox:
+                batch, self._outbox = self._outbox[:self.cfg.gossip_batch], self._outbox[self.cfg.gossip_batch:]
+                self._broadcast(CHANNEL, msgpack.packb(batch, use_bin_type=True))
+                self.stats["batches_out"] += 1
+                await trio.lowlevel.checkpoint()
+
+    async def _rebroadcast_loop(self) -> None:
+        while True:
+            await trio.sleep(self.cfg.rebroadcast_after)
+            now = time.monotonic()
+            stale = self.mempool.stale(now - self.cfg.rebroadcast_after, limit=MAX_BATCH_TXS)
+            if stale:
+                self.stats["rebroadcast"] += len(stale)
+                for i in range(0, len(stale), self.cfg.gossip_batch):
+                    self._broadcast(CHANNEL, msgpack.packb(stale[i:i + self.cfg.gossip_batch], use_bin_type=True))
+                self.mempool.touch([hashlib.sha256(r).digest() for r in stale], now)

@@ -1,0 +1,124 @@
+"""Local testnets: write N node homes with one shared genesis, and run them as separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from network.identity import load_or_create_identity, peer_id_of
+from node.config import new_token, write_config
+from node.genesis import Genesis, Member
+from node.keys import create_member_key
+
+HOSPITALS = ["hosp-a", "hosp-b", "hosp-c", "hosp-d", "hosp-e", "hosp-f", "hosp-g", "hosp-h", "hosp-i", "hosp-j"]
+EXAMPLE_EVENT = {"type": "instances.accessed", "patient_id": "PAT-1", "issuer": "HOSP-A",
+                 "study_uid": "1.2.840.1", "actor": "dr.smith", "purpose": "TREAT"}
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    home: Path
+    rpc: str
+    p2p: str
+    token: str
+
+
+def member_name(i: int) -> str:
+    return HOSPITALS[i] if i < len(HOSPITALS) else f"hosp-{i}"
+
+
+def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.1",
+             chain_id: str = "radchain-testnet", hosts: list[str] | None = None,
+             params: dict | None = None, config_extra: dict | None = None) -> list[NodeInfo]:
+    """Create `out/<name>/` homes, a shared genesis and `out/testnet.json`. Node i listens on
+    base_port+2i (p2p) and base_port+2i+1 (RPC), on hosts[i] when given (one IP per namespace)."""
+    if n < 4:
+        raise ValueError("a BFT testnet needs at least 4 nodes (n = 3f+1 with f >= 1)")
+    out.mkdir(parents=True, exist_ok=True)
+    psk, pseudonym_key = os.urandom(32), os.urandom(32)
+    nodes, members = [], []
+    for i in range(n):
+        name = member_name(i)
+        home = (out / name).resolve()
+        ip = hosts[i] if hosts else host
+        p2p = f"/ip4/{ip}/tcp/{base_port + 2 * i}"
+        rpc_listen = f"{ip}:{base_port + 2 * i + 1}"
+        key = create_member_key(home / "keys" / "member.key")
+        identity = load_or_create_identity(home / "keys" / "p2p.key")
+        token = new_token()
+        write_config(home, name=name, p2p_listen=p2p, rpc_listen=rpc_listen, psk=psk,
+                     pseudonym_key=pseudonym_key, tokens={"operator": token}, extra=config_extra)
+        members.append(Member(name=name, pubkey=bytes(key.verify_key), peer_id=peer_id_of(identity),
+                              p2p=(p2p,), rpc=f"http://{rpc_listen}"))
+        nodes.append(NodeInfo(name, home, f"http://{rpc_listen}", p2p, token))
+    genesis = Genesis(chain_id=chain_id, genesis_time=datetime.now(UTC).isoformat(timespec="seconds"),
+                      members=tuple(members), params=dict(params or {}))
+    for info in nodes:
+        genesis.save(info.home / "genesis.json")
+    (out / "testnet.json").write_text(json.dumps(
+        {"chain_id": chain_id,
+         "nodes": [{"name": x.name, "home": str(x.home), "rpc": x.rpc, "p2p": x.p2p, "token": x.token}
+                   for x in nodes]}, indent=2) + "\n")
+    return nodes
+
+
+def load(out: Path) -> list[NodeInfo]:
+    data = json.loads((out / "testnet.json").read_text())
+    return [NodeInfo(x["name"], Path(x["home"]), x["rpc"], x["p2p"], x["token"]) for x in data["nodes"]]
+
+
+def start_node(info: NodeInfo, log_path: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    log_path = log_path or info.home / "node.log"
+    log = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "node.cli", "start", "--home", str(info.home)],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            start_new_session=True)
+
+
+def rpc_call(url: str, method: str, params: dict | None = None, token: str | None = None,
+             timeout: float = 5.0) -> dict:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    reply = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}},
+                       headers=headers, timeout=timeout).json()
+    return reply
+
+
+def wait_ready(nodes: list[NodeInfo], timeout: float = 60.0, peers: int | None = None) -> None:
+    """Until every node answers `status` (and sees `peers` peers, when given)."""
+    deadline = time.monotonic() + timeout
+    pending = list(nodes)
+    while pending:
+        info = pending[0]
+        try:
+            status = rpc_call(info.rpc, "status", timeout=2)["result"]
+            if peers is None or status["peers"] >= peers:
+                pending.pop(0)
+                continue
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{info.name} not ready after {timeout:.0f} s (see {info.home / 'node.log'})")
+        time.sleep(0.2)
+
+
+def stop(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
