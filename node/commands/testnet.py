@@ -37,8 +37,14 @@ def run(args) -> int:
 
 
 def _run(nodes, out: Path) -> int:
+    import signal
+
     from node import testnet
 
+    def _terminate(signum, frame):  # SIGTERM (e.g. from a supervisor) stops the nodes like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     procs = [testnet.start_node(info) for info in nodes]
     try:
         testnet.wait_ready(nodes, timeout=90, peers=len(nodes) - 1)

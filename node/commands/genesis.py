@@ -1,0 +1,39 @@
+"""`radchain genesis`: assemble genesis.json from the members' entries (output of `radchain init`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("genesis", help="assemble genesis.json from member entries (radchain init)")
+    p.add_argument("members", nargs="+", type=Path, help="member.json files, in replica order")
+    p.add_argument("--chain-id", required=True)
+    p.add_argument("--out", type=Path, default=Path("genesis.json"))
+    p.add_argument("--secrets-out", type=Path, help="also write fresh consortium secrets (PSK, pseudonym key)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from node.genesis import Genesis, GenesisError
+
+    doc = {"chain_id": args.chain_id, "genesis_time": datetime.now(UTC).isoformat(timespec="seconds"),
+           "members": [json.loads(p.read_text()) for p in args.members], "params": {}}
+    try:
+        genesis = Genesis.from_json(doc)
+    except GenesisError as exc:
+        print(f"radchain genesis: {exc}", file=sys.stderr)
+        return 1
+    if len(genesis.members) < 4:
+        print("radchain genesis: warning: fewer than 4 members tolerate no Byzantine member", file=sys.stderr)
+    genesis.save(args.out)
+    if args.secrets_out:
+        fd = os.open(args.secrets_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"psk": os.urandom(32).hex(), "pseudonym_key": os.urandom(32).hex()}, fh)
+    print(f"wrote {args.out} ({len(genesis.members)} members, chain {genesis.chain_id})")
+    return 0

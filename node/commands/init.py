@@ -1,0 +1,52 @@
+"""`radchain init`: prepare one hospital's node home for a multi-host consortium.
+
+Each hospital runs `init`, sends the printed member entry (public data only) to the consortium's
+coordinator, who assembles genesis.json with `radchain genesis` and returns it. The two consortium secrets
+(network PSK and pseudonym key) travel out of band in a secrets file (`radchain genesis --secrets-out`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("init", help="create keys and config for one node of a multi-host consortium")
+    p.add_argument("--home", required=True, type=Path)
+    p.add_argument("--name", required=True, help="this member's name, e.g. the hospital's short name")
+    p.add_argument("--p2p", required=True, help="p2p listen multiaddr, e.g. /ip4/10.1.0.5/tcp/26656")
+    p.add_argument("--rpc", default="127.0.0.1:26657", help="RPC listen HOST:PORT (default 127.0.0.1:26657)")
+    p.add_argument("--secrets", type=Path, help="consortium secrets JSON {psk, pseudonym_key} (hex)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from network.identity import load_or_create_identity, peer_id_of
+    from node.config import new_token, write_config
+    from node.keys import create_member_key
+
+    if (args.home / "config.toml").exists():
+        print(f"radchain init: {args.home}/config.toml exists; refusing to overwrite keys", file=sys.stderr)
+        return 1
+    if args.secrets:
+        secrets = json.loads(args.secrets.read_text())
+        psk, pkey = bytes.fromhex(secrets["psk"]), bytes.fromhex(secrets["pseudonym_key"])
+    else:
+        psk, pkey = os.urandom(32), os.urandom(32)
+        print("no --secrets given: generated a new PSK and pseudonym key (a consortium of one until "
+              "they are replaced by the consortium's)", file=sys.stderr)
+    key = create_member_key(args.home / "keys" / "member.key")
+    identity = load_or_create_identity(args.home / "keys" / "p2p.key")
+    token = new_token()
+    write_config(args.home, name=args.name, p2p_listen=args.p2p, rpc_listen=args.rpc, psk=psk,
+                 pseudonym_key=pkey, tokens={"operator": token})
+    entry = {"name": args.name, "pubkey": bytes(key.verify_key).hex(), "peer_id": peer_id_of(identity),
+             "p2p": [args.p2p], "rpc": f"http://{args.rpc}", "clients": []}
+    (args.home / "member.json").write_text(json.dumps(entry, indent=2) + "\n")
+    print(json.dumps(entry, indent=2))
+    print(f"member entry written to {args.home}/member.json; operator token in {args.home}/config.toml",
+          file=sys.stderr)
+    return 0
