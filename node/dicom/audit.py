@@ -289,9 +289,7 @@ class AssociationAuditor:
             def build(results, op=op, outcome=outcome):
                 info = results[op.key]
                 if isinstance(info, Exception):
-                    log.error("C-STORE from %s (%s): malformed data set not recorded: %s",
-                              self.calling, self.peer, info)
-                    return []
+                    return []  # journaled by the I/O layer
                 return [records.stored_event(info, actor_ae=self.calling, peer_ae=self.called, outcome=outcome,
                                              **common)]
             return [Emit([op.key], build, "C-STORE")]

@@ -139,6 +139,24 @@ class Association:
                 nursery.start_soon(self._relay, self.pacs, self.client, "down", ul.PduReader(), [])
         finally:
             await self.pacs.aclose()
+            self._close_journal()
+
+    def _close_journal(self) -> None:
+        """An association that ended without release: say what was left unanswered and why."""
+        for key, value in list(self.results.items()):
+            if isinstance(value, Exception):
+                log.error("association %s from %s (%s): data set not recorded: %s", self.auditor.assoc_id,
+                          self.auditor.calling, self.peer, value)
+                self.proxy.spool.journal({"what": "malformed-dataset", "peer": self.peer,
+                                          "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
+                                          "error": f"{type(value).__name__}: {value}"})
+        if self.auditor.state not in ("released", "aborted", "rejected"):
+            unanswered = len(self.auditor._ops)
+            log.warning("association %s from %s (%s) closed without release (%d request(s) unanswered)",
+                        self.auditor.assoc_id, self.auditor.calling, self.peer, unanswered)
+            self.proxy.spool.journal({"what": "association-closed", "peer": self.peer,
+                                      "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
+                                      "state": self.auditor.state, "unanswered": unanswered})
 
     async def _relay(self, src: trio.SocketStream, dst: trio.SocketStream, direction: str,
                      reader: ul.PduReader, backlog: list) -> None:
@@ -197,6 +215,13 @@ class Association:
         results = {k: self.results.pop(k, None) for k in action.keys}
         for k in action.keys:
             self.done.pop(k, None)
+        for key, value in results.items():
+            if isinstance(value, Exception):
+                log.error("%s from %s (%s): data set not recorded: %s", action.what, self.auditor.calling,
+                          self.peer, value)
+                self.proxy.spool.journal({"what": "malformed-dataset", "op": action.what, "peer": self.peer,
+                                          "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
+                                          "error": f"{type(value).__name__}: {value}"})
         events = []
         for event in action.build(results):
             why = records.unrecordable(event)

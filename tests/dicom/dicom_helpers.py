@@ -321,3 +321,62 @@ def start_proxy(home: Path, orthanc: Orthanc, *extra: str) -> tuple[ProcessHandl
                        "--pacs", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", *extra],
                       home.parent / f"proxy-{port}.log", ready_port=port)
     return p.start(), port
+
+
+# -- a hand-made SCU that can put malformed bytes on the wire (pynetdicom and dcmtk re-encode) -------------
+def _item(item_type: int, payload: bytes) -> bytes:
+    import struct
+    return bytes([item_type, 0]) + struct.pack(">H", len(payload)) + payload
+
+
+def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: str = "ORTHANC",
+              sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str = "1.2.3.4.5.6.7.8.9",
+              timeout: float = 20.0) -> bytes:
+    """Associate (implicit VR LE), send one C-STORE with `dataset` bytes as-is, return what came back."""
+    import struct
+
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ts = b"1.2.840.10008.1.2"
+    ctx = bytes([1, 0, 0, 0]) + _item(0x30, sop_class.encode()) + _item(0x40, ts)
+    user = _item(0x51, struct.pack(">I", 16384))
+    body = (struct.pack(">H", 1) + b"\0\0" + called.encode().ljust(16) + calling.encode().ljust(16) + bytes(32)
+            + _item(0x10, b"1.2.840.10008.3.1.1.1") + _item(0x20, ctx) + _item(0x50, user))
+    rq = bytes([1, 0]) + struct.pack(">I", len(body)) + body
+    cmd = Dataset()
+    cmd.AffectedSOPClassUID = sop_class
+    cmd.CommandField = 0x0001
+    cmd.MessageID = 1
+    cmd.Priority = 0
+    cmd.CommandDataSetType = 0x0000
+    cmd.AffectedSOPInstanceUID = sop_uid
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    write_dataset(buf, cmd)
+    raw = buf.getvalue()
+    raw = b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(raw)) + raw  # CommandGroupLength
+    def pdv(payload: bytes, header: int) -> bytes:
+        item = struct.pack(">I", len(payload) + 2) + bytes([1, header]) + payload
+        return bytes([4, 0]) + struct.pack(">I", len(item)) + item
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(rq)
+        first = s.recv(65536)
+        if not first or first[0] != 2:
+            return first
+        s.sendall(pdv(raw, 0x03) + pdv(dataset, 0x02))
+        got = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+                if got[:1] == b"\x04" and len(got) >= 6 + struct.unpack(">I", got[2:6])[0]:
+                    s.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-RELEASE-RQ
+                if got and got[0] in (6, 7) or b"\x06\x00\x00\x00\x00\x04" in got:
+                    break
+        except (socket.timeout, ConnectionError):
+            pass
+        return got

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from dicom_helpers import (make_instances, run_tool, start_proxy, wait_for, ProcessHandle, free_port,
+from dicom_helpers import (raw_store, make_instances, run_tool, start_proxy, wait_for, ProcessHandle, free_port,
                       spooled_events)
 
 
@@ -71,3 +71,59 @@ def test_store_find_get_move_echo(proxy, home, rpc, orthanc, tmp_path):
     assert any(j["what"] == "association-accepted" and j["calling_ae"] == "ECHOSCU" and
                j["peer"].startswith("127.0.0.1:") for j in journal)
     assert wait_for(lambda: not list((home / "spool" / "pending").iterdir()), 10, what="spool drained")
+
+
+def _journal(home):
+    path = home / "spool" / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_unknown_ae_garbage_and_malformed_data_keep_the_proxy_up(home, rpc, orthanc, tmp_path):
+    p, port = start_proxy(home, orthanc, "--allow-ae", "MODALITY1")
+    try:
+        # unknown calling AE: rejected by the proxy with "calling AE title not recognized"
+        out = run_tool(["echoscu", "-aet", "STRANGER", "-aec", "ORTHANC", "127.0.0.1", str(port)], check=False)
+        assert out.returncode != 0
+        assert "Calling AE Title Not Recognized" in out.stdout + out.stderr, out.stdout + out.stderr
+        assert wait_for(lambda: [j for j in _journal(home) if j["what"] == "association-rejected"
+                                 and "STRANGER" in j["reason"]], 5, what="rejection journaled")
+        # garbage on the DICOM port: the connection is dropped
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100) == b""
+        # an A-ASSOCIATE-RQ announcing more bytes than it sends, then hanging up
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(bytes([1, 0]) + struct.pack(">I", 500) + b"\x00\x01")
+        # a C-STORE whose data set is truncated: journaled with the parse error, no event
+        bad = tmp_path / "bad.dcm"
+        files, study = make_instances(tmp_path / "ok", 1, patient_id="RC-BAD-1")
+        bad.write_bytes(files[0].read_bytes()[:3000])
+        raw_store(port, bad.read_bytes()[200:])  # explicit VR bytes, truncated, on an implicit context
+        assert wait_for(lambda: [j for j in _journal(home) if j["what"] == "malformed-dataset"], 10,
+                        what="malformed data set journaled")
+        # still up, and still recording
+        run_tool(["storescu", "-aet", "MODALITY1", "-aec", "ORTHANC", "127.0.0.1", str(port), str(files[0])])
+        wait_for(lambda: [e for e in rpc.unique().values() if e["study_uid"] == study], 15,
+                 what="event after the errors")
+        assert p.running()
+        assert "Traceback" not in p.log.read_text(), p.log.read_text()
+        assert "not in [dicom] allowed_aets" in p.log.read_text()
+    finally:
+        p.stop()
+
+
+def test_node_down_during_storescu_burst(home, rpc, orthanc, tmp_path):
+    files, study = make_instances(tmp_path / "burst", 60, patient_id="RC-BURST-1")
+    rpc.stop()  # the node is down before and during the burst; the PACS must not wait for it
+    p, port = start_proxy(home, orthanc)
+    try:
+        run_tool(["storescu", "-aet", "MODALITY1", "-aec", "ORTHANC", "127.0.0.1", str(port),
+                  *map(str, files)], timeout=60)
+        pending = spooled_events(home)
+        assert len([e for e in pending if e["study_uid"] == study]) == 60
+        rpc.start()
+        wait_for(lambda: len([e for e in rpc.unique().values() if e["study_uid"] == study]) == 60, 30,
+                 what="all 60 events delivered after the node came back")
+        assert wait_for(lambda: not spooled_events(home), 10, what="spool empty")
+    finally:
+        p.stop()
