@@ -402,6 +402,7 @@ class PeerNetwork:
                 continue
             data = b"".join(pending)
             await stream.write(data)
+            self.stats["writes"] += 1
             self.stats["frames_out"] += len(pending)
             self.stats["bytes_out"] += len(data)
             pending.clear()
