@@ -98,7 +98,8 @@ def test_unknown_ae_garbage_and_malformed_data_keep_the_proxy_up(home, rpc, orth
         bad = tmp_path / "bad.dcm"
         files, study = make_instances(tmp_path / "ok", 1, patient_id="RC-BAD-1")
         bad.write_bytes(files[0].read_bytes()[:3000])
-        raw_store(port, bad.read_bytes()[200:])  # explicit VR bytes, truncated, on an implicit context
+        # explicit VR bytes, truncated, on an implicit VR context (Orthanc then waits for more: give up at 3 s)
+        raw_store(port, bad.read_bytes()[200:], timeout=3)
         assert wait_for(lambda: [j for j in _journal(home) if j["what"] == "malformed-dataset"], 10,
                         what="malformed data set journaled")
         # still up, and still recording

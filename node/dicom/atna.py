@@ -1,0 +1,413 @@
+"""ATNA receiver: DICOM audit messages (PS3.15 A.5 XML) over syslog become raw events.
+
+Transports (IHE ITI-20): RFC 5424 messages over TCP with octet-counting framing (RFC 6587 3.4.1; LF-terminated
+non-transparent framing, RFC 6587 3.4.2, is accepted too), over TLS (RFC 5425, same framing), and over UDP
+(RFC 5426, one message per datagram). The parsing below is sans-I/O; `AtnaReceiver` does the sockets.
+
+Mapping (docs/audit-vocabulary): 110103 -> instances.accessed, 110104 -> instances.transferred,
+110102 -> transfer.begin, 110112 -> query, 110106 -> export, 110107 -> import, 110105 -> study.deleted.
+Other EventIDs (application activity, logins, security alerts ...) have no patient/study: journaled only.
+One event per study named in the message; event_id is a digest of the XML, so a retransmitted message is the
+same tx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import ssl
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import datetime
+
+from node.dicom import records
+from node.dicom.spool import Spool
+
+log = logging.getLogger("radchain.dicom.atna")
+
+MAX_MESSAGE = 1 << 20  # bytes; an audit message is a few KiB (RFC 5425 4.3.1 asks receivers for >= 8192)
+
+
+class SyslogError(ValueError):
+    """Bytes that are not an RFC 5424 syslog message, or broken framing."""
+
+
+class AuditMessageError(ValueError):
+    """A syslog message whose MSG is not a usable DICOM audit message."""
+
+
+# -- framing -------------------------------------------------------------------------------------------------
+class Framer:
+    """RFC 6587 framing for a TCP/TLS stream: feed(bytes) -> [message bytes]. Octet counting
+    ("123 <pri>1 ...") when a frame starts with a digit, else LF-terminated messages. Broken framing loses
+    sync for good: feed() returns the messages before it and sets `error` (a SyslogError); the caller
+    handles those messages, then closes the connection."""
+
+    def __init__(self, max_message: int = MAX_MESSAGE):
+        self._buf = bytearray()
+        self.max_message = max_message
+        self.error: SyslogError | None = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        if self.error is not None:
+            return out
+        self._buf += data
+        try:
+            self._split(out)
+        except SyslogError as exc:
+            self.error = exc
+            self._buf.clear()
+        return out
+
+    def _split(self, out: list[bytes]) -> None:
+        while self._buf:
+            if self._buf[:1].isdigit():
+                space = self._buf.find(b" ", 0, 12)
+                if space < 0:
+                    if len(self._buf) >= 12:
+                        raise SyslogError(f"octet-counting frame without a length: {bytes(self._buf[:20])!r}")
+                    break
+                digits = bytes(self._buf[:space])
+                if not digits.isdigit() or digits.startswith(b"0"):
+                    raise SyslogError(f"bad MSG-LEN {digits!r} in octet-counting frame (RFC 6587 3.4.1)")
+                length = int(digits)
+                if length > self.max_message:
+                    raise SyslogError(f"message of {length} bytes exceeds the {self.max_message} limit")
+                if len(self._buf) < space + 1 + length:
+                    break
+                out.append(bytes(self._buf[space + 1:space + 1 + length]))
+                del self._buf[:space + 1 + length]
+            elif self._buf[:1] == b"<":
+                nl = self._buf.find(b"\n")
+                if nl < 0:
+                    if len(self._buf) > self.max_message:
+                        raise SyslogError("LF-framed message exceeds the size limit")
+                    break
+                out.append(bytes(self._buf[:nl]).rstrip(b"\r"))
+                del self._buf[:nl + 1]
+            elif self._buf[:1] in (b"\n", b"\r", b" "):
+                del self._buf[:1]
+            else:
+                raise SyslogError(f"frame starts with {bytes(self._buf[:20])!r}: neither a MSG-LEN nor '<PRI>'")
+
+
+# -- RFC 5424 --------------------------------------------------------------------------------------------------
+@dataclass
+class SyslogMessage:
+    facility: int
+    severity: int
+    timestamp: str | None
+    hostname: str | None
+    app_name: str | None
+    procid: str | None
+    msgid: str | None
+    structured_data: str | None
+    msg: bytes
+
+
+_HEADER = re.compile(rb"^<(\d{1,3})>(\d{1,2}) (\S+) (\S+) (\S+) (\S+) (\S+) ")
+
+
+def _nil(v: bytes) -> str | None:
+    return None if v == b"-" else v.decode("utf-8", "replace")
+
+
+def parse_syslog(raw: bytes) -> SyslogMessage:
+    """RFC 5424 6: HEADER SP STRUCTURED-DATA [SP MSG]."""
+    m = _HEADER.match(raw)
+    if not m:
+        raise SyslogError(f"not an RFC 5424 message (expected '<PRI>1 TIMESTAMP HOST APP PROCID MSGID SD'): "
+                          f"{raw[:60]!r}")
+    pri = int(m.group(1))
+    if pri > 191:
+        raise SyslogError(f"PRI {pri} out of range (RFC 5424 6.2.1)")
+    if m.group(2) != b"1":
+        raise SyslogError(f"syslog VERSION {m.group(2).decode()} unsupported (RFC 5424 is version 1)")
+    pos = m.end()
+    # STRUCTURED-DATA: "-" or one or more [id param="value" ...] with \", \\ and \] escapes (RFC 5424 6.3)
+    if raw[pos:pos + 1] == b"-":
+        sd, pos = None, pos + 1
+    elif raw[pos:pos + 1] == b"[":
+        start = pos
+        while raw[pos:pos + 1] == b"[":
+            in_quotes = False
+            pos += 1
+            while pos < len(raw):
+                c = raw[pos:pos + 1]
+                if c == b"\\" and in_quotes:
+                    pos += 2
+                    continue
+                if c == b'"':
+                    in_quotes = not in_quotes
+                elif c == b"]" and not in_quotes:
+                    break
+                pos += 1
+            else:
+                raise SyslogError("unterminated STRUCTURED-DATA element")
+            pos += 1
+        sd = raw[start:pos].decode("utf-8", "replace")
+    else:
+        raise SyslogError("STRUCTURED-DATA must be '-' or start with '['")
+    if pos < len(raw) and raw[pos:pos + 1] != b" ":
+        raise SyslogError("no space between STRUCTURED-DATA and MSG")
+    msg = raw[pos + 1:]
+    if msg.startswith(b"\xef\xbb\xbf"):
+        msg = msg[3:]  # the BOM announcing UTF-8 (RFC 5424 6.4)
+    return SyslogMessage(pri >> 3, pri & 7, _nil(m.group(3)), _nil(m.group(4)), _nil(m.group(5)),
+                         _nil(m.group(6)), _nil(m.group(7)), sd, msg)
+
+
+# -- PS3.15 A.5 audit message ------------------------------------------------------------------------------------
+EVENT_TYPES = {"110103": "instances.accessed", "110104": "instances.transferred", "110102": "transfer.begin",
+               "110112": "query", "110106": "export", "110107": "import", "110105": "study.deleted"}
+ALLOWED_ACTIONS = {"instances.accessed": "CRUD", "instances.transferred": "CRU", "transfer.begin": "E",
+                   "query": "E", "export": "R", "import": "C", "study.deleted": "D"}
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _children(el, name):
+    return [c for c in el if _local(c.tag) == name]
+
+
+def _code(el) -> str | None:
+    """A coded value: attribute csd-code (DICOM schema) or code (RFC 3881 schema)."""
+    if el is None:
+        return None
+    return el.get("csd-code") or el.get("code")
+
+
+def _split_cx(pid: str) -> tuple[str, str | None]:
+    """HL7 v2 CX "ID^^^AUTHORITY&OID&ISO" -> (ID, AUTHORITY or OID)."""
+    if "^" not in pid:
+        return pid, None
+    parts = pid.split("^")
+    authority = parts[3] if len(parts) > 3 else ""
+    namespace = [a for a in authority.split("&") if a][:2]
+    return parts[0], (namespace[0] if namespace else None)
+
+
+def _ae_of(participant) -> str | None:
+    alt = participant.get("AlternativeUserID") or ""
+    m = re.search(r"AETITLES=([^;\s]+)", alt)
+    if m:
+        return m.group(1)[:16]
+    return None
+
+
+def _parse_time(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        return None
+    return int(dt.timestamp() * 1000)
+
+
+def parse_audit_message(xml: bytes, *, purpose: str, default_issuer: str) -> tuple[str, list[dict]]:
+    """XML -> (EventID code, raw events). Raises AuditMessageError with a clear reason."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise AuditMessageError(f"MSG is not XML: {exc}") from exc
+    if _local(root.tag) != "AuditMessage":
+        raise AuditMessageError(f"root element is <{_local(root.tag)}>, not <AuditMessage> (PS3.15 A.5)")
+    ident = next(iter(_children(root, "EventIdentification")), None)
+    if ident is None:
+        raise AuditMessageError("no EventIdentification")
+    event_code = _code(next(iter(_children(ident, "EventID")), None))
+    if not event_code:
+        raise AuditMessageError("EventIdentification has no EventID code")
+    kind = EVENT_TYPES.get(event_code)
+    if kind is None:
+        return event_code, []
+    action = ident.get("EventActionCode") or records_default_action(kind)
+    if action not in ALLOWED_ACTIONS[kind]:
+        action = records_default_action(kind)
+    try:
+        outcome = int(ident.get("EventOutcomeIndicator", "0"))
+    except ValueError:
+        raise AuditMessageError(f"EventOutcomeIndicator {ident.get('EventOutcomeIndicator')!r} is not a number") from None
+    if outcome not in (0, 4, 8, 12):
+        raise AuditMessageError(f"EventOutcomeIndicator {outcome} is not 0, 4, 8 or 12")
+    when = _parse_time(ident.get("EventDateTime"))
+    if when is None:
+        raise AuditMessageError(f"EventDateTime {ident.get('EventDateTime')!r} is not ISO 8601 with a timezone")
+
+    participants = _children(root, "ActiveParticipant")
+    requestors = [p for p in participants if (p.get("UserIsRequestor") or "").lower() == "true"]
+    others = [p for p in participants if p not in requestors]
+    req = requestors[0] if requestors else (participants[0] if participants else None)
+    if req is None:
+        raise AuditMessageError("no ActiveParticipant: who did it is unknown")
+    actor = req.get("UserName") or req.get("UserID")
+    actor_ae = _ae_of(req)
+    peer_ae = next((a for a in (_ae_of(p) for p in others) if a), None)
+
+    patients, studies = [], []
+    for obj in _children(root, "ParticipantObjectIdentification"):
+        type_code, role = obj.get("ParticipantObjectTypeCode"), obj.get("ParticipantObjectTypeCodeRole")
+        id_type = _code(next(iter(_children(obj, "ParticipantObjectIDTypeCode")), None))
+        oid = obj.get("ParticipantObjectID")
+        if not oid:
+            continue
+        if type_code == "1" and role == "1":
+            patients.append(_split_cx(oid))
+        elif id_type == "110180":
+            sops, n, series = [], None, []
+            # SOPClass is a child of the object in PS3.15's schema, of ParticipantObjectDescription in
+            # RFC 3881-style messages: take it wherever it is
+            for sc in (e for e in obj.iter() if _local(e.tag) == "SOPClass"):
+                try:
+                    n = (n or 0) + int(sc.get("NumberOfInstances", "0"))
+                except ValueError:
+                    pass
+                sops += [i.get("UID") for i in _children(sc, "Instance") if i.get("UID")]
+            for detail in _children(obj, "ParticipantObjectDetail"):
+                if detail.get("type") == "SeriesInstanceUID" and detail.get("value"):
+                    series.append(detail.get("value"))
+            studies.append((oid, sops, n, series))
+    if not patients:
+        raise AuditMessageError(f"EventID {event_code}: no patient participant object (TypeCode 1, role 1)")
+    patient, issuer = patients[0]
+    if not studies:
+        if kind != "query":
+            raise AuditMessageError(f"EventID {event_code}: no study participant object (IDTypeCode 110180)")
+        studies = [(None, [], None, [])]
+    digest = hashlib.sha256(xml).hexdigest()
+    events = []
+    for i, (study, sops, n, series) in enumerate(studies):
+        for j in range(0, max(len(sops), 1), records.MAX_LIST):
+            chunk = sops[j:j + records.MAX_LIST]
+            e = records.base_event(
+                kind, patient_id=patient, issuer=issuer, study_uid=study, actor=actor or actor_ae or "",
+                purpose=purpose, default_issuer=default_issuer, when_ms=when, actor_ae=actor_ae, peer_ae=peer_ae,
+                series_uids=series or None, sop_instance_uids=chunk or None,
+                n_instances=len(chunk) if chunk else n, outcome=outcome, action=action)
+            e["event_id"] = f"atna-{digest[:40]}-{i}-{j // records.MAX_LIST}"
+            events.append(e)
+    return event_code, events
+
+
+def records_default_action(kind: str) -> str:
+    return {"instances.accessed": "R", "instances.transferred": "C"}.get(kind, ALLOWED_ACTIONS[kind][0])
+
+
+# -- the receiver -----------------------------------------------------------------------------------------------
+class AtnaReceiver:
+    """Spools the events of each message before reading the next one (TCP backpressure is the only ack
+    syslog has); a bad message is logged and journaled, a bad frame closes that connection, the receiver
+    stays up."""
+
+    def __init__(self, spool: Spool, *, purpose: str = "TREAT", default_issuer: str = "HOSP"):
+        self.spool = spool
+        self.purpose = purpose
+        self.default_issuer = default_issuer
+        self.stats = {"messages": 0, "events": 0, "errors": 0, "ignored": 0}
+
+    def handle_message(self, raw: bytes, peer: str, transport: str) -> list[str]:
+        """Parse and spool one syslog message; returns the spooled event ids (blocking: call in a thread)."""
+        self.stats["messages"] += 1
+        try:
+            msg = parse_syslog(raw)
+            code, events = parse_audit_message(msg.msg, purpose=self.purpose, default_issuer=self.default_issuer)
+        except (SyslogError, AuditMessageError) as exc:
+            self.stats["errors"] += 1
+            log.error("ATNA %s from %s: %s", transport, peer, exc)
+            self.spool.journal({"what": "atna-bad-message", "peer": peer, "transport": transport,
+                                "error": str(exc), "head": raw[:120].decode("utf-8", "replace")})
+            return []
+        if not events:
+            self.stats["ignored"] += 1
+            self.spool.journal({"what": "atna-not-imaging", "peer": peer, "event_code": code,
+                                "app": msg.app_name, "host": msg.hostname})
+            return []
+        ids = self.spool.put_many(events, source=f"atna-{transport}",
+                                  local={"peer": peer, "host": msg.hostname, "app": msg.app_name})
+        self.stats["events"] += len(ids)
+        return ids
+
+    async def _stream(self, stream, peer: str, transport: str) -> None:
+        import trio
+
+        framer = Framer()
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                for raw in framer.feed(data):
+                    await trio.to_thread.run_sync(self.handle_message, raw, peer, transport)
+                if framer.error is not None:
+                    self.stats["errors"] += 1
+                    log.error("ATNA %s from %s: %s; closing the connection", transport, peer, framer.error)
+                    self.spool.journal({"what": "atna-bad-frame", "peer": peer, "transport": transport,
+                                        "error": str(framer.error)})
+                    return
+        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            # e.g. a TLS client that hangs up without close_notify: what was received is already spooled
+            log.info("ATNA %s from %s: connection ended: %s", transport, peer,
+                     exc.__cause__ or exc or type(exc).__name__)
+        finally:
+            await stream.aclose()
+
+    async def serve_tcp(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
+                        task_status=None) -> None:
+        import trio
+
+        transport = "tls" if ssl_context else "tcp"
+
+        async def handler(stream):
+            try:
+                peer = "%s:%d" % stream.socket.getpeername()[:2]
+            except OSError:
+                peer = "?"
+            if ssl_context is not None:
+                stream = trio.SSLStream(stream, ssl_context, server_side=True)
+            try:
+                await self._stream(stream, peer, transport)
+            except Exception as exc:  # never let one client stop the server
+                log.error("ATNA %s from %s: %s", transport, peer, exc)
+
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        address = listeners[0].socket.getsockname()[:2]
+        log.info("ATNA syslog/%s listening on %s:%d", transport, *address)
+        if task_status is not None:
+            task_status.started(address)
+        await trio.serve_listeners(handler, listeners)
+
+    async def serve_udp(self, host: str, port: int, *, task_status=None) -> None:
+        import trio
+
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await sock.bind((host, port))
+        address = sock.getsockname()[:2]
+        log.info("ATNA syslog/udp listening on %s:%d", *address)
+        if task_status is not None:
+            task_status.started(address)
+        with sock:
+            while True:
+                data, addr = await sock.recvfrom(65535)  # RFC 5426 3.2: one message per datagram
+                peer = "%s:%d" % addr[:2]
+                try:
+                    await trio.to_thread.run_sync(self.handle_message, data.rstrip(b"\n"), peer, "udp")
+                except Exception as exc:
+                    log.error("ATNA udp from %s: %s", peer, exc)
+
+
+def server_ssl_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
+    """TLS for RFC 5425. With `ca`, clients must present a certificate it signed (ITI-19 mutual auth)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if ca:
+        ctx.load_verify_locations(ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
