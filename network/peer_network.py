@@ -15,6 +15,7 @@ Shape (see docs/NETWORK.md for the guarantees):
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -31,7 +32,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from . import framing
 from .framing import DATA, ERR, PING, PONG, REQ, RESP, FrameDecoder, FrameError
 from .host import PortLock, apply_library_workarounds, build_host
-from .identity import parse_peer_id, peer_id_of
+from .identity import load_or_create_identity, parse_peer_id, peer_id_of
 from .queue import FrameQueue
 
 __all__ = ["PeerNetwork", "RequestError", "RequestTimeout", "MSG_PROTOCOL", "REQ_PROTOCOL"]
@@ -65,7 +66,8 @@ class _Peer:
     pid: str
     id: ID
     addrs: list[multiaddr.Multiaddr]
-    queue: FrameQueue
+    queue: FrameQueue  # ordinary channels
+    urgent: FrameQueue  # priority channels (consensus), PING and PONG: written before `queue`
     pending: list[bytes] = field(default_factory=list)  # taken from the queue, not yet written
     up: bool = False  # our outbound stream to the peer is open
     session_started: float = 0.0
@@ -73,6 +75,16 @@ class _Peer:
     reader_blocked: bool = False  # the inbound reader waits on a full inbox (our fault, not the peer's)
     inbound: INetStream | None = None
     rtt: float | None = None
+
+
+def _dial_addr(pid: str, addr: str) -> multiaddr.Multiaddr:
+    """A member's static address, accepting and checking an optional trailing /p2p/<peer id>."""
+    ma = multiaddr.Multiaddr(addr)
+    if "p2p" in [proto.name for proto in ma.protocols()]:
+        if ma.value_for_protocol("p2p") != pid:
+            raise ValueError(f"address {addr} names another peer than {pid}")
+        ma = ma.decapsulate(multiaddr.Multiaddr(f"/p2p/{pid}"))
+    return ma
 
 
 def _unblock(host: IHost, pid: ID) -> None:
@@ -100,14 +112,18 @@ async def _quietly(stream: INetStream | None, how: str = "reset") -> None:
 class PeerNetwork:
     """Consortium messaging over py-libp2p. See the module docstring and docs/NETWORK.md.
 
-    `members` maps every member's peer-ID string to its static multiaddrs; our own entry, if
-    present, is ignored for dialing. `psk` (32 bytes) enables libp2p private networking.
+    `identity` is a libp2p KeyPair or the path of an identity file (see network.identity).
+    `members` maps every member's peer-ID string to its static multiaddrs (a trailing /p2p/<id> is
+    accepted); our own entry, if present, is ignored for dialing. `psk` (32 bytes) enables libp2p
+    private networking. Frames on `priority_channels` go through a separate per-peer queue that
+    the writer always drains first, so consensus traffic is not stuck behind a tx backlog
+    (order is kept per channel, not across lanes). Methods must be called from the trio thread.
     Run with `await nursery.start(net.run)`; it returns once listening.
     """
 
     def __init__(
         self,
-        identity: KeyPair,
+        identity: KeyPair | str | os.PathLike[str],
         members: Mapping[str, Sequence[str]],
         psk: bytes | None,
         listen: str,
@@ -118,16 +134,20 @@ class PeerNetwork:
         max_response: int = 4 * 1024 * 1024,
         max_concurrent_requests: int = 16,
         handler_timeout: float = 30.0,
+        priority_channels: Iterable[str] = ("consensus",),
         heartbeat: float = 1.0,
         dead_after: float = 3.5,
         lock_dir: str | None = None,
     ) -> None:
+        if not isinstance(identity, KeyPair):
+            identity = load_or_create_identity(identity)
         self.identity = identity
         self.peer_id = peer_id_of(identity)
         self.listen = multiaddr.Multiaddr(listen)
         if self.listen.value_for_protocol("ip4") is None or self.listen.value_for_protocol("tcp") is None:
             raise ValueError(f"listen address must be /ip4/<ip>/tcp/<port>, got {listen}")
         self.psk = psk
+        self.priority_channels = frozenset(priority_channels)
         self.max_response = max_response
         self.handler_timeout = handler_timeout
         self.heartbeat = heartbeat
@@ -138,11 +158,13 @@ class PeerNetwork:
             ident = parse_peer_id(pid)
             if pid == self.peer_id:
                 continue
+            wakeup = trio.lowlevel.ParkingLot()
             self._peers[pid] = _Peer(
                 pid=pid,
                 id=ident,
-                addrs=[multiaddr.Multiaddr(a) for a in addrs],
-                queue=FrameQueue(queue_frames, queue_bytes),
+                addrs=[_dial_addr(pid, a) for a in addrs],
+                queue=FrameQueue(queue_frames, queue_bytes, wakeup),
+                urgent=FrameQueue(queue_frames, queue_bytes, wakeup),
             )
         self._allowed = frozenset(self._peers) | {self.peer_id}
         self._inbox_send, self.inbox = trio.open_memory_channel[tuple[str, str, bytes]](inbox_size)
@@ -170,29 +192,29 @@ class PeerNetwork:
     def send(self, peer_id: str, channel: str, data: bytes) -> bool:
         """Enqueue `data` for `peer_id` on `channel` without blocking.
 
-        Returns False, counting `stats["dropped_queue_full"]`, when the peer's queue is full (a peer
-        down or slower than we produce): nothing is enqueued then. Use `send_wait` to wait for room.
+        Returns False, counting `stats["dropped_queue_full"]`, when the peer's queue for this lane is
+        full (a peer down or slower than we produce): nothing is enqueued then. Use `send_wait` to wait for room.
         Raises KeyError for a non-member, ValueError for a bad channel or a message over 16 MiB.
         """
         p = self._peer(peer_id)
-        return self._enqueue(p, framing.encode_data(channel, bytes(data)))
+        return self._enqueue(self._lane(p, channel), framing.encode_data(channel, bytes(data)))
 
     def broadcast(self, channel: str, data: bytes) -> int:
         """`send` to every other member (never to ourselves); returns how many queues accepted it."""
         frame = framing.encode_data(channel, bytes(data))
-        return sum(self._enqueue(p, frame) for p in self._peers.values())
+        return sum(self._enqueue(self._lane(p, channel), frame) for p in self._peers.values())
 
     async def send_wait(self, peer_id: str, channel: str, data: bytes) -> None:
         """Like `send`, but waits for room in the peer's queue (backpressure) instead of dropping."""
         p = self._peer(peer_id)
-        await p.queue.put(framing.encode_data(channel, bytes(data)))
+        await self._lane(p, channel).put(framing.encode_data(channel, bytes(data)))
         self.stats["frames_queued"] += 1
 
     async def broadcast_wait(self, channel: str, data: bytes) -> None:
         """Like `broadcast`, waiting for room in each queue in turn."""
         frame = framing.encode_data(channel, bytes(data))
         for p in self._peers.values():
-            await p.queue.put(frame)
+            await self._lane(p, channel).put(frame)
             self.stats["frames_queued"] += 1
 
     def serve(self, channel: str, handler: Handler) -> None:
@@ -253,8 +275,8 @@ class PeerNetwork:
             p.pid: {
                 "up": p.up,
                 "silent_s": None if p.last_rx == float("-inf") else round(now - p.last_rx, 3),
-                "queued_frames": len(p.queue) + len(p.pending),
-                "queued_bytes": p.queue.nbytes,
+                "queued_frames": len(p.queue) + len(p.urgent) + len(p.pending),
+                "queued_bytes": p.queue.nbytes + p.urgent.nbytes,
                 "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 3),
             }
             for p in self._peers.values()
@@ -315,8 +337,11 @@ class PeerNetwork:
             raise RequestError("network is not running")
         return self.host
 
-    def _enqueue(self, p: _Peer, frame: bytes) -> bool:
-        if p.queue.put_nowait(frame):
+    def _lane(self, p: _Peer, channel: str) -> FrameQueue:
+        return p.urgent if channel in self.priority_channels else p.queue
+
+    def _enqueue(self, q: FrameQueue, frame: bytes) -> bool:
+        if q.put_nowait(frame):
             self.stats["frames_queued"] += 1
             return True
         self.stats["dropped_queue_full"] += 1
@@ -393,7 +418,13 @@ class PeerNetwork:
             if not pending:
                 wait = max(0.0, last_ping + self.heartbeat - trio.current_time())
                 with trio.move_on_after(wait):
-                    pending.extend(await p.queue.get_batch(COALESCE_BYTES))
+                    while not (p.urgent or p.queue):
+                        await p.urgent.wakeup.park()
+                    await trio.lowlevel.checkpoint()  # let producers add more before we drain
+                # frames are only taken outside the cancellable wait: a timeout never loses one
+                pending.extend(p.urgent.take(COALESCE_BYTES))
+                room = COALESCE_BYTES - sum(map(len, pending))
+                pending.extend(p.queue.take(room, at_least_one=not pending))
             now = trio.current_time()
             if now - last_ping >= self.heartbeat:
                 pending.insert(0, framing.encode(PING, _PING.pack(now)))
@@ -457,7 +488,7 @@ class PeerNetwork:
                     elif kind == PING:
                         if len(body) != _PING.size:
                             raise FrameError("bad PING")
-                        p.queue.put_nowait(framing.encode(PONG, body))
+                        p.urgent.put_nowait(framing.encode(PONG, body))
                     elif kind == PONG:
                         if len(body) != _PING.size:
                             raise FrameError("bad PONG")

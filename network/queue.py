@@ -1,4 +1,4 @@
-"""A bounded outbound frame queue per peer (bounded in frames and in bytes)."""
+"""Bounded outbound frame queues for one peer's writer task (bounded in frames and in bytes)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,20 @@ __all__ = ["FrameQueue"]
 
 
 class FrameQueue:
-    """FIFO of encoded frames for one peer's writer task.
+    """FIFO of encoded frames.
 
     `put_nowait` never blocks: it returns False (and stores nothing) when the queue is full.
     `await put()` waits for room instead. A queue is full at `max_frames` frames or when the frame
     would take it past `max_bytes`; an empty queue always accepts one frame, however large.
+    Several queues can share one `wakeup` parking lot so a single writer can wait on all of them.
     """
 
-    def __init__(self, max_frames: int, max_bytes: int) -> None:
+    def __init__(self, max_frames: int, max_bytes: int, wakeup: trio.lowlevel.ParkingLot | None = None) -> None:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self._q: deque[bytes] = deque()
         self.nbytes = 0
-        self._not_empty = trio.lowlevel.ParkingLot()
+        self.wakeup = wakeup if wakeup is not None else trio.lowlevel.ParkingLot()
         self._not_full = trio.lowlevel.ParkingLot()
 
     def __len__(self) -> int:
@@ -36,7 +37,7 @@ class FrameQueue:
             return False
         self._q.append(frame)
         self.nbytes += len(frame)
-        self._not_empty.unpark_all()
+        self.wakeup.unpark_all()
         return True
 
     async def put(self, frame: bytes) -> None:
@@ -47,22 +48,26 @@ class FrameQueue:
         # running, so the writer later drains many frames into one write (coalescing).
         await trio.lowlevel.checkpoint_if_cancelled()
 
-    async def get_batch(self, max_bytes: int) -> list[bytes]:
-        """Wait for at least one frame, yield once so producers can add more, then take frames up to
-        `max_bytes` in total (always at least one)."""
-        while not self._q:
-            await self._not_empty.park()
-        await trio.lowlevel.checkpoint()
+    def take(self, max_bytes: int, at_least_one: bool = True) -> list[bytes]:
+        """Pop frames totalling at most `max_bytes` (plus one oversized frame if `at_least_one`)."""
         out: list[bytes] = []
         size = 0
         q = self._q
-        while q and (not out or size + len(q[0]) <= max_bytes):
+        while q and (size + len(q[0]) <= max_bytes or (at_least_one and not out)):
             f = q.popleft()
             out.append(f)
             size += len(f)
-        self.nbytes -= size
-        self._not_full.unpark_all()
+        if out:
+            self.nbytes -= size
+            self._not_full.unpark_all()
         return out
+
+    async def get_batch(self, max_bytes: int) -> list[bytes]:
+        """Wait for a frame, yield once so producers can add more, then `take(max_bytes)`."""
+        while not self._q:
+            await self.wakeup.park()
+        await trio.lowlevel.checkpoint()
+        return self.take(max_bytes)
 
     def clear(self) -> int:
         n = len(self._q)

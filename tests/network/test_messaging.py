@@ -97,3 +97,34 @@ async def test_full_queue_drops_and_counts_while_peer_down():
                 got = [await b.inbox.receive() for _ in range(100)]
             assert [d for _, _, d in got] == [b"m%d" % i for i in range(100)]
             await wait_for(lambda: r.pids[1] in a.connected_peers())
+
+
+@pytest.mark.timeout(30)
+async def test_consensus_lane_overtakes_a_tx_backlog():
+    r = Roster(2, seed=70)
+    a = r.net(0)
+    async with running(a, connect=False):
+        for i in range(2000):
+            assert a.send(r.pids[1], "tx", b"%d" % i + b"." * 2000)
+        assert a.send(r.pids[1], "consensus", b"prepare")
+        b = r.net(1)
+        async with running(b, connect=False):
+            with trio.fail_after(15):
+                first = await b.inbox.receive()
+                rest = [await b.inbox.receive() for _ in range(2000)]
+        assert first == (a.peer_id, "consensus", b"prepare")
+        assert [d.split(b".")[0] for _, ch, d in rest] == [b"%d" % i for i in range(2000)]
+
+
+async def test_identity_path_and_p2p_suffixed_addresses(tmp_path):
+    from network import PeerNetwork
+    from network.identity import load_or_create_identity, peer_id_of
+
+    r = Roster(2, seed=75)
+    key = tmp_path / "p2p.key"
+    pid = peer_id_of(load_or_create_identity(key))
+    members = {pid: [r.addrs[0] + "/p2p/" + pid], r.pids[1]: [r.addrs[1] + "/p2p/" + r.pids[1]]}
+    a = PeerNetwork(key, members, None, r.addrs[0])
+    assert a.peer_id == pid
+    with pytest.raises(ValueError):
+        PeerNetwork(key, {r.pids[1]: [r.addrs[1] + "/p2p/" + pid]}, None, r.addrs[0])
