@@ -26,13 +26,21 @@ def home(tmp_path, rpc):
 
 
 @pytest.fixture(scope="session")
-def orthanc(tmp_path_factory):
+def orthanc_rpc():
+    """The JSON-RPC peer the Orthanc plugin's deliverer sends to."""
+    r = RpcRecorder().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory, orthanc_rpc):
     need("Orthanc", "storescu")
     if not Path("/usr/share/orthanc/plugins/libOrthancPython.so").exists():
         pytest.skip("orthanc-python is not installed (run `bash deploy/install-system-deps.sh test`)")
     root = tmp_path_factory.mktemp("orthanc")
     o = Orthanc(root)
-    write_home(o.home, None, None)  # the plugin spools; the tests read its spool directly
+    write_home(o.home, f"127.0.0.1:{orthanc_rpc.port}", orthanc_rpc.token)
     o.start()
     yield o
     o.stop()
