@@ -43,7 +43,7 @@ from node.genesis import Genesis
 from node.merkle import merkle_root
 from node.state import STATE_TYPES, LedgerState, next_state_root
 from node.store import INDEXES, LOC, SUFFIX, Store
-from node.tx import Tx, TxError, decode_tx
+from node.tx import TOKEN_BYTES, Tx, TxError, decode_tx
 
 __all__ = ["Chain", "ChainError", "ProposalError", "proposal_digest", "execute_txs"]
 
@@ -80,8 +80,8 @@ def proposal_digest(payload: bytes) -> bytes:
 
 
 # Index tags (node.store key layout), bound once for the hot loop.
-_T_STUDY, _T_PATIENT, _T_ACTOR = b"I" + INDEXES["study"], b"I" + INDEXES["patient"], b"I" + INDEXES["actor"]
-_TIME_PREFIX = b"I" + INDEXES["time"] + b"\x00"
+# token keys are TOKEN_BYTES long: the length byte of the key layout is constant
+_T_STUDY, _T_PATIENT, _T_ACTOR = (b"I" + INDEXES[n] + bytes((TOKEN_BYTES,)) for n in ("study", "patient", "actor"))
 _prefix_cache: dict[tuple[bytes, str], bytes] = {}
 
 
@@ -97,9 +97,10 @@ _TAG_TYPE, _TAG_MEMBER, _TAG_AE = INDEXES["type"], INDEXES["member"], INDEXES["a
 
 
 def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Callable[[bytes], bool],
-                puts: list | None = None) -> tuple[bytes, list, list]:
-    """Decide and apply ``txs`` of block ``height``: (statuses, tx/index puts, state writes).
+                put: Callable[[bytes, bytes], None]) -> tuple[bytes, list]:
+    """Decide and apply ``txs`` of block ``height``; return (statuses, state writes).
 
+    Tx records and index entries are emitted through ``put(key, value)`` (a WriteBatch's put).
     ``first_seen(hash)`` says whether a tx hash was NOT committed in an earlier block. Shared by
     Chain.execute and offline verification, so both derive the same statuses and state root.
     """
@@ -108,9 +109,9 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
     seen: set[bytes] = set()
     chain_id = state.chain_id
     authorized = state.authorized
-    puts = [] if puts is None else puts
-    put = puts.append
     pack_loc, pack_suffix = LOC.pack, SUFFIX.pack
+    applied_loc = pack_loc(height, 0, APPLIED)[:8]  # height u64; index and status follow
+    str_prefix = _str_prefix
     for i, tx in enumerate(txs):
         h = tx.hash
         if h in seen or not first_seen(h):
@@ -122,26 +123,25 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
         if f["chain"] != chain_id or not authorized(member, f["client"]) or (
                 tx_type in STATE_TYPES and not state.apply(tx, h, writes)):
             statuses[i] = REJECTED
-            put((b"T" + h, pack_loc(height, i, REJECTED) + tx.raw))
+            put(b"T" + h, pack_loc(height, i, REJECTED) + tx.raw)
             continue
-        put((b"T" + h, pack_loc(height, i, APPLIED) + tx.raw))
+        put(b"T" + h, applied_loc + i.to_bytes(4, "big") + b"\x00" + tx.raw)
         suffix = pack_suffix(f["ts"], height, i)
-        put((_TIME_PREFIX + suffix, h))
-        put((_str_prefix(_TAG_TYPE, tx_type) + suffix, h))
-        put((_str_prefix(_TAG_MEMBER, member) + suffix, h))
+        put(str_prefix(_TAG_TYPE, tx_type) + suffix, h)
+        put(str_prefix(_TAG_MEMBER, member) + suffix, h)
         v = f.get("patient")
         if v is not None:
-            put((_T_PATIENT + b"\x10" + v + suffix, h))
+            put(_T_PATIENT + v + suffix, h)
         v = f.get("study")
         if v is not None:
-            put((_T_STUDY + b"\x10" + v + suffix, h))
+            put(_T_STUDY + v + suffix, h)
         v = f.get("user")
         if v is not None:
-            put((_T_ACTOR + b"\x10" + v + suffix, h))
+            put(_T_ACTOR + v + suffix, h)
         v = f.get("ae")
         if v is not None:
-            put((_str_prefix(_TAG_AE, v) + suffix, h))
-    return bytes(statuses), puts, writes
+            put(str_prefix(_TAG_AE, v) + suffix, h)
+    return bytes(statuses), writes
 
 
 class Chain:
@@ -273,9 +273,6 @@ class Chain:
                 raise ProposalError(f"tx {i}: for chain {f['chain']!r}")
             if not authorized(f["member"], f["client"]):
                 raise ProposalError(f"tx {i}: client key not authorised for member {f['member']!r}")
-        for tx in txs:  # all verified now; execute() and later proposals reuse them
-            if tx.hash not in self._verified:
-                self._remember(tx)
         props = self._proposals
         if len(props) >= self.PROPOSAL_CACHE:
             del props[next(iter(props))]
@@ -306,20 +303,28 @@ class Chain:
             raise ChainError(f"height {height}: {exc}") from None
 
         state = self.state
-        has = self.store.db.get
+        store = self.store
+        has = store.db.get
+
+        def first_seen(h: bytes) -> bool:  # LevelDB's bloom filters answer the usual "not there" cheaply
+            return has(b"T" + h) is None
+
+        batch = store.batch()
         try:
-            statuses, puts, writes = execute_txs(state, height, txs, lambda h: has(b"T" + h) is None)
+            statuses, writes = execute_txs(state, height, txs, first_seen, batch.put)
             state_root = next_state_root(state.root, height, writes)
-            prev = self.store.head if height > 1 else self.genesis.hash()
+            prev = store.head if height > 1 else self.genesis.hash()
             block_header = BlockHeader(self.chain_id, height, prev, digest, header.proposer, state_root,
                                        header.timestamp, header.tx_count, header.tx_root, cert.view)
-            block = Block(block_header, tuple(t.hash for t in txs), statuses)
-            self.store.write_block(block, certificate, puts, writes)
+            block = Block(block_header, tuple([t.hash for t in txs]), statuses)
+            store.write_block(block, certificate, state_writes=writes, batch=batch)
         except BaseException:
+            batch.clear()
             self.state = self._load_state()  # in-memory registry may hold half a block; the store does not
             raise
         state.root = state_root
         verified = self._verified
-        for t in txs:
-            verified.pop(t.hash, None)
+        if verified:
+            for t in txs:
+                verified.pop(t.hash, None)
         return block

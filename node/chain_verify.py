@@ -140,7 +140,9 @@ def _verify_block(db, height: int, chain_id: str, members, state: LedgerState, p
     if cert.view != hdr.view:
         raise VerifyError(height, f"header view {hdr.view} but certificate view {cert.view}")
 
-    statuses, puts, writes = execute_txs(state, height, txs, lambda th: location[th][0] == height)
+    puts: list[tuple[bytes, bytes]] = []
+    statuses, writes = execute_txs(state, height, txs, lambda th: location[th][0] == height,
+                                   lambda k, v: puts.append((k, v)))
     if statuses != block.statuses:
         bad = next(i for i in range(len(statuses)) if statuses[i] != block.statuses[i])
         raise VerifyError(height, f"tx {bad}: stored status {block.statuses[bad]}, re-execution gives {statuses[bad]}")

@@ -18,13 +18,15 @@ it, and ``M head`` always names the last complete block. With ``sync=True`` (def
 fsynced, which extends the guarantee to power loss.
 
 Indexes (name: key): ``study`` (study token), ``patient`` (patient token), ``actor`` (user token), ``ae``
-(AE title of the actor), ``member`` (submitting member name), ``type`` (tx type), ``time`` (key ``b""``:
-every applied tx). Entries are ordered by (client timestamp, height, index). A tx that was a duplicate of
-an earlier tx or was rejected at execution has no index entries.
+(AE title of the actor), ``member`` (submitting member name), ``type`` (tx type). ``query("time")``
+(every applied tx) merges the type index over all types. Entries are ordered by (client timestamp,
+height, index). A tx that was a duplicate of an earlier tx or was rejected at execution has no index
+entries.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import struct
 from collections.abc import Iterator
@@ -34,10 +36,14 @@ import plyvel
 
 from node.block import Block, BlockHeader, encode_payload
 from node.merkle import MerkleProof, inclusion_path
+from node.tx import TX_TYPES
 
-__all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "index_key_prefix"]
+__all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "QUERYABLE", "index_key_prefix"]
 
-INDEXES = {"study": b"s", "patient": b"p", "actor": b"a", "ae": b"e", "member": b"m", "type": b"t", "time": b"T"}
+INDEXES = {"study": b"s", "patient": b"p", "actor": b"a", "ae": b"e", "member": b"m", "type": b"t"}
+# "time" (every applied tx, key b"") is not stored: it is the merge of the type index over all tx types,
+# which saves one LevelDB entry per tx on the hot path for a k-way merge at query time.
+QUERYABLE = tuple(INDEXES) + ("time",)
 
 _HEAD = b"Mhead"
 _GENESIS = b"Mgenesis"
@@ -62,7 +68,7 @@ def index_key_prefix(name: str, key: bytes | str) -> bytes:
     try:
         tag = INDEXES[name]
     except KeyError:
-        raise StoreError(f"unknown index {name!r}; one of {', '.join(INDEXES)}") from None
+        raise StoreError(f"unknown index {name!r}; one of {', '.join(QUERYABLE)}") from None
     if isinstance(key, str):
         key = key.encode()
     if len(key) > 255:
@@ -135,27 +141,34 @@ class Store:
         return self._db.get(b"Mstate0")
 
     # ------------------------------------------------------------------ writing
-    def write_block(self, block: Block, certificate: bytes, puts: list[tuple[bytes, bytes]],
-                    state_writes: list[tuple[bytes, bytes | None]]) -> None:
-        """Append ``block`` with its certificate, tx/index ``puts`` and state writes in ONE atomic batch."""
+    def batch(self):
+        """A WriteBatch to fill with a block's tx records and index entries, then pass to write_block()."""
+        return self._db.write_batch(sync=self.sync)
+
+    def write_block(self, block: Block, certificate: bytes, puts=(), state_writes=(), *, batch=None) -> None:
+        """Append ``block`` with its certificate, tx/index ``puts`` and state writes in ONE atomic batch.
+
+        ``batch`` (from batch()) may already hold the block's tx records and index entries.
+        """
         header = block.header
         if header.height != self.height + 1:
             raise StoreError(f"write_block: height {header.height} after head {self.height}")
         block_hash = header.hash()
         hb = _U64.pack(header.height)
-        with self._db.write_batch(sync=self.sync) as wb:
-            put = wb.put
-            for key, value in puts:
-                put(key, value)
-            for key, value in state_writes:
-                if value is None:
-                    wb.delete(b"S" + key)
-                else:
-                    put(b"S" + key, value)
-            put(b"B" + hb, block.encode())
-            put(b"C" + hb, certificate)
-            put(b"H" + block_hash, hb)
-            put(_HEAD, hb + block_hash + header.state_root)
+        wb = self._db.write_batch(sync=self.sync) if batch is None else batch
+        put = wb.put
+        for key, value in puts:
+            put(key, value)
+        for key, value in state_writes:
+            if value is None:
+                wb.delete(b"S" + key)
+            else:
+                put(b"S" + key, value)
+        put(b"B" + hb, block.encode())
+        put(b"C" + hb, certificate)
+        put(b"H" + block_hash, hb)
+        put(_HEAD, hb + block_hash + header.state_root)
+        wb.write()
         self.height, self.head, self.state_root = header.height, block_hash, header.state_root
 
     # ------------------------------------------------------------------ blocks
@@ -241,25 +254,35 @@ class Store:
         """
         if not 0 < limit <= 10_000:
             raise StoreError("limit: must be 1..10000")
-        prefix = index_key_prefix(index_name, key)
-        start = prefix + _U64.pack(since_ms or 0)
-        stop = prefix + _U64.pack(until_ms) if until_ms is not None else prefix + b"\xff" * 20
-        include_start = True
+        if index_name == "time":
+            prefixes = [index_key_prefix("type", t) for t in sorted(TX_TYPES)]
+        else:
+            prefixes = [index_key_prefix(index_name, key)]
+        after = None
         if cursor is not None:
             try:
-                suffix = bytes.fromhex(cursor)
+                after = bytes.fromhex(cursor)
             except ValueError:
-                suffix = b""
-            if len(suffix) != _SUFFIX.size:
+                after = b""
+            if len(after) != _SUFFIX.size:
                 raise StoreError("cursor: malformed")
-            if prefix + suffix >= start:
-                start, include_start = prefix + suffix, False
+        low = _U64.pack(since_ms or 0)
+        high = _U64.pack(until_ms) if until_ms is not None else b"\xff" * _SUFFIX.size
+
+        def scan(prefix: bytes):
+            n = len(prefix)
+            start, include_start = prefix + low, True
+            if after is not None and after >= low:
+                start, include_start = prefix + after, False
+            for k, v in self._db.iterator(start=start, stop=prefix + high, include_start=include_start):
+                yield k[n:], v
+
+        stream = scan(prefixes[0]) if len(prefixes) == 1 else heapq.merge(*map(scan, prefixes))
         out: list[IndexEntry] = []
-        n = len(prefix)
-        for k, v in self._db.iterator(start=start, stop=stop, include_start=include_start):
+        for suffix, v in stream:
             if len(out) == limit:
                 return out, _cursor(out[-1])
-            ts, height, index = _SUFFIX.unpack_from(k, n)
+            ts, height, index = _SUFFIX.unpack(suffix)
             out.append(IndexEntry(ts, height, index, v))
         return out, None
 

@@ -65,74 +65,50 @@ class TxError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- schema
+# Each field: (python type, min, max, choices, list item check, description). For str/bytes/list min..max
+# bounds the length, for int the value (inclusive); ``choices`` (a frozenset) restricts str/int values;
+# lists are checked item by item. One flat spec instead of a predicate per field keeps the decoder's
+# per-field cost to a few comparisons (this loop runs for every field of every tx the chain sees).
 
-def _str_check(max_len: int):
-    def check(v):
-        return type(v) is str and 0 < len(v) <= max_len
-    return check
-
-
-def _bytes_check(*sizes: int):
-    allowed = frozenset(sizes)
-
-    def check(v):
-        return type(v) is bytes and len(v) in allowed
-    return check
+def _tokens(items) -> bool:
+    for t in items:
+        if type(t) is not bytes or len(t) != TOKEN_BYTES:
+            return False
+    return True
 
 
-def _uint_check(limit: int):
-    def check(v):
-        return type(v) is int and 0 <= v < limit
-    return check
+def _evidence(items) -> bool:
+    return (items[0] != items[1] and type(items[0]) is bytes and type(items[1]) is bytes
+            and 0 < len(items[0]) <= MAX_EVIDENCE_BYTES and 0 < len(items[1]) <= MAX_EVIDENCE_BYTES)
 
 
-def _token_list(v):
-    return (type(v) is list and 0 < len(v) <= MAX_LIST
-            and all(type(t) is bytes and len(t) == TOKEN_BYTES for t in v))
+_U63 = (1 << 63) - 1
+_TOKEN = (bytes, TOKEN_BYTES, TOKEN_BYTES, None, None, f"a {TOKEN_BYTES}-byte token")
+_DIGEST = (bytes, 32, 32, None, None, "a 32-byte SHA-256 digest")
+_KEY = (bytes, 32, 32, None, None, "a 32-byte ed25519 public key")
+_AE = (str, 1, 16, None, None, "an AE title of 1..16 characters")  # DICOM AE titles are at most 16 chars
+_COUNT = (int, 0, (1 << 32) - 1, None, None, "a non-negative 32-bit count")
+_TIME = (int, 0, _U63, None, None, "a non-negative integer of milliseconds since the epoch")
+_NAME = (str, 1, 64, None, None, "a name of 1..64 characters")
+_TEXT = (str, 1, 128, None, None, "1..128 characters")
+_TOKENS = (list, 1, MAX_LIST, None, _tokens, f"a list of 1..{MAX_LIST} {TOKEN_BYTES}-byte tokens")
 
-
-def _evidence(v):
-    return (type(v) is list and len(v) == 2
-            and all(type(m) is bytes and 0 < len(m) <= MAX_EVIDENCE_BYTES for m in v) and v[0] != v[1])
-
-
-_U63 = 1 << 63
-_token = _bytes_check(TOKEN_BYTES)
-_digest = _bytes_check(32)
-_ae = _str_check(16)  # DICOM AE titles are at most 16 characters
-
-# field -> (predicate, human description used in error messages)
-FIELD_CHECKS: dict[str, tuple] = {
-    "v": (lambda v: v == TX_VERSION and type(v) is int, f"the integer {TX_VERSION}"),
-    "chain": (_str_check(64), "a chain id string of 1..64 characters"),
-    "type": (lambda v: type(v) is str and v in TX_TYPES, "a known transaction type"),
-    "member": (_str_check(64), "a member name of 1..64 characters"),
-    "client": (_bytes_check(32), "a 32-byte ed25519 public key"),
-    "ts": (_uint_check(_U63), "a non-negative integer of milliseconds since the epoch"),
-    "nonce": (_bytes_check(*range(8, 33)), "8..32 bytes"),
-    "user": (_token, f"a {TOKEN_BYTES}-byte user token"),
-    "ae": (_ae, "an AE title of 1..16 characters"),
-    "peer_ae": (_ae, "an AE title of 1..16 characters"),
-    "patient": (_token, f"a {TOKEN_BYTES}-byte patient token"),
-    "study": (_token, f"a {TOKEN_BYTES}-byte study token"),
-    "series": (_token_list, f"a list of 1..{MAX_LIST} series tokens"),
-    "instances": (_token_list, f"a list of 1..{MAX_LIST} instance tokens"),
-    "n_series": (_uint_check(1 << 32), "a non-negative 32-bit count"),
-    "n_instances": (_uint_check(1 << 32), "a non-negative 32-bit count"),
-    "digest": (_digest, "a 32-byte SHA-256 digest"),
-    "pixel_digest": (_digest, "a 32-byte SHA-256 digest"),
-    "source_digest": (_digest, "a 32-byte SHA-256 digest"),
-    "derived_digest": (_digest, "a 32-byte SHA-256 digest"),
-    "purpose": (lambda v: type(v) is str and v in PURPOSES, "an HL7 PurposeOfUse code"),
-    "outcome": (lambda v: type(v) is int and v in OUTCOMES, "one of 0, 4, 8, 12"),
-    "action": (lambda v: type(v) is str and v in ACTIONS, "one of C, R, U, D, E"),
-    "grantee": (_str_check(128), "a grantee of 1..128 characters"),
-    "scope": (_str_check(128), "a scope of 1..128 characters"),
-    "expires": (_uint_check(_U63), "milliseconds since the epoch"),
-    "subject": (_str_check(64), "a member name of 1..64 characters"),
-    "subject_key": (_bytes_check(32), "a 32-byte ed25519 public key"),
-    "offender": (_uint_check(1 << 16), "a member index"),
-    "evidence": (_evidence, f"two different messages of 1..{MAX_EVIDENCE_BYTES} bytes"),
+FIELD_SPECS: dict[str, tuple] = {
+    "v": (int, TX_VERSION, TX_VERSION, None, None, f"the integer {TX_VERSION}"),
+    "chain": (str, 1, 64, None, None, "a chain id of 1..64 characters"),
+    "type": (str, 1, 64, None, None, "a transaction type"),  # the type itself is looked up first
+    "member": _NAME, "client": _KEY, "ts": _TIME,
+    "nonce": (bytes, 8, 32, None, None, "8..32 bytes"),
+    "user": _TOKEN, "ae": _AE, "peer_ae": _AE, "patient": _TOKEN, "study": _TOKEN,
+    "series": _TOKENS, "instances": _TOKENS, "n_series": _COUNT, "n_instances": _COUNT,
+    "digest": _DIGEST, "pixel_digest": _DIGEST, "source_digest": _DIGEST, "derived_digest": _DIGEST,
+    "purpose": (str, 1, 16, PURPOSES, None, "an HL7 PurposeOfUse code"),
+    "outcome": (int, 0, 12, OUTCOMES, None, "one of 0, 4, 8, 12"),
+    "action": (str, 1, 1, ACTIONS, None, "one of C, R, U, D, E"),
+    "grantee": _TEXT, "scope": _TEXT, "expires": _TIME,
+    "subject": _NAME, "subject_key": _KEY,
+    "offender": (int, 0, (1 << 16) - 1, None, None, "a member index"),
+    "evidence": (list, 2, 2, None, _evidence, f"two different messages of 1..{MAX_EVIDENCE_BYTES} bytes"),
 }
 
 COMMON_REQUIRED = frozenset({"v", "chain", "type", "member", "client", "ts", "nonce"})
@@ -169,15 +145,16 @@ _SCHEMA["evidence.equivocation"] = (frozenset({"offender", "evidence"}), frozens
 del _t, _req, _opt
 
 TX_TYPES = frozenset(_SCHEMA)
-# type -> (all allowed keys, all required keys), precomputed for the decoder's hot loop
-_ALLOWED = {t: (COMMON_REQUIRED | req | opt, COMMON_REQUIRED | req) for t, (req, opt) in _SCHEMA.items()}
-_ACTOR_TYPES = frozenset(AUDIT_TYPES)
+# type -> ({allowed field: spec}, required fields, needs an actor), precomputed for the decoder's hot loop
+_TYPE_SPECS = {t: ({k: FIELD_SPECS[k] for k in COMMON_REQUIRED | req | opt}, COMMON_REQUIRED | req,
+                   t in AUDIT_TYPES)
+               for t, (req, opt) in _SCHEMA.items()}
 
 
 def schema(tx_type: str) -> tuple[frozenset, frozenset]:
     """(required, optional) field names of a tx type, common fields included in required."""
-    allowed, required = _ALLOWED[tx_type]
-    return required, allowed - required
+    specs, required, _actor = _TYPE_SPECS[tx_type]
+    return required, frozenset(specs) - required
 
 
 # ---------------------------------------------------------------------------------------------- objects
@@ -272,22 +249,32 @@ def _decode_body(body: bytes) -> dict:
 
 
 def _check_fields(fields: dict, where: str) -> None:
+    """Raise TxError unless ``fields`` has exactly the fields of its type, each valid, keys in sorted order."""
     tx_type = fields.get("type")
     try:
-        allowed, required = _ALLOWED[tx_type]
+        specs, required, needs_actor = _TYPE_SPECS[tx_type]
     except (KeyError, TypeError):
         raise TxError(f"type: unknown transaction type {tx_type!r}") from None
+    prev = ""
     for key, value in fields.items():
-        if key not in allowed:
-            if key in FIELD_CHECKS:
+        if key <= prev:
+            raise TxError(f"{where}: keys are not in canonical (sorted) order")
+        prev = key
+        spec = specs.get(key)
+        if spec is None:
+            if key in FIELD_SPECS:
                 raise TxError(f"{key}: not a field of {tx_type}")
             raise TxError(f"{key}: unknown field")
-        check, desc = FIELD_CHECKS[key]
-        if not check(value):
-            raise TxError(f"{key}: must be {desc}")
+        pytype, lo, hi, choices, items, _desc = spec
+        vt = type(value)
+        if vt is not pytype:
+            raise TxError(f"{key}: must be {spec[5]}")
+        if not lo <= (value if vt is int else len(value)) <= hi or (
+                choices is not None and value not in choices) or (items is not None and not items(value)):
+            raise TxError(f"{key}: must be {spec[5]}")
     if len(fields) < len(required) or not required.issubset(fields):
         raise TxError(f"{', '.join(sorted(required - fields.keys()))}: required for {tx_type}")
-    if tx_type in _ACTOR_TYPES and "user" not in fields and "ae" not in fields:
+    if needs_actor and "user" not in fields and "ae" not in fields:
         raise TxError("user, ae: an audit event needs an actor (user token and/or AE title)")
 
 
@@ -311,13 +298,18 @@ def decode_tx(raw: bytes, *, verify: bool = True, hash: bytes | None = None) -> 
         raise TxError("sig: must be 64 bytes")
     if _packb(outer) != raw:
         raise TxError("tx: non-canonical encoding of the outer array")
-    fields = _decode_body(body)
-    keys = list(fields)
-    if keys != sorted(keys):
-        raise TxError("body: keys are not in canonical (sorted) order")
+    try:
+        fields = _unpackb(body, **_LIMITS)
+    except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, FormatError, ...)
+        raise TxError(f"body: not a single msgpack value ({exc.__class__.__name__}: {exc})") from exc
+    if type(fields) is not dict:
+        raise TxError("body: must be a msgpack map")
+    _check_fields(fields, "body")  # also checks key order, so the repack below compares like with like
     if _packb(fields) != body:
         raise TxError("body: non-canonical msgpack encoding")
-    _check_fields(fields, "body")
     if verify:
-        verify_tx(body, sig, fields["client"])
+        try:
+            crypto_sign_open(sig + TX_DOMAIN + body, fields["client"])
+        except (BadSignatureError, ValueError) as exc:
+            raise TxError("signature: does not verify under the client key") from exc
     return Tx(raw, hash or _sha256(raw).digest(), body, sig, fields)
