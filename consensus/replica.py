@@ -13,8 +13,17 @@ from collections import Counter
 
 from . import messages as m
 from . import wal as walrec
-from .actions import (Broadcast, CancelTimer, Commit, Persist, ReportEvidence, RequestProposal,
-                      RequestStateTransfer, Send, SetTimer)
+from .actions import (
+    Broadcast,
+    CancelTimer,
+    Commit,
+    Persist,
+    ReportEvidence,
+    RequestProposal,
+    RequestStateTransfer,
+    Send,
+    SetTimer,
+)
 from .certificate import Certificate, CertificateError, commit_signing_bytes
 from .config import Config
 from .events import Executed, MessageReceived, ProposalReady, StateTransferred, TimerFired, WorkPending
@@ -120,8 +129,8 @@ class Replica:
             self._emit(SetTimer(TICK, self.config.retransmit_interval))
             if self._in_vc:
                 self._broadcast_view_change()
-            elif self._nv_wire is not None:
-                for (kind, v, h), (_d, wire) in sorted(self._my_votes.items()):
+            else:
+                for (_kind, v, h), (_d, wire) in sorted(self._my_votes.items()):
                     if v == self._view and h > self._ld:
                         self._emit(Broadcast(wire))
             self._broadcast_status()
@@ -303,9 +312,12 @@ class Replica:
     def _add(self, table: dict, v: int, d: bytes, member: int, sig: bytes) -> bool:
         votes = table.get((v, d))
         if votes is None:
-            if len(table) >= 2 * self._n:
-                self._drop("vote_flood")
-                return False
+            if len(table) >= 2 * self._n:  # bounded: evict the oldest view's votes, never the newest
+                oldest = min(table)
+                if oldest[0] >= v:
+                    self._drop("vote_flood")
+                    return False
+                del table[oldest]
             votes = table[(v, d)] = {}
         if member in votes:
             self.stats["duplicate"] += 1
@@ -445,9 +457,9 @@ class Replica:
         v, in_vc, ld, sh = msg.body
         prev = self._peers.get(sender)
         self._peers[sender] = msg.body
-        # Push committed blocks, with certificates, to a peer that reported the same lag twice in a row
-        # (one status interval apart), so a peer a moment behind is not sent megabytes it will get anyway.
-        if ld < self._ld and prev is not None and prev[2] == ld:
+        # Push committed blocks, with certificates, to a peer that is more than a pipeline behind or reported
+        # the same lag twice in a row, so a peer a moment behind is not sent megabytes it will get anyway.
+        if ld < self._ld and (self._ld - ld > self.config.pipeline or (prev is not None and prev[2] == ld)):
             for h in range(ld + 1, min(self._ld, ld + self.config.catchup_batch) + 1):
                 slot = self._slots.get(h)
                 if slot is None or slot.cert is None or slot.cert.digest not in slot.payloads:

@@ -27,8 +27,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import messages as m
-from .actions import (Broadcast, CancelTimer, Commit, Persist, ReportEvidence, RequestProposal,
-                      RequestStateTransfer, Send, SetTimer)
+from .actions import (
+    Broadcast,
+    CancelTimer,
+    Commit,
+    Persist,
+    ReportEvidence,
+    RequestProposal,
+    RequestStateTransfer,
+    Send,
+    SetTimer,
+)
 from .certificate import Certificate, CertificateError, commit_signing_bytes, verify_certificate
 from .config import Config
 from .crypto import Ed25519Crypto, KeyedHashCrypto
@@ -93,7 +102,7 @@ class Simulation:
             cryptos = [KeyedHashCrypto(i, secrets) for i in range(nodes)]
             self.checker = KeyedHashCrypto(0, secrets)
         k = rng.choice((2, 3, 4, 5))
-        self.config = Config(chain_id="sim-%d" % seed, members=members, checkpoint_interval=k,
+        self.config = Config(chain_id=f"sim-{seed}", members=members, checkpoint_interval=k,
                              watermark_window=k * rng.choice((2, 3, 4)), pipeline=rng.choice((1, 2, 3, 4)),
                              progress_timeout=0.5, view_change_timeout=0.5, retransmit_interval=0.2,
                              state_transfer_timeout=2.0, max_backoff=4, catchup_batch=3)
@@ -477,6 +486,12 @@ def run_seed(seed: int, nodes: int, verbose: bool = False) -> tuple[str | None, 
     try:
         info = sim.run()
     except Violation as exc:
+        if verbose:
+            for node in sim.nodes:
+                r = node.replica
+                print(f"r{node.index} byzantine={sorted(node.byzantine)} up={node.up} height={len(node.store)} "
+                      f"view={r.view} in_vc={r.in_view_change} stable={r.stable_checkpoint} "
+                      f"transfer={r.state_transfer_pending} stats={dict(sorted(r.stats.items()))}")
         return str(exc), {"steps": sim.steps, "totals": sim.totals}
     info["totals"] = sim.totals
     info["evidence_reports"] = sim.evidence

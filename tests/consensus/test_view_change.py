@@ -1,0 +1,130 @@
+from consensus import messages as m
+from consensus.events import MessageReceived, ProposalReady, WorkPending
+from consensus.viewchange import check_view_change, plan_new_view
+
+
+def _vc_round(c, silent_primary):
+    """Backups time out on a silent primary and move to the next view."""
+    c.down.add(silent_primary)
+    backups = [i for i in range(c.n) if i != silent_primary]
+    for i in backups:
+        c.handle(i, WorkPending(1))
+    for i in backups:
+        assert any(t[0] == "progress" for t in c.timers[i])
+        c.fire(i, "progress")
+    c.run()
+
+
+def test_silent_primary_is_replaced_and_the_primary_rotates(make_cluster):
+    c = make_cluster()
+    c.work(2)
+    before = c.heights()[1]
+    _vc_round(c, silent_primary=0)
+    for i in (1, 2, 3):
+        assert c.replicas[i].view == 1 and not c.replicas[i].in_view_change
+        assert c.replicas[i].primary == 1
+    c.work(2)
+    assert min(c.heights()[1:]) > before
+
+
+def test_prepared_block_survives_the_view_change(make_cluster):
+    """Replicas prepare a block in view 0, but no commit gets through; the new view re-proposes it."""
+    c = make_cluster(auto=False)
+    r0 = c.replicas[0]
+    c.perform(0, r0.handle(WorkPending(1)))
+    c.perform(0, r0.handle(ProposalReady(1, b"blk:1:0")))
+    digest = c.app.digest(b"blk:1:0")
+    # deliver pre-prepares and prepares, then drop every COMMIT
+    while c.queue:
+        i, j, data = c.queue.popleft()
+        if m.decode(data, 4, 1 << 20, 64).kind == m.COMMIT:
+            continue
+        c.handle(j, MessageReceived(i, data))
+    assert all(r._slots[1].prepared is not None for r in c.replicas)
+    assert c.heights() == [0, 0, 0, 0]
+    c.auto = True
+    _vc_round(c, silent_primary=0)
+    for i in (1, 2, 3):
+        assert [a.digest for a in c.commits[i]][:1] == [digest]
+
+
+def test_view_change_timeouts_grow_exponentially(make_cluster):
+    """NEW-VIEWs get lost: each further view change waits twice as long (PBFT sec. 4.5.2)."""
+    c = make_cluster(auto=False, progress_timeout=1.0, view_change_timeout=1.0, max_backoff=3)
+
+    def run_dropping_new_views():
+        while c.queue:
+            i, j, data = c.queue.popleft()
+            if m.decode(data, 4, 1 << 20, 64).kind != m.NEWVIEW:
+                c.handle(j, MessageReceived(i, data))
+
+    for i in range(4):
+        c.handle(i, WorkPending(1))
+    for i in (1, 2, 3):
+        c.fire(i, "progress")
+    run_dropping_new_views()
+    waits = []
+    for _ in range(5):
+        k = next(i for i in range(4) if c.replicas[i].in_view_change)
+        vc = [t for t in c.timers[k] if t[0] == "vc"]
+        assert vc == [("vc", c.replicas[k].view)]
+        waits.append(c.timers[k][vc[0]])
+        for i in range(4):
+            if c.replicas[i].in_view_change:
+                c.fire(i, "vc")
+        run_dropping_new_views()
+    assert waits[:4] == [1.0, 2.0, 4.0, 8.0] and waits[4] == 8.0  # capped at 2**max_backoff
+
+
+def test_lone_replica_does_not_escalate(make_cluster):
+    """Without 2f+1 VIEW-CHANGEs for its view, no view-change timer runs: a partitioned replica stays put."""
+    c = make_cluster(auto=False)
+    c.down.update({0, 1, 2})
+    c.handle(3, WorkPending(1))
+    c.fire(3, "progress")
+    c.run()
+    assert c.replicas[3].view == 1 and c.replicas[3].in_view_change
+    assert not any(t[0] == "vc" for t in c.timers[3])
+
+
+def test_f_plus_1_view_changes_pull_a_replica_along(make_cluster):
+    c = make_cluster(auto=False)
+    for i in (1, 2):
+        c.handle(i, WorkPending(1))
+        c.fire(i, "progress")
+    c.run()
+    # replica 3 had no work and no timer, but 2 = f+1 others asked for view 1: it joins, and view 1 starts
+    assert all(c.replicas[i].view == 1 for i in range(4))
+    assert not c.replicas[1].in_view_change  # replica 1 is the new primary and sent NEW-VIEW
+
+
+def test_view_change_proof_checks(make_cluster):
+    c = make_cluster(auto=False)
+    cr = [c.crypto(i) for i in range(4)]
+    d = c.app.digest(b"blk:1:0")
+    votes = tuple((i, cr[i].sign(m.vote_signing_bytes("test", 0, 1, d))) for i in range(3))
+    good = m.sign(cr[1], "test", m.VIEWCHANGE, 1, (1, 0, b"", (), ((1, 0, d, m.ENTRY_PREPARED, votes),)))
+    assert check_view_change(good, "test", cr[0], 4, 3, 16, 64) is None
+    short = m.sign(cr[1], "test", m.VIEWCHANGE, 1, (1, 0, b"", (), ((1, 0, d, m.ENTRY_PREPARED, votes[:2]),)))
+    assert check_view_change(short, "test", cr[0], 4, 3, 16, 64) == "entry certificate"
+    forged = votes[:2] + ((3, bytes(64)),)
+    bad = m.sign(cr[1], "test", m.VIEWCHANGE, 1, (1, 0, b"", (), ((1, 0, d, m.ENTRY_PREPARED, forged),)))
+    assert check_view_change(bad, "test", cr[0], 4, 3, 16, 64) == "entry certificate"
+    dup = votes[:2] + (votes[0],)
+    bad = m.sign(cr[1], "test", m.VIEWCHANGE, 1, (1, 0, b"", (), ((1, 0, d, m.ENTRY_PREPARED, dup),)))
+    assert check_view_change(bad, "test", cr[0], 4, 3, 16, 64) == "entry certificate"
+    future = m.sign(cr[1], "test", m.VIEWCHANGE, 1, (1, 0, b"", (), ((1, 1, d, m.ENTRY_PREPARED, votes),)))
+    assert check_view_change(future, "test", cr[0], 4, 3, 16, 64) is not None
+    fake_stable = m.sign(cr[1], "test", m.VIEWCHANGE, 1, (1, 16, b"x" * 32, votes, ()))
+    assert check_view_change(fake_stable, "test", cr[0], 4, 3, 16, 64) == "stable checkpoint proof"
+
+
+def test_new_view_plan_takes_the_highest_view_proof():
+    def vc(sender, entries, stable=0):
+        return m.Message(m.VIEWCHANGE, sender, (5, stable, b"", (), tuple(entries)), b"")
+    a = vc(0, [(1, 0, b"A", 0, ()), (3, 2, b"C", 0, ())])
+    b = vc(1, [(1, 3, b"B", 0, ())])
+    c = vc(2, [])
+    plan = plan_new_view([a, b, c])
+    assert plan.assignments == ((1, b"B"), (3, b"C"))  # height 2 is a gap the new primary fills
+    assert plan_new_view([c, b, a]) == plan
