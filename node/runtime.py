@@ -151,6 +151,7 @@ class Node:
         for h in block.tx_hashes:
             for event in self._commit_waiters.pop(h, ()):
                 event.set()
+        self.rpc.on_commit(block)  # metrics, WebSocket subscribers
         self.driver.mempool_changed()
 
     def _on_state_transfer(self, target: int, peers: tuple[int, ...]) -> None:

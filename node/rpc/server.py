@@ -1,7 +1,12 @@
-"""HTTP edge of the node: JSON-RPC 2.0 framing, auth, body and rate limits. Methods live in node.rpc.methods.
+"""HTTP edge of the node: JSON-RPC 2.0 framing, auth, body and rate limits, /health, /metrics and /ws.
 
-Every failure reaches the caller as a JSON-RPC error with a code and a message; nothing a client sends can
-stop the node.
+Methods live in node.rpc.methods; WebSocket subscriptions in node.rpc.subscriptions; the Prometheus
+exposition in node.rpc.metrics. Every failure reaches the caller as a JSON-RPC error with a code and a
+message; nothing a client sends can stop the node.
+
+A method handler returns its result, or ``Later(wait)`` when the answer needs waiting (commit-mode
+submits). In a batch every call is admitted first, in request order, then all waits run concurrently: a
+batch of 100 commit-mode submits lands in one or two blocks instead of one block per call.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from node.rpc.errors import (
     INTERNAL_ERROR,
@@ -33,6 +41,8 @@ from node.rpc.errors import (
 log = logging.getLogger("radchain.rpc")
 
 Handler = Callable[[object, dict, "Caller"], Awaitable[object]]
+# A batch is at most this many calls (each costs one rate-limit token). Ethereum clients cap batches the
+# same way (geth: 1000 items by default).
 MAX_BATCH = 1000
 
 
@@ -46,6 +56,15 @@ class Method:
 class Caller:
     integrator: str | None  # name of the token's owner, None when no valid token was given
     address: str
+
+
+class Later:
+    """A handler's answer that needs waiting: ``await wait()`` gives the result (or raises RpcError)."""
+
+    __slots__ = ("wait",)
+
+    def __init__(self, wait: Callable[[], Awaitable[object]]):
+        self.wait = wait
 
 
 class TokenBucket:
@@ -68,31 +87,80 @@ class TokenBucket:
         return True
 
 
+@dataclass
+class _Started:
+    """A call admitted by _start whose answer is still to be awaited."""
+    rid: object
+    notification: bool
+    method: str
+    later: Later
+
+
 class JsonRpcApp:
     def __init__(self, node, methods: dict[str, Method], tokens: dict[str, str], read_requires_token: bool,
                  max_body_bytes: int, rate_limit: float, extra_routes: list | None = None):
+        from node.rpc.metrics import Metrics
+        from node.rpc.submit import Admission
+        from node.rpc.subscriptions import Subscriptions
+
         self.node = node
         self.methods = methods
         self._tokens = list(tokens.items())
         self.read_requires_token = read_requires_token
         self.max_body_bytes = max_body_bytes
         self.limiter = TokenBucket(rate_limit)
+        self.metrics = Metrics(node, set(methods))
+        self.admission = Admission(node, self.metrics)
+        self.subscriptions = Subscriptions(self)
         routes = [Route("/", self.handle_http, methods=["POST"]),
-                  Route("/health", self.health, methods=["GET"])]
-        self.app = Starlette(routes=routes + (extra_routes or []))
+                  Route("/health", self.health, methods=["GET"]),
+                  Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                  WebSocketRoute("/ws", self.subscriptions.endpoint)]
+        self.app = Starlette(routes=routes + (extra_routes or []), lifespan=self._lifespan)
 
-    def _integrator(self, request: Request) -> str | None:
-        header = request.headers.get("authorization", "")
-        if not header.lower().startswith("bearer "):
+    @asynccontextmanager
+    async def _lifespan(self, app):
+        # Tasks the RPC server owns (async-mode admission) live exactly as long as the server.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.admission.run)
+            yield
+            nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ node hooks
+    def on_commit(self, block) -> None:
+        """Called by the runtime once per executed block (consensus or sync)."""
+        self.admission.on_commit(block)
+        self.metrics.on_commit(block)
+        self.subscriptions.on_commit(block)
+
+    # ------------------------------------------------------------------ auth
+    def integrator(self, headers, query_token: str | None = None) -> str | None:
+        header = headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            presented = header[7:].strip()
+        elif query_token:  # browsers cannot set headers on WebSocket upgrades
+            presented = query_token
+        else:
             return None
-        presented = header[7:].strip().encode()
-        for name, token in self._tokens:
-            if hmac.compare_digest(presented, token.encode()):
-                return name
-        return None
+        presented_b = presented.encode("utf-8", "replace")
+        found = None
+        for name, token in self._tokens:  # compare against every token: timing does not reveal which
+            if hmac.compare_digest(presented_b, token.encode()):
+                found = name
+        return found
 
+    def may_read(self, caller: Caller) -> bool:
+        return caller.integrator is not None or not self.read_requires_token
+
+    # ------------------------------------------------------------------ plain HTTP
     async def health(self, request: Request) -> Response:
         return PlainTextResponse("ok")
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        caller = Caller(self.integrator(request.headers), request.client.host if request.client else "?")
+        if not self.may_read(caller):
+            return PlainTextResponse("this node requires a token for reads\n", status_code=401)
+        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -112,51 +180,98 @@ class JsonRpcApp:
             body = await self._read_body(request)
             try:
                 payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise RpcError(PARSE_ERROR, f"body is not JSON: {exc}") from exc
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                raise RpcError(PARSE_ERROR, f"body is not JSON: {exc}") from None
             cost = len(payload) if isinstance(payload, list) and payload else 1
             if not self.limiter.allow(address, cost):
                 raise RpcError(RATE_LIMITED, "rate limit exceeded; slow down and retry")
         except RpcError as err:
-            return JSONResponse({"jsonrpc": "2.0", "id": None, "error": err.to_json()})
-        caller = Caller(self._integrator(request), address)
+            self.metrics.error(err.code)
+            status = {TOO_LARGE: 413, RATE_LIMITED: 429}.get(err.code, 200)
+            headers = {"Retry-After": "1"} if err.code == RATE_LIMITED else None
+            return JSONResponse(_error(None, err), status_code=status, headers=headers)
+        caller = Caller(self.integrator(request.headers), address)
         if isinstance(payload, list):
             if not payload:
                 return JSONResponse(_error(None, RpcError(INVALID_REQUEST, "empty batch")))
             if len(payload) > MAX_BATCH:
                 return JSONResponse(_error(None, RpcError(INVALID_REQUEST, f"batch over {MAX_BATCH} calls")))
-            replies = [r for r in [await self.call(item, caller) for item in payload] if r is not None]
+            replies = await self.run_batch(payload, caller)
+            replies = [r for r in replies if r is not None]
             return JSONResponse(replies) if replies else Response(status_code=204)
         reply = await self.call(payload, caller)
         return JSONResponse(reply) if reply is not None else Response(status_code=204)
 
+    # ------------------------------------------------------------------ JSON-RPC dispatch
     async def call(self, request, caller: Caller) -> dict | None:
+        started = await self._start(request, caller)
+        return await self._finish(started) if isinstance(started, _Started) else started
+
+    async def run_batch(self, requests: list, caller: Caller) -> list:
+        replies = [await self._start(item, caller) for item in requests]
+        waiting = [i for i, r in enumerate(replies) if isinstance(r, _Started)]
+        if waiting:
+            async def finish(i: int) -> None:
+                replies[i] = await self._finish(replies[i])
+
+            async with trio.open_nursery() as nursery:
+                for i in waiting:
+                    nursery.start_soon(finish, i)
+        return replies
+
+    async def _start(self, request, caller: Caller):
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(
                 request.get("method"), str):
-            return _error(request.get("id") if isinstance(request, dict) else None,
+            rid = request.get("id") if isinstance(request, dict) else None
+            self.metrics.error(INVALID_REQUEST)
+            return _error(rid if _valid_id(rid) else None,
                           RpcError(INVALID_REQUEST, 'a call needs "jsonrpc": "2.0" and a string "method"'))
         is_notification = "id" not in request
         rid = request.get("id")
-        if rid is not None and not isinstance(rid, (str, int)):
+        if not _valid_id(rid):
+            self.metrics.error(INVALID_REQUEST)
             return _error(None, RpcError(INVALID_REQUEST, "id must be a string, a number or null"))
+        name = request["method"]
         try:
-            method = self.methods.get(request["method"])
+            method = self.methods.get(name)
+            self.metrics.request(name)
             if method is None:
-                raise RpcError(METHOD_NOT_FOUND, f"no method {request['method']!r}")
+                raise RpcError(METHOD_NOT_FOUND, f"no method {name[:64]!r}; rpc.discover lists them")
             if method.write and caller.integrator is None:
                 raise RpcError(UNAUTHORIZED, "this method needs 'Authorization: Bearer <token>' from node config")
-            if not method.write and self.read_requires_token and caller.integrator is None:
+            if not method.write and not self.may_read(caller):
                 raise RpcError(UNAUTHORIZED, "this node requires a token for reads")
             params = request.get("params", {})
             if not isinstance(params, dict):
-                raise RpcError(INVALID_PARAMS, "params must be an object")
+                raise RpcError(INVALID_PARAMS, "params must be an object (by-name parameters)")
             result = await method.handler(self.node, params, caller)
         except RpcError as err:
+            self.metrics.error(err.code)
             return None if is_notification else _error(rid, err)
         except Exception:  # a bug in a handler must not take the node down; the log keeps the trace
-            log.exception("rpc method %s failed", request.get("method"))
+            log.exception("rpc method %s failed", name)
+            self.metrics.error(INTERNAL_ERROR)
             return None if is_notification else _error(rid, RpcError(INTERNAL_ERROR, "internal error"))
+        if isinstance(result, Later):
+            return _Started(rid, is_notification, name, result)
         return None if is_notification else {"jsonrpc": "2.0", "id": rid, "result": result}
+
+    async def _finish(self, started: _Started) -> dict | None:
+        try:
+            result = await started.later.wait()
+        except RpcError as err:
+            self.metrics.error(err.code)
+            return None if started.notification else _error(started.rid, err)
+        except Exception:
+            log.exception("rpc method %s failed while waiting", started.method)
+            self.metrics.error(INTERNAL_ERROR)
+            return None if started.notification else _error(started.rid, RpcError(INTERNAL_ERROR, "internal error"))
+        return None if started.notification else {"jsonrpc": "2.0", "id": started.rid, "result": result}
+
+
+def _valid_id(rid) -> bool:
+    # JSON-RPC 2.0 section 4: an id is a string, a number or null (fractional numbers discouraged).
+    return rid is None or (isinstance(rid, (str, int, float)) and not isinstance(rid, bool))
 
 
 def _error(rid, err: RpcError) -> dict:
@@ -170,7 +285,26 @@ def param(params: dict, name: str, kind, required: bool = True, default=None):
             raise RpcError(INVALID_PARAMS, f"missing param {name!r}")
         return default
     value = params[name]
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = "/".join({"str": "string", "int": "integer", "dict": "object", "list": "array",
+                          "float": "number", "bool": "boolean"}.get(k.__name__, k.__name__) for k in kinds)
         raise RpcError(INVALID_PARAMS, f"param {name!r} must be {names}")
     return value
+
+
+def check_known(params: dict, known: set[str] | frozenset[str]) -> None:
+    """Refuse unknown parameter names (a typo must not silently widen a query)."""
+    unknown = sorted(k for k in params if k not in known)
+    if unknown:
+        raise RpcError(INVALID_PARAMS, f"unknown param(s) {', '.join(repr(k[:40]) for k in unknown[:5])}; "
+                                       f"known: {', '.join(sorted(known))}")
+
+
+def caller_of(request) -> str:
+    return request.client.host if request.client else "?"
+
+
+async def ws_caller(app: JsonRpcApp, websocket: WebSocket) -> Caller:
+    token = websocket.query_params.get("token")
+    return Caller(app.integrator(websocket.headers, token), caller_of(websocket))

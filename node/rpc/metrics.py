@@ -1,0 +1,117 @@
+"""GET /metrics: the node's health in the Prometheus text exposition format (version 0.0.4).
+
+Gauges are read from the node when scraped; counters count since the process started (Prometheus
+handles resets). ``radchain_commit_latency_seconds`` is the time from a tx's admission through this node's
+RPC to its block being executed here: what an integrator waits for in commit mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+
+# Seconds. PBFT on a LAN commits in well under a second; the tail buckets show view changes and sync.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TRACK_SUBMITTED = 100_000  # txs whose submission time is remembered for the histogram
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...]):
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+                break
+
+    def lines(self, name: str) -> list[str]:
+        out, cumulative = [], 0
+        for bound, n in zip(self.buckets, self.counts, strict=True):
+            cumulative += n
+            out.append(f'{name}_bucket{{le="{bound:g}"}} {cumulative}')
+        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
+        out.append(f"{name}_sum {self.sum:.6f}")
+        out.append(f"{name}_count {self.count}")
+        return out
+
+
+class Metrics:
+    def __init__(self, node, method_names: set[str]):
+        self.node = node
+        self.method_names = method_names
+        self.requests: Counter[str] = Counter()
+        self.errors: Counter[int] = Counter()
+        self.blocks = 0
+        self.txs = 0
+        self.latency = Histogram(LATENCY_BUCKETS)
+        self._submitted: OrderedDict[bytes, float] = OrderedDict()
+        self.ws_connections = 0
+        self.ws_subscriptions = 0
+
+    # ------------------------------------------------------------------ recording
+    def request(self, method: str) -> None:
+        self.requests[method if method in self.method_names else "other"] += 1
+
+    def error(self, code: int) -> None:
+        self.errors[code] += 1
+
+    def submitted(self, h: bytes) -> None:
+        if h not in self._submitted:
+            self._submitted[h] = time.monotonic()
+            if len(self._submitted) > TRACK_SUBMITTED:
+                self._submitted.popitem(last=False)
+
+    def on_commit(self, block) -> None:
+        self.blocks += 1
+        self.txs += len(block.tx_hashes)
+        if self._submitted:
+            now = time.monotonic()
+            for h in block.tx_hashes:
+                t = self._submitted.pop(h, None)
+                if t is not None:
+                    self.latency.observe(now - t)
+
+    # ------------------------------------------------------------------ exposition
+    def render(self) -> str:
+        node = self.node
+        status = node.status()
+        replica_stats = getattr(node.replica, "stats", {})
+        out: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str, samples) -> None:
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+            if isinstance(samples, (int, float)):
+                samples = [("", samples)]
+            for labels, value in samples:
+                out.append(f"{name}{labels} {value}")
+
+        metric("radchain_height", "gauge", "Height of the last executed block.", status["height"])
+        metric("radchain_view", "gauge", "Current PBFT view.", status["view"])
+        metric("radchain_view_changes_total", "counter", "View changes this replica started.",
+               replica_stats.get("view_changes", 0))
+        metric("radchain_peers", "gauge", "Members connected to this node.", status["peers"])
+        metric("radchain_members", "gauge", "Consortium members (validators).", status["members"])
+        metric("radchain_mempool_txs", "gauge", "Txs waiting in the mempool.", status["mempool"])
+        metric("radchain_blocks_committed_total", "counter", "Blocks executed by this process.", self.blocks)
+        metric("radchain_txs_committed_total", "counter", "Txs in blocks executed by this process.", self.txs)
+        metric("radchain_syncing", "gauge", "1 while catching up by block sync.", int(bool(status["syncing"])))
+        metric("radchain_sync_target_height", "gauge", "Height block sync is catching up to.",
+               getattr(node.sync, "target", 0))
+        out.append("# HELP radchain_commit_latency_seconds Admission through this node's RPC to commit.")
+        out.append("# TYPE radchain_commit_latency_seconds histogram")
+        out.extend(self.latency.lines("radchain_commit_latency_seconds"))
+        metric("radchain_rpc_requests_total", "counter", "JSON-RPC calls by method.",
+               [(f'{{method="{m}"}}', n) for m, n in sorted(self.requests.items())] or [('{method="status"}', 0)])
+        metric("radchain_rpc_errors_total", "counter", "JSON-RPC errors by code.",
+               [(f'{{code="{c}"}}', n) for c, n in sorted(self.errors.items())] or [('{code="-32603"}', 0)])
+        metric("radchain_ws_connections", "gauge", "Open WebSocket connections.", self.ws_connections)
+        metric("radchain_ws_subscriptions", "gauge", "Active WebSocket subscriptions.", self.ws_subscriptions)
+        metric("radchain_uptime_seconds", "gauge", "Seconds since the node started.", status["uptime_s"])
+        return "\n".join(out) + "\n"

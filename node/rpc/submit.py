@@ -1,0 +1,175 @@
+"""Write methods: ``submit_tx`` (a client-signed tx) and ``submit_event`` (a raw event the node signs).
+
+Modes (the answer is never ambiguous; resubmitting the same tx is always safe and gives the same answer):
+
+- ``sync`` (default): the tx is decoded, its signature and key checked, and it is durably in this node's
+  mempool before the answer ``{"status": "pending"}`` (or ``"committed"`` with its height if it already
+  was). A tx that fails a check is a JSON-RPC error ``-32003`` whose message says why.
+- ``async``: the answer ``{"status": "pending", "checked": false}`` comes right after the hash is computed;
+  checks and admission run after the answer (this is what batches of thousands want). ``get_tx`` then says
+  ``pending``, ``committed`` or ``rejected`` with the reason. Not durable until checked: if ``get_tx``
+  later says the tx is unknown (the node restarted), submit it again.
+- ``commit``: as ``sync``, then wait up to ``timeout`` seconds (default 10, at most 60) for the tx's block.
+  The answer is ``committed`` with the height, or — on timeout — ``pending`` with ``"timeout": true``:
+  the tx is still in the mempool and will commit; ask again with ``get_tx`` or resubmit. Never an error
+  that leaves the client guessing (unlike CometBFT's ``broadcast_tx_commit`` timeouts).
+
+A committed tx also carries ``outcome``: ``applied``, or ``rejected`` when execution refused it (its key
+was revoked between admission and commit); a rejected tx is recorded in its block but has no effect.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+
+import trio
+
+from node.block import STATUS_NAMES
+from node.events import EventError
+from node.mempool import MempoolFull
+from node.rpc.errors import INVALID_PARAMS, MEMPOOL_FULL, REJECTED, RpcError
+from node.rpc.server import Caller, Later, check_known, param
+from node.tx import MAX_TX_BYTES, TxError, tx_hash
+
+log = logging.getLogger("radchain.rpc")
+
+MODES = ("async", "sync", "commit")
+DEFAULT_TIMEOUT = 10.0
+MAX_TIMEOUT = 60.0
+ASYNC_QUEUE = 20_000       # async-mode txs waiting for their check; beyond this: MEMPOOL_FULL (retry)
+REMEMBER_REJECTED = 50_000  # recent rejections get_tx can still explain
+
+
+class Admission:
+    """Checks and admits txs for the RPC: synchronously (sync/commit) or after the answer (async).
+
+    Remembers recent rejections so ``get_tx`` can say why a tx is not pending, and when each tx was
+    submitted, for the commit-latency histogram.
+    """
+
+    def __init__(self, node, metrics):
+        self.node = node
+        self.metrics = metrics
+        self.rejected: OrderedDict[bytes, str] = OrderedDict()
+        self._queue_send, self._queue_recv = trio.open_memory_channel(ASYNC_QUEUE)
+        self.queued: set[bytes] = set()
+
+    # ------------------------------------------------------------------ admission
+    def admit(self, raw: bytes, h: bytes) -> dict:
+        """Check and durably admit one tx; the answer, or RpcError(REJECTED / MEMPOOL_FULL)."""
+        node = self.node
+        found = node.store.get_tx(h)
+        if found is not None:
+            return committed_answer(node, h, found[0])
+        try:
+            answer = node.submit([raw], checked=False)[0]
+        except MempoolFull as exc:
+            raise RpcError(MEMPOOL_FULL, f"{exc}; retry later (resubmitting is safe)") from None
+        except TxError as exc:
+            self._reject(h, str(exc))
+            raise RpcError(REJECTED, f"rejected: {exc}", {"hash": h.hex(), "reason": str(exc)}) from None
+        self.rejected.pop(h, None)
+        self.metrics.submitted(h)
+        return {"hash": h.hex(), "status": "pending"}
+
+    def enqueue(self, raw: bytes, h: bytes) -> dict:
+        node = self.node
+        found = node.store.get_tx(h)
+        if found is not None:
+            return committed_answer(node, h, found[0])
+        if h in node.mempool:
+            return {"hash": h.hex(), "status": "pending"}
+        if h not in self.queued:
+            try:
+                self._queue_send.send_nowait((raw, h))
+            except trio.WouldBlock:
+                raise RpcError(MEMPOOL_FULL, "async queue full; retry later or use mode sync") from None
+            self.queued.add(h)
+            self.metrics.submitted(h)
+        return {"hash": h.hex(), "status": "pending", "checked": False}
+
+    async def run(self) -> None:
+        async for raw, h in self._queue_recv:
+            self.queued.discard(h)
+            try:
+                self.admit(raw, h)
+            except RpcError as exc:
+                if exc.code == MEMPOOL_FULL:
+                    self._reject(h, "mempool full when the tx was checked; submit it again")
+            except Exception:
+                log.exception("async admission failed")
+            await trio.lowlevel.checkpoint()
+
+    def _reject(self, h: bytes, reason: str) -> None:
+        self.rejected[h] = reason
+        self.rejected.move_to_end(h)
+        if len(self.rejected) > REMEMBER_REJECTED:
+            self.rejected.popitem(last=False)
+
+    def on_commit(self, block) -> None:
+        pass  # rejections stay: a rejected tx never commits
+
+
+def committed_answer(node, h: bytes, height: int) -> dict:
+    status = node.store.tx_status(h)
+    return {"hash": h.hex(), "status": "committed", "height": height,
+            "outcome": STATUS_NAMES.get(status, "applied")}
+
+
+def _mode_and_timeout(params: dict) -> tuple[str, float]:
+    mode = param(params, "mode", str, required=False, default="sync")
+    if mode not in MODES:
+        raise RpcError(INVALID_PARAMS, f"mode must be one of {', '.join(MODES)}")
+    timeout = param(params, "timeout", (int, float), required=False, default=DEFAULT_TIMEOUT)
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+        raise RpcError(INVALID_PARAMS, f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
+    return mode, float(timeout)
+
+
+def _answer(node, raw: bytes, mode: str, timeout: float):
+    admission: Admission = node.rpc.admission
+    h = tx_hash(raw)
+    if mode == "async":
+        return admission.enqueue(raw, h)
+    answer = admission.admit(raw, h)
+    if mode == "sync" or answer["status"] == "committed":
+        return answer
+
+    async def wait() -> dict:
+        started = time.monotonic()
+        height = await node.wait_committed(h, timeout)
+        if height is None:
+            return {"hash": h.hex(), "status": "pending", "timeout": True,
+                    "waited_s": round(time.monotonic() - started, 3)}
+        return committed_answer(node, h, height)
+
+    return Later(wait)
+
+
+async def submit_tx(node, params: dict, caller: Caller):
+    check_known(params, {"tx", "mode", "timeout"})
+    mode, timeout = _mode_and_timeout(params)
+    text = param(params, "tx", str)
+    if len(text) > 2 * MAX_TX_BYTES:
+        raise RpcError(REJECTED, f"tx: over {MAX_TX_BYTES} bytes")
+    try:
+        raw = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raise RpcError(INVALID_PARAMS, "tx must be the hex of the canonical signed tx bytes") from None
+    if not raw:
+        raise RpcError(INVALID_PARAMS, "tx is empty")
+    return _answer(node, raw, mode, timeout)
+
+
+async def submit_event(node, params: dict, caller: Caller):
+    check_known(params, {"event", "mode", "timeout"})
+    mode, timeout = _mode_and_timeout(params)
+    event = param(params, "event", dict)
+    try:
+        raw = node.event_to_tx(event)
+    except EventError as exc:
+        raise RpcError(REJECTED, str(exc), {"field": exc.field}) from None
+    return _answer(node, raw, mode, timeout)

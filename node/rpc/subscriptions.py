@@ -1,0 +1,226 @@
+"""WebSocket subscriptions on /ws: new blocks, or events matching an audit filter, resumable by height.
+
+Protocol (JSON-RPC 2.0 messages over one WebSocket; token as ``Authorization: Bearer`` or ``?token=``)::
+
+    -> {"jsonrpc": "2.0", "id": 1, "method": "subscribe",
+        "params": {"kind": "events", "from_height": 120, "filter": {"study_uid": "1.2.840.1"}}}
+    <- {"jsonrpc": "2.0", "id": 1, "result": {"subscription": "s1", "from_height": 120, "height": 131}}
+    <- {"jsonrpc": "2.0", "method": "subscription",
+        "params": {"subscription": "s1", "type": "event", "height": 120, "index": 3, "event": {...}}}
+    <- {"jsonrpc": "2.0", "method": "subscription",
+        "params": {"subscription": "s1", "type": "progress", "height": 131}}
+    -> {"jsonrpc": "2.0", "id": 2, "method": "unsubscribe", "params": {"subscription": "s1"}}
+
+``kind`` is ``blocks`` (one ``block`` message per height) or ``events`` (one ``event`` message per matching
+applied tx, then a ``progress`` message after each run of blocks: everything up to that height has been
+sent). ``from_height`` defaults to the next block (live only).
+
+No event is ever lost silently: every message is read from the store in height order, history first and
+then live (a commit only wakes the sender up; it never carries data that could be dropped). A client that
+disconnects resumes with ``from_height`` = the height of the last ``progress`` (or block) it processed
+plus one — or the height of the last event it processed, skipping (height, index) pairs it already has;
+node.client.Subscription does that by itself. A slow client is not buffered for: it simply lags behind the
+head, reading from the store at its own pace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+
+import trio
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from node.block import APPLIED
+from node.rpc.audit import FILTER_PARAMS, Filter, entry_json, parse_filter
+from node.rpc.errors import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, UNAUTHORIZED, RpcError
+from node.rpc.render import block_json
+from node.rpc.server import Caller, check_known, param, ws_caller
+from node.tx import decode_tx
+
+log = logging.getLogger("radchain.rpc.ws")
+
+MAX_CONNECTIONS = 256
+MAX_SUBSCRIPTIONS = 16          # per connection
+MAX_MESSAGE_BYTES = 64 * 1024   # client -> server; subscribe requests are small
+HISTORY_BATCH = 50              # blocks read per store scan before yielding to other tasks
+
+
+class Subscriptions:
+    def __init__(self, rpc_app):
+        self.rpc = rpc_app
+        self._changed = trio.Event()
+        self.connections = 0
+
+    # ------------------------------------------------------------------ node hook
+    def on_commit(self, block) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_beyond(self, height: int) -> None:
+        store = self.rpc.node.store
+        while store.height <= height:
+            await self._changed.wait()
+
+    # ------------------------------------------------------------------ the endpoint
+    async def endpoint(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        caller = await ws_caller(self.rpc, websocket)
+        if not self.rpc.may_read(caller):
+            await _send_quietly(websocket, _error(None, RpcError(UNAUTHORIZED, "this node requires a token for reads")))
+            await websocket.close(code=1008)
+            return
+        if self.connections >= MAX_CONNECTIONS:
+            await _send_quietly(websocket, _error(None, RpcError(INVALID_REQUEST, "too many WebSocket connections")))
+            await websocket.close(code=1013)  # try again later
+            return
+        self.connections += 1
+        self.rpc.metrics.ws_connections += 1
+        conn = _Connection(self, websocket, caller)
+        try:
+            async with trio.open_nursery() as nursery:
+                conn.nursery = nursery
+                await conn.read_loop()
+                nursery.cancel_scope.cancel()
+        except* (WebSocketDisconnect, OSError, RuntimeError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away; nothing to clean up beyond the counters
+        finally:
+            self.connections -= 1
+            self.rpc.metrics.ws_connections -= 1
+            self.rpc.metrics.ws_subscriptions -= len(conn.subs)
+
+
+class _Connection:
+    def __init__(self, hub: Subscriptions, websocket: WebSocket, caller: Caller):
+        self.hub = hub
+        self.ws = websocket
+        self.caller = caller
+        self.node = hub.rpc.node
+        self.subs: dict[str, trio.CancelScope] = {}
+        self.nursery: trio.Nursery | None = None
+        self._ids = itertools.count(1)
+        self._send_lock = trio.Lock()
+
+    async def send(self, message: dict) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(json.dumps(message, separators=(",", ":")))
+
+    async def read_loop(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = (message.get("bytes") or b"").decode("utf-8", "replace")
+            if len(data) > MAX_MESSAGE_BYTES:
+                await self.send(_error(None, RpcError(INVALID_REQUEST, f"message over {MAX_MESSAGE_BYTES} bytes")))
+                await self.ws.close(code=1009)
+                return
+            await self.send(self.handle(data))
+
+    def handle(self, data: str) -> dict:
+        try:
+            request = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            return _error(None, RpcError(PARSE_ERROR, f"message is not JSON: {exc}"))
+        if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(
+                request.get("method"), str):
+            return _error(None, RpcError(INVALID_REQUEST, 'a call needs "jsonrpc": "2.0" and a string "method"'))
+        rid = request.get("id")
+        if not (rid is None or isinstance(rid, (str, int)) and not isinstance(rid, bool)):
+            return _error(None, RpcError(INVALID_REQUEST, "id must be a string, a number or null"))
+        params = request.get("params", {})
+        try:
+            if not isinstance(params, dict):
+                raise RpcError(INVALID_PARAMS, "params must be an object")
+            if request["method"] == "subscribe":
+                result = self.subscribe(params)
+            elif request["method"] == "unsubscribe":
+                check_known(params, {"subscription"})
+                scope = self.subs.pop(param(params, "subscription", str), None)
+                if scope is not None:
+                    scope.cancel()
+                    self.hub.rpc.metrics.ws_subscriptions -= 1
+                result = scope is not None
+            else:
+                raise RpcError(METHOD_NOT_FOUND, "WebSocket methods: subscribe, unsubscribe "
+                                                 "(other methods: POST / on the same port)")
+        except RpcError as err:
+            return _error(rid, err)
+        return {"jsonrpc": "2.0", "id": rid, "result": result}
+
+    def subscribe(self, params: dict) -> dict:
+        check_known(params, {"kind", "from_height", "filter"})
+        kind = param(params, "kind", str)
+        if kind not in ("blocks", "events"):
+            raise RpcError(INVALID_PARAMS, "kind must be blocks or events")
+        store = self.node.store
+        start = param(params, "from_height", int, required=False, default=store.height + 1)
+        if start < 1:
+            raise RpcError(INVALID_PARAMS, "from_height must be >= 1")
+        flt = None
+        if kind == "events":
+            spec = param(params, "filter", dict, required=False, default={})
+            check_known(spec, FILTER_PARAMS)
+            flt = parse_filter(self.node, spec, self.caller)
+        elif "filter" in params:
+            raise RpcError(INVALID_PARAMS, "filter applies to kind events")
+        if len(self.subs) >= MAX_SUBSCRIPTIONS:
+            raise RpcError(INVALID_REQUEST, f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
+        sub_id = f"s{next(self._ids)}"
+        scope = trio.CancelScope()
+        self.subs[sub_id] = scope
+        self.hub.rpc.metrics.ws_subscriptions += 1
+        self.nursery.start_soon(self._stream, sub_id, scope, start, flt)
+        return {"subscription": sub_id, "from_height": start, "height": store.height}
+
+    async def _stream(self, sub_id: str, scope: trio.CancelScope, start: int, flt: Filter | None) -> None:
+        store = self.node.store
+        with scope:
+            await trio.lowlevel.checkpoint()  # the subscribe answer goes out first
+            nxt = start
+            while True:
+                head = store.height
+                while nxt <= head:
+                    upto = min(head, nxt + HISTORY_BATCH - 1)
+                    for block in list(store.blocks(nxt, upto)):
+                        if flt is None:
+                            await self.send(_note(sub_id, {"type": "block", "height": block.height,
+                                                           "block": block_json(block, store.get_certificate(block.height))}))
+                        else:
+                            await self._events(sub_id, block, flt)
+                    nxt = upto + 1
+                    if flt is not None:
+                        await self.send(_note(sub_id, {"type": "progress", "height": upto}))
+                    await trio.lowlevel.checkpoint()
+                await self.hub.wait_beyond(head)
+
+    async def _events(self, sub_id: str, block, flt: Filter) -> None:
+        store = self.node.store
+        for i, h in enumerate(block.tx_hashes):
+            if block.statuses[i] != APPLIED:
+                continue
+            rec = store.get_tx(h)
+            if rec is None:
+                continue
+            tx = decode_tx(rec[2], verify=False, hash=h)
+            if flt.matches(tx.fields):
+                await self.send(_note(sub_id, {"type": "event", "height": block.height, "index": i,
+                                               "event": entry_json(h, block.height, i, tx.fields, tx.sig)}))
+
+
+def _note(sub_id: str, body: dict) -> dict:
+    return {"jsonrpc": "2.0", "method": "subscription", "params": {"subscription": sub_id, **body}}
+
+
+def _error(rid, err: RpcError) -> dict:
+    return {"jsonrpc": "2.0", "id": rid, "error": err.to_json()}
+
+
+async def _send_quietly(websocket: WebSocket, message: dict) -> None:
+    try:
+        await websocket.send_text(json.dumps(message))
+    except Exception:
+        pass
