@@ -65,7 +65,7 @@ class Admission:
         if found is not None:
             return committed_answer(node, h, found[0])
         try:
-            answer = node.submit([raw], checked=False)[0]
+            node.submit([raw], checked=False)
         except MempoolFull as exc:
             raise RpcError(MEMPOOL_FULL, f"{exc}; retry later (resubmitting is safe)") from None
         except TxError as exc:

@@ -34,7 +34,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from node.block import APPLIED
 from node.rpc.audit import FILTER_PARAMS, Filter, entry_json, parse_filter
-from node.rpc.errors import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, UNAUTHORIZED, RpcError
+from node.rpc.errors import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    UNAUTHORIZED,
+    RpcError,
+)
 from node.rpc.render import block_json
 from node.rpc.server import Caller, check_known, param, ws_caller
 from node.tx import decode_tx
