@@ -39,8 +39,9 @@ class Config:
             raise ValueError("at least one member")
         if self.checkpoint_interval < 1 or self.pipeline < 1:
             raise ValueError("checkpoint_interval and pipeline must be positive")
-        if self.watermark_window < self.checkpoint_interval or self.watermark_window % self.checkpoint_interval:
-            raise ValueError("watermark_window must be a positive multiple of checkpoint_interval")
+        # L >= 2K: a replica that restarted and missed one checkpoint still reaches the next one in-window.
+        if self.watermark_window < 2 * self.checkpoint_interval or self.watermark_window % self.checkpoint_interval:
+            raise ValueError("watermark_window must be a multiple of checkpoint_interval, at least twice it")
         if self.pipeline > self.watermark_window:
             raise ValueError("pipeline must fit in the watermark window")
 

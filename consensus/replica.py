@@ -68,6 +68,7 @@ class Replica:
         self._work = 0
         self._requested: set[int] = set()
         self._peers: dict[int, tuple] = {}       # member -> its last STATUS body
+        self._served: dict[int, tuple[int, int]] = {}  # member -> (tick, large answers sent in it)
         self._seen: dict[tuple, tuple[bytes, bytes]] = {}
         self._reported: set[tuple] = set()
         self._transfer: int | None = None        # target of an outstanding state transfer
@@ -406,8 +407,22 @@ class Replica:
         self.stats["fetch_sent"] += 1
         self._emit(Send(to, wire) if to is not None else Broadcast(wire))
 
+    def _budget(self, sender: int) -> bool:
+        """Large answers (payloads, pushed blocks) per peer and tick are bounded: a peer asking in a loop
+        cannot make this replica send megabytes per message it sends."""
+        tick, used = self._served.get(sender, (self._ticks, 0))
+        if tick != self._ticks:
+            used = 0
+        if used >= 2 * (self.config.pipeline + self.config.catchup_batch):
+            self._drop("rate_limited")
+            return False
+        self._served[sender] = (self._ticks, used + 1)
+        return True
+
     def _on_fetch(self, msg: m.Message, sender: int, data: bytes) -> None:
         h, d = msg.body
+        if not self._budget(sender):
+            return
         slot = self._slots.get(h)
         if slot is None or d not in slot.payloads:
             return self._drop("fetch_miss")
@@ -464,6 +479,8 @@ class Replica:
                 slot = self._slots.get(h)
                 if slot is None or slot.cert is None or slot.cert.digest not in slot.payloads:
                     continue
+                if not self._budget(sender):
+                    break
                 body = (h, slot.payloads[slot.cert.digest], slot.cert.encode())
                 self._emit(Send(sender, self._sign(m.DECIDED, body).encode()))
                 self.stats["decided_sent"] += 1
