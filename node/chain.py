@@ -42,7 +42,7 @@ from node.block import (
 from node.genesis import Genesis
 from node.merkle import merkle_root
 from node.state import STATE_TYPES, LedgerState, next_state_root
-from node.store import INDEXES, LOC, SUFFIX, Store
+from node.store import INDEXES, LOC, SUFFIX, Store, member_type_prefix
 from node.tx import TOKEN_BYTES, Tx, TxError, decode_tx
 
 __all__ = ["Chain", "ChainError", "ProposalError", "proposal_digest", "execute_txs"]
@@ -83,6 +83,7 @@ def proposal_digest(payload: bytes) -> bytes:
 # token keys are TOKEN_BYTES long: the length byte of the key layout is constant
 _T_STUDY, _T_PATIENT, _T_ACTOR = (b"I" + INDEXES[n] + bytes((TOKEN_BYTES,)) for n in ("study", "patient", "actor"))
 _prefix_cache: dict[tuple[bytes, str], bytes] = {}
+_mt_cache: dict[tuple[str, str], bytes] = {}
 
 
 def _str_prefix(tag: bytes, value: str) -> bytes:
@@ -93,7 +94,7 @@ def _str_prefix(tag: bytes, value: str) -> bytes:
     return p
 
 
-_TAG_TYPE, _TAG_MEMBER, _TAG_AE = INDEXES["type"], INDEXES["member"], INDEXES["ae"]
+_TAG_AE = INDEXES["ae"]
 
 
 def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Callable[[bytes], bool],
@@ -111,7 +112,7 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
     authorized = state.authorized
     pack_loc, pack_suffix = LOC.pack, SUFFIX.pack
     applied_loc = pack_loc(height, 0, APPLIED)[:8]  # height u64; index and status follow
-    str_prefix = _str_prefix
+    str_prefix, mt_cache = _str_prefix, _mt_cache
     for i, tx in enumerate(txs):
         h = tx.hash
         if h in seen or not first_seen(h):
@@ -127,8 +128,10 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
             continue
         put(b"T" + h, applied_loc + i.to_bytes(4, "big") + b"\x00" + tx.raw)
         suffix = pack_suffix(f["ts"], height, i)
-        put(str_prefix(_TAG_TYPE, tx_type) + suffix, h)
-        put(str_prefix(_TAG_MEMBER, member) + suffix, h)
+        mt = mt_cache.get((member, tx_type))
+        if mt is None:
+            mt = mt_cache[(member, tx_type)] = member_type_prefix(member, tx_type)
+        put(mt + suffix, h)
         v = f.get("patient")
         if v is not None:
             put(_T_PATIENT + v + suffix, h)
@@ -190,6 +193,17 @@ class Chain:
         tx = self._verified.get(h)
         if tx is None:
             tx = decode_tx(raw, hash=h)
+            self._remember(tx)
+        self._check_authorised(tx)
+        return tx
+
+    def check_own_tx(self, raw: bytes) -> Tx:
+        """Like check_tx for a tx this node has just signed itself: its own fresh signature is not verified
+        again (the costliest step of admission), every other check is."""
+        h = _sha256(raw).digest()
+        tx = self._verified.get(h)
+        if tx is None:
+            tx = decode_tx(raw, hash=h, verify=False)
             self._remember(tx)
         self._check_authorised(tx)
         return tx

@@ -25,6 +25,10 @@ log = logging.getLogger("radchain.driver")
 
 # Rewrite the WAL without obsolete records once it grows past this (after a stable checkpoint).
 WAL_COMPACT_BYTES = 64 << 20
+# A proposal requested while the mempool has nothing new waits this long for txs before going out empty.
+# Without it a pipelined primary fills its window with empty blocks the moment work appears.
+PROPOSAL_MAX_WAIT = 1.0
+_DEFERRED_TIMER = ("driver", "deferred-proposals")
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class MempoolChanged:
 
 class ConsensusDriver:
     def __init__(self, replica, chain: Chain, wal: WriteAheadLog, *, send: Callable[[int, bytes], None],
-                 broadcast: Callable[[bytes], None], build_proposal: Callable[[int], bytes],
+                 broadcast: Callable[[bytes], None], build_proposal: Callable[[int, bool], bytes | None],
                  mempool_count: Callable[[], int], on_commit: Callable[[object, bytes], None],
                  on_state_transfer: Callable[[int, tuple[int, ...]], None],
                  on_evidence: Callable[[bytes], None]):
@@ -60,7 +64,7 @@ class ConsensusDriver:
         self._timers: dict[object, float] = {}
         self._timers_changed = trio.Event()
         self._pending_commits: dict[int, A.Commit] = {}
-        self._work_reported = -1
+        self._deferred: list[int] = []  # heights the replica asked a proposal for, waiting for txs
         self._mempool_dirty = False
         self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0}
         self.commit_latency_ms: deque[float] = deque(maxlen=1000)
@@ -88,11 +92,11 @@ class ConsensusDriver:
                 self.stats["events"] += 1
                 if isinstance(event, MempoolChanged):
                     self._mempool_dirty = False
-                    count = self._mempool_count()
-                    if count == self._work_reported:
-                        continue
-                    self._work_reported = count
-                    event = E.WorkPending(count)
+                    self._propose_deferred(force=False)
+                    event = E.WorkPending(self._mempool_count())
+                elif isinstance(event, E.TimerFired) and event.timer == _DEFERRED_TIMER:
+                    self._propose_deferred(force=True)
+                    continue
                 elif isinstance(event, SyncedBlocks):
                     self._apply_synced(event)
                     continue
@@ -140,7 +144,13 @@ class ConsensusDriver:
         elif isinstance(action, A.CancelTimer):
             self._timers.pop(action.timer, None)
         elif isinstance(action, A.RequestProposal):
-            return E.ProposalReady(action.height, self._build_proposal(action.height))
+            payload = None if self._deferred else self._build_proposal(action.height, False)
+            if payload is not None:
+                return E.ProposalReady(action.height, payload)
+            self._deferred.append(action.height)
+            if _DEFERRED_TIMER not in self._timers:
+                self._timers[_DEFERRED_TIMER] = trio.current_time() + PROPOSAL_MAX_WAIT
+                self._timers_changed.set()
         elif isinstance(action, A.Commit):
             return self._commit(action)
         elif isinstance(action, A.RequestStateTransfer):
@@ -148,6 +158,15 @@ class ConsensusDriver:
         elif isinstance(action, A.ReportEvidence):
             self._on_evidence(action.evidence)
         return None
+
+    def _propose_deferred(self, force: bool) -> None:
+        """Answer deferred proposal requests in height order, as long as there are txs (or when forced)."""
+        while self._deferred:
+            payload = self._build_proposal(self._deferred[0], force)
+            if payload is None:
+                return
+            self._feed(E.ProposalReady(self._deferred.pop(0), payload))
+        self._timers.pop(_DEFERRED_TIMER, None)
 
     def _commit(self, action: A.Commit):
         height = self.chain.height

@@ -137,11 +137,13 @@ class Node:
             await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------------ consensus callbacks
-    def _build_proposal(self, height: int) -> bytes:
+    def _build_proposal(self, height: int, allow_empty: bool) -> bytes | None:
         if self.replica.view != self._last_view:
             # A view change abandons what the old primary proposed; make those txs proposable again.
             self._last_view = self.replica.view
             self.mempool.release_in_flight()
+        if not allow_empty and self.mempool.available() == 0:
+            return None
         txs = self.mempool.take_for_proposal(self.genesis.param("max_block_txs"), height)
         return self.chain.build_proposal(height, self.index, int(time.time() * 1000), txs)
 
@@ -174,7 +176,9 @@ class Node:
     def event_to_tx(self, event: dict) -> bytes:
         fields = event_to_tx_fields(event, self.pseudonymizer, chain_id=self.genesis.chain_id,
                                     member=self.cfg.name, client=bytes(self.member_key.verify_key))
-        return sign_tx(fields, self.member_key)
+        raw = sign_tx(fields, self.member_key)
+        self.chain.check_own_tx(raw)  # admission then finds it checked and skips re-verifying our signature
+        return raw
 
     def submit(self, raws: list[bytes], checked: bool = True) -> list[dict]:
         """Admit txs (already checked unless checked=False); durable before returning. One answer per tx."""

@@ -124,8 +124,9 @@ def stop(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
             p.wait()
 
 
-def free_base_port(count: int, host: str = "127.0.0.1", low: int = 20000, high: int = 60000) -> int:
-    """A base port with `count` consecutive free ports above it (for tests and benchmarks)."""
+def free_base_port(count: int, host: str = "127.0.0.1", low: int = 20000, high: int = 32000) -> int:
+    """A base port with `count` consecutive free ports above it (for tests and benchmarks), below Linux's
+    ephemeral range (32768+) so an outgoing connection cannot take a node's port between check and bind."""
     import random
     import socket
 

@@ -1,0 +1,164 @@
+"""4-node testnet under load from separate client processes (`make bench`, or `python -m bench.testnet`).
+
+Reports committed tx/s, p50/p99 commit latency at several offered loads, CPU and RSS per node, disk bytes
+per tx; the single-process ledger pipeline measured in the same run is the ratio's denominator.
+Environment: RADCHAIN_BENCH_SECONDS (per load step, default 8), RADCHAIN_BENCH_LOADS (comma list of tx/s,
+"max" = unthrottled; default "500,1000,2000,max").
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from node.testnet import LocalTestnet
+
+CLIENTS = 4
+BATCH = 100
+
+
+def _client(url: str, token: str, rate: float | None, seconds: float, tag: str, queue) -> None:
+    """One load generator process: JSON-RPC batches of submit_event, paced to `rate` tx/s."""
+    sent: dict[str, float] = {}
+    http = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    start = time.time()
+    n = 0
+    errors = 0
+    while time.time() - start < seconds:
+        now_ms = int(time.time() * 1000)
+        calls = [{"jsonrpc": "2.0", "id": i, "method": "submit_event", "params": {"event": {
+            "type": "instances.accessed", "patient_id": f"PAT-{(n + i) % 5000}", "issuer": "HOSP-A",
+            "study_uid": f"1.2.840.{(n + i) % 20000}", "actor": f"dr.{(n + i) % 300}", "purpose": "TREAT",
+            "event_id": f"{tag}-{n + i}", "time": now_ms}}} for i in range(BATCH)]
+        t = time.time()
+        try:
+            replies = http.post(url, json=calls).json()
+        except httpx.HTTPError:
+            errors += BATCH
+            time.sleep(0.1)
+            continue
+        for r in replies:
+            if "result" in r:
+                sent[r["result"]["tx"]] = t
+            else:
+                errors += 1
+        n += BATCH
+        if rate:
+            ahead = start + n / rate - time.time()
+            if ahead > 0:
+                time.sleep(ahead)
+    queue.put((sent, errors))
+
+
+def _proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss = 0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+    return cpu, rss
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run_step(net: LocalTestnet, rate: float | None, seconds: float, step: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    per_client = rate / CLIENTS if rate else None
+    h0 = net.height(0)
+    cpu0 = [_proc_stats(p.pid)[0] for p in net.procs]
+    t0 = time.time()
+    clients = [ctx.Process(target=_client, args=(net.nodes[i % len(net.nodes)].rpc, net.nodes[i % len(net.nodes)].token,
+                                                 per_client, seconds, f"s{step}c{i}", queue))
+               for i in range(CLIENTS)]
+    for c in clients:
+        c.start()
+    # Watch blocks as they commit on node 0: first-seen time of each tx gives its commit latency.
+    seen: dict[str, float] = {}
+    height = h0
+    results = []
+    deadline = t0 + seconds + 60
+    while time.time() < deadline:
+        new_height = net.height(0)
+        for h in range(height + 1, new_height + 1):
+            block = net.rpc(0, "get_block", {"height": h})
+            now = time.time()
+            for tx in block["txs"]:
+                seen[tx] = now
+        height = new_height
+        while not queue.empty():
+            results.append(queue.get())
+        if len(results) == CLIENTS:
+            sent = {k: v for r in results for k, v in r[0].items()}
+            if all(k in seen for k in sent) or time.time() > t0 + seconds + 30:
+                break
+        time.sleep(0.02)
+    for c in clients:
+        c.join(timeout=10)
+    sent = {k: v for r in results for k, v in r[0].items()}
+    errors = sum(r[1] for r in results)
+    committed = [seen[k] for k in sent if k in seen]
+    latencies = sorted((seen[k] - v) * 1000 for k, v in sent.items() if k in seen)
+    elapsed = (max(committed) - t0) if committed else float("nan")
+    cpu1 = [_proc_stats(p.pid)[0] for p in net.procs]
+    wall = time.time() - t0
+    return {
+        "offered": rate or "max", "submitted": len(sent), "committed": len(committed), "errors": errors,
+        "tx_per_s": len(committed) / elapsed if committed else 0.0,
+        "p50_ms": statistics.median(latencies) if latencies else float("nan"),
+        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan"),
+        "cpu_per_node": [(b - a) / wall for a, b in zip(cpu0, cpu1, strict=True)],
+        "blocks": height - h0,
+    }
+
+
+def main() -> None:
+    seconds = float(os.environ.get("RADCHAIN_BENCH_SECONDS", "8"))
+    loads = [None if x == "max" else float(x)
+             for x in os.environ.get("RADCHAIN_BENCH_LOADS", "500,1000,2000,max").split(",")]
+    from bench import ledger
+
+    print("single-process ledger pipeline (denominator):", flush=True)
+    raw_rate = ledger.raw_pipeline_rate() if hasattr(ledger, "raw_pipeline_rate") else None
+    with tempfile.TemporaryDirectory(prefix="radchain-bench-") as tmp:
+        net = LocalTestnet(Path(tmp), 4)
+        try:
+            net.start()
+            net.wait_ready(timeout=90)
+            rows = [run_step(net, rate, seconds, i) for i, rate in enumerate(loads)]
+            total_txs = sum(net.rpc(0, "get_block", {"height": h})["header"]["tx_count"]
+                            for h in range(1, net.height(0) + 1))
+            disk = _dir_bytes(net.nodes[0].home / "data" / "chain")
+            rss = [_proc_stats(p.pid)[1] for p in net.procs]
+        finally:
+            net.stop_all()
+    print(f"\n4-node testnet, {CLIENTS} client processes, JSON-RPC batches of {BATCH} submit_event, "
+          f"{seconds:.0f} s per step")
+    print(f"{'offered tx/s':>12} {'committed':>9} {'tx/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  "
+          "CPU per node (cores)")
+    for r in rows:
+        cpu = " ".join(f"{c:.2f}" for c in r["cpu_per_node"])
+        print(f"{r['offered']!s:>12} {r['committed']:>9} {r['tx_per_s']:>8.0f} {r['p50_ms']:>8.1f} "
+              f"{r['p99_ms']:>8.1f} {r['errors']:>6}  {cpu}")
+    best = max(r["tx_per_s"] for r in rows)
+    print(f"RSS per node at end: {' '.join(f'{x / 2**20:.0f} MiB' for x in rss)}")
+    print(f"disk: {disk / max(1, total_txs):.0f} bytes per tx on node 0 ({total_txs} txs, {disk / 2**20:.1f} MiB)")
+    print(f"max committed: {best:.0f} tx/s (goal 3,500)")
+    if raw_rate:
+        print(f"ratio to the single-process ledger pipeline ({raw_rate:.0f} tx/s): {best / raw_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
