@@ -142,8 +142,13 @@ class Deliverer:
     def _classify(doc, status: int):
         if not isinstance(doc, dict):
             return RetryLater(f"node answered HTTP {status} without a response for the event")
-        if isinstance(doc.get("result"), dict) and doc["result"].get("tx"):
-            return doc["result"]
+        result = doc.get("result")
+        if isinstance(result, dict) and (result.get("tx") or result.get("hash")):
+            # the node answers {"hash", "status"}; the first contract said {"tx", "status"}: take either
+            result = {**result, "tx": result.get("tx") or result.get("hash")}
+            if result.get("status") == "rejected":
+                return ValueError(f"rejected: {result.get('reason') or 'no reason given'}")
+            return result
         err = doc.get("error")
         if isinstance(err, dict):
             data = err.get("data") if isinstance(err.get("data"), dict) else {}

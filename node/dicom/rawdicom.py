@@ -4,8 +4,13 @@ It finds top-level elements without decoding the data set, which keeps the relay
 plugin run without pydicom, and above all makes every path (proxy, plugin, import, verify-image) hash the
 same bytes:
 
-* `digest`       = SHA-256 of the encoded data set (PS3.5 7), i.e. the file without its 128-byte preamble,
-                   "DICM" and File Meta Information (group 0002), or exactly the bytes a C-STORE carried.
+* `digest`       = SHA-256 of the data set's canonical element stream: for every element in order, its tag
+                   and its value bytes, with sequences hashed item by item (recursively). It leaves out
+                   what differs between equivalent encodings: File Meta Information (group 0002), group
+                   lengths (gggg,0000), trailing padding (FFFC,FFFC), VRs, and defined vs undefined
+                   lengths. So a file and the same instance after implicit<->explicit VR little-endian
+                   conversion by storescu or a PACS have one digest, while any change of a value changes it.
+                   (Big-endian and compressed transfer syntaxes change value bytes, hence the digest.)
 * `pixel_digest` = SHA-256 of the value of the top-level Pixel Data (7FE0,0010) element as encoded: native
                    pixels, or for encapsulated transfer syntaxes every item up to (not including) the sequence
                    delimiter. It survives metadata edits and implicit<->explicit little-endian re-encoding.
@@ -43,6 +48,124 @@ TAGS = {
 
 class DicomFormatError(ValueError):
     """The bytes are not a well-formed DICOM data set (truncated, bad lengths, not DICOM at all)."""
+
+
+def _header(data, pos: int, n: int, implicit: bool, little: bool):
+    """(group, elem, vr or None, length, value position) of the element at pos."""
+    u16, u32 = ("<H", "<I") if little else (">H", ">I")
+    if pos + 8 > n:
+        raise DicomFormatError(f"truncated element header at byte {pos}")
+    group, elem = struct.unpack_from(u16 + u16[1], data, pos)
+    if (implicit and group != 0x0002) or group == 0xFFFE:
+        return group, elem, None, struct.unpack_from(u32, data, pos + 4)[0], pos + 8
+    vr = bytes(data[pos + 4:pos + 6])
+    if not (vr.isalpha() and vr.isupper()):
+        raise DicomFormatError(f"bad VR {vr!r} for tag ({group:04X},{elem:04X}) at byte {pos}")
+    if vr in _LONG_VRS:
+        if pos + 12 > n:
+            raise DicomFormatError(f"truncated element header at byte {pos}")
+        return group, elem, vr, struct.unpack_from(u32, data, pos + 8)[0], pos + 12
+    return group, elem, vr, struct.unpack_from(u16, data, pos + 6)[0], pos + 8
+
+
+_EMPTY = struct.pack("<I", 0)
+
+
+def _canon(data, pos: int, end: int, implicit: bool, little: bool, h, until_item_end: bool = False) -> int:
+    """Feed the canonical element stream of a data set (see module doc) to hasher h; returns the end."""
+    while pos < end:
+        group, elem, vr, length, vpos = _header(data, pos, end, implicit, little)
+        tag = (group << 16) | elem
+        if tag == ITEM_END and until_item_end:
+            return vpos
+        if group == 0xFFFE:
+            raise DicomFormatError(f"unexpected item or delimiter at byte {pos}")
+        skip = group == 0x0002 or elem == 0x0000 or tag == 0xFFFCFFFC
+        if length == UNDEFINED:
+            if tag == PIXEL_DATA:
+                pos = _skip_fragments(data, vpos, end, little)
+                if not skip:
+                    h.update(struct.pack("<HHI", group, elem, pos - 8 - vpos))
+                    h.update(data[vpos:pos - 8])
+                continue
+            sub = hashlib.sha256()
+            pos, items = _canon_items(data, vpos, end, implicit or vr == b"UN", little, sub, True)
+            if not skip:
+                h.update(struct.pack("<HH", group, elem))
+                h.update(b"SQ" + sub.digest() if items else _EMPTY)
+            continue
+        if vpos + length > end:
+            raise DicomFormatError(f"element ({group:04X},{elem:04X}) length {length} runs past the end")
+        pos = vpos + length
+        if skip:
+            continue
+        h.update(struct.pack("<HH", group, elem))
+        if length and (vr == b"SQ" or (vr is None and length >= 8 and
+                                       bytes(data[vpos:vpos + 4]) == (b"\xfe\xff\x00\xe0" if little else
+                                                                     b"\xff\xfe\xe0\x00"))):
+            # a sequence; in implicit VR recognised by its first item tag (no dictionary needed)
+            sub = hashlib.sha256()
+            try:
+                _canon_items(data, vpos, pos, implicit, little, sub, False)
+            except DicomFormatError:
+                if vr == b"SQ":
+                    raise
+                sub = None
+            if sub is not None:
+                h.update(b"SQ" + sub.digest())
+                continue
+        h.update(struct.pack("<I", length))
+        h.update(data[vpos:pos])
+    if until_item_end:
+        raise DicomFormatError("item without delimiter")
+    return pos
+
+
+def _canon_items(data, pos: int, end: int, implicit: bool, little: bool, h, undefined: bool) -> tuple[int, int]:
+    u32 = "<I" if little else ">I"
+    items = 0
+    while pos < end or undefined:
+        if pos + 8 > end:
+            raise DicomFormatError("truncated sequence")
+        group, elem = struct.unpack_from("<HH" if little else ">HH", data, pos)
+        tag = (group << 16) | elem
+        length = struct.unpack_from(u32, data, pos + 4)[0]
+        pos += 8
+        if tag == SEQ_END and undefined:
+            return pos, items
+        if tag != ITEM:
+            raise DicomFormatError(f"expected an item in a sequence at byte {pos - 8}")
+        items += 1
+        h.update(b"IT")
+        if length == UNDEFINED:
+            pos = _canon(data, pos, end, implicit, little, h, until_item_end=True)
+        else:
+            if pos + length > end:
+                raise DicomFormatError("sequence item runs past the end")
+            _canon(data, pos, pos + length, implicit, little, h)
+            pos += length
+        h.update(b"IE")
+    return pos, items
+
+
+def canonical_digest(data: bytes | memoryview, transfer_syntax: str) -> str:
+    implicit = transfer_syntax == IMPLICIT_LE
+    little = transfer_syntax != EXPLICIT_BE
+    if transfer_syntax == DEFLATED_LE:
+        try:
+            data = zlib.decompress(bytes(data), -15)
+        except zlib.error as exc:
+            raise DicomFormatError(f"deflated data set does not inflate: {exc}") from exc
+    h = hashlib.sha256()
+    mv = memoryview(data)
+    try:
+        _canon(mv, 0, len(mv), implicit, little, h)
+    except DicomFormatError as exc:
+        if implicit or not little or "bad VR" not in str(exc) or "at byte 0" not in str(exc):
+            raise
+        h = hashlib.sha256()
+        _canon(mv, 0, len(mv), True, True, h)
+    return h.hexdigest()
 
 
 @dataclass
@@ -204,7 +327,7 @@ def inspect_dataset(data: bytes | memoryview, transfer_syntax: str) -> InstanceI
         v = text(w.values.get(tag))
         if v is not None:
             fields[key] = v
-    return InstanceInfo(transfer_syntax, fields, hashlib.sha256(data).hexdigest(), w.pixel_digest)
+    return InstanceInfo(transfer_syntax, fields, canonical_digest(data, transfer_syntax), w.pixel_digest)
 
 
 def split_file(blob: bytes) -> tuple[str, int]:

@@ -46,11 +46,31 @@ def test_pixel_digest_survives_reencoding_and_metadata_edits(tmp_path):
     assert rawdicom.inspect_file(buf.getvalue()).pixel_digest != original.pixel_digest
 
 
-def test_digest_is_over_the_data_set_only():
-    blob = sample_file("CT_small.dcm").read_bytes()
-    ts, offset = rawdicom.split_file(blob)
-    assert ts == ExplicitVRLittleEndian
-    assert rawdicom.inspect_file(blob).digest == hashlib.sha256(blob[offset:]).hexdigest()
+@pytest.mark.parametrize("name", ["CT_small.dcm", "rtplan.dcm", "MR_small.dcm"])
+def test_digest_is_the_same_across_equivalent_encodings(name):
+    """storescu and PACSs convert explicit <-> implicit VR LE: the recorded digest must not depend on it."""
+    ds = dcmread(sample_file(name))
+    original = rawdicom.inspect_file(sample_file(name).read_bytes()).digest
+    variants = []
+    for implicit in (True, False):
+        buf = io.BytesIO()
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        ds.save_as(buf, implicit_vr=implicit, little_endian=True)
+        variants.append(buf.getvalue())
+    # every sequence with undefined length, plus group lengths
+    for elem in ds.iterall():
+        if elem.VR == "SQ":
+            elem.is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, implicit_vr=True, little_endian=True)
+    variants.append(buf.getvalue())
+    for blob in variants:
+        assert rawdicom.inspect_file(blob).digest == original
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".1"
+    buf = io.BytesIO()
+    ds.save_as(buf, implicit_vr=True, little_endian=True)
+    assert rawdicom.inspect_file(buf.getvalue()).digest != original
 
 
 @pytest.mark.parametrize("blob", [b"", b"hello world, not DICOM at all" * 3, b"\x00" * 128 + b"DICM" + b"\x02\x00",
