@@ -146,7 +146,7 @@ class LedgerState:
             return True
         if t == "member.added":
             subject, key = f["subject"], f["subject_key"]
-            if subject in self.members or key in self.client_of:
+            if subject in self.members or key in self.client_of or not subject.isprintable():
                 return False
         elif t == "member.removed":
             subject, key = f["subject"], b""
