@@ -1,4 +1,5 @@
-"""One real 4-node testnet per test module (each node process takes ~2 s to start on a small machine)."""
+"""One real 4-node testnet shared by every test in tests/rpc (each node process takes ~2 s to start on a
+small machine). No test stops a node; the fuzz test checks at its end that all four still agree."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _edit_config(home, **rpc) -> None:
     path.write_text(tomli_w.dumps(doc))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def net(tmp_path_factory):
     """Nodes 0-3 up and connected. Node 0 also accepts the integrator token PACS_TOKEN; node 3 requires a
     token for reads."""
@@ -27,11 +28,12 @@ def net(tmp_path_factory):
     tokens0 = tomllib.loads((testnet.nodes[0].home / "config.toml").read_text())["rpc"]["tokens"]
     _edit_config(testnet.nodes[0].home, tokens={**tokens0, "pacs": PACS_TOKEN})
     _edit_config(testnet.nodes[3].home, read_requires_token=True)
+    testnet.pacs_token = PACS_TOKEN
     testnet.start()
     try:
-        testnet.wait_ready(timeout=90)
-        testnet.wait_until(lambda: all(testnet.rpc(i, "status")["peers"] >= 3 for i in range(4)), 60,
-                           "all nodes connected")
+        # net.rpc sends each node's token (node 3 refuses anonymous reads, so wait_ready() would not do)
+        testnet.wait_until(lambda: all(testnet.rpc(i, "status", timeout=2)["peers"] >= 3 for i in range(4)),
+                           120, "all four nodes up and connected")
         yield testnet
     finally:
         testnet.stop_all()
