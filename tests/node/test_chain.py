@@ -207,3 +207,54 @@ def test_tx_proofs_verify_against_block_root(consortium, chain, store):
         assert proof.height == 1 and proof.verify(h, blk.header.tx_root)
         assert not proof.verify(h, b"\x00" * 32)
     assert store.tx_proof(b"\x00" * 32) is None
+
+
+def test_member_type_and_time_queries_merge_in_timestamp_order(consortium, chain, store):
+    c = consortium
+    txs = []
+    for k in range(40):  # timestamps interleave across members and types
+        tx_type = ("instances.accessed", "export", "query", "instances.stored")[k % 4]
+        txs.append(c.tx(k % 3, tx_type, ts=T0 + 1000 - k * 7 % 23 * 10 + k))
+    c.commit(chain, txs[:25])
+    c.commit(chain, txs[25:])
+    from node.tx import decode_tx
+    fields = {decode_tx(t).hash: decode_tx(t).fields for t in txs}
+
+    def collect(name, key, limit=7, **kw):
+        out, cursor = [], None
+        while True:
+            page, cursor = store.query(name, key, cursor=cursor, limit=limit, **kw)
+            out += page
+            if cursor is None:
+                return out
+
+    everything = collect("time", b"")
+    assert len(everything) == 40
+    assert [(e.ts, e.height, e.index) for e in everything] == sorted((e.ts, e.height, e.index) for e in everything)
+    for member in ("hosp-a", "hosp-b", "hosp-c", "hosp-d"):
+        got = collect("member", member)
+        assert {e.tx_hash for e in got} == {h for h, f in fields.items() if f["member"] == member}
+        assert [e.ts for e in got] == sorted(e.ts for e in got)
+    got = collect("type", "export", limit=3)
+    assert {e.tx_hash for e in got} == {h for h, f in fields.items() if f["type"] == "export"}
+    window = collect("time", b"", since_ms=T0 + 900, until_ms=T0 + 960)
+    assert {e.tx_hash for e in window} == {h for h, f in fields.items() if T0 + 900 <= f["ts"] < T0 + 960}
+    with pytest.raises(Exception, match="unknown index"):
+        store.query("colour", b"x")
+
+
+def test_check_tx_admits_once_and_refuses_foreign_or_unauthorised(consortium, chain):
+    c = consortium
+    raw = c.tx(0)
+    tx = chain.check_tx(raw)
+    assert chain.check_tx(raw) is tx  # cached: verified once
+    from node.tx import TxError
+    with pytest.raises(TxError, match="not authorised"):
+        chain.check_tx(c.tx(0, signer=SigningKey(b"\x99" * 32)))
+    from node.events import make_tx
+    foreign = make_tx("instances.accessed", c.keys[0], chain_id="other", member="hosp-a", ts=T0,
+                      patient=b"p" * 16, study=b"s" * 16, user=b"u" * 16, purpose="TREAT", outcome=0, action="R")
+    with pytest.raises(TxError, match="chain"):
+        chain.check_tx(foreign)
+    with pytest.raises(TxError):
+        chain.check_tx(b"\x00")
