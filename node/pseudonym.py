@@ -1,6 +1,6 @@
 """Pseudonyms at the edge: raw DICOM identifiers become keyed tokens before anything reaches the chain.
 
-token = HMAC-SHA256(consortium pseudonym key, domain || length-prefixed parts)[:16]
+token = HMAC-SHA256(consortium pseudonym key, "radchain/pseudonym/v<epoch>/" || kind || 0 || length-prefixed parts)[:16]
 
 - The key is the consortium pseudonym key from HOME/config.toml; every member holds the same key so one
   patient (Patient ID + Issuer of Patient ID) gets the same token at every hospital. It is never on chain.
@@ -24,7 +24,6 @@ __all__ = ["Pseudonymizer", "PseudonymError", "TOKEN_BYTES", "MIN_KEY_BYTES"]
 
 TOKEN_BYTES = 16
 MIN_KEY_BYTES = 32
-_DOMAIN = b"radchain/pseudonym/v1/"
 
 
 class PseudonymError(ValueError):
@@ -51,20 +50,25 @@ def _uid(uid: str, what: str) -> bytes:
 class Pseudonymizer:
     """Keyed tokens for patients, studies, series, instances, users and event ids."""
 
-    __slots__ = ("_key", "key_id")
+    __slots__ = ("_key", "_domain", "key_id", "version")
 
-    def __init__(self, key: bytes):
+    def __init__(self, key: bytes, version: int = 1):
+        """``version`` is the key epoch: a key rotation bumps it so old and new tokens never collide."""
         if not isinstance(key, bytes | bytearray) or len(key) < MIN_KEY_BYTES:
             raise PseudonymError(f"pseudonym key: need at least {MIN_KEY_BYTES} random bytes")
+        if type(version) is not int or version < 1:
+            raise PseudonymError("pseudonym key version: must be a positive integer")
         self._key = bytes(key)
+        self.version = version
+        self._domain = b"radchain/pseudonym/v%d/" % version
         # Public fingerprint of the key, to tell which key a deployment uses without revealing it.
-        self.key_id = hmac.new(self._key, _DOMAIN + b"key-id", hashlib.sha256).hexdigest()[:16]
+        self.key_id = hmac.new(self._key, self._domain + b"key-id", hashlib.sha256).hexdigest()[:16]
 
     def __repr__(self) -> str:  # never print the key
-        return f"Pseudonymizer(key_id={self.key_id})"
+        return f"Pseudonymizer(key_id={self.key_id}, version={self.version})"
 
     def _token(self, kind: bytes, *parts: bytes) -> bytes:
-        msg = _DOMAIN + kind + b"\x00" + b"".join(parts)
+        msg = self._domain + kind + b"\x00" + b"".join(parts)
         return hmac.new(self._key, msg, hashlib.sha256).digest()[:TOKEN_BYTES]
 
     def patient(self, patient_id: str, issuer: str) -> bytes:

@@ -111,3 +111,4 @@ def test_pseudonyms_are_domain_separated_and_normalised():
     with pytest.raises(PseudonymError):
         Pseudonymizer(b"short")
     assert "key_id" in repr(P) and "sss" not in repr(P)
+    assert Pseudonymizer(b"s" * 32, version=2).study("1.2.3") != P.study("1.2.3")  # key epochs never collide
