@@ -2,8 +2,7 @@
 
 Library workarounds applied here (py-libp2p 0.8.1; see docs/NETWORK.md and shared notes):
   * security table = Noise only, wrapped by the allow-list (the default also offers plaintext);
-  * yamux's RTT ping loop is disabled: its PING ACK is written inline by the connection reader,
-    which deadlocks against a data writer blocked on a full TCP buffer under bidirectional load;
+  * yamux: RTT ping loop disabled (deadlock) and no 5 s send-window timeout (network/patches.py);
   * the TCP listener sets SO_REUSEPORT, so a second process can bind the same port silently and
     the kernel splits connections between the two: `PortLock` takes an flock per listen address
     and also probes the port with a plain (non-REUSEPORT) bind;
@@ -23,9 +22,9 @@ import libp2p
 import multiaddr
 from libp2p.abc import IHost
 from libp2p.crypto.keys import KeyPair
-from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from .logs import mute_libp2p_logging
+from .patches import apply_patches
 from .security import noise_only_security
 
 __all__ = ["build_host", "PortLock", "PortInUse", "apply_library_workarounds", "PSK_LEN"]
@@ -33,13 +32,9 @@ __all__ = ["build_host", "PortLock", "PortInUse", "apply_library_workarounds", "
 PSK_LEN = 32
 
 
-async def _no_rtt_loop(self: Yamux) -> None:
-    return None
-
-
 def apply_library_workarounds() -> None:
     """Idempotent process-wide patches; must be in effect on every node of the network."""
-    Yamux._measure_rtt_loop = _no_rtt_loop  # type: ignore[method-assign]
+    apply_patches()
     mute_libp2p_logging()
 
 

@@ -73,7 +73,8 @@ class _Peer:
     session_started: float = 0.0
     last_rx: float = float("-inf")  # trio clock of the last bytes received from the peer
     reader_blocked: bool = False  # the inbound reader waits on a full inbox (our fault, not the peer's)
-    inbound: INetStream | None = None
+    inbound: INetStream | None = None  # the peer's current stream to us
+    deliver: trio.Lock = field(default_factory=trio.Lock)  # one reader delivers at a time (order)
     rtt: float | None = None
 
 
@@ -183,11 +184,17 @@ class PeerNetwork:
         return list(self._peers)
 
     def connected_peers(self) -> list[str]:
-        """Peers with an open outbound stream that we heard from within `dead_after` seconds."""
+        """Peers with an open outbound stream that we heard from within `dead_after` seconds
+        (or whose frames wait for room in our inbox)."""
         if not self._running:
             return []
         now = trio.current_time()
-        return [p.pid for p in self._peers.values() if p.up and now - p.last_rx <= self.dead_after]
+        return [
+            p.pid
+            for p in self._peers.values()
+            # a reader waiting on our full inbox can't hear the peer; that is our slowness, not its
+            if p.up and (p.reader_blocked or now - p.last_rx <= self.dead_after)
+        ]
 
     def send(self, peer_id: str, channel: str, data: bytes) -> bool:
         """Enqueue `data` for `peer_id` on `channel` without blocking.
@@ -471,32 +478,37 @@ class PeerNetwork:
                     break
                 p.last_rx = trio.current_time()
                 stats["bytes_in"] += len(chunk)
-                for kind, body in dec.feed(chunk):
-                    if kind == DATA:
-                        item = (p.pid, *framing.parse_channel_body(body))
-                        stats["frames_in"] += 1
-                        try:
-                            inbox.send_nowait(item)
-                        except trio.WouldBlock:
-                            stats["inbox_full_waits"] += 1
-                            p.reader_blocked = True
+                # A replaced stream's reader may still be delivering its last chunk (blocked on a
+                # full inbox): the lock makes the new stream's frames wait behind it.
+                async with p.deliver:
+                    if p.inbound is not stream:
+                        break  # superseded by a newer stream from the same peer
+                    for kind, body in dec.feed(chunk):
+                        if kind == DATA:
+                            item = (p.pid, *framing.parse_channel_body(body))
+                            stats["frames_in"] += 1
                             try:
-                                await inbox.send(item)
-                            finally:
-                                p.reader_blocked = False
-                                p.last_rx = trio.current_time()
-                    elif kind == PING:
-                        if len(body) != _PING.size:
-                            raise FrameError("bad PING")
-                        p.urgent.put_nowait(framing.encode(PONG, body))
-                    elif kind == PONG:
-                        if len(body) != _PING.size:
-                            raise FrameError("bad PONG")
-                        p.rtt = trio.current_time() - _PING.unpack(body)[0]
-                    else:
-                        raise FrameError(f"frame kind {kind} not allowed on a message stream")
-                if dec.error is not None:
-                    raise dec.error
+                                inbox.send_nowait(item)
+                            except trio.WouldBlock:
+                                stats["inbox_full_waits"] += 1
+                                p.reader_blocked = True
+                                try:
+                                    await inbox.send(item)
+                                finally:
+                                    p.reader_blocked = False
+                                    p.last_rx = trio.current_time()
+                        elif kind == PING:
+                            if len(body) != _PING.size:
+                                raise FrameError("bad PING")
+                            p.urgent.put_nowait(framing.encode(PONG, body))
+                        elif kind == PONG:
+                            if len(body) != _PING.size:
+                                raise FrameError("bad PONG")
+                            p.rtt = trio.current_time() - _PING.unpack(body)[0]
+                        else:
+                            raise FrameError(f"frame kind {kind} not allowed on a message stream")
+                    if dec.error is not None:
+                        raise dec.error
         except FrameError as e:
             stats["malformed_frames"] += 1
             log.warning("malformed frame from %s (%s): dropping the stream", p.pid, e)

@@ -128,3 +128,25 @@ async def test_identity_path_and_p2p_suffixed_addresses(tmp_path):
     assert a.peer_id == pid
     with pytest.raises(ValueError):
         PeerNetwork(key, {r.pids[1]: [r.addrs[1] + "/p2p/" + pid]}, None, r.addrs[0])
+
+
+@pytest.mark.timeout(60)
+async def test_slow_consumer_gets_backpressure_not_a_torn_down_stream():
+    # py-libp2p's yamux gives up on a stalled send window after 5 s and the stream (and what is
+    # buffered in it) is lost; network/patches.py makes the writer wait instead.
+    r = Roster(2, seed=90)
+    a, b = r.net(0, queue_frames=2000), r.net(1, inbox_size=50)
+    n = 12000
+    async with running(a, b):
+        for i in range(n):
+            if not a.send(b.peer_id, "tx", b"%06d" % i + b"." * 300):
+                await a.send_wait(b.peer_id, "tx", b"%06d" % i + b"." * 300)
+        assert a.stats["dropped_queue_full"] >= 1  # send() reported the full queue; we then waited
+        stalled = trio.current_time()
+        await trio.sleep(6)  # b's application does not drain its inbox for longer than yamux's 5 s
+        assert trio.current_time() - stalled >= 6
+        assert b.peer_id in a.connected_peers() and a.peer_id in b.connected_peers()
+        with trio.fail_after(30):
+            got = [int((await b.inbox.receive())[2][:6]) for _ in range(n)]
+        assert got == list(range(n))
+        assert a.stats["connects"] == 1 and a.stats["stream_errors"] == 0

@@ -1,0 +1,88 @@
+"""Process-wide fixes for py-libp2p 0.8.1 (pinned in pyproject). Every node must apply them.
+
+1. Yamux RTT ping: `Yamux._measure_rtt_loop` becomes a no-op. Its PING ACK is written inline by the
+   connection's reader task; under bidirectional load the reader blocks on the write lock held by
+   a data writer that is itself blocked on a full TCP buffer, and the connection wedges forever
+   (shared notes: 1 run in 10 wedged by default, 0 in 22 with the loop disabled).
+2. Yamux send-window wait: `YamuxStream.write` gives up after 5 s without a window update and
+   raises, possibly after sending part of the data. A receiver that is merely slow (its inbox is
+   full) then gets its stream torn down and everything buffered in it is lost. The replacement
+   waits for window as long as the stream is open: backpressure reaches our bounded per-peer
+   queues instead, and dead peers are still detected by our heartbeat, whose watchdog cancels
+   the blocked write.
+Each patch checks the original's source first and is skipped (with a warning) if it changed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import struct
+
+import trio
+from libp2p.stream_muxer.exceptions import MuxedStreamError
+from libp2p.stream_muxer.yamux import yamux as _yamux
+
+__all__ = ["apply_patches"]
+
+log = logging.getLogger("radchain.network")
+
+_ORIG_WRITE = _yamux.YamuxStream.write
+_ORIG_RTT = _yamux.Yamux._measure_rtt_loop
+_applied = False
+
+
+async def _no_rtt_loop(self: _yamux.Yamux) -> None:
+    return None
+
+
+async def _write_waiting_for_window(self: _yamux.YamuxStream, data: bytes) -> None:
+    """`YamuxStream.write` of 0.8.1 with the 5 s window-update timeout removed."""
+    if self.send_closed:
+        raise MuxedStreamError("Stream is closed for sending")
+    total_len = len(data)
+    sent = 0
+    while sent < total_len:
+        frame: bytes | None = None
+        while frame is None:
+            async with self.rw_lock.write_lock():
+                if self.send_closed:
+                    raise MuxedStreamError("Stream is closed for sending")
+                async with self.window_lock:
+                    if self.closed:
+                        raise MuxedStreamError("Stream is closed")
+                    if self.send_window > 0:
+                        to_send = min(self.send_window, _yamux.MAX_MESSAGE_SIZE - _yamux.HEADER_SIZE, total_len - sent)
+                        chunk = data[sent : sent + to_send]
+                        self.send_window -= to_send
+                        header = struct.pack(
+                            _yamux.YAMUX_HEADER_FORMAT, 0, _yamux.TYPE_DATA, 0, self.stream_id, len(chunk)
+                        )
+                        frame = header + chunk
+            if frame is not None:
+                break
+            # Zero window: the library polls here too (it has no window-update event).
+            while True:
+                async with self.window_lock:
+                    if self.send_window > 0 or self.closed:
+                        break
+                await trio.sleep(0.005)
+        await self.conn._write_frame(frame)
+        sent += len(frame) - _yamux.HEADER_SIZE
+
+
+def apply_patches() -> None:
+    global _applied
+    if _applied:
+        return
+    _applied = True
+    rtt_src = inspect.getsource(_ORIG_RTT)
+    if "TYPE_PING" in rtt_src and "_write_frame" in rtt_src:
+        _yamux.Yamux._measure_rtt_loop = _no_rtt_loop  # type: ignore[method-assign]
+    else:  # pragma: no cover
+        log.warning("py-libp2p yamux RTT loop changed: deadlock workaround NOT applied")
+    write_src = inspect.getsource(_ORIG_WRITE)
+    if "Timed out waiting for window update after 5 seconds" in write_src and "send_window" in write_src:
+        _yamux.YamuxStream.write = _write_waiting_for_window  # type: ignore[method-assign]
+    else:  # pragma: no cover
+        log.warning("py-libp2p YamuxStream.write changed: window-wait workaround NOT applied")
