@@ -110,6 +110,12 @@ class Replica:
         return self._ld
 
     @property
+    def highest_proposed(self) -> int:
+        """Highest height pre-prepared in the current view. A proposal requested below it fills a gap left by
+        a view change and must be answered even if empty; above it the node may wait for transactions."""
+        return self._top
+
+    @property
     def stable_checkpoint(self) -> int:
         """Low watermark: the newest checkpoint height with 2f+1 matching signatures."""
         return self._stable[0]

@@ -25,10 +25,6 @@ log = logging.getLogger("radchain.driver")
 
 # Rewrite the WAL without obsolete records once it grows past this (after a stable checkpoint).
 WAL_COMPACT_BYTES = 64 << 20
-# A proposal requested while the mempool has nothing new waits this long for txs before going out empty.
-# Without it a pipelined primary fills its window with empty blocks the moment work appears.
-PROPOSAL_MAX_WAIT = 1.0
-_DEFERRED_TIMER = ("driver", "deferred-proposals")
 
 
 @dataclass(frozen=True)
@@ -65,6 +61,7 @@ class ConsensusDriver:
         self._timers_changed = trio.Event()
         self._pending_commits: dict[int, A.Commit] = {}
         self._deferred: list[int] = []  # heights the replica asked a proposal for, waiting for txs
+        self._deferred_view = -1
         self._mempool_dirty = False
         self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0}
         self.commit_latency_ms: deque[float] = deque(maxlen=1000)
@@ -92,11 +89,8 @@ class ConsensusDriver:
                 self.stats["events"] += 1
                 if isinstance(event, MempoolChanged):
                     self._mempool_dirty = False
-                    self._propose_deferred(force=False)
+                    self._propose_deferred()
                     event = E.WorkPending(self._mempool_count())
-                elif isinstance(event, E.TimerFired) and event.timer == _DEFERRED_TIMER:
-                    self._propose_deferred(force=True)
-                    continue
                 elif isinstance(event, SyncedBlocks):
                     self._apply_synced(event)
                     continue
@@ -144,13 +138,17 @@ class ConsensusDriver:
         elif isinstance(action, A.CancelTimer):
             self._timers.pop(action.timer, None)
         elif isinstance(action, A.RequestProposal):
-            payload = None if self._deferred else self._build_proposal(action.height, False)
+            # A pipelined primary asks for several heights as soon as work appears; those beyond the txs at
+            # hand wait for more txs instead of going out as empty blocks. A gap a view change left below
+            # an already proposed height is answered at once, empty if need be, or the heights above stall.
+            must_answer = action.height < self.replica.highest_proposed
+            payload = None if self._deferred and not must_answer else self._build_proposal(action.height,
+                                                                                           must_answer)
             if payload is not None:
                 return E.ProposalReady(action.height, payload)
+            if not self._deferred:
+                self._deferred_view = self.replica.view
             self._deferred.append(action.height)
-            if _DEFERRED_TIMER not in self._timers:
-                self._timers[_DEFERRED_TIMER] = trio.current_time() + PROPOSAL_MAX_WAIT
-                self._timers_changed.set()
         elif isinstance(action, A.Commit):
             return self._commit(action)
         elif isinstance(action, A.RequestStateTransfer):
@@ -159,14 +157,16 @@ class ConsensusDriver:
             self._on_evidence(action.evidence)
         return None
 
-    def _propose_deferred(self, force: bool) -> None:
-        """Answer deferred proposal requests in height order, as long as there are txs (or when forced)."""
+    def _propose_deferred(self) -> None:
+        """Answer deferred proposal requests in height order while there are txs to propose."""
         while self._deferred:
-            payload = self._build_proposal(self._deferred[0], force)
+            if self.replica.view != self._deferred_view:
+                self._deferred.clear()  # the replica forgot requests of an older view
+                return
+            payload = self._build_proposal(self._deferred[0], False)
             if payload is None:
                 return
             self._feed(E.ProposalReady(self._deferred.pop(0), payload))
-        self._timers.pop(_DEFERRED_TIMER, None)
 
     def _commit(self, action: A.Commit):
         height = self.chain.height
