@@ -14,6 +14,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=Path("testnet"), help="directory for the node homes")
     p.add_argument("--base-port", type=int, default=26600,
                    help="node i listens on BASE+2i (p2p) and BASE+2i+1 (RPC); default 26600")
+    p.add_argument("--hosts", help="comma-separated IPs, one per node (e.g. namespaces from deploy/netns); "
+                                   "default: all on 127.0.0.1")
     p.add_argument("--run", action="store_true",
                    help="run the nodes in the foreground (created first if absent); Ctrl-C stops all")
     p.set_defaults(func=run)
@@ -29,7 +31,11 @@ def run(args) -> int:
             print(f"{manifest} exists already; remove {args.out} to create a new network", file=sys.stderr)
             return 1
     else:
-        nodes = testnet.generate(args.nodes, args.out, base_port=args.base_port)
+        hosts = args.hosts.split(",") if args.hosts else None
+        if hosts and len(hosts) != args.nodes:
+            print(f"--hosts lists {len(hosts)} addresses for {args.nodes} nodes", file=sys.stderr)
+            return 2
+        nodes = testnet.generate(args.nodes, args.out, base_port=args.base_port, hosts=hosts)
         print(f"created a {len(nodes)}-node network in {args.out}/ ({manifest})")
     if not args.run:
         return 0
