@@ -276,7 +276,47 @@ def _decode_body(body: bytes) -> dict:
 
 
 def _check_fields(fields: dict, where: str) -> None:
-    """Raise TxError unless ``fields`` has exactly the fields of its type, each valid, keys in sorted order."""
+    """Raise TxError unless ``fields`` has exactly the fields of its type, each valid, keys in sorted order.
+
+    Txs come in few shapes (type + ordered key list). The first tx of a shape goes through the
+    field-by-field check; its shape is then remembered with the per-position value checks, so later txs
+    of that shape only check values (key set, order, required fields and actor are properties of the
+    shape). Any failure is re-checked field by field for an error message that names the field.
+    """
+    try:
+        plan = _PLANS.get((fields.get("type"), *fields))
+    except TypeError:  # unhashable type value
+        plan = None
+    if plan is None:
+        _check_fields_slowly(fields, where)
+        if len(_PLANS) < _MAX_PLANS:
+            _PLANS[(fields["type"], *fields)] = tuple(_VALUE_CHECKS[k] for k in fields)
+        return
+    for (pytype, lo, hi, extra), value in zip(plan, fields.values(), strict=False):  # same shape: same length
+        if type(value) is not pytype:
+            break
+        if pytype is int:
+            if not lo <= value <= hi:
+                break
+        elif not lo <= len(value) <= hi:
+            break
+        if extra is not None and not (value in extra if type(extra) is frozenset else extra(value)):
+            break
+    else:
+        return
+    _check_fields_slowly(fields, where)
+    raise TxError(f"{where}: invalid field values")  # pragma: no cover - the slow check raises first
+
+
+# Shapes are ordered subsets of a fixed schema, so few occur; the bound only guards memory.
+_MAX_PLANS = 4096
+_PLANS: dict[tuple, tuple] = {}
+_VALUE_CHECKS = {k: (t, lo, hi, choices if choices is not None else items)
+                 for k, (t, lo, hi, choices, items, _desc) in FIELD_SPECS.items()}
+
+
+def _check_fields_slowly(fields: dict, where: str) -> None:
+    """Field by field: raise TxError naming the first problem (unknown/misplaced/invalid/missing field)."""
     tx_type = fields.get("type")
     try:
         specs, required, needs_actor = _TYPE_SPECS[tx_type]

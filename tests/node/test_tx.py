@@ -80,6 +80,22 @@ def test_bad_fields_rejected_with_named_field(over, message):
         decode_tx(resign(f))
 
 
+@pytest.mark.parametrize("over, message", [
+    ({"patient": b"p" * 15}, "patient"), ({"outcome": 3}, "outcome"), ({"outcome": True}, "outcome"),
+    ({"purpose": "FUN"}, "purpose"), ({"action": "X"}, "action"), ({"ts": -5}, "ts"), ({"v": 2}, "v"),
+    ({"nonce": b"x" * 33}, "nonce"), ({"user": "u" * 16}, "user"), ({"chain": ""}, "chain"),
+    ({"series": [b"x" * 16, b"y" * 15]}, "series"), ({"member": "m" * 65}, "member"),
+])
+def test_known_shape_with_bad_values_still_rejected(over, message):
+    # a valid tx of the same shape first, so the decoder's per-shape fast path is the one checking
+    good = fields(**({"series": [b"x" * 16]} if "series" in over else {}))
+    good["client"] = bytes(KEY.verify_key)
+    decode_tx(resign(good))
+    bad = dict(good, **over)
+    with pytest.raises(TxError, match=f"^{message}"):
+        decode_tx(resign(bad))
+
+
 def test_membership_and_evidence_types():
     raw = sign_fields(fields(type="evidence.equivocation", offender=2, evidence=[b"a" * 100, b"b" * 100],
                              patient=None, study=None, user=None, purpose=None, outcome=None, action=None), KEY)
