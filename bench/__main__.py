@@ -3,13 +3,21 @@
 import importlib
 import sys
 
-BENCHMARKS = ["bench.ledger"]
+BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.rpc", "bench.dicom"]
 
 
 def main() -> int:
+    only = sys.argv[1:]  # e.g. `python -m bench bench.testnet`
     for name in BENCHMARKS:
-        print(f"== {name}", flush=True)
-        importlib.import_module(name).main()
+        if only and name not in only:
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            print(f"== {name}: not available ({exc})", flush=True)
+            continue
+        print(f"\n== {name}", flush=True)
+        module.main()
     return 0
 
 
