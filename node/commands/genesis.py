@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +13,6 @@ def register(subparsers) -> None:
     p.add_argument("members", nargs="+", type=Path, help="member.json files, in replica order")
     p.add_argument("--chain-id", required=True)
     p.add_argument("--out", type=Path, default=Path("genesis.json"))
-    p.add_argument("--secrets-out", type=Path, help="also write fresh consortium secrets (PSK, pseudonym key)")
     p.set_defaults(func=run)
 
 
@@ -31,9 +29,5 @@ def run(args) -> int:
     if len(genesis.members) < 4:
         print("radchain genesis: warning: fewer than 4 members tolerate no Byzantine member", file=sys.stderr)
     genesis.save(args.out)
-    if args.secrets_out:
-        fd = os.open(args.secrets_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"psk": os.urandom(32).hex(), "pseudonym_key": os.urandom(32).hex()}, fh)
     print(f"wrote {args.out} ({len(genesis.members)} members, chain {genesis.chain_id})")
     return 0

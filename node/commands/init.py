@@ -2,7 +2,7 @@
 
 Each hospital runs `init`, sends the printed member entry (public data only) to the consortium's
 coordinator, who assembles genesis.json with `radchain genesis` and returns it. The two consortium secrets
-(network PSK and pseudonym key) travel out of band in a secrets file (`radchain genesis --secrets-out`).
+(network PSK and pseudonym key) travel out of band in a secrets file (`radchain secrets`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,23 @@
+"""`radchain secrets --out FILE`: fresh consortium secrets (network PSK, pseudonym key), mode 0600.
+
+The coordinator makes them once and hands them to every member out of band; they never go on chain."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("secrets", help="generate the consortium's PSK and pseudonym key (once)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"psk": os.urandom(32).hex(), "pseudonym_key": os.urandom(32).hex()}, fh)
+    print(f"wrote {args.out}; give it to every member out of band (radchain init --secrets {args.out})")
+    return 0
