@@ -866,6 +866,10 @@ class Replica:
                 self._quiet = False
         self._apply_assignments(w, asg, send=True)
         for slot in list(self._slots.values()):
+            if (slot.pp is not None and slot.pp[0] == w and not slot.nv and slot.height > self._ld
+                    and self.config.primary(w) != self.id):
+                # a pre-prepare of view w that overtook its NEW-VIEW was validated but not voted for
+                self._vote_prepare(slot, w, slot.pp[1], slot.payloads.get(slot.pp[1]))
             for v, d in list(slot.prepares):
                 if v == w:
                     self._check_prepared(slot, w, d)

@@ -46,7 +46,7 @@ from .evidence import EvidenceError, verify_evidence
 from .replica import Replica
 from .viewchange import quorum_valid
 
-BYZANTINE_BEHAVIOURS = ("silent", "equivocate", "conflicting_votes", "bad_blocks", "forge", "replay", "garbage")
+BYZANTINE_BEHAVIOURS = ("silent", "selective", "equivocate", "conflicting_votes", "bad_blocks", "forge", "replay", "garbage")
 
 
 class SimApp:
@@ -104,7 +104,8 @@ class Simulation:
         k = rng.choice((2, 3, 4, 5))
         self.config = Config(chain_id=f"sim-{seed}", members=members, checkpoint_interval=k,
                              watermark_window=k * rng.choice((2, 3, 4)), pipeline=rng.choice((1, 2, 3, 4)),
-                             progress_timeout=0.5, view_change_timeout=0.5, retransmit_interval=0.2,
+                             progress_timeout=rng.choice((0.3, 0.5, 1.0)), view_change_timeout=0.5,
+                             retransmit_interval=rng.choice((0.1, 0.2, 0.4)),
                              state_transfer_timeout=2.0, max_backoff=4, catchup_batch=3)
         f = self.config.f
         byz_count = rng.choice([0] + [f] * 3) if f else 0
@@ -121,6 +122,7 @@ class Simulation:
         self.seq = 0
         self.committed: dict[int, bytes] = {}
         self.partition: list[set[int]] | None = None
+        self.filters: list = []
         self.drop_p = rng.choice((0.0, 0.01, 0.05, 0.15))
         self.dup_p = rng.choice((0.0, 0.02, 0.1))
         self.slow_p = rng.choice((0.0, 0.05, 0.2))
@@ -170,7 +172,12 @@ class Simulation:
                 self.push(t, "partition")
             elif r < 0.5:
                 self.push(t, "unpartition")
-            elif r < 0.5 + 0.5 * self.crash_p:
+            elif r < 0.75:  # targeted loss: one or two message kinds to some replicas, for a while
+                kinds = frozenset(rng.sample((m.PREPREPARE, m.PREPARE, m.COMMIT, m.CHECKPOINT, m.VIEWCHANGE,
+                                              m.NEWVIEW, m.STATUS, m.DECIDED), rng.randint(1, 2)))
+                victims = frozenset(rng.sample(range(self.n), rng.randint(1, self.n - 1)))
+                self.push(t, "filter", kinds, victims, rng.uniform(0.2, 2.0))
+            elif r < 0.75 + 0.25 * self.crash_p:
                 honest = [i for i in range(self.n) if self.honest(i)]
                 victim = rng.choice(honest)
                 self.push(t, "crash", victim, rng.random() < 0.5)
@@ -222,7 +229,12 @@ class Simulation:
     def deliver_event(self, node: Node, event) -> None:
         if not node.up:
             return
+        before = (node.replica.view, node.replica.in_view_change)
         actions = node.replica.handle(event)
+        if self.verbose and before != (node.replica.view, node.replica.in_view_change):
+            self.log(f"r{node.index} {'view change to' if node.replica.in_view_change else 'enters view'} "
+                     f"{node.replica.view} on {type(event).__name__}"
+                     f"{' ' + str(event.timer) if isinstance(event, TimerFired) else ''}")
         if node.replica.stats["internal_error"]:
             raise Violation(f"replica {node.index} internal error on {type(event).__name__}")
         self.perform(node, actions)
@@ -337,6 +349,10 @@ class Simulation:
         rng = self.rng
         if self.cut(i, j) or rng.random() < self.drop_p:
             return
+        if self.filters and len(data) > 1 and data[0] == 0x94:  # [kind, ...]: kind is data[1]
+            for kinds, victims, until in self.filters:
+                if self.now < until and j in victims and data[1] in kinds:
+                    return
         copies = 2 if rng.random() < self.dup_p else 1
         for _ in range(copies):
             delay = rng.uniform(0.001, 0.02)
@@ -358,6 +374,8 @@ class Simulation:
         rng = self.rng
         b = node.byzantine
         if "silent" in b and rng.random() < 0.8:
+            return []
+        if "selective" in b and (to + int(self.now * 2)) % 3 == 0:  # withholds from a changing subset
             return []
         out = [(to, data)]
         try:
@@ -424,6 +442,10 @@ class Simulation:
         self.partition = [set(ids[:cut]), set(ids[cut:])]
         self.log(f"partition {self.partition}")
 
+    def ev_filter(self, kinds, victims, duration: float) -> None:
+        self.filters = [f for f in self.filters if f[2] > self.now] + [(kinds, victims, self.now + duration)]
+        self.log(f"filter kinds {sorted(kinds)} to {sorted(victims)} for {duration:.2f}s")
+
     def ev_unpartition(self) -> None:
         self.partition = None
         self.log("unpartition")
@@ -455,6 +477,7 @@ class Simulation:
     def ev_heal(self) -> None:
         self.healed = True
         self.partition = None
+        self.filters = []
         self.drop_p = 0.0
         for node in self.nodes:
             node.crash_in_list = False
