@@ -109,7 +109,7 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
     writes: list = []
     seen: set[bytes] = set()
     chain_id = state.chain_id
-    authorized = state.authorized
+    client_of, members = state.client_of, state.members  # state.authorized, inlined
     pack_loc, pack_suffix = LOC.pack, SUFFIX.pack
     applied_loc = pack_loc(height, 0, APPLIED)[:8]  # height u64; index and status follow
     str_prefix, mt_cache = _str_prefix, _mt_cache
@@ -121,7 +121,7 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
         seen.add(h)
         f = tx.fields
         member, tx_type = f["member"], f["type"]
-        if f["chain"] != chain_id or not authorized(member, f["client"]) or (
+        if f["chain"] != chain_id or client_of.get(f["client"]) != member or member not in members or (
                 tx_type in STATE_TYPES and not state.apply(tx, h, writes)):
             statuses[i] = REJECTED
             put(b"T" + h, pack_loc(height, i, REJECTED) + tx.raw)
@@ -252,9 +252,11 @@ class Chain:
             raise ProposalError(f"tx_count {header.tx_count} but {len(raws)} txs")
         cache = self._verified
         txs: list[Tx] = []
-        append = txs.append
+        hashes: list[bytes] = []
+        append, append_hash = txs.append, hashes.append
         for i, raw in enumerate(raws):
             h = _sha256(raw).digest()
+            append_hash(h)
             tx = cache.get(h)
             if tx is None:
                 try:
@@ -262,7 +264,7 @@ class Chain:
                 except TxError as exc:
                     raise ProposalError(f"tx {i}: {exc}") from None
             append(tx)
-        if merkle_root([t.hash for t in txs]) != header.tx_root:
+        if merkle_root(hashes) != header.tx_root:
             raise ProposalError("tx_root does not match the txs")
         return digest, header, txs
 

@@ -363,7 +363,9 @@ def decode_tx(raw: bytes, *, verify: bool = True, hash: bytes | None = None) -> 
     body, sig = outer
     if len(sig) != 64:
         raise TxError("sig: must be 64 bytes")
-    if _packb(outer) != raw:
+    # The shortest encoding is the only canonical one, and any other encoding of [bin, bin] is longer:
+    # fixarray (1) + bin8/bin16 header of the body (2 or 3) + body + bin8 header of the sig (2) + 64.
+    if len(raw) != len(body) + (69 if len(body) < 256 else 70):
         raise TxError("tx: non-canonical encoding of the outer array")
     try:
         fields = _unpackb(body, **_LIMITS)
