@@ -206,6 +206,7 @@ class Subscription:
         self.reconnect = reconnect
         self.max_backoff = max_backoff
         self.reconnects = 0
+        self._error: Exception | None = None
 
     async def __aenter__(self) -> Subscription:
         import trio
@@ -219,16 +220,32 @@ class Subscription:
         self._cancel = nursery.cancel_scope
         return self
 
-    async def __aexit__(self, *exc) -> bool | None:
+    async def __aexit__(self, *exc) -> bool:
         self._cancel.cancel()
-        return await self._nursery_cm.__aexit__(*exc)
+        # _pump keeps its errors for __anext__, so the nursery ends quietly and whatever left the
+        # `async with` body propagates as itself, not wrapped in an exception group.
+        await self._nursery_cm.__aexit__(None, None, None)
+        return False
 
-    def __aiter__(self):
-        return self._recv.__aiter__()
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> dict:
+        import trio
+
+        try:
+            return await self._recv.receive()
+        except trio.EndOfChannel:
+            if self._error is not None:
+                raise self._error from None
+            raise StopAsyncIteration from None
 
     async def _pump(self) -> None:
         async with self._send:
-            await self._run(self._send.send)
+            try:
+                await self._run(self._send.send)
+            except Exception as exc:  # refused subscription, or disconnected with reconnect=False
+                self._error = exc
 
     async def _run(self, emit) -> None:
         import trio
@@ -258,16 +275,18 @@ class Subscription:
                             continue
                         note = msg.get("params", {})
                         kind = note.get("type")
+                        # The position moves only once the consumer has taken the item (the channel is
+                        # unbuffered), so leaving the loop early never skips an undelivered one.
                         if kind == "block":
-                            self.next_height = note["height"] + 1
                             await emit(note["block"])
+                            self.next_height = note["height"] + 1
                         elif kind == "event":
                             pos = (note["height"], note["index"])
                             if pos <= self.position:
                                 continue  # delivered before the reconnect
+                            await emit(note["event"])
                             self.position = pos
                             self.next_height = note["height"]  # this block may have more events
-                            await emit(note["event"])
                         elif kind == "progress":
                             self.next_height = note["height"] + 1
             except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError):
