@@ -176,7 +176,7 @@ class Chain:
                              f"this genesis {ghash.hex()[:16]})")
         self.state = self._load_state()
         self._verified: dict[bytes, Tx] = {}
-        self._proposals: dict[bytes, tuple[ProposalHeader, list[Tx]]] = {}
+        self._proposals: dict[bytes, tuple[ProposalHeader, list[Tx], list[bytes]]] = {}
 
     def _load_state(self) -> LedgerState:
         root = self.store.state_root if self.store.height else self.store.initial_state_root()
@@ -241,7 +241,7 @@ class Chain:
             return False
         return True
 
-    def _parse(self, payload: bytes, verify_all: bool) -> tuple[bytes, ProposalHeader, list[Tx]]:
+    def _parse(self, payload: bytes, verify_all: bool) -> tuple[bytes, ProposalHeader, list[Tx], list[bytes]]:
         try:
             header_bytes, raws = split_payload(payload, self.max_txs, self.max_payload)
             header = ProposalHeader.decode(header_bytes)
@@ -266,10 +266,10 @@ class Chain:
             append(tx)
         if merkle_root(hashes) != header.tx_root:
             raise ProposalError("tx_root does not match the txs")
-        return digest, header, txs
+        return digest, header, txs, hashes
 
     def validate_proposal(self, height: int, payload: bytes, now_ms: int | None = None) -> None:
-        digest, header, txs = self._parse(payload, verify_all=True)
+        digest, header, txs, hashes = self._parse(payload, verify_all=True)
         if header.chain_id != self.chain_id:
             raise ProposalError(f"chain_id {header.chain_id!r}, expected {self.chain_id!r}")
         if header.height != height:
@@ -280,7 +280,7 @@ class Chain:
         if abs(header.timestamp - now) > self.max_skew:
             raise ProposalError(f"timestamp {header.timestamp} is {header.timestamp - now} ms from now "
                                 f"(tolerance {self.max_skew} ms)")
-        if len({t.hash for t in txs}) != len(txs):
+        if len(set(hashes)) != len(hashes):
             raise ProposalError("a tx appears twice in the proposal")
         chain_id, authorized = self.chain_id, self.state.authorized
         for i, tx in enumerate(txs):
@@ -292,7 +292,7 @@ class Chain:
         props = self._proposals
         if len(props) >= self.PROPOSAL_CACHE:
             del props[next(iter(props))]
-        props[digest] = (header, txs)
+        props[digest] = (header, txs, hashes)
 
     # ------------------------------------------------------------------ execution
     def execute(self, payload: bytes, certificate: bytes, *, verify_certificate_sigs: bool = True) -> Block:
@@ -302,11 +302,11 @@ class Chain:
         cached = self._proposals.pop(digest, None)
         if cached is None:
             try:
-                digest, header, txs = self._parse(payload, verify_all=True)
+                digest, header, txs, hashes = self._parse(payload, verify_all=True)
             except ProposalError as exc:
                 raise ChainError(f"height {height}: committed payload is invalid: {exc.reason}") from None
         else:
-            header, txs = cached
+            header, txs, hashes = cached
         if header.height != height or header.chain_id != self.chain_id:
             raise ChainError(f"payload for {header.chain_id}/{header.height}, next is {self.chain_id}/{height}")
         try:
@@ -332,7 +332,7 @@ class Chain:
             prev = store.head if height > 1 else self.genesis.hash()
             block_header = BlockHeader(self.chain_id, height, prev, digest, header.proposer, state_root,
                                        header.timestamp, header.tx_count, header.tx_root, cert.view)
-            block = Block(block_header, tuple([t.hash for t in txs]), statuses)
+            block = Block(block_header, tuple(hashes), statuses)
             store.write_block(block, certificate, state_writes=writes, batch=batch)
         except BaseException:
             batch.clear()
