@@ -8,7 +8,8 @@ certificate.commit_signing_bytes, a CHECKPOINT signs checkpoint_signing_bytes. O
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 import msgpack
 
@@ -48,23 +49,25 @@ def checkpoint_signing_bytes(chain_id: str, height: int, state_digest: bytes) ->
 class Message:
     kind: int
     sender: int
-    body: tuple  # decoded, type-checked fields (see _BODY)
+    body: tuple  # decoded, type-checked fields (see _body)
     sig: bytes
+    raw: list | None = field(default=None, compare=False, repr=False)  # the body as decoded, for signing
 
     def encode(self) -> bytes:
         return encode(self.kind, self.sender, self.body, self.sig)
 
 
-def signing_bytes(chain_id: str, kind: int, sender: int, body: tuple) -> bytes:
+def signing_bytes(chain_id: str, kind: int, sender: int, body: tuple, raw: list | None = None) -> bytes:
     if kind in (PREPREPARE, PREPARE):
         return vote_signing_bytes(chain_id, body[0], body[1], body[2])
     if kind == COMMIT:
         return commit_signing_bytes(chain_id, body[0], body[1], body[2])
     if kind == CHECKPOINT:
         return checkpoint_signing_bytes(chain_id, body[0], body[1])
+    plain = raw if raw is not None else _plain(body)
     if kind == PAYLOAD:  # the payload is bound by its digest
-        body = body[:2]
-    return DOMAIN + _pack([KIND_NAMES[kind], chain_id, sender, _plain(body)])
+        plain = plain[:2]
+    return DOMAIN + _pack([KIND_NAMES[kind], chain_id, sender, plain])
 
 
 def _plain(obj):
@@ -82,7 +85,7 @@ def sign(crypto, chain_id: str, kind: int, sender: int, body: tuple) -> Message:
 
 
 def verify(crypto, chain_id: str, msg: Message) -> bool:
-    return crypto.verify(msg.sender, signing_bytes(chain_id, msg.kind, msg.sender, msg.body), msg.sig)
+    return crypto.verify(msg.sender, signing_bytes(chain_id, msg.kind, msg.sender, msg.body, msg.raw), msg.sig)
 
 
 # ---- strict field checks -------------------------------------------------------------------------------
@@ -183,4 +186,22 @@ def decode(data: bytes, n_members: int, max_bytes: int, window: int) -> Message:
     sender = _int(sender)
     if sender >= n_members:
         raise DecodeError("sender is not a member")
-    return Message(kind, sender, _body(kind, body, n_members, max_bytes, window), _bytes(sig, MAX_SIG))
+    return Message(kind, sender, _body(kind, body, n_members, max_bytes, window), _bytes(sig, MAX_SIG), body)
+
+
+@lru_cache(maxsize=2048)
+def _decode_small(data: bytes, n_members: int, max_bytes: int, window: int) -> Message | DecodeError:
+    try:
+        return decode(data, n_members, max_bytes, window)
+    except DecodeError as exc:
+        return exc
+
+
+def decode_cached(data: bytes, n_members: int, max_bytes: int, window: int) -> Message:
+    """decode(), memoized for small messages (votes, status): a broadcast is parsed once per process."""
+    if type(data) is not bytes or len(data) > 2048:
+        return decode(data, n_members, max_bytes, window)
+    out = _decode_small(data, n_members, max_bytes, window)
+    if isinstance(out, DecodeError):
+        raise out
+    return out

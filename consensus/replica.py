@@ -57,7 +57,7 @@ class Replica:
         self._executed = last_executed
         self._stable: tuple[int, bytes, tuple] = (0, b"", ())
         self._slots: dict[int, Slot] = {}
-        self._my_votes: dict[tuple[str, int, int], tuple[bytes, bytes]] = {}  # (kind, v, h) -> (digest, wire)
+        self._my_votes: dict[tuple[str, int, int], tuple[bytes, bytes, int]] = {}  # (kind, v, h) -> (digest, wire, tick)
         self._vcs: dict[int, m.Message] = {}     # newest valid VIEW-CHANGE per member
         self._my_vc: bytes | None = None
         self._nv_wire: bytes | None = None       # NEW-VIEW of the current view (forwarded to laggards)
@@ -65,6 +65,7 @@ class Replica:
         self._cps: dict[int, dict[int, tuple[bytes, bytes]]] = {}  # checkpoint votes above stable
         self._cp_heights: dict[int, list[int]] = {}
         self._my_cp: bytes | None = None
+        self._my_cp_height = 0
         self._work = 0
         self._requested: set[int] = set()
         self._peers: dict[int, tuple] = {}       # member -> its last STATUS body
@@ -137,7 +138,7 @@ class Replica:
             if self._in_vc:
                 self._broadcast_view_change()
             else:
-                for (_kind, v, h), (_d, wire) in sorted(self._my_votes.items()):
+                for (_kind, v, h), (_d, wire, _t) in sorted(self._my_votes.items()):
                     if v == self._view and h > self._ld:
                         self._emit(Broadcast(wire))
             self._broadcast_status()
@@ -244,7 +245,7 @@ class Replica:
         if len(data) > self.config.max_message_bytes + 4096:
             return self._drop("oversized")
         try:
-            msg = m.decode(data, self._n, self.config.max_message_bytes, self._L)
+            msg = m.decode_cached(data, self._n, self.config.max_message_bytes, self._L)
         except m.DecodeError:
             return self._drop("malformed")
         if msg.sender != sender and msg.kind != m.NEWVIEW:  # a NEW-VIEW may be forwarded by anyone
@@ -309,7 +310,7 @@ class Replica:
         self._emit(Persist(walrec.vote_record(v, slot.height, d, payload)))
         msg = self._sign(m.PREPARE, (v, slot.height, d))
         wire = msg.encode()
-        self._my_votes[key] = (d, wire)
+        self._my_votes[key] = (d, wire, self._ticks)
         self._emit(Broadcast(wire))
         self._add_vote(slot, v, d, self.id, msg.sig)
 
@@ -348,7 +349,7 @@ class Replica:
         self._emit(Persist(walrec.commit_record(v, slot.height, d, slot.prepared[2])))
         msg = self._sign(m.COMMIT, (v, slot.height, d))
         wire = msg.encode()
-        self._my_votes[key] = (d, wire)
+        self._my_votes[key] = (d, wire, self._ticks)
         self._emit(Broadcast(wire))
         self._add_commit(slot, v, d, self.id, msg.sig)
 
@@ -490,6 +491,8 @@ class Replica:
                 body = (h, slot.payloads[slot.cert.digest], slot.cert.encode())
                 self._emit(Send(sender, self._sign(m.DECIDED, body).encode()))
                 self.stats["decided_sent"] += 1
+        if self._my_cp is not None and sh < self._my_cp_height:  # our newest checkpoint, to whoever lacks it
+            self._emit(Send(sender, self._my_cp))
         if (not self._in_vc and self._nv_wire is not None
                 and (v < self._view or (v == self._view and in_vc))):
             self._emit(Send(sender, self._nv_wire))
@@ -526,6 +529,7 @@ class Replica:
     def _send_checkpoint(self, h: int, sd: bytes) -> None:
         msg = self._sign(m.CHECKPOINT, (h, sd))
         self._my_cp = msg.encode()
+        self._my_cp_height = h
         self._emit(Broadcast(self._my_cp))
         self._add_checkpoint(self.id, h, sd, msg.sig)
 
@@ -628,7 +632,7 @@ class Replica:
             return self._drop("bad_digest")
         self._emit(Persist(walrec.vote_record(v, h, d, payload)))
         msg = self._sign(m.PREPREPARE, (v, h, d, payload))
-        self._my_votes[("p", v, h)] = (d, m.encode(m.PREPREPARE, self.id, (v, h, d, None), msg.sig))
+        self._my_votes[("p", v, h)] = (d, m.encode(m.PREPREPARE, self.id, (v, h, d, None), msg.sig), self._ticks)
         slot = self._slot(h)
         slot.pp = (v, d)
         slot.payloads[d] = payload
@@ -712,15 +716,15 @@ class Replica:
             if self._my_vc is not None:
                 self._emit(Broadcast(self._my_vc))
         else:
-            for (_kind, v, h), (_d, wire) in sorted(self._my_votes.items(), key=lambda kv: kv[0][2]):
+            for (_kind, v, h), (_d, wire, tick) in sorted(self._my_votes.items(), key=lambda kv: kv[0][2]):
                 slot = self._slots.get(h)
-                if v == self._view and h > self._ld and (slot is None or slot.cert is None):
+                # only votes that have been out for a full interval: the usual in-flight ones are not lost
+                if (v == self._view and h > self._ld and tick < self._ticks - 1
+                        and (slot is None or slot.cert is None)):
                     self._emit(Broadcast(wire))
             for slot in self._slots.values():
                 if slot.pending is not None and slot.pending[0] == self._view:
                     self._fetch(slot, slot.pending[1], to=self.config.primary(self._view))
-        if self._my_cp is not None:
-            self._emit(Broadcast(self._my_cp))
         slot = self._slots.get(self._ld + 1)
         if slot is not None and slot.cert is not None and slot.cert.digest not in slot.payloads:
             self._fetch(slot, slot.cert.digest)
@@ -888,7 +892,7 @@ class Replica:
             self._top = max(self._top, h)
             self._add_vote(slot, w, d, p, sig)
             if p == self.id:
-                self._my_votes.setdefault(("p", w, h), (d, m.encode(m.PREPREPARE, p, (w, h, d, None), sig)))
+                self._my_votes.setdefault(("p", w, h), (d, m.encode(m.PREPREPARE, p, (w, h, d, None), sig), self._ticks))
             elif send:
                 self._vote_prepare(slot, w, d, slot.payloads.get(d))
 
@@ -925,7 +929,7 @@ class Replica:
             else:
                 msg = self._sign(m.PREPARE, (v, h, d))
                 sig, wire = msg.sig, msg.encode()
-            self._my_votes[("p", v, h)] = (d, wire)
+            self._my_votes[("p", v, h)] = (d, wire, -1)
             slot = self._slot(h)
             if payload is not None:
                 slot.payloads[d] = payload
@@ -937,7 +941,7 @@ class Replica:
             if h <= sh:
                 continue
             msg = self._sign(m.COMMIT, (v, h, d))
-            self._my_votes[("c", v, h)] = (d, msg.encode())
+            self._my_votes[("c", v, h)] = (d, msg.encode(), -1)
             slot = self._slot(h)
             if slot.prepared is None or slot.prepared[0] < v:
                 slot.prepared = (v, d, proof)

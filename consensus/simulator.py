@@ -105,7 +105,7 @@ class Simulation:
         self.config = Config(chain_id=f"sim-{seed}", members=members, checkpoint_interval=k,
                              watermark_window=k * rng.choice((2, 3, 4)), pipeline=rng.choice((1, 2, 3, 4)),
                              progress_timeout=rng.choice((0.3, 0.5, 1.0)), view_change_timeout=0.5,
-                             retransmit_interval=rng.choice((0.1, 0.2, 0.4)),
+                             retransmit_interval=rng.choice((0.2, 0.3, 0.5)),
                              state_transfer_timeout=2.0, max_backoff=4, catchup_batch=3)
         f = self.config.f
         byz_count = rng.choice([0] + [f] * 3) if f else 0
