@@ -43,7 +43,7 @@ from node.rpc.errors import (
     RpcError,
 )
 from node.rpc.render import block_json
-from node.rpc.server import Caller, check_known, param, ws_caller
+from node.rpc.server import Caller, check_known, loads, param, ws_caller
 from node.tx import decode_tx
 
 log = logging.getLogger("radchain.rpc.ws")
@@ -129,7 +129,7 @@ class _Connection:
 
     def handle(self, data: str) -> dict:
         try:
-            request = json.loads(data)
+            request = loads(data)
         except (ValueError, RecursionError) as exc:
             return _error(None, RpcError(PARSE_ERROR, f"message is not JSON: {exc}"))
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(

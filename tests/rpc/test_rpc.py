@@ -163,7 +163,9 @@ def test_batch_of_commit_mode_submits_waits_concurrently(net):
 def test_every_failure_is_a_json_rpc_error(net):
     url = net.nodes[1].rpc
     cases = [
-        (b"{not json", -32700), (b"[]", -32600), (b'"x"', -32600), (b'{"jsonrpc": "1.0", "method": "status"}', -32600),
+        (b"{not json", -32700), (b'{"jsonrpc": "2.0", "id": NaN, "method": "status"}', -32700),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "get_block", "params": {"height": Infinity}}', -32700),
+        (b"[]", -32600), (b'"x"', -32600), (b'{"jsonrpc": "1.0", "method": "status"}', -32600),
         (b'{"jsonrpc": "2.0", "id": [1], "method": "status"}', -32600),
         (b'{"jsonrpc": "2.0", "id": 1, "method": "status", "params": [1]}', -32602),
         (b'{"jsonrpc": "2.0", "id": 1, "method": "get_tx", "params": {"hash": "00"}}', -32602),
