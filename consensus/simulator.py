@@ -392,6 +392,15 @@ class Simulation:
                 bad = b"junk:%d" % rng.randrange(1 << 30) if rng.random() < 0.5 else payload
                 dig = self.app.digest(bad) if bad != payload else hashlib.sha256(b"x" + payload).digest()
                 out = [(to, m.sign(node.crypto, chain, m.PREPREPARE, me, (v, h, dig, bad)).encode())]
+        elif msg.kind == m.VIEWCHANGE and "conflicting_votes" in b and msg.body[4] and rng.random() < 0.5:
+            w, sh, sd, proof, entries = msg.body  # hides its prepared certificates from the new view
+            out = [(to, m.sign(node.crypto, chain, m.VIEWCHANGE, me, (w, sh, sd, proof, entries[1:])).encode())]
+        elif msg.kind == m.NEWVIEW and "equivocate" in b and msg.body[2] and to % 2:
+            w, vcs, asg = msg.body  # re-proposes something the view changes do not support
+            h, d, _sig = asg[-1]
+            alt = hashlib.sha256(d).digest()
+            asg = asg[:-1] + ((h, alt, node.crypto.sign(m.vote_signing_bytes(chain, w, h, alt))),)
+            out = [(to, m.sign(node.crypto, chain, m.NEWVIEW, me, (w, vcs, asg)).encode())]
         elif msg.kind in (m.PREPARE, m.COMMIT) and "conflicting_votes" in b and rng.random() < 0.5:
             v, h, d = msg.body
             alt = hashlib.sha256(d + bytes([rng.randrange(256)])).digest()
@@ -562,7 +571,7 @@ def main(argv=None) -> int:
     if not args.quiet:
         keys = ("blocks", "crashes", "view_changes", "new_views", "state_transfer", "decided_sent", "fetch_sent",
                 "evidence_reports", "drop_bad_signature", "drop_malformed", "drop_sender_mismatch",
-                "drop_invalid_proposal", "drop_bad_digest", "drop_bad_certificate", "drop_bad_view_change")
+                "drop_invalid_proposal", "drop_bad_digest", "drop_bad_certificate", "drop_bad_new_view", "drop_rate_limited")
         print("  totals: " + ", ".join(f"{k}={totals[k]}" for k in keys))
         print(f"  slowest recovery after heal: {worst_live:.2f} simulated s (bound 45 s)")
     return 1 if violations else 0
