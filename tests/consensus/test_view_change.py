@@ -128,3 +128,56 @@ def test_new_view_plan_takes_the_highest_view_proof():
     plan = plan_new_view([a, b, c])
     assert plan.assignments == ((1, b"B"), (3, b"C"))  # height 2 is a gap the new primary fills
     assert plan_new_view([c, b, a]) == plan
+
+
+def test_new_primary_fills_a_gap_below_a_reproposed_height(make_cluster):
+    c = make_cluster(auto=False, pipeline=2)
+    r0 = c.replicas[0]
+    c.perform(0, r0.handle(WorkPending(2)))
+    c.perform(0, r0.handle(ProposalReady(1, b"blk:1:0")))
+    c.perform(0, r0.handle(ProposalReady(2, b"blk:2:0")))
+    while c.queue:  # height 1's pre-prepare and every COMMIT get lost
+        i, j, data = c.queue.popleft()
+        msg = m.decode(data, 4, 1 << 20, 64)
+        if msg.kind == m.COMMIT or (msg.kind == m.PREPREPARE and msg.body[1] == 1):
+            continue
+        c.handle(j, MessageReceived(i, data))
+    c.down.add(0)
+    for i in (1, 2, 3):
+        c.handle(i, WorkPending(0 if i == 1 else 1))
+    for i in (2, 3):
+        c.fire(i, "progress")
+    c.run()
+    r1 = c.replicas[1]
+    assert r1.view == 1 and r1.is_primary and not r1.in_view_change
+    assert r1.highest_proposed == 2
+    assert 1 in c.requests[1]  # the gap is requested although replica 1 has no work of its own
+    c.handle(1, ProposalReady(1, b"blk:1:1"))
+    c.run()
+    assert [a.payload for a in c.commits[2]] == [b"blk:1:1", b"blk:2:0"]
+
+
+def test_preprepare_that_overtakes_its_new_view_is_voted_on_entry(make_cluster):
+    c = make_cluster(auto=False)
+    for i in (1, 2, 3):
+        c.handle(i, WorkPending(1))
+    c.fire(1, "progress")
+    c.fire(2, "progress")
+    c.fire(3, "progress")
+    new_views = []
+    while c.queue:  # hold back the NEW-VIEW to replica 3
+        i, j, data = c.queue.popleft()
+        if j == 3 and m.decode(data, 4, 1 << 20, 64).kind == m.NEWVIEW:
+            new_views.append((i, j, data))
+            continue
+        c.handle(j, MessageReceived(i, data))
+    r1 = c.replicas[1]
+    assert r1.view == 1 and not r1.in_view_change
+    c.down.add(0)  # replica 3's prepare is needed for the quorum
+    c.perform(1, r1.handle(ProposalReady(1, b"blk:1:1")))
+    c.run()  # replica 3, still in view change, receives the pre-prepare for view 1 first
+    assert c.replicas[3].in_view_change
+    i, j, data = new_views[0]
+    c.handle(j, MessageReceived(i, data))
+    c.run()
+    assert c.heights()[3] == 1 and c.heights()[1] == 1 and c.heights()[2] == 1
