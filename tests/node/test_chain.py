@@ -152,15 +152,20 @@ def test_client_keys_and_consent_state(consortium, chain, store):
 
 
 def test_member_added_needs_a_quorum_of_votes(consortium, chain):
+    from consensus.certificate import quorum
     c = consortium
     newkey = bytes(SigningKey(b"\x66" * 32).verify_key)
-    votes = [c.tx(i, "member.added", subject="hosp-e", subject_key=newkey) for i in range(3)]
-    c.commit(chain, votes[:2])
+    need = quorum(4)
+    votes = [c.tx(i, "member.added", subject="hosp-e", subject_key=newkey) for i in range(need)]
+    c.commit(chain, votes[:-1])
     assert "hosp-e" not in chain.state.members
-    c.commit(chain, votes[2:])
+    c.commit(chain, votes[-1:])
     assert chain.state.members["hosp-e"] == newkey and chain.state.authorized("hosp-e", newkey)
-    removes = [c.tx(i, "member.removed", subject="hosp-e") for i in range(3)]
-    c.commit(chain, removes)
+    # five members now: removal needs quorum(5) votes (consensus.certificate.quorum)
+    removes = [c.tx(i, "member.removed", subject="hosp-e") for i in range(quorum(5))]
+    c.commit(chain, removes[:-1])
+    assert "hosp-e" in chain.state.members
+    c.commit(chain, removes[-1:])
     assert "hosp-e" not in chain.state.members and not chain.state.authorized("hosp-e", newkey)
 
 
