@@ -25,8 +25,10 @@ def max_faulty(n: int) -> int:
 
 
 def quorum(n: int) -> int:
-    """2f+1: any two quorums intersect in at least f+1 members, so in at least one honest member."""
-    return 2 * max_faulty(n) + 1
+    """2f+1 for n = 3f+1: any two quorums intersect in at least f+1 members, so in at least one honest member.
+    For other n, the smallest q with 2q - n >= f+1 (e.g. 2 of 3, 4 of 5, 4 of 6), which keeps that property;
+    2f+1 alone would let 1 of 3 commit by itself."""
+    return (n + max_faulty(n)) // 2 + 1
 
 
 def commit_signing_bytes(chain_id: str, view: int, height: int, digest: bytes) -> bytes:

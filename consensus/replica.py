@@ -494,7 +494,7 @@ class Replica:
         if self._my_cp is not None and sh < self._my_cp_height:  # our newest checkpoint, to whoever lacks it
             self._emit(Send(sender, self._my_cp))
         if (not self._in_vc and self._nv_wire is not None
-                and (v < self._view or (v == self._view and in_vc))):
+                and (v < self._view or (v == self._view and in_vc)) and self._budget(sender)):
             self._emit(Send(sender, self._nv_wire))
 
     def _request_transfer(self, target: int, peers: tuple[int, ...]) -> None:
@@ -779,7 +779,7 @@ class Replica:
     def _on_view_change(self, msg: m.Message, sender: int, data: bytes) -> None:
         w = msg.body[0]
         if w < self._view or (w == self._view and not self._in_vc):
-            if self._nv_wire is not None and not self._in_vc:
+            if self._nv_wire is not None and not self._in_vc and self._budget(sender):
                 self._emit(Send(sender, self._nv_wire))  # the sender missed the NEW-VIEW
             return self._drop("stale_view_change")
         old = self._vcs.get(msg.sender)
