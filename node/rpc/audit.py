@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from node.events import EventError, parse_time
 from node.pseudonym import PseudonymError
 from node.rpc.errors import INVALID_PARAMS, UNAUTHORIZED, RpcError
-from node.rpc.render import jsonable
+from node.rpc.render import fields_json, stored_tx
 from node.rpc.server import Caller, check_known, param
 from node.store import SUFFIX, IndexEntry, StoreError
-from node.tx import TOKEN_BYTES, TX_TYPES, decode_tx
+from node.tx import TOKEN_BYTES, TX_TYPES
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -127,7 +127,7 @@ def parse_filter(node, params: dict, caller: Caller) -> Filter:
 
 
 def entry_json(h: bytes, height: int, index: int, fields: dict, sig: bytes) -> dict:
-    return {"hash": h.hex(), "height": height, "index": index, **jsonable(fields), "sig": sig.hex()}
+    return {"hash": h.hex(), "height": height, "index": index, **fields_json(fields), "sig": sig.hex()}
 
 
 async def audit_trail(node, params: dict, caller: Caller) -> dict:
@@ -157,9 +157,9 @@ def run_audit(store, flt: Filter, cursor: str | None, limit: int) -> dict:
             examined += 1
             rec = get_tx(e.tx_hash)
             if rec is not None:
-                tx = decode_tx(rec[2], verify=False, hash=e.tx_hash)  # verified when admitted
-                if not extra or flt.matches(tx.fields):
-                    out.append(entry_json(e.tx_hash, e.height, e.index, tx.fields, tx.sig))
+                fields, sig = stored_tx(rec[2])
+                if not extra or flt.matches(fields):
+                    out.append(entry_json(e.tx_hash, e.height, e.index, fields, sig))
             if len(out) == limit or examined >= budget:
                 more = e is not entries[-1] or nxt is not None
                 return {"entries": out, "next_cursor": _cursor(e) if more else None, "index": index}

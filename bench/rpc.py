@@ -1,0 +1,413 @@
+"""RPC benchmarks: ``audit_trail`` latency on a large ledger and ``submit_tx`` (sync mode) throughput.
+
+    python -m bench.rpc [--txs 1000000] [--queries 300] [--submit 20000]      (env RADCHAIN_BENCH_TXS)
+
+1. Builds a ledger of N txs directly with Chain/Store in a temp dir (no consensus): blocks of 2000 signed
+   ``instances.accessed``/``stored``/``export`` txs over N/100 studies (so one study's history is ~100
+   events), each block executed by ``Chain.execute`` (indexes, state root, one LevelDB batch per block).
+2. ``audit_trail`` latency for one study's whole history (random studies, one page), p50/p99:
+   - baseline 1: ``Store.query`` alone (the index range scan: entries only);
+   - baseline 2: ``Store.query`` + ``Store.get_tx`` of every entry (the floor any answer with tx contents pays);
+   - the RPC method handler, study given as a token (hex) and as a raw Study Instance UID;
+   - over HTTP: a node's RPC app (JsonRpcApp, hypercorn trio worker) in another process, httpx client.
+   Ratios are against baseline 2. Goal: handler p99 <= 10 ms.
+3. ``submit_tx`` throughput in sync mode (decoded, signature and key checked, durably in the mempool before
+   the answer) over HTTP to that server: JSON-RPC batches of 100, and one tx per request. Baseline: the same
+   admission work in-process without HTTP/JSON (``Chain.check_tx`` + ``Mempool.add_many`` per tx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+from nacl.bindings import crypto_sign
+from nacl.signing import SigningKey
+
+from consensus.certificate import Certificate, commit_signing_bytes
+from node.genesis import Genesis, Member
+from node.pseudonym import Pseudonymizer
+from node.tx import TX_DOMAIN, Tx, tx_hash
+
+CHAIN_ID = "radchain-bench"
+PSEUDONYM_KEY = b"bench-pseudonym-key-0123456789ab"
+TOKEN = "bench-token-0123456789abcdef"
+BLOCK_TXS = 2000
+T0 = 1_800_000_000_000
+GOAL_P99_MS = 10.0
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+_Node = None  # node.runtime.Node, imported by BenchNode (it pulls in libp2p)
+
+
+def member_keys() -> list[SigningKey]:
+    return [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
+
+
+def make_genesis(keys: list[SigningKey]) -> Genesis:
+    return Genesis(CHAIN_ID, "2026-01-01T00:00:00+00:00",
+                   tuple(Member(f"hosp-{i}", bytes(k.verify_key)) for i, k in enumerate(keys)), {})
+
+
+def study_uid(i: int) -> str:
+    return f"1.2.840.113619.2.55.{i}"
+
+
+class TxFactory:
+    """Signed audit txs, built field by field (what node.events.make_tx does, minus the re-checking)."""
+
+    TYPES = (("instances.accessed", "R"), ("instances.stored", "C"), ("instances.accessed", "R"), ("export", "R"))
+
+    def __init__(self, keys: list[SigningKey], n_studies: int):
+        self.keys = keys
+        self.seeds = [bytes(k) + bytes(k.verify_key) for k in keys]  # libsodium's 64-byte secret key
+        pseudo = Pseudonymizer(PSEUDONYM_KEY)
+        self.n_studies = n_studies
+        self.studies = [pseudo.study(study_uid(s)) for s in range(n_studies)]
+        self.patients = [pseudo.patient(f"PAT-{p}", "HOSP") for p in range(max(1, n_studies // 3))]
+        self.users = [pseudo.user(f"user-{u}") for u in range(500)]
+
+    def tx(self, i: int, salt: int = 0) -> Tx:
+        m = i % 4
+        s = (i * 7919) % self.n_studies  # studies interleave across blocks, like real traffic
+        tx_type, action = self.TYPES[i % 4]
+        fields = {"action": action, "ae": "VIEWER01", "chain": CHAIN_ID, "client": bytes(self.keys[m].verify_key),
+                  "member": f"hosp-{m}", "n_instances": 120, "nonce": (salt << 64 | i).to_bytes(16, "big"),
+                  "outcome": 0, "patient": self.patients[s % len(self.patients)], "purpose": "TREAT",
+                  "study": self.studies[s], "ts": T0 + i, "type": tx_type, "user": self.users[i % 500], "v": 1}
+        body = _pack(fields)  # keys above are in sorted order: canonical
+        sig = crypto_sign(TX_DOMAIN + body, self.seeds[m])[:64]
+        raw = _pack([body, sig])
+        return Tx(raw, tx_hash(raw), body, sig, fields)
+
+
+def build_ledger(path: Path, n_txs: int, n_studies: int) -> tuple[Genesis, float]:
+    from node.chain import Chain
+    from node.store import Store
+
+    keys = member_keys()
+    genesis = make_genesis(keys)
+    factory = TxFactory(keys, n_studies)
+    store = Store(path, sync=False)
+    chain = Chain(genesis, store)
+    started = time.perf_counter()
+    height, i = 0, 0
+    while i < n_txs:
+        height += 1
+        txs = [factory.tx(j) for j in range(i, min(n_txs, i + BLOCK_TXS))]
+        i += len(txs)
+        for t in txs:  # signatures are made above; skip re-verifying a million of them
+            chain._remember(t)
+        payload = chain.build_proposal(height, height % 4, T0 + i, [t.raw for t in txs])
+        digest = chain.proposal_digest(payload)
+        msg = commit_signing_bytes(CHAIN_ID, 0, height, digest)
+        cert = Certificate(height, 0, digest, tuple((k, keys[k].sign(msg).signature) for k in range(3))).encode()
+        chain.execute(payload, cert, verify_certificate_sigs=False)
+        if height % 50 == 0:
+            rate = i / (time.perf_counter() - started)
+            print(f"\r  building: {i:,}/{n_txs:,} txs ({rate:,.0f} tx/s)", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    elapsed = time.perf_counter() - started
+    store.close()
+    return genesis, elapsed
+
+
+def pct(samples: list[float], p: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def summary(name: str, samples_ms: list[float], floor_ms: float | None = None) -> dict:
+    p50, p99 = pct(samples_ms, 50), pct(samples_ms, 99)
+    ratio = f"  x{p99 / floor_ms:.2f} of baseline p99" if floor_ms else ""
+    print(f"  {name:<44} p50 {p50:7.3f} ms   p99 {p99:7.3f} ms   mean {statistics.fmean(samples_ms):7.3f} ms{ratio}")
+    return {"p50": p50, "p99": p99}
+
+
+# ---------------------------------------------------------------------------------------------- node stand-in
+
+class BenchNode:
+    """What JsonRpcApp needs of a Node, over a real Chain, Store, Mempool and gossip admission (no network)."""
+
+    def __init__(self, ledger: Path, work: Path):
+        from node.chain import Chain
+        from node.config import MempoolConfig
+        from node.gossip import TxGossip
+        from node.mempool import Mempool
+        from node.rpc.methods import METHODS
+        from node.rpc.server import JsonRpcApp
+        from node.store import Store
+
+        keys = member_keys()
+        self.genesis = make_genesis(keys)
+        self.member_key = keys[0]
+        self.pseudonymizer = Pseudonymizer(PSEUDONYM_KEY)
+        self.store = Store(ledger, sync=False)
+        self.chain = Chain(self.genesis, self.store)
+        self.mempool = Mempool(work / "mempool", 1_000_000)
+        self.gossip = TxGossip(lambda channel, data: 0, self.chain, self.mempool, MempoolConfig(), lambda: None)
+        self._commit_waiters: dict = {}
+        self.rpc = JsonRpcApp(self, METHODS, {"bench": TOKEN}, False, 8 << 20, 1e9)
+        global _Node
+        from node.runtime import Node as _Node
+
+    def submit(self, raws: list[bytes], checked: bool = True) -> list[dict]:
+        return _Node.submit(self, raws, checked)  # the node's own admission path, unchanged
+
+    async def wait_committed(self, h: bytes, timeout: float) -> int | None:
+        return await _Node.wait_committed(self, h, timeout)
+
+    def status(self) -> dict:
+        return {"node": "bench", "height": self.store.height, "view": 0, "peers": 0, "members": 4,
+                "mempool": len(self.mempool), "syncing": False, "uptime_s": 0}
+
+
+def serve(ledger: Path, work: Path, port: int) -> None:
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    node = BenchNode(ledger, work)
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                await nursery.start(hypercorn_serve, node.rpc.app, config)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    finally:
+        node.mempool.close()
+        node.store.close()
+
+
+# ---------------------------------------------------------------------------------------------- measurements
+
+def audit_in_process(ledger: Path, n_studies: int, queries: int) -> dict:
+    import types
+
+    import trio
+
+    from node.rpc.audit import audit_trail
+    from node.rpc.server import Caller
+    from node.store import Store
+
+    node = types.SimpleNamespace(store=Store(ledger, sync=False), pseudonymizer=Pseudonymizer(PSEUDONYM_KEY))
+    caller = Caller("bench", "127.0.0.1")
+    rng = random.Random(7)
+    picks = [rng.randrange(n_studies) for _ in range(queries)]
+    tokens = [node.pseudonymizer.study(study_uid(s)) for s in picks]
+    sizes = []
+    for tok in tokens[:20]:  # warm the block cache like a serving node's would be
+        sizes.append(len(node.store.query("study", tok, limit=1000)[0]))
+    raw, fetch, handler_tok, handler_raw = [], [], [], []
+
+    async def run() -> None:  # the handler is a coroutine: time it inside one trio run, as the server does
+        for s, tok in zip(picks, tokens, strict=True):
+            t = time.perf_counter()
+            entries, _ = node.store.query("study", tok, limit=1000)
+            raw.append((time.perf_counter() - t) * 1000)
+
+            t = time.perf_counter()
+            entries, _ = node.store.query("study", tok, limit=1000)
+            for e in entries:
+                node.store.get_tx(e.tx_hash)
+            fetch.append((time.perf_counter() - t) * 1000)
+
+            t = time.perf_counter()
+            page = await audit_trail(node, {"study": tok.hex(), "limit": 1000}, caller)
+            handler_tok.append((time.perf_counter() - t) * 1000)
+            assert len(page["entries"]) == len(entries) and page["next_cursor"] is None
+
+            t = time.perf_counter()
+            await audit_trail(node, {"study_uid": study_uid(s), "limit": 1000}, caller)
+            handler_raw.append((time.perf_counter() - t) * 1000)
+
+    trio.run(run)
+    node.store.close()
+    print(f"  one study's history: {statistics.fmean(sizes):.0f} events on average (one page)")
+    summary("baseline 1: Store.query (index entries only)", raw)
+    floor = summary("baseline 2: Store.query + get_tx per entry", fetch)["p99"]
+    tok = summary("audit_trail handler, study token", handler_tok, floor)
+    rawid = summary("audit_trail handler, raw study_uid", handler_raw, floor)
+    return {"floor_p99": floor, "handler_token": tok, "handler_raw": rawid}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_measurements(ledger: Path, work: Path, n_studies: int, queries: int, n_submit: int,
+                      floor_p99: float) -> dict:
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    server = subprocess.Popen([sys.executable, "-m", "bench.rpc", "--serve", str(ledger), "--work", str(work),
+                               "--port", str(port)], start_new_session=True)
+    results: dict = {}
+    try:
+        http = httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if http.get(url + "health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("bench RPC server did not start")
+            time.sleep(0.2)
+
+        floor = []
+        for i in range(220):
+            t = time.perf_counter()
+            http.post(url, json={"jsonrpc": "2.0", "id": i, "method": "status"})
+            if i >= 20:
+                floor.append((time.perf_counter() - t) * 1000)
+        results["http_status"] = summary("HTTP floor: `status` round trip", floor)
+        rng = random.Random(11)
+        lat = []
+        for i in range(queries + 20):
+            s = rng.randrange(n_studies)
+            body = {"jsonrpc": "2.0", "id": i, "method": "audit_trail", "params": {"study_uid": study_uid(s), "limit": 1000}}
+            t = time.perf_counter()
+            reply = http.post(url, json=body)
+            elapsed = (time.perf_counter() - t) * 1000
+            assert "result" in reply.json(), reply.text[:200]
+            if i >= 20:  # the first calls warm the connection and caches
+                lat.append(elapsed)
+        results["http_audit"] = summary("audit_trail over HTTP (separate process)", lat, floor_p99)
+
+        # ---- submit throughput, sync mode
+        factory = TxFactory(member_keys(), 100)
+        print(f"  signing {n_submit + n_submit // 10:,} fresh txs for the submit runs ...", file=sys.stderr)
+        batch_txs = [factory.tx(i, salt=1).raw.hex() for i in range(n_submit)]
+        single_txs = [factory.tx(i, salt=2).raw.hex() for i in range(n_submit // 10)]
+        t = time.perf_counter()
+        for start in range(0, len(batch_txs), 100):
+            calls = [{"jsonrpc": "2.0", "id": j, "method": "submit_tx", "params": {"tx": tx, "mode": "sync"}}
+                     for j, tx in enumerate(batch_txs[start:start + 100])]
+            replies = http.post(url, json=calls).json()
+            assert all(r.get("result", {}).get("status") == "pending" for r in replies), replies[:2]
+        batch_rate = len(batch_txs) / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for j, tx in enumerate(single_txs):
+            reply = http.post(url, json={"jsonrpc": "2.0", "id": j, "method": "submit_tx",
+                                         "params": {"tx": tx, "mode": "sync"}}).json()
+            assert reply["result"]["status"] == "pending", reply
+        single_rate = len(single_txs) / (time.perf_counter() - t)
+        http.close()
+        results["submit_batch_tps"] = batch_rate
+        results["submit_single_tps"] = single_rate
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return results
+
+
+def admission_baseline(n: int) -> float:
+    """Chain.check_tx + Mempool.add_many per tx, in-process: the admission work without HTTP and JSON."""
+    from node.chain import Chain
+    from node.mempool import Mempool
+    from node.store import Store
+
+    with tempfile.TemporaryDirectory(prefix="radchain-bench-adm-") as tmp:
+        keys = member_keys()
+        store = Store(Path(tmp) / "chain", sync=False)
+        chain = Chain(make_genesis(keys), store)
+        pool = Mempool(Path(tmp) / "mempool", 1_000_000)
+        factory = TxFactory(keys, 100)
+        raws = [factory.tx(i, salt=3).raw for i in range(n)]
+        t = time.perf_counter()
+        for raw in raws:
+            h = tx_hash(raw)
+            if store.has_tx(h):
+                continue
+            chain.check_tx(raw)
+            pool.add_many([(h, raw)], time.monotonic())
+        rate = n / (time.perf_counter() - t)
+        pool.close()
+        store.close()
+    return rate
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.rpc", description=__doc__.split("\n")[0])
+    ap.add_argument("--txs", type=int, default=int(os.environ.get("RADCHAIN_BENCH_TXS", 1_000_000)))
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--submit", type=int, default=20_000)
+    ap.add_argument("--ledger", type=Path, help="reuse (or keep) the ledger in this directory")
+    ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.work, args.port)
+        return 0
+
+    n_studies = max(1, args.txs // 100)
+    tmp = Path(tempfile.mkdtemp(prefix="radchain-bench-rpc-"))
+    ledger = args.ledger or tmp / "chain"
+    try:
+        print(f"bench.rpc: ledger of {args.txs:,} txs, {n_studies:,} studies (~{args.txs // n_studies} events each), "
+              f"blocks of {BLOCK_TXS}")
+        if args.ledger and (args.ledger / "CURRENT").exists():
+            print(f"  reusing the ledger in {args.ledger}")
+        else:
+            _, built = build_ledger(ledger, args.txs, n_studies)
+            print(f"  built in {built:.0f} s ({args.txs / built:,.0f} tx/s) with Chain.execute, no consensus")
+        print(f"audit_trail, one study's whole history, {args.queries} random studies:")
+        audit = audit_in_process(ledger, n_studies, args.queries)
+        print("RPC server: node.rpc JsonRpcApp under hypercorn (trio worker), one process; client: httpx")
+        net = http_measurements(ledger, tmp / "work", n_studies, args.queries, args.submit, audit["floor_p99"])
+        base = admission_baseline(args.submit // 2)
+        print("submit_tx, sync mode (checked and durably pending before the answer):")
+        print(f"  baseline: Chain.check_tx + Mempool.add_many in-process      {base:9,.0f} tx/s")
+        print(f"  JSON-RPC batches of 100 over HTTP                          {net['submit_batch_tps']:9,.0f} tx/s"
+              f"  ({net['submit_batch_tps'] / base:.2f} of baseline)")
+        print(f"  one tx per HTTP request                                    {net['submit_single_tps']:9,.0f} tx/s"
+              f"  ({net['submit_single_tps'] / base:.2f} of baseline)")
+        p99 = audit["handler_raw"]["p99"]
+        verdict = "meets" if p99 <= GOAL_P99_MS else "MISSES"
+        print(f"goal: audit_trail p99 <= {GOAL_P99_MS:g} ms on {args.txs:,} txs: handler p99 {p99:.2f} ms "
+              f"(raw study_uid), HTTP p99 {net['http_audit']['p99']:.2f} ms -> {verdict}")
+        print(json.dumps({"txs": args.txs, "audit": audit, "http_audit": net["http_audit"],
+                          "submit_tps": {"batch100": round(net["submit_batch_tps"]),
+                                         "single": round(net["submit_single_tps"]), "baseline": round(base)}}))
+    finally:
+        if not args.ledger:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            shutil.rmtree(tmp / "work", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
