@@ -150,8 +150,10 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
 class Chain:
     """Ledger state machine over one Store, for one genesis."""
 
-    # Signatures verified but not yet executed; bounded so a flood of never-proposed txs cannot grow it.
-    VERIFIED_CACHE = 100_000
+    # Txs verified (mempool admission) but not yet executed, ~2.5 KB each decoded; bounded so a flood of
+    # never-proposed txs cannot grow it. 30,000 covers several seconds of mempool at the 3,500 tx/s target;
+    # a tx evicted before it is proposed is simply verified again by validate_proposal.
+    VERIFIED_CACHE = 30_000
     # Validated proposals kept for execute(); a handful beyond the consensus pipelining depth.
     PROPOSAL_CACHE = 64
 
