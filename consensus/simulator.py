@@ -354,10 +354,12 @@ class Simulation:
                 if self.now < until and j in victims and data[1] in kinds:
                     return
         copies = 2 if rng.random() < self.dup_p else 1
-        for _ in range(copies):
+        for c in range(copies):
             delay = rng.uniform(0.001, 0.02)
             if rng.random() < self.slow_p:
                 delay += rng.uniform(0.05, 0.6)  # reordering
+            if c and rng.random() < 0.2:
+                delay += rng.uniform(0.5, 3.0)  # a stale duplicate, long after the fact
             self.push(self.now + delay, "msg", i, j, data)
 
     def ev_msg(self, i: int, j: int, data: bytes) -> None:
@@ -373,6 +375,8 @@ class Simulation:
     def byzantine_rewrite(self, node: Node, to: int, data: bytes):
         rng = self.rng
         b = node.byzantine
+        if "replay" in b and len(node.seen_msgs) < 400 and rng.random() < 0.3:
+            node.seen_msgs.append(data)  # its own messages, to replay in later views and heights
         if "silent" in b and rng.random() < 0.8:
             return []
         if "selective" in b and (to + int(self.now * 2)) % 3 == 0:  # withholds from a changing subset

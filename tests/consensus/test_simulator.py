@@ -39,10 +39,12 @@ def test_search_prints_the_summary(capsys):
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 def test_simulator_soak_4_nodes():
     assert _search(4, range(1000, 6000)) == []
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 def test_simulator_soak_7_nodes():
     assert _search(7, range(1000, 2500)) == []
