@@ -123,6 +123,7 @@ class Simulation:
         self.committed: dict[int, bytes] = {}
         self.partition: list[set[int]] | None = None
         self.filters: list = []
+        self.signed: dict = {}
         self.drop_p = rng.choice((0.0, 0.01, 0.05, 0.15))
         self.dup_p = rng.choice((0.0, 0.02, 0.1))
         self.slow_p = rng.choice((0.0, 0.05, 0.2))
@@ -343,7 +344,20 @@ class Simulation:
             for to, payload in self.byzantine_rewrite(src, j, data):
                 self.transmit(i, to, payload)
         else:
+            if len(data) > 1 and data[1] in (m.PREPREPARE, m.PREPARE, m.COMMIT, m.CHECKPOINT):
+                self.check_no_double_sign(i, data)
             self.transmit(i, j, data)
+
+    def check_no_double_sign(self, i: int, data: bytes) -> None:
+        """An honest replica, restarts included, never signs two different votes for one slot."""
+        msg = m.decode_cached(data, self.n, self.config.max_message_bytes, self.config.watermark_window)
+        if msg.kind == m.CHECKPOINT:
+            key, d = ("checkpoint", i, 0, msg.body[0]), msg.body[1]
+        else:
+            key, d = ("commit" if msg.kind == m.COMMIT else "prepare", i, msg.body[0], msg.body[1]), msg.body[2]
+        prev = self.signed.setdefault(key, d)
+        if prev != d:
+            raise Violation(f"honest replica {i} signed two {key[0]} votes at view {key[2]} height {key[3]}")
 
     def transmit(self, i: int, j: int, data: bytes) -> None:
         rng = self.rng
