@@ -131,19 +131,19 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
         mt = mt_cache.get((member, tx_type))
         if mt is None:
             mt = mt_cache[(member, tx_type)] = member_type_prefix(member, tx_type)
-        put(mt + suffix, h)
+        put(mt + suffix, b"")
         v = f.get("patient")
         if v is not None:
-            put(_T_PATIENT + v + suffix, h)
+            put(_T_PATIENT + v + suffix, b"")
         v = f.get("study")
         if v is not None:
-            put(_T_STUDY + v + suffix, h)
+            put(_T_STUDY + v + suffix, b"")
         v = f.get("user")
         if v is not None:
-            put(_T_ACTOR + v + suffix, h)
+            put(_T_ACTOR + v + suffix, b"")
         v = f.get("ae")
         if v is not None:
-            put(str_prefix(_TAG_AE, v) + suffix, h)
+            put(str_prefix(_TAG_AE, v) + suffix, b"")
     return bytes(statuses), writes
 
 

@@ -9,8 +9,11 @@ lookup below is a point get or one range scan)::
     C height u64                -> commit certificate (consensus.certificate.Certificate.encode)
     H block hash 32             -> height u64
     T tx hash 32                -> height u64 | index u32 | status u8 | tx wire bytes
-    I name u8 | len u8 | key | ts u64 | height u64 | index u32  -> tx hash 32     (secondary indexes)
-    I k | member | 00 | type | 00 | ts u64 | height u64 | index u32 -> tx hash 32   (member/type/time)
+    I name u8 | len u8 | key | ts u64 | height u64 | index u32  -> (empty)    (secondary indexes)
+    I k | member | 00 | type code u8 | ts u64 | height u64 | index u32 -> (empty)  (member/type/time)
+
+Index entries carry no value: (height, index) in the key locate the tx (its hash is in the block record),
+which keeps every index entry at key size. Bytes written per block matter: the batch is fsynced.
     S state key                 -> state value                                   (node.state)
 
 A block, its certificate, its txs, their index entries, the state writes and the new head go in one
@@ -33,6 +36,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import msgpack
 import plyvel
 
 from node.block import Block, BlockHeader, encode_payload
@@ -79,9 +83,17 @@ def index_key_prefix(name: str, key: bytes | str) -> bytes:
     return b"I" + tag + bytes((len(key),)) + key
 
 
+# One byte per tx type in the (member, type) index. Append only: a code, once used, never changes.
+TYPE_CODES = {t: i + 1 for i, t in enumerate((
+    "instances.stored", "instances.accessed", "query", "transfer.begin", "instances.transferred", "export",
+    "import", "study.deleted", "deidentified", "consent.granted", "consent.revoked", "research.access.granted",
+    "member.added", "member.removed", "client.added", "client.removed", "evidence.equivocation"))}
+assert set(TYPE_CODES) == TX_TYPES, "every tx type needs an index code"
+
+
 def member_type_prefix(member: str, tx_type: str) -> bytes:
     """Prefix of the (member, type) index; member names never contain NUL (genesis and state check it)."""
-    return MEMBER_TYPE + member.encode() + b"\x00" + tx_type.encode() + b"\x00"
+    return MEMBER_TYPE + member.encode() + b"\x00" + bytes((TYPE_CODES[tx_type],))
 
 
 def block_key(height: int) -> bytes:
@@ -293,12 +305,25 @@ class Store:
 
         stream = scan(prefixes[0]) if len(prefixes) == 1 else heapq.merge(*map(scan, prefixes))
         out: list[IndexEntry] = []
-        for suffix, v in stream:
+        hashes: dict[int, bytes] = {}  # height -> the block's concatenated tx hashes, for this page
+        for suffix, _ in stream:
             if len(out) == limit:
                 return out, _cursor(out[-1])
             ts, height, index = _SUFFIX.unpack(suffix)
-            out.append(IndexEntry(ts, height, index, v))
+            block_hashes = hashes.get(height)
+            if block_hashes is None:
+                block_hashes = hashes[height] = self._block_tx_hashes(height)
+            out.append(IndexEntry(ts, height, index, block_hashes[32 * index:32 * index + 32]))
         return out, None
+
+    def _block_tx_hashes(self, height: int) -> bytes:
+        data = self._db.get(b"B" + _U64.pack(height))
+        if data is None:
+            raise StoreError(f"index points at missing block {height}")
+        try:
+            return msgpack.unpackb(data)[1]
+        except Exception as exc:
+            raise StoreError(f"block {height}: malformed record ({exc})") from None
 
     def _members_indexed(self) -> list[str]:
         """Every member with an entry in the (member, type) index: one seek per member (skip scan)."""
