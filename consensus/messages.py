@@ -52,6 +52,7 @@ class Message:
     body: tuple  # decoded, type-checked fields (see _body)
     sig: bytes
     raw: list | None = field(default=None, compare=False, repr=False)  # the body as decoded, for signing
+    memo: dict = field(default_factory=dict, compare=False, repr=False)  # signing bytes, per chain id
 
     def encode(self) -> bytes:
         return encode(self.kind, self.sender, self.body, self.sig)
@@ -85,7 +86,10 @@ def sign(crypto, chain_id: str, kind: int, sender: int, body: tuple) -> Message:
 
 
 def verify(crypto, chain_id: str, msg: Message) -> bool:
-    return crypto.verify(msg.sender, signing_bytes(chain_id, msg.kind, msg.sender, msg.body, msg.raw), msg.sig)
+    signed = msg.memo.get(chain_id)
+    if signed is None:  # decode_cached shares one Message per wire message: pack its signed bytes once
+        signed = msg.memo[chain_id] = signing_bytes(chain_id, msg.kind, msg.sender, msg.body, msg.raw)
+    return crypto.verify(msg.sender, signed, msg.sig)
 
 
 # ---- strict field checks -------------------------------------------------------------------------------
@@ -203,5 +207,5 @@ def decode_cached(data: bytes, n_members: int, max_bytes: int, window: int) -> M
         return decode(data, n_members, max_bytes, window)
     out = _decode_small(data, n_members, max_bytes, window)
     if isinstance(out, DecodeError):
-        raise out
+        raise DecodeError(str(out))  # a fresh one: re-raising the cached instance would grow its traceback
     return out
