@@ -196,8 +196,10 @@ class Simulation:
                 break
             if self.healed and self.now > self.heal_at + self.liveness_bound:
                 heights = [len(x.store) for x in self.nodes]
-                raise Violation(f"liveness: no progress within {self.liveness_bound}s after heal "
+                raise Violation(f"liveness: no progress (2 blocks, a stable checkpoint) within "
+                                f"{self.liveness_bound}s after heal "
                                 f"(heal height {self.heal_height}, heights {heights}, "
+                                f"stable {[x.replica.stable_checkpoint for x in self.nodes]}, "
                                 f"views {[x.replica.view if x.replica else None for x in self.nodes]})")
         else:
             raise Violation("event queue ran dry")
@@ -213,7 +215,12 @@ class Simulation:
                 "live_after": self.live_after}
 
     def live(self) -> bool:
-        return all(len(x.store) >= self.heal_height + 2 for x in self.nodes if self.honest(x.index))
+        """Every honest replica committed 2 blocks past the heal height and saw a checkpoint above it become
+        stable (so garbage collection, and with it the watermark window, keeps moving)."""
+        k = self.config.checkpoint_interval
+        cp = (self.heal_height // k + 1) * k
+        return all(len(x.store) >= self.heal_height + 2 and x.replica.stable_checkpoint >= cp
+                   for x in self.nodes if self.honest(x.index))
 
     # ---- nodes ------------------------------------------------------------------------------------------
 
