@@ -91,3 +91,12 @@ def test_invalid_proposal_is_not_prepared(make_cluster):
     pp = m.sign(c.crypto(0), "test", m.PREPREPARE, 0, (0, 1, c.app.digest(payload), payload)).encode()
     assert c.replicas[2].handle(MessageReceived(0, pp)) == []
     assert c.replicas[2].stats["drop_invalid_proposal"] == 1
+
+
+def test_quorums_intersect_in_an_honest_member_for_any_n():
+    from consensus.certificate import max_faulty, quorum
+    assert [quorum(n) for n in (1, 3, 4, 5, 7, 10)] == [1, 2, 3, 4, 5, 7]
+    for n in range(1, 40):
+        q, f = quorum(n), max_faulty(n)
+        assert 2 * q - n >= f + 1  # two quorums share f+1 members: at least one honest
+        assert n - f >= q          # the honest members alone make a quorum (liveness)
