@@ -28,7 +28,7 @@ def run(args) -> int:
     import trio
 
     from node.dicom.delivery import Deliverer
-    from node.dicom.proxy import DicomProxy, pynetdicom_resolver, run_proxy
+    from node.dicom.proxy import DicomProxy, pynetdicom_locator, pynetdicom_resolver, run_proxy
     from node.dicom.settings import SettingsError, load_settings, parse_hostport, parse_pacs
     from node.dicom.spool import Spool
 
@@ -56,7 +56,8 @@ def run(args) -> int:
         spool, pacs=pacs_addr, listen=listen_addr, purpose=settings.purpose,
         default_issuer=settings.default_issuer,
         allowed_aets=args.allow_ae if args.allow_ae is not None else settings.allowed_aets,
-        resolver=None if args.no_resolve else pynetdicom_resolver(pacs_addr))
+        resolver=None if args.no_resolve else pynetdicom_resolver(pacs_addr),
+        locator=pynetdicom_locator(pacs_addr))
 
     async def main():
         async with trio.open_nursery() as nursery:

@@ -2,7 +2,10 @@
 
 `AssociationAuditor.feed(direction, pdu_type, pdu)` returns actions for the I/O layer (proxy.py):
 
-* `Prepare(key, fn)`   run fn() in a worker thread now (parse + hash a data set while the PACS works)
+* `Prepare(key, fn, stage)`  run fn() in a worker thread now (parse + hash a data set while the PACS
+                       works); with `stage`, also durably stage the event stage(result) builds (spool.stage)
+* `Commit(key, outcome)`  the PACS answered a staged C-STORE: record its outcome (spool.commit_staged),
+                       then relay the response; no fsync on this path (see spool.py "staged events")
 * `Emit(keys, build)`  before relaying this PDU, wait for those prepares, spool build(results) (fsync):
                        responses (the source's acknowledgement) are held until their events are durable
 * `Journal(record)`    a local-only record (association, peer IP, errors)
@@ -36,6 +39,14 @@ _WILDCARDS = set("*?\\")
 class Prepare:
     key: Any
     fn: Callable[[], Any]
+    stage: Callable[[Any], dict] | None = None
+
+
+@dataclass
+class Commit:
+    key: Any
+    outcome: int
+    what: str = "C-STORE"
 
 
 @dataclass
@@ -211,7 +222,7 @@ class AssociationAuditor:
                 op = _Op("store", mid, key=self._key("store", mid))
                 self._ops[mid] = op
                 data = msg.dataset_bytes()
-                return [Prepare(op.key, lambda: self._inspect(data, ts))]
+                return [Prepare(op.key, lambda: self._inspect(data, ts), self._stored_event)]
             if f in (ul.C_FIND_RQ, ul.C_GET_RQ, ul.C_MOVE_RQ):
                 kind = {ul.C_FIND_RQ: "find", ul.C_GET_RQ: "get", ul.C_MOVE_RQ: "move"}[f]
                 try:
@@ -253,6 +264,10 @@ class AssociationAuditor:
         self.directory.learn(info.get("StudyInstanceUID"), info.get("PatientID"), info.get("IssuerOfPatientID"))
         return info
 
+    def _stored_event(self, info) -> dict:
+        """The instances.stored event of a C-STORE, outcome still unknown (set when the PACS answers)."""
+        return records.stored_event(info, actor_ae=self.calling, peer_ae=self.called, outcome=0, **self._common())
+
     def _resolve(self, study: str | None):
         if not study:
             return (None, None)
@@ -286,13 +301,7 @@ class AssociationAuditor:
         outcome = records.outcome_of(status)
         common = self._common()
         if op.kind == "store":
-            def build(results, op=op, outcome=outcome):
-                info = results[op.key]
-                if isinstance(info, Exception):
-                    return []  # journaled by the I/O layer
-                return [records.stored_event(info, actor_ae=self.calling, peer_ae=self.called, outcome=outcome,
-                                             **common)]
-            return [Emit([op.key], build, "C-STORE")]
+            return [Commit(op.key, outcome)]
         if op.kind == "find":
             q = op.query
             patient = _specific(q.get("PatientID"))

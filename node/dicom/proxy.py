@@ -16,14 +16,16 @@ resolve the patient of a C-MOVE that names only a study (resolve.py).
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
+import time
 from typing import Callable
 
 import trio
 
 from node.dicom import records, ul
-from node.dicom.audit import AssociationAuditor, Emit, Journal, Prepare, Reject, StudyDirectory
+from node.dicom.audit import AssociationAuditor, Commit, Emit, Journal, Prepare, Reject, StudyDirectory
 from node.dicom.spool import Spool, SpoolError
 
 log = logging.getLogger("radchain.dicom.proxy")
@@ -37,7 +39,8 @@ RECV = 1 << 16
 class DicomProxy:
     def __init__(self, spool: Spool, *, pacs: tuple[str, str, int], listen: tuple[str, int],
                  purpose: str = "TREAT", default_issuer: str = "HOSP", allowed_aets: list[str] | None = None,
-                 resolver: Callable[[str], tuple[str | None, str | None]] | None = None):
+                 resolver: Callable[[str], tuple[str | None, str | None]] | None = None,
+                 locator: Callable[[str, str], bool | None] | None = None, settle_after: float = 10.0):
         self.spool = spool
         self.pacs_aet, self.pacs_host, self.pacs_port = pacs
         self.listen = listen
@@ -45,6 +48,9 @@ class DicomProxy:
         self.default_issuer = default_issuer
         self.allowed_aets = list(allowed_aets or [])
         self.resolver = resolver
+        self.locator = locator          # (study uid, sop uid) -> does the PACS hold it? None: cannot tell
+        self.settle_after = settle_after
+        self.inflight: set[str] = set()  # staged event names whose PACS answer may still come
         self.directory = StudyDirectory()
         self.limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self._ids = itertools.count(1)
@@ -58,7 +64,47 @@ class DicomProxy:
         log.info("DICOM proxy listening on %s:%d -> %s@%s:%d", *self.address, self.pacs_aet, self.pacs_host,
                  self.pacs_port)
         task_status.started(self.address)
-        await trio.serve_listeners(self._handle, listeners)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._settle_loop)
+            await trio.serve_listeners(self._handle, listeners)
+
+    async def _settle_loop(self) -> None:
+        while True:
+            try:
+                await trio.to_thread.run_sync(self.settle_staged, abandon_on_cancel=True)
+            except Exception as exc:
+                log.error("settling staged events failed: %s", exc)
+            await trio.sleep(max(1.0, self.settle_after))
+
+    def settle_staged(self) -> int:
+        """Staged C-STORE events whose answer never came (crash, dropped association): ask the PACS whether
+        it holds the instance; held -> outcome 0, not held -> 8; PACS unreachable -> try again later."""
+        n = 0
+        now = time.time()
+        for path in self.spool.staged():
+            if path.name in self.inflight:
+                continue
+            try:
+                if now - path.stat().st_mtime < self.settle_after:
+                    continue
+                event = json.loads(path.read_bytes())["event"]
+            except OSError:
+                continue
+            except (ValueError, KeyError):
+                # torn by a crash during stage(): never acknowledged to the modality, so never promised
+                self.spool.journal({"what": "staged-torn-dropped", "file": path.name})
+                self.spool.drop_staged(path.name)
+                continue
+            if self.locator is None:
+                continue
+            held = self.locator(event.get("study_uid"), (event.get("sop_instance_uids") or [None])[0])
+            if held is None:
+                continue
+            self.spool.commit_staged(path.name, 0 if held else 8)
+            self.spool.journal({"what": "staged-settled", "event_id": event.get("event_id"),
+                                "outcome": 0 if held else 8, "by": "PACS C-FIND"})
+            n += 1
+        return n
 
     async def _handle(self, client: trio.SocketStream) -> None:
         try:
@@ -96,6 +142,7 @@ class Association:
             assoc_id=assoc_id)
         self.results: dict = {}
         self.done: dict = {}
+        self.staged: dict = {}  # prepare key -> staged event name
         self.nursery: trio.Nursery | None = None
 
     async def run(self) -> None:
@@ -139,6 +186,8 @@ class Association:
                 nursery.start_soon(self._relay, self.pacs, self.client, "down", ul.PduReader(), [])
         finally:
             await self.pacs.aclose()
+            for name in self.staged.values():  # never answered: settle_staged will ask the PACS
+                self.proxy.inflight.discard(name)
             self._close_journal()
 
     def _close_journal(self) -> None:
@@ -175,11 +224,11 @@ class Association:
                             self._prepare(a)
                         elif isinstance(a, Journal):
                             self.proxy.spool.journal(a.record)
-                        elif isinstance(a, Emit):
+                        elif isinstance(a, (Emit, Commit)):
                             if out:
                                 await dst.send_all(b"".join(out))
                                 out = []
-                            await self._emit(a)
+                            await (self._emit(a) if isinstance(a, Emit) else self._commit(a))
                     out.append(pdu)
                 if out:
                     await dst.send_all(b"".join(out))
@@ -200,14 +249,56 @@ class Association:
         done = trio.Event()
         self.done[action.key] = done
 
+        local = {"peer": self.peer, "assoc": self.auditor.assoc_id}
+
+        def run():
+            result = action.fn()
+            if action.stage is not None:
+                event = action.stage(result)
+                why = records.unrecordable(event)
+                if why:
+                    return result, None, why
+                return result, self.proxy.spool.stage(event, source="dicom-proxy", local=local), None
+            return result, None, None
+
         async def work():
             try:
-                self.results[action.key] = await trio.to_thread.run_sync(action.fn, limiter=self.proxy.limiter)
+                result, name, why = await trio.to_thread.run_sync(run, limiter=self.proxy.limiter)
+                self.results[action.key] = result
+                if name:
+                    self.staged[action.key] = name
+                    self.proxy.inflight.add(name)
+                if why:
+                    self.proxy.spool.journal({"what": "unrecordable", "peer": self.peer, "reason": why,
+                                              "assoc": self.auditor.assoc_id, "calling_ae": self.auditor.calling})
             except Exception as exc:
                 self.results[action.key] = exc
             finally:
                 done.set()
         self.nursery.start_soon(work)
+
+    async def _commit(self, action: Commit) -> None:
+        """The PACS answered a C-STORE: its event (staged while the PACS worked) gets the outcome, then the
+        answer goes to the modality."""
+        await self.done[action.key].wait()
+        del self.done[action.key]
+        result = self.results.pop(action.key, None)
+        name = self.staged.pop(action.key, None)
+        if isinstance(result, SpoolError):
+            log.critical("spool write failed, aborting association from %s: %s", self.peer, result)
+            await self._abort(str(result))
+            raise result
+        if isinstance(result, Exception):
+            log.error("%s from %s (%s): data set not recorded: %s", action.what, self.auditor.calling,
+                      self.peer, result)
+            self.proxy.spool.journal({"what": "malformed-dataset", "op": action.what, "peer": self.peer,
+                                      "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
+                                      "error": f"{type(result).__name__}: {result}"})
+            return
+        if name is not None:
+            self.proxy.spool.commit_staged(name, action.outcome)
+            self.proxy.inflight.discard(name)
+            self.proxy.stats["events"] += 1
 
     async def _emit(self, action: Emit) -> None:
         for key in action.keys:
@@ -285,6 +376,41 @@ def pynetdicom_resolver(pacs: tuple[str, str, int], own_aet: str = "RADCHAIN", t
             assoc.release()
         return (None, None)
     return resolve
+
+
+def pynetdicom_locator(pacs: tuple[str, str, int], own_aet: str = "RADCHAIN", timeout: float = 5.0):
+    """Does the PACS hold this instance? An IMAGE-level C-FIND (pynetdicom SCU); None when it cannot tell."""
+    aet, host, port = pacs
+
+    def locate(study_uid: str | None, sop_uid: str | None) -> bool | None:
+        from pydicom.dataset import Dataset
+        from pynetdicom import AE
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+        if not sop_uid:
+            return None
+        ae = AE(ae_title=own_aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate(host, port, ae_title=aet)
+        if not assoc.is_established:
+            return None
+        found, ok = False, False
+        try:
+            q = Dataset()
+            q.QueryRetrieveLevel = "IMAGE"
+            q.StudyInstanceUID = study_uid or ""
+            q.SeriesInstanceUID = ""
+            q.SOPInstanceUID = sop_uid
+            for status, ident in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
+                if status and status.Status in (0xFF00, 0xFF01):
+                    found = True
+                elif status and status.Status == 0x0000:
+                    ok = True
+        finally:
+            assoc.release()
+        return True if found else (False if ok else None)
+    return locate
 
 
 async def run_proxy(proxy: DicomProxy, deliverer=None, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -319,15 +319,138 @@ class InstanceInfo:
         return self.fields.get(key)
 
 
+_U32 = struct.Struct("<I")
+_TAG_LEN = struct.Struct("<HHI")
+_TAG_VR_LEN = struct.Struct("<HH2sH")
+_WANTED = frozenset(TAGS.values())
+_LONG_VRS_STR = frozenset(_LONG_VRS)
+
+
+def _fast_scan(mv: memoryview, pos: int, end: int, implicit: bool, pieces: list, values: dict | None,
+               until_item_end: bool = False):
+    """Little-endian single pass: canonical pieces (the same stream `_canon` hashes), wanted top-level
+    values and the pixel digest. Returns (end position, pixel digest or None)."""
+    pixel = None
+    unpack_tl, unpack_tvl, unpack_u32 = _TAG_LEN.unpack_from, _TAG_VR_LEN.unpack_from, _U32.unpack_from
+    while pos < end:
+        if pos + 8 > end:
+            raise DicomFormatError(f"truncated element header at byte {pos}")
+        group, elem, length = unpack_tl(mv, pos)
+        if group == 0xFFFE:
+            if elem == 0xE00D and until_item_end:
+                return pos + 8, pixel
+            raise DicomFormatError(f"unexpected item or delimiter at byte {pos}")
+        vr = None
+        if implicit and group != 0x0002:
+            vpos = pos + 8
+        else:
+            _, _, vr, short = unpack_tvl(mv, pos)
+            if vr in _LONG_VRS_STR:
+                if pos + 12 > end:
+                    raise DicomFormatError(f"truncated element header at byte {pos}")
+                length = unpack_u32(mv, pos + 8)[0]
+                vpos = pos + 12
+            elif vr.isalpha() and vr.isupper():
+                length = short
+                vpos = pos + 8
+            else:
+                raise DicomFormatError(f"bad VR {vr!r} for tag ({group:04X},{elem:04X}) at byte {pos}")
+        skip = group == 0x0002 or elem == 0x0000 or (group == 0xFFFC and elem == 0xFFFC)
+        tag_bytes = mv[pos:pos + 4]
+        if length == UNDEFINED:
+            if group == 0x7FE0 and elem == 0x0010:
+                pos = _skip_fragments(mv, vpos, end, True)
+                if values is not None:
+                    pixel = hashlib.sha256(mv[vpos:pos - 8]).hexdigest()
+                if not skip:
+                    pieces += (tag_bytes, _U32.pack(pos - 8 - vpos), mv[vpos:pos - 8])
+                continue
+            sub: list = []
+            pos, items = _fast_items(mv, vpos, end, implicit or vr == b"UN", sub, True)
+            if not skip:
+                pieces += (tag_bytes, b"SQ" + hashlib.sha256(b"".join(sub)).digest() if items else _EMPTY)
+            continue
+        pos = vpos + length
+        if pos > end:
+            raise DicomFormatError(f"element ({group:04X},{elem:04X}) length {length} runs past the end")
+        value = mv[vpos:pos]
+        if values is not None:
+            tag = (group << 16) | elem
+            if tag in _WANTED:
+                values[tag] = bytes(value)
+            elif tag == PIXEL_DATA:
+                pixel = hashlib.sha256(value).hexdigest()
+        if skip:
+            continue
+        if length and (vr == b"SQ" or (vr is None and length >= 8 and value[:4] == b"\xfe\xff\x00\xe0")):
+            sub = []
+            try:
+                _fast_items(mv, vpos, pos, implicit, sub, False)
+            except DicomFormatError:
+                if vr == b"SQ":
+                    raise
+                sub = None
+            if sub is not None:
+                pieces += (tag_bytes, b"SQ" + hashlib.sha256(b"".join(sub)).digest())
+                continue
+        pieces += (tag_bytes, _U32.pack(length), value)
+    if until_item_end:
+        raise DicomFormatError("item without delimiter")
+    return pos, pixel
+
+
+def _fast_items(mv, pos: int, end: int, implicit: bool, pieces: list, undefined: bool) -> tuple[int, int]:
+    items = 0
+    while pos < end or undefined:
+        if pos + 8 > end:
+            raise DicomFormatError("truncated sequence")
+        group, elem, length = _TAG_LEN.unpack_from(mv, pos)
+        pos += 8
+        if group == 0xFFFE and elem == 0xE0DD and undefined:
+            return pos, items
+        if group != 0xFFFE or elem != 0xE000:
+            raise DicomFormatError(f"expected an item in a sequence at byte {pos - 8}")
+        items += 1
+        pieces.append(b"IT")
+        if length == UNDEFINED:
+            pos, _ = _fast_scan(mv, pos, end, implicit, pieces, None, until_item_end=True)
+        else:
+            if pos + length > end:
+                raise DicomFormatError("sequence item runs past the end")
+            _fast_scan(mv, pos, pos + length, implicit, pieces, None)
+            pos += length
+        pieces.append(b"IE")
+    return pos, items
+
+
 def inspect_dataset(data: bytes | memoryview, transfer_syntax: str) -> InstanceInfo:
     """UIDs, patient fields and both digests of an encoded data set (as carried by a C-STORE)."""
-    w = walk_dataset(data, transfer_syntax, set(TAGS.values()))
+    if transfer_syntax == EXPLICIT_BE:  # retired; the general (slower) walkers handle it
+        w = walk_dataset(data, transfer_syntax, set(TAGS.values()))
+        values, pixel, digest = w.values, w.pixel_digest, canonical_digest(data, transfer_syntax)
+    else:
+        if transfer_syntax == DEFLATED_LE:
+            try:
+                data = zlib.decompress(bytes(data), -15)
+            except zlib.error as exc:
+                raise DicomFormatError(f"deflated data set does not inflate: {exc}") from exc
+        mv = memoryview(data)
+        implicit = transfer_syntax == IMPLICIT_LE
+        values, pieces = {}, []
+        try:
+            _, pixel = _fast_scan(mv, 0, len(mv), implicit, pieces, values)
+        except DicomFormatError as exc:
+            if implicit or "bad VR" not in str(exc) or "at byte 0" not in str(exc):
+                raise
+            values, pieces = {}, []
+            _, pixel = _fast_scan(mv, 0, len(mv), True, pieces, values)
+        digest = hashlib.sha256(b"".join(pieces)).hexdigest()
     fields = {}
     for key, tag in TAGS.items():
-        v = text(w.values.get(tag))
+        v = text(values.get(tag))
         if v is not None:
             fields[key] = v
-    return InstanceInfo(transfer_syntax, fields, canonical_digest(data, transfer_syntax), w.pixel_digest)
+    return InstanceInfo(transfer_syntax, fields, digest, pixel)
 
 
 def split_file(blob: bytes) -> tuple[str, int]:

@@ -9,11 +9,20 @@ Layout (directories 0700, files 0600: the spool is inside the hospital's PHI bou
 identifiers, which never leave the node):
 
     spool/tmp/              files being written
+    spool/staged/           C-STORE events made durable while the PACS works, waiting for its answer
     spool/pending/          events waiting for delivery, named <time_ns>-<pid>-<seq>.json (FIFO order)
     spool/dead/             events the node refused as invalid, with the reason (never retried)
     spool/delivered.jsonl   event_id -> tx hash of every delivered event (no identifiers)
     spool/journal.jsonl     local-only records (associations, peers' IP addresses) that never go on chain
     spool/deliver.lock      flock held by the one process delivering (see delivery.py)
+
+Staged events (the proxy's C-STORE path): fsync latency on a busy disk is 5-15 ms, as much as the PACS takes
+to store an instance, so it must not sit between the PACS's answer and the modality. The proxy stages the
+event (fsync) as soon as the instance has arrived, in parallel with the PACS; when the PACS answers, the event
+moves to pending/ with the outcome in its name (`...~o0.json`) by a rename without fsync, and only then is
+the answer relayed. A crash can lose that rename but not the event: a staged event whose answer is unknown
+is settled later by asking the PACS whether it holds the instance (`settle_staged`, C-FIND in proxy.py):
+held -> outcome 0, not held -> 8.
 
 Standard library only: the Orthanc plugin imports this module inside Orthanc's embedded Python.
 """
@@ -54,7 +63,8 @@ class Spool:
         self.tmp = self.root / "tmp"
         self.pending_dir = self.root / "pending"
         self.dead_dir = self.root / "dead"
-        for d in (self.root, self.tmp, self.pending_dir, self.dead_dir):
+        self.staged_dir = self.root / "staged"
+        for d in (self.root, self.tmp, self.pending_dir, self.dead_dir, self.staged_dir):
             d.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
             os.chmod(d, _DIR_MODE)
         self._seq = itertools.count()
@@ -97,6 +107,40 @@ class Spool:
         self.wakeup.set()
         return ids
 
+    def stage(self, event: dict, *, source: str, local: dict | None = None) -> str:
+        """Durably store an event whose outcome is not known yet; returns its staged name.
+
+        One fsync, not put()'s two: the file is created in staged/ directly and fsynced, which on ext4 (and
+        XFS, btrfs) also commits its directory entry. A crash during the write leaves a torn file; it was
+        never acknowledged, and settling drops files that do not parse."""
+        event = dict(event)
+        event.setdefault("event_id", new_event_id())
+        record = {"event": event, "source": source, "spooled_at": time.time()}
+        if local:
+            record["local"] = local
+        name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):08d}.json"
+        try:
+            fd = os.open(self.staged_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+            try:
+                os.write(fd, json.dumps(record, separators=(",", ":"), sort_keys=True).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise SpoolError(f"cannot stage event in {self.root}: {exc}") from exc
+        return name
+
+    def commit_staged(self, name: str, outcome: int) -> None:
+        """The outcome is known: make the staged event deliverable (a rename, no fsync: see module doc)."""
+        os.rename(self.staged_dir / name, self.pending_dir / f"{name[:-5]}~o{int(outcome)}.json")
+        self.wakeup.set()
+
+    def drop_staged(self, name: str) -> None:
+        (self.staged_dir / name).unlink(missing_ok=True)
+
+    def staged(self) -> list[Path]:
+        return sorted(self.staged_dir.glob("*.json"))
+
     def journal(self, record: dict) -> None:
         """Append a local-only record (never delivered): association details, peer IP addresses."""
         line = json.dumps({"time": time.time(), **record}, separators=(",", ":"), default=str) + "\n"
@@ -132,7 +176,11 @@ class Spool:
 
     @staticmethod
     def load(path: Path) -> dict:
-        return json.loads(path.read_bytes())
+        record = json.loads(path.read_bytes())
+        stem = path.name[:-5]
+        if "~o" in stem:  # a committed staged event: the outcome is in the name
+            record["event"]["outcome"] = int(stem.rsplit("~o", 1)[1])
+        return record
 
     def mark_delivered(self, path: Path, event_id: str, result: dict) -> None:
         line = json.dumps({"event_id": event_id, "tx": result.get("tx"), "status": result.get("status"),

@@ -128,3 +128,36 @@ def test_node_down_during_storescu_burst(home, rpc, orthanc, tmp_path):
         assert wait_for(lambda: not spooled_events(home), 10, what="spool empty")
     finally:
         p.stop()
+
+
+def test_staged_events_left_by_a_crash_are_settled_by_asking_the_pacs(home, rpc, orthanc, tmp_path):
+    """A proxy killed between staging a C-STORE event and relaying the PACS's answer: on restart the staged
+    events are settled by an IMAGE-level C-FIND to the PACS (held -> outcome 0, not held -> 8)."""
+    import os
+    import time
+
+    from node.dicom.rawdicom import inspect_file
+    from node.dicom.records import stored_event
+    from node.dicom.spool import Spool
+
+    files, study = make_instances(tmp_path / "s", 2, patient_id="RC-SETTLE-1")
+    run_tool(["storescu", "-aet", "MODALITY1", "-aec", "ORTHANC", "127.0.0.1", str(orthanc.dicom_port),
+              str(files[0])])  # only the first one reached the PACS
+    spool = Spool(home / "spool")
+    names = [spool.stage(stored_event(inspect_file(f.read_bytes()), actor="MODALITY1", actor_ae="MODALITY1",
+                                      peer_ae="ORTHANC", outcome=0, purpose="TREAT", default_issuer="H"),
+                         source="dicom-proxy") for f in files]
+    (spool.staged_dir / "00000000000000000001-1-00000000.json").write_text('{"event": {"type"')  # torn
+    old = time.time() - 120
+    for p in spool.staged():
+        os.utime(p, (old, old))
+    p, port = start_proxy(home, orthanc)
+    try:
+        got = wait_for(lambda: (lambda ev: ev if len(ev) == 2 else None)(
+            [e for e in rpc.unique().values() if e.get("study_uid") == study]), 30, what="settled events")
+        by_sop = {e["sop_instance_uids"][0]: e["outcome"] for e in got}
+        assert by_sop == {inspect_file(files[0].read_bytes()).get("SOPInstanceUID"): 0,
+                          inspect_file(files[1].read_bytes()).get("SOPInstanceUID"): 8}
+        assert not spool.staged() and len(names) == 2
+    finally:
+        p.stop()

@@ -1,0 +1,146 @@
+"""C-STORE throughput through the DICOM audit proxy vs straight into Orthanc, measured in the same run.
+
+200 CT instances (pydicom's CT_small.dcm with new UIDs), one storescu association per run, TCP_NODELAY=1
+for storescu and Orthanc (shared/notes/dicom.md: without it every DIMSE waits ~40 ms for Nagle). The proxy
+runs as the real `radchain dicom-proxy` command and spools every event with fsync (no node: delivery is
+not on the modality's path anyway). Runs alternate direct/proxy to spread machine noise; medians compared.
+Goal: ratio >= 0.9.
+
+    python -m bench.dicom [--instances 200] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _make_instances(out: Path, n: int) -> list[Path]:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    out.mkdir(parents=True, exist_ok=True)
+    base = dcmread(get_testdata_file("CT_small.dcm", download=False))
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for i in range(n):
+        ds = base.copy()
+        ds.PatientID = "BENCH-PAT"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        p = out / f"i{i:04d}.dcm"
+        ds.save_as(p)
+        paths.append(p)
+    return paths
+
+
+def _storescu(port: int, files: list[Path], aet: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["storescu", "-aet", aet, "-aec", "ORTHANC", "127.0.0.1", str(port), *map(str, files)],
+                   env=ENV, check=True, capture_output=True, timeout=300)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench.dicom")
+    ap.add_argument("--instances", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    for tool in ("Orthanc", "storescu"):
+        if shutil.which(tool) is None:
+            print(f"bench.dicom: {tool} not installed (bash deploy/install-system-deps.sh test)")
+            return 1
+    work = Path(tempfile.mkdtemp(prefix="radchain-bench-dicom-"))
+    orthanc = proxy = None
+    try:
+        http_port, dicom_port, proxy_port = _free_port(), _free_port(), _free_port()
+        cfg = {"Name": "BENCH", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "storage"),
+               "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+               "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
+               "Plugins": [], "SaveJobs": False}
+        (work / "orthanc.json").write_text(json.dumps(cfg))
+        orthanc = subprocess.Popen(["Orthanc", str(work / "orthanc.json")], env=ENV, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+
+        def up():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=1):
+                    return True
+            except OSError:
+                return False
+        _wait(up, 30, "Orthanc did not start")
+        _wait(lambda: _port_open(dicom_port), 10, "Orthanc DICOM port")
+        home = work / "home"
+        home.mkdir()
+        (home / "config.toml").write_text('[node]\nname = "bench"\n[dicom]\nissuer = "BENCH"\n')
+        radchain = str(Path(sys.executable).parent / "radchain")
+        proxy = subprocess.Popen([radchain, "dicom-proxy", "--home", str(home), "--listen",
+                                  f"127.0.0.1:{proxy_port}", "--pacs", f"ORTHANC@127.0.0.1:{dicom_port}",
+                                  "--no-deliver"], env=ENV, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait(lambda: _port_open(proxy_port), 20, "proxy did not start")
+        direct, via = [], []
+        _storescu(dicom_port, _make_instances(work / "warm", 10), "WARMUP")  # first-association costs
+        for r in range(args.rounds):
+            for label, port, out in (("direct", dicom_port, direct), ("proxy", proxy_port, via)):
+                files = _make_instances(work / f"{label}{r}", args.instances)
+                secs = _storescu(port, files, "BENCH_" + label.upper())
+                out.append(args.instances / secs)
+                print(f"  round {r + 1} {label:6s}: {args.instances} instances in {secs:.2f} s = "
+                      f"{args.instances / secs:.0f} inst/s", flush=True)
+        spooled = len(list((home / "spool" / "pending").glob("*.json")))
+        expected = args.instances * args.rounds
+        d, p = statistics.median(direct), statistics.median(via)
+        print(f"C-STORE into Orthanc, {args.instances} x 39 KB CT, TCP_NODELAY=1: "
+              f"direct {d:.0f} inst/s, through the audit proxy {p:.0f} inst/s "
+              f"(every instance spooled with fsync: {spooled}/{expected})")
+        print(f"ratio proxy/direct = {p / d:.2f}x (goal >= 0.9x)")
+        return 0
+    finally:
+        for proc in (proxy, orthanc):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
