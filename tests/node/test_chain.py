@@ -263,3 +263,21 @@ def test_check_tx_admits_once_and_refuses_foreign_or_unauthorised(consortium, ch
         chain.check_tx(foreign)
     with pytest.raises(TxError):
         chain.check_tx(b"\x00")
+
+
+@pytest.mark.parametrize("bits", [3, 27])  # 8 bits: every probe says "maybe", so the store decides
+def test_duplicates_detected_across_restart_whatever_the_filter_says(consortium, tmp_path, bits):
+    c = consortium
+    s = Store(tmp_path / "db")
+    ch = Chain(c.genesis, s, seen_filter_bits=bits)
+    old = [c.tx(i % 4) for i in range(20)]
+    c.commit(ch, old)
+    s.close()
+    s = Store(tmp_path / "db")
+    ch = Chain(c.genesis, s, seen_filter_bits=bits)  # filter rebuilt from the stored tx keys
+    new = [c.tx(i % 4) for i in range(20)]
+    payload = ch.build_proposal(2, 0, T0, old[5:10] + new)
+    blk = ch.execute(payload, c.certificate(ch, payload, 2))
+    assert blk.statuses == bytes([DUPLICATE] * 5 + [APPLIED] * 20)
+    assert len(s.query("time", b"", limit=1000)[0]) == 40
+    s.close()
