@@ -54,7 +54,7 @@ HMETH = {getattr(orthanc.HttpMethod, n): n for n in dir(orthanc.HttpMethod) if n
 
 
 def _error(what, exc):
-    orthanc.LogError("radchain: %s: %s" % (what, exc))
+    orthanc.LogError(f"radchain: {what}: {exc}")
 
 
 def _spool(events, source, local):
@@ -63,7 +63,7 @@ def _spool(events, source, local):
     for event in events:
         why = records.unrecordable(event)
         if why:
-            orthanc.LogWarning("radchain: %s event not recorded on chain: %s" % (event["type"], why))
+            orthanc.LogWarning("radchain: {} event not recorded on chain: {}".format(event["type"], why))
             SPOOL.journal({"what": "unrecordable", "source": source, "reason": why, "event": event, **local})
         else:
             good.append(event)
@@ -83,9 +83,9 @@ def on_stored(dicom, instance_id):
         event = records.stored_event(info, actor=actor, actor_ae=remote, peer_ae=OWN_AET, outcome=0, **COMMON)
         _spool([event], "orthanc", {"orthanc_id": instance_id, "origin": origin})
     except DicomFormatError as exc:
-        _error("stored instance %s not recorded, malformed" % instance_id, exc)
+        _error(f"stored instance {instance_id} not recorded, malformed", exc)
     except Exception as exc:  # never break Orthanc's store path; but say so loudly
-        _error("stored instance %s not recorded" % instance_id, exc)
+        _error(f"stored instance {instance_id} not recorded", exc)
 
 
 orthanc.RegisterOnStoredInstanceCallback(on_stored)
@@ -113,7 +113,7 @@ def _actor(ip, headers):
             return base64.b64decode(auth[6:]).decode("utf-8", "replace").split(":", 1)[0]
         except ValueError:
             pass
-    return "http-client@%s" % ip
+    return f"http-client@{ip}"
 
 
 def _get(uri):
@@ -126,28 +126,28 @@ def _get(uri):
 def _resolve(level, oid):
     """Orthanc ID -> (patient id, issuer, study uid, series uids, sop uids)."""
     if level == "patients":
-        p = _get("/patients/%s" % oid)
+        p = _get(f"/patients/{oid}")
         if not p:
             return []
         return [r for s in p.get("Studies", []) for r in _resolve("studies", s)]
     if level == "studies":
-        s = _get("/studies/%s" % oid)
+        s = _get(f"/studies/{oid}")
         if not s:
             return []
         pt = s.get("PatientMainDicomTags", {})
         return [(pt.get("PatientID"), pt.get("IssuerOfPatientID"), s["MainDicomTags"].get("StudyInstanceUID"),
                  [], [])]
     if level == "series":
-        se = _get("/series/%s" % oid)
-        st = _get("/series/%s/study" % oid)
+        se = _get(f"/series/{oid}")
+        st = _get(f"/series/{oid}/study")
         if not se or not st:
             return []
         pt = st.get("PatientMainDicomTags", {})
         return [(pt.get("PatientID"), pt.get("IssuerOfPatientID"), st["MainDicomTags"].get("StudyInstanceUID"),
                  [se["MainDicomTags"].get("SeriesInstanceUID")], [])]
-    inst = _get("/instances/%s" % oid)
-    st = _get("/instances/%s/study" % oid)
-    se = _get("/instances/%s/series" % oid)
+    inst = _get(f"/instances/{oid}")
+    st = _get(f"/instances/{oid}/study")
+    se = _get(f"/instances/{oid}/series")
     if not inst or not st or not se:
         return []
     pt = st.get("PatientMainDicomTags", {})
@@ -224,7 +224,7 @@ def http_filter(uri, **request):
             events = _events_for(kind, rows, actor, action, None)
             _spool(events, "orthanc-http", {"ip": ip, "method": method, "uri": uri})
     except Exception as exc:
-        _error("HTTP %s not recorded" % uri, exc)
+        _error(f"HTTP {uri} not recorded", exc)
     return True
 
 
@@ -239,4 +239,4 @@ if _CFG.get("Deliver", True) and SETTINGS.rpc_url:
     _deliverer = Deliverer(SPOOL, SETTINGS.rpc_url, SETTINGS.rpc_token)
     threading.Thread(target=_deliverer.run_forever, args=(_stop,), name="radchain-deliver", daemon=True).start()
 
-orthanc.LogWarning("radchain plugin: recording into %s" % SETTINGS.spool_dir)
+orthanc.LogWarning(f"radchain plugin: recording into {SETTINGS.spool_dir}")

@@ -366,7 +366,8 @@ class AtnaReceiver:
 
         async def handler(stream):
             try:
-                peer = "%s:%d" % stream.socket.getpeername()[:2]
+                host, port = stream.socket.getpeername()[:2]
+                peer = f"{host}:{port}"
             except OSError:
                 peer = "?"
             if ssl_context is not None:
@@ -395,7 +396,7 @@ class AtnaReceiver:
         with sock:
             while True:
                 data, addr = await sock.recvfrom(65535)  # RFC 5426 3.2: one message per datagram
-                peer = "%s:%d" % addr[:2]
+                peer = f"{addr[0]}:{addr[1]}"
                 try:
                     await trio.to_thread.run_sync(self.handle_message, data.rstrip(b"\n"), peer, "udp")
                 except Exception as exc:

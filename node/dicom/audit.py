@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from node.dicom import records, ul
 from node.dicom.rawdicom import TAGS, DicomFormatError, inspect_dataset, text, walk_dataset

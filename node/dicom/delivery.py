@@ -185,7 +185,7 @@ class Deliverer:
                 continue
             outcomes = self.submit_many([event for _, _, event in batch])
             retry = None
-            for (path, record, event), outcome in zip(batch, outcomes):
+            for (path, record, event), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, RetryLater):
                     retry = retry or outcome
                 elif isinstance(outcome, ValueError):

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 
@@ -192,7 +192,7 @@ class Association:
 
     def _close_journal(self) -> None:
         """An association that ended without release: say what was left unanswered and why."""
-        for key, value in list(self.results.items()):
+        for value in list(self.results.values()):
             if isinstance(value, Exception):
                 log.error("association %s from %s (%s): data set not recorded: %s", self.auditor.assoc_id,
                           self.auditor.calling, self.peer, value)
@@ -306,7 +306,7 @@ class Association:
         results = {k: self.results.pop(k, None) for k in action.keys}
         for k in action.keys:
             self.done.pop(k, None)
-        for key, value in results.items():
+        for value in results.values():
             if isinstance(value, Exception):
                 log.error("%s from %s (%s): data set not recorded: %s", action.what, self.auditor.calling,
                           self.peer, value)
@@ -402,7 +402,7 @@ def pynetdicom_locator(pacs: tuple[str, str, int], own_aet: str = "RADCHAIN", ti
             q.StudyInstanceUID = study_uid or ""
             q.SeriesInstanceUID = ""
             q.SOPInstanceUID = sop_uid
-            for status, ident in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
+            for status, _ident in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
                 if status and status.Status in (0xFF00, 0xFF01):
                     found = True
                 elif status and status.Status == 0x0000:

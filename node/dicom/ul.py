@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from node.dicom.rawdicom import DicomFormatError, integer, text, walk_dataset, IMPLICIT_LE
+from node.dicom.rawdicom import IMPLICIT_LE, DicomFormatError, integer, text, walk_dataset
 
 # PS3.8 9.3: PDU types
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03

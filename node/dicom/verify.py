@@ -61,7 +61,7 @@ class ChainReader:
             for i in range(0, len(hashes), tx_batch):
                 chunk = hashes[i:i + tx_batch]
                 txs = self.call_many([("get_tx", {"hash": h}) for _, h in chunk])
-                for (height, h), tx in zip(chunk, txs):
+                for (height, h), tx in zip(chunk, txs, strict=True):
                     yield height, h, tx["tx"]
 
 

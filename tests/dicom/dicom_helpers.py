@@ -377,6 +377,6 @@ def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: 
                     s.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-RELEASE-RQ
                 if got and got[0] in (6, 7) or b"\x06\x00\x00\x00\x00\x04" in got:
                     break
-        except (socket.timeout, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
         return got

@@ -5,7 +5,6 @@ the node stopped during a storescu burst; verify-image and duplicates; no PHI in
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,8 +12,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dicom_helpers import (RADCHAIN, ProcessHandle, free_port, make_instances, run_tool, sample_file,
-                           start_proxy, wait_for)
+from dicom_helpers import (
+    RADCHAIN,
+    ProcessHandle,
+    free_port,
+    make_instances,
+    run_tool,
+    sample_file,
+    start_proxy,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -158,7 +165,7 @@ def test_dicom_traffic_reaches_every_node(testnet, orthanc, tmp_path):
 
 def test_node_stopped_during_storescu_burst(testnet, orthanc, tmp_path):
     home = Path(testnet.node("hosp-c")["home"])
-    files, study = make_instances(tmp_path / "burst", 40, patient_id="RC-E2E-BURST",
+    files, study = make_instances(tmp_path / "burst", 150, patient_id="RC-E2E-BURST",
                                   patient_name="Burst^Radchain")
     proxy, port = start_proxy(home, orthanc)
     try:
@@ -168,16 +175,17 @@ def test_node_stopped_during_storescu_burst(testnet, orthanc, tmp_path):
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         wait_for(lambda: len(delivered(home)) > len(before) or storescu.poll() is not None, 30, 0.01,
                  "first deliveries")
+        assert storescu.poll() is None, "the burst ended before the node could be stopped"
         testnet.stop("hosp-c")  # the node goes down mid-burst; the modality must not notice
         assert storescu.wait(60) == 0, storescu.stdout.read()
         testnet.start("hosp-c")
         wait_for(lambda: spool_empty(home), 90, 0.2, "spool drained after the node restarted")
         new = {k: v for k, v in delivered(home).items() if k not in before}
-        assert len(new) >= 40
+        assert len(new) >= 150
         txs = [d["tx"] for d in new.values()]
         wait_for(lambda: testnet.committed_everywhere(txs), 90, 0.5, "every burst tx on every node")
         stored = [testnet.rpc("hosp-a", "get_tx", {"hash": h})["tx"] for h in txs]
-        assert len({t["instances"][0] for t in stored if t["type"] == "instances.stored"}) == 40
+        assert len({t["instances"][0] for t in stored if t["type"] == "instances.stored"}) == 150
     finally:
         proxy.stop()
 
@@ -188,7 +196,7 @@ def test_verify_image_and_duplicate_study(testnet, tmp_path):
         home = Path(testnet.node(name)["home"])
         run_tool([RADCHAIN, "dicom-import", "--home", str(home), str(tmp_path / "dup")], timeout=90)
         txs = [d["tx"] for k, d in delivered(home).items() if k.startswith("import-")]
-        wait_for(lambda: testnet.committed_everywhere(txs), 60, 0.5, f"{name} import committed")
+        wait_for(lambda txs=txs: testnet.committed_everywhere(txs), 60, 0.5, f"{name} import committed")
     home_d = Path(testnet.node("hosp-d")["home"])
     out = run_tool([RADCHAIN, "verify-image", "--home", str(home_d), str(files[0])])
     assert "UNCHANGED" in out.stdout and "DUPLICATE: the same content is stored at hosp-a, hosp-b" in out.stdout

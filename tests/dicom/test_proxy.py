@@ -7,9 +7,15 @@ import socket
 import struct
 
 import pytest
-
-from dicom_helpers import (raw_store, make_instances, run_tool, start_proxy, wait_for, ProcessHandle, free_port,
-                      spooled_events)
+from dicom_helpers import (
+    ProcessHandle,
+    make_instances,
+    raw_store,
+    run_tool,
+    spooled_events,
+    start_proxy,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -36,7 +42,7 @@ def test_store_find_get_move_echo(proxy, home, rpc, orthanc, tmp_path):
     assert {x["sop_instance_uids"][0] for x in stored} == {
         __import__("pydicom").dcmread(f).SOPInstanceUID for f in files}
 
-    out = run_tool(["findscu", "-aet", "FINDSCU", "-aec", "ORTHANC", "-S", "-k", "QueryRetrieveLevel=STUDY",
+    run_tool(["findscu", "-aet", "FINDSCU", "-aec", "ORTHANC", "-S", "-k", "QueryRetrieveLevel=STUDY",
                     "-k", f"StudyInstanceUID={study}", "-k", "PatientID=", "127.0.0.1", str(proxy)])
     rx = tmp_path / "get"
     rx.mkdir()
