@@ -58,3 +58,35 @@ def test_store_and_reads_become_events(orthanc, orthanc_rpc, tmp_path):
     assert not [e for e in rpc.unique().values() if e.get("actor", "").startswith("http-client")
                 and e.get("study_uid") is None]
     assert "Traceback" not in (orthanc.root / "orthanc.log").read_text()
+
+
+def test_shipped_example_config_starts_orthanc_with_the_plugin(tmp_path):
+    """deploy/orthanc/orthanc.json (with its comments) loads in the real Orthanc, plugin included."""
+    import json
+    import re
+    import subprocess
+
+    from dicom_helpers import ENV, REPO, free_port, need, port_open, write_home
+
+    need("Orthanc")
+    text = (REPO / "deploy" / "orthanc" / "orthanc.json").read_text()
+    cfg = json.loads(re.sub(r"//[^\n]*", "", text))
+    http, dicom = free_port(), free_port()
+    text = (text.replace("/var/lib/orthanc/db", str(tmp_path / "db"))
+                .replace("/var/lib/radchain/node", str(tmp_path / "home"))
+                .replace("/opt/radchain", str(REPO))
+                .replace('"HttpPort": 8042', f'"HttpPort": {http}').replace('"DicomPort": 4242', f'"DicomPort": {dicom}'))
+    assert cfg["RadChain"]["Home"] and cfg["PythonScript"].endswith("radchain_plugin.py")
+    write_home(tmp_path / "home", None, None)
+    (tmp_path / "orthanc.json").write_text(text)
+    log = open(tmp_path / "orthanc.log", "wb")
+    proc = subprocess.Popen(["Orthanc", str(tmp_path / "orthanc.json")], env=ENV, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: proc.poll() is not None or "radchain plugin: recording into" in
+                 (tmp_path / "orthanc.log").read_text(), 30, what="plugin loaded")
+        assert proc.poll() is None, (tmp_path / "orthanc.log").read_text()[-2000:]
+        wait_for(lambda: port_open(dicom), 10, what="DICOM port")
+    finally:
+        proc.terminate()
+        proc.wait(20)
