@@ -126,8 +126,17 @@ def parse_filter(node, params: dict, caller: Caller) -> Filter:
     return Filter(fields, bounds[0], bounds[1])
 
 
-def entry_json(h: bytes, height: int, index: int, fields: dict, sig: bytes) -> dict:
-    return {"hash": h.hex(), "height": height, "index": index, **fields_json(fields), "sig": sig.hex()}
+# Left out of audit entries: the same on every tx (chain, v) or only needed to re-verify one (nonce,
+# signature), which get_tx returns with the receipt. Halves the size of an audit page.
+_OMIT = frozenset({"chain", "v", "nonce"})
+
+
+def entry_json(h: bytes, height: int, index: int, fields: dict, sig: bytes | None = None) -> dict:
+    out = {"hash": h.hex(), "height": height, "index": index}
+    for k, v in fields_json(fields).items():
+        if k not in _OMIT:
+            out[k] = v
+    return out
 
 
 async def audit_trail(node, params: dict, caller: Caller) -> dict:

@@ -262,7 +262,8 @@ def test_receipt_verifies_offline_and_tampered_receipts_do_not(net, tmp_path):
     # a receipt checked against another consortium's genesis proves nothing
     other = tmp_path / "other-genesis.json"
     doc = json.loads((info.home / "genesis.json").read_text())
-    doc["members"][0]["pubkey"] = bytes(SigningKey.generate().verify_key).hex()
+    signer = next(m for m in doc["members"] if m["name"] == receipt["signers"][0])
+    signer["pubkey"] = bytes(SigningKey.generate().verify_key).hex()  # one of the signers is a stranger there
     other.write_text(json.dumps(doc))
     result = radchain("verify-receipt", str(path), "--genesis", str(other))
     assert result.returncode == 1 and "certificate" in result.stdout
@@ -322,3 +323,7 @@ def test_audit_trail_pages_with_a_cursor(net):
     out = radchain("audit", "--url", info.rpc, "--token", info.token, "--study", study, "--json")
     assert out.returncode == 0, out.stderr
     assert [json.loads(line)["hash"] for line in out.stdout.splitlines()] == [a["hash"] for a in answers]
+    table = radchain("audit", "--url", info.rpc, "--token", info.token, "--study", study, "--limit", "3")
+    assert table.returncode == 0 and len(table.stdout.splitlines()) == 3 and "instances.accessed" in table.stdout
+    refused = radchain("audit", "--url", info.rpc, "--study", study)  # raw identifier, no token
+    assert refused.returncode == 1 and "token" in refused.stderr
