@@ -83,37 +83,41 @@ class ConsensusDriver:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._timer_loop)
-            self._perform(self.replica.start())
+            await self._perform(self.replica.start())
             task_status.started()
             async for event in self._events_recv:
                 self.stats["events"] += 1
                 if isinstance(event, MempoolChanged):
                     self._mempool_dirty = False
-                    self._propose_deferred()
+                    await self._propose_deferred()
                     event = E.WorkPending(self._mempool_count())
                 elif isinstance(event, SyncedBlocks):
-                    self._apply_synced(event)
+                    await self._apply_synced(event)
                     continue
                 elif isinstance(event, _Replay):
-                    self._perform([event.commit])
+                    await self._perform([event.commit])
                     continue
-                self._feed(event)
+                await self._feed(event)
                 await trio.lowlevel.checkpoint()
 
-    def _feed(self, event) -> None:
+    async def _feed(self, event) -> None:
         follow = deque([event])
         while follow:
-            for action in self.replica.handle(follow.popleft()) or ():
-                produced = self._perform_one(action)
-                if produced is not None:
-                    follow.append(produced)
-            self.wal.flush()
+            await self._perform(self.replica.handle(follow.popleft()) or (), follow)
 
-    def _perform(self, actions) -> None:
-        follow = [p for p in (self._perform_one(a) for a in actions) if p is not None]
-        self.wal.flush()
-        for event in follow:
-            self._feed(event)
+    async def _perform(self, actions, follow: deque | None = None) -> None:
+        produced_events = follow if follow is not None else deque()
+        for action in actions:
+            if not isinstance(action, A.Persist) and self.wal.dirty:
+                # Anything that leaves the process, or acts on state, waits for the log to be durable.
+                await self.wal.flush_async()
+            produced = self._perform_one(action)
+            if produced is not None:
+                produced_events.append(produced)
+        await self.wal.flush_async()
+        if follow is None:
+            while produced_events:
+                await self._feed(produced_events.popleft())
 
     def _perform_one(self, action):
         """Perform one action; returns a follow-up event for the replica, if any."""
@@ -126,8 +130,6 @@ class ConsensusDriver:
                 self.wal.records = list(consensus_wal.compact(self.wal.records))
                 self.wal.rewrite(self.wal.records)
             return None
-        # Anything that leaves the process, or acts on state, waits for the log to be durable.
-        self.wal.flush()
         if isinstance(action, A.Send):
             self._send(action.to, action.data)
         elif isinstance(action, A.Broadcast):
@@ -157,7 +159,7 @@ class ConsensusDriver:
             self._on_evidence(action.evidence)
         return None
 
-    def _propose_deferred(self) -> None:
+    async def _propose_deferred(self) -> None:
         """Answer deferred proposal requests in height order while there are txs to propose."""
         while self._deferred:
             if self.replica.view != self._deferred_view:
@@ -166,7 +168,7 @@ class ConsensusDriver:
             payload = self._build_proposal(self._deferred[0], False)
             if payload is None:
                 return
-            self._feed(E.ProposalReady(self._deferred.pop(0), payload))
+            await self._feed(E.ProposalReady(self._deferred.pop(0), payload))
 
     def _commit(self, action: A.Commit):
         height = self.chain.height
@@ -197,7 +199,7 @@ class ConsensusDriver:
         self._on_commit(block, payload)
         return block
 
-    def _apply_synced(self, event: SyncedBlocks) -> None:
+    async def _apply_synced(self, event: SyncedBlocks) -> None:
         last = None
         for height, payload, certificate in event.blocks:
             if height != self.chain.height + 1:
@@ -210,7 +212,7 @@ class ConsensusDriver:
         for h in [h for h in self._pending_commits if h <= self.chain.height]:
             del self._pending_commits[h]
         if last is not None and event.announce:
-            self._feed(E.StateTransferred(last.height, last.hash))
+            await self._feed(E.StateTransferred(last.height, last.hash))
         if event.done is not None:
             event.done.set()
 

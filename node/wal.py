@@ -12,6 +12,8 @@ import struct
 import zlib
 from pathlib import Path
 
+import trio
+
 _HEADER = struct.Struct(">II")
 MAX_RECORD = 64 << 20
 
@@ -47,6 +49,10 @@ class WriteAheadLog:
         """Queue a record; it is durable only after flush()."""
         self._pending.append(_HEADER.pack(len(record), zlib.crc32(record)) + record)
 
+    @property
+    def dirty(self) -> bool:
+        return bool(self._pending)
+
     def flush(self) -> None:
         if not self._pending:
             return
@@ -54,6 +60,16 @@ class WriteAheadLog:
         self._pending.clear()
         if self.fsync:
             os.fsync(self._fh.fileno())
+
+    async def flush_async(self) -> None:
+        """flush() with the fsync in a worker thread, so the node's other tasks run while the disk works.
+        The caller (the consensus driver, the only writer) still waits for durability before going on."""
+        if not self._pending:
+            return
+        self._fh.write(b"".join(self._pending))
+        self._pending.clear()
+        if self.fsync:
+            await trio.to_thread.run_sync(os.fsync, self._fh.fileno())
 
     def size(self) -> int:
         return self._fh.tell()
