@@ -76,6 +76,11 @@ def _storescu(port: int, files: list[Path], aet: str) -> float:
     return time.perf_counter() - t0
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.dicom")
     ap.add_argument("--instances", type=int, default=200)
@@ -115,11 +120,15 @@ def main(argv: list[str] | None = None) -> int:
                                  stderr=subprocess.DEVNULL, start_new_session=True)
         _wait(lambda: _port_open(proxy_port), 20, "proxy did not start")
         direct, via = [], []
+        proxy_cpu = 0.0
         _storescu(dicom_port, _make_instances(work / "warm", 10), "WARMUP")  # first-association costs
         for r in range(args.rounds):
             for label, port, out in (("direct", dicom_port, direct), ("proxy", proxy_port, via)):
                 files = _make_instances(work / f"{label}{r}", args.instances)
+                cpu0 = _cpu_seconds(proxy.pid)
                 secs = _storescu(port, files, "BENCH_" + label.upper())
+                if label == "proxy":
+                    proxy_cpu += _cpu_seconds(proxy.pid) - cpu0
                 out.append(args.instances / secs)
                 print(f"  round {r + 1} {label:6s}: {args.instances} instances in {secs:.2f} s = "
                       f"{args.instances / secs:.0f} inst/s", flush=True)
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"C-STORE into Orthanc, {args.instances} x 39 KB CT, TCP_NODELAY=1: "
               f"direct {d:.0f} inst/s, through the audit proxy {p:.0f} inst/s "
               f"(every instance spooled with fsync: {spooled}/{expected})")
+        print(f"proxy CPU: {proxy_cpu / expected * 1000:.2f} ms per instance; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"ratio proxy/direct = {p / d:.2f}x (goal >= 0.9x)")
         return 0
     finally:
