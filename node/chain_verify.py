@@ -141,8 +141,9 @@ def _verify_block(db, height: int, chain_id: str, members, state: LedgerState, p
         raise VerifyError(height, f"header view {hdr.view} but certificate view {cert.view}")
 
     puts: list[tuple[bytes, bytes]] = []
-    statuses, writes = execute_txs(state, height, txs, lambda th: location[th][0] == height,
-                                   lambda k, v: puts.append((k, v)))
+    statuses, writes, index_keys = execute_txs(state, height, txs, lambda th: location[th][0] == height,
+                                               lambda k, v: puts.append((k, v)))
+    puts.extend((key, b"") for key in index_keys)
     if statuses != block.statuses:
         bad = next(i for i in range(len(statuses)) if statuses[i] != block.statuses[i])
         raise VerifyError(height, f"tx {bad}: stored status {block.statuses[bad]}, re-execution gives {statuses[bad]}")
