@@ -136,17 +136,23 @@ async def test_slow_consumer_gets_backpressure_not_a_torn_down_stream():
     # buffered in it) is lost; network/patches.py makes the writer wait instead.
     r = Roster(2, seed=90)
     a, b = r.net(0, queue_frames=2000), r.net(1, inbox_size=50)
-    n = 12000
-    async with running(a, b):
+    n = 10000  # 3 KB each: 30 MB, more than yamux's largest receive window (16 MiB)
+    produced = trio.Event()
+
+    async def producer():
         for i in range(n):
-            if not a.send(b.peer_id, "tx", b"%06d" % i + b"." * 300):
-                await a.send_wait(b.peer_id, "tx", b"%06d" % i + b"." * 300)
-        assert a.stats["dropped_queue_full"] >= 1  # send() reported the full queue; we then waited
-        stalled = trio.current_time()
-        await trio.sleep(6)  # b's application does not drain its inbox for longer than yamux's 5 s
-        assert trio.current_time() - stalled >= 6
-        assert b.peer_id in a.connected_peers() and a.peer_id in b.connected_peers()
-        with trio.fail_after(30):
-            got = [int((await b.inbox.receive())[2][:6]) for _ in range(n)]
+            if not a.send(b.peer_id, "tx", b"%06d" % i + b"." * 3000):
+                await a.send_wait(b.peer_id, "tx", b"%06d" % i + b"." * 3000)
+        produced.set()
+
+    async with running(a, b):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            await trio.sleep(6)  # b's application does not drain its inbox for longer than yamux's 5 s
+            assert not produced.is_set()  # the producer is held back by the full queue...
+            assert a.stats["dropped_queue_full"] >= 1  # ...that send() reported
+            assert b.peer_id in a.connected_peers() and a.peer_id in b.connected_peers()
+            with trio.fail_after(40):
+                got = [int((await b.inbox.receive())[2][:6]) for _ in range(n)]
         assert got == list(range(n))
         assert a.stats["connects"] == 1 and a.stats["stream_errors"] == 0
