@@ -167,3 +167,22 @@ def test_staged_events_left_by_a_crash_are_settled_by_asking_the_pacs(home, rpc,
         assert not spool.staged() and len(names) == 2
     finally:
         p.stop()
+
+
+def test_proxy_starts_from_the_dicom_section_of_config_toml(rpc, orthanc, tmp_path):
+    from dicom_helpers import RADCHAIN, free_port, write_home
+
+    port = free_port()
+    home = write_home(tmp_path / "cfg-home", f"127.0.0.1:{rpc.port}", rpc.token,
+                      proxy_listen=f"127.0.0.1:{port}", pacs=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+                      allowed_aets=["ECHOSCU"])
+    p = ProcessHandle([RADCHAIN, "dicom-proxy", "--home", str(home)], tmp_path / "p.log", ready_port=port).start()
+    try:
+        run_tool(["echoscu", "-aet", "ECHOSCU", "-aec", "ORTHANC", "127.0.0.1", str(port)])
+        assert run_tool(["echoscu", "-aet", "OTHER", "-aec", "ORTHANC", "127.0.0.1", str(port)],
+                        check=False).returncode != 0
+    finally:
+        p.stop()
+    bad = ProcessHandle([RADCHAIN, "dicom-proxy", "--home", str(home), "--pacs", "no-at-sign"], tmp_path / "b.log")
+    bad.start()
+    assert bad.proc.wait(20) == 2 and "AET@HOST:PORT" in bad.log.read_text()
