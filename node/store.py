@@ -11,10 +11,10 @@ lookup below is a point get or one range scan)::
     T tx hash 32                -> height u64 | index u32 | status u8 | tx wire bytes
     I name u8 | len u8 | key | ts u64 | height u64 | index u32  -> (empty)    (secondary indexes)
     I k | member | 00 | type code u8 | ts u64 | height u64 | index u32 -> (empty)  (member/type/time)
+    S state key                 -> state value                                   (node.state)
 
 Index entries carry no value: (height, index) in the key locate the tx (its hash is in the block record),
 which keeps every index entry at key size. Bytes written per block matter: the batch is fsynced.
-    S state key                 -> state value                                   (node.state)
 
 A block, its certificate, its txs, their index entries, the state writes and the new head go in one
 ``WriteBatch``, so after a crash (kill -9 at any instant) the store holds either all of a block or none of
@@ -48,7 +48,7 @@ __all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "QUERYABLE", "index_k
 INDEXES = {"study": b"s", "patient": b"p", "actor": b"a", "ae": b"e"}
 # member, type and time share one entry per tx, keyed (member, type): both are low-cardinality, so a query
 # by one of them is a k-way merge over the few (member, type) pairs, and the hot path writes one LevelDB
-# entry instead of three (each entry costs ~1 us of memtable insertion).
+# entry instead of three (each entry costs 1-2 us of memtable insertion).
 MEMBER_TYPE = b"Ik"
 QUERYABLE = tuple(INDEXES) + ("member", "type", "time")
 
@@ -349,14 +349,5 @@ def _cursor(entry: IndexEntry) -> str:
     return _SUFFIX.pack(entry.ts, entry.height, entry.index).hex()
 
 
-def tx_record(height: int, index: int, status: int, raw: bytes) -> bytes:
-    return _LOC.pack(height, index, status) + raw
-
-
-def index_key(tag: bytes, key: bytes, suffix: bytes) -> bytes:
-    """Index key for the tag byte of INDEXES, the key and the packed (ts, height, index) suffix."""
-    return b"I" + tag + bytes((len(key),)) + key + suffix
-
-
-SUFFIX = _SUFFIX
-LOC = _LOC
+SUFFIX = _SUFFIX  # (ts, height, index) at the end of every index key; cursors are its hex
+LOC = _LOC  # (height, index, status) at the start of a tx record
