@@ -136,7 +136,8 @@ def test_non_canonical_encodings_rejected():
 
 @pytest.mark.parametrize("raw", [b"", b"\xc1", b"\x90", b"\x92\x01\x02", b"\x81\xa1a\x01",
                                  b"\x92\xc4\x01\x80\xc4\x01\x00", b"\xdd\xff\xff\xff\xff",
-                                 msgpack.packb([msgpack.ExtType(1, b"x"), b"s" * 64])])
+                                 msgpack.packb([msgpack.ExtType(1, b"x"), b"s" * 64]),
+                                 b"\x91" * 5000 + b"\x00", b"\xdc\xff\xff" + b"\x00" * 10])
 def test_garbage_rejected(raw):
     with pytest.raises(TxError):
         decode_tx(raw)
