@@ -60,7 +60,8 @@ class Replica:
         self._my_votes: dict[tuple[str, int, int], tuple[bytes, bytes, int]] = {}  # (kind, v, h) -> (digest, wire, tick)
         self._vcs: dict[int, m.Message] = {}     # newest valid VIEW-CHANGE per member
         self._my_vc: bytes | None = None
-        self._nv_wire: bytes | None = None       # NEW-VIEW of the current view (forwarded to laggards)
+        self._nv_wire: bytes | None = None       # newest NEW-VIEW entered (forwarded to laggards)
+        self._nv_view = 0
         self._top = 0                            # highest height pre-prepared in the current view
         self._cps: dict[int, dict[int, tuple[bytes, bytes]]] = {}  # checkpoint votes above stable
         self._cp_heights: dict[int, list[int]] = {}
@@ -493,9 +494,9 @@ class Replica:
                 self.stats["decided_sent"] += 1
         if self._my_cp is not None and sh < self._my_cp_height:  # our newest checkpoint, to whoever lacks it
             self._emit(Send(sender, self._my_cp))
-        if (not self._in_vc and self._nv_wire is not None
-                and (v < self._view or (v == self._view and in_vc)) and self._budget(sender)):
-            self._emit(Send(sender, self._nv_wire))
+        if (self._nv_wire is not None and (v < self._nv_view or (v == self._nv_view and in_vc))
+                and self._budget(sender)):
+            self._emit(Send(sender, self._nv_wire))  # even from a later view change: it proves itself
 
     def _request_transfer(self, target: int, peers: tuple[int, ...]) -> None:
         self._transfer = target
@@ -752,7 +753,6 @@ class Replica:
         self._view = w
         self._in_vc = True
         self._attempts += 1
-        self._nv_wire = None
         self._requested.clear()
         self.stats["view_changes"] += 1
         self._emit(Persist(walrec.view_record(w)))
@@ -779,7 +779,7 @@ class Replica:
     def _on_view_change(self, msg: m.Message, sender: int, data: bytes) -> None:
         w = msg.body[0]
         if w < self._view or (w == self._view and not self._in_vc):
-            if self._nv_wire is not None and not self._in_vc and self._budget(sender):
+            if self._nv_wire is not None and w <= self._nv_view and self._budget(sender):
                 self._emit(Send(sender, self._nv_wire))  # the sender missed the NEW-VIEW
             return self._drop("stale_view_change")
         old = self._vcs.get(msg.sender)
@@ -795,7 +795,7 @@ class Replica:
                        reverse=True)
         if len(views) > self._f:
             self._start_view_change(views[self._f])
-        elif self._in_vc and w == self._view:
+        elif self._in_vc:
             self._check_vc_quorum()
 
     def _check_vc_quorum(self) -> None:
@@ -803,12 +803,14 @@ class Replica:
             return
         w = self._view
         group = {i: x for i, x in self._vcs.items() if x.body[0] == w}
-        if len(group) < self._q:
-            return
-        if self._vc_timer is None:
+        # The timer runs once 2f+1 members gave up on every view before w (PBFT waits for 2f+1 VIEW-CHANGEs
+        # for w itself; a member that already moved past w no longer repeats its VIEW-CHANGE for w, and
+        # without counting it a replica could wait forever).
+        support = sum(1 for x in self._vcs.values() if x.body[0] >= w)
+        if support >= self._q and self._vc_timer is None:
             self._vc_timer = ("vc", w)
             self._emit(SetTimer(self._vc_timer, self._backoff(self.config.view_change_timeout, self._attempts - 1)))
-        if self.config.primary(w) == self.id:
+        if len(group) >= self._q and self.config.primary(w) == self.id:
             chosen = [group[self.id]] + [group[i] for i in sorted(group) if i != self.id][: self._q - 1]
             plan = plan_new_view(chosen)
             asg = tuple((h, d, self.crypto.sign(m.vote_signing_bytes(self._chain, w, h, d)))
@@ -858,6 +860,7 @@ class Replica:
         self._view = w
         self._in_vc = False
         self._nv_wire = wire
+        self._nv_view = w
         self._my_vc = None
         self._requested.clear()
         self._vcs = {i: x for i, x in self._vcs.items() if x.body[0] > w}
@@ -909,9 +912,9 @@ class Replica:
                 continue
             tag = r[0]
             if tag == "view" and r[1] > view:
-                view, in_vc, nv_wire = r[1], True, None
+                view, in_vc = r[1], True
             elif tag == "newview" and r[1] >= view:
-                view, in_vc, nv_wire = r[1], False, r[2]
+                view, in_vc, nv_wire, self._nv_view = r[1], False, r[2], r[1]
             elif tag == "vote":
                 votes.append(r)
             elif tag == "commit":

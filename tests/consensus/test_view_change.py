@@ -181,3 +181,37 @@ def test_preprepare_that_overtakes_its_new_view_is_voted_on_entry(make_cluster):
     c.handle(j, MessageReceived(i, data))
     c.run()
     assert c.heights()[3] == 1 and c.heights()[1] == 1 and c.heights()[2] == 1
+
+
+def test_view_change_timer_counts_members_already_past_the_view(make_cluster):
+    """Replicas 1 and 3 want view 1; replica 0 already wants view 2 and no longer repeats its VIEW-CHANGE
+    for view 1. 2f+1 members gave up on view 0, so the timer runs and they move on instead of waiting."""
+    c = make_cluster(auto=False)
+    c.down.update({0, 1, 2, 3})
+    for i in (0, 1, 3):
+        c.handle(i, WorkPending(1))
+        c.fire(i, "progress")
+    c.replicas[0]._start_view_change(2)  # as if its own timer had expired after a lost quorum
+    c.queue.clear()
+    vc = {i: c.replicas[i]._my_vc for i in (0, 1, 3)}
+    c.handle(1, MessageReceived(3, vc[3]))
+    assert not any(t[0] == "vc" for t in c.timers[1])  # 2 of 3 for view 1: not yet
+    c.handle(1, MessageReceived(0, vc[0]))
+    assert ("vc", 1) in c.timers[1]
+
+
+def test_new_view_is_forwarded_even_by_a_replica_in_a_later_view_change(make_cluster):
+    c = make_cluster(auto=False)
+    for i in (1, 2, 3):
+        c.handle(i, WorkPending(1))
+        c.fire(i, "progress")
+    c.run()
+    r2 = c.replicas[2]
+    assert r2.view == 1 and not r2.in_view_change
+    nv = r2._nv_wire
+    r2._start_view_change(2)
+    c.queue.clear()
+    # a replica still waiting for view 1 reports it; replica 2, now in a view change to 2, forwards NEW-VIEW 1
+    status = m.sign(c.crypto(3), "test", m.STATUS, 3, (1, True, 0, 0)).encode()
+    out = r2.handle(MessageReceived(3, status))
+    assert any(getattr(a, "data", None) == nv and getattr(a, "to", None) == 3 for a in out)
