@@ -9,8 +9,8 @@
   within limits, its header names this chain and height, a known proposer and a timestamp within
   ``max_clock_skew_ms`` of ``now_ms``, every tx decodes canonically, belongs to this chain, is signed by
   a client key registered to its member (as of the last executed block), appears once, and tx_root is
-  their Merkle root. Signatures already verified (``check_tx`` from the mempool, or an earlier validation)
-  are not verified again.
+  their Merkle root. Txs admitted through ``check_tx`` (the mempool) are not decoded or verified again;
+  a validated proposal is kept (by digest) so ``execute`` does not parse it again.
 - ``execute(payload, certificate)``: verify the certificate, apply the txs (node.state rules), derive the
   block header (prev_hash, state_root, view of the certificate) and write block, certificate, txs, indexes
   and state in one store batch. Txs already committed (or repeated in the payload) are marked DUPLICATE
