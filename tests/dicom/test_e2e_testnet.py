@@ -217,9 +217,30 @@ def test_verify_image_and_duplicate_study(testnet, tmp_path):
     assert res.returncode == 1
 
 
+def test_orthanc_plugin_events_reach_every_node(testnet, tmp_path):
+    """A second Orthanc whose plugin spools into hosp-d's home and delivers to hosp-d's RPC."""
+    from dicom_helpers import Orthanc
+
+    home = Path(testnet.node("hosp-d")["home"])
+    o = Orthanc(tmp_path / "orthanc-d")
+    o.home = home
+    o.start()
+    try:
+        files, study = make_instances(tmp_path / "pd", 1, patient_id="RC-E2E-PLUGIN", patient_name="Plugin^Radchain")
+        up = o.post("/instances", files[0].read_bytes(), "application/dicom")
+        o.get(f"/instances/{up['ID']}/file", headers={"X-Forwarded-User": "dr.e2e"})
+        wait_for(lambda: spool_empty(home) and len(delivered(home)) >= 2, 30, 0.2, "plugin events delivered")
+        txs = [d["tx"] for d in delivered(home).values()]
+        wait_for(lambda: testnet.committed_everywhere(txs), 60, 0.5, "plugin txs on every node")
+        kinds = sorted(testnet.rpc("hosp-a", "get_tx", {"hash": h})["tx"]["type"] for h in txs)
+        assert kinds == ["instances.accessed", "instances.stored"]
+    finally:
+        o.stop()
+
+
 def _phi_strings() -> list[bytes]:
     from pydicom import dcmread
-    out = {b"RC-E2E-PAT-1", b"E2e^Radchain", b"RC-E2E-BURST", b"Burst^Radchain", b"RC-E2E-DUP", b"Dup^Radchain",
+    out = {b"RC-E2E-PAT-1", b"E2e^Radchain", b"RC-E2E-PLUGIN", b"Plugin^Radchain", b"RC-E2E-BURST", b"Burst^Radchain", b"RC-E2E-DUP", b"Dup^Radchain",
            b"RC-E2E-ATNA", b"1.2.826.0.1.99.77"}
     for name in PHI_FILES:
         ds = dcmread(sample_file(name))
