@@ -6,7 +6,8 @@
    ``instances.accessed``/``stored``/``export`` txs over N/100 studies (so one study's history is ~100
    events), each block executed by ``Chain.execute`` (indexes, state root, one LevelDB batch per block).
 2. ``audit_trail`` latency for one study's whole history (random studies, one page), p50/p99:
-   - baseline 1: ``Store.query`` alone (the index range scan: entries only);
+   - baseline 1: ``Store.query`` alone (the index range scan; since the index entries carry no value, it
+     also reads each entry's block record to find the tx hash);
    - baseline 2: ``Store.query`` + ``Store.get_tx`` of every entry (the floor any answer with tx contents pays);
    - the RPC method handler, study given as a token (hex) and as a raw Study Instance UID;
    - over HTTP: a node's RPC app (JsonRpcApp, hypercorn trio worker) in another process, httpx client.
@@ -43,7 +44,7 @@ from node.tx import TX_DOMAIN, Tx, tx_hash
 CHAIN_ID = "radchain-bench"
 PSEUDONYM_KEY = b"bench-pseudonym-key-0123456789ab"
 TOKEN = "bench-token-0123456789abcdef"
-BLOCK_TXS = 2000
+BLOCK_TXS = 2000  # genesis default max_block_txs: full blocks, as under load
 T0 = 1_800_000_000_000
 GOAL_P99_MS = 10.0
 
@@ -92,7 +93,7 @@ class TxFactory:
         return Tx(raw, tx_hash(raw), body, sig, fields)
 
 
-def build_ledger(path: Path, n_txs: int, n_studies: int) -> tuple[Genesis, float]:
+def build_ledger(path: Path, n_txs: int, n_studies: int, block_txs: int = BLOCK_TXS) -> tuple[Genesis, float]:
     from node.chain import Chain
     from node.store import Store
 
@@ -105,7 +106,7 @@ def build_ledger(path: Path, n_txs: int, n_studies: int) -> tuple[Genesis, float
     height, i = 0, 0
     while i < n_txs:
         height += 1
-        txs = [factory.tx(j) for j in range(i, min(n_txs, i + BLOCK_TXS))]
+        txs = [factory.tx(j) for j in range(i, min(n_txs, i + block_txs))]
         i += len(txs)
         for t in txs:  # signatures are made above; skip re-verifying a million of them
             chain._remember(t)
@@ -362,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.rpc", description=__doc__.split("\n")[0])
     ap.add_argument("--txs", type=int, default=int(os.environ.get("RADCHAIN_BENCH_TXS", 1_000_000)))
     ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--block", type=int, default=BLOCK_TXS, help="txs per block when building the ledger")
     ap.add_argument("--submit", type=int, default=20_000)
     ap.add_argument("--ledger", type=Path, help="reuse (or keep) the ledger in this directory")
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
@@ -377,11 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     ledger = args.ledger or tmp / "chain"
     try:
         print(f"bench.rpc: ledger of {args.txs:,} txs, {n_studies:,} studies (~{args.txs // n_studies} events each), "
-              f"blocks of {BLOCK_TXS}")
+              f"blocks of {args.block}")
         if args.ledger and (args.ledger / "CURRENT").exists():
             print(f"  reusing the ledger in {args.ledger}")
         else:
-            _, built = build_ledger(ledger, args.txs, n_studies)
+            _, built = build_ledger(ledger, args.txs, n_studies, args.block)
             print(f"  built in {built:.0f} s ({args.txs / built:,.0f} tx/s) with Chain.execute, no consensus")
         print(f"audit_trail, one study's whole history, {args.queries} random studies:")
         audit = audit_in_process(ledger, n_studies, args.queries)

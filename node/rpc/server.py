@@ -129,7 +129,6 @@ class JsonRpcApp:
     # ------------------------------------------------------------------ node hooks
     def on_commit(self, block) -> None:
         """Called by the runtime once per executed block (consensus or sync)."""
-        self.admission.on_commit(block)
         self.metrics.on_commit(block)
         self.subscriptions.on_commit(block)
 

@@ -109,9 +109,6 @@ class Admission:
         if len(self.rejected) > REMEMBER_REJECTED:
             self.rejected.popitem(last=False)
 
-    def on_commit(self, block) -> None:
-        pass  # rejections stay: a rejected tx never commits
-
 
 def committed_answer(node, h: bytes, height: int) -> dict:
     status = node.store.tx_status(h)
