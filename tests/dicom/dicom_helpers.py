@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
+import xml.etree.ElementTree as _ET
 from pathlib import Path
 
 import pytest
@@ -380,3 +381,40 @@ def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: 
         except (TimeoutError, ConnectionError):
             pass
         return got
+
+
+# -- DICOM audit messages (PS3.15 A.5) over syslog ------------------------------------------------------------
+def audit_xml(*, event="110103", action="R", patient="RC-ATNA-1^^^HOSP-X", study="1.2.826.0.1.3680043.99.1",
+              sops=("1.2.3.1", "1.2.3.2"), user="dr.jones", when="2026-11-27T10:00:00Z") -> bytes:
+    root = _ET.Element("AuditMessage")
+    ev = _ET.SubElement(root, "EventIdentification", EventActionCode=action, EventDateTime=when,
+                       EventOutcomeIndicator="0")
+    _ET.SubElement(ev, "EventID", {"csd-code": event, "codeSystemName": "DCM", "originalText": "x"})
+    _ET.SubElement(root, "ActiveParticipant", UserID="viewer-17", UserName=user, UserIsRequestor="true",
+                  AlternativeUserID="AETITLES=VIEWER1", NetworkAccessPointID="10.0.0.5",
+                  NetworkAccessPointTypeCode="2")
+    _ET.SubElement(root, "ActiveParticipant", UserID="pacs", UserIsRequestor="false",
+                  AlternativeUserID="AETITLES=PACS1")
+    _ET.SubElement(root, "AuditSourceIdentification", AuditSourceID="viewer-host")
+    if study:
+        st = _ET.SubElement(root, "ParticipantObjectIdentification", ParticipantObjectID=study,
+                           ParticipantObjectTypeCode="2", ParticipantObjectTypeCodeRole="3")
+        _ET.SubElement(st, "ParticipantObjectIDTypeCode", {"csd-code": "110180", "codeSystemName": "DCM"})
+        sc = _ET.SubElement(st, "SOPClass", UID="1.2.840.10008.5.1.4.1.1.2", NumberOfInstances=str(len(sops)))
+        for uid in sops:
+            _ET.SubElement(sc, "Instance", UID=uid)
+    if patient:
+        pt = _ET.SubElement(root, "ParticipantObjectIdentification", ParticipantObjectID=patient,
+                           ParticipantObjectTypeCode="1", ParticipantObjectTypeCodeRole="1")
+        _ET.SubElement(pt, "ParticipantObjectIDTypeCode", code="2")
+    return _ET.tostring(root)
+
+
+def syslog(xml: bytes, host="viewer-host") -> bytes:
+    return (f"<85>1 2026-11-27T10:00:01.000Z {host} VIEWER - IHE+RFC-3881 - ".encode() + b"\xef\xbb\xbf" + xml)
+
+
+def frame(msg: bytes) -> bytes:
+    return str(len(msg)).encode() + b" " + msg
+
+

@@ -5,46 +5,11 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-import xml.etree.ElementTree as ET
 
 import pytest
-from dicom_helpers import RADCHAIN, ProcessHandle, free_port, wait_for
+from dicom_helpers import RADCHAIN, ProcessHandle, audit_xml, frame, free_port, syslog, wait_for
 
 from node.dicom import atna
-
-
-def audit_xml(*, event="110103", action="R", patient="RC-ATNA-1^^^HOSP-X", study="1.2.826.0.1.3680043.99.1",
-              sops=("1.2.3.1", "1.2.3.2"), user="dr.jones", when="2026-11-27T10:00:00Z") -> bytes:
-    root = ET.Element("AuditMessage")
-    ev = ET.SubElement(root, "EventIdentification", EventActionCode=action, EventDateTime=when,
-                       EventOutcomeIndicator="0")
-    ET.SubElement(ev, "EventID", {"csd-code": event, "codeSystemName": "DCM", "originalText": "x"})
-    ET.SubElement(root, "ActiveParticipant", UserID="viewer-17", UserName=user, UserIsRequestor="true",
-                  AlternativeUserID="AETITLES=VIEWER1", NetworkAccessPointID="10.0.0.5",
-                  NetworkAccessPointTypeCode="2")
-    ET.SubElement(root, "ActiveParticipant", UserID="pacs", UserIsRequestor="false",
-                  AlternativeUserID="AETITLES=PACS1")
-    ET.SubElement(root, "AuditSourceIdentification", AuditSourceID="viewer-host")
-    if study:
-        st = ET.SubElement(root, "ParticipantObjectIdentification", ParticipantObjectID=study,
-                           ParticipantObjectTypeCode="2", ParticipantObjectTypeCodeRole="3")
-        ET.SubElement(st, "ParticipantObjectIDTypeCode", {"csd-code": "110180", "codeSystemName": "DCM"})
-        sc = ET.SubElement(st, "SOPClass", UID="1.2.840.10008.5.1.4.1.1.2", NumberOfInstances=str(len(sops)))
-        for uid in sops:
-            ET.SubElement(sc, "Instance", UID=uid)
-    if patient:
-        pt = ET.SubElement(root, "ParticipantObjectIdentification", ParticipantObjectID=patient,
-                           ParticipantObjectTypeCode="1", ParticipantObjectTypeCodeRole="1")
-        ET.SubElement(pt, "ParticipantObjectIDTypeCode", code="2")
-    return ET.tostring(root)
-
-
-def syslog(xml: bytes, host="viewer-host") -> bytes:
-    return (f"<85>1 2026-11-27T10:00:01.000Z {host} VIEWER - IHE+RFC-3881 - ".encode() + b"\xef\xbb\xbf" + xml)
-
-
-def frame(msg: bytes) -> bytes:
-    return str(len(msg)).encode() + b" " + msg
 
 
 def test_parse_audit_message():

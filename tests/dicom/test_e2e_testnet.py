@@ -146,7 +146,7 @@ def test_dicom_traffic_reaches_every_node(testnet, orthanc, tmp_path):
     assert {inspect_file(f.read_bytes()).digest for f in files + gen} == digests
 
     # ATNA: a syslog audit message in -> tx on every node
-    from test_atna import audit_xml, frame, syslog
+    from dicom_helpers import audit_xml, frame, syslog
     home_b = Path(testnet.node("hosp-b")["home"])
     tcp = free_port()
     atna = ProcessHandle([RADCHAIN, "atna-receiver", "--home", str(home_b), "--tcp", f"127.0.0.1:{tcp}"],
