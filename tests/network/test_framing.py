@@ -80,3 +80,10 @@ def test_limits():
     dec = framing.FrameDecoder()
     assert dec.feed(good + b"\x00\x00\x00\x02\x63zz") == [(framing.DATA, b"\x02txok")]
     assert dec.error is not None
+
+
+def test_channel_length_is_checked_even_for_known_channels():
+    framing.parse_channel_body(b"\x02txok")  # "tx" is now a known channel
+    for bad in (b"\x09tx", b"\x03tx", b"\x00tx"):
+        with pytest.raises(framing.FrameError):
+            framing.parse_channel_body(bad)

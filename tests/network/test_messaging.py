@@ -11,11 +11,10 @@ from network_testkit import Roster, running, wait_for
 
 async def _collect(net, expect: int, out: dict):
     got = 0
-    async for pid, channel, data in net.inbox:
-        out[(pid, channel)].append(data)
-        got += 1
-        if got == expect:
-            return
+    while got < expect:
+        for pid, channel, data in await net.receive_batch():
+            out[(pid, channel)].append(data)
+            got += 1
 
 
 @pytest.mark.timeout(60)
