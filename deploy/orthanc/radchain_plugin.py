@@ -90,6 +90,28 @@ def on_stored(dicom, instance_id):
 
 orthanc.RegisterOnStoredInstanceCallback(on_stored)
 
+MIN_FREE_BYTES = 64 << 20
+
+
+def cstore_gate(dicom):
+    """OnStoredInstance cannot refuse a store, so refuse it here, before Orthanc stores, when its event could
+    not be spooled: the modality gets 0xA700 "out of resources" and retries later, instead of the event being
+    lost. A statvfs per C-STORE, a few microseconds."""
+    if not RECORD_DICOM_STORES:
+        return 0
+    try:
+        st = os.statvfs(SPOOL.pending_dir)
+        if st.f_bavail * st.f_frsize < MIN_FREE_BYTES or not os.access(SPOOL.pending_dir, os.W_OK):
+            _error("refusing C-STORE", f"spool disk full or not writable: {SPOOL.root}")
+            return 0xA700
+    except OSError as exc:
+        _error("refusing C-STORE", exc)
+        return 0xA700
+    return 0
+
+
+orthanc.RegisterIncomingCStoreInstanceFilter(cstore_gate)
+
 
 # -- HTTP reads -----------------------------------------------------------------------------------------------
 _REST = re.compile(r"^/(instances|series|studies|patients)/([0-9a-f-]{44})(/.*)?$")
