@@ -68,7 +68,6 @@ def port_open(port: int) -> bool:
 
 
 # -- test data ----------------------------------------------------------------------------------------------
-TEST_FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm", "SC_rgb.dcm", "US1_UNCR.dcm"]
 
 
 def sample_file(name: str) -> Path:

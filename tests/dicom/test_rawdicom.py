@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from node.dicom import rawdicom, ul
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "SC_rgb.dcm",
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "SC_rgb_rle.dcm",
                                   "MR_small_bigendian.dcm", "MR_small_RLE.dcm", "image_dfl.dcm"])
 def test_walker_matches_pydicom(name):
     path = sample_file(name)
