@@ -202,7 +202,16 @@ def serve(ledger: Path, work: Path, port: int) -> None:
 
 # ---------------------------------------------------------------------------------------------- measurements
 
-def audit_in_process(ledger: Path, n_studies: int, queries: int) -> dict:
+def study_groups(n_studies: int, queries: int, groups: int) -> list[list[int]]:
+    """Disjoint random samples of studies, one per measurement: every query reads a study no earlier
+    measurement touched, so no variant runs on caches another one warmed (an auditor's query is cold)."""
+    order = list(range(n_studies))
+    random.Random(7).shuffle(order)
+    per = max(1, min(queries, n_studies // groups))
+    return [order[k * per:(k + 1) * per] for k in range(groups)]
+
+
+def audit_in_process(ledger: Path, groups: list[list[int]]) -> dict:
     import types
 
     import trio
@@ -213,38 +222,35 @@ def audit_in_process(ledger: Path, n_studies: int, queries: int) -> dict:
 
     node = types.SimpleNamespace(store=Store(ledger, sync=False), pseudonymizer=Pseudonymizer(PSEUDONYM_KEY))
     caller = Caller("bench", "127.0.0.1")
-    rng = random.Random(7)
-    picks = [rng.randrange(n_studies) for _ in range(queries)]
-    tokens = [node.pseudonymizer.study(study_uid(s)) for s in picks]
-    sizes = []
-    for tok in tokens[:20]:  # warm the block cache like a serving node's would be
-        sizes.append(len(node.store.query("study", tok, limit=1000)[0]))
-    raw, fetch, handler_tok, handler_raw = [], [], [], []
+    token = node.pseudonymizer.study
+    raw, fetch, handler_tok, handler_raw, sizes = [], [], [], [], []
 
     async def run() -> None:  # the handler is a coroutine: time it inside one trio run, as the server does
-        for s, tok in zip(picks, tokens, strict=True):
+        for s in groups[0]:
             t = time.perf_counter()
-            entries, _ = node.store.query("study", tok, limit=1000)
+            entries, _ = node.store.query("study", token(study_uid(s)), limit=1000)
             raw.append((time.perf_counter() - t) * 1000)
-
+            sizes.append(len(entries))
+        for s in groups[1]:
             t = time.perf_counter()
-            entries, _ = node.store.query("study", tok, limit=1000)
+            entries, _ = node.store.query("study", token(study_uid(s)), limit=1000)
             for e in entries:
                 node.store.get_tx(e.tx_hash)
             fetch.append((time.perf_counter() - t) * 1000)
-
+        for s in groups[2]:
             t = time.perf_counter()
-            page = await audit_trail(node, {"study": tok.hex(), "limit": 1000}, caller)
+            page = await audit_trail(node, {"study": token(study_uid(s)).hex(), "limit": 1000}, caller)
             handler_tok.append((time.perf_counter() - t) * 1000)
-            assert len(page["entries"]) == len(entries) and page["next_cursor"] is None
-
+            assert page["entries"] and page["next_cursor"] is None
+        for s in groups[3]:
             t = time.perf_counter()
             await audit_trail(node, {"study_uid": study_uid(s), "limit": 1000}, caller)
             handler_raw.append((time.perf_counter() - t) * 1000)
 
     trio.run(run)
     node.store.close()
-    print(f"  one study's history: {statistics.fmean(sizes):.0f} events on average (one page)")
+    print(f"  one study's history: {statistics.fmean(sizes):.0f} events on average (one page); "
+          f"{len(groups[0])} different studies per line, none read before")
     summary("baseline 1: Store.query (index entries only)", raw)
     floor = summary("baseline 2: Store.query + get_tx per entry", fetch)["p99"]
     tok = summary("audit_trail handler, study token", handler_tok, floor)
@@ -260,8 +266,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_measurements(ledger: Path, work: Path, n_studies: int, queries: int, n_submit: int,
-                      floor_p99: float) -> dict:
+def http_measurements(ledger: Path, work: Path, studies: list[int], n_submit: int, floor_p99: float) -> dict:
     import httpx
 
     port = free_port()
@@ -289,17 +294,13 @@ def http_measurements(ledger: Path, work: Path, n_studies: int, queries: int, n_
             if i >= 20:
                 floor.append((time.perf_counter() - t) * 1000)
         results["http_status"] = summary("HTTP floor: `status` round trip", floor)
-        rng = random.Random(11)
         lat = []
-        for i in range(queries + 20):
-            s = rng.randrange(n_studies)
+        for i, s in enumerate(studies):
             body = {"jsonrpc": "2.0", "id": i, "method": "audit_trail", "params": {"study_uid": study_uid(s), "limit": 1000}}
             t = time.perf_counter()
             reply = http.post(url, json=body)
-            elapsed = (time.perf_counter() - t) * 1000
-            assert "result" in reply.json(), reply.text[:200]
-            if i >= 20:  # the first calls warm the connection and caches
-                lat.append(elapsed)
+            lat.append((time.perf_counter() - t) * 1000)
+            assert reply.json()["result"]["entries"], reply.text[:200]
         results["http_audit"] = summary("audit_trail over HTTP (separate process)", lat, floor_p99)
 
         # ---- submit throughput, sync mode
@@ -385,10 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _, built = build_ledger(ledger, args.txs, n_studies, args.block)
             print(f"  built in {built:.0f} s ({args.txs / built:,.0f} tx/s) with Chain.execute, no consensus")
-        print(f"audit_trail, one study's whole history, {args.queries} random studies:")
-        audit = audit_in_process(ledger, n_studies, args.queries)
+        print("audit_trail, one study's whole history:")
+        groups = study_groups(n_studies, args.queries, 5)
+        audit = audit_in_process(ledger, groups[:4])
         print("RPC server: node.rpc JsonRpcApp under hypercorn (trio worker), one process; client: httpx")
-        net = http_measurements(ledger, tmp / "work", n_studies, args.queries, args.submit, audit["floor_p99"])
+        net = http_measurements(ledger, tmp / "work", groups[4], args.submit, audit["floor_p99"])
         base = admission_baseline(args.submit // 2)
         print("submit_tx, sync mode (checked and durably pending before the answer):")
         print(f"  baseline: Chain.check_tx + Mempool.add_many in-process      {base:9,.0f} tx/s")
