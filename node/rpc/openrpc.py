@@ -28,7 +28,8 @@ TIMEOUT = _p("timeout", {"type": "number", "exclusiveMinimum": 0, "maximum": 60,
              "commit mode: seconds to wait for the block")
 SUBMIT_RESULT = {"name": "answer", "schema": {
     "type": "object", "required": ["hash", "status"],
-    "properties": {"hash": HEX32, "status": {"enum": ["pending", "committed"]},
+    "properties": {"hash": HEX32, "tx": {**HEX32, "description": "same as hash (the first contract's name)"},
+                   "status": {"enum": ["pending", "committed"]},
                    "height": INT, "outcome": {"enum": ["applied", "rejected"]},
                    "checked": {"type": "boolean"}, "timeout": {"type": "boolean"}}}}
 FILTER = [
