@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -103,6 +104,12 @@ class Node:
                 nursery.start_soon(self.gossip.run)
                 nursery.start_soon(self.sync.run)
                 await nursery.start(self._serve_rpc)
+                if "dicom" in self.cfg.extra:
+                    # The DICOM hook delivers through this node's RPC from its durable spool, so PACS
+                    # traffic never waits on consensus and survives node restarts (docs/DICOM.md).
+                    from node.dicom.service import run_dicom_hook
+
+                    await nursery.start(partial(run_dicom_hook, self.cfg.home))
                 if len(self.mempool):
                     self.driver.mempool_changed()
                 log.info("node started", extra={"fields": {
