@@ -47,6 +47,8 @@ async def test_broadcast_reaches_every_member_and_not_self():
     nets = [r.net(i) for i in range(4)]
     async with running(*nets):
         assert sorted(nets[0].connected_peers()) == sorted(r.pids[1:])
+        # the heartbeat's PING/PONG gives an RTT sample per peer
+        await wait_for(lambda: all(s["rtt_ms"] is not None for s in nets[0].peer_status().values()))
         for i in range(200):
             assert nets[0].broadcast("tx", i.to_bytes(4, "big")) == 3
         for net in nets[1:]:
