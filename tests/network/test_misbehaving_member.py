@@ -1,4 +1,4 @@
-"""A member that sends malformed frames gets its stream dropped and counted; the node keeps serving."""
+"""A member that sends malformed frames, or nothing at all: dropped, counted, and the node keeps serving."""
 
 from __future__ import annotations
 
@@ -82,3 +82,29 @@ async def test_malformed_frames_are_dropped_counted_and_node_keeps_serving():
 
 async def _echo(data: bytes) -> bytes:
     return data
+
+
+@pytest.mark.timeout(30)
+async def test_silent_member_is_declared_dead_and_redialled():
+    # A member whose connection stays up but which never sends anything (wedged process, one-way
+    # link): only the heartbeat can tell. It is dropped after ~3.5 s of silence and redialled.
+    r = Roster(2, seed=180)
+    a = r.net(0)
+    silent = build_host(r.keys[1], set(r.pids), PSK, multiaddr.Multiaddr(r.addrs[1]))
+
+    async def swallow(stream):
+        while await stream.read(65536):
+            pass
+
+    silent.set_stream_handler(MSG_PROTOCOL, swallow)
+    async with running(a, connect=False), silent.run(listen_addrs=[multiaddr.Multiaddr(r.addrs[1])]):
+        try:
+            await wait_for(lambda: a.stats["connects"] >= 1, timeout=10)
+            t0 = trio.current_time()
+            await wait_for(lambda: a.stats["peers_declared_dead"] >= 1, timeout=10)
+            assert 3.4 <= trio.current_time() - t0 <= 5.5
+            assert a.connected_peers() == []
+            await wait_for(lambda: a.stats["connects"] >= 2, timeout=10)  # redialled
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(3):
+                await silent.close()
