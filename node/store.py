@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 import os
 import struct
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -107,8 +108,11 @@ def cert_key(height: int) -> bytes:
 class Store:
     """Blocks, txs, certificates, indexes and state of one node, in one LevelDB directory."""
 
+    HASH_LIST_CACHE = 256  # blocks whose tx-hash lists queries keep at hand (at most 16 MiB)
+
     def __init__(self, path: str | os.PathLike, *, sync: bool = True, create: bool = True):
         self.path = os.fspath(path)
+        self._hash_lists: OrderedDict[int, bytes] = OrderedDict()
         self.sync = sync
         if create:
             os.makedirs(self.path, exist_ok=True)
@@ -317,13 +321,24 @@ class Store:
         return out, None
 
     def _block_tx_hashes(self, height: int) -> bytes:
+        # Index entries carry no value (write cost), so a query maps (height, index) to a tx hash through the
+        # block's hash list. Blocks never change once written: keep the recently used lists (<= 64 KiB each).
+        cache = self._hash_lists
+        hashes = cache.get(height)
+        if hashes is not None:
+            cache.move_to_end(height)
+            return hashes
         data = self._db.get(b"B" + _U64.pack(height))
         if data is None:
             raise StoreError(f"index points at missing block {height}")
         try:
-            return msgpack.unpackb(data)[1]
+            hashes = msgpack.unpackb(data)[1]
         except Exception as exc:
             raise StoreError(f"block {height}: malformed record ({exc})") from None
+        cache[height] = hashes
+        if len(cache) > self.HASH_LIST_CACHE:
+            cache.popitem(last=False)
+        return hashes
 
     def _members_indexed(self) -> list[str]:
         """Every member with an entry in the (member, type) index: one seek per member (skip scan)."""
