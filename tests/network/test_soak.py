@@ -12,7 +12,9 @@ from bench.network import _run
 
 @pytest.mark.soak
 @pytest.mark.timeout(900)
-def test_repeated_all_to_all_bursts_never_wedge():
+def test_repeated_all_to_all_bursts_never_wedge(request):
+    if "soak" not in (request.config.option.markexpr or ""):
+        pytest.skip("soak run: select it with -m soak (make soak)")
     rates = []
     for _ in range(15):
         result = _run("p2p", nodes=4, messages=5000, size=300)
