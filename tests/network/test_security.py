@@ -10,6 +10,7 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import Ed25519PrivateKey, create_new_key_pair
 from libp2p.crypto.keys import KeyPair
+from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
@@ -17,7 +18,7 @@ from network_testkit import PSK, Roster, free_port, running
 
 from network import framing
 from network.host import build_host
-from network.peer_network import MSG_PROTOCOL
+from network.peer_network import MSG_PROTOCOL, REQ_PROTOCOL
 from network.security import NOISE_PROTOCOL_ID, noise_only_security
 
 
@@ -167,3 +168,29 @@ async def test_second_instance_on_same_port_is_refused(tmp_path):
         other_dir.mkdir()
         with pytest.raises(PortInUse):  # a different lock dir still finds the live listener
             await r.net(0, lock_dir=str(other_dir)).run()
+
+
+@pytest.mark.timeout(30)
+async def test_streams_from_non_members_are_reset_even_past_the_handshake():
+    # Defence in depth: should the allow-list ever let a non-member through (here we widen it on
+    # purpose), every stream handler still checks muxed_conn.peer_id against the members.
+    r = Roster(1, seed=190)
+    outsider = create_new_key_pair(b"\x98" * 32)
+    outsider_id = ID.from_pubkey(outsider.public_key).to_base58()
+    a = r.net(0)
+    a._allowed = a._allowed | {outsider_id}  # test-only: bypass the handshake gate
+    host = build_host(outsider, {outsider_id, a.peer_id}, PSK, multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0"))
+    async with running(a, connect=False), raw_host(host):
+        pid = ID.from_base58(a.peer_id)
+        with trio.fail_after(5):
+            await host.connect(PeerInfo(pid, [multiaddr.Multiaddr(a.listen_addrs[0])]))
+        for proto in (MSG_PROTOCOL, REQ_PROTOCOL):
+            # the stream is reset as soon as it is negotiated (the opener often sees new_stream fail)
+            with trio.fail_after(5), pytest.raises((BaseLibp2pError, EOFError)):
+                stream = await host.new_stream(pid, [proto])
+                await stream.write(framing.encode_data("consensus", b"forged"))
+                while await stream.read(1):
+                    pass
+                raise EOFError
+        assert a.stats["rejected_streams"] == 2
+        await _assert_inbox_empty(a)
