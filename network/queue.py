@@ -63,17 +63,3 @@ class FrameQueue:
             if self._not_full:
                 self._not_full.unpark_all()
         return out
-
-    async def get_batch(self, max_bytes: int) -> list[bytes]:
-        """Wait for a frame, yield once so producers can add more, then `take(max_bytes)`."""
-        while not self._q:
-            await self.wakeup.park()
-        await trio.lowlevel.checkpoint()
-        return self.take(max_bytes)
-
-    def clear(self) -> int:
-        n = len(self._q)
-        self._q.clear()
-        self.nbytes = 0
-        self._not_full.unpark_all()
-        return n
