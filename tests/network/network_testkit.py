@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 from contextlib import asynccontextmanager
 
 import trio
@@ -12,6 +15,9 @@ from network import PeerNetwork
 from network.identity import identity_from_seed, peer_id_of
 
 PSK = bytes(range(32))
+# PortLock files of the test networks go here rather than into /tmp
+LOCK_DIR = tempfile.mkdtemp(prefix="radchain-net-tests-")
+atexit.register(shutil.rmtree, LOCK_DIR, True)
 
 
 def free_port() -> int:
@@ -33,7 +39,7 @@ class Roster:
         self.members = {pid: [a] for pid, a in zip(self.pids, self.addrs, strict=True)}
 
     def net(self, i: int, psk: bytes | None = PSK, **kw) -> PeerNetwork:
-        return PeerNetwork(self.keys[i], self.members, psk, self.addrs[i], lock_dir=kw.pop("lock_dir", None), **kw)
+        return PeerNetwork(self.keys[i], self.members, psk, self.addrs[i], lock_dir=kw.pop("lock_dir", LOCK_DIR), **kw)
 
 
 
