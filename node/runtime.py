@@ -133,14 +133,19 @@ class Node:
         await hypercorn_serve(self.rpc.app, config, task_status=task_status)
 
     async def _inbox_loop(self) -> None:
-        async for peer, channel, data in self.net.inbox:
-            index = self._index_of_peer.get(peer)
-            if index is None:
-                continue  # network/ admits members only; defence in depth
-            if channel == CONSENSUS_CHANNEL:
-                self.driver.message(index, data)
-            elif channel == TX_CHANNEL:
-                self.gossip.on_batch(peer, data)
+        while True:
+            try:
+                batch = await self.net.receive_batch()
+            except trio.EndOfChannel:
+                return
+            for peer, channel, data in batch:
+                index = self._index_of_peer.get(peer)
+                if index is None:
+                    continue  # network/ admits members only; defence in depth
+                if channel == CONSENSUS_CHANNEL:
+                    self.driver.message(index, data)
+                elif channel == TX_CHANNEL:
+                    self.gossip.on_batch(peer, data)
             await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------------ consensus callbacks
