@@ -4,7 +4,8 @@ Normal case (Castro & Liskov 2002, sec. 4.2), heights as sequence numbers: the p
 PRE-PREPARE(v, h, digest, payload); a backup that validates the payload (app.validate) sends PREPARE; 2f+1
 matching votes (the pre-prepare counts as the primary's) make the height *prepared*, and the replica sends
 COMMIT; 2f+1 COMMITs form the certificate (consensus/certificate.py) and the block is delivered (Commit
-action) in height order. See docs/CONSENSUS.md for checkpoints, view changes, catch-up and the WAL.
+action) in height order. View changes live in viewchange.py, delivery and catching up in catchup.py (mixins
+of this class); see docs/CONSENSUS.md for checkpoints, view changes, catch-up and the WAL.
 """
 
 from __future__ import annotations
@@ -13,32 +14,22 @@ from collections import Counter
 
 from . import messages as m
 from . import wal as walrec
-from .actions import (
-    Broadcast,
-    CancelTimer,
-    Commit,
-    Persist,
-    ReportEvidence,
-    RequestProposal,
-    RequestStateTransfer,
-    Send,
-    SetTimer,
-)
-from .certificate import Certificate, CertificateError, commit_signing_bytes
+from .actions import Broadcast, CancelTimer, Persist, ReportEvidence, RequestProposal, SetTimer
+from .catchup import TRANSFER, CatchUp
+from .certificate import Certificate, commit_signing_bytes
 from .config import Config
 from .events import Executed, MessageReceived, ProposalReady, StateTransferred, TimerFired, WorkPending
 from .evidence import encode_evidence
 from .slot import Slot
-from .viewchange import check_view_change, plan_new_view, quorum_valid
+from .viewchange import ViewChanges, quorum_valid
 
 __all__ = ["Replica"]
 
 TICK = ("tick",)
-TRANSFER = ("transfer",)
 _SEEN_CAP = 100_000  # equivocation table bound (entries above the stable checkpoint)
 
 
-class Replica:
+class Replica(CatchUp, ViewChanges):
     def __init__(self, config: Config, replica_id: int, crypto, app, wal=(), last_executed: int = 0) -> None:
         if not 0 <= replica_id < config.n:
             raise ValueError("replica_id is not a member index")
@@ -387,137 +378,6 @@ class Replica:
             return self._drop("already_committed")
         self._add_commit(slot, v, d, msg.sender, msg.sig)
 
-    # ---- delivery, fetching payloads, catching up ---------------------------------------------------------
-
-    def _deliver(self) -> None:
-        if self._transfer is not None:
-            return
-        while True:
-            h = self._ld + 1
-            slot = self._slots.get(h)
-            if slot is None or slot.cert is None:
-                return
-            cert = slot.cert
-            payload = slot.payloads.get(cert.digest)
-            if payload is None:
-                self._fetch(slot, cert.digest)
-                return
-            self._ld = h
-            self.stats["delivered"] += 1
-            self._emit(Commit(h, payload, cert.digest, cert.encode()))
-            self._on_progress()
-
-    def _fetch(self, slot: Slot, d: bytes, to: int | None = None) -> None:
-        if slot.fetch_tick == self._ticks:  # at most once per retransmit interval
-            return
-        slot.fetch_tick = self._ticks
-        wire = self._sign(m.FETCH, (slot.height, d)).encode()
-        self.stats["fetch_sent"] += 1
-        self._emit(Send(to, wire) if to is not None else Broadcast(wire))
-
-    def _budget(self, sender: int) -> bool:
-        """Large answers (payloads, pushed blocks) per peer and tick are bounded: a peer asking in a loop
-        cannot make this replica send megabytes per message it sends."""
-        tick, used = self._served.get(sender, (self._ticks, 0))
-        if tick != self._ticks:
-            used = 0
-        if used >= 2 * (self.config.pipeline + self.config.catchup_batch):
-            self._drop("rate_limited")
-            return False
-        self._served[sender] = (self._ticks, used + 1)
-        return True
-
-    def _on_fetch(self, msg: m.Message, sender: int, data: bytes) -> None:
-        h, d = msg.body
-        if not self._budget(sender):
-            return
-        slot = self._slots.get(h)
-        if slot is None or d not in slot.payloads:
-            return self._drop("fetch_miss")
-        self._emit(Send(sender, self._sign(m.PAYLOAD, (h, d, slot.payloads[d])).encode()))
-
-    def _on_payload(self, msg: m.Message, sender: int, data: bytes) -> None:
-        h, d, payload = msg.body
-        slot = self._slots.get(h)
-        if h <= self._ld or slot is None:
-            return self._drop("unsolicited_payload")
-        if d in slot.payloads:
-            self.stats["duplicate"] += 1
-            return
-        if d not in slot.known_digests():
-            return self._drop("unsolicited_payload")
-        if self._digest(payload) != d:
-            return self._drop("bad_digest")
-        if slot.pending is not None and slot.pending == (self._view, d):
-            return self._accept_proposal(slot, self._view, d, payload)
-        slot.payloads[d] = payload
-        self._deliver()
-
-    def _on_decided(self, msg: m.Message, sender: int, data: bytes) -> None:
-        h, payload, cert_bytes = msg.body
-        if h <= self._ld or h <= self._stable[0]:
-            return self._drop("stale_height")
-        if h > self._ld + self._L:
-            return self._drop("above_window")
-        try:
-            cert = Certificate.decode(cert_bytes)
-        except CertificateError:
-            return self._drop("bad_certificate")
-        if cert.height != h or not self._cert_valid(cert):
-            return self._drop("bad_certificate")
-        if self._digest(payload) != cert.digest:
-            return self._drop("bad_digest")
-        slot = self._slot(h)
-        if slot.cert is not None and slot.cert.digest != cert.digest:  # needs more than f faulty members
-            self.stats["conflicting_certificate"] += 1
-            return
-        if slot.cert is None:
-            slot.cert = cert
-        slot.payloads[cert.digest] = payload
-        self._deliver()
-
-    def _on_status(self, msg: m.Message, sender: int, data: bytes) -> None:
-        v, in_vc, ld, sh = msg.body
-        prev = self._peers.get(sender)
-        self._peers[sender] = msg.body
-        # Push committed blocks, with certificates, to a peer that is more than a pipeline behind or reported
-        # the same lag twice in a row, so a peer a moment behind is not sent megabytes it will get anyway.
-        if ld < self._ld and (self._ld - ld > self.config.pipeline or (prev is not None and prev[2] == ld)):
-            for h in range(ld + 1, min(self._ld, ld + self.config.catchup_batch) + 1):
-                slot = self._slots.get(h)
-                if slot is None or slot.cert is None or slot.cert.digest not in slot.payloads:
-                    continue
-                if not self._budget(sender):
-                    break
-                body = (h, slot.payloads[slot.cert.digest], slot.cert.encode())
-                self._emit(Send(sender, self._sign(m.DECIDED, body).encode()))
-                self.stats["decided_sent"] += 1
-        if self._my_cp is not None and sh < self._my_cp_height:  # our newest checkpoint, to whoever lacks it
-            self._emit(Send(sender, self._my_cp))
-        if (self._nv_wire is not None and (v < self._nv_view or (v == self._nv_view and in_vc))
-                and self._budget(sender)):
-            self._emit(Send(sender, self._nv_wire))  # even from a later view change: it proves itself
-
-    def _request_transfer(self, target: int, peers: tuple[int, ...]) -> None:
-        self._transfer = target
-        self.stats["state_transfer"] += 1
-        self._emit(RequestStateTransfer(target, peers))
-        self._emit(SetTimer(TRANSFER, self.config.state_transfer_timeout))
-
-    def _on_transferred(self, h, sd) -> None:
-        if type(h) is not int or h < 0 or type(sd) is not bytes:
-            return self._drop("bad_event")
-        if self._transfer is not None:
-            self._emit(CancelTimer(TRANSFER))
-        self._transfer = None
-        if h > self._ld:
-            self._ld = h
-            self._on_progress()
-        self._executed = max(self._executed, h)
-        if h % self._K == 0 and h > self._stable[0]:
-            self._send_checkpoint(h, sd)
-        self._deliver()
-
     # ---- checkpoints and garbage collection -----------------------------------------------------------------
 
     def _on_executed(self, h, sd) -> None:
@@ -740,164 +600,6 @@ class Replica:
                 target = claims[self._f][0]
                 self._stuck_ticks = 0
                 self._request_transfer(target, tuple(i for c, i in claims if c >= target))
-
-    # ---- view change --------------------------------------------------------------------------------------
-
-    def _start_view_change(self, w: int) -> None:
-        if w <= self._view:
-            return
-        self._cancel_progress()
-        if self._vc_timer is not None:
-            self._emit(CancelTimer(self._vc_timer))
-            self._vc_timer = None
-        self._view = w
-        self._in_vc = True
-        self._attempts += 1
-        self._requested.clear()
-        self.stats["view_changes"] += 1
-        self._emit(Persist(walrec.view_record(w)))
-        self._broadcast_view_change()
-
-    def _broadcast_view_change(self) -> None:
-        w = self._view
-        sh, sd, proof = self._stable
-        entries = []
-        for h in sorted(self._slots):
-            if not sh < h <= sh + self._L:
-                continue
-            s = self._slots[h]
-            if s.cert is not None and s.cert.view < w:
-                entries.append((h, s.cert.view, s.cert.digest, m.ENTRY_COMMITTED, s.cert.signatures))
-            elif s.prepared is not None and s.prepared[0] < w:
-                entries.append((h, s.prepared[0], s.prepared[1], m.ENTRY_PREPARED, s.prepared[2]))
-        msg = self._sign(m.VIEWCHANGE, (w, sh, sd, proof, tuple(entries)))
-        self._my_vc = msg.encode()
-        self._vcs[self.id] = msg
-        self._emit(Broadcast(self._my_vc))
-        self._check_vc_quorum()
-
-    def _on_view_change(self, msg: m.Message, sender: int, data: bytes) -> None:
-        w = msg.body[0]
-        if w < self._view or (w == self._view and not self._in_vc):
-            if self._nv_wire is not None and w <= self._nv_view and self._budget(sender):
-                self._emit(Send(sender, self._nv_wire))  # the sender missed the NEW-VIEW
-            return self._drop("stale_view_change")
-        old = self._vcs.get(msg.sender)
-        if old is not None and old.body[0] >= w:
-            self.stats["duplicate"] += 1
-            return
-        err = check_view_change(msg, self._chain, self.crypto, self._n, self._q, self._K, self._L)
-        if err is not None:
-            return self._drop("bad_view_change")
-        self._vcs[msg.sender] = msg
-        # f+1 members want a later view: at least one is honest, join them (PBFT sec. 4.5.2).
-        views = sorted((x.body[0] for i, x in self._vcs.items() if i != self.id and x.body[0] > self._view),
-                       reverse=True)
-        if len(views) > self._f:
-            self._start_view_change(views[self._f])
-        elif self._in_vc:
-            self._check_vc_quorum()
-
-    def _check_vc_quorum(self) -> None:
-        if not self._in_vc:
-            return
-        w = self._view
-        group = {i: x for i, x in self._vcs.items() if x.body[0] == w}
-        # The timer runs once 2f+1 members gave up on every view before w (PBFT waits for 2f+1 VIEW-CHANGEs
-        # for w itself; a member that already moved past w no longer repeats its VIEW-CHANGE for w, and
-        # without counting it a replica could wait forever).
-        support = sum(1 for x in self._vcs.values() if x.body[0] >= w)
-        if support >= self._q and self._vc_timer is None:
-            self._vc_timer = ("vc", w)
-            self._emit(SetTimer(self._vc_timer, self._backoff(self.config.view_change_timeout, self._attempts - 1)))
-        if len(group) >= self._q and self.config.primary(w) == self.id:
-            chosen = [group[self.id]] + [group[i] for i in sorted(group) if i != self.id][: self._q - 1]
-            plan = plan_new_view(chosen)
-            asg = tuple((h, d, self.crypto.sign(m.vote_signing_bytes(self._chain, w, h, d)))
-                        for h, d in plan.assignments)
-            wire = self._sign(m.NEWVIEW, (w, tuple(x.encode() for x in chosen), asg)).encode()
-            self._emit(Persist(walrec.newview_record(w, wire)))
-            self._emit(Broadcast(wire))
-            self._enter_view(w, wire, plan, asg)
-
-    def _on_new_view(self, msg: m.Message, sender: int, data: bytes) -> None:
-        w, vc_wires, asg = msg.body
-        if w < self._view or (w == self._view and not self._in_vc):
-            self.stats["duplicate"] += 1
-            return
-        if msg.sender != self.config.primary(w):
-            return self._drop("not_primary")
-        vcs, senders = [], set()
-        for wire in vc_wires:
-            try:
-                vc = m.decode(wire, self._n, self.config.max_message_bytes, self._L)
-            except m.DecodeError:
-                return self._drop("bad_new_view")
-            if (vc.kind != m.VIEWCHANGE or vc.body[0] != w or vc.sender in senders
-                    or not m.verify(self.crypto, self._chain, vc)
-                    or check_view_change(vc, self._chain, self.crypto, self._n, self._q, self._K, self._L)):
-                return self._drop("bad_new_view")
-            senders.add(vc.sender)
-            vcs.append(vc)
-        if len(vcs) < self._q:
-            return self._drop("bad_new_view")
-        plan = plan_new_view(vcs)
-        if tuple((h, d) for h, d, _s in asg) != plan.assignments:
-            return self._drop("bad_new_view")
-        for h, d, s in asg:
-            if not self.crypto.verify(msg.sender, m.vote_signing_bytes(self._chain, w, h, d), s):
-                return self._drop("bad_new_view")
-        self._emit(Persist(walrec.newview_record(w, data)))
-        if w > self._view:
-            self._attempts += 1
-        self._enter_view(w, data, plan, asg)
-
-    def _enter_view(self, w: int, wire: bytes, plan, asg) -> None:
-        if self._vc_timer is not None:
-            self._emit(CancelTimer(self._vc_timer))
-            self._vc_timer = None
-        self._cancel_progress()
-        self._view = w
-        self._in_vc = False
-        self._nv_wire = wire
-        self._nv_view = w
-        self._my_vc = None
-        self._requested.clear()
-        self._vcs = {i: x for i, x in self._vcs.items() if x.body[0] > w}
-        self.stats["new_views"] += 1
-        if plan.stable_height > self._stable[0]:
-            self._quiet = True  # no proposals before the re-proposals are in place
-            try:
-                self._new_stable(plan.stable_height, plan.stable_digest, plan.stable_proof)
-            finally:
-                self._quiet = False
-        self._apply_assignments(w, asg, send=True)
-        for slot in list(self._slots.values()):
-            if (slot.pp is not None and slot.pp[0] == w and not slot.nv and slot.height > self._ld
-                    and self.config.primary(w) != self.id):
-                # a pre-prepare of view w that overtook its NEW-VIEW was validated but not voted for
-                self._vote_prepare(slot, w, slot.pp[1], slot.payloads.get(slot.pp[1]))
-            for v, d in list(slot.prepares):
-                if v == w:
-                    self._check_prepared(slot, w, d)
-        self._arm_progress()
-        self._maybe_propose()
-        self._deliver()
-
-    def _apply_assignments(self, w: int, asg, send: bool) -> None:
-        p = self.config.primary(w)
-        self._top = 0
-        for h, d, sig in asg:
-            if h <= self._stable[0] or h <= self._ld:
-                continue
-            slot = self._slot(h)
-            slot.pp, slot.nv, slot.pending = (w, d), True, None
-            self._top = max(self._top, h)
-            self._add_vote(slot, w, d, p, sig)
-            if p == self.id:
-                self._my_votes.setdefault(("p", w, h), (d, m.encode(m.PREPREPARE, p, (w, h, d, None), sig), self._ticks))
-            elif send:
-                self._vote_prepare(slot, w, d, slot.payloads.get(d))
 
     # ---- restart from the WAL -------------------------------------------------------------------------------
 
