@@ -111,7 +111,8 @@ def run_step(net: LocalTestnet, rate: float | None, seconds: float, step: int) -
     errors = sum(r[1] for r in results)
     committed = [seen[k] for k in sent if k in seen]
     latencies = sorted((seen[k] - v) * 1000 for k, v in sent.items() if k in seen)
-    elapsed = (max(committed) - t0) if committed else float("nan")
+    first_submit = min(sent.values(), default=t0)
+    elapsed = (max(committed) - first_submit) if committed else float("nan")
     cpu1 = [_proc_stats(p.pid)[0] for p in net.procs]
     wall = time.time() - t0
     return {

@@ -207,7 +207,12 @@ class JsonRpcApp:
         return await self._finish(started) if isinstance(started, _Started) else started
 
     async def run_batch(self, requests: list, caller: Caller) -> list:
-        replies = [await self._start(item, caller) for item in requests]
+        replies = []
+        for i, item in enumerate(requests):
+            replies.append(await self._start(item, caller))
+            if i % 16 == 15:
+                # A batch of hundreds of submits is ~100 ms of work: let consensus messages through meanwhile.
+                await trio.lowlevel.checkpoint()
         waiting = [i for i, r in enumerate(replies) if isinstance(r, _Started)]
         if waiting:
             async def finish(i: int) -> None:
