@@ -93,22 +93,26 @@ def rpc_call(url: str, method: str, params: dict | None = None, token: str | Non
     return reply
 
 
+def poll(predicate, timeout: float, what: str) -> None:
+    """Call `predicate` until it is true; a node that is not up yet (connection or RPC errors) is not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except (httpx.HTTPError, RuntimeError, KeyError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.2)
+
+
 def wait_ready(nodes: list[NodeInfo], timeout: float = 60.0, peers: int | None = None) -> None:
     """Until every node answers `status` (and sees `peers` peers, when given)."""
     deadline = time.monotonic() + timeout
-    pending = list(nodes)
-    while pending:
-        info = pending[0]
-        try:
-            status = rpc_call(info.rpc, "status", timeout=2)["result"]
-            if peers is None or status["peers"] >= peers:
-                pending.pop(0)
-                continue
-        except (httpx.HTTPError, KeyError, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{info.name} not ready after {timeout:.0f} s (see {info.home / 'node.log'})")
-        time.sleep(0.2)
+    for info in nodes:
+        poll(lambda info=info: rpc_call(info.rpc, "status", timeout=2)["result"]["peers"] >= (peers or 0),
+             max(0.1, deadline - time.monotonic()), f"{info.name} ready (see {info.home / 'node.log'})")
 
 
 def stop(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
@@ -190,16 +194,7 @@ class LocalTestnet:
         wait_ready(chosen, timeout=timeout)
 
     def wait_until(self, predicate, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if predicate():
-                    return
-            except (httpx.HTTPError, RuntimeError, KeyError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not within {timeout:.0f} s: {what}")
-            time.sleep(0.2)
+        poll(predicate, timeout, what)
 
     def height(self, i: int) -> int:
         return self.rpc(i, "status", timeout=3)["height"]
