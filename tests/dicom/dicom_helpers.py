@@ -198,8 +198,13 @@ def write_home(home: Path, rpc_listen: str | None, token: str | None, **dicom) -
 
 
 def spooled_events(home: Path) -> list[dict]:
-    pending = sorted((home / "spool" / "pending").glob("*.json"))
-    return [json.loads(p.read_bytes())["event"] for p in pending]
+    events = []
+    for p in sorted((home / "spool" / "pending").glob("*.json")):
+        try:
+            events.append(json.loads(p.read_bytes())["event"])
+        except FileNotFoundError:
+            continue  # delivered (and removed) between listing and reading: no longer pending
+    return events
 
 
 # -- Orthanc ---------------------------------------------------------------------------------------------------
