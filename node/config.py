@@ -49,7 +49,7 @@ class MempoolConfig:
     max_txs: int = 100_000
     max_block_txs: int = 2000
     gossip_batch: int = 256
-    gossip_interval: float = 0.02
+    gossip_interval: float = 0.005
     rebroadcast_after: float = 5.0
 
 
