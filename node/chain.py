@@ -39,6 +39,7 @@ from node.block import (
     encode_payload,
     split_payload,
 )
+from node.evidence import check_evidence_tx
 from node.genesis import Genesis
 from node.merkle import merkle_root
 from node.state import STATE_TYPES, LedgerState, next_state_root
@@ -264,6 +265,8 @@ class Chain:
             raise TxError(f"chain: tx is for chain {f['chain']!r}, this is {self.chain_id!r}")
         if not self.state.authorized(f["member"], f["client"]):
             raise TxError(f"client: key {f['client'].hex()[:16]} is not authorised for member {f['member']!r}")
+        if f["type"] == "evidence.equivocation":
+            check_evidence_tx(f, self.chain_id, self.members)
 
     def _remember(self, tx: Tx) -> None:
         cache = self._verified
@@ -339,6 +342,11 @@ class Chain:
                 raise ProposalError(f"tx {i}: for chain {f['chain']!r}")
             if not authorized(f["member"], f["client"]):
                 raise ProposalError(f"tx {i}: client key not authorised for member {f['member']!r}")
+            if f["type"] == "evidence.equivocation":
+                try:
+                    check_evidence_tx(f, chain_id, self.members)
+                except TxError as exc:
+                    raise ProposalError(f"tx {i}: {exc}") from None
         props = self._proposals
         if len(props) >= self.PROPOSAL_CACHE:
             del props[next(iter(props))]

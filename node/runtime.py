@@ -17,7 +17,6 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from consensus.config import Config as ConsensusConfig
 from consensus.crypto import Ed25519Crypto
-from consensus.evidence import decode_evidence
 from consensus.replica import Replica
 from network import PeerNetwork
 from network.identity import load_or_create_identity
@@ -25,6 +24,7 @@ from node.chain import Chain
 from node.config import NodeConfig
 from node.driver import ConsensusDriver
 from node.events import event_to_tx_fields, make_tx, sign_tx
+from node.evidence import evidence_tx_fields
 from node.genesis import Genesis
 from node.gossip import CHANNEL as TX_CHANNEL
 from node.gossip import TxGossip
@@ -172,17 +172,17 @@ class Node:
         self.sync.request(target, peers)
 
     def _on_evidence(self, evidence: bytes) -> None:
+        """Our replica saw two conflicting signed votes from one member: put the proof on chain."""
         try:
-            ev = decode_evidence(evidence)
-            offender = ev["member"]
+            fields = evidence_tx_fields(evidence)
             raw = make_tx("evidence.equivocation", self.member_key, chain_id=self.genesis.chain_id,
-                          member=self.cfg.name, offender=self.genesis.members[offender].name,
-                          evidence=[ev["a"], ev["b"]])
-        except Exception:
+                          member=self.cfg.name, **fields)
+            offender = self.genesis.members[fields["offender"]].name
+            self.submit([raw], checked=False)
+        except Exception:  # a report we cannot turn into a valid tx must not stop consensus
             log.exception("replica reported evidence that cannot become a tx")
             return
-        log.warning("equivocation by member %s recorded as evidence", self.genesis.members[offender].name)
-        self.submit([raw])
+        log.warning("equivocation by member %s recorded as evidence", offender)
 
     # ------------------------------------------------------------------ transactions
     def event_to_tx(self, event: dict) -> bytes:

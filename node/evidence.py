@@ -1,0 +1,54 @@
+"""Equivocation evidence as a transaction, checked by every validator before it goes on chain.
+
+consensus/ reports two conflicting signed votes from one member as one blob; on chain the tx names the
+offender (member index) and carries the two votes as [kind, view, height, digest, signature] each, so a
+reader can re-check them with the members' public keys alone. A member cannot put a false accusation on
+chain: validators rebuild the blob and run consensus.evidence.verify_evidence on it.
+"""
+
+from __future__ import annotations
+
+import msgpack
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from consensus.evidence import EvidenceError, decode_evidence, encode_evidence, verify_evidence
+from node.tx import TxError
+
+
+class _MemberKeys:
+    """The verify half of consensus.crypto: member index -> ed25519 public key."""
+
+    def __init__(self, members: tuple[bytes, ...]):
+        self._keys = [VerifyKey(m) for m in members]
+
+    def verify(self, member: int, data: bytes, sig: bytes) -> bool:
+        if not 0 <= member < len(self._keys):
+            return False
+        try:
+            self._keys[member].verify(data, sig)
+        except (BadSignatureError, ValueError, TypeError):
+            return False
+        return True
+
+
+def evidence_tx_fields(blob: bytes) -> dict:
+    """Fields of an `evidence.equivocation` tx for a blob the replica reported (ReportEvidence)."""
+    ev = decode_evidence(blob)
+    votes = [msgpack.packb([ev["kind"], ev["view"], ev["height"], bytes(d), bytes(s)], use_bin_type=True)
+             for d, s in (ev["a"], ev["b"])]
+    return {"offender": ev["member"], "evidence": votes}
+
+
+def check_evidence_tx(fields: dict, chain_id: str, members: tuple[bytes, ...]) -> None:
+    """Raise TxError unless the tx's two votes are validly signed by the offender and conflict."""
+    try:
+        a, b = (msgpack.unpackb(v, raw=False, max_array_len=5, max_bin_len=256, max_str_len=16)
+                for v in fields["evidence"])
+        if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b) == 5 and a[:3] == b[:3]):
+            raise EvidenceError("the two votes must share kind, view and height")
+        kind, view, height = a[:3]
+        blob = encode_evidence(kind, chain_id, fields["offender"], view, height, (a[3], a[4]), (b[3], b[4]))
+        verify_evidence(blob, _MemberKeys(members), chain_id)
+    except (EvidenceError, ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise TxError(f"evidence: does not prove equivocation by member {fields.get('offender')} ({exc})") from None
