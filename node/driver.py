@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +63,6 @@ class ConsensusDriver:
         self._deferred_view = -1
         self._mempool_dirty = False
         self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0}
-        self.commit_latency_ms: deque[float] = deque(maxlen=1000)
 
     # ------------------------------------------------------------------ inputs (any task)
     def message(self, sender: int, data: bytes) -> None:
@@ -188,14 +186,12 @@ class ConsensusDriver:
         return event
 
     def _execute(self, payload: bytes, certificate: bytes, verify: bool = False):
-        started = time.perf_counter()
         try:
             block = self.chain.execute(payload, certificate, verify_certificate_sigs=verify)
         except ChainError:
             log.exception("could not execute a committed block; will sync it from peers")
             return None
         self.stats["commits"] += 1
-        self.commit_latency_ms.append((time.perf_counter() - started) * 1000)
         self._on_commit(block, payload)
         return block
 
