@@ -247,18 +247,27 @@ class Replica(CatchUp, ViewChanges):
         self.stats["received"] += 1
         self._handlers[msg.kind](msg, sender, data)
 
+    def _voting_slot(self, kind: str, msg: m.Message, v: int, h: int, d: bytes) -> Slot | None:
+        """The slot a vote for height h counts in, after noting the vote for equivocation checks; None when
+        h is outside the watermarks or already committed (the vote then changes nothing)."""
+        if not self._in_window(h):
+            return None
+        self._note_vote(kind, msg.sender, v, h, d, msg.sig)
+        slot = self._slot(h)
+        if slot.cert is not None:
+            self._drop("already_committed")
+            return None
+        return slot
+
     def _on_preprepare(self, msg: m.Message, sender: int, data: bytes) -> None:
         v, h, d, payload = msg.body
         if msg.sender != self.config.primary(v):
             return self._drop("not_primary")
         if v != self._view:
             return self._drop("stale_view" if v < self._view else "future_view")
-        if not self._in_window(h):
+        slot = self._voting_slot("prepare", msg, v, h, d)
+        if slot is None:
             return
-        self._note_vote("prepare", msg.sender, v, h, d, msg.sig)
-        slot = self._slot(h)
-        if slot.cert is not None:
-            return self._drop("already_committed")
         if slot.pp is not None and slot.pp[0] == v:
             if slot.pp[1] != d:
                 return self._drop("conflicting_preprepare")
@@ -357,26 +366,17 @@ class Replica(CatchUp, ViewChanges):
         v, h, d = msg.body
         if v != self._view:
             return self._drop("stale_view" if v < self._view else "future_view")
-        if not self._in_window(h):
-            return
-        self._note_vote("prepare", msg.sender, v, h, d, msg.sig)
-        slot = self._slot(h)
-        if slot.cert is not None:
-            return self._drop("already_committed")
-        if self._add_vote(slot, v, d, msg.sender, msg.sig):
+        slot = self._voting_slot("prepare", msg, v, h, d)
+        if slot is not None and self._add_vote(slot, v, d, msg.sender, msg.sig):
             self._check_prepared(slot, v, d)
 
     def _on_commit(self, msg: m.Message, sender: int, data: bytes) -> None:
         v, h, d = msg.body
         if v > self._view + self._n * 4:  # a certificate is valid in any view, but bound the memory
             return self._drop("future_view")
-        if not self._in_window(h):
-            return
-        self._note_vote("commit", msg.sender, v, h, d, msg.sig)
-        slot = self._slot(h)
-        if slot.cert is not None:
-            return self._drop("already_committed")
-        self._add_commit(slot, v, d, msg.sender, msg.sig)
+        slot = self._voting_slot("commit", msg, v, h, d)
+        if slot is not None:
+            self._add_commit(slot, v, d, msg.sender, msg.sig)
 
     # ---- checkpoints and garbage collection -----------------------------------------------------------------
 
