@@ -40,14 +40,13 @@ class ConsensusConfig:
     checkpoint_interval: int = 16
     watermark_window: int = 64
     pipeline: int = 4
-    request_timeout: float = 2.0  # seconds without progress on pending work before a view change
+    progress_timeout: float = 2.0  # seconds without progress on pending work before a view change
     wal_fsync: bool = True
 
 
 @dataclass
 class MempoolConfig:
     max_txs: int = 100_000
-    max_block_txs: int = 2000
     gossip_batch: int = 256
     gossip_interval: float = 0.005
     rebroadcast_after: float = 5.0

@@ -73,7 +73,7 @@ class Node:
             chain_id=self.genesis.chain_id, members=members,
             checkpoint_interval=cfg.consensus.checkpoint_interval,
             watermark_window=cfg.consensus.watermark_window, pipeline=cfg.consensus.pipeline,
-            progress_timeout=cfg.consensus.request_timeout)
+            progress_timeout=cfg.consensus.progress_timeout)
         self.replica = Replica(consensus_cfg, self.index, Ed25519Crypto(self.member_key, members), self.chain,
                                wal=tuple(self.wal.records), last_executed=self.store.height)
         self.driver = ConsensusDriver(

@@ -77,12 +77,13 @@ def load(out: Path) -> list[NodeInfo]:
     return [NodeInfo(x["name"], Path(x["home"]), x["rpc"], x["p2p"], x["token"]) for x in data["nodes"]]
 
 
-def start_node(info: NodeInfo, log_path: Path | None = None, env: dict | None = None) -> subprocess.Popen:
-    log_path = log_path or info.home / "node.log"
-    log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "node.cli", "start", "--home", str(info.home)],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                            start_new_session=True)
+def start_node(info: NodeInfo, wrap: list[str] = ()) -> subprocess.Popen:
+    """`radchain start` for one node in its own session (so a terminal's Ctrl-C reaches only the
+    supervisor, which stops the nodes in order); output appended to HOME/node.log. `wrap` prefixes the
+    command, e.g. ["ip", "netns", "exec", NS]."""
+    with open(info.home / "node.log", "ab") as log:
+        return subprocess.Popen([*wrap, sys.executable, "-m", "node.cli", "start", "--home", str(info.home)],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def rpc_call(url: str, method: str, params: dict | None = None, token: str | None = None,
@@ -165,11 +166,7 @@ class LocalTestnet:
 
     def start(self, i: int | None = None) -> None:
         for j in ([i] if i is not None else range(len(self.nodes))):
-            info = self.nodes[j]
-            log = open(info.home / "node.log", "ab")
-            self.procs[j] = subprocess.Popen(
-                [*self.wrap[j], sys.executable, "-m", "node.cli", "start", "--home", str(info.home)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs[j] = start_node(self.nodes[j], self.wrap[j])
 
     def kill(self, i: int) -> None:
         p = self.procs[i]
