@@ -70,10 +70,10 @@ class Admission:
             raise RpcError(MEMPOOL_FULL, f"{exc}; retry later (resubmitting is safe)") from None
         except TxError as exc:
             self._reject(h, str(exc))
-            raise RpcError(REJECTED, f"rejected: {exc}", {"tx": h.hex(), "hash": h.hex(), "reason": str(exc)}) from None
+            raise RpcError(REJECTED, f"rejected: {exc}", _ids(h, reason=str(exc))) from None
         self.rejected.pop(h, None)
         self.metrics.submitted(h)
-        return {"tx": h.hex(), "hash": h.hex(), "status": "pending"}
+        return _ids(h, status="pending")
 
     def enqueue(self, raw: bytes, h: bytes) -> dict:
         node = self.node
@@ -81,7 +81,7 @@ class Admission:
         if found is not None:
             return committed_answer(node, h, found[0])
         if h in node.mempool:
-            return {"tx": h.hex(), "hash": h.hex(), "status": "pending"}
+            return _ids(h, status="pending")
         if h not in self.queued:
             try:
                 self._queue_send.send_nowait((raw, h))
@@ -89,7 +89,7 @@ class Admission:
                 raise RpcError(MEMPOOL_FULL, "async queue full; retry later or use mode sync") from None
             self.queued.add(h)
             self.metrics.submitted(h)
-        return {"tx": h.hex(), "hash": h.hex(), "status": "pending", "checked": False}
+        return _ids(h, status="pending", checked=False)
 
     async def run(self) -> None:
         async for raw, h in self._queue_recv:
@@ -110,10 +110,14 @@ class Admission:
             self.rejected.popitem(last=False)
 
 
+def _ids(h: bytes, **answer) -> dict:
+    """An answer naming the tx both ways: `tx` (the network issue's submit_event contract) and `hash`."""
+    return {"tx": h.hex(), "hash": h.hex(), **answer}
+
+
 def committed_answer(node, h: bytes, height: int) -> dict:
     status = node.store.tx_status(h)
-    return {"tx": h.hex(), "hash": h.hex(), "status": "committed", "height": height,
-            "outcome": STATUS_NAMES.get(status, "applied")}
+    return _ids(h, status="committed", height=height, outcome=STATUS_NAMES.get(status, "applied"))
 
 
 def _mode_and_timeout(params: dict) -> tuple[str, float]:
@@ -139,8 +143,7 @@ def _answer(node, raw: bytes, mode: str, timeout: float):
         started = time.monotonic()
         height = await node.wait_committed(h, timeout)
         if height is None:
-            return {"tx": h.hex(), "hash": h.hex(), "status": "pending", "timeout": True,
-                    "waited_s": round(time.monotonic() - started, 3)}
+            return _ids(h, status="pending", timeout=True, waited_s=round(time.monotonic() - started, 3))
         return committed_answer(node, h, height)
 
     return Later(wait)
