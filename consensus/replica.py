@@ -27,6 +27,7 @@ __all__ = ["Replica"]
 
 TICK = ("tick",)
 _SEEN_CAP = 100_000  # equivocation table bound (entries above the stable checkpoint)
+VOTE_VIEWS = 2  # views per member, kind and height whose votes a slot keeps (Slot.voters)
 
 
 class Replica(CatchUp, ViewChanges):
@@ -316,22 +317,37 @@ class Replica(CatchUp, ViewChanges):
         self._add_vote(slot, v, d, self.id, msg.sig)
 
     def _add_vote(self, slot: Slot, v: int, d: bytes, member: int, sig: bytes) -> bool:
-        return self._add(slot.prepares, v, d, member, sig)
+        return self._add(slot, "p", v, d, member, sig)
 
-    def _add(self, table: dict, v: int, d: bytes, member: int, sig: bytes) -> bool:
-        votes = table.get((v, d))
-        if votes is None:
-            if len(table) >= 2 * self._n:  # bounded: evict the oldest view's votes, never the newest
-                oldest = min(table)
-                if oldest[0] >= v:
-                    self._drop("vote_flood")
-                    return False
-                del table[oldest]
-            votes = table[(v, d)] = {}
-        if member in votes:
-            self.stats["duplicate"] += 1
+    def _add(self, slot: Slot, kind: str, v: int, d: bytes, member: int, sig: bytes) -> bool:
+        """Count one member's vote. Bounded by member, not by digest: a member has at most one vote per kind,
+        view and height (a second, different one was already turned into evidence by _note_vote and is not
+        a table entry), and only its VOTE_VIEWS newest views are kept. So whatever one member sends, it
+        holds at most VOTE_VIEWS entries per kind and height and can never crowd out another member's vote.
+        Honest members vote in ascending views, so dropping a member's oldest view loses nothing it needs."""
+        table = slot.prepares if kind == "p" else slot.commits
+        mine = slot.voters.setdefault((kind, member), {})
+        prev = mine.get(v)
+        if prev is not None:
+            if prev != d:
+                self._drop("equivocating_vote")
+            else:
+                self.stats["duplicate"] += 1
             return False
-        votes[member] = sig
+        if len(mine) >= VOTE_VIEWS:
+            oldest = min(mine)
+            if oldest > v:
+                self._drop("old_view_vote")
+                return False
+            od = mine.pop(oldest)
+            votes = table.get((oldest, od))
+            if votes is not None:
+                votes.pop(member, None)
+                if not votes:
+                    del table[(oldest, od)]
+        mine[v] = d
+        table.setdefault((v, d), {})[member] = sig
+        assert len(mine) <= VOTE_VIEWS
         return True
 
     def _check_prepared(self, slot: Slot, v: int, d: bytes) -> None:
@@ -340,7 +356,11 @@ class Replica(CatchUp, ViewChanges):
             return
         if slot.prepared is None or slot.prepared[0] < v:
             slot.prepared = (v, d, tuple(sorted(votes.items())))
-        if v == self._view and not self._in_vc and slot.prepared[0] == v and slot.prepared[1] == d:
+        # Commit only what this replica accepted itself: a validated pre-prepare, or a NEW-VIEW assignment
+        # (prepared by 2f+1 in an earlier view, so validated by f+1 honest members). 2f+1 prepare signatures
+        # alone must not make it commit a block its own validation refused or never saw.
+        if (v == self._view and not self._in_vc and slot.prepared[0] == v and slot.prepared[1] == d
+                and slot.pp == (v, d)):
             self._vote_commit(slot, v, d)
 
     def _vote_commit(self, slot: Slot, v: int, d: bytes) -> None:
@@ -355,7 +375,7 @@ class Replica(CatchUp, ViewChanges):
         self._add_commit(slot, v, d, self.id, msg.sig)
 
     def _add_commit(self, slot: Slot, v: int, d: bytes, member: int, sig: bytes) -> None:
-        if not self._add(slot.commits, v, d, member, sig):
+        if not self._add(slot, "c", v, d, member, sig):
             return
         votes = slot.commits[(v, d)]
         if len(votes) >= self._q and slot.cert is None:
@@ -650,7 +670,7 @@ class Replica(CatchUp, ViewChanges):
             slot = self._slot(h)
             if slot.prepared is None or slot.prepared[0] < v:
                 slot.prepared = (v, d, proof)
-            self._add(slot.commits, v, d, self.id, msg.sig)
+            self._add(slot, "c", v, d, self.id, msg.sig)
         if nv_wire is not None:
             try:
                 nv = m.decode(nv_wire, self._n, self.config.max_message_bytes, self._L)

@@ -1,0 +1,96 @@
+"""One Byzantine member (f = 1 of 4) tries to halt or bloat the honest replicas with correctly signed
+messages: vote floods, future views, checkpoint and VIEW-CHANGE spam, a primary that starves a request.
+Each test drives real Replicas (tests/consensus/conftest.py) and asserts what the honest members see."""
+
+import hashlib
+
+from consensus import messages as m
+from consensus.actions import ReportEvidence
+from consensus.events import MessageReceived
+from consensus.evidence import verify_evidence
+
+BYZ = 3
+
+
+def _d(*parts) -> bytes:
+    return hashlib.sha256(b":".join(b"%d" % p for p in parts)).digest()
+
+
+def _flood(c, kind: int, view: int, heights, per_height: int = 8) -> None:
+    """Member BYZ sends every honest replica `per_height` votes of `kind` with random digests per height."""
+    cr = c.crypto(BYZ)
+    wires = [m.sign(cr, "test", kind, BYZ, (view, h, _d(kind, view, h, k))).encode()
+             for h in heights for k in range(per_height)]
+    for i in range(c.n):
+        if i != BYZ:
+            for w in wires:
+                c.handle(i, MessageReceived(BYZ, w))
+
+
+def test_commit_flood_for_a_future_view_does_not_halt_honest_replicas(make_cluster):
+    c = make_cluster(pipeline=4)
+    c.down.add(BYZ)
+    _flood(c, m.COMMIT, 16, range(1, 9))
+    c.work(6)
+    assert min(c.heights()[:BYZ]) >= 6
+    assert all(r.view == 0 for r in c.replicas[:BYZ])
+
+
+def test_prepare_flood_before_the_preprepare_does_not_halt_honest_replicas(make_cluster):
+    c = make_cluster(pipeline=4)
+    c.down.add(BYZ)
+    _flood(c, m.PREPARE, 0, range(1, 9))
+    c.work(6)
+    assert min(c.heights()[:BYZ]) >= 6
+
+
+def test_a_member_holds_at_most_one_vote_per_view_and_height_and_a_second_is_evidence(make_cluster):
+    c = make_cluster(auto=False)
+    r = c.replicas[1]
+    cr = c.crypto(BYZ)
+    first = r.handle(MessageReceived(BYZ, m.sign(cr, "test", m.PREPARE, BYZ, (0, 1, _d(1))).encode()))
+    assert not any(isinstance(a, ReportEvidence) for a in first)
+    ev = []
+    for k in range(2, 10):
+        out = r.handle(MessageReceived(BYZ, m.sign(cr, "test", m.PREPARE, BYZ, (0, 1, _d(k))).encode()))
+        ev += [a for a in out if isinstance(a, ReportEvidence)]
+    assert len(ev) == 1 and verify_evidence(ev[0].evidence, c.crypto(0), "test")["member"] == BYZ
+    slot = r._slots[1]
+    assert sum(BYZ in votes for votes in slot.prepares.values()) == 1
+    # commits: one per view, and only the member's newest views are kept
+    for v in range(12):
+        for k in range(3):
+            r.handle(MessageReceived(BYZ, m.sign(cr, "test", m.COMMIT, BYZ, (v, 1, _d(v, k))).encode()))
+    assert sum(BYZ in votes for votes in slot.commits.values()) <= 2
+    assert r.stats["internal_error"] == 0
+
+
+def _commits_sent(actions) -> list:
+    out = []
+    for a in actions:
+        data = getattr(a, "data", None)
+        if data is not None and m.decode(data, 4, 1 << 20, 64).kind == m.COMMIT:
+            out.append(a)
+    return out
+
+
+def test_no_commit_on_prepare_quorum_without_an_accepted_preprepare(make_cluster):
+    """2f+1 prepare signatures alone never make a replica commit a block its own validation refused, or one
+    whose payload it has not seen and validated yet."""
+    c = make_cluster(auto=False)
+    cr = [c.crypto(i) for i in range(4)]
+    for payload, valid in ((b"not-a-block", False), (b"blk:1:0", True)):
+        c2 = type(c)(auto=False)
+        r = c2.replicas[1]
+        d = c2.app.digest(payload)
+        pp = m.sign(cr[0], "test", m.PREPREPARE, 0, (0, 1, d, payload if not valid else None)).encode()
+        out = r.handle(MessageReceived(0, pp))
+        for i in (2, 3):
+            out += r.handle(MessageReceived(i, m.sign(cr[i], "test", m.PREPARE, i, (0, 1, d)).encode()))
+        assert r._slots[1].prepared is not None  # the quorum of signatures is there
+        assert _commits_sent(out) == []
+        if valid:  # the payload arrives and validates: now it commits
+            pl = m.sign(cr[0], "test", m.PAYLOAD, 0, (1, d, payload)).encode()
+            assert len(_commits_sent(r.handle(MessageReceived(0, pl)))) == 1
+        else:
+            assert r.stats["drop_invalid_proposal"] == 1
