@@ -527,7 +527,7 @@ class Replica(CatchUp, ViewChanges):
     # ---- timers and progress ------------------------------------------------------------------------------
 
     def _backoff(self, base: float, k: int) -> float:
-        return base * (2 ** max(0, min(k, self.config.max_backoff)))
+        return min(base * (2 ** max(0, min(k, self.config.max_backoff))), max(base, self.config.max_timeout))
 
     def _has_inflight(self) -> bool:
         return any(h > self._ld and (s.pp is not None or s.pending is not None or s.cert is not None)

@@ -190,6 +190,8 @@ class ViewChanges:
         for h, d, s in asg:
             if not self.crypto.verify(msg.sender, m.vote_signing_bytes(self._chain, w, h, d), s):
                 return self._drop("bad_new_view")
+        for h, d, s in asg:  # each assignment is the new primary's signed prepare vote: an equivocation source
+            self._note_vote("prepare", msg.sender, w, h, d, s)
         self._emit(Persist(walrec.newview_record(w, data)))
         if w > self._view:
             self._attempts += 1

@@ -94,3 +94,27 @@ def test_no_commit_on_prepare_quorum_without_an_accepted_preprepare(make_cluster
             assert len(_commits_sent(r.handle(MessageReceived(0, pl)))) == 1
         else:
             assert r.stats["drop_invalid_proposal"] == 1
+
+
+def _new_view_1(c, d: bytes):
+    """A valid NEW-VIEW for view 1 from its primary (member 1) re-proposing digest d at height 1."""
+    cr = [c.crypto(i) for i in range(4)]
+    sigs = tuple((i, cr[i].sign(m.vote_signing_bytes("test", 0, 1, d))) for i in range(3))
+    entry = (1, 0, d, m.ENTRY_PREPARED, sigs)
+    vcs = tuple(m.sign(cr[i], "test", m.VIEWCHANGE, i, (1, 0, b"", (), (entry,))).encode() for i in (1, 2, 3))
+    asg = ((1, d, cr[1].sign(m.vote_signing_bytes("test", 1, 1, d))),)
+    return m.sign(cr[1], "test", m.NEWVIEW, 1, (1, vcs, asg)).encode()
+
+
+def test_new_view_assignment_signatures_feed_the_equivocation_check(make_cluster):
+    c = make_cluster(auto=False)
+    r = c.replicas[0]
+    d = c.app.digest(b"blk:1:0")
+    r.handle(MessageReceived(2, _new_view_1(c, d)))
+    assert r.view == 1 and not r.in_view_change
+    other = b"blk:1:1:other"
+    pp = m.sign(c.crypto(1), "test", m.PREPREPARE, 1, (1, 1, c.app.digest(other), other)).encode()
+    ev = [a for a in r.handle(MessageReceived(1, pp)) if isinstance(a, ReportEvidence)]
+    assert len(ev) == 1
+    parsed = verify_evidence(ev[0].evidence, c.crypto(2), "test")
+    assert (parsed["member"], parsed["view"], parsed["height"]) == (1, 1, 1)
