@@ -171,13 +171,20 @@ class ConsensusDriver:
     def _commit(self, action: A.Commit):
         height = self.chain.height
         if action.height <= height:
-            return None  # already executed (block sync got there first)
+            # Block sync got there first. The replica still needs Executed: without it this height never gets
+            # this replica's checkpoint vote. The digest is the stored block's (agreed data only).
+            stored = self.chain.store.get_block(action.height)
+            if stored is None or stored.header.proposal_digest != action.digest:
+                log.error("committed block %d differs from the stored one", action.height)
+                return None
+            return E.Executed(action.height, stored.hash)
         if action.height > height + 1:
             self._pending_commits[action.height] = action  # a gap that block sync will fill
             return None
         block = self._execute(action.payload, action.certificate)
         if block is None:
             return None
+        # block.hash covers only agreed data (node/block.py), so honest replicas' checkpoint votes match
         event = E.Executed(block.height, block.hash)
         # Commits queued behind a gap can go now.
         nxt = self._pending_commits.pop(self.chain.height + 1, None)
@@ -205,8 +212,9 @@ class ConsensusDriver:
                 break
             self.stats["synced_blocks"] += 1
             last = block
-        for h in [h for h in self._pending_commits if h <= self.chain.height]:
-            del self._pending_commits[h]
+        for h in sorted(h for h in self._pending_commits if h <= self.chain.height):
+            # stored by sync meanwhile: replayed so the replica still gets its Executed (see _commit)
+            self._events_send.send_nowait(_Replay(self._pending_commits.pop(h)))
         if last is not None and event.announce:
             await self._feed(E.StateTransferred(last.height, last.hash))
         if event.done is not None:
