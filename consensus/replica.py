@@ -27,6 +27,7 @@ __all__ = ["Replica"]
 
 TICK = ("tick",)
 _SEEN_CAP = 100_000  # equivocation table bound (entries above the stable checkpoint)
+CP_PER_MEMBER = 4  # checkpoint votes kept per member (its newest heights above the stable checkpoint)
 VOTE_VIEWS = 2  # views per member, kind and height whose votes a slot keeps (Slot.voters)
 
 
@@ -63,6 +64,7 @@ class Replica(CatchUp, ViewChanges):
         self._requested: set[int] = set()
         self._peers: dict[int, tuple] = {}       # member -> its last STATUS body
         self._served: dict[int, tuple[int, int]] = {}  # member -> (tick, large answers sent in it)
+        self._costly: dict[int, tuple[tuple[int, int], int]] = {}  # member -> ((tick, view), costly checks)
         self._seen: dict[tuple, tuple[bytes, bytes]] = {}
         self._reported: set[tuple] = set()
         self._transfer: int | None = None        # target of an outstanding state transfer
@@ -432,9 +434,17 @@ class Replica(CatchUp, ViewChanges):
         hs = self._cp_heights.setdefault(member, [])
         hs.append(h)
         hs.sort()
-        while len(hs) > 4:  # keep each member's 4 newest checkpoints: bounded, and enough to match
+        while len(hs) > CP_PER_MEMBER:  # each member's newest checkpoints only: bounded, and enough to match
             old = hs.pop(0)
-            self._cps.get(old, {}).pop(member, None)
+            held = self._cps.get(old)
+            if held is not None:
+                held.pop(member, None)
+                if not held:  # an empty height entry is state too: a member sending ever-higher heights
+                    del self._cps[old]
+        if member not in self._cps.get(h, {}):
+            return  # h itself was the member's oldest
+        votes = self._cps[h]
+        assert len(self._cps) <= CP_PER_MEMBER * self._n
         matching = tuple(sorted((i, s) for i, (x, s) in votes.items() if x == sd))
         if len(matching) >= self._q:
             self._new_stable(h, sd, matching)

@@ -6,7 +6,7 @@ import hashlib
 
 from consensus import messages as m
 from consensus.actions import ReportEvidence
-from consensus.events import MessageReceived
+from consensus.events import MessageReceived, WorkPending
 from consensus.evidence import verify_evidence
 
 BYZ = 3
@@ -118,3 +118,67 @@ def test_new_view_assignment_signatures_feed_the_equivocation_check(make_cluster
     assert len(ev) == 1
     parsed = verify_evidence(ev[0].evidence, c.crypto(2), "test")
     assert (parsed["member"], parsed["view"], parsed["height"]) == (1, 1, 1)
+
+
+def test_checkpoint_votes_at_ever_higher_heights_keep_bounded_state(make_cluster):
+    c = make_cluster(auto=False)
+    r = c.replicas[1]
+    cr = c.crypto(BYZ)
+    K = c.config.checkpoint_interval
+    for k in range(1, 1001):
+        r.handle(MessageReceived(BYZ, m.sign(cr, "test", m.CHECKPOINT, BYZ, (k * K, _d(k))).encode()))
+    assert sum(len(v) for v in r._cps.values()) <= 4 and len(r._cps) <= 4
+    assert len(r._seen) <= 2 * c.config.watermark_window
+    assert r.stable_checkpoint == 0 and r.stats["internal_error"] == 0
+
+
+class CountingCrypto:
+    def __init__(self, inner) -> None:
+        self.inner, self.verified = inner, 0
+
+    def sign(self, data: bytes) -> bytes:
+        return self.inner.sign(data)
+
+    def verify(self, member: int, data: bytes, sig: bytes) -> bool:
+        self.verified += 1
+        return self.inner.verify(member, data, sig)
+
+
+def _view_change(c, member: int, w: int, entries=()) -> bytes:
+    return m.sign(c.crypto(member), "test", m.VIEWCHANGE, member, (w, 0, b"", (), tuple(entries))).encode()
+
+
+def test_view_change_for_a_far_view_is_refused_and_never_counts_toward_the_timer(make_cluster):
+    c = make_cluster(auto=False)
+    r = c.replicas[1]
+    c.perform(1, r.handle(WorkPending(1)))
+    c.fire(1, "progress")
+    assert r.in_view_change and r.view == 1
+    r.handle(MessageReceived(BYZ, _view_change(c, BYZ, 10**6)))
+    assert r.stats["drop_far_view_change"] == 1 and BYZ not in r._vcs
+    c.perform(1, r.handle(MessageReceived(2, _view_change(c, 2, 1))))
+    # 2 members (1 and 2) want view 1: no quorum, so no view-change timer, whatever BYZ sent
+    assert not any(t[0] == "vc" for t in c.timers[1])
+    # f+1 members report a later view in STATUS: view changes up to one rotation above it are accepted
+    for i in (0, 2):
+        r.handle(MessageReceived(i, m.sign(c.crypto(i), "test", m.STATUS, i, (40, True, 0, 0)).encode()))
+    r.handle(MessageReceived(BYZ, _view_change(c, BYZ, 40 + c.n)))
+    assert r._vcs[BYZ].body[0] == 40 + c.n
+
+
+def test_costly_view_change_checks_are_rate_limited_per_member(make_cluster):
+    """Each VIEW-CHANGE for a new, higher view costs up to L*q + q signature checks: one member gets a
+    bounded number of such checks per tick (and per view this replica enters), however many it sends."""
+    c = make_cluster(auto=False)
+    r = c.replicas[1]
+    r.crypto = counting = CountingCrypto(r.crypto)
+    L, q = c.config.watermark_window, c.config.quorum
+    d = _d(0)
+    sigs = tuple((i, c.crypto(i).sign(m.vote_signing_bytes("test", 0, 1, d))) for i in range(q))
+    heavy = [(h, 0, d, m.ENTRY_PREPARED, sigs) for h in range(1, L + 1)]  # only height 1 is validly signed
+    wires = [_view_change(c, BYZ, w, heavy) for w in range(1, c.n + 1)]
+    for w in wires:
+        r.handle(MessageReceived(BYZ, w))
+    per_message = 1 + 2 * q  # its own signature, one good entry, one bad entry (the check stops there)
+    assert counting.verified <= 2 * per_message
+    assert r.stats["drop_rate_limited_view_change"] == len(wires) - 2
