@@ -25,7 +25,9 @@ class Slot:
         self.voters: dict[tuple[str, int], dict[int, bytes]] = {}
 
     def known_digests(self) -> set[bytes]:
-        out = {d for _, d in self.prepares} | {d for _, d in self.commits}
+        """Digests whose payload this replica may need: the accepted or pending proposal, the prepared
+        certificate, the commit certificate. A lone member's vote is not enough: PAYLOADs are up to 8 MiB."""
+        out = set()
         for x in (self.pp, self.pending, self.prepared):
             if x is not None:
                 out.add(x[1])

@@ -182,3 +182,16 @@ def test_costly_view_change_checks_are_rate_limited_per_member(make_cluster):
     per_message = 1 + 2 * q  # its own signature, one good entry, one bad entry (the check stops there)
     assert counting.verified <= 2 * per_message
     assert r.stats["drop_rate_limited_view_change"] == len(wires) - 2
+
+
+def test_payloads_are_kept_only_for_digests_the_replica_needs(make_cluster):
+    """A member's own vote must not make honest replicas store its (up to 8 MiB) payload."""
+    c = make_cluster(auto=False)
+    r = c.replicas[1]
+    cr = c.crypto(BYZ)
+    big = b"blk:1:3:" + b"x" * 100_000
+    d = c.app.digest(big)
+    r.handle(MessageReceived(BYZ, m.sign(cr, "test", m.PREPARE, BYZ, (0, 1, d)).encode()))
+    r.handle(MessageReceived(BYZ, m.sign(cr, "test", m.COMMIT, BYZ, (0, 1, d)).encode()))
+    r.handle(MessageReceived(BYZ, m.sign(cr, "test", m.PAYLOAD, BYZ, (1, d, big)).encode()))
+    assert r._slots[1].payloads == {} and r.stats["drop_unsolicited_payload"] == 1
