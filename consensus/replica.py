@@ -26,7 +26,7 @@ from .viewchange import ViewChanges, quorum_valid
 __all__ = ["Replica"]
 
 TICK = ("tick",)
-_SEEN_CAP = 100_000  # equivocation table bound (entries above the stable checkpoint)
+_SEEN_CAP = 100_000  # equivocation table bound (entries above the stable checkpoint), shared by the members
 CP_PER_MEMBER = 4  # checkpoint votes kept per member (its newest heights above the stable checkpoint)
 VOTE_VIEWS = 2  # views per member, kind and height whose votes a slot keeps (Slot.voters)
 
@@ -66,6 +66,7 @@ class Replica(CatchUp, ViewChanges):
         self._served: dict[int, tuple[int, int]] = {}  # member -> (tick, large answers sent in it)
         self._costly: dict[int, tuple[tuple[int, int], int]] = {}  # member -> ((tick, view), costly checks)
         self._seen: dict[tuple, tuple[bytes, bytes]] = {}
+        self._seen_by: Counter[int] = Counter()  # entries of _seen per member: each gets 1/n of the cap
         self._reported: set[tuple] = set()
         self._transfer: int | None = None        # target of an outstanding state transfer
         self._progress_timer: tuple | None = None
@@ -222,8 +223,9 @@ class Replica(CatchUp, ViewChanges):
         key = (kind, member, v, h)
         prev = self._seen.get(key)
         if prev is None:
-            if len(self._seen) < _SEEN_CAP:
+            if self._seen_by[member] < _SEEN_CAP // self._n:  # one member cannot fill others' share
                 self._seen[key] = (d, sig)
+                self._seen_by[member] += 1
             return
         if prev[0] != d and key not in self._reported:
             self._reported.add(key)
@@ -394,7 +396,7 @@ class Replica(CatchUp, ViewChanges):
 
     def _on_commit(self, msg: m.Message, sender: int, data: bytes) -> None:
         v, h, d = msg.body
-        if v > self._view + self._n * 4:  # a certificate is valid in any view, but bound the memory
+        if v > self._view + self._n:  # a certificate is valid in any view; one rotation ahead is plenty
             return self._drop("future_view")
         slot = self._voting_slot("commit", msg, v, h, d)
         if slot is not None:
@@ -462,6 +464,7 @@ class Replica(CatchUp, ViewChanges):
             del self._my_votes[key]
         for key in [k for k in self._seen if k[3] <= h]:
             del self._seen[key]
+            self._seen_by[key[1]] -= 1
         self._reported = {k for k in self._reported if k[3] > h}
         for x in [x for x in self._cps if x <= h]:
             del self._cps[x]
