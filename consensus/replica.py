@@ -20,6 +20,7 @@ from .certificate import Certificate, commit_signing_bytes
 from .config import Config
 from .events import Executed, MessageReceived, ProposalReady, StateTransferred, TimerFired, WorkPending
 from .evidence import encode_evidence
+from .fairness import Fairness
 from .slot import Slot
 from .viewchange import ViewChanges, quorum_valid
 
@@ -31,7 +32,7 @@ CP_PER_MEMBER = 4  # checkpoint votes kept per member (its newest heights above 
 VOTE_VIEWS = 2  # views per member, kind and height whose votes a slot keeps (Slot.voters)
 
 
-class Replica(CatchUp, ViewChanges):
+class Replica(CatchUp, ViewChanges, Fairness):
     def __init__(self, config: Config, replica_id: int, crypto, app, wal=(), last_executed: int = 0) -> None:
         if not 0 <= replica_id < config.n:
             raise ValueError("replica_id is not a member index")
@@ -80,7 +81,8 @@ class Replica(CatchUp, ViewChanges):
                           m.COMMIT: self._on_commit, m.CHECKPOINT: self._on_checkpoint,
                           m.VIEWCHANGE: self._on_view_change, m.NEWVIEW: self._on_new_view,
                           m.STATUS: self._on_status, m.FETCH: self._on_fetch, m.PAYLOAD: self._on_payload,
-                          m.DECIDED: self._on_decided}
+                          m.DECIDED: self._on_decided, m.COMPLAIN: self._on_complain}
+        self._init_fairness()
         self._restore(wal)
 
     # ---- read-only view for the runtime ---------------------------------------------------------------
@@ -159,6 +161,7 @@ class Replica(CatchUp, ViewChanges):
                 self._on_proposal(event.height, event.payload)
             elif t is WorkPending:
                 self._on_work(event.count)
+                self._on_oldest(event.oldest, event.oldest_age)
             elif t is Executed:
                 self._on_executed(event.height, event.state_digest)
             elif t is StateTransferred:
@@ -587,6 +590,8 @@ class Replica(CatchUp, ViewChanges):
                 self.stats["progress_timeout"] += 1
                 self._start_view_change(self._view + 1)
             return
+        if type(timer) is tuple and len(timer) == 2 and timer[0] == "request":
+            return self._on_request_timer(timer)
         if type(timer) is tuple and len(timer) == 2 and timer[0] == "vc":
             if timer != self._vc_timer:
                 return self._drop("stale_timer")
@@ -606,6 +611,7 @@ class Replica(CatchUp, ViewChanges):
         self._ticks += 1
         self._emit(SetTimer(TICK, self.config.retransmit_interval))
         self._broadcast_status()
+        self._fairness_tick()
         if self._in_vc:
             if self._my_vc is not None:
                 self._emit(Broadcast(self._my_vc))

@@ -92,6 +92,7 @@ class ViewChanges:
         if w <= self._view:
             return
         self._cancel_progress()
+        self._cancel_request_timer()
         if self._vc_timer is not None:
             self._emit(CancelTimer(self._vc_timer))
             self._vc_timer = None
@@ -244,6 +245,7 @@ class ViewChanges:
         self._requested.clear()
         self._vcs = {i: x for i, x in self._vcs.items() if x.body[0] > w}
         self.stats["new_views"] += 1
+        self._fairness_new_view()
         if plan.stable_height > self._stable[0]:
             self._quiet = True  # no proposals before the re-proposals are in place
             try:
