@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ class ConsensusDriver:
                  broadcast: Callable[[bytes], None], build_proposal: Callable[[int, bool], bytes | None],
                  mempool_count: Callable[[], int], on_commit: Callable[[object, bytes], None],
                  on_state_transfer: Callable[[int, tuple[int, ...]], None],
-                 on_evidence: Callable[[bytes], None]):
+                 on_evidence: Callable[[bytes], None],
+                 oldest_pending: Callable[[], tuple[bytes, float] | None] = lambda: None):
         self.replica = replica
         self.chain = chain
         self.wal = wal
@@ -55,6 +57,7 @@ class ConsensusDriver:
         self._on_commit = on_commit
         self._on_state_transfer = on_state_transfer
         self._on_evidence = on_evidence
+        self._oldest_pending = oldest_pending  # (tx hash, time.monotonic() first held) for request timers
         self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
         self._timers: dict[object, float] = {}
         self._timers_changed = trio.Event()
@@ -88,7 +91,7 @@ class ConsensusDriver:
                 if isinstance(event, MempoolChanged):
                     self._mempool_dirty = False
                     await self._propose_deferred()
-                    event = E.WorkPending(self._mempool_count())
+                    event = self._work_pending()
                 elif isinstance(event, SyncedBlocks):
                     await self._apply_synced(event)
                     continue
@@ -97,6 +100,15 @@ class ConsensusDriver:
                     continue
                 await self._feed(event)
                 await trio.lowlevel.checkpoint()
+
+    def _work_pending(self) -> E.WorkPending:
+        """Mempool count and the oldest pending tx with its age: the replica has no clock, so the node says
+        how long it has held that tx (consensus/fairness.py turns it into a per-request timer)."""
+        oldest = self._oldest_pending()
+        if oldest is None:
+            return E.WorkPending(self._mempool_count())
+        tx_hash, since = oldest
+        return E.WorkPending(self._mempool_count(), tx_hash, max(0.0, time.monotonic() - since))
 
     async def _feed(self, event) -> None:
         follow = deque([event])

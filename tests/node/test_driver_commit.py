@@ -3,6 +3,8 @@ certificate-independent block hash), so the replica casts its checkpoint vote fo
 
 from __future__ import annotations
 
+import time
+
 from ledger_helpers import T0, Consortium
 
 from consensus import actions as A
@@ -12,6 +14,7 @@ from consensus.crypto import Ed25519Crypto
 from consensus.replica import Replica
 from node.chain import Chain
 from node.driver import ConsensusDriver, SyncedBlocks
+from node.mempool import Mempool
 from node.store import Store
 from node.wal import WriteAheadLog
 
@@ -65,3 +68,24 @@ async def test_commits_queued_behind_a_gap_are_replayed_after_sync(tmp_path):
     for ch in (chain, source):
         ch.store.close()
 
+
+
+def test_work_pending_names_the_tx_held_longest_even_after_regossip(tmp_path):
+    """The replica's per-request timer follows the oldest tx the node holds; re-gossip (touch) must not make
+    a tx the primary keeps leaving out look fresh again."""
+    c = Consortium()
+    chain = Chain(c.genesis, Store(tmp_path / "chain"))
+    pool = Mempool(None, 100)
+    driver = _driver(tmp_path, c, chain)
+    driver._oldest_pending, driver._mempool_count = pool.oldest, pool.available
+    assert driver._work_pending() == E.WorkPending(0)
+    t0 = time.monotonic() - 7.0
+    pool.add_many([(b"a" * 32, b"tx-a"), (b"b" * 32, b"tx-b")], t0)
+    pool.touch([b"a" * 32], time.monotonic())  # re-gossiped: moves to the back of the gossip order
+    ev = driver._work_pending()
+    assert ev.count == 2 and ev.oldest == b"a" * 32 and 7.0 <= ev.oldest_age < 60
+    pool.remove([b"a" * 32])
+    assert driver._work_pending().oldest == b"b" * 32
+    pool.remove([b"b" * 32])
+    assert driver._work_pending() == E.WorkPending(0)
+    chain.store.close()
