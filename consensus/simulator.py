@@ -18,6 +18,7 @@ every honest replica commits new blocks within a bounded simulated time (a bound
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import heapq
 import random
@@ -107,6 +108,8 @@ class Simulation:
                              progress_timeout=rng.choice((0.3, 0.5, 1.0)), view_change_timeout=0.5,
                              retransmit_interval=rng.choice((0.2, 0.3, 0.5)),
                              state_transfer_timeout=2.0, max_backoff=4, catchup_batch=3)
+        # per-request timers short enough to fire within a schedule (node default: 10 s against 2 s progress)
+        self.config = dataclasses.replace(self.config, request_timeout=4 * self.config.progress_timeout)
         f = self.config.f
         byz_count = rng.choice([0] + [f] * 3) if f else 0
         byz = set(rng.sample(range(nodes), byz_count))
@@ -128,6 +131,7 @@ class Simulation:
         self.dup_p = rng.choice((0.0, 0.02, 0.1))
         self.slow_p = rng.choice((0.0, 0.05, 0.2))
         self.work = 0
+        self.work_times: list[float] = []  # when each unit of work was submitted (per-request timers)
         self.heal_at = rng.uniform(2.0, 5.0)
         self.healed = False
         self.liveness_bound = 45.0  # simulated seconds after the heal (several exponential timeouts)
@@ -336,7 +340,9 @@ class Simulation:
                                        else 0))
         if node.up and node.replica is not None and count != node.work_sent:
             node.work_sent = count
-            self.push(self.now + 0.0001, "local", node.index, node.epoch, WorkPending(count))
+            done = len(node.store)  # the oldest request this node holds, and for how long (as node/ reports it)
+            oldest = (b"req%d" % (done + 1), self.now - self.work_times[done]) if self.work > done else (b"", 0.0)
+            self.push(self.now + 0.0001, "local", node.index, node.epoch, WorkPending(count, *oldest))
 
     # ---- network ----------------------------------------------------------------------------------------
 
@@ -466,6 +472,7 @@ class Simulation:
 
     def ev_work(self) -> None:
         self.work += 1
+        self.work_times.append(self.now)
         for node in self.nodes:
             self.send_work(node)
 
