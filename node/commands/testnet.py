@@ -62,6 +62,8 @@ def _run(nodes, out: Path) -> int:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "submit_event",
                            "params": {"event": testnet.EXAMPLE_EVENT}})
         print(f"  curl -s {first.rpc} -H 'Authorization: Bearer {first.token}' -d '{body}'")
+        print(f"Tokens (operator: admin; reader: read only) are in {out}/testnet.json; "
+              "`radchain token add/revoke/list --home HOME` manages them.")
         print(f"  .venv/bin/radchain submit --testnet {out} --node {first.name} "
               "--type instances.accessed --patient-id PAT-1 --issuer HOSP-A --study-uid 1.2.840.1 "
               "--actor dr.smith --purpose TREAT")
@@ -94,7 +96,7 @@ def _self_check(nodes) -> None:
     while len(seen) < len(nodes) and time.monotonic() < deadline:
         for info in nodes:
             if info.name not in seen:
-                reply = testnet.rpc_call(info.rpc, "get_tx", {"hash": tx})
+                reply = testnet.rpc_call(info.rpc, "get_tx", {"hash": tx}, info.read_token or info.token)
                 if reply.get("result", {}).get("status") == "committed":
                     seen[info.name] = reply["result"]["height"]
         time.sleep(0.2)

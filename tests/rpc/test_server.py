@@ -19,7 +19,7 @@ def app(rate: float = 1000.0, max_body: int = 1 << 16, read_requires_token: bool
 
 async def post(rpc: JsonRpcApp, body, token: str | None = None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=rpc.app), base_url="http://node") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=rpc.app), base_url="http://127.0.0.1") as client:
         return await client.post("/", json=body, headers=headers)
 
 
