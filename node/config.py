@@ -33,7 +33,7 @@ class RpcConfig:
     max_body_bytes: int = 1 << 20
     body_timeout: float = 10.0  # seconds to receive a whole request body once its headers are in
     max_connections: int = 1024  # open RPC connections in total (HTTP and WebSocket)
-    max_connections_per_address: int = 64  # per client address (trusted proxies count only in the total)
+    max_connections_per_address: int = 64  # per client address (proxies, 127.0.0.1 and ::1: only the total)
     rate_limit_per_second: float = 2000.0  # per client address; bursts of the same size are allowed
     rate_limit_addresses: int = 10_000  # addresses the rate limiter remembers; the idlest is forgotten first
 

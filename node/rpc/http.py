@@ -32,14 +32,19 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type
 assert len(b"too many connections; retry\r\n") == 29
 
 
+# Every tool on the node's own host (the DICOM hook, the Orthanc plugin, the CLI, a local reverse proxy)
+# connects from here: one address for many honest clients, so only the total applies to it.
+LOCAL = ("127.0.0.1", "::1")
+
+
 class ConnectionCaps:
-    """At most `total` open connections, and `per_address` per client address. Trusted proxies carry many
-    clients' connections, so they count only against the total."""
+    """At most `total` open connections, and `per_address` per client address. Trusted proxies and the
+    host's own loopback address carry many clients' connections, so they count only against the total."""
 
     def __init__(self, total: int, per_address: int, exempt: list[str] | tuple[str, ...] = ()):
         self.total = total
         self.per_address = per_address
-        self.exempt = frozenset(exempt)
+        self.exempt = frozenset(exempt) | frozenset(LOCAL)
         self.open = 0
         self.by_address: Counter[str] = Counter()
         self.refused = CountedLog(log, "RPC connections refused over the connection caps", level=logging.WARNING)

@@ -13,7 +13,6 @@ import stat
 import statistics
 import subprocess
 import sys
-import time
 import tomllib
 
 import httpx
@@ -185,36 +184,45 @@ async def _slow_body(address: str, port: int, interval: float, outcome: list) ->
     await stream.aclose()
 
 
+# The well-behaved client runs in its own process, as it would: in this one it would compete for the GIL
+# with the 200 attackers' event loop and measure that instead of the node.
+_NORMAL_CLIENT = """
+import json, sys, time, httpx
+url, token, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+out = []
+with httpx.Client(headers={"Authorization": "Bearer " + token}, timeout=10) as http:
+    http.post(url, json={"jsonrpc": "2.0", "id": 0, "method": "status"})  # connect first
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        assert "result" in http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "status"}).json()
+        out.append(time.perf_counter() - t)
+        time.sleep(0.05)
+print(json.dumps(out))
+"""
+
+
 def test_slow_bodies_are_cut_at_the_deadline_while_normal_calls_stay_fast(edge):
     info = edge.nodes[0]
     port = int(info.rpc.rsplit(":", 1)[1])
     outcome: list = []
-    latencies: list[float] = []
-
-    def normal_client(stop: list) -> None:
-        with httpx.Client(headers={"Authorization": f"Bearer {info.read_token}"}, timeout=10) as http:
-            while not stop:
-                t = time.perf_counter()
-                assert http.post(info.rpc, json=STATUS).json()["result"]["node"] == info.name
-                latencies.append(time.perf_counter() - t)
-                time.sleep(0.05)
+    client = subprocess.Popen([sys.executable, "-c", _NORMAL_CLIENT, info.rpc, info.read_token,
+                               str(BODY_TIMEOUT + 3)], stdout=subprocess.PIPE, text=True)
 
     async def attack() -> None:
-        stop: list = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, normal_client, stop)
-            async with trio.open_nursery() as attackers:
-                for _ in range(200):  # from another address than the normal client
-                    attackers.start_soon(_slow_body, "127.0.0.2", port, 1.5, outcome)
-            stop.append(True)
+        async with trio.open_nursery() as attackers:
+            for _ in range(200):  # from another address than the normal client
+                attackers.start_soon(_slow_body, "127.0.0.2", port, 1.5, outcome)
 
     trio.run(attack)
+    latencies = json.loads(client.communicate(timeout=60)[0])
     assert len(outcome) == 200
     durations = sorted(d for d, _ in outcome)
     # every one cut at the deadline (plus scheduling slack on a shared 2-core machine), with a 408
     assert durations[-1] < BODY_TIMEOUT + 3.0, durations[-5:]
     assert all(answer.startswith(b"HTTP/1.1 408") for _, answer in outcome), {a for _, a in outcome}
-    # meanwhile the other client's calls stayed fast
+    # Meanwhile the other client's calls stayed fast. The one slower moment is the instant all 200 are cut
+    # together (200 answers and closes in one scheduler pass, ~100 ms here): the p95 is the bar.
     assert len(latencies) >= 20
     p95 = statistics.quantiles(latencies, n=20)[-1]
     print(f"normal calls during 200 slow bodies: n={len(latencies)} median={statistics.median(latencies) * 1000:.1f} ms "
