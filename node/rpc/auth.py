@@ -18,6 +18,7 @@ browsers send one) must come from one of ``rpc.allowed_origins`` (none by defaul
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import ipaddress
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,8 +96,25 @@ def write_store(path: Path, entries: dict[str, dict]) -> None:
     write_secret(path, json.dumps({"tokens": entries}, indent=2, sort_keys=True) + "\n")
 
 
+@contextmanager
+def _locked(path: Path):
+    """Serialize read-modify-write of a store between concurrent `radchain token` commands."""
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def add_token(path: Path, name: str, roles: list[str], token: str | None = None) -> str:
     """Add a token named `name` to the store at `path`; returns the token (a new random one by default)."""
+    with _locked(path):
+        return _add_token(path, name, roles, token)
+
+
+def _add_token(path: Path, name: str, roles: list[str], token: str | None) -> str:
     from node.config import new_token
 
     if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
@@ -119,11 +138,12 @@ def add_token(path: Path, name: str, roles: list[str], token: str | None = None)
 
 
 def revoke_token(path: Path, name: str) -> None:
-    entries = read_store(path)
-    if name not in entries:
-        raise TokenError(f"no token named {name!r} in {path}")
-    del entries[name]
-    write_store(path, entries)
+    with _locked(path):
+        entries = read_store(path)
+        if name not in entries:
+            raise TokenError(f"no token named {name!r} in {path}")
+        del entries[name]
+        write_store(path, entries)
 
 
 class TokenStore:

@@ -147,3 +147,17 @@ def test_secrets_are_0600_and_dirs_0700_whatever_the_umask(tmp_path):
         check_secret_mode(path)
     with pytest.raises(FileExistsError):
         write_secret(path, "t", exclusive=True)
+
+
+def test_connection_caps_total_per_address_and_exempt():
+    from node.rpc.http import ConnectionCaps
+
+    caps = ConnectionCaps(total=5, per_address=2, exempt=["10.0.0.100"])
+    assert caps.admit("10.0.0.1") and caps.admit("10.0.0.1") and not caps.admit("10.0.0.1")
+    assert caps.admit("10.0.0.100") and caps.admit("10.0.0.100")  # a trusted proxy: only the total
+    assert caps.admit("127.0.0.1") and not caps.admit("127.0.0.1")  # total of 5 reached, even for loopback
+    caps.release("10.0.0.1")
+    assert caps.admit("10.0.0.2") and not caps.admit("10.0.0.3")
+    for address in ("10.0.0.1", "10.0.0.100", "10.0.0.100", "127.0.0.1", "10.0.0.2"):
+        caps.release(address)
+    assert caps.open == 0 and not caps.by_address and caps.refused.total == 3
