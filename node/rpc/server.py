@@ -407,7 +407,7 @@ class _Edge:
             headers = Headers(scope=scope)
             edge = self.rpc.edge
             refused = None
-            if not host_allowed(headers.get("host"), edge.allowed_hosts):
+            if not host_allowed(headers.get("host"), [*edge.allowed_hosts, edge.host]):  # + the name it listens on
                 refused = "Host not allowed (rpc.allowed_hosts)"
             elif not origin_allowed(headers.get("origin"), edge.allowed_origins):
                 refused = "Origin not allowed (rpc.allowed_origins)"
