@@ -30,6 +30,14 @@ def run(args) -> int:
         if not args.run:
             print(f"{manifest} exists already; remove {args.out} to create a new network", file=sys.stderr)
             return 1
+        from node.config import ConfigError, load_config
+
+        for info in nodes:
+            try:
+                load_config(info.home)
+            except ConfigError as exc:  # e.g. made by a version that kept tokens in clear
+                print(f"{exc}\n(or remove {args.out} to create a new network)", file=sys.stderr)
+                return 2
     else:
         hosts = args.hosts.split(",") if args.hosts else None
         if hosts and len(hosts) != args.nodes:
