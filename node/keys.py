@@ -25,8 +25,9 @@ class SecretModeError(PermissionError):
     """A secret file (or its directory) is readable or writable by group or others."""
 
 
-def make_private_dir(path: Path) -> Path:
-    """`path` and any missing parents created 0700 (umask ignored); an existing `path` is tightened to 0700."""
+def make_private_dir(path: Path, *, tighten: bool = True) -> Path:
+    """`path` and any missing parents created 0700 (umask ignored); an existing `path` is tightened to 0700
+    unless `tighten` is false."""
     missing = []
     p = Path(path)
     while not p.exists():
@@ -38,7 +39,7 @@ def make_private_dir(path: Path) -> Path:
         except FileExistsError:
             pass
         os.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask; chmod is not
-    if not missing:
+    if not missing and tighten:
         os.chmod(path, DIR_MODE)
     return Path(path)
 

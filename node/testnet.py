@@ -50,7 +50,7 @@ def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.
     base_port+2i (p2p) and base_port+2i+1 (RPC), on hosts[i] when given (one IP per namespace)."""
     if n < 4:
         raise ValueError("a BFT testnet needs at least 4 nodes (n = 3f+1 with f >= 1)")
-    make_private_dir(out)
+    make_private_dir(out, tighten=False)  # created 0700; an existing directory (even ".") is left alone
     psk, pseudonym_key = os.urandom(32), os.urandom(32)
     nodes, members = [], []
     for i in range(n):
