@@ -1,6 +1,8 @@
 """Node configuration: HOME/config.toml, validated at load with errors that name the bad key.
 
-The file holds this hospital's secrets (pseudonym key, network PSK, RPC tokens), so it is written 0600.
+The file holds this hospital's secrets (pseudonym key, network PSK), so it is written 0600 and `radchain
+start` refuses it when others can read it. RPC tokens are not in it: HOME/tokens.json holds their hashes
+(node.rpc.auth, `radchain token`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,19 @@ class ConfigError(ValueError):
 @dataclass
 class RpcConfig:
     listen: str = "127.0.0.1:26657"
-    tokens: dict[str, str] = field(default_factory=dict)  # integrator name -> bearer token (write access)
-    read_requires_token: bool = False
+    # Plaintext tokens here are refused at load (they live hashed in HOME/tokens.json); kept as a field so
+    # the error can say how to move them.
+    tokens: dict[str, str] = field(default_factory=dict)
+    read_requires_token: bool = True  # false opens every read (not writes) to anyone who reaches the port
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names besides IP literals and localhost
+    allowed_origins: list[str] = field(default_factory=list)  # browser origins let in (none by default)
+    trusted_proxies: list[str] = field(default_factory=list)  # peers whose X-Forwarded-For is believed
     max_body_bytes: int = 1 << 20
+    body_timeout: float = 10.0  # seconds to receive a whole request body once its headers are in
+    max_connections: int = 1024  # open RPC connections in total (HTTP and WebSocket)
+    max_connections_per_address: int = 64  # per client address (proxies, 127.0.0.1 and ::1: only the total)
     rate_limit_per_second: float = 2000.0  # per client address; bursts of the same size are allowed
+    rate_limit_addresses: int = 10_000  # addresses the rate limiter remembers; the idlest is forgotten first
 
     @property
     def host(self) -> str:
@@ -88,6 +99,10 @@ class NodeConfig:
         return self.home / "data" / "wal"
 
     @property
+    def tokens_path(self) -> Path:
+        return self.home / "tokens.json"
+
+    @property
     def spool_dir(self) -> Path:
         return self.home / "spool"
 
@@ -127,6 +142,8 @@ def _fill(obj, section: dict, where: str) -> None:
             raise ConfigError(f"{where}.{key} must be a string")
         if isinstance(current, dict) and not isinstance(value, dict):
             raise ConfigError(f"{where}.{key} must be a table")
+        if isinstance(current, list) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ConfigError(f"{where}.{key} must be a list of strings")
         setattr(obj, key, value)
 
 
@@ -162,28 +179,34 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
     _fill(cfg.mempool, raw.get("mempool", {}), "mempool")
     if ":" not in cfg.rpc.listen or not cfg.rpc.listen.rsplit(":", 1)[1].isdigit():
         raise ConfigError("rpc.listen must be HOST:PORT")
-    for name, token in cfg.rpc.tokens.items():
-        if not isinstance(token, str) or len(token) < 16:
-            raise ConfigError(f"rpc.tokens.{name} must be a string of at least 16 characters")
+    if cfg.rpc.tokens:
+        names = ", ".join(sorted(cfg.rpc.tokens))
+        raise ConfigError(f"{path}: rpc.tokens ({names}) holds plaintext tokens; tokens are stored hashed in "
+                          f"{home / 'tokens.json'} now. Move each with `radchain token add --home {home} --name NAME "
+                          "--roles read,submit --token VALUE`, then delete rpc.tokens")
     return cfg
 
 
 def write_config(home: Path, *, name: str, p2p_listen: str, rpc_listen: str, psk: bytes,
-                 pseudonym_key: bytes, tokens: dict[str, str], extra: dict | None = None) -> Path:
-    home.mkdir(parents=True, exist_ok=True)
+                 pseudonym_key: bytes, tokens: dict[str, str] | None = None, extra: dict | None = None) -> Path:
+    """Write HOME/config.toml (0600, the home 0700). `tokens` {name: token}, if given, go hashed into
+    HOME/tokens.json with every role."""
+    from node.keys import make_private_dir, write_secret
+    from node.rpc.auth import ROLES, add_token
+
+    make_private_dir(home)
     doc = {
         "node": {"name": name},
         "p2p": {"listen": p2p_listen, "psk": psk.hex()},
-        "rpc": {"listen": rpc_listen, "tokens": tokens},
+        "rpc": {"listen": rpc_listen},
         # The consortium pseudonym key: shared by members, never on chain, never sent over gossip.
         "pseudonym": {"key": pseudonym_key.hex()},
         "log": {"level": "INFO"},
     }
     doc.update(extra or {})
-    path = home / "config.toml"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        tomli_w.dump(doc, fh)
+    path = write_secret(home / "config.toml", tomli_w.dumps(doc))
+    for token_name, token in (tokens or {}).items():
+        add_token(home / "tokens.json", token_name, list(ROLES), token)
     return path
 
 

@@ -1,20 +1,115 @@
-"""The member key: an ed25519 seed in HOME/keys/member.key (0600) that signs consensus messages and the
-node's own transactions. The libp2p identity is a separate key (network.identity), so either can rotate."""
+"""The member key, and the two helpers every secret file of a node home goes through.
+
+The member key is an ed25519 seed in HOME/keys/member.key (0600) that signs consensus messages and the
+node's own transactions. The libp2p identity is a separate key (network.identity), so either can rotate.
+
+`write_secret` writes a file 0600 atomically (temp file in the same directory, fsync, rename) whatever the
+umask, creating missing parent directories 0700; `check_secret_mode` refuses a secret that group or others
+can read or write, naming the file and the chmod that fixes it. `radchain start` checks every secret of the
+home before it opens anything (docs/RPC.md "Files and modes").
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from nacl.signing import SigningKey
 
+SECRET_MODE = 0o600
+DIR_MODE = 0o700
+
+
+class SecretModeError(PermissionError):
+    """A secret file (or its directory) is readable or writable by group or others."""
+
+
+def make_private_dir(path: Path, *, tighten: bool = True) -> Path:
+    """`path` and any missing parents created 0700 (umask ignored); an existing `path` is tightened to 0700
+    unless `tighten` is false."""
+    missing = []
+    p = Path(path)
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            pass
+        os.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask; chmod is not
+    if not missing and tighten:
+        os.chmod(path, DIR_MODE)
+    return Path(path)
+
+
+def write_secret(path: Path, data: bytes | str, *, exclusive: bool = False) -> Path:
+    """Write `data` to `path` with mode 0600, atomically: a reader (or a crash) sees the old file or the new
+    one, never a partial or world-readable one. `exclusive` refuses to replace an existing file."""
+    path = Path(path)
+    if not path.parent.exists():
+        make_private_dir(path.parent)
+    if exclusive and path.exists():
+        raise FileExistsError(f"{path} exists; refusing to overwrite a secret")
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
+    try:
+        os.fchmod(fd, SECRET_MODE)  # O_CREAT's mode is masked by the umask (harmlessly: it only clears bits)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if exclusive:
+            os.link(tmp, path)  # fails if path appeared meanwhile
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)  # the rename itself survives a crash
+    finally:
+        os.close(dfd)
+    return path
+
+
+def check_secret_mode(path: Path) -> None:
+    """Raise SecretModeError when `path` (an existing secret) is accessible by group or others."""
+    path = Path(path)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecretModeError(f"{path} is mode {mode:04o}: a secret must not be readable by group or others; "
+                              f"fix with: chmod 600 {path}")
+
+
+# The secrets of a node home, relative to it: `radchain start` refuses to run while any is open to others.
+HOME_SECRETS = ("config.toml", "keys/member.key", "keys/p2p.key", "keys/operator.token", "tokens.json")
+
+
+def check_home_secrets(home: Path) -> None:
+    """Refuse (SecretModeError) a home whose secrets others can read; make data/ and node.log private.
+
+    Data and logs are tightened rather than refused: they hold pseudonymized records and peer addresses,
+    not keys, and a node upgraded from a version that made them 0644 should just start."""
+    home = Path(home)
+    for rel in HOME_SECRETS:
+        if (home / rel).exists():
+            check_secret_mode(home / rel)
+    for path, mode in ((home / "data", DIR_MODE), (home / "node.log", SECRET_MODE)):
+        if path.exists() and stat.S_IMODE(os.stat(path).st_mode) & (stat.S_IRWXG | stat.S_IRWXO):
+            os.chmod(path, mode)
+
 
 def create_member_key(path: Path) -> SigningKey:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = SigningKey.generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.encode().hex() + "\n")
+    write_secret(path, key.encode().hex() + "\n", exclusive=True)
     return key
 
 

@@ -12,8 +12,6 @@ import time
 from functools import partial
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from consensus.config import Config as ConsensusConfig
 from consensus.crypto import Ed25519Crypto
@@ -31,6 +29,8 @@ from node.gossip import TxGossip
 from node.keys import load_member_key
 from node.mempool import Mempool
 from node.pseudonym import Pseudonymizer
+from node.rpc.auth import TokenStore
+from node.rpc.http import ConnectionCaps, serve_rpc
 from node.rpc.methods import METHODS
 from node.rpc.server import JsonRpcApp
 from node.store import Store
@@ -87,8 +87,8 @@ class Node:
         self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,
                                on_admitted=self.driver.mempool_changed)
         self.sync = BlockSync(self.net, self.chain, self.driver, self.peer_ids)
-        self.rpc = JsonRpcApp(self, METHODS, cfg.rpc.tokens, cfg.rpc.read_requires_token,
-                              cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second)
+        self.rpc = JsonRpcApp(self, METHODS, TokenStore(cfg.tokens_path), cfg.rpc.read_requires_token,
+                              cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second, edge=cfg.rpc)
         self._last_view = self.replica.view
         self._commit_waiters: dict[bytes, list[trio.Event]] = {}
         # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
@@ -126,12 +126,9 @@ class Node:
         self.store.close()
 
     async def _serve_rpc(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        config = HypercornConfig()
-        config.bind = [self.cfg.rpc.listen]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
-        config.keep_alive_timeout = 30
-        await hypercorn_serve(self.rpc.app, config, task_status=task_status)
+        rpc = self.cfg.rpc
+        caps = ConnectionCaps(rpc.max_connections, rpc.max_connections_per_address, rpc.trusted_proxies)
+        await serve_rpc(self.rpc.app, rpc.listen, caps, task_status=task_status)
 
     async def _inbox_loop(self) -> None:
         while True:

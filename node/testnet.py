@@ -1,4 +1,8 @@
-"""Local testnets: write N node homes with one shared genesis, and run them as separate processes."""
+"""Local testnets: write N node homes with one shared genesis, and run them as separate processes.
+
+Each node gets two RPC tokens, stored hashed in its HOME/tokens.json: ``operator`` (admin: read, submit and
+operator methods; also in HOME/keys/operator.token for local tools and the DICOM hook) and ``reader``
+(read only). Both are listed in OUT/testnet.json, which is therefore written 0600."""
 
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ from pathlib import Path
 import httpx
 
 from network.identity import load_or_create_identity, peer_id_of
-from node.config import new_token, write_config
+from node.config import write_config
 from node.genesis import Genesis, Member
-from node.keys import create_member_key
+from node.keys import create_member_key, make_private_dir, write_secret
+from node.rpc.auth import ADMIN, READ, add_token
 
 HOSPITALS = ["hosp-a", "hosp-b", "hosp-c", "hosp-d", "hosp-e", "hosp-f", "hosp-g", "hosp-h", "hosp-i", "hosp-j"]
 EXAMPLE_EVENT = {"type": "instances.accessed", "patient_id": "PAT-1", "issuer": "HOSP-A",
@@ -30,7 +35,8 @@ class NodeInfo:
     home: Path
     rpc: str
     p2p: str
-    token: str
+    token: str  # operator: admin (read, submit and operator methods)
+    read_token: str | None = None  # read only
 
 
 def member_name(i: int) -> str:
@@ -44,7 +50,7 @@ def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.
     base_port+2i (p2p) and base_port+2i+1 (RPC), on hosts[i] when given (one IP per namespace)."""
     if n < 4:
         raise ValueError("a BFT testnet needs at least 4 nodes (n = 3f+1 with f >= 1)")
-    out.mkdir(parents=True, exist_ok=True)
+    make_private_dir(out, tighten=False)  # created 0700; an existing directory (even ".") is left alone
     psk, pseudonym_key = os.urandom(32), os.urandom(32)
     nodes, members = [], []
     for i in range(n):
@@ -55,33 +61,45 @@ def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.
         rpc_listen = f"{ip}:{base_port + 2 * i + 1}"
         key = create_member_key(home / "keys" / "member.key")
         identity = load_or_create_identity(home / "keys" / "p2p.key")
-        token = new_token()
         write_config(home, name=name, p2p_listen=p2p, rpc_listen=rpc_listen, psk=psk,
-                     pseudonym_key=pseudonym_key, tokens={"operator": token}, extra=config_extra)
+                     pseudonym_key=pseudonym_key, extra=config_extra)
+        token = add_operator_token(home)
+        read_token = add_token(home / "tokens.json", "reader", [READ])
         members.append(Member(name=name, pubkey=bytes(key.verify_key), peer_id=peer_id_of(identity),
                               p2p=(p2p,), rpc=f"http://{rpc_listen}"))
-        nodes.append(NodeInfo(name, home, f"http://{rpc_listen}", p2p, token))
+        nodes.append(NodeInfo(name, home, f"http://{rpc_listen}", p2p, token, read_token))
     genesis = Genesis(chain_id=chain_id, genesis_time=datetime.now(UTC).isoformat(timespec="seconds"),
                       members=tuple(members), params=dict(params or {}))
     for info in nodes:
         genesis.save(info.home / "genesis.json")
-    (out / "testnet.json").write_text(json.dumps(
+    # Every node's operator token: a secret, 0600 like the keys.
+    write_secret(out / "testnet.json", json.dumps(
         {"chain_id": chain_id,
-         "nodes": [{"name": x.name, "home": str(x.home), "rpc": x.rpc, "p2p": x.p2p, "token": x.token}
-                   for x in nodes]}, indent=2) + "\n")
+         "nodes": [{"name": x.name, "home": str(x.home), "rpc": x.rpc, "p2p": x.p2p, "token": x.token,
+                    "read_token": x.read_token} for x in nodes]}, indent=2) + "\n")
     return nodes
+
+
+def add_operator_token(home: Path) -> str:
+    """A new admin token named operator in HOME/tokens.json, kept for local tools in HOME/keys/operator.token."""
+    token = add_token(home / "tokens.json", "operator", [ADMIN])
+    write_secret(home / "keys" / "operator.token", token + "\n")
+    return token
 
 
 def load(out: Path) -> list[NodeInfo]:
     data = json.loads((out / "testnet.json").read_text())
-    return [NodeInfo(x["name"], Path(x["home"]), x["rpc"], x["p2p"], x["token"]) for x in data["nodes"]]
+    return [NodeInfo(x["name"], Path(x["home"]), x["rpc"], x["p2p"], x["token"], x.get("read_token"))
+            for x in data["nodes"]]
 
 
 def start_node(info: NodeInfo, wrap: list[str] = ()) -> subprocess.Popen:
     """`radchain start` for one node in its own session (so a terminal's Ctrl-C reaches only the
     supervisor, which stops the nodes in order); output appended to HOME/node.log. `wrap` prefixes the
     command, e.g. ["ip", "netns", "exec", NS]."""
-    with open(info.home / "node.log", "ab") as log:
+    fd = os.open(info.home / "node.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)  # may name patients' AE titles and peers: not for other users of the machine
+    with os.fdopen(fd, "ab") as log:
         return subprocess.Popen([*wrap, sys.executable, "-m", "node.cli", "start", "--home", str(info.home)],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -112,7 +130,8 @@ def wait_ready(nodes: list[NodeInfo], timeout: float = 60.0, peers: int | None =
     """Until every node answers `status` (and sees `peers` peers, when given)."""
     deadline = time.monotonic() + timeout
     for info in nodes:
-        poll(lambda info=info: rpc_call(info.rpc, "status", timeout=2)["result"]["peers"] >= (peers or 0),
+        poll(lambda info=info: rpc_call(info.rpc, "status", token=info.token, timeout=2)["result"]["peers"]
+             >= (peers or 0),
              max(0.1, deadline - time.monotonic()), f"{info.name} ready (see {info.home / 'node.log'})")
 
 

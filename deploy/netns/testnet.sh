@@ -2,7 +2,8 @@
 # Run a local testnet with every node in its own network namespace and IP (real multi-host behaviour
 # on one machine).   usage: testnet.sh N DIR [PREFIX] [SUBNET]    e.g. testnet.sh 4 /tmp/nsnet
 # Ctrl-C stops the nodes and removes the namespaces. Reach node i's RPC from its namespace:
-#   ip netns exec PREFIX-i curl -s http://SUBNET.i:26601 -d '{"jsonrpc":"2.0","id":1,"method":"status"}'
+#   ip netns exec PREFIX-i curl -s http://SUBNET.i:26601 -H "Authorization: Bearer $TOKEN" \
+#     -d '{"jsonrpc":"2.0","id":1,"method":"status"}'      (tokens: DIR/testnet.json, token or read_token)
 # (node i listens on port 26600+2(i-1) for p2p and 26601+2(i-1) for RPC). Cut a link: link.sh PREFIX i down
 set -euo pipefail
 N=${1:?usage: testnet.sh N DIR [PREFIX] [SUBNET]}

@@ -10,7 +10,7 @@ def add_target_args(p) -> None:
     g = p.add_argument_group("node to talk to")
     g.add_argument("--url", help="node RPC URL, e.g. http://127.0.0.1:26601 (env RADCHAIN_URL)")
     g.add_argument("--token", help="integrator bearer token (env RADCHAIN_TOKEN)")
-    g.add_argument("--home", type=Path, help="use the RPC address and first token of this node home")
+    g.add_argument("--home", type=Path, help="use the RPC address and operator token (keys/operator.token) of this node home")
     g.add_argument("--testnet", type=Path, help="a testnet directory (testnet.json)")
     g.add_argument("--node", help="with --testnet: the node's name (default: the first)")
 
@@ -25,7 +25,9 @@ def client_from_args(args):
 
         cfg = load_config(args.home)
         url = url or cfg.rpc_url
-        token = token or next(iter(cfg.rpc.tokens.values()), None)
+        from node.rpc.auth import local_token
+
+        token = token or local_token(cfg.home)
     elif args.testnet:
         from node import testnet
 

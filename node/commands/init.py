@@ -3,6 +3,9 @@
 Each hospital runs `init`, sends the printed member entry (public data only) to the consortium's
 coordinator, who assembles genesis.json with `radchain genesis` and returns it. The two consortium secrets
 (network PSK and pseudonym key) travel out of band in a secrets file (`radchain secrets`).
+
+Whatever the umask, the home and keys/ are 0700 and every file written here 0600. The operator's RPC token
+(admin) is stored hashed in HOME/tokens.json and in clear in HOME/keys/operator.token, for local tools.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from network.identity import load_or_create_identity, peer_id_of
-    from node.config import new_token, write_config
-    from node.keys import create_member_key
+    from node.config import write_config
+    from node.keys import create_member_key, make_private_dir, write_secret
+    from node.testnet import add_operator_token
 
+    # Anything created below (including by libraries) is private to this user, even under umask 000.
+    os.umask(0o077)
     if (args.home / "config.toml").exists():
         print(f"radchain init: {args.home}/config.toml exists; refusing to overwrite keys", file=sys.stderr)
         return 1
@@ -38,15 +44,16 @@ def run(args) -> int:
         psk, pkey = os.urandom(32), os.urandom(32)
         print("no --secrets given: generated a new PSK and pseudonym key (a consortium of one until "
               "they are replaced by the consortium's)", file=sys.stderr)
+    make_private_dir(args.home / "keys")
     key = create_member_key(args.home / "keys" / "member.key")
     identity = load_or_create_identity(args.home / "keys" / "p2p.key")
-    token = new_token()
     write_config(args.home, name=args.name, p2p_listen=args.p2p, rpc_listen=args.rpc, psk=psk,
-                 pseudonym_key=pkey, tokens={"operator": token})
+                 pseudonym_key=pkey)
+    add_operator_token(args.home)
     entry = {"name": args.name, "pubkey": bytes(key.verify_key).hex(), "peer_id": peer_id_of(identity),
              "p2p": [args.p2p], "rpc": f"http://{args.rpc}", "clients": []}
-    (args.home / "member.json").write_text(json.dumps(entry, indent=2) + "\n")
+    write_secret(args.home / "member.json", json.dumps(entry, indent=2) + "\n")  # public, but nobody else's to edit
     print(json.dumps(entry, indent=2))
-    print(f"member entry written to {args.home}/member.json; operator token in {args.home}/config.toml",
-          file=sys.stderr)
+    print(f"member entry written to {args.home}/member.json; operator token (admin) in "
+          f"{args.home}/keys/operator.token; more tokens: radchain token add --home {args.home}", file=sys.stderr)
     return 0

@@ -16,8 +16,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"psk": os.urandom(32).hex(), "pseudonym_key": os.urandom(32).hex()}, fh)
+    from node.keys import write_secret
+
+    write_secret(args.out, json.dumps({"psk": os.urandom(32).hex(), "pseudonym_key": os.urandom(32).hex()}),
+                 exclusive=True)
     print(f"wrote {args.out}; give it to every member out of band (radchain init --secrets {args.out})")
     return 0

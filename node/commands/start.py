@@ -25,6 +25,20 @@ def run(args) -> int:
     except ConfigError as exc:
         print(f"radchain start: {exc}", file=sys.stderr)
         return 2
+    import os
+
+    from node.keys import SecretModeError, check_home_secrets
+
+    try:
+        check_home_secrets(cfg.home)
+    except SecretModeError as exc:
+        print(f"radchain start: {exc}", file=sys.stderr)
+        return 2
+    os.umask(0o077)  # data/, the WAL, the spool and anything else this process creates: owner only
+    if not cfg.rpc.read_requires_token and cfg.rpc.host in ("0.0.0.0", "::", "[::]", ""):
+        print(f"radchain start: WARNING: rpc.listen = {cfg.rpc.listen} with rpc.read_requires_token = false: "
+              "every read (audit trails, AE titles, metrics) is open to anyone who reaches this port",
+              file=sys.stderr)
     from network.logs import mute_libp2p_logging
     from node.logs import setup_logging
 

@@ -30,6 +30,14 @@ def run(args) -> int:
         if not args.run:
             print(f"{manifest} exists already; remove {args.out} to create a new network", file=sys.stderr)
             return 1
+        from node.config import ConfigError, load_config
+
+        for info in nodes:
+            try:
+                load_config(info.home)
+            except ConfigError as exc:  # e.g. made by a version that kept tokens in clear
+                print(f"{exc}\n(or remove {args.out} to create a new network)", file=sys.stderr)
+                return 2
     else:
         hosts = args.hosts.split(",") if args.hosts else None
         if hosts and len(hosts) != args.nodes:
@@ -62,6 +70,8 @@ def _run(nodes, out: Path) -> int:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "submit_event",
                            "params": {"event": testnet.EXAMPLE_EVENT}})
         print(f"  curl -s {first.rpc} -H 'Authorization: Bearer {first.token}' -d '{body}'")
+        print(f"Tokens (operator: admin; reader: read only) are in {out}/testnet.json; "
+              "`radchain token add/revoke/list --home HOME` manages them.")
         print(f"  .venv/bin/radchain submit --testnet {out} --node {first.name} "
               "--type instances.accessed --patient-id PAT-1 --issuer HOSP-A --study-uid 1.2.840.1 "
               "--actor dr.smith --purpose TREAT")
@@ -94,7 +104,7 @@ def _self_check(nodes) -> None:
     while len(seen) < len(nodes) and time.monotonic() < deadline:
         for info in nodes:
             if info.name not in seen:
-                reply = testnet.rpc_call(info.rpc, "get_tx", {"hash": tx})
+                reply = testnet.rpc_call(info.rpc, "get_tx", {"hash": tx}, info.read_token or info.token)
                 if reply.get("result", {}).get("status") == "committed":
                     seen[info.name] = reply["result"]["height"]
         time.sleep(0.2)

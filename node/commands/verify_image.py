@@ -35,7 +35,9 @@ def run(args) -> int:
     host, port = cfg.rpc.host, cfg.rpc.port
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    token = next(iter(cfg.rpc.tokens.values()), None)
+    from node.rpc.auth import local_token
+
+    token = local_token(cfg.home)
     reader = ChainReader(f"http://{host}:{port}", token)
     files = [p for p in iter_files(args.files) if p.name.upper() != "DICOMDIR"]
     try:

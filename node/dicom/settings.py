@@ -88,6 +88,11 @@ def load_settings(home: str | Path) -> DicomSettings:
         if name is not None and name not in tokens:
             raise SettingsError(f"{path}: [dicom] rpc_token_name = {name!r} is not in [rpc] tokens")
         settings.rpc_token = str(tokens[name] if name else next(iter(tokens.values())))
+    if settings.rpc_token is None:
+        # A node home keeps its tokens hashed (HOME/tokens.json); local tools use the operator's token file.
+        token_file = home / "keys" / "operator.token"
+        if token_file.exists():
+            settings.rpc_token = token_file.read_text().strip() or None
     for key in _DICOM_KEYS - {"rpc_token_name"}:
         if key in dicom:
             setattr(settings, key, dicom[key])

@@ -19,7 +19,7 @@ METHODS: dict[str, Method] = {
     "blocks": Method(blocks, write=False),
     "audit_trail": Method(audit_trail, write=False),
     "validators": Method(validators, write=False),
-    "peers": Method(peers, write=False),
+    "peers": Method(peers, write=False, role="admin"),  # the members' network addresses: operators only
     "mempool": Method(mempool, write=False),
     "rpc.discover": Method(discover, write=False),
 }

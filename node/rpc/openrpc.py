@@ -56,7 +56,7 @@ def _m(name: str, summary: str, params: list, result: dict, write: bool = False,
        example: tuple[dict, object] | None = None, errors: tuple[int, ...] = ()) -> dict:
     m = {"name": name, "summary": summary, "paramStructure": "by-name", "params": params, "result": result}
     if write:
-        m["tags"] = [{"name": "write", "description": "needs Authorization: Bearer <integrator token>"}]
+        m["tags"] = [{"name": "write", "description": "needs Authorization: Bearer <token with the submit role>"}]
     if errors:
         m["errors"] = [{"code": c, "message": _ERROR_TEXT[c]} for c in errors]
     if example is not None:
@@ -68,7 +68,7 @@ def _m(name: str, summary: str, params: list, result: dict, write: bool = False,
 
 
 _ERROR_TEXT = {
-    E.UNAUTHORIZED: "missing or unknown bearer token", E.NOT_FOUND: "no such tx or block",
+    E.UNAUTHORIZED: "missing or unknown bearer token, or it lacks the role", E.NOT_FOUND: "no such tx or block",
     E.REJECTED: "the tx or event failed a check (the message says which)", E.MEMPOOL_FULL: "retry later",
     E.INVALID_PARAMS: "a param is missing, unknown or of the wrong type",
 }
@@ -140,8 +140,9 @@ DOCUMENT = {
     "info": {
         "title": "RadChain JSON-RPC",
         "version": "1.0.0",
-        "description": "JSON-RPC 2.0 over HTTP POST / (batches allowed). Read methods are open unless the "
-                       "node sets rpc.read_requires_token; write methods need 'Authorization: Bearer <token>'. "
+        "description": "JSON-RPC 2.0 over HTTP POST / (batches allowed). Every method needs "
+                       "'Authorization: Bearer <token>' with a role: read for reads (unless the node sets "
+                       "rpc.read_requires_token = false), submit for write methods, admin for peers. "
                        "GET /health, GET /metrics (Prometheus) and WebSocket subscriptions on /ws are "
                        "described in docs/RPC.md. Error codes: -32700 parse, -32600 invalid request, -32601 "
                        "no such method, -32602 invalid params, -32603 internal, -32001 unauthorized, "

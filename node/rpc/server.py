@@ -1,5 +1,11 @@
 """HTTP edge of the node: JSON-RPC 2.0 framing, auth, body and rate limits, /health, /metrics and /ws.
 
+Auth (node.rpc.auth): every method needs a role (read, submit or admin) carried by the bearer token; reads
+too unless rpc.read_requires_token is false. Before any route, _Edge refuses a Host or Origin that is not
+this node's (DNS rebinding) and a WebSocket upgrade without a read token. A request body must arrive
+whole within rpc.body_timeout; a client that hangs up mid-request is counted, not logged as a traceback.
+Connection caps live in node.rpc.http, which serves this app.
+
 Methods live in node.rpc.methods; WebSocket subscriptions in node.rpc.subscriptions; the Prometheus
 exposition in node.rpc.metrics. Every failure reaches the caller as a JSON-RPC error with a code and a
 message; nothing a client sends can stop the node.
@@ -11,21 +17,33 @@ batch of 100 commit-mode submits lands in one or two blocks instead of one block
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.datastructures import Headers, QueryParams
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from node.rpc.auth import (
+    ADMIN,
+    READ,
+    SUBMIT,
+    CountedLog,
+    Grant,
+    TokenStore,
+    client_address,
+    host_allowed,
+    origin_allowed,
+)
 from node.rpc.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -33,6 +51,7 @@ from node.rpc.errors import (
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     RATE_LIMITED,
+    TIMEOUT,
     TOO_LARGE,
     UNAUTHORIZED,
     RpcError,
@@ -49,13 +68,19 @@ MAX_BATCH = 1000
 @dataclass(frozen=True)
 class Method:
     handler: Handler
-    write: bool  # needs an integrator token
+    write: bool  # needs a submit token
+    role: str = ""  # the role it needs, when not the one `write` implies (e.g. admin)
+
+    @property
+    def needs(self) -> str:
+        return self.role or (SUBMIT if self.write else READ)
 
 
 @dataclass(frozen=True)
 class Caller:
     integrator: str | None  # name of the token's owner, None when no valid token was given
     address: str
+    roles: frozenset[str] = frozenset()  # what the token allows (node.rpc.auth)
 
 
 class Later:
@@ -68,23 +93,30 @@ class Later:
 
 
 class TokenBucket:
-    """Per-address rate limit: `rate` requests per second with bursts up to `rate`."""
+    """Per-address rate limit: `rate` requests per second with bursts up to `rate`.
 
-    def __init__(self, rate: float):
+    At most `max_keys` addresses are remembered, least recently seen forgotten first: a flood of new
+    addresses costs each of them a fresh bucket, never everybody's state at once (a global clear would let a
+    client that is being limited start over by making the node see 10,000 other addresses).
+    """
+
+    def __init__(self, rate: float, max_keys: int = 10_000):
         self.rate = rate
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def allow(self, key: str, cost: float = 1.0) -> bool:
         now = time.monotonic()
-        tokens, last = self._buckets.get(key, (self.rate, now))
+        tokens, last = self._buckets.pop(key, (self.rate, now))
         tokens = min(self.rate, tokens + (now - last) * self.rate)
-        if tokens < cost:
-            self._buckets[key] = (tokens, now)
-            return False
-        self._buckets[key] = (tokens - cost, now)
-        if len(self._buckets) > 10_000:  # forget idle clients rather than grow without bound
-            self._buckets.clear()
-        return True
+        allowed = tokens >= cost
+        self._buckets[key] = (tokens - cost if allowed else tokens, now)  # (re)inserted as the newest
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 @dataclass
@@ -97,18 +129,29 @@ class _Started:
 
 
 class JsonRpcApp:
-    def __init__(self, node, methods: dict[str, Method], tokens: dict[str, str], read_requires_token: bool,
-                 max_body_bytes: int, rate_limit: float, extra_routes: list | None = None):
+    def __init__(self, node, methods: dict[str, Method], tokens: TokenStore | dict[str, str],
+                 read_requires_token: bool, max_body_bytes: int, rate_limit: float,
+                 extra_routes: list | None = None, *, edge=None):
+        """`tokens`: the node's TokenStore, or {name: token} (each with read and submit) in tests and
+        benchmarks. `edge`: the [rpc] settings (node.config.RpcConfig) for Host/Origin, proxies, body
+        deadline and limiter size; defaults apply without it."""
+        from node.config import RpcConfig
         from node.rpc.metrics import Metrics
         from node.rpc.submit import Admission
         from node.rpc.subscriptions import Subscriptions
 
         self.node = node
         self.methods = methods
-        self._tokens = list(tokens.items())
+        self.tokens = tokens if isinstance(tokens, TokenStore) else TokenStore(dict(tokens))
         self.read_requires_token = read_requires_token
         self.max_body_bytes = max_body_bytes
-        self.limiter = TokenBucket(rate_limit)
+        self.edge = edge if edge is not None else RpcConfig()
+        self.body_timeout = self.edge.body_timeout
+        self.limiter = TokenBucket(rate_limit, self.edge.rate_limit_addresses)
+        self.disconnects = CountedLog(log, "clients hung up before their request was read")
+        self.slow_bodies = CountedLog(log, "request bodies cut at the body deadline", level=logging.WARNING)
+        self.refused_edge = CountedLog(log, "requests refused: Host or Origin not allowed, or no read token for /ws",
+                                       level=logging.WARNING)
         self.metrics = Metrics(node, set(methods))
         self.admission = Admission(node, self.metrics)
         self.subscriptions = Subscriptions(self)
@@ -116,7 +159,7 @@ class JsonRpcApp:
                   Route("/health", self.health, methods=["GET"]),
                   Route("/metrics", self.metrics_endpoint, methods=["GET"]),
                   WebSocketRoute("/ws", self.subscriptions.endpoint)]
-        self.app = Starlette(routes=routes + (extra_routes or []), lifespan=self._lifespan)
+        self.app = _Edge(self, Starlette(routes=routes + (extra_routes or []), lifespan=self._lifespan))
 
     @asynccontextmanager
     async def _lifespan(self, app):
@@ -133,7 +176,7 @@ class JsonRpcApp:
         self.subscriptions.on_commit(block)
 
     # ------------------------------------------------------------------ auth
-    def integrator(self, headers, query_token: str | None = None) -> str | None:
+    def grant(self, headers, query_token: str | None = None) -> Grant | None:
         header = headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             presented = header[7:].strip()
@@ -141,24 +184,32 @@ class JsonRpcApp:
             presented = query_token
         else:
             return None
-        presented_b = presented.encode("utf-8", "replace")
-        found = None
-        for name, token in self._tokens:  # compare against every token: timing does not reveal which
-            if hmac.compare_digest(presented_b, token.encode()):
-                found = name
-        return found
+        return self.tokens.lookup(presented)
+
+    def integrator(self, headers, query_token: str | None = None) -> str | None:
+        grant = self.grant(headers, query_token)
+        return grant.name if grant else None
+
+    def address(self, peer: str, headers) -> str:
+        return client_address(peer, headers.get("x-forwarded-for"), self.edge.trusted_proxies)
+
+    def caller(self, conn, query_token: str | None = None) -> Caller:
+        """Who is calling over `conn` (a Starlette Request or WebSocket)."""
+        grant = self.grant(conn.headers, query_token)
+        address = self.address(conn.client.host if conn.client else "?", conn.headers)
+        return Caller(grant.name if grant else None, address, grant.roles if grant else frozenset())
 
     def may_read(self, caller: Caller) -> bool:
-        return caller.integrator is not None or not self.read_requires_token
+        return READ in caller.roles or not self.read_requires_token
 
     # ------------------------------------------------------------------ plain HTTP
     async def health(self, request: Request) -> Response:
-        return PlainTextResponse("ok")
+        return PlainTextResponse("ok")  # liveness only: nothing about the chain, the peers or the callers
 
     async def metrics_endpoint(self, request: Request) -> Response:
-        caller = Caller(self.integrator(request.headers), request.client.host if request.client else "?")
+        caller = self.caller(request)
         if not self.may_read(caller):
-            return PlainTextResponse("this node requires a token for reads\n", status_code=401)
+            return PlainTextResponse("this node requires a read token for /metrics\n", status_code=401)
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def _read_body(self, request: Request) -> bytes:
@@ -166,17 +217,27 @@ class JsonRpcApp:
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise RpcError(TOO_LARGE, f"request body over {self.max_body_bytes} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise RpcError(TOO_LARGE, f"request body over {self.max_body_bytes} bytes")
-            chunks.append(chunk)
+        # The whole body within body_timeout: a client trickling a byte every few seconds would otherwise
+        # hold its connection (and a file descriptor) for as long as it likes.
+        with trio.move_on_after(self.body_timeout) as deadline:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise RpcError(TOO_LARGE, f"request body over {self.max_body_bytes} bytes")
+                chunks.append(chunk)
+        if deadline.cancelled_caught:
+            self.slow_bodies.count()
+            raise RpcError(TIMEOUT, f"request body not received within {self.body_timeout:g} s")
         return b"".join(chunks)
 
     async def handle_http(self, request: Request) -> Response:
-        address = request.client.host if request.client else "?"
+        address = self.address(request.client.host if request.client else "?", request.headers)
         try:
-            body = await self._read_body(request)
+            try:
+                body = await self._read_body(request)
+            except ClientDisconnect:
+                self.disconnects.count()
+                return Response(status_code=400)  # nobody is listening; hypercorn drops it
             try:
                 payload = loads(body)
             except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -186,10 +247,12 @@ class JsonRpcApp:
                 raise RpcError(RATE_LIMITED, "rate limit exceeded; slow down and retry")
         except RpcError as err:
             self.metrics.error(err.code)
-            status = {TOO_LARGE: 413, RATE_LIMITED: 429}.get(err.code, 200)
+            status = {TOO_LARGE: 413, RATE_LIMITED: 429, TIMEOUT: 408}.get(err.code, 200)
             headers = {"Retry-After": "1"} if err.code == RATE_LIMITED else None
+            if err.code in (TOO_LARGE, TIMEOUT):
+                headers = {"Connection": "close"}  # the rest of the body is never read: end the connection
             return JSONResponse(_error(None, err), status_code=status, headers=headers)
-        caller = Caller(self.integrator(request.headers), address)
+        caller = self.caller(request)
         if isinstance(payload, list):
             if not payload:
                 return JSONResponse(_error(None, RpcError(INVALID_REQUEST, "empty batch")))
@@ -241,10 +304,7 @@ class JsonRpcApp:
             self.metrics.request(name)
             if method is None:
                 raise RpcError(METHOD_NOT_FOUND, f"no method {name[:64]!r}; rpc.discover lists them")
-            if method.write and caller.integrator is None:
-                raise RpcError(UNAUTHORIZED, "this method needs 'Authorization: Bearer <token>' from node config")
-            if not method.write and not self.may_read(caller):
-                raise RpcError(UNAUTHORIZED, "this node requires a token for reads")
+            self._authorize(method, caller)
             params = request.get("params", {})
             if not isinstance(params, dict):
                 raise RpcError(INVALID_PARAMS, "params must be an object (by-name parameters)")
@@ -259,6 +319,17 @@ class JsonRpcApp:
         if isinstance(result, Later):
             return _Started(rid, is_notification, name, result)
         return None if is_notification else {"jsonrpc": "2.0", "id": rid, "result": result}
+
+    def _authorize(self, method: Method, caller: Caller) -> None:
+        needs = method.needs
+        if needs == READ and self.may_read(caller):
+            return
+        if needs in caller.roles:
+            return
+        if caller.integrator is None:
+            raise RpcError(UNAUTHORIZED, f"this method needs 'Authorization: Bearer <token>' with the {needs} role "
+                                         "(radchain token add)")
+        raise RpcError(UNAUTHORIZED, f"token {caller.integrator!r} lacks the {needs} role this method needs")
 
     async def _finish(self, started: _Started) -> dict | None:
         try:
@@ -319,5 +390,40 @@ def caller_of(request) -> str:
 
 
 async def ws_caller(app: JsonRpcApp, websocket: WebSocket) -> Caller:
-    token = websocket.query_params.get("token")
-    return Caller(app.integrator(websocket.headers, token), caller_of(websocket))
+    return app.caller(websocket, websocket.query_params.get("token"))
+
+
+class _Edge:
+    """ASGI middleware in front of every route: Host and Origin must be this node's (DNS rebinding), and a
+    WebSocket upgrade needs a read token, refused with HTTP 403 before the handshake completes."""
+
+    def __init__(self, rpc: JsonRpcApp, app):
+        self.rpc = rpc
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind in ("http", "websocket"):
+            headers = Headers(scope=scope)
+            edge = self.rpc.edge
+            refused = None
+            if not host_allowed(headers.get("host"), [*edge.allowed_hosts, edge.host]):  # + the name it listens on
+                refused = "Host not allowed (rpc.allowed_hosts)"
+            elif not origin_allowed(headers.get("origin"), edge.allowed_origins):
+                refused = "Origin not allowed (rpc.allowed_origins)"
+            elif kind == "websocket":
+                grant = self.rpc.grant(headers, QueryParams(scope.get("query_string", b"")).get("token"))
+                caller = Caller(grant.name if grant else None, "", grant.roles if grant else frozenset())
+                if not self.rpc.may_read(caller):
+                    refused = "a WebSocket subscription needs a read token"
+            if refused is not None:
+                self.rpc.refused_edge.count()
+                if kind == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
+                else:
+                    await PlainTextResponse(refused + "\n", status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+__all__ = ["ADMIN", "READ", "SUBMIT", "Caller", "JsonRpcApp", "Later", "Method", "TokenBucket"]

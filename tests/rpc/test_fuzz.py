@@ -101,5 +101,5 @@ def test_node_survives_and_stays_consistent_after_fuzzing(net):
     net.wait_until(lambda: all(net.height(i) >= height for i in range(4)), 60, "all nodes at the new height")
     for h in range(1, height + 1):
         assert len({net.rpc(i, "get_block", {"height": h})["hash"] for i in range(4)}) == 1, f"fork at {h}"
-    metrics = httpx.get(info.rpc + "/metrics").text
+    metrics = httpx.get(info.rpc + "/metrics", headers={"Authorization": f"Bearer {info.token}"}).text
     assert 'radchain_rpc_errors_total{code="-32603"}' not in metrics

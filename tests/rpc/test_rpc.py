@@ -63,16 +63,17 @@ def test_plain_json_submit_commit_then_read_from_other_nodes(net):
                           "params": {"event": ev, "mode": "commit"}}, n0.token).json()["result"]
     assert again == reply["result"]
 
-    # Another node knows it at the same height; reads there need no token (open reads).
+    # Another node knows it at the same height; its read-only token reads it.
     net.wait_until(lambda: net.height(1) >= height, 30, "node 1 has the block")
-    got = post(n1.rpc, {"jsonrpc": "2.0", "id": 3, "method": "get_tx", "params": {"hash": h}}).json()["result"]
+    got = post(n1.rpc, {"jsonrpc": "2.0", "id": 3, "method": "get_tx", "params": {"hash": h}},
+               n1.read_token).json()["result"]
     assert got["status"] == "committed" and got["height"] == height and got["tx"]["member"] == "hosp-a"
 
-    # audit_trail on a third node: by token without auth; by raw identifier with its integrator token.
+    # audit_trail on a third node: by pseudonym token or by raw identifier, with a read token.
     study_token = got["tx"]["study"]
     net.wait_until(lambda: net.height(2) >= height, 30, "node 2 has the block")
     page = post(n2.rpc, {"jsonrpc": "2.0", "id": 4, "method": "audit_trail",
-                         "params": {"study": study_token}}).json()["result"]
+                         "params": {"study": study_token}}, n2.read_token).json()["result"]
     assert [e["hash"] for e in page["entries"]] == [h] and page["next_cursor"] is None
     raw = post(n2.rpc, {"jsonrpc": "2.0", "id": 5, "method": "audit_trail",
                         "params": {"study_uid": "1.2.840.99.2"}}, n2.token).json()["result"]
@@ -180,7 +181,7 @@ def test_every_failure_is_a_json_rpc_error(net):
         (b'{"jsonrpc": "2.0", "id": 1, "method": "mempool", "params": {"limit": true}}', -32602),
     ]
     for body, code in cases:
-        reply = post(url, body)
+        reply = post(url, body, net.nodes[1].read_token)
         assert reply.status_code == 200, body
         err = reply.json()["error"]
         assert err["code"] == code and err["message"], (body, err)
@@ -221,7 +222,8 @@ def test_receipt_verifies_offline_and_tampered_receipts_do_not(net, tmp_path):
     net.wait_until(lambda: net.height(2) >= answer["height"], 30, "node 2 has the block")
     # fetched from another node with the CLI, checked with nothing but genesis.json
     path = tmp_path / "receipt.json"
-    out = radchain("query", "--url", net.nodes[2].rpc, "--tx", answer["hash"], "--save-receipt", str(path))
+    out = radchain("query", "--url", net.nodes[2].rpc, "--token", net.nodes[2].read_token, "--tx", answer["hash"],
+                   "--save-receipt", str(path))
     assert out.returncode == 0, out.stderr
     genesis = str(info.home / "genesis.json")
     ok = radchain("verify-receipt", str(path), "--genesis", genesis)
@@ -273,7 +275,7 @@ def test_receipt_verifies_offline_and_tampered_receipts_do_not(net, tmp_path):
 # ---------------------------------------------------------------------------------------------- reads
 
 def test_reads_blocks_validators_peers_mempool_metrics(net):
-    with RadChainClient(net.nodes[1].rpc) as rc:
+    with RadChainClient(net.nodes[1].rpc, net.nodes[1].token) as rc:  # operator: peers needs admin
         height = rc.status()["height"]
         assert height >= 1
         blocks = list(rc.blocks(1))
@@ -298,7 +300,7 @@ def test_reads_blocks_validators_peers_mempool_metrics(net):
                  'radchain_commit_latency_seconds_bucket{le="+Inf"}', "radchain_commit_latency_seconds_count"):
         assert f"\n{name} " in "\n" + text, name
     # node 0 took the submits above: its histogram has observations
-    metrics0 = httpx.get(net.nodes[0].rpc + "/metrics").text
+    metrics0 = httpx.get(net.nodes[0].rpc + "/metrics", headers={"Authorization": f"Bearer {net.nodes[0].read_token}"}).text
     count = next(line for line in metrics0.splitlines() if line.startswith("radchain_commit_latency_seconds_count"))
     assert int(count.split()[1]) > 0
 

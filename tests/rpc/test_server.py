@@ -19,7 +19,7 @@ def app(rate: float = 1000.0, max_body: int = 1 << 16, read_requires_token: bool
 
 async def post(rpc: JsonRpcApp, body, token: str | None = None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=rpc.app), base_url="http://node") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=rpc.app), base_url="http://127.0.0.1") as client:
         return await client.post("/", json=body, headers=headers)
 
 
@@ -53,3 +53,111 @@ def test_token_bucket_refills():
     bucket = TokenBucket(1000.0)
     assert bucket.allow("a", 1000) and not bucket.allow("a", 500)
     assert bucket.allow("b", 1)  # per client address
+
+
+def test_rate_limiter_forgets_the_idlest_address_not_everybody():
+    bucket = TokenBucket(1.0, max_keys=100)  # one request per second
+    assert bucket.allow("attacker") and not bucket.allow("attacker")  # limited
+    for i in range(500):  # the attacker makes the node see many other addresses...
+        bucket.allow(f"10.0.{i // 256}.{i % 256}")
+        assert not bucket.allow("attacker")  # ...and stays limited throughout (it is the most recent)
+    assert len(bucket) == 100  # bounded
+
+
+async def post_via(rpc: JsonRpcApp, forwarded_for: str | None, token: str = "pacs-token-0123456789"):
+    headers = {"Authorization": f"Bearer {token}"}
+    if forwarded_for:
+        headers["X-Forwarded-For"] = forwarded_for
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=rpc.app, client=("10.9.9.9", 5000)),
+                                 base_url="http://127.0.0.1") as client:
+        return await client.post("/", json=STATUS, headers=headers)
+
+
+async def test_client_address_from_a_trusted_proxy_only():
+    from node.config import RpcConfig
+
+    behind = JsonRpcApp(StubNode(), METHODS, {"pacs": "pacs-token-0123456789"}, True, 1 << 16, 3,
+                        edge=RpcConfig(trusted_proxies=["10.9.9.9"]))
+    for _ in range(3):
+        assert (await post_via(behind, "10.0.0.1")).status_code == 200
+    assert (await post_via(behind, "10.0.0.1")).status_code == 429  # that client is limited...
+    assert (await post_via(behind, "10.0.0.2")).status_code == 200  # ...not everyone behind the proxy
+    # a client cannot pick its address by prepending entries: the proxy appends the real one last
+    assert (await post_via(behind, "10.0.0.7, 10.0.0.1")).status_code == 429
+    direct = JsonRpcApp(StubNode(), METHODS, {"pacs": "pacs-token-0123456789"}, True, 1 << 16, 3)
+    for i in range(3):
+        assert (await post_via(direct, f"10.0.1.{i}")).status_code == 200
+    # without a configured proxy X-Forwarded-For is the client's own claim and is ignored
+    assert (await post_via(direct, "10.0.1.99")).status_code == 429
+
+
+def test_host_origin_and_forwarded_for_rules():
+    from node.rpc.auth import client_address, host_allowed, origin_allowed
+
+    for host in ("127.0.0.1:26657", "10.1.0.5", "[::1]:26657", "localhost:1", "node-a.example", "NODE-A.example."):
+        assert host_allowed(host, ["node-a.example"]), host
+    for host in ("evil.example", "evil.example:26657", "127.0.0.1.evil.example", "localhost.evil.example"):
+        assert not host_allowed(host, ["node-a.example"]), host
+    assert origin_allowed(None, []) and not origin_allowed("null", []) and not origin_allowed("http://127.0.0.1", [])
+    assert origin_allowed("https://audit.example/", ["https://audit.example"])
+    assert client_address("10.0.0.9", "1.2.3.4", []) == "10.0.0.9"
+    assert client_address("10.0.0.9", "1.2.3.4, 10.0.0.8", ["10.0.0.9", "10.0.0.8"]) == "1.2.3.4"
+    assert client_address("10.0.0.9", "not-an-ip", ["10.0.0.9"]) == "10.0.0.9"
+
+
+def test_token_store_reloads_and_fails_closed(tmp_path):
+    import os
+
+    from node.rpc.auth import ADMIN, READ, SUBMIT, TokenStore, add_token, revoke_token
+
+    path = tmp_path / "tokens.json"
+    store = TokenStore(path)
+    assert store.lookup("x" * 32) is None
+    token = add_token(path, "ops", [ADMIN])
+    grant = store.lookup(token)
+    assert grant.name == "ops" and grant.roles == {ADMIN, READ, SUBMIT}
+    assert token not in path.read_text() and os.stat(path).st_mode & 0o077 == 0
+    revoke_token(path, "ops")
+    assert store.lookup(token) is None
+    token = add_token(path, "ro", [READ])
+    assert store.lookup(token).roles == {READ}
+    path.write_text("{not json")  # a bad hand edit: nothing is granted until it is fixed
+    assert store.lookup(token) is None
+
+
+def test_secrets_are_0600_and_dirs_0700_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    import pytest
+
+    from node.keys import SecretModeError, check_secret_mode, write_secret
+
+    old = os.umask(0)
+    try:
+        path = write_secret(tmp_path / "a" / "b" / "secret", "s")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "a").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "a" / "b").st_mode) == 0o700
+    check_secret_mode(path)
+    os.chmod(path, 0o640)
+    with pytest.raises(SecretModeError, match=f"chmod 600 {path}"):
+        check_secret_mode(path)
+    with pytest.raises(FileExistsError):
+        write_secret(path, "t", exclusive=True)
+
+
+def test_connection_caps_total_per_address_and_exempt():
+    from node.rpc.http import ConnectionCaps
+
+    caps = ConnectionCaps(total=5, per_address=2, exempt=["10.0.0.100"])
+    assert caps.admit("10.0.0.1") and caps.admit("10.0.0.1") and not caps.admit("10.0.0.1")
+    assert caps.admit("10.0.0.100") and caps.admit("10.0.0.100")  # a trusted proxy: only the total
+    assert caps.admit("127.0.0.1") and not caps.admit("127.0.0.1")  # total of 5 reached, even for loopback
+    caps.release("10.0.0.1")
+    assert caps.admit("10.0.0.2") and not caps.admit("10.0.0.3")
+    for address in ("10.0.0.1", "10.0.0.100", "10.0.0.100", "127.0.0.1", "10.0.0.2"):
+        caps.release(address)
+    assert caps.open == 0 and not caps.by_address and caps.refused.total == 3

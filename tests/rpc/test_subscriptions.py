@@ -12,9 +12,9 @@ import time
 
 import pytest
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionRejected, open_websocket_url
 
-from node.client import RadChainClient, RpcCallError, Subscription
+from node.client import RadChainClient, Subscription
 from node.testnet import EXAMPLE_EVENT
 
 pytestmark = pytest.mark.timeout(150)
@@ -117,7 +117,7 @@ async def test_sdk_subscription_blocks_and_events_resume_by_position(net):
 
     heights: list[int] = []
     with trio.fail_after(60):
-        async with Subscription(info.rpc, "blocks", from_height=1) as blocks:
+        async with Subscription(info.rpc, "blocks", from_height=1, token=info.read_token) as blocks:
             async for block in blocks:
                 heights.append(block["height"])
                 if block["height"] >= 3:
@@ -130,10 +130,13 @@ async def test_websocket_auth_and_bad_requests(net):
     await trio.to_thread.run_sync(submit, net.nodes[0], events("1.2.840.79", 1), "commit")  # height >= 1
     ws_url = closed.rpc.replace("http://", "ws://") + "/ws"
     with trio.fail_after(30):
-        async with open_websocket_url(ws_url) as ws:
-            reply = json.loads(await ws.get_message())
-            assert reply["error"]["code"] == -32001
-        async with open_websocket_url(ws_url + f"?token={closed.token}") as ws:
+        # no token, a wrong one, or one without the read role: refused at the handshake (HTTP 403)
+        for query in ("", "?token=not-a-token-not-a-token", f"?token={net.submit_only_token}"):
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket_url(ws_url + query):
+                    pass
+            assert rejected.value.status_code == 403, query
+        async with open_websocket_url(ws_url + f"?token={closed.read_token}") as ws:
             for request, code in [
                 ("nonsense", -32700),
                 (json.dumps({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"kind": "txs"}}), -32602),
@@ -149,11 +152,10 @@ async def test_websocket_auth_and_bad_requests(net):
             assert reply["result"]["subscription"]
             note = json.loads(await ws.get_message())
             assert note["params"]["type"] == "block" and note["params"]["height"] == 1
-    # raw identifiers over an anonymous subscription are refused like over HTTP
+    # the SDK without a token: refused before any event is read
     with trio.fail_after(30):
-        with pytest.raises(RpcCallError) as err:
+        with pytest.raises(ConnectionRejected):
             async with Subscription(net.nodes[1].rpc, "events", filter={"patient_id": "P", "issuer": "I"},
                                     reconnect=False) as sub:
                 async for _ in sub:
                     pass
-    assert err.value.code == -32001

@@ -73,3 +73,51 @@ def test_start_refuses_a_broken_config_with_a_clear_message(tmp_path):
     (home / "config.toml").write_text(cfg)
     r = radchain("start", "--home", home, check=False)
     assert r.returncode == 2 and "unknown key rpc.bogus" in r.stderr
+
+
+def test_init_under_umask_000_writes_private_files_and_start_refuses_open_secrets(tmp_path):
+    import os
+    import stat
+
+    home = tmp_path / "site" / "node"
+    init = subprocess.run([sys.executable, "-m", "node.cli", "init", "--home", str(home), "--name", "n",
+                           "--p2p", "/ip4/127.0.0.1/tcp/1"], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: os.umask(0))
+    assert init.returncode == 0, init.stderr
+
+    def mode(p) -> int:
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    for d in (home, home / "keys"):
+        assert mode(d) == 0o700, d
+    for f in ("config.toml", "tokens.json", "member.json", "keys/member.key", "keys/p2p.key", "keys/operator.token"):
+        assert mode(home / f) == 0o600, f
+    token = (home / "keys" / "operator.token").read_text().strip()
+    assert token not in (home / "tokens.json").read_text() + (home / "config.toml").read_text()
+    assert "admin" in radchain("token", "list", "--home", home).stdout
+
+    for secret in ("keys/member.key", "config.toml"):
+        os.chmod(home / secret, 0o644)
+        r = radchain("start", "--home", home, check=False)
+        assert r.returncode == 2, r.stderr
+        assert str(home / secret) in r.stderr and f"chmod 600 {home / secret}" in r.stderr, r.stderr
+        os.chmod(home / secret, 0o600)
+
+    # a config from before hashed tokens: refused with the way out
+    cfg = (home / "config.toml").read_text().replace("[rpc]", '[rpc]\ntokens = { pacs = "pacs-token-0123456789" }')
+    (home / "config.toml").write_text(cfg)
+    r = radchain("start", "--home", home, check=False)
+    assert r.returncode == 2 and "radchain token add" in r.stderr and "pacs-token" not in r.stderr
+
+
+def test_testnet_manifest_holding_every_token_is_0600(tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "tn"
+    radchain("testnet", "--nodes", "4", "--out", out, "--base-port", free_base_port(8))
+    assert stat.S_IMODE(os.stat(out / "testnet.json").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o700
+    nodes = json.loads((out / "testnet.json").read_text())["nodes"]
+    roles = radchain("token", "list", "--home", nodes[0]["home"]).stdout
+    assert "operator\tadmin\t" in roles and "reader\tread\t" in roles
