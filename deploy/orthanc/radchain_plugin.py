@@ -53,6 +53,14 @@ ORIGIN = {getattr(orthanc.InstanceOrigin, n): n for n in dir(orthanc.InstanceOri
 HMETH = {getattr(orthanc.HttpMethod, n): n for n in dir(orthanc.HttpMethod) if n.isupper()}
 
 
+_UIDISH = re.compile(r"[0-9]+(?:\.[0-9]+){3,}|[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}")
+
+
+def _redact(uri):
+    """A URI for Orthanc's log: DICOM UIDs and Orthanc ids (which name studies and patients) replaced."""
+    return _UIDISH.sub("<id>", uri.split("?", 1)[0])
+
+
 def _error(what, exc):
     orthanc.LogError(f"radchain: {what}: {exc}")
 
@@ -64,7 +72,9 @@ def _spool(events, source, local):
         why = records.unrecordable(event)
         if why:
             orthanc.LogWarning("radchain: {} event not recorded on chain: {}".format(event["type"], why))
-            SPOOL.journal({"what": "unrecordable", "source": source, "reason": why, "event": event, **local})
+            # never the raw event: the journal says why and what shape, not whose (docs/PSEUDONYMS.md)
+            SPOOL.journal({"what": "unrecordable", "source": source, "reason": why, **records.event_summary(event),
+                           **local})
         else:
             good.append(event)
     if good:
@@ -246,7 +256,7 @@ def http_filter(uri, **request):
             events = _events_for(kind, rows, actor, action, None)
             _spool(events, "orthanc-http", {"ip": ip, "method": method, "uri": uri})
     except Exception as exc:
-        _error(f"HTTP {uri} not recorded", exc)
+        _error(f"HTTP {_redact(uri)} not recorded", exc)
     return True
 
 
