@@ -389,7 +389,8 @@ def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: 
 
 # -- DICOM audit messages (PS3.15 A.5) over syslog ------------------------------------------------------------
 def audit_xml(*, event="110103", action="R", patient="RC-ATNA-1^^^HOSP-X", study="1.2.826.0.1.3680043.99.1",
-              sops=("1.2.3.1", "1.2.3.2"), user="dr.jones", when="2026-11-27T10:00:00Z") -> bytes:
+              sops=("1.2.3.1", "1.2.3.2"), user="dr.jones", when="2026-11-27T10:00:00Z",
+              source="viewer-host") -> bytes:
     root = _ET.Element("AuditMessage")
     ev = _ET.SubElement(root, "EventIdentification", EventActionCode=action, EventDateTime=when,
                        EventOutcomeIndicator="0")
@@ -399,7 +400,8 @@ def audit_xml(*, event="110103", action="R", patient="RC-ATNA-1^^^HOSP-X", study
                   NetworkAccessPointTypeCode="2")
     _ET.SubElement(root, "ActiveParticipant", UserID="pacs", UserIsRequestor="false",
                   AlternativeUserID="AETITLES=PACS1")
-    _ET.SubElement(root, "AuditSourceIdentification", AuditSourceID="viewer-host")
+    if source is not None:
+        _ET.SubElement(root, "AuditSourceIdentification", AuditSourceID=source)
     if study:
         st = _ET.SubElement(root, "ParticipantObjectIdentification", ParticipantObjectID=study,
                            ParticipantObjectTypeCode="2", ParticipantObjectTypeCodeRole="3")
@@ -422,3 +424,52 @@ def frame(msg: bytes) -> bytes:
     return str(len(msg)).encode() + b" " + msg
 
 
+
+
+# -- test PKI for ATNA mutual TLS (cryptography) ---------------------------------------------------------------
+def make_pki(out: Path) -> dict[str, Path]:
+    """A CA, a server certificate (CN=localhost, SAN IP 127.0.0.1), a client certificate CN=orthanc-a signed by
+    the CA, and a rogue client certificate with the same CN signed by nobody trusted. PEM files in `out`."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    files: dict[str, Path] = {}
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "RadChain Test"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write(label: str, key, cert) -> None:
+        files[label + "_key"] = out / f"{label}.key"
+        files[label + "_key"].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                            serialization.PrivateFormat.PKCS8,
+                                                            serialization.NoEncryption()))
+        files[label] = out / f"{label}.pem"
+        files[label].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(subject: str, issuer_name, issuer_key, *, ca=False, san=None, usage=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(issuer_name or name(subject))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        if usage:
+            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        return key, b.sign(issuer_key or key, hashes.SHA256())
+
+    import ipaddress
+    ca_key, ca_cert = issue("RadChain Test ATNA CA", None, None, ca=True)
+    write("ca", ca_key, ca_cert)
+    write("server", *issue("localhost", ca_cert.subject, ca_key, usage=ExtendedKeyUsageOID.SERVER_AUTH,
+                           san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]))
+    write("client", *issue("orthanc-a", ca_cert.subject, ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH))
+    write("rogue", *issue("orthanc-a", None, None, usage=ExtendedKeyUsageOID.CLIENT_AUTH))
+    return files
