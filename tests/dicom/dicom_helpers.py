@@ -473,3 +473,60 @@ def make_pki(out: Path) -> dict[str, Path]:
     write("client", *issue("orthanc-a", ca_cert.subject, ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH))
     write("rogue", *issue("orthanc-a", None, None, usage=ExtendedKeyUsageOID.CLIENT_AUTH))
     return files
+
+
+# -- hostile DICOM (issue 10 item 4) ---------------------------------------------------------------------------
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+
+
+def _el(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element."""
+    import struct
+    if len(value) % 2:
+        value += b"\0" if vr == b"UI" else b" "
+    if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
+        return struct.pack("<HH2sxxI", group, elem, vr, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def dicom_file(dataset: bytes, ts: str) -> bytes:
+    """PS3.10 file: preamble, DICM, a minimal meta group naming transfer syntax `ts`, then `dataset`."""
+    import struct
+    meta = _el(0x0002, 0x0001, b"OB", b"\0\1") + _el(0x0002, 0x0010, b"UI", ts.encode())
+    return bytes(128) + b"DICM" + _el(0x0002, 0x0000, b"UL", struct.pack("<I", len(meta))) + meta + dataset
+
+
+def ident_elements(patient: str = "RC-BOMB-1", study: str = "1.2.826.0.1.3680043.777.1") -> bytes:
+    return (_el(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7")
+            + _el(0x0008, 0x0018, b"UI", b"1.2.826.0.1.3680043.777.2")
+            + _el(0x0010, 0x0020, b"LO", patient.encode()) + _el(0x0020, 0x000D, b"UI", study.encode()))
+
+
+def nested_sequences(depth: int = 3000, explicit: bool = True, close: bool = True) -> bytes:
+    """`depth` undefined-length sequences, each in an undefined-length item of the one before."""
+    import struct
+    sq = (struct.pack("<HH2sxxI", 0x0040, 0xA730, b"SQ", 0xFFFFFFFF) if explicit
+          else struct.pack("<HHI", 0x0040, 0xA730, 0xFFFFFFFF))
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    end = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return (sq + item) * depth + (end * depth if close else b"")
+
+
+def deflate_bomb(inflated: int = 200 << 20) -> bytes:
+    """A deflated data set (raw deflate) that inflates to `inflated` bytes: identifiers, then one huge OB
+    element of zeros. 200 MiB deflates to about 200 KB."""
+    import struct
+    import zlib
+    head = ident_elements() + struct.pack("<HH2sxxI", 0x0009, 0x1010, b"OB", inflated)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    out = [c.compress(head)]
+    zero = bytes(1 << 20)
+    for _ in range(inflated >> 20):
+        out.append(c.compress(zero))
+    out.append(c.flush())
+    return b"".join(out)
+
+
+def truncated_meta_file() -> bytes:
+    """DICM, then a long-VR meta element header cut after 10 of its 12 bytes (once a struct.error)."""
+    return bytes(128) + b"DICM" + b"\x02\x00\x01\x00OB\x00\x00\x02\x00"
