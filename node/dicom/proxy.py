@@ -119,17 +119,28 @@ class DicomProxy:
             await Association(self, client, peer, assoc_id).run()
         except Exception as exc:  # one bad association must never take the proxy down
             self.stats["errors"] += 1
+            # the relay's nursery wraps what ended it (a peer hanging up, a protocol error) in a group
+            leaves = _leaves(exc)
+            expected = all(isinstance(e, _EXPECTED) for e in leaves)
+            why = "; ".join(f"{type(e).__name__}: {e}" for e in leaves)
             # peer address and AE titles stay in the journal, never in the log (docs/PSEUDONYMS.md)
-            log.error("association %s (from %s) ended with an error: %s", assoc_id, net_label(peer_host), exc,
-                      exc_info=not isinstance(exc, (ul.ProtocolError, OSError, trio.BrokenResourceError,
-                                                    trio.TooSlowError)))
+            log.error("association %s (from %s) ended with an error: %s", assoc_id, net_label(peer_host), why,
+                      exc_info=not expected)
             try:
-                self.spool.journal({"what": "association-error", "assoc": assoc_id, "peer": peer,
-                                    "error": f"{type(exc).__name__}: {exc}"})
+                self.spool.journal({"what": "association-error", "assoc": assoc_id, "peer": peer, "error": why})
             except OSError:
                 pass
         finally:
             await client.aclose()
+
+
+_EXPECTED = (ul.ProtocolError, OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 class Association:

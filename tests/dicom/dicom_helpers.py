@@ -335,16 +335,18 @@ def _item(item_type: int, payload: bytes) -> bytes:
 
 
 def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: str = "ORTHANC",
-              sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str = "1.2.3.4.5.6.7.8.9",
-              timeout: float = 20.0) -> bytes:
-    """Associate (implicit VR LE), send one C-STORE with `dataset` bytes as-is, return what came back."""
+              sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str | None = "1.2.3.4.5.6.7.8.9",
+              timeout: float = 20.0, ts: str = "1.2.840.10008.1.2", command_field: int = 0x0001,
+              move_destination: str | None = None) -> bytes:
+    """Associate (transfer syntax `ts`, implicit VR LE by default), send one request (C-STORE by default;
+    0x0020 for C-FIND with sop_class a FIND model) with `dataset` bytes as-is, return what came back."""
     import struct
 
     from pydicom.dataset import Dataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
-    ts = b"1.2.840.10008.1.2"
+    ts = ts.encode()
     ctx = bytes([1, 0, 0, 0]) + _item(0x30, sop_class.encode()) + _item(0x40, ts)
     user = _item(0x51, struct.pack(">I", 16384))
     body = (struct.pack(">H", 1) + b"\0\0" + called.encode().ljust(16) + calling.encode().ljust(16) + bytes(32)
@@ -352,11 +354,14 @@ def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: 
     rq = bytes([1, 0]) + struct.pack(">I", len(body)) + body
     cmd = Dataset()
     cmd.AffectedSOPClassUID = sop_class
-    cmd.CommandField = 0x0001
+    cmd.CommandField = command_field
     cmd.MessageID = 1
     cmd.Priority = 0
     cmd.CommandDataSetType = 0x0000
-    cmd.AffectedSOPInstanceUID = sop_uid
+    if sop_uid:
+        cmd.AffectedSOPInstanceUID = sop_uid
+    if move_destination:
+        cmd.MoveDestination = move_destination
     buf = DicomBytesIO()
     buf.is_little_endian, buf.is_implicit_VR = True, True
     write_dataset(buf, cmd)
@@ -370,7 +375,10 @@ def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: 
         first = s.recv(65536)
         if not first or first[0] != 2:
             return first
-        s.sendall(pdv(raw, 0x03) + pdv(dataset, 0x02))
+        # data set fragments within the PACS's 16 KiB maximum PDU (what Orthanc/dcmtk accept by default)
+        chunks = [dataset[i:i + 16000] for i in range(0, len(dataset), 16000)] or [b""]
+        s.sendall(pdv(raw, 0x03) + b"".join(pdv(c, 0x02 if i == len(chunks) - 1 else 0x00)
+                                            for i, c in enumerate(chunks)))
         got = b""
         try:
             while True:

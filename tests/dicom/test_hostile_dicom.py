@@ -118,3 +118,117 @@ def test_dicom_import_skips_and_counts_bad_files_and_goes_on(bomb, tmp_path):
     assert took < 60
     if peak_kib > before:  # this child set the children's high-water mark: it is this import's peak
         assert peak_kib < 400 * 1024, f"dicom-import peaked at {peak_kib >> 10} MiB"
+
+
+FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
+MOVE_MODEL = "1.2.840.10008.5.1.4.1.2.2.2"  # ... - MOVE
+
+
+def _vm_hwm_mib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) >> 10
+    raise AssertionError("no VmHWM")
+
+
+def _journal(home):
+    path = home / "spool" / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_proxy_survives_bomb_nesting_and_truncation(home, rpc, orthanc, tmp_path, bomb):
+    """Through the real proxy in front of Orthanc: a C-STORE of 3000 nested sequences, a deflate bomb, a
+    truncated data set and a C-FIND whose identifier nests 3000 deep; each is journaled as malformed within
+    seconds, the proxy's memory stays bounded, and the next ordinary store is recorded."""
+    from dicom_helpers import raw_store, start_proxy, wait_for
+
+    p, port = start_proxy(home, orthanc)
+    try:
+        base = _vm_hwm_mib(p.proc.pid)
+        t0 = time.monotonic()
+        raw_store(port, ident_elements() + nested_sequences(3000), ts=rawdicom.EXPLICIT_LE, timeout=20)
+        raw_store(port, bomb, ts=DEFLATED_LE, timeout=20)
+        raw_store(port, (ident_elements() + nested_sequences(10))[:-7], ts=rawdicom.EXPLICIT_LE, timeout=2)
+        raw_store(port, nested_sequences(3000, explicit=False), command_field=0x0020, sop_class=FIND_MODEL,
+                  sop_uid=None, timeout=20)
+
+        def errors():
+            return [j["error"] for j in _journal(home) if j["what"] == "malformed-dataset"]
+        wait_for(lambda: len(errors()) >= 4, 30, what="four malformed data sets journaled")
+        took = time.monotonic() - t0
+        errs = errors()
+        assert sum("nested deeper than 64" in e for e in errs) == 2, errs
+        assert any("64 MiB cap" in e for e in errs) and any("truncated" in e or "past the end" in e for e in errs)
+        assert took < 60
+        # the proxy inflated at most its cap (64 MiB, twice while zlib grows its buffer), not the 200 MiB
+        assert _vm_hwm_mib(p.proc.pid) - base < 200, (base, _vm_hwm_mib(p.proc.pid))
+        files, study = make_instances(tmp_path / "ok", 1, patient_id="RC-AFTER-BOMB")
+        run_tool(["storescu", "-aet", "MODALITY1", "-aec", "ORTHANC", "127.0.0.1", str(port), str(files[0])])
+        wait_for(lambda: [e for e in rpc.unique().values() if e["study_uid"] == study], 15,
+                 what="event after the bombs")
+        log = p.log.read_text()
+        assert p.running() and "Traceback" not in log and "RecursionError" not in log, log[-3000:]
+        problems = [line for line in log.splitlines() if " ERROR " in line or " WARNING " in line]
+        assert problems and not [line for line in problems if "RC-BOMB-1" in line or "MODALITY1" in line
+                                 or "127.0.0.1" in line]  # no PHI side channel (issue 10 item 6)
+    finally:
+        p.stop()
+
+
+def _big_identifier(patient: str, n: int = 450_000) -> bytes:
+    """A C-MOVE identifier (implicit VR LE) of ~3.6 MB, under ul.MAX_IDENTIFIER, that takes about a second
+    of pure-Python walking: n empty private elements, 1,000 per item of one private sequence (so that
+    dcmtk, which Orthanc parses it with, is not slowed by one huge item), then PatientID."""
+    import struct
+    level = struct.pack("<HHI", 0x0008, 0x0052, 6) + b"STUDY "
+    item = b"".join(struct.pack("<HHI", 0x0009, 0x1000 + i, 0) for i in range(1000))
+    # undefined-length items: the walker must visit every element to find each item's end
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + item + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    seq = struct.pack("<HHI", 0x0009, 0x0010, 8) + b"RADCHAIN" + struct.pack("<HHI", 0x0009, 0x1010, 0xFFFFFFFF)
+    seq += item * (n // 1000) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    pid = patient.encode()
+    pid += b" " * (len(pid) % 2)
+    study = b"1.2.826.0.1.3680043.778.1"
+    return (level + seq + struct.pack("<HHI", 0x0010, 0x0020, len(pid)) + pid
+            + struct.pack("<HHI", 0x0020, 0x000D, len(study) + 1) + study + b"\0")
+
+
+async def test_identifiers_are_parsed_off_the_event_loop(rpc, orthanc, tmp_path):
+    """The hook inside a node's trio loop (as `radchain start` runs it): a C-MOVE whose identifier takes
+    about a second to walk must not stall the loop; the transfer is still recorded. (C-MOVE, not C-FIND:
+    Orthanc takes minutes to match a 450,000-key C-FIND; it refuses this move to an unknown destination
+    at once. The proxy parses C-FIND, C-GET and C-MOVE identifiers the same way.)"""
+    import trio
+    from dicom_helpers import free_port, raw_store
+
+    from node.dicom.service import run_dicom_hook
+
+    ident = _big_identifier("RC-LOOP-1")
+    t0 = time.monotonic()
+    rawdicom.walk_dataset(ident, rawdicom.IMPLICIT_LE, {0x00100020})
+    walk_seconds = time.monotonic() - t0
+    assert walk_seconds > 0.3, "the identifier is too small to show a stall on this machine"
+    pport = free_port()
+    home = write_home(tmp_path / "svc", f"127.0.0.1:{rpc.port}", rpc.token, proxy_listen=f"127.0.0.1:{pport}",
+                      pacs=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
+    lags: list[float] = []
+
+    async def heartbeat():
+        while True:
+            t = trio.current_time()
+            await trio.sleep(0.01)
+            lags.append(trio.current_time() - t - 0.01)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_dicom_hook, home)
+        nursery.start_soon(heartbeat)
+        await trio.to_thread.run_sync(lambda: raw_store(pport, ident, command_field=0x0021, sop_class=MOVE_MODEL,
+                                                        sop_uid=None, move_destination="NOWHERE", timeout=30))
+        with trio.fail_after(30):
+            while not any(e.get("patient_id") == "RC-LOOP-1" for e in rpc.unique().values()):
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    event = next(e for e in rpc.unique().values() if e.get("patient_id") == "RC-LOOP-1")
+    assert event["type"] == "transfer.begin" and event["peer_ae"] == "NOWHERE"
+    # the walk alone took walk_seconds; on the loop it would have stalled the heartbeat that long
+    assert max(lags) < min(0.25, walk_seconds / 2), (max(lags), walk_seconds)
