@@ -73,8 +73,9 @@ def _spool(events, source, local):
         if why:
             orthanc.LogWarning("radchain: {} event not recorded on chain: {}".format(event["type"], why))
             # never the raw event: the journal says why and what shape, not whose (docs/PSEUDONYMS.md)
+            where = {k: (_redact(v) if k == "uri" else v) for k, v in (local or {}).items()}
             SPOOL.journal({"what": "unrecordable", "source": source, "reason": why, **records.event_summary(event),
-                           **local})
+                           **where})
         else:
             good.append(event)
     if good:
