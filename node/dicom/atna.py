@@ -363,6 +363,15 @@ def cert_names(cert: dict) -> frozenset[str]:
     return frozenset(n.casefold() for n in names)
 
 
+_QUOTED_BYTES = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
+
+
+def _for_log(exc: Exception) -> str:
+    """An error for the log without the sender's bytes it quotes (host names, message text): those stay in
+    the journal (docs/PSEUDONYMS.md)."""
+    return _QUOTED_BYTES.sub("<bytes>", str(exc))
+
+
 class AtnaReceiver:
     """Spools the events of each message before reading the next one (TCP backpressure is the only ack
     syslog has); a bad message is logged and journaled, a bad frame closes that connection, the receiver
@@ -415,7 +424,7 @@ class AtnaReceiver:
         except (SyslogError, AuditMessageError) as exc:
             self.stats["errors"] += 1
             self.rlog.log(logging.ERROR, f"bad:{transport}", "ATNA %s message from %s: %s", transport,
-                          net_label(sender.address), exc)
+                          net_label(sender.address), _for_log(exc))
             self.spool.journal({"what": "atna-bad-message", "peer": sender.address, "source": sender.identity,
                                 "transport": transport, "error": str(exc)})
             return []
@@ -451,7 +460,7 @@ class AtnaReceiver:
                 if framer.error is not None:
                     self.stats["errors"] += 1
                     self.rlog.log(logging.ERROR, f"frame:{transport}", "ATNA %s from %s: %s; closing the "
-                                  "connection", transport, net_label(sender.address), framer.error)
+                                  "connection", transport, net_label(sender.address), _for_log(framer.error))
                     self.spool.journal({"what": "atna-bad-frame", "peer": sender.address,
                                         "source": sender.identity, "transport": transport,
                                         "error": str(framer.error)})

@@ -4,7 +4,7 @@ within bounded time and memory, in the walkers, the UL command parser, split_fil
 from __future__ import annotations
 
 import json
-import resource
+import sys
 import time
 import tracemalloc
 
@@ -90,6 +90,12 @@ def test_truncated_meta_and_time_budget():
     assert rawdicom.walk_dataset(many, rawdicom.EXPLICIT_LE, deadline=time.monotonic() + 60).end == len(many)
 
 
+_PEAK_RSS = ("import resource, subprocess, sys\n"
+             "p = subprocess.run(sys.argv[1:])\n"
+             "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+             "sys.exit(p.returncode)")
+
+
 def test_dicom_import_skips_and_counts_bad_files_and_goes_on(bomb, tmp_path):
     """One bad file per kind between good ones: each a logged, counted skip; the good files are spooled;
     the whole import stays within bounded time and memory (the child's peak RSS)."""
@@ -100,12 +106,12 @@ def test_dicom_import_skips_and_counts_bad_files_and_goes_on(bomb, tmp_path):
     (src / "a" / "inst_0000c_nested.dcm").write_bytes(
         dicom_file(ident_elements() + nested_sequences(3000), rawdicom.EXPLICIT_LE))
     (src / "a" / "inst_0000d_truncated_meta.dcm").write_bytes(truncated_meta_file())
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.monotonic()
-    proc = run_tool([RADCHAIN, "dicom-import", "--home", str(home), "--no-deliver", str(src)], check=False,
-                    timeout=120)
+    # through a wrapper whose only child is the import, so its peak RSS is the import's own
+    proc = run_tool([sys.executable, "-c", _PEAK_RSS, RADCHAIN, "dicom-import", "--home", str(home), "--no-deliver",
+                     str(src)], check=False, timeout=120)
     took = time.monotonic() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_mib = int(proc.stderr.rsplit("peak-rss-kib ", 1)[1]) >> 10
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "spooled 2 instance(s) of 1 study(ies); 3 file(s) skipped" in proc.stdout, proc.stdout + proc.stderr
     err = proc.stderr
@@ -116,8 +122,9 @@ def test_dicom_import_skips_and_counts_bad_files_and_goes_on(bomb, tmp_path):
     events = [json.loads(p.read_bytes())["event"] for p in (home / "spool" / "pending").glob("*.json")]
     assert sorted(e["study_uid"] for e in events) == [study, study]
     assert took < 60
-    if peak_kib > before:  # this child set the children's high-water mark: it is this import's peak
-        assert peak_kib < 400 * 1024, f"dicom-import peaked at {peak_kib >> 10} MiB"
+    # measured: ~165 MiB (the 64 MiB cap, twice while zlib grows its buffer, plus the interpreter); the
+    # 200 MiB the bomb inflates to would be twice that in pydicom alone
+    assert peak_mib < 300, f"dicom-import peaked at {peak_mib} MiB"
 
 
 FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
