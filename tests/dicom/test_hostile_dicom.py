@@ -272,3 +272,34 @@ def test_orthanc_plugin_survives_bad_files(orthanc, orthanc_rpc, tmp_path):
     assert "Traceback" not in log and "RecursionError" not in log
     assert "discarding a received instance: deflated data set inflates past the 64 MiB cap" in log
     assert not [e for e in orthanc_rpc.unique().values() if e.get("patient_id") in ("RC-PLUGIN-NESTED", "RC-BOMB-1")]
+
+
+def test_unrecordable_operations_leave_no_identifier_in_journal_or_log(home, rpc, orthanc, tmp_path):
+    """Issue 10 item 6: a C-MOVE naming a patient but no study cannot go on chain ("no StudyInstanceUID");
+    its journal entry says why and what shape, never the Patient ID; the proxy's log has neither the Patient
+    ID nor the calling AE title nor the peer address."""
+    import struct
+
+    from dicom_helpers import raw_store, start_proxy, wait_for
+
+    pid = b"RC-PHI-SIDE-1 "
+    ident = (struct.pack("<HHI", 0x0008, 0x0052, 8) + b"PATIENT " + struct.pack("<HHI", 0x0010, 0x0020, len(pid))
+             + pid)
+    p, port = start_proxy(home, orthanc)
+    try:
+        raw_store(port, ident, command_field=0x0021, sop_class="1.2.840.10008.5.1.4.1.2.1.2", sop_uid=None,
+                  move_destination="NOWHERE", calling="WS-DR-SMITH", timeout=20)
+        entry = wait_for(lambda: [j for j in _journal(home) if j["what"] == "unrecordable"], 20,
+                         what="unrecordable C-MOVE journaled")[0]
+        assert entry["reason"] == "no StudyInstanceUID" and entry["type"] == "transfer.begin"
+        assert entry["has_patient"] is True and "event" not in entry
+        journal = (home / "spool" / "journal.jsonl").read_text()
+        assert "RC-PHI-SIDE-1" not in journal
+        assert "WS-DR-SMITH" in journal  # the journal (local, 0600) keeps who asked
+        log = p.log.read_text()
+        assert "not recorded on chain: no StudyInstanceUID" in log
+        assert "RC-PHI-SIDE-1" not in log and "WS-DR-SMITH" not in log
+        assert not [line for line in log.splitlines() if "127.0.0.1" in line and "listening" not in line]
+        assert not list((home / "spool" / "pending").glob("*.json"))
+    finally:
+        p.stop()
