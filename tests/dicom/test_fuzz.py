@@ -276,3 +276,46 @@ def test_fuzz_quick(parser):
 @pytest.mark.parametrize("parser", sorted(FUZZERS))
 def test_fuzz_soak(parser):
     FUZZERS[parser](FUZZ_SOAK)
+
+
+# -- properties (hypothesis): framing does not depend on how the stream is cut ---------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([0, 1, 2]), min_size=1, max_size=6), st.lists(st.integers(1, 700), max_size=40))
+def test_syslog_framing_is_independent_of_chunking(which, cuts):
+    msgs = [syslog(audit_xml()), syslog(audit_xml(event="110105", action="D")), b"<13>1 - h a - - - x"]
+    stream = b"".join(frame(msgs[i]) if i != 2 else msgs[i] + b"\n" for i in which)
+    framer, out, pos = atna.Framer(), [], 0
+    for n in cuts:
+        out += framer.feed(stream[pos:pos + n])
+        pos += n
+    out += framer.feed(stream[pos:])
+    assert out == [msgs[i] for i in which] and framer.error is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048), st.sampled_from(_TS + [rawdicom.DEFLATED_LE]))
+def test_walker_on_arbitrary_bytes(data, ts):
+    for fn in (rawdicom.inspect_dataset, rawdicom.canonical_digest, rawdicom.walk_dataset):
+        try:
+            fn(data, ts)
+        except rawdicom.DicomFormatError:
+            pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048))
+def test_ul_reader_on_arbitrary_bytes(data):
+    try:
+        for pdu_type, pdu in ul.PduReader().feed(data):
+            if pdu_type == ul.A_ASSOCIATE_RQ:
+                ul.parse_associate_rq(pdu)
+            elif pdu_type == ul.A_ASSOCIATE_AC:
+                ul.parse_associate_ac(pdu)
+            elif pdu_type == ul.P_DATA_TF:
+                ul.MessageAssembler().feed(pdu)
+    except ul.ProtocolError:
+        pass
