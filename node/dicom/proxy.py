@@ -264,7 +264,13 @@ class Association:
         local = {"peer": self.peer, "assoc": self.auditor.assoc_id}
 
         def run():
-            result = action.fn()
+            try:
+                result = action.fn()
+            except Exception as exc:
+                # recorded here too: if the association is torn down meanwhile, trio cancels the waiting
+                # task and drops what the thread returns, but _close_journal must still see the error
+                self.results.setdefault(action.key, exc)
+                raise
             if action.stage is not None:
                 event = action.stage(result)
                 why = records.unrecordable(event)
