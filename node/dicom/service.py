@@ -23,6 +23,7 @@ async def run_dicom_hook(home, *, deliver: bool = True, task_status=trio.TASK_ST
     from node.dicom.spool import Spool
 
     settings = load_settings(home)
+    listeners = listeners_from(settings)  # before anything starts: a bad ATNA setting stops the hook cleanly
     spool = Spool(settings.spool_dir)
     spool.sweep_tmp()
     started: dict = {"proxy": None, "atna": {}}
@@ -36,7 +37,6 @@ async def run_dicom_hook(home, *, deliver: bool = True, task_status=trio.TASK_ST
                                allowed_aets=settings.allowed_aets, resolver=pynetdicom_resolver(pacs),
                                locator=pynetdicom_locator(pacs))
             started["proxy"] = await nursery.start(proxy.serve)
-        listeners = listeners_from(settings)
         if listeners:
             receiver = AtnaReceiver(spool, purpose=settings.purpose, default_issuer=settings.default_issuer,
                                     allow=settings.atna_allow)
