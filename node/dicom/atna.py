@@ -407,9 +407,10 @@ class AtnaReceiver:
             return None
         return Sender(transport, ip, f"atna-{transport}:{ip}", frozenset(names))
 
-    def refuse(self, transport: str, ip: str, why: str) -> None:
+    def refuse(self, transport: str, ip: str, why: str, kind: str) -> None:
+        """Count and log (rate-limited per transport and kind of refusal, never per sender-chosen text)."""
         self.stats["refused"] += 1
-        self.rlog.log(logging.WARNING, f"refused:{transport}:{why}",
+        self.rlog.log(logging.WARNING, f"refused:{transport}:{kind}",
                       "ATNA %s sender in %s refused: %s", transport, net_label(ip), why)
 
     # -- messages -------------------------------------------------------------------------------------
@@ -431,7 +432,9 @@ class AtnaReceiver:
         if not sender.may_claim(claimed):
             whose = ("its client certificate does not name" if transport == "tls" else
                      "[dicom] atna_allow does not bind to its address")
-            self.refuse(transport, sender.address, f"the message claims AuditSourceID {claimed!r}, which {whose}")
+            shown = claimed if claimed is None else claimed[:64]  # sender-chosen: bounded, repr-escaped
+            self.refuse(transport, sender.address, f"the message claims AuditSourceID {shown!r}, which {whose}",
+                        "spoofed-source")
             return None
         if not events:
             self.stats["ignored"] += 1
@@ -485,7 +488,7 @@ class AtnaReceiver:
                 if ssl_context is None:
                     sender = self.plain_sender(ip, "tcp")
                     if sender is None:
-                        self.refuse("tcp", ip, "address not in [dicom] atna_allow")
+                        self.refuse("tcp", ip, "address not in [dicom] atna_allow", "address")
                         return
                 else:
                     stream = trio.SSLStream(stream, ssl_context, server_side=True)
@@ -496,10 +499,10 @@ class AtnaReceiver:
                     except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
                         why = exc.__cause__ or exc
                         self.refuse("tls", ip, f"no valid client certificate ({type(why).__name__}: "
-                                    f"{getattr(why, 'reason', None) or why})")
+                                    f"{getattr(why, 'reason', None) or why})", "certificate")
                         return
                     if not cert:  # CERT_REQUIRED makes this unreachable; assert it rather than trust it
-                        self.refuse("tls", ip, "no client certificate")
+                        self.refuse("tls", ip, "no client certificate", "certificate")
                         return
                     sender = Sender("tls", ip, f"atna-tls:{cert_subject(cert)}", cert_names(cert))
                 await self._stream(stream, sender)
@@ -536,7 +539,7 @@ class AtnaReceiver:
                 data, addr = await sock.recvfrom(65535)  # RFC 5426 3.2: one message per datagram
                 sender = self.plain_sender(addr[0], "udp")
                 if sender is None:
-                    self.refuse("udp", addr[0], "address not in [dicom] atna_allow")
+                    self.refuse("udp", addr[0], "address not in [dicom] atna_allow", "address")
                     continue
                 try:
                     await trio.to_thread.run_sync(self.handle_message, data.rstrip(b"\n"), sender)
