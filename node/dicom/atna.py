@@ -9,11 +9,23 @@ Mapping (docs/audit-vocabulary): 110103 -> instances.accessed, 110104 -> instanc
 Other EventIDs (application activity, logins, security alerts ...) have no patient/study: journaled only.
 One event per study named in the message; event_id is a digest of the XML, so a retransmitted message is the
 same tx.
+
+Who may send (a forged `study.deleted` attributed to a doctor would be signed and committed by this node):
+
+* TLS is mutual (IHE ITI-19): a client without a certificate signed by `atna_client_ca` fails the handshake.
+  The certificate subject is the authenticated source: the spool record's `source` is
+  "atna-tls:<subject>", and each message's claimed source (AuditSourceIdentification/@AuditSourceID) must be
+  the certificate's CN or one of its subjectAltName DNS/IP names.
+* Plain TCP and UDP exist only when configured (`atna_tcp`, `atna_udp`) and take only senders whose address
+  is in `atna_allow` (default loopback). An entry "SOURCE@ADDR" also binds the claimed AuditSourceID.
+* A refused sender (no certificate, address not allowed, claimed source not its own) gets one rate-limited
+  log line and nothing else: no spool entry, no journal line, no parse beyond what refusing needs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import re
 import ssl
@@ -22,9 +34,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from node.dicom import records
+from node.dicom.logsafe import RateLimitedLog, net_label
+from node.dicom.settings import DEFAULT_ATNA_ALLOW, parse_allow
 from node.dicom.spool import Spool
 
 log = logging.getLogger("radchain.dicom.atna")
+HANDSHAKE_SECONDS = 10.0  # a TLS client must finish its handshake (and show its certificate) by then
 
 MAX_MESSAGE = 1 << 20  # bytes; an audit message is a few KiB (RFC 5425 4.3.1 asks receivers for >= 8192)
 
@@ -213,12 +228,28 @@ def _parse_time(text: str | None) -> int | None:
 
 def parse_audit_message(xml: bytes, *, purpose: str, default_issuer: str) -> tuple[str, list[dict]]:
     """XML -> (EventID code, raw events). Raises AuditMessageError with a clear reason."""
+    code, events, _ = parse_audit(xml, purpose=purpose, default_issuer=default_issuer)
+    return code, events
+
+
+def parse_audit(xml: bytes, *, purpose: str, default_issuer: str) -> tuple[str, list[dict], str | None]:
+    """XML -> (EventID code, raw events, claimed AuditSourceID or None)."""
+    if b"<!DOCTYPE" in xml or b"<!ENTITY" in xml:
+        # expat expands internal entities (billion laughs); an audit message never needs a DTD
+        raise AuditMessageError("MSG has a DTD or entity declaration; refused")
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise AuditMessageError(f"MSG is not XML: {exc}") from exc
     if _local(root.tag) != "AuditMessage":
         raise AuditMessageError(f"root element is <{_local(root.tag)}>, not <AuditMessage> (PS3.15 A.5)")
+    source_el = next(iter(_children(root, "AuditSourceIdentification")), None)
+    claimed = source_el.get("AuditSourceID") if source_el is not None else None
+    code, events = _events_of(root, xml, purpose, default_issuer)
+    return code, events, claimed
+
+
+def _events_of(root, xml: bytes, purpose: str, default_issuer: str) -> tuple[str, list[dict]]:
     ident = next(iter(_children(root, "EventIdentification")), None)
     if ident is None:
         raise AuditMessageError("no EventIdentification")
@@ -301,62 +332,145 @@ def records_default_action(kind: str) -> str:
 
 
 # -- the receiver -----------------------------------------------------------------------------------------------
+@dataclass
+class Sender:
+    """An authenticated sender: `identity` is what the spool records as the source; `names` the
+    AuditSourceIDs it may claim (None: any, for an allow-list entry that binds no name)."""
+
+    transport: str
+    address: str                      # ip, for the journal only (never logged: logsafe.py)
+    identity: str
+    names: frozenset[str] | None
+
+    def may_claim(self, claimed: str | None) -> bool:
+        if self.names is None:
+            return True
+        return claimed is not None and claimed.casefold() in self.names
+
+
+def cert_subject(cert: dict) -> str:
+    """'CN=orthanc-a,O=Hospital A' from ssl's getpeercert() dict, in the certificate's order."""
+    short = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+             "localityName": "L", "stateOrProvinceName": "ST", "emailAddress": "emailAddress"}
+    parts = [f"{short.get(k, k)}={v}" for rdn in cert.get("subject", ()) for k, v in rdn]
+    return ",".join(parts)
+
+
+def cert_names(cert: dict) -> frozenset[str]:
+    """The names a certificate vouches for: its CN(s) and subjectAltName DNS and IP entries."""
+    names = {v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"}
+    names |= {v for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "IP Address")}
+    return frozenset(n.casefold() for n in names)
+
+
+_QUOTED_BYTES = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
+
+
+def _for_log(exc: Exception) -> str:
+    """An error for the log without the sender's bytes it quotes (host names, message text): those stay in
+    the journal (docs/PSEUDONYMS.md)."""
+    return _QUOTED_BYTES.sub("<bytes>", str(exc))
+
+
 class AtnaReceiver:
     """Spools the events of each message before reading the next one (TCP backpressure is the only ack
     syslog has); a bad message is logged and journaled, a bad frame closes that connection, the receiver
-    stays up."""
+    stays up. Refused senders (module doc) are logged, rate-limited, and leave no other trace."""
 
-    def __init__(self, spool: Spool, *, purpose: str = "TREAT", default_issuer: str = "HOSP"):
+    def __init__(self, spool: Spool, *, purpose: str = "TREAT", default_issuer: str = "HOSP",
+                 allow: list[str] | tuple[str, ...] = DEFAULT_ATNA_ALLOW):
         self.spool = spool
         self.purpose = purpose
         self.default_issuer = default_issuer
-        self.stats = {"messages": 0, "events": 0, "errors": 0, "ignored": 0}
+        self.allow = parse_allow(allow)
+        self.rlog = RateLimitedLog(log)
+        self.stats = {"messages": 0, "events": 0, "errors": 0, "ignored": 0, "refused": 0}
 
-    def handle_message(self, raw: bytes, peer: str, transport: str) -> list[str]:
-        """Parse and spool one syslog message; returns the spooled event ids (blocking: call in a thread)."""
+    # -- who is sending ------------------------------------------------------------------------------
+    def plain_sender(self, ip: str, transport: str) -> Sender | None:
+        """The allow-list decision for a plain TCP/UDP sender; None: refused."""
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        names: set[str] = set()
+        matched = False
+        for net, name in self.allow:
+            if addr.version == net.version and addr in net:
+                matched = True
+                if name is None:
+                    return Sender(transport, ip, f"atna-{transport}:{ip}", None)
+                names.add(name.casefold())
+        if not matched:
+            return None
+        return Sender(transport, ip, f"atna-{transport}:{ip}", frozenset(names))
+
+    def refuse(self, transport: str, ip: str, why: str, kind: str) -> None:
+        """Count and log (rate-limited per transport and kind of refusal, never per sender-chosen text)."""
+        self.stats["refused"] += 1
+        self.rlog.log(logging.WARNING, f"refused:{transport}:{kind}",
+                      "ATNA %s sender in %s refused: %s", transport, net_label(ip), why)
+
+    # -- messages -------------------------------------------------------------------------------------
+    def handle_message(self, raw: bytes, sender: Sender) -> list[str] | None:
+        """Parse, authorize and spool one syslog message; returns the spooled event ids, or None when the
+        message was refused (its claimed source is not the sender's). Blocking: call in a thread."""
         self.stats["messages"] += 1
+        transport = sender.transport
         try:
             msg = parse_syslog(raw)
-            code, events = parse_audit_message(msg.msg, purpose=self.purpose, default_issuer=self.default_issuer)
+            code, events, claimed = parse_audit(msg.msg, purpose=self.purpose, default_issuer=self.default_issuer)
         except (SyslogError, AuditMessageError) as exc:
             self.stats["errors"] += 1
-            log.error("ATNA %s from %s: %s", transport, peer, exc)
-            self.spool.journal({"what": "atna-bad-message", "peer": peer, "transport": transport,
-                                "error": str(exc), "head": raw[:120].decode("utf-8", "replace")})
+            self.rlog.log(logging.ERROR, f"bad:{transport}", "ATNA %s message from %s: %s", transport,
+                          net_label(sender.address), _for_log(exc))
+            self.spool.journal({"what": "atna-bad-message", "peer": sender.address, "source": sender.identity,
+                                "transport": transport, "error": str(exc)})
             return []
+        if not sender.may_claim(claimed):
+            whose = ("its client certificate does not name" if transport == "tls" else
+                     "[dicom] atna_allow does not bind to its address")
+            shown = claimed if claimed is None else claimed[:64]  # sender-chosen: bounded, repr-escaped
+            self.refuse(transport, sender.address, f"the message claims AuditSourceID {shown!r}, which {whose}",
+                        "spoofed-source")
+            return None
         if not events:
             self.stats["ignored"] += 1
-            self.spool.journal({"what": "atna-not-imaging", "peer": peer, "event_code": code,
-                                "app": msg.app_name, "host": msg.hostname})
+            self.spool.journal({"what": "atna-not-imaging", "peer": sender.address, "source": sender.identity,
+                                "event_code": code, "app": msg.app_name, "host": msg.hostname})
             return []
-        ids = self.spool.put_many(events, source=f"atna-{transport}",
-                                  local={"peer": peer, "host": msg.hostname, "app": msg.app_name})
+        ids = self.spool.put_many(events, source=sender.identity,
+                                  local={"peer": sender.address, "claimed_source": claimed,
+                                         "host": msg.hostname, "app": msg.app_name})
         self.stats["events"] += len(ids)
         return ids
 
-    async def _stream(self, stream, peer: str, transport: str) -> None:
+    async def _stream(self, stream, sender: Sender) -> None:
         import trio
 
         framer = Framer()
+        transport = sender.transport
         try:
             while True:
                 data = await stream.receive_some(65536)
                 if not data:
                     return
                 for raw in framer.feed(data):
-                    await trio.to_thread.run_sync(self.handle_message, raw, peer, transport)
+                    if await trio.to_thread.run_sync(self.handle_message, raw, sender) is None:
+                        return  # a sender that lies about its source is cut off
                 if framer.error is not None:
                     self.stats["errors"] += 1
-                    log.error("ATNA %s from %s: %s; closing the connection", transport, peer, framer.error)
-                    self.spool.journal({"what": "atna-bad-frame", "peer": peer, "transport": transport,
+                    self.rlog.log(logging.ERROR, f"frame:{transport}", "ATNA %s from %s: %s; closing the "
+                                  "connection", transport, net_label(sender.address), _for_log(framer.error))
+                    self.spool.journal({"what": "atna-bad-frame", "peer": sender.address,
+                                        "source": sender.identity, "transport": transport,
                                         "error": str(framer.error)})
                     return
         except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
             # e.g. a TLS client that hangs up without close_notify: what was received is already spooled
-            log.info("ATNA %s from %s: connection ended: %s", transport, peer,
-                     exc.__cause__ or exc or type(exc).__name__)
-        finally:
-            await stream.aclose()
+            log.debug("ATNA %s connection ended: %s", transport, exc.__cause__ or exc or type(exc).__name__)
 
     async def serve_tcp(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
                         task_status=None) -> None:
@@ -366,16 +480,42 @@ class AtnaReceiver:
 
         async def handler(stream):
             try:
-                host, port = stream.socket.getpeername()[:2]
-                peer = f"{host}:{port}"
+                ip = stream.socket.getpeername()[0]
             except OSError:
-                peer = "?"
-            if ssl_context is not None:
-                stream = trio.SSLStream(stream, ssl_context, server_side=True)
+                await stream.aclose()
+                return
             try:
-                await self._stream(stream, peer, transport)
+                if ssl_context is None:
+                    sender = self.plain_sender(ip, "tcp")
+                    if sender is None:
+                        self.refuse("tcp", ip, "address not in [dicom] atna_allow", "address")
+                        return
+                else:
+                    stream = trio.SSLStream(stream, ssl_context, server_side=True)
+                    try:
+                        with trio.fail_after(HANDSHAKE_SECONDS):
+                            await stream.do_handshake()
+                        cert = stream.getpeercert()
+                    except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
+                        why = exc.__cause__ or exc
+                        self.refuse("tls", ip, f"no valid client certificate ({type(why).__name__}: "
+                                    f"{getattr(why, 'reason', None) or why})", "certificate")
+                        return
+                    if not cert:  # CERT_REQUIRED makes this unreachable; assert it rather than trust it
+                        self.refuse("tls", ip, "no client certificate", "certificate")
+                        return
+                    sender = Sender("tls", ip, f"atna-tls:{cert_subject(cert)}", cert_names(cert))
+                await self._stream(stream, sender)
             except Exception as exc:  # never let one client stop the server
-                log.error("ATNA %s from %s: %s", transport, peer, exc)
+                self.rlog.log(logging.ERROR, f"handler:{transport}", "ATNA %s connection from %s: %s",
+                              transport, net_label(ip), exc)
+            finally:
+                with trio.move_on_after(1) as scope:
+                    scope.shield = True
+                    try:
+                        await stream.aclose()
+                    except (trio.BrokenResourceError, OSError):
+                        pass
 
         listeners = await trio.open_tcp_listeners(port, host=host)
         address = listeners[0].socket.getsockname()[:2]
@@ -387,7 +527,8 @@ class AtnaReceiver:
     async def serve_udp(self, host: str, port: int, *, task_status=None) -> None:
         import trio
 
-        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+        sock = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
         await sock.bind((host, port))
         address = sock.getsockname()[:2]
         log.info("ATNA syslog/udp listening on %s:%d", *address)
@@ -396,19 +537,66 @@ class AtnaReceiver:
         with sock:
             while True:
                 data, addr = await sock.recvfrom(65535)  # RFC 5426 3.2: one message per datagram
-                peer = f"{addr[0]}:{addr[1]}"
+                sender = self.plain_sender(addr[0], "udp")
+                if sender is None:
+                    self.refuse("udp", addr[0], "address not in [dicom] atna_allow", "address")
+                    continue
                 try:
-                    await trio.to_thread.run_sync(self.handle_message, data.rstrip(b"\n"), peer, "udp")
+                    await trio.to_thread.run_sync(self.handle_message, data.rstrip(b"\n"), sender)
                 except Exception as exc:
-                    log.error("ATNA udp from %s: %s", peer, exc)
+                    self.rlog.log(logging.ERROR, "handler:udp", "ATNA udp datagram from %s: %s",
+                                  net_label(addr[0]), exc)
 
 
-def server_ssl_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
-    """TLS for RFC 5425. With `ca`, clients must present a certificate it signed (ITI-19 mutual auth)."""
+def server_ssl_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+    """TLS for RFC 5425 with mutual authentication (IHE ITI-19): clients must present a certificate `ca`
+    signed. There is no anonymous mode: an anonymous sender could attribute any access to anyone."""
+    if not ca:
+        raise ValueError("ATNA over TLS needs a client CA ([dicom] atna_client_ca): clients must authenticate")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
-    if ca:
-        ctx.load_verify_locations(ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def listeners_from(settings, *, tcp: str | None = None, tls: str | None = None, udp: str | None = None,
+                   cert: str | None = None, key: str | None = None, client_ca: str | None = None) -> list:
+    """[(kind, host, port, ssl context or None)] from [dicom] atna_* (arguments override). Raises
+    SettingsError naming what is missing. Relative paths are relative to the node home."""
+    from node.dicom.settings import SettingsError, parse_hostport
+
+    tcp, tls, udp = tcp or settings.atna_tcp, tls or settings.atna_tls, udp or settings.atna_udp
+    out = []
+    if tls:
+        cert, key = cert or settings.atna_cert, key or settings.atna_key
+        client_ca = client_ca or settings.atna_client_ca
+        if not cert or not key or not client_ca:
+            raise SettingsError("ATNA over TLS needs atna_cert, atna_key and atna_client_ca (mutual TLS: "
+                                "senders authenticate with a certificate that CA signed)")
+        home = settings.home
+        try:
+            ctx = server_ssl_context(str(home / cert), str(home / key), str(home / client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"ATNA TLS certificate, key or client CA unusable: {exc}") from exc
+        out.append(("tls", *parse_hostport(tls, "atna_tls"), ctx))
+    if tcp:
+        out.append(("tcp", *parse_hostport(tcp, "atna_tcp"), None))
+    if udp:
+        out.append(("udp", *parse_hostport(udp, "atna_udp"), None))
+    return out
+
+
+async def serve_all(receiver: AtnaReceiver, listeners: list, nursery) -> dict:
+    """Start every listener in `nursery`; returns {kind: (host, port)}."""
+    started = {}
+    for kind, host, port, ctx in listeners:
+        if kind == "udp":
+            started[kind] = await nursery.start(
+                lambda task_status, h=host, p=port: receiver.serve_udp(h, p, task_status=task_status))
+        else:
+            started[kind] = await nursery.start(
+                lambda task_status, h=host, p=port, c=ctx: receiver.serve_tcp(h, p, ssl_context=c,
+                                                                               task_status=task_status))
+    return started

@@ -7,7 +7,8 @@
 * `Commit(key, outcome)`  the PACS answered a staged C-STORE: record its outcome (spool.commit_staged),
                        then relay the response; no fsync on this path (see spool.py "staged events")
 * `Emit(keys, build)`  before relaying this PDU, wait for those prepares, spool build(results) (fsync):
-                       responses (the source's acknowledgement) are held until their events are durable
+                       responses (the source's acknowledgement) are held until their events are durable;
+                       build may also return `Journal` records (journaled, not spooled)
 * `Journal(record)`    a local-only record (association, peer IP, errors)
 * `Reject(pdu, why)`   answer the requestor with this PDU instead of relaying, then close
 
@@ -20,13 +21,14 @@ C-ECHO (journal only: no patient involved).
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from node.dicom import records, ul
-from node.dicom.rawdicom import TAGS, DicomFormatError, inspect_dataset, text, walk_dataset
+from node.dicom.rawdicom import TAGS, inspect_dataset, text, walk_dataset
 
 log = logging.getLogger("radchain.dicom.proxy")
 
@@ -87,9 +89,14 @@ class StudyDirectory:
         return self._map.get(study) if study else None
 
 
-def _identifier(msg: ul.Message, ts: str) -> dict:
+# Identifiers are parsed in worker threads (Prepare), never on the event loop the proxy shares with the
+# node when the hook runs inside `radchain start`; each parse also has this time budget.
+IDENTIFIER_BUDGET = 2.0  # seconds
+
+
+def _identifier(data: bytes, ts: str) -> dict:
     """The few keys of a query/retrieve identifier the hook uses; never PatientName."""
-    w = walk_dataset(msg.dataset_bytes(), ts, _IDENT_TAGS)
+    w = walk_dataset(data, ts, _IDENT_TAGS, deadline=time.monotonic() + IDENTIFIER_BUDGET)
     out = {}
     for key in ("PatientID", "IssuerOfPatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
                 "QueryRetrieveLevel"):
@@ -110,12 +117,11 @@ def _specific(value: str | None) -> str | None:
 class _Op:
     kind: str
     msg_id: int
-    query: dict = field(default_factory=dict)
-    matches: list = field(default_factory=list)
     subs: list = field(default_factory=list)       # C-GET: (prepare key, status or None)
     sub_status: dict = field(default_factory=dict)  # sub-op message id -> status
     dest: str | None = None
-    key: Any = None
+    key: Any = None                                 # find/move: the Prepare parsing the identifier
+    match_keys: list = field(default_factory=list)  # find: the Prepares parsing pending answers
 
 
 class AssociationAuditor:
@@ -172,8 +178,9 @@ class AssociationAuditor:
         if pdu_type == ul.A_ASSOCIATE_RJ:
             self.state = "rejected"
             result, source, reason = pdu[7], pdu[8], pdu[9]
-            log.warning("PACS rejected association from %s (%s): result %d source %d reason %d",
-                        self.calling, self.peer, result, source, reason)
+            # no AE title or address in the log (PHI side channel, docs/PSEUDONYMS.md): the journal has them
+            log.warning("PACS rejected association %s: result %d source %d reason %d",
+                        self.assoc_id, result, source, reason)
             return [self._journal("association-rejected-by-pacs", result=result, source=source, reason=reason)]
         if pdu_type == ul.P_DATA_TF:
             if self.state != "established":
@@ -202,7 +209,8 @@ class AssociationAuditor:
         if self.allowed and self.calling not in self.allowed:
             self.state = "rejected"
             reason = f"calling AE title {self.calling!r} is not in [dicom] allowed_aets"
-            log.error("rejected association from %s: %s", self.peer, reason)
+            log.error("rejected association %s: its calling AE title is not in [dicom] allowed_aets "
+                      "(the AE title is in spool/journal.jsonl)", self.assoc_id)
             return [self._journal("association-rejected", reason=reason),
                     Reject(ul.associate_rj(1, 1, 3), reason)]
         self.state = "requested"
@@ -226,19 +234,15 @@ class AssociationAuditor:
                 return [Prepare(op.key, lambda: self._inspect(data, ts), self._stored_event)]
             if f in (ul.C_FIND_RQ, ul.C_GET_RQ, ul.C_MOVE_RQ):
                 kind = {ul.C_FIND_RQ: "find", ul.C_GET_RQ: "get", ul.C_MOVE_RQ: "move"}[f]
-                try:
-                    query = _identifier(msg, ts)
-                except DicomFormatError as exc:
-                    return [self._journal("malformed-identifier", op=kind, error=str(exc))]
-                op = _Op(kind, mid, query=query, dest=msg.command.get("MoveDestination"))
+                op = _Op(kind, mid, dest=msg.command.get("MoveDestination"))
                 self._ops[mid] = op
                 if kind == "get":
+                    # what a C-GET read is taken from the instances seen on the wire, not its identifier
                     self._active_get = op
-                if kind == "move" and not _specific(query.get("PatientID")):
-                    study = _specific(query.get("StudyInstanceUID"))
-                    op.key = self._key("resolve", mid)
-                    return [Prepare(op.key, lambda: self._resolve(study))]
-                return []
+                    return []
+                op.key = self._key("ident", mid)
+                data = msg.dataset_bytes()
+                return [Prepare(op.key, lambda: self._query(data, ts, resolve=kind == "move"))]
             if f == ul.C_ECHO_RQ:
                 return []
             return [self._journal("other-operation", op=msg.name)]
@@ -269,6 +273,19 @@ class AssociationAuditor:
         """The instances.stored event of a C-STORE, outcome still unknown (set when the PACS answers)."""
         return records.stored_event(info, actor_ae=self.calling, peer_ae=self.called, outcome=0, **self._common())
 
+    def _query(self, data: bytes, ts: str, *, resolve: bool) -> dict:
+        """Worker thread: parse a request identifier; for a C-MOVE naming no patient, find its patient."""
+        query = _identifier(data, ts)
+        if resolve and not _specific(query.get("PatientID")):
+            query["_resolved"] = self._resolve(_specific(query.get("StudyInstanceUID")))
+        return query
+
+    def _match(self, data: bytes, ts: str) -> dict:
+        """Worker thread: parse one C-FIND answer and learn its study's patient."""
+        match = _identifier(data, ts)
+        self.directory.learn(match.get("StudyInstanceUID"), match.get("PatientID"), match.get("IssuerOfPatientID"))
+        return match
+
     def _resolve(self, study: str | None):
         if not study:
             return (None, None)
@@ -290,13 +307,10 @@ class AssociationAuditor:
                 self._journal("response-without-request", op=msg.name, status=status)]
         if status in PENDING:
             if op.kind == "find" and msg.dataset:
-                try:
-                    match = _identifier(msg, self._ts(msg.context_id))
-                except DicomFormatError:
-                    return []
-                self.directory.learn(match.get("StudyInstanceUID"), match.get("PatientID"),
-                                     match.get("IssuerOfPatientID"))
-                op.matches.append(match)
+                key = self._key("match", rid)
+                op.match_keys.append(key)
+                data, ts = msg.dataset_bytes(), self._ts(msg.context_id)
+                return [Prepare(key, lambda: self._match(data, ts))]
             return []
         del self._ops[rid]
         outcome = records.outcome_of(status)
@@ -304,21 +318,26 @@ class AssociationAuditor:
         if op.kind == "store":
             return [Commit(op.key, outcome)]
         if op.kind == "find":
-            q = op.query
-            patient = _specific(q.get("PatientID"))
-            study = _specific(q.get("StudyInstanceUID"))
-            if patient or study:
-                rows = [{"PatientID": patient or self._patient_of(study), "IssuerOfPatientID":
-                         q.get("IssuerOfPatientID"), "StudyInstanceUID": study}]
-            else:
-                rows = [{k: m.get(k) for k in ("PatientID", "IssuerOfPatientID", "StudyInstanceUID")}
-                        for m in op.matches if m.get("PatientID") or m.get("StudyInstanceUID")]
-            events = records.grouped_events("query", rows, actor_ae=self.calling, peer_ae=self.called,
-                                            outcome=outcome, action="E", **common)
-            if not events:
-                return [self._journal("query-without-patient", level=q.get("QueryRetrieveLevel"),
-                                      matches=len(op.matches), outcome=outcome)]
-            return [Emit([], lambda results, events=events: events, "C-FIND")]
+            def build(results, op=op, outcome=outcome):
+                q = results.get(op.key)
+                if not isinstance(q, dict):
+                    return []  # malformed identifier: the proxy journals the parse error
+                matches = [m for m in (results.get(k) for k in op.match_keys) if isinstance(m, dict)]
+                patient = _specific(q.get("PatientID"))
+                study = _specific(q.get("StudyInstanceUID"))
+                if patient or study:
+                    rows = [{"PatientID": patient or self._patient_of(study), "IssuerOfPatientID":
+                             q.get("IssuerOfPatientID"), "StudyInstanceUID": study}]
+                else:
+                    rows = [{k: m.get(k) for k in ("PatientID", "IssuerOfPatientID", "StudyInstanceUID")}
+                            for m in matches if m.get("PatientID") or m.get("StudyInstanceUID")]
+                events = records.grouped_events("query", rows, actor_ae=self.calling, peer_ae=self.called,
+                                                outcome=outcome, action="E", **common)
+                if not events:
+                    return [self._journal("query-without-patient", level=q.get("QueryRetrieveLevel"),
+                                          matches=len(matches), outcome=outcome)]
+                return events
+            return [Emit([op.key, *op.match_keys], build, "C-FIND")]
         if op.kind == "get":
             self._active_get = None
             subs = list(op.subs)
@@ -338,16 +357,17 @@ class AssociationAuditor:
                                               peer_ae=self.called, outcome=outcome, action="R", **common)
             return [Emit([k for k, _ in subs], build, "C-GET")]
         if op.kind == "move":
-            q = op.query
             completed = msg.command.get("NumberOfCompletedSuboperations")
             warned = msg.command.get("NumberOfWarningSuboperations") or 0
 
-            def build(results, op=op, q=q, outcome=outcome, completed=completed, warned=warned):
+            def build(results, op=op, outcome=outcome, completed=completed, warned=warned):
+                q = results.get(op.key)
+                if not isinstance(q, dict):
+                    return []  # malformed identifier: the proxy journals the parse error
                 patient, issuer = _specific(q.get("PatientID")), q.get("IssuerOfPatientID")
-                if op.key is not None:
-                    found = results.get(op.key)
-                    if isinstance(found, tuple):
-                        patient, issuer = found
+                found = q.get("_resolved")
+                if isinstance(found, tuple):
+                    patient, issuer = found
                 row = {"PatientID": patient, "IssuerOfPatientID": issuer,
                        "StudyInstanceUID": _specific(q.get("StudyInstanceUID"))}
                 if _specific(q.get("SeriesInstanceUID")):
@@ -361,7 +381,7 @@ class AssociationAuditor:
                     else:
                         e.pop("n_instances", None)
                 return events
-            return [Emit([op.key] if op.key is not None else [], build, "C-MOVE")]
+            return [Emit([op.key], build, "C-MOVE")]
         return []
 
     def _patient_of(self, study: str | None) -> str | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.dicom import records
-from node.dicom.rawdicom import DicomFormatError, inspect_file
+from node.dicom.rawdicom import DicomFormatError, DicomLimitError, inspect_file
 from node.dicom.spool import Spool
 
 log = logging.getLogger("radchain.dicom.import")
@@ -42,22 +42,34 @@ def iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
 
 
 def read_instance(path: Path):
-    """(InstanceInfo, error): pydicom decides whether it is DICOM at all, the raw walker takes the digests."""
+    """(InstanceInfo, error). The bounded raw walker goes first (it caps inflation and nesting, rawdicom.py):
+    pydicom inflates a deflated data set whole and recurses once per sequence level, so it only sees files
+    the walker accepted, or says whether a file the walker refused is DICOM at all."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable: {exc}"
+    try:
+        info = inspect_file(blob)
+    except DicomLimitError as exc:
+        return None, f"malformed DICOM: {exc}"
+    except DicomFormatError as exc:
+        try:
+            dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError as exc2:
+            return None, f"not a DICOM file: {exc2}"
+        except Exception:  # noqa: BLE001 - pydicom's own failure on a file already known to be bad
+            pass
+        return None, f"malformed DICOM: {exc}"
+    try:
         ds = dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError as exc:
-        return None, f"not a DICOM file: {exc}"
-    except (OSError, ValueError, EOFError, KeyError, TypeError, NotImplementedError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any pydicom failure is this file's, never the import's
         return None, f"unreadable DICOM: {type(exc).__name__}: {exc}"
     if getattr(ds, "DirectoryRecordSequence", None) is not None:
         return None, "DICOMDIR (a media index, not an instance)"
-    try:
-        info = inspect_file(path.read_bytes())
-    except DicomFormatError as exc:
-        return None, f"malformed DICOM: {exc}"
     if not info.get("SOPInstanceUID") or not info.get("StudyInstanceUID"):
         return None, "no SOPInstanceUID/StudyInstanceUID: not a composite instance"
     return info, None
@@ -71,8 +83,12 @@ def import_paths(spool: Spool, paths: Iterable[str | os.PathLike], *, node_name:
         if path.name.upper() == "DICOMDIR":
             report.skipped += 1
             continue
-        info, error = read_instance(path)
+        try:
+            info, error = read_instance(path)
+        except Exception as exc:  # noqa: BLE001 - one bad file is a counted skip; the import goes on
+            info, error = None, f"unreadable: {type(exc).__name__}: {exc}"
         if error:
+            log.info("dicom-import: skipped file %d (%s): %s", len(report.errors) + 1, path.name, error)
             report.errors.append((str(path), error))
             continue
         event = records.stored_event(info, actor=actor, actor_ae=None, peer_ae=None, outcome=0, purpose=purpose,

@@ -26,6 +26,7 @@ import trio
 
 from node.dicom import records, ul
 from node.dicom.audit import AssociationAuditor, Commit, Emit, Journal, Prepare, Reject, StudyDirectory
+from node.dicom.logsafe import net_label
 from node.dicom.spool import Spool, SpoolError
 
 log = logging.getLogger("radchain.dicom.proxy")
@@ -118,16 +119,28 @@ class DicomProxy:
             await Association(self, client, peer, assoc_id).run()
         except Exception as exc:  # one bad association must never take the proxy down
             self.stats["errors"] += 1
-            log.error("association %s from %s ended with an error: %s", assoc_id, peer, exc,
-                      exc_info=not isinstance(exc, (ul.ProtocolError, OSError, trio.BrokenResourceError,
-                                                    trio.TooSlowError)))
+            # the relay's nursery wraps what ended it (a peer hanging up, a protocol error) in a group
+            leaves = _leaves(exc)
+            expected = all(isinstance(e, _EXPECTED) for e in leaves)
+            why = "; ".join(f"{type(e).__name__}: {e}" for e in leaves)
+            # peer address and AE titles stay in the journal, never in the log (docs/PSEUDONYMS.md)
+            log.error("association %s (from %s) ended with an error: %s", assoc_id, net_label(peer_host), why,
+                      exc_info=not expected)
             try:
-                self.spool.journal({"what": "association-error", "assoc": assoc_id, "peer": peer,
-                                    "error": f"{type(exc).__name__}: {exc}"})
+                self.spool.journal({"what": "association-error", "assoc": assoc_id, "peer": peer, "error": why})
             except OSError:
                 pass
         finally:
             await client.aclose()
+
+
+_EXPECTED = (ul.ProtocolError, OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 class Association:
@@ -171,7 +184,7 @@ class Association:
                 self.pacs = await trio.open_tcp_stream(self.proxy.pacs_host, self.proxy.pacs_port)
         except (OSError, trio.TooSlowError) as exc:
             reason = f"PACS {self.proxy.pacs_aet}@{self.proxy.pacs_host}:{self.proxy.pacs_port} unreachable: {exc}"
-            log.error("association from %s (%s): %s", self.auditor.calling, self.peer, reason)
+            log.error("association %s: %s", self.auditor.assoc_id, reason)
             self.proxy.spool.journal({"what": "pacs-unreachable", "peer": self.peer, "error": reason})
             # rejected-transient, service-provider (presentation), temporary congestion (PS3.8 9.3.4)
             await self.client.send_all(ul.associate_rj(2, 3, 1))
@@ -194,15 +207,14 @@ class Association:
         """An association that ended without release: say what was left unanswered and why."""
         for value in list(self.results.values()):
             if isinstance(value, Exception):
-                log.error("association %s from %s (%s): data set not recorded: %s", self.auditor.assoc_id,
-                          self.auditor.calling, self.peer, value)
+                log.error("association %s: data set not recorded: %s", self.auditor.assoc_id, value)
                 self.proxy.spool.journal({"what": "malformed-dataset", "peer": self.peer,
                                           "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
                                           "error": f"{type(value).__name__}: {value}"})
         if self.auditor.state not in ("released", "aborted", "rejected"):
             unanswered = len(self.auditor._ops)
-            log.warning("association %s from %s (%s) closed without release (%d request(s) unanswered)",
-                        self.auditor.assoc_id, self.auditor.calling, self.peer, unanswered)
+            log.warning("association %s closed without release (%d request(s) unanswered)",
+                        self.auditor.assoc_id, unanswered)
             self.proxy.spool.journal({"what": "association-closed", "peer": self.peer,
                                       "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
                                       "state": self.auditor.state, "unanswered": unanswered})
@@ -252,7 +264,13 @@ class Association:
         local = {"peer": self.peer, "assoc": self.auditor.assoc_id}
 
         def run():
-            result = action.fn()
+            try:
+                result = action.fn()
+            except Exception as exc:
+                # recorded here too: if the association is torn down meanwhile, trio cancels the waiting
+                # task and drops what the thread returns, but _close_journal must still see the error
+                self.results.setdefault(action.key, exc)
+                raise
             if action.stage is not None:
                 event = action.stage(result)
                 why = records.unrecordable(event)
@@ -285,12 +303,12 @@ class Association:
         result = self.results.pop(action.key, None)
         name = self.staged.pop(action.key, None)
         if isinstance(result, SpoolError):
-            log.critical("spool write failed, aborting association from %s: %s", self.peer, result)
+            log.critical("spool write failed, aborting association %s: %s", self.auditor.assoc_id, result)
             await self._abort(str(result))
             raise result
         if isinstance(result, Exception):
-            log.error("%s from %s (%s): data set not recorded: %s", action.what, self.auditor.calling,
-                      self.peer, result)
+            log.error("%s in association %s: data set not recorded: %s", action.what, self.auditor.assoc_id,
+                      result)
             self.proxy.spool.journal({"what": "malformed-dataset", "op": action.what, "peer": self.peer,
                                       "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
                                       "error": f"{type(result).__name__}: {result}"})
@@ -308,19 +326,24 @@ class Association:
             self.done.pop(k, None)
         for value in results.values():
             if isinstance(value, Exception):
-                log.error("%s from %s (%s): data set not recorded: %s", action.what, self.auditor.calling,
-                          self.peer, value)
+                log.error("%s in association %s: data set not recorded: %s", action.what,
+                          self.auditor.assoc_id, value)
                 self.proxy.spool.journal({"what": "malformed-dataset", "op": action.what, "peer": self.peer,
                                           "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
                                           "error": f"{type(value).__name__}: {value}"})
         events = []
         for event in action.build(results):
+            if isinstance(event, Journal):
+                self.proxy.spool.journal(event.record)
+                continue
             why = records.unrecordable(event)
             if why:
-                log.warning("%s from %s (%s) not recorded on chain: %s", action.what, self.auditor.calling,
-                            self.peer, why)
+                log.warning("%s in association %s not recorded on chain: %s", action.what,
+                            self.auditor.assoc_id, why)
+                # the reason and the event's shape, never the raw event (identifiers: docs/PSEUDONYMS.md)
                 self.proxy.spool.journal({"what": "unrecordable", "op": action.what, "peer": self.peer,
-                                          "assoc": self.auditor.assoc_id, "reason": why, "event": event})
+                                          "assoc": self.auditor.assoc_id, "reason": why,
+                                          **records.event_summary(event)})
             else:
                 events.append(event)
         if not events:
@@ -331,7 +354,7 @@ class Association:
                 lambda: self.proxy.spool.put_many(events, source="dicom-proxy", local=local))
         except SpoolError as exc:
             # Not durable -> must not acknowledge: abort so the modality retries later.
-            log.critical("spool write failed, aborting association from %s: %s", self.peer, exc)
+            log.critical("spool write failed, aborting association %s: %s", self.auditor.assoc_id, exc)
             await self._abort(str(exc))
             raise
         self.proxy.stats["events"] += len(events)

@@ -15,6 +15,16 @@ same bytes:
                    pixels, or for encapsulated transfer syntaxes every item up to (not including) the sequence
                    delimiter. It survives metadata edits and implicit<->explicit little-endian re-encoding.
 
+Limits (every input is hostile: a modality, a viewer or a file on disk may send anything):
+
+* `MAX_INFLATED` = 64 MiB: a deflated data set (1.2.840.10008.1.2.1.99) is inflated incrementally and refused
+  with DicomLimitError once its output passes 64 MiB (deflate reaches ~1000:1, so 64 KiB could otherwise
+  become 64 MiB and 200 KiB 200 MiB). Deflate is used for small structured objects (SR, presentation
+  states); images use their own pixel compression, so real data sets stay far below the cap.
+* `MAX_NESTING` = 64: sequences nested deeper than 64 levels are refused with DicomLimitError before the
+  walkers recurse (real objects nest fewer than 10 deep; Python's stack would end near 500).
+* `walk_dataset(..., deadline=)`: a time.monotonic() deadline; the walk stops with DicomLimitError past it.
+
 Refs: PS3.5 7.1 (data elements), 7.5 (nested data sets, undefined lengths), 6.2.2 (UN with undefined length
 is implicit VR LE), A.4 (encapsulation), PS3.10 7.1 (file meta information).
 """
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 
@@ -46,8 +57,33 @@ TAGS = {
 }
 
 
+MAX_INFLATED = 64 << 20   # bytes a deflated data set may inflate to (module doc)
+MAX_NESTING = 64          # sequence levels (module doc)
+
+
 class DicomFormatError(ValueError):
     """The bytes are not a well-formed DICOM data set (truncated, bad lengths, not DICOM at all)."""
+
+
+class DicomLimitError(DicomFormatError):
+    """The data set passes a safety limit (inflated size, nesting depth, time budget)."""
+
+
+def _too_deep(depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise DicomLimitError(f"sequences nested deeper than {MAX_NESTING} levels")
+
+
+def inflate(data: bytes | memoryview, cap: int = MAX_INFLATED) -> bytes:
+    """Raw deflate (PS3.5 A.5) with an output cap: never allocates more than `cap` + 1 bytes of output."""
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(bytes(data), cap + 1)
+    except zlib.error as exc:
+        raise DicomFormatError(f"deflated data set does not inflate: {exc}") from exc
+    if len(out) > cap or d.unconsumed_tail:
+        raise DicomLimitError(f"deflated data set inflates past the {cap >> 20} MiB cap")
+    return out
 
 
 def _header(data, pos: int, n: int, implicit: bool, little: bool):
@@ -71,7 +107,8 @@ def _header(data, pos: int, n: int, implicit: bool, little: bool):
 _EMPTY = struct.pack("<I", 0)
 
 
-def _canon(data, pos: int, end: int, implicit: bool, little: bool, h, until_item_end: bool = False) -> int:
+def _canon(data, pos: int, end: int, implicit: bool, little: bool, h, until_item_end: bool = False,
+           depth: int = 0) -> int:
     """Feed the canonical element stream of a data set (see module doc) to hasher h; returns the end."""
     while pos < end:
         group, elem, vr, length, vpos = _header(data, pos, end, implicit, little)
@@ -89,7 +126,7 @@ def _canon(data, pos: int, end: int, implicit: bool, little: bool, h, until_item
                     h.update(data[vpos:pos - 8])
                 continue
             sub = hashlib.sha256()
-            pos, items = _canon_items(data, vpos, end, implicit or vr == b"UN", little, sub, True)
+            pos, items = _canon_items(data, vpos, end, implicit or vr == b"UN", little, sub, True, depth + 1)
             if not skip:
                 h.update(struct.pack("<HH", group, elem))
                 h.update(b"SQ" + sub.digest() if items else _EMPTY)
@@ -106,9 +143,9 @@ def _canon(data, pos: int, end: int, implicit: bool, little: bool, h, until_item
             # a sequence; in implicit VR recognised by its first item tag (no dictionary needed)
             sub = hashlib.sha256()
             try:
-                _canon_items(data, vpos, pos, implicit, little, sub, False)
-            except DicomFormatError:
-                if vr == b"SQ":
+                _canon_items(data, vpos, pos, implicit, little, sub, False, depth + 1)
+            except DicomFormatError as exc:
+                if vr == b"SQ" or isinstance(exc, DicomLimitError):
                     raise
                 sub = None
             if sub is not None:
@@ -121,7 +158,9 @@ def _canon(data, pos: int, end: int, implicit: bool, little: bool, h, until_item
     return pos
 
 
-def _canon_items(data, pos: int, end: int, implicit: bool, little: bool, h, undefined: bool) -> tuple[int, int]:
+def _canon_items(data, pos: int, end: int, implicit: bool, little: bool, h, undefined: bool,
+                 depth: int) -> tuple[int, int]:
+    _too_deep(depth)
     u32 = "<I" if little else ">I"
     items = 0
     while pos < end or undefined:
@@ -138,11 +177,11 @@ def _canon_items(data, pos: int, end: int, implicit: bool, little: bool, h, unde
         items += 1
         h.update(b"IT")
         if length == UNDEFINED:
-            pos = _canon(data, pos, end, implicit, little, h, until_item_end=True)
+            pos = _canon(data, pos, end, implicit, little, h, until_item_end=True, depth=depth)
         else:
             if pos + length > end:
                 raise DicomFormatError("sequence item runs past the end")
-            _canon(data, pos, pos + length, implicit, little, h)
+            _canon(data, pos, pos + length, implicit, little, h, depth=depth)
             pos += length
         h.update(b"IE")
     return pos, items
@@ -152,10 +191,7 @@ def canonical_digest(data: bytes | memoryview, transfer_syntax: str) -> str:
     implicit = transfer_syntax == IMPLICIT_LE
     little = transfer_syntax != EXPLICIT_BE
     if transfer_syntax == DEFLATED_LE:
-        try:
-            data = zlib.decompress(bytes(data), -15)
-        except zlib.error as exc:
-            raise DicomFormatError(f"deflated data set does not inflate: {exc}") from exc
+        data = inflate(data)
     h = hashlib.sha256()
     mv = memoryview(data)
     try:
@@ -176,7 +212,7 @@ class Walk:
 
 
 def _walk(data: bytes | memoryview, pos: int, end: int, implicit: bool, little: bool, wanted: set[int] | None,
-          out: Walk | None, stop_at_item_end: bool = False) -> int:
+          out: Walk | None, stop_at_item_end: bool = False, depth: int = 0, deadline: float | None = None) -> int:
     """Walk elements from pos; records wanted tags/pixel data when `out` is given (top level only).
     Returns the position after the last element (after an item delimiter when stop_at_item_end)."""
     u16, u32 = ("<H", "<I") if little else (">H", ">I")
@@ -184,6 +220,8 @@ def _walk(data: bytes | memoryview, pos: int, end: int, implicit: bool, little: 
     while pos < n:
         if pos + 8 > n:
             raise DicomFormatError(f"truncated element header at byte {pos}")
+        if deadline is not None and time.monotonic() > deadline:
+            raise DicomLimitError(f"data set walk exceeded its time budget at byte {pos}")
         group, elem = struct.unpack_from(u16 + u16[1], data, pos)
         tag = (group << 16) | elem
         if tag in (ITEM_END, SEQ_END, ITEM):
@@ -221,7 +259,8 @@ def _walk(data: bytes | memoryview, pos: int, end: int, implicit: bool, little: 
             else:
                 # SQ, or UN with undefined length, whose content is implicit VR little endian (PS3.5 6.2.2).
                 nested_implicit = implicit or vr == b"UN"
-                pos = _skip_sequence(data, pos, n, nested_implicit, little and not (vr == b"UN"))
+                pos = _skip_sequence(data, pos, n, nested_implicit, little and not (vr == b"UN"), depth + 1,
+                                     deadline)
             continue
         if pos + length > n:
             raise DicomFormatError(f"element ({group:04X},{elem:04X}) length {length} runs past the end")
@@ -236,7 +275,9 @@ def _walk(data: bytes | memoryview, pos: int, end: int, implicit: bool, little: 
     return pos
 
 
-def _skip_sequence(data, pos: int, n: int, implicit: bool, little: bool) -> int:
+def _skip_sequence(data, pos: int, n: int, implicit: bool, little: bool, depth: int,
+                   deadline: float | None) -> int:
+    _too_deep(depth)
     u32 = "<I" if little else ">I"
     while True:
         if pos + 8 > n:
@@ -250,7 +291,8 @@ def _skip_sequence(data, pos: int, n: int, implicit: bool, little: bool) -> int:
         if tag != ITEM:
             raise DicomFormatError(f"expected an item in a sequence at byte {pos - 8}")
         if length == UNDEFINED:
-            pos = _walk(data, pos, n, implicit, little, None, None, stop_at_item_end=True)
+            pos = _walk(data, pos, n, implicit, little, None, None, stop_at_item_end=True, depth=depth,
+                        deadline=deadline)
         else:
             if pos + length > n:
                 raise DicomFormatError("sequence item runs past the end")
@@ -273,23 +315,22 @@ def _skip_fragments(data, pos: int, n: int, little: bool) -> int:
         pos += length
 
 
-def walk_dataset(data: bytes | memoryview, transfer_syntax: str, wanted: set[int] | None = None) -> Walk:
+def walk_dataset(data: bytes | memoryview, transfer_syntax: str, wanted: set[int] | None = None, *,
+                 deadline: float | None = None) -> Walk:
+    """Top-level values of the `wanted` tags and the pixel digest. `deadline`: time.monotonic() limit."""
     implicit = transfer_syntax == IMPLICIT_LE
     little = transfer_syntax != EXPLICIT_BE
     if transfer_syntax == DEFLATED_LE:
-        try:
-            data = zlib.decompress(bytes(data), -15)
-        except zlib.error as exc:
-            raise DicomFormatError(f"deflated data set does not inflate: {exc}") from exc
+        data = inflate(data)
     out = Walk()
     try:
-        out.end = _walk(memoryview(data), 0, len(data), implicit, little, wanted, out)
+        out.end = _walk(memoryview(data), 0, len(data), implicit, little, wanted, out, deadline=deadline)
     except DicomFormatError as exc:
         # Some writers label an implicit VR data set as explicit; retry like pydicom does.
         if implicit or not little or "bad VR" not in str(exc) or "at byte 0" not in str(exc):
             raise
         out = Walk()
-        out.end = _walk(memoryview(data), 0, len(data), True, True, wanted, out)
+        out.end = _walk(memoryview(data), 0, len(data), True, True, wanted, out, deadline=deadline)
     return out
 
 
@@ -327,7 +368,7 @@ _LONG_VRS_STR = frozenset(_LONG_VRS)
 
 
 def _fast_scan(mv: memoryview, pos: int, end: int, implicit: bool, pieces: list, values: dict | None,
-               until_item_end: bool = False):
+               until_item_end: bool = False, depth: int = 0):
     """Little-endian single pass: canonical pieces (the same stream `_canon` hashes), wanted top-level
     values and the pixel digest. Returns (end position, pixel digest or None)."""
     pixel = None
@@ -366,7 +407,7 @@ def _fast_scan(mv: memoryview, pos: int, end: int, implicit: bool, pieces: list,
                     pieces += (tag_bytes, _U32.pack(pos - 8 - vpos), mv[vpos:pos - 8])
                 continue
             sub: list = []
-            pos, items = _fast_items(mv, vpos, end, implicit or vr == b"UN", sub, True)
+            pos, items = _fast_items(mv, vpos, end, implicit or vr == b"UN", sub, True, depth + 1)
             if not skip:
                 pieces += (tag_bytes, b"SQ" + hashlib.sha256(b"".join(sub)).digest() if items else _EMPTY)
             continue
@@ -385,9 +426,9 @@ def _fast_scan(mv: memoryview, pos: int, end: int, implicit: bool, pieces: list,
         if length and (vr == b"SQ" or (vr is None and length >= 8 and value[:4] == b"\xfe\xff\x00\xe0")):
             sub = []
             try:
-                _fast_items(mv, vpos, pos, implicit, sub, False)
-            except DicomFormatError:
-                if vr == b"SQ":
+                _fast_items(mv, vpos, pos, implicit, sub, False, depth + 1)
+            except DicomFormatError as exc:
+                if vr == b"SQ" or isinstance(exc, DicomLimitError):
                     raise
                 sub = None
             if sub is not None:
@@ -399,7 +440,9 @@ def _fast_scan(mv: memoryview, pos: int, end: int, implicit: bool, pieces: list,
     return pos, pixel
 
 
-def _fast_items(mv, pos: int, end: int, implicit: bool, pieces: list, undefined: bool) -> tuple[int, int]:
+def _fast_items(mv, pos: int, end: int, implicit: bool, pieces: list, undefined: bool,
+                depth: int) -> tuple[int, int]:
+    _too_deep(depth)
     items = 0
     while pos < end or undefined:
         if pos + 8 > end:
@@ -413,11 +456,11 @@ def _fast_items(mv, pos: int, end: int, implicit: bool, pieces: list, undefined:
         items += 1
         pieces.append(b"IT")
         if length == UNDEFINED:
-            pos, _ = _fast_scan(mv, pos, end, implicit, pieces, None, until_item_end=True)
+            pos, _ = _fast_scan(mv, pos, end, implicit, pieces, None, until_item_end=True, depth=depth)
         else:
             if pos + length > end:
                 raise DicomFormatError("sequence item runs past the end")
-            _fast_scan(mv, pos, pos + length, implicit, pieces, None)
+            _fast_scan(mv, pos, pos + length, implicit, pieces, None, depth=depth)
             pos += length
         pieces.append(b"IE")
     return pos, items
@@ -430,10 +473,7 @@ def inspect_dataset(data: bytes | memoryview, transfer_syntax: str) -> InstanceI
         values, pixel, digest = w.values, w.pixel_digest, canonical_digest(data, transfer_syntax)
     else:
         if transfer_syntax == DEFLATED_LE:
-            try:
-                data = zlib.decompress(bytes(data), -15)
-            except zlib.error as exc:
-                raise DicomFormatError(f"deflated data set does not inflate: {exc}") from exc
+            data = inflate(data)
         mv = memoryview(data)
         implicit = transfer_syntax == IMPLICIT_LE
         values, pieces = {}, []
@@ -466,6 +506,8 @@ def split_file(blob: bytes) -> tuple[str, int]:
         vr = blob[pos + 4:pos + 6]
         if vr.isalpha() and vr.isupper():
             if vr in _LONG_VRS:
+                if pos + 12 > len(blob):
+                    raise DicomFormatError(f"truncated file meta element header at byte {pos}")
                 length = struct.unpack_from("<I", blob, pos + 8)[0]
                 pos += 12
             else:
@@ -482,7 +524,7 @@ def split_file(blob: bytes) -> tuple[str, int]:
     if start == 132 and pos == 132 and ts is None:
         raise DicomFormatError("DICM file without file meta information")
     if ts is None:
-        if len(blob) < 8:
+        if len(blob) < pos + 8:
             raise DicomFormatError("too short to be DICOM")
         # No meta: guess explicit VR LE when a plausible VR follows the first tag, else implicit.
         vr = blob[pos + 4:pos + 6]

@@ -93,3 +93,11 @@ def unrecordable(event: dict) -> str | None:
     if event["type"] != "query" and not event.get("study_uid"):
         return "no StudyInstanceUID"
     return None
+
+
+def event_summary(event: dict) -> dict:
+    """What a local record may say about an event it could not record: its type and shape, no identifier
+    (no patient, study, series or instance UID, no actor). For journal.jsonl (docs/PSEUDONYMS.md)."""
+    return {"type": event.get("type"), "event_id": event.get("event_id"), "outcome": event.get("outcome"),
+            "has_patient": event.get("patient_id") not in (None, "", "UNKNOWN"),
+            "has_study": bool(event.get("study_uid")), "n_instances": event.get("n_instances")}

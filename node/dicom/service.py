@@ -17,12 +17,13 @@ from node.dicom.settings import load_settings, parse_hostport, parse_pacs
 
 
 async def run_dicom_hook(home, *, deliver: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    from node.dicom.atna import AtnaReceiver, server_ssl_context
+    from node.dicom.atna import AtnaReceiver, listeners_from, serve_all
     from node.dicom.delivery import Deliverer, deliver_in_background
     from node.dicom.proxy import DicomProxy, pynetdicom_locator, pynetdicom_resolver
     from node.dicom.spool import Spool
 
     settings = load_settings(home)
+    listeners = listeners_from(settings)  # before anything starts: a bad ATNA setting stops the hook cleanly
     spool = Spool(settings.spool_dir)
     spool.sweep_tmp()
     started: dict = {"proxy": None, "atna": {}}
@@ -36,21 +37,8 @@ async def run_dicom_hook(home, *, deliver: bool = True, task_status=trio.TASK_ST
                                allowed_aets=settings.allowed_aets, resolver=pynetdicom_resolver(pacs),
                                locator=pynetdicom_locator(pacs))
             started["proxy"] = await nursery.start(proxy.serve)
-        receiver = AtnaReceiver(spool, purpose=settings.purpose, default_issuer=settings.default_issuer)
-        for kind in ("tcp", "tls", "udp"):
-            addr = getattr(settings, f"atna_{kind}")
-            if not addr:
-                continue
-            host, port = parse_hostport(addr, f"atna_{kind}")
-            if kind == "udp":
-                started["atna"][kind] = await nursery.start(
-                    lambda task_status, h=host, p=port: receiver.serve_udp(h, p, task_status=task_status))
-            else:
-                ctx = None
-                if kind == "tls":
-                    ctx = server_ssl_context(str(settings.home / settings.atna_cert),
-                                             str(settings.home / settings.atna_key))
-                started["atna"][kind] = await nursery.start(
-                    lambda task_status, h=host, p=port, c=ctx: receiver.serve_tcp(h, p, ssl_context=c,
-                                                                                   task_status=task_status))
+        if listeners:
+            receiver = AtnaReceiver(spool, purpose=settings.purpose, default_issuer=settings.default_issuer,
+                                    allow=settings.atna_allow)
+            started["atna"] = await serve_all(receiver, listeners, nursery)
         task_status.started(started)

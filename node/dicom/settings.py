@@ -9,11 +9,16 @@ dependencies. Example `[dicom]` section (every key optional):
     allowed_aets = ["CT1", "VIEWER"]      # calling AE titles let through; empty = any
     issuer = "HOSP-A"                     # IssuerOfPatientID when an instance carries none
     purpose = "TREAT"                     # purpose of use recorded for DICOM traffic
-    atna_tcp = "127.0.0.1:6514"           # RFC 5424 syslog over TCP, octet counting (RFC 6587)
-    atna_tls = "0.0.0.0:6515"             # the same over TLS (RFC 5425); needs atna_cert and atna_key
-    atna_udp = "127.0.0.1:514"            # RFC 5426
-    atna_cert = "keys/atna.pem"
+    atna_tls = "0.0.0.0:6515"             # RFC 5425 syslog over mutual TLS (IHE ATNA); needs the three below
+    atna_cert = "keys/atna.pem"           # this receiver's certificate chain, PEM
     atna_key = "keys/atna.key"
+    atna_client_ca = "keys/atna-ca.pem"   # senders must present a certificate this CA signed; the
+                                          # certificate's subject is recorded as each record's source and
+                                          # the record's AuditSourceID must be its CN or a SAN name
+    atna_tcp = "127.0.0.1:6514"           # plain syslog over TCP (RFC 6587): off unless set, and then only
+    atna_udp = "127.0.0.1:514"            # plain syslog over UDP (RFC 5426): from atna_allow addresses
+    atna_allow = ["127.0.0.1", "::1"]     # who may use plain TCP/UDP (the default): "ADDR", "NET/PREFIX",
+                                          # or "SOURCE@ADDR" to also require AuditSourceID = SOURCE
     rpc_token_name = "dicom"              # which [rpc] tokens entry to use (default: the first)
 """
 
@@ -44,6 +49,8 @@ class DicomSettings:
     atna_udp: str | None = None
     atna_cert: str | None = None
     atna_key: str | None = None
+    atna_client_ca: str | None = None
+    atna_allow: list[str] = field(default_factory=lambda: list(DEFAULT_ATNA_ALLOW))
 
     @property
     def spool_dir(self) -> Path:
@@ -54,8 +61,9 @@ class DicomSettings:
         return self.issuer or self.node_name
 
 
+DEFAULT_ATNA_ALLOW = ("127.0.0.1", "::1")
 _DICOM_KEYS = {"proxy_listen", "pacs", "allowed_aets", "issuer", "purpose", "atna_tcp", "atna_tls",
-               "atna_udp", "atna_cert", "atna_key", "rpc_token_name"}
+               "atna_udp", "atna_cert", "atna_key", "atna_client_ca", "atna_allow", "rpc_token_name"}
 
 
 def load_settings(home: str | Path) -> DicomSettings:
@@ -98,7 +106,30 @@ def load_settings(home: str | Path) -> DicomSettings:
             setattr(settings, key, dicom[key])
     if not isinstance(settings.allowed_aets, list):
         raise SettingsError(f"{path}: [dicom] allowed_aets must be a list of AE titles")
+    if not isinstance(settings.atna_allow, list) or not all(isinstance(a, str) for a in settings.atna_allow):
+        raise SettingsError(f"{path}: [dicom] atna_allow must be a list of addresses, e.g. [\"127.0.0.1\"]")
+    try:
+        parse_allow(settings.atna_allow)
+    except ValueError as exc:
+        raise SettingsError(f"{path}: [dicom] atna_allow: {exc}") from exc
     return settings
+
+
+def parse_allow(entries) -> list[tuple]:
+    """atna_allow entries -> [(ip_network, source name or None)]. "SOURCE@ADDR[/PREFIX]" binds a name."""
+    import ipaddress
+
+    out = []
+    for entry in entries:
+        name, sep, addr = entry.rpartition("@")
+        try:
+            net = ipaddress.ip_network(addr.strip().strip("[]"), strict=False)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not ADDR, NET/PREFIX or SOURCE@ADDR") from None
+        if sep and not name:
+            raise ValueError(f"{entry!r}: empty SOURCE before '@'")
+        out.append((net, name or None))
+    return out
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:

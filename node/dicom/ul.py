@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from node.dicom.rawdicom import IMPLICIT_LE, DicomFormatError, integer, text, walk_dataset
+from node.dicom.rawdicom import IMPLICIT_LE, DicomFormatError, DicomLimitError, integer, text, walk_dataset
 
 # PS3.8 9.3: PDU types
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
@@ -21,6 +21,10 @@ PDU_NAMES = {1: "A-ASSOCIATE-RQ", 2: "A-ASSOCIATE-AC", 3: "A-ASSOCIATE-RJ", 4: "
 # A PDU larger than this is refused instead of buffered. Real peers negotiate 16 KiB-1 MiB PDUs
 # (dcmtk and Orthanc default to 16 KiB); 64 MiB leaves room for odd ones and caps memory per association.
 MAX_PDU = 64 << 20
+# A DIMSE command set is a few hundred bytes (PS3.7 E.1); a query/retrieve identifier a few KiB. Bigger
+# ones are refused before they are buffered or parsed (parse_command runs on the proxy's event loop).
+MAX_COMMAND = 64 << 10
+MAX_IDENTIFIER = 4 << 20
 
 
 class ProtocolError(ValueError):
@@ -153,6 +157,7 @@ COMMAND_NAMES = {0x0001: "C-STORE", 0x0010: "C-GET", 0x0020: "C-FIND", 0x0021: "
                  0x0FFF: "C-CANCEL", 0x0100: "N-EVENT-REPORT", 0x0110: "N-GET", 0x0120: "N-SET",
                  0x0130: "N-ACTION", 0x0140: "N-CREATE", 0x0150: "N-DELETE"}
 NO_DATASET = 0x0101
+_QUERY_FIELDS = {C_FIND_RQ, C_GET_RQ, C_MOVE_RQ}
 
 _COMMAND_TAGS = {
     "AffectedSOPClassUID": 0x00000002, "CommandField": 0x00000100, "MessageID": 0x00000110,
@@ -169,6 +174,8 @@ _INT_FIELDS = {"CommandField", "MessageID", "MessageIDBeingRespondedTo", "Priori
 
 def parse_command(raw: bytes) -> dict:
     """A DIMSE command set (always implicit VR little endian, PS3.7 6.3.1) -> {keyword: value}."""
+    if len(raw) > MAX_COMMAND:
+        raise DicomLimitError(f"DIMSE command set of {len(raw)} bytes exceeds the {MAX_COMMAND} limit")
     w = walk_dataset(raw, IMPLICIT_LE, set(_COMMAND_TAGS.values()))
     out = {}
     for key, tag in _COMMAND_TAGS.items():
@@ -208,6 +215,7 @@ class MessageAssembler:
     def __init__(self):
         self._command = bytearray()
         self._current: Message | None = None
+        self._size = 0
 
     def feed(self, pdu: bytes) -> list[Message]:
         done = []
@@ -216,6 +224,8 @@ class MessageAssembler:
                 if self._current is not None:
                     raise ProtocolError("command fragment while a data set was expected")
                 self._command += fragment
+                if len(self._command) > MAX_COMMAND:
+                    raise ProtocolError(f"DIMSE command set exceeds the {MAX_COMMAND} byte limit")
                 if is_last:
                     try:
                         command = parse_command(bytes(self._command))
@@ -223,6 +233,7 @@ class MessageAssembler:
                         raise ProtocolError(f"malformed DIMSE command set: {exc}") from exc
                     self._command.clear()
                     msg = Message(ctx_id, command)
+                    self._size = 0
                     if command.get("CommandDataSetType", NO_DATASET) == NO_DATASET:
                         done.append(msg)
                     else:
@@ -231,6 +242,9 @@ class MessageAssembler:
                 if self._current is None:
                     raise ProtocolError("data set fragment without a preceding command")
                 self._current.dataset.append(fragment)  # a view into an immutable PDU: no copy
+                self._size += len(fragment)
+                if self._size > MAX_IDENTIFIER and self._current.field & ~RESPONSE_BIT in _QUERY_FIELDS:
+                    raise ProtocolError(f"{self._current.name} identifier exceeds the {MAX_IDENTIFIER} byte limit")
                 if is_last:
                     done.append(self._current)
                     self._current = None

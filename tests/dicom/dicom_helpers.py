@@ -335,16 +335,18 @@ def _item(item_type: int, payload: bytes) -> bytes:
 
 
 def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: str = "ORTHANC",
-              sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str = "1.2.3.4.5.6.7.8.9",
-              timeout: float = 20.0) -> bytes:
-    """Associate (implicit VR LE), send one C-STORE with `dataset` bytes as-is, return what came back."""
+              sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str | None = "1.2.3.4.5.6.7.8.9",
+              timeout: float = 20.0, ts: str = "1.2.840.10008.1.2", command_field: int = 0x0001,
+              move_destination: str | None = None) -> bytes:
+    """Associate (transfer syntax `ts`, implicit VR LE by default), send one request (C-STORE by default;
+    0x0020 for C-FIND with sop_class a FIND model) with `dataset` bytes as-is, return what came back."""
     import struct
 
     from pydicom.dataset import Dataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
-    ts = b"1.2.840.10008.1.2"
+    ts = ts.encode()
     ctx = bytes([1, 0, 0, 0]) + _item(0x30, sop_class.encode()) + _item(0x40, ts)
     user = _item(0x51, struct.pack(">I", 16384))
     body = (struct.pack(">H", 1) + b"\0\0" + called.encode().ljust(16) + calling.encode().ljust(16) + bytes(32)
@@ -352,11 +354,14 @@ def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: 
     rq = bytes([1, 0]) + struct.pack(">I", len(body)) + body
     cmd = Dataset()
     cmd.AffectedSOPClassUID = sop_class
-    cmd.CommandField = 0x0001
+    cmd.CommandField = command_field
     cmd.MessageID = 1
     cmd.Priority = 0
     cmd.CommandDataSetType = 0x0000
-    cmd.AffectedSOPInstanceUID = sop_uid
+    if sop_uid:
+        cmd.AffectedSOPInstanceUID = sop_uid
+    if move_destination:
+        cmd.MoveDestination = move_destination
     buf = DicomBytesIO()
     buf.is_little_endian, buf.is_implicit_VR = True, True
     write_dataset(buf, cmd)
@@ -370,7 +375,10 @@ def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: 
         first = s.recv(65536)
         if not first or first[0] != 2:
             return first
-        s.sendall(pdv(raw, 0x03) + pdv(dataset, 0x02))
+        # data set fragments within the PACS's 16 KiB maximum PDU (what Orthanc/dcmtk accept by default)
+        chunks = [dataset[i:i + 16000] for i in range(0, len(dataset), 16000)] or [b""]
+        s.sendall(pdv(raw, 0x03) + b"".join(pdv(c, 0x02 if i == len(chunks) - 1 else 0x00)
+                                            for i, c in enumerate(chunks)))
         got = b""
         try:
             while True:
@@ -389,7 +397,8 @@ def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: 
 
 # -- DICOM audit messages (PS3.15 A.5) over syslog ------------------------------------------------------------
 def audit_xml(*, event="110103", action="R", patient="RC-ATNA-1^^^HOSP-X", study="1.2.826.0.1.3680043.99.1",
-              sops=("1.2.3.1", "1.2.3.2"), user="dr.jones", when="2026-11-27T10:00:00Z") -> bytes:
+              sops=("1.2.3.1", "1.2.3.2"), user="dr.jones", when="2026-11-27T10:00:00Z",
+              source="viewer-host") -> bytes:
     root = _ET.Element("AuditMessage")
     ev = _ET.SubElement(root, "EventIdentification", EventActionCode=action, EventDateTime=when,
                        EventOutcomeIndicator="0")
@@ -399,7 +408,8 @@ def audit_xml(*, event="110103", action="R", patient="RC-ATNA-1^^^HOSP-X", study
                   NetworkAccessPointTypeCode="2")
     _ET.SubElement(root, "ActiveParticipant", UserID="pacs", UserIsRequestor="false",
                   AlternativeUserID="AETITLES=PACS1")
-    _ET.SubElement(root, "AuditSourceIdentification", AuditSourceID="viewer-host")
+    if source is not None:
+        _ET.SubElement(root, "AuditSourceIdentification", AuditSourceID=source)
     if study:
         st = _ET.SubElement(root, "ParticipantObjectIdentification", ParticipantObjectID=study,
                            ParticipantObjectTypeCode="2", ParticipantObjectTypeCodeRole="3")
@@ -422,3 +432,109 @@ def frame(msg: bytes) -> bytes:
     return str(len(msg)).encode() + b" " + msg
 
 
+
+
+# -- test PKI for ATNA mutual TLS (cryptography) ---------------------------------------------------------------
+def make_pki(out: Path) -> dict[str, Path]:
+    """A CA, a server certificate (CN=localhost, SAN IP 127.0.0.1), a client certificate CN=orthanc-a signed by
+    the CA, and a rogue client certificate with the same CN signed by nobody trusted. PEM files in `out`."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    files: dict[str, Path] = {}
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "RadChain Test"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write(label: str, key, cert) -> None:
+        files[label + "_key"] = out / f"{label}.key"
+        files[label + "_key"].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                            serialization.PrivateFormat.PKCS8,
+                                                            serialization.NoEncryption()))
+        files[label] = out / f"{label}.pem"
+        files[label].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(subject: str, issuer_name, issuer_key, *, ca=False, san=None, usage=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(issuer_name or name(subject))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        if usage:
+            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        return key, b.sign(issuer_key or key, hashes.SHA256())
+
+    import ipaddress
+    ca_key, ca_cert = issue("RadChain Test ATNA CA", None, None, ca=True)
+    write("ca", ca_key, ca_cert)
+    write("server", *issue("localhost", ca_cert.subject, ca_key, usage=ExtendedKeyUsageOID.SERVER_AUTH,
+                           san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]))
+    write("client", *issue("orthanc-a", ca_cert.subject, ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH))
+    write("rogue", *issue("orthanc-a", None, None, usage=ExtendedKeyUsageOID.CLIENT_AUTH))
+    return files
+
+
+# -- hostile DICOM (issue 10 item 4) ---------------------------------------------------------------------------
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+
+
+def _el(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element."""
+    import struct
+    if len(value) % 2:
+        value += b"\0" if vr == b"UI" else b" "
+    if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
+        return struct.pack("<HH2sxxI", group, elem, vr, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def dicom_file(dataset: bytes, ts: str) -> bytes:
+    """PS3.10 file: preamble, DICM, a minimal meta group naming transfer syntax `ts`, then `dataset`."""
+    import struct
+    meta = _el(0x0002, 0x0001, b"OB", b"\0\1") + _el(0x0002, 0x0010, b"UI", ts.encode())
+    return bytes(128) + b"DICM" + _el(0x0002, 0x0000, b"UL", struct.pack("<I", len(meta))) + meta + dataset
+
+
+def ident_elements(patient: str = "RC-BOMB-1", study: str = "1.2.826.0.1.3680043.777.1") -> bytes:
+    return (_el(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7")
+            + _el(0x0008, 0x0018, b"UI", b"1.2.826.0.1.3680043.777.2")
+            + _el(0x0010, 0x0020, b"LO", patient.encode()) + _el(0x0020, 0x000D, b"UI", study.encode()))
+
+
+def nested_sequences(depth: int = 3000, explicit: bool = True, close: bool = True) -> bytes:
+    """`depth` undefined-length sequences, each in an undefined-length item of the one before."""
+    import struct
+    sq = (struct.pack("<HH2sxxI", 0x0040, 0xA730, b"SQ", 0xFFFFFFFF) if explicit
+          else struct.pack("<HHI", 0x0040, 0xA730, 0xFFFFFFFF))
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    end = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return (sq + item) * depth + (end * depth if close else b"")
+
+
+def deflate_bomb(inflated: int = 200 << 20) -> bytes:
+    """A deflated data set (raw deflate) that inflates to `inflated` bytes: identifiers, then one huge OB
+    element of zeros. 200 MiB deflates to about 200 KB."""
+    import struct
+    import zlib
+    head = ident_elements() + struct.pack("<HH2sxxI", 0x0009, 0x1010, b"OB", inflated)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    out = [c.compress(head)]
+    zero = bytes(1 << 20)
+    for _ in range(inflated >> 20):
+        out.append(c.compress(zero))
+    out.append(c.flush())
+    return b"".join(out)
+
+
+def truncated_meta_file() -> bytes:
+    """DICM, then a long-VR meta element header cut after 10 of its 12 bytes (once a struct.error)."""
+    return bytes(128) + b"DICM" + b"\x02\x00\x01\x00OB\x00\x00\x02\x00"

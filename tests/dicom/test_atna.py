@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
 
 import pytest
-from dicom_helpers import RADCHAIN, ProcessHandle, audit_xml, frame, free_port, syslog, wait_for
+from dicom_helpers import (
+    RADCHAIN,
+    ProcessHandle,
+    audit_xml,
+    frame,
+    free_port,
+    make_pki,
+    syslog,
+    wait_for,
+    write_home,
+)
 
 from node.dicom import atna
 
@@ -54,33 +65,37 @@ def test_syslog_framing_and_header():
 
 
 @pytest.fixture
-def tls_cert(tmp_path):
-    cert, key = tmp_path / "atna.pem", tmp_path / "atna.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
-                    str(cert)], check=True, capture_output=True, timeout=60)
-    return cert, key
+def pki(tmp_path):
+    return make_pki(tmp_path / "pki")
 
 
-def test_receiver_tcp_tls_udp(home, rpc, tls_cert, tmp_path):
+def _tls(port: int, pki: dict, *, cert: str | None = "client", source_ip: str = "127.0.0.1"):
+    """A TLS client socket to the receiver, optionally presenting a client certificate."""
+    ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+    if cert:
+        ctx.load_cert_chain(str(pki[cert]), str(pki[cert + "_key"]))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source_ip, 0))
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_receiver_tcp_tls_udp(home, rpc, pki, tmp_path):
     tcp, tls, udp = free_port(), free_port(), free_port()
-    cert, key = tls_cert
     p = ProcessHandle([RADCHAIN, "atna-receiver", "--home", str(home), "--tcp", f"127.0.0.1:{tcp}",
-                       "--tls", f"127.0.0.1:{tls}", "--udp", f"127.0.0.1:{udp}", "--cert", str(cert),
-                       "--key", str(key)], tmp_path / "atna.log", ready_port=tcp).start()
+                       "--tls", f"127.0.0.1:{tls}", "--udp", f"127.0.0.1:{udp}", "--cert", str(pki["server"]),
+                       "--key", str(pki["server_key"]), "--client-ca", str(pki["ca"])],
+                      tmp_path / "atna.log", ready_port=tcp).start()
     try:
         wait_for(lambda: "udp listening" in p.log.read_text(), 10, what="all listeners up")
-        # TCP: one good message, a non-imaging one, a bad line; then framing garbage closes that connection
+        # TCP (from loopback, the default atna_allow): a good message, a non-imaging one, a bad line;
+        # then framing garbage closes that connection
         with socket.create_connection(("127.0.0.1", tcp), timeout=10) as s:
             s.sendall(frame(syslog(audit_xml(study="1.2.99.1"))) + frame(syslog(audit_xml(event="110114")))
                       + frame(b"<13>1 this is not a syslog header") + frame(syslog(b"<notxml")))
             s.sendall(b"GARBAGE\n")
             assert s.recv(10) == b""  # the receiver hung up on the broken framing
-        # TLS
-        ctx = ssl.create_default_context(cafile=str(cert))
-        with socket.create_connection(("127.0.0.1", tls), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-                s.sendall(frame(syslog(audit_xml(study="1.2.99.2", event="110104", action="C"))))
+        # mutual TLS: the client certificate (CN=orthanc-a) vouches for AuditSourceID orthanc-a
+        with _tls(tls, pki) as s:
+            s.sendall(frame(syslog(audit_xml(study="1.2.99.2", event="110104", action="C", source="orthanc-a"))))
         # UDP
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(syslog(audit_xml(study="1.2.99.3", event="110102", action="E")), ("127.0.0.1", udp))
@@ -93,6 +108,7 @@ def test_receiver_tcp_tls_udp(home, rpc, tls_cert, tmp_path):
         assert "STRUCTURED-DATA must be" in log and "MSG is not XML" in log
         assert "neither a MSG-LEN nor '<PRI>'" in log
         assert p.running() and "Traceback" not in log
+        assert "127.0.0.1" not in log.replace("listening on 127.0.0.1", "")  # networks only (PHI side channel)
         # still up after the errors
         with socket.create_connection(("127.0.0.1", tcp), timeout=10) as s:
             s.sendall(frame(syslog(audit_xml(study="1.2.99.4"))))
@@ -100,3 +116,105 @@ def test_receiver_tcp_tls_udp(home, rpc, tls_cert, tmp_path):
                  what="event after errors")
     finally:
         p.stop()
+
+
+FORGED = "1.2.826.0.1.3680043.666"
+
+
+def _forged(n: int, source: str = "orthanc-a") -> bytes:
+    """A study.deleted for a patient, attributed to a doctor who did nothing."""
+    return frame(syslog(audit_xml(event="110105", action="D", study=f"{FORGED}.{n}", user="dr.innocent",
+                                  source=source)))
+
+
+def _spool_text(home) -> str:
+    root = home / "spool"
+    return "".join(f.read_text(errors="replace") for f in root.rglob("*") if f.is_file())
+
+
+def test_anonymous_unlisted_and_spoofed_senders_are_refused_and_spool_nothing(pki, tmp_path):
+    """The attacks of issue 10 item 1, against the real receiver process: anonymous TLS, a certificate from
+    no trusted CA, plain TCP and UDP from an address outside atna_allow (127.0.0.2; the allow-list is
+    127.0.0.1), and authenticated senders claiming another source. None leaves a trace in the spool;
+    authenticated senders are spooled with the certificate subject (or address) as source."""
+    home = write_home(tmp_path / "home", None, None)
+    tcp, tls, udp = free_port(), free_port(), free_port()
+    p = ProcessHandle([RADCHAIN, "atna-receiver", "--home", str(home), "--no-deliver",
+                       "--tls", f"127.0.0.1:{tls}", "--tcp", f"127.0.0.1:{tcp}", "--udp", f"127.0.0.1:{udp}",
+                       "--allow", "PACS1@127.0.0.1", "--cert", str(pki["server"]), "--key", str(pki["server_key"]),
+                       "--client-ca", str(pki["ca"])], tmp_path / "atna.log", ready_port=tcp).start()
+
+    def refused() -> int:
+        return p.log.read_text().count("refused:")
+
+    try:
+        wait_for(lambda: "udp listening" in p.log.read_text(), 10, what="all listeners up")
+        # 1. anonymous TLS: the handshake fails, whatever the client manages to write
+        for cert in (None, "rogue"):
+            try:
+                with _tls(tls, pki, cert=cert) as s:
+                    s.sendall(_forged(1))
+                    s.recv(10)
+            except (ssl.SSLError, OSError):
+                pass
+        wait_for(lambda: refused() >= 2, 10, what="two TLS clients refused")
+        # 2. plain TCP and UDP from 127.0.0.2, outside the allow-list
+        with socket.create_connection(("127.0.0.1", tcp), timeout=10, source_address=("127.0.0.2", 0)) as s:
+            try:
+                s.sendall(_forged(2))
+                assert s.recv(10) == b""  # closed without reading
+            except ConnectionResetError:
+                pass
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.2", 0))
+            s.sendto(_forged(3)[len(str(len(_forged(3)))) + 1:], ("127.0.0.1", udp))
+        wait_for(lambda: refused() >= 4, 10, what="TCP and UDP from 127.0.0.2 refused")
+        # 3. spoofed sources: an authenticated certificate (CN=orthanc-a) claiming orthanc-b, and an allowed
+        #    address bound to PACS1 claiming orthanc-a; the connection is cut after the lie
+        with _tls(tls, pki) as s:
+            s.sendall(_forged(4, source="orthanc-b"))
+            assert s.recv(10) == b""
+        with socket.create_connection(("127.0.0.1", tcp), timeout=10) as s:
+            s.sendall(_forged(5, source="orthanc-a"))
+            assert s.recv(10) == b""
+        wait_for(lambda: refused() >= 6, 10, what="spoofed sources refused")
+        # 4. the honest senders: mTLS orthanc-a as orthanc-a, and PACS1 from 127.0.0.1
+        with _tls(tls, pki) as s:
+            s.sendall(frame(syslog(audit_xml(study="1.2.99.10", source="orthanc-a"))))
+        with socket.create_connection(("127.0.0.1", tcp), timeout=10) as s:
+            s.sendall(frame(syslog(audit_xml(study="1.2.99.11", source="PACS1"))))
+        pending = home / "spool" / "pending"
+        wait_for(lambda: len(list(pending.glob("*.json"))) == 2, 10, what="the two honest records spooled")
+        recs = {json.loads(f.read_bytes())["event"]["study_uid"]: json.loads(f.read_bytes())
+                for f in pending.glob("*.json")}
+        assert recs["1.2.99.10"]["source"] == "atna-tls:O=RadChain Test,CN=orthanc-a"
+        assert recs["1.2.99.10"]["local"]["claimed_source"] == "orthanc-a"
+        assert recs["1.2.99.11"]["source"] == "atna-tcp:127.0.0.1"
+        # nothing of the forged records anywhere in the spool (pending, journal, tmp, dead)
+        text = _spool_text(home)
+        assert FORGED not in text and "dr.innocent" not in text and "127.0.0.2" not in text
+        log = p.log.read_text()
+        assert "sender in 127.0.0.0/24 refused: address not in [dicom] atna_allow" in log
+        assert "no valid client certificate" in log and "AuditSourceID 'orthanc-b'" in log
+        assert "127.0.0.2" not in log and "127.0.0.1" not in log.replace("listening on 127.0.0.1", "")
+        assert p.running() and "Traceback" not in log
+        # 5. a flood of refused connections is logged at most 5 times per 10 s per reason
+        before = log.count("address not in")
+        for _ in range(40):
+            with socket.create_connection(("127.0.0.1", tcp), timeout=10, source_address=("127.0.0.2", 0)):
+                pass
+        with socket.create_connection(("127.0.0.1", tcp), timeout=10) as s:  # a marker after the flood
+            s.sendall(frame(syslog(audit_xml(study="1.2.99.12", source="PACS1"))))
+        wait_for(lambda: len(list(pending.glob("*.json"))) == 3, 10, what="record after the flood")
+        assert p.log.read_text().count("address not in") - before <= 5
+        assert len(list(pending.glob("*.json"))) == 3 and FORGED not in _spool_text(home)
+    finally:
+        p.stop()
+
+
+def test_tls_without_a_client_ca_does_not_start(pki, tmp_path):
+    home = write_home(tmp_path / "home", None, None)
+    proc = subprocess.run([RADCHAIN, "atna-receiver", "--home", str(home), "--tls", f"127.0.0.1:{free_port()}",
+                           "--cert", str(pki["server"]), "--key", str(pki["server_key"])],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "atna_client_ca" in proc.stderr

@@ -5,6 +5,7 @@ the node stopped during a storescu burst; verify-image and duplicates; no PHI in
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,15 +14,23 @@ from pathlib import Path
 import httpx
 import pytest
 from dicom_helpers import (
+    DEFLATED_LE,
     RADCHAIN,
     ProcessHandle,
+    deflate_bomb,
+    dicom_file,
     free_port,
+    ident_elements,
     make_instances,
+    nested_sequences,
     run_tool,
     sample_file,
     start_proxy,
+    truncated_meta_file,
     wait_for,
 )
+
+from node.dicom.rawdicom import EXPLICIT_LE
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -215,6 +224,28 @@ def test_verify_image_and_duplicate_study(testnet, tmp_path):
     verdicts = [json.loads(line) for line in res.stdout.splitlines()]
     assert [v["verdict"] for v in verdicts] == ["METADATA-CHANGED", "ALTERED", "NOT-RECORDED"]
     assert res.returncode == 1
+    # hostile files (issue 10 item 4): a deflate bomb, 3000 nested sequences and a truncated meta element
+    # are each a clean NOT-DICOM verdict next to a good file; dicom-import skips them, counts them and goes
+    # on, and the node commits what it imported
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a_bomb.dcm").write_bytes(dicom_file(deflate_bomb(), DEFLATED_LE))
+    (bad / "b_nested.dcm").write_bytes(dicom_file(ident_elements() + nested_sequences(3000), EXPLICIT_LE))
+    (bad / "c_truncated.dcm").write_bytes(truncated_meta_file())
+    shutil.copy(files[2], bad / "d_good.dcm")
+    res = run_tool([RADCHAIN, "verify-image", "--home", str(home_d), "--json", str(bad)], check=False, timeout=90)
+    verdicts = {Path(v["file"]).name: v for v in map(json.loads, res.stdout.splitlines())}
+    assert [verdicts[n]["verdict"] for n in sorted(verdicts)] == ["NOT-DICOM"] * 3 + ["UNCHANGED"], res.stdout
+    assert "64 MiB cap" in verdicts["a_bomb.dcm"]["detail"]
+    assert "nested deeper than 64" in verdicts["b_nested.dcm"]["detail"]
+    assert "Traceback" not in res.stderr
+    home_c = Path(testnet.node("hosp-c")["home"])
+    imp = run_tool([RADCHAIN, "dicom-import", "--home", str(home_c), str(bad)], check=False, timeout=90)
+    assert imp.returncode == 1 and "spooled 1 instance(s) of 1 study(ies); 3 file(s) skipped" in imp.stdout, imp
+    def committed():
+        txs = [d["tx"] for k, d in delivered(home_c).items() if k.startswith("import-")]
+        return len(txs) == 1 and testnet.committed_everywhere(txs)
+    wait_for(committed, 60, 0.5, "hosp-c import committed on every node")
 
 
 def test_orthanc_plugin_events_reach_every_node(testnet, tmp_path):

@@ -28,3 +28,39 @@ async def test_run_dicom_hook_from_config(rpc, orthanc, tmp_path):
             while not any(e.get("study_uid") == "1.2.99.500" for e in rpc.unique().values()):
                 await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
+
+
+async def test_hook_atna_tls_from_config_is_mutual(rpc, tmp_path):
+    """[dicom] atna_tls with atna_client_ca: a sender with a CA-signed certificate is delivered; without
+    atna_client_ca the hook refuses to start (no anonymous TLS)."""
+    import ssl
+
+    import pytest
+    from dicom_helpers import make_pki
+
+    from node.dicom.service import run_dicom_hook
+    from node.dicom.settings import SettingsError
+
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    keys = {"atna_cert": str(pki["server"]), "atna_key": str(pki["server_key"])}
+    bad = write_home(tmp_path / "no-ca", None, None, atna_tls=f"127.0.0.1:{port}", **keys)
+    with pytest.raises(SettingsError, match="atna_client_ca"):
+        await run_dicom_hook(bad)
+    home = write_home(tmp_path / "svc", f"127.0.0.1:{rpc.port}", rpc.token, atna_tls=f"127.0.0.1:{port}",
+                      atna_client_ca=str(pki["ca"]), **keys)
+    async with trio.open_nursery() as nursery:
+        started = await nursery.start(run_dicom_hook, home)
+        assert started["atna"]["tls"][1] == port
+
+        def send():
+            ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+            ctx.load_cert_chain(str(pki["client"]), str(pki["client_key"]))
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    s.sendall(frame(syslog(audit_xml(study="1.2.99.501", source="orthanc-a"))))
+        await trio.to_thread.run_sync(send)
+        with trio.fail_after(20):
+            while not any(e.get("study_uid") == "1.2.99.501" for e in rpc.unique().values()):
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
