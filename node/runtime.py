@@ -30,6 +30,7 @@ from node.gossip import CHANNEL as TX_CHANNEL
 from node.gossip import TxGossip
 from node.keys import load_member_key
 from node.mempool import Mempool
+from node.peerscore import INTERNAL, PeerScores
 from node.pseudonym import Pseudonymizer
 from node.rpc.methods import METHODS
 from node.rpc.server import JsonRpcApp
@@ -83,9 +84,11 @@ class Node:
             build_proposal=self._build_proposal, mempool_count=self.mempool.available,
             on_commit=self._on_commit, on_state_transfer=self._on_state_transfer,
             on_evidence=self._on_evidence)
+        # Misbehaviour scores of the other members, shared by every loop that reads their input.
+        self.peer_scores = PeerScores(names={m.peer_id: m.name for m in self.genesis.members})
         self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,
-                               on_admitted=self.driver.mempool_changed)
-        self.sync = BlockSync(self.net, self.chain, self.driver, self.peer_ids)
+                               on_admitted=self.driver.mempool_changed, scores=self.peer_scores)
+        self.sync = BlockSync(self.net, self.chain, self.driver, self.peer_ids, scores=self.peer_scores)
         self.rpc = JsonRpcApp(self, METHODS, cfg.rpc.tokens, cfg.rpc.read_requires_token,
                               cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second)
         self._last_view = self.replica.view
@@ -142,10 +145,17 @@ class Node:
                 index = self._index_of_peer.get(peer)
                 if index is None:
                     continue  # network/ admits members only; defence in depth
-                if channel == CONSENSUS_CHANNEL:
-                    self.driver.message(index, data)
-                elif channel == TX_CHANNEL:
-                    self.gossip.on_batch(peer, data)
+                try:
+                    if channel == CONSENSUS_CHANNEL:
+                        self.driver.message(index, data)
+                    elif channel == TX_CHANNEL:
+                        self.gossip.on_batch(peer, data)
+                except Exception as exc:
+                    # Each frame on its own: the handlers turn malformed input into their own errors, so
+                    # reaching here is a bug, but one member's frame must not stop this loop (and with it
+                    # the node). Scored and logged at most once per member per interval, with the trace.
+                    self.peer_scores.penalize(peer, INTERNAL, f"{channel[:16]} frame raised "
+                                              f"{exc.__class__.__name__}", exc, exc_info=exc)
             await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------------ consensus callbacks
