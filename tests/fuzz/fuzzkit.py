@@ -22,6 +22,7 @@ import random
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,6 +455,180 @@ def build_targets(tmp: str) -> list[Target]:
     ]
 
 
+# ---------------------------------------------------------------------------------------------- JSON-RPC
+
+def _jsonable(value):
+    """A mutated tree as JSON can carry it: bin becomes str, ext and non-str keys become str."""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {(k if isinstance(k, str) else str(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, msgpack.ExtType) or value == float("inf"):
+        return None
+    return value
+
+
+def _short_waits(value):
+    """commit-mode waits are bounded by the method (<= 60 s); keep them short so the run measures inputs."""
+    if isinstance(value, list):
+        for v in value:
+            _short_waits(v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if k == "timeout" and isinstance(v, int | float) and not isinstance(v, bool) and v > 0.01:
+                value[k] = 0.01
+            else:
+                _short_waits(v)
+
+
+class RpcTarget:
+    """The real JSON-RPC handler (JsonRpcApp.handle_http with a real Starlette request) of a real Node built
+    in-process from a generated testnet home: LevelDB store with a committed block, mempool, WAL; the p2p
+    network is not started. A finding is an exception out of the handler, an answer that is not JSON-RPC,
+    or a -32603 internal error anywhere in an answer."""
+
+    name = "rpc (JSON params)"
+
+    def __init__(self, tmp: str):
+        import json
+
+        from nacl.signing import SigningKey  # noqa: F401  (keys below are loaded from the homes)
+
+        from node.config import load_config
+        from node.keys import load_member_key
+        from node.rpc.openrpc import DOCUMENT
+        from node.runtime import Node
+        from node.testnet import EXAMPLE_EVENT, generate
+
+        infos = generate(4, Path(tmp) / "rpcnet", base_port=40000)
+        cfg = load_config(infos[0].home)
+        cfg.rpc.rate_limit_per_second = 1e12  # the limiter is not what is fuzzed
+        self.node = node = Node(cfg)
+        self.token = infos[0].token
+        # one committed block, so reads find txs, blocks and audit entries
+        raws = [node.event_to_tx({**EXAMPLE_EVENT, "event_id": f"seed-{i}", "time": 1_800_000_000_000 + i})
+                for i in range(3)]
+        payload = node.chain.build_proposal(1, 0, int(time.time() * 1000), raws)
+        from consensus.certificate import Certificate, commit_signing_bytes
+
+        digest = node.chain.digest(payload)
+        keys = [load_member_key(i.home / "keys" / "member.key") for i in infos]
+        msg = commit_signing_bytes(node.genesis.chain_id, 0, 1, digest)
+        cert = Certificate(1, 0, digest, tuple((i, keys[i].sign(msg).signature) for i in range(3))).encode()
+        block = node.chain.execute(payload, cert)
+        h = block.tx_hashes[0].hex()
+        tx_hex = node.event_to_tx({**EXAMPLE_EVENT, "event_id": "fresh", "time": 1_800_000_000_500}).hex()
+        calls = []
+        for method in DOCUMENT["methods"]:
+            for ex in method.get("examples", []):
+                calls.append({"jsonrpc": "2.0", "id": 1, "method": method["name"],
+                              "params": {p["name"]: p["value"] for p in ex["params"]}})
+        calls += [
+            {"jsonrpc": "2.0", "id": 2, "method": "submit_tx", "params": {"tx": tx_hex, "mode": "sync"}},
+            {"jsonrpc": "2.0", "id": 3, "method": "submit_event",
+             "params": {"event": {**EXAMPLE_EVENT, "event_id": "e", "time": 1_800_000_000_600}, "mode": "async"}},
+            {"jsonrpc": "2.0", "id": "x", "method": "get_tx", "params": {"hash": h}},
+            {"jsonrpc": "2.0", "id": 4, "method": "get_block", "params": {"height": 1}},
+            {"jsonrpc": "2.0", "id": 5, "method": "blocks", "params": {"from": 1, "to": 1}},
+            {"jsonrpc": "2.0", "id": 6, "method": "audit_trail", "params": {"patient_id": "PAT-1", "issuer": "HOSP-A"}},
+            {"jsonrpc": "2.0", "method": "status"},
+        ]
+        self.seeds = [msgpack.packb(c, use_bin_type=True) for c in calls]
+        self.seeds.append(msgpack.packb(calls[:3]))
+        self._json = json
+        self.outcomes: Counter = Counter()  # answer code (or "result") -> count, for the report
+
+    def close(self) -> None:
+        self.node.close()
+
+    def generate(self, rng: random.Random) -> bytes:
+        """An HTTP body: mostly a valid call whose params were mutated (what gets past the framing
+        checks into the methods), else a mutation of the whole call or batch, or bytes."""
+        r = rng.random()
+        if r < 0.65:
+            call = msgpack.unpackb(rng.choice(self.seeds[:-1]), raw=False)
+            params = call.get("params", {})
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                params = mutate_value(rng, params) if params or rng.random() < 0.5 else {"x": 1}
+            call["params"] = params
+            return self.to_body(rng, call)
+        data = generate(rng, self.seeds)
+        try:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except Exception:
+            if r < 0.9:
+                return self.generate(rng)
+            return data  # byte-level garbage goes in as is
+        return self.to_body(rng, value)
+
+    def to_body(self, rng: random.Random, value) -> bytes:
+        """A generated tree as the JSON body of a request."""
+        try:
+            value = _jsonable(value)
+            _short_waits(value)
+            text = self._json.dumps(value)
+        except RecursionError:  # deeper than Python's JSON can write: send deep JSON text instead
+            depth = rng.choice((1000, 5000, 50_000))
+            return b'{"jsonrpc": "2.0", "id": 1, "method": "status", "params": ' + b"[" * depth + b"]" * depth + b"}"
+        if rng.random() < 0.2:  # and sometimes the JSON text itself is mutated
+            text = mutate_bytes(rng, text.encode()).decode("utf-8", "replace")
+        return text.encode()
+
+    async def check(self, body: bytes) -> None:
+        import trio
+        from starlette.requests import Request
+
+        from node.rpc.errors import INTERNAL_ERROR
+
+        scope = {"type": "http", "method": "POST", "path": "/", "query_string": b"", "root_path": "",
+                 "scheme": "http", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000),
+                 "headers": [(b"authorization", f"Bearer {self.token}".encode()),
+                             (b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode())]}
+        sent = [False]
+
+        async def receive():
+            if sent[0]:
+                return {"type": "http.disconnect"}
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        with trio.fail_after(30):
+            response = await self.node.rpc.handle_http(Request(scope, receive))
+        if response.status_code == 204:
+            return
+        assert response.status_code in (200, 413, 429), response.status_code
+        answer = self._json.loads(response.body)
+        for a in answer if isinstance(answer, list) else [answer]:
+            assert a["jsonrpc"] == "2.0" and ("result" in a) != ("error" in a), a
+            self.outcomes[a["error"]["code"] if "error" in a else a.get("result") and "result"] += 1
+            if "error" in a:
+                assert type(a["error"]["code"]) is int and a["error"]["message"], a
+                assert a["error"]["code"] != INTERNAL_ERROR, a
+
+
+async def run_rpc(target: RpcTarget, n: int, seed: int = 0, stop_after: int = 20) -> Result:
+    rng = random.Random(f"rpc/{seed}")
+    findings: list[tuple[bytes, str]] = []
+    errors = accepted = 0
+    t0 = time.perf_counter()
+    for _ in range(n):
+        body = target.generate(rng)
+        try:
+            await target.check(body)
+        except Exception:
+            findings.append((body, traceback.format_exc()))
+            if len(findings) >= stop_after:
+                break
+        else:
+            accepted += 1
+    done = accepted + len(findings)
+    del errors
+    return Result(target.name, done, accepted, 0, findings, time.perf_counter() - t0)
+
+
 def report(results: list[Result]) -> str:
     lines = [f"{'decoder':28} {'inputs':>9} {'accepted':>9} {'refused':>9} {'findings':>8} {'seconds':>8}"]
     for r in results:
@@ -480,6 +655,18 @@ def main(argv: list[str] | None = None) -> int:
             print(report([r]).splitlines()[1], flush=True)
             for data, tb in r.findings[:3]:
                 print(f"  finding: {data.hex()[:200]}\n{tb}", flush=True)
+        if not args.only or args.only in RpcTarget.name:
+            import trio
+
+            rpc = RpcTarget(tmp)
+            try:
+                r = trio.run(run_rpc, rpc, args.inputs, args.seed)
+            finally:
+                rpc.close()
+            results.append(r)
+            print(report([r]).splitlines()[1], dict(rpc.outcomes.most_common()), flush=True)
+            for data, tb in r.findings[:3]:
+                print(f"  finding: {data[:300]!r}\n{tb}", flush=True)
         print(report(results))
     return 1 if any(r.findings for r in results) else 0
 
