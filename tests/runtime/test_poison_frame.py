@@ -69,6 +69,7 @@ async def test_member_sending_the_poison_tx_and_poisoned_blocks_kills_no_node(te
                            lock_dir=str(tmp_path))
     attacker.serve("sync", lambda peer, data: _serve_poison(chain_id, peer, data))
     honest_pids = [_pid(net.nodes[i]) for i in honest]
+    started = time.monotonic()
     async with trio.open_nursery() as nursery:
         await nursery.start(attacker.run)
         with trio.fail_after(30):
@@ -105,6 +106,14 @@ async def test_member_sending_the_poison_tx_and_poisoned_blocks_kills_no_node(te
                         for i in honest), 60, "an honest node refused the attacker's synced blocks"))
         await trio.to_thread.run_sync(still_up_and_committing)
         nursery.cancel_scope.cancel()
+    # Hundreds of bad items, yet each honest node logs about the attacker at most once per 10 s (plus the
+    # line that says it is now blocked): the log cannot be flooded.
+    intervals = (time.monotonic() - started) / 10
+    for i in honest:
+        lines = [line for line in (net.nodes[i].home / "node.log").read_text().splitlines()
+                 if "sent bad input" in line]
+        assert 1 <= len(lines) <= intervals + 3, (i, len(lines), intervals)
+        assert all(net.nodes[ATTACKER].name in line for line in lines)
 
 
 def _pid(info) -> str:
