@@ -71,7 +71,9 @@ class TxNotAuthorised(TxError):
 
 def proposal_digest(payload: bytes) -> bytes:
     """SHA-256 of the payload's proposal header (domain-separated); reads only the header."""
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(payload), 1), max_bin_len=len(payload))
+    # Only the header (a bin) is read: no container larger than the outer pair, no map, str or ext.
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(payload), 1), max_bin_len=len(payload),
+                                max_array_len=2, max_map_len=0, max_str_len=0, max_ext_len=0)
     unpacker.feed(payload)
     try:
         if unpacker.read_array_header() != 2:
