@@ -369,6 +369,7 @@ def build_targets(tmp: str) -> list[Target]:
         else:
             payload, cert = data, data
         exec_chain[0].execute(payload, cert)
+        exec_chain[0].store.close()
         exec_chain[0] = fresh_chain()  # it executed: a fresh chain keeps the corpus at height 1
 
     def check_certificate(data: bytes) -> None:
