@@ -116,7 +116,7 @@ class TxGossip:
         if bad:
             # One report per batch, whatever the number of bad txs in it: the log stays one line.
             self.scores.penalize(peer, min(peerscore.MALFORMED, bad * peerscore.BAD_TX),
-                                 f"{bad} invalid tx(s) in a gossip batch", first_error)
+                                 "invalid txs in a gossip batch", f"{bad} of {len(raws)}, first: {first_error}")
         if not items:
             return
         try:

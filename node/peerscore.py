@@ -81,6 +81,8 @@ class PeerScores:
 
     def penalize(self, peer: str, points: float, what: str, detail: object = "", *,
                  exc_info: BaseException | None = None) -> None:
+        """Report one bad input. ``what`` is a fixed description (it keys the per-kind counts, so it must
+        not carry values the peer chose); ``detail`` goes into the log line only."""
         e = self._entry(peer)
         was_blocked = e.score >= self.threshold
         e.score += points

@@ -154,8 +154,8 @@ class Node:
                     # Each frame on its own: the handlers turn malformed input into their own errors, so
                     # reaching here is a bug, but one member's frame must not stop this loop (and with it
                     # the node). Scored and logged at most once per member per interval, with the trace.
-                    self.peer_scores.penalize(peer, INTERNAL, f"{channel[:16]} frame raised "
-                                              f"{exc.__class__.__name__}", exc, exc_info=exc)
+                    self.peer_scores.penalize(peer, INTERNAL, "frame raised an unexpected error",
+                                              f"{channel} frame: {exc.__class__.__name__}: {exc}", exc_info=exc)
             await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------------ consensus callbacks
