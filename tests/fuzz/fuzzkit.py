@@ -261,6 +261,8 @@ class Result:
 def _reason(exc: BaseException) -> str:
     """What a refusal names first ("body", "signature", "type", "payload"...): shows how deep inputs got."""
     text = str(exc)
+    if text.startswith("height ") and ": " in text:  # ChainError: "height 1: <what>: ..."
+        text = text.partition(": ")[2]
     head = text.partition(": ")[0] if ": " in text[:40] else text[:24]
     return head[:24]
 
