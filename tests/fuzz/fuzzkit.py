@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             if r.reasons:
                 print("   refused at:", ", ".join(f"{k} {100 * v / r.inputs:.1f}%" for k, v in r.reasons.most_common(8)))
             for data, tb in r.findings[:3]:
-                print(f"  finding: {data.hex()[:200]}\n{tb}", flush=True)
+                print(f"  finding: {data.hex()}\n{tb}", flush=True)
         if not args.only or args.only in RpcTarget.name:
             import trio
 

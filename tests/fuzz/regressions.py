@@ -30,4 +30,20 @@ REGRESSIONS: dict[str, list[str]] = {
         "40793ec8307cbf7556f75686a0131475be3a6936ce96cd30d51185a1bb05b33a5623b8c5504b95982e292176753cb8ea697795"
         "dedc1736ef603772cc278fa52902",
     ],
+    # 2026-12-01, soak run (input ~31,000 of seed 2): Certificate.decode converted with bytes() and int(), so a certificate whose
+    # digest is the integer 2**32 allocated 4 GiB of zeros (and the digest-mismatch message then hexed it:
+    # 8 GiB); msgpack refused to pack it in verify_certificate (ValueError, not CertificateError). Through
+    # block sync, a member could make an honest node allocate gigabytes per block. Fix: type-checked fields.
+    "certificate": [
+        "84a668656967687401a47669657700a6646967657374cf0000000100000000a473696773939202c440ef579e6a79926aa6ce"
+        "1324dc12e34ce8cc46bbcdb66d0dd167b28e42fc383033386dca8fb70692cee4d8360b8f509255e2e899b30bda088fa8e074"
+        "f2a6841b099201c44089b1653e4036822d4dc6abdabcd337e08b46079511e7b5eae5ff503695f923626a851ab70a54639876"
+        "34bf5f2f36e342bb883b21453f8a83a17b3b077707fb0c9202c440e88b830fcffb2adb5e77a8883a563b32a2dba51fb8756b"
+        "e383cb46831380030e10fd0e691a970a3ee219d676e36f1dcf4478744f095602386a7ccffd56f99a0a",
+        "84a668656967687401a47669657700a6646967657374cf0000000100000000a473696773939200c440b8e951716a8764b6e0"
+        "a40576413c3ebdb31862c55524c62019c2bfb642afe852e5019684aad7060be61981889d927cd79d42f6f148f03e093b4074"
+        "a4a3e3dd089201c4404fff752424e98c1f8a0fdf9f2d5e95e5912ef0d0f6efc82343d7ade6fccffa5d272e727be2e61da6c8"
+        "c8330abdecf676eec11a6e93c7359ba1f78dba6a712b0c9202c4406f36fa7bd4555b8f4eb8af0babe5da99d536b27c6e5510"
+        "93e9ed449b2f15db4782edf55d646ff0eccd13501014c14ed19407011070a0205beb4647ded7f97e00",
+    ],
 }

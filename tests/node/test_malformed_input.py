@@ -106,6 +106,23 @@ def test_certificate_is_checked_before_the_payload_is_parsed(chain, consortium):
     assert "certificate" in str(info.value) and "tx" not in str(info.value)
 
 
+@pytest.mark.parametrize("digest", [2 ** 32, 2 ** 40, -1, True, [1], "ab"])
+def test_a_certificate_field_of_the_wrong_type_is_refused_not_converted(chain, consortium, digest):
+    """Found by the soak fuzz: Certificate.decode ran bytes() on the peer's value, so a digest of 2**32
+    allocated 4 GiB (and the mismatch message hexed it). Through block sync a member could make an honest
+    node allocate gigabytes per block. Now every field is type-checked; nothing is converted."""
+    payload = chain.build_proposal(1, 0, T0, [consortium.tx(0)])
+    good = msgpack.unpackb(consortium.certificate(chain, payload, 1))
+    for field, value in (("digest", digest), ("height", str(digest)), ("view", [digest]),
+                         ("sigs", [[0, digest]])):
+        cert = msgpack.packb({**good, field: value}, use_bin_type=True)
+        with pytest.raises(ChainError, match="certificate"):
+            chain.check_certified(1, payload, cert)
+        with pytest.raises(ChainError, match="certificate"):
+            chain.execute(payload, cert)
+    assert chain.height == 0
+
+
 def _header(chain, txs: list[bytes]) -> bytes:
     payload = chain.build_proposal(1, 0, T0, txs)
     return msgpack.unpackb(payload)[0]
