@@ -84,7 +84,6 @@ class PeerScores:
         """Report one bad input. ``what`` is a fixed description (it keys the per-kind counts, so it must
         not carry values the peer chose); ``detail`` goes into the log line only."""
         e = self._entry(peer)
-        was_blocked = e.score >= self.threshold
         e.score += points
         e.reports += 1
         e.unlogged += 1
@@ -92,7 +91,9 @@ class PeerScores:
         e.last_what = what
         now = e.at
         blocked = e.score >= self.threshold
-        if now - e.last_log >= self.log_interval or (blocked and not was_blocked):
+        # Strictly one line per member per interval, blocking included: a score hovering around the
+        # threshold must not turn every report into a line. The peers RPC shows the state at any time.
+        if now - e.last_log >= self.log_interval:
             name = self.names.get(peer, peer[-8:])
             text = str(detail)
             if len(text) > 200:

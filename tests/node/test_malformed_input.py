@@ -196,7 +196,7 @@ def test_gossip_logs_once_per_interval_and_blocks_a_flooding_member(gossip, cons
     assert gossip.stats["batches_malformed"] < 500  # once blocked, batches are dropped unread
     assert gossip.stats["batches_malformed"] + gossip.stats["batches_dropped"] == 500
     assert gossip.scores.blocked("peer-b")
-    assert gossip.scores.log_lines <= 2  # the first report, and the one that blocked it
+    assert gossip.scores.log_lines == 1  # 500 reports within one interval: one line
     # a blocked member's valid txs are dropped too, until its score decays
     tx = consortium.tx(1)
     gossip.on_batch("peer-b", msgpack.packb([tx], use_bin_type=True))
@@ -215,3 +215,30 @@ def test_gossip_batch_decoder_raises_only_batch_error(frame):
     with pytest.raises(BatchError):
         decode_batch(frame)
 
+
+
+# ---------------------------------------------------------------------------------------------- scores
+
+def test_peer_scores_decay_block_and_log_once_per_interval(caplog):
+    clock = [0.0]
+    scores = PeerScores(threshold=100, half_life=30, log_interval=10, clock=lambda: clock[0],
+                        names={"pid-d": "hosp-d"})
+    with caplog.at_level("WARNING", logger="radchain.peers"):
+        for _ in range(4):
+            scores.penalize("pid-d", 20, "malformed tx batch", "x" * 1000)
+        assert not scores.blocked("pid-d") and scores.score("pid-d") == 80
+        scores.penalize("pid-d", 20, "malformed tx batch")  # 100: blocked
+        assert scores.blocked("pid-d")
+        clock[0] += 5
+        scores.penalize("pid-d", 20, "malformed sync request")  # within the interval: not logged
+        clock[0] += 5
+        scores.penalize("pid-d", 20, "malformed sync request")  # the next interval: one line for all
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("hosp-d" in line for line in lines)
+    assert "6 report(s) since last line" in lines[1] and "blocked" in lines[1]
+    assert len(lines[0]) < 400  # the peer's detail is truncated
+    snap = scores.snapshot()["pid-d"]
+    assert snap["reports"] == 7 and snap["kinds"] == {"malformed tx batch": 5, "malformed sync request": 2}
+    clock[0] += 60  # two half-lives: a quarter of ~120
+    assert 25 < scores.score("pid-d") < 35 and not scores.blocked("pid-d")
+    assert scores.score("pid-a") == 0 and not scores.blocked("pid-b")
