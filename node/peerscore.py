@@ -4,13 +4,13 @@ Every loop that handles peer input (inbox, tx gossip, block sync) reports what a
 instead of logging it: one log line per member per ``log_interval`` (with how many reports it stands
 for), never one per item, so a member flooding garbage cannot flood the log or the disk.
 
-The score decays exponentially (``half_life`` seconds). While a member's score is at or above
-``threshold`` it is *blocked*: its tx-gossip batches are dropped unread (decoding and checking
-signatures is the expensive part of a batch) and block sync does not pick it as a source. Consensus
-frames from a blocked member are still handled: consensus/ bounds and checks them itself, and dropping a
-member's votes on a local suspicion could cost liveness. A blocked member that stops misbehaving is
-unblocked by the decay alone (20 points a malformed batch, threshold 100, half-life 30 s: five bad
-batches block a member for about a minute at most after its last offence).
+The score decays exponentially (``half_life`` seconds). A member whose score reaches ``threshold`` is
+*blocked* until it has decayed below half the threshold (one half-life without new reports, as nothing it
+sends meanwhile is read): its tx-gossip batches are dropped unread (decoding and checking signatures is
+the expensive part of a batch) and block sync does not pick it as a source. Consensus frames from a
+blocked member are still handled: consensus/ bounds and checks them itself, and dropping a member's votes
+on a local suspicion could cost liveness. With 20 points a malformed batch, threshold 100 and half-life
+30 s, a member flooding garbage gets five batches read, then about one batch per 30 s.
 
 Points (what an honest member never sends costs much; what a race can produce costs little or nothing):
 ``MALFORMED`` an undecodable frame or a tx whose encoding/signature is invalid, ``INTERNAL`` an input
@@ -38,6 +38,7 @@ class _Entry:
     at: float = 0.0  # when score was last brought up to date
     reports: int = 0  # total reports ever
     dropped: int = 0  # frames dropped unread while blocked
+    blocked: bool = False  # set at the threshold, cleared below half of it (hysteresis)
     last_log: float = -math.inf
     unlogged: int = 0  # reports since the last log line
     last_what: str = ""
@@ -66,6 +67,8 @@ class PeerScores:
             if e.score < 0.01:
                 e.score = 0.0
         e.at = now
+        if e.blocked and e.score < self.threshold / 2:
+            e.blocked = False
         return e
 
     def score(self, peer: str) -> float:
@@ -73,7 +76,7 @@ class PeerScores:
 
     def blocked(self, peer: str) -> bool:
         e = self._peers.get(peer)
-        return e is not None and self._entry(peer).score >= self.threshold
+        return e is not None and self._entry(peer).blocked
 
     def dropped(self, peer: str) -> None:
         """A frame from a blocked member was dropped unread (counted, not scored, not logged)."""
@@ -90,7 +93,7 @@ class PeerScores:
         e.kinds[what] = e.kinds.get(what, 0) + 1
         e.last_what = what
         now = e.at
-        blocked = e.score >= self.threshold
+        blocked = e.blocked = e.blocked or e.score >= self.threshold
         # Strictly one line per member per interval, blocking included: a score hovering around the
         # threshold must not turn every report into a line. The peers RPC shows the state at any time.
         if now - e.last_log >= self.log_interval:
@@ -111,6 +114,6 @@ class PeerScores:
         out = {}
         for peer in list(self._peers):
             e = self._entry(peer)
-            out[peer] = {"score": round(e.score, 1), "blocked": e.score >= self.threshold,
+            out[peer] = {"score": round(e.score, 1), "blocked": e.blocked,
                          "reports": e.reports, "dropped": e.dropped, "kinds": dict(e.kinds)}
         return out

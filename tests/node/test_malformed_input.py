@@ -239,6 +239,8 @@ def test_peer_scores_decay_block_and_log_once_per_interval(caplog):
     assert len(lines[0]) < 400  # the peer's detail is truncated
     snap = scores.snapshot()["pid-d"]
     assert snap["reports"] == 7 and snap["kinds"] == {"malformed tx batch": 5, "malformed sync request": 2}
-    clock[0] += 60  # two half-lives: a quarter of ~120
+    clock[0] += 30  # one half-life: ~60, still blocked (it stays so until below half the threshold)
+    assert 55 < scores.score("pid-d") < 65 and scores.blocked("pid-d")
+    clock[0] += 30  # two half-lives: ~30
     assert 25 < scores.score("pid-d") < 35 and not scores.blocked("pid-d")
     assert scores.score("pid-a") == 0 and not scores.blocked("pid-b")
