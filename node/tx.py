@@ -271,8 +271,8 @@ def verify_tx(body: bytes, sig: bytes, client: bytes) -> None:
 
 # msgpack's defaults for unpackb() bound every length by the input's size (at most MAX_TX_BYTES), but a
 # 16 KiB body of one-byte items is still a 16,000-entry map or array allocated before any check. The
-# explicit limits below refuse any container larger than the schema allows before allocating it (~0.2 us
-# per call). Nesting is bounded by msgpack's own stack (deeper input raises StackError, a ValueError).
+# explicit container limits in decode_tx and _decode_body refuse anything larger than the schema allows
+# before allocating it (~0.1 us per call; str and bin stay bounded by the input size). Nesting is bounded by msgpack's own stack (deeper input raises StackError, a ValueError).
 # strict_map_key (the default) still admits bin keys next to str keys: _check_fields_slowly type-checks
 # every key before comparing it. str/bin kept apart (raw=False) is a msgpack >= 1.0 default.
 if msgpack.version < (1, 0, 0):  # pragma: no cover
@@ -281,14 +281,9 @@ if msgpack.version < (1, 0, 0):  # pragma: no cover
 _MAX_FIELDS = len(FIELD_SPECS)
 
 
-def _unpack_limited(data: bytes, max_array: int, max_map: int):
-    return _unpackb(data, max_array_len=max_array, max_map_len=max_map, max_ext_len=0,
-                    max_str_len=MAX_TX_BYTES, max_bin_len=MAX_TX_BYTES)
-
-
 def _decode_body(body: bytes) -> dict:
     try:
-        fields = _unpack_limited(body, MAX_LIST, _MAX_FIELDS)
+        fields = _unpackb(body, max_array_len=MAX_LIST, max_map_len=_MAX_FIELDS, max_ext_len=0)
     except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, FormatError, ...)
         raise TxError(f"body: not a single msgpack value ({exc.__class__.__name__}: {exc})") from exc
     if type(fields) is not dict:
@@ -384,7 +379,7 @@ def decode_tx(raw: bytes, *, verify: bool = True, hash: bytes | None = None) -> 
     if len(raw) > MAX_TX_BYTES:
         raise TxError(f"tx: {len(raw)} bytes, limit {MAX_TX_BYTES}")
     try:
-        outer = _unpack_limited(raw, 2, 0)
+        outer = _unpackb(raw, max_array_len=2, max_map_len=0)
     except Exception as exc:
         raise TxError(f"tx: not a single msgpack value ({exc.__class__.__name__}: {exc})") from exc
     if type(outer) is not list or len(outer) != 2 or type(outer[0]) is not bytes or type(outer[1]) is not bytes:
