@@ -56,8 +56,18 @@ class Certificate:
                                   max_array_len=1 << 12, max_map_len=8)
             if not isinstance(raw, dict) or set(raw) != {"height", "view", "digest", "sigs"}:
                 raise CertificateError("certificate must have exactly height, view, digest, sigs")
-            sigs = tuple((int(i), bytes(s)) for i, s in raw["sigs"])
-            cert = cls(int(raw["height"]), int(raw["view"]), bytes(raw["digest"]), sigs)
+            # Type-checked, never converted: bytes(n) of a peer's integer n allocates n bytes (a digest of
+            # 2**32 was a 4 GiB allocation, then an 8 GiB hex string in the mismatch error).
+            height, view, digest, raw_sigs = raw["height"], raw["view"], raw["digest"], raw["sigs"]
+            if not (type(height) is int and type(view) is int and 0 <= height < 1 << 63 and 0 <= view < 1 << 63):
+                raise CertificateError("certificate height and view must be non-negative integers")
+            if type(digest) is not bytes or not 1 <= len(digest) <= 64 or type(raw_sigs) is not list:
+                raise CertificateError("certificate digest must be 1..64 bytes and sigs a list")
+            for item in raw_sigs:
+                if not (type(item) is list and len(item) == 2 and type(item[0]) is int and type(item[1]) is bytes
+                        and len(item[1]) <= 128):
+                    raise CertificateError("each certificate signature must be [member index, signature]")
+            cert = cls(height, view, digest, tuple((i, s) for i, s in raw_sigs))
         except CertificateError:
             raise
         except Exception as exc:  # msgpack raises many types; the caller needs one

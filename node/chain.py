@@ -46,7 +46,8 @@ from node.state import STATE_TYPES, LedgerState, next_state_root
 from node.store import INDEXES, LOC, SUFFIX, Store, member_type_prefix
 from node.tx import TOKEN_BYTES, Tx, TxError, decode_tx
 
-__all__ = ["Chain", "ChainError", "ProposalError", "proposal_digest", "execute_txs", "SeenFilter"]
+__all__ = ["Chain", "ChainError", "ProposalError", "TxNotAuthorised", "proposal_digest", "execute_txs",
+           "SeenFilter"]
 
 _sha256 = hashlib.sha256
 
@@ -63,9 +64,16 @@ class ChainError(RuntimeError):
     """The chain cannot execute (bad certificate, wrong height, wrong genesis, store mismatch)."""
 
 
+class TxNotAuthorised(TxError):
+    """A well-formed, correctly signed tx whose key is not (or no longer) authorised for its member, or
+    that names another chain. An honest member may gossip one (a key revoked after it admitted the tx)."""
+
+
 def proposal_digest(payload: bytes) -> bytes:
     """SHA-256 of the payload's proposal header (domain-separated); reads only the header."""
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(payload), 1), max_bin_len=len(payload))
+    # Only the header (a bin) is read: no container larger than the outer pair, no map, str or ext.
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(payload), 1), max_bin_len=len(payload),
+                                max_array_len=2, max_map_len=0, max_str_len=0, max_ext_len=0)
     unpacker.feed(payload)
     try:
         if unpacker.read_array_header() != 2:
@@ -262,9 +270,9 @@ class Chain:
     def _check_authorised(self, tx: Tx) -> None:
         f = tx.fields
         if f["chain"] != self.chain_id:
-            raise TxError(f"chain: tx is for chain {f['chain']!r}, this is {self.chain_id!r}")
+            raise TxNotAuthorised(f"chain: tx is for chain {f['chain']!r}, this is {self.chain_id!r}")
         if not self.state.authorized(f["member"], f["client"]):
-            raise TxError(f"client: key {f['client'].hex()[:16]} is not authorised for member {f['member']!r}")
+            raise TxNotAuthorised(f"client: key {f['client'].hex()[:16]} is not authorised for member {f['member']!r}")
         if f["type"] == "evidence.equivocation":
             check_evidence_tx(f, self.chain_id, self.members)
 
@@ -353,10 +361,36 @@ class Chain:
         props[digest] = (header, txs, hashes)
 
     # ------------------------------------------------------------------ execution
+    def check_certified(self, height: int, payload: bytes, certificate: bytes) -> tuple[bytes, Certificate]:
+        """(proposal digest, certificate) if ``certificate`` proves a quorum committed ``payload`` at
+        ``height``; raise ChainError otherwise. Reads only the payload's header bytes (one bounded msgpack
+        item), so a peer's payload is never parsed before its certificate checks out. Stateless: block
+        sync calls it before it hands blocks to the driver."""
+        try:
+            digest = proposal_digest(payload)
+            cert = Certificate.decode(certificate)
+            verify_certificate(cert, self.members, self.chain_id, height, digest)
+        except (ProposalError, CertificateError) as exc:
+            raise ChainError(f"height {height}: {exc}") from None
+        return digest, cert
+
     def execute(self, payload: bytes, certificate: bytes, *, verify_certificate_sigs: bool = True) -> Block:
-        """Apply a committed payload as the next block; one atomic store write. Returns the block."""
+        """Apply a committed payload as the next block; one atomic store write. Returns the block.
+
+        Raises ChainError, and nothing else, for any payload or certificate that is not a certified valid
+        next block (anything a peer can send through block sync): the certificate is checked first, the
+        payload parsed only then."""
         height = self.store.height + 1
-        digest = proposal_digest(payload)
+        if verify_certificate_sigs:
+            digest, cert = self.check_certified(height, payload, certificate)
+        else:  # our own replica's commit: it checked the signatures as they arrived
+            try:
+                digest = proposal_digest(payload)
+                cert = Certificate.decode(certificate)
+            except (ProposalError, CertificateError) as exc:
+                raise ChainError(f"height {height}: {exc}") from None
+            if cert.height != height or cert.digest != digest:
+                raise ChainError(f"height {height}: certificate does not match the payload")
         cached = self._proposals.pop(digest, None)
         if cached is None:
             try:
@@ -367,14 +401,6 @@ class Chain:
             header, txs, hashes = cached
         if header.height != height or header.chain_id != self.chain_id:
             raise ChainError(f"payload for {header.chain_id}/{header.height}, next is {self.chain_id}/{height}")
-        try:
-            cert = Certificate.decode(certificate)
-            if verify_certificate_sigs:
-                verify_certificate(cert, self.members, self.chain_id, height, digest)
-            elif cert.height != height or cert.digest != digest:
-                raise CertificateError("certificate does not match the payload")
-        except CertificateError as exc:
-            raise ChainError(f"height {height}: {exc}") from None
 
         state = self.state
         store = self.store

@@ -40,15 +40,30 @@ def evidence_tx_fields(blob: bytes) -> dict:
     return {"offender": ev["member"], "evidence": votes}
 
 
+def _vote(data) -> list:
+    """One quoted vote: msgpack [kind: str, view: int, height: int, digest: bin, signature: bin], bounded."""
+    if type(data) is not bytes or len(data) > 512:
+        raise EvidenceError("a vote must be at most 512 bytes")
+    try:
+        vote = msgpack.unpackb(data, raw=False, max_array_len=5, max_map_len=0, max_bin_len=256,
+                               max_str_len=16, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, FormatError, ...)
+        raise EvidenceError(f"undecodable vote ({exc.__class__.__name__})") from None
+    if (type(vote) is not list or len(vote) != 5 or type(vote[0]) is not str or type(vote[1]) is not int
+            or type(vote[2]) is not int or type(vote[3]) is not bytes or type(vote[4]) is not bytes):
+        raise EvidenceError("a vote must be [kind, view, height, digest, signature]")
+    return vote
+
+
 def check_evidence_tx(fields: dict, chain_id: str, members: tuple[bytes, ...]) -> None:
     """Raise TxError unless the tx's two votes are validly signed by the offender and conflict."""
     try:
-        a, b = (msgpack.unpackb(v, raw=False, max_array_len=5, max_bin_len=256, max_str_len=16)
-                for v in fields["evidence"])
-        if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b) == 5 and a[:3] == b[:3]):
+        a, b = (_vote(v) for v in fields["evidence"])
+        if a[:3] != b[:3]:
             raise EvidenceError("the two votes must share kind, view and height")
         kind, view, height = a[:3]
         blob = encode_evidence(kind, chain_id, fields["offender"], view, height, (a[3], a[4]), (b[3], b[4]))
         verify_evidence(blob, _MemberKeys(members), chain_id)
-    except (EvidenceError, ValueError, TypeError, msgpack.UnpackException) as exc:
+    except (EvidenceError, ValueError, TypeError, OverflowError) as exc:
+        # decode_tx checked the field types; the catch-all types are defence in depth for encode_evidence
         raise TxError(f"evidence: does not prove equivocation by member {fields.get('offender')} ({exc})") from None

@@ -14,10 +14,12 @@ from collections.abc import Callable
 import msgpack
 import trio
 
-from node.chain import Chain
+from node import peerscore
+from node.chain import Chain, TxNotAuthorised
 from node.config import MempoolConfig
 from node.mempool import Mempool, MempoolFull
-from node.tx import TxError
+from node.peerscore import PeerScores
+from node.tx import MAX_TX_BYTES, TxError
 
 log = logging.getLogger("radchain.gossip")
 
@@ -26,18 +28,41 @@ MAX_BATCH_TXS = 4096
 MAX_BATCH_BYTES = 8 << 20
 
 
+class BatchError(ValueError):
+    """A tx-gossip frame is not a msgpack array of at most MAX_BATCH_TXS byte strings."""
+
+
+def decode_batch(data: bytes) -> list[bytes]:
+    """Frame -> tx wire bytes (not decoded); raises BatchError only. Sizes are bounded before allocating:
+    at most MAX_BATCH_TXS items, each at most MAX_TX_BYTES, no maps, strings or ext at any depth."""
+    if type(data) is not bytes or len(data) > MAX_BATCH_BYTES:
+        raise BatchError("batch: not bytes, or over the size limit")
+    try:
+        raws = msgpack.unpackb(data, raw=False, max_array_len=MAX_BATCH_TXS, max_bin_len=MAX_TX_BYTES,
+                               max_str_len=0, max_map_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, FormatError, ...)
+        raise BatchError(f"batch: undecodable ({exc.__class__.__name__})") from None
+    if type(raws) is not list:
+        raise BatchError("batch: must be an array of byte strings")
+    for raw in raws:
+        if type(raw) is not bytes:
+            raise BatchError("batch: must be an array of byte strings")
+    return raws
+
+
 class TxGossip:
     def __init__(self, broadcast: Callable[[str, bytes], int], chain: Chain, mempool: Mempool,
-                 cfg: MempoolConfig, on_admitted: Callable[[], None]):
+                 cfg: MempoolConfig, on_admitted: Callable[[], None], scores: PeerScores | None = None):
         self._broadcast = broadcast
         self.chain = chain
         self.mempool = mempool
         self.cfg = cfg
         self._on_admitted = on_admitted
+        self.scores = scores if scores is not None else PeerScores()
         self._outbox: list[bytes] = []
         self._wake = trio.Event()
         self.stats = {"batches_out": 0, "batches_in": 0, "txs_in": 0, "txs_admitted": 0, "txs_refused": 0,
-                      "batches_malformed": 0, "rebroadcast": 0}
+                      "batches_malformed": 0, "batches_dropped": 0, "rebroadcast": 0}
 
     def admit(self, items: list[tuple[bytes, bytes]]) -> list[bytes]:
         """Admit already-checked (hash, raw) txs from this node's clients; durable and queued for gossip.
@@ -52,29 +77,46 @@ class TxGossip:
         return fresh
 
     def on_batch(self, peer: str, data: bytes) -> None:
-        """A batch from a member: every tx is checked (signature, authorisation) before admission."""
+        """A batch from a member: every tx is checked (signature, authorisation) before admission.
+
+        Never raises for anything the member sent: a malformed batch or tx is counted and scored against
+        the member (node.peerscore), and each tx is handled on its own. Batches of a blocked member are
+        dropped unread."""
         self.stats["batches_in"] += 1
+        if self.scores.blocked(peer):
+            self.stats["batches_dropped"] += 1
+            self.scores.dropped(peer)
+            return
         try:
-            raws = msgpack.unpackb(data, raw=False, max_array_len=MAX_BATCH_TXS, max_bin_len=MAX_BATCH_BYTES)
-            if not isinstance(raws, list) or not all(isinstance(r, bytes) for r in raws):
-                raise ValueError("not a list of byte strings")
-        except Exception as exc:
+            raws = decode_batch(data)
+        except BatchError as exc:
             self.stats["batches_malformed"] += 1
-            log.warning("malformed tx batch from %s: %s", peer[-8:], exc)
+            self.scores.penalize(peer, peerscore.MALFORMED, "malformed tx batch", exc)
             return
         self.stats["txs_in"] += len(raws)
         has = self.chain.store.has_tx
         items = []
+        bad, first_error = 0, None
         for raw in raws:
             h = hashlib.sha256(raw).digest()
             if h in self.mempool or has(h):
                 continue
             try:
                 self.chain.check_tx(raw)
-            except TxError:
+            except TxNotAuthorised:
+                # An honest member can send these: a key revoked after it admitted the tx.
                 self.stats["txs_refused"] += 1
                 continue
+            except TxError as exc:
+                self.stats["txs_refused"] += 1
+                bad += 1
+                first_error = first_error or exc
+                continue
             items.append((h, raw))
+        if bad:
+            # One report per batch, whatever the number of bad txs in it: the log stays one line.
+            self.scores.penalize(peer, min(peerscore.MALFORMED, bad * peerscore.BAD_TX),
+                                 "invalid txs in a gossip batch", f"{bad} of {len(raws)}, first: {first_error}")
         if not items:
             return
         try:

@@ -28,6 +28,7 @@ from node.gossip import CHANNEL as TX_CHANNEL
 from node.gossip import TxGossip
 from node.keys import load_member_key
 from node.mempool import Mempool
+from node.peerscore import INTERNAL, PeerScores
 from node.pseudonym import Pseudonymizer
 from node.rpc.auth import TokenStore
 from node.rpc.http import ConnectionCaps, serve_rpc
@@ -84,9 +85,11 @@ class Node:
             oldest_pending=self.mempool.oldest,
             on_commit=self._on_commit, on_state_transfer=self._on_state_transfer,
             on_evidence=self._on_evidence)
+        # Misbehaviour scores of the other members, shared by every loop that reads their input.
+        self.peer_scores = PeerScores(names={m.peer_id: m.name for m in self.genesis.members})
         self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,
-                               on_admitted=self.driver.mempool_changed)
-        self.sync = BlockSync(self.net, self.chain, self.driver, self.peer_ids)
+                               on_admitted=self.driver.mempool_changed, scores=self.peer_scores)
+        self.sync = BlockSync(self.net, self.chain, self.driver, self.peer_ids, scores=self.peer_scores)
         self.rpc = JsonRpcApp(self, METHODS, TokenStore(cfg.tokens_path), cfg.rpc.read_requires_token,
                               cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second, edge=cfg.rpc)
         self._last_view = self.replica.view
@@ -140,10 +143,17 @@ class Node:
                 index = self._index_of_peer.get(peer)
                 if index is None:
                     continue  # network/ admits members only; defence in depth
-                if channel == CONSENSUS_CHANNEL:
-                    self.driver.message(index, data)
-                elif channel == TX_CHANNEL:
-                    self.gossip.on_batch(peer, data)
+                try:
+                    if channel == CONSENSUS_CHANNEL:
+                        self.driver.message(index, data)
+                    elif channel == TX_CHANNEL:
+                        self.gossip.on_batch(peer, data)
+                except Exception as exc:
+                    # Each frame on its own: the handlers turn malformed input into their own errors, so
+                    # reaching here is a bug, but one member's frame must not stop this loop (and with it
+                    # the node). Scored and logged at most once per member per interval, with the trace.
+                    self.peer_scores.penalize(peer, INTERNAL, "frame raised an unexpected error",
+                                              f"{channel} frame: {exc.__class__.__name__}: {exc}", exc_info=exc)
             await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------------ consensus callbacks

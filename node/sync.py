@@ -15,7 +15,9 @@ import sys
 import msgpack
 import trio
 
-from node.chain import Chain
+from node import peerscore
+from node.chain import Chain, ChainError
+from node.peerscore import PeerScores
 
 log = logging.getLogger("radchain.sync")
 
@@ -24,10 +26,78 @@ MAX_RESPONSE_BYTES = 3 << 20
 MAX_BLOCKS_PER_REQUEST = 64
 WATCH_INTERVAL = 2.0
 REQUEST_TIMEOUT = 10.0
+MAX_REQUEST_BYTES = 256
+
+
+class SyncError(ValueError):
+    """A sync request or response is malformed (every decoder here raises this and nothing else)."""
+
+
+def _unpack(data: bytes, max_bytes: int, *, max_array: int, max_map: int, max_bin: int, max_str: int):
+    if type(data) is not bytes or len(data) > max_bytes:
+        raise SyncError("not bytes, or over the size limit")
+    try:
+        return msgpack.unpackb(data, raw=False, max_array_len=max_array, max_map_len=max_map,
+                               max_bin_len=max_bin, max_str_len=max_str, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, FormatError, ...)
+        raise SyncError(f"undecodable ({exc.__class__.__name__})") from None
+
+
+def _is_height(x) -> bool:
+    return type(x) is int and 0 <= x < 1 << 63
+
+
+def decode_request(data: bytes) -> tuple[str, int]:
+    """Request frame -> ("status", 0) or ("blocks", from_height)."""
+    req = _unpack(data, MAX_REQUEST_BYTES, max_array=0, max_map=2, max_bin=0, max_str=16)
+    if type(req) is not dict or not all(type(k) is str for k in req):
+        raise SyncError("request must be a map with string keys")
+    op = req.get("op")
+    if op == "status" and req.keys() == {"op"}:
+        return "status", 0
+    if op == "blocks" and req.keys() == {"op", "from"}:
+        start = req["from"]
+        if not _is_height(start) or start < 1:
+            raise SyncError("from must be a height >= 1")
+        return "blocks", start
+    raise SyncError("request must be {op: status} or {op: blocks, from: height}")
+
+
+def decode_status(reply: bytes) -> int:
+    """Status response -> the peer's height."""
+    value = _unpack(reply, 256, max_array=0, max_map=2, max_bin=64, max_str=16)
+    if type(value) is not dict or not _is_height(value.get("height")):
+        raise SyncError("status reply must be a map with a height")
+    return value["height"]
+
+
+def decode_blocks(reply: bytes, start: int) -> list[tuple[int, bytes, bytes]]:
+    """Blocks response -> [(height, payload, certificate)], consecutive heights from ``start``, at most
+    MAX_BLOCKS_PER_REQUEST; payloads and certificates are not parsed here."""
+    value = _unpack(reply, 2 * MAX_RESPONSE_BYTES + (1 << 20), max_array=max(MAX_BLOCKS_PER_REQUEST, 3),
+                    max_map=1, max_bin=2 * MAX_RESPONSE_BYTES, max_str=64)
+    if type(value) is not dict or value.keys() - {"blocks", "error"}:
+        raise SyncError("reply must be {blocks: [...]} or {error: text}")
+    blocks = value.get("blocks")
+    if blocks is None:
+        return []  # {"error": ...}: the peer could not serve the request
+    if type(blocks) is not list:
+        raise SyncError("blocks must be an array")
+    out = []
+    for i, item in enumerate(blocks):
+        if type(item) is not list or len(item) != 3:
+            raise SyncError("each block must be [height, payload, certificate]")
+        height, payload, cert = item
+        if height != start + i or type(height) is not int:
+            raise SyncError(f"block {i}: height {height!r:.20}, expected {start + i}")
+        if type(payload) is not bytes or type(cert) is not bytes:
+            raise SyncError(f"block {height}: payload and certificate must be byte strings")
+        out.append((height, payload, cert))
+    return out
 
 
 class BlockSync:
-    def __init__(self, net, chain: Chain, driver, peer_ids: list[str]):
+    def __init__(self, net, chain: Chain, driver, peer_ids: list[str], scores: PeerScores | None = None):
         self.net = net
         self.chain = chain
         self.driver = driver
@@ -36,22 +106,22 @@ class BlockSync:
         self.target = 0
         self._wake = trio.Event()
         self._requested: tuple[int, tuple[int, ...]] | None = None
-        self.stats = {"served": 0, "fetched": 0, "rounds": 0, "bad_responses": 0}
+        self.scores = scores if scores is not None else PeerScores()
+        self.stats = {"served": 0, "fetched": 0, "rounds": 0, "bad_responses": 0, "bad_requests": 0,
+                      "bad_blocks": 0}
 
     # ------------------------------------------------------------------ serving
     async def serve(self, peer: str, data: bytes) -> bytes:
         try:
-            req = msgpack.unpackb(data, raw=False, max_map_len=4, max_str_len=16)
-            op = req["op"]
-        except Exception:
-            return msgpack.packb({"error": "malformed sync request"})
+            op, start = decode_request(data)
+        except SyncError as exc:
+            self.stats["bad_requests"] += 1
+            self.scores.penalize(peer, peerscore.MALFORMED, "malformed sync request", exc)
+            return msgpack.packb({"error": f"malformed sync request: {exc}"})
         store = self.chain.store
         if op == "status":
             return msgpack.packb({"height": store.height, "head": store.head or b""}, use_bin_type=True)
         if op == "blocks":
-            start = req.get("from")
-            if not isinstance(start, int) or start < 1:
-                return msgpack.packb({"error": "from must be a height >= 1"})
             out, size = [], 0
             for height in range(start, min(store.height, start + MAX_BLOCKS_PER_REQUEST - 1) + 1):
                 payload, cert = store.get_payload(height), store.get_certificate(height)
@@ -63,7 +133,7 @@ class BlockSync:
                 size += len(payload) + len(cert)
             self.stats["served"] += len(out)
             return msgpack.packb({"blocks": out}, use_bin_type=True)
-        return msgpack.packb({"error": f"unknown op {op!r}"})
+        raise AssertionError(f"decode_request returned op {op!r}")  # pragma: no cover
 
     # ------------------------------------------------------------------ catching up
     def request(self, target_height: int, peers: tuple[int, ...]) -> None:
@@ -75,13 +145,19 @@ class BlockSync:
         try:
             reply = await self.net.request(self.peer_ids[index], CHANNEL, msgpack.packb({"op": "status"}),
                                            timeout=REQUEST_TIMEOUT)
-            height = msgpack.unpackb(reply, raw=False).get("height")
-            return height if isinstance(height, int) else None
-        except Exception:
+        except Exception:  # unreachable, timed out: no answer (the network layer raises several types)
+            return None
+        try:
+            return decode_status(reply)
+        except SyncError as exc:
+            self.stats["bad_responses"] += 1
+            self.scores.penalize(self.peer_ids[index], peerscore.MALFORMED, "malformed sync status", exc)
             return None
 
     def _others(self) -> list[int]:
-        return [i for i, pid in enumerate(self.peer_ids) if pid != self.net.peer_id]
+        """Members to sync from: not us, and not blocked for misbehaviour (unless all are)."""
+        others = [i for i, pid in enumerate(self.peer_ids) if pid != self.net.peer_id]
+        return [i for i in others if not self.scores.blocked(self.peer_ids[i])] or others
 
     async def run(self) -> None:
         last_height = self.chain.height
@@ -138,21 +214,32 @@ class BlockSync:
             self.stats["rounds"] += 1
 
     async def _fetch(self, index: int, start: int) -> list[tuple[int, bytes, bytes]]:
+        """Blocks from member ``index`` from height ``start``, each certificate checked against its payload
+        before the driver sees it; the valid prefix (a bad block and everything after it is dropped)."""
+        peer = self.peer_ids[index]
         try:
-            reply = await self.net.request(self.peer_ids[index], CHANNEL,
-                                           msgpack.packb({"op": "blocks", "from": start}), timeout=REQUEST_TIMEOUT)
-            blocks = msgpack.unpackb(reply, raw=False, max_bin_len=MAX_RESPONSE_BYTES * 2).get("blocks") or []
-            out = []
-            for item in blocks:
-                height, payload, cert = item
-                if not (isinstance(height, int) and isinstance(payload, bytes) and isinstance(cert, bytes)):
-                    raise ValueError("malformed block entry")
-                out.append((height, payload, cert))
-            return out
-        except Exception as exc:
+            reply = await self.net.request(peer, CHANNEL, msgpack.packb({"op": "blocks", "from": start}),
+                                           timeout=REQUEST_TIMEOUT)
+        except Exception as exc:  # unreachable, timed out: the network layer raises several types
             self.stats["bad_responses"] += 1
             log.info("block sync from member %d failed: %s", index, exc)
             return []
+        try:
+            blocks = decode_blocks(reply, start)
+        except SyncError as exc:
+            self.stats["bad_responses"] += 1
+            self.scores.penalize(peer, peerscore.MALFORMED, "malformed sync response", exc)
+            return []
+        for i, (height, payload, cert) in enumerate(blocks):
+            try:
+                # Certificate first (bounded signature checks), so the driver never parses a payload
+                # that no quorum committed.
+                self.chain.check_certified(height, payload, cert)
+            except ChainError as exc:
+                self.stats["bad_blocks"] += 1
+                self.scores.penalize(peer, peerscore.MALFORMED, "uncertified block in sync response", exc)
+                return blocks[:i]
+        return blocks
 
 
 class _Progress:

@@ -68,7 +68,15 @@ PURPOSES = frozenset({
 
 
 class TxError(ValueError):
-    """The bytes are not a well-formed, canonical, correctly signed RadChain transaction."""
+    """The bytes are not a well-formed, canonical, correctly signed RadChain transaction.
+
+    Every message starts with the name of what is wrong (a field name, or ``tx``, ``body``, ``sig``,
+    ``signature``) followed by ``": "``; ``field`` is that name, for answers that must name the field.
+    """
+
+    @property
+    def field(self) -> str:
+        return str(self).partition(": ")[0]
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -261,16 +269,21 @@ def verify_tx(body: bytes, sig: bytes, client: bytes) -> None:
 
 # ---------------------------------------------------------------------------------------------- decoder
 
-# msgpack's defaults for unpackb() bound every length by the input's size, and the input is at most
-# MAX_TX_BYTES, so no extra limits are needed (passing them costs ~0.2 us per call on the hot path).
-# str keys only (strict_map_key) and str/bin kept apart (raw=False) are msgpack >= 1.0 defaults.
+# msgpack's defaults for unpackb() bound every length by the input's size (at most MAX_TX_BYTES), but a
+# 16 KiB body of one-byte items is still a 16,000-entry map or array allocated before any check. The
+# explicit container limits in decode_tx and _decode_body refuse anything larger than the schema allows
+# before allocating it (~0.1 us per call; str and bin stay bounded by the input size). Nesting is bounded by msgpack's own stack (deeper input raises StackError, a ValueError).
+# strict_map_key (the default) still admits bin keys next to str keys: _check_fields_slowly type-checks
+# every key before comparing it. str/bin kept apart (raw=False) is a msgpack >= 1.0 default.
 if msgpack.version < (1, 0, 0):  # pragma: no cover
     raise ImportError("node.tx needs msgpack >= 1.0")
+
+_MAX_FIELDS = len(FIELD_SPECS)
 
 
 def _decode_body(body: bytes) -> dict:
     try:
-        fields = _unpackb(body)
+        fields = _unpackb(body, max_array_len=MAX_LIST, max_map_len=_MAX_FIELDS, max_ext_len=0)
     except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, FormatError, ...)
         raise TxError(f"body: not a single msgpack value ({exc.__class__.__name__}: {exc})") from exc
     if type(fields) is not dict:
@@ -318,15 +331,23 @@ _VALUE_CHECKS = {k: (t, lo, hi, choices if choices is not None else items)
                  for k, (t, lo, hi, choices, items, _desc) in FIELD_SPECS.items()}
 
 
+def _show(value) -> str:
+    """A short printable form of a peer's value for an error message (never the whole 16 KiB)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_fields_slowly(fields: dict, where: str) -> None:
     """Field by field: raise TxError naming the first problem (unknown/misplaced/invalid/missing field)."""
     tx_type = fields.get("type")
     try:
         specs, required, needs_actor = _TYPE_SPECS[tx_type]
     except (KeyError, TypeError):
-        raise TxError(f"type: unknown transaction type {tx_type!r}") from None
+        raise TxError(f"type: unknown transaction type {_show(tx_type)}") from None
     prev = ""
     for key, value in fields.items():
+        if type(key) is not str:  # msgpack admits bin keys; comparing one with a str raises TypeError
+            raise TxError(f"{_show(key)}: field names must be strings")
         if key <= prev:
             raise TxError(f"{where}: keys are not in canonical (sorted) order")
         prev = key
@@ -334,7 +355,7 @@ def _check_fields_slowly(fields: dict, where: str) -> None:
         if spec is None:
             if key in FIELD_SPECS:
                 raise TxError(f"{key}: not a field of {tx_type}")
-            raise TxError(f"{key}: unknown field")
+            raise TxError(f"{key[:40]}: unknown field")
         pytype, lo, hi, choices, items, _desc = spec
         vt = type(value)
         if vt is not pytype:
@@ -358,7 +379,7 @@ def decode_tx(raw: bytes, *, verify: bool = True, hash: bytes | None = None) -> 
     if len(raw) > MAX_TX_BYTES:
         raise TxError(f"tx: {len(raw)} bytes, limit {MAX_TX_BYTES}")
     try:
-        outer = _unpackb(raw)
+        outer = _unpackb(raw, max_array_len=2, max_map_len=0)
     except Exception as exc:
         raise TxError(f"tx: not a single msgpack value ({exc.__class__.__name__}: {exc})") from exc
     if type(outer) is not list or len(outer) != 2 or type(outer[0]) is not bytes or type(outer[1]) is not bytes:
@@ -370,12 +391,7 @@ def decode_tx(raw: bytes, *, verify: bool = True, hash: bytes | None = None) -> 
     # fixarray (1) + bin8/bin16 header of the body (2 or 3) + body + bin8 header of the sig (2) + 64.
     if len(raw) != len(body) + (69 if len(body) < 256 else 70):
         raise TxError("tx: non-canonical encoding of the outer array")
-    try:
-        fields = _unpackb(body)
-    except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, FormatError, ...)
-        raise TxError(f"body: not a single msgpack value ({exc.__class__.__name__}: {exc})") from exc
-    if type(fields) is not dict:
-        raise TxError("body: must be a msgpack map")
+    fields = _decode_body(body)
     _check_fields(fields, "body")  # also checks key order, so the repack below compares like with like
     if _packb(fields) != body:
         raise TxError("body: non-canonical msgpack encoding")

@@ -28,11 +28,15 @@ async def validators(node, params: dict, caller: Caller) -> dict:
 
 
 async def peers(node, params: dict, caller: Caller) -> dict:
-    """The other members and whether this node holds a live connection to each."""
+    """The other members, whether this node holds a live connection to each, and each one's misbehaviour
+    score (node.peerscore: malformed input it sent; ``blocked`` while its tx gossip is dropped)."""
     check_known(params, set())
     connected = set(node.net.connected_peers())
     members = node.genesis.members
-    out = [{"name": m.name, "peer_id": m.peer_id, "p2p": list(m.p2p), "connected": m.peer_id in connected}
+    scores = node.peer_scores.snapshot()
+    clean = {"score": 0.0, "blocked": False, "reports": 0, "dropped": 0, "kinds": {}}
+    out = [{"name": m.name, "peer_id": m.peer_id, "p2p": list(m.p2p), "connected": m.peer_id in connected,
+            "misbehaviour": scores.get(m.peer_id, clean)}
            for i, m in enumerate(members) if i != node.index]
     return {"connected": sum(p["connected"] for p in out), "peers": out}
 

@@ -97,6 +97,12 @@ class Metrics:
         metric("radchain_view_changes_total", "counter", "View changes this replica started.",
                replica_stats.get("view_changes", 0))
         metric("radchain_peers", "gauge", "Members connected to this node.", status["peers"])
+        scores = node.peer_scores.snapshot()
+        names = {m.peer_id: m.name for m in node.genesis.members}
+        metric("radchain_peer_misbehaviour_score", "gauge",
+               "Decaying score of malformed input from each member (node.peerscore); blocked at 100.",
+               [(f'{{member="{names.get(p, "?")}"}}', s["score"]) for p, s in sorted(scores.items())]
+               or [('{member=""}', 0)])
         metric("radchain_members", "gauge", "Consortium members (validators).", status["members"])
         metric("radchain_mempool_txs", "gauge", "Txs waiting in the mempool.", status["mempool"])
         metric("radchain_blocks_committed_total", "counter", "Blocks executed by this process.", self.blocks)

@@ -4,7 +4,8 @@ Modes (the answer is never ambiguous; resubmitting the same tx is always safe an
 
 - ``sync`` (default): the tx is decoded, its signature and key checked, and it is durably in this node's
   mempool before the answer ``{"status": "pending"}`` (or ``"committed"`` with its height if it already
-  was). A tx that fails a check is a JSON-RPC error ``-32003`` whose message says why.
+  was). A tx that fails a check is a JSON-RPC error ``-32003`` whose message says why and whose ``data.field``
+  names the field at fault.
 - ``async``: the answer ``{"status": "pending", "checked": false}`` comes right after the hash is computed;
   checks and admission run after the answer (this is what batches of thousands want). ``get_tx`` then says
   ``pending``, ``committed`` or ``rejected`` with the reason. Not durable until checked: if ``get_tx``
@@ -70,7 +71,7 @@ class Admission:
             raise RpcError(MEMPOOL_FULL, f"{exc}; retry later (resubmitting is safe)") from None
         except TxError as exc:
             self._reject(h, str(exc))
-            raise RpcError(REJECTED, f"rejected: {exc}", _ids(h, reason=str(exc))) from None
+            raise RpcError(REJECTED, f"rejected: {exc}", _ids(h, reason=str(exc), field=exc.field)) from None
         self.rejected.pop(h, None)
         self.metrics.submitted(h)
         return _ids(h, status="pending")
@@ -172,4 +173,6 @@ async def submit_event(node, params: dict, caller: Caller):
         raw = node.event_to_tx(event)
     except EventError as exc:
         raise RpcError(REJECTED, str(exc), {"field": exc.field}) from None
+    except TxError as exc:  # the event mapped to fields the tx schema refuses
+        raise RpcError(REJECTED, f"rejected: {exc}", {"field": exc.field}) from None
     return _answer(node, raw, mode, timeout)
