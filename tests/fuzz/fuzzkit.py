@@ -349,9 +349,9 @@ def build_targets(tmp: str) -> list[Target]:
     for p in payloads:
         chain.validate_proposal(1, p, now_ms=T0)
     certs = [c.certificate(chain, p, 1, view=v) for p, v in zip(payloads, (0, 1, 0, 7), strict=True)]
-    header = BlockHeader(CHAIN_ID, 1, b"\x00" * 32, b"\x11" * 32, 0, b"\x22" * 32, T0, 2, b"\x33" * 32, 0)
+    header = BlockHeader(CHAIN_ID, 1, b"\x00" * 32, b"\x11" * 32, 0, b"\x22" * 32, T0, 2, b"\x33" * 32)
     blocks = [Block(header, (b"\x44" * 32, b"\x55" * 32), b"\x00\x02").encode(),
-              Block(BlockHeader(CHAIN_ID, 9, b"\x01" * 32, b"\x11" * 32, 3, b"\x22" * 32, T0, 0, b"\x33" * 32, 2),
+              Block(BlockHeader(CHAIN_ID, 9, b"\x01" * 32, b"\x11" * 32, 3, b"\x22" * 32, T0, 0, b"\x33" * 32),
                     (), b"").encode(), header.encode(),
               ProposalHeader(CHAIN_ID, 1, 0, T0, 0, b"\x00" * 32).encode()]
 
