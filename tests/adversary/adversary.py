@@ -1,0 +1,401 @@
+"""A test-only Byzantine member: the real node (node/runtime.py) with one misbehaviour switched on.
+
+Runs as its own OS process, like `radchain start`, with the member's real keys and the network PSK:
+
+    python tests/adversary/adversary.py --home HOME --behaviour flood [--victim hosp-b]
+
+It wraps the node's message paths without touching node/: the consensus driver's send/broadcast callables,
+the tx-gossip broadcast, the sync request handler and the inbox callbacks are replaced on the instance, so
+the honest code still does everything the behaviour does not change (signing with the member key, WAL,
+block execution). Kept under tests/ so it is never part of the installed package.
+
+Behaviours (each is a thing one member of a consortium can do on its own):
+  equivocate  as primary, two correctly signed PRE-PREPAREs with different proposals for every height,
+              sent in opposite orders to two groups of replicas (so both get accepted somewhere); its own
+              COMMIT goes to one replica only, so honest replicas end up with certificates of other views
+  flood       every round, for every height in the window: 8 COMMITs for (view + 16, h, random digest) and
+              8 PREPAREs for (view, h, random digest) and (view + 1, h, random digest), to every replica
+  malformed   malformed frames of every consensus kind, malformed tx-gossip batches (among them a tx whose
+              body map has a bytes key), malformed sync requests; and as a sync server it claims a height far
+              ahead and answers block requests with blocks that carry that malformed tx
+  silent      sends nothing on consensus or gossip and serves no sync (a crashed member that keeps its links)
+  slow        as primary, releases at most one PRE-PREPARE per 0.9 progress timeouts and proposes one tx per
+              block: just enough progress that a delivery-reset timer never fires (Aardvark's slow primary)
+  censor      as primary, leaves every tx of member --victim out of its proposals
+  replay      re-sends old consensus frames (its own and those it received) and old tx batches to everyone
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter, deque
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root (node/, consensus/, ...)
+
+import msgpack  # noqa: E402
+import trio  # noqa: E402
+
+from consensus import messages as m  # noqa: E402
+from node.config import load_config  # noqa: E402
+from node.gossip import CHANNEL as TX_CHANNEL  # noqa: E402
+from node.runtime import CONSENSUS_CHANNEL, Node  # noqa: E402
+from node.sync import CHANNEL as SYNC_CHANNEL  # noqa: E402
+
+log = logging.getLogger("radchain.adversary")
+
+BEHAVIOURS = ("equivocate", "flood", "malformed", "silent", "slow", "censor", "replay")
+
+# Issue 9 defect 1: a tx whose body map has a bytes key, zero signature. The field check used to raise
+# TypeError (sorting str and bytes keys) before the signature was checked.
+BYTES_KEY_TX = msgpack.packb([msgpack.packb({"type": "instances.accessed", b"zz": 1}, use_bin_type=True),
+                              b"\x00" * 64], use_bin_type=True)
+
+
+def malformed_txs() -> list[bytes]:
+    """Tx wire forms a careless decoder trips over (each must be refused, never raised out)."""
+    pk = lambda o: msgpack.packb(o, use_bin_type=True)  # noqa: E731
+    return [
+        BYTES_KEY_TX,
+        pk([pk({"type": 1, 2: 3}), b"\x00" * 64]),
+        pk([pk({"type": "instances.accessed", "v": 1, "ts": -1, "chain": None}), b"\x00" * 64]),
+        pk([pk([1, 2, 3]), b"\x00" * 64]),
+        pk([pk({"type": "evidence.equivocation", "evidence": [b"", [1]], "offender": -5}), b""]),
+        pk([b"\xc1", b"\x00" * 64]),  # msgpack's never-used byte
+        pk([pk({"type": "instances.accessed", "member": {"x": [[[[[]]]]]}}), b"\x00" * 64]),
+        pk("not a list"),
+        pk([1 << 63, b"x"]),
+        b"\xdd\xff\xff\xff\xff",  # an array header claiming 4 billion items
+        b"",
+    ]
+
+
+def malformed_consensus(sender: int) -> list[bytes]:
+    """Frames of every consensus kind with wrong field counts, types, sizes and nesting."""
+    pk = lambda o: msgpack.packb(o, use_bin_type=True)  # noqa: E731
+    sig = b"\x00" * 64
+    bodies = {
+        m.PREPREPARE: [[0, 1, b"d" * 32], [0, -1, b"d" * 32, None], [0, 1, b"", b"payload"],
+                       [(1 << 64) - 1, 1, b"d" * 32, b"p"], [0, 1, {"x": 1}, None]],
+        m.PREPARE: [[0, 1], [0, 1, "digest"], [-1, 1, b"d" * 32], [0, 1, b"d" * 100]],
+        m.COMMIT: [[0, 1, b"d" * 32, 4], [0, "1", b"d" * 32], [None, None, None]],
+        m.CHECKPOINT: [[16], [16, b""], [16, {b"zz": 1}]],
+        m.VIEWCHANGE: [[1, 0, b"", [], [[1, 0, b"d" * 32, 7, []]]], [1, 0, b"", [[0]], []],
+                       [1, 0, b"", [], [[1, 0, b"d" * 32, 0, [[0, b"s"]] * 1000]]]],
+        m.NEWVIEW: [[1, [b"x"] * 100, []], [1, [], [[1, b"d" * 32]]], [1, [[[[[]]]]], []]],
+        m.STATUS: [[0, 1, 0, 0], [0, False, -1, 0], [0, False, 0]],
+        m.FETCH: [[1], [1, b""], [(1 << 64) - 1, b"d"], [-(1 << 63), b"d" * 32]],
+        m.PAYLOAD: [[1, b"d" * 32], [1, b"d" * 32, 5], [1, b"d" * 32, b"\xc1" * 100]],
+        m.DECIDED: [[1, b"p", b"\x00" * 70000], [1, b"p", b"c", b"extra"], [1, BYTES_KEY_TX, b"\x93\x01\x02"]],
+    }
+    out = []
+    for kind, variants in bodies.items():
+        for body in variants:
+            out.append(pk([kind, sender, body, sig]))
+        out.append(pk([kind, sender]))  # too few fields
+        out.append(pk({b"kind": kind, "sender": sender}))  # a map with a bytes key
+    out += [pk([99, sender, [], sig]), pk([1, 1 << 40, [], sig]), b"", b"\xc1", b"\x91" * 2000,
+            pk([[[[[[[[[[[]]]]]]]]]]]), os.urandom(300)]
+    return out
+
+
+def malformed_sync_requests() -> list[bytes]:
+    pk = lambda o: msgpack.packb(o, use_bin_type=True)  # noqa: E731
+    return [pk({"op": "blocks", "from": -1}), pk({"op": "blocks", "from": "x"}), pk({"op": "blocks"}),
+            pk({b"op": "status"}), pk({"op": 7}), pk({"op": ["status"]}), pk([1, 2, 3]), b"\xc1", b"",
+            pk({"op": "blocks", "from": 1 << 62}), pk({"op": "status", "a": 1, "b": 2, "c": 3, "d": 4})]
+
+
+class AdversaryNode(Node):
+    def __init__(self, cfg, behaviour: str, victim: str | None = None):
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r}; one of {', '.join(BEHAVIOURS)}")
+        super().__init__(cfg)
+        self.behaviour = behaviour
+        self.victim = victim
+        self.rng = random.Random()
+        self.n = len(self.peer_ids)
+        self.others = [i for i in range(self.n) if i != self.index]
+        self.adv = Counter()
+        self._max_msg = self.replica.config.max_message_bytes
+        self._window = self.replica.config.watermark_window
+        # Outgoing consensus and gossip go through the behaviour first.
+        self.driver._send = self._consensus_send
+        self.driver._broadcast = self._consensus_broadcast
+        self._gossip_broadcast_honest = self.gossip._broadcast
+        self.gossip._broadcast = self._gossip_broadcast
+        # Node.run registers self.sync.serve when it starts: replace the handler before that.
+        self._serve_honest = self.sync.serve
+        self.sync.serve = self._sync_serve
+        # Incoming: recorded for replay.
+        self._recorded: deque[tuple[float, str, bytes]] = deque(maxlen=4000)
+        self._message_honest = self.driver.message
+        self.driver.message = self._on_consensus_in
+        self._on_batch_honest = self.gossip.on_batch
+        self.gossip.on_batch = self._on_gossip_in
+        # slow primary
+        self._held: deque[bytes] = deque()
+        self._held_set: set[bytes] = set()
+        self._released: set[tuple[int, int]] = set()
+        self._equivocated: set[tuple[int, int]] = set()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(super().run)
+            nursery.start_soon(self._misbehave)
+            log.warning("adversary running", extra={"fields": {"behaviour": self.behaviour}})
+            task_status.started()
+
+    # ------------------------------------------------------------------ helpers
+    def _peer(self, i: int) -> str:
+        return self.peer_ids[i]
+
+    def _to(self, i: int, data: bytes, channel: str = CONSENSUS_CHANNEL) -> None:
+        self.net.send(self._peer(i), channel, data)
+        self.adv["frames_sent"] += 1
+
+    def _to_all(self, data: bytes, channel: str = CONSENSUS_CHANNEL) -> None:
+        for i in self.others:
+            self._to(i, data, channel)
+
+    def _sign(self, kind: int, body: tuple) -> bytes:
+        return m.sign(self.replica.crypto, self.genesis.chain_id, kind, self.index, body).encode()
+
+    def _decode(self, data: bytes) -> m.Message | None:
+        try:
+            return m.decode(data, self.n, self._max_msg, self._window)
+        except m.DecodeError:
+            return None
+
+    # ------------------------------------------------------------------ outgoing paths
+    def _consensus_send(self, to: int, data: bytes) -> None:
+        if self.behaviour == "silent":
+            return
+        self._record(self.peer_ids[self.index], data)
+        self.net.send(self._peer(to), CONSENSUS_CHANNEL, data)
+
+    def _consensus_broadcast(self, data: bytes) -> None:
+        b = self.behaviour
+        if b == "silent":
+            return
+        self._record(self.peer_ids[self.index], data)
+        msg = self._decode(data)
+        if msg is not None and msg.sender == self.index:
+            if b == "equivocate" and msg.kind == m.PREPREPARE:
+                return self._equivocate(msg, data)
+            if b == "equivocate" and msg.kind == m.COMMIT:
+                # Withhold our commit from all but one replica: the others need a later view's certificate.
+                return self._to(self.others[0], data)
+            if b == "slow" and msg.kind == m.PREPREPARE:
+                v, h = msg.body[0], msg.body[1]
+                if (v, h) in self._released:
+                    return self._to_all(data)  # a retransmission of a pre-prepare already let out
+                if data not in self._held_set:
+                    self._held_set.add(data)
+                    self._held.append(data)
+                return None
+        self.net.broadcast(CONSENSUS_CHANNEL, data)
+
+    def _gossip_broadcast(self, channel: str, data: bytes) -> int:
+        if self.behaviour == "silent":
+            return 0
+        return self._gossip_broadcast_honest(channel, data)
+
+    def _equivocate(self, msg: m.Message, data: bytes) -> None:
+        v, h, d, payload = msg.body
+        if payload is None or (v, h) in self._equivocated:
+            return self._to_all(data)  # a retransmission: the damage is done once per height
+        self._equivocated.add((v, h))
+        # A second, valid proposal for the same height: same txs, another timestamp.
+        try:
+            header_bytes, txs = msgpack.unpackb(payload, raw=False)
+            alt = self.chain.build_proposal(h, self.index, int(time.time() * 1000) + 1, list(txs))
+        except Exception:
+            log.exception("could not build a second proposal")
+            return self._to_all(data)
+        alt_wire = self._sign(m.PREPREPARE, (v, h, self.chain.digest(alt), alt))
+        # The first two replicas see the honest proposal first, the rest the other one first: each group
+        # accepts its first and holds the second as proof that the primary signed two.
+        for j, i in enumerate(self.others):
+            first, second = (data, alt_wire) if j < 2 else (alt_wire, data)
+            self._to(i, first)
+            self._to(i, second)
+        self.adv["equivocations"] += 1
+
+    # ------------------------------------------------------------------ incoming paths (recording)
+    def _record(self, origin: str, data: bytes) -> None:
+        if self.behaviour == "replay" and len(data) < 64 * 1024:
+            self._recorded.append((time.monotonic(), origin, data))
+
+    def _on_consensus_in(self, sender: int, data: bytes) -> None:
+        self._record(self._peer(sender), data)
+        self._message_honest(sender, data)
+
+    def _on_gossip_in(self, peer: str, data: bytes) -> None:
+        if self.behaviour == "replay":
+            self._recorded.append((time.monotonic(), TX_CHANNEL, data))
+        self._on_batch_honest(peer, data)
+
+    # ------------------------------------------------------------------ sync
+    async def _sync_serve(self, peer: str, data: bytes) -> bytes:
+        if self.behaviour == "silent":
+            await trio.sleep(60)  # never answers; the requester's timeout has to cope
+            return b""
+        if self.behaviour != "malformed":
+            return await self._serve_honest(peer, data)
+        try:
+            req = msgpack.unpackb(data, raw=False)
+            op = req.get("op")
+        except Exception:
+            op = None
+        if op == "status":  # claim to be far ahead, so that an idle honest node syncs from us
+            return msgpack.packb({"height": self.store.height + 1000, "head": os.urandom(32)}, use_bin_type=True)
+        if op == "blocks" and isinstance(req.get("from"), int):
+            start = req["from"]
+            blocks = []
+            for h in range(start, start + 4):
+                payload = self.chain.build_proposal(h, self.index, int(time.time() * 1000), [BYTES_KEY_TX])
+                blocks.append([h, payload, msgpack.packb([h, 0, os.urandom(32), []], use_bin_type=True)])
+            blocks.append([start + 4, b"\xc1" * 10, b""])
+            self.adv["poisoned_sync"] += 1
+            return msgpack.packb({"blocks": blocks}, use_bin_type=True)
+        return self.rng.choice([b"\xc1", b"", msgpack.packb({"blocks": [[1, 2, 3, 4]]}),
+                                msgpack.packb({"blocks": {"a": 1}}), msgpack.packb([1] * 100)])
+
+    # ------------------------------------------------------------------ proposals (primary behaviours)
+    def _build_proposal(self, height: int, allow_empty: bool) -> bytes | None:
+        if self.behaviour == "slow":
+            if self.replica.view != self._last_view:
+                self._last_view = self.replica.view
+                self.mempool.release_in_flight()
+            if not allow_empty and self.mempool.available() == 0:
+                return None
+            txs = self.mempool.take_for_proposal(1, height)  # one tx per block: progress, barely
+            return self.chain.build_proposal(height, self.index, int(time.time() * 1000), txs)
+        if self.behaviour == "censor" and self.victim:
+            if self.replica.view != self._last_view:
+                self._last_view = self.replica.view
+                self.mempool.release_in_flight()
+            txs = [raw for raw in self.mempool.take_for_proposal(self.genesis.param("max_block_txs"), height)
+                   if _member_of(raw) != self.victim]
+            if not txs and not allow_empty:
+                return None
+            return self.chain.build_proposal(height, self.index, int(time.time() * 1000), txs)
+        return super()._build_proposal(height, allow_empty)
+
+    # ------------------------------------------------------------------ the active part
+    async def _misbehave(self) -> None:
+        loop = {"flood": self._flood_loop, "malformed": self._malformed_loop, "slow": self._slow_loop,
+                "replay": self._replay_loop}.get(self.behaviour)
+        if loop is not None:
+            await loop()
+
+    async def _flood_loop(self) -> None:
+        while True:
+            await trio.sleep(0.5)
+            r = self.replica
+            view, low = r.view, max(r.last_committed, r.stable_checkpoint)
+            for h in range(low + 1, r.high_watermark + 1):
+                for _ in range(8):
+                    self._to_all(self._sign(m.COMMIT, (view + 16, h, os.urandom(32))))
+                    self._to_all(self._sign(m.PREPARE, (view, h, os.urandom(32))))
+                    self._to_all(self._sign(m.PREPARE, (view + 1, h, os.urandom(32))))
+                await trio.lowlevel.checkpoint()
+            self.adv["flood_rounds"] += 1
+
+    async def _malformed_loop(self) -> None:
+        consensus = malformed_consensus(self.index)
+        txs = malformed_txs()
+        pk = lambda o: msgpack.packb(o, use_bin_type=True)  # noqa: E731
+        batches = [pk([raw]) for raw in txs] + [pk(txs), pk({"txs": txs}), pk({b"zz": 1}), b"\xc1",
+                                                 pk([[BYTES_KEY_TX]]), pk([1, 2, 3]), pk(None)]
+        sync_requests = malformed_sync_requests()
+        while True:
+            for data in consensus:
+                self._to_all(data)
+            for data in batches:
+                self._to_all(data, TX_CHANNEL)
+            for data in sync_requests:
+                for i in self.others:
+                    try:
+                        with trio.move_on_after(2):
+                            await self.net.request(self._peer(i), SYNC_CHANNEL, data, timeout=2)
+                    except Exception:
+                        pass  # an honest node may refuse; what matters is that it survives
+            self.adv["malformed_rounds"] += 1
+            await trio.sleep(0.3)
+
+    async def _slow_loop(self) -> None:
+        delay = 0.9 * self.cfg.consensus.progress_timeout
+        while True:
+            await trio.sleep(delay)
+            while self._held:
+                data = self._held.popleft()
+                self._held_set.discard(data)
+                msg = self._decode(data)
+                if msg is None or msg.body[0] != self.replica.view or msg.body[1] <= self.replica.last_committed:
+                    continue  # superseded by a view change or committed meanwhile
+                self._released.add((msg.body[0], msg.body[1]))
+                self._to_all(data)
+                break
+
+    async def _replay_loop(self) -> None:
+        while True:
+            await trio.sleep(0.2)
+            now = time.monotonic()
+            old = [x for x in self._recorded if now - x[0] > 2.0]
+            for _t, origin, data in self.rng.sample(old, min(40, len(old))):
+                channel = TX_CHANNEL if origin == TX_CHANNEL else CONSENSUS_CHANNEL
+                self._to_all(data, channel)
+            self.adv["replayed"] += min(40, len(old))
+
+
+def _member_of(raw: bytes) -> str | None:
+    try:
+        body, _sig = msgpack.unpackb(raw, raw=False)
+        return msgpack.unpackb(body, raw=False).get("member")
+    except Exception:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--home", required=True)
+    p.add_argument("--behaviour", required=True, choices=BEHAVIOURS)
+    p.add_argument("--victim", help="member name whose txs a censoring primary leaves out")
+    args = p.parse_args(argv)
+
+    from network.logs import mute_libp2p_logging
+    from node.logs import setup_logging
+
+    cfg = load_config(args.home)
+    setup_logging(cfg.log_level, cfg.name)
+    mute_libp2p_logging()
+
+    async def amain() -> None:
+        node = AdversaryNode(cfg, args.behaviour, victim=args.victim)
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                await nursery.start(node.run)
+                async for _ in signals:
+                    log.warning("adversary stopping", extra={"fields": dict(node.adv)})
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(amain)
+    except* RuntimeError as group:  # py-libp2p 0.8.1 may raise while its services unwind (docs/NETWORK.md)
+        for exc in group.exceptions:
+            if "Nursery is closed" not in str(exc):
+                raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
