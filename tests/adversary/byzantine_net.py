@@ -182,3 +182,25 @@ def assert_all_committed_and_agreed(load: Load, timeout: float, start_heights: d
                 f"{a.height} next to {net.describe()}:\n{a.header}\n{b.header}")
     net.assert_honest_alive()
     return chains[ref_i]
+
+
+def run_case(make_testnet, n: int, adversaries: dict, load_seconds: float, bound: float, idle: float = 0.0,
+             settle: float = 30.0):
+    """Start n members (`adversaries`: index -> (behaviour, victim name)), load the honest ones for
+    `load_seconds`, and check: bounded latency, adversaries still running, no honest process died, every
+    tx committed everywhere, identical blocks. `idle` seconds without load come before the final checks."""
+    net = make_testnet(n, adversaries)
+    net.start()
+    net.wait_ready(net.honest)
+    start_heights = {i: net.height(i) for i in net.honest}
+    load = Load(net, net.honest)
+    load.run(load_seconds)
+    net.assert_adversaries_alive()
+    assert_bounded_latency(load, bound)
+    # An idle spell: the sync safety net then asks peers for their height (a liar answers).
+    end = time.monotonic() + idle
+    while time.monotonic() < end:
+        net.assert_honest_alive()
+        time.sleep(0.5)
+    chain = assert_all_committed_and_agreed(load, settle, start_heights)
+    return net, load, chain

@@ -8,10 +8,10 @@ behaviour switched on; the primary of view 0 is member 0, so behaviours that nee
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from byzantine_net import Load, assert_all_committed_and_agreed, assert_bounded_latency
+from byzantine_net import run_case as _run_case
+
+from node.testnet import member_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,26 +32,10 @@ CASES = {
 }
 
 
-def run_case(byzantine_testnet, behaviour: str, n: int = 4, adversaries: dict | None = None,
-             load_seconds: float = LOAD_SECONDS, bound: float = LATENCY_BOUND, idle: float = 0.0):
-    if adversaries is None:
-        index, victim = CASES[behaviour]
-        adversaries = {index: (behaviour, None if victim is None else f"hosp-{'abcdefg'[victim]}")}
-    net = byzantine_testnet(n, adversaries)
-    net.start()
-    net.wait_ready(net.honest)
-    start_heights = {i: net.height(i) for i in net.honest}
-    load = Load(net, net.honest)
-    load.run(load_seconds)
-    net.assert_adversaries_alive()
-    assert_bounded_latency(load, bound)
-    # An idle spell: the sync safety net then asks peers for their height (a liar answers).
-    end = time.monotonic() + idle
-    while time.monotonic() < end:
-        net.assert_honest_alive()
-        time.sleep(0.5)
-    chain = assert_all_committed_and_agreed(load, 30, start_heights)
-    return net, load, chain
+def run_case(byzantine_testnet, behaviour: str, idle: float = 0.0):
+    index, victim = CASES[behaviour]
+    return _run_case(byzantine_testnet, 4, {index: (behaviour, None if victim is None else member_name(victim))},
+                     LOAD_SECONDS, LATENCY_BOUND, idle)
 
 
 def test_equivocating_primary_is_recorded_on_chain(byzantine_testnet):
