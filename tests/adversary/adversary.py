@@ -23,6 +23,12 @@ Behaviours (each is a thing one member of a consortium can do on its own):
               block: just enough progress that a delivery-reset timer never fires (Aardvark's slow primary)
   censor      as primary, leaves every tx of member --victim out of its proposals
   replay      re-sends old consensus frames (its own and those it received) and old tx batches to everyone
+  stalecert   as primary of view 0, once: pre-prepares one height H to just q-1 honest replicas, keeps their
+              COMMITs for H from its own replica and withholds its own, so nobody but it holds a certificate
+              (2f+1 valid commits of view 0); withholds everything after H so the honest members change
+              view; when the NEW-VIEW re-proposes H, reveals the view-0 certificate (a DECIDED message) to
+              one honest replica only. That replica commits H under view 0, the others under view 1: honest
+              members then hold different certificates for the same block (issue 9 defect 3)
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from node.sync import CHANNEL as SYNC_CHANNEL  # noqa: E402
 
 log = logging.getLogger("radchain.adversary")
 
-BEHAVIOURS = ("equivocate", "flood", "malformed", "silent", "slow", "censor", "replay")
+BEHAVIOURS = ("equivocate", "flood", "malformed", "silent", "slow", "censor", "replay", "stalecert")
 
 # Issue 9 defect 1: a tx whose body map has a bytes key, zero signature. The field check used to raise
 # TypeError (sorting str and bytes keys) before the signature was checked.
@@ -144,6 +150,13 @@ class AdversaryNode(Node):
         self._held_set: set[bytes] = set()
         self._released: set[tuple[int, int]] = set()
         self._equivocated: set[tuple[int, int]] = set()
+        # stalecert
+        self._target: int | None = None            # the height H whose certificate is kept back
+        self._target_payload: bytes | None = None
+        self._target_digest: bytes | None = None
+        self._target_commits: dict[int, bytes] = {}  # member -> its view-0 commit signature for H
+        self._revealed = False
+        self._receivers = [i for i in self.others][: self.replica.config.quorum - 1]
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -192,6 +205,9 @@ class AdversaryNode(Node):
             if b == "equivocate" and msg.kind == m.COMMIT:
                 # Withhold our commit from all but one replica: the others need a later view's certificate.
                 return self._to(self.others[0], data)
+            if b == "stalecert" and not self._revealed and msg.body[0] == 0 and msg.kind in (
+                    m.PREPREPARE, m.COMMIT):
+                return self._stalecert_out(msg, data)
             if b == "slow" and msg.kind == m.PREPREPARE:
                 v, h = msg.body[0], msg.body[1]
                 if (v, h) in self._released:
@@ -228,6 +244,50 @@ class AdversaryNode(Node):
             self._to(i, second)
         self.adv["equivocations"] += 1
 
+    # ------------------------------------------------------------------ stalecert
+    def _stalecert_out(self, msg: m.Message, data: bytes) -> None:
+        h, d = msg.body[1], msg.body[2]
+        if msg.kind == m.PREPREPARE and self._target is None and msg.body[3]:
+            self._target, self._target_digest, self._target_payload = h, d, msg.body[3]
+            log.warning("stalecert: height %d goes to %s only", h, self._receivers)
+        if self._target is None or h < self._target:
+            return self.net.broadcast(CONSENSUS_CHANNEL, data)  # before H: an ordinary primary
+        if msg.kind == m.PREPREPARE and h == self._target and d == self._target_digest:
+            for i in self._receivers:
+                self._to(i, data)
+        elif msg.kind == m.COMMIT and h == self._target and d == self._target_digest:
+            self._target_commits[self.index] = msg.sig  # ours completes the certificate, and is kept back
+        # anything else of view 0 at or above H is withheld: the honest members must change view
+
+    def _stalecert_in(self, sender: int, data: bytes) -> bool:
+        """True if the frame is kept from our own replica (so it never holds the certificate itself)."""
+        if self._target is None or self._revealed:
+            return False
+        msg = self._decode(data)
+        if msg is None:
+            return False
+        if msg.kind == m.COMMIT and msg.body[:3] == (0, self._target, self._target_digest):
+            self._target_commits[msg.sender] = msg.sig
+            return True
+        if msg.kind == m.NEWVIEW and msg.body[0] >= 1:
+            self._reveal(msg.sender)
+        return False
+
+    def _reveal(self, new_primary: int) -> None:
+        q = self.replica.config.quorum
+        if len(self._target_commits) < q:
+            log.warning("stalecert: only %d commits for height %d, nothing to reveal", len(self._target_commits),
+                        self._target)
+            return
+        from consensus.certificate import Certificate
+
+        cert = Certificate(self._target, 0, self._target_digest, tuple(sorted(self._target_commits.items()))[:q])
+        to = next(i for i in reversed(self._receivers) if i != new_primary)
+        self._to(to, self._sign(m.DECIDED, (self._target, self._target_payload, cert.encode())))
+        self._revealed = True
+        self.adv["stale_certificates_revealed"] += 1
+        log.warning("stalecert: view-0 certificate for height %d revealed to member %d", self._target, to)
+
     # ------------------------------------------------------------------ incoming paths (recording)
     def _record(self, origin: str, data: bytes) -> None:
         if self.behaviour == "replay" and len(data) < 64 * 1024:
@@ -235,6 +295,8 @@ class AdversaryNode(Node):
 
     def _on_consensus_in(self, sender: int, data: bytes) -> None:
         self._record(self._peer(sender), data)
+        if self.behaviour == "stalecert" and self._stalecert_in(sender, data):
+            return
         self._message_honest(sender, data)
 
     def _on_gossip_in(self, peer: str, data: bytes) -> None:

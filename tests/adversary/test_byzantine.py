@@ -29,6 +29,7 @@ CASES = {
     "slow": (0, None),
     "censor": (0, 1),
     "replay": (2, None),
+    "stalecert": (0, None),
 }
 
 
@@ -56,6 +57,8 @@ NEEDS_VOTE_BOUND = pytest.mark.xfail(strict=False, reason="needs i9-consensus: i
                                                           "vote flood fills the per-height vote table)")
 NEEDS_REQUEST_TIMERS = pytest.mark.xfail(strict=False, reason="needs i9-consensus: issue 9 defect 6 (no "
                                                               "per-request timer against a slow or censoring primary)")
+NEEDS_BLOCK_IDENTITY = pytest.mark.xfail(strict=False, reason="needs i9-consensus: issue 9 defect 3 (the block "
+                                                              "hash covers the certificate's view)")
 NEEDS_DECODER_FIX = pytest.mark.xfail(strict=False, reason="needs i9-input: issue 9 defect 1 (a tx with a bytes "
                                                            "key raises TypeError out of gossip and block sync)")
 
@@ -66,6 +69,7 @@ NEEDS_DECODER_FIX = pytest.mark.xfail(strict=False, reason="needs i9-input: issu
     pytest.param("slow", marks=NEEDS_REQUEST_TIMERS),
     pytest.param("censor", marks=NEEDS_REQUEST_TIMERS),
     "replay",
+    pytest.param("stalecert", marks=NEEDS_BLOCK_IDENTITY),
 ])
 def test_honest_members_carry_on(byzantine_testnet, behaviour):
     run_case(byzantine_testnet, behaviour)

@@ -12,7 +12,7 @@ import os
 
 import pytest
 from byzantine_net import run_case
-from test_byzantine import NEEDS_DECODER_FIX, NEEDS_REQUEST_TIMERS, NEEDS_VOTE_BOUND
+from test_byzantine import NEEDS_BLOCK_IDENTITY, NEEDS_DECODER_FIX, NEEDS_REQUEST_TIMERS, NEEDS_VOTE_BOUND
 
 from node.testnet import member_name
 
@@ -22,15 +22,18 @@ LATENCY_BOUND = 15.0
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(int(SOAK_SECONDS) + 240)]
 
-# behaviour -> (adversary indexes, victim index or None)
+VICTIM = member_name(2)
+# behaviour -> the two faulty members: index -> (behaviour, victim name)
 CASES = {
-    "equivocate": ((0, 1), None),
-    "flood": ((5, 6), None),
-    "malformed": ((5, 6), None),
-    "silent": ((0, 1), None),
-    "slow": ((0, 1), None),
-    "censor": ((0, 1), 2),
-    "replay": ((5, 6), None),
+    "equivocate": {0: ("equivocate", None), 1: ("equivocate", None)},
+    "flood": {5: ("flood", None), 6: ("flood", None)},
+    "malformed": {5: ("malformed", None), 6: ("malformed", None)},
+    "silent": {0: ("silent", None), 1: ("silent", None)},
+    "slow": {0: ("slow", None), 1: ("slow", None)},
+    "censor": {0: ("censor", VICTIM), 1: ("censor", VICTIM)},
+    "replay": {5: ("replay", None), 6: ("replay", None)},
+    # the trick needs one primary; the second faulty member stays silent, so every honest vote counts
+    "stalecert": {0: ("stalecert", None), 6: ("silent", None)},
 }
 
 
@@ -42,11 +45,10 @@ CASES = {
     pytest.param("slow", marks=NEEDS_REQUEST_TIMERS),
     pytest.param("censor", marks=NEEDS_REQUEST_TIMERS),
     "replay",
+    pytest.param("stalecert", marks=NEEDS_BLOCK_IDENTITY),
 ])
 def test_two_of_seven_byzantine(byzantine_testnet, behaviour):
-    indexes, victim = CASES[behaviour]
-    adversaries = {i: (behaviour, None if victim is None else member_name(victim)) for i in indexes}
-    net, _load, _chain = run_case(byzantine_testnet, 7, adversaries, SOAK_SECONDS, LATENCY_BOUND,
+    net, _load, _chain = run_case(byzantine_testnet, 7, CASES[behaviour], SOAK_SECONDS, LATENCY_BOUND,
                                   idle=5.0 if behaviour == "malformed" else 0.0, settle=60.0)
     if behaviour == "equivocate":
         def offenders_on(i: int) -> set[int]:
