@@ -2,7 +2,9 @@
 
 Runs as its own OS process, like `radchain start`, with the member's real keys and the network PSK:
 
-    python tests/adversary/adversary.py --home HOME --behaviour flood [--victim hosp-b]
+    python tests/adversary/adversary.py --home HOME --behaviour flood[,replay...] [--victim hosp-b]
+
+Several behaviours separated by commas run at once (still one faulty member).
 
 It wraps the node's message paths without touching node/: the consensus driver's send/broadcast callables,
 the tx-gossip broadcast, the sync request handler and the inbox callbacks are replaced on the instance, so
@@ -119,11 +121,14 @@ def malformed_sync_requests() -> list[bytes]:
 
 
 class AdversaryNode(Node):
-    def __init__(self, cfg, behaviour: str, victim: str | None = None):
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"unknown behaviour {behaviour!r}; one of {', '.join(BEHAVIOURS)}")
+    def __init__(self, cfg, behaviours: str, victim: str | None = None,
+                 channels: str = "consensus,tx,sync"):
+        self.b = frozenset(behaviours.split(","))
+        if not self.b <= set(BEHAVIOURS):
+            raise ValueError(f"unknown behaviour in {behaviours!r}; each one of {', '.join(BEHAVIOURS)}")
         super().__init__(cfg)
-        self.behaviour = behaviour
+        self.behaviour = behaviours
+        self.channels = frozenset(channels.split(","))  # where `malformed` sends its garbage
         self.victim = victim
         self.rng = random.Random()
         self.n = len(self.peer_ids)
@@ -188,27 +193,27 @@ class AdversaryNode(Node):
 
     # ------------------------------------------------------------------ outgoing paths
     def _consensus_send(self, to: int, data: bytes) -> None:
-        if self.behaviour == "silent":
+        if "silent" in self.b:
             return
         self._record(self.peer_ids[self.index], data)
         self.net.send(self._peer(to), CONSENSUS_CHANNEL, data)
 
     def _consensus_broadcast(self, data: bytes) -> None:
-        b = self.behaviour
-        if b == "silent":
+        b = self.b
+        if "silent" in b:
             return
         self._record(self.peer_ids[self.index], data)
         msg = self._decode(data)
         if msg is not None and msg.sender == self.index:
-            if b == "equivocate" and msg.kind == m.PREPREPARE:
+            if "equivocate" in b and msg.kind == m.PREPREPARE:
                 return self._equivocate(msg, data)
-            if b == "equivocate" and msg.kind == m.COMMIT:
+            if "equivocate" in b and msg.kind == m.COMMIT:
                 # Withhold our commit from all but one replica: the others need a later view's certificate.
                 return self._to(self.others[0], data)
-            if b == "stalecert" and not self._revealed and msg.body[0] == 0 and msg.kind in (
+            if "stalecert" in b and not self._revealed and msg.body[0] == 0 and msg.kind in (
                     m.PREPREPARE, m.COMMIT):
                 return self._stalecert_out(msg, data)
-            if b == "slow" and msg.kind == m.PREPREPARE:
+            if "slow" in b and msg.kind == m.PREPREPARE:
                 v, h = msg.body[0], msg.body[1]
                 if (v, h) in self._released:
                     return self._to_all(data)  # a retransmission of a pre-prepare already let out
@@ -219,7 +224,7 @@ class AdversaryNode(Node):
         self.net.broadcast(CONSENSUS_CHANNEL, data)
 
     def _gossip_broadcast(self, channel: str, data: bytes) -> int:
-        if self.behaviour == "silent":
+        if "silent" in self.b:
             return 0
         return self._gossip_broadcast_honest(channel, data)
 
@@ -290,26 +295,26 @@ class AdversaryNode(Node):
 
     # ------------------------------------------------------------------ incoming paths (recording)
     def _record(self, origin: str, data: bytes) -> None:
-        if self.behaviour == "replay" and len(data) < 64 * 1024:
+        if "replay" in self.b and len(data) < 64 * 1024:
             self._recorded.append((time.monotonic(), origin, data))
 
     def _on_consensus_in(self, sender: int, data: bytes) -> None:
         self._record(self._peer(sender), data)
-        if self.behaviour == "stalecert" and self._stalecert_in(sender, data):
+        if "stalecert" in self.b and self._stalecert_in(sender, data):
             return
         self._message_honest(sender, data)
 
     def _on_gossip_in(self, peer: str, data: bytes) -> None:
-        if self.behaviour == "replay":
+        if "replay" in self.b:
             self._recorded.append((time.monotonic(), TX_CHANNEL, data))
         self._on_batch_honest(peer, data)
 
     # ------------------------------------------------------------------ sync
     async def _sync_serve(self, peer: str, data: bytes) -> bytes:
-        if self.behaviour == "silent":
+        if "silent" in self.b:
             await trio.sleep(60)  # never answers; the requester's timeout has to cope
             return b""
-        if self.behaviour != "malformed":
+        if "malformed" not in self.b or "sync" not in self.channels:
             return await self._serve_honest(peer, data)
         try:
             req = msgpack.unpackb(data, raw=False)
@@ -332,31 +337,27 @@ class AdversaryNode(Node):
 
     # ------------------------------------------------------------------ proposals (primary behaviours)
     def _build_proposal(self, height: int, allow_empty: bool) -> bytes | None:
-        if self.behaviour == "slow":
-            if self.replica.view != self._last_view:
-                self._last_view = self.replica.view
-                self.mempool.release_in_flight()
-            if not allow_empty and self.mempool.available() == 0:
-                return None
-            txs = self.mempool.take_for_proposal(1, height)  # one tx per block: progress, barely
-            return self.chain.build_proposal(height, self.index, int(time.time() * 1000), txs)
-        if self.behaviour == "censor" and self.victim:
-            if self.replica.view != self._last_view:
-                self._last_view = self.replica.view
-                self.mempool.release_in_flight()
-            txs = [raw for raw in self.mempool.take_for_proposal(self.genesis.param("max_block_txs"), height)
-                   if _member_of(raw) != self.victim]
-            if not txs and not allow_empty:
-                return None
-            return self.chain.build_proposal(height, self.index, int(time.time() * 1000), txs)
-        return super()._build_proposal(height, allow_empty)
+        slow, censor = "slow" in self.b, "censor" in self.b and self.victim
+        if not (slow or censor):
+            return super()._build_proposal(height, allow_empty)
+        if self.replica.view != self._last_view:
+            self._last_view = self.replica.view
+            self.mempool.release_in_flight()
+        # slow: one tx per block, progress but barely; censor: the victim's txs never go in
+        txs = self.mempool.take_for_proposal(1 if slow else self.genesis.param("max_block_txs"), height)
+        if censor:
+            txs = [raw for raw in txs if _member_of(raw) != self.victim]
+        if not txs and not allow_empty:
+            return None
+        return self.chain.build_proposal(height, self.index, int(time.time() * 1000), txs)
 
     # ------------------------------------------------------------------ the active part
     async def _misbehave(self) -> None:
-        loop = {"flood": self._flood_loop, "malformed": self._malformed_loop, "slow": self._slow_loop,
-                "replay": self._replay_loop}.get(self.behaviour)
-        if loop is not None:
-            await loop()
+        loops = {"flood": self._flood_loop, "malformed": self._malformed_loop, "slow": self._slow_loop,
+                 "replay": self._replay_loop}
+        async with trio.open_nursery() as nursery:
+            for name in sorted(self.b & set(loops)):
+                nursery.start_soon(loops[name])
 
     async def _flood_loop(self) -> None:
         while True:
@@ -378,6 +379,12 @@ class AdversaryNode(Node):
         batches = [pk([raw]) for raw in txs] + [pk(txs), pk({"txs": txs}), pk({b"zz": 1}), b"\xc1",
                                                  pk([[BYTES_KEY_TX]]), pk([1, 2, 3]), pk(None)]
         sync_requests = malformed_sync_requests()
+        if "consensus" not in self.channels:
+            consensus = []
+        if "tx" not in self.channels:
+            batches = []
+        if "sync" not in self.channels:
+            sync_requests = []
         while True:
             for data in consensus:
                 self._to_all(data)
@@ -429,8 +436,9 @@ def _member_of(raw: bytes) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--home", required=True)
-    p.add_argument("--behaviour", required=True, choices=BEHAVIOURS)
+    p.add_argument("--behaviour", required=True, help=f"one or more of {','.join(BEHAVIOURS)}, comma-separated")
     p.add_argument("--victim", help="member name whose txs a censoring primary leaves out")
+    p.add_argument("--channels", default="consensus,tx,sync", help="where `malformed` sends garbage")
     args = p.parse_args(argv)
 
     from network.logs import mute_libp2p_logging
@@ -441,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     mute_libp2p_logging()
 
     async def amain() -> None:
-        node = AdversaryNode(cfg, args.behaviour, victim=args.victim)
+        node = AdversaryNode(cfg, args.behaviour, victim=args.victim, channels=args.channels)
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(node.run)

@@ -19,11 +19,14 @@ ADVERSARY = Path(__file__).resolve().with_name("adversary.py")
 _ids = itertools.count()
 
 
-def start_adversary(info: NodeInfo, behaviour: str, victim: str | None = None) -> subprocess.Popen:
+def start_adversary(info: NodeInfo, behaviour: str, victim: str | None = None,
+                    channels: str | None = None) -> subprocess.Popen:
     """adversary.py for one node home, in its own session, output appended to HOME/node.log."""
     cmd = [sys.executable, str(ADVERSARY), "--home", str(info.home), "--behaviour", behaviour]
     if victim:
         cmd += ["--victim", victim]
+    if channels:
+        cmd += ["--channels", channels]
     with open(info.home / "node.log", "ab") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -36,8 +39,8 @@ def log_tail(info: NodeInfo, lines: int = 30) -> str:
 
 
 class ByzantineTestnet(LocalTestnet):
-    """A LocalTestnet where the members in `adversaries` (index -> behaviour or (behaviour, victim name))
-    run adversary.py instead of the honest node."""
+    """A LocalTestnet where the members in `adversaries` (index -> behaviour, or (behaviour, victim name[,
+    channels]) as start_adversary takes them) run adversary.py instead of the honest node."""
 
     def __init__(self, out: Path, n: int, adversaries: dict, **kwargs):
         super().__init__(out, n, **kwargs)
@@ -77,7 +80,7 @@ class ByzantineTestnet(LocalTestnet):
                                      f"{None if p is None else p.returncode}); its log ends:\n{log_tail(self.nodes[i])}")
 
     def describe(self) -> str:
-        return ", ".join(f"{self.nodes[i].name} ({b})" for i, (b, _v) in self.adversaries.items())
+        return ", ".join(f"{self.nodes[i].name} ({a[0]})" for i, a in self.adversaries.items())
 
     def index_of(self, name: str) -> int:
         return next(i for i, info in enumerate(self.nodes) if info.name == name)
