@@ -13,9 +13,11 @@ from pathlib import Path
 
 import httpx
 
-from node.testnet import EXAMPLE_EVENT, LocalTestnet, NodeInfo, poll, start_node
+from node.testnet import EXAMPLE_EVENT, LocalTestnet, NodeInfo, poll, rpc_call, start_node
 
 ADVERSARY = Path(__file__).resolve().with_name("adversary.py")
+BUSY = -32004  # JSON-RPC "node busy, submit again after data.retry_after seconds" (docs/RPC.md)
+RETRY_FOR = 10.0
 _ids = itertools.count()
 
 
@@ -119,18 +121,35 @@ class Load:
     net: ByzantineTestnet
     to: list[int]
     submitted: list[Submitted] = field(default_factory=list)
+    busy: int = 0  # "retry after" answers (admission backpressure)
 
     def round(self) -> None:
         for i in self.to:
             event = {**EXAMPLE_EVENT, "event_id": f"evt-{next(_ids)}-{i}-{time.time_ns()}",
                      "time": int(time.time() * 1000)}
+            self.submitted.append(Submitted(self.submit(i, event), i, time.monotonic()))
+
+    def submit(self, i: int, event: dict) -> str:
+        """The tx hash once member i acknowledged the event. A "busy, retry after" answer (JSON-RPC -32004)
+        is honoured for up to RETRY_FOR seconds, as node.client does; any other failure fails the test."""
+        info = self.net.nodes[i]
+        deadline = time.monotonic() + RETRY_FOR
+        while True:
             try:
-                tx = self.net.rpc(i, "submit_event", {"event": event}, timeout=10)["tx"]
-            except (httpx.HTTPError, RuntimeError) as exc:
+                reply = rpc_call(info.rpc, "submit_event", {"event": event}, info.token, timeout=10)
+            except httpx.HTTPError as exc:
                 self.net.assert_honest_alive()
-                raise AssertionError(f"honest node {self.net.nodes[i].name} refused or failed a submission "
-                                     f"next to {self.net.describe()}: {exc}") from None
-            self.submitted.append(Submitted(tx, i, time.monotonic()))
+                raise AssertionError(f"honest node {info.name} failed a submission next to "
+                                     f"{self.net.describe()}: {exc!r}") from None
+            if "result" in reply:
+                return reply["result"]["tx"]
+            error = reply.get("error") or {}
+            if error.get("code") == BUSY and time.monotonic() < deadline:
+                self.busy += 1
+                time.sleep(min(1.0, float((error.get("data") or {}).get("retry_after", 0.2))))
+                continue
+            raise AssertionError(f"honest node {info.name} refused a submission next to {self.net.describe()}: "
+                                 f"{error}")
 
     def run(self, seconds: float, interval: float = 0.2) -> None:
         end = time.monotonic() + seconds

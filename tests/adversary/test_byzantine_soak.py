@@ -3,7 +3,7 @@ every tx submitted to them within a bound, hold byte-identical blocks and never 
 
 The two adversaries run the same behaviour, so a primary-only behaviour is primary in views 0 and 1 in a
 row (a view change lands on the second faulty primary), and floods, malformed frames and replays come from
-two members at once. SOAK_SECONDS (default 60) sets the load time of each behaviour.
+two members at once. SOAK_SECONDS (default 120) sets the load time of each behaviour.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from test_byzantine import NEEDS_BLOCK_IDENTITY, NEEDS_DECODER_FIX, NEEDS_REQUES
 
 from node.testnet import member_name
 
-SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
 # Two faulty primaries in a row cost two view changes, the second with a doubled timeout; a slow or censoring
 # primary is caught by the per-request timer (10 s in consensus.config), twice in a row.
 LATENCY_BOUND = 15.0
