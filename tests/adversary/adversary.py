@@ -25,6 +25,9 @@ Behaviours (each is a thing one member of a consortium can do on its own):
               block: just enough progress that a delivery-reset timer never fires (Aardvark's slow primary)
   censor      as primary, leaves every tx of member --victim out of its proposals
   replay      re-sends old consensus frames (its own and those it received) and old tx batches to everyone
+  liar        signed lies: STATUS messages 20 times a second claiming to be far ahead or at height 0 (so
+              honest members push it blocks), a VIEW-CHANGE for a new, far view and a CHECKPOINT at a new, far
+              height every second, and a far height when asked over block sync (then serving honest blocks)
   stalecert   as primary of view 0, once: pre-prepares one height H to just q-1 honest replicas, keeps their
               COMMITs for H from its own replica and withholds its own, so nobody but it holds a certificate
               (2f+1 valid commits of view 0); withholds everything after H so the honest members change
@@ -58,7 +61,7 @@ from node.sync import CHANNEL as SYNC_CHANNEL  # noqa: E402
 
 log = logging.getLogger("radchain.adversary")
 
-BEHAVIOURS = ("equivocate", "flood", "malformed", "silent", "slow", "censor", "replay", "stalecert")
+BEHAVIOURS = ("equivocate", "flood", "malformed", "silent", "slow", "censor", "replay", "stalecert", "liar")
 
 # Issue 9 defect 1: a tx whose body map has a bytes key, zero signature. The field check used to raise
 # TypeError (sorting str and bytes keys) before the signature was checked.
@@ -314,6 +317,13 @@ class AdversaryNode(Node):
         if "silent" in self.b:
             await trio.sleep(60)  # never answers; the requester's timeout has to cope
             return b""
+        if "liar" in self.b and "malformed" not in self.b:
+            try:
+                lie = msgpack.unpackb(data, raw=False).get("op") == "status"
+            except Exception:
+                lie = False
+            if lie:
+                return msgpack.packb({"height": self.store.height + 1000, "head": os.urandom(32)}, use_bin_type=True)
         if "malformed" not in self.b or "sync" not in self.channels:
             return await self._serve_honest(peer, data)
         try:
@@ -354,7 +364,7 @@ class AdversaryNode(Node):
     # ------------------------------------------------------------------ the active part
     async def _misbehave(self) -> None:
         loops = {"flood": self._flood_loop, "malformed": self._malformed_loop, "slow": self._slow_loop,
-                 "replay": self._replay_loop}
+                 "replay": self._replay_loop, "liar": self._liar_loop}
         async with trio.open_nursery() as nursery:
             for name in sorted(self.b & set(loops)):
                 nursery.start_soon(loops[name])
@@ -420,6 +430,27 @@ class AdversaryNode(Node):
                 self._released.add((msg.body[0], msg.body[1]))
                 self._to_all(data)
                 break
+
+    async def _liar_loop(self) -> None:
+        k = 0
+        far = 1000
+        interval = self.replica.config.checkpoint_interval
+        while True:
+            await trio.sleep(0.05)
+            r = self.replica
+            k += 1
+            if k % 2:
+                status = (r.view + far, True, r.last_committed + far * interval, r.stable_checkpoint + far * interval)
+            else:
+                status = (r.view, False, 0, 0)  # "I have nothing": honest members push blocks
+            self._to_all(self._sign(m.STATUS, status))
+            if k % 20 == 0:
+                step = k // 20
+                # a VIEW-CHANGE from the genesis checkpoint (no proof needed) for a new, far view
+                self._to_all(self._sign(m.VIEWCHANGE, (r.view + far + step, 0, b"", (), ())))
+                h = (r.stable_checkpoint // interval + far + step) * interval
+                self._to_all(self._sign(m.CHECKPOINT, (h, os.urandom(32))))
+                self.adv["lies"] += 1
 
     async def _replay_loop(self) -> None:
         while True:

@@ -36,6 +36,7 @@ CASES = {
     "slow": {0: ("slow", None), 1: ("slow", None)},
     "censor": {0: ("censor", VICTIM), 1: ("censor", VICTIM)},
     "replay": {5: ("replay", None), 6: ("replay", None)},
+    "liar": {5: ("liar", None), 6: ("liar", None)},
     # the trick needs one primary; the second faulty member stays silent, so every honest vote counts
     "stalecert": {0: ("stalecert", None), 6: ("silent", None)},
 }
@@ -50,6 +51,7 @@ CASES = {
     pytest.param("slow", marks=NEEDS_REQUEST_TIMERS),
     pytest.param("censor", marks=NEEDS_REQUEST_TIMERS),
     "replay",
+    "liar",
     pytest.param("stalecert", marks=NEEDS_BLOCK_IDENTITY),
 ])
 def test_two_of_seven_byzantine(byzantine_testnet, behaviour):
