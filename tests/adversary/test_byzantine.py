@@ -6,7 +6,7 @@ Each case starts a fresh 4-node testnet in which one member runs tests/adversary
 behaviour switched on (make soak runs each behaviour on its own, two faulty members of seven). The primary
 of view 0 is member 0, so behaviours that need to be primary run there. To keep make test short, behaviours
 that do not get in each other's way share one faulty member: a backup that floods votes, sends malformed
-frames of every kind and replays old messages; a primary that is slow and censors one member.
+frames of every kind, replays old messages and lies about its state; a primary that is slow and censors one member.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ CASES = {
     "equivocate": Case(0, "equivocate"),
     "stalecert": Case(0, "stalecert"),
     "silent": Case(0, "silent"),
-    "noisy": Case(3, "flood,malformed,replay", idle=5.0),
+    "noisy": Case(3, "flood,malformed,replay,liar", idle=5.0),
     # A slow or censoring primary is only caught by per-request timers (10 s in consensus.config): the
     # bound covers that timer and the view change after it.
     "slow-censor": Case(0, "slow,censor", victim=1, load=20.0, bound=14.0),
@@ -86,7 +86,7 @@ def test_silent_primary_is_replaced(byzantine_testnet):
 
 
 @NEEDS_DECODER_FIX_AND_VOTE_BOUND
-def test_vote_flood_malformed_frames_and_replays_change_nothing(byzantine_testnet):
+def test_vote_flood_malformed_frames_replays_and_lies_change_nothing(byzantine_testnet):
     run(byzantine_testnet, "noisy")
 
 
