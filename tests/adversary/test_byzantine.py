@@ -6,7 +6,8 @@ Each case starts a fresh 4-node testnet in which one member runs tests/adversary
 behaviour switched on (make soak runs each behaviour on its own, two faulty members of seven). The primary
 of view 0 is member 0, so behaviours that need to be primary run there. To keep make test short, behaviours
 that do not get in each other's way share one faulty member: a backup that floods votes, sends malformed
-frames of every kind, replays old messages and lies about its state; a primary that is slow and censors one member.
+frames of every kind, replays old messages and lies about its state; a primary that is slow and censors
+one member.
 """
 
 from __future__ import annotations
