@@ -22,8 +22,6 @@ from node.testnet import member_name
 pytestmark = pytest.mark.timeout(150)
 
 # Marks for defects fixed on sibling branches (issue 9); the integrator removes them after merging.
-NEEDS_VOTE_BOUND = pytest.mark.xfail(strict=False, reason="needs i9-consensus: issue 9 defect 2 (a member's "
-                                                          "vote flood fills the per-height vote table)")
 NEEDS_REQUEST_TIMERS = pytest.mark.xfail(strict=False, reason="needs i9-consensus: issue 9 defect 6 (no "
                                                               "per-request timer against a slow or censoring primary)")
 NEEDS_BLOCK_IDENTITY = pytest.mark.xfail(strict=False, reason="needs i9-consensus: issue 9 defect 3 (the block "

@@ -12,7 +12,7 @@ import os
 
 import pytest
 from byzantine_net import run_case
-from test_byzantine import NEEDS_BLOCK_IDENTITY, NEEDS_DECODER_FIX, NEEDS_REQUEST_TIMERS, NEEDS_VOTE_BOUND
+from test_byzantine import NEEDS_BLOCK_IDENTITY, NEEDS_DECODER_FIX, NEEDS_REQUEST_TIMERS
 
 from node.testnet import member_name
 
@@ -44,7 +44,11 @@ CASES = {
 
 @pytest.mark.parametrize("behaviour", [
     "equivocate",
-    pytest.param("flood", marks=NEEDS_VOTE_BOUND),
+    # Still failing with i9-input + i9-consensus merged (at 579481f, SOAK_SECONDS=60): two flooders of seven
+    # drive the honest members through 7 view changes in 60 s (height 14); every flooded (view, height) also
+    # becomes an evidence tx from every honest member, and each view change opens a new flood.
+    pytest.param("flood", marks=pytest.mark.xfail(strict=False, reason=(
+        "needs i9-consensus: issue 9 defect 2; two flooders of seven still force repeated view changes"))),
     pytest.param("malformed", marks=NEEDS_DECODER_FIX),
     pytest.param("malformed-sync", marks=NEEDS_DECODER_FIX),
     "silent",
