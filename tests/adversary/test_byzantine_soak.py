@@ -1,0 +1,71 @@
+"""Two Byzantine members of seven (f = 2), for minutes (make soak): the five honest members keep committing
+every tx submitted to them within a bound, hold byte-identical blocks and never die.
+
+The two adversaries run the same behaviour, so a primary-only behaviour is primary in views 0 and 1 in a
+row (a view change lands on the second faulty primary), and floods, malformed frames and replays come from
+two members at once. SOAK_SECONDS (default 120) sets the load time of each behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from byzantine_net import run_case
+from test_byzantine import NEEDS_BLOCK_IDENTITY, NEEDS_DECODER_FIX, NEEDS_REQUEST_TIMERS
+
+from node.testnet import member_name
+
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
+# Two faulty primaries in a row cost two view changes, the second with a doubled timeout; a slow or censoring
+# primary is caught by the per-request timer (10 s in consensus.config), twice in a row.
+LATENCY_BOUND = 15.0
+REQUEST_TIMER_BOUND = 30.0
+
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(int(SOAK_SECONDS) + 240)]
+
+VICTIM = member_name(2)
+# behaviour -> the two faulty members: index -> (behaviour, victim name)
+CASES = {
+    "equivocate": {0: ("equivocate", None), 1: ("equivocate", None)},
+    "flood": {5: ("flood", None), 6: ("flood", None)},
+    "malformed": {5: ("malformed", None), 6: ("malformed", None)},
+    # block sync alone: the liars claim a far height and serve blocks carrying a malformed tx
+    "malformed-sync": {5: ("malformed", None, "sync"), 6: ("malformed", None, "sync")},
+    "silent": {0: ("silent", None), 1: ("silent", None)},
+    "slow": {0: ("slow", None), 1: ("slow", None)},
+    "censor": {0: ("censor", VICTIM), 1: ("censor", VICTIM)},
+    "replay": {5: ("replay", None), 6: ("replay", None)},
+    "liar": {5: ("liar", None), 6: ("liar", None)},
+    # the trick needs one primary; the second faulty member stays silent, so every honest vote counts
+    "stalecert": {0: ("stalecert", None), 6: ("silent", None)},
+}
+
+
+@pytest.mark.parametrize("behaviour", [
+    "equivocate",
+    # Still failing with i9-input + i9-consensus merged (at 579481f, SOAK_SECONDS=60): two flooders of seven
+    # drive the honest members through 7 view changes in 60 s (height 14); every flooded (view, height) also
+    # becomes an evidence tx from every honest member, and each view change opens a new flood.
+    pytest.param("flood", marks=pytest.mark.xfail(strict=False, reason=(
+        "needs i9-consensus: issue 9 defect 2; two flooders of seven still force repeated view changes"))),
+    pytest.param("malformed", marks=NEEDS_DECODER_FIX),
+    pytest.param("malformed-sync", marks=NEEDS_DECODER_FIX),
+    "silent",
+    pytest.param("slow", marks=NEEDS_REQUEST_TIMERS),
+    pytest.param("censor", marks=NEEDS_REQUEST_TIMERS),
+    "replay",
+    "liar",
+    pytest.param("stalecert", marks=NEEDS_BLOCK_IDENTITY),
+])
+def test_two_of_seven_byzantine(byzantine_testnet, behaviour):
+    bound = REQUEST_TIMER_BOUND if behaviour in ("slow", "censor") else LATENCY_BOUND
+    net, _load, _chain = run_case(byzantine_testnet, 7, CASES[behaviour], SOAK_SECONDS, bound,
+                                  idle=10.0 if behaviour.startswith("malformed") else 0.0, settle=60.0)
+    if behaviour == "equivocate":
+        def offenders_on(i: int) -> set[int]:
+            return {e["offender"] for e in net.rpc(i, "audit_trail", {"type": "evidence.equivocation",
+                                                                      "limit": 1000})["entries"]}
+        # Member 0 equivocates in view 0 for sure; member 1 only if the chain got to view 1.
+        for i in net.honest:
+            net.wait_until(lambda i=i: 0 in offenders_on(i), 30, f"evidence against member 0 on {i}")
