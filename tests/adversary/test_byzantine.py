@@ -21,18 +21,6 @@ from node.testnet import member_name
 
 pytestmark = pytest.mark.timeout(150)
 
-# Marks for defects fixed on sibling branches (issue 9); the integrator removes them after merging.
-NEEDS_REQUEST_TIMERS = pytest.mark.xfail(strict=False, reason="needs i9-consensus: issue 9 defect 6 (no "
-                                                              "per-request timer against a slow or censoring primary)")
-NEEDS_BLOCK_IDENTITY = pytest.mark.xfail(strict=False, reason="needs i9-consensus: issue 9 defect 3 (the block "
-                                                              "hash covers the certificate's view)")
-NEEDS_DECODER_FIX = pytest.mark.xfail(strict=False, reason="needs i9-input: issue 9 defect 1 (a tx with a bytes "
-                                                           "key raises TypeError out of gossip and block sync)")
-NEEDS_DECODER_FIX_AND_VOTE_BOUND = pytest.mark.xfail(
-    strict=False, reason="needs i9-input and i9-consensus: issue 9 defects 1 (malformed tx kills a node) and 2 "
-                         "(vote flood halts consensus)")
-
-
 @dataclass(frozen=True)
 class Case:
     index: int                 # the faulty member
@@ -75,7 +63,6 @@ def test_equivocating_primary_is_recorded_on_chain(byzantine_testnet):
                        f"equivocation evidence against {net.nodes[offender].name} on {net.nodes[i].name}")
 
 
-@NEEDS_BLOCK_IDENTITY
 def test_certificate_of_an_older_view_changes_no_header(byzantine_testnet):
     run(byzantine_testnet, "stalecert")
 
@@ -84,11 +71,9 @@ def test_silent_primary_is_replaced(byzantine_testnet):
     run(byzantine_testnet, "silent")
 
 
-@NEEDS_DECODER_FIX_AND_VOTE_BOUND
 def test_vote_flood_malformed_frames_replays_and_lies_change_nothing(byzantine_testnet):
     run(byzantine_testnet, "noisy")
 
 
-@NEEDS_REQUEST_TIMERS
 def test_slow_censoring_primary_is_replaced(byzantine_testnet):
     run(byzantine_testnet, "slow-censor")

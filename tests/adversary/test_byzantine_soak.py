@@ -12,7 +12,6 @@ import os
 
 import pytest
 from byzantine_net import run_case
-from test_byzantine import NEEDS_BLOCK_IDENTITY, NEEDS_DECODER_FIX, NEEDS_REQUEST_TIMERS
 
 from node.testnet import member_name
 
@@ -49,14 +48,14 @@ CASES = {
     # becomes an evidence tx from every honest member, and each view change opens a new flood.
     pytest.param("flood", marks=pytest.mark.xfail(strict=False, reason=(
         "needs i9-consensus: issue 9 defect 2; two flooders of seven still force repeated view changes"))),
-    pytest.param("malformed", marks=NEEDS_DECODER_FIX),
-    pytest.param("malformed-sync", marks=NEEDS_DECODER_FIX),
+    pytest.param("malformed"),
+    pytest.param("malformed-sync"),
     "silent",
-    pytest.param("slow", marks=NEEDS_REQUEST_TIMERS),
-    pytest.param("censor", marks=NEEDS_REQUEST_TIMERS),
+    pytest.param("slow"),
+    pytest.param("censor"),
     "replay",
     "liar",
-    pytest.param("stalecert", marks=NEEDS_BLOCK_IDENTITY),
+    pytest.param("stalecert"),
 ])
 def test_two_of_seven_byzantine(byzantine_testnet, behaviour):
     bound = REQUEST_TIMER_BOUND if behaviour in ("slow", "censor") else LATENCY_BOUND
