@@ -159,8 +159,7 @@ def tx_detail(node, tx_hash: bytes) -> dict | None:
     height, index, raw = rec
     fields, sig = stored_tx(raw)
     shown = fields_json(fields)
-    rows = [{"name": k, "value": _short(v), "token": k in TOKEN_FIELDS,
-             "time": fmt_time(v) if k in ("ts", "expires") else None}
+    rows = [{"name": k, "value": _short(v), "token": k in TOKEN_FIELDS, "time": _explain(k, v)}
             for k, v in sorted(shown.items())]
     receipt = make_receipt(store, tx_hash)
     result = check_receipt(node, receipt) if receipt is not None else {
@@ -172,6 +171,21 @@ def tx_detail(node, tx_hash: bytes) -> dict | None:
     return {"hash": tx_hash.hex(), "height": height, "index": index, "rows": rows, "type": fields.get("type"),
             "member": fields.get("member"), "ts": fields.get("ts"), "sig": sig.hex(), "check": result,
             "receipt_json": receipt_json}
+
+
+OUTCOMES = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}  # DICOM PS3.15
+ACTIONS = {"C": "create", "R": "read", "U": "update", "D": "delete", "E": "execute"}
+
+
+def _explain(name: str, value) -> str | None:
+    """A reader's gloss for coded fields (shown after the value as recorded)."""
+    if name in ("ts", "expires") and isinstance(value, int):
+        return fmt_time(value)
+    if name == "outcome":
+        return OUTCOMES.get(value)
+    if name == "action":
+        return ACTIONS.get(value)
+    return None
 
 
 def _short(v) -> str:

@@ -26,11 +26,13 @@ def grouped_bars(series: dict[str, list[int]], edges: list[int], width: int = 86
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'role="img" aria-label="events per hospital over time">',
              f'<rect x="{left}" y="{up}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#ccc"/>']
-    for k in range(5):  # y grid and labels
-        v = top * k / 4
-        y = up + plot_h - plot_h * k / 4
+    steps = min(4, top)  # whole-number ticks only: counts are integers
+    for k in range(steps + 1):  # y grid and labels
+        v = round(top * k / steps)
+        y = up + plot_h - plot_h * v / top
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{v:.0f}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{v}</text>')
+    parts.append(f'<text x="4" y="{up - 4}" font-size="11" fill="#555">events</text>')
     span = edges[-1] - edges[0] if edges else 0
     for b in range(buckets):
         x0 = left + b * group_w + 3

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import httpx
 
@@ -231,3 +233,23 @@ def test_forms_refuse_foreign_origin(explorer_net):
         assert odd.status_code == 400
         assert c.get(base + "/tx/" + "g" * 64).status_code == 404
         assert re.search(r"Content-Security-Policy", str(c.get(base + "/chain").headers), re.I)
+
+
+def test_revoked_token_ends_the_session(explorer_net, page, tmp_path):
+    net = explorer_net
+    home = str(net.nodes[0].home)
+
+    def radchain(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "node.cli", "token", *args, "--home", home],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    out = radchain("add", "--name", "auditor", "--roles", "read")
+    token = out.strip().splitlines()[0]  # printed once, on stdout
+    login(page, net, 0, token)
+    assert page.url.endswith("/explorer/consortium") and "auditor" in page.inner_text("header")
+    radchain("revoke", "--name", "auditor")
+    page.goto(url(net) + "/chain")
+    where = shot(page, tmp_path, "after-revoke")
+    assert page.url.endswith("/explorer/login") and page.locator("#blocks").count() == 0, where
