@@ -5,6 +5,7 @@ checks the text a person would read, not only status codes."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
@@ -253,3 +254,71 @@ def test_revoked_token_ends_the_session(explorer_net, page, tmp_path):
     page.goto(url(net) + "/chain")
     where = shot(page, tmp_path, "after-revoke")
     assert page.url.endswith("/explorer/login") and page.locator("#blocks").count() == 0, where
+
+
+def test_hostile_forms_and_cookies_get_an_answer_never_a_crash(explorer_net):
+    """Whatever a logged-in browser (or anything holding a session) posts, the explorer answers it with a
+    page, and the node goes on serving."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    net = explorer_net
+    node = net.nodes[0]
+    own, base = node.rpc, url(net)
+    cookie = httpx.post(base + "/login", data={"token": node.read_token}, headers={"Origin": own}).cookies[
+        "radchain_explorer"]
+    client = httpx.Client(cookies={"radchain_explorer": cookie}, timeout=10)
+    kinds = st.sampled_from(["application/x-www-form-urlencoded", "multipart/form-data; boundary=xyz",
+                             "multipart/form-data", "multipart/form-data; boundary=" + "b" * 300, "text/plain"])
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(["/receipt", "/study", "/patient", "/login"]), body=st.binary(max_size=2000),
+           kind=kinds)
+    def post_anything(path, body, kind):
+        r = client.post(base + path, content=body, headers={"Origin": own, "Content-Type": kind})
+        assert r.status_code in (200, 400, 401, 413), (path, kind, body[:80], r.status_code)
+        assert "<html" in r.text and "Traceback" not in r.text
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(value=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=";,\"\\"),
+                         max_size=300))
+    def forged_cookie(value):
+        r = httpx.get(base + "/consortium", cookies={"radchain_explorer": value}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].endswith("/explorer/login")
+
+    try:
+        post_anything()
+        forged_cookie()
+        # multipart with a receipt file among junk parts, the way a browser sends it
+        boundary = "----x"
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\n{i}\r\n' for i in range(3)]
+        receipt = client.get(base + f"/tx/{net.committed[2][0]}").text
+        doc = json.loads(html.unescape(re.search(r'<pre id="receipt">(.*?)</pre>', receipt, re.S).group(1)))
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="r.json"\r\n'
+                     f'Content-Type: application/json\r\n\r\n{json.dumps(doc)}\r\n--{boundary}--\r\n')
+        r = client.post(base + "/receipt", content="".join(parts).encode(),
+                        headers={"Origin": own, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 200 and "receipt valid" in r.text, r.text[-2000:]
+        assert net.rpc(0, "status")["height"] >= net.committed[-1][1]  # still serving
+    finally:
+        client.close()
+
+
+def test_a_member_that_stops_is_shown_then_recovers_by_itself(explorer_net, page, tmp_path):
+    """The consortium page names a member that does not answer, and, refreshing itself (no reload by the
+    test), shows it up to date again once it is back."""
+    from playwright.sync_api import expect
+
+    net = explorer_net
+    login(page, net)
+    last = page.locator("#members tbody tr").nth(3)
+    net.kill(3)
+    try:
+        expect(last.locator("td").nth(2)).to_have_text("no answer", timeout=30_000)
+        where = shot(page, tmp_path, "member-down")
+        assert last.locator("td").nth(3).inner_text() == "unknown", where
+    finally:
+        net.start(3)
+    net.wait_ready([3], timeout=60)
+    expect(last.locator("td").nth(3)).to_have_text("up to date", timeout=40_000)
+    shot(page, tmp_path, "member-back")
