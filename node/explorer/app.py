@@ -31,6 +31,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import jinja2
+import trio
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -51,6 +52,7 @@ MAX_FORM_BYTES = data.MAX_RECEIPT_BYTES + 16 * 1024
 MAX_FORM_FIELDS = 8
 MAX_INPUT_CHARS = 256  # a UID is at most 64 characters, a patient id 64, an issuer 64
 BLOCKS_PER_PAGE = 20
+TXS_PER_PAGE = 100
 AUDIT_PAGE = 100
 REFRESH_SECONDS = 5
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # PS3.5 9.1, length checked apart
@@ -80,6 +82,7 @@ class FormError(ValueError):
 class Explorer:
     def __init__(self, rpc):
         self.rpc = rpc  # node.rpc.server.JsonRpcApp: its node, token store, limiter and edge settings
+        self.chart_limiter = trio.CapacityLimiter(1)
         self.key = os.urandom(32)  # signs session cookies; per process on purpose (see module docstring)
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"),
                                       autoescape=True)  # optional tx fields render empty
@@ -285,7 +288,12 @@ class Explorer:
         if stop:
             return stop
         height = request.path_params["height"]
-        detail = data.block_detail(self.rpc.node, height) if 0 < height <= self.rpc.node.store.height else None
+        try:
+            first = max(0, int(request.query_params.get("from", "0")[:9]))
+        except ValueError:
+            first = 0
+        detail = data.block_detail(self.rpc.node, height, first, TXS_PER_PAGE) \
+            if 0 < height <= self.rpc.node.store.height else None
         if detail is None:
             return self.page("message.html", request, 404, viewer=viewer, title="No such block",
                              message=f"This node has no block at height {height}.")
@@ -368,7 +376,8 @@ class Explorer:
         viewer, stop = await self.gate(request)
         if stop:
             return stop
-        u = data.utilization(self.rpc.node)
+        # One chart computed at a time, off the event loop: a big chain must not stall consensus.
+        u = await trio.to_thread.run_sync(data.utilization, self.rpc.node, limiter=self.chart_limiter)
         chart = Markup(grouped_bars(u["series"], u["edges"])) if u["total"] else None  # escaped in svg.py
         return self.page("utilization.html", request, viewer=viewer, chart=chart, **u)
 

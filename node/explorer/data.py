@@ -25,8 +25,10 @@ from node.tx import CONSENT_TYPES
 # chain by design (member names, AE titles, codes, digests, times).
 TOKEN_FIELDS = frozenset({"patient", "study", "user", "series", "instances"})
 PEER_STATUS_TIMEOUT = 1.5  # s: a member that does not answer its height in this time is shown as unknown
+PEER_HEIGHTS_TTL = 2.0  # s: peers' heights are reused this long across viewers
 MAX_RECEIPT_BYTES = 256 * 1024  # a receipt is a few KiB (tx <= 16 KiB, a path of <= 64 hashes)
-UTILIZATION_BLOCKS = 2000  # the utilization chart covers at most the last this many blocks
+UTILIZATION_BLOCKS = 2000  # the utilization chart covers at most the last this many blocks...
+UTILIZATION_TXS = 50_000  # ...and at most this many txs (read in a worker thread, ~10 us each)
 BUCKETS = 12
 
 
@@ -68,17 +70,7 @@ async def consortium(node) -> dict:
     request BlockSync itself uses), and whether it is behind the highest height seen."""
     members = node.genesis.members
     store = node.store
-    heights: dict[int, int | None] = {node.index: store.height}
-    others = [i for i in range(len(members)) if i != node.index]
-
-    async def ask(i: int) -> None:
-        heights[i] = None
-        with trio.move_on_after(PEER_STATUS_TIMEOUT):
-            heights[i] = await node.sync._status(i)
-
-    async with trio.open_nursery() as nursery:
-        for i in others:
-            nursery.start_soon(ask, i)
+    heights: dict[int, int | None] = {**await _peer_heights(node), node.index: store.height}
     connected = set(node.net.connected_peers())
     top = max((h for h in heights.values() if h is not None), default=0)
     primary = node.replica.primary
@@ -96,6 +88,32 @@ async def consortium(node) -> dict:
     head = store.get_header(store.height) if store.height else None
     return {"rows": rows, "status": node.status(), "top": top, "chain_id": node.genesis.chain_id,
             "last_block": head.timestamp if head else None}
+
+
+_heights_cache: dict[int, tuple[float, dict[int, int | None]]] = {}  # id(node) -> (when, heights)
+_heights_lock = trio.Lock()
+
+
+async def _peer_heights(node) -> dict[int, int | None]:
+    """Other members' heights, asked at most once per PEER_HEIGHTS_TTL whatever the number of viewers: ten
+    open consortium pages refreshing every 5 s must not become ten status requests to every peer."""
+    async with _heights_lock:
+        cached = _heights_cache.get(id(node))
+        if cached is not None and trio.current_time() - cached[0] < PEER_HEIGHTS_TTL:
+            return cached[1]
+        heights: dict[int, int | None] = {}
+
+        async def ask(i: int) -> None:
+            heights[i] = None
+            with trio.move_on_after(PEER_STATUS_TIMEOUT):
+                heights[i] = await node.sync._status(i)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(node.genesis.members)):
+                if i != node.index:
+                    nursery.start_soon(ask, i)
+        _heights_cache[id(node)] = (trio.current_time(), heights)
+        return heights
 
 
 # ------------------------------------------------------------------------------------------ chain
@@ -122,7 +140,8 @@ def tx_summary(store, tx_hash: bytes) -> dict | None:
             "member": fields.get("member"), "ts": fields.get("ts")}
 
 
-def block_detail(node, height: int) -> dict | None:
+def block_detail(node, height: int, start: int = 0, count: int = 100) -> dict | None:
+    """A block with its txs start..start+count (a block holds up to max_block_txs, 2000 by default)."""
     store = node.store
     block = store.get_block(height)
     if block is None:
@@ -130,8 +149,13 @@ def block_detail(node, height: int) -> dict | None:
     header = block.header.to_json()
     cert = store.get_certificate(height)
     signers = _signers(node, cert)
-    txs = [tx_summary(store, h) or {"hash": h.hex()} for h in block.tx_hashes]
-    return {"height": height, "header": header, "txs": txs, "signers": signers,
+    total = len(block.tx_hashes)
+    start = max(0, min(start, total - 1 if total else 0))
+    txs = [{**(tx_summary(store, h) or {"hash": h.hex()}), "position": start + k}
+           for k, h in enumerate(block.tx_hashes[start:start + count])]
+    return {"height": height, "header": header, "txs": txs, "signers": signers, "total": total,
+            "first": start, "next": start + count if start + count < total else None,
+            "prev": max(0, start - count) if start else None,
             "proposer": _member_name(node, block.header.proposer)}
 
 
@@ -265,20 +289,27 @@ def consents(node, limit: int = 100) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ utilization
 
-def utilization(node, max_blocks: int = UTILIZATION_BLOCKS) -> dict:
-    """Per-hospital event counts in BUCKETS equal time slices over the last max_blocks blocks (by the
-    events' own time), from this node's store."""
+def utilization(node, max_blocks: int = UTILIZATION_BLOCKS, max_txs: int = UTILIZATION_TXS) -> dict:
+    """Per-hospital event counts in BUCKETS equal time slices over the last max_blocks blocks, at most
+    max_txs txs (by the events' own time), from this node's store. Blocking: call it in a worker thread
+    (LevelDB reads are thread-safe) so consensus does not wait on a big chart."""
     store = node.store
     top = store.height
-    start = max(1, top - max_blocks + 1)
     events: list[tuple[str, int]] = []
-    for block in store.blocks(start, top) if top else ():
+    start = top + 1
+    # Newest block first, so the cap keeps the most recent events.
+    for height in range(top, max(0, top - max_blocks), -1):
+        block = store.get_block(height)
+        if block is None or len(events) + len(block.tx_hashes) > max_txs:
+            break
+        start = height
         for h in block.tx_hashes:
             rec = store.get_tx(h)
             if rec is None:
                 continue
             fields, _ = stored_tx(rec[2])
             events.append((str(fields.get("member", "?")), int(fields.get("ts", block.header.timestamp))))
+    start = min(start, top)
     members = [m.name for m in node.genesis.members]
     for name in sorted({m for m, _ in events} - set(members)):
         members.append(name)
