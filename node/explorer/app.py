@@ -95,6 +95,7 @@ class Explorer:
             Route("/logout", self.logout, methods=["POST"]),
             Route("/consortium", self.consortium, methods=["GET"]),
             Route("/chain", self.chain, methods=["GET"]),
+            Route("/find", self.find, methods=["POST"]),
             Route("/block/{height:int}", self.block, methods=["GET"]),
             Route("/tx/{hash}", self.tx, methods=["GET"]),
             Route("/study", self.study, methods=["GET", "POST"]),
@@ -309,10 +310,31 @@ class Explorer:
         except ValueError:
             h = b""
         detail = data.tx_detail(self.rpc.node, h) if len(h) == 32 else None
+        if detail is None and len(h) == 32 and self.rpc.node.mempool.get(h) is not None:
+            return self.page("message.html", request, 404, viewer=viewer, title="Pending transaction",
+                             message="This transaction is waiting in this node's mempool: it is not in a block "
+                                     "yet, so it has no receipt. Reload in a few seconds.")
         if detail is None:
             return self.page("message.html", request, 404, viewer=viewer, title="No such transaction",
                              message="This node has no committed transaction with that hash.")
         return self.page("tx.html", request, viewer=viewer, **detail)
+
+    async def find(self, request: Request) -> Response:
+        """The chain page's search box: a block height or a tx hash (neither is an identifier of anyone)."""
+        viewer, stop = await self.gate(request)
+        if stop:
+            return stop
+        try:  # POST, so that a UID pasted here by mistake stays out of URLs and logs
+            q = (await self.form(request)).get("q", b"").decode("utf-8").strip().lower()[:80]
+        except (FormError, UnicodeDecodeError):
+            q = ""
+        if q.isdigit() and 0 < int(q) <= self.rpc.node.store.height:
+            return RedirectResponse(f"{PREFIX}/block/{int(q)}", 303, headers=_HEADERS)
+        if len(q) == 64 and all(c in "0123456789abcdef" for c in q):
+            return RedirectResponse(f"{PREFIX}/tx/{q}", 303, headers=_HEADERS)
+        return self.page("message.html", request, 404, viewer=viewer, title="Not found",
+                         message="Give a block height of this chain or a transaction hash (64 hex digits). "
+                                 "To find a study or a patient, use the Study timeline or Patient pages.")
 
     async def _search(self, request: Request, template: str, names: tuple[str, ...], tokenize) -> Response:
         """Study or patient search: raw input from the form -> token -> the audit trail page."""

@@ -75,6 +75,18 @@ def test_block_and_tx_pages_say_receipt_valid(explorer_net, page, tmp_path):
     assert "hosp-b" in fields and "pseudonym" in fields, where
     assert STUDY not in page.content() and PATIENT not in page.content()  # nobody typed them on this page
 
+    # the chain page's search box finds the same tx by its hash, and says plainly what it cannot find
+    page.click("nav >> text=Chain")
+    page.fill("#q", tx_hash)
+    page.click("form.search button")
+    assert "receipt valid" in page.inner_text("#verdict")
+    page.click("nav >> text=Chain")
+    page.fill("#q", STUDY)
+    page.click("form.search button")
+    where = shot(page, tmp_path, "find-not-found")
+    assert "Not found" in page.inner_text("h1") and "Study timeline" in page.inner_text("main"), where
+    assert STUDY not in page.url
+
 
 def test_study_timeline_across_two_hospitals(explorer_net, page, tmp_path):
     net = explorer_net
