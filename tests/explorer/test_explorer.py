@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import httpx
+from playwright.sync_api import expect
 
 from tests.explorer.conftest import ISSUER, OTHER_STUDY, PATIENT, STUDY
 
@@ -46,12 +47,13 @@ def test_login_with_read_token_shows_consortium_of_four(explorer_net, page, tmp_
     for name in ("hosp-a", "hosp-b", "hosp-c", "hosp-d"):
         assert name in text, where
     assert "this node" in page.inner_text("#members tbody tr:first-child"), where
-    # every member answered its height and, the testnet being idle, nobody is behind
+    # every member answers its height and, the testnet being idle, nobody is behind (on a loaded machine a
+    # peer may miss the 1.5 s budget of one refresh: the page's own refresh, not the test, tries again)
     top = max(h for _, h, _ in net.committed)
     for r in range(4):
         cells = rows.nth(r).locator("td")
+        expect(cells.nth(3)).to_have_text("up to date", timeout=20_000)
         assert int(cells.nth(2).inner_text()) >= top, where
-        assert cells.nth(3).inner_text() == "up to date", where
     assert page.locator('meta[http-equiv="refresh"]').count() == 1  # refreshes by itself
     assert "pseudonym" in page.inner_text("footer")
 
@@ -319,8 +321,6 @@ def test_hostile_forms_and_cookies_get_an_answer_never_a_crash(explorer_net):
 def test_a_member_that_stops_is_shown_then_recovers_by_itself(explorer_net, page, tmp_path):
     """The consortium page names a member that does not answer, and, refreshing itself (no reload by the
     test), shows it up to date again once it is back."""
-    from playwright.sync_api import expect
-
     net = explorer_net
     login(page, net)
     last = page.locator("#members tbody tr").nth(3)
