@@ -83,6 +83,7 @@ class Explorer:
     def __init__(self, rpc):
         self.rpc = rpc  # node.rpc.server.JsonRpcApp: its node, token store, limiter and edge settings
         self.chart_limiter = trio.CapacityLimiter(1)
+        self.peer_heights = data.PeerHeights()
         self.key = os.urandom(32)  # signs session cookies; per process on purpose (see module docstring)
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"),
                                       autoescape=True)  # optional tx fields render empty
@@ -265,7 +266,7 @@ class Explorer:
         viewer, stop = await self.gate(request)
         if stop:
             return stop
-        info = await data.consortium(self.rpc.node)
+        info = await data.consortium(self.rpc.node, self.peer_heights)
         return self.page("consortium.html", request, viewer=viewer, refresh=REFRESH_SECONDS, **info)
 
     async def chain(self, request: Request) -> Response:

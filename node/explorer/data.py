@@ -65,12 +65,12 @@ class MemberRow:
     behind: bool | None
 
 
-async def consortium(node) -> dict:
+async def consortium(node, peer_heights: PeerHeights) -> dict:
     """Every member with its height (this node's own, the others' asked over the p2p sync channel, the
     request BlockSync itself uses), and whether it is behind the highest height seen."""
     members = node.genesis.members
     store = node.store
-    heights: dict[int, int | None] = {**await _peer_heights(node), node.index: store.height}
+    heights: dict[int, int | None] = {**await peer_heights.get(node), node.index: store.height}
     connected = set(node.net.connected_peers())
     top = max((h for h in heights.values() if h is not None), default=0)
     primary = node.replica.primary
@@ -90,30 +90,35 @@ async def consortium(node) -> dict:
             "last_block": head.timestamp if head else None}
 
 
-_heights_cache: dict[int, tuple[float, dict[int, int | None]]] = {}  # id(node) -> (when, heights)
-_heights_lock = trio.Lock()
-
-
-async def _peer_heights(node) -> dict[int, int | None]:
+class PeerHeights:
     """Other members' heights, asked at most once per PEER_HEIGHTS_TTL whatever the number of viewers: ten
-    open consortium pages refreshing every 5 s must not become ten status requests to every peer."""
-    async with _heights_lock:
-        cached = _heights_cache.get(id(node))
-        if cached is not None and trio.current_time() - cached[0] < PEER_HEIGHTS_TTL:
-            return cached[1]
-        heights: dict[int, int | None] = {}
+    open consortium pages refreshing every 5 s must not become ten status requests to every peer. One per
+    explorer (so per node and per trio run)."""
 
-        async def ask(i: int) -> None:
-            heights[i] = None
-            with trio.move_on_after(PEER_STATUS_TIMEOUT):
-                heights[i] = await node.sync._status(i)
+    def __init__(self):
+        self._lock: trio.Lock | None = None
+        self._when = float("-inf")
+        self._heights: dict[int, int | None] = {}
 
-        async with trio.open_nursery() as nursery:
-            for i in range(len(node.genesis.members)):
-                if i != node.index:
-                    nursery.start_soon(ask, i)
-        _heights_cache[id(node)] = (trio.current_time(), heights)
-        return heights
+    async def get(self, node) -> dict[int, int | None]:
+        if self._lock is None:
+            self._lock = trio.Lock()
+        async with self._lock:
+            if trio.current_time() - self._when < PEER_HEIGHTS_TTL:
+                return self._heights
+            heights: dict[int, int | None] = {}
+
+            async def ask(i: int) -> None:
+                heights[i] = None
+                with trio.move_on_after(PEER_STATUS_TIMEOUT):
+                    heights[i] = await node.sync._status(i)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(len(node.genesis.members)):
+                    if i != node.index:
+                        nursery.start_soon(ask, i)
+            self._heights, self._when = heights, trio.current_time()
+            return heights
 
 
 # ------------------------------------------------------------------------------------------ chain
