@@ -219,6 +219,10 @@ def test_forms_refuse_foreign_origin(explorer_net):
     assert httpx.post(base + "/login", data=form).status_code == 403
     assert httpx.post(base + "/login", data=form, headers={"Origin": "http://evil.example"}).status_code == 403
     assert httpx.post(base + "/login", data=form, headers={"Referer": "http://evil.example/x"}).status_code == 403
+    # DNS rebinding: the attacker's name in Host and a matching Origin is still not this node
+    rebound = httpx.post(base + "/login", data=form, headers={"Host": "evil.example",
+                                                              "Origin": "http://evil.example"})
+    assert rebound.status_code == 403 and "set-cookie" not in rebound.headers
     ok = httpx.post(base + "/login", data=form, headers={"Origin": own})
     assert ok.status_code == 303 and "radchain_explorer" in ok.headers["set-cookie"]
     cookie = ok.cookies["radchain_explorer"]
