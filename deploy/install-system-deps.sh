@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages RadChain needs, only those missing.
 #   python: what creating the virtual environment needs
-#   test:   real DICOM software and network namespaces used by the test suite
+#   test:   real DICOM software, network namespaces and a browser (explorer tests) used by the test suite
 set -euo pipefail
 case "${1:-test}" in
   python) pkgs=(python3-venv python3-dev build-essential) ;;
-  test)   pkgs=(orthanc orthanc-python orthanc-dicomweb dcmtk iproute2 curl) ;;
+  test)   pkgs=(orthanc orthanc-python orthanc-dicomweb dcmtk iproute2 curl chromium) ;;
   *) echo "usage: $0 python|test" >&2; exit 2 ;;
 esac
 missing=()

@@ -33,6 +33,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from node.explorer import PREFIX as EXPLORER_PREFIX
+from node.explorer import explorer_mount
 from node.rpc.auth import (
     ADMIN,
     READ,
@@ -158,7 +160,8 @@ class JsonRpcApp:
         routes = [Route("/", self.handle_http, methods=["POST"]),
                   Route("/health", self.health, methods=["GET"]),
                   Route("/metrics", self.metrics_endpoint, methods=["GET"]),
-                  WebSocketRoute("/ws", self.subscriptions.endpoint)]
+                  WebSocketRoute("/ws", self.subscriptions.endpoint),
+                  explorer_mount(self)]  # the web explorer, /explorer (docs/EXPLORER.md)
         self.app = _Edge(self, Starlette(routes=routes + (extra_routes or []), lifespan=self._lifespan))
 
     @asynccontextmanager
@@ -393,6 +396,11 @@ async def ws_caller(app: JsonRpcApp, websocket: WebSocket) -> Caller:
     return app.caller(websocket, websocket.query_params.get("token"))
 
 
+def _same_origin(origin: str | None, scope, host: str | None) -> bool:
+    scheme = "https" if scope.get("scheme") == "https" else "http"
+    return origin is not None and host is not None and origin.strip().lower() == f"{scheme}://{host}".lower()
+
+
 class _Edge:
     """ASGI middleware in front of every route: Host and Origin must be this node's (DNS rebinding), and a
     WebSocket upgrade needs a read token, refused with HTTP 403 before the handshake completes."""
@@ -409,7 +417,10 @@ class _Edge:
             refused = None
             if not host_allowed(headers.get("host"), [*edge.allowed_hosts, edge.host]):  # + the name it listens on
                 refused = "Host not allowed (rpc.allowed_hosts)"
-            elif not origin_allowed(headers.get("origin"), edge.allowed_origins):
+            elif not origin_allowed(headers.get("origin"), edge.allowed_origins) and not (
+                    # the explorer's own forms post back to this node (same origin; Host was checked above)
+                    scope["path"].startswith(EXPLORER_PREFIX + "/") and kind == "http"
+                    and _same_origin(headers.get("origin"), scope, headers.get("host"))):
                 refused = "Origin not allowed (rpc.allowed_origins)"
             elif kind == "websocket":
                 grant = self.rpc.grant(headers, QueryParams(scope.get("query_string", b"")).get("token"))

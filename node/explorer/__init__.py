@@ -1,0 +1,14 @@
+"""Web explorer served by every node under /explorer (docs/EXPLORER.md): Jinja2 templates and one CSS file,
+no JavaScript. ``explorer_mount(rpc)`` is all the RPC server needs to include it."""
+
+from __future__ import annotations
+
+from starlette.routing import Mount
+
+PREFIX = "/explorer"
+
+
+def explorer_mount(rpc) -> Mount:
+    from node.explorer.app import Explorer  # jinja2 and the templates load only when a server is built
+
+    return Mount(PREFIX, app=Explorer(rpc).app)
