@@ -2,12 +2,17 @@
 
 Everything that changes the ledger goes through this task (consensus commits and synced blocks alike), so
 the store has a single writer and blocks are executed strictly in height order.
+
+Overload (docs/PERFORMANCE.md): the event queue holds at most MAX_QUEUED_MESSAGES peer messages (more are
+dropped and counted; PBFT retransmits what matters), other work (RPC admission, tx gossip) waits for the
+queue to drain through `yield_to_consensus`, and timers do not count time this node spent executing
+blocks, plus an allowance for the primary's own execution: a heavy block does not look like a dead primary.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +22,7 @@ import trio
 from consensus import actions as A
 from consensus import events as E
 from consensus import wal as consensus_wal
+from consensus.replica import TICK
 from node.chain import Chain, ChainError
 from node.wal import WriteAheadLog
 
@@ -24,6 +30,17 @@ log = logging.getLogger("radchain.driver")
 
 # Rewrite the WAL without obsolete records once it grows past this (after a stable checkpoint).
 WAL_COMPACT_BYTES = 64 << 20
+# Peer messages waiting for the replica; beyond this they are dropped (counted in stats["dropped_messages"]).
+# 10,000 is minutes of honest traffic for n <= 10 at one block per ~100 ms; only a flood reaches it.
+MAX_QUEUED_MESSAGES = 10_000
+# Work that yields to consensus waits at most this long for the event queue to drain (then goes on:
+# consensus must come first, not alone).
+YIELD_MAX_WAIT = 0.025
+# Timers other than retransmission get this many times the recent longest block execution on top: the
+# primary executes the blocks it pipelines too (consensus.Config.pipeline is 4), and a backup that is
+# still executing cannot tell a busy primary from a dead one.
+EXEC_ALLOWANCE_BLOCKS = 4
+EXEC_HISTORY = 32  # blocks whose execution time is remembered
 
 
 @dataclass(frozen=True)
@@ -55,27 +72,74 @@ class ConsensusDriver:
         self._on_commit = on_commit
         self._on_state_transfer = on_state_transfer
         self._on_evidence = on_evidence
-        self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
+        # One FIFO of events: peer messages (bounded), timer firings, sync results, mempool wake-ups (each
+        # bounded by construction: one per timer, one coalesced wake-up, one per sync request / gap).
+        self._queue: deque = deque()
+        self._queued_messages = 0
+        self._wakeup = trio.Event()
+        self._drained = trio.Event()  # set whenever the queue is empty and the replica is idle
+        self._drained.set()
         self._timers: dict[object, float] = {}
         self._timers_changed = trio.Event()
+        self._fired: dict[object, object] = {}  # timer -> token of its firing still in the queue
+        self._exec_times: deque[float] = deque(maxlen=EXEC_HISTORY)
         self._pending_commits: dict[int, A.Commit] = {}
         self._deferred: list[int] = []  # heights the replica asked a proposal for, waiting for txs
         self._deferred_view = -1
         self._mempool_dirty = False
-        self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0}
+        self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0, "dropped_messages": 0,
+                      "stale_timers": 0, "exec_s": 0.0}
 
     # ------------------------------------------------------------------ inputs (any task)
-    def message(self, sender: int, data: bytes) -> None:
-        self._events_send.send_nowait(E.MessageReceived(sender, data))
+    def message(self, sender: int, data: bytes) -> bool:
+        """Queue a peer's consensus message; False (dropped, counted) when MAX_QUEUED_MESSAGES wait."""
+        if self._queued_messages >= MAX_QUEUED_MESSAGES:
+            self.stats["dropped_messages"] += 1
+            if self.stats["dropped_messages"] % 1000 == 1:
+                log.warning("consensus queue full (%d messages): dropping; %d dropped so far",
+                            self._queued_messages, self.stats["dropped_messages"])
+            return False
+        self._queued_messages += 1
+        self._push(E.MessageReceived(sender, data))
+        return True
 
     def mempool_changed(self) -> None:
         if not self._mempool_dirty:  # coalesce: one WorkPending per burst of admissions
             self._mempool_dirty = True
-            self._events_send.send_nowait(MempoolChanged())
+            self._push(MempoolChanged())
 
     def synced(self, blocks: list[tuple[int, bytes, bytes]], announce: bool = True,
                done: trio.Event | None = None) -> None:
-        self._events_send.send_nowait(SyncedBlocks(blocks, announce, done))
+        self._push(SyncedBlocks(blocks, announce, done))
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def yield_to_consensus(self, max_wait: float = YIELD_MAX_WAIT) -> None:
+        """For work that must not delay agreement (RPC submissions, tx gossip): wait until the replica has
+        handled everything queued for it, at most `max_wait` seconds. Always a checkpoint."""
+        if self._drained.is_set():
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(max_wait):
+            await self._drained.wait()
+
+    def _push(self, event) -> None:
+        self._queue.append(event)
+        if self._drained.is_set():
+            self._drained = trio.Event()
+        self._wakeup.set()
+
+    async def _next(self):
+        while not self._queue:
+            self._drained.set()
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        event = self._queue.popleft()
+        if type(event) is E.MessageReceived:
+            self._queued_messages -= 1
+        return event
 
     # ------------------------------------------------------------------ the loop
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -83,9 +147,16 @@ class ConsensusDriver:
             nursery.start_soon(self._timer_loop)
             await self._perform(self.replica.start())
             task_status.started()
-            async for event in self._events_recv:
+            while True:
+                event = await self._next()
                 self.stats["events"] += 1
-                if isinstance(event, MempoolChanged):
+                if isinstance(event, _Fired):
+                    if self._fired.get(event.timer) is not event.token:
+                        self.stats["stale_timers"] += 1  # re-armed or cancelled after it fired
+                        continue
+                    del self._fired[event.timer]
+                    event = E.TimerFired(event.timer)
+                elif isinstance(event, MempoolChanged):
                     self._mempool_dirty = False
                     await self._propose_deferred()
                     event = E.WorkPending(self._mempool_count())
@@ -133,9 +204,11 @@ class ConsensusDriver:
         elif isinstance(action, A.Broadcast):
             self._broadcast(action.data)
         elif isinstance(action, A.SetTimer):
-            self._timers[action.timer] = trio.current_time() + action.seconds
+            self._fired.pop(action.timer, None)
+            self._timers[action.timer] = trio.current_time() + self._timer_seconds(action)
             self._timers_changed.set()
         elif isinstance(action, A.CancelTimer):
+            self._fired.pop(action.timer, None)
             self._timers.pop(action.timer, None)
         elif isinstance(action, A.RequestProposal):
             # A pipelined primary asks for several heights as soon as work appears; those beyond the txs at
@@ -182,15 +255,18 @@ class ConsensusDriver:
         # Commits queued behind a gap can go now.
         nxt = self._pending_commits.pop(self.chain.height + 1, None)
         if nxt is not None:
-            self._events_send.send_nowait(_Replay(nxt))
+            self._push(_Replay(nxt))
         return event
 
     def _execute(self, payload: bytes, certificate: bytes, verify: bool = False):
+        started = time.perf_counter()
         try:
             block = self.chain.execute(payload, certificate, verify_certificate_sigs=verify)
         except ChainError:
             log.exception("could not execute a committed block; will sync it from peers")
             return None
+        finally:
+            self._executed_for(time.perf_counter() - started)
         self.stats["commits"] += 1
         self._on_commit(block, payload)
         return block
@@ -213,6 +289,22 @@ class ConsensusDriver:
             event.done.set()
 
     # ------------------------------------------------------------------ timers
+    def _timer_seconds(self, action: A.SetTimer) -> float:
+        """The replica's duration, plus the execution allowance for anything but retransmission."""
+        if action.timer == TICK or not self._exec_times:
+            return action.seconds
+        return action.seconds + EXEC_ALLOWANCE_BLOCKS * max(self._exec_times)
+
+    def _executed_for(self, seconds: float) -> None:
+        """Time spent executing a block does not count toward armed timers: this node was busy, not
+        waiting for its peers (the deadlines move back by that much)."""
+        self._exec_times.append(seconds)
+        self.stats["exec_s"] += seconds
+        for timer in self._timers:
+            if timer != TICK:
+                self._timers[timer] += seconds
+        self._timers_changed.set()
+
     async def _timer_loop(self) -> None:
         while True:
             if not self._timers:
@@ -226,12 +318,22 @@ class ConsensusDriver:
                 continue
             if self._timers.get(timer) == deadline:
                 del self._timers[timer]
-                self._events_send.send_nowait(E.TimerFired(timer))
+                # Queued behind what already arrived: a message that proves progress re-arms the timer
+                # first, and the firing is then dropped as stale.
+                token = object()
+                self._fired[timer] = token
+                self._push(_Fired(timer, token))
 
 
 @dataclass(frozen=True)
 class _Replay:
     commit: A.Commit
+
+
+@dataclass(frozen=True)
+class _Fired:
+    timer: object
+    token: object
 
 
 # consensus.wal records are msgpack lists tagged by a string; a "stable" record ends an obsolete prefix.

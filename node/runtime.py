@@ -42,6 +42,7 @@ from node.wal import WriteAheadLog
 log = logging.getLogger("radchain.node")
 
 CONSENSUS_CHANNEL = "consensus"
+GOSSIP_QUEUE = 64  # tx batches from members waiting for their checks
 
 
 class Node:
@@ -57,7 +58,8 @@ class Node:
 
         self.store = Store(cfg.chain_dir, sync=cfg.store_sync)
         self.chain = Chain(self.genesis, self.store)
-        self.mempool = Mempool(cfg.home / "data" / "mempool", cfg.mempool.max_txs)
+        self.mempool = Mempool(cfg.home / "data" / "mempool", cfg.mempool.max_txs,
+                               min_backlog=cfg.mempool.min_backlog, drain_seconds=cfg.mempool.busy_after_s)
         self.wal = WriteAheadLog(cfg.wal_dir, fsync=cfg.consensus.wal_fsync)
 
         self.peer_ids = [m.peer_id for m in self.genesis.members]
@@ -90,6 +92,8 @@ class Node:
                               cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second)
         self._last_view = self.replica.view
         self._commit_waiters: dict[bytes, list[trio.Event]] = {}
+        # Tx batches from members wait here for _gossip_loop (each is up to gossip_batch signature checks).
+        self._gossip_send, self._gossip_recv = trio.open_memory_channel(GOSSIP_QUEUE)
         # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
         self.mempool.restore(self.store.has_tx, time.monotonic())
 
@@ -100,6 +104,7 @@ class Node:
                 await nursery.start(self.net.run)
                 self.net.serve(SYNC_CHANNEL, self.sync.serve)
                 nursery.start_soon(self._inbox_loop)
+                nursery.start_soon(self._gossip_loop)
                 await nursery.start(self.driver.run)
                 nursery.start_soon(self.gossip.run)
                 nursery.start_soon(self.sync.run)
@@ -138,15 +143,22 @@ class Node:
                 batch = await self.net.receive_batch()
             except trio.EndOfChannel:
                 return
-            for peer, channel, data in batch:
+            # Consensus first: its messages only queue for the driver here, while a tx batch costs a
+            # signature check per tx and is handed to _gossip_loop, which yields to the driver.
+            for peer, channel, data in sorted(batch, key=lambda item: item[1] != CONSENSUS_CHANNEL):
                 index = self._index_of_peer.get(peer)
                 if index is None:
                     continue  # network/ admits members only; defence in depth
                 if channel == CONSENSUS_CHANNEL:
                     self.driver.message(index, data)
                 elif channel == TX_CHANNEL:
-                    self.gossip.on_batch(peer, data)
+                    await self._gossip_send.send((peer, data))  # bounded: a backlog slows the peers' streams
             await trio.lowlevel.checkpoint()
+
+    async def _gossip_loop(self) -> None:
+        async for peer, data in self._gossip_recv:
+            await self.driver.yield_to_consensus()
+            self.gossip.on_batch(peer, data)
 
     # ------------------------------------------------------------------ consensus callbacks
     def _build_proposal(self, height: int, allow_empty: bool) -> bytes | None:
