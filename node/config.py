@@ -52,8 +52,8 @@ class MempoolConfig:
     rebroadcast_after: float = 5.0
     # Backpressure (node.mempool): client txs are refused with a retry delay once more txs wait than the
     # chain commits in busy_after_s seconds at its recent rate, and never below min_backlog.
-    busy_after_s: float = 2.0
-    min_backlog: int = 2000
+    busy_after_s: float = 1.5
+    min_backlog: int = 1000
 
 
 @dataclass

@@ -14,7 +14,7 @@ Modes (the answer is never ambiguous; resubmitting the same tx is always safe an
   the tx is still in the mempool and will commit; ask again with ``get_tx`` or resubmit. Never an error
   that leaves the client guessing (unlike CometBFT's ``broadcast_tx_commit`` timeouts).
 
-Backpressure: once the txs waiting to commit exceed what the chain commits in about 2 s (its recent rate,
+Backpressure: once the txs waiting to commit exceed what the chain commits in 1.5 s (its recent rate,
 see node.mempool), a new tx is refused before any work is spent on it with ``-32004`` and
 ``data.retry_after`` (seconds; over plain HTTP also status 429 and a ``Retry-After`` header). A client
 waits that long and submits again; the node stays at low latency instead of queueing minutes of txs.
@@ -64,7 +64,7 @@ class Admission:
 
     # ------------------------------------------------------------------ admission
     def gate(self) -> None:
-        """Refuse a new client tx while the backlog is over ~2 s of commits: RpcError(MEMPOOL_FULL) with
+        """Refuse a new client tx while the backlog is over ~1.5 s of commits: RpcError(MEMPOOL_FULL) with
         data.retry_after. Costs no signature, hash or disk work, so a refusal answers at once."""
         over = self.node.mempool.overload(time.monotonic())
         if over is not None:

@@ -1,4 +1,4 @@
-"""Mempool backpressure: client txs are refused with a retry delay once the backlog exceeds ~2 s of commits."""
+"""Mempool backpressure: client txs are refused with a retry delay once the backlog exceeds ~1.5 s of commits."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _txs(n: int, tag: str = "") -> list[tuple[bytes, bytes]]:
 
 
 def test_refuses_once_backlog_exceeds_two_seconds_of_commits(tmp_path):
-    pool = Mempool(tmp_path / "m", 100_000, min_backlog=100)
+    pool = Mempool(tmp_path / "m", 100_000, min_backlog=100, drain_seconds=2.0)
     # 5 s of commits at 1,000 tx/s: the limit is 2,000 waiting txs.
     for t in range(50):
         pool.remove([b"x"] * 100, now=100.0 + t * 0.1)
