@@ -35,6 +35,7 @@ RATE_WINDOW = 5.0
 MIN_BACKLOG = 1000
 # Bounds of the retry delay handed to refused clients.
 RETRY_MIN, RETRY_MAX = 0.05, 5.0
+IDLE_RETRY = 1.0
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,10 @@ class Mempool:
         limit = max(self.min_backlog, int(rate * self.drain_seconds))
         if backlog < limit and backlog < self.max_txs:
             return None
-        # Come back when the backlog should be down to half the limit: the proposer still has ~1 s of txs
-        # at hand, so refusals never starve the pipeline; stalled chain (rate 0): the longest delay.
-        wait = (backlog - limit / 2) / rate if rate > 0 else RETRY_MAX
+        # Come back when the backlog should be down to half the limit: the proposer still has txs at hand,
+        # so refusals never starve the pipeline. Nothing committed for RATE_WINDOW (a chain that was idle
+        # and just got a burst, or one in a view change): ask again in IDLE_RETRY, refusals are cheap.
+        wait = (backlog - limit / 2) / rate if rate > 0 else IDLE_RETRY
         return Overload(backlog, limit, rate, round(min(RETRY_MAX, max(RETRY_MIN, wait)), 2))
 
     def close(self) -> None:
