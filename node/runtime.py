@@ -43,6 +43,7 @@ log = logging.getLogger("radchain.node")
 
 CONSENSUS_CHANNEL = "consensus"
 GOSSIP_QUEUE = 64  # tx batches from members waiting for their checks
+GOSSIP_SLICE = 0.01  # seconds of tx checks between two yields to the consensus driver
 
 
 class Node:
@@ -156,9 +157,26 @@ class Node:
             await trio.lowlevel.checkpoint()
 
     async def _gossip_loop(self) -> None:
-        async for peer, data in self._gossip_recv:
+        while True:
+            try:
+                peer, data = await self._gossip_recv.receive()
+            except trio.EndOfChannel:
+                return
             await self.driver.yield_to_consensus()
-            self.gossip.on_batch(peer, data)
+            # Then every batch already waiting, up to ~GOSSIP_SLICE of work: one wait per slice rather than
+            # per batch, or small batches (a flush every 5 ms) would cap gossip at a batch per wait.
+            started = time.perf_counter()
+            while True:
+                try:
+                    self.gossip.on_batch(peer, data)
+                except Exception:  # one member's bad batch must not stop gossip from the others
+                    log.exception("tx batch from %s could not be handled", peer[-8:])
+                if time.perf_counter() - started > GOSSIP_SLICE:
+                    break
+                try:
+                    peer, data = self._gossip_recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
 
     # ------------------------------------------------------------------ consensus callbacks
     def _build_proposal(self, height: int, allow_empty: bool) -> bytes | None:

@@ -19,7 +19,7 @@ import pytest
 from node.client import RadChainClient
 from node.dicom.delivery import Deliverer
 from node.dicom.spool import Spool
-from node.rpc.errors import MEMPOOL_FULL
+from node.rpc.errors import MEMPOOL_FULL, RATE_LIMITED
 from node.testnet import EXAMPLE_EVENT
 
 pytestmark = pytest.mark.timeout(180)
@@ -50,12 +50,15 @@ def _flood_until(url: str, token: str, tag: str, until: float, out: dict) -> Non
             started = time.monotonic()
             response = http.post(url, json=calls)
             took = time.monotonic() - started
-            for reply in response.json():
+            replies = response.json()
+            if isinstance(replies, dict):  # the whole request refused: the per-address rate limit
+                replies = [replies]
+            for reply in replies:
                 if "result" in reply:
                     out["accepted"].append(reply["result"]["tx"])
                 else:
                     out["errors"].append(reply["error"])
-            if all("error" in r for r in response.json()):
+            if all("error" in r for r in replies):
                 out["refused_batches"].append((response.status_code, response.headers.get("retry-after"), took))
 
 
@@ -82,19 +85,19 @@ def test_overloaded_testnet_refuses_with_retry_after_and_loses_nothing(testnet, 
     for t in threads:
         t.start()
 
-    # Meanwhile the well-behaved clients: the SDK and the DICOM spool deliverer honour retry_after.
-    time.sleep(2.0)
-    with RadChainClient(net.nodes[1].rpc, net.nodes[1].token, retry_busy=60) as sdk:
-        sdk_answers = sdk.submit_events([_event("sdk") for _ in range(300)])
-    spool = Spool(tmp_path / "spool")
-    spool_ids = spool.put_many([_event("spool") for _ in range(300)], source="test")
-    deliverer = Deliverer(spool, net.nodes[2].rpc, net.nodes[2].token)
     # A plain HTTP client gets 429 + Retry-After on a refused single call.
     plain = []
     while time.monotonic() < until and not any(r.status_code == 429 for r in plain):
         plain.append(httpx.post(net.nodes[3].rpc, headers={"Authorization": f"Bearer {net.nodes[3].token}"},
                                 json={"jsonrpc": "2.0", "id": 1, "method": "submit_event",
                                       "params": {"event": _event("plain")}}, timeout=30))
+        time.sleep(0.01)
+    # Meanwhile the well-behaved clients: the SDK and the DICOM spool deliverer honour retry_after.
+    with RadChainClient(net.nodes[1].rpc, net.nodes[1].token, retry_busy=60) as sdk:
+        sdk_answers = sdk.submit_events([_event("sdk") for _ in range(300)])
+    spool = Spool(tmp_path / "spool")
+    spool_ids = spool.put_many([_event("spool") for _ in range(300)], source="test")
+    deliverer = Deliverer(spool, net.nodes[2].rpc, net.nodes[2].token)
     assert deliverer.drain(time.monotonic() + 60), deliverer.last_error
     for t in threads:
         t.join(timeout=60)
@@ -105,15 +108,18 @@ def test_overloaded_testnet_refuses_with_retry_after_and_loses_nothing(testnet, 
     refused = [b for f in floods for b in f["refused_batches"]]
     assert accepted, "the nodes admitted nothing under load"
     assert errors, "pushed past capacity, no call was refused"
-    # Every refusal is the retry error, with a usable delay; nothing else went wrong.
-    assert {e["code"] for e in errors} == {MEMPOOL_FULL}, errors[:3]
+    # Every refusal is the busy error (or the per-address rate limit, hit by these clients too), with a
+    # usable delay; nothing else went wrong.
+    assert MEMPOOL_FULL in {e["code"] for e in errors}
+    assert {e["code"] for e in errors} <= {MEMPOOL_FULL, RATE_LIMITED}, errors[:3]
     assert all(0 < e["data"]["retry_after"] <= 5 for e in errors)
     assert all(status == 429 and int(after) >= 1 for status, after, _ in refused)
     # A fully refused batch of 200 costs the node no signing: answered without waiting for the backlog (the
     # 100 ms goal is measured by `make bench` with separate client processes; here 5 client threads share
     # one interpreter and the machine runs other tests).
     assert statistics.median(took for *_, took in refused) < 0.5
-    busy = next(r for r in plain if r.status_code == 429)
+    busy = next((r for r in plain if r.status_code == 429), None)
+    assert busy is not None, f"{len(plain)} single calls during the flood, none refused"
     assert int(busy.headers["retry-after"]) >= 1 and busy.json()["error"]["data"]["retry_after"] > 0
 
     # The SDK and the deliverer got every event in despite the refusals.
@@ -123,7 +129,8 @@ def test_overloaded_testnet_refuses_with_retry_after_and_loses_nothing(testnet, 
     assert set(spool.delivered()) == set(spool_ids)
 
     # Every accepted tx commits, and nobody ever suspected the primary.
-    wanted = set(accepted) | {a["tx"] for a in sdk_answers} | {r["tx"] for r in spool.delivered().values()}
+    wanted = (set(accepted) | {a["tx"] for a in sdk_answers} | {r["tx"] for r in spool.delivered().values()}
+              | {r.json()["result"]["tx"] for r in plain if r.status_code == 200})
     committed: set[str] = set()
     scanned = [0]
 
