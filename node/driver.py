@@ -5,8 +5,9 @@ the store has a single writer and blocks are executed strictly in height order.
 
 Overload (docs/PERFORMANCE.md): the event queue holds at most MAX_QUEUED_MESSAGES peer messages (more are
 dropped and counted; PBFT retransmits what matters), other work (RPC admission, tx gossip) waits for the
-queue to drain through `yield_to_consensus`, and timers do not count time this node spent executing
-blocks, plus an allowance for the primary's own execution: a heavy block does not look like a dead primary.
+queue to drain through `yield_to_consensus`, and timers do not count long steps this node spent on one
+event (validating or executing a heavy block), plus an allowance for the primary's own: a heavy block
+does not look like a dead primary.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ MAX_QUEUED_MESSAGES = 10_000
 # Work that yields to consensus waits at most this long for the event queue to drain (then goes on:
 # consensus must come first, not alone).
 YIELD_MAX_WAIT = 0.025
-# Timers other than retransmission get this many times the recent longest block execution on top: the
-# primary executes the blocks it pipelines too (consensus.Config.pipeline is 4), and a backup that is
-# still executing cannot tell a busy primary from a dead one.
+# Timers other than retransmission get this many times the recent longest step on top: the primary
+# validates and executes the blocks it pipelines too (consensus.Config.pipeline is 4), and a backup that is
+# still busy with them cannot tell a busy primary from a dead one.
 EXEC_ALLOWANCE_BLOCKS = 4
-EXEC_HISTORY = 32  # blocks whose execution time is remembered
+EXEC_HISTORY = 32  # long steps whose duration is remembered
+# An event whose handling took longer than this is a long step (a heavy block), see _busy_for.
+LONG_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class ConsensusDriver:
         self._deferred_view = -1
         self._mempool_dirty = False
         self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0, "dropped_messages": 0,
-                      "stale_timers": 0, "exec_s": 0.0}
+                      "stale_timers": 0, "busy_s": 0.0}
 
     # ------------------------------------------------------------------ inputs (any task)
     def message(self, sender: int, data: bytes) -> bool:
@@ -147,8 +150,12 @@ class ConsensusDriver:
             nursery.start_soon(self._timer_loop)
             await self._perform(self.replica.start())
             task_status.started()
+            step_started = None
             while True:
+                if step_started is not None:
+                    self._busy_for(time.perf_counter() - step_started)
                 event = await self._next()
+                step_started = time.perf_counter()
                 self.stats["events"] += 1
                 if isinstance(event, _Fired):
                     if self._fired.get(event.timer) is not event.token:
@@ -259,14 +266,11 @@ class ConsensusDriver:
         return event
 
     def _execute(self, payload: bytes, certificate: bytes, verify: bool = False):
-        started = time.perf_counter()
         try:
             block = self.chain.execute(payload, certificate, verify_certificate_sigs=verify)
         except ChainError:
             log.exception("could not execute a committed block; will sync it from peers")
             return None
-        finally:
-            self._executed_for(time.perf_counter() - started)
         self.stats["commits"] += 1
         self._on_commit(block, payload)
         return block
@@ -290,16 +294,20 @@ class ConsensusDriver:
 
     # ------------------------------------------------------------------ timers
     def _timer_seconds(self, action: A.SetTimer) -> float:
-        """The replica's duration, plus the execution allowance for anything but retransmission."""
+        """The replica's duration, plus the busy allowance for anything but retransmission."""
         if action.timer == TICK or not self._exec_times:
             return action.seconds
         return action.seconds + EXEC_ALLOWANCE_BLOCKS * max(self._exec_times)
 
-    def _executed_for(self, seconds: float) -> None:
-        """Time spent executing a block does not count toward armed timers: this node was busy, not
-        waiting for its peers (the deadlines move back by that much)."""
+    def _busy_for(self, seconds: float) -> None:
+        """One event took `seconds` to handle (a block validated or executed, with what ran meanwhile).
+        A long step does not count toward armed timers: this node was busy, not waiting for its peers,
+        and their messages may wait unread behind it (the deadlines move back by that much). Short steps
+        do not count, so a stream of small messages (a flood) never holds a timer back."""
+        if seconds < LONG_STEP:
+            return
         self._exec_times.append(seconds)
-        self.stats["exec_s"] += seconds
+        self.stats["busy_s"] += seconds
         for timer in self._timers:
             if timer != TICK:
                 self._timers[timer] += seconds

@@ -159,12 +159,8 @@ def _answer(node, raw: bytes, mode: str, timeout: float):
     h = tx_hash(raw)
     if mode == "async":
         return admission.enqueue(raw, h)
-    found = node.store.get_tx(h)
-    if found is not None:
-        return committed_answer(node, h, found[0])
-    if h in node.mempool:
-        return _ids(h, status="pending")  # a resubmission of an admitted tx is answered even when busy
-    admission.gate()
+    if h not in node.mempool and not node.store.has_tx(h):
+        admission.gate()  # a resubmission of an admitted or committed tx is answered even when busy
     answer = admission.admit(raw, h)
     if mode == "sync" or answer["status"] == "committed":
         return answer
