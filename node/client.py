@@ -13,6 +13,9 @@
 
 Every failure the node reports arrives as RpcCallError with the JSON-RPC code and message; transport
 failures are httpx exceptions. Submitting the same tx (or the same event with its event_id) again is safe.
+A node under overload refuses new txs with a retry delay (``RpcCallError.retry_after``); ``submit_tx``,
+``submit_event`` and ``submit_events`` wait that long and submit again, for up to ``retry_busy`` seconds
+(constructor argument, default 60; 0 raises at once).
 
 ``Subscription`` (async, trio) follows new blocks or matching events over the node's WebSocket and
 reconnects by itself, resuming from the last height it delivered, so no event is skipped or repeated.
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -36,6 +41,24 @@ class RpcCallError(Exception):
         self.message = message
         self.data = data
 
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds to wait before submitting again, when the node refused for load (not for the tx)."""
+        value = self.data.get("retry_after") if isinstance(self.data, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 3600:
+            return float(value)
+        return None
+
+
+def _pause(seconds: float, deadline: float) -> bool:
+    """Sleep the node's retry delay (with jitter, so refused clients do not all return at once);
+    False when that would pass `deadline`."""
+    wait = seconds * random.uniform(1.0, 1.25)
+    if time.monotonic() + wait > deadline:
+        return False
+    time.sleep(wait)
+    return True
+
 
 def _reply(response: httpx.Response):
     try:
@@ -47,8 +70,9 @@ def _reply(response: httpx.Response):
 
 
 class RadChainClient:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0):
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, retry_busy: float = 60.0):
         self.url = url.rstrip("/") + "/"
+        self.retry_busy = retry_busy
         self.token = token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(headers=headers, timeout=timeout)
@@ -102,12 +126,40 @@ class RadChainClient:
         """Submit a raw event (identifiers in clear: only to your own hospital's node)."""
         return self._submit("submit_event", {"event": event, "mode": mode}, mode, timeout)
 
+    def submit_events(self, events: list[dict], mode: str = "sync") -> list:
+        """Several events in one JSON-RPC batch; answers (or RpcCallError) in order. Events the node refused
+        for load are submitted again after its retry delay, for up to ``retry_busy`` seconds."""
+        answers: list = [None] * len(events)
+        todo = list(range(len(events)))
+        deadline = time.monotonic() + self.retry_busy
+        while True:
+            try:
+                got = self.batch([("submit_event", {"event": events[i], "mode": mode}) for i in todo])
+            except RpcCallError as exc:  # the whole request refused (rate limit)
+                if exc.retry_after is None or not _pause(exc.retry_after, deadline):
+                    raise
+                continue
+            busy = []
+            for i, answer in zip(todo, got, strict=True):
+                answers[i] = answer
+                if isinstance(answer, RpcCallError) and answer.retry_after is not None:
+                    busy.append(i)
+            if not busy or not _pause(min(answers[i].retry_after for i in busy), deadline):
+                return answers
+            todo = busy
+
     def _submit(self, method: str, params: dict, mode: str, timeout: float | None) -> dict:
         if timeout is not None:
             params["timeout"] = timeout
         # the HTTP request must outlive the node's commit wait
         http_timeout = (timeout or 10.0) + 15.0 if mode == "commit" else None
-        return self.call(method, params, timeout=http_timeout)
+        deadline = time.monotonic() + self.retry_busy
+        while True:
+            try:
+                return self.call(method, params, timeout=http_timeout)
+            except RpcCallError as exc:
+                if exc.retry_after is None or not _pause(exc.retry_after, deadline):
+                    raise
 
     def wait_committed(self, tx_hash: str, timeout: float = 30.0, interval: float = 0.2) -> dict:
         """Poll get_tx until the tx is committed or rejected; the last answer (status pending on timeout)."""

@@ -61,6 +61,10 @@ class MempoolConfig:
     gossip_batch: int = 256
     gossip_interval: float = 0.005
     rebroadcast_after: float = 5.0
+    # Backpressure (node.mempool): client txs are refused with a retry delay once more txs wait than the
+    # chain commits in busy_after_s seconds at its recent rate, and never below min_backlog.
+    busy_after_s: float = 1.5
+    min_backlog: int = 1000
 
 
 @dataclass

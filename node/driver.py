@@ -2,12 +2,17 @@
 
 Everything that changes the ledger goes through this task (consensus commits and synced blocks alike), so
 the store has a single writer and blocks are executed strictly in height order.
+
+Overload (docs/PERFORMANCE.md): the event queue holds at most MAX_QUEUED_MESSAGES peer messages (more are
+dropped and counted; PBFT retransmits what matters), other work (RPC admission, tx gossip) waits for the
+queue to drain through `yield_to_consensus`, and timers do not count long steps this node spent on one
+event (validating or executing a heavy block), plus an allowance for the primary's own: a heavy block
+does not look like a dead primary.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +23,7 @@ import trio
 from consensus import actions as A
 from consensus import events as E
 from consensus import wal as consensus_wal
+from consensus.replica import TICK
 from node.chain import Chain, ChainError
 from node.wal import WriteAheadLog
 
@@ -25,6 +31,19 @@ log = logging.getLogger("radchain.driver")
 
 # Rewrite the WAL without obsolete records once it grows past this (after a stable checkpoint).
 WAL_COMPACT_BYTES = 64 << 20
+# Peer messages waiting for the replica; beyond this they are dropped (counted in stats["dropped_messages"]).
+# 10,000 is minutes of honest traffic for n <= 10 at one block per ~100 ms; only a flood reaches it.
+MAX_QUEUED_MESSAGES = 10_000
+# Work that yields to consensus waits at most this long for the event queue to drain (then goes on:
+# consensus must come first, not alone).
+YIELD_MAX_WAIT = 0.025
+# Timers other than retransmission get this many times the recent longest step on top: the primary
+# validates and executes the blocks it pipelines too (consensus.Config.pipeline is 4), and a backup that is
+# still busy with them cannot tell a busy primary from a dead one.
+EXEC_ALLOWANCE_BLOCKS = 4
+EXEC_HISTORY = 32  # long steps whose duration is remembered
+# An event whose handling took longer than this is a long step (a heavy block), see _busy_for.
+LONG_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -58,27 +77,74 @@ class ConsensusDriver:
         self._on_state_transfer = on_state_transfer
         self._on_evidence = on_evidence
         self._oldest_pending = oldest_pending  # (tx hash, time.monotonic() first held) for request timers
-        self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
+        # One FIFO of events: peer messages (bounded), timer firings, sync results, mempool wake-ups (each
+        # bounded by construction: one per timer, one coalesced wake-up, one per sync request / gap).
+        self._queue: deque = deque()
+        self._queued_messages = 0
+        self._wakeup = trio.Event()
+        self._drained = trio.Event()  # set whenever the queue is empty and the replica is idle
+        self._drained.set()
         self._timers: dict[object, float] = {}
         self._timers_changed = trio.Event()
+        self._fired: dict[object, object] = {}  # timer -> token of its firing still in the queue
+        self._exec_times: deque[float] = deque(maxlen=EXEC_HISTORY)
         self._pending_commits: dict[int, A.Commit] = {}
         self._deferred: list[int] = []  # heights the replica asked a proposal for, waiting for txs
         self._deferred_view = -1
         self._mempool_dirty = False
-        self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0}
+        self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0, "dropped_messages": 0,
+                      "stale_timers": 0, "busy_s": 0.0}
 
     # ------------------------------------------------------------------ inputs (any task)
-    def message(self, sender: int, data: bytes) -> None:
-        self._events_send.send_nowait(E.MessageReceived(sender, data))
+    def message(self, sender: int, data: bytes) -> bool:
+        """Queue a peer's consensus message; False (dropped, counted) when MAX_QUEUED_MESSAGES wait."""
+        if self._queued_messages >= MAX_QUEUED_MESSAGES:
+            self.stats["dropped_messages"] += 1
+            if self.stats["dropped_messages"] % 1000 == 1:
+                log.warning("consensus queue full (%d messages): dropping; %d dropped so far",
+                            self._queued_messages, self.stats["dropped_messages"])
+            return False
+        self._queued_messages += 1
+        self._push(E.MessageReceived(sender, data))
+        return True
 
     def mempool_changed(self) -> None:
         if not self._mempool_dirty:  # coalesce: one WorkPending per burst of admissions
             self._mempool_dirty = True
-            self._events_send.send_nowait(MempoolChanged())
+            self._push(MempoolChanged())
 
     def synced(self, blocks: list[tuple[int, bytes, bytes]], announce: bool = True,
                done: trio.Event | None = None) -> None:
-        self._events_send.send_nowait(SyncedBlocks(blocks, announce, done))
+        self._push(SyncedBlocks(blocks, announce, done))
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def yield_to_consensus(self, max_wait: float = YIELD_MAX_WAIT) -> None:
+        """For work that must not delay agreement (RPC submissions, tx gossip): wait until the replica has
+        handled everything queued for it, at most `max_wait` seconds. Always a checkpoint."""
+        if self._drained.is_set():
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(max_wait):
+            await self._drained.wait()
+
+    def _push(self, event) -> None:
+        self._queue.append(event)
+        if self._drained.is_set():
+            self._drained = trio.Event()
+        self._wakeup.set()
+
+    async def _next(self):
+        while not self._queue:
+            self._drained.set()
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        event = self._queue.popleft()
+        if type(event) is E.MessageReceived:
+            self._queued_messages -= 1
+        return event
 
     # ------------------------------------------------------------------ the loop
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -86,9 +152,20 @@ class ConsensusDriver:
             nursery.start_soon(self._timer_loop)
             await self._perform(self.replica.start())
             task_status.started()
-            async for event in self._events_recv:
+            step_started = None
+            while True:
+                if step_started is not None:
+                    self._busy_for(time.perf_counter() - step_started)
+                event = await self._next()
+                step_started = time.perf_counter()
                 self.stats["events"] += 1
-                if isinstance(event, MempoolChanged):
+                if isinstance(event, _Fired):
+                    if self._fired.get(event.timer) is not event.token:
+                        self.stats["stale_timers"] += 1  # re-armed or cancelled after it fired
+                        continue
+                    del self._fired[event.timer]
+                    event = E.TimerFired(event.timer)
+                elif isinstance(event, MempoolChanged):
                     self._mempool_dirty = False
                     await self._propose_deferred()
                     event = self._work_pending()
@@ -145,9 +222,11 @@ class ConsensusDriver:
         elif isinstance(action, A.Broadcast):
             self._broadcast(action.data)
         elif isinstance(action, A.SetTimer):
-            self._timers[action.timer] = trio.current_time() + action.seconds
+            self._fired.pop(action.timer, None)
+            self._timers[action.timer] = trio.current_time() + self._timer_seconds(action)
             self._timers_changed.set()
         elif isinstance(action, A.CancelTimer):
+            self._fired.pop(action.timer, None)
             self._timers.pop(action.timer, None)
         elif isinstance(action, A.RequestProposal):
             # A pipelined primary asks for several heights as soon as work appears; those beyond the txs at
@@ -201,7 +280,7 @@ class ConsensusDriver:
         # Commits queued behind a gap can go now.
         nxt = self._pending_commits.pop(self.chain.height + 1, None)
         if nxt is not None:
-            self._events_send.send_nowait(_Replay(nxt))
+            self._push(_Replay(nxt))
         return event
 
     def _execute(self, payload: bytes, certificate: bytes, verify: bool = False):
@@ -226,13 +305,33 @@ class ConsensusDriver:
             last = block
         for h in sorted(h for h in self._pending_commits if h <= self.chain.height):
             # stored by sync meanwhile: replayed so the replica still gets its Executed (see _commit)
-            self._events_send.send_nowait(_Replay(self._pending_commits.pop(h)))
+            self._push(_Replay(self._pending_commits.pop(h)))
         if last is not None and event.announce:
             await self._feed(E.StateTransferred(last.height, last.hash))
         if event.done is not None:
             event.done.set()
 
     # ------------------------------------------------------------------ timers
+    def _timer_seconds(self, action: A.SetTimer) -> float:
+        """The replica's duration, plus the busy allowance for anything but retransmission."""
+        if action.timer == TICK or not self._exec_times:
+            return action.seconds
+        return action.seconds + EXEC_ALLOWANCE_BLOCKS * max(self._exec_times)
+
+    def _busy_for(self, seconds: float) -> None:
+        """One event took `seconds` to handle (a block validated or executed, with what ran meanwhile).
+        A long step does not count toward armed timers: this node was busy, not waiting for its peers,
+        and their messages may wait unread behind it (the deadlines move back by that much). Short steps
+        do not count, so a stream of small messages (a flood) never holds a timer back."""
+        if seconds < LONG_STEP:
+            return
+        self._exec_times.append(seconds)
+        self.stats["busy_s"] += seconds
+        for timer in self._timers:
+            if timer != TICK:
+                self._timers[timer] += seconds
+        self._timers_changed.set()
+
     async def _timer_loop(self) -> None:
         while True:
             if not self._timers:
@@ -246,12 +345,22 @@ class ConsensusDriver:
                 continue
             if self._timers.get(timer) == deadline:
                 del self._timers[timer]
-                self._events_send.send_nowait(E.TimerFired(timer))
+                # Queued behind what already arrived: a message that proves progress re-arms the timer
+                # first, and the firing is then dropped as stale.
+                token = object()
+                self._fired[timer] = token
+                self._push(_Fired(timer, token))
 
 
 @dataclass(frozen=True)
 class _Replay:
     commit: A.Commit
+
+
+@dataclass(frozen=True)
+class _Fired:
+    timer: object
+    token: object
 
 
 # consensus.wal records are msgpack lists tagged by a string; a "stable" record ends an obsolete prefix.

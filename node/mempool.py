@@ -2,11 +2,19 @@
 
 A tx leaves the mempool only when a committed block carries it. The primary marks the txs it proposes as
 in flight so the next height does not propose them again; a view change releases them.
+
+Backpressure: the mempool also measures the recent commit rate (txs leaving per second) and says when
+clients should wait (`overload`): once the backlog is more than about DRAIN_SECONDS of commits, new
+client txs are refused with a retry delay instead of queueing minutes of latency (gossip from members is
+still taken up to `max_txs`, as the origin already acknowledged those). Every member's mempool holds the
+consortium's whole backlog (gossip is a full mesh), so each node's own view of it is the right one.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import plyvel
@@ -16,9 +24,41 @@ class MempoolFull(Exception):
     """The mempool holds its configured maximum; the submitter should retry later."""
 
 
+# Client txs are refused once the backlog exceeds what commits in this long at the recent rate. A tx
+# admitted at the limit waits about this long before its block, plus ~0.3 s of consensus and the client's
+# round trip: 1.5 s keeps the p99 commit latency of accepted txs within the 2 s goal (docs/PERFORMANCE.md).
+DRAIN_SECONDS = 1.5
+# The commit rate is measured over the blocks committed in this window.
+RATE_WINDOW = 5.0
+# Never refuse below this backlog: an idle chain has no recent rate, and the pipelined primary needs a
+# few blocks' worth of txs at hand to keep the pipeline full.
+MIN_BACKLOG = 1000
+# Bounds of the retry delay handed to refused clients.
+RETRY_MIN, RETRY_MAX = 0.05, 5.0
+IDLE_RETRY = 1.0
+
+
+@dataclass(frozen=True)
+class Overload:
+    """Why a client tx is refused now, and when to try again."""
+    backlog: int
+    limit: int
+    commit_rate: float  # txs per second over the last RATE_WINDOW
+    retry_after: float  # seconds
+
+    def message(self) -> str:
+        return (f"node busy: {self.backlog} txs wait to commit, over the ~{DRAIN_SECONDS:g} s "
+                f"({self.limit} txs) the chain commits at its recent {self.commit_rate:.0f} tx/s; "
+                f"retry after {self.retry_after:g} s (resubmitting is safe)")
+
+
 class Mempool:
-    def __init__(self, path: Path | None, max_txs: int):
+    def __init__(self, path: Path | None, max_txs: int, *, min_backlog: int = MIN_BACKLOG,
+                 drain_seconds: float = DRAIN_SECONDS):
         self.max_txs = max_txs
+        self.min_backlog = min_backlog
+        self.drain_seconds = drain_seconds
+        self._commits: deque[tuple[float, int]] = deque()  # (monotonic time, txs) per committed block
         self._txs: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # hash -> (raw, received at)
         self._in_flight: dict[bytes, int] = {}  # hash -> height proposed at
         # hash -> when first admitted, in admission order; unlike _txs never re-ordered by touch(), so the
@@ -91,7 +131,9 @@ class Mempool:
     def available(self) -> int:
         return len(self._txs) - len(self._in_flight)
 
-    def remove(self, hashes) -> None:
+    def remove(self, hashes, now: float | None = None) -> None:
+        """A committed block's txs leave (also counted for the commit rate)."""
+        self._record_commit(len(hashes), time.monotonic() if now is None else now)
         removed = [h for h in hashes if self._txs.pop(h, None) is not None]
         for h in removed:
             del self._arrival[h]
@@ -126,6 +168,41 @@ class Mempool:
             entry = self._txs.pop(h, None)
             if entry is not None:
                 self._txs[h] = (entry[0], now)
+
+    # ------------------------------------------------------------------ backpressure
+    def _record_commit(self, n: int, now: float) -> None:
+        self._commits.append((now, n))
+        while self._commits and self._commits[0][0] < now - RATE_WINDOW:
+            self._commits.popleft()
+
+    def commit_rate(self, now: float) -> float:
+        """Txs committed per second over the last RATE_WINDOW seconds (0 when nothing committed)."""
+        while self._commits and self._commits[0][0] < now - RATE_WINDOW:
+            self._commits.popleft()
+        if not self._commits:
+            return 0.0
+        # Over the window, or since the first block in it when the chain just started committing; at least
+        # 1 s so one block right after an idle spell does not read as a huge rate.
+        span = max(1.0, min(RATE_WINDOW, now - self._commits[0][0]))
+        return sum(n for _, n in self._commits) / span
+
+    def admission_limit(self, now: float) -> int:
+        return max(self.min_backlog, int(self.commit_rate(now) * self.drain_seconds))
+
+    def overload(self, now: float) -> Overload | None:
+        """None when a client tx may be admitted now; else how long the client should wait. O(window)."""
+        backlog = len(self._txs)
+        if backlog < self.min_backlog:
+            return None
+        rate = self.commit_rate(now)
+        limit = max(self.min_backlog, int(rate * self.drain_seconds))
+        if backlog < limit and backlog < self.max_txs:
+            return None
+        # Come back when the backlog should be down to half the limit: the proposer still has txs at hand,
+        # so refusals never starve the pipeline. Nothing committed for RATE_WINDOW (a chain that was idle
+        # and just got a burst, or one in a view change): ask again in IDLE_RETRY, refusals are cheap.
+        wait = (backlog - limit / 2) / rate if rate > 0 else IDLE_RETRY
+        return Overload(backlog, limit, rate, round(min(RETRY_MAX, max(RETRY_MIN, wait)), 2))
 
     def close(self) -> None:
         if self._db is not None:

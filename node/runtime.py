@@ -43,6 +43,8 @@ from node.wal import WriteAheadLog
 log = logging.getLogger("radchain.node")
 
 CONSENSUS_CHANNEL = "consensus"
+GOSSIP_QUEUE = 64  # tx batches from members waiting for their checks
+GOSSIP_SLICE = 0.01  # seconds of tx checks between two yields to the consensus driver
 
 
 class Node:
@@ -58,7 +60,8 @@ class Node:
 
         self.store = Store(cfg.chain_dir, sync=cfg.store_sync)
         self.chain = Chain(self.genesis, self.store)
-        self.mempool = Mempool(cfg.home / "data" / "mempool", cfg.mempool.max_txs)
+        self.mempool = Mempool(cfg.home / "data" / "mempool", cfg.mempool.max_txs,
+                               min_backlog=cfg.mempool.min_backlog, drain_seconds=cfg.mempool.busy_after_s)
         self.wal = WriteAheadLog(cfg.wal_dir, fsync=cfg.consensus.wal_fsync)
 
         self.peer_ids = [m.peer_id for m in self.genesis.members]
@@ -94,6 +97,8 @@ class Node:
                               cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second, edge=cfg.rpc)
         self._last_view = self.replica.view
         self._commit_waiters: dict[bytes, list[trio.Event]] = {}
+        # Tx batches from members wait here for _gossip_loop (each is up to gossip_batch signature checks).
+        self._gossip_send, self._gossip_recv = trio.open_memory_channel(GOSSIP_QUEUE)
         # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
         self.mempool.restore(self.store.has_tx, time.monotonic())
 
@@ -104,6 +109,7 @@ class Node:
                 await nursery.start(self.net.run)
                 self.net.serve(SYNC_CHANNEL, self.sync.serve)
                 nursery.start_soon(self._inbox_loop)
+                nursery.start_soon(self._gossip_loop)
                 await nursery.start(self.driver.run)
                 nursery.start_soon(self.gossip.run)
                 nursery.start_soon(self.sync.run)
@@ -139,7 +145,9 @@ class Node:
                 batch = await self.net.receive_batch()
             except trio.EndOfChannel:
                 return
-            for peer, channel, data in batch:
+            # Consensus first: its messages only queue for the driver here, while a tx batch costs a
+            # signature check per tx and is handed to _gossip_loop, which yields to the driver.
+            for peer, channel, data in sorted(batch, key=lambda item: item[1] != CONSENSUS_CHANNEL):
                 index = self._index_of_peer.get(peer)
                 if index is None:
                     continue  # network/ admits members only; defence in depth
@@ -147,7 +155,7 @@ class Node:
                     if channel == CONSENSUS_CHANNEL:
                         self.driver.message(index, data)
                     elif channel == TX_CHANNEL:
-                        self.gossip.on_batch(peer, data)
+                        await self._gossip_send.send((peer, data))  # bounded: a backlog slows the peers' streams
                 except Exception as exc:
                     # Each frame on its own: the handlers turn malformed input into their own errors, so
                     # reaching here is a bug, but one member's frame must not stop this loop (and with it
@@ -155,6 +163,31 @@ class Node:
                     self.peer_scores.penalize(peer, INTERNAL, "frame raised an unexpected error",
                                               f"{channel} frame: {exc.__class__.__name__}: {exc}", exc_info=exc)
             await trio.lowlevel.checkpoint()
+
+    async def _gossip_loop(self) -> None:
+        while True:
+            try:
+                peer, data = await self._gossip_recv.receive()
+            except trio.EndOfChannel:
+                return
+            await self.driver.yield_to_consensus()
+            # Then every batch already waiting, up to ~GOSSIP_SLICE of work: one wait per slice rather than
+            # per batch, or small batches (a flush every 5 ms) would cap gossip at a batch per wait.
+            started = time.perf_counter()
+            while True:
+                try:
+                    self.gossip.on_batch(peer, data)
+                except Exception as exc:
+                    # Handlers turn malformed input into their own errors, so reaching here is a bug, but one
+                    # member's batch must not stop gossip from the others: scored, logged once per interval.
+                    self.peer_scores.penalize(peer, INTERNAL, "tx batch raised an unexpected error",
+                                              f"{exc.__class__.__name__}: {exc}", exc_info=exc)
+                if time.perf_counter() - started > GOSSIP_SLICE:
+                    break
+                try:
+                    peer, data = self._gossip_recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
 
     # ------------------------------------------------------------------ consensus callbacks
     def _build_proposal(self, height: int, allow_empty: bool) -> bytes | None:

@@ -3,6 +3,8 @@
 * success (`result.tx`)                 -> the spool file is removed, event_id -> tx logged in delivered.jsonl
 * JSON-RPC error that names the event   -> moved to spool/dead/ with the reason; never retried
   (invalid params -32602 / invalid request -32600, or an error carrying `data.reason`/`data.field`)
+* node busy (an error with `data.retry_after`, HTTP 429)
+                                        -> retried after the delay the node asked for, the event stays pending
 * anything else (refused connection, timeout, HTTP 5xx/401, -32603, "not ready")
                                         -> retried with exponential backoff, the event stays pending
 
@@ -32,7 +34,26 @@ BATCH = 100                       # events per HTTP request (JSON-RPC batch; the
 
 
 class RetryLater(Exception):
-    """The node could not take the event now; keep it and try again."""
+    """The node could not take the event now; keep it and try again (after `retry_after` seconds when the
+    node said how long: it is overloaded and sheds load; else with exponential backoff)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+MAX_RETRY_AFTER = 60.0  # a node's requested delay is honoured up to this
+
+
+def _retry_after(data: dict) -> float | None:
+    value = data.get("retry_after")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value:
+        return min(float(value), MAX_RETRY_AFTER)
+    return None
+
+
+def _wait_for(exc: RetryLater, backoff: float) -> float:
+    return exc.retry_after if exc.retry_after is not None else backoff
 
 
 class Deliverer:
@@ -152,6 +173,9 @@ class Deliverer:
         err = doc.get("error")
         if isinstance(err, dict):
             data = err.get("data") if isinstance(err.get("data"), dict) else {}
+            busy = _retry_after(data)
+            if busy is not None:  # refused for load, not for the event: keep it and come back
+                return RetryLater(f"node busy ({err.get('code')}): {err.get('message') or 'retry later'}", busy)
             reason = data.get("reason") or err.get("message") or "refused"
             if data.get("field"):
                 reason = f"{reason} (field {data['field']})"
@@ -187,7 +211,8 @@ class Deliverer:
             retry = None
             for (path, record, event), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, RetryLater):
-                    retry = retry or outcome
+                    if retry is None or (outcome.retry_after or 0) > (retry.retry_after or 0):
+                        retry = outcome
                 elif isinstance(outcome, ValueError):
                     dead = self.spool.mark_dead(path, str(outcome), record)
                     log.warning("event %s refused by the node: %s (moved to %s)", event.get("event_id"),
@@ -216,8 +241,9 @@ class Deliverer:
                     if self.last_error != str(exc):
                         log.warning("delivery paused, will retry: %s", exc)
                     self.last_error = str(exc)
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, max_backoff)
+                    stop.wait(_wait_for(exc, backoff))
+                    if exc.retry_after is None:
+                        backoff = min(backoff * 2, max_backoff)
                     continue
                 backoff = 0.1
                 self.last_error = None
@@ -237,8 +263,9 @@ class Deliverer:
                     n = self.run_once()
                 except RetryLater as exc:
                     self.last_error = str(exc)
-                    time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
-                    backoff = min(backoff * 2, 2.0)
+                    time.sleep(min(_wait_for(exc, backoff), max(0.0, deadline - time.monotonic())))
+                    if exc.retry_after is None:
+                        backoff = min(backoff * 2, 2.0)
                     continue
                 if n == -1:
                     return self.spool.count() == 0  # someone else delivers

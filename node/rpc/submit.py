@@ -15,6 +15,11 @@ Modes (the answer is never ambiguous; resubmitting the same tx is always safe an
   the tx is still in the mempool and will commit; ask again with ``get_tx`` or resubmit. Never an error
   that leaves the client guessing (unlike CometBFT's ``broadcast_tx_commit`` timeouts).
 
+Backpressure: once the txs waiting to commit exceed what the chain commits in 1.5 s (its recent rate,
+see node.mempool), a new tx is refused before any work is spent on it with ``-32004`` and
+``data.retry_after`` (seconds; over plain HTTP also status 429 and a ``Retry-After`` header). A client
+waits that long and submits again; the node stays at low latency instead of queueing minutes of txs.
+
 A committed tx also carries ``outcome``: ``applied``, or ``rejected`` when execution refused it (its key
 was revoked between admission and commit); a rejected tx is recorded in its block but has no effect.
 """
@@ -59,6 +64,18 @@ class Admission:
         self.queued: set[bytes] = set()
 
     # ------------------------------------------------------------------ admission
+    def gate(self) -> None:
+        """Refuse a new client tx while the backlog is over ~1.5 s of commits: RpcError(MEMPOOL_FULL) with
+        data.retry_after. Costs no signature, hash or disk work, so a refusal answers at once."""
+        over = self.node.mempool.overload(time.monotonic())
+        if over is not None:
+            raise RpcError(MEMPOOL_FULL, over.message(), _busy_data(over))
+
+    def _full(self, exc: Exception) -> RpcError:
+        over = self.node.mempool.overload(time.monotonic())
+        data = _busy_data(over) if over is not None else {"retry_after": 1.0}
+        return RpcError(MEMPOOL_FULL, f"{exc}; retry after {data['retry_after']:g} s (resubmitting is safe)", data)
+
     def admit(self, raw: bytes, h: bytes) -> dict:
         """Check and durably admit one tx; the answer, or RpcError(REJECTED / MEMPOOL_FULL)."""
         node = self.node
@@ -68,7 +85,7 @@ class Admission:
         try:
             node.submit([raw], checked=False)
         except MempoolFull as exc:
-            raise RpcError(MEMPOOL_FULL, f"{exc}; retry later (resubmitting is safe)") from None
+            raise self._full(exc) from None
         except TxError as exc:
             self._reject(h, str(exc))
             raise RpcError(REJECTED, f"rejected: {exc}", _ids(h, reason=str(exc), field=exc.field)) from None
@@ -84,10 +101,11 @@ class Admission:
         if h in node.mempool:
             return _ids(h, status="pending")
         if h not in self.queued:
+            self.gate()
             try:
                 self._queue_send.send_nowait((raw, h))
             except trio.WouldBlock:
-                raise RpcError(MEMPOOL_FULL, "async queue full; retry later or use mode sync") from None
+                raise self._full(Exception("async queue full")) from None
             self.queued.add(h)
             self.metrics.submitted(h)
         return _ids(h, status="pending", checked=False)
@@ -109,6 +127,12 @@ class Admission:
         self.rejected.move_to_end(h)
         if len(self.rejected) > REMEMBER_REJECTED:
             self.rejected.popitem(last=False)
+
+
+def _busy_data(over) -> dict:
+    # No "reason"/"field" keys: those mean "this tx is invalid" to clients (they dead-letter it).
+    return {"retry_after": over.retry_after, "backlog": over.backlog, "limit": over.limit,
+            "commit_rate": round(over.commit_rate, 1)}
 
 
 def _ids(h: bytes, **answer) -> dict:
@@ -136,6 +160,8 @@ def _answer(node, raw: bytes, mode: str, timeout: float):
     h = tx_hash(raw)
     if mode == "async":
         return admission.enqueue(raw, h)
+    if h not in node.mempool and not node.store.has_tx(h):
+        admission.gate()  # a resubmission of an admitted or committed tx is answered even when busy
     answer = admission.admit(raw, h)
     if mode == "sync" or answer["status"] == "committed":
         return answer
@@ -169,6 +195,9 @@ async def submit_event(node, params: dict, caller: Caller):
     check_known(params, {"event", "mode", "timeout"})
     mode, timeout = _mode_and_timeout(params)
     event = param(params, "event", dict)
+    # Before signing: under overload the refusal must cost nothing (a resubmitted event is found by hash
+    # only after signing, so it too waits for the backlog to drain).
+    node.rpc.admission.gate()
     try:
         raw = node.event_to_tx(event)
     except EventError as exc:
