@@ -30,6 +30,7 @@ TICK = ("tick",)
 _SEEN_CAP = 100_000  # equivocation table bound (entries above the stable checkpoint), shared by the members
 CP_PER_MEMBER = 4  # checkpoint votes kept per member (its newest heights above the stable checkpoint)
 VOTE_VIEWS = 2  # views per member, kind and height whose votes a slot keeps (Slot.voters)
+EVIDENCE_PER_CHECKPOINT = 1  # equivocation reports per offender between two stable checkpoints
 
 
 class Replica(CatchUp, ViewChanges, Fairness):
@@ -69,6 +70,7 @@ class Replica(CatchUp, ViewChanges, Fairness):
         self._seen: dict[tuple, tuple[bytes, bytes]] = {}
         self._seen_by: Counter[int] = Counter()  # entries of _seen per member: each gets 1/n of the cap
         self._reported: set[tuple] = set()
+        self._evidence_by: Counter[int] = Counter()  # reports per offender since the last stable checkpoint
         self._transfer: int | None = None        # target of an outstanding state transfer
         self._progress_timer: tuple | None = None
         self._vc_timer: tuple | None = None
@@ -233,7 +235,43 @@ class Replica(CatchUp, ViewChanges, Fairness):
         if prev[0] != d and key not in self._reported:
             self._reported.add(key)
             self.stats["equivocation"] += 1
+            # One proof convicts a member; more only cost every honest node a tx to sign, gossip, verify and
+            # execute. A member flooding conflicting votes at every height of every view would otherwise
+            # make each honest replica report it once per (view, height): tens of evidence txs per height
+            # that crowd the mempool and starve consensus (issue 9). So: EVIDENCE_PER_CHECKPOINT reports per
+            # offender per stable checkpoint; the equivocation is still counted.
+            if self._evidence_by[member] >= EVIDENCE_PER_CHECKPOINT:
+                self.stats["evidence_suppressed"] += 1
+                return
+            self._evidence_by[member] += 1
             self._emit(ReportEvidence(encode_evidence(kind, self._chain, member, v, h, prev, (d, sig))))
+
+    def _futile_vote(self, msg: m.Message) -> str | None:
+        """Why a PREPARE or COMMIT (sender already authenticated by the transport) can change nothing, so its
+        signature, the costliest step of handling it, need not be checked; None if it must be checked.
+
+        Votes outside the views they may count in are dropped after the check anyway, and a member's second
+        vote for one (kind, view, height) is never counted (Slot.voters): it only matters as evidence, and
+        only while this replica would still report the member. A member flooding votes for random digests
+        and future views then costs one signature check per (kind, view, height), not one per message."""
+        v, h, d = msg.body
+        if msg.kind == m.PREPARE:
+            if v != self._view:
+                return "stale_view" if v < self._view else "future_view"
+            kind = "prepare"
+        else:
+            if v > self._view + self._n:
+                return "future_view"
+            kind = "commit"
+        key = (kind, msg.sender, v, h)
+        prev = self._seen.get(key)
+        if prev is None:
+            return None
+        if prev[0] == d:
+            return "duplicate"
+        if key in self._reported or self._evidence_by[msg.sender] >= EVIDENCE_PER_CHECKPOINT:
+            return "equivocating_vote"
+        return None
 
     # ---- messages ---------------------------------------------------------------------------------------
 
@@ -250,6 +288,13 @@ class Replica(CatchUp, ViewChanges, Fairness):
             return self._drop("malformed")
         if msg.sender != sender and msg.kind != m.NEWVIEW:  # a NEW-VIEW may be forwarded by anyone
             return self._drop("sender_mismatch")
+        if msg.kind == m.PREPARE or msg.kind == m.COMMIT:
+            futile = self._futile_vote(msg)
+            if futile == "duplicate":  # a retransmission, as counted after a signature check
+                self.stats["duplicate"] += 1
+                return None
+            if futile is not None:
+                return self._drop(futile)
         if not m.verify(self.crypto, self._chain, msg):
             return self._drop("bad_signature")
         self.stats["received"] += 1
@@ -470,6 +515,7 @@ class Replica(CatchUp, ViewChanges, Fairness):
             del self._seen[key]
             self._seen_by[key[1]] -= 1
         self._reported = {k for k in self._reported if k[3] > h}
+        self._evidence_by.clear()
         for x in [x for x in self._cps if x <= h]:
             del self._cps[x]
         for hs in self._cp_heights.values():

@@ -8,6 +8,9 @@ chain: validators rebuild the blob and run consensus.evidence.verify_evidence on
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import msgpack
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
@@ -67,3 +70,26 @@ def check_evidence_tx(fields: dict, chain_id: str, members: tuple[bytes, ...]) -
     except (EvidenceError, ValueError, TypeError, OverflowError) as exc:
         # decode_tx checked the field types; the catch-all types are defence in depth for encode_evidence
         raise TxError(f"evidence: does not prove equivocation by member {fields.get('offender')} ({exc})") from None
+
+
+class EvidenceLimiter:
+    """Which of the replica's equivocation reports this node turns into a tx: at most one per offender per
+    `interval` seconds. One tx on chain convicts a member; the replica already reports each offender at most
+    once per stable checkpoint (consensus.replica.EVIDENCE_PER_CHECKPOINT), and this caps what a member can
+    make this node sign, gossip and put in blocks even while checkpoints come fast. State: one entry per
+    offender, so at most one per member."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[int, float] = {}
+        self.suppressed = 0
+
+    def allow(self, offender: int) -> bool:
+        now = self._clock()
+        last = self._last.get(offender)
+        if last is not None and now - last < self.interval:
+            self.suppressed += 1
+            return False
+        self._last[offender] = now
+        return True

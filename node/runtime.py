@@ -22,7 +22,7 @@ from node.chain import Chain
 from node.config import NodeConfig
 from node.driver import ConsensusDriver
 from node.events import event_to_tx_fields, make_tx, sign_tx
-from node.evidence import evidence_tx_fields
+from node.evidence import EvidenceLimiter, evidence_tx_fields
 from node.genesis import Genesis
 from node.gossip import CHANNEL as TX_CHANNEL
 from node.gossip import TxGossip
@@ -96,6 +96,7 @@ class Node:
         self.rpc = JsonRpcApp(self, METHODS, TokenStore(cfg.tokens_path), cfg.rpc.read_requires_token,
                               cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second, edge=cfg.rpc)
         self._last_view = self.replica.view
+        self._evidence_limiter = EvidenceLimiter()
         self._commit_waiters: dict[bytes, list[trio.Event]] = {}
         # Tx batches from members wait here for _gossip_loop (each is up to gossip_batch signature checks).
         self._gossip_send, self._gossip_recv = trio.open_memory_channel(GOSSIP_QUEUE)
@@ -216,9 +217,11 @@ class Node:
         """Our replica saw two conflicting signed votes from one member: put the proof on chain."""
         try:
             fields = evidence_tx_fields(evidence)
+            offender = self.genesis.members[fields["offender"]].name
+            if not self._evidence_limiter.allow(fields["offender"]):
+                return  # this node put a proof against that member on its way a moment ago
             raw = make_tx("evidence.equivocation", self.member_key, chain_id=self.genesis.chain_id,
                           member=self.cfg.name, **fields)
-            offender = self.genesis.members[fields["offender"]].name
             self.submit([raw], checked=False)
         except Exception:  # a report we cannot turn into a valid tx must not stop consensus
             log.exception("replica reported evidence that cannot become a tx")

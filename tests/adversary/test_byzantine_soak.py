@@ -43,11 +43,7 @@ CASES = {
 
 @pytest.mark.parametrize("behaviour", [
     "equivocate",
-    # Still failing with i9-input + i9-consensus merged (at 579481f, SOAK_SECONDS=60): two flooders of seven
-    # drive the honest members through 7 view changes in 60 s (height 14); every flooded (view, height) also
-    # becomes an evidence tx from every honest member, and each view change opens a new flood.
-    pytest.param("flood", marks=pytest.mark.xfail(strict=False, reason=(
-        "needs i9-consensus: issue 9 defect 2; two flooders of seven still force repeated view changes"))),
+    "flood",
     pytest.param("malformed"),
     pytest.param("malformed-sync"),
     "silent",

@@ -55,3 +55,17 @@ def test_a_primary_cannot_slip_a_false_accusation_into_a_block(chain, consortium
     payload = chain.build_proposal(1, 0, T0, [forged])
     with pytest.raises(ProposalError, match="does not prove equivocation"):
         chain.validate_proposal(1, payload, now_ms=T0)
+
+
+def test_one_evidence_tx_per_offender_per_interval():
+    """A flooding member's equivocations become one tx per interval from this node, per offender."""
+    from node.evidence import EvidenceLimiter
+
+    now = [0.0]
+    limiter = EvidenceLimiter(interval=60.0, clock=lambda: now[0])
+    assert limiter.allow(5) and limiter.allow(6)
+    assert not any(limiter.allow(5) for _ in range(100))
+    now[0] = 59.9
+    assert not limiter.allow(6)
+    now[0] = 60.0
+    assert limiter.allow(5) and limiter.allow(6) and limiter.suppressed == 101
