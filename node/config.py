@@ -215,4 +215,6 @@ def write_config(home: Path, *, name: str, p2p_listen: str, rpc_listen: str, psk
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(24)
+    # Hex, not base64url: a token that starts with "-" reads as an option on a command line
+    # (`radchain audit --token -x...`), and one in 64 urlsafe tokens does.
+    return secrets.token_hex(24)

@@ -63,7 +63,7 @@ async def test_commits_queued_behind_a_gap_are_replayed_after_sync(tmp_path):
     assert driver._perform_one(A.Commit(2, p2, chain.proposal_digest(p2), c2)) is None  # waits for height 1
     await driver._apply_synced(SyncedBlocks(blocks, announce=False))
     assert chain.height == 2
-    replay = driver._events_recv.receive_nowait()
+    replay = driver._queue.popleft()
     assert driver._perform_one(replay.commit) == E.Executed(2, source.store.get_block(2).hash)
     for ch in (chain, source):
         ch.store.close()
