@@ -20,7 +20,7 @@ from network import PeerNetwork
 from network.identity import load_or_create_identity
 from node.chain import Chain
 from node.config import NodeConfig
-from node.diskspace import DiskGuard
+from node.diskspace import MIN_FREE, POLL, DiskGuard, free_bytes
 from node.driver import ConsensusDriver
 from node.events import event_to_tx_fields, make_tx, sign_tx
 from node.evidence import evidence_tx_fields
@@ -44,6 +44,20 @@ from node.wal import WriteAheadLog
 log = logging.getLogger("radchain.node")
 
 CONSENSUS_CHANNEL = "consensus"
+
+
+async def open_node(cfg: NodeConfig) -> Node:
+    """Node(cfg), once its data directory has room: started (or restarted by systemd) on a full disk, the
+    node logs one line and waits for space instead of failing to open LevelDB over and over."""
+    data = cfg.home / "data"
+    if free_bytes(data) < MIN_FREE:
+        log.error("disk full: cannot open %s (%d bytes free on its filesystem); waiting until %d bytes are free",
+                  data, free_bytes(data), MIN_FREE,
+                  extra={"fields": {"path": str(data), "free_bytes": free_bytes(data)}})
+        while free_bytes(data) < MIN_FREE:
+            await trio.sleep(POLL)
+        log.warning("disk space returned: %s has %d bytes free; starting", data, free_bytes(data))
+    return Node(cfg)
 
 
 class Node:

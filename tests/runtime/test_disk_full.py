@@ -189,4 +189,15 @@ def test_full_data_dir_pauses_one_member_which_resumes_and_agrees(testnet, tmpfs
         assert [(b["hash"], b["header"]) for b in chains[i][:upto]] == \
                [(b["hash"], b["header"]) for b in chains[0][:upto]], f"members 0 and {i} differ"
     assert len(_disk_full_lines(info.home / "node.log")) == 1
+
+    # kill -9, and the disk is full when it comes back (systemd restarts it): it waits, saying so, then starts.
+    net.kill(victim)
+    filler = _fill(data)
+    net.start(victim)
+    net.wait_until(lambda: len(_disk_full_lines(info.home / "node.log")) == 2, 15, "a disk-full line at start")
+    assert "cannot open" in _disk_full_lines(info.home / "node.log")[1]["msg"]
+    assert net.procs[victim].poll() is None, "the member exited instead of waiting for space"
+    filler.unlink()
+    tx = _submit(net.nodes[1], "restarted")["result"]["tx"]
+    net.wait_until(lambda: _committed_everywhere(net, tx, range(4)), 30, "the restarted member commits again")
     net.stop_all()  # before the tmpfs goes
