@@ -12,15 +12,25 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import trio
 
+from consensus import actions as A
+from consensus import events as E
+from node.chain import Chain
 from node.diskspace import DiskFull, DiskGuard
+from node.driver import ConsensusDriver
 from node.mempool import Mempool, MempoolFull
+from node.store import Store
 from node.testnet import EXAMPLE_EVENT, rpc_call
 from node.wal import WriteAheadLog
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
+from ledger_helpers import T0, Consortium  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -118,6 +128,86 @@ def test_mempool_on_a_full_disk_refuses_with_retry_and_admits_after_reopen(tmp_p
     assert again.restore(lambda h: False, 0.0) == held + 1
     assert again.get(b"c" * 32) == b"tx-c" and again.get(b"b" * 32) is None
     again.close()
+
+
+def _driver(wal: WriteAheadLog, guard: DiskGuard, chain=None, sent: list | None = None) -> ConsensusDriver:
+    sent = [] if sent is None else sent
+    return ConsensusDriver(None, chain, wal, send=lambda i, d: sent.append(d), broadcast=sent.append,
+                           build_proposal=lambda h, must: None, mempool_count=lambda: 0,
+                           on_commit=lambda b, p: None, on_state_transfer=lambda h, peers: None,
+                           on_evidence=lambda e: None, disk=guard)
+
+
+async def _paused(driver: ConsensusDriver) -> None:
+    with trio.fail_after(5):
+        while not driver.paused:
+            await trio.sleep(0.01)
+
+
+async def test_driver_sends_no_vote_before_its_wal_record_is_on_disk(tmp_path, tmpfs):
+    """Persist before acknowledge on a full disk: the vote goes out only once its record is durable."""
+    directory = tmpfs(tmp_path / "data", "2m")
+    guard = DiskGuard(directory, min_free=1 << 20, poll=0.02)
+    sent: list[bytes] = []
+    driver = _driver(WriteAheadLog(directory / "wal"), guard, sent=sent)
+    filler = _fill(directory)
+    record = b"r" * 100_000
+    done = trio.Event()
+
+    async def perform():
+        await driver._perform([A.Persist(record), A.Broadcast(b"vote")])
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(guard.run)
+        nursery.start_soon(perform)
+        await _paused(driver)
+        await trio.sleep(0.2)
+        assert sent == [] and guard.full and not done.is_set(), "a vote went out before its WAL record was durable"
+        driver.message(0, b"a frame")  # dropped while paused, as a partition would
+        assert driver.stats["dropped_paused"] == 1
+        filler.unlink()
+        with trio.fail_after(5):
+            await done.wait()
+        assert sent == [b"vote"] and not guard.full and not driver.paused
+        nursery.cancel_scope.cancel()
+    driver.wal.close()
+    assert WriteAheadLog(directory / "wal").records == [record]
+
+
+async def test_driver_executes_a_committed_block_the_full_store_refused_once_space_returns(tmp_path, tmpfs):
+    directory = tmpfs(tmp_path / "data", "8m")
+    c = Consortium()
+    chain = Chain(c.genesis, Store(directory / "chain"))
+    guard = DiskGuard(directory, min_free=1 << 20, poll=0.02)
+    guard.on_resume(chain.store.reopen)
+    wal = WriteAheadLog(tmp_path / "wal")  # elsewhere: only the store is full here
+    driver = _driver(wal, guard, chain=chain)
+    payload = chain.build_proposal(1, 0, T0, [c.tx(0) for _ in range(40)])  # more than a page: cannot fit
+    chain.validate_proposal(1, payload, now_ms=T0)
+    commit = A.Commit(1, payload, chain.proposal_digest(payload), c.certificate(chain, payload, 1))
+    filler = _fill(directory)
+    done = trio.Event()
+
+    async def perform():
+        await driver._perform([commit])
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(guard.run)
+        nursery.start_soon(perform)
+        await _paused(driver)
+        assert chain.height == 0 and guard.full
+        filler.unlink()
+        with trio.fail_after(5):
+            await done.wait()
+        replay = driver._events_recv.receive_nowait()  # the refused commit, executed again in order
+        assert driver._perform_one(replay.commit) == E.Executed(1, chain.store.get_block(1).hash)
+        nursery.cancel_scope.cancel()
+    assert chain.height == 1
+    chain.store.close()
+    wal.close()
+    assert Store(directory / "chain").height == 1
 
 
 def _submit(info, k: str) -> dict:
