@@ -35,12 +35,13 @@ class _StderrHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            line = self.format(record) + self.terminator
             if self.lost:
-                self.stream.write(json.dumps({"level": "warning", "logger": "radchain.logs",
-                                              "msg": f"{self.lost} log lines lost: their disk was full"}) + "\n")
-                self.lost = 0
-            self.stream.write(self.format(record) + self.terminator)
+                line = json.dumps({"level": "warning", "logger": "radchain.logs",
+                                   "msg": f"{self.lost} log lines lost: their disk was full"}) + "\n" + line
+            self.stream.write(line)
             self.flush()
+            self.lost = 0
         except OSError:
             self.lost += 1
         except Exception:

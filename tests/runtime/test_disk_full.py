@@ -130,6 +130,30 @@ def test_mempool_on_a_full_disk_refuses_with_retry_and_admits_after_reopen(tmp_p
     again.close()
 
 
+def test_log_lines_on_a_full_disk_are_counted_not_raised(capsys):
+    """node.log may sit on the full disk too (/dev/full: every write fails with ENOSPC)."""
+    import contextlib
+    import io
+    import logging
+
+    from node.logs import JsonFormatter, _StderrHandler
+
+    full = open("/dev/full", "w")  # noqa: SIM115 (closing it flushes what could not be written: fails too)
+    handler = _StderrHandler(full)
+    handler.setFormatter(JsonFormatter())
+    record = logging.LogRecord("radchain.test", logging.ERROR, __file__, 1, "disk full: x", None, None)
+    handler.emit(record)
+    handler.emit(record)
+    assert handler.lost == 2
+    assert "Logging error" not in capsys.readouterr().err
+    handler.stream = io.StringIO()  # space is back (setStream would flush /dev/full first)
+    with contextlib.suppress(OSError):
+        full.close()
+    handler.emit(record)
+    lines = [json.loads(line) for line in handler.stream.getvalue().splitlines()]
+    assert lines[0]["msg"] == "2 log lines lost: their disk was full" and lines[1]["msg"] == "disk full: x"
+
+
 def _driver(wal: WriteAheadLog, guard: DiskGuard, chain=None, sent: list | None = None) -> ConsensusDriver:
     sent = [] if sent is None else sent
     return ConsensusDriver(None, chain, wal, send=lambda i, d: sent.append(d), broadcast=sent.append,
