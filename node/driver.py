@@ -25,6 +25,7 @@ from consensus import events as E
 from consensus import wal as consensus_wal
 from consensus.replica import TICK
 from node.chain import Chain, ChainError
+from node.diskspace import DiskFull, DiskGuard, is_disk_full
 from node.wal import WriteAheadLog
 
 log = logging.getLogger("radchain.driver")
@@ -65,7 +66,8 @@ class ConsensusDriver:
                  mempool_count: Callable[[], int], on_commit: Callable[[object, bytes], None],
                  on_state_transfer: Callable[[int, tuple[int, ...]], None],
                  on_evidence: Callable[[bytes], None],
-                 oldest_pending: Callable[[], tuple[bytes, float] | None] = lambda: None):
+                 oldest_pending: Callable[[], tuple[bytes, float] | None] = lambda: None,
+                 disk: DiskGuard | None = None):
         self.replica = replica
         self.chain = chain
         self.wal = wal
@@ -92,12 +94,21 @@ class ConsensusDriver:
         self._deferred: list[int] = []  # heights the replica asked a proposal for, waiting for txs
         self._deferred_view = -1
         self._mempool_dirty = False
+        # A full disk (node.diskspace): the driver waits for space, sending nothing meanwhile, and drops the
+        # consensus messages that arrive (as a partition would); block sync catches it up afterwards.
+        self._disk = disk
+        self.paused = False
+        self._disk_stalled = False  # a block write failed for lack of space: wait, then execute it again
         self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0, "dropped_messages": 0,
-                      "stale_timers": 0, "busy_s": 0.0}
+                      "stale_timers": 0, "busy_s": 0.0, "dropped_paused": 0}
 
     # ------------------------------------------------------------------ inputs (any task)
     def message(self, sender: int, data: bytes) -> bool:
-        """Queue a peer's consensus message; False (dropped, counted) when MAX_QUEUED_MESSAGES wait."""
+        """Queue a peer's consensus message; False (dropped, counted) while paused for a full disk or when
+        MAX_QUEUED_MESSAGES wait."""
+        if self.paused:
+            self.stats["dropped_paused"] += 1
+            return False
         if self._queued_messages >= MAX_QUEUED_MESSAGES:
             self.stats["dropped_messages"] += 1
             if self.stats["dropped_messages"] % 1000 == 1:
@@ -197,14 +208,42 @@ class ConsensusDriver:
         for action in actions:
             if not isinstance(action, A.Persist) and self.wal.dirty:
                 # Anything that leaves the process, or acts on state, waits for the log to be durable.
-                await self.wal.flush_async()
+                await self._flush_wal()
             produced = self._perform_one(action)
             if produced is not None:
                 produced_events.append(produced)
-        await self.wal.flush_async()
+        await self._flush_wal()
+        if self._disk_stalled:
+            # A committed block could not be written: wait for space, then execute it again (its Executed,
+            # hence this replica's checkpoint vote, comes only once it is stored).
+            await self._wait_for_disk(self.chain.store.path, None)
+            nxt = self._pending_commits.pop(self.chain.height + 1, None)
+            if nxt is not None:
+                self._push(_Replay(nxt))
         if follow is None:
             while produced_events:
                 await self._feed(produced_events.popleft())
+
+    async def _flush_wal(self) -> None:
+        """Make the queued WAL records durable, waiting out a full disk: nothing after them (a vote, a
+        commit) happens before they are on disk: persist before acknowledge."""
+        while True:
+            try:
+                await self.wal.flush_async()
+                return
+            except DiskFull as exc:
+                await self._wait_for_disk(exc.path, exc)
+
+    async def _wait_for_disk(self, path, exc: BaseException | None) -> None:
+        if self._disk is None:
+            raise exc if exc is not None else DiskFull(path, 0)
+        self._disk.trip(path, exc)
+        self._disk_stalled = False
+        self.paused = True
+        try:
+            await self._disk.wait_resumed()
+        finally:
+            self.paused = False
 
     def _perform_one(self, action):
         """Perform one action; returns a follow-up event for the replica, if any."""
@@ -213,9 +252,12 @@ class ConsensusDriver:
             self.wal.records.append(action.record)
             self.stats["wal_records"] += 1
             if action.record[1:8] == _STABLE_TAG and self.wal.size() > WAL_COMPACT_BYTES:
-                self.wal.flush()
-                self.wal.records = list(consensus_wal.compact(self.wal.records))
-                self.wal.rewrite(self.wal.records)
+                try:
+                    self.wal.flush()
+                    self.wal.records = list(consensus_wal.compact(self.wal.records))
+                    self.wal.rewrite(self.wal.records)
+                except DiskFull:
+                    pass  # no room to compact now: the log stays whole (queued records flush with the next)
             return None
         if isinstance(action, A.Send):
             self._send(action.to, action.data)
@@ -274,6 +316,8 @@ class ConsensusDriver:
             return None
         block = self._execute(action.payload, action.certificate)
         if block is None:
+            if self._disk_stalled:
+                self._pending_commits[action.height] = action  # executed again once space returns
             return None
         # block.hash covers only agreed data (node/block.py), so honest replicas' checkpoint votes match
         event = E.Executed(block.height, block.hash)
@@ -289,6 +333,12 @@ class ConsensusDriver:
         except ChainError:
             log.exception("could not execute a committed block; will sync it from peers")
             return None
+        except Exception as exc:
+            if self._disk is None or not is_disk_full(exc):
+                raise
+            self._disk.trip(self.chain.store.path, exc)  # the one log line; the store kept nothing of it
+            self._disk_stalled = True
+            return None
         self.stats["commits"] += 1
         self._on_commit(block, payload)
         return block
@@ -303,6 +353,10 @@ class ConsensusDriver:
                 break
             self.stats["synced_blocks"] += 1
             last = block
+        if self._disk_stalled:
+            await self._wait_for_disk(self.chain.store.path, None)
+            self._push(event)  # the blocks not yet stored go again, in height order
+            return
         for h in sorted(h for h in self._pending_commits if h <= self.chain.height):
             # stored by sync meanwhile: replayed so the replica still gets its Executed (see _commit)
             self._push(_Replay(self._pending_commits.pop(h)))

@@ -24,8 +24,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """stderr (often a file: node.log) may sit on a full disk. A line that cannot be written is counted,
+    not turned into a "Logging error" traceback that cannot be written either; the first line written
+    again says how many were lost."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.lost = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            if self.lost:
+                line = json.dumps({"level": "warning", "logger": "radchain.logs",
+                                   "msg": f"{self.lost} log lines lost: their disk was full"}) + "\n" + line
+            self.stream.write(line)
+            self.flush()
+            self.lost = 0
+        except OSError:
+            self.lost += 1
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(level: str = "INFO", node: str | None = None) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     if node:
         handler.addFilter(_NodeName(node))

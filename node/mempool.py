@@ -19,6 +19,8 @@ from pathlib import Path
 
 import plyvel
 
+from node.diskspace import DiskFull, DiskGuard, free_bytes, is_disk_full
+
 
 class MempoolFull(Exception):
     """The mempool holds its configured maximum; the submitter should retry later."""
@@ -52,6 +54,10 @@ class Overload:
                 f"retry after {self.retry_after:g} s (resubmitting is safe)")
 
 
+class MempoolDiskFull(MempoolFull, DiskFull):
+    """The disk under the mempool is full: nothing was admitted; the submitter should retry later."""
+
+
 class Mempool:
     def __init__(self, path: Path | None, max_txs: int, *, min_backlog: int = MIN_BACKLOG,
                  drain_seconds: float = DRAIN_SECONDS):
@@ -65,6 +71,8 @@ class Mempool:
         # oldest tx a primary leaves out stays the oldest (consensus' per-request timer, WorkPending.oldest)
         self._arrival: OrderedDict[bytes, float] = OrderedDict()
         self._db = None
+        self._path = path
+        self.guard: DiskGuard | None = None  # set by the node: a full disk refuses admission until it clears
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
             self._db = plyvel.DB(str(path), create_if_missing=True)
@@ -104,9 +112,16 @@ class Mempool:
         if len(self._txs) + len(fresh) > self.max_txs:
             raise MempoolFull(f"mempool holds {len(self._txs)} of {self.max_txs} txs")
         if self._db is not None:
-            with self._db.write_batch() as batch:
-                for h, raw in fresh:
-                    batch.put(h, raw)
+            if self.guard is not None and self.guard.full:
+                raise self.disk_full(None)
+            try:
+                with self._db.write_batch() as batch:
+                    for h, raw in fresh:
+                        batch.put(h, raw)
+            except (plyvel.Error, OSError) as exc:
+                if not is_disk_full(exc):
+                    raise
+                raise self.disk_full(exc) from None
         for h, raw in fresh:
             self._txs[h] = (raw, now)
             self._arrival[h] = now
@@ -140,9 +155,29 @@ class Mempool:
         for h in hashes:
             self._in_flight.pop(h, None)
         if self._db is not None and removed:
-            with self._db.write_batch() as batch:
-                for h in removed:
-                    batch.delete(h)
+            try:
+                with self._db.write_batch() as batch:
+                    for h in removed:
+                        batch.delete(h)
+            except (plyvel.Error, OSError) as exc:
+                # Safe to go on: restore() drops whatever committed meanwhile, so a stale entry is harmless.
+                if not is_disk_full(exc):
+                    raise
+                self.disk_full(exc)
+
+    def disk_full(self, exc: BaseException | None = None) -> MempoolDiskFull:
+        """The refusal to raise while the disk is full (records the failed write `exc`, if any)."""
+        if self.guard is not None:
+            base = self.guard.trip(self._path, exc) if exc is not None else self.guard.refusal()
+            return MempoolDiskFull(base.path, base.free, base.retry_after)
+        return MempoolDiskFull(self._path, free_bytes(self._path))
+
+    def reopen(self) -> None:
+        """Close and reopen LevelDB after a failed write: it keeps that error (and may hold a half-written
+        log record) until reopened, when it recovers to the last whole write."""
+        if self._db is not None:
+            self._db.close()
+            self._db = plyvel.DB(str(self._path), create_if_missing=True)
 
     def release_in_flight(self, up_to_height: int | None = None) -> None:
         """Make proposed-but-uncommitted txs proposable again (after a view change, or once their height

@@ -20,6 +20,7 @@ from network import PeerNetwork
 from network.identity import load_or_create_identity
 from node.chain import Chain
 from node.config import NodeConfig
+from node.diskspace import MIN_FREE, POLL, DiskGuard, free_bytes
 from node.driver import ConsensusDriver
 from node.events import event_to_tx_fields, make_tx, sign_tx
 from node.evidence import EvidenceLimiter, evidence_tx_fields
@@ -47,6 +48,20 @@ GOSSIP_QUEUE = 64  # tx batches from members waiting for their checks
 GOSSIP_SLICE = 0.01  # seconds of tx checks between two yields to the consensus driver
 
 
+async def open_node(cfg: NodeConfig) -> Node:
+    """Node(cfg), once its data directory has room: started (or restarted by systemd) on a full disk, the
+    node logs one line and waits for space instead of failing to open LevelDB over and over."""
+    data = cfg.home / "data"
+    if free_bytes(data) < MIN_FREE:
+        log.error("disk full: cannot open %s (%d bytes free on its filesystem); waiting until %d bytes are free",
+                  data, free_bytes(data), MIN_FREE,
+                  extra={"fields": {"path": str(data), "free_bytes": free_bytes(data)}})
+        while free_bytes(data) < MIN_FREE:
+            await trio.sleep(POLL)
+        log.warning("disk space returned: %s has %d bytes free; starting", data, free_bytes(data))
+    return Node(cfg)
+
+
 class Node:
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
@@ -63,6 +78,11 @@ class Node:
         self.mempool = Mempool(cfg.home / "data" / "mempool", cfg.mempool.max_txs,
                                min_backlog=cfg.mempool.min_backlog, drain_seconds=cfg.mempool.busy_after_s)
         self.wal = WriteAheadLog(cfg.wal_dir, fsync=cfg.consensus.wal_fsync)
+        # A full disk pauses this node instead of killing it (node.diskspace): txs are refused, consensus
+        # waits, and when space returns LevelDB is reopened and the node catches up by block sync.
+        self.disk = DiskGuard(cfg.home / "data")
+        self.disk.on_resume(self._reopen_stores)
+        self.mempool.guard = self.disk
 
         self.peer_ids = [m.peer_id for m in self.genesis.members]
         self._index_of_peer = {pid: i for i, pid in enumerate(self.peer_ids)}
@@ -87,7 +107,7 @@ class Node:
             build_proposal=self._build_proposal, mempool_count=self.mempool.available,
             oldest_pending=self.mempool.oldest,
             on_commit=self._on_commit, on_state_transfer=self._on_state_transfer,
-            on_evidence=self._on_evidence)
+            on_evidence=self._on_evidence, disk=self.disk)
         # Misbehaviour scores of the other members, shared by every loop that reads their input.
         self.peer_scores = PeerScores(names={m.peer_id: m.name for m in self.genesis.members})
         self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,
@@ -108,6 +128,7 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.net.run)
+                nursery.start_soon(self.disk.run)
                 self.net.serve(SYNC_CHANNEL, self.sync.serve)
                 nursery.start_soon(self._inbox_loop)
                 nursery.start_soon(self._gossip_loop)
@@ -129,6 +150,13 @@ class Node:
                 task_status.started()
         finally:
             self.close()
+
+    def _reopen_stores(self) -> None:
+        """Space is back: reopen both LevelDBs (a failed write leaves its error in them) and reload the
+        ledger state from the store, which holds exactly the blocks whose batches were whole."""
+        self.mempool.reopen()
+        self.store.reopen()
+        self.chain.state = self.chain._load_state()
 
     def close(self) -> None:
         self.wal.close()
@@ -238,6 +266,8 @@ class Node:
 
     def submit(self, raws: list[bytes], checked: bool = True) -> list[dict]:
         """Admit txs (already checked unless checked=False); durable before returning. One answer per tx."""
+        if self.disk.full:
+            raise self.mempool.disk_full()  # refused with a retry hint (node/rpc/submit.py: -32004)
         answers, fresh = [], []
         for raw in raws:
             h = tx_hash(raw)
@@ -273,5 +303,6 @@ class Node:
             "view": self.replica.view, "primary": self.genesis.members[self.replica.primary].name,
             "peers": len(self.net.connected_peers()), "members": len(self.genesis.members),
             "mempool": len(self.mempool), "syncing": self.sync.syncing,
+            "disk_full": self.disk.full,
             "uptime_s": round(time.time() - self.started_at, 1),
         }

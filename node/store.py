@@ -41,6 +41,7 @@ import msgpack
 import plyvel
 
 from node.block import Block, BlockHeader, encode_payload
+from node.diskspace import is_disk_full
 from node.merkle import MerkleProof, inclusion_path
 from node.tx import TX_TYPES
 
@@ -116,11 +117,16 @@ class Store:
         self.sync = sync
         if create:
             os.makedirs(self.path, exist_ok=True)
+        self._open(create)
+
+    def _open(self, create: bool) -> None:
         try:
             # bloom filter: has_tx() of a new tx is a miss, answered without reading a table block.
             self._db = plyvel.DB(self.path, create_if_missing=create, bloom_filter_bits=10,
                                  write_buffer_size=32 << 20, lru_cache_size=64 << 20)
         except plyvel.IOError as exc:
+            if is_disk_full(exc):
+                raise  # the caller waits for space (node.diskspace); not a store that cannot be opened
             raise StoreError(f"{self.path}: cannot open the chain store ({exc}); is a node running on it?") from None
         except plyvel.Error as exc:
             raise StoreError(f"{self.path}: cannot open the chain store ({exc})") from None
@@ -137,6 +143,15 @@ class Store:
     def close(self) -> None:
         if not self._db.closed:
             self._db.close()
+
+    def reopen(self) -> None:
+        """Close and reopen after a failed write (a full disk): LevelDB keeps a failed write's error, and
+        may hold half a log record, until reopened, when it recovers to the last whole batch. The head is
+        read again: a batch whose fsync failed may or may not have survived. Raises plyvel.IOError if the
+        disk is still full."""
+        self.close()
+        self._hash_lists.clear()
+        self._open(create=False)
 
     def __enter__(self) -> Store:
         return self

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import trio
 
+from node.diskspace import DiskFull, free_bytes, is_disk_full
+
 _HEADER = struct.Struct(">II")
 MAX_RECORD = 64 << 20
 
@@ -56,20 +58,56 @@ class WriteAheadLog:
     def flush(self) -> None:
         if not self._pending:
             return
-        self._fh.write(b"".join(self._pending))
-        self._pending.clear()
+        start = self._write_pending()
         if self.fsync:
-            os.fsync(self._fh.fileno())
+            self._fsync(start)
+        self._pending.clear()
 
     async def flush_async(self) -> None:
         """flush() with the fsync in a worker thread, so the node's other tasks run while the disk works.
         The caller (the consensus driver, the only writer) still waits for durability before going on."""
         if not self._pending:
             return
-        self._fh.write(b"".join(self._pending))
-        self._pending.clear()
+        start = self._write_pending()
         if self.fsync:
-            await trio.to_thread.run_sync(os.fsync, self._fh.fileno())
+            await trio.to_thread.run_sync(self._fsync, start)
+        self._pending.clear()
+
+    def _write_pending(self) -> int:
+        """Write the queued records whole, or not at all: on a full disk (a raw write may also come back
+        short) the file is cut back to where it was and the records stay queued, so a later flush writes
+        them again and the log never holds a torn record in its middle. Returns the offset they start at;
+        the caller clears the queue once they are durable. Raises DiskFull."""
+        data = b"".join(self._pending)
+        start = self._fh.tell()
+        view, done = memoryview(data), 0
+        try:
+            while done < len(data):
+                n = self._fh.write(view[done:])
+                if not n:
+                    raise OSError(28, "No space left on device (short write)")
+                done += n
+        except OSError as exc:
+            self._cut_back(start)
+            if is_disk_full(exc):
+                raise DiskFull(self.path, free_bytes(self.path)) from exc
+            raise
+        return start
+
+    def _cut_back(self, offset: int) -> None:
+        self._fh.truncate(offset)
+        self._fh.seek(offset)
+
+    def _fsync(self, start: int) -> None:
+        try:
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            # The records were written, yet are not durable: never acknowledge them. Linux may already have
+            # dropped the failed dirty pages, so they are written again by the next flush (cut back first).
+            self._cut_back(start)
+            if is_disk_full(exc):
+                raise DiskFull(self.path, free_bytes(self.path)) from exc
+            raise
 
     def size(self) -> int:
         return self._fh.tell()
@@ -78,10 +116,16 @@ class WriteAheadLog:
         """Atomically replace the log with `records` (compaction after a stable checkpoint)."""
         self.flush()
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(b"".join(_HEADER.pack(len(r), zlib.crc32(r)) + r for r in records))
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(b"".join(_HEADER.pack(len(r), zlib.crc32(r)) + r for r in records))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # the old log, a superset of `records`, stays in place
+            if is_disk_full(exc):
+                raise DiskFull(self.path, free_bytes(self.path)) from exc
+            raise
         os.replace(tmp, self.path)
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
@@ -92,5 +136,9 @@ class WriteAheadLog:
         self._fh = open(self.path, "ab", buffering=0)
 
     def close(self) -> None:
-        self.flush()
-        self._fh.close()
+        try:
+            self.flush()
+        except DiskFull:
+            pass  # records still queued were never acted on (persist-before-send): losing them is safe
+        finally:
+            self._fh.close()

@@ -44,10 +44,10 @@ def run(args) -> int:
 
     setup_logging(cfg.log_level, cfg.name)
     mute_libp2p_logging()
-    from node.runtime import Node
+    from node.runtime import open_node
 
     async def main() -> None:
-        node = Node(cfg)
+        node = await open_node(cfg)  # waits, with one log line, while the data disk is full
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(node.run)

@@ -34,6 +34,7 @@ from collections import OrderedDict
 import trio
 
 from node.block import STATUS_NAMES
+from node.diskspace import DiskFull
 from node.events import EventError
 from node.mempool import MempoolFull
 from node.rpc.errors import INVALID_PARAMS, MEMPOOL_FULL, REJECTED, RpcError
@@ -84,6 +85,8 @@ class Admission:
             return committed_answer(node, h, found[0])
         try:
             node.submit([raw], checked=False)
+        except DiskFull as exc:  # before MempoolFull, which the mempool's disk-full refusal also is
+            raise RpcError(MEMPOOL_FULL, str(exc), exc.data) from None
         except MempoolFull as exc:
             raise self._full(exc) from None
         except TxError as exc:
@@ -100,6 +103,9 @@ class Admission:
             return committed_answer(node, h, found[0])
         if h in node.mempool:
             return _ids(h, status="pending")
+        if node.disk.full:
+            exc = node.disk.refusal()
+            raise RpcError(MEMPOOL_FULL, str(exc), exc.data)
         if h not in self.queued:
             self.gate()
             try:
