@@ -225,7 +225,7 @@ async def test_driver_executes_a_committed_block_the_full_store_refused_once_spa
         filler.unlink()
         with trio.fail_after(5):
             await done.wait()
-        replay = driver._events_recv.receive_nowait()  # the refused commit, executed again in order
+        replay = driver._queue.popleft()  # the refused commit, executed again in order
         assert driver._perform_one(replay.commit) == E.Executed(1, chain.store.get_block(1).hash)
         nursery.cancel_scope.cancel()
     assert chain.height == 1
