@@ -131,6 +131,7 @@ __all__ = [
     "evaluate_partial",
     "verify_partial",
     "combine",
+    "combine_verified",
     "token_input",
     "token_from_output",
     "tokenize_with_key",
@@ -551,12 +552,23 @@ def combine(
             bad.append(idx)
     if len(good) < public.t:
         raise OprfError(f"only {len(good)} valid partial evaluations, need t={public.t} (invalid from {bad})")
-    lam = lagrange_at_zero(sorted(good))
+    return combine_verified(public, blinded_inputs, list(good.values())), bad
+
+
+def combine_verified(
+    public: EpochPublic, blinded_inputs: Sequence[BlindedInput], partials: Sequence[Partial]
+) -> list[bytes]:
+    """Lagrange-combine, unblind, finalize t partials the caller has already checked with `verify_partial`."""
+    by_index = {p.index: p for p in partials}
+    if len(by_index) != public.t or len(partials) != public.t:
+        raise OprfError(f"combine: need exactly t={public.t} partials from distinct members")
+    idx = sorted(by_index)
+    lam = lagrange_at_zero(idx)
     outputs = []
     for j, bi in enumerate(blinded_inputs):
-        z = _lincomb((lam[i], good[i].elements[j]) for i in sorted(good))
+        z = _lincomb((lam[i], by_index[i].elements[j]) for i in idx)
         outputs.append(finalize(bi, z))
-    return outputs, bad
+    return outputs
 
 
 # ------------------------------------------------------------------------------------ RadChain tokens
