@@ -96,6 +96,18 @@ def crypto_scalarmult_ristretto255(n: bytes, p: bytes) -> bytes:
     return out.raw
 
 
+def _scalar_mul(x: bytes, y: bytes) -> bytes:
+    out = ctypes.create_string_buffer(32)
+    _sodium.crypto_core_ristretto255_scalar_mul(out, x, y)
+    return out.raw
+
+
+def _scalar_sub(x: bytes, y: bytes) -> bytes:
+    out = ctypes.create_string_buffer(32)
+    _sodium.crypto_core_ristretto255_scalar_sub(out, x, y)
+    return out.raw
+
+
 def crypto_scalarmult_ristretto255_base(n: bytes) -> bytes:
     assert len(n) == 32
     out = ctypes.create_string_buffer(32)
@@ -363,8 +375,11 @@ def generate_proof(
     r = random_scalar() if r is None else r
     t2, t3 = _mul(r, a), _mul(r, m)
     ch = _challenge(b, m, z, t2, t3, context)
-    s = (r - ch * k) % ORDER
-    return encode_scalar(ch) + encode_scalar(s)
+    # s = r - c*k in libsodium's constant-time scalar arithmetic: k is a member's key share and this runs on
+    # every request, whose response time a requester observes (Python's big-integer product is not
+    # constant-time in its operands).
+    s = _scalar_sub(encode_scalar(r), _scalar_mul(encode_scalar(ch), encode_scalar(k)))
+    return encode_scalar(ch) + s
 
 
 def verify_proof(
@@ -526,7 +541,12 @@ def verify_partial(public: EpochPublic, blinded: Sequence[bytes], partial: Parti
         evaluated = [decode_point(e, "evaluated element") for e in partial.elements]
     except OprfError:
         return False
-    return verify_proof(GENERATOR, public.share_key(partial.index), list(blinded), evaluated, partial.proof)
+    try:
+        return verify_proof(
+            GENERATOR, public.share_key(partial.index), list(blinded), evaluated, partial.proof
+        )
+    except OprfError:  # e.g. a composite that is the identity: only a forged answer gets there
+        return False
 
 
 def combine(
