@@ -78,6 +78,39 @@ async def test_two_hospitals_get_the_same_tokens_and_the_whole_key_result():
     assert sum(s.answered[roster.pids[0]] for s in services) >= (T - 1) * len(PATIENTS)
 
 
+class RecordingService(OprfService):
+    """An honest-but-curious member: keeps every request it receives."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.seen: list[bytes] = []
+
+    async def handle(self, requester, payload):
+        self.seen.append(payload)
+        return await super().handle(requester, payload)
+
+
+@pytest.mark.timeout(120)
+async def test_a_curious_member_sees_only_fresh_blinded_points():
+    roster, nets, services, client, secret = consortium(seed=135)
+    curious = RecordingService(services[1].shares, services[1].limiter)
+    curious.install(nets[1])
+    ids = PATIENTS[:3]
+    async with running(*nets[:3]):  # member 4 down: member 2's answer is needed, so its request completes
+        c = client(0, timeout=5.0)
+        first = await c.tokenize(ids)
+        assert await c.tokenize(ids) == first  # the same identifiers, asked again
+    assert len(curious.seen) == 2
+    seen = [decode_request(p)[1] for p in curious.seen]
+    hashed = {oprf.hash_to_group(oprf.token_input(1, k, *p)) for k, p in ids}
+    # Neither the identifiers nor their hash points travel, and a repeat request is not recognisable.
+    assert not hashed & set(seen[0] + seen[1])
+    assert not set(seen[0]) & set(seen[1])
+    for _kind, p in ids:
+        for part in p:
+            assert all(part.encode() not in raw for raw in curious.seen)
+
+
 @pytest.mark.timeout(120)
 async def test_tokenization_works_with_f_members_down():
     roster, nets, services, client, secret = consortium(seed=140)
