@@ -38,6 +38,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import msgpack
+
 
 class OprfError(ValueError):
     """Malformed or invalid OPRF material: a bad encoding, a failed proof, too few valid partials."""
@@ -139,6 +141,11 @@ __all__ = [
     "verify_proof",
     "split_secret",
     "deal",
+    "encode_epoch_public",
+    "decode_epoch_public",
+    "epoch_key_id",
+    "encode_key_share",
+    "decode_key_share",
     "lagrange_at_zero",
     "evaluate_partial",
     "verify_partial",
@@ -483,6 +490,46 @@ class EpochPublic:
                 )
 
 
+def encode_epoch_public(public: EpochPublic) -> bytes:
+    """Canonical bytes of an epoch's public parameters (for genesis/governance records and key files)."""
+    return msgpack.packb(
+        [1, public.epoch, public.t, public.n, public.public_key, list(public.public_shares)],
+        use_bin_type=True,
+    )
+
+
+def decode_epoch_public(data: bytes) -> EpochPublic:
+    """Hostile bytes -> EpochPublic, refusing anything that is not a consistent degree-(t-1) sharing."""
+    if not isinstance(data, bytes | bytearray) or len(data) > 64 + MAX_MEMBERS * (POINT_BYTES + 2):
+        raise OprfError("epoch public parameters: too long")
+    try:
+        obj = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            max_bin_len=POINT_BYTES,
+            max_str_len=0,
+            max_array_len=MAX_MEMBERS,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as e:
+        raise OprfError(f"epoch public parameters: not valid msgpack ({type(e).__name__})") from None
+    if not isinstance(obj, list) or len(obj) != 6 or obj[0] != 1 or not isinstance(obj[5], list):
+        raise OprfError("epoch public parameters: unexpected layout")
+    _, epoch, t, n, key, shares = obj
+    public = EpochPublic(epoch, t, n, key, tuple(shares))
+    if encode_epoch_public(public) != bytes(data):
+        raise OprfError("epoch public parameters: not canonical")
+    # Inconsistent shares would make different t-subsets compute different tokens: refuse them up front.
+    public.check_consistent()
+    return public
+
+
+def epoch_key_id(public: EpochPublic) -> str:
+    """Short public fingerprint for operators to compare across nodes (like Pseudonymizer.key_id)."""
+    return hashlib.sha256(b"radchain/oprf/key-id/" + encode_epoch_public(public)).hexdigest()[:16]
+
+
 @dataclass(frozen=True, slots=True)
 class KeyShare:
     """Member `index`'s share of epoch `public.epoch`'s key. Secret: lives in one member's key store only."""
@@ -497,6 +544,33 @@ class KeyShare:
 
     def __repr__(self) -> str:  # never print the share
         return f"KeyShare(epoch={self.public.epoch}, index={self.index})"
+
+
+def encode_key_share(share: KeyShare) -> bytes:
+    """Secret bytes of a member's share (to be kept like a signing key: 0600, never on chain or in logs)."""
+    return msgpack.packb([1, share.public.epoch, share.index, encode_scalar(share.secret)], use_bin_type=True)
+
+
+def decode_key_share(data: bytes, public: EpochPublic) -> KeyShare:
+    if not isinstance(data, bytes | bytearray) or len(data) > 64:
+        raise OprfError("key share: must be at most 64 bytes")
+    try:
+        obj = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            max_bin_len=SCALAR_BYTES,
+            max_str_len=0,
+            max_array_len=4,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as e:
+        raise OprfError(f"key share: not valid msgpack ({type(e).__name__})") from None
+    if not isinstance(obj, list) or len(obj) != 4 or obj[0] != 1 or obj[1] != public.epoch:
+        raise OprfError("key share: unexpected layout or epoch")
+    if type(obj[2]) is not int:
+        raise OprfError("key share: bad index")
+    return KeyShare(obj[2], decode_scalar(obj[3], "key share"), public)
 
 
 def deal(t: int, n: int, epoch: int, secret: int | None = None) -> tuple[EpochPublic, list[KeyShare]]:

@@ -431,3 +431,44 @@ def test_rng_is_not_seeded_from_python_random():
     a = oprf.random_scalar()
     random.seed(1)
     assert oprf.random_scalar() != a
+
+
+# ------------------------------------------------------------------------------------ key files
+
+
+def test_epoch_public_and_key_share_round_trip():
+    public, shares = oprf.deal(3, 4, epoch=9)
+    data = oprf.encode_epoch_public(public)
+    assert oprf.decode_epoch_public(data) == public
+    assert oprf.epoch_key_id(public) == oprf.epoch_key_id(oprf.decode_epoch_public(data))
+    other, _ = oprf.deal(3, 4, epoch=9)
+    assert oprf.epoch_key_id(other) != oprf.epoch_key_id(public)
+    for s in shares:
+        assert oprf.decode_key_share(oprf.encode_key_share(s), public) == s
+    with pytest.raises(OprfError):  # a share only loads against its own epoch's public parameters
+        oprf.decode_key_share(oprf.encode_key_share(shares[0]), other)
+
+
+def test_decode_epoch_public_refuses_hostile_or_inconsistent_parameters():
+    import msgpack
+
+    public, _ = oprf.deal(2, 4, epoch=1)
+    good = [1, public.epoch, public.t, public.n, public.public_key, list(public.public_shares)]
+    rogue = list(public.public_shares)
+    rogue[3] = oprf._mul_base(oprf.random_scalar())  # a dealer handing member 4 a share off the polynomial
+    bad = [
+        b"",
+        b"\xc1",
+        b"\xdd\xff\xff\xff\xff",
+        msgpack.packb({"epoch": 1}),
+        msgpack.packb(good[:5]),
+        msgpack.packb([2] + good[1:]),
+        msgpack.packb(good[:2] + [5] + good[3:]),  # t > n
+        msgpack.packb(good[:4] + [bytes(32)] + good[5:]),  # identity key
+        msgpack.packb(good[:5] + [list(public.public_shares)[:3]]),  # a share missing
+        msgpack.packb(good[:5] + [rogue]),
+        oprf.encode_epoch_public(public) + b"\x00",
+    ]
+    for data in bad:
+        with pytest.raises(OprfError):
+            oprf.decode_epoch_public(data)
