@@ -3,7 +3,8 @@
 import importlib
 import sys
 
-BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.overload", "bench.rpc", "bench.dicom"]
+BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.overload", "bench.rpc", "bench.dicom",
+              "bench.oprf"]
 
 
 def main() -> int:
