@@ -119,6 +119,23 @@ METHODS = [
                               "ts": 1795773600000, "study": "6f1d...", "patient": "a9c0...", "user": "17be...",
                               "purpose": "TREAT", "outcome": 0, "action": "R", "...": "..."}],
                  "next_cursor": None, "index": "study"})),
+    _m("prior_imaging", "A patient's prior studies at every member (date, modality, body part, instance count), "
+                        "newest first, and repeat studies of the same modality and body part.",
+       [_p("patient_id", STR, "Patient ID (with issuer; needs an integrator token)"),
+        _p("issuer", STR, "Issuer of Patient ID"), _p("patient", STR, "patient token (32 hex digits)"),
+        _p("modality", STR, "DICOM Modality, e.g. CT"), _p("body_part", STR, "DICOM Body Part Examined, e.g. HEAD"),
+        _p("within_days", INT, "study date at most this many days ago"),
+        _p("repeat_days", INT, "repeat window of the redundancy list (default 30)"),
+        _p("now", {"type": ["integer", "string"]}, "reference time (default: the node's clock)")],
+       {"name": "prior", "schema": {"type": "object", "properties": {
+           "patient": STR, "studies": {"type": "array"}, "repeats": {"type": "array"},
+           "truncated": {"type": "boolean"}}}},
+       errors=(E.UNAUTHORIZED, E.INVALID_PARAMS),
+       example=({"patient_id": "PAT-1", "issuer": "HOSP-A", "modality": "CT", "within_days": 90},
+                {"patient": "a9c0...", "studies": [{"member": "hosp-b", "study": "6f1d...", "date": "2026-11-02",
+                                                    "modality": ["CT"], "body_part": ["HEAD"], "instances": 120,
+                                                    "first_stored": 1795773600000, "last_stored": 1795773660000}],
+                 "repeats": [], "truncated": False})),
     _m("validators", "Consensus members, the primary, quorum and f.", [],
        {"name": "validators", "schema": {"type": "object"}},
        example=({}, {"view": 0, "quorum": 3, "max_faulty": 1, "validators": [
