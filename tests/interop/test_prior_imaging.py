@@ -1,72 +1,17 @@
 """Prior-imaging lookup on a real 4-node testnet: CT head studies imported through the DICOM hook
 (`radchain dicom-import`: header -> categories -> spool -> node RPC -> PBFT) at two hospitals are found
 by `radchain prior-imaging` at a third, with their date, modality, body part and instance count, and the
-cross-hospital repeat is reported; another patient finds nothing; no category value is PHI-bearing and
-hostile category values are refused."""
+cross-hospital repeat is reported; another patient finds nothing; and hostile category values are refused."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
-
-from node.testnet import LocalTestnet
+from interop_helpers import TODAY, radchain
 
 pytestmark = pytest.mark.timeout(180)
-
-TODAY = datetime.now(UTC).date()
-
-
-def _ct_files(out: Path, n: int, *, patient: str, issuer: str, body_part: str, day, modality: str = "CT"):
-    from pydicom import dcmread
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
-
-    out.mkdir(parents=True)
-    base = dcmread(get_testdata_file("CT_small.dcm", download=False))
-    study, series = generate_uid(), generate_uid()
-    for i in range(n):
-        ds = base.copy()
-        ds.PatientID, ds.IssuerOfPatientID = patient, issuer
-        ds.Modality, ds.BodyPartExamined, ds.StudyDate = modality, body_part, day.strftime("%Y%m%d")
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(out / f"{i:03d}.dcm")
-    return study
-
-
-def radchain(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True, timeout=90)
-    if check:
-        assert res.returncode == 0, res.stdout + res.stderr
-    return res
-
-
-@pytest.fixture(scope="module")
-def net(tmp_path_factory):
-    out = tmp_path_factory.mktemp("priornet")
-    testnet = LocalTestnet(out / "net", 4)
-    testnet.start()
-    try:
-        testnet.wait_until(lambda: all(testnet.rpc(i, "status", timeout=2)["peers"] >= 3 for i in range(4)),
-                           120, "all four nodes up and connected")
-        d = out / "dicom"
-        _ct_files(d / "a", 3, patient="PRIOR-1", issuer="HOSP-A", body_part="HEAD", day=TODAY - timedelta(days=10))
-        _ct_files(d / "b", 2, patient="PRIOR-1", issuer="HOSP-A", body_part="HEAD", day=TODAY - timedelta(days=4))
-        _ct_files(d / "b-chest", 1, patient="PRIOR-1", issuer="HOSP-A", body_part="CHEST",
-                  day=TODAY - timedelta(days=200))
-        _ct_files(d / "other", 1, patient="PRIOR-2", issuer="HOSP-A", body_part="HEAD", day=TODAY)
-        for i, folder in ((0, "a"), (1, "b"), (1, "b-chest"), (0, "other")):
-            radchain("dicom-import", "--home", str(testnet.nodes[i].home), str(d / folder))
-        testnet.out = out / "net"
-        yield testnet
-    finally:
-        testnet.stop_all()
 
 
 def prior(net, *args: str) -> dict:
