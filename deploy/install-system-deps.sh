@@ -5,7 +5,7 @@
 set -euo pipefail
 case "${1:-test}" in
   python) pkgs=(python3-venv python3-dev build-essential) ;;
-  test)   pkgs=(orthanc orthanc-python orthanc-dicomweb dcmtk iproute2 curl chromium) ;;
+  test)   pkgs=(orthanc orthanc-python orthanc-dicomweb dcmtk iproute2 curl chromium rsyslog rsyslog-gnutls) ;;
   *) echo "usage: $0 python|test" >&2; exit 2 ;;
 esac
 missing=()

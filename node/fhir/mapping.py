@@ -76,6 +76,7 @@ _PEER_ROLE = {
     "export": ("110154", "Destination Media"), "deidentified": ("110152", "Destination Role ID"),
     "query": ("110152", "Destination Role ID"),
 }
+DEFAULT_ACTION, PEER_ROLE = _DEFAULT_ACTION, _PEER_ROLE  # shared with node.atna_out
 _MEMBERSHIP = frozenset({"member.added", "member.removed", "client.added", "client.removed"})
 
 
