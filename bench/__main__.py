@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.rpc", "bench.dicom"]
+BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.rpc", "bench.dicom", "bench.interop"]
 
 
 def main() -> int:
