@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             for p in patients:
                 fn(p)
         results = {}
-        for name, fn in measured: (("baseline: patient index + get_tx, all", floor),
-                         ("prior_imaging (all studies, repeats)", lambda p: prior_studies(store, p, {}, None, 30, now)),
-                         ("FHIR AuditEvent?patient= (page of 100)", fhir_page)):
+        for name, fn in measured:
             samples = []
             for p in patients:
                 t = time.perf_counter()
