@@ -38,7 +38,7 @@ def study_date(value) -> int:
         text = value.strip(" ").replace("-", "")
     else:
         raise CategoryError("study_date: YYYYMMDD or YYYY-MM-DD")
-    if len(text) != 8 or not text.isdigit():
+    if len(text) != 8 or not (text.isascii() and text.isdigit()):  # no Unicode digits
         raise CategoryError("study_date: YYYYMMDD or YYYY-MM-DD")
     n = int(text)
     try:

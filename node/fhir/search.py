@@ -31,7 +31,7 @@ from node.fhir.mapping import DCM, EVENT_TYPES, PATIENT_SYSTEM, STUDY_SYSTEM, TX
 from node.rpc.audit import SCAN_FACTOR, Filter, _cursor
 from node.rpc.render import stored_tx
 from node.store import IndexEntry, StoreError
-from node.tx import OUTCOMES, TOKEN_BYTES, TX_TYPES
+from node.tx import TOKEN_BYTES, TX_TYPES
 
 DEFAULT_COUNT = 100
 MAX_COUNT = 1000
@@ -61,12 +61,14 @@ class Search:
         return self.outcomes is None or fields.get("outcome", 0) in self.outcomes
 
 
-_DATE = re.compile(r"^(ge|gt|le|lt|eq)?(\d{4})(?:-(\d{2})(?:-(\d{2})(T[0-9:.]+(?:Z|[+-]\d{2}:\d{2})?)?)?)?$")
+# ASCII only: \d alone would also take Arabic-Indic and other Unicode digits, which int() accepts
+_DATE = re.compile(r"(ge|gt|le|lt|eq)?(\d{4})(?:-(\d{2})(?:-(\d{2})(T[0-9:.]+(?:Z|[+-]\d{2}:\d{2})?)?)?)?",
+                   re.ASCII)
 
 
 def _date_range(value: str) -> tuple[str, int, int]:
     """'ge2026-12-01' -> ('ge', start ms, end ms) of the value's precision (end exclusive)."""
-    m = _DATE.match(value)
+    m = _DATE.fullmatch(value)
     if m is None:
         raise SearchError(f"date: {value[:40]!r} is not a FHIR date (e.g. ge2026-12-01 or le2026-12-01T10:00:00Z)")
     prefix, year, month, day, clock = m.group(1) or "eq", int(m.group(2)), m.group(3), m.group(4), m.group(5)
@@ -179,15 +181,12 @@ def parse_search(items: list[tuple[str, str]]) -> Search:
                 raise SearchError(f"subtype: {sorted(bad)[0][:40]!r} is not a RadChain tx type")
             types = wanted if types is None else types & wanted
         elif name == "outcome":
-            try:
-                codes = frozenset(int(c) for c in value.split(","))
-            except ValueError:
-                codes = frozenset({-1})
-            if not codes <= OUTCOMES:
+            parts = value.split(",")
+            if not all(p in ("0", "4", "8", "12") for p in parts):  # exact codes: no " 4" or Unicode digits
                 raise SearchError("outcome: one or more of 0, 4, 8, 12")
-            outcomes = codes
+            outcomes = frozenset(int(p) for p in parts)
         elif name == "_count":
-            if not value.isdigit() or not 0 < int(value) <= MAX_COUNT:
+            if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= MAX_COUNT:
                 raise SearchError(f"_count: 1..{MAX_COUNT}")
             count = int(value)
         elif name == "_cursor":
