@@ -5,7 +5,7 @@
 set -euo pipefail
 case "${1:-test}" in
   python) pkgs=(python3-venv python3-dev build-essential libsodium23) ;;  # libsodium23: ristretto255 for node/oprf.py
-  test)   pkgs=(orthanc orthanc-python orthanc-dicomweb dcmtk iproute2 curl chromium libsodium23) ;;
+  test)   pkgs=(orthanc orthanc-python orthanc-dicomweb dcmtk iproute2 curl chromium libsodium23 rsyslog rsyslog-gnutls) ;;
   *) echo "usage: $0 python|test" >&2; exit 2 ;;
 esac
 missing=()

@@ -18,6 +18,8 @@ from datetime import datetime
 
 from nacl.signing import SigningKey
 
+from node.categories import CategoryError, code_string
+from node.categories import study_date as categories_study_date
 from node.pseudonym import PseudonymError, Pseudonymizer
 from node.tx import (
     AUDIT_TYPES,
@@ -52,7 +54,7 @@ ALLOWED_ACTIONS = {
 _COMMON = {"type", "patient_id", "issuer", "actor", "actor_ae", "purpose", "event_id", "time", "outcome",
            "action", "study_uid"}
 _AUDIT = _COMMON | {"peer_ae", "series_uids", "sop_instance_uids", "n_series", "n_instances", "digest",
-                    "pixel_digest"}
+                    "pixel_digest", "modality", "body_part", "study_date"}
 _RAW_FIELDS = {t: _AUDIT for t in AUDIT_TYPES}
 _RAW_FIELDS["deidentified"] = _AUDIT | {"source_digest", "derived_digest"}
 for _t in CONSENT_TYPES:
@@ -224,6 +226,14 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
         value = _hex32(event, name)
         if value is not None:
             fields[name] = value
+    try:  # imaging categories (optional, non-identifying; node.categories)
+        for name in ("modality", "body_part"):
+            if name in event:
+                fields[name] = code_string(event[name], name)
+        if "study_date" in event:
+            fields["study_date"] = categories_study_date(event["study_date"])
+    except CategoryError as exc:
+        raise EventError(str(exc).partition(":")[0], str(exc).partition(": ")[2]) from None
     if tx_type == "deidentified":
         for name in ("source_digest", "derived_digest"):
             if name not in fields:

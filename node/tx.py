@@ -124,11 +124,15 @@ FIELD_SPECS: dict[str, tuple] = {
     "subject": _NAME, "subject_key": _KEY,
     "offender": (int, 0, (1 << 16) - 1, None, None, "a member index"),
     "evidence": (list, 2, 2, None, _evidence, f"two different messages of 1..{MAX_EVIDENCE_BYTES} bytes"),
+    # non-identifying imaging categories for prior-imaging lookups (node.categories)
+    "modality": (str, 1, 16, None, None, "a DICOM Modality code string of 1..16 characters"),
+    "body_part": (str, 1, 16, None, None, "a DICOM Body Part Examined code string of 1..16 characters"),
+    "study_date": (int, 19000101, 29991231, None, None, "a study date as the integer YYYYMMDD"),
 }
 
 COMMON_REQUIRED = frozenset({"v", "chain", "type", "member", "client", "ts", "nonce"})
 _AUDIT_OPTIONAL = frozenset({"user", "ae", "peer_ae", "series", "instances", "n_series", "n_instances",
-                             "digest", "pixel_digest", "study"})
+                             "digest", "pixel_digest", "study", "modality", "body_part", "study_date"})
 
 AUDIT_TYPES = (
     "instances.stored", "instances.accessed", "query", "transfer.begin", "instances.transferred", "export",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from node.categories import from_header
 from node.dicom.rawdicom import InstanceInfo
 
 MAX_LIST = 256  # node.tx.MAX_LIST: UIDs per list in one tx
@@ -58,6 +59,7 @@ def stored_event(info: InstanceInfo, *, actor: str, actor_ae: str | None, peer_a
         sop_instance_uids=[info.get("SOPInstanceUID")] if info.get("SOPInstanceUID") else None,
         n_series=1 if info.get("SeriesInstanceUID") else None, n_instances=1,
         digest=info.digest, pixel_digest=info.pixel_digest, outcome=outcome, action=action,
+        **from_header(info),  # Modality, Body Part Examined, study date: only valid values (node.categories)
     )
 
 

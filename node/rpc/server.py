@@ -36,6 +36,7 @@ from starlette.websockets import WebSocket
 
 from node.explorer import PREFIX as EXPLORER_PREFIX
 from node.explorer import explorer_mount
+from node.fhir import fhir_mount
 from node.rpc.auth import (
     ADMIN,
     READ,
@@ -162,7 +163,8 @@ class JsonRpcApp:
                   Route("/health", self.health, methods=["GET"]),
                   Route("/metrics", self.metrics_endpoint, methods=["GET"]),
                   WebSocketRoute("/ws", self.subscriptions.endpoint),
-                  explorer_mount(self)]  # the web explorer, /explorer (docs/EXPLORER.md)
+                  explorer_mount(self),  # the web explorer, /explorer (docs/EXPLORER.md)
+                  fhir_mount(self)]  # FHIR AuditEvent search, /fhir (docs/INTEROP.md)
         self.app = _Edge(self, Starlette(routes=routes + (extra_routes or []), lifespan=self._lifespan))
 
     @asynccontextmanager

@@ -1,0 +1,92 @@
+"""Interop benchmarks: ``prior_imaging`` and FHIR AuditEvent search by patient on a large ledger.
+
+    python -m bench.interop [--txs 1000000] [--queries 300]      (env RADCHAIN_BENCH_TXS)
+
+Builds the same ledger as bench.rpc (N signed txs over N/100 studies, one patient per 3 studies, so a
+patient has ~300 events). Baseline: ``Store.query`` of the patient index + ``Store.get_tx`` of every entry
+(the floor any answer with tx contents pays). Measured: the prior-imaging lookup
+(node.rpc.prior.prior_studies) and one FHIR search page of 100 (parse + index walk + AuditEvent mapping).
+Goal (issue 15): prior-imaging p99 <= 50 ms on 1,000,000 txs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.rpc import build_ledger, summary
+
+GOAL_P99_MS = 50.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.interop")
+    ap.add_argument("--txs", type=int, default=int(os.environ.get("RADCHAIN_BENCH_TXS", 1_000_000)))
+    ap.add_argument("--queries", type=int, default=300)
+    args = ap.parse_args(argv)
+
+    from bench.rpc import PSEUDONYM_KEY
+    from node.fhir.mapping import audit_event
+    from node.fhir.search import parse_search, run_search
+    from node.pseudonym import Pseudonymizer
+    from node.rpc.prior import prior_studies
+    from node.rpc.render import stored_tx
+    from node.store import Store
+
+    work = Path(tempfile.mkdtemp(prefix="radchain-bench-interop-"))
+    try:
+        n_studies = max(1, args.txs // 100)
+        _, elapsed = build_ledger(work / "ledger", args.txs, n_studies)
+        print(f"  ledger: {args.txs:,} txs in {elapsed:.1f} s")
+        store = Store(work / "ledger", sync=False)
+        pseudo = Pseudonymizer(PSEUDONYM_KEY)
+        rng = random.Random(15)
+        patients = [pseudo.patient(f"PAT-{rng.randrange(max(1, n_studies // 3))}", "HOSP") for _ in range(args.queries)]
+        now = 1_800_000_000_000 + args.txs + 1
+
+        def floor(p: bytes) -> None:
+            cursor = None
+            while True:
+                entries, cursor = store.query("patient", p, None, None, cursor, 1000)
+                for e in entries:
+                    stored_tx(store.get_tx(e.tx_hash)[2])
+                if cursor is None:
+                    return
+
+        def fhir_page(p: bytes) -> None:
+            found, _ = run_search(store, parse_search([("patient", p.hex()), ("_count", "100")]))
+            for e, f in found:
+                audit_event(e.tx_hash, e.height, e.index, f)
+
+        measured = (("baseline: patient index + get_tx, all", floor),
+                    ("prior_imaging (all studies, repeats)", lambda p: prior_studies(store, p, {}, None, 30, now)),
+                    ("FHIR AuditEvent?patient= (page of 100)", fhir_page))
+        for _name, fn in measured:  # warm-up: the same cache state for every measurement
+            for p in patients:
+                fn(p)
+        results = {}
+        for name, fn in measured:
+            samples = []
+            for p in patients:
+                t = time.perf_counter()
+                fn(p)
+                samples.append((time.perf_counter() - t) * 1000)
+            results[name] = summary(name, samples, results.get("baseline: patient index + get_tx, all", {}).get("p99"))
+        n_events = sum(1 for _ in store.query("patient", patients[0], None, None, None, 10_000)[0])
+        print(f"  events per patient (sample): {n_events}")
+        p99 = results["prior_imaging (all studies, repeats)"]["p99"]
+        print(f"  goal: prior_imaging p99 <= {GOAL_P99_MS:.0f} ms on 1,000,000 txs: "
+              f"{'met' if p99 <= GOAL_P99_MS else 'NOT met'} ({p99:.1f} ms at {args.txs:,} txs)")
+        store.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""``prior_imaging``: a patient's prior studies anywhere in the consortium, and its repeat studies.
+
+Params: the patient as ``patient_id`` + ``issuer`` (raw: tokenized by this node, integrator token needed,
+as for audit_trail) or ``patient`` (token); optional ``modality`` and ``body_part`` (DICOM code strings,
+exact), ``within_days`` (study date no older than that many days before ``now``), ``repeat_days`` (window
+of the redundancy report, default 30) and ``now`` (epoch ms or ISO 8601; default the node's clock).
+
+A study is a (hospital, study token) with at least one successful store-like event (instances.stored,
+instances.transferred, import): its date is the recorded study date (day precision) or else the day of its
+first store, its modality and body part the recorded categories, its instance count the sum of the events'
+n_instances (or their instance lists, or 1 each). Reads walk only the patient's index (a patient has
+hundreds of events, not millions), at most MAX_SCAN entries; past that ``truncated`` is true.
+
+``repeats``: pairs of different studies with the same modality and body part whose dates are at most
+``repeat_days`` apart (``cross_hospital``: at different members): the scan nobody needed to repeat.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from node.categories import CategoryError, code_string, to_date
+from node.events import EventError, parse_time
+from node.rpc.audit import parse_filter
+from node.rpc.errors import INVALID_PARAMS, RpcError
+from node.rpc.render import stored_tx
+from node.rpc.server import Caller, check_known, param
+from node.store import StoreError
+
+STORE_TYPES = frozenset({"instances.stored", "instances.transferred", "import"})
+MAX_SCAN = 200_000  # index entries per call: bounds the latency of one lookup
+MAX_DAYS = 365 * 200
+MAX_REPEATS = 1000  # pairs listed at most (a pathological history could make n^2 of them)
+DAY_MS = 86_400_000
+PARAMS = frozenset({"patient_id", "issuer", "patient", "modality", "body_part", "within_days", "repeat_days",
+                    "now"})
+
+
+def _days(params: dict, name: str, default: int | None) -> int | None:
+    value = param(params, name, int, required=False, default=default)
+    if value is not None and not 0 <= value <= MAX_DAYS:
+        raise RpcError(INVALID_PARAMS, f"{name} must be 0..{MAX_DAYS}")
+    return value
+
+
+async def prior_imaging(node, params: dict, caller: Caller) -> dict:
+    check_known(params, PARAMS)
+    who = {k: params[k] for k in ("patient_id", "issuer", "patient") if k in params}
+    if not who:
+        raise RpcError(INVALID_PARAMS, "give the patient: patient_id + issuer, or patient (token)")
+    patient = parse_filter(node, who, caller).fields["patient"]
+    wanted = {}
+    try:
+        for name in ("modality", "body_part"):
+            if name in params:
+                wanted[name] = code_string(param(params, name, str), name)
+    except CategoryError as exc:
+        raise RpcError(INVALID_PARAMS, str(exc)) from None
+    within = _days(params, "within_days", None)
+    repeat_days = _days(params, "repeat_days", 30)
+    now = int(time.time() * 1000)
+    if "now" in params:
+        try:
+            now = parse_time(param(params, "now", (int, str)), "now")
+        except EventError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+    return prior_studies(node.store, patient, wanted, within, repeat_days, now)
+
+
+def prior_studies(store, patient: bytes, wanted: dict, within_days: int | None, repeat_days: int,
+                  now_ms: int) -> dict:
+    since_day = None
+    since_ms = None
+    if within_days is not None:
+        since_day = (datetime.fromtimestamp(now_ms / 1000, UTC) - timedelta(days=within_days)).date()
+        # a study is stored on or after its own date: older stores cannot hold a study that recent,
+        # except imports of old studies, which the date check below handles
+        since_ms = max(0, now_ms - (within_days + 1) * DAY_MS)
+    studies: dict[tuple[str, bytes], dict] = {}
+    cursor, scanned, truncated = None, 0, False
+    while True:
+        try:
+            entries, cursor = store.query("patient", patient, since_ms, None, cursor, 1000)
+        except StoreError as exc:  # cannot happen for a token we made; keep the error typed
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        for e in entries:
+            rec = store.get_tx(e.tx_hash)
+            if rec is None:
+                continue
+            fields, _sig = stored_tx(rec[2])
+            if fields.get("type") not in STORE_TYPES or fields.get("outcome", 0) != 0 or "study" not in fields:
+                continue
+            key = (fields["member"], fields["study"])
+            s = studies.get(key)
+            if s is None:
+                s = studies[key] = {"member": key[0], "study": key[1].hex(), "study_date": None,
+                                    "modality": set(), "body_part": set(), "instances": 0,
+                                    "first_stored": e.ts, "last_stored": e.ts}
+            s["last_stored"] = max(s["last_stored"], e.ts)
+            s["first_stored"] = min(s["first_stored"], e.ts)
+            if "study_date" in fields and s["study_date"] is None:
+                s["study_date"] = fields["study_date"]
+            for name in ("modality", "body_part"):
+                if name in fields:
+                    s[name].add(fields[name])
+            n = fields.get("n_instances")
+            s["instances"] += n if n is not None else len(fields.get("instances", ())) or 1
+        scanned += len(entries)
+        if cursor is None:
+            break
+        if scanned >= MAX_SCAN:
+            truncated = True
+            break
+    out = []
+    for s in studies.values():
+        try:
+            day = to_date(s["study_date"]) if s["study_date"] else None
+        except ValueError:  # a member recorded a nonsense date: fall back to the store day
+            day = None
+        if day is None:
+            day = datetime.fromtimestamp(s["first_stored"] / 1000, UTC).date()
+        if since_day is not None and day < since_day:
+            continue
+        if any(wanted[k] not in s[k] for k in wanted):
+            continue
+        out.append({"member": s["member"], "study": s["study"], "date": day.isoformat(),
+                    "modality": sorted(s["modality"]), "body_part": sorted(s["body_part"]),
+                    "instances": s["instances"], "first_stored": s["first_stored"], "last_stored": s["last_stored"]})
+    out.sort(key=lambda s: (s["date"], s["first_stored"]), reverse=True)  # newest first: what an orderer needs
+    return {"patient": patient.hex(), "studies": out, "repeats": repeats(out, repeat_days),
+            "truncated": truncated}
+
+
+def repeats(studies: list[dict], within_days: int) -> list[dict]:
+    """Pairs of studies with a common (modality, body part) and dates at most within_days apart."""
+    by_kind: dict[tuple[str, str], list[dict]] = {}
+    for s in studies:
+        for m in s["modality"]:
+            for b in s["body_part"]:
+                by_kind.setdefault((m, b), []).append(s)
+    out: list[dict] = []
+    for (m, b), group in sorted(by_kind.items()):
+        group = sorted(group, key=lambda s: (s["date"], s["first_stored"]))
+        days = [datetime.fromisoformat(s["date"]).toordinal() for s in group]
+        for i, later in enumerate(group):
+            for j in range(i - 1, -1, -1):  # dates ascending: stop at the first one too far back
+                gap = days[i] - days[j]
+                if gap > within_days:
+                    break
+                earlier = group[j]
+                out.append({"modality": m, "body_part": b, "days_apart": gap,
+                            "cross_hospital": earlier["member"] != later["member"],
+                            "first": {k: earlier[k] for k in ("member", "study", "date")},
+                            "repeat": {k: later[k] for k in ("member", "study", "date")}})
+                if len(out) >= MAX_REPEATS:
+                    return out
+    return out
