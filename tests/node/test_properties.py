@@ -25,6 +25,7 @@ VALUES = {
     "action": st.sampled_from("CRUDE"), "grantee": text, "scope": text, "expires": st.integers(0, 2**63 - 1),
     "subject": text, "subject_key": digest, "offender": st.integers(0, 65535),
     "evidence": st.lists(st.binary(min_size=1, max_size=64), min_size=2, max_size=2, unique=True),
+    "modality": text, "body_part": text, "study_date": st.integers(19000101, 29991231),
 }
 TYPES = ["instances.stored", "instances.accessed", "query", "transfer.begin", "instances.transferred", "export",
          "import", "study.deleted", "deidentified", "consent.granted", "consent.revoked",
