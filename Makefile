@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install RadChain with its dev tools
 
-sysdeps: ## install Debian packages the tests use (orthanc, dcmtk, iproute2, curl)
+sysdeps: ## install Debian packages the tests use (orthanc, dcmtk, chromium, rsyslog, libsodium, iproute2, curl)
 	@bash deploy/install-system-deps.sh test
 
 test: $(STAMP) sysdeps ## run the whole test suite (soak runs excluded)
