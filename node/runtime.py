@@ -113,6 +113,8 @@ class Node:
         self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,
                                on_admitted=self.driver.mempool_changed, scores=self.peer_scores)
         self.sync = BlockSync(self.net, self.chain, self.driver, self.peer_ids, scores=self.peer_scores)
+        self.sync.report = lambda: {"view": self.replica.view, "mempool": len(self.mempool),
+                                    "peers": len(self.net.connected_peers())}
         self.rpc = JsonRpcApp(self, METHODS, TokenStore(cfg.tokens_path), cfg.rpc.read_requires_token,
                               cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second, edge=cfg.rpc)
         self._last_view = self.replica.view

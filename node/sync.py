@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import random
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import msgpack
 import trio
@@ -63,12 +65,46 @@ def decode_request(data: bytes) -> tuple[str, int]:
     raise SyncError("request must be {op: status} or {op: blocks, from: height}")
 
 
-def decode_status(reply: bytes) -> int:
-    """Status response -> the peer's height."""
-    value = _unpack(reply, 256, max_array=0, max_map=2, max_bin=64, max_str=16)
+# A status answer is what a member says about itself: height (sync needs it) and, for the explorer's
+# consortium page, its view, mempool size, connected peers and last block time. A member may lie in any of
+# them; the decoder only bounds them so that no value can break a reader (a time past year 9999 would make
+# datetime raise, a huge count would be shown as such). Members without the extra fields still decode.
+MAX_STATUS_BYTES = 256
+MAX_STATUS_FIELDS = 8
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the largest time datetime can show
+_STATUS_LIMITS = {"view": 1 << 63, "mempool": 1 << 32, "peers": 1 << 16, "time": MAX_TIME_MS + 1}
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """A member's status as reported by that member (None: it did not say)."""
+
+    height: int
+    view: int | None = None
+    mempool: int | None = None
+    peers: int | None = None
+    time: int | None = None  # ms since the epoch: the timestamp of its last block
+
+
+def decode_status_report(reply: bytes) -> PeerStatus:
+    """Status response -> PeerStatus; raises SyncError (only) on anything malformed or out of bounds."""
+    value = _unpack(reply, MAX_STATUS_BYTES, max_array=0, max_map=MAX_STATUS_FIELDS, max_bin=64, max_str=16)
     if type(value) is not dict or not _is_height(value.get("height")):
         raise SyncError("status reply must be a map with a height")
-    return value["height"]
+    extra = {}
+    for key, limit in _STATUS_LIMITS.items():
+        x = value.get(key)
+        if x is None:
+            continue
+        if type(x) is not int or not 0 <= x < limit:
+            raise SyncError(f"status {key} must be an integer in [0, {limit})")
+        extra[key] = x
+    return PeerStatus(value["height"], **extra)
+
+
+def decode_status(reply: bytes) -> int:
+    """Status response -> the peer's height."""
+    return decode_status_report(reply).height
 
 
 def decode_blocks(reply: bytes, start: int) -> list[tuple[int, bytes, bytes]]:
@@ -107,6 +143,8 @@ class BlockSync:
         self._wake = trio.Event()
         self._requested: tuple[int, tuple[int, ...]] | None = None
         self.scores = scores if scores is not None else PeerScores()
+        # Set by the node: this node's {"view", "mempool", "peers"} for status answers (None: height only).
+        self.report: Callable[[], dict] | None = None
         self.stats = {"served": 0, "fetched": 0, "rounds": 0, "bad_responses": 0, "bad_requests": 0,
                       "bad_blocks": 0}
 
@@ -120,7 +158,13 @@ class BlockSync:
             return msgpack.packb({"error": f"malformed sync request: {exc}"})
         store = self.chain.store
         if op == "status":
-            return msgpack.packb({"height": store.height, "head": store.head or b""}, use_bin_type=True)
+            answer = {"height": store.height, "head": store.head or b""}
+            header = store.get_header(store.height) if store.height else None
+            if header is not None:
+                answer["time"] = header.timestamp
+            if self.report is not None:
+                answer.update(self.report())
+            return msgpack.packb(answer, use_bin_type=True)
         if op == "blocks":
             out, size = [], 0
             for height in range(start, min(store.height, start + MAX_BLOCKS_PER_REQUEST - 1) + 1):
@@ -142,13 +186,18 @@ class BlockSync:
         self._wake.set()
 
     async def _status(self, index: int) -> int | None:
+        report = await self.status_report(index)
+        return None if report is None else report.height
+
+    async def status_report(self, index: int) -> PeerStatus | None:
+        """Member ``index``'s status as it reports it, or None (no answer, or a malformed one)."""
         try:
             reply = await self.net.request(self.peer_ids[index], CHANNEL, msgpack.packb({"op": "status"}),
                                            timeout=REQUEST_TIMEOUT)
         except Exception:  # unreachable, timed out: no answer (the network layer raises several types)
             return None
         try:
-            return decode_status(reply)
+            return decode_status_report(reply)
         except SyncError as exc:
             self.stats["bad_responses"] += 1
             self.scores.penalize(self.peer_ids[index], peerscore.MALFORMED, "malformed sync status", exc)

@@ -19,13 +19,14 @@ from consensus.certificate import Certificate
 from node.chain_verify import Receipt, ReceiptError, make_receipt, verify_receipt
 from node.rpc.audit import Filter, run_audit
 from node.rpc.render import fields_json, stored_tx
+from node.sync import PeerStatus
 from node.tx import CONSENT_TYPES
 
 # Fields of a tx that are keyed tokens (pseudonyms), shown with that label. The rest are in clear on the
 # chain by design (member names, AE titles, codes, digests, times).
 TOKEN_FIELDS = frozenset({"patient", "study", "user", "series", "instances"})
-PEER_STATUS_TIMEOUT = 1.5  # s: a member that does not answer its height in this time is shown as unknown
-PEER_HEIGHTS_TTL = 2.0  # s: peers' heights are reused this long across viewers
+PEER_STATUS_TIMEOUT = 1.5  # s: a member that does not answer its status in this time is shown as unknown
+PEER_HEIGHTS_TTL = 2.0  # s: peers' status reports are reused this long across viewers
 MAX_RECEIPT_BYTES = 256 * 1024  # a receipt is a few KiB (tx <= 16 KiB, a path of <= 64 hashes)
 UTILIZATION_BLOCKS = 2000  # the utilization chart covers at most the last this many blocks...
 UTILIZATION_TXS = 50_000  # ...and at most this many txs (read in a worker thread, ~10 us each)
@@ -59,66 +60,73 @@ class MemberRow:
     primary: bool
     connected: bool | None  # None: this node itself
     height: int | None  # None: did not answer
-    view: int | None  # only this node's own view is known here
+    view: int | None  # this node's own; the others' as they report it (None: not reported)
     mempool: int | None
-    last_block: int | None  # ms, from this node's copy of that block
+    peers: int | None
+    last_block: int | None  # ms: as the member reports it, else from this node's copy of that block
     behind: bool | None
 
 
-async def consortium(node, peer_heights: PeerHeights) -> dict:
-    """Every member with its height (this node's own, the others' asked over the p2p sync channel, the
-    request BlockSync itself uses), and whether it is behind the highest height seen."""
+async def consortium(node, peer_status: PeerHeights) -> dict:
+    """Every member with its height, view, mempool, peers and last block time (this node's own, the
+    others' as each reports it over the p2p sync channel, the request BlockSync itself uses), and whether
+    it is behind the highest height seen. A member may lie about itself: the page says "as reported"."""
     members = node.genesis.members
     store = node.store
-    heights: dict[int, int | None] = {**await peer_heights.get(node), node.index: store.height}
+    status = node.status()
+    head = store.get_header(store.height) if store.height else None
+    reports: dict[int, PeerStatus | None] = {**await peer_status.get(node), node.index: PeerStatus(
+        store.height, status["view"], status["mempool"], status["peers"], head.timestamp if head else None)}
     connected = set(node.net.connected_peers())
-    top = max((h for h in heights.values() if h is not None), default=0)
+    top = max((r.height for r in reports.values() if r is not None), default=0)
     primary = node.replica.primary
     rows = []
     for i, m in enumerate(members):
-        h = heights.get(i)
-        header = store.get_header(h) if h and h <= store.height else None
+        r = reports.get(i)
+        h = None if r is None else r.height
+        last = None if r is None else r.time
+        if last is None and h and h <= store.height:
+            header = store.get_header(h)
+            last = header.timestamp if header else None
         rows.append(MemberRow(
             index=i, name=m.name, is_self=i == node.index, primary=i == primary,
             connected=None if i == node.index else m.peer_id in connected,
-            height=h, view=node.replica.view if i == node.index else None,
-            mempool=len(node.mempool) if i == node.index else None,
-            last_block=header.timestamp if header else None,
+            height=h, view=None if r is None else r.view, mempool=None if r is None else r.mempool,
+            peers=None if r is None else r.peers, last_block=last,
             behind=None if h is None else h < top))
-    head = store.get_header(store.height) if store.height else None
-    return {"rows": rows, "status": node.status(), "top": top, "chain_id": node.genesis.chain_id,
+    return {"rows": rows, "status": status, "top": top, "chain_id": node.genesis.chain_id,
             "last_block": head.timestamp if head else None}
 
 
 class PeerHeights:
-    """Other members' heights, asked at most once per PEER_HEIGHTS_TTL whatever the number of viewers: ten
-    open consortium pages refreshing every 5 s must not become ten status requests to every peer. One per
-    explorer (so per node and per trio run)."""
+    """Other members' status reports (height, view, mempool, peers, last block time), asked at most once
+    per PEER_HEIGHTS_TTL whatever the number of viewers: ten open consortium pages refreshing every 5 s must
+    not become ten status requests to every peer. One per explorer (so per node and per trio run)."""
 
     def __init__(self):
         self._lock: trio.Lock | None = None
         self._when = float("-inf")
-        self._heights: dict[int, int | None] = {}
+        self._reports: dict[int, PeerStatus | None] = {}
 
-    async def get(self, node) -> dict[int, int | None]:
+    async def get(self, node) -> dict[int, PeerStatus | None]:
         if self._lock is None:
             self._lock = trio.Lock()
         async with self._lock:
             if trio.current_time() - self._when < PEER_HEIGHTS_TTL:
-                return self._heights
-            heights: dict[int, int | None] = {}
+                return self._reports
+            reports: dict[int, PeerStatus | None] = {}
 
             async def ask(i: int) -> None:
-                heights[i] = None
+                reports[i] = None
                 with trio.move_on_after(PEER_STATUS_TIMEOUT):
-                    heights[i] = await node.sync._status(i)
+                    reports[i] = await node.sync.status_report(i)
 
             async with trio.open_nursery() as nursery:
                 for i in range(len(node.genesis.members)):
                     if i != node.index:
                         nursery.start_soon(ask, i)
-            self._heights, self._when = heights, trio.current_time()
-            return heights
+            self._reports, self._when = reports, trio.current_time()
+            return reports
 
 
 # ------------------------------------------------------------------------------------------ chain

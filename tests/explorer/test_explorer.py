@@ -54,6 +54,17 @@ def test_login_with_read_token_shows_consortium_of_four(explorer_net, page, tmp_
         cells = rows.nth(r).locator("td")
         expect(cells.nth(3)).to_have_text("up to date", timeout=20_000)
         assert int(cells.nth(2).inner_text()) >= top, where
+    # every member reports its view, mempool size and peers itself over the p2p status exchange (issue 16)
+    for r in range(4):
+        cells = rows.nth(r).locator("td")
+        for col in (5, 6, 7):  # view, mempool, peers: numbers, not "n/a"
+            expect(cells.nth(col)).to_have_text(re.compile(r"^\d+$"), timeout=20_000)
+        expect(cells.nth(7)).to_have_text("3", timeout=20_000)  # each member is connected to the 3 others
+        assert "UTC" in cells.nth(8).inner_text(), where  # its last block time
+    where = shot(page, tmp_path, "consortium-reported")
+    views = {int(rows.nth(r).locator("td").nth(5).inner_text()) for r in range(4)}
+    assert len(views) == 1, (views, where)  # an idle testnet: all four in the same view
+    assert "as reported by the member" in page.inner_text("main"), where
     assert page.locator('meta[http-equiv="refresh"]').count() == 1  # refreshes by itself
     assert "pseudonym" in page.inner_text("footer")
 

@@ -310,7 +310,14 @@ def build_targets(tmp: str) -> list[Target]:
     from node.mempool import Mempool
     from node.peerscore import PeerScores
     from node.store import Store
-    from node.sync import BlockSync, SyncError, decode_blocks, decode_request, decode_status
+    from node.sync import (
+        BlockSync,
+        SyncError,
+        decode_blocks,
+        decode_request,
+        decode_status,
+        decode_status_report,
+    )
     from node.tx import TxError, decode_tx
 
     c = Consortium()
@@ -433,6 +440,8 @@ def build_targets(tmp: str) -> list[Target]:
     sync = BlockSync(net=None, chain=chain, driver=None, peer_ids=["me", "peer"], scores=scores)
     requests = [msgpack.packb({"op": "status"}), msgpack.packb({"op": "blocks", "from": 1})]
     replies = [msgpack.packb({"height": 5, "head": b"\x01" * 32}, use_bin_type=True),
+               msgpack.packb({"height": 5, "head": b"\x01" * 32, "time": 1_800_000_000_000, "view": 3,
+                              "mempool": 40, "peers": 3}, use_bin_type=True),  # the status the explorer reads
                msgpack.packb({"blocks": [[1, payloads[1], certs[1]], [2, payloads[2], certs[2]]]}, use_bin_type=True),
                msgpack.packb({"error": "malformed sync request"})]
 
@@ -445,7 +454,7 @@ def build_targets(tmp: str) -> list[Target]:
         else:  # pragma: no cover
             coro.close()
             raise AssertionError("serve() awaited")
-        for decoder in (decode_status, lambda r: decode_blocks(r, 1), decode_request):
+        for decoder in (decode_status, decode_status_report, lambda r: decode_blocks(r, 1), decode_request):
             try:
                 decoder(data)
             except SyncError:
