@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from bench.rpc import PSEUDONYM_KEY
+    from node.commands._progress import bar
     from node.fhir.mapping import audit_event
     from node.fhir.search import parse_search, run_search
     from node.pseudonym import Pseudonymizer
@@ -66,16 +67,22 @@ def main(argv: list[str] | None = None) -> int:
         measured = (("baseline: patient index + get_tx, all", floor),
                     ("prior_imaging (all studies, repeats)", lambda p: prior_studies(store, p, {}, None, 30, now)),
                     ("FHIR AuditEvent?patient= (page of 100)", fhir_page))
+        progress = bar(2 * len(measured) * len(patients), "  queries", unit="query")  # terminal only
         for _name, fn in measured:  # warm-up: the same cache state for every measurement
             for p in patients:
                 fn(p)
-        results = {}
+                progress.update(1)
+        all_samples = {}
         for name, fn in measured:
-            samples = []
+            samples = all_samples[name] = []
             for p in patients:
                 t = time.perf_counter()
                 fn(p)
                 samples.append((time.perf_counter() - t) * 1000)
+                progress.update(1)  # outside the timed span
+        progress.close()
+        results = {}
+        for name, samples in all_samples.items():
             results[name] = summary(name, samples, results.get("baseline: patient index + get_tx, all", {}).get("p99"))
         n_events = sum(1 for _ in store.query("patient", patients[0], None, None, None, 10_000)[0])
         print(f"  events per patient (sample): {n_events}")
