@@ -8,8 +8,9 @@ of the redundancy report, default 30) and ``now`` (epoch ms or ISO 8601; default
 A study is a (hospital, study token) with at least one successful store-like event (instances.stored,
 instances.transferred, import): its date is the recorded study date (day precision) or else the day of its
 first store, its modality and body part the recorded categories, its instance count the sum of the events'
-n_instances (or their instance lists, or 1 each). Reads walk only the patient's index (a patient has
-hundreds of events, not millions), at most MAX_SCAN entries; past that ``truncated`` is true.
+n_instances (or their instance lists, or 1 each). Reads walk only the patient's ``patient_stored`` index
+(the patient's successful store-like events; node.store), or the whole ``patient`` index on a store older
+than it, at most MAX_SCAN entries; past that ``truncated`` is true.
 
 ``repeats``: pairs of different studies with the same modality and body part whose dates are at most
 ``repeat_days`` apart (``cross_hospital``: at different members): the scan nobody needed to repeat.
@@ -26,9 +27,9 @@ from node.rpc.audit import parse_filter
 from node.rpc.errors import INVALID_PARAMS, RpcError
 from node.rpc.render import stored_tx
 from node.rpc.server import Caller, check_known, param
-from node.store import StoreError
+from node.store import STORED_TYPES, StoreError
 
-STORE_TYPES = frozenset({"instances.stored", "instances.transferred", "import"})
+STORE_TYPES = STORED_TYPES
 MAX_SCAN = 200_000  # index entries per call: bounds the latency of one lookup
 MAX_DAYS = 365 * 200
 MAX_REPEATS = 1000  # pairs listed at most (a pathological history could make n^2 of them)
@@ -79,9 +80,10 @@ def prior_studies(store, patient: bytes, wanted: dict, within_days: int | None, 
         since_ms = max(0, now_ms - (within_days + 1) * DAY_MS)
     studies: dict[tuple[str, bytes], dict] = {}
     cursor, scanned, truncated = None, 0, False
+    index = "patient_stored" if getattr(store, "has_patient_stored_index", False) else "patient"
     while True:
         try:
-            entries, cursor = store.query("patient", patient, since_ms, None, cursor, 1000)
+            entries, cursor = store.query(index, patient, since_ms, None, cursor, 1000)
         except StoreError as exc:  # cannot happen for a token we made; keep the error typed
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         for e in entries:

@@ -68,7 +68,7 @@ def test_benchmark_bar_on_a_terminal_only():
     code, screen = run_on_pty(argv, timeout=120)
     assert code == 0, screen
     assert re.search(r"building ledger: +100%\|.*\| 2000/2000 \[", screen), screen
-    assert re.search(r"queries: +100%\|.*\| 30/30 \[", screen), screen
+    assert re.search(r"queries: +100%\|.*\| 40/40 \[", screen), screen
     assert "goal: prior_imaging p99" in screen
     piped = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert piped.returncode == 0 and "goal: prior_imaging p99" in piped.stdout
