@@ -102,8 +102,11 @@ def build_ledger(path: Path, n_txs: int, n_studies: int, block_txs: int = BLOCK_
     factory = TxFactory(keys, n_studies)
     store = Store(path, sync=False)
     chain = Chain(genesis, store)
+    from node.commands._progress import bar
+
     started = time.perf_counter()
     height, i = 0, 0
+    progress = bar(n_txs, "  building ledger", unit="tx")  # drawn on a terminal only
     while i < n_txs:
         height += 1
         txs = [factory.tx(j) for j in range(i, min(n_txs, i + block_txs))]
@@ -115,10 +118,8 @@ def build_ledger(path: Path, n_txs: int, n_studies: int, block_txs: int = BLOCK_
         msg = commit_signing_bytes(CHAIN_ID, 0, height, digest)
         cert = Certificate(height, 0, digest, tuple((k, keys[k].sign(msg).signature) for k in range(3))).encode()
         chain.execute(payload, cert, verify_certificate_sigs=False)
-        if height % 50 == 0:
-            rate = i / (time.perf_counter() - started)
-            print(f"\r  building: {i:,}/{n_txs:,} txs ({rate:,.0f} tx/s)", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        progress.update(len(txs))
+    progress.close()
     elapsed = time.perf_counter() - started
     store.close()
     return genesis, elapsed

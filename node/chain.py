@@ -43,7 +43,7 @@ from node.evidence import check_evidence_tx
 from node.genesis import Genesis
 from node.merkle import merkle_root
 from node.state import STATE_TYPES, LedgerState, next_state_root
-from node.store import INDEXES, LOC, SUFFIX, Store, member_type_prefix
+from node.store import INDEXES, LOC, STORED_TYPES, SUFFIX, Store, member_type_prefix
 from node.tx import TOKEN_BYTES, Tx, TxError, decode_tx
 
 __all__ = ["Chain", "ChainError", "ProposalError", "TxNotAuthorised", "proposal_digest", "execute_txs",
@@ -90,7 +90,8 @@ def proposal_digest(payload: bytes) -> bytes:
 
 # Index tags (node.store key layout), bound once for the hot loop.
 # token keys are TOKEN_BYTES long: the length byte of the key layout is constant
-_T_STUDY, _T_PATIENT, _T_ACTOR = (b"I" + INDEXES[n] + bytes((TOKEN_BYTES,)) for n in ("study", "patient", "actor"))
+_T_STUDY, _T_PATIENT, _T_ACTOR, _T_PATIENT_STORED = (
+    b"I" + INDEXES[n] + bytes((TOKEN_BYTES,)) for n in ("study", "patient", "actor", "patient_stored"))
 _prefix_cache: dict[tuple[bytes, str], bytes] = {}
 _mt_cache: dict[tuple[str, str], bytes] = {}
 
@@ -149,6 +150,9 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
         v = f.get("patient")
         if v is not None:
             index(_T_PATIENT + v + suffix)
+            # the prior-imaging lookup's index: successful stores with a study (node.store)
+            if tx_type in STORED_TYPES and "study" in f and not f.get("outcome"):
+                index(_T_PATIENT_STORED + v + suffix)
         v = f.get("study")
         if v is not None:
             index(_T_STUDY + v + suffix)

@@ -11,6 +11,7 @@ lookup below is a point get or one range scan)::
     T tx hash 32                -> height u64 | index u32 | status u8 | tx wire bytes
     I name u8 | len u8 | key | ts u64 | height u64 | index u32  -> (empty)    (secondary indexes)
     I k | member | 00 | type code u8 | ts u64 | height u64 | index u32 -> (empty)  (member/type/time)
+    M index.patient_stored      -> 01   (present: every block of this store has patient_stored entries)
     S state key                 -> state value                                   (node.state)
 
 Index entries carry no value: (height, index) in the key locate the tx (its hash is in the block record),
@@ -26,6 +27,12 @@ Indexes (name: key): ``study`` (study token), ``patient`` (patient token), ``act
 every applied tx). member, type and time are answered from one composite (member, type) entry per tx by
 merging its few prefixes. Entries are ordered by (client timestamp, height, index). A tx that was a
 duplicate of an earlier tx or was rejected at execution has no index entries.
+
+``patient_stored`` (patient token) narrows ``patient`` to the successful store-like events (STORED_TYPES,
+outcome 0, with a study): what the prior-imaging lookup reads, ~1/4 of a patient's events, written in the
+same block batch as the others. Stores created before it existed lack the ``M index.patient_stored``
+marker and the entries of their old blocks: readers check ``has_patient_stored_index`` and fall back to
+``patient``.
 """
 
 from __future__ import annotations
@@ -45,9 +52,12 @@ from node.diskspace import is_disk_full
 from node.merkle import MerkleProof, inclusion_path
 from node.tx import TX_TYPES
 
-__all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "QUERYABLE", "index_key_prefix"]
+__all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "QUERYABLE", "STORED_TYPES", "index_key_prefix"]
 
-INDEXES = {"study": b"s", "patient": b"p", "actor": b"a", "ae": b"e"}
+INDEXES = {"study": b"s", "patient": b"p", "actor": b"a", "ae": b"e", "patient_stored": b"q"}
+# Tx types that record stored instances: the patient_stored index holds their successful events.
+STORED_TYPES = frozenset({"instances.stored", "instances.transferred", "import"})
+PATIENT_STORED_MARKER = b"Mindex.patient_stored"
 # member, type and time share one entry per tx, keyed (member, type): both are low-cardinality, so a query
 # by one of them is a k-way merge over the few (member, type) pairs, and the hot path writes one LevelDB
 # entry instead of three (each entry costs 1-2 us of memtable insertion).
@@ -138,6 +148,7 @@ class Store:
                 raise StoreError("M head: malformed")
             self.height = _U64.unpack_from(head)[0]
             self.head, self.state_root = head[8:40], head[40:72]
+        self.has_patient_stored_index = self._db.get(PATIENT_STORED_MARKER) is not None
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -175,6 +186,9 @@ class Store:
             for key, value in state_writes:
                 wb.put(b"S" + key, value)
             wb.put(b"Mstate0", state_root)
+            # A store starting at genesis writes patient_stored entries for every block it will hold.
+            wb.put(PATIENT_STORED_MARKER, b"\x01")
+        self.has_patient_stored_index = True
 
     def initial_state_root(self) -> bytes | None:
         return self._db.get(b"Mstate0")

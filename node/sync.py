@@ -292,22 +292,22 @@ class BlockSync:
 
 
 class _Progress:
-    """A one-line progress bar when stderr is a terminal (an operator watching a node catch up)."""
+    """A progress bar when stderr is a terminal (an operator watching a node catch up); nothing in a pipe
+    or a log file, where the "catching up" log line says the same once."""
 
     def __init__(self, start: int, target: int):
+        from tqdm import tqdm
+
         self.start, self.target = start, target
-        self.enabled = sys.stderr.isatty() and target - start > 1
         log.info("catching up", extra={"fields": {"from": start, "to": target}})
+        self.bar = tqdm(total=max(0, target - start), initial=0, desc="syncing blocks", unit="block",
+                        file=sys.stderr, disable=not sys.stderr.isatty() or target - start <= 1,
+                        dynamic_ncols=True)
+        self.enabled = not self.bar.disable
 
     def show(self, height: int) -> None:
-        if not self.enabled:
-            return
-        total = max(1, self.target - self.start)
-        done = min(total, height - self.start)
-        bar = "#" * (30 * done // total)
-        sys.stderr.write(f"\rsyncing blocks {height}/{self.target} [{bar:<30}]")
-        sys.stderr.flush()
+        if self.enabled:
+            self.bar.update(max(0, min(height, self.target) - self.start - self.bar.n))
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+        self.bar.close()

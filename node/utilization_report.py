@@ -47,6 +47,21 @@ def write_csv(report: dict, out: Path) -> list[Path]:
     return written
 
 
+def write_redundancy_csv(report: dict, out: Path) -> Path:
+    """The redundancy RPC answer as one row per repeat pair (patient tokens only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "redundancy.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["patient_token", "modality", "body_part", "days_apart", "cross_hospital", "first_member",
+                    "first_study_token", "first_date", "repeat_member", "repeat_study_token", "repeat_date"])
+        for r in report["repeats"]:
+            w.writerow([r["patient"], r["modality"], r["body_part"], r["days_apart"], r["cross_hospital"],
+                        r["first"]["member"], r["first"]["study"], r["first"]["date"],
+                        r["repeat"]["member"], r["repeat"]["study"], r["repeat"]["date"]])
+    return path
+
+
 def write_charts(report: dict, out: Path) -> list[Path]:
     import matplotlib
 

@@ -51,6 +51,16 @@ def _filters(args) -> dict:
     return out
 
 
+HEADER = (f"{'HEIGHT':>8}  {'TIME (UTC)':<25}  {'TYPE':<24} {'MEMBER':<10} {'WHO':<16} "
+          f"{'PURPOSE':<8} ACTION OUTCOME  HASH")
+
+
+def _header(as_json: bool) -> None:
+    # Table mode only: --json lines stay one object per line for jq and scripts.
+    if not as_json:
+        print(HEADER, flush=True)
+
+
 def _print(entry: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(entry, separators=(",", ":")), flush=True)
@@ -73,6 +83,7 @@ def run(args) -> int:
     with client_from_args(args) as rc:
         if args.follow:
             return _follow(rc.url, rc.token, filters, args)
+        _header(args.json)
         try:
             shown = 0
             for entry in rc.audit_trail_all(**filters, limit=min(args.limit or 1000, 1000)):
@@ -92,6 +103,7 @@ def _follow(url: str, token: str | None, filters: dict, args) -> int:
     from node.client import RpcCallError, Subscription
 
     async def main() -> None:
+        _header(args.json)
         async with Subscription(url, "events", from_height=args.from_height, filter=filters, token=token) as sub:
             async for entry in sub:
                 _print(entry, args.json)

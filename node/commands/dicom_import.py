@@ -23,8 +23,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from node.commands._progress import track
     from node.dicom.delivery import Deliverer
-    from node.dicom.importer import import_paths
+    from node.dicom.importer import import_paths, iter_files
     from node.dicom.settings import SettingsError, load_settings
     from node.dicom.spool import Spool, SpoolError
 
@@ -39,8 +40,10 @@ def run(args) -> int:
         print(f"radchain dicom-import: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return 2
     spool = Spool(settings.spool_dir)
+    # The file list first (names only: cheap next to reading every file) so the bar knows its total.
+    files = list(iter_files(args.paths))
     try:
-        report = import_paths(spool, args.paths, node_name=settings.node_name, actor=args.actor,
+        report = import_paths(spool, track(files, len(files), "dicom-import", unit="file"), node_name=settings.node_name, actor=args.actor,
                               purpose=settings.purpose, default_issuer=settings.default_issuer)
     except SpoolError as exc:
         print(f"radchain dicom-import: {exc}", file=sys.stderr)

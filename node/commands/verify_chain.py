@@ -39,9 +39,19 @@ def run(args) -> int:
     except StoreError as exc:
         print(f"verify-chain: {exc}", file=sys.stderr)
         return 2
+    from node.commands._progress import bar
+
     start = time.monotonic()
+    last = [0]
+
+    def advance(height: int) -> None:
+        progress.update(height - last[0])
+        last[0] = height
+
     try:
-        n = verify_chain(store, genesis, signatures=not args.no_signatures, indexes=not args.no_indexes)
+        with bar(store.height, "verify-chain", unit="block") as progress:
+            n = verify_chain(store, genesis, signatures=not args.no_signatures, indexes=not args.no_indexes,
+                             progress=advance)
     except VerifyError as exc:
         print(f"verify-chain: FAILED at height {exc.height}: {exc.reason}")
         return 1

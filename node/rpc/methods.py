@@ -7,7 +7,7 @@ from node.rpc.audit import audit_trail
 from node.rpc.info import mempool, peers, status, validators
 from node.rpc.ledger import blocks, get_block, get_tx
 from node.rpc.openrpc import discover
-from node.rpc.prior import prior_imaging
+from node.rpc.prior import prior_imaging, redundancy
 from node.rpc.server import Method
 from node.rpc.submit import submit_event, submit_tx
 from node.rpc.utilization import utilization
@@ -22,6 +22,7 @@ METHODS: dict[str, Method] = {
     "audit_trail": Method(audit_trail, write=False),
     "prior_imaging": Method(prior_imaging, write=False),
     "utilization": Method(utilization, write=False),
+    "redundancy": Method(redundancy, write=False),
     "validators": Method(validators, write=False),
     "peers": Method(peers, write=False, role="admin"),  # the members' network addresses: operators only
     "mempool": Method(mempool, write=False),

@@ -8,8 +8,9 @@ of the redundancy report, default 30) and ``now`` (epoch ms or ISO 8601; default
 A study is a (hospital, study token) with at least one successful store-like event (instances.stored,
 instances.transferred, import): its date is the recorded study date (day precision) or else the day of its
 first store, its modality and body part the recorded categories, its instance count the sum of the events'
-n_instances (or their instance lists, or 1 each). Reads walk only the patient's index (a patient has
-hundreds of events, not millions), at most MAX_SCAN entries; past that ``truncated`` is true.
+n_instances (or their instance lists, or 1 each). Reads walk only the patient's ``patient_stored`` index
+(the patient's successful store-like events; node.store), or the whole ``patient`` index on a store older
+than it, at most MAX_SCAN entries; past that ``truncated`` is true.
 
 ``repeats``: pairs of different studies with the same modality and body part whose dates are at most
 ``repeat_days`` apart (``cross_hospital``: at different members): the scan nobody needed to repeat.
@@ -20,15 +21,17 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+import trio
+
 from node.categories import CategoryError, code_string, to_date
 from node.events import EventError, parse_time
 from node.rpc.audit import parse_filter
 from node.rpc.errors import INVALID_PARAMS, RpcError
 from node.rpc.render import stored_tx
 from node.rpc.server import Caller, check_known, param
-from node.store import StoreError
+from node.store import STORED_TYPES, StoreError
 
-STORE_TYPES = frozenset({"instances.stored", "instances.transferred", "import"})
+STORE_TYPES = STORED_TYPES
 MAX_SCAN = 200_000  # index entries per call: bounds the latency of one lookup
 MAX_DAYS = 365 * 200
 MAX_REPEATS = 1000  # pairs listed at most (a pathological history could make n^2 of them)
@@ -79,39 +82,50 @@ def prior_studies(store, patient: bytes, wanted: dict, within_days: int | None, 
         since_ms = max(0, now_ms - (within_days + 1) * DAY_MS)
     studies: dict[tuple[str, bytes], dict] = {}
     cursor, scanned, truncated = None, 0, False
+    index = "patient_stored" if getattr(store, "has_patient_stored_index", False) else "patient"
     while True:
         try:
-            entries, cursor = store.query("patient", patient, since_ms, None, cursor, 1000)
+            entries, cursor = store.query(index, patient, since_ms, None, cursor, 1000)
         except StoreError as exc:  # cannot happen for a token we made; keep the error typed
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         for e in entries:
             rec = store.get_tx(e.tx_hash)
-            if rec is None:
-                continue
-            fields, _sig = stored_tx(rec[2])
-            if fields.get("type") not in STORE_TYPES or fields.get("outcome", 0) != 0 or "study" not in fields:
-                continue
-            key = (fields["member"], fields["study"])
-            s = studies.get(key)
-            if s is None:
-                s = studies[key] = {"member": key[0], "study": key[1].hex(), "study_date": None,
-                                    "modality": set(), "body_part": set(), "instances": 0,
-                                    "first_stored": e.ts, "last_stored": e.ts}
-            s["last_stored"] = max(s["last_stored"], e.ts)
-            s["first_stored"] = min(s["first_stored"], e.ts)
-            if "study_date" in fields and s["study_date"] is None:
-                s["study_date"] = fields["study_date"]
-            for name in ("modality", "body_part"):
-                if name in fields:
-                    s[name].add(fields[name])
-            n = fields.get("n_instances")
-            s["instances"] += n if n is not None else len(fields.get("instances", ())) or 1
+            if rec is not None:
+                _add_store(studies, stored_tx(rec[2])[0], e.ts)
         scanned += len(entries)
         if cursor is None:
             break
         if scanned >= MAX_SCAN:
             truncated = True
             break
+    out = _studies_out(studies, since_day, wanted)
+    return {"patient": patient.hex(), "studies": out, "repeats": repeats(out, repeat_days),
+            "truncated": truncated}
+
+
+def _add_store(studies: dict, fields: dict, ts: int) -> bool:
+    """Fold one stored-instances event into ``studies`` ((member, study) -> study); False if not one."""
+    if fields.get("type") not in STORE_TYPES or fields.get("outcome", 0) != 0 or "study" not in fields:
+        return False
+    key = (fields["member"], fields["study"])
+    s = studies.get(key)
+    if s is None:
+        s = studies[key] = {"member": key[0], "study": key[1].hex(), "study_date": None,
+                            "modality": set(), "body_part": set(), "instances": 0,
+                            "first_stored": ts, "last_stored": ts}
+    s["last_stored"] = max(s["last_stored"], ts)
+    s["first_stored"] = min(s["first_stored"], ts)
+    if "study_date" in fields and s["study_date"] is None:
+        s["study_date"] = fields["study_date"]
+    for name in ("modality", "body_part"):
+        if name in fields:
+            s[name].add(fields[name])
+    n = fields.get("n_instances")
+    s["instances"] += n if n is not None else len(fields.get("instances", ())) or 1
+    return True
+
+
+def _studies_out(studies: dict, since_day, wanted: dict) -> list[dict]:
     out = []
     for s in studies.values():
         try:
@@ -128,8 +142,7 @@ def prior_studies(store, patient: bytes, wanted: dict, within_days: int | None, 
                     "modality": sorted(s["modality"]), "body_part": sorted(s["body_part"]),
                     "instances": s["instances"], "first_stored": s["first_stored"], "last_stored": s["last_stored"]})
     out.sort(key=lambda s: (s["date"], s["first_stored"]), reverse=True)  # newest first: what an orderer needs
-    return {"patient": patient.hex(), "studies": out, "repeats": repeats(out, repeat_days),
-            "truncated": truncated}
+    return out
 
 
 def repeats(studies: list[dict], within_days: int) -> list[dict]:
@@ -156,3 +169,84 @@ def repeats(studies: list[dict], within_days: int) -> list[dict]:
                 if len(out) >= MAX_REPEATS:
                     return out
     return out
+
+
+# ---------------------------------------------------------------------------------------------- redundancy
+
+REDUNDANCY_PARAMS = frozenset({"since", "until", "within_days", "modality", "body_part", "cross_hospital"})
+REDUNDANCY_MAX_SCAN = 1_000_000  # stored-instance events read per report (then ``truncated``)
+_redundancy_limiter = trio.CapacityLimiter(1)  # one report at a time per node: each may read a million txs
+
+
+async def redundancy(node, params: dict, caller: Caller) -> dict:
+    """Consortium-wide repeat studies: the same patient (token), modality and body part, dated at most
+    ``within_days`` apart (default 30), among the studies stored between ``since`` (default 365 days ago)
+    and ``until`` (default now); ``cross_hospital`` true lists only pairs at different members. Tokens only:
+    the ledger holds no raw identifiers, and this reads nothing else."""
+    check_known(params, REDUNDANCY_PARAMS)
+    now = int(time.time() * 1000)
+    bounds = []
+    for name, default in (("since", now - 365 * DAY_MS), ("until", now + 1)):
+        try:
+            bounds.append(parse_time(param(params, name, (int, str), required=False, default=default), name))
+        except EventError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+    if bounds[0] >= bounds[1]:
+        raise RpcError(INVALID_PARAMS, "since must be before until")
+    within = _days(params, "within_days", 30)
+    wanted = {}
+    try:
+        for name in ("modality", "body_part"):
+            if name in params:
+                wanted[name] = code_string(param(params, name, str), name)
+    except CategoryError as exc:
+        raise RpcError(INVALID_PARAMS, str(exc)) from None
+    cross = param(params, "cross_hospital", bool, required=False, default=False)
+    return await trio.to_thread.run_sync(
+        lambda: redundancy_report(node.store, bounds[0], bounds[1], within, wanted, cross),
+        limiter=_redundancy_limiter)
+
+
+def redundancy_report(store, since_ms: int, until_ms: int, within_days: int, wanted: dict,
+                      cross_only: bool = False, max_scan: int = REDUNDANCY_MAX_SCAN) -> dict:
+    by_patient: dict[bytes, dict] = {}
+    scanned, truncated = 0, False
+    for tx_type in sorted(STORE_TYPES):  # the type index: only stored-instance events are read
+        cursor = None
+        while not truncated:
+            entries, cursor = store.query("type", tx_type, since_ms, until_ms, cursor, 1000)
+            for e in entries:
+                rec = store.get_tx(e.tx_hash)
+                if rec is None:
+                    continue
+                fields = stored_tx(rec[2])[0]
+                patient = fields.get("patient")
+                if isinstance(patient, bytes):
+                    _add_store(by_patient.setdefault(patient, {}), fields, e.ts)
+            scanned += len(entries)
+            if cursor is None:
+                break
+            if scanned >= max_scan:
+                truncated = True
+    pairs: list[dict] = []
+    n_studies = 0
+    listed_all = True
+    for patient in sorted(by_patient):
+        studies = _studies_out(by_patient[patient], None, wanted)
+        n_studies += len(studies)
+        for r in repeats(studies, within_days):
+            if cross_only and not r["cross_hospital"]:
+                continue
+            if len(pairs) >= MAX_REPEATS:
+                listed_all = False
+                break
+            pairs.append({"patient": patient.hex(), **r})
+    # newest repeat first: the scans most worth a look are the recent ones
+    pairs.sort(key=lambda r: (r["repeat"]["date"], r["patient"], r["first"]["date"]), reverse=True)
+    kinds: dict[str, int] = {}
+    for r in pairs:
+        kinds[f"{r['modality']} {r['body_part']}"] = kinds.get(f"{r['modality']} {r['body_part']}", 0) + 1
+    return {"since": since_ms, "until": until_ms, "within_days": within_days, "scanned": scanned,
+            "truncated": truncated, "patients": len(by_patient), "studies": n_studies,
+            "repeats": pairs, "listed_all": listed_all,
+            "cross_hospital": sum(r["cross_hospital"] for r in pairs), "by_kind": dict(sorted(kinds.items()))}

@@ -326,6 +326,7 @@ def test_audit_trail_pages_with_a_cursor(net):
     assert out.returncode == 0, out.stderr
     assert [json.loads(line)["hash"] for line in out.stdout.splitlines()] == [a["hash"] for a in answers]
     table = radchain("audit", "--url", info.rpc, "--token", info.token, "--study", study, "--limit", "3")
-    assert table.returncode == 0 and len(table.stdout.splitlines()) == 3 and "instances.accessed" in table.stdout
+    assert table.returncode == 0 and len(table.stdout.splitlines()) == 1 + 3 and "instances.accessed" in table.stdout
+    assert table.stdout.split()[0] == "HEIGHT"  # the header row, then 3 entries
     refused = radchain("audit", "--url", info.rpc, "--study", study)  # raw identifier, no token
     assert refused.returncode == 1 and "token" in refused.stderr
