@@ -62,8 +62,6 @@ from . import checks
 from .adversary import ATTACKS, REWRITES, Adversary, rewrite
 
 BATCH = 8            # requests per block
-STEADY = 5.0         # simulated seconds of steady state after liveness is reached
-LATENCY = 2.5        # every request submitted in the steady phase commits within this (throughput floor)
 TWINS_EVERY = 8      # one seed in 8 is a Twins scenario
 
 
@@ -112,6 +110,7 @@ class Node:
     mempool: set = field(default_factory=set)
     committed: set = field(default_factory=set)
     inflight: set = field(default_factory=set)
+    learned: dict = field(default_factory=dict)  # rid -> when this node first held it
     clock: float = 1.0              # timer rate (clock skew)
     amnesic: bool = False           # restarts from an older WAL (counts as a faulty member)
 
@@ -140,11 +139,18 @@ class Simulation:
             self.cryptos = [KeyedHashCrypto(i, secrets) for i in range(n)]
         self.checker = self.cryptos[0]
         k = rng.choice((2, 3, 4, 5))
+        progress = rng.choice((0.3, 0.5, 1.0))
+        extra = {}
+        if "request_timeout" in _CONFIG_FIELDS:  # per-request timers (issue 9, defect 6)
+            extra["request_timeout"] = 2 * progress
         self.config = Config(chain_id=f"sim-{seed}", members=members, checkpoint_interval=k,
                              watermark_window=k * rng.choice((2, 3, 4)), pipeline=rng.choice((1, 2, 3, 4)),
-                             progress_timeout=rng.choice((0.3, 0.5, 1.0)), view_change_timeout=0.5,
+                             progress_timeout=progress, view_change_timeout=0.5,
                              retransmit_interval=rng.choice((0.2, 0.3, 0.5)),
-                             state_transfer_timeout=2.0, max_backoff=4, catchup_batch=3)
+                             state_transfer_timeout=2.0, max_backoff=4, catchup_batch=3, **extra)
+        # the throughput floor: a request waits at most a request timeout, a view change and a few ticks
+        self.latency = 2 * progress + 3.0
+        self.steady = self.latency + 2.0
         self.twins = f > 0 and seed % TWINS_EVERY == TWINS_EVERY - 1
         self.faulty: set[int] = set()
         behaviours: dict[int, frozenset] = {}
@@ -266,7 +272,7 @@ class Simulation:
             self.push(t, "submit")
         if self.adversary is not None:
             t = 0.0
-            while t < self.heal_at + self.liveness_bound + STEADY:
+            while t < self.heal_at + self.liveness_bound + self.steady:
                 t += rng.uniform(0.1, 0.4)
                 self.push(t, "adversary")
         if self.twins:
@@ -293,7 +299,7 @@ class Simulation:
                         self.live_after = self.now - self.heal_at
                     elif self.now > self.heal_at + self.liveness_bound:
                         raise Violation(self.stuck_report())
-                elif self.now >= self.live_at + STEADY:
+                elif self.now >= self.live_at + self.steady:
                     self.check_latency()
                     break
         else:
@@ -371,12 +377,13 @@ class Simulation:
 
     def check_latency(self) -> None:
         """The throughput floor: in the steady phase every request reaches every honest replica's chain within
-        LATENCY simulated seconds (a primary that is slow on purpose or leaves a member's requests out fails)."""
-        missing = [rid for rid in self.missing_requests(self.now - LATENCY) if self.requests[rid][0] >= self.live_at]
+        self.latency simulated seconds (a primary slow on purpose or leaving a member's requests out fails)."""
+        missing = [rid for rid in self.missing_requests(self.now - self.latency)
+                   if self.requests[rid][0] >= self.live_at]
         if missing:
             at, inst = self.requests[missing[0]]
             raise Violation(f"throughput floor: {len(missing)} requests submitted in the steady phase wait more "
-                            f"than {LATENCY}s (e.g. request {missing[0]} submitted at {at:.2f} to instance "
+                            f"than {self.latency:.1f}s (e.g. request {missing[0]} submitted at {at:.2f} to instance "
                             f"{inst}; views {[x.replica.view for x in self.nodes]})")
 
     def check_bounded(self) -> None:
@@ -631,9 +638,19 @@ class Simulation:
     def send_work(self, node: Node) -> None:
         if node.up and node.replica is not None:
             count = len(node.mempool - node.inflight)
-            if count != node.work_sent:
-                node.work_sent = count
-                self.push(self.now + 0.0001, "local", node.index, node.epoch, WorkPending(count))
+            if not _WORK_OLDEST:
+                if count != node.work_sent:
+                    node.work_sent = count
+                    self.push(self.now + 0.0001, "local", node.index, node.epoch, WorkPending(count))
+                return
+            # the node reports the oldest request it holds and how long it has held it (request timers)
+            oldest = min(node.mempool, default=None)
+            key = (count, oldest)
+            if key != node.work_sent:
+                node.work_sent = key
+                rid = b"" if oldest is None else b"%d" % oldest
+                age = 0.0 if oldest is None else max(0.0, self.now - node.learned.get(oldest, self.now))
+                self.push(self.now + 0.0001, "local", node.index, node.epoch, WorkPending(count, rid, age))
 
     # ---- network ----------------------------------------------------------------------------------------
 
@@ -739,6 +756,7 @@ class Simulation:
     def learn(self, node: Node, rid: int) -> None:
         if rid not in node.committed and rid not in node.mempool:
             node.mempool.add(rid)
+            node.learned.setdefault(rid, self.now)
             self.send_work(node)
 
     def ev_adversary(self) -> None:
@@ -820,7 +838,7 @@ class Simulation:
                     self.learn(x, rid)
         self.log(f"heal at height {self.heal_height}")
         t = self.now
-        while t < self.now + self.liveness_bound + STEADY:
+        while t < self.now + self.liveness_bound + self.steady:
             t += self.rng.uniform(0.1, 0.3)
             self.push(t, "submit")
 
@@ -840,6 +858,10 @@ class Simulation:
                 self.append_block(node, h, d, cert, payload, view)
         self.log(f"i{i} state transfer to {len(node.store)}")
         self.deliver_event(node, StateTransferred(len(node.store), node.states[-1]))
+
+
+_CONFIG_FIELDS = set(Config.__dataclass_fields__)
+_WORK_OLDEST = "oldest" in WorkPending.__dataclass_fields__
 
 
 def _gcd(a: int, b: int) -> int:
