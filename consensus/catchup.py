@@ -29,6 +29,7 @@ class CatchUp:
                 return
             self._ld = h
             self.stats["delivered"] += 1
+            self._tp_bytes += len(payload)  # throughput floor (fairness.py)
             self._emit(Commit(h, payload, cert.digest, cert.encode()))
             self._on_progress()
 

@@ -23,8 +23,20 @@ class Config:
     progress_timeout: float = 5.0
     # Waiting for NEW-VIEW once 2f+1 VIEW-CHANGEs for the view are in; doubles per consecutive view change.
     view_change_timeout: float = 5.0
-    # Timeouts double per consecutive view change without a commit, at most 2**max_backoff times.
+    # Timeouts double per consecutive view change without a commit, at most 2**max_backoff times and never
+    # beyond max_timeout seconds. Doubling exists so a timeout eventually exceeds the real message delay and
+    # block execution time (PBFT liveness); both are under ~2 s here, so 30 s is ample, and a hospital waits
+    # at most half a minute per failed view change (5, 10, 20, 30, 30 s) instead of 160 s.
     max_backoff: int = 5
+    max_timeout: float = 30.0
+    # A backup that has held the same pending tx this long complains about the primary; f+1 complaints in a
+    # view start a view change (PBFT's per-request timer; consensus/fairness.py). Well above the ~2 s of
+    # backlog admission control allows, so an honest primary under load is not replaced.
+    request_timeout: float = 10.0
+    # Throughput floor (Aardvark): over this many busy ticks, a view delivering less than this fraction of the
+    # best rate of the last views gets complaints.
+    throughput_window: int = 8
+    throughput_floor: float = 0.25
     # Status gossip and retransmission of this replica's in-flight messages (lost messages, restarted peers).
     retransmit_interval: float = 1.0
     # A state transfer that has not answered by then is asked again.
@@ -42,6 +54,10 @@ class Config:
         # L >= 2K: a replica that restarted and missed one checkpoint still reaches the next one in-window.
         if self.watermark_window < 2 * self.checkpoint_interval or self.watermark_window % self.checkpoint_interval:
             raise ValueError("watermark_window must be a multiple of checkpoint_interval, at least twice it")
+        if self.request_timeout <= 0 or self.throughput_window < 1 or not 0 <= self.throughput_floor < 1:
+            raise ValueError("request_timeout, throughput_window and throughput_floor out of range")
+        if self.max_timeout <= 0:
+            raise ValueError("max_timeout must be positive")
         if self.pipeline > self.watermark_window:
             raise ValueError("pipeline must fit in the watermark window")
 

@@ -26,8 +26,12 @@ class ProposalReady:
 
 @dataclass(frozen=True)
 class WorkPending:
-    """Transactions waiting in the mempool (0 = idle)."""
+    """Transactions waiting in the mempool (0 = idle), and the oldest one the node holds: an id (e.g. its
+    hash; b"" = none) and how long the node has held it, in seconds (consensus has no clock). The replica
+    complains about the primary when it has held the same tx for config.request_timeout."""
     count: int
+    oldest: bytes = b""
+    oldest_age: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,11 @@ from .certificate import commit_signing_bytes
 
 DOMAIN = b"radchain/consensus/v1\x00"
 
-PREPREPARE, PREPARE, COMMIT, CHECKPOINT, VIEWCHANGE, NEWVIEW, STATUS, FETCH, PAYLOAD, DECIDED = range(1, 11)
+PREPREPARE, PREPARE, COMMIT, CHECKPOINT, VIEWCHANGE, NEWVIEW, STATUS, FETCH, PAYLOAD, DECIDED, COMPLAIN = \
+    range(1, 12)
 KIND_NAMES = {PREPREPARE: "preprepare", PREPARE: "prepare", COMMIT: "commit", CHECKPOINT: "checkpoint",
               VIEWCHANGE: "viewchange", NEWVIEW: "newview", STATUS: "status", FETCH: "fetch",
-              PAYLOAD: "payload", DECIDED: "decided"}
+              PAYLOAD: "payload", DECIDED: "decided", COMPLAIN: "complain"}
 
 ENTRY_PREPARED, ENTRY_COMMITTED = 0, 1  # a view-change entry proves "prepared" (2f+1 votes) or "committed"
 
@@ -171,6 +172,9 @@ def _body(kind: int, raw, n_members: int, max_bytes: int, window: int) -> tuple:
     if kind == DECIDED:
         h, p, c = _fields(raw, 3)
         return (_int(h), _bytes(p, max_bytes), _bytes(c, 1 << 16))
+    if kind == COMPLAIN:
+        (v,) = _fields(raw, 1)
+        return (_int(v),)
     raise DecodeError(f"unknown message kind {kind!r}")
 
 

@@ -20,16 +20,19 @@ from .certificate import Certificate, commit_signing_bytes
 from .config import Config
 from .events import Executed, MessageReceived, ProposalReady, StateTransferred, TimerFired, WorkPending
 from .evidence import encode_evidence
+from .fairness import Fairness
 from .slot import Slot
 from .viewchange import ViewChanges, quorum_valid
 
 __all__ = ["Replica"]
 
 TICK = ("tick",)
-_SEEN_CAP = 100_000  # equivocation table bound (entries above the stable checkpoint)
+_SEEN_CAP = 100_000  # equivocation table bound (entries above the stable checkpoint), shared by the members
+CP_PER_MEMBER = 4  # checkpoint votes kept per member (its newest heights above the stable checkpoint)
+VOTE_VIEWS = 2  # views per member, kind and height whose votes a slot keeps (Slot.voters)
 
 
-class Replica(CatchUp, ViewChanges):
+class Replica(CatchUp, ViewChanges, Fairness):
     def __init__(self, config: Config, replica_id: int, crypto, app, wal=(), last_executed: int = 0) -> None:
         if not 0 <= replica_id < config.n:
             raise ValueError("replica_id is not a member index")
@@ -62,7 +65,9 @@ class Replica(CatchUp, ViewChanges):
         self._requested: set[int] = set()
         self._peers: dict[int, tuple] = {}       # member -> its last STATUS body
         self._served: dict[int, tuple[int, int]] = {}  # member -> (tick, large answers sent in it)
+        self._costly: dict[int, tuple[tuple[int, int], int]] = {}  # member -> ((tick, view), costly checks)
         self._seen: dict[tuple, tuple[bytes, bytes]] = {}
+        self._seen_by: Counter[int] = Counter()  # entries of _seen per member: each gets 1/n of the cap
         self._reported: set[tuple] = set()
         self._transfer: int | None = None        # target of an outstanding state transfer
         self._progress_timer: tuple | None = None
@@ -76,7 +81,8 @@ class Replica(CatchUp, ViewChanges):
                           m.COMMIT: self._on_commit, m.CHECKPOINT: self._on_checkpoint,
                           m.VIEWCHANGE: self._on_view_change, m.NEWVIEW: self._on_new_view,
                           m.STATUS: self._on_status, m.FETCH: self._on_fetch, m.PAYLOAD: self._on_payload,
-                          m.DECIDED: self._on_decided}
+                          m.DECIDED: self._on_decided, m.COMPLAIN: self._on_complain}
+        self._init_fairness()
         self._restore(wal)
 
     # ---- read-only view for the runtime ---------------------------------------------------------------
@@ -155,6 +161,7 @@ class Replica(CatchUp, ViewChanges):
                 self._on_proposal(event.height, event.payload)
             elif t is WorkPending:
                 self._on_work(event.count)
+                self._on_oldest(event.oldest, event.oldest_age)
             elif t is Executed:
                 self._on_executed(event.height, event.state_digest)
             elif t is StateTransferred:
@@ -219,8 +226,9 @@ class Replica(CatchUp, ViewChanges):
         key = (kind, member, v, h)
         prev = self._seen.get(key)
         if prev is None:
-            if len(self._seen) < _SEEN_CAP:
+            if self._seen_by[member] < _SEEN_CAP // self._n:  # one member cannot fill others' share
                 self._seen[key] = (d, sig)
+                self._seen_by[member] += 1
             return
         if prev[0] != d and key not in self._reported:
             self._reported.add(key)
@@ -316,22 +324,37 @@ class Replica(CatchUp, ViewChanges):
         self._add_vote(slot, v, d, self.id, msg.sig)
 
     def _add_vote(self, slot: Slot, v: int, d: bytes, member: int, sig: bytes) -> bool:
-        return self._add(slot.prepares, v, d, member, sig)
+        return self._add(slot, "p", v, d, member, sig)
 
-    def _add(self, table: dict, v: int, d: bytes, member: int, sig: bytes) -> bool:
-        votes = table.get((v, d))
-        if votes is None:
-            if len(table) >= 2 * self._n:  # bounded: evict the oldest view's votes, never the newest
-                oldest = min(table)
-                if oldest[0] >= v:
-                    self._drop("vote_flood")
-                    return False
-                del table[oldest]
-            votes = table[(v, d)] = {}
-        if member in votes:
-            self.stats["duplicate"] += 1
+    def _add(self, slot: Slot, kind: str, v: int, d: bytes, member: int, sig: bytes) -> bool:
+        """Count one member's vote. Bounded by member, not by digest: a member has at most one vote per kind,
+        view and height (a second, different one was already turned into evidence by _note_vote and is not
+        a table entry), and only its VOTE_VIEWS newest views are kept. So whatever one member sends, it
+        holds at most VOTE_VIEWS entries per kind and height and can never crowd out another member's vote.
+        Honest members vote in ascending views, so dropping a member's oldest view loses nothing it needs."""
+        table = slot.prepares if kind == "p" else slot.commits
+        mine = slot.voters.setdefault((kind, member), {})
+        prev = mine.get(v)
+        if prev is not None:
+            if prev != d:
+                self._drop("equivocating_vote")
+            else:
+                self.stats["duplicate"] += 1
             return False
-        votes[member] = sig
+        if len(mine) >= VOTE_VIEWS:
+            oldest = min(mine)
+            if oldest > v:
+                self._drop("old_view_vote")
+                return False
+            od = mine.pop(oldest)
+            votes = table.get((oldest, od))
+            if votes is not None:
+                votes.pop(member, None)
+                if not votes:
+                    del table[(oldest, od)]
+        mine[v] = d
+        table.setdefault((v, d), {})[member] = sig
+        assert len(mine) <= VOTE_VIEWS
         return True
 
     def _check_prepared(self, slot: Slot, v: int, d: bytes) -> None:
@@ -340,7 +363,11 @@ class Replica(CatchUp, ViewChanges):
             return
         if slot.prepared is None or slot.prepared[0] < v:
             slot.prepared = (v, d, tuple(sorted(votes.items())))
-        if v == self._view and not self._in_vc and slot.prepared[0] == v and slot.prepared[1] == d:
+        # Commit only what this replica accepted itself: a validated pre-prepare, or a NEW-VIEW assignment
+        # (prepared by 2f+1 in an earlier view, so validated by f+1 honest members). 2f+1 prepare signatures
+        # alone must not make it commit a block its own validation refused or never saw.
+        if (v == self._view and not self._in_vc and slot.prepared[0] == v and slot.prepared[1] == d
+                and slot.pp == (v, d)):
             self._vote_commit(slot, v, d)
 
     def _vote_commit(self, slot: Slot, v: int, d: bytes) -> None:
@@ -355,7 +382,7 @@ class Replica(CatchUp, ViewChanges):
         self._add_commit(slot, v, d, self.id, msg.sig)
 
     def _add_commit(self, slot: Slot, v: int, d: bytes, member: int, sig: bytes) -> None:
-        if not self._add(slot.commits, v, d, member, sig):
+        if not self._add(slot, "c", v, d, member, sig):
             return
         votes = slot.commits[(v, d)]
         if len(votes) >= self._q and slot.cert is None:
@@ -372,7 +399,7 @@ class Replica(CatchUp, ViewChanges):
 
     def _on_commit(self, msg: m.Message, sender: int, data: bytes) -> None:
         v, h, d = msg.body
-        if v > self._view + self._n * 4:  # a certificate is valid in any view, but bound the memory
+        if v > self._view + self._n:  # a certificate is valid in any view; one rotation ahead is plenty
             return self._drop("future_view")
         slot = self._voting_slot("commit", msg, v, h, d)
         if slot is not None:
@@ -412,9 +439,17 @@ class Replica(CatchUp, ViewChanges):
         hs = self._cp_heights.setdefault(member, [])
         hs.append(h)
         hs.sort()
-        while len(hs) > 4:  # keep each member's 4 newest checkpoints: bounded, and enough to match
+        while len(hs) > CP_PER_MEMBER:  # each member's newest checkpoints only: bounded, and enough to match
             old = hs.pop(0)
-            self._cps.get(old, {}).pop(member, None)
+            held = self._cps.get(old)
+            if held is not None:
+                held.pop(member, None)
+                if not held:  # an empty height entry is state too: a member sending ever-higher heights
+                    del self._cps[old]
+        if member not in self._cps.get(h, {}):
+            return  # h itself was the member's oldest
+        votes = self._cps[h]
+        assert len(self._cps) <= CP_PER_MEMBER * self._n
         matching = tuple(sorted((i, s) for i, (x, s) in votes.items() if x == sd))
         if len(matching) >= self._q:
             self._new_stable(h, sd, matching)
@@ -432,6 +467,7 @@ class Replica(CatchUp, ViewChanges):
             del self._my_votes[key]
         for key in [k for k in self._seen if k[3] <= h]:
             del self._seen[key]
+            self._seen_by[key[1]] -= 1
         self._reported = {k for k in self._reported if k[3] > h}
         for x in [x for x in self._cps if x <= h]:
             del self._cps[x]
@@ -507,7 +543,7 @@ class Replica(CatchUp, ViewChanges):
     # ---- timers and progress ------------------------------------------------------------------------------
 
     def _backoff(self, base: float, k: int) -> float:
-        return base * (2 ** max(0, min(k, self.config.max_backoff)))
+        return min(base * (2 ** max(0, min(k, self.config.max_backoff))), max(base, self.config.max_timeout))
 
     def _has_inflight(self) -> bool:
         return any(h > self._ld and (s.pp is not None or s.pending is not None or s.cert is not None)
@@ -554,6 +590,8 @@ class Replica(CatchUp, ViewChanges):
                 self.stats["progress_timeout"] += 1
                 self._start_view_change(self._view + 1)
             return
+        if type(timer) is tuple and len(timer) == 2 and timer[0] == "request":
+            return self._on_request_timer(timer)
         if type(timer) is tuple and len(timer) == 2 and timer[0] == "vc":
             if timer != self._vc_timer:
                 return self._drop("stale_timer")
@@ -573,6 +611,7 @@ class Replica(CatchUp, ViewChanges):
         self._ticks += 1
         self._emit(SetTimer(TICK, self.config.retransmit_interval))
         self._broadcast_status()
+        self._fairness_tick()
         if self._in_vc:
             if self._my_vc is not None:
                 self._emit(Broadcast(self._my_vc))
@@ -650,7 +689,7 @@ class Replica(CatchUp, ViewChanges):
             slot = self._slot(h)
             if slot.prepared is None or slot.prepared[0] < v:
                 slot.prepared = (v, d, proof)
-            self._add(slot.commits, v, d, self.id, msg.sig)
+            self._add(slot, "c", v, d, self.id, msg.sig)
         if nv_wire is not None:
             try:
                 nv = m.decode(nv_wire, self._n, self.config.max_message_bytes, self._L)

@@ -7,7 +7,7 @@ from .certificate import Certificate
 
 class Slot:
     __slots__ = ("height", "pp", "nv", "pending", "payloads", "prepares", "commits", "prepared", "cert",
-                 "fetch_tick")
+                 "fetch_tick", "voters")
 
     def __init__(self, height: int) -> None:
         self.height = height
@@ -20,9 +20,14 @@ class Slot:
         self.prepared: tuple[int, bytes, tuple[tuple[int, bytes], ...]] | None = None  # best prepared cert
         self.cert: Certificate | None = None
         self.fetch_tick = -1
+        # (table, member) -> {view: digest}: at most one vote per member, kind, view and height, and only the
+        # member's VOTE_VIEWS newest views, so one member can never hold more than that many table entries
+        self.voters: dict[tuple[str, int], dict[int, bytes]] = {}
 
     def known_digests(self) -> set[bytes]:
-        out = {d for _, d in self.prepares} | {d for _, d in self.commits}
+        """Digests whose payload this replica may need: the accepted or pending proposal, the prepared
+        certificate, the commit certificate. A lone member's vote is not enough: PAYLOADs are up to 8 MiB."""
+        out = set()
         for x in (self.pp, self.pending, self.prepared):
             if x is not None:
                 out.add(x[1])

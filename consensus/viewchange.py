@@ -20,6 +20,8 @@ from .actions import Broadcast, CancelTimer, Persist, Send, SetTimer
 from .certificate import commit_signing_bytes
 from .messages import ENTRY_PREPARED, Message, checkpoint_signing_bytes, vote_signing_bytes
 
+COSTLY_PER_TICK = 2  # full VIEW-CHANGE / NEW-VIEW checks per member, tick and view (ViewChanges._costly_check)
+
 
 def quorum_valid(crypto, n: int, q: int, sigs, signed: bytes) -> bool:
     """At least q distinct members in range with valid signatures over `signed`."""
@@ -90,6 +92,7 @@ class ViewChanges:
         if w <= self._view:
             return
         self._cancel_progress()
+        self._cancel_request_timer()
         if self._vc_timer is not None:
             self._emit(CancelTimer(self._vc_timer))
             self._vc_timer = None
@@ -129,6 +132,10 @@ class ViewChanges:
         if old is not None and old.body[0] >= w:
             self.stats["duplicate"] += 1
             return
+        if w > self._view_ceiling():
+            return self._drop("far_view_change")
+        if not self._costly_check(msg.sender):
+            return self._drop("rate_limited_view_change")
         err = check_view_change(msg, self._chain, self.crypto, self._n, self._q, self._K, self._L)
         if err is not None:
             return self._drop("bad_view_change")
@@ -140,6 +147,29 @@ class ViewChanges:
             self._start_view_change(views[self._f])
         elif self._in_vc:
             self._check_vc_quorum()
+
+    def _view_ceiling(self) -> int:
+        """Highest view whose VIEW-CHANGE is accepted: one rotation of primaries above this replica's view or
+        above the view f+1 other members report in STATUS (at least one of them honest). One member alone
+        cannot park a VIEW-CHANGE for a huge view here, where it would be kept and counted toward every
+        later view-change timer; a replica far behind still follows f+1 members to their view."""
+        claims = sorted((st[0] for st in self._peers.values()), reverse=True)
+        base = claims[self._f] if len(claims) > self._f else 0
+        return max(self._view, base) + self._n
+
+    def _costly_check(self, member: int) -> bool:
+        """A VIEW-CHANGE for a new view costs up to L*q + q signature checks, a NEW-VIEW q times that: each
+        member (transport sender) gets COSTLY_PER_TICK of them per tick and per view this replica is in.
+        Honest members send one VIEW-CHANGE per view change and repeat it every tick, so a refused one is
+        simply checked a tick later."""
+        key = (self._ticks, self._view)
+        seen, used = self._costly.get(member, (key, 0))
+        if seen != key:
+            used = 0
+        if used >= COSTLY_PER_TICK:
+            return False
+        self._costly[member] = (key, used + 1)
+        return True
 
     def _check_vc_quorum(self) -> None:
         if not self._in_vc:
@@ -170,15 +200,20 @@ class ViewChanges:
             return
         if msg.sender != self.config.primary(w):
             return self._drop("not_primary")
+        if not self._costly_check(sender):
+            return self._drop("rate_limited_new_view")
         vcs, senders = [], set()
         for wire in vc_wires:
             try:
                 vc = m.decode(wire, self._n, self.config.max_message_bytes, self._L)
             except m.DecodeError:
                 return self._drop("bad_new_view")
-            if (vc.kind != m.VIEWCHANGE or vc.body[0] != w or vc.sender in senders
-                    or not m.verify(self.crypto, self._chain, vc)
-                    or check_view_change(vc, self._chain, self.crypto, self._n, self._q, self._K, self._L)):
+            if vc.kind != m.VIEWCHANGE or vc.body[0] != w or vc.sender in senders:
+                return self._drop("bad_new_view")
+            held = self._vcs.get(vc.sender)
+            known = held is not None and held.encode() == wire  # checked when it arrived on its own
+            if not known and (not m.verify(self.crypto, self._chain, vc) or check_view_change(
+                    vc, self._chain, self.crypto, self._n, self._q, self._K, self._L)):
                 return self._drop("bad_new_view")
             senders.add(vc.sender)
             vcs.append(vc)
@@ -190,6 +225,8 @@ class ViewChanges:
         for h, d, s in asg:
             if not self.crypto.verify(msg.sender, m.vote_signing_bytes(self._chain, w, h, d), s):
                 return self._drop("bad_new_view")
+        for h, d, s in asg:  # each assignment is the new primary's signed prepare vote: an equivocation source
+            self._note_vote("prepare", msg.sender, w, h, d, s)
         self._emit(Persist(walrec.newview_record(w, data)))
         if w > self._view:
             self._attempts += 1
@@ -208,6 +245,7 @@ class ViewChanges:
         self._requested.clear()
         self._vcs = {i: x for i, x in self._vcs.items() if x.body[0] > w}
         self.stats["new_views"] += 1
+        self._fairness_new_view()
         if plan.stable_height > self._stable[0]:
             self._quiet = True  # no proposals before the re-proposals are in place
             try:

@@ -10,8 +10,14 @@ A block header is derived when the certified payload is executed, because with p
 cannot know its predecessor::
 
     block_header = canonical msgpack {chain_id, height, prev_hash, proposal_digest, proposer, state_root,
-                                      timestamp, tx_count, tx_root, view}
-    block_hash   = SHA-256("radchain/block/v1\\0" || block_header)
+                                      timestamp, tx_count, tx_root}
+    block_hash   = SHA-256("radchain/block/v2\\0" || block_header)
+
+Everything in the header follows from what consensus agreed (the proposal) and deterministic execution;
+nothing comes from the commit certificate. Honest members legitimately hold certificates from different
+views or signer sets for one block, and must still hold byte-identical headers, prev_hash chains and
+checkpoint digests (the node reports block_hash as the replica's checkpoint state digest). The certificate
+is stored beside the block and checked against (height, proposal_digest); its view is not part of the block.
 
 ``prev_hash`` of height 1 is the genesis hash. The stored block record is
 ``msgpack [block_header: bin, tx_hashes: bin (32 bytes each, block order), statuses: bin (1 byte each)]``
@@ -29,7 +35,7 @@ __all__ = ["PROPOSAL_DOMAIN", "BLOCK_DOMAIN", "ProposalHeader", "BlockHeader", "
            "encode_payload", "split_payload", "APPLIED", "DUPLICATE", "REJECTED", "STATUS_NAMES"]
 
 PROPOSAL_DOMAIN = b"radchain/proposal/v1\x00"
-BLOCK_DOMAIN = b"radchain/block/v1\x00"
+BLOCK_DOMAIN = b"radchain/block/v2\x00"  # v2: no certificate view in the header
 
 APPLIED, DUPLICATE, REJECTED = 0, 1, 2
 STATUS_NAMES = {APPLIED: "applied", DUPLICATE: "duplicate", REJECTED: "rejected"}
@@ -136,16 +142,15 @@ class BlockHeader:
     timestamp: int
     tx_count: int
     tx_root: bytes
-    view: int
 
     _KEYS = frozenset({"chain_id", "height", "prev_hash", "proposal_digest", "proposer", "state_root",
-                       "timestamp", "tx_count", "tx_root", "view"})
+                       "timestamp", "tx_count", "tx_root"})
 
     def encode(self) -> bytes:
         return _pack({"chain_id": self.chain_id, "height": self.height, "prev_hash": self.prev_hash,
                       "proposal_digest": self.proposal_digest, "proposer": self.proposer,
                       "state_root": self.state_root, "timestamp": self.timestamp, "tx_count": self.tx_count,
-                      "tx_root": self.tx_root, "view": self.view})
+                      "tx_root": self.tx_root})
 
     def hash(self) -> bytes:
         return _sha256(BLOCK_DOMAIN + self.encode()).digest()
@@ -159,7 +164,7 @@ class BlockHeader:
         return {"chain_id": self.chain_id, "height": self.height, "prev_hash": self.prev_hash.hex(),
                 "proposal_digest": self.proposal_digest.hex(), "proposer": self.proposer,
                 "state_root": self.state_root.hex(), "timestamp": self.timestamp, "tx_count": self.tx_count,
-                "tx_root": self.tx_root.hex(), "view": self.view, "hash": self.hash().hex()}
+                "tx_root": self.tx_root.hex(), "hash": self.hash().hex()}
 
     @classmethod
     def decode(cls, data: bytes) -> BlockHeader:
@@ -169,7 +174,7 @@ class BlockHeader:
         return cls(m["chain_id"], _uint(m["height"], "height"), _hash32(m["prev_hash"], "prev_hash"),
                    _hash32(m["proposal_digest"], "proposal_digest"), _uint(m["proposer"], "proposer"),
                    _hash32(m["state_root"], "state_root"), _uint(m["timestamp"], "timestamp"),
-                   _uint(m["tx_count"], "tx_count"), _hash32(m["tx_root"], "tx_root"), _uint(m["view"], "view"))
+                   _uint(m["tx_count"], "tx_count"), _hash32(m["tx_root"], "tx_root"))
 
 
 @dataclass(frozen=True)

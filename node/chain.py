@@ -12,7 +12,7 @@
   their Merkle root. Txs admitted through ``check_tx`` (the mempool) are not decoded or verified again;
   a validated proposal is kept (by digest) so ``execute`` does not parse it again.
 - ``execute(payload, certificate)``: verify the certificate, apply the txs (node.state rules), derive the
-  block header (prev_hash, state_root, view of the certificate) and write block, certificate, txs, indexes
+  block header (prev_hash, state_root; nothing from the certificate) and write block, certificate, txs, indexes
   and state in one store batch. Txs already committed (or repeated in the payload) are marked DUPLICATE
   and not indexed again; txs whose key is no longer authorised are REJECTED. Both are deterministic, so
   every node derives the same block.
@@ -388,8 +388,9 @@ class Chain:
                 put(key, b"")
             state_root = next_state_root(state.root, height, writes)
             prev = store.head if height > 1 else self.genesis.hash()
+            # only agreed data: every honest node derives byte-identical headers, whatever certificate it holds
             block_header = BlockHeader(self.chain_id, height, prev, digest, header.proposer, state_root,
-                                       header.timestamp, header.tx_count, header.tx_root, cert.view)
+                                       header.timestamp, header.tx_count, header.tx_root)
             block = Block(block_header, tuple(hashes), statuses)
             store.write_block(block, certificate, state_writes=writes, batch=batch)
         except BaseException:

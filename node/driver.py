@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ class ConsensusDriver:
                  broadcast: Callable[[bytes], None], build_proposal: Callable[[int, bool], bytes | None],
                  mempool_count: Callable[[], int], on_commit: Callable[[object, bytes], None],
                  on_state_transfer: Callable[[int, tuple[int, ...]], None],
-                 on_evidence: Callable[[bytes], None]):
+                 on_evidence: Callable[[bytes], None],
+                 oldest_pending: Callable[[], tuple[bytes, float] | None] = lambda: None):
         self.replica = replica
         self.chain = chain
         self.wal = wal
@@ -55,6 +57,7 @@ class ConsensusDriver:
         self._on_commit = on_commit
         self._on_state_transfer = on_state_transfer
         self._on_evidence = on_evidence
+        self._oldest_pending = oldest_pending  # (tx hash, time.monotonic() first held) for request timers
         self._events_send, self._events_recv = trio.open_memory_channel(math.inf)
         self._timers: dict[object, float] = {}
         self._timers_changed = trio.Event()
@@ -88,7 +91,7 @@ class ConsensusDriver:
                 if isinstance(event, MempoolChanged):
                     self._mempool_dirty = False
                     await self._propose_deferred()
-                    event = E.WorkPending(self._mempool_count())
+                    event = self._work_pending()
                 elif isinstance(event, SyncedBlocks):
                     await self._apply_synced(event)
                     continue
@@ -97,6 +100,15 @@ class ConsensusDriver:
                     continue
                 await self._feed(event)
                 await trio.lowlevel.checkpoint()
+
+    def _work_pending(self) -> E.WorkPending:
+        """Mempool count and the oldest pending tx with its age: the replica has no clock, so the node says
+        how long it has held that tx (consensus/fairness.py turns it into a per-request timer)."""
+        oldest = self._oldest_pending()
+        if oldest is None:
+            return E.WorkPending(self._mempool_count())
+        tx_hash, since = oldest
+        return E.WorkPending(self._mempool_count(), tx_hash, max(0.0, time.monotonic() - since))
 
     async def _feed(self, event) -> None:
         follow = deque([event])
@@ -171,13 +183,20 @@ class ConsensusDriver:
     def _commit(self, action: A.Commit):
         height = self.chain.height
         if action.height <= height:
-            return None  # already executed (block sync got there first)
+            # Block sync got there first. The replica still needs Executed: without it this height never gets
+            # this replica's checkpoint vote. The digest is the stored block's (agreed data only).
+            stored = self.chain.store.get_block(action.height)
+            if stored is None or stored.header.proposal_digest != action.digest:
+                log.error("committed block %d differs from the stored one", action.height)
+                return None
+            return E.Executed(action.height, stored.hash)
         if action.height > height + 1:
             self._pending_commits[action.height] = action  # a gap that block sync will fill
             return None
         block = self._execute(action.payload, action.certificate)
         if block is None:
             return None
+        # block.hash covers only agreed data (node/block.py), so honest replicas' checkpoint votes match
         event = E.Executed(block.height, block.hash)
         # Commits queued behind a gap can go now.
         nxt = self._pending_commits.pop(self.chain.height + 1, None)
@@ -205,8 +224,9 @@ class ConsensusDriver:
                 break
             self.stats["synced_blocks"] += 1
             last = block
-        for h in [h for h in self._pending_commits if h <= self.chain.height]:
-            del self._pending_commits[h]
+        for h in sorted(h for h in self._pending_commits if h <= self.chain.height):
+            # stored by sync meanwhile: replayed so the replica still gets its Executed (see _commit)
+            self._events_send.send_nowait(_Replay(self._pending_commits.pop(h)))
         if last is not None and event.announce:
             await self._feed(E.StateTransferred(last.height, last.hash))
         if event.done is not None:

@@ -21,6 +21,9 @@ class Mempool:
         self.max_txs = max_txs
         self._txs: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # hash -> (raw, received at)
         self._in_flight: dict[bytes, int] = {}  # hash -> height proposed at
+        # hash -> when first admitted, in admission order; unlike _txs never re-ordered by touch(), so the
+        # oldest tx a primary leaves out stays the oldest (consensus' per-request timer, WorkPending.oldest)
+        self._arrival: OrderedDict[bytes, float] = OrderedDict()
         self._db = None
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
@@ -36,6 +39,7 @@ class Mempool:
                 gone.append(h)
             else:
                 self._txs[h] = (raw, now)
+                self._arrival[h] = now
         if gone:
             with self._db.write_batch() as batch:
                 for h in gone:
@@ -65,6 +69,7 @@ class Mempool:
                     batch.put(h, raw)
         for h, raw in fresh:
             self._txs[h] = (raw, now)
+            self._arrival[h] = now
         return [h for h, _ in fresh]
 
     def take_for_proposal(self, max_txs: int, height: int) -> list[bytes]:
@@ -79,11 +84,17 @@ class Mempool:
                 break
         return chosen
 
+    def oldest(self) -> tuple[bytes, float] | None:
+        """(hash, time first admitted) of the tx held longest, or None."""
+        return next(iter(self._arrival.items()), None)
+
     def available(self) -> int:
         return len(self._txs) - len(self._in_flight)
 
     def remove(self, hashes) -> None:
         removed = [h for h in hashes if self._txs.pop(h, None) is not None]
+        for h in removed:
+            del self._arrival[h]
         for h in hashes:
             self._in_flight.pop(h, None)
         if self._db is not None and removed:

@@ -81,6 +81,7 @@ class Node:
             send=lambda to, data: self.net.send(self.peer_ids[to], CONSENSUS_CHANNEL, data),
             broadcast=lambda data: self.net.broadcast(CONSENSUS_CHANNEL, data),
             build_proposal=self._build_proposal, mempool_count=self.mempool.available,
+            oldest_pending=self.mempool.oldest,
             on_commit=self._on_commit, on_state_transfer=self._on_state_transfer,
             on_evidence=self._on_evidence)
         self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,

@@ -48,9 +48,8 @@ def test_prepared_block_survives_the_view_change(make_cluster):
         assert [a.digest for a in c.commits[i]][:1] == [digest]
 
 
-def test_view_change_timeouts_grow_exponentially(make_cluster):
-    """NEW-VIEWs get lost: each further view change waits twice as long (PBFT sec. 4.5.2)."""
-    c = make_cluster(auto=False, progress_timeout=1.0, view_change_timeout=1.0, max_backoff=3)
+def _view_change_waits(c, rounds: int) -> list[float]:
+    """NEW-VIEWs get lost: the vc timer each further view change arms."""
 
     def run_dropping_new_views():
         while c.queue:
@@ -64,7 +63,7 @@ def test_view_change_timeouts_grow_exponentially(make_cluster):
         c.fire(i, "progress")
     run_dropping_new_views()
     waits = []
-    for _ in range(5):
+    for _ in range(rounds):
         k = next(i for i in range(4) if c.replicas[i].in_view_change)
         vc = [t for t in c.timers[k] if t[0] == "vc"]
         assert vc == [("vc", c.replicas[k].view)]
@@ -73,7 +72,21 @@ def test_view_change_timeouts_grow_exponentially(make_cluster):
             if c.replicas[i].in_view_change:
                 c.fire(i, "vc")
         run_dropping_new_views()
+    return waits
+
+
+def test_view_change_timeouts_grow_exponentially(make_cluster):
+    """Each further view change without a commit waits twice as long (PBFT sec. 4.5.2)."""
+    c = make_cluster(auto=False, progress_timeout=1.0, view_change_timeout=1.0, max_backoff=3)
+    waits = _view_change_waits(c, 5)
     assert waits[:4] == [1.0, 2.0, 4.0, 8.0] and waits[4] == 8.0  # capped at 2**max_backoff
+
+
+def test_view_change_timeout_never_exceeds_30_seconds_with_default_tuning(make_cluster):
+    """A hospital does not wait minutes for a view change: the backoff is capped at config.max_timeout."""
+    c = make_cluster(auto=False)
+    waits = _view_change_waits(c, 7)
+    assert waits[:3] == [5.0, 10.0, 20.0] and max(waits) == 30.0 == c.config.max_timeout
 
 
 def test_lone_replica_does_not_escalate(make_cluster):

@@ -6,6 +6,7 @@ import pytest
 from ledger_helpers import CHAIN_ID, T0, Consortium
 from nacl.signing import SigningKey
 
+from consensus.certificate import Certificate
 from node.block import APPLIED, DUPLICATE, REJECTED, Block, ProposalHeader
 from node.chain import Chain, ChainError, ProposalError, proposal_digest
 from node.merkle import merkle_root
@@ -19,7 +20,7 @@ def test_commit_blocks_and_query_indexes(consortium, chain, store):
     b2 = c.commit(chain, txs[20:], proposer=1, view=3)
     assert store.height == 2 and store.head == b2.hash
     assert b2.header.prev_hash == b1.hash and b1.header.prev_hash == c.genesis.hash()
-    assert b2.header.view == 3 and b2.header.proposer == 1
+    assert b2.header.proposer == 1 and Certificate.decode(store.get_certificate(2)).view == 3
     assert store.get_block(1) == b1 and store.get_block_by_hash(b2.hash) == b2
     assert [b.height for b in store.blocks(1)] == [1, 2]
     h, i, raw = store.get_tx(b2.tx_hashes[4])
