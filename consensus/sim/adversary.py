@@ -45,6 +45,8 @@ def rewrite(sim, node, to: int, data: bytes):
         return out
     chain, me, crypto = sim.config.chain_id, node.member, node.crypto
     to_member = sim.nodes[to].member
+    if msg.kind == m.NEWVIEW and adv is not None and "forged_nv" in adv.attacks:
+        return []  # the Adversary sends its own NEW-VIEWs for this member
     if msg.kind == m.VIEWCHANGE and adv is not None:
         doctored = adv.doctor_view_change(node, msg)
         if doctored is not None:
@@ -302,7 +304,7 @@ class Adversary:
                 except m.DecodeError:
                     pass
             self.nv_sent.add((w, 0))
-            variant = rng.choice(("two_sets", "altered_vc", "bad_asg"))
+            variant = rng.choice(("two_sets", "two_sets", "altered_vc", "bad_asg"))
             # two valid VIEW-CHANGE sets (fewest entries first / most entries first): two different NEW-VIEWs
             few = sorted(decoded, key=lambda x: (x.sender != p, len(x.body[4]), x.sender))[:q]
             many = sorted(decoded, key=lambda x: (x.sender != p, -len(x.body[4]), -x.sender))[:q]

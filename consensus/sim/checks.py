@@ -23,7 +23,7 @@ checkpoint_bytes = checkpoint_signing_bytes
 #                 different views for one block compute different digests (issue 9, defect 3).
 #   "proposal":   the digest depends only on the agreed proposals (prev, proposal digest): the fix.
 # This must follow node/: whoever changes node/block.py or node/driver.py changes this line with it.
-STATE_DIGEST = "block_hash"
+STATE_DIGEST = "proposal"
 MODES = ("block_hash", "proposal")
 
 

@@ -151,6 +151,7 @@ class Simulation:
         # the throughput floor: a request waits at most a request timeout, a view change and a few ticks
         self.latency = 2 * progress + 3.0
         self.steady = self.latency + 2.0
+        # the steady phase (throughput floor) costs simulated time: every seed with a faulty member, 1 in 4 others
         self.twins = f > 0 and seed % TWINS_EVERY == TWINS_EVERY - 1
         self.faulty: set[int] = set()
         behaviours: dict[int, frozenset] = {}
@@ -169,8 +170,9 @@ class Simulation:
             for i in byz:
                 behaviours[i] = frozenset(rng.sample(REWRITES, rng.randint(0, 2)))
             self.faulty = set(byz)
-            if byz:
-                attacks = frozenset(rng.sample(ATTACKS, rng.randint(1, 4)))
+            if byz:  # equivocation aimed at restarted replicas and forged NEW-VIEWs cost nothing until they apply
+                attacks = frozenset(rng.sample(ATTACKS, rng.randint(1, 4))) | {"amnesia_equivocate", "forged_nv"}
+        self.steady_phase = bool(self.faulty) or seed % 4 == 0
         self.amnesic: int | None = None
         if not self.twins and len(self.faulty) < f and rng.random() < 0.3:
             self.amnesic = rng.choice([i for i in range(n) if i not in self.faulty])
@@ -205,14 +207,16 @@ class Simulation:
         self.steps = 0
         self.evidence = 0
         self.max_steps = 600_000
-        self.crash_p = rng.choice((0.0, 0.3, 0.6))
+        self.crash_p = rng.choice((0.0, 0.3, 0.6, 1.0))
         self.totals: Counter = Counter()
         self.live_after = 0.0
         self.live_at: float | None = None
         self.rid = 0
         self.requests: dict[int, tuple[float, int]] = {}  # rid -> (submitted at, instance)
         self.state_digests: dict[int, set] = {}
-        self.required: set | None = None  # requests submitted before the heal not yet everywhere
+        self.required: set | None = None
+        self.entered: dict = {}
+        self.spurious = 0  # requests submitted before the heal not yet everywhere
         self.nonce = 0
 
     def add_instance(self, member: int, behaviours: frozenset) -> None:
@@ -280,6 +284,7 @@ class Simulation:
             for side, duration in self.scenario:
                 self.push(t, "phase", side)
                 t += duration
+            self.plan_chaos(crashes_only=True)
         else:
             self.plan_chaos()
         self.push(self.heal_at, "heal")
@@ -299,7 +304,7 @@ class Simulation:
                         self.live_after = self.now - self.heal_at
                     elif self.now > self.heal_at + self.liveness_bound:
                         raise Violation(self.stuck_report())
-                elif self.now >= self.live_at + self.steady:
+                elif self.now >= self.live_at + self.steady or not self.steady_phase:
                     self.check_latency()
                     break
         else:
@@ -317,7 +322,7 @@ class Simulation:
         return {"steps": self.steps, "height": max(len(x.store) for x in self.nodes), "evidence": self.evidence,
                 "live_after": self.live_after}
 
-    def plan_chaos(self) -> None:
+    def plan_chaos(self, crashes_only: bool = False) -> None:
         rng = self.rng
         t = 0.0
         kinds_all = (m.PREPREPARE, m.PREPARE, m.COMMIT, m.CHECKPOINT, m.VIEWCHANGE, m.NEWVIEW, m.STATUS,
@@ -327,6 +332,8 @@ class Simulation:
             if t >= self.heal_at:
                 break
             r = rng.random()
+            if crashes_only:
+                r = 0.64 + rng.random() * 0.36
             if r < 0.3:
                 self.push(t, "partition")
             elif r < 0.42:
@@ -339,8 +346,9 @@ class Simulation:
                 cands = [x.index for x in self.nodes if self.honest(x.index) or x.amnesic]
                 victim = rng.choice(cands)
                 how = rng.random()
-                if how < 0.45:  # right after it sends a chosen kind (part of the broadcast may be lost)
-                    kind = rng.choice((m.PREPARE, m.PREPREPARE, m.COMMIT, m.NEWVIEW, m.VIEWCHANGE, m.CHECKPOINT))
+                if how < 0.5:  # right after it sends a chosen kind (part of the broadcast may be lost)
+                    kind = rng.choice((m.PREPARE, m.PREPARE, m.PREPREPARE, m.COMMIT, m.NEWVIEW, m.VIEWCHANGE,
+                                       m.CHECKPOINT, ENTER_VIEW, ENTER_VIEW))
                     self.push(t, "arm_crash", victim, kind)
                     self.push(t + rng.uniform(0.3, 2.0), "restart", victim)
                 else:
@@ -380,7 +388,7 @@ class Simulation:
         self.latency simulated seconds (a primary slow on purpose or leaving a member's requests out fails)."""
         missing = [rid for rid in self.missing_requests(self.now - self.latency)
                    if self.requests[rid][0] >= self.live_at]
-        if missing:
+        if missing and "throughput" not in IGNORE:
             at, inst = self.requests[missing[0]]
             raise Violation(f"throughput floor: {len(missing)} requests submitted in the steady phase wait more "
                             f"than {self.latency:.1f}s (e.g. request {missing[0]} submitted at {at:.2f} to instance "
@@ -393,7 +401,7 @@ class Simulation:
         for x in self.nodes:
             if x.up and x.replica is not None and self.honest(x.index):
                 size = _footprint(x.replica)
-                if size > bound:
+                if size > bound and "bounded" not in IGNORE:
                     raise Violation(f"bounded state: replica {x.index} holds {size} entries (bound {bound})")
 
     # ---- nodes ------------------------------------------------------------------------------------------
@@ -414,16 +422,41 @@ class Simulation:
             return
         before = (node.replica.view, node.replica.in_view_change)
         actions = node.replica.handle(event)
-        if before != (node.replica.view, node.replica.in_view_change):
+        after = (node.replica.view, node.replica.in_view_change)
+        if before != after:
             node.inflight = set()  # proposals of the old view may be lost: their requests are pending again
+            if not after[1] and self.honest(node.index):
+                self.entered_view(node, before[0], after[0])
             self.log(f"i{node.index} {'view change to' if node.replica.in_view_change else 'enters view'} "
                      f"{node.replica.view} on {type(event).__name__}"
                      f"{' ' + str(event.timer) if isinstance(event, TimerFired) else ''}")
         if node.replica.stats["internal_error"]:
             raise Violation(f"replica {node.index} internal error on {type(event).__name__}")
+        if before != after and not after[1] and node.crash_on_kind == ENTER_VIEW:
+            actions = list(actions)
+            node.crash_in_list = False
+            for a in actions:
+                self.perform_one(node, a)
+            node.crash_on_kind = None
+            self.crash(node)  # right after entering a view (everything it did on entering is out)
+            return
         self.perform(node, actions)
-        if before != (node.replica.view, node.replica.in_view_change):
+        if before != after:
             self.send_work(node)
+
+    def entered_view(self, node: Node, old: int, w: int) -> None:
+        """An honest replica enters each view on one NEW-VIEW only, restarts included; in the steady phase
+        the f faulty members cannot make honest replicas leave an honest primary (more than once)."""
+        wire = getattr(node.replica, "_nv_wire", None)  # the NEW-VIEW it entered on (None for view 0)
+        if type(wire) is bytes:
+            prev = self.entered.setdefault((node.member, w), wire)
+            if prev != wire:
+                raise Violation(f"honest member {node.member} entered view {w} on two different NEW-VIEWs")
+        if self.live_at is not None and w > old and self.config.primary(old) not in self.faulty:
+            self.spurious += 1
+            if self.spurious > len(self.nodes) and "stability" not in IGNORE:
+                raise Violation(f"stability: in the steady phase honest replicas left views whose primary is "
+                                f"honest {self.spurious} times (last: member {node.member}, view {old} -> {w})")
 
     def perform(self, node: Node, actions: list) -> None:
         if node.crash_in_list and actions:
@@ -689,11 +722,14 @@ class Simulation:
                                 f"height {key[3]}")
         if msg.kind in (m.PREPREPARE, m.PREPARE, m.COMMIT):
             v, h, d = msg.body[:3]
-            # PBFT: a replica commits only what it prepared itself (it accepted that pre-prepare)
-            if msg.kind == m.COMMIT and self.signed.get(("prepare", member, v, h)) != d:
+            r = self.nodes[self.inst_of_member[member][0]].replica
+            # PBFT: a replica commits only what it prepared itself (it accepted that pre-prepare); a COMMIT
+            # for a block it already delivered (same digest) adds nothing and is tolerated
+            if msg.kind == m.COMMIT and self.signed.get(("prepare", member, v, h)) != d and not (
+                    r is not None and h <= r.last_committed and self.committed.get(h) == d) \
+                    and "commit_unprepared" not in IGNORE:
                 raise Violation(f"honest member {member} sent COMMIT at view {v} height {h} for a digest it did "
                                 f"not accept as that view's proposal")
-            r = self.nodes[self.inst_of_member[member][0]].replica
             if r is not None and h > r.stable_checkpoint + self.config.watermark_window:
                 raise Violation(f"honest member {member} votes at height {h}, above its high watermark "
                                 f"{r.stable_checkpoint + self.config.watermark_window}")
@@ -798,6 +834,15 @@ class Simulation:
         node = self.nodes[i]
         if node.up:
             node.crash_on_kind = kind
+            self.push(self.now + self.rng.uniform(0.05, 0.3), "restart_if_down", i)
+
+    def ev_restart_if_down(self, i: int) -> None:
+        """A crash point that fired restarts soon (it is the restart that is under test)."""
+        node = self.nodes[i]
+        if not node.up:
+            self.ev_restart(i)
+        elif node.crash_on_kind is not None:
+            self.push(self.now + self.rng.uniform(0.05, 0.3), "restart_if_down", i)
 
     def crash(self, node: Node) -> None:
         self.log(f"i{node.index} crash")
@@ -860,7 +905,9 @@ class Simulation:
         self.deliver_event(node, StateTransferred(len(node.store), node.states[-1]))
 
 
+ENTER_VIEW = -1  # crash point: right after entering a new view
 _CONFIG_FIELDS = set(Config.__dataclass_fields__)
+IGNORE: set[str] = set()  # invariants switched off (--ignore), to see what else a seed finds
 _WORK_OLDEST = "oldest" in WorkPending.__dataclass_fields__
 
 
@@ -934,7 +981,10 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--state-digest", choices=checks.MODES, default=None,
                    help=f"how the node computes checkpoint digests (default {checks.STATE_DIGEST}, as node/ does)")
+    p.add_argument("--ignore", action="append", default=[], choices=("commit_unprepared", "bounded", "throughput", "stability"),
+                   help="switch an invariant off (to see what else a schedule finds)")
     args = p.parse_args(argv)
+    IGNORE.update(args.ignore)
     if args.state_digest:
         checks.STATE_DIGEST = args.state_digest
     if args.seed is not None:
