@@ -212,8 +212,8 @@ class Adversary:
         j = rng.choice(targets)
         r = j.replica
         if "vote_flood" in a:  # issue 9 defect 2: COMMITs (or PREPAREs) for a future view, random digests
-            kind = m.COMMIT if rng.random() < 0.6 else m.PREPARE
-            for h in range(r.last_committed + 1, r.last_committed + 1 + min(cfg.watermark_window, 2)):
+            kind = m.COMMIT if rng.random() < 0.6 else m.PREPARE  # heights ahead of the honest votes
+            for h in range(r.last_committed + 1, r.last_committed + 3 + cfg.pipeline):
                 for _ in range(8 if kind == m.COMMIT else 2):
                     v = r.view + 16 if kind == m.COMMIT else r.view
                     self.inject(b, j.index, self.sign(b, kind, (v, h, rng.randbytes(32))))

@@ -4,13 +4,13 @@
     python -m consensus.simulator --seed 1234 --nodes 4        # replay one schedule (verbose)
 
 Each seed draws a schedule. Two kinds of schedule:
-- random (7 seeds in 8): message delays, drops, duplicates and reordering; partitions that come and go;
+- random (3 seeds in 4): message delays, drops, duplicates and reordering; partitions that come and go;
   targeted loss of message kinds; honest replicas killed (between actions, in the middle of an action list,
   in the middle of a broadcast, or right after sending a chosen message kind) and restarted from their WAL
   (torn last record included); clock skew (each replica's timers run at its own rate, with jitter); up to f
   Byzantine members that rewrite what their replicas send and, colluding, originate correctly signed
   messages no honest code sends (consensus/sim/adversary.py), or one member restarting from an older WAL;
-- Twins (DiemBFT; 1 seed in 8): f members run two replicas each with the same key and no other fault; the
+- Twins (DiemBFT; 1 seed in 4): f members run two replicas each with the same key and no other fault; the
   schedule is a sequence of phases, each a two-way partition of the instances, enumerated systematically
   (seed -> scenario by a fixed stride through every (twin member, partition per phase) combination).
 Requests are submitted to random replicas all along and gossiped; a primary puts up to 8 in a block. After
@@ -62,7 +62,7 @@ from . import checks
 from .adversary import ATTACKS, REWRITES, Adversary, rewrite
 
 BATCH = 8            # requests per block
-TWINS_EVERY = 8      # one seed in 8 is a Twins scenario
+TWINS_EVERY = 4      # one seed in 4 is a Twins scenario
 
 
 class SimApp:
@@ -170,8 +170,9 @@ class Simulation:
             for i in byz:
                 behaviours[i] = frozenset(rng.sample(REWRITES, rng.randint(0, 2)))
             self.faulty = set(byz)
-            if byz:  # equivocation aimed at restarted replicas and forged NEW-VIEWs cost nothing until they apply
-                attacks = frozenset(rng.sample(ATTACKS, rng.randint(1, 4))) | {"amnesia_equivocate", "forged_nv"}
+            if byz:  # these three cost nothing until their moment comes (a restart, a view change)
+                always = {"amnesia_equivocate", "forged_nv", "stale_certs"}
+                attacks = frozenset(rng.sample(ATTACKS, rng.randint(1, 4))) | always
         self.steady_phase = bool(self.faulty) or seed % 4 == 0
         self.amnesic: int | None = None
         if not self.twins and len(self.faulty) < f and rng.random() < 0.3:

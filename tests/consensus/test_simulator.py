@@ -18,26 +18,26 @@ def _search(nodes: int, seeds) -> list[str]:
 
 def test_simulator_4_nodes_some_seeds():
     t0 = time.perf_counter()
-    assert _search(4, range(48)) == []
+    assert _search(4, range(40)) == []
     assert time.perf_counter() - t0 < 120
 
 
 def test_simulator_5_and_7_nodes_few_seeds():
-    assert _search(5, range(4)) == []
-    assert _search(7, range(4)) == []
+    assert _search(5, range(3)) == []
+    assert _search(7, range(2)) == []
 
 
 def test_twins_seeds_enumerate_distinct_scenarios_and_pass():
-    """Seeds 7, 15, 23, ... are Twins scenarios: f members run two replicas with the same key, and each seed
+    """Seeds 3, 7, 11, ... are Twins scenarios: f members run two replicas with the same key, and each seed
     is a different (twin member, partition per phase) combination of the systematic enumeration."""
     seen = set()
     for index in range(200):
         twins, phases = Simulation.twins_scenario(index, 4, 1)
         seen.add((tuple(twins), tuple(p for p, _ in phases)))
     assert len(seen) == 200
-    sims = [Simulation(s, 4) for s in (7, 15, 23)]
+    sims = [Simulation(s, 4) for s in (3, 7, 11)]
     assert all(s.twins and len(s.nodes) == 5 for s in sims)
-    assert _search(4, (7, 15, 23)) == []
+    assert _search(4, (3, 7, 11)) == []
 
 
 def test_replay_of_one_seed_is_deterministic(capsys):
