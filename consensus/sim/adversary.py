@@ -112,6 +112,7 @@ class Adversary:
         self.nv_wires: dict[int, list[bytes]] = {}   # view -> NEW-VIEWs sent (replayed to restarted replicas)
         self.seen: list[bytes] = []
         self.cp_flood = 1
+        self.flooded: dict[int, set] = {}
         self.censored = None
         self.slow_blocks = 0
         self.slow_next = 0.0
@@ -211,12 +212,18 @@ class Adversary:
         b = rng.choice(self.members)
         j = rng.choice(targets)
         r = j.replica
-        if "vote_flood" in a:  # issue 9 defect 2: COMMITs (or PREPAREs) for a future view, random digests
-            kind = m.COMMIT if rng.random() < 0.6 else m.PREPARE  # heights ahead of the honest votes
-            for h in range(r.last_committed + 1, r.last_committed + 3 + cfg.pipeline):
-                for _ in range(8 if kind == m.COMMIT else 2):
-                    v = r.view + 16 if kind == m.COMMIT else r.view
-                    self.inject(b, j.index, self.sign(b, kind, (v, h, rng.randbytes(32))))
+        if "vote_flood" in a:  # issue 9 defect 2: every honest replica, every height of its window, once:
+            for x in targets:  # 8 COMMITs for view + 16 (or 2 PREPAREs for the view) with random digests
+                rx = x.replica
+                done = self.flooded.setdefault(x.index, set())
+                for h in range(rx.last_committed + 1, rx.stable_checkpoint + cfg.watermark_window + 1):
+                    if (rx.view, h) in done:
+                        continue
+                    done.add((rx.view, h))
+                    kind = m.COMMIT if rng.random() < 0.6 else m.PREPARE
+                    for _ in range(8 if kind == m.COMMIT else 2):
+                        v = rx.view + 16 if kind == m.COMMIT else rx.view
+                        self.inject(b, x.index, self.sign(b, kind, (v, h, rng.randbytes(32))))
         if "far_heights" in a:  # votes (and, as primary, pre-prepares) far above the high watermark
             top = r.stable_checkpoint + cfg.watermark_window
             for _ in range(2 * sim.n):
