@@ -26,7 +26,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent  # consensus/
 SIZES = (4, 5, 7, 10)
-BUDGET = {4: 300, 5: 300, 7: 200, 10: 120}  # seeds per size (make soak runs these)
+BUDGET = {4: 300, 5: 300, 7: 200, 10: 200}  # seeds per size (make soak runs these)
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def worker(nodes: int, start: int, end: int) -> int:
     return 0
 
 
-def run_all(names=None, sizes=SIZES, budget: int | None = None, out=sys.stdout) -> list[dict]:
+def run_all(names=None, sizes=SIZES, budget: int | None = None, out=sys.stdout, start: int = 0) -> list[dict]:
     cache: dict = {}
     rows = []
     for mutant in MUTANTS:
@@ -156,7 +156,7 @@ def run_all(names=None, sizes=SIZES, budget: int | None = None, out=sys.stdout) 
             continue
         for n in sizes:
             t0 = time.perf_counter()
-            res = hunt(mutant, n, budget or BUDGET[n], cache)
+            res = hunt(mutant, n, budget or BUDGET[n] - start, cache, start)
             res.update(mutant=mutant.name, bug=mutant.bug, nodes=n, secs=time.perf_counter() - t0)
             rows.append(res)
             where = f"seed {res['seed']}" if res["status"] == "caught" else res["status"]
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     p.add_argument("--nodes", type=int, action="append", help="size (repeatable; default 4, 5, 7, 10)")
     p.add_argument("--budget", type=int, default=None, help="seeds per (mutant, size)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--start", type=int, default=0, help="first seed (to continue a search)")
     p.add_argument("--end", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--list", action="store_true", help="list the mutants")
     args = p.parse_args(argv)
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         for mu in MUTANTS:
             print(f"{mu.name:32} {mu.bug}")
         return 0
-    rows = run_all(args.only, tuple(args.nodes or SIZES), args.budget)
+    rows = run_all(args.only, tuple(args.nodes or SIZES), args.budget, start=args.start)
     print()
     print(table(rows))
     bad = [r for r in rows if r["status"] != "caught"]
