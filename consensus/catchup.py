@@ -23,6 +23,7 @@ class CatchUp:
             if slot is None or slot.cert is None:
                 return
             cert = slot.cert
+            assert cert.height == h and len(cert.signatures) >= self._q
             payload = slot.payloads.get(cert.digest)
             if payload is None:
                 self._fetch(slot, cert.digest)

@@ -374,6 +374,7 @@ class Replica(CatchUp, ViewChanges, Fairness):
         key = ("c", v, slot.height)
         if key in self._my_votes:
             return
+        assert slot.pp == (v, d) and slot.prepared is not None and slot.prepared[:2] == (v, d)
         self._emit(Persist(walrec.commit_record(v, slot.height, d, slot.prepared[2])))
         msg = self._sign(m.COMMIT, (v, slot.height, d))
         wire = msg.encode()

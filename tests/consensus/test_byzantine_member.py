@@ -4,6 +4,9 @@ Each test drives real Replicas (tests/consensus/conftest.py) and asserts what th
 
 import hashlib
 
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
 from consensus import messages as m
 from consensus.actions import ReportEvidence
 from consensus.events import MessageReceived, WorkPending
@@ -196,3 +199,53 @@ def test_payloads_are_kept_only_for_digests_the_replica_needs(make_cluster):
     r.handle(MessageReceived(BYZ, m.sign(cr, "test", m.COMMIT, BYZ, (0, 1, d)).encode()))
     r.handle(MessageReceived(BYZ, m.sign(cr, "test", m.PAYLOAD, BYZ, (1, d, big)).encode()))
     assert r._slots[1].payloads == {} and r.stats["drop_unsolicited_payload"] == 1
+
+
+_KINDS = (m.PREPARE, m.COMMIT, m.CHECKPOINT, m.VIEWCHANGE, m.COMPLAIN, m.STATUS, m.PAYLOAD, m.FETCH)
+
+
+def _byzantine_message(c, kind: int, view: int, h: int, k: int) -> bytes:
+    cr = c.crypto(BYZ)
+    if kind in (m.PREPARE, m.COMMIT):
+        body = (view, h, _d(k))
+    elif kind == m.CHECKPOINT:
+        body = (h * c.config.checkpoint_interval, _d(k))
+    elif kind == m.VIEWCHANGE:
+        body = (view + 1, 0, b"", (), ())
+    elif kind == m.COMPLAIN:
+        body = (view,)
+    elif kind == m.STATUS:
+        body = (view, bool(k % 2), h, 0)
+    elif kind == m.PAYLOAD:
+        body = (h, _d(k), b"blk:%d:3:%d" % (h, k))
+    else:
+        body = (h, _d(k))
+    return m.sign(cr, "test", kind, BYZ, body).encode()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example([(m.COMMIT, v, 9, v) for v in range(5)] + [(m.PREPARE, 0, 9, k) for k in range(4)])  # the floods
+@example([(m.CHECKPOINT, 0, h, h) for h in range(1, 60)])  # ever-higher checkpoints
+@given(st.lists(st.tuples(st.sampled_from(_KINDS), st.sampled_from((0, 1, 2, 3, 4, 5, 64, 2**40)),
+                          st.one_of(st.integers(1, 4), st.integers(8, 10), st.integers(1, 200)), st.integers(0, 30)),
+                min_size=1, max_size=60))
+def test_any_stream_from_one_member_keeps_state_bounded_and_honest_replicas_committing(make_cluster, stream):
+    c = make_cluster(pipeline=2)
+    c.down.add(BYZ)
+    n, L = c.n, c.config.watermark_window
+    for step, (kind, view, h, k) in enumerate(stream):
+        wire = _byzantine_message(c, kind, view, h, k)
+        for i in range(BYZ):
+            c.handle(i, MessageReceived(BYZ, wire))
+        if step % 20 == 0:
+            c.work(1)
+    c.work(2)
+    assert min(c.heights()[:BYZ]) >= 2 + len(stream) // 20
+    for r in c.replicas[:BYZ]:
+        for s in r._slots.values():  # per height and kind: the member's two newest views, one vote each
+            for table in (s.prepares, s.commits):
+                assert sum(BYZ in votes for votes in table.values()) <= 2
+        assert len(r._slots) <= 2 * L and len(r._cps) <= 4 * n and len(r._vcs) <= n
+        assert all(len(s.payloads) <= 4 for s in r._slots.values())
+        assert r._seen_by[BYZ] <= 100_000 // n and len(r._complaints) <= n
+        assert r.stats["internal_error"] == 0
