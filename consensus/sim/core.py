@@ -740,7 +740,7 @@ class Simulation:
                     r is not None and h <= r.last_committed and self.committed.get(h) == d) \
                     and "commit_unprepared" not in IGNORE:
                 raise Violation(f"honest member {member} sent COMMIT at view {v} height {h} for a digest it did "
-                                f"not accept as that view's proposal")
+                                f"not vote for (PRE-PREPARE, PREPARE or NEW-VIEW assignment) in that view")
             if r is not None and h > r.stable_checkpoint + self.config.watermark_window:
                 raise Violation(f"honest member {member} votes at height {h}, above its high watermark "
                                 f"{r.stable_checkpoint + self.config.watermark_window}")
