@@ -431,24 +431,29 @@ class Simulation:
         before = (node.replica.view, node.replica.in_view_change)
         actions = node.replica.handle(event)
         after = (node.replica.view, node.replica.in_view_change)
+        entered = before != after and not after[1] and self.honest(node.index)
         if before != after:
             node.inflight = set()  # proposals of the old view may be lost: their requests are pending again
-            if not after[1] and self.honest(node.index):
-                self.entered_view(node, before[0], after[0])
             self.log(f"i{node.index} {'view change to' if node.replica.in_view_change else 'enters view'} "
                      f"{node.replica.view} on {type(event).__name__}"
                      f"{' ' + str(event.timer) if isinstance(event, TimerFired) else ''}")
         if node.replica.stats["internal_error"]:
             raise Violation(f"replica {node.index} internal error on {type(event).__name__}")
         if before != after and not after[1] and node.crash_on_kind == ENTER_VIEW:
-            actions = list(actions)
             node.crash_in_list = False
             for a in actions:
                 self.perform_one(node, a)
+            if entered:
+                self.entered_view(node, before[0], after[0])
             node.crash_on_kind = None
             self.crash(node)  # right after entering a view (everything it did on entering is out)
             return
+        epoch = node.epoch
         self.perform(node, actions)
+        # a view counts as entered once everything the replica did on entering it was performed (a crash
+        # that cut the list first, before its NEW-VIEW was logged or sent, leaves nothing to be bound by)
+        if entered and node.up and node.epoch == epoch:
+            self.entered_view(node, before[0], after[0])
         if before != after:
             self.send_work(node)
 
