@@ -235,6 +235,11 @@ class Adversary:
                 payload = sim.make_payload(h, p, [])
                 self.inject(p, j.index, self.sign(p, m.PREPREPARE, (r.view, h, sim.app.digest(payload), payload)))
         if "future_vc" in a:  # valid VIEW-CHANGEs (no checkpoint, no entries) for later and huge views
+            # all f at once, to every honest replica, for its next view: one short of the f+1 that pull a
+            # replica along (PBFT 4.5.2), so f members must not be able to force a view change
+            for x in targets:
+                for y in self.members:
+                    self.inject(y, x.index, self.sign(y, m.VIEWCHANGE, (x.replica.view + 1, 0, b"", (), ())))
             w = r.view + 1 + rng.randrange(3) if rng.random() < 0.7 else (1 << 40) + rng.randrange(1000)
             for x in self.members:
                 self.inject(x, j.index, self.sign(x, m.VIEWCHANGE, (w, 0, b"", (), ())))
