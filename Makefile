@@ -10,7 +10,7 @@ TESTNET_DIR ?= testnet
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv sysdeps test soak testnet sim bench lint clean
+.PHONY: help venv sysdeps test soak testnet sim mutants bench lint clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ testnet: $(STAMP) ## run a local 4-node network in the foreground (Ctrl-C stops 
 
 sim: $(STAMP) ## consensus simulator search: make sim SEEDS=10000 NODES=4
 	@$(BIN)/python -m consensus.simulator --seeds $(SEEDS) --nodes $(NODES)
+
+mutants: $(STAMP) ## plant classic PBFT bugs in a copy of consensus/, count the simulator seeds to catch each
+	@$(BIN)/python -m consensus.sim.mutants
 
 bench: $(STAMP) ## benchmarks with ratios against a baseline measured in the same run
 	@$(BIN)/python -m bench

@@ -346,7 +346,7 @@ class Replica(CatchUp, ViewChanges, Fairness):
         if not self._valid(slot.height, payload):
             return self._drop("invalid_proposal")
         slot.payloads[d] = payload
-        slot.pp = (v, d)
+        slot.pp, slot.nv = (v, d), None
         slot.pending = None
         if not self._in_vc:
             self._vote_prepare(slot, v, d, payload)
@@ -412,14 +412,24 @@ class Replica(CatchUp, ViewChanges, Fairness):
         # (prepared by 2f+1 in an earlier view, so validated by f+1 honest members). 2f+1 prepare signatures
         # alone must not make it commit a block its own validation refused or never saw.
         if (v == self._view and not self._in_vc and slot.prepared[0] == v and slot.prepared[1] == d
-                and slot.pp == (v, d)):
+                and self._accepted(slot, v, d)):
             self._vote_commit(slot, v, d)
+
+    def _accepted(self, slot: Slot, v: int, d: bytes) -> bool:
+        """This replica accepted d as view v's proposal at the slot's height and voted for it: its own
+        PRE-PREPARE or PREPARE for (v, h, d), or the NEW-VIEW of view v assigned it (the assignment counts
+        as the vote; after a restart the PREPARE itself may be in a torn WAL record). Accepting a pre-prepare
+        without voting (it arrived in a view change) is not enough: that vote is cast on entering the view."""
+        if slot.pp != (v, d):
+            return False
+        mine = self._my_votes.get(("p", v, slot.height))
+        return (mine is not None and mine[0] == d) or slot.nv == v
 
     def _vote_commit(self, slot: Slot, v: int, d: bytes) -> None:
         key = ("c", v, slot.height)
         if key in self._my_votes:
             return
-        assert slot.pp == (v, d) and slot.prepared is not None and slot.prepared[:2] == (v, d)
+        assert self._accepted(slot, v, d) and slot.prepared is not None and slot.prepared[:2] == (v, d)
         self._emit(Persist(walrec.commit_record(v, slot.height, d, slot.prepared[2])))
         msg = self._sign(m.COMMIT, (v, slot.height, d))
         wire = msg.encode()
@@ -578,7 +588,7 @@ class Replica(CatchUp, ViewChanges, Fairness):
         msg = self._sign(m.PREPREPARE, (v, h, d, payload))
         self._my_votes[("p", v, h)] = (d, m.encode(m.PREPREPARE, self.id, (v, h, d, None), msg.sig), self._ticks)
         slot = self._slot(h)
-        slot.pp = (v, d)
+        slot.pp, slot.nv = (v, d), None
         slot.payloads[d] = payload
         self._top = max(self._top, h)
         self.stats["proposed"] += 1
@@ -725,7 +735,7 @@ class Replica(CatchUp, ViewChanges, Fairness):
             if payload is not None:
                 slot.payloads[d] = payload
             if v == view and not in_vc:
-                slot.pp = (v, d)
+                slot.pp, slot.nv = (v, d), None
                 self._top = max(self._top, h) if self.config.primary(v) == self.id else self._top
             self._add_vote(slot, v, d, self.id, sig)
         for _tag, v, h, d, proof in commits:

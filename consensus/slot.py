@@ -12,7 +12,10 @@ class Slot:
     def __init__(self, height: int) -> None:
         self.height = height
         self.pp: tuple[int, bytes] | None = None       # (view, digest) accepted as that view's proposal
-        self.nv = False                                # pp was assigned by NEW-VIEW (already validated)
+        # the view whose NEW-VIEW assigned pp (validated by f+1 honest members, and this replica's vote by
+        # assignment); None when pp came from a pre-prepare. A view, not a flag: a mark left by an earlier
+        # view's NEW-VIEW must not pass a later view's pre-prepare off as assigned (simulator seed 158).
+        self.nv: int | None = None
         self.pending: tuple[int, bytes] | None = None  # a pre-prepare waiting for its payload
         self.payloads: dict[bytes, bytes] = {}
         self.prepares: dict[tuple[int, bytes], dict[int, bytes]] = {}  # (view, digest) -> member -> sig

@@ -254,9 +254,10 @@ class ViewChanges:
                 self._quiet = False
         self._apply_assignments(w, asg, send=True)
         for slot in list(self._slots.values()):
-            if (slot.pp is not None and slot.pp[0] == w and not slot.nv and slot.height > self._ld
+            if (slot.pp is not None and slot.pp[0] == w and slot.nv != w and slot.height > self._ld
                     and self.config.primary(w) != self.id):
-                # a pre-prepare of view w that overtook its NEW-VIEW was validated but not voted for
+                # a pre-prepare of view w that overtook its NEW-VIEW was validated (_accept_proposal) but not
+                # voted for during the view change: vote now, before its peers' prepares can make it commit
                 self._vote_prepare(slot, w, slot.pp[1], slot.payloads.get(slot.pp[1]))
             for v, d in list(slot.prepares):
                 if v == w:
@@ -272,7 +273,7 @@ class ViewChanges:
             if h <= self._stable[0] or h <= self._ld:
                 continue
             slot = self._slot(h)
-            slot.pp, slot.nv, slot.pending = (w, d), True, None
+            slot.pp, slot.nv, slot.pending = (w, d), w, None
             self._top = max(self._top, h)
             self._add_vote(slot, w, d, p, sig)
             if p == self.id:
