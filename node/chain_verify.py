@@ -185,13 +185,23 @@ class Receipt:
 
     @classmethod
     def decode(cls, data: bytes) -> Receipt:
+        # Types checked, never converted: bytes(2**32) would allocate 4 GiB (a receipt can be uploaded to the
+        # explorer by anyone holding a read token).
         try:
-            m = msgpack.unpackb(data, raw=False, max_array_len=64, max_map_len=5)
-            receipt = cls(bytes(m["tx"]), int(m["index"]), tuple(bytes(p) for p in m["path"]),
-                          bytes(m["header"]), bytes(m["cert"]))
+            m = msgpack.unpackb(data, raw=False, max_array_len=64, max_map_len=5, max_bin_len=len(data),
+                                max_str_len=64)
         except Exception as exc:
-            raise ReceiptError(f"undecodable receipt: {exc}") from None
-        return receipt
+            raise ReceiptError(f"undecodable receipt: {exc.__class__.__name__}") from None
+        if type(m) is not dict or set(m) != {"tx", "index", "path", "header", "cert"}:
+            raise ReceiptError("undecodable receipt: a map of tx, index, path, header, cert")
+        tx, index, path, header, cert = m["tx"], m["index"], m["path"], m["header"], m["cert"]
+        if not (type(tx) is bytes and type(header) is bytes and type(cert) is bytes):
+            raise ReceiptError("undecodable receipt: tx, header and cert must be bin")
+        if type(index) is not int or not 0 <= index < 2**32:
+            raise ReceiptError("undecodable receipt: index must be an integer in [0, 2**32)")
+        if type(path) is not list or any(type(p) is not bytes or len(p) != 32 for p in path):
+            raise ReceiptError("undecodable receipt: path must be a list of 32-byte hashes")
+        return cls(tx, index, tuple(path), header, cert)
 
     def to_json(self) -> dict:
         return {"tx": self.tx.hex(), "index": self.index, "path": [p.hex() for p in self.path],

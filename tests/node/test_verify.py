@@ -126,6 +126,21 @@ def test_receipts_verify_offline(tmp_path, consortium):
         verify_receipt(receipt, others, "radchain-test")
 
 
+@pytest.mark.parametrize("change", [
+    {"tx": 2**32},                   # bytes(2**32) would allocate 4 GiB
+    {"header": 2**40}, {"cert": [1, 2]}, {"index": -1}, {"index": 2**64 - 1}, {"index": "3"},
+    {"path": [2**32]}, {"path": [b"\x00" * 31]}, {"path": "x"}, {"extra": 1},
+])
+def test_hostile_binary_receipts_are_refused_without_allocating(change):
+    import msgpack
+    m = {"tx": b"t", "index": 0, "path": [b"\x00" * 32], "header": b"h", "cert": b"c"}
+    m.update(change)
+    with pytest.raises(ReceiptError, match="undecodable"):
+        Receipt.decode(msgpack.packb(m, use_bin_type=True))
+    with pytest.raises(ReceiptError, match="undecodable"):
+        Receipt.decode(msgpack.packb([m], use_bin_type=True))
+
+
 def test_kill_9_mid_stream_leaves_a_consistent_store(tmp_path, consortium):
     home = tmp_path / "home"
     (home / "data").mkdir(parents=True)
