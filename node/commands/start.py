@@ -34,6 +34,17 @@ def run(args) -> int:
     except SecretModeError as exc:
         print(f"radchain start: {exc}", file=sys.stderr)
         return 2
+    if "dicom" in cfg.extra:
+        # The hook starts inside the node's nursery: check its settings first, so a bad one is a clear
+        # message and exit 2 here, not a traceback from a running node.
+        from node.dicom.atna import listeners_from
+        from node.dicom.settings import SettingsError, load_settings
+
+        try:
+            listeners_from(load_settings(cfg.home))
+        except SettingsError as exc:
+            print(f"radchain start: [dicom]: {exc}", file=sys.stderr)
+            return 2
     os.umask(0o077)  # data/, the WAL, the spool and anything else this process creates: owner only
     if not cfg.rpc.read_requires_token and cfg.rpc.host in ("0.0.0.0", "::", "[::]", ""):
         print(f"radchain start: WARNING: rpc.listen = {cfg.rpc.listen} with rpc.read_requires_token = false: "

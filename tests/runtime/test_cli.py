@@ -75,6 +75,23 @@ def test_start_refuses_a_broken_config_with_a_clear_message(tmp_path):
     assert r.returncode == 2 and "unknown key rpc.bogus" in r.stderr
 
 
+@pytest.mark.parametrize("dicom, expected", [
+    ('atna_tls = "127.0.0.1:6514"\natna_cert = "c.pem"\natna_key = "k.pem"', "atna_client_ca"),
+    ('atna_tls = "127.0.0.1:6514"\natna_cert = "c.pem"\natna_key = "k.pem"\natna_client_ca = "ca.pem"',
+     "unusable"),
+    ('atna_allow = "everyone"', "atna_allow"),
+    ('atna_tcp = "not-an-address"', "atna_tcp"),
+])
+def test_start_refuses_a_bad_dicom_setting_with_a_clear_message(tmp_path, dicom, expected):
+    home = tmp_path / "n"
+    radchain("init", "--home", home, "--name", "n", "--p2p", "/ip4/127.0.0.1/tcp/1")
+    with open(home / "config.toml", "a") as fh:
+        fh.write(f"\n[dicom]\n{dicom}\n")
+    r = radchain("start", "--home", home, check=False)
+    assert r.returncode == 2 and "radchain start: [dicom]" in r.stderr and expected in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_init_under_umask_000_writes_private_files_and_start_refuses_open_secrets(tmp_path):
     import os
     import stat
