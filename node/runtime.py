@@ -168,6 +168,7 @@ class Node:
     async def _serve_rpc(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         rpc = self.cfg.rpc
         caps = ConnectionCaps(rpc.max_connections, rpc.max_connections_per_address, rpc.trusted_proxies)
+        self.rpc.metrics.connection_caps = caps  # its refusals are exported in /metrics
         await serve_rpc(self.rpc.app, rpc.listen, caps, task_status=task_status)
 
     async def _inbox_loop(self) -> None:

@@ -53,6 +53,7 @@ class Metrics:
         self._submitted: OrderedDict[bytes, float] = OrderedDict()
         self.ws_connections = 0
         self.ws_subscriptions = 0
+        self.connection_caps = None  # node.rpc.http.ConnectionCaps, set when the RPC server starts
 
     # ------------------------------------------------------------------ recording
     def request(self, method: str) -> None:
@@ -117,6 +118,14 @@ class Metrics:
                [(f'{{method="{m}"}}', n) for m, n in sorted(self.requests.items())] or [('{method="status"}', 0)])
         metric("radchain_rpc_errors_total", "counter", "JSON-RPC errors by code.",
                [(f'{{code="{c}"}}', n) for c, n in sorted(self.errors.items())] or [('{code="-32603"}', 0)])
+        app = getattr(node, "rpc", None)
+        edge = [("over_connection_cap", self.connection_caps.refused if self.connection_caps else None),
+                ("slow_body", getattr(app, "slow_bodies", None)),
+                ("host_origin_or_ws_token", getattr(app, "refused_edge", None)),
+                ("client_hung_up", getattr(app, "disconnects", None))]
+        metric("radchain_rpc_edge_refusals_total", "counter",
+               "Connections and requests the RPC edge refused or lost, by reason (each also a counted log line).",
+               [(f'{{reason="{reason}"}}', counted.total if counted is not None else 0) for reason, counted in edge])
         metric("radchain_ws_connections", "gauge", "Open WebSocket connections.", self.ws_connections)
         metric("radchain_ws_subscriptions", "gauge", "Active WebSocket subscriptions.", self.ws_subscriptions)
         metric("radchain_uptime_seconds", "gauge", "Seconds since the node started.", status["uptime_s"])

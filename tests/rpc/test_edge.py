@@ -268,6 +268,10 @@ def test_connection_caps_and_hang_ups(edge):
     text = log.read_text()
     assert "Traceback" not in text and "ClientDisconnect" not in text
     assert "connections refused over the connection caps" in text
+    metrics = httpx.get(info.rpc + "/metrics", headers={"Authorization": f"Bearer {info.read_token}"}).text
+    assert 'radchain_rpc_edge_refusals_total{reason="over_connection_cap"} 10' in metrics, metrics
+    hung_up = [line for line in metrics.splitlines() if 'reason="client_hung_up"' in line]
+    assert hung_up and int(hung_up[0].rsplit(" ", 1)[1]) >= 1, hung_up
     # the node's own files are private
     assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(info.home / "data").st_mode) == 0o700
