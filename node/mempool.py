@@ -128,13 +128,15 @@ class Mempool:
         return [h for h, _ in fresh]
 
     def take_for_proposal(self, max_txs: int, height: int) -> list[bytes]:
-        """Oldest txs not already in flight; marks them in flight at `height`."""
+        """Txs held longest (first admission, which re-gossip does not reset) not already in flight; marks
+        them in flight at `height`. First-admission order is what the per-request timers watch, so an
+        honest primary under backlog proposes the tx its backups would complain about first."""
         chosen = []
-        for h, (raw, _) in self._txs.items():
+        for h in self._arrival:
             if h in self._in_flight:
                 continue
             self._in_flight[h] = height
-            chosen.append(raw)
+            chosen.append(self._txs[h][0])
             if len(chosen) >= max_txs:
                 break
         return chosen

@@ -75,3 +75,14 @@ def test_overload_answer_is_always_usable(commits, backlog, now):
     if over is not None:
         assert RETRY_MIN <= over.retry_after <= RETRY_MAX
         assert over.backlog >= over.limit or over.backlog >= pool.max_txs
+
+
+def test_proposals_take_the_txs_held_longest_even_after_regossip(tmp_path):
+    pool = Mempool(tmp_path / "m", 1000)
+    first, second = _txs(3, "a"), _txs(3, "b")
+    pool.add_many(first, 1.0)
+    pool.add_many(second, 2.0)
+    pool.touch([h for h, _ in first], 10.0)  # re-gossiped: must not send the oldest to the back of the line
+    assert pool.take_for_proposal(4, height=1) == [r for _, r in first] + [second[0][1]]
+    assert pool.oldest()[0] == first[0][0]
+    assert pool.take_for_proposal(4, height=2) == [r for _, r in second[1:]]  # in flight skipped
