@@ -18,6 +18,7 @@ kept. Pages show the tokens, labelled as pseudonyms, and echo only what the view
 from __future__ import annotations
 
 import base64
+import email.message
 import email.parser
 import email.policy
 import hashlib
@@ -41,7 +42,7 @@ from starlette.routing import Route
 from node.explorer import PREFIX, data
 from node.explorer.svg import grouped_bars
 from node.pseudonym import PseudonymError
-from node.rpc.auth import READ
+from node.rpc.auth import READ, token_hash
 from node.rpc.errors import RpcError
 
 log = logging.getLogger("radchain.explorer")
@@ -69,6 +70,33 @@ _HEADERS = {
     "Cache-Control": "no-store",
 }
 
+
+
+def _parse_multipart(ctype: str, body: bytes) -> dict[str, bytes]:
+    """{field: bytes} of a multipart/form-data body of at most MAX_FORM_FIELDS flat parts, or FormError."""
+    header = email.message.Message()
+    header["Content-Type"] = ctype
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not 1 <= len(boundary) <= 70:  # RFC 2046 §5.1.1
+        raise FormError("unreadable multipart form")
+    if body.count(b"--" + boundary.encode("latin-1")) > MAX_FORM_FIELDS + 1:
+        raise FormError("too many form fields")
+    try:
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n" + body)
+        if not msg.is_multipart():
+            raise FormError("unreadable multipart form")
+        out: dict[str, bytes] = {}
+        for part in msg.iter_parts():
+            if part.is_multipart():
+                raise FormError("nested multipart parts are not accepted")
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True)
+            if isinstance(name, str) and isinstance(payload, bytes) and name not in out:
+                out[name] = payload
+    except RecursionError:
+        raise FormError("unreadable multipart form: nested too deeply") from None
+    return out
 
 class FormError(ValueError):
     """A POST body the explorer does not accept (too large, too many fields, wrong encoding). ``unread``:
@@ -113,10 +141,12 @@ class Explorer:
 
     def make_cookie(self, token: str) -> str:
         payload = base64.urlsafe_b64encode(json.dumps(
-            {"t": token, "e": int(time.time()) + SESSION_SECONDS}).encode()).decode()
+            {"h": token_hash(token), "e": int(time.time()) + SESSION_SECONDS}).encode()).decode()
         return f"{payload}.{self._sign(payload.encode())}"
 
-    def cookie_token(self, value: str | None) -> str | None:
+    def cookie_token_hash(self, value: str | None) -> bytes | None:
+        """The token's SHA-256 a valid, unexpired session cookie holds (never the token itself: a copied
+        cookie must not work as a bearer token against the JSON-RPC)."""
         if not value or len(value) > 1024 or "." not in value:
             return None
         payload, sig = value.rsplit(".", 1)
@@ -124,21 +154,21 @@ class Explorer:
             return None
         try:
             doc = json.loads(base64.urlsafe_b64decode(payload.encode()))
-            token, expires = doc["t"], doc["e"]
-        except (ValueError, KeyError, TypeError):
+            digest, expires = bytes.fromhex(doc["h"]), doc["e"]
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        if not isinstance(token, str) or not isinstance(expires, int) or expires < time.time():
+        if len(digest) != 32 or type(expires) is not int or expires < time.time():
             return None
-        return token
+        return digest
 
     def viewer(self, request: Request) -> str | None:
         """The name of the read token this request carries (bearer header or session cookie), or None."""
         header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else \
-            self.cookie_token(request.cookies.get(COOKIE))
-        if not token:
-            return None
-        grant = self.rpc.tokens.lookup(token)
+        if header.lower().startswith("bearer "):
+            grant = self.rpc.tokens.lookup(header[7:].strip())
+        else:
+            digest = self.cookie_token_hash(request.cookies.get(COOKIE))
+            grant = self.rpc.tokens.lookup_digest(digest) if digest is not None else None
         return grant.name if grant is not None and READ in grant.roles else None
 
     # ------------------------------------------------------------------ CSRF and forms
@@ -177,19 +207,9 @@ class Explorer:
         if ctype.startswith("multipart/form-data"):
             if len(ctype) > 200:
                 raise FormError("content-type too long")
-            msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-                b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n" + body)
-            if not msg.is_multipart():
-                raise FormError("unreadable multipart form")
-            out: dict[str, bytes] = {}
-            for n, part in enumerate(msg.iter_parts()):
-                if n >= MAX_FORM_FIELDS:
-                    raise FormError("too many form fields")
-                name = part.get_param("name", header="content-disposition")
-                payload = part.get_payload(decode=True)
-                if isinstance(name, str) and isinstance(payload, bytes) and name not in out:
-                    out[name] = payload
-            return out
+            # The stdlib parser is pure Python and recursive: a worker thread keeps the node's event loop
+            # (consensus included) running while it works, and the part count is bounded before it starts.
+            return await trio.to_thread.run_sync(_parse_multipart, ctype, body)
         raise FormError("forms must be application/x-www-form-urlencoded or multipart/form-data")
 
     # ------------------------------------------------------------------ rendering
