@@ -186,11 +186,17 @@ class TokenStore:
         log.info("token store loaded", extra={"fields": {"tokens": len(self._grants)}})
 
     def lookup(self, presented: str) -> Grant | None:
+        if not presented or len(presented) > MAX_TOKEN_CHARS:
+            if self.path is not None:
+                self._refresh()
+            return None
+        return self.lookup_digest(bytes.fromhex(token_hash(presented)))
+
+    def lookup_digest(self, digest: bytes) -> Grant | None:
+        """The grant of the token whose SHA-256 is `digest` (what the explorer's session cookie holds, so a
+        copied cookie is not a bearer token)."""
         if self.path is not None:
             self._refresh()
-        if not presented or len(presented) > MAX_TOKEN_CHARS:
-            return None
-        digest = bytes.fromhex(token_hash(presented))
         found = None
         for stored, grant in self._grants:  # every entry compared: timing does not reveal which matched
             if hmac.compare_digest(digest, stored):

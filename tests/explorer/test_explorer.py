@@ -238,6 +238,11 @@ def test_forms_refuse_foreign_origin(explorer_net):
     assert ok.status_code == 303 and "radchain_explorer" in ok.headers["set-cookie"]
     cookie = ok.cookies["radchain_explorer"]
     assert "samesite=strict" in ok.headers["set-cookie"].lower() and "httponly" in ok.headers["set-cookie"].lower()
+    # the cookie holds the token's hash, not the token: a copied cookie is no bearer token for the JSON-RPC
+    import base64
+    assert form["token"] not in base64.urlsafe_b64decode(cookie.split(".")[0] + "==").decode()
+    assert httpx.post(own + "/", json={"jsonrpc": "2.0", "id": 1, "method": "status"},
+                      headers={"Authorization": f"Bearer {cookie}"}).json()["error"]["code"] == -32001
     with httpx.Client(cookies={"radchain_explorer": cookie}) as c:
         assert c.get(base + "/consortium").status_code == 200
         study = {"uid": STUDY}
