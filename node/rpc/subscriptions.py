@@ -73,6 +73,7 @@ class Subscriptions:
     async def endpoint(self, websocket: WebSocket) -> None:
         await websocket.accept()
         caller = await ws_caller(self.rpc, websocket)
+        token = websocket.query_params.get("token")
         if not self.rpc.may_read(caller):
             await _send_quietly(websocket, _error(None, RpcError(UNAUTHORIZED, "this node requires a token for reads")))
             await websocket.close(code=1008)
@@ -83,7 +84,8 @@ class Subscriptions:
             return
         self.connections += 1
         self.rpc.metrics.ws_connections += 1
-        conn = _Connection(self, websocket, caller)
+        conn = _Connection(self, websocket, caller,
+                           still_allowed=lambda: self.rpc.may_read(self.rpc.caller(websocket, token)))
         try:
             async with trio.open_nursery() as nursery:
                 conn.nursery = nursery
@@ -98,10 +100,13 @@ class Subscriptions:
 
 
 class _Connection:
-    def __init__(self, hub: Subscriptions, websocket: WebSocket, caller: Caller):
+    def __init__(self, hub: Subscriptions, websocket: WebSocket, caller: Caller, still_allowed=lambda: True):
         self.hub = hub
         self.ws = websocket
         self.caller = caller
+        # The token is looked up again before every message handled and every batch streamed, so a token
+        # revoked (or whose read role is taken away) stops an open connection too, not only new ones.
+        self.still_allowed = still_allowed
         self.node = hub.rpc.node
         self.subs: dict[str, trio.CancelScope] = {}
         self.nursery: trio.Nursery | None = None
@@ -124,7 +129,16 @@ class _Connection:
                 await self.send(_error(None, RpcError(INVALID_REQUEST, f"message over {MAX_MESSAGE_BYTES} bytes")))
                 await self.ws.close(code=1009)
                 return
+            if not self.still_allowed():
+                await self._close_revoked()
+                return
             await self.send(self.handle(data))
+
+    async def _close_revoked(self) -> None:
+        await _send_quietly(self.ws, _error(None, RpcError(UNAUTHORIZED, "token revoked or no longer allowed to read")))
+        await self.ws.close(code=1008)
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
 
     def handle(self, data: str) -> dict:
         try:
@@ -190,6 +204,9 @@ class _Connection:
             while True:
                 head = store.height
                 while nxt <= head:
+                    if not self.still_allowed():
+                        await self._close_revoked()
+                        return
                     upto = min(head, nxt + HISTORY_BATCH - 1)
                     for block in list(store.blocks(nxt, upto)):
                         if flt is None:

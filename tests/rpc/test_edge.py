@@ -19,7 +19,7 @@ import httpx
 import pytest
 import tomli_w
 import trio
-from trio_websocket import ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from node.testnet import LocalTestnet, poll, rpc_call
 
@@ -147,7 +147,25 @@ def test_tokens_added_and_revoked_on_the_running_node(edge):
     again = radchain("token", "add", "--home", info.home, "--name", "auditor", "--roles", "read")
     assert again.returncode == 2 and "exists" in again.stderr
     assert radchain("token", "add", "--home", info.home, "--name", "x", "--roles", "root").returncode == 2
-    assert radchain("token", "revoke", "--home", info.home, "--name", "auditor").returncode == 0
+
+    async def open_socket_outlives_no_revocation():
+        url = info.rpc.replace("http://", "ws://") + "/ws"
+        async with open_websocket_url(url, extra_headers=[("Authorization", f"Bearer {token}")]) as ws:
+            await ws.send_message(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "unsubscribe",
+                                              "params": {"subscription": "none"}}))
+            assert json.loads(await ws.get_message())["result"] is False  # the token works on this socket
+            revoke = await trio.to_thread.run_sync(
+                lambda: radchain("token", "revoke", "--home", info.home, "--name", "auditor"))
+            assert revoke.returncode == 0
+            await ws.send_message(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "subscribe",
+                                              "params": {"kind": "blocks"}}))
+            with trio.fail_after(5):
+                answer = json.loads(await ws.get_message())
+            assert answer["error"]["code"] == -32001, answer  # the open connection is cut, not only new ones
+            with pytest.raises(ConnectionClosed), trio.fail_after(5):
+                await ws.get_message()
+
+    trio.run(open_socket_outlives_no_revocation)
     assert error_code(call(info, STATUS, token)) == -32001
     assert "auditor" not in radchain("token", "list", "--home", info.home).stdout
     assert call(info, STATUS, info.read_token).json()["result"]["node"] == info.name  # the others still work
