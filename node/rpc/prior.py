@@ -33,6 +33,8 @@ from node.store import STORED_TYPES, StoreError
 
 STORE_TYPES = STORED_TYPES
 MAX_SCAN = 200_000  # index entries per call: bounds the latency of one lookup
+LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_prior_limiter = trio.CapacityLimiter(2)  # lookups in worker threads at once (each bounded by MAX_SCAN)
 MAX_DAYS = 365 * 200
 MAX_REPEATS = 1000  # pairs listed at most (a pathological history could make n^2 of them)
 DAY_MS = 86_400_000
@@ -68,7 +70,11 @@ async def prior_imaging(node, params: dict, caller: Caller) -> dict:
             now = parse_time(param(params, "now", (int, str)), "now")
         except EventError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
-    return prior_studies(node.store, patient, wanted, within, repeat_days, now)
+        if now > LAST_MS:  # datetime cannot go past year 9999
+            raise RpcError(INVALID_PARAMS, "now: must be before the year 10000")
+    # Up to MAX_SCAN index entries and tx reads: off the event loop, which consensus shares.
+    return await trio.to_thread.run_sync(prior_studies, node.store, patient, wanted, within, repeat_days, now,
+                                         limiter=_prior_limiter)
 
 
 def prior_studies(store, patient: bytes, wanted: dict, within_days: int | None, repeat_days: int,

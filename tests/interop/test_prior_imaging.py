@@ -58,7 +58,8 @@ def test_raw_patient_needs_a_token_and_bad_params_are_refused(net):
     assert rpc_call(url, "prior_imaging", {"patient_id": "PRIOR-1", "issuer": "HOSP-A"}, None)["error"]["code"] != 0
     for params in ({}, {"patient": "zz"}, {"patient": "ab" * 16, "modality": "ct; drop"},
                    {"patient": "ab" * 16, "within_days": -1}, {"patient": "ab" * 16, "now": "yesterday"},
-                   {"patient": "ab" * 16, "body_part": "X" * 17}, {"patient": "ab" * 16, "extra": 1}):
+                   {"patient": "ab" * 16, "body_part": "X" * 17}, {"patient": "ab" * 16, "extra": 1},
+                   {"patient": "ab" * 16, "within_days": 1, "now": 2**62}):  # past year 9999: was -32603
         reply = rpc_call(url, "prior_imaging", params, net.nodes[2].token)
         assert reply["error"]["code"] == -32602, (params, reply)
 
