@@ -37,7 +37,7 @@ def load_receipt(path: Path):
     try:
         receipt = Receipt(bytes.fromhex(doc["tx"]), int(doc["index"]), tuple(bytes.fromhex(p) for p in doc["path"]),
                           bytes.fromhex(doc["proposal_header"]), bytes.fromhex(doc["certificate"]))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: "index": Infinity
         raise ReceiptError(f"malformed receipt: {exc.__class__.__name__}: {exc}") from None
     return receipt, claims
 

@@ -172,3 +172,13 @@ def test_kill_9_mid_stream_leaves_a_consistent_store(tmp_path, consortium):
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"OK, {survived} blocks" in result.stdout
+
+
+@pytest.mark.parametrize("index", ["Infinity", "-Infinity", "NaN", "1e400"])
+def test_json_receipt_with_a_non_finite_index_is_malformed_not_a_crash(tmp_path, index):
+    from node.commands.verify_receipt import load_receipt
+
+    path = tmp_path / "r.json"
+    path.write_text('{"tx": "00", "index": ' + index + ', "path": [], "proposal_header": "", "certificate": ""}')
+    with pytest.raises(ReceiptError, match="malformed receipt"):
+        load_receipt(path)
