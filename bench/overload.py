@@ -25,10 +25,10 @@ from pathlib import Path
 
 import httpx
 
+from bench.testnet import BATCH, event_batch
 from node.testnet import LocalTestnet
 
 CLIENTS = 4
-BATCH = 100
 WARMUP = 5.0  # seconds of each phase left out of the steady-state rate
 
 
@@ -51,10 +51,7 @@ def _client(url: str, token: str, rate: float | None, seconds: float, honour: bo
     n = 0
     while time.time() - start < seconds:
         now_ms = int(time.time() * 1000)
-        calls = [{"jsonrpc": "2.0", "id": i, "method": "submit_event", "params": {"event": {
-            "type": "instances.accessed", "patient_id": f"PAT-{(n + i) % 5000}", "issuer": "HOSP-A",
-            "study_uid": f"1.2.840.{(n + i) % 20000}", "actor": f"dr.{(n + i) % 300}", "purpose": "TREAT",
-            "event_id": f"{tag}-{n + i}", "time": now_ms}}} for i in range(BATCH)]
+        calls = event_batch(tag, n, now_ms)
         t = time.time()
         try:
             response = http.post(url, json=calls)

@@ -23,6 +23,15 @@ CLIENTS = 4
 BATCH = 100
 
 
+def event_batch(tag: str, n: int, now_ms: int) -> list[dict]:
+    """BATCH submit_event calls with distinct event ids (tag-n ...), over a realistic spread of patients,
+    studies and actors."""
+    return [{"jsonrpc": "2.0", "id": i, "method": "submit_event", "params": {"event": {
+        "type": "instances.accessed", "patient_id": f"PAT-{(n + i) % 5000}", "issuer": "HOSP-A",
+        "study_uid": f"1.2.840.{(n + i) % 20000}", "actor": f"dr.{(n + i) % 300}", "purpose": "TREAT",
+        "event_id": f"{tag}-{n + i}", "time": now_ms}}} for i in range(BATCH)]
+
+
 def _client(url: str, token: str, rate: float | None, seconds: float, tag: str, queue) -> None:
     """One load generator process: JSON-RPC batches of submit_event, paced to `rate` tx/s."""
     sent: dict[str, float] = {}
@@ -32,10 +41,7 @@ def _client(url: str, token: str, rate: float | None, seconds: float, tag: str, 
     errors = 0
     while time.time() - start < seconds:
         now_ms = int(time.time() * 1000)
-        calls = [{"jsonrpc": "2.0", "id": i, "method": "submit_event", "params": {"event": {
-            "type": "instances.accessed", "patient_id": f"PAT-{(n + i) % 5000}", "issuer": "HOSP-A",
-            "study_uid": f"1.2.840.{(n + i) % 20000}", "actor": f"dr.{(n + i) % 300}", "purpose": "TREAT",
-            "event_id": f"{tag}-{n + i}", "time": now_ms}}} for i in range(BATCH)]
+        calls = event_batch(tag, n, now_ms)
         t = time.time()
         try:
             replies = http.post(url, json=calls).json()
