@@ -245,6 +245,10 @@ class Chain:
         root = self.store.state_root if self.store.height else self.store.initial_state_root()
         return LedgerState.load(self.genesis, self.store.state_items(), root)
 
+    def reload_state(self) -> None:
+        """Rebuild the ledger state from the store (after it was reopened: it holds only whole blocks)."""
+        self.state = self._load_state()
+
     @property
     def height(self) -> int:
         return self.store.height

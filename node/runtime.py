@@ -158,7 +158,7 @@ class Node:
         ledger state from the store, which holds exactly the blocks whose batches were whole."""
         self.mempool.reopen()
         self.store.reopen()
-        self.chain.state = self.chain._load_state()
+        self.chain.reload_state()
 
     def close(self) -> None:
         self.wal.close()
