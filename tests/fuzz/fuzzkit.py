@@ -30,7 +30,7 @@ from pathlib import Path
 import msgpack
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "node"))  # ledger_helpers
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "testkit"))  # ledger_helpers
 
 # ---------------------------------------------------------------------------------------------- mutator
 

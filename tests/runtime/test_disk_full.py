@@ -29,7 +29,7 @@ from node.runtime.mempool import Mempool, MempoolFull
 from node.runtime.wal_file import WriteAheadLog
 from node.testnet import EXAMPLE_EVENT, rpc_call
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testkit"))
 from ledger_helpers import T0, Consortium  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

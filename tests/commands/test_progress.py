@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "interop"))
+from ledger_helpers import build_home  # noqa: E402
 from pty_run import run_on_pty  # noqa: E402
-from test_verify import build_home  # noqa: E402
 
 
 def test_verify_chain_bar_on_a_terminal_only(tmp_path, consortium):

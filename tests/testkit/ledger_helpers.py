@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nacl.signing import SigningKey
 
 from consensus.certificate import Certificate, commit_signing_bytes
@@ -9,6 +11,7 @@ from node.ledger.chain import Chain
 from node.ledger.genesis import Genesis, Member
 from node.ledger.intake import make_tx
 from node.ledger.pseudonym import Pseudonymizer
+from node.ledger.store import Store
 
 CHAIN_ID = "radchain-test"
 T0 = 1_800_000_000_000  # fixed epoch ms used as "now" in tests
@@ -60,3 +63,21 @@ class Consortium:
         return chain.execute(payload, self.certificate(chain, payload, height, view))
 
 
+def build_home(tmp_path, consortium, blocks=5, per_block=6) -> Path:
+    """A node home (genesis.json, data/chain) holding `blocks` committed blocks, for verify-chain."""
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    consortium.genesis.save(home / "genesis.json")
+    store = Store(home / "data" / "chain")
+    chain = Chain(consortium.genesis, store)
+    c = consortium
+    previous: list[bytes] = []
+    for b in range(blocks):
+        txs = [c.tx(i % 4) for i in range(per_block)]
+        if b == 2:  # a state change and a re-proposed tx of the previous block in the chain under test
+            txs.append(c.tx(1, "client.added", subject_key=b"\x33" * 32))
+            txs.append(previous[0])
+        c.commit(chain, txs, proposer=b % 4, view=b)
+        previous = txs
+    store.close()
+    return home

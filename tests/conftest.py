@@ -1,4 +1,6 @@
-"""Fixtures for the ledger tests (helpers live in ledger_helpers.py, importable from the tests)."""
+"""Fixtures every test directory may use: a 4-member test consortium, a LevelDB store and a chain on it.
+
+Shared helpers live in tests/testkit/ (ledger_helpers: signed txs, certificates), importable from any test."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "testkit"))
 
 from ledger_helpers import Consortium  # noqa: E402
 

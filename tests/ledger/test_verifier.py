@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from ledger_helpers import Consortium
+from ledger_helpers import Consortium, build_home
 
 from node.cli import main as cli
-from node.ledger.chain import Chain
 from node.ledger.store import Store
 from node.ledger.verifier import (
     Receipt,
@@ -26,25 +25,6 @@ from node.ledger.verifier import (
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
-
-
-def build_home(tmp_path, consortium, blocks=5, per_block=6) -> Path:
-    home = tmp_path / "home"
-    (home / "data").mkdir(parents=True)
-    consortium.genesis.save(home / "genesis.json")
-    store = Store(home / "data" / "chain")
-    chain = Chain(consortium.genesis, store)
-    c = consortium
-    previous: list[bytes] = []
-    for b in range(blocks):
-        txs = [c.tx(i % 4) for i in range(per_block)]
-        if b == 2:  # a state change and a re-proposed tx of the previous block in the chain under test
-            txs.append(c.tx(1, "client.added", subject_key=b"\x33" * 32))
-            txs.append(previous[0])
-        c.commit(chain, txs, proposer=b % 4, view=b)
-        previous = txs
-    store.close()
-    return home
 
 
 def verify(home, **kw) -> int:
