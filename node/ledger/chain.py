@@ -43,7 +43,16 @@ from node.ledger.equivocation import check_evidence_tx
 from node.ledger.genesis import Genesis
 from node.ledger.merkle import merkle_root
 from node.ledger.state import STATE_TYPES, LedgerState, next_state_root
-from node.ledger.store import INDEXES, LOC, STORED_TYPES, SUFFIX, Store, member_type_prefix
+from node.ledger.store import (
+    LOC,
+    STORED_TYPES,
+    SUFFIX,
+    TX,
+    Store,
+    index_tag,
+    member_type_prefix,
+    tx_key,
+)
 from node.ledger.tx import TOKEN_BYTES, Tx, TxError, decode_tx
 
 __all__ = ["Chain", "ChainError", "ProposalError", "TxNotAuthorised", "proposal_digest", "execute_txs",
@@ -91,20 +100,20 @@ def proposal_digest(payload: bytes) -> bytes:
 # Index tags (node.ledger.store key layout), bound once for the hot loop.
 # token keys are TOKEN_BYTES long: the length byte of the key layout is constant
 _T_STUDY, _T_PATIENT, _T_ACTOR, _T_PATIENT_STORED = (
-    b"I" + INDEXES[n] + bytes((TOKEN_BYTES,)) for n in ("study", "patient", "actor", "patient_stored"))
-_prefix_cache: dict[tuple[bytes, str], bytes] = {}
+    index_tag(n, TOKEN_BYTES) for n in ("study", "patient", "actor", "patient_stored"))
+_prefix_cache: dict[tuple[str, str], bytes] = {}
 _mt_cache: dict[tuple[str, str], bytes] = {}
 
 
-def _str_prefix(tag: bytes, value: str) -> bytes:
+def _str_prefix(tag: str, value: str) -> bytes:
     p = _prefix_cache.get((tag, value))
     if p is None:
         raw = value.encode()
-        p = _prefix_cache[(tag, value)] = b"I" + tag + bytes((len(raw),)) + raw
+        p = _prefix_cache[(tag, value)] = index_tag(tag, len(raw)) + raw
     return p
 
 
-_TAG_AE = INDEXES["ae"]
+_TAG_AE = "ae"
 
 
 def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Callable[[bytes], bool],
@@ -139,9 +148,9 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
         if f["chain"] != chain_id or client_of.get(f["client"]) != member or member not in members or (
                 tx_type in STATE_TYPES and not state.apply(tx, h, writes)):
             statuses[i] = REJECTED
-            put(b"T" + h, pack_loc(height, i, REJECTED) + tx.raw)
+            put(TX + h, pack_loc(height, i, REJECTED) + tx.raw)
             continue
-        put(b"T" + h, applied_loc + i.to_bytes(4, "big") + b"\x00" + tx.raw)
+        put(TX + h, applied_loc + i.to_bytes(4, "big") + b"\x00" + tx.raw)
         suffix = pack_suffix(f["ts"], height, i)
         mt = mt_cache.get((member, tx_type))
         if mt is None:
@@ -180,7 +189,7 @@ class SeenFilter:
     def __init__(self, store: Store, bits_log2: int = 27):
         self.mask = (1 << bits_log2) - 1
         self.bits = bytearray(1 << (bits_log2 - 3))
-        for key in store.db.iterator(prefix=b"T", include_value=False):
+        for key in store.db.iterator(prefix=TX, include_value=False):
             self.add(key[1:])
 
     def add(self, h: bytes) -> None:
@@ -197,7 +206,7 @@ class SeenFilter:
             x = int.from_bytes(h[:8], "little")
             a, b = x & mask, (x >> 32) & mask
             ia, ib, ba, bb = a >> 3, b >> 3, 1 << (a & 7), 1 << (b & 7)
-            if bits[ia] & ba and bits[ib] & bb and has(b"T" + h) is not None:
+            if bits[ia] & ba and bits[ib] & bb and has(tx_key(h)) is not None:
                 return False
             bits[ia] |= ba
             bits[ib] |= bb

@@ -52,7 +52,8 @@ from node.ledger.merkle import MerkleProof, inclusion_path
 from node.ledger.refusals import is_disk_full
 from node.ledger.tx import TX_TYPES
 
-__all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "QUERYABLE", "STORED_TYPES", "index_key_prefix"]
+__all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "QUERYABLE", "STORED_TYPES", "index_key_prefix",
+           "index_tag", "block_key", "cert_key", "hash_key", "tx_key", "state_key", "height_bytes"]
 
 INDEXES = {"study": b"s", "patient": b"p", "actor": b"a", "ae": b"e", "patient_stored": b"q"}
 # Tx types that record stored instances: the patient_stored index holds their successful events.
@@ -64,8 +65,12 @@ PATIENT_STORED_MARKER = b"Mindex.patient_stored"
 MEMBER_TYPE = b"Ik"
 QUERYABLE = tuple(INDEXES) + ("member", "type", "time")
 
-_HEAD = b"Mhead"
-_GENESIS = b"Mgenesis"
+# -- the key layout of the module docstring: every module that reads or writes chain keys builds them here
+HEAD_KEY = b"Mhead"
+GENESIS_KEY = b"Mgenesis"
+STATE0_KEY = b"Mstate0"  # the state root after genesis (before block 1)
+BLOCK, CERT, BLOCK_HASH, TX, STATE, INDEX = b"B", b"C", b"H", b"T", b"S", b"I"
+BLOCK_END = b"C"  # the first key past every B key (B keys are followed by C keys)
 _U64 = struct.Struct(">Q")
 _LOC = struct.Struct(">QIB")   # height, index, status
 _SUFFIX = struct.Struct(">QQI")  # ts, height, index
@@ -92,7 +97,12 @@ def index_key_prefix(name: str, key: bytes | str) -> bytes:
         key = key.encode()
     if len(key) > 255:
         raise StoreError("index key longer than 255 bytes")
-    return b"I" + tag + bytes((len(key),)) + key
+    return INDEX + tag + bytes((len(key),)) + key
+
+
+def index_tag(name: str, key_len: int) -> bytes:
+    """The prefix of index `name`'s entries whose key is `key_len` bytes (tokens: TOKEN_BYTES)."""
+    return INDEX + INDEXES[name] + bytes((key_len,))
 
 
 # One byte per tx type in the (member, type) index. Append only: a code, once used, never changes.
@@ -108,12 +118,28 @@ def member_type_prefix(member: str, tx_type: str) -> bytes:
     return MEMBER_TYPE + member.encode() + b"\x00" + bytes((TYPE_CODES[tx_type],))
 
 
+def height_bytes(height: int) -> bytes:
+    return _U64.pack(height)
+
+
 def block_key(height: int) -> bytes:
-    return b"B" + _U64.pack(height)
+    return BLOCK + _U64.pack(height)
 
 
 def cert_key(height: int) -> bytes:
-    return b"C" + _U64.pack(height)
+    return CERT + _U64.pack(height)
+
+
+def hash_key(block_hash: bytes) -> bytes:
+    return BLOCK_HASH + block_hash
+
+
+def tx_key(tx_hash: bytes) -> bytes:
+    return TX + tx_hash
+
+
+def state_key(key: bytes) -> bytes:
+    return STATE + key
 
 
 class Store:
@@ -140,7 +166,7 @@ class Store:
             raise StoreError(f"{self.path}: cannot open the chain store ({exc}); is a node running on it?") from None
         except plyvel.Error as exc:
             raise StoreError(f"{self.path}: cannot open the chain store ({exc})") from None
-        head = self._db.get(_HEAD)
+        head = self._db.get(HEAD_KEY)
         if head is None:
             self.height, self.head, self.state_root = 0, None, None
         else:
@@ -177,21 +203,21 @@ class Store:
 
     # ------------------------------------------------------------------ genesis marker
     def genesis_hash(self) -> bytes | None:
-        return self._db.get(_GENESIS)
+        return self._db.get(GENESIS_KEY)
 
     def init_genesis(self, genesis_hash: bytes, state_root: bytes, state_writes: list[tuple[bytes, bytes]]) -> None:
         """Record which genesis this store belongs to, with the initial state, atomically."""
         with self._db.write_batch(sync=self.sync) as wb:
-            wb.put(_GENESIS, genesis_hash)
+            wb.put(GENESIS_KEY, genesis_hash)
             for key, value in state_writes:
-                wb.put(b"S" + key, value)
-            wb.put(b"Mstate0", state_root)
+                wb.put(state_key(key), value)
+            wb.put(STATE0_KEY, state_root)
             # A store starting at genesis writes patient_stored entries for every block it will hold.
             wb.put(PATIENT_STORED_MARKER, b"\x01")
         self.has_patient_stored_index = True
 
     def initial_state_root(self) -> bytes | None:
-        return self._db.get(b"Mstate0")
+        return self._db.get(STATE0_KEY)
 
     # ------------------------------------------------------------------ writing
     def batch(self):
@@ -214,13 +240,13 @@ class Store:
             put(key, value)
         for key, value in state_writes:
             if value is None:
-                wb.delete(b"S" + key)
+                wb.delete(state_key(key))
             else:
-                put(b"S" + key, value)
-        put(b"B" + hb, block.encode())
-        put(b"C" + hb, certificate)
-        put(b"H" + block_hash, hb)
-        put(_HEAD, hb + block_hash + header.state_root)
+                put(state_key(key), value)
+        put(BLOCK + hb, block.encode())
+        put(CERT + hb, certificate)
+        put(hash_key(block_hash), hb)
+        put(HEAD_KEY, hb + block_hash + header.state_root)
         wb.write()
         self.height, self.head, self.state_root = header.height, block_hash, header.state_root
 
@@ -228,14 +254,14 @@ class Store:
     def get_block(self, height: int) -> Block | None:
         if not 0 < height <= self.height:
             return None
-        data = self._db.get(b"B" + _U64.pack(height))
+        data = self._db.get(block_key(height))
         return None if data is None else Block.decode(data)
 
     def get_block_record(self, height: int) -> bytes | None:
-        return self._db.get(b"B" + _U64.pack(height))
+        return self._db.get(block_key(height))
 
     def get_block_by_hash(self, block_hash: bytes) -> Block | None:
-        hb = self._db.get(b"H" + block_hash)
+        hb = self._db.get(hash_key(block_hash))
         return None if hb is None else self.get_block(_U64.unpack(hb)[0])
 
     def get_header(self, height: int) -> BlockHeader | None:
@@ -245,7 +271,7 @@ class Store:
     def get_certificate(self, height: int) -> bytes | None:
         if not 0 < height <= self.height:
             return None
-        return self._db.get(b"C" + _U64.pack(height))
+        return self._db.get(cert_key(height))
 
     def blocks(self, start: int = 1, end: int | None = None) -> Iterator[Block]:
         """Blocks of heights start..end, both inclusive (end defaults to the head), in height order."""
@@ -272,7 +298,7 @@ class Store:
     # ------------------------------------------------------------------ txs
     def get_tx(self, tx_hash: bytes) -> tuple[int, int, bytes] | None:
         """(height, index in its block, wire bytes) of the first inclusion of a tx, or None."""
-        rec = self._db.get(b"T" + tx_hash)
+        rec = self._db.get(tx_key(tx_hash))
         if rec is None:
             return None
         height, index, _status = _LOC.unpack_from(rec)
@@ -280,11 +306,11 @@ class Store:
 
     def tx_status(self, tx_hash: bytes) -> int | None:
         """node.ledger.block.APPLIED or REJECTED (execution refused it: e.g. client key not authorised), or None."""
-        rec = self._db.get(b"T" + tx_hash)
+        rec = self._db.get(tx_key(tx_hash))
         return None if rec is None else rec[12]
 
     def has_tx(self, tx_hash: bytes) -> bool:
-        return self._db.get(b"T" + tx_hash) is not None
+        return self._db.get(tx_key(tx_hash)) is not None
 
     def tx_proof(self, tx_hash: bytes) -> MerkleProof | None:
         """Merkle audit path of a tx to its block's tx_root (RFC 9162), or None if the tx is unknown."""
@@ -357,7 +383,7 @@ class Store:
         if hashes is not None:
             cache.move_to_end(height)
             return hashes
-        data = self._db.get(b"B" + _U64.pack(height))
+        data = self._db.get(block_key(height))
         if data is None:
             raise StoreError(f"index points at missing block {height}")
         try:
@@ -382,10 +408,10 @@ class Store:
 
     # ------------------------------------------------------------------ state
     def state_get(self, key: bytes) -> bytes | None:
-        return self._db.get(b"S" + key)
+        return self._db.get(state_key(key))
 
     def state_items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        for k, v in self._db.iterator(prefix=b"S" + prefix):
+        for k, v in self._db.iterator(prefix=STATE + prefix):
             yield k[1:], v
 
 

@@ -31,7 +31,23 @@ from node.ledger.chain import execute_txs
 from node.ledger.genesis import Genesis
 from node.ledger.merkle import inclusion_path, merkle_root, verify_inclusion
 from node.ledger.state import LedgerState, next_state_root
-from node.ledger.store import INDEXES, LOC, Store
+from node.ledger.store import (
+    BLOCK,
+    BLOCK_END,
+    CERT,
+    GENESIS_KEY,
+    HEAD_KEY,
+    INDEX,
+    INDEXES,
+    LOC,
+    STATE0_KEY,
+    TX,
+    Store,
+    block_key,
+    hash_key,
+    height_bytes,
+    tx_key,
+)
 from node.ledger.tx import Tx, TxError, decode_tx
 
 __all__ = ["VerifyError", "verify_chain", "Receipt", "make_receipt", "verify_receipt", "ReceiptError"]
@@ -56,12 +72,12 @@ def verify_chain(store: Store, genesis: Genesis, *, signatures: bool = True, ind
     members = genesis.member_pubkeys
     chain_id = genesis.chain_id
     state, genesis_writes = LedgerState.from_genesis(genesis)
-    if db.get(b"Mgenesis") != genesis.hash():
+    if db.get(GENESIS_KEY) != genesis.hash():
         raise VerifyError(0, "store was not created for this genesis.json (genesis hash differs)")
-    if db.get(b"Mstate0") != state.root:
+    if db.get(STATE0_KEY) != state.root:
         raise VerifyError(0, "initial state root differs from the one genesis implies")
     final_state: dict[bytes, tuple[int, bytes | None]] = {k: (0, v) for k, v in genesis_writes}
-    head = db.get(b"Mhead")
+    head = db.get(HEAD_KEY)
     head_height = 0 if head is None else _U64.unpack_from(head)[0]
     prev = genesis.hash()
     root = state.root
@@ -71,9 +87,9 @@ def verify_chain(store: Store, genesis: Genesis, *, signatures: bool = True, ind
         if progress is not None:
             progress(height)
     # Nothing beyond the head: a block written after the head record would mean a torn write.
-    for _key in db.iterator(start=b"B" + _U64.pack(head_height + 1), stop=b"C", include_value=False):
+    for _key in db.iterator(start=block_key(head_height + 1), stop=BLOCK_END, include_value=False):
         raise VerifyError(head_height + 1, "block record beyond the head")
-    if head_height and head != _U64.pack(head_height) + prev + root:
+    if head_height and head != height_bytes(head_height) + prev + root:
         raise VerifyError(head_height, "head record does not match the last block (hash or state root)")
     # The stored state must be exactly what replaying the writes gives.
     expected = {k: v for k, (_, v) in final_state.items() if v is not None}
@@ -88,8 +104,8 @@ def verify_chain(store: Store, genesis: Genesis, *, signatures: bool = True, ind
 def _verify_block(db, height: int, chain_id: str, members, state: LedgerState, prev: bytes,
                   root: bytes, signatures: bool, indexes: bool, final_state: dict,
                   patient_stored: bool = True) -> tuple[bytes, bytes]:
-    hb = _U64.pack(height)
-    record = db.get(b"B" + hb)
+    hb = height_bytes(height)
+    record = db.get(BLOCK + hb)
     if record is None:
         raise VerifyError(height, "block record missing")
     try:
@@ -104,13 +120,13 @@ def _verify_block(db, height: int, chain_id: str, members, state: LedgerState, p
     if hdr.prev_hash != prev:
         raise VerifyError(height, "prev_hash does not match the previous block's hash")
     block_hash = hdr.hash()
-    if db.get(b"H" + block_hash) != hb:
+    if db.get(hash_key(block_hash)) != hb:
         raise VerifyError(height, "block-hash index does not point at this height")
 
     txs: list[Tx] = []
     location: dict[bytes, tuple[int, int]] = {}
     for i, th in enumerate(block.tx_hashes):
-        rec = db.get(b"T" + th)
+        rec = db.get(tx_key(th))
         if rec is None or len(rec) < LOC.size:
             raise VerifyError(height, f"tx {i} ({th.hex()[:16]}) missing from the tx table")
         h, idx, _status = LOC.unpack_from(rec)
@@ -132,7 +148,7 @@ def _verify_block(db, height: int, chain_id: str, members, state: LedgerState, p
     digest = hdr.proposal_header().digest()
     if digest != hdr.proposal_digest:
         raise VerifyError(height, "proposal_digest does not match the header fields")
-    cert_bytes = db.get(b"C" + hb)
+    cert_bytes = db.get(CERT + hb)
     if cert_bytes is None:
         raise VerifyError(height, "commit certificate missing")
     try:
@@ -155,12 +171,12 @@ def _verify_block(db, height: int, chain_id: str, members, state: LedgerState, p
     for key, value in writes:
         final_state[key] = (height, value)
     if indexes:
-        skip = None if patient_stored else b"I" + INDEXES["patient_stored"]
+        skip = None if patient_stored else INDEX + INDEXES["patient_stored"]
         for key, value in puts:
             if skip is not None and key.startswith(skip):
                 continue  # a store older than the patient_stored index (node.ledger.store)
             if db.get(key) != value:
-                what = "tx record" if key[:1] == b"T" else "index entry"
+                what = "tx record" if key[:1] == TX else "index entry"
                 raise VerifyError(height, f"{what} {key.hex()[:40]} missing or altered")
     return new_root, block_hash
 
