@@ -116,6 +116,17 @@ def _str_prefix(tag: str, value: str) -> bytes:
 _TAG_AE = "ae"
 
 
+def authority_error(f: dict, chain_id: str, authorized: Callable[[str, bytes], bool]) -> str | None:
+    """Why the tx with fields ``f`` may not enter this chain (None: it may): it names another chain, or its
+    client key is not (or no longer) authorised for its member. Mempool admission and proposal validation
+    ask this; execute_txs applies the same two conditions inlined (its loop runs for every tx of a block)."""
+    if f["chain"] != chain_id:
+        return f"chain: tx is for chain {f['chain']!r}, this is {chain_id!r}"
+    if not authorized(f["member"], f["client"]):
+        return f"client: key {f['client'].hex()[:16]} is not authorised for member {f['member']!r}"
+    return None
+
+
 def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Callable[[bytes], bool],
                 put: Callable[[bytes, bytes], None]) -> tuple[bytes, list, list[bytes]]:
     """Decide and apply ``txs`` of block ``height``; return (statuses, state writes, index keys).
@@ -131,7 +142,7 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
     writes: list = []
     seen: set[bytes] = set()
     chain_id = state.chain_id
-    client_of, members = state.client_of, state.members  # state.authorized, inlined
+    client_of, members = state.client_of, state.members  # authority_error's conditions, inlined
     pack_loc, pack_suffix = LOC.pack, SUFFIX.pack
     applied_loc = pack_loc(height, 0, APPLIED)[:8]  # height u64; index and status follow
     str_prefix, mt_cache = _str_prefix, _mt_cache
@@ -286,10 +297,9 @@ class Chain:
 
     def _check_authorised(self, tx: Tx) -> None:
         f = tx.fields
-        if f["chain"] != self.chain_id:
-            raise TxNotAuthorised(f"chain: tx is for chain {f['chain']!r}, this is {self.chain_id!r}")
-        if not self.state.authorized(f["member"], f["client"]):
-            raise TxNotAuthorised(f"client: key {f['client'].hex()[:16]} is not authorised for member {f['member']!r}")
+        reason = authority_error(f, self.chain_id, self.state.authorized)
+        if reason is not None:
+            raise TxNotAuthorised(reason)
         if f["type"] == "evidence.equivocation":
             check_evidence_tx(f, self.chain_id, self.members)
 
@@ -363,10 +373,9 @@ class Chain:
         chain_id, authorized = self.chain_id, self.state.authorized
         for i, tx in enumerate(txs):
             f = tx.fields
-            if f["chain"] != chain_id:
-                raise ProposalError(f"tx {i}: for chain {f['chain']!r}")
-            if not authorized(f["member"], f["client"]):
-                raise ProposalError(f"tx {i}: client key not authorised for member {f['member']!r}")
+            reason = authority_error(f, chain_id, authorized)
+            if reason is not None:
+                raise ProposalError(f"tx {i}: {reason}")
             if f["type"] == "evidence.equivocation":
                 try:
                     check_evidence_tx(f, chain_id, self.members)
