@@ -50,7 +50,7 @@ import plyvel
 from node.ledger.block import Block, BlockHeader, encode_payload
 from node.ledger.merkle import MerkleProof, inclusion_path
 from node.ledger.refusals import is_disk_full
-from node.ledger.tx import TX_TYPES
+from node.ledger.tx import TX_TYPE_ORDER, TX_TYPES
 
 __all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "QUERYABLE", "STORED_TYPES", "index_key_prefix",
            "index_tag", "block_key", "cert_key", "hash_key", "tx_key", "state_key", "height_bytes"]
@@ -105,12 +105,9 @@ def index_tag(name: str, key_len: int) -> bytes:
     return INDEX + INDEXES[name] + bytes((key_len,))
 
 
-# One byte per tx type in the (member, type) index. Append only: a code, once used, never changes.
-TYPE_CODES = {t: i + 1 for i, t in enumerate((
-    "instances.stored", "instances.accessed", "query", "transfer.begin", "instances.transferred", "export",
-    "import", "study.deleted", "deidentified", "consent.granted", "consent.revoked", "research.access.granted",
-    "member.added", "member.removed", "client.added", "client.removed", "evidence.equivocation"))}
-assert set(TYPE_CODES) == TX_TYPES, "every tx type needs an index code"
+# One byte per tx type in the (member, type) index: its position in TX_TYPE_ORDER (append only there: a
+# code, once used, never changes).
+TYPE_CODES = {t: i + 1 for i, t in enumerate(TX_TYPE_ORDER)}
 
 
 def member_type_prefix(member: str, tx_type: str) -> bytes:

@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - a PyNaCl without the cffi module layou
     _lib = None
 
 __all__ = [
-    "TX_DOMAIN", "TX_VERSION", "MAX_TX_BYTES", "MAX_LIST", "TOKEN_BYTES", "TxError", "Tx", "TX_TYPES",
+    "TX_DOMAIN", "TX_VERSION", "MAX_TX_BYTES", "MAX_LIST", "TOKEN_BYTES", "TxError", "Tx", "TX_TYPES", "TX_TYPE_ORDER",
     "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "PURPOSES", "OUTCOMES", "ACTIONS",
     "encode_body", "encode_tx", "sign_body", "sign_fields", "decode_tx", "verify_tx", "tx_hash",
 ]
@@ -157,6 +157,10 @@ _SCHEMA["evidence.equivocation"] = (frozenset({"offender", "evidence"}), frozens
 del _t, _req, _opt
 
 TX_TYPES = frozenset(_SCHEMA)
+# Every tx type, in the order the store numbers them for its (member, type) index (code = position + 1,
+# on disk): append new types at the end only (tests/ledger/test_chain.py pins the codes).
+TX_TYPE_ORDER = AUDIT_TYPES + CONSENT_TYPES + MEMBERSHIP_TYPES + EVIDENCE_TYPES
+assert frozenset(TX_TYPE_ORDER) == TX_TYPES and len(TX_TYPE_ORDER) == len(TX_TYPES)
 # type -> ({allowed field: spec}, required fields, needs an actor), precomputed for the decoder's hot loop
 _TYPE_SPECS = {t: ({k: FIELD_SPECS[k] for k in COMMON_REQUIRED | req | opt}, COMMON_REQUIRED | req,
                    t in AUDIT_TYPES)

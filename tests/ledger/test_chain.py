@@ -282,3 +282,15 @@ def test_duplicates_detected_across_restart_whatever_the_filter_says(consortium,
     assert blk.statuses == bytes([DUPLICATE] * 5 + [APPLIED] * 20)
     assert len(s.query("time", b"", limit=1000)[0]) == 40
     s.close()
+
+
+def test_index_type_codes_never_change():
+    """The (member, type) index stores one code byte per tx type: stores on disk depend on these values."""
+    from node.ledger.store import TYPE_CODES
+
+    assert TYPE_CODES == {
+        "instances.stored": 1, "instances.accessed": 2, "query": 3, "transfer.begin": 4,
+        "instances.transferred": 5, "export": 6, "import": 7, "study.deleted": 8, "deidentified": 9,
+        "consent.granted": 10, "consent.revoked": 11, "research.access.granted": 12, "member.added": 13,
+        "member.removed": 14, "client.added": 15, "client.removed": 16, "evidence.equivocation": 17,
+    }
