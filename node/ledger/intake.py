@@ -32,8 +32,11 @@ from node.ledger.tx import (
 from node.vocabulary import ALLOWED_ACTIONS, DEFAULT_ACTION, EVENT_TYPES, CategoryError, code_string
 from node.vocabulary import study_date as categories_study_date
 
-__all__ = ["EventError", "event_to_tx_fields", "sign_tx", "make_tx", "parse_time", "EVENT_TYPES",
-           "DEFAULT_ACTION"]
+__all__ = ["EventError", "event_to_tx_fields", "sign_tx", "make_tx", "parse_time", "EXAMPLE_EVENT"]
+
+# The example raw event the docs, `make testnet` and the OpenRPC document show (tests add event_id and time).
+EXAMPLE_EVENT = {"type": "instances.accessed", "patient_id": "PAT-1", "issuer": "HOSP-A",
+                 "study_uid": "1.2.840.1", "actor": "dr.smith", "purpose": "TREAT"}
 
 _COMMON = {"type", "patient_id", "issuer", "actor", "actor_ae", "purpose", "event_id", "time", "outcome",
            "action", "study_uid"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
+from node.ledger import intake
 from node.rpc import errors as E
 
 
@@ -46,9 +47,7 @@ FILTER = [
     _p("since", TIME, "event time >= since (epoch ms or ISO 8601)"),
     _p("until", TIME, "event time < until"),
 ]
-EXAMPLE_EVENT = {"type": "instances.accessed", "patient_id": "PAT-1", "issuer": "HOSP-A",
-                 "study_uid": "1.2.840.1", "actor": "dr.smith", "purpose": "TREAT", "event_id": "pacs-7781",
-                 "time": "2026-11-27T10:00:00Z"}
+EXAMPLE_EVENT = {**intake.EXAMPLE_EVENT, "event_id": "pacs-7781", "time": "2026-11-27T10:00:00Z"}
 H = "5b1f0c0d2c8e4f1a9e7d3b6a2c4e8f0a1b3d5c7e9f0a2b4c6d8e0f1a3b5c7d9e"
 
 

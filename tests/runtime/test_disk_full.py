@@ -22,12 +22,13 @@ import trio
 from consensus import actions as A
 from consensus import events as E
 from node.ledger.chain import Chain
+from node.ledger.intake import EXAMPLE_EVENT
 from node.ledger.store import Store
 from node.runtime.diskspace import DiskFull, DiskGuard
 from node.runtime.driver import ConsensusDriver
 from node.runtime.mempool import Mempool, MempoolFull
 from node.runtime.wal_file import WriteAheadLog
-from node.testnet import EXAMPLE_EVENT, rpc_call
+from node.testnet import rpc_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testkit"))
 from ledger_helpers import T0, Consortium  # noqa: E402
