@@ -40,6 +40,7 @@ from consensus.certificate import Certificate, commit_signing_bytes
 from node.ledger.genesis import Genesis, Member
 from node.ledger.pseudonym import Pseudonymizer
 from node.ledger.tx import TX_DOMAIN, Tx, tx_hash
+from node.testnet import free_port
 
 CHAIN_ID = "radchain-bench"
 PSEUDONYM_KEY = b"bench-pseudonym-key-0123456789ab"
@@ -257,14 +258,6 @@ def audit_in_process(ledger: Path, groups: list[list[int]]) -> dict:
     tok = summary("audit_trail handler, study token", handler_tok, floor)
     rawid = summary("audit_trail handler, raw study_uid", handler_raw, floor)
     return {"floor_p99": floor, "handler_token": tok, "handler_raw": rawid}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_measurements(ledger: Path, work: Path, studies: list[int], n_submit: int, floor_p99: float) -> dict:
