@@ -22,7 +22,8 @@ import httpx
 import pytest
 from byzantine_net import Submitted, chain_of, log_tail
 
-from node.testnet import EXAMPLE_EVENT, LocalTestnet, rpc_call
+from node.ledger.intake import EXAMPLE_EVENT
+from node.testnet import LocalTestnet, rpc_call
 
 CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "300"))
 FAULT_EVERY = 10.0

@@ -517,11 +517,12 @@ class RpcTarget:
 
         from nacl.signing import SigningKey  # noqa: F401  (keys below are loaded from the homes)
 
+        from node.ledger.intake import EXAMPLE_EVENT
         from node.rpc.openrpc import DOCUMENT
         from node.runtime.keys import load_member_key
         from node.runtime.node import Node
         from node.runtime.settings import load_config
-        from node.testnet import EXAMPLE_EVENT, generate
+        from node.testnet import generate
 
         infos = generate(4, Path(tmp) / "rpcnet", base_port=40000)
         cfg = load_config(infos[0].home)
