@@ -7,6 +7,7 @@ closed first (py-libp2p crashes trio.run otherwise), then the stores.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from functools import partial
@@ -66,67 +67,74 @@ async def open_node(cfg: NodeConfig) -> Node:
 
 class Node:
     def __init__(self, cfg: NodeConfig):
-        self.cfg = cfg
-        self.genesis = Genesis.load(cfg.genesis_path)
-        self.index = self.genesis.index_of(cfg.name)
-        self.member_key = load_member_key(cfg.member_key_path)
-        if bytes(self.member_key.verify_key) != self.genesis.members[self.index].pubkey:
-            raise ValueError(f"{cfg.member_key_path} is not the key genesis lists for member {cfg.name!r}")
-        self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key)
-        self.started_at = time.time()
+        # What __init__ opens (LevelDB locks, the WAL file) is released if a later step fails: a caller that
+        # retries, or a test that reopens the home, must not find the store locked by a half-built node.
+        with contextlib.ExitStack() as opened:
+            self.cfg = cfg
+            self.genesis = Genesis.load(cfg.genesis_path)
+            self.index = self.genesis.index_of(cfg.name)
+            self.member_key = load_member_key(cfg.member_key_path)
+            if bytes(self.member_key.verify_key) != self.genesis.members[self.index].pubkey:
+                raise ValueError(f"{cfg.member_key_path} is not the key genesis lists for member {cfg.name!r}")
+            self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key)
+            self.started_at = time.time()
 
-        self.store = Store(cfg.chain_dir, sync=cfg.store_sync)
-        self.chain = Chain(self.genesis, self.store)
-        self.mempool = Mempool(cfg.home / "data" / "mempool", cfg.mempool.max_txs,
-                               min_backlog=cfg.mempool.min_backlog, drain_seconds=cfg.mempool.busy_after_s)
-        self.wal = WriteAheadLog(cfg.wal_dir, fsync=cfg.consensus.wal_fsync)
-        # A full disk pauses this node instead of killing it (node.runtime.diskspace): txs are refused, consensus
-        # waits, and when space returns LevelDB is reopened and the node catches up by block sync.
-        self.disk = DiskGuard(cfg.home / "data")
-        self.disk.on_resume(self._reopen_stores)
-        self.mempool.guard = self.disk
+            self.store = Store(cfg.chain_dir, sync=cfg.store_sync)
+            opened.callback(self.store.close)
+            self.chain = Chain(self.genesis, self.store)
+            self.mempool = Mempool(cfg.home / "data" / "mempool", cfg.mempool.max_txs,
+                                   min_backlog=cfg.mempool.min_backlog, drain_seconds=cfg.mempool.busy_after_s)
+            opened.callback(self.mempool.close)
+            self.wal = WriteAheadLog(cfg.wal_dir, fsync=cfg.consensus.wal_fsync)
+            opened.callback(self.wal.close)
+            # A full disk pauses this node instead of killing it (node.runtime.diskspace): txs are refused,
+            # consensus waits, and when space returns LevelDB is reopened and the node catches up by block sync.
+            self.disk = DiskGuard(cfg.home / "data")
+            self.disk.on_resume(self._reopen_stores)
+            self.mempool.guard = self.disk
 
-        self.peer_ids = [m.peer_id for m in self.genesis.members]
-        self._index_of_peer = {pid: i for i, pid in enumerate(self.peer_ids)}
-        identity = load_or_create_identity(cfg.p2p_key_path)
-        self.net = PeerNetwork(identity, {m.peer_id: list(m.p2p) for m in self.genesis.members},
-                               cfg.psk, cfg.p2p_listen, lock_dir=str(cfg.home / "data"))
-        if self.net.peer_id != self.peer_ids[self.index]:
-            raise ValueError(f"{cfg.p2p_key_path} is not the libp2p identity genesis lists for {cfg.name!r}")
+            self.peer_ids = [m.peer_id for m in self.genesis.members]
+            self._index_of_peer = {pid: i for i, pid in enumerate(self.peer_ids)}
+            identity = load_or_create_identity(cfg.p2p_key_path)
+            self.net = PeerNetwork(identity, {m.peer_id: list(m.p2p) for m in self.genesis.members},
+                                   cfg.psk, cfg.p2p_listen, lock_dir=str(cfg.home / "data"))
+            if self.net.peer_id != self.peer_ids[self.index]:
+                raise ValueError(f"{cfg.p2p_key_path} is not the libp2p identity genesis lists for {cfg.name!r}")
 
-        members = self.genesis.member_pubkeys
-        consensus_cfg = ReplicaConfig(
-            chain_id=self.genesis.chain_id, members=members,
-            checkpoint_interval=cfg.consensus.checkpoint_interval,
-            watermark_window=cfg.consensus.watermark_window, pipeline=cfg.consensus.pipeline,
-            progress_timeout=cfg.consensus.progress_timeout)
-        self.replica = Replica(consensus_cfg, self.index, Ed25519Crypto(self.member_key, members), self.chain,
-                               wal=tuple(self.wal.records), last_executed=self.store.height)
-        self.driver = ConsensusDriver(
-            self.replica, self.chain, self.wal,
-            send=lambda to, data: self.net.send(self.peer_ids[to], CONSENSUS_CHANNEL, data),
-            broadcast=lambda data: self.net.broadcast(CONSENSUS_CHANNEL, data),
-            build_proposal=self._build_proposal, mempool_count=self.mempool.available,
-            oldest_pending=self.mempool.oldest,
-            on_commit=self._on_commit, on_state_transfer=self._on_state_transfer,
-            on_evidence=self._on_evidence, disk=self.disk)
-        # Misbehaviour scores of the other members, shared by every loop that reads their input.
-        self.peer_scores = PeerScores(names={m.peer_id: m.name for m in self.genesis.members})
-        self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,
-                               on_admitted=self.driver.mempool_changed, scores=self.peer_scores)
-        self.sync = BlockSync(self.net, self.chain, self.driver, self.peer_ids, scores=self.peer_scores)
-        self.sync.report = lambda: {"view": self.replica.view, "mempool": len(self.mempool),
-                                    "peers": len(self.net.connected_peers())}
-        self.rpc = JsonRpcApp(self, METHODS, TokenStore(cfg.tokens_path), cfg.rpc.read_requires_token,
-                              cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second, edge=cfg.rpc,
-                              mounts=(explorer_mount, fhir_mount))  # /explorer (docs/EXPLORER.md), /fhir (docs/INTEROP.md)
-        self._last_view = self.replica.view
-        self._evidence_limiter = EvidenceLimiter()
-        self._commit_waiters: dict[bytes, list[trio.Event]] = {}
-        # Tx batches from members wait here for _gossip_loop (each is up to gossip_batch signature checks).
-        self._gossip_send, self._gossip_recv = trio.open_memory_channel(GOSSIP_QUEUE)
-        # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
-        self.mempool.restore(self.store.has_tx, time.monotonic())
+            members = self.genesis.member_pubkeys
+            consensus_cfg = ReplicaConfig(
+                chain_id=self.genesis.chain_id, members=members,
+                checkpoint_interval=cfg.consensus.checkpoint_interval,
+                watermark_window=cfg.consensus.watermark_window, pipeline=cfg.consensus.pipeline,
+                progress_timeout=cfg.consensus.progress_timeout)
+            self.replica = Replica(consensus_cfg, self.index, Ed25519Crypto(self.member_key, members), self.chain,
+                                   wal=tuple(self.wal.records), last_executed=self.store.height)
+            self.driver = ConsensusDriver(
+                self.replica, self.chain, self.wal,
+                send=lambda to, data: self.net.send(self.peer_ids[to], CONSENSUS_CHANNEL, data),
+                broadcast=lambda data: self.net.broadcast(CONSENSUS_CHANNEL, data),
+                build_proposal=self._build_proposal, mempool_count=self.mempool.available,
+                oldest_pending=self.mempool.oldest,
+                on_commit=self._on_commit, on_state_transfer=self._on_state_transfer,
+                on_evidence=self._on_evidence, disk=self.disk)
+            # Misbehaviour scores of the other members, shared by every loop that reads their input.
+            self.peer_scores = PeerScores(names={m.peer_id: m.name for m in self.genesis.members})
+            self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,
+                                   on_admitted=self.driver.mempool_changed, scores=self.peer_scores)
+            self.sync = BlockSync(self.net, self.chain, self.driver, self.peer_ids, scores=self.peer_scores)
+            self.sync.report = lambda: {"view": self.replica.view, "mempool": len(self.mempool),
+                                        "peers": len(self.net.connected_peers())}
+            self.rpc = JsonRpcApp(self, METHODS, TokenStore(cfg.tokens_path), cfg.rpc.read_requires_token,
+                                  cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second, edge=cfg.rpc,
+                                  mounts=(explorer_mount, fhir_mount))  # docs/EXPLORER.md, docs/INTEROP.md
+            self._last_view = self.replica.view
+            self._evidence_limiter = EvidenceLimiter()
+            self._commit_waiters: dict[bytes, list[trio.Event]] = {}
+            # Tx batches from members wait here for _gossip_loop (each is up to gossip_batch signature checks).
+            self._gossip_send, self._gossip_recv = trio.open_memory_channel(GOSSIP_QUEUE)
+            # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
+            self.mempool.restore(self.store.has_tx, time.monotonic())
+            opened.pop_all()  # all opened: from here on close() (run's finally) releases them
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
