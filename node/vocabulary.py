@@ -2,7 +2,7 @@
 
 Standard library only (the DICOM hook imports nothing else of node/; `make lint` checks it). Two parts:
 
-- Events (DICOM PS3.15 A.5, /work/shared/notes/audit-vocabulary.md): the raw event types, the DICOM
+- Events (DICOM PS3.15 A.5; docs/INTEROP.md and docs/CONTRACTS.md): the raw event types, the DICOM
   EventActionCode each admits and implies, EventOutcomeIndicator codes, and the DICOM EventIDs the ATNA
   receiver turns into events.
 - Categories: non-identifying imaging categories recorded with stored instances, for prior-imaging lookups:

@@ -44,7 +44,7 @@ EVENT_IDS = {  # DICOM EventID code -> display (PS3.16 DCM)
     "110104": "DICOM Instances Transferred", "110105": "DICOM Study Deleted", "110106": "Export",
     "110107": "Import", "110112": "Query", "110113": "Security Alert",
 }
-# tx type -> DICOM EventID (docs/INTEROP.md; /work/shared/notes/audit-vocabulary.md "RadChain's transaction types")
+# tx type -> DICOM EventID (docs/INTEROP.md, the table of tx types)
 TYPE_EVENT = {
     "instances.stored": "110104", "instances.accessed": "110103", "query": "110112",
     "transfer.begin": "110102", "instances.transferred": "110104", "export": "110106", "import": "110107",
