@@ -138,6 +138,17 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
     ``client`` is the public key that will sign (the member key or one of its client keys).
     ``default_purpose`` fills ``purpose`` for sources that cannot send one (e.g. the DICOM hook).
     """
+    tx_type = _event_type(event)
+    fields: dict = {"v": TX_VERSION, "chain": chain_id, "type": tx_type, "member": member, "client": client}
+    _identifiers(event, tx_type, pseudonymizer, fields)
+    _audit_codes(event, tx_type, default_purpose, fields)
+    _details(event, tx_type, fields)
+    _nonce_and_time(event, pseudonymizer, member, now_ms, fields)
+    return fields
+
+
+def _event_type(event) -> str:
+    """The event's type, once the event is an object whose every field belongs to that type."""
     if not isinstance(event, dict):
         raise EventError("event", "must be a JSON object")
     tx_type = event.get("type")
@@ -151,12 +162,13 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
     wrong = sorted(k for k in event if k not in _RAW_FIELDS[tx_type])
     if wrong:
         raise EventError(wrong[0], f"not a field of {tx_type} events")
+    return tx_type
 
+
+def _identifiers(event: dict, tx_type: str, pseudonymizer: Pseudonymizer, fields: dict) -> None:
+    """patient, study, user, series and instances: every identifier becomes its keyed token."""
     try:
-        fields: dict = {
-            "v": TX_VERSION, "chain": chain_id, "type": tx_type, "member": member, "client": client,
-            "patient": pseudonymizer.patient(_str(event, "patient_id", True), _str(event, "issuer", True)),
-        }
+        fields["patient"] = pseudonymizer.patient(_str(event, "patient_id", True), _str(event, "issuer", True))
         study = _str(event, "study_uid", required=tx_type in AUDIT_TYPES and tx_type != "query")
         if study is not None:
             fields["study"] = pseudonymizer.study(study)
@@ -174,6 +186,10 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
         raise EventError({"study_uid": "study_uid", "series_uid": "series_uids",
                           "sop_instance_uid": "sop_instance_uids"}.get(field, field), str(exc).split(": ", 1)[-1]) from None
 
+
+
+def _audit_codes(event: dict, tx_type: str, default_purpose: str | None, fields: dict) -> None:
+    """AE titles, purpose of use, outcome and action, each checked against the vocabulary."""
     ae = _ae(event, "actor_ae")
     if ae is not None:
         fields["ae"] = ae
@@ -205,6 +221,9 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
     if tx_type in AUDIT_TYPES or "action" in event:
         fields["action"] = action
 
+
+def _details(event: dict, tx_type: str, fields: dict) -> None:
+    """Counts, digests, imaging categories, de-identification lineage and consent terms."""
     for name in ("n_series", "n_instances"):
         value = _count(event, name)
         if value is not None:
@@ -235,6 +254,10 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
         if "expires" in event:
             fields["expires"] = parse_time(event["expires"], "expires")
 
+
+def _nonce_and_time(event: dict, pseudonymizer: Pseudonymizer, member: str, now_ms: int | None,
+                    fields: dict) -> None:
+    """nonce and ts: from event_id and time (idempotent resubmission), else random and now."""
     event_id = event.get("event_id")
     if event_id is not None:
         if not isinstance(event_id, str) or not event_id or len(event_id) > 256:
@@ -249,7 +272,6 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
         fields["ts"] = parse_time(event["time"])
     else:
         fields["ts"] = int(_time.time() * 1000) if now_ms is None else now_ms
-    return fields
 
 
 def sign_tx(fields: dict, signing_key: SigningKey) -> bytes:
