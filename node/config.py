@@ -7,6 +7,7 @@ start` refuses it when others can read it. RPC tokens are not in it: HOME/tokens
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import tomllib
@@ -139,8 +140,10 @@ def _fill(obj, section: dict, where: str) -> None:
         if isinstance(current, (int, float)) and not isinstance(current, bool):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}.{key} must be a number")
-            if value <= 0:
-                raise ConfigError(f"{where}.{key} must be positive")
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{where}.{key} must be a finite positive number")
+            if isinstance(current, int) and value != int(value):
+                raise ConfigError(f"{where}.{key} must be a whole number")
             value = type(current)(value)
         if isinstance(current, str) and not isinstance(value, str):
             raise ConfigError(f"{where}.{key} must be a string")
@@ -162,6 +165,9 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     known = {"node", "p2p", "rpc", "consensus", "mempool", "pseudonym", "log", "store"}
+    for name in known:
+        if not isinstance(raw.get(name, {}), dict):
+            raise ConfigError(f"{name} must be a table ([{name}]), not a value")
     node = raw.get("node", {})
     p2p = raw.get("p2p", {})
     if not isinstance(node.get("name"), str) or not node["name"]:
