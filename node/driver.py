@@ -360,6 +360,9 @@ class ConsensusDriver:
         for h in sorted(h for h in self._pending_commits if h <= self.chain.height):
             # stored by sync meanwhile: replayed so the replica still gets its Executed (see _commit)
             self._push(_Replay(self._pending_commits.pop(h)))
+        nxt = self._pending_commits.pop(self.chain.height + 1, None)
+        if nxt is not None:
+            self._push(_Replay(nxt))  # sync filled the gap below a queued commit: it can go now (see _commit)
         if last is not None and event.announce:
             await self._feed(E.StateTransferred(last.height, last.hash))
         if event.done is not None:
