@@ -16,6 +16,8 @@ from pathlib import Path
 
 import tomli_w
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
+
 
 class ConfigError(ValueError):
     """The node's configuration is missing, malformed or inconsistent."""
@@ -174,14 +176,19 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
         raise ConfigError("node.name must be this member's name as listed in genesis.json")
     if not isinstance(p2p.get("listen"), str):
         raise ConfigError("p2p.listen must be a multiaddr such as /ip4/127.0.0.1/tcp/26656")
+    level = raw.get("log", {}).get("level", "INFO")
+    if not isinstance(level, str) or level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}")
+    if not isinstance(raw.get("store", {}).get("sync", False), bool):
+        raise ConfigError("store.sync must be true or false")
     cfg = NodeConfig(
         home=home,
         name=node["name"],
         p2p_listen=p2p["listen"],
         psk=_hex_bytes(p2p, "psk", "p2p", 32),
         pseudonym_key=_hex_bytes(raw.get("pseudonym", {}), "key", "pseudonym", 32),
-        log_level=str(raw.get("log", {}).get("level", "INFO")).upper(),
-        store_sync=bool(raw.get("store", {}).get("sync", False)),
+        log_level=level.upper(),
+        store_sync=raw.get("store", {}).get("sync", False),
         extra={k: v for k, v in raw.items() if k not in known},
     )
     _fill(cfg.rpc, raw.get("rpc", {}), "rpc")

@@ -56,6 +56,8 @@ def test_tuning_values_are_read_and_typed(tmp_path):
     cfg = load_config(_home(tmp_path, _toml(consensus="progress_timeout = 3\nwal_fsync = false",
                                             mempool="max_txs = 500\ngossip_interval = 0.01")))
     assert cfg.consensus.progress_timeout == 3.0 and type(cfg.consensus.progress_timeout) is float
+    assert load_config(_home(tmp_path, _toml(log='level = "debug"', store="sync = true"))).store_sync is True
+    assert load_config(tmp_path).log_level == "DEBUG"
     assert cfg.consensus.wal_fsync is False
     assert cfg.mempool.max_txs == 500 and cfg.mempool.gossip_interval == 0.01
 
@@ -100,6 +102,12 @@ BAD = [
     ({"mempool": "max_txs = nan"}, "mempool.max_txs"),
     ({"mempool": "max_txs = 0.5"}, "mempool.max_txs"),
     ({"consensus": "pipeline = 2.5"}, "consensus.pipeline"),
+    # Were silently taken: "no" read as true (store.sync on), an unknown level as INFO, and a level naming
+    # another attribute of the logging module (BASIC_FORMAT) a ValueError traceback at start.
+    ({"store": 'sync = "no"'}, "store.sync"),
+    ({"log": 'level = "LOUD"'}, "log.level"),
+    ({"log": 'level = "basic_format"'}, "log.level"),
+    ({"log": "level = 10"}, "log.level"),
 ]
 
 
