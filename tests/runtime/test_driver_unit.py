@@ -22,6 +22,7 @@ from ledger_helpers import T0, Consortium  # noqa: E402
 
 from consensus import actions as A  # noqa: E402
 from consensus import events as E  # noqa: E402
+from consensus import wal as consensus_wal  # noqa: E402
 from node import driver as D  # noqa: E402
 from node.chain import Chain  # noqa: E402
 from node.store import Store  # noqa: E402
@@ -288,3 +289,40 @@ async def test_a_message_flood_is_bounded_and_the_driver_stays_live(rigs, monkey
         await rig.settle()
         nursery.cancel_scope.cancel()
     assert len(rig.replica.seen) == 51 and rig.replica.seen[-1] == E.MessageReceived(1, b"honest")
+
+
+async def test_a_long_wal_is_compacted_at_a_stable_checkpoint_and_a_restart_reads_what_it_needs(rigs,
+                                                                                                monkeypatch):
+    """The driver recognises the replica's "stable" record (by its bytes) to compact the log. If the record
+    format changes under it, compaction silently stops and the WAL grows without bound: this catches that."""
+    monkeypatch.setattr(D, "WAL_COMPACT_BYTES", 2000)
+    digest = b"d" * 32
+    proof = tuple((i, b"s" * 64) for i in range(3))
+    votes = [consensus_wal.vote_record(0, h, digest, b"p" * 100) for h in range(1, 21)]
+    commits = [consensus_wal.commit_record(0, h, digest, proof) for h in range(1, 21)]
+    stable = consensus_wal.stable_record(16, b"s" * 32, proof)
+    written = [r for pair in zip(votes, commits, strict=True) for r in pair] + [stable]
+
+    def script(event):
+        if event == E.MessageReceived(1, b"votes"):
+            return [A.Persist(r) for r in written[:-1]] + [A.Send(1, b"commit votes")]
+        if event == E.MessageReceived(1, b"checkpoint"):
+            return [A.Persist(stable), A.Send(1, b"checkpoint vote")]
+        return []
+
+    rig = rigs(ScriptedReplica(script))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.driver.run)
+        rig.driver.message(1, b"votes")
+        await rig.settle()
+        assert durable(rig.wal_dir) == written[:-1]
+        rig.driver.message(1, b"checkpoint")
+        await rig.settle()
+        nursery.cancel_scope.cancel()
+    needed = consensus_wal.compact(written)
+    assert stable in needed and len(needed) < len(written)
+    assert durable(rig.wal_dir) == needed  # rewritten: heights at or below the checkpoint are gone
+    assert rig.wal.records == needed
+    rig.wal.close()
+    rig.wal = WriteAheadLog(rig.wal_dir)
+    assert rig.wal.records == needed  # a restart reads exactly what the replica needs
