@@ -194,8 +194,9 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
     _fill(cfg.rpc, raw.get("rpc", {}), "rpc")
     _fill(cfg.consensus, raw.get("consensus", {}), "consensus")
     _fill(cfg.mempool, raw.get("mempool", {}), "mempool")
-    if ":" not in cfg.rpc.listen or not cfg.rpc.listen.rsplit(":", 1)[1].isdigit():
-        raise ConfigError("rpc.listen must be HOST:PORT")
+    port = cfg.rpc.listen.rsplit(":", 1)[1] if ":" in cfg.rpc.listen else ""
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:  # "²" is a digit int() refuses
+        raise ConfigError("rpc.listen must be HOST:PORT (a port up to 65535)")
     if cfg.rpc.tokens:
         names = ", ".join(sorted(cfg.rpc.tokens))
         raise ConfigError(f"{path}: rpc.tokens ({names}) holds plaintext tokens; tokens are stored hashed in "

@@ -74,6 +74,9 @@ BAD = [
     ({"pseudonym": "key = 5"}, "pseudonym.key"),
     ({"rpc": 'listen = "localhost"'}, "rpc.listen"),
     ({"rpc": 'listen = "127.0.0.1:http"'}, "rpc.listen"),
+    ({"rpc": 'listen = "127.0.0.1:"'}, "rpc.listen"),
+    ({"rpc": 'listen = "127.0.0.1:65536"'}, "rpc.listen"),  # was accepted: a bind error at start
+    ({"rpc": 'listen = "127.0.0.1:\u00b2"'}, "rpc.listen"),  # "²" passed isdigit(), then int() raised
     ({"rpc": 'listen = "127.0.0.1:1"\ntokens = {admin = "secret"}'}, "rpc.tokens"),
     ({"rpc": 'listen = "127.0.0.1:1"\nmax_body_bytes = "1MB"'}, "rpc.max_body_bytes"),
     ({"rpc": 'listen = "127.0.0.1:1"\nallowed_hosts = "example.org"'}, "rpc.allowed_hosts"),
