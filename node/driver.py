@@ -274,6 +274,8 @@ class ConsensusDriver:
             # A pipelined primary asks for several heights as soon as work appears; those beyond the txs at
             # hand wait for more txs instead of going out as empty blocks. A gap a view change left below
             # an already proposed height is answered at once, empty if need be, or the heights above stall.
+            if self._deferred and self._deferred_view != self.replica.view:
+                self._deferred.clear()  # requests of a view the replica left (it forgot them): not a queue to wait behind
             must_answer = action.height < self.replica.highest_proposed
             payload = None if self._deferred and not must_answer else self._build_proposal(action.height,
                                                                                            must_answer)

@@ -326,3 +326,43 @@ async def test_a_long_wal_is_compacted_at_a_stable_checkpoint_and_a_restart_read
     rig.wal.close()
     rig.wal = WriteAheadLog(rig.wal_dir)
     assert rig.wal.records == needed  # a restart reads exactly what the replica needs
+
+
+async def test_a_request_in_a_new_view_is_not_lost_behind_waiting_requests_of_an_old_one(rigs):
+    """This replica was primary in view 0 and asked for height 1 with no txs at hand; views changed (no
+    tx arrived meanwhile) and it is primary again in view 4, where it asks for height 1 afresh (a view
+    change makes the replica forget its requests). That request must be answered, not dropped together with
+    the old view's: the replica never asks twice in a view, so a dropped request stalls it until the next
+    view change."""
+    pool: list[bytes] = []
+
+    def build(height, must):
+        if not pool and not must:
+            return None
+        return b"block %d: " % height + (pool.pop(0) if pool else b"(empty)")
+
+    def script(event):
+        if isinstance(event, E.MessageReceived) and event.data == b"ask 1":
+            return [A.RequestProposal(1)]
+        return []
+
+    replica = ScriptedReplica(script)
+    rig = rigs(replica, build_proposal=build, mempool_count=lambda: len(pool))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.driver.run)
+        rig.driver.message(0, b"ask 1")
+        await rig.settle()
+        replica.view = 4
+        pool.append(b"tx-a")  # a tx is at hand when the new view's request comes
+        rig.driver.message(0, b"ask 1")
+        await rig.settle()
+        assert replica.of(E.ProposalReady) == [E.ProposalReady(1, b"block 1: tx-a")]
+        # and a new view's request that has to wait is answered once txs come
+        replica.view = 8
+        rig.driver.message(0, b"ask 1")
+        await rig.settle()
+        pool.append(b"tx-b")
+        rig.driver.mempool_changed()
+        await rig.settle()
+        assert replica.of(E.ProposalReady)[1:] == [E.ProposalReady(1, b"block 1: tx-b")]
+        nursery.cancel_scope.cancel()
