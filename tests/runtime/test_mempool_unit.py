@@ -4,6 +4,7 @@ block carries it, nothing is proposed twice while in flight, and the bound holds
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -124,4 +125,41 @@ def test_any_history_holds_exactly_the_acknowledged_uncommitted_txs(tmp_path_fac
             in_flight.clear()
         assert {h for h in held if h in pool} == held and len(pool) == len(held) <= bound
         assert pool.available() == len(held) - len(in_flight)
+    pool.close()
+
+
+ADMITTER = """
+import hashlib, sys
+from pathlib import Path
+from node.mempool import Mempool
+pool = Mempool(Path(sys.argv[1]), 10**6)
+i = 0
+while True:
+    batch = [(hashlib.sha256(b"tx-%d" % j).digest(), b"tx-%d" % j) for j in range(i, i + 50)]
+    pool.add_many(batch, now=0.0)
+    print("pending", i + 49, flush=True)  # what the RPC answers "pending" for
+    i += 50
+"""
+
+
+def test_kill_9_loses_no_tx_the_client_was_told_is_pending(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", ADMITTER, str(tmp_path / "mempool")], stdout=subprocess.PIPE,
+                            text=True, cwd=repo)
+    try:
+        told = -1
+        while told < 2000:
+            line = proc.stdout.readline()
+            assert line, "admitter exited"
+            told = int(line.split()[1])
+    finally:
+        proc.kill()
+        proc.wait()
+    pool = Mempool(tmp_path / "mempool", 10**6)
+    assert pool.restore(lambda h: False, now=0.0) >= told + 1
+    assert all(item(i)[0] in pool for i in range(told + 1))
+    assert len(pool) % 50 == 0  # a batch is whole or absent
     pool.close()
