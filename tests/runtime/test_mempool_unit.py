@@ -4,6 +4,8 @@ block carries it, nothing is proposed twice while in flight, and the bound holds
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,9 +145,6 @@ while True:
 
 
 def test_kill_9_loses_no_tx_the_client_was_told_is_pending(tmp_path):
-    import subprocess
-    import sys
-
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-c", ADMITTER, str(tmp_path / "mempool")], stdout=subprocess.PIPE,
                             text=True, cwd=repo)
