@@ -1,4 +1,4 @@
-"""Ledger state (node/state.py): the member/client registry and its votes.
+"""Ledger state (node/ledger/state.py): the member/client registry and its votes.
 
 What a member relies on: the registry changes only by a quorum of current members voting with their member
 keys; every member sees the same writes and the same state root for the same txs (execution is
@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from consensus.certificate import quorum
-from node.events import make_tx
-from node.genesis import Genesis, Member
-from node.state import STATE_DOMAIN, LedgerState, consent_key, next_state_root
-from node.tx import decode_tx
+from node.ledger.genesis import Genesis, Member
+from node.ledger.intake import make_tx
+from node.ledger.state import STATE_DOMAIN, LedgerState, consent_key, next_state_root
+from node.ledger.tx import decode_tx
 
 CHAIN = "radchain-state-test"
 MEMBER_KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
@@ -141,7 +141,8 @@ op_st = st.tuples(st.sampled_from(["member.added", "member.removed", "client.add
 def _op_tx(kind, signer, subject, key):
     name, skey = SIGNERS[signer]
     if kind == "member.added":
-        return tx(kind, name, skey, subject=NEW_NAMES[subject], subject_key=bytes(NEWCOMER_KEYS[subject].verify_key))
+        return tx(kind, name, skey, subject=NEW_NAMES[subject],
+                  subject_key=bytes(NEWCOMER_KEYS[subject].verify_key))
     if kind == "member.removed":
         return tx(kind, name, skey, subject=(NAMES + NEW_NAMES)[subject * 2 % 7])
     return tx(kind, name, skey, subject_key=bytes(ALL_KEYS[key].verify_key))
@@ -162,11 +163,12 @@ def test_any_registry_history_is_deterministic_quorum_bound_and_rebuilds_from_it
             before = dict(live.members)
             w, (ok,) = run(live, [t])
             writes += w
+            proposal = (f["type"], f.get("subject"), f.get("subject_key", b""))
             if ok and f["type"].startswith("member."):
-                pending.setdefault((f["type"], f["subject"], f.get("subject_key", b"")), set()).add(f["member"])
+                pending.setdefault(proposal, set()).add(f["member"])
             if live.members != before:
                 # the registry moved only because a quorum of the members at that moment voted for it
-                voters = pending.pop((f["type"], f["subject"], f.get("subject_key", b"")))
+                voters = pending.pop(proposal)
                 assert len(voters & before.keys()) >= quorum(len(before))
                 assert f["client"] == before[f["member"]]  # by a member key
         # invariants: every member's key is its own client; every client key belongs to a member

@@ -1,6 +1,6 @@
-"""Node configuration (node/config.py): a config written by `radchain init` loads back as written, and every
-bad value an operator (or a tampered file) can put in config.toml is a ConfigError naming the key, which
-`radchain start` prints as one line and exit 2, never a traceback."""
+"""Node configuration (node/runtime/settings.py): a config written by `radchain init` loads back as written,
+and every bad value an operator (or a tampered file) can put in config.toml is a ConfigError naming the key,
+which `radchain start` prints as one line and exit 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.config import ConfigError, load_config, write_config
+from node.runtime.settings import ConfigError, load_config, write_config
 
 PSK = "11" * 32
 PKEY = "22" * 32

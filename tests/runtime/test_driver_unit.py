@@ -1,5 +1,5 @@
-"""The consensus driver (node/driver.py) around a scripted replica: the replica is the seam under test, so a
-fake one says which actions to perform; the chain, LevelDB store, WAL file and trio are real.
+"""The consensus driver (node/runtime/driver.py) around a scripted replica: the replica is the seam under
+test, so a fake one says which actions to perform; the chain, LevelDB store, WAL file and trio are real.
 
 What a member relies on: no message leaves and no block is executed before the WAL records the replica
 asked for before it are on disk (persist before acknowledge); a proposal asked for while the mempool is empty
@@ -23,10 +23,10 @@ from ledger_helpers import T0, Consortium  # noqa: E402
 from consensus import actions as A  # noqa: E402
 from consensus import events as E  # noqa: E402
 from consensus import wal as consensus_wal  # noqa: E402
-from node import driver as D  # noqa: E402
-from node.chain import Chain  # noqa: E402
-from node.store import Store  # noqa: E402
-from node.wal import WriteAheadLog  # noqa: E402
+from node.ledger.chain import Chain  # noqa: E402
+from node.ledger.store import Store  # noqa: E402
+from node.runtime import driver as D  # noqa: E402
+from node.runtime.wal_file import WriteAheadLog  # noqa: E402
 
 
 class ScriptedReplica:
@@ -136,7 +136,8 @@ async def test_nothing_leaves_and_nothing_executes_before_its_wal_records_are_on
     def script(event):
         if isinstance(event, E.MessageReceived):
             return [A.Persist(b"prepared 1"), A.Send(2, b"prepare vote"), A.Persist(b"committed 1"),
-                    A.Broadcast(b"commit vote"), A.Persist(b"executing 1"), commit(rig.chain, chain_blocks[0]),
+                    A.Broadcast(b"commit vote"), A.Persist(b"executing 1"),
+                    commit(rig.chain, chain_blocks[0]),
                     A.Persist(b"want sync"), A.RequestStateTransfer(9, (1, 2))]
         return []
 

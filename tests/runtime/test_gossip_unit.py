@@ -1,5 +1,5 @@
-"""Tx gossip (node/gossip.py) between two members' real chains and LevelDB mempools, the wire being the
-seam: every tx a client was told is pending reaches the other member exactly once per send, duplicates are
+"""Tx gossip (node/runtime/gossip.py) between two members' real chains and LevelDB mempools, the wire being
+the seam: every tx a client was told is pending reaches the other member exactly once per send, duplicates are
 dropped, batches stay within their bounds, a tx stuck too long is sent again, and nothing a member sends
 (garbage, forgeries, floods, repeats) gets past the checks or stops the loop."""
 
@@ -17,13 +17,13 @@ from nacl.signing import SigningKey
 sys.path.insert(0, str(next(Path(__file__).parents[1].rglob("ledger_helpers.py")).parent))
 from ledger_helpers import Consortium  # noqa: E402
 
-from node.chain import Chain  # noqa: E402
-from node.config import MempoolConfig  # noqa: E402
-from node.gossip import CHANNEL, MAX_BATCH_TXS, TxGossip, decode_batch  # noqa: E402
-from node.mempool import Mempool  # noqa: E402
-from node.peerscore import PeerScores  # noqa: E402
-from node.store import Store  # noqa: E402
-from node.tx import tx_hash  # noqa: E402
+from node.ledger.chain import Chain  # noqa: E402
+from node.ledger.store import Store  # noqa: E402
+from node.ledger.tx import tx_hash  # noqa: E402
+from node.runtime.gossip import CHANNEL, MAX_BATCH_TXS, TxGossip, decode_batch  # noqa: E402
+from node.runtime.mempool import Mempool  # noqa: E402
+from node.runtime.peerscore import PeerScores  # noqa: E402
+from node.runtime.settings import MempoolConfig  # noqa: E402
 
 
 class Member:

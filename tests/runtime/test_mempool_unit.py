@@ -1,5 +1,5 @@
-"""The mempool (node/mempool.py) on a real LevelDB: a tx acknowledged as pending survives a restart until a
-block carries it, nothing is proposed twice while in flight, and the bound holds against a flood."""
+"""The mempool (node/runtime/mempool.py) on a real LevelDB: a tx acknowledged as pending survives a restart
+until a block carries it, nothing is proposed twice while in flight, and the bound holds against a flood."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.mempool import Mempool, MempoolFull
+from node.runtime.mempool import Mempool, MempoolFull
 
 
 def item(i: int) -> tuple[bytes, bytes]:
@@ -133,7 +133,7 @@ def test_any_history_holds_exactly_the_acknowledged_uncommitted_txs(tmp_path_fac
 ADMITTER = """
 import hashlib, sys
 from pathlib import Path
-from node.mempool import Mempool
+from node.runtime.mempool import Mempool
 pool = Mempool(Path(sys.argv[1]), 10**6)
 i = 0
 while True:
@@ -146,8 +146,8 @@ while True:
 
 def test_kill_9_loses_no_tx_the_client_was_told_is_pending(tmp_path):
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-c", ADMITTER, str(tmp_path / "mempool")], stdout=subprocess.PIPE,
-                            text=True, cwd=repo)
+    proc = subprocess.Popen([sys.executable, "-c", ADMITTER, str(tmp_path / "mempool")],
+                            stdout=subprocess.PIPE, text=True, cwd=repo)
     try:
         told = -1
         while told < 2000:

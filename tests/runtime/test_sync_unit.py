@@ -1,4 +1,4 @@
-"""Block sync (node/sync.py) over real py-libp2p hosts on loopback, real LevelDB chains and the real
+"""Block sync (node/runtime/sync.py) over real py-libp2p hosts on loopback, real LevelDB chains and the real
 consensus driver and replica: a node behind catches up to exactly the blocks a quorum certified, and a
 member that lies (uncertified or forked blocks, garbage, a height it does not have) neither gets a block
 stored nor keeps the node from catching up from an honest member."""
@@ -22,11 +22,11 @@ from network_testkit import Roster, running  # noqa: E402
 from consensus.config import Config  # noqa: E402
 from consensus.crypto import Ed25519Crypto  # noqa: E402
 from consensus.replica import Replica  # noqa: E402
-from node import sync as S  # noqa: E402
-from node.chain import Chain  # noqa: E402
-from node.driver import ConsensusDriver  # noqa: E402
-from node.store import Store  # noqa: E402
-from node.wal import WriteAheadLog  # noqa: E402
+from node.ledger.chain import Chain  # noqa: E402
+from node.ledger.store import Store  # noqa: E402
+from node.runtime import sync as S  # noqa: E402
+from node.runtime.driver import ConsensusDriver  # noqa: E402
+from node.runtime.wal_file import WriteAheadLog  # noqa: E402
 
 HEIGHT = 70  # more than one response (MAX_BLOCKS_PER_REQUEST = 64)
 

@@ -1,5 +1,5 @@
-"""The consensus WAL (node/wal.py) on a real file: nothing flushed is lost, a torn tail left by kill -9 is
-cut back to the last whole record on open, and the log goes on appending after the repair."""
+"""The consensus WAL (node/runtime/wal_file.py) on a real file: nothing flushed is lost, a torn tail left by
+kill -9 is cut back to the last whole record on open, and the log goes on appending after the repair."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.wal import MAX_RECORD, WriteAheadLog
+from node.runtime.wal_file import MAX_RECORD, WriteAheadLog
 
 records_st = st.lists(st.binary(min_size=0, max_size=64), min_size=1, max_size=12)
 
@@ -122,7 +122,7 @@ def test_close_flushes_what_is_queued(tmp_path):
 WRITER = """
 import sys
 from pathlib import Path
-from node.wal import WriteAheadLog
+from node.runtime.wal_file import WriteAheadLog
 wal = WriteAheadLog(Path(sys.argv[1]), fsync=False)
 i = len(wal.records)
 print("start", i, flush=True)
