@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from . import messages as m
 from . import wal as walrec
-from .actions import Broadcast, CancelTimer, Commit, Persist, ReportEvidence, RequestProposal, Send, SetTimer
+from .actions import Broadcast, CancelTimer, Commit, Persist, ReportEvidence, Send, SetTimer
 from .catchup import TRANSFER, CatchUp
 from .certificate import Certificate, commit_signing_bytes
 from .checkpoints import CP_PER_MEMBER, Checkpoints, StableCheckpoint
@@ -30,13 +30,13 @@ from .equivocation import EVIDENCE_PER_CHECKPOINT, Equivocations
 from .events import Executed, MessageReceived, ProposalReady, StateTransferred, TimerFired, WorkPending
 from .fairness import Fairness
 from .invariants import InvariantViolation, check
+from .proposer import Proposer
 from .slot import Prepared, Proposal, Slot
 from .viewchange import NewViewPlan, ViewChanges, quorum_valid
 
 __all__ = ["CP_PER_MEMBER", "EVIDENCE_PER_CHECKPOINT", "TICK", "InvariantViolation", "Phase", "Replica"]
 
 TICK = ("tick",)
-VOTE_VIEWS = 2  # views per member, kind and height whose votes a slot keeps (Slot.voters)
 
 
 class Phase(enum.Enum):
@@ -79,18 +79,15 @@ class Replica:
         self._last_executed = last_executed
         self.slots: dict[int, Slot] = {}
         self._my_votes: dict[tuple[str, int, int], MyVote] = {}  # ("p"/"c", view, height) -> vote
-        self._highest_proposed = 0          # highest height pre-prepared in the current view
-        self._pending_work = 0              # mempool count the node reported
-        self._requested: set[int] = set()   # heights asked of the node (RequestProposal), not yet answered
         self._progress_timer: tuple | None = None
         self.ticks = 0
-        self._proposals_paused = False      # while a NEW-VIEW's re-proposals are being put in place
         self._actions: list = []
         self.checkpoints = Checkpoints(self.n, self.quorum, self.checkpoint_interval)
         self.equivocations = Equivocations(self.chain_id, self.n, self.stats)
         self.view_changes = ViewChanges(self)
         self.catch_up = CatchUp(self, last_executed)
         self.fairness = Fairness(self)
+        self.proposer = Proposer(self)
         self._handlers = {m.PREPREPARE: self._on_preprepare, m.PREPARE: self._on_prepare,
                           m.COMMIT: self._on_commit, m.CHECKPOINT: self._on_checkpoint,
                           m.VIEWCHANGE: self.view_changes.on_view_change, m.NEWVIEW: self.view_changes.on_new_view,
@@ -130,7 +127,7 @@ class Replica:
     def highest_proposed(self) -> int:
         """Highest height pre-prepared in the current view. A proposal requested below it fills a gap left by
         a view change and must be answered even if empty; above it the node may wait for transactions."""
-        return self._highest_proposed
+        return self.proposer.highest_proposed
 
     @property
     def stable(self) -> StableCheckpoint:
@@ -163,8 +160,8 @@ class Replica:
         self._broadcast_status()
         if self._last_committed < self.stable.height:
             self.catch_up.request_to_stable()
-        self._arm_progress()
-        self._maybe_propose()
+        self.arm_progress()
+        self.proposer.maybe_propose()
         out, self._actions = self._actions, []
         return out
 
@@ -179,9 +176,9 @@ class Replica:
         elif t is TimerFired:
             self._on_timer(event.timer)
         elif t is ProposalReady:
-            self._on_proposal(event.height, event.payload)
+            self.proposer.on_proposal(event.height, event.payload)
         elif t is WorkPending:
-            self._on_work(event.count)
+            self.proposer.on_work(event.count)
             self.fairness.on_oldest_request(event.oldest, event.oldest_age)
         elif t is Executed:
             self._on_executed(event.height, event.state_digest)
@@ -268,7 +265,7 @@ class Replica:
         self._view = w
         self._phase = VIEW_CHANGE
         self.failed_view_changes += 1
-        self._requested.clear()
+        self.proposer.requested.clear()
         self.stats["view_changes"] += 1
         self.emit(Persist(walrec.view_record(w)))
         self.view_changes.broadcast_view_change()
@@ -279,15 +276,15 @@ class Replica:
         self._cancel_progress()
         self._view = w
         self._phase = NORMAL
-        self._requested.clear()
+        self.proposer.requested.clear()
         self.stats["new_views"] += 1
         self.fairness.on_new_view()
         if plan.stable_height > self.checkpoints.stable.height:
-            self._proposals_paused = True  # no proposals before the re-proposals are in place
+            self.proposer.paused = True  # no proposals before the re-proposals are in place
             try:
                 self._new_stable(StableCheckpoint(plan.stable_height, plan.stable_digest, plan.stable_proof))
             finally:
-                self._proposals_paused = False
+                self.proposer.paused = False
         self._apply_assignments(w, asg, send=True)
         is_primary = self.config.primary(w) == self.id
         for slot in list(self.slots.values()):
@@ -300,13 +297,14 @@ class Replica:
             for v, d in list(slot.prepares):
                 if v == w:
                     self._check_prepared(slot, w, d)
-        self._arm_progress()
-        self._maybe_propose()
+        self.arm_progress()
+        self.proposer.maybe_propose()
         self.deliver()
 
     def _apply_assignments(self, w: int, asg, send: bool) -> None:
         p = self.config.primary(w)
-        self._highest_proposed = 0
+        proposer = self.proposer
+        proposer.highest_proposed = 0
         low = max(self.checkpoints.stable.height, self._last_committed)
         for a in asg:
             h, d = a.height, a.digest
@@ -314,7 +312,7 @@ class Replica:
                 continue
             slot = self.slot(h)
             slot.proposal, slot.assigned_in, slot.pending = Proposal(w, d), w, None
-            self._highest_proposed = max(self._highest_proposed, h)
+            proposer.highest_proposed = max(proposer.highest_proposed, h)
             self._add_vote(slot, w, d, p, a.signature)
             if p == self.id:
                 key = ("p", w, h)
@@ -437,7 +435,7 @@ class Replica:
         if self._phase is NORMAL:
             self._vote_prepare(slot, v, d, payload)
         self._check_prepared(slot, v, d)
-        self._arm_progress()
+        self.arm_progress()
         self.deliver()
 
     def _valid(self, h: int, payload: bytes) -> bool:
@@ -475,35 +473,15 @@ class Replica:
         return self._add(slot, "p", v, d, member, sig)
 
     def _add(self, slot: Slot, kind: str, v: int, d: bytes, member: int, sig: bytes) -> bool:
-        """Count one member's vote. Bounded by member, not by digest: a member has at most one vote per kind,
-        view and height (a second, different one was already turned into evidence by note_vote and is not
-        a table entry), and only its VOTE_VIEWS newest views are kept. So whatever one member sends, it
-        holds at most VOTE_VIEWS entries per kind and height and can never crowd out another member's vote.
-        Honest members vote in ascending views, so dropping a member's oldest view loses nothing it needs."""
-        table = slot.prepares if kind == "p" else slot.commits
-        mine = slot.voters.setdefault((kind, member), {})
-        prev = mine.get(v)
-        if prev is not None:
-            if prev != d:
-                self.drop("equivocating_vote")
-            else:
-                self.stats["duplicate"] += 1
-            return False
-        if len(mine) >= VOTE_VIEWS:
-            oldest = min(mine)
-            if oldest > v:
-                self.drop("old_view_vote")
-                return False
-            od = mine.pop(oldest)
-            votes = table.get((oldest, od))
-            if votes is not None:
-                votes.pop(member, None)
-                if not votes:
-                    del table[(oldest, od)]
-        mine[v] = d
-        table.setdefault((v, d), {})[member] = sig
-        check(len(mine) <= VOTE_VIEWS, "a member holds at most VOTE_VIEWS votes per kind and height")
-        return True
+        """Count one member's vote in the slot (bounded per member: Slot.add_vote); False if not counted."""
+        refused = slot.add_vote(kind, v, d, member, sig)
+        if refused is None:
+            return True
+        if refused == "duplicate":
+            self.stats["duplicate"] += 1
+        else:
+            self.drop(refused)
+        return False
 
     def _check_prepared(self, slot: Slot, v: int, d: bytes) -> None:
         votes = slot.prepares.get((v, d))
@@ -657,72 +635,25 @@ class Replica:
         self.equivocations.collect(h)
         if self._last_committed < h and self.catch_up.transfer_target is None:
             self.catch_up.request_to_stable()
-        self._maybe_propose()
+        self.proposer.maybe_propose()
 
-    # ---- proposing (the primary) --------------------------------------------------------------------------------
+    # ---- proposing (the primary; which heights and when: proposer.py) -----------------------------------------
 
-    def _on_work(self, count) -> None:
-        if type(count) is not int or count < 0:
-            return self.drop("bad_event")
-        self._pending_work = count
-        self._maybe_propose()
-        self._arm_progress()
+    def has_voted(self, kind: str, v: int, h: int) -> bool:
+        return (kind, v, h) in self._my_votes
 
-    def _maybe_propose(self) -> None:
-        if (self._phase is VIEW_CHANGE or self.config.primary(self._view) != self.id
-                or self.catch_up.transfer_target is not None or self._proposals_paused):
-            return
-        low = max(self._last_committed, self.checkpoints.stable.height)
-        high = self.checkpoints.stable.height + self.window
-        free, in_flight = [], 0
-        for h in range(low + 1, high + 1):
-            slot = self.slots.get(h)
-            if h in self._requested or (slot is not None and (
-                    slot.certificate is not None or (slot.proposal is not None and slot.proposal.view == self._view))):
-                in_flight += 1
-            elif h < self._highest_proposed:  # a gap left by the view change must be filled, whatever the pipeline
-                self._request(h)
-            elif len(free) < self.config.pipeline:
-                free.append(h)
-        for h in free:
-            if in_flight >= self.config.pipeline or self._pending_work <= 0:
-                break
-            self._request(h)
-            in_flight += 1
-
-    def _request(self, h: int) -> None:
-        self._requested.add(h)
-        self.emit(RequestProposal(h))
-
-    def _on_proposal(self, h, payload) -> None:
-        if type(h) is not int or type(payload) is not bytes:
-            return self.drop("bad_event")
-        if h not in self._requested:
-            return self.drop("unrequested_proposal")
-        self._requested.discard(h)
-        v = self._view
-        slot = self.slots.get(h)
-        low = self.checkpoints.stable.height
-        if (self._phase is VIEW_CHANGE or self.config.primary(v) != self.id or h <= self._last_committed or h <= low
-                or h > low + self.window or ("p", v, h) in self._my_votes
-                or (slot is not None and (slot.certificate is not None
-                                          or (slot.proposal is not None and slot.proposal.view == v)))):
-            return self.drop("stale_proposal")
-        d = self.digest(payload)
-        if d is None or not 1 <= len(d) <= m.MAX_DIGEST:
-            return self.drop("bad_digest")
+    def pre_prepare(self, v: int, h: int, d: bytes, payload: bytes) -> None:
+        """Propose payload (digest d) at height h of view v, as its primary: the PRE-PREPARE is also its vote."""
         self.emit(Persist(walrec.vote_record(v, h, d, payload)))
         msg = self.sign(m.PREPREPARE, (v, h, d, payload))
         self._record_my_vote(("p", v, h), d, m.encode(m.PREPREPARE, self.id, m.PrePrepare(v, h, d, None), msg.sig))
         slot = self.slot(h)
         slot.proposal, slot.assigned_in = Proposal(v, d), None
         slot.payloads[d] = payload
-        self._highest_proposed = max(self._highest_proposed, h)
         self.stats["proposed"] += 1
         self.emit(Broadcast(msg.encode()))
         self._add_vote(slot, v, d, self.id, msg.sig)
         self._check_prepared(slot, v, d)
-        self._maybe_propose()
 
     # ---- timers and progress ------------------------------------------------------------------------------
 
@@ -731,10 +662,10 @@ class Replica:
                                                  or s.certificate is not None)
                    for h, s in self.slots.items())
 
-    def _arm_progress(self) -> None:
+    def arm_progress(self) -> None:
         if self._phase is VIEW_CHANGE or self.config.primary(self._view) == self.id or self._progress_timer is not None:
             return
-        if self._pending_work > 0 or self._has_inflight():
+        if self.proposer.pending_work > 0 or self._has_inflight():
             self._progress_timer = ("progress", self._view)
             self.emit(SetTimer(self._progress_timer,
                                self.backoff(self.config.progress_timeout, self.failed_view_changes)))
@@ -748,8 +679,8 @@ class Replica:
         if self._phase is NORMAL:
             self.failed_view_changes = 0
         self._cancel_progress()
-        self._arm_progress()
-        self._maybe_propose()
+        self.arm_progress()
+        self.proposer.maybe_propose()
 
     def _on_timer(self, timer) -> None:
         if timer == TICK:
@@ -762,7 +693,7 @@ class Replica:
             self._progress_timer = None
             if self._phase is VIEW_CHANGE or self.config.primary(self._view) == self.id:
                 return
-            if self._pending_work > 0 or self._has_inflight():
+            if self.proposer.pending_work > 0 or self._has_inflight():
                 self.stats["progress_timeout"] += 1
                 self.start_view_change(self._view + 1)
             return
@@ -803,32 +734,19 @@ class Replica:
     # ---- restart from the WAL -------------------------------------------------------------------------------
 
     def _restore(self, records) -> None:
-        view, in_vc, nv_wire, nv_view = 0, False, None, 0
-        stable = self.checkpoints.stable
-        votes, commits = [], []
-        for rec in records:
-            try:
-                r = walrec.decode(rec)
-            except (walrec.WalError, TypeError):
-                self.stats["bad_wal_record"] += 1
-                continue
-            tag = r[0]
-            if tag == "view" and r[1] > view:
-                view, in_vc = r[1], True
-            elif tag == "newview" and r[1] >= view:
-                view, in_vc, nv_wire, nv_view = r[1], False, r[2], r[1]
-            elif tag == "vote":
-                votes.append(r)
-            elif tag == "commit":
-                commits.append(r)
-            elif tag == "stable" and r[1] > stable.height:
-                stable = StableCheckpoint(r[1], r[2], r[3])
-        if stable.height > 0:
-            self.checkpoints.adopt(stable)
+        """Resume from the WAL: the same view and phase, the same votes (re-signed: deterministic signatures,
+        so byte-identical), the prepared certificates, and the NEW-VIEW's assignments."""
+        replayed = walrec.replay(records)
+        if replayed.bad_records:
+            self.stats["bad_wal_record"] += replayed.bad_records
+        if replayed.stable is not None:
+            self.checkpoints.adopt(StableCheckpoint(*replayed.stable))
+        view, in_vc, nv_wire = replayed.view, replayed.in_view_change, replayed.new_view_wire
         self._view, self._phase = view, VIEW_CHANGE if in_vc else NORMAL
-        self.view_changes.restored(nv_view, nv_wire)
-        sh = stable.height
-        for _tag, v, h, d, payload in votes:
+        self.view_changes.restored(replayed.new_view_view, nv_wire)
+        proposer = self.proposer
+        sh = self.checkpoints.stable.height
+        for _tag, v, h, d, payload in replayed.votes:
             if h <= sh:
                 continue
             if self.config.primary(v) == self.id:
@@ -844,9 +762,9 @@ class Replica:
             if v == view and not in_vc:
                 slot.proposal, slot.assigned_in = Proposal(v, d), None
                 if self.config.primary(v) == self.id:
-                    self._highest_proposed = max(self._highest_proposed, h)
+                    proposer.highest_proposed = max(proposer.highest_proposed, h)
             self._add_vote(slot, v, d, self.id, sig)
-        for _tag, v, h, d, proof in commits:
+        for _tag, v, h, d, proof in replayed.commits:
             if h <= sh:
                 continue
             msg = self.sign(m.COMMIT, (v, h, d))
@@ -859,9 +777,9 @@ class Replica:
             try:
                 nv = m.decode(nv_wire, self.n, self.config.max_message_bytes, self.window)
                 if nv.kind == m.NEWVIEW and nv.body.view == view:
-                    top = self._highest_proposed
+                    top = proposer.highest_proposed
                     self._apply_assignments(view, nv.body.assignments, send=False)
-                    self._highest_proposed = max(top, self._highest_proposed)
+                    proposer.highest_proposed = max(top, proposer.highest_proposed)
             except m.DecodeError:
                 self.stats["bad_wal_record"] += 1
         self._actions = []

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .certificate import Certificate
+from .invariants import check
 
 Signatures = tuple[tuple[int, bytes], ...]
+VOTE_VIEWS = 2  # views per member, kind and height whose votes a slot keeps (Slot.voters)
 
 
 class Proposal(NamedTuple):
@@ -42,6 +44,35 @@ class Slot:
         # (table, member) -> {view: digest}: at most one vote per member, kind, view and height, and only the
         # member's VOTE_VIEWS newest views, so one member can never hold more than that many table entries
         self.voters: dict[tuple[str, int], dict[int, bytes]] = {}
+
+    def add_vote(self, kind: str, v: int, d: bytes, member: int, sig: bytes) -> str | None:
+        """Count one member's vote ("p": prepare, the pre-prepare included; "c": commit); None if counted, else
+        why not ("duplicate", "equivocating_vote", "old_view_vote").
+
+        Bounded by member, not by digest: a member has at most one vote per kind, view and height (a second,
+        different one was already turned into evidence by Replica.note_vote and is not a table entry), and
+        only its VOTE_VIEWS newest views are kept. So whatever one member sends, it holds at most VOTE_VIEWS
+        entries per kind and height and can never crowd out another member's vote. Honest members vote in
+        ascending views, so dropping a member's oldest view loses nothing it needs."""
+        table = self.prepares if kind == "p" else self.commits
+        mine = self.voters.setdefault((kind, member), {})
+        prev = mine.get(v)
+        if prev is not None:
+            return "equivocating_vote" if prev != d else "duplicate"
+        if len(mine) >= VOTE_VIEWS:
+            oldest = min(mine)
+            if oldest > v:
+                return "old_view_vote"
+            od = mine.pop(oldest)
+            votes = table.get((oldest, od))
+            if votes is not None:
+                votes.pop(member, None)
+                if not votes:
+                    del table[(oldest, od)]
+        mine[v] = d
+        table.setdefault((v, d), {})[member] = sig
+        check(len(mine) <= VOTE_VIEWS, "a member holds at most VOTE_VIEWS votes per kind and height")
+        return None
 
     def known_digests(self) -> set[bytes]:
         """Digests whose payload this replica may need: the accepted or pending proposal, the prepared
