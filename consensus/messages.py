@@ -85,16 +85,17 @@ def _tuple(x, limit: int) -> tuple:
 
 
 def _sig_pairs(x, n_members: int) -> tuple[tuple[int, bytes], ...]:
-    """[[member, signature], ...] from the wire, as tuples (shape only)."""
-    return tuple(tuple(_fields(item, 2)) for item in _list(x, n_members))
+    """[[member, signature], ...] from the wire, as tuples (shape only: validate_basic checks the pairs)."""
+    return tuple(tuple(item) if type(item) is list else item for item in _list(x, n_members))
 
 
 def _check_sigs(x, n_members: int) -> None:
-    for item in _tuple(x, n_members):
+    for item in _tuple(x, n_members):  # inline: a VIEW-CHANGE carries up to (L + 1) * n of them
         if type(item) is not tuple or len(item) != 2:
             raise DecodeError("expected [member, signature] pairs")
-        _int(item[0])
-        _bytes(item[1], MAX_SIG)
+        i, sig = item
+        if type(i) is not int or not 0 <= i <= MAX_INT or type(sig) is not bytes or len(sig) > MAX_SIG:
+            raise DecodeError("expected [member, signature] pairs")
 
 
 class Limits(NamedTuple):
@@ -315,15 +316,18 @@ BODY_TYPES: dict[int, type] = {cls.KIND: cls for cls in (PrePrepare, Prepare, Co
                                                           NewView, Status, Fetch, Payload, Decided, Complain)}
 
 
+_COERCE = {kind: getattr(cls, "coerce", cls._make) for kind, cls in BODY_TYPES.items()}
+_FROM_WIRE = {kind: getattr(cls, "from_wire", None) for kind, cls in BODY_TYPES.items()}
+
+
 def typed_body(kind: int, body) -> Body:
     """The typed body for a kind, from a typed body or a positional tuple of its fields (no validation)."""
-    cls = BODY_TYPES.get(kind)
-    if cls is None:
-        raise DecodeError(f"unknown message kind {kind!r}")
-    if type(body) is cls:
+    if type(body) is BODY_TYPES.get(kind):
         return body
-    coerce = getattr(cls, "coerce", None)
-    return coerce(body) if coerce is not None else cls(*body)
+    coerce = _COERCE.get(kind)
+    if coerce is None:
+        raise DecodeError(f"unknown message kind {kind!r}")
+    return coerce(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,9 +385,12 @@ def verify(crypto, chain_id: str, msg: Message) -> bool:
 
 def decode_body(kind: int, raw, limits: Limits) -> Body:
     """The typed, validated body of a kind from its decoded msgpack list. Raises DecodeError only."""
-    cls = BODY_TYPES[kind]
-    from_wire = getattr(cls, "from_wire", None)
-    body = from_wire(raw, limits) if from_wire is not None else cls(*_fields(raw, len(cls._fields)))
+    from_wire = _FROM_WIRE[kind]
+    if from_wire is not None:
+        body = from_wire(raw, limits)
+    else:
+        cls = BODY_TYPES[kind]
+        body = tuple.__new__(cls, _fields(raw, len(cls._fields)))
     body.validate_basic(limits)
     return body
 

@@ -130,6 +130,11 @@ class Replica:
         return self.proposer.highest_proposed
 
     @property
+    def entered_new_view(self) -> bytes | None:
+        """The NEW-VIEW (wire) this replica last entered a view on; None before its first view change."""
+        return self.view_changes.entered_wire
+
+    @property
     def stable(self) -> StableCheckpoint:
         return self.checkpoints.stable
 

@@ -463,7 +463,7 @@ class Simulation:
     def entered_view(self, node: Node, old: int, w: int) -> None:
         """An honest replica enters each view on one NEW-VIEW only, restarts included; in the steady phase
         the f faulty members cannot make honest replicas leave honest primaries again and again."""
-        wire = getattr(node.replica, "_nv_wire", None)  # the NEW-VIEW it entered on (None for view 0)
+        wire = node.replica.entered_new_view  # the NEW-VIEW it entered on (None for view 0)
         if type(wire) is bytes:
             prev = self.entered.setdefault((node.member, w), wire)
             if prev != wire:
