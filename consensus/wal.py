@@ -48,6 +48,12 @@ def stable_record(height: int, state_digest: bytes, proof: tuple[tuple[int, byte
     return _pack(["stable", height, state_digest, [[i, s] for i, s in proof]])
 
 
+def is_stable_record(record: bytes) -> bool:
+    """Whether record is a ["stable", ...] record, without decoding it (a msgpack fixarray of 4, then the
+    fixstr "stable"): a runtime can compact its WAL after each one it appends."""
+    return record[:8] == b"\x94\xa6stable"
+
+
 def _int(x) -> int:
     if type(x) is not int or x < 0:
         raise WalError("bad integer")
