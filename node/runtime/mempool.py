@@ -19,12 +19,8 @@ from pathlib import Path
 
 import plyvel
 
-from node.diskspace import DiskFull, DiskGuard, free_bytes, is_disk_full
-
-
-class MempoolFull(Exception):
-    """The mempool holds its configured maximum; the submitter should retry later."""
-
+from node.ledger.refusals import MempoolFull
+from node.runtime.diskspace import DiskFull, DiskGuard, free_bytes, is_disk_full
 
 # Client txs are refused once the backlog exceeds what commits in this long at the recent rate. A tx
 # admitted at the limit waits about this long before its block, plus ~0.3 s of consensus and the client's
@@ -106,7 +102,8 @@ class Mempool:
 
     def add_many(self, items: list[tuple[bytes, bytes]], now: float) -> list[bytes]:
         """Admit (hash, raw) pairs not already held; returns the hashes that were new. Durable on return."""
-        fresh = [(h, raw) for h, raw in items if h not in self._txs]
+        # One entry per hash: a tx repeated within the batch is admitted (and counted against max_txs) once.
+        fresh = list({h: raw for h, raw in items if h not in self._txs}.items())
         if not fresh:
             return []
         if len(self._txs) + len(fresh) > self.max_txs:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import msgpack
 import trio
 
-from node import peerscore
-from node.chain import Chain, ChainError
-from node.peerscore import PeerScores
+from node.ledger.chain import Chain, ChainError
+from node.runtime import peerscore
+from node.runtime.peerscore import PeerScores
 
 log = logging.getLogger("radchain.sync")
 
@@ -148,6 +148,13 @@ class BlockSync:
         self.stats = {"served": 0, "fetched": 0, "rounds": 0, "bad_responses": 0, "bad_requests": 0,
                       "bad_blocks": 0}
 
+    def own_status(self) -> PeerStatus:
+        """This node's status, as it answers a member's status request (the explorer's row for itself)."""
+        store = self.chain.store
+        header = store.get_header(store.height) if store.height else None
+        extra = self.report() if self.report is not None else {}
+        return PeerStatus(store.height, time=header.timestamp if header else None, **extra)
+
     # ------------------------------------------------------------------ serving
     async def serve(self, peer: str, data: bytes) -> bytes:
         try:
@@ -230,7 +237,10 @@ class BlockSync:
                     if h is not None:
                         heights[i] = h
                 target = max(heights.values(), default=0)
-                candidates = [i for i, h in heights.items() if h == target]
+                # Every peer ahead of us, highest first: a member that claims a height it cannot serve
+                # must not be the only one asked (catch_up moves on to the next when one serves nothing).
+                candidates = sorted((i for i, h in heights.items() if h > self.chain.height),
+                                    key=lambda i: -heights[i])
             if target > self.chain.height and candidates:
                 await self.catch_up(target, candidates, announce=True)
             last_height = self.chain.height

@@ -7,43 +7,21 @@ start` refuses it when others can read it. RPC tokens are not in it: HOME/tokens
 
 from __future__ import annotations
 
+import math
 import os
-import secrets
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
 
+from node.rpc.settings import RpcConfig
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
+
 
 class ConfigError(ValueError):
     """The node's configuration is missing, malformed or inconsistent."""
-
-
-@dataclass
-class RpcConfig:
-    listen: str = "127.0.0.1:26657"
-    # Plaintext tokens here are refused at load (they live hashed in HOME/tokens.json); kept as a field so
-    # the error can say how to move them.
-    tokens: dict[str, str] = field(default_factory=dict)
-    read_requires_token: bool = True  # false opens every read (not writes) to anyone who reaches the port
-    allowed_hosts: list[str] = field(default_factory=list)  # Host names besides IP literals and localhost
-    allowed_origins: list[str] = field(default_factory=list)  # browser origins let in (none by default)
-    trusted_proxies: list[str] = field(default_factory=list)  # peers whose X-Forwarded-For is believed
-    max_body_bytes: int = 1 << 20
-    body_timeout: float = 10.0  # seconds to receive a whole request body once its headers are in
-    max_connections: int = 1024  # open RPC connections in total (HTTP and WebSocket)
-    max_connections_per_address: int = 64  # per client address (proxies, 127.0.0.1 and ::1: only the total)
-    rate_limit_per_second: float = 2000.0  # per client address; bursts of the same size are allowed
-    rate_limit_addresses: int = 10_000  # addresses the rate limiter remembers; the idlest is forgotten first
-
-    @property
-    def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0]
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
 
 
 @dataclass
@@ -61,7 +39,7 @@ class MempoolConfig:
     gossip_batch: int = 256
     gossip_interval: float = 0.005
     rebroadcast_after: float = 5.0
-    # Backpressure (node.mempool): client txs are refused with a retry delay once more txs wait than the
+    # Backpressure (node.runtime.mempool): client txs are refused with a retry delay once more txs wait than the
     # chain commits in busy_after_s seconds at its recent rate, and never below min_backlog.
     busy_after_s: float = 1.5
     min_backlog: int = 1000
@@ -139,8 +117,10 @@ def _fill(obj, section: dict, where: str) -> None:
         if isinstance(current, (int, float)) and not isinstance(current, bool):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}.{key} must be a number")
-            if value <= 0:
-                raise ConfigError(f"{where}.{key} must be positive")
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{where}.{key} must be a finite positive number")
+            if isinstance(current, int) and value != int(value):
+                raise ConfigError(f"{where}.{key} must be a whole number")
             value = type(current)(value)
         if isinstance(current, str) and not isinstance(value, str):
             raise ConfigError(f"{where}.{key} must be a string")
@@ -162,27 +142,36 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     known = {"node", "p2p", "rpc", "consensus", "mempool", "pseudonym", "log", "store"}
+    for name in known:
+        if not isinstance(raw.get(name, {}), dict):
+            raise ConfigError(f"{name} must be a table ([{name}]), not a value")
     node = raw.get("node", {})
     p2p = raw.get("p2p", {})
     if not isinstance(node.get("name"), str) or not node["name"]:
         raise ConfigError("node.name must be this member's name as listed in genesis.json")
     if not isinstance(p2p.get("listen"), str):
         raise ConfigError("p2p.listen must be a multiaddr such as /ip4/127.0.0.1/tcp/26656")
+    level = raw.get("log", {}).get("level", "INFO")
+    if not isinstance(level, str) or level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}")
+    if not isinstance(raw.get("store", {}).get("sync", False), bool):
+        raise ConfigError("store.sync must be true or false")
     cfg = NodeConfig(
         home=home,
         name=node["name"],
         p2p_listen=p2p["listen"],
         psk=_hex_bytes(p2p, "psk", "p2p", 32),
         pseudonym_key=_hex_bytes(raw.get("pseudonym", {}), "key", "pseudonym", 32),
-        log_level=str(raw.get("log", {}).get("level", "INFO")).upper(),
-        store_sync=bool(raw.get("store", {}).get("sync", False)),
+        log_level=level.upper(),
+        store_sync=raw.get("store", {}).get("sync", False),
         extra={k: v for k, v in raw.items() if k not in known},
     )
     _fill(cfg.rpc, raw.get("rpc", {}), "rpc")
     _fill(cfg.consensus, raw.get("consensus", {}), "consensus")
     _fill(cfg.mempool, raw.get("mempool", {}), "mempool")
-    if ":" not in cfg.rpc.listen or not cfg.rpc.listen.rsplit(":", 1)[1].isdigit():
-        raise ConfigError("rpc.listen must be HOST:PORT")
+    port = cfg.rpc.listen.rsplit(":", 1)[1] if ":" in cfg.rpc.listen else ""
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:  # "²" is a digit int() refuses
+        raise ConfigError("rpc.listen must be HOST:PORT (a port up to 65535)")
     if cfg.rpc.tokens:
         names = ", ".join(sorted(cfg.rpc.tokens))
         raise ConfigError(f"{path}: rpc.tokens ({names}) holds plaintext tokens; tokens are stored hashed in "
@@ -195,7 +184,7 @@ def write_config(home: Path, *, name: str, p2p_listen: str, rpc_listen: str, psk
                  pseudonym_key: bytes, tokens: dict[str, str] | None = None, extra: dict | None = None) -> Path:
     """Write HOME/config.toml (0600, the home 0700). `tokens` {name: token}, if given, go hashed into
     HOME/tokens.json with every role."""
-    from node.keys import make_private_dir, write_secret
+    from node.privatefiles import make_private_dir, write_secret
     from node.rpc.auth import ROLES, add_token
 
     make_private_dir(home)
@@ -212,9 +201,3 @@ def write_config(home: Path, *, name: str, p2p_listen: str, rpc_listen: str, psk
     for token_name, token in (tokens or {}).items():
         add_token(home / "tokens.json", token_name, list(ROLES), token)
     return path
-
-
-def new_token() -> str:
-    # Hex, not base64url: a token that starts with "-" reads as an option on a command line
-    # (`radchain audit --token -x...`), and one in 64 urlsafe tokens does.
-    return secrets.token_hex(24)

@@ -24,9 +24,9 @@ from consensus import actions as A
 from consensus import events as E
 from consensus import wal as consensus_wal
 from consensus.replica import TICK
-from node.chain import Chain, ChainError
-from node.diskspace import DiskFull, DiskGuard, is_disk_full
-from node.wal import WriteAheadLog
+from node.ledger.chain import Chain, ChainError
+from node.runtime.diskspace import DiskFull, DiskGuard, is_disk_full
+from node.runtime.wal_file import WriteAheadLog
 
 log = logging.getLogger("radchain.driver")
 
@@ -94,7 +94,7 @@ class ConsensusDriver:
         self._deferred: list[int] = []  # heights the replica asked a proposal for, waiting for txs
         self._deferred_view = -1
         self._mempool_dirty = False
-        # A full disk (node.diskspace): the driver waits for space, sending nothing meanwhile, and drops the
+        # A full disk (node.runtime.diskspace): the driver waits for space, sending nothing meanwhile, and drops the
         # consensus messages that arrive (as a partition would); block sync catches it up afterwards.
         self._disk = disk
         self.paused = False
@@ -274,6 +274,8 @@ class ConsensusDriver:
             # A pipelined primary asks for several heights as soon as work appears; those beyond the txs at
             # hand wait for more txs instead of going out as empty blocks. A gap a view change left below
             # an already proposed height is answered at once, empty if need be, or the heights above stall.
+            if self._deferred and self._deferred_view != self.replica.view:
+                self._deferred.clear()  # requests of a view the replica left (it forgot them): none to wait behind
             must_answer = action.height < self.replica.highest_proposed
             payload = None if self._deferred and not must_answer else self._build_proposal(action.height,
                                                                                            must_answer)
@@ -319,7 +321,7 @@ class ConsensusDriver:
             if self._disk_stalled:
                 self._pending_commits[action.height] = action  # executed again once space returns
             return None
-        # block.hash covers only agreed data (node/block.py), so honest replicas' checkpoint votes match
+        # block.hash covers only agreed data (node/ledger/block.py), so honest replicas' checkpoint votes match
         event = E.Executed(block.height, block.hash)
         # Commits queued behind a gap can go now.
         nxt = self._pending_commits.pop(self.chain.height + 1, None)
@@ -360,6 +362,9 @@ class ConsensusDriver:
         for h in sorted(h for h in self._pending_commits if h <= self.chain.height):
             # stored by sync meanwhile: replayed so the replica still gets its Executed (see _commit)
             self._push(_Replay(self._pending_commits.pop(h)))
+        nxt = self._pending_commits.pop(self.chain.height + 1, None)
+        if nxt is not None:
+            self._push(_Replay(nxt))  # sync filled the gap below a queued commit: it can go now (see _commit)
         if last is not None and event.announce:
             await self._feed(E.StateTransferred(last.height, last.hash))
         if event.done is not None:

@@ -38,8 +38,8 @@ import struct
 import msgpack
 
 from consensus.certificate import quorum
-from node.genesis import Genesis
-from node.tx import Tx
+from node.ledger.genesis import Genesis
+from node.ledger.tx import Tx
 
 __all__ = ["LedgerState", "STATE_DOMAIN", "STATE_TYPES", "next_state_root", "consent_key"]
 
