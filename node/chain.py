@@ -46,7 +46,7 @@ from node.state import STATE_TYPES, LedgerState, next_state_root
 from node.store import INDEXES, LOC, STORED_TYPES, SUFFIX, Store, member_type_prefix
 from node.tx import TOKEN_BYTES, Tx, TxError, decode_tx
 
-__all__ = ["Chain", "ChainError", "ProposalError", "TxNotAuthorised", "proposal_digest", "execute_txs",
+__all__ = ["Chain", "ChainError", "ProposalError", "TxNotAuthorised", "TxBreaksRule", "proposal_digest", "execute_txs",
            "SeenFilter"]
 
 _sha256 = hashlib.sha256
@@ -62,6 +62,12 @@ class ProposalError(ValueError):
 
 class ChainError(RuntimeError):
     """The chain cannot execute (bad certificate, wrong height, wrong genesis, store mismatch)."""
+
+
+class TxBreaksRule(TxError):
+    """A well-formed, authorised tx that a ledger rule would reject if executed now (node.research.ledger:
+    consent ownership, projects, the export gate). Refused at admission with the rule's reason; if one is
+    committed anyway (a member that skipped this check), every validator rejects it at execution."""
 
 
 class TxNotAuthorised(TxError):
@@ -283,6 +289,9 @@ class Chain:
             raise TxNotAuthorised(f"client: key {f['client'].hex()[:16]} is not authorised for member {f['member']!r}")
         if f["type"] == "evidence.equivocation":
             check_evidence_tx(f, self.chain_id, self.members)
+        reason = self.state.rule_violation(f, int(self.clock() * 1000))
+        if reason is not None:
+            raise TxBreaksRule(reason)
 
     def _remember(self, tx: Tx) -> None:
         cache = self._verified
@@ -411,6 +420,7 @@ class Chain:
             raise ChainError(f"payload for {header.chain_id}/{header.height}, next is {self.chain_id}/{height}")
 
         state = self.state
+        state.block_time = header.timestamp  # expiries are judged by the agreed time, never a local clock
         store = self.store
         first_seen = self._seen.first_seen_fn(store.db.get)
         batch = store.batch()

@@ -35,13 +35,14 @@ from node.tx import (
 __all__ = ["EventError", "event_to_tx_fields", "sign_tx", "make_tx", "parse_time", "EVENT_TYPES",
            "DEFAULT_ACTION"]
 
-EVENT_TYPES = frozenset(AUDIT_TYPES + CONSENT_TYPES)
+# consent.vote: a member's vote for a consent change only a quorum may make (node.research.ledger)
+EVENT_TYPES = frozenset(AUDIT_TYPES + CONSENT_TYPES + ("consent.vote",))
 
 # EventActionCode a type implies when the event does not say (docs: audit-vocabulary, PS3.15 A.5.3).
 DEFAULT_ACTION = {
     "instances.stored": "C", "instances.accessed": "R", "query": "E", "transfer.begin": "E",
     "instances.transferred": "C", "export": "R", "import": "C", "study.deleted": "D", "deidentified": "R",
-    "consent.granted": "E", "consent.revoked": "E", "research.access.granted": "E",
+    "consent.granted": "E", "consent.revoked": "E", "research.access.granted": "E", "consent.vote": "C",
 }
 # Actions a type admits (instances.accessed covers C/R/U/D per PS3.15 A.5.3.6, transferred C/R/U per A.5.3.7).
 ALLOWED_ACTIONS = {
@@ -49,6 +50,7 @@ ALLOWED_ACTIONS = {
     "transfer.begin": {"E"}, "instances.transferred": {"C", "R", "U"}, "export": {"R"}, "import": {"C"},
     "study.deleted": {"D"}, "deidentified": {"R", "C"},
     "consent.granted": {"E"}, "consent.revoked": {"E"}, "research.access.granted": {"E"},
+    "consent.vote": {"C", "D"},  # grant or revoke
 }
 
 _COMMON = {"type", "patient_id", "issuer", "actor", "actor_ae", "purpose", "event_id", "time", "outcome",
@@ -56,8 +58,9 @@ _COMMON = {"type", "patient_id", "issuer", "actor", "actor_ae", "purpose", "even
 _AUDIT = _COMMON | {"peer_ae", "series_uids", "sop_instance_uids", "n_series", "n_instances", "digest",
                     "pixel_digest", "modality", "body_part", "study_date"}
 _RAW_FIELDS = {t: _AUDIT for t in AUDIT_TYPES}
-_RAW_FIELDS["deidentified"] = _AUDIT | {"source_digest", "derived_digest"}
-for _t in CONSENT_TYPES:
+_RAW_FIELDS["deidentified"] = _AUDIT | {"source_digest", "derived_digest", "project"}
+_RAW_FIELDS["export"] = _AUDIT | {"project"}
+for _t in CONSENT_TYPES + ("consent.vote",):
     _RAW_FIELDS[_t] = _COMMON | {"grantee", "scope", "expires"}
 del _t
 _ALL_RAW = set().union(*_RAW_FIELDS.values())
@@ -198,7 +201,7 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
 
     purpose = event.get("purpose", default_purpose)
     if purpose is None:
-        if tx_type != "consent.revoked":
+        if tx_type != "consent.revoked" and not (tx_type == "consent.vote" and event.get("action") == "D"):
             raise EventError("purpose", "required (an HL7 PurposeOfUse code such as TREAT)")
     elif not isinstance(purpose, str) or purpose not in PURPOSES:
         raise EventError("purpose", f"{purpose!r} is not an HL7 PurposeOfUse code (TREAT, ETREAT, HPAYMT, "
@@ -215,7 +218,7 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
     if action not in ALLOWED_ACTIONS[tx_type]:
         raise EventError("action", f"{action!r} is not valid for {tx_type}: one of "
                                    f"{', '.join(sorted(ALLOWED_ACTIONS[tx_type]))}")
-    if tx_type in AUDIT_TYPES or "action" in event:
+    if tx_type in AUDIT_TYPES or "action" in event or tx_type == "consent.vote":
         fields["action"] = action
 
     for name in ("n_series", "n_instances"):
@@ -239,7 +242,9 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
             if name not in fields:
                 raise EventError(name, "required for deidentified (lineage: original -> de-identified copy)")
 
-    if tx_type in CONSENT_TYPES:
+    if "project" in event:
+        fields["project"] = _str(event, "project")
+    if tx_type in CONSENT_TYPES or tx_type == "consent.vote":
         for name in ("grantee", "scope"):
             value = _str(event, name, required=True)
             if len(value) > 128:

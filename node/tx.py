@@ -30,6 +30,8 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 
+from node.research.codes import SCOPES, CodeError, check_project_code
+
 try:  # libsodium through PyNaCl's cffi module: no per-call output allocation and copy (~2 us per tx)
     from nacl._sodium import ffi as _ffi
     from nacl._sodium import lib as _lib
@@ -38,7 +40,7 @@ except ImportError:  # pragma: no cover - a PyNaCl without the cffi module layou
 
 __all__ = [
     "TX_DOMAIN", "TX_VERSION", "MAX_TX_BYTES", "MAX_LIST", "TOKEN_BYTES", "TxError", "Tx", "TX_TYPES",
-    "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "PURPOSES", "OUTCOMES", "ACTIONS",
+    "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "RESEARCH_TYPES", "PURPOSES", "OUTCOMES", "ACTIONS",
     "encode_body", "encode_tx", "sign_body", "sign_fields", "decode_tx", "verify_tx", "tx_hash",
 ]
 
@@ -97,6 +99,14 @@ def _evidence(items) -> bool:
             and 0 < len(items[0]) <= MAX_EVIDENCE_BYTES and 0 < len(items[1]) <= MAX_EVIDENCE_BYTES)
 
 
+def _project(code) -> bool:
+    try:
+        check_project_code(code)
+    except CodeError:
+        return False
+    return True
+
+
 _U63 = (1 << 63) - 1
 _TOKEN = (bytes, TOKEN_BYTES, TOKEN_BYTES, None, None, f"a {TOKEN_BYTES}-byte token")
 _DIGEST = (bytes, 32, 32, None, None, "a 32-byte SHA-256 digest")
@@ -120,7 +130,13 @@ FIELD_SPECS: dict[str, tuple] = {
     "purpose": (str, 1, 16, PURPOSES, None, "an HL7 PurposeOfUse code"),
     "outcome": (int, 0, 12, OUTCOMES, None, "one of 0, 4, 8, 12"),
     "action": (str, 1, 1, ACTIONS, None, "one of C, R, U, D, E"),
-    "grantee": _TEXT, "scope": _TEXT, "expires": _TIME,
+    "grantee": _TEXT, "expires": _TIME,
+    # consent and project scopes are codes (node.research.codes), never free text
+    "scope": (str, 1, 16, SCOPES, None, "a scope code: ALL, IMG, IMG-<modality> or RPT"),
+    "project": (str, 1, 32, None, _project, "a project code of 1..32 characters A-Z 0-9 . _ -"),
+    "date_from": (int, 19000101, 29991231, None, None, "a date as the integer YYYYMMDD"),
+    "date_to": (int, 19000101, 29991231, None, None, "a date as the integer YYYYMMDD"),
+    "waiver": (int, 0, 1, None, None, "0 or 1 (1: the ethics board waived individual consent)"),
     "subject": _NAME, "subject_key": _KEY,
     "offender": (int, 0, (1 << 16) - 1, None, None, "a member index"),
     "evidence": (list, 2, 2, None, _evidence, f"two different messages of 1..{MAX_EVIDENCE_BYTES} bytes"),
@@ -140,6 +156,8 @@ AUDIT_TYPES = (
 )
 CONSENT_TYPES = ("consent.granted", "consent.revoked", "research.access.granted")
 MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.removed")
+# research projects (a sponsor registers, data holders approve) and the quorum path for consent changes
+RESEARCH_TYPES = ("research.project.registered", "research.project.approved", "consent.vote")
 EVIDENCE_TYPES = ("evidence.equivocation",)
 
 # type -> (required fields beyond COMMON_REQUIRED, optional fields)
@@ -151,6 +169,8 @@ for _t in AUDIT_TYPES:
     _opt = set(_AUDIT_OPTIONAL) - _req
     if _t == "deidentified":
         _req |= {"source_digest", "derived_digest"}
+    if _t in ("export", "deidentified"):
+        _opt.add("project")  # a research release names its project (node.state's export gate)
     _SCHEMA[_t] = (frozenset(_req), frozenset(_opt))
 _CONSENT_OPTIONAL = frozenset({"user", "ae", "study", "expires", "outcome", "action"})
 _SCHEMA["consent.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
@@ -161,6 +181,12 @@ _SCHEMA["member.removed"] = (frozenset({"subject"}), frozenset())
 _SCHEMA["client.added"] = (frozenset({"subject_key"}), frozenset())
 _SCHEMA["client.removed"] = (frozenset({"subject_key"}), frozenset())
 _SCHEMA["evidence.equivocation"] = (frozenset({"offender", "evidence"}), frozenset())
+# a project: its code, the SHA-256 of its ethics approval (digest), purpose, data scope, expiry
+_SCHEMA["research.project.registered"] = (frozenset({"project", "digest", "purpose", "scope", "expires"}),
+                                          frozenset({"modality", "body_part", "date_from", "date_to", "waiver"}))
+_SCHEMA["research.project.approved"] = (frozenset({"project"}), frozenset())
+# a member's vote for a consent change it may not make alone (action C: grant, D: revoke)
+_SCHEMA["consent.vote"] = (frozenset({"patient", "grantee", "scope", "action"}), frozenset({"purpose", "expires"}))
 del _t, _req, _opt
 
 TX_TYPES = frozenset(_SCHEMA)
