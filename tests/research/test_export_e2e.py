@@ -196,3 +196,49 @@ def test_research_export_with_consent(world, tmp_path):
     for n in tn.nodes:
         got = tn.rpc(n["name"], "get_tx", {"hash": h, "receipt": False})
         assert got["outcome"] == "rejected" and "no consent in force" in got["reason"], (n["name"], got)
+
+    # the patient access report: hosp-b (the home hospital) names the patient, hosp-d uses the pseudonym
+    report = tmp_path / "report-hosp-b.html"
+    radchain("patient-report", *target, "--patient-id", patient_id, "--issuer", issuer, "--out", str(report))
+    other = tmp_path / "report-hosp-d.html"
+    radchain("patient-report", "--home", str(home["hosp-d"]), "--patient-id", patient_id, "--issuer", issuer,
+             "--out", str(other))
+    assert patient_id not in other.read_text() and str(ct.PatientName) not in other.read_text()
+    assert patient_id in report.read_text()
+    rows = render_rows(report, tmp_path / "report-hosp-b.png")
+    types = [t for t, _ in rows]
+    # the store, the view, the consent, the export (and its lineage), the withdrawal, in that order; the
+    # forced export was rejected by every validator and is not an event of the patient's record
+    wanted = ["instances.stored", "instances.accessed", "consent.granted", "export", "deidentified",
+              "consent.revoked"]
+    assert [t for t in types if t in wanted] == wanted, types
+    assert types.count("export") == 1
+    texts = dict(rows)
+    assert "hosp-b" in texts["export"] and "research project LUNG-1" in texts["export"]
+    assert "healthcare research (HRESCH)" in texts["export"]
+    assert "Consent withdrawn" in texts["consent.revoked"]
+
+
+def render_rows(html: Path, screenshot: Path) -> list[tuple[str, str]]:
+    """The event rows as headless Chromium shows them: (tx type, visible text), top to bottom."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(html.as_uri())
+            assert page.locator("#patient").is_visible()
+            rows = page.locator("#events tbody tr")
+            out = []
+            for i in range(rows.count()):
+                row = rows.nth(i)
+                assert row.is_visible()
+                out.append((row.get_attribute("data-type"), row.inner_text()))
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    return out
