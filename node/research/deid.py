@@ -158,6 +158,9 @@ class Deidentifier:
         ds.DeidentificationMethodCodeSequence = Sequence([code])
         if "SOPInstanceUID" in ds:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        # the file is written anew by pydicom: say so (the original's writer is no business of the researcher)
+        ds.file_meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+        ds.file_meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
         leak = self.find_identifiers(ds, originals)
         if leak:
             raise DeidError(f"an original identifier survived in {leak}; file refused")

@@ -242,3 +242,60 @@ def render_rows(html: Path, screenshot: Path) -> list[tuple[str, str]]:
         finally:
             browser.close()
     return out
+
+
+def test_waiver_export_and_verify_export_against_a_hostile_manifest(world, tmp_path):
+    """A project with a recorded consent waiver exports without a consent; then verify-export meets the
+    manifests an attacker would write: a path out of the directory, a forged certificate, a lineage receipt
+    swapped for another tx, another chain's genesis, malformed JSON. Each is INVALID (exit 1), never a
+    traceback."""
+    tn, orthanc, port, _root = world
+    home = {n["name"]: Path(n["home"]) for n in tn.nodes}
+    mr = pydicom.dcmread(sample_file("MR_small.dcm"))
+    run_tool(["storescu", "-aet", "MR_RES", "-aec", "ORTHANC", "127.0.0.1", str(port), str(sample_file("MR_small.dcm"))])
+    ethics = tmp_path / "waiver.pdf"
+    ethics.write_bytes(b"%PDF ethics board: consent waived for retrospective MR study")
+    radchain("research", "register", "--home", str(home["hosp-c"]), "--project", "RETRO-MR", "--ethics-doc",
+             str(ethics), "--scope", "IMG-MR", "--expires", "2036-01-01", "--waiver")
+    radchain("research", "approve", "RETRO-MR", "--home", str(home["hosp-b"]))
+    out = tmp_path / "export"
+    radchain("research", "export", "--home", str(home["hosp-b"]), "--project", "RETRO-MR", "--study",
+             str(mr.StudyInstanceUID), "--out", str(out), "--pacs", f"http://127.0.0.1:{orthanc.http_port}")
+    manifest = out / "manifest.json"
+    genesis = str(home["hosp-b"] / "genesis.json")
+    ok = radchain("verify-export", str(manifest), "--genesis", genesis)
+    assert "consent waived by the project" in ok.stdout
+    doc = json.loads(manifest.read_text())
+    ids, uids = originals(sample_file("MR_small.dcm"))
+    assert scan(next(out.rglob("*.dcm")), ids | uids) == []
+
+    def verdict(mutate) -> str:
+        bad = json.loads(json.dumps(doc))
+        mutate(bad)
+        manifest.write_text(json.dumps(bad))
+        r = radchain("verify-export", str(manifest), "--genesis", genesis, check=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+        return r.stdout
+
+    f0 = lambda m: m["studies"][0]["files"][0]  # noqa: E731
+    assert "outside the export directory" in verdict(lambda m: f0(m).update(path="../../etc/passwd"))
+    cert = doc["studies"][0]["export"]["receipt"]["certificate"]
+    assert "receipt invalid" in verdict(lambda m: m["studies"][0]["export"]["receipt"].update(
+        certificate=cert[:-2] + ("00" if cert[-2:] != "00" else "01")))
+    assert "not the one recorded" in verdict(lambda m: f0(m)["deidentified"].update(
+        receipt=m["studies"][0]["export"]["receipt"]))
+    assert "not the registration of RETRO-MR" in verdict(lambda m: m.update(
+        project_registration=m["studies"][0]["export"]["receipt"]))
+    assert "no receipt" in verdict(lambda m: m.update(project_approval=None))
+    assert "receipt invalid" in verdict(lambda m: f0(m)["deidentified"]["receipt"].update(index=float("inf")))
+    assert "not a radchain-research-export/1 manifest" in verdict(lambda m: m.update(format="x"))
+    manifest.write_text("[1, 2")
+    r = radchain("verify-export", str(manifest), "--genesis", genesis, check=False)
+    assert r.returncode == 1 and "not JSON" in r.stdout
+    manifest.write_text(json.dumps(doc))
+    other = tmp_path / "other-genesis.json"
+    g = json.loads(Path(genesis).read_text())
+    other.write_text(json.dumps({**g, "chain_id": "another-consortium"}))
+    r = radchain("verify-export", str(manifest), "--genesis", str(other), check=False)
+    assert r.returncode == 1 and "another-consortium" in r.stdout
+    assert radchain("verify-export", str(manifest), "--genesis", genesis).returncode == 0
