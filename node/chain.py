@@ -64,15 +64,16 @@ class ChainError(RuntimeError):
     """The chain cannot execute (bad certificate, wrong height, wrong genesis, store mismatch)."""
 
 
-class TxBreaksRule(TxError):
-    """A well-formed, authorised tx that a ledger rule would reject if executed now (node.research.ledger:
-    consent ownership, projects, the export gate). Refused at admission with the rule's reason; if one is
-    committed anyway (a member that skipped this check), every validator rejects it at execution."""
-
-
 class TxNotAuthorised(TxError):
     """A well-formed, correctly signed tx whose key is not (or no longer) authorised for its member, or
     that names another chain. An honest member may gossip one (a key revoked after it admitted the tx)."""
+
+
+class TxBreaksRule(TxNotAuthorised):
+    """A well-formed, authorised tx that a ledger rule would reject if executed now (node.research.ledger:
+    consent ownership, projects, the export gate). Refused at admission with the rule's reason; if one is
+    committed anyway (a member that skipped this check), every validator rejects it at execution. An honest
+    member may gossip one (a consent revoked after it admitted the tx), so gossip does not score it."""
 
 
 def proposal_digest(payload: bytes) -> bytes:

@@ -146,3 +146,27 @@ def test_scopes_and_project_codes_are_codes(consortium):
         _project(c, purpose="research")
     raw = _project(c)
     assert decode_tx(raw).fields["scope"] == "IMG-CT"
+
+
+def test_a_gossiped_tx_that_breaks_a_rule_is_refused_without_scoring_the_member(consortium, chain, tmp_path):
+    """An honest member may gossip one: it admitted the export before the consent was revoked."""
+    import msgpack
+
+    from node.config import MempoolConfig
+    from node.gossip import TxGossip
+    from node.mempool import Mempool
+    from node.peerscore import PeerScores
+    from node.tx import tx_hash
+
+    c = consortium
+    mempool = Mempool(tmp_path / "mempool", 1000)
+    try:
+        g = TxGossip(lambda channel, data: 0, chain, mempool, MempoolConfig(), on_admitted=lambda: None,
+                     scores=PeerScores(log_interval=10.0))
+        bad = _export(c, patient=c.pseudo.patient("P-G", "H"))  # no such project
+        good = c.tx(1)
+        g.on_batch("peer-b", msgpack.packb([bad, good], use_bin_type=True))
+        assert tx_hash(good) in mempool and tx_hash(bad) not in mempool
+        assert g.stats["txs_refused"] == 1 and g.scores.score("peer-b") == 0
+    finally:
+        mempool.close()
