@@ -98,6 +98,8 @@ def _submit(args, raw: bytes) -> int:
     with client_from_args(args) as rc:
         try:
             answer = rc.submit_tx(raw, mode="commit", timeout=30)
+            if answer.get("status") == "pending":  # admitted; a loaded chain may take longer to commit it
+                answer = {**answer, **rc.wait_committed(answer["tx"], timeout=90)}
         except RpcCallError as exc:
             print(f"radchain research: refused: {exc}", file=sys.stderr)
             return 1

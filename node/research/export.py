@@ -99,12 +99,14 @@ def _receipt(rc, tx_hash: str) -> dict:
     return ans["receipt"]
 
 
-def _committed(answer, what: str) -> str:
+def _committed(rc, answer, what: str) -> str:
     """The tx hash of an applied commit-mode answer; ExportError with the node's reason otherwise."""
     from node.client import RpcCallError
 
     if isinstance(answer, RpcCallError):
         raise ExportError(f"{what} refused by the node: {answer}")
+    if answer.get("status") == "pending" and answer.get("tx"):  # admitted, not yet committed: wait for it
+        answer = {**rc.wait_committed(answer["tx"], timeout=120), "tx": answer["tx"]}
     if answer.get("status") != "committed":
         raise ExportError(f"{what}: not committed in time ({answer.get('status')}); nothing was written")
     if answer.get("outcome") != "applied":
@@ -119,6 +121,18 @@ def _submit(rc, event: dict):
         return rc.submit_event(event, mode="commit", timeout=30)
     except RpcCallError as exc:
         return exc
+
+
+STORE_TYPES = ("instances.stored", "instances.transferred", "import")
+
+
+def _recorded_originals(rc, study_uid: str) -> dict[str, str]:
+    """canonical digest -> hash of the first applied tx that recorded storing it, for one study."""
+    found: dict[str, str] = {}
+    for e in rc.audit_trail_all(study_uid=study_uid, limit=1000):
+        if e["type"] in STORE_TYPES and not e.get("outcome") and e.get("digest"):
+            found.setdefault(e["digest"], e["hash"])
+    return found
 
 
 def _categories(info) -> dict:
@@ -190,9 +204,14 @@ def export_studies(rc, pacs: Pacs, home: Path, project_code: str, study_uids: li
         if not patient_id or any(i.get("PatientID") != patient_id for _, i in st.originals):
             raise ExportError(f"study {st.uid}: instances without one Patient ID")
         cats = _categories(first)
+        recorded = _recorded_originals(rc, st.uid)
+        missing = [i.get("SOPInstanceUID") for _, i in st.originals if i.digest not in recorded]
+        if missing:
+            raise ExportError(f"study {st.uid}: {len(missing)} instance(s) were never recorded as stored on the "
+                              f"chain (lineage needs a recorded original); nothing was exported")
         base = {"patient_id": patient_id, "issuer": issuer, "study_uid": st.uid, "actor": actor,
                 "purpose": purpose, "project": project_code}
-        export_tx = _committed(_submit(rc, {"type": "export", **base, **cats, "n_instances": len(st.originals)}),
+        export_tx = _committed(rc, _submit(rc, {"type": "export", **base, **cats, "n_instances": len(st.originals)}),
                                f"export of study {st.uid}")
         cleaned = []
         for blob, info in st.originals:
@@ -206,12 +225,13 @@ def export_studies(rc, pacs: Pacs, home: Path, project_code: str, study_uids: li
                    "sop_instance_uids": [info.get("SOPInstanceUID")]} | _categories(info)
                   for _, info, derived in cleaned]
         answers = rc.submit_events(events, mode="commit")
-        lineage = [_committed(a, "lineage record (deidentified)") for a in answers]
+        lineage = [_committed(rc, a, "lineage record (deidentified)") for a in answers]
         files = []
-        for (out, _info, derived), tx in zip(cleaned, lineage, strict=True):
+        for (out, info, derived), tx in zip(cleaned, lineage, strict=True):
             rel = Path(deid.uid(st.uid)) / f"{derived.get('SOPInstanceUID')}.dcm"
             files.append({"path": str(rel), "sha256": hashlib.sha256(out).hexdigest(), "digest": derived.digest,
-                          "deidentified": {"tx": tx, "receipt": _receipt(rc, tx)}})
+                          "deidentified": {"tx": tx, "receipt": _receipt(rc, tx)},
+                          "original": {"tx": recorded[info.digest], "receipt": _receipt(rc, recorded[info.digest])}})
             written.append((rel, out))
         consent = None if project.get("waiver") else _consent_receipt(
             rc, patient_id, issuer, project, purpose, cats.get("modality"))
@@ -252,6 +272,24 @@ def _check_receipt(doc, genesis, what: str):
     return tx.fields, header, tx.hash.hex()
 
 
+def _at(doc, *path):
+    """doc[path[0]][path[1]]... for a manifest an attacker may have written: None where it is not a map."""
+    for key in path:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def _items(doc, key: str) -> list[dict]:
+    value = _at(doc, key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ExportError(f"manifest: {key} must be a list of objects")
+    return value
+
+
 def verify_manifest(manifest_path: Path, genesis) -> list[str]:
     """Check an export directory offline against the consortium's genesis; the list of what was checked.
     Raises ExportError at the first problem."""
@@ -282,8 +320,8 @@ def verify_manifest(manifest_path: Path, genesis) -> list[str]:
 
     listed: set[str] = set()
     n_files = 0
-    for st in m.get("studies") or []:
-        ex, ex_hdr, ex_hash = _check_receipt(st.get("export", {}).get("receipt"), genesis, "export")
+    for st in _items(m, "studies"):
+        ex, ex_hdr, ex_hash = _check_receipt(_at(st, "export", "receipt"), genesis, "export")
         if ex["type"] != "export" or ex.get("project") != code or ex["member"] != exporter:
             raise ExportError("export: the receipt is not an export under this project by the exporter")
         if not is_research(ex.get("purpose")) or not purpose_covers(reg["purpose"], ex["purpose"]):
@@ -305,9 +343,11 @@ def verify_manifest(manifest_path: Path, genesis) -> list[str]:
             notes.append(f"study export {ex_hash[:16]}... at height {ex_hdr.height}: consent {c_hash[:16]}... "
                          f"({c['scope']}, {c['purpose']}) granted by the patient's home member {c['member']} at "
                          f"height {c_hdr.height}")
-        for f in st.get("files") or []:
+        for f in _items(st, "files"):
             rel = f.get("path")
-            path = (root / str(rel)).resolve()
+            if not isinstance(rel, str) or not rel:
+                raise ExportError("manifest: a file entry without a path")
+            path = (root / rel).resolve()
             if root.resolve() not in path.parents:
                 raise ExportError(f"{rel}: outside the export directory")
             try:
@@ -320,12 +360,16 @@ def verify_manifest(manifest_path: Path, genesis) -> list[str]:
                 digest = inspect_file(data).digest
             except DicomFormatError as exc:
                 raise ExportError(f"{rel}: not DICOM ({exc})") from None
-            d, d_hdr, _ = _check_receipt(f.get("deidentified", {}).get("receipt"), genesis, f"{rel} lineage")
+            d, d_hdr, _ = _check_receipt(_at(f, "deidentified", "receipt"), genesis, f"{rel} lineage")
             if d["type"] != "deidentified" or d["derived_digest"].hex() != digest:
                 raise ExportError(f"{rel}: the file is not the one recorded by its lineage tx")
             if d.get("project") != code or d["patient"] != ex["patient"] or d["study"] != ex["study"] \
                     or d["member"] != exporter or d_hdr.height < ex_hdr.height:
                 raise ExportError(f"{rel}: its lineage tx is not part of this export")
+            o, o_hdr, _ = _check_receipt(_at(f, "original", "receipt"), genesis, f"{rel} original")
+            if (o["type"] not in STORE_TYPES or o.get("digest") != d["source_digest"] or o["patient"] != ex["patient"]
+                    or o.get("study") != ex["study"] or o_hdr.height > d_hdr.height or o.get("outcome")):
+                raise ExportError(f"{rel}: the original named by its lineage was not recorded as stored")
             listed.add(str(path))
             n_files += 1
     extra = [p for p in root.rglob("*") if p.is_file() and p.resolve() != manifest_path.resolve()
@@ -334,6 +378,6 @@ def verify_manifest(manifest_path: Path, genesis) -> list[str]:
         raise ExportError(f"{extra[0].relative_to(root)}: a file in the export directory is not in the manifest")
     if not n_files:
         raise ExportError("manifest: no files")
-    notes.append(f"{n_files} files: each is the de-identified file recorded on chain, derived from a recorded "
-                 f"original (source digest), under project {code}")
+    notes.append(f"{n_files} files: each is the de-identified file recorded on chain, derived from an original "
+                 f"recorded as stored (same patient and study), under project {code}")
     return notes

@@ -35,6 +35,18 @@ def radchain(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return r
 
 
+def rpc(tn, name: str, method: str, params: dict | None = None, timeout: float = 60.0):
+    """LiveTestnet.rpc with room for commit-mode calls on a loaded machine (its own HTTP timeout is 10 s)."""
+    import httpx
+
+    n = tn.node(name)
+    r = httpx.post(n["rpc"], json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}},
+                   headers={"Authorization": f"Bearer {n['token']}"}, timeout=timeout).json()
+    if "error" in r:
+        raise RuntimeError(f"{name} {method}: {r['error']}")
+    return r["result"]
+
+
 def originals(path: Path) -> tuple[set[str], set[str]]:
     """(identifying values, UIDs) of an original file: names, ids, birth date; every non-DICOM-defined UID
     anywhere in the data set (sequences included)."""
@@ -120,10 +132,10 @@ def test_research_export_with_consent(world, tmp_path):
     # the home hospital records the patient's consent; another member can neither revoke nor grant
     consent = {"type": "consent.granted", "patient_id": patient_id, "issuer": issuer, "grantee": "LUNG-1",
                "scope": "IMG-CT", "purpose": "HRESCH", "actor": "privacy-office"}
-    assert tn.rpc("hosp-b", "submit_event", {"event": consent, "mode": "commit"})["outcome"] == "applied"
+    assert rpc(tn, "hosp-b", "submit_event", {"event": consent, "mode": "commit", "timeout": 45})["outcome"] == "applied"
     for ev in ({**consent, "type": "consent.revoked"}, {**consent, "grantee": "OTHER-2"}):
         with pytest.raises(RuntimeError, match="home member 'hosp-b'"):
-            tn.rpc("hosp-d", "submit_event", {"event": ev, "mode": "commit"})
+            rpc(tn, "hosp-d", "submit_event", {"event": ev})
 
     # export: consented, approved project -> de-identified files, lineage, manifest
     out = tmp_path / "export"
@@ -164,7 +176,7 @@ def test_research_export_with_consent(world, tmp_path):
 
     # revoked: hosp-b's node refuses the next export
     revoke = {k: v for k, v in consent.items() if k != "purpose"} | {"type": "consent.revoked"}
-    assert tn.rpc("hosp-b", "submit_event", {"event": revoke, "mode": "commit"})["outcome"] == "applied"
+    assert rpc(tn, "hosp-b", "submit_event", {"event": revoke, "mode": "commit", "timeout": 45})["outcome"] == "applied"
     r = radchain("research", "export", *target, "--project", "LUNG-1", "--study", study, "--out",
                  str(tmp_path / "again"), "--pacs", pacs, check=False)
     assert r.returncode == 1 and "no consent in force" in r.stderr and "refused by the node" in r.stderr
@@ -188,13 +200,13 @@ def test_research_export_with_consent(world, tmp_path):
                                 member="hosp-b", client=bytes(key.verify_key))
     raw = sign_tx(fields, key)
     with pytest.raises(RuntimeError, match="no consent in force"):
-        tn.rpc("hosp-b", "submit_tx", {"tx": raw.hex()})  # the honest node refuses it
-    answer = tn.rpc("hosp-a", "submit_tx", {"tx": raw.hex(), "mode": "commit", "timeout": 30})
+        rpc(tn, "hosp-b", "submit_tx", {"tx": raw.hex()})  # the honest node refuses it
+    answer = rpc(tn, "hosp-a", "submit_tx", {"tx": raw.hex(), "mode": "commit", "timeout": 45})
     assert answer["status"] == "committed", answer
     h = answer["tx"]
     wait_for(lambda: tn.committed_everywhere([h]), 30, 0.2, "the forced tx in a block on every node")
     for n in tn.nodes:
-        got = tn.rpc(n["name"], "get_tx", {"hash": h, "receipt": False})
+        got = rpc(tn, n["name"], "get_tx", {"hash": h, "receipt": False})
         assert got["outcome"] == "rejected" and "no consent in force" in got["reason"], (n["name"], got)
 
     # the patient access report: hosp-b (the home hospital) names the patient, hosp-d uses the pseudonym
@@ -289,6 +301,10 @@ def test_waiver_export_and_verify_export_against_a_hostile_manifest(world, tmp_p
     assert "no receipt" in verdict(lambda m: m.update(project_approval=None))
     assert "receipt invalid" in verdict(lambda m: f0(m)["deidentified"]["receipt"].update(index=float("inf")))
     assert "not a radchain-research-export/1 manifest" in verdict(lambda m: m.update(format="x"))
+    assert "must be a list of objects" in verdict(lambda m: m.update(studies="abc"))
+    assert "original: no receipt" in verdict(lambda m: f0(m).pop("original"))
+    assert "not recorded as stored" in verdict(lambda m: f0(m).update(original=f0(m)["deidentified"]))
+    assert "without a path" in verdict(lambda m: f0(m).update(path=["a"]))
     manifest.write_text("[1, 2")
     r = radchain("verify-export", str(manifest), "--genesis", genesis, check=False)
     assert r.returncode == 1 and "not JSON" in r.stdout
