@@ -61,7 +61,7 @@ _RAW_FIELDS = {t: _AUDIT for t in AUDIT_TYPES}
 _RAW_FIELDS["deidentified"] = _AUDIT | {"source_digest", "derived_digest", "project"}
 _RAW_FIELDS["export"] = _AUDIT | {"project"}
 for _t in CONSENT_TYPES + ("consent.vote",):
-    _RAW_FIELDS[_t] = _COMMON | {"grantee", "scope", "expires"}
+    _RAW_FIELDS[_t] = _COMMON | {"grantee", "scope", "expires", "project"}
 del _t
 _ALL_RAW = set().union(*_RAW_FIELDS.values())
 

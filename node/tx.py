@@ -172,7 +172,9 @@ for _t in AUDIT_TYPES:
     if _t in ("export", "deidentified"):
         _opt.add("project")  # a research release names its project (node.state's export gate)
     _SCHEMA[_t] = (frozenset(_req), frozenset(_opt))
-_CONSENT_OPTIONAL = frozenset({"user", "ae", "study", "expires", "outcome", "action"})
+# project: the research project a consent is for (its code; node.research.ledger matches it, so the
+# grantee itself may become a token)
+_CONSENT_OPTIONAL = frozenset({"user", "ae", "study", "expires", "outcome", "action", "project"})
 _SCHEMA["consent.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
 _SCHEMA["consent.revoked"] = (frozenset({"patient", "grantee", "scope"}), _CONSENT_OPTIONAL | {"purpose"})
 _SCHEMA["research.access.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
@@ -186,7 +188,8 @@ _SCHEMA["research.project.registered"] = (frozenset({"project", "digest", "purpo
                                           frozenset({"modality", "body_part", "date_from", "date_to", "waiver"}))
 _SCHEMA["research.project.approved"] = (frozenset({"project"}), frozenset())
 # a member's vote for a consent change it may not make alone (action C: grant, D: revoke)
-_SCHEMA["consent.vote"] = (frozenset({"patient", "grantee", "scope", "action"}), frozenset({"purpose", "expires"}))
+_SCHEMA["consent.vote"] = (frozenset({"patient", "grantee", "scope", "action"}),
+                           frozenset({"purpose", "expires", "project"}))
 del _t, _req, _opt
 
 TX_TYPES = frozenset(_SCHEMA)

@@ -158,7 +158,8 @@ def _consent_receipt(rc, patient_id: str, issuer: str, project: dict, purpose: s
     for tx_type in ("consent.granted", "research.access.granted"):
         page = rc.audit_trail(patient_id=patient_id, issuer=issuer, type=tx_type, limit=1000)
         for e in page["entries"]:
-            if (e.get("grantee") in (project["project"], ANY_PROJECT) and scope_covers(e["scope"], modality)
+            if ((e.get("project") or e.get("grantee")) in (project["project"], ANY_PROJECT)
+                    and scope_covers(e["scope"], modality)
                     and purpose_covers(e["purpose"], purpose)):
                 if found is None or (e["height"], e["index"]) > (found["height"], found["index"]):
                     found = e
@@ -335,7 +336,8 @@ def verify_manifest(manifest_path: Path, genesis) -> list[str]:
         else:
             c, c_hdr, c_hash = _check_receipt(st.get("consent"), genesis, "consent")
             if (c["type"] not in ("consent.granted", "research.access.granted") or c["patient"] != ex["patient"]
-                    or c["grantee"] not in (code, ANY_PROJECT) or not scope_covers(c["scope"], ex.get("modality"))
+                    or (c.get("project") or c["grantee"]) not in (code, ANY_PROJECT)
+                    or not scope_covers(c["scope"], ex.get("modality"))
                     or not purpose_covers(c["purpose"], ex["purpose"])):
                 raise ExportError("consent: the receipt is not a consent of this patient covering the export")
             if c_hdr.height > ex_hdr.height or (c.get("expires", 0) and c["expires"] <= ex_hdr.timestamp):

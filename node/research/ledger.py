@@ -9,7 +9,8 @@ State keys (values msgpack; written in the block's one batch like every state wr
     project/<code>                            -> {sponsor, digest, purpose, scope, expires, modality?,
                                                   body_part?, date_from?, date_to?, waiver, tx}
     approval/<code> 00 <member>               -> tx hash of the member's approval
-    cvote/<sha256 of the change>              -> msgpack [patient, grantee, scope, action, purpose, expires, voters]
+    cvote/<sha256 of the change>              -> msgpack [patient, grantee, scope, action, purpose, expires,
+                                                          project, voters]
 
 Rules (a tx that breaks one is REJECTED at execution by every validator, and refused at admission by an
 honest node, with the reason):
@@ -61,8 +62,8 @@ class ResearchState:
 
     def __init__(self) -> None:
         self.homes: dict[bytes, str] = {}
-        # patient -> {(kind, grantee, scope): (expires, purpose)}
-        self.consents: dict[bytes, dict[tuple[str, str, str], tuple[int, str]]] = {}
+        # patient -> {(kind, grantee, scope): (expires, purpose, project or None)}
+        self.consents: dict[bytes, dict[tuple[str, str, str], tuple[int, str, str | None]]] = {}
         self.projects: dict[str, dict] = {}
         self.approvals: set[tuple[str, str]] = set()
         self.votes: dict[bytes, tuple[tuple, set[str]]] = {}
@@ -76,14 +77,15 @@ class ResearchState:
             kind, _, rest = key.partition(b"/")
             patient, (grantee, scope) = rest[:16], msgpack.unpackb(rest[16:], raw=False)
             v = msgpack.unpackb(value, raw=False)
-            self.consents.setdefault(patient, {})[(kind.decode(), grantee, scope)] = (v["expires"], v["purpose"])
+            self.consents.setdefault(patient, {})[(kind.decode(), grantee, scope)] = (
+                v["expires"], v["purpose"], v.get("project"))
         elif key.startswith(b"project/"):
             self.projects[key[8:].decode()] = msgpack.unpackb(value, raw=False)
         elif key.startswith(b"approval/"):
             code, _, member = key[9:].partition(b"\x00")
             self.approvals.add((code.decode(), member.decode()))
         elif key.startswith(b"cvote/"):
-            *change, voters = msgpack.unpackb(value, raw=False)
+            *change, voters = msgpack.unpackb(value, raw=False)  # change: patient .. project, see apply
             self.votes[key[6:]] = (tuple(change), set(voters))
         else:
             return False
@@ -161,8 +163,8 @@ class ResearchState:
                 return f"study_date: the study ({day or 'date not recorded'}) is outside the project's date range"
         if p.get("waiver"):
             return None
-        for (_kind, grantee, scope), (expires, c_purpose) in self.consents.get(f["patient"], {}).items():
-            if (grantee in (code, ANY_PROJECT) and scope_covers(scope, modality)
+        for (_kind, grantee, scope), (expires, c_purpose, c_project) in self.consents.get(f["patient"], {}).items():
+            if ((c_project or grantee) in (code, ANY_PROJECT) and scope_covers(scope, modality)
                     and purpose_covers(c_purpose, purpose) and (expires == 0 or block_time < expires)):
                 return None
         return (f"consent: no consent in force for this patient covers project {code} "
@@ -186,10 +188,11 @@ class ResearchState:
             else:
                 kind = "consent" if t == "consent.granted" else "research"
                 self._grant(kind, patient, f["grantee"], f["scope"], f.get("expires", 0), f["purpose"],
-                            f["member"], tx_hash, f["ts"], writes)
+                            f["member"], tx_hash, f["ts"], writes, f.get("project"))
             return None
         if t == "consent.vote":
-            change = (patient, f["grantee"], f["scope"], f["action"], f.get("purpose", ""), f.get("expires", 0))
+            change = (patient, f["grantee"], f["scope"], f["action"], f.get("purpose", ""), f.get("expires", 0),
+                      f.get("project", ""))
             vote_id = hashlib.sha256(_pack(list(change))).digest()
             _, voters = self.votes.setdefault(vote_id, (change, set()))
             voters.add(f["member"])
@@ -205,7 +208,7 @@ class ResearchState:
                 self._revoke(patient, f["grantee"], f["scope"], writes)
             else:
                 self._grant("consent", patient, f["grantee"], f["scope"], f.get("expires", 0), f["purpose"],
-                            "quorum", tx_hash, f["ts"], writes)
+                            "quorum", tx_hash, f["ts"], writes, f.get("project") or None)
             return None
         if t == "research.project.registered":
             p = {k: f[k] for k in _PROJECT_FIELDS if k in f}
@@ -220,10 +223,13 @@ class ResearchState:
             return None
         return None  # gated types: allowed, no state effect
 
-    def _grant(self, kind, patient, grantee, scope, expires, purpose, member, tx_hash, ts, writes) -> None:
-        self.consents.setdefault(patient, {})[(kind, grantee, scope)] = (expires, purpose)
-        writes.append((consent_key(kind, patient, grantee, scope),
-                       _pack({"expires": expires, "purpose": purpose, "member": member, "tx": tx_hash, "ts": ts})))
+    def _grant(self, kind, patient, grantee, scope, expires, purpose, member, tx_hash, ts, writes,
+               project=None) -> None:
+        self.consents.setdefault(patient, {})[(kind, grantee, scope)] = (expires, purpose, project)
+        value = {"expires": expires, "purpose": purpose, "member": member, "tx": tx_hash, "ts": ts}
+        if project is not None:
+            value["project"] = project
+        writes.append((consent_key(kind, patient, grantee, scope), _pack(value)))
 
     def _revoke(self, patient, grantee, scope, writes) -> None:
         held = self.consents.get(patient, {})

@@ -76,7 +76,7 @@ def _row(e: dict) -> dict:
         who.append(f"staff member (pseudonym {e['user'][:8]})")
     details = []
     if t in ("consent.granted", "consent.revoked", "research.access.granted", "consent.vote"):
-        grantee = e.get("grantee", "")
+        grantee = e.get("project") or e.get("grantee", "")
         details.append(f"for {'any approved research project' if grantee == 'ANY-APPROVED-PROJECT' else grantee}")
         if e.get("scope"):
             details.append(f"covering {_scope(e['scope'])}")
@@ -84,7 +84,7 @@ def _row(e: dict) -> dict:
             details.append(f"until {_when(e['expires'])[:10]}")
         if t == "consent.vote":
             details.append("to grant" if e.get("action") == "C" else "to withdraw")
-    if e.get("project"):
+    if e.get("project") and kind != "consent":
         details.append(f"research project {e['project']}")
     if e.get("modality"):
         details.append(f"modality {e['modality']}")

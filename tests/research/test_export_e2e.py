@@ -130,10 +130,10 @@ def test_research_export_with_consent(world, tmp_path):
     assert by_code["LUNG-1"]["ethics_digest"] == hashlib.sha256(ethics.read_bytes()).hexdigest()
 
     # the home hospital records the patient's consent; another member can neither revoke nor grant
-    consent = {"type": "consent.granted", "patient_id": patient_id, "issuer": issuer, "grantee": "LUNG-1",
-               "scope": "IMG-CT", "purpose": "HRESCH", "actor": "privacy-office"}
+    consent = {"type": "consent.granted", "patient_id": patient_id, "issuer": issuer, "grantee": "lung-lab-uni",
+               "project": "LUNG-1", "scope": "IMG-CT", "purpose": "HRESCH", "actor": "privacy-office"}
     assert rpc(tn, "hosp-b", "submit_event", {"event": consent, "mode": "commit", "timeout": 45})["outcome"] == "applied"
-    for ev in ({**consent, "type": "consent.revoked"}, {**consent, "grantee": "OTHER-2"}):
+    for ev in ({**consent, "type": "consent.revoked"}, {**consent, "project": "OTHER-2"}):
         with pytest.raises(RuntimeError, match="home member 'hosp-b'"):
             rpc(tn, "hosp-d", "submit_event", {"event": ev})
 
@@ -202,7 +202,7 @@ def test_research_export_with_consent(world, tmp_path):
     with pytest.raises(RuntimeError, match="no consent in force"):
         rpc(tn, "hosp-b", "submit_tx", {"tx": raw.hex()})  # the honest node refuses it
     answer = rpc(tn, "hosp-a", "submit_tx", {"tx": raw.hex(), "mode": "commit", "timeout": 45})
-    assert answer["status"] == "committed", answer
+    assert answer["status"] == "committed", (answer, rpc(tn, "hosp-b", "validators"))  # hosp-a must be primary
     h = answer["tx"]
     wait_for(lambda: tn.committed_everywhere([h]), 30, 0.2, "the forced tx in a block on every node")
     for n in tn.nodes:

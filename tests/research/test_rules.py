@@ -170,3 +170,18 @@ def test_a_gossiped_tx_that_breaks_a_rule_is_refused_without_scoring_the_member(
         assert g.stats["txs_refused"] == 1 and g.scores.score("peer-b") == 0
     finally:
         mempool.close()
+
+
+def test_a_consent_names_its_project_so_the_grantee_may_be_a_token(consortium, chain):
+    """Issue 13 may turn the grantee into a token: the project field carries what the gate matches."""
+    c = consortium
+    pat = c.pseudo.patient("P-TOK", "HOSP-B")
+    c.commit(chain, [_project(c), c.tx(1, "research.project.approved", project="LUNG-1")])
+    opaque = "7f3a9c0e5b21d4f86a0c3e9b7d15f2a4"  # stands for a tokenized grantee
+    c.commit(chain, [c.tx(1, "consent.granted", patient=pat, grantee=opaque, scope="IMG", purpose="HRESCH",
+                          project="OTHER-9")])
+    with pytest.raises(TxBreaksRule, match="no consent in force"):
+        chain.check_tx(_export(c, patient=pat))  # a consent for another project does not cover LUNG-1
+    c.commit(chain, [c.tx(1, "consent.granted", patient=pat, grantee=opaque, scope="IMG-CT", purpose="HRESCH",
+                          project="LUNG-1")])
+    chain.check_tx(_export(c, patient=pat))
