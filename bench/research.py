@@ -3,7 +3,7 @@
     python -m bench.research [--txs 5000] [--block 500] [--rounds 3]
 
 Gate: blocks of research exports (purpose HRESCH, a project, a consent looked up per patient: every rule of
-node.research.ledger runs) against blocks of the same exports for treatment (TREAT, no project: ungated),
+node.ledger.research runs) against blocks of the same exports for treatment (TREAT, no project: ungated),
 through ``Chain.execute`` on one store, alternating block by block, best of the rounds per block position.
 Both blocks carry signatures already verified (validate_proposal ran first), so the ratio isolates the rule.
 
@@ -25,11 +25,11 @@ from nacl.signing import SigningKey
 from pydicom.data import get_testdata_file
 
 from bench.ledger import CHAIN_ID, certificate, make_genesis
-from node.chain import Chain
-from node.events import make_tx
-from node.pseudonym import Pseudonymizer
+from node.ledger.chain import Chain
+from node.ledger.intake import make_tx
+from node.ledger.pseudonym import Pseudonymizer
+from node.ledger.store import Store
 from node.research.deid import Deidentifier
-from node.store import Store
 
 T0 = 1_800_000_000_000
 DAY = 86_400_000

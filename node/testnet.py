@@ -19,10 +19,11 @@ from pathlib import Path
 import httpx
 
 from network.identity import load_or_create_identity, peer_id_of
-from node.config import write_config
-from node.genesis import Genesis, Member
-from node.keys import create_member_key, make_private_dir, write_secret
+from node.ledger.genesis import Genesis, Member
+from node.privatefiles import make_private_dir, write_secret
 from node.rpc.auth import ADMIN, READ, add_token
+from node.runtime.keys import create_member_key
+from node.runtime.settings import write_config
 
 HOSPITALS = ["hosp-a", "hosp-b", "hosp-c", "hosp-d", "hosp-e", "hosp-f", "hosp-g", "hosp-h", "hosp-i", "hosp-j"]
 EXAMPLE_EVENT = {"type": "instances.accessed", "patient_id": "PAT-1", "issuer": "HOSP-A",

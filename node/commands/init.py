@@ -28,8 +28,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from network.identity import load_or_create_identity, peer_id_of
-    from node.config import write_config
-    from node.keys import create_member_key, make_private_dir, write_secret
+    from node.privatefiles import make_private_dir, write_secret
+    from node.runtime.keys import create_member_key
+    from node.runtime.settings import write_config
     from node.testnet import add_operator_token
 
     # Anything created below (including by libraries) is private to this user, even under umask 000.

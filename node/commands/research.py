@@ -116,9 +116,9 @@ def _need_home(args, what: str) -> None:
 
 
 def run_register(args) -> int:
-    from node.events import EventError, parse_time
+    from node.ledger.intake import EventError, parse_time
+    from node.ledger.tx import TxError
     from node.research.projects import register_tx
-    from node.tx import TxError
 
     _need_home(args, "register")
     text = args.expires if "T" in args.expires else args.expires + "T00:00:00+00:00"
@@ -134,8 +134,8 @@ def run_register(args) -> int:
 
 
 def run_approve(args) -> int:
+    from node.ledger.tx import TxError
     from node.research.projects import approve_tx
-    from node.tx import TxError
 
     _need_home(args, "approve")
     try:
@@ -156,7 +156,7 @@ def run_export(args) -> int:
             from node.dicom.settings import load_settings
             issuer = load_settings(args.home).default_issuer
         except Exception:
-            from node.config import load_config
+            from node.runtime.settings import load_config
             issuer = load_config(args.home).name
     started = time.monotonic()
     pacs = Pacs(args.pacs)

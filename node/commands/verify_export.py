@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from node.genesis import Genesis, GenesisError
+    from node.ledger.genesis import Genesis, GenesisError
     from node.research.export import ExportError, verify_manifest
 
     try:

@@ -23,10 +23,17 @@ from pathlib import Path
 
 import httpx
 
-from node.categories import CategoryError, code_string, study_date
 from node.dicom.rawdicom import DicomFormatError, inspect_file
-from node.research.codes import ANY_PROJECT, is_research, purpose_covers, scope_covers
 from node.research.deid import PROFILE, Deidentifier, DeidError
+from node.vocabulary import (
+    ANY_PROJECT,
+    CategoryError,
+    code_string,
+    is_research,
+    purpose_covers,
+    scope_covers,
+    study_date,
+)
 
 __all__ = ["ExportError", "Pacs", "export_studies", "verify_manifest", "MANIFEST_FORMAT"]
 
@@ -169,9 +176,9 @@ def _consent_receipt(rc, patient_id: str, issuer: str, project: dict, purpose: s
 def export_studies(rc, pacs: Pacs, home: Path, project_code: str, study_uids: list[str], out_dir: Path, *,
                    actor: str, default_issuer: str, purpose: str | None = None) -> dict:
     """Export ``study_uids`` under ``project_code`` to ``out_dir``; returns the manifest (also written)."""
-    from node.config import load_config
-    from node.genesis import Genesis
+    from node.ledger.genesis import Genesis
     from node.research.projects import get_project, project_key
+    from node.runtime.settings import load_config
 
     cfg = load_config(home)
     genesis = Genesis.load(cfg.genesis_path)
@@ -260,7 +267,7 @@ def export_studies(rc, pacs: Pacs, home: Path, project_code: str, study_uids: li
 # ---------------------------------------------------------------------------------------------- verify
 
 def _check_receipt(doc, genesis, what: str):
-    from node.chain_verify import Receipt, ReceiptError, verify_receipt
+    from node.ledger.verifier import Receipt, ReceiptError, verify_receipt
 
     if not isinstance(doc, dict):
         raise ExportError(f"{what}: no receipt")

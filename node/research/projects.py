@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from node.research.codes import check_project_code
+from node.vocabulary import check_project_code
 
 __all__ = ["list_projects", "get_project", "register_tx", "approve_tx", "project_key"]
 
@@ -55,15 +55,15 @@ def get_project(rc, code: str) -> dict | None:
 
 
 def _member_key(home: Path):
-    from node.config import load_config
-    from node.keys import load_member_key
+    from node.runtime.keys import load_member_key
+    from node.runtime.settings import load_config
 
     cfg = load_config(home)
     return cfg, load_member_key(cfg.member_key_path)
 
 
 def _chain_id(home: Path) -> str:
-    from node.genesis import Genesis
+    from node.ledger.genesis import Genesis
 
     return Genesis.load(Path(home) / "genesis.json").chain_id
 
@@ -71,7 +71,7 @@ def _chain_id(home: Path) -> str:
 def register_tx(home: Path, code: str, ethics_digest: bytes, purpose: str, scope: str, expires_ms: int,
                 **scope_fields) -> bytes:
     """research.project.registered signed with the member key of ``home`` (the sponsor)."""
-    from node.events import make_tx
+    from node.ledger.intake import make_tx
 
     cfg, key = _member_key(home)
     fields = {k: v for k, v in scope_fields.items() if v is not None}
@@ -81,7 +81,7 @@ def register_tx(home: Path, code: str, ethics_digest: bytes, purpose: str, scope
 
 
 def approve_tx(home: Path, code: str) -> bytes:
-    from node.events import make_tx
+    from node.ledger.intake import make_tx
 
     cfg, key = _member_key(home)
     return make_tx("research.project.approved", key, chain_id=_chain_id(home), member=cfg.name,
@@ -90,7 +90,7 @@ def approve_tx(home: Path, code: str) -> bytes:
 
 def project_key(home: Path, code: str, create: bool = True) -> bytes:
     """The exporting hospital's secret key for ``code``'s UID replacements (HOME/keys/research/CODE.key)."""
-    from node.keys import write_secret
+    from node.privatefiles import write_secret
 
     path = Path(home) / "keys" / "research" / f"{check_project_code(code)}.key"
     if path.exists():

@@ -3,7 +3,7 @@ self-contained HTML page a privacy officer can read without knowing what a block
 
 The events come from the chain through the hospital's own node (``audit_trail`` with the raw patient id and
 issuer, tokenized by that node). The raw identifiers are printed only when the node producing the report
-is the patient's home member (the member that recorded the patient's first consent, node.research.ledger):
+is the patient's home member (the member that recorded the patient's first consent, node.ledger.research):
 every other member's report names the patient by pseudonym only. The chain itself never holds them.
 """
 

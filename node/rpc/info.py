@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from node.ledger.tx import tx_hash
 from node.rpc.errors import INVALID_PARAMS, RpcError
-from node.rpc.server import Caller, check_known, param
-from node.tx import tx_hash
+from node.rpc.protocol import Caller, check_known, param
 
 
 async def status(node, params: dict, caller: Caller) -> dict:
@@ -29,7 +29,7 @@ async def validators(node, params: dict, caller: Caller) -> dict:
 
 async def peers(node, params: dict, caller: Caller) -> dict:
     """The other members, whether this node holds a live connection to each, and each one's misbehaviour
-    score (node.peerscore: malformed input it sent; ``blocked`` while its tx gossip is dropped)."""
+    score (node.runtime.peerscore: malformed input it sent; ``blocked`` while its tx gossip is dropped)."""
     check_known(params, set())
     connected = set(node.net.connected_peers())
     members = node.genesis.members

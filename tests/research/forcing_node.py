@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from node.cli import main  # noqa: E402
-from node.state import LedgerState  # noqa: E402
+from node.ledger.state import LedgerState  # noqa: E402
 
 LedgerState.rule_violation = lambda self, fields, now_ms: None  # admission only; execution still decides
 

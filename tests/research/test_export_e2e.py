@@ -185,10 +185,10 @@ def test_research_export_with_consent(world, tmp_path):
     # proposed and committed, and every validator rejects it with the reason
     from nacl.signing import SigningKey  # noqa: F401 (the member key type)
 
-    from node.config import load_config
-    from node.events import event_to_tx_fields, sign_tx
-    from node.keys import load_member_key
-    from node.pseudonym import Pseudonymizer
+    from node.ledger.intake import event_to_tx_fields, sign_tx
+    from node.ledger.pseudonym import Pseudonymizer
+    from node.runtime.keys import load_member_key
+    from node.runtime.settings import load_config
 
     cfg = load_config(home["hosp-b"])
     key = load_member_key(cfg.member_key_path)

@@ -1,4 +1,4 @@
-"""The research rules as every validator applies them (node.research.ledger via node.state): consent
+"""The research rules as every validator applies them (node.ledger.research via node.ledger.state): consent
 ownership, quorum votes, projects and the export gate; refused at admission with the reason, rejected at
 execution if committed anyway, and re-derived identically by offline verification."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from ledger_helpers import T0
 
-from node.block import APPLIED, REJECTED
-from node.chain import TxBreaksRule
-from node.chain_verify import verify_chain
-from node.tx import TxError, decode_tx
+from node.ledger.block import APPLIED, REJECTED
+from node.ledger.chain import TxBreaksRule
+from node.ledger.tx import TxError, decode_tx
+from node.ledger.verifier import verify_chain
 
 DAY = 86_400_000
 
@@ -152,11 +152,11 @@ def test_a_gossiped_tx_that_breaks_a_rule_is_refused_without_scoring_the_member(
     """An honest member may gossip one: it admitted the export before the consent was revoked."""
     import msgpack
 
-    from node.config import MempoolConfig
-    from node.gossip import TxGossip
-    from node.mempool import Mempool
-    from node.peerscore import PeerScores
-    from node.tx import tx_hash
+    from node.ledger.tx import tx_hash
+    from node.runtime.gossip import TxGossip
+    from node.runtime.mempool import Mempool
+    from node.runtime.peerscore import PeerScores
+    from node.runtime.settings import MempoolConfig
 
     c = consortium
     mempool = Mempool(tmp_path / "mempool", 1000)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 
-from node.diskspace import DiskFull, free_bytes, is_disk_full
+from node.runtime.diskspace import DiskFull, free_bytes, is_disk_full
 
 _HEADER = struct.Struct(">II")
 MAX_RECORD = 64 << 20

@@ -22,7 +22,7 @@ index entries):
   replica set is future work. The registry governs who may submit txs.)
 - ``consent.granted`` / ``research.access.granted`` write their key, ``consent.revoked`` deletes both, but
   only from the patient's home member; ``consent.vote``, research projects and the export gate for
-  ``export`` / ``deidentified``: node.research.ledger (the rules and their state keys). The reason a rule
+  ``export`` / ``deidentified``: node.ledger.research (the rules and their state keys). The reason a rule
   gives is kept in ``LedgerState.rejections`` (node-local memory, for ``get_tx`` and the log).
 - ``evidence.equivocation`` records the report.
 
@@ -42,10 +42,10 @@ from collections import OrderedDict
 import msgpack
 
 from consensus.certificate import quorum
-from node.genesis import Genesis
-from node.research.ledger import GATED_TYPES, RESEARCH_STATE_TYPES, ResearchState
-from node.research.ledger import consent_key as consent_key
-from node.tx import Tx
+from node.ledger.genesis import Genesis
+from node.ledger.research import GATED_TYPES, RESEARCH_STATE_TYPES, ResearchState
+from node.ledger.research import consent_key as consent_key
+from node.ledger.tx import Tx
 
 __all__ = ["LedgerState", "STATE_DOMAIN", "STATE_TYPES", "next_state_root", "consent_key"]
 
@@ -53,7 +53,7 @@ STATE_DOMAIN = b"radchain/state/v1\x00"
 STATE_TYPES = frozenset({"client.added", "client.removed", "member.added", "member.removed",
                          "consent.granted", "consent.revoked", "research.access.granted",
                          "evidence.equivocation"}) | RESEARCH_STATE_TYPES | GATED_TYPES
-# types decided by node.research.ledger (consent ownership, projects, the export gate)
+# types decided by node.ledger.research (consent ownership, projects, the export gate)
 _RESEARCH_RULED = frozenset({"consent.granted", "consent.revoked", "research.access.granted"}) | \
     RESEARCH_STATE_TYPES | GATED_TYPES
 REMEMBER_REJECTIONS = 10_000  # reasons of recent rule rejections kept for get_tx
@@ -79,7 +79,7 @@ class LedgerState:
         self.root: bytes = b""
         self.research = ResearchState()
         # the agreed timestamp of the block being executed (consent and project expiry are judged by it);
-        # set by whoever executes a block (node.chain, node.chain_verify) before execute_txs
+        # set by whoever executes a block (node.ledger.chain, node.ledger.verifier) before execute_txs
         self.block_time: int = 0
         self.rejections: OrderedDict[bytes, str] = OrderedDict()
 

@@ -16,7 +16,7 @@ partials; members that answered garbage are reported in `last_bad`.
 
 Evaluation and verification run in a worker thread (libsodium calls release the GIL through ctypes), one at
 a time per service, so a large batch never stalls the trio loop that carries consensus traffic.
-The node's tokenizer does not use this yet (issue 13): node/events.py still uses node/pseudonym.py.
+The node's tokenizer does not use this yet (issue 13): node/ledger/intake.py still uses node/ledger/pseudonym.py.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import msgpack
 import trio
 
-from . import oprf
-from .oprf import BlindedInput, EpochPublic, KeyShare, OprfError, Partial
+from node.ledger import oprf
+from node.ledger.oprf import BlindedInput, EpochPublic, KeyShare, OprfError, Partial
 
 __all__ = [
     "CHANNEL",

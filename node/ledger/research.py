@@ -1,10 +1,10 @@
-"""The research rules every validator applies (called from node.state): consent ownership, projects, the
+"""The research rules every validator applies (called from node.ledger.state): consent ownership, projects, the
 export gate. Pure and deterministic: decisions depend only on the state and the block's agreed timestamp.
 
 State keys (values msgpack; written in the block's one batch like every state write)::
 
     home/<patient 16>                         -> member name: the patient's home member
-    consent/<patient 16><msgpack [grantee, scope]>   -> {expires, purpose, member, tx, ts}   (node.state)
+    consent/<patient 16><msgpack [grantee, scope]>   -> {expires, purpose, member, tx, ts}   (node.ledger.state)
     research/<patient 16><msgpack [grantee, scope]>  -> the same, for research.access.granted
     project/<code>                            -> {sponsor, digest, purpose, scope, expires, modality?,
                                                   body_part?, date_from?, date_to?, waiver, tx}
@@ -18,7 +18,7 @@ honest node, with the reason):
 1. **Consent ownership.** The first member to record a consent tx (granted, revoked, research access) for
    a patient becomes the patient's home member. After that only the home member may grant, revoke or
    change that patient's consents. Any other change needs a ``consent.vote`` by a quorum (2f+1 of the
-   current members, node.state's quorum): the identical change voted by that many members is applied.
+   current members, node.ledger.state's quorum): the identical change voted by that many members is applied.
 2. **Projects.** ``research.project.registered`` by any member (the sponsor) with a new code, a future
    expiry and a research purpose; ``research.project.approved`` by a data-holding member, once, for a
    registered project not yet expired.
@@ -40,7 +40,7 @@ import hashlib
 
 import msgpack
 
-from node.research.codes import ANY_PROJECT, RESEARCH_PURPOSES, is_research, purpose_covers, scope_covers
+from node.vocabulary import ANY_PROJECT, RESEARCH_PURPOSES, is_research, purpose_covers, scope_covers
 
 __all__ = ["ResearchState", "GATED_TYPES", "RESEARCH_STATE_TYPES", "CONSENT_CHANGE_TYPES"]
 

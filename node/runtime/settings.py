@@ -8,42 +8,17 @@ start` refuses it when others can read it. RPC tokens are not in it: HOME/tokens
 from __future__ import annotations
 
 import os
-import secrets
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
 
+from node.rpc.settings import RpcConfig
+
 
 class ConfigError(ValueError):
     """The node's configuration is missing, malformed or inconsistent."""
-
-
-@dataclass
-class RpcConfig:
-    listen: str = "127.0.0.1:26657"
-    # Plaintext tokens here are refused at load (they live hashed in HOME/tokens.json); kept as a field so
-    # the error can say how to move them.
-    tokens: dict[str, str] = field(default_factory=dict)
-    read_requires_token: bool = True  # false opens every read (not writes) to anyone who reaches the port
-    allowed_hosts: list[str] = field(default_factory=list)  # Host names besides IP literals and localhost
-    allowed_origins: list[str] = field(default_factory=list)  # browser origins let in (none by default)
-    trusted_proxies: list[str] = field(default_factory=list)  # peers whose X-Forwarded-For is believed
-    max_body_bytes: int = 1 << 20
-    body_timeout: float = 10.0  # seconds to receive a whole request body once its headers are in
-    max_connections: int = 1024  # open RPC connections in total (HTTP and WebSocket)
-    max_connections_per_address: int = 64  # per client address (proxies, 127.0.0.1 and ::1: only the total)
-    rate_limit_per_second: float = 2000.0  # per client address; bursts of the same size are allowed
-    rate_limit_addresses: int = 10_000  # addresses the rate limiter remembers; the idlest is forgotten first
-
-    @property
-    def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0]
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
 
 
 @dataclass
@@ -61,7 +36,7 @@ class MempoolConfig:
     gossip_batch: int = 256
     gossip_interval: float = 0.005
     rebroadcast_after: float = 5.0
-    # Backpressure (node.mempool): client txs are refused with a retry delay once more txs wait than the
+    # Backpressure (node.runtime.mempool): client txs are refused with a retry delay once more txs wait than the
     # chain commits in busy_after_s seconds at its recent rate, and never below min_backlog.
     busy_after_s: float = 1.5
     min_backlog: int = 1000
@@ -195,7 +170,7 @@ def write_config(home: Path, *, name: str, p2p_listen: str, rpc_listen: str, psk
                  pseudonym_key: bytes, tokens: dict[str, str] | None = None, extra: dict | None = None) -> Path:
     """Write HOME/config.toml (0600, the home 0700). `tokens` {name: token}, if given, go hashed into
     HOME/tokens.json with every role."""
-    from node.keys import make_private_dir, write_secret
+    from node.privatefiles import make_private_dir, write_secret
     from node.rpc.auth import ROLES, add_token
 
     make_private_dir(home)
@@ -212,9 +187,3 @@ def write_config(home: Path, *, name: str, p2p_listen: str, rpc_listen: str, psk
     for token_name, token in (tokens or {}).items():
         add_token(home / "tokens.json", token_name, list(ROLES), token)
     return path
-
-
-def new_token() -> str:
-    # Hex, not base64url: a token that starts with "-" reads as an option on a command line
-    # (`radchain audit --token -x...`), and one in 64 urlsafe tokens does.
-    return secrets.token_hex(24)

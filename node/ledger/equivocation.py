@@ -16,7 +16,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from consensus.evidence import EvidenceError, decode_evidence, encode_evidence, verify_evidence
-from node.tx import TxError
+from node.ledger.tx import TxError
 
 
 class _MemberKeys:

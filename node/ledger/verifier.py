@@ -5,7 +5,7 @@ checks: the block record decodes canonically; height, chain id and prev_hash lin
 every tx's bytes hash to the hash listed in the block and decode canonically with a valid signature; the
 tx Merkle root; the proposal digest from the header; the commit certificate (2f+1 genesis members signed
 that digest at that height, in any view: the view is not part of the block); the per-tx statuses and the state root, by
-re-executing with the same code as the node (node.chain.execute_txs); the tx records and index entries the
+re-executing with the same code as the node (node.ledger.chain.execute_txs); the tx records and index entries the
 block should have written. Then the head record and the stored state. The first failure raises
 ``VerifyError`` with its height.
 
@@ -17,20 +17,22 @@ certified under and the commit certificate. ``verify_receipt`` checks it against
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgpack
 
 from consensus.certificate import Certificate, CertificateError, verify_certificate
-from node.block import Block, BlockError, ProposalHeader
-from node.chain import execute_txs
-from node.genesis import Genesis
-from node.merkle import inclusion_path, merkle_root, verify_inclusion
-from node.state import LedgerState, next_state_root
-from node.store import INDEXES, LOC, Store
-from node.tx import Tx, TxError, decode_tx
+from node.ledger.block import Block, BlockError, ProposalHeader
+from node.ledger.chain import execute_txs
+from node.ledger.genesis import Genesis
+from node.ledger.merkle import inclusion_path, merkle_root, verify_inclusion
+from node.ledger.state import LedgerState, next_state_root
+from node.ledger.store import INDEXES, LOC, Store
+from node.ledger.tx import Tx, TxError, decode_tx
 
 __all__ = ["VerifyError", "verify_chain", "Receipt", "make_receipt", "verify_receipt", "ReceiptError"]
 
@@ -140,7 +142,7 @@ def _verify_block(db, height: int, chain_id: str, members, state: LedgerState, p
         raise VerifyError(height, f"certificate: {exc}") from None
 
     puts: list[tuple[bytes, bytes]] = []
-    state.block_time = hdr.timestamp  # as node.chain.execute: rules judge expiry by the agreed block time
+    state.block_time = hdr.timestamp  # as node.ledger.chain.execute: rules judge expiry by the agreed block time
     statuses, writes, index_keys = execute_txs(state, height, txs, lambda th: location[th][0] == height,
                                                lambda k, v: puts.append((k, v)))
     puts.extend((key, b"") for key in index_keys)
@@ -157,7 +159,7 @@ def _verify_block(db, height: int, chain_id: str, members, state: LedgerState, p
         skip = None if patient_stored else b"I" + INDEXES["patient_stored"]
         for key, value in puts:
             if skip is not None and key.startswith(skip):
-                continue  # a store older than the patient_stored index (node.store)
+                continue  # a store older than the patient_stored index (node.ledger.store)
             if db.get(key) != value:
                 what = "tx record" if key[:1] == b"T" else "index entry"
                 raise VerifyError(height, f"{what} {key.hex()[:40]} missing or altered")
@@ -242,3 +244,24 @@ def verify_receipt(receipt: Receipt, members, chain_id: str) -> tuple[Tx, Propos
     except CertificateError as exc:
         raise ReceiptError(f"certificate: {exc}") from None
     return tx, header
+
+
+def load_receipt(path: Path):
+    """(Receipt, claims) from a JSON receipt; claims are what the file says about itself (hash, height)."""
+    data = path.read_bytes()
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return Receipt.decode(data), {}  # binary (msgpack) receipt, as Receipt.encode writes it
+    if not isinstance(doc, dict):
+        raise ReceiptError("receipt JSON must be an object")
+    claims = {k: doc[k] for k in ("hash", "height", "chain_id") if k in doc}
+    if isinstance(doc.get("receipt"), dict):  # a whole get_tx answer
+        doc = doc["receipt"]
+        claims.update({k: doc[k] for k in ("height", "chain_id") if k in doc})
+    try:
+        receipt = Receipt(bytes.fromhex(doc["tx"]), int(doc["index"]), tuple(bytes.fromhex(p) for p in doc["path"]),
+                          bytes.fromhex(doc["proposal_header"]), bytes.fromhex(doc["certificate"]))
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: "index": Infinity
+        raise ReceiptError(f"malformed receipt: {exc.__class__.__name__}: {exc}") from None
+    return receipt, claims

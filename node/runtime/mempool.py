@@ -19,12 +19,8 @@ from pathlib import Path
 
 import plyvel
 
-from node.diskspace import DiskFull, DiskGuard, free_bytes, is_disk_full
-
-
-class MempoolFull(Exception):
-    """The mempool holds its configured maximum; the submitter should retry later."""
-
+from node.ledger.refusals import MempoolFull
+from node.runtime.diskspace import DiskFull, DiskGuard, free_bytes, is_disk_full
 
 # Client txs are refused once the backlog exceeds what commits in this long at the recent rate. A tx
 # admitted at the limit waits about this long before its block, plus ~0.3 s of consensus and the client's

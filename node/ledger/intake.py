@@ -18,10 +18,8 @@ from datetime import datetime
 
 from nacl.signing import SigningKey
 
-from node.categories import CategoryError, code_string
-from node.categories import study_date as categories_study_date
-from node.pseudonym import PseudonymError, Pseudonymizer
-from node.tx import (
+from node.ledger.pseudonym import PseudonymError, Pseudonymizer
+from node.ledger.tx import (
     AUDIT_TYPES,
     CONSENT_TYPES,
     MAX_LIST,
@@ -31,27 +29,11 @@ from node.tx import (
     TxError,
     sign_fields,
 )
+from node.vocabulary import ALLOWED_ACTIONS, DEFAULT_ACTION, EVENT_TYPES, CategoryError, code_string
+from node.vocabulary import study_date as categories_study_date
 
 __all__ = ["EventError", "event_to_tx_fields", "sign_tx", "make_tx", "parse_time", "EVENT_TYPES",
            "DEFAULT_ACTION"]
-
-# consent.vote: a member's vote for a consent change only a quorum may make (node.research.ledger)
-EVENT_TYPES = frozenset(AUDIT_TYPES + CONSENT_TYPES + ("consent.vote",))
-
-# EventActionCode a type implies when the event does not say (docs: audit-vocabulary, PS3.15 A.5.3).
-DEFAULT_ACTION = {
-    "instances.stored": "C", "instances.accessed": "R", "query": "E", "transfer.begin": "E",
-    "instances.transferred": "C", "export": "R", "import": "C", "study.deleted": "D", "deidentified": "R",
-    "consent.granted": "E", "consent.revoked": "E", "research.access.granted": "E", "consent.vote": "C",
-}
-# Actions a type admits (instances.accessed covers C/R/U/D per PS3.15 A.5.3.6, transferred C/R/U per A.5.3.7).
-ALLOWED_ACTIONS = {
-    "instances.stored": {"C", "U"}, "instances.accessed": {"C", "R", "U", "D"}, "query": {"E"},
-    "transfer.begin": {"E"}, "instances.transferred": {"C", "R", "U"}, "export": {"R"}, "import": {"C"},
-    "study.deleted": {"D"}, "deidentified": {"R", "C"},
-    "consent.granted": {"E"}, "consent.revoked": {"E"}, "research.access.granted": {"E"},
-    "consent.vote": {"C", "D"},  # grant or revoke
-}
 
 _COMMON = {"type", "patient_id", "issuer", "actor", "actor_ae", "purpose", "event_id", "time", "outcome",
            "action", "study_uid"}
@@ -229,7 +211,7 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
         value = _hex32(event, name)
         if value is not None:
             fields[name] = value
-    try:  # imaging categories (optional, non-identifying; node.categories)
+    try:  # imaging categories (optional, non-identifying; node.vocabulary)
         for name in ("modality", "body_part"):
             if name in event:
                 fields[name] = code_string(event[name], name)

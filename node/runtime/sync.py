@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import msgpack
 import trio
 
-from node import peerscore
-from node.chain import Chain, ChainError
-from node.peerscore import PeerScores
+from node.ledger.chain import Chain, ChainError
+from node.runtime import peerscore
+from node.runtime.peerscore import PeerScores
 
 log = logging.getLogger("radchain.sync")
 
@@ -147,6 +147,13 @@ class BlockSync:
         self.report: Callable[[], dict] | None = None
         self.stats = {"served": 0, "fetched": 0, "rounds": 0, "bad_responses": 0, "bad_requests": 0,
                       "bad_blocks": 0}
+
+    def own_status(self) -> PeerStatus:
+        """This node's status, as it answers a member's status request (the explorer's row for itself)."""
+        store = self.chain.store
+        header = store.get_header(store.height) if store.height else None
+        extra = self.report() if self.report is not None else {}
+        return PeerStatus(store.height, time=header.timestamp if header else None, **extra)
 
     # ------------------------------------------------------------------ serving
     async def serve(self, peer: str, data: bytes) -> bytes:

@@ -1,10 +1,9 @@
-"""The member key, and the two helpers every secret file of a node home goes through.
+"""The member key, and the check every secret file of a node home passes at start.
 
 The member key is an ed25519 seed in HOME/keys/member.key (0600) that signs consensus messages and the
 node's own transactions. The libp2p identity is a separate key (network.identity), so either can rotate.
 
-`write_secret` writes a file 0600 atomically (temp file in the same directory, fsync, rename) whatever the
-umask, creating missing parent directories 0700; `check_secret_mode` refuses a secret that group or others
+Secret files are written with node.privatefiles.write_secret; `check_secret_mode` refuses a secret that group or others
 can read or write, naming the file and the chmod that fixes it. `radchain start` checks every secret of the
 home before it opens anything (docs/RPC.md "Files and modes").
 """
@@ -17,67 +16,11 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-SECRET_MODE = 0o600
-DIR_MODE = 0o700
+from node.privatefiles import DIR_MODE, SECRET_MODE, write_secret
 
 
 class SecretModeError(PermissionError):
     """A secret file (or its directory) is readable or writable by group or others."""
-
-
-def make_private_dir(path: Path, *, tighten: bool = True) -> Path:
-    """`path` and any missing parents created 0700 (umask ignored); an existing `path` is tightened to 0700
-    unless `tighten` is false."""
-    missing = []
-    p = Path(path)
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            pass
-        os.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask; chmod is not
-    if not missing and tighten:
-        os.chmod(path, DIR_MODE)
-    return Path(path)
-
-
-def write_secret(path: Path, data: bytes | str, *, exclusive: bool = False) -> Path:
-    """Write `data` to `path` with mode 0600, atomically: a reader (or a crash) sees the old file or the new
-    one, never a partial or world-readable one. `exclusive` refuses to replace an existing file."""
-    path = Path(path)
-    if not path.parent.exists():
-        make_private_dir(path.parent)
-    if exclusive and path.exists():
-        raise FileExistsError(f"{path} exists; refusing to overwrite a secret")
-    raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
-    try:
-        os.fchmod(fd, SECRET_MODE)  # O_CREAT's mode is masked by the umask (harmlessly: it only clears bits)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if exclusive:
-            os.link(tmp, path)  # fails if path appeared meanwhile
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)  # the rename itself survives a crash
-    finally:
-        os.close(dfd)
-    return path
 
 
 def check_secret_mode(path: Path) -> None:

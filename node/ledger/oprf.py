@@ -63,7 +63,7 @@ def _load_sodium() -> ctypes.CDLL:
         if lib.sodium_init() < 0:
             raise ImportError("libsodium: sodium_init failed")
         return lib
-    raise ImportError("node.oprf needs the system libsodium >= 1.0.18 (apt-get install libsodium23)")
+    raise ImportError("node.ledger.oprf needs the system libsodium >= 1.0.18 (apt-get install libsodium23)")
 
 
 _sodium = _load_sodium()
@@ -179,7 +179,7 @@ SCALAR_BYTES = 32
 PROOF_BYTES = 64
 OUTPUT_BYTES = 64
 TOKEN_BYTES = (
-    18  # 2-byte epoch || 16 bytes of OPRF output (128 bits, as the HMAC tokens of node/pseudonym.py)
+    18  # 2-byte epoch || 16 bytes of OPRF output (128 bits, as the HMAC tokens of node/ledger/pseudonym.py)
 )
 MAX_BATCH = 1024  # points per request: bounds a peer's work per message (callers may impose less)
 MAX_MEMBERS = 1000  # share indices are 1..MAX_MEMBERS
@@ -669,7 +669,7 @@ def combine_verified(
 
 
 def token_input(epoch: int, kind: str, *parts: str) -> bytes:
-    """The OPRF input for one identifier: domain, epoch, kind, length-prefixed parts (as node/pseudonym.py)."""
+    """The OPRF input for one identifier: domain, epoch, kind, length-prefixed parts (as node/ledger/pseudonym.py)."""
     if type(epoch) is not int or not 0 <= epoch < 1 << 16:
         raise OprfError("epoch: must be an integer in 0..65535")
     if not isinstance(kind, str) or not kind.isascii() or not 0 < len(kind) <= 32 or "\x00" in kind:

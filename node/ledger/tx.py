@@ -30,7 +30,15 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 
-from node.research.codes import SCOPES, CodeError, check_project_code
+from node.vocabulary import (
+    ACTIONS,
+    AUDIT_TYPES,
+    CONSENT_TYPES,
+    OUTCOMES,
+    SCOPES,
+    CodeError,
+    check_project_code,
+)
 
 try:  # libsodium through PyNaCl's cffi module: no per-call output allocation and copy (~2 us per tx)
     from nacl._sodium import ffi as _ffi
@@ -53,10 +61,6 @@ MAX_LIST = 256
 TOKEN_BYTES = 16  # pseudonym tokens: HMAC-SHA256 truncated to 128 bits (docs/PSEUDONYMS.md)
 MAX_EVIDENCE_BYTES = 4096
 
-# DICOM EventOutcomeIndicator (PS3.15 A.5.1): 0 success, 4 minor, 8 serious, 12 major failure.
-OUTCOMES = frozenset({0, 4, 8, 12})
-# DICOM EventActionCode: Create, Read, Update, Delete, Execute.
-ACTIONS = frozenset({"C", "R", "U", "D", "E"})
 # HL7 v3 PurposeOfUse (2.16.840.1.113883.1.11.20448), the codes in the value set's expansion.
 PURPOSES = frozenset({
     "TREAT", "ETREAT", "BTG", "ERTREAT", "CLINTRL", "COC", "POPHLTH", "HPAYMT", "CLMATTCH", "COVAUTH",
@@ -131,7 +135,7 @@ FIELD_SPECS: dict[str, tuple] = {
     "outcome": (int, 0, 12, OUTCOMES, None, "one of 0, 4, 8, 12"),
     "action": (str, 1, 1, ACTIONS, None, "one of C, R, U, D, E"),
     "grantee": _TEXT, "expires": _TIME,
-    # consent and project scopes are codes (node.research.codes), never free text
+    # consent and project scopes are codes (node.vocabulary), never free text
     "scope": (str, 1, 16, SCOPES, None, "a scope code: ALL, IMG, IMG-<modality> or RPT"),
     "project": (str, 1, 32, None, _project, "a project code of 1..32 characters A-Z 0-9 . _ -"),
     "date_from": (int, 19000101, 29991231, None, None, "a date as the integer YYYYMMDD"),
@@ -140,7 +144,7 @@ FIELD_SPECS: dict[str, tuple] = {
     "subject": _NAME, "subject_key": _KEY,
     "offender": (int, 0, (1 << 16) - 1, None, None, "a member index"),
     "evidence": (list, 2, 2, None, _evidence, f"two different messages of 1..{MAX_EVIDENCE_BYTES} bytes"),
-    # non-identifying imaging categories for prior-imaging lookups (node.categories)
+    # non-identifying imaging categories for prior-imaging lookups (node.vocabulary)
     "modality": (str, 1, 16, None, None, "a DICOM Modality code string of 1..16 characters"),
     "body_part": (str, 1, 16, None, None, "a DICOM Body Part Examined code string of 1..16 characters"),
     "study_date": (int, 19000101, 29991231, None, None, "a study date as the integer YYYYMMDD"),
@@ -150,11 +154,6 @@ COMMON_REQUIRED = frozenset({"v", "chain", "type", "member", "client", "ts", "no
 _AUDIT_OPTIONAL = frozenset({"user", "ae", "peer_ae", "series", "instances", "n_series", "n_instances",
                              "digest", "pixel_digest", "study", "modality", "body_part", "study_date"})
 
-AUDIT_TYPES = (
-    "instances.stored", "instances.accessed", "query", "transfer.begin", "instances.transferred", "export",
-    "import", "study.deleted", "deidentified",
-)
-CONSENT_TYPES = ("consent.granted", "consent.revoked", "research.access.granted")
 MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.removed")
 # research projects (a sponsor registers, data holders approve) and the quorum path for consent changes
 RESEARCH_TYPES = ("research.project.registered", "research.project.approved", "consent.vote")
@@ -170,9 +169,9 @@ for _t in AUDIT_TYPES:
     if _t == "deidentified":
         _req |= {"source_digest", "derived_digest"}
     if _t in ("export", "deidentified"):
-        _opt.add("project")  # a research release names its project (node.state's export gate)
+        _opt.add("project")  # a research release names its project (node.ledger.state's export gate)
     _SCHEMA[_t] = (frozenset(_req), frozenset(_opt))
-# project: the research project a consent is for (its code; node.research.ledger matches it, so the
+# project: the research project a consent is for (its code; node.ledger.research matches it, so the
 # grantee itself may become a token)
 _CONSENT_OPTIONAL = frozenset({"user", "ae", "study", "expires", "outcome", "action", "project"})
 _SCHEMA["consent.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
@@ -309,7 +308,7 @@ def verify_tx(body: bytes, sig: bytes, client: bytes) -> None:
 # strict_map_key (the default) still admits bin keys next to str keys: _check_fields_slowly type-checks
 # every key before comparing it. str/bin kept apart (raw=False) is a msgpack >= 1.0 default.
 if msgpack.version < (1, 0, 0):  # pragma: no cover
-    raise ImportError("node.tx needs msgpack >= 1.0")
+    raise ImportError("node.ledger.tx needs msgpack >= 1.0")
 
 _MAX_FIELDS = len(FIELD_SPECS)
 

@@ -14,12 +14,12 @@ from collections.abc import Callable
 import msgpack
 import trio
 
-from node import peerscore
-from node.chain import Chain, TxNotAuthorised
-from node.config import MempoolConfig
-from node.mempool import Mempool, MempoolFull
-from node.peerscore import PeerScores
-from node.tx import MAX_TX_BYTES, TxError
+from node.ledger.chain import Chain, TxNotAuthorised
+from node.ledger.tx import MAX_TX_BYTES, TxError
+from node.runtime import peerscore
+from node.runtime.mempool import Mempool, MempoolFull
+from node.runtime.peerscore import PeerScores
+from node.runtime.settings import MempoolConfig
 
 log = logging.getLogger("radchain.gossip")
 
@@ -80,7 +80,7 @@ class TxGossip:
         """A batch from a member: every tx is checked (signature, authorisation) before admission.
 
         Never raises for anything the member sent: a malformed batch or tx is counted and scored against
-        the member (node.peerscore), and each tx is handled on its own. Batches of a blocked member are
+        the member (node.runtime.peerscore), and each tx is handled on its own. Batches of a blocked member are
         dropped unread."""
         self.stats["batches_in"] += 1
         if self.scores.blocked(peer):

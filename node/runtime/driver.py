@@ -24,9 +24,9 @@ from consensus import actions as A
 from consensus import events as E
 from consensus import wal as consensus_wal
 from consensus.replica import TICK
-from node.chain import Chain, ChainError
-from node.diskspace import DiskFull, DiskGuard, is_disk_full
-from node.wal import WriteAheadLog
+from node.ledger.chain import Chain, ChainError
+from node.runtime.diskspace import DiskFull, DiskGuard, is_disk_full
+from node.runtime.wal_file import WriteAheadLog
 
 log = logging.getLogger("radchain.driver")
 
@@ -94,7 +94,7 @@ class ConsensusDriver:
         self._deferred: list[int] = []  # heights the replica asked a proposal for, waiting for txs
         self._deferred_view = -1
         self._mempool_dirty = False
-        # A full disk (node.diskspace): the driver waits for space, sending nothing meanwhile, and drops the
+        # A full disk (node.runtime.diskspace): the driver waits for space, sending nothing meanwhile, and drops the
         # consensus messages that arrive (as a partition would); block sync catches it up afterwards.
         self._disk = disk
         self.paused = False
@@ -319,7 +319,7 @@ class ConsensusDriver:
             if self._disk_stalled:
                 self._pending_commits[action.height] = action  # executed again once space returns
             return None
-        # block.hash covers only agreed data (node/block.py), so honest replicas' checkpoint votes match
+        # block.hash covers only agreed data (node/ledger/block.py), so honest replicas' checkpoint votes match
         event = E.Executed(block.height, block.hash)
         # Commits queued behind a gap can go now.
         nxt = self._pending_commits.pop(self.chain.height + 1, None)

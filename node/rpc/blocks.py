@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from consensus.certificate import Certificate
-from node.chain_verify import make_receipt
+from node.ledger.verifier import make_receipt
 from node.rpc.errors import INVALID_PARAMS, NOT_FOUND, RpcError
+from node.rpc.protocol import Caller, check_known, param
 from node.rpc.render import block_json, hex32, tx_json
-from node.rpc.server import Caller, check_known, param
 from node.rpc.submit import committed_answer
 
 MAX_BLOCKS = 100  # per `blocks` call; page with from/to

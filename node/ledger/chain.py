@@ -2,7 +2,7 @@
 
 ``Chain(genesis, store)`` is also the ``app`` of ``consensus.replica.Replica`` (``digest``, ``validate``).
 
-- ``build_proposal(height, proposer, timestamp_ms, txs)``: payload bytes (node.block) for consensus.
+- ``build_proposal(height, proposer, timestamp_ms, txs)``: payload bytes (node.ledger.block) for consensus.
 - ``proposal_digest(payload)``: SHA-256 of the proposal header, what members sign in commits. A receipt
   (tx + Merkle path + proposal header + certificate) is checkable without the block.
 - ``validate_proposal(height, payload, now_ms)``: raise ProposalError unless the payload is well formed and
@@ -11,7 +11,7 @@
   a client key registered to its member (as of the last executed block), appears once, and tx_root is
   their Merkle root. Txs admitted through ``check_tx`` (the mempool) are not decoded or verified again;
   a validated proposal is kept (by digest) so ``execute`` does not parse it again.
-- ``execute(payload, certificate)``: verify the certificate, apply the txs (node.state rules), derive the
+- ``execute(payload, certificate)``: verify the certificate, apply the txs (node.ledger.state rules), derive the
   block header (prev_hash, state_root; nothing from the certificate) and write block, certificate, txs, indexes
   and state in one store batch. Txs already committed (or repeated in the payload) are marked DUPLICATE
   and not indexed again; txs whose key is no longer authorised are REJECTED. Both are deterministic, so
@@ -27,7 +27,7 @@ from collections.abc import Callable
 import msgpack
 
 from consensus.certificate import Certificate, CertificateError, verify_certificate
-from node.block import (
+from node.ledger.block import (
     APPLIED,
     DUPLICATE,
     PROPOSAL_DOMAIN,
@@ -39,12 +39,12 @@ from node.block import (
     encode_payload,
     split_payload,
 )
-from node.evidence import check_evidence_tx
-from node.genesis import Genesis
-from node.merkle import merkle_root
-from node.state import STATE_TYPES, LedgerState, next_state_root
-from node.store import INDEXES, LOC, STORED_TYPES, SUFFIX, Store, member_type_prefix
-from node.tx import TOKEN_BYTES, Tx, TxError, decode_tx
+from node.ledger.equivocation import check_evidence_tx
+from node.ledger.genesis import Genesis
+from node.ledger.merkle import merkle_root
+from node.ledger.state import STATE_TYPES, LedgerState, next_state_root
+from node.ledger.store import INDEXES, LOC, STORED_TYPES, SUFFIX, Store, member_type_prefix
+from node.ledger.tx import TOKEN_BYTES, Tx, TxError, decode_tx
 
 __all__ = ["Chain", "ChainError", "ProposalError", "TxNotAuthorised", "TxBreaksRule", "proposal_digest", "execute_txs",
            "SeenFilter"]
@@ -70,7 +70,7 @@ class TxNotAuthorised(TxError):
 
 
 class TxBreaksRule(TxNotAuthorised):
-    """A well-formed, authorised tx that a ledger rule would reject if executed now (node.research.ledger:
+    """A well-formed, authorised tx that a ledger rule would reject if executed now (node.ledger.research:
     consent ownership, projects, the export gate). Refused at admission with the rule's reason; if one is
     committed anyway (a member that skipped this check), every validator rejects it at execution. An honest
     member may gossip one (a consent revoked after it admitted the tx), so gossip does not score it."""
@@ -95,7 +95,7 @@ def proposal_digest(payload: bytes) -> bytes:
     return _sha256(PROPOSAL_DOMAIN + header).digest()
 
 
-# Index tags (node.store key layout), bound once for the hot loop.
+# Index tags (node.ledger.store key layout), bound once for the hot loop.
 # token keys are TOKEN_BYTES long: the length byte of the key layout is constant
 _T_STUDY, _T_PATIENT, _T_ACTOR, _T_PATIENT_STORED = (
     b"I" + INDEXES[n] + bytes((TOKEN_BYTES,)) for n in ("study", "patient", "actor", "patient_stored"))
@@ -157,7 +157,7 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
         v = f.get("patient")
         if v is not None:
             index(_T_PATIENT + v + suffix)
-            # the prior-imaging lookup's index: successful stores with a study (node.store)
+            # the prior-imaging lookup's index: successful stores with a study (node.ledger.store)
             if tx_type in STORED_TYPES and "study" in f and not f.get("outcome"):
                 index(_T_PATIENT_STORED + v + suffix)
         v = f.get("study")

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.events import EventError, parse_time
-from node.pseudonym import PseudonymError
+from node.ledger.intake import EventError, parse_time
+from node.ledger.pseudonym import PseudonymError
+from node.ledger.store import SUFFIX, IndexEntry, StoreError
+from node.ledger.tx import TOKEN_BYTES, TX_TYPES
 from node.rpc.errors import INVALID_PARAMS, UNAUTHORIZED, RpcError
+from node.rpc.protocol import Caller, check_known, param
 from node.rpc.render import fields_json, stored_tx
-from node.rpc.server import Caller, check_known, param
-from node.store import SUFFIX, IndexEntry, StoreError
-from node.tx import TOKEN_BYTES, TX_TYPES
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

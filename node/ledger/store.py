@@ -5,14 +5,14 @@ lookup below is a point get or one range scan)::
 
     M head                      -> height u64 | block hash 32 | state root 32      (absent: empty chain)
     M genesis                   -> genesis hash 32
-    B height u64                -> block record (node.block.Block.encode)
+    B height u64                -> block record (node.ledger.block.Block.encode)
     C height u64                -> commit certificate (consensus.certificate.Certificate.encode)
     H block hash 32             -> height u64
     T tx hash 32                -> height u64 | index u32 | status u8 | tx wire bytes
     I name u8 | len u8 | key | ts u64 | height u64 | index u32  -> (empty)    (secondary indexes)
     I k | member | 00 | type code u8 | ts u64 | height u64 | index u32 -> (empty)  (member/type/time)
     M index.patient_stored      -> 01   (present: every block of this store has patient_stored entries)
-    S state key                 -> state value                                   (node.state)
+    S state key                 -> state value                                   (node.ledger.state)
 
 Index entries carry no value: (height, index) in the key locate the tx (its hash is in the block record),
 which keeps every index entry at key size. Bytes written per block matter: the batch is fsynced.
@@ -47,10 +47,10 @@ from dataclasses import dataclass
 import msgpack
 import plyvel
 
-from node.block import Block, BlockHeader, encode_payload
-from node.diskspace import is_disk_full
-from node.merkle import MerkleProof, inclusion_path
-from node.tx import TX_TYPES
+from node.ledger.block import Block, BlockHeader, encode_payload
+from node.ledger.merkle import MerkleProof, inclusion_path
+from node.ledger.refusals import is_disk_full
+from node.ledger.tx import TX_TYPES
 
 __all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "QUERYABLE", "STORED_TYPES", "index_key_prefix"]
 
@@ -137,7 +137,7 @@ class Store:
                                  write_buffer_size=32 << 20, lru_cache_size=64 << 20)
         except plyvel.IOError as exc:
             if is_disk_full(exc):
-                raise  # the caller waits for space (node.diskspace); not a store that cannot be opened
+                raise  # the caller waits for space (node.runtime.diskspace); not a store that cannot be opened
             raise StoreError(f"{self.path}: cannot open the chain store ({exc}); is a node running on it?") from None
         except plyvel.Error as exc:
             raise StoreError(f"{self.path}: cannot open the chain store ({exc})") from None
@@ -280,7 +280,7 @@ class Store:
         return height, index, rec[_LOC.size:]
 
     def tx_status(self, tx_hash: bytes) -> int | None:
-        """node.block.APPLIED or REJECTED (execution refused it: e.g. client key not authorised), or None."""
+        """node.ledger.block.APPLIED or REJECTED (execution refused it: e.g. client key not authorised), or None."""
         rec = self._db.get(b"T" + tx_hash)
         return None if rec is None else rec[12]
 

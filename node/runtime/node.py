@@ -13,33 +13,35 @@ from functools import partial
 
 import trio
 
-from consensus.config import Config as ConsensusConfig
+from consensus.config import Config as ReplicaConfig
 from consensus.crypto import Ed25519Crypto
 from consensus.replica import Replica
 from network import PeerNetwork
 from network.identity import load_or_create_identity
-from node.chain import Chain
-from node.config import NodeConfig
-from node.diskspace import MIN_FREE, POLL, DiskGuard, free_bytes
-from node.driver import ConsensusDriver
-from node.events import event_to_tx_fields, make_tx, sign_tx
-from node.evidence import EvidenceLimiter, evidence_tx_fields
-from node.genesis import Genesis
-from node.gossip import CHANNEL as TX_CHANNEL
-from node.gossip import TxGossip
-from node.keys import load_member_key
-from node.mempool import Mempool
-from node.peerscore import INTERNAL, PeerScores
-from node.pseudonym import Pseudonymizer
+from node.explorer import explorer_mount
+from node.fhir import fhir_mount
+from node.ledger.chain import Chain
+from node.ledger.equivocation import EvidenceLimiter, evidence_tx_fields
+from node.ledger.genesis import Genesis
+from node.ledger.intake import event_to_tx_fields, make_tx, sign_tx
+from node.ledger.pseudonym import Pseudonymizer
+from node.ledger.store import Store
+from node.ledger.tx import tx_hash
 from node.rpc.auth import TokenStore
 from node.rpc.http import ConnectionCaps, serve_rpc
 from node.rpc.methods import METHODS
 from node.rpc.server import JsonRpcApp
-from node.store import Store
-from node.sync import CHANNEL as SYNC_CHANNEL
-from node.sync import BlockSync
-from node.tx import tx_hash
-from node.wal import WriteAheadLog
+from node.runtime.diskspace import MIN_FREE, POLL, DiskGuard, free_bytes
+from node.runtime.driver import ConsensusDriver
+from node.runtime.gossip import CHANNEL as TX_CHANNEL
+from node.runtime.gossip import TxGossip
+from node.runtime.keys import load_member_key
+from node.runtime.mempool import Mempool
+from node.runtime.peerscore import INTERNAL, PeerScores
+from node.runtime.settings import NodeConfig
+from node.runtime.sync import CHANNEL as SYNC_CHANNEL
+from node.runtime.sync import BlockSync
+from node.runtime.wal_file import WriteAheadLog
 
 log = logging.getLogger("radchain.node")
 
@@ -78,7 +80,7 @@ class Node:
         self.mempool = Mempool(cfg.home / "data" / "mempool", cfg.mempool.max_txs,
                                min_backlog=cfg.mempool.min_backlog, drain_seconds=cfg.mempool.busy_after_s)
         self.wal = WriteAheadLog(cfg.wal_dir, fsync=cfg.consensus.wal_fsync)
-        # A full disk pauses this node instead of killing it (node.diskspace): txs are refused, consensus
+        # A full disk pauses this node instead of killing it (node.runtime.diskspace): txs are refused, consensus
         # waits, and when space returns LevelDB is reopened and the node catches up by block sync.
         self.disk = DiskGuard(cfg.home / "data")
         self.disk.on_resume(self._reopen_stores)
@@ -93,7 +95,7 @@ class Node:
             raise ValueError(f"{cfg.p2p_key_path} is not the libp2p identity genesis lists for {cfg.name!r}")
 
         members = self.genesis.member_pubkeys
-        consensus_cfg = ConsensusConfig(
+        consensus_cfg = ReplicaConfig(
             chain_id=self.genesis.chain_id, members=members,
             checkpoint_interval=cfg.consensus.checkpoint_interval,
             watermark_window=cfg.consensus.watermark_window, pipeline=cfg.consensus.pipeline,
@@ -116,7 +118,8 @@ class Node:
         self.sync.report = lambda: {"view": self.replica.view, "mempool": len(self.mempool),
                                     "peers": len(self.net.connected_peers())}
         self.rpc = JsonRpcApp(self, METHODS, TokenStore(cfg.tokens_path), cfg.rpc.read_requires_token,
-                              cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second, edge=cfg.rpc)
+                              cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second, edge=cfg.rpc,
+                              mounts=(explorer_mount, fhir_mount))  # /explorer (docs/EXPLORER.md), /fhir (docs/INTEROP.md)
         self._last_view = self.replica.view
         self._evidence_limiter = EvidenceLimiter()
         self._commit_waiters: dict[bytes, list[trio.Event]] = {}

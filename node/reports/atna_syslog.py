@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from xml.etree import ElementTree as ET
 
 from node.fhir.mapping import DEFAULT_ACTION, EVENT_IDS, PEER_ROLE, TYPE_EVENT
-from node.store import SUFFIX
+from node.ledger.store import SUFFIX
 
 PRI = 10 * 8 + 5  # facility 10 (security/authorization), severity 5 (notice)
 MSGID = "IHE+RFC-3881"
