@@ -274,6 +274,8 @@ class ConsensusDriver:
             # A pipelined primary asks for several heights as soon as work appears; those beyond the txs at
             # hand wait for more txs instead of going out as empty blocks. A gap a view change left below
             # an already proposed height is answered at once, empty if need be, or the heights above stall.
+            if self._deferred and self._deferred_view != self.replica.view:
+                self._deferred.clear()  # requests of a view the replica left (it forgot them): none to wait behind
             must_answer = action.height < self.replica.highest_proposed
             payload = None if self._deferred and not must_answer else self._build_proposal(action.height,
                                                                                            must_answer)
@@ -360,6 +362,9 @@ class ConsensusDriver:
         for h in sorted(h for h in self._pending_commits if h <= self.chain.height):
             # stored by sync meanwhile: replayed so the replica still gets its Executed (see _commit)
             self._push(_Replay(self._pending_commits.pop(h)))
+        nxt = self._pending_commits.pop(self.chain.height + 1, None)
+        if nxt is not None:
+            self._push(_Replay(nxt))  # sync filled the gap below a queued commit: it can go now (see _commit)
         if last is not None and event.announce:
             await self._feed(E.StateTransferred(last.height, last.hash))
         if event.done is not None:

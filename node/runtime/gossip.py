@@ -69,8 +69,7 @@ class TxGossip:
         Raises MempoolFull."""
         fresh = self.mempool.add_many(items, time.monotonic())
         if fresh:
-            fresh_set = set(fresh)
-            self._outbox.extend(raw for h, raw in items if h in fresh_set)
+            self._outbox.extend(self.mempool.get(h) for h in fresh)  # once each, however often submitted
             if len(self._outbox) >= self.cfg.gossip_batch:
                 self._wake.set()
             self._on_admitted()

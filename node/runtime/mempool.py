@@ -102,7 +102,8 @@ class Mempool:
 
     def add_many(self, items: list[tuple[bytes, bytes]], now: float) -> list[bytes]:
         """Admit (hash, raw) pairs not already held; returns the hashes that were new. Durable on return."""
-        fresh = [(h, raw) for h, raw in items if h not in self._txs]
+        # One entry per hash: a tx repeated within the batch is admitted (and counted against max_txs) once.
+        fresh = list({h: raw for h, raw in items if h not in self._txs}.items())
         if not fresh:
             return []
         if len(self._txs) + len(fresh) > self.max_txs:

@@ -7,6 +7,7 @@ start` refuses it when others can read it. RPC tokens are not in it: HOME/tokens
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 import tomli_w
 
 from node.rpc.settings import RpcConfig
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -114,8 +117,10 @@ def _fill(obj, section: dict, where: str) -> None:
         if isinstance(current, (int, float)) and not isinstance(current, bool):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}.{key} must be a number")
-            if value <= 0:
-                raise ConfigError(f"{where}.{key} must be positive")
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{where}.{key} must be a finite positive number")
+            if isinstance(current, int) and value != int(value):
+                raise ConfigError(f"{where}.{key} must be a whole number")
             value = type(current)(value)
         if isinstance(current, str) and not isinstance(value, str):
             raise ConfigError(f"{where}.{key} must be a string")
@@ -137,27 +142,36 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     known = {"node", "p2p", "rpc", "consensus", "mempool", "pseudonym", "log", "store"}
+    for name in known:
+        if not isinstance(raw.get(name, {}), dict):
+            raise ConfigError(f"{name} must be a table ([{name}]), not a value")
     node = raw.get("node", {})
     p2p = raw.get("p2p", {})
     if not isinstance(node.get("name"), str) or not node["name"]:
         raise ConfigError("node.name must be this member's name as listed in genesis.json")
     if not isinstance(p2p.get("listen"), str):
         raise ConfigError("p2p.listen must be a multiaddr such as /ip4/127.0.0.1/tcp/26656")
+    level = raw.get("log", {}).get("level", "INFO")
+    if not isinstance(level, str) or level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}")
+    if not isinstance(raw.get("store", {}).get("sync", False), bool):
+        raise ConfigError("store.sync must be true or false")
     cfg = NodeConfig(
         home=home,
         name=node["name"],
         p2p_listen=p2p["listen"],
         psk=_hex_bytes(p2p, "psk", "p2p", 32),
         pseudonym_key=_hex_bytes(raw.get("pseudonym", {}), "key", "pseudonym", 32),
-        log_level=str(raw.get("log", {}).get("level", "INFO")).upper(),
-        store_sync=bool(raw.get("store", {}).get("sync", False)),
+        log_level=level.upper(),
+        store_sync=raw.get("store", {}).get("sync", False),
         extra={k: v for k, v in raw.items() if k not in known},
     )
     _fill(cfg.rpc, raw.get("rpc", {}), "rpc")
     _fill(cfg.consensus, raw.get("consensus", {}), "consensus")
     _fill(cfg.mempool, raw.get("mempool", {}), "mempool")
-    if ":" not in cfg.rpc.listen or not cfg.rpc.listen.rsplit(":", 1)[1].isdigit():
-        raise ConfigError("rpc.listen must be HOST:PORT")
+    port = cfg.rpc.listen.rsplit(":", 1)[1] if ":" in cfg.rpc.listen else ""
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:  # "²" is a digit int() refuses
+        raise ConfigError("rpc.listen must be HOST:PORT (a port up to 65535)")
     if cfg.rpc.tokens:
         names = ", ".join(sorted(cfg.rpc.tokens))
         raise ConfigError(f"{path}: rpc.tokens ({names}) holds plaintext tokens; tokens are stored hashed in "

@@ -237,7 +237,10 @@ class BlockSync:
                     if h is not None:
                         heights[i] = h
                 target = max(heights.values(), default=0)
-                candidates = [i for i, h in heights.items() if h == target]
+                # Every peer ahead of us, highest first: a member that claims a height it cannot serve
+                # must not be the only one asked (catch_up moves on to the next when one serves nothing).
+                candidates = sorted((i for i, h in heights.items() if h > self.chain.height),
+                                    key=lambda i: -heights[i])
             if target > self.chain.height and candidates:
                 await self.catch_up(target, candidates, announce=True)
             last_height = self.chain.height
