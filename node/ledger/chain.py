@@ -55,7 +55,7 @@ from node.ledger.store import (
 )
 from node.ledger.tx import TOKEN_BYTES, Tx, TxError, decode_tx
 
-__all__ = ["Chain", "ChainError", "ProposalError", "TxNotAuthorised", "proposal_digest", "execute_txs",
+__all__ = ["Chain", "ChainError", "ProposalError", "TxNotAuthorised", "TxBreaksRule", "proposal_digest", "execute_txs",
            "SeenFilter"]
 
 _sha256 = hashlib.sha256
@@ -76,6 +76,13 @@ class ChainError(RuntimeError):
 class TxNotAuthorised(TxError):
     """A well-formed, correctly signed tx whose key is not (or no longer) authorised for its member, or
     that names another chain. An honest member may gossip one (a key revoked after it admitted the tx)."""
+
+
+class TxBreaksRule(TxNotAuthorised):
+    """A well-formed, authorised tx that a ledger rule would reject if executed now (node.ledger.research:
+    consent ownership, projects, the export gate). Refused at admission with the rule's reason; if one is
+    committed anyway (a member that skipped this check), every validator rejects it at execution. An honest
+    member may gossip one (a consent revoked after it admitted the tx), so gossip does not score it."""
 
 
 def proposal_digest(payload: bytes) -> bytes:
@@ -302,6 +309,9 @@ class Chain:
             raise TxNotAuthorised(reason)
         if f["type"] == "evidence.equivocation":
             check_evidence_tx(f, self.chain_id, self.members)
+        reason = self.state.rule_violation(f, int(self.clock() * 1000))
+        if reason is not None:
+            raise TxBreaksRule(reason)
 
     def _remember(self, tx: Tx) -> None:
         cache = self._verified
@@ -429,6 +439,7 @@ class Chain:
             raise ChainError(f"payload for {header.chain_id}/{header.height}, next is {self.chain_id}/{height}")
 
         state = self.state
+        state.block_time = header.timestamp  # expiries are judged by the agreed time, never a local clock
         store = self.store
         first_seen = self._seen.first_seen_fn(store.db.get)
         batch = store.batch()

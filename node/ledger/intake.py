@@ -43,9 +43,10 @@ _COMMON = {"type", "patient_id", "issuer", "actor", "actor_ae", "purpose", "even
 _AUDIT = _COMMON | {"peer_ae", "series_uids", "sop_instance_uids", "n_series", "n_instances", "digest",
                     "pixel_digest", "modality", "body_part", "study_date"}
 _RAW_FIELDS = {t: _AUDIT for t in AUDIT_TYPES}
-_RAW_FIELDS["deidentified"] = _AUDIT | {"source_digest", "derived_digest"}
-for _t in CONSENT_TYPES:
-    _RAW_FIELDS[_t] = _COMMON | {"grantee", "scope", "expires"}
+_RAW_FIELDS["deidentified"] = _AUDIT | {"source_digest", "derived_digest", "project"}
+_RAW_FIELDS["export"] = _AUDIT | {"project"}
+for _t in CONSENT_TYPES + ("consent.vote",):
+    _RAW_FIELDS[_t] = _COMMON | {"grantee", "scope", "expires", "project"}
 del _t
 _ALL_RAW = set().union(*_RAW_FIELDS.values())
 
@@ -201,7 +202,7 @@ def _audit_codes(event: dict, tx_type: str, default_purpose: str | None, fields:
 
     purpose = event.get("purpose", default_purpose)
     if purpose is None:
-        if tx_type != "consent.revoked":
+        if tx_type != "consent.revoked" and not (tx_type == "consent.vote" and event.get("action") == "D"):
             raise EventError("purpose", "required (an HL7 PurposeOfUse code such as TREAT)")
     elif not isinstance(purpose, str) or purpose not in PURPOSES:
         raise EventError("purpose", f"{purpose!r} is not an HL7 PurposeOfUse code (TREAT, ETREAT, HPAYMT, "
@@ -218,7 +219,7 @@ def _audit_codes(event: dict, tx_type: str, default_purpose: str | None, fields:
     if action not in ALLOWED_ACTIONS[tx_type]:
         raise EventError("action", f"{action!r} is not valid for {tx_type}: one of "
                                    f"{', '.join(sorted(ALLOWED_ACTIONS[tx_type]))}")
-    if tx_type in AUDIT_TYPES or "action" in event:
+    if tx_type in AUDIT_TYPES or "action" in event or tx_type == "consent.vote":
         fields["action"] = action
 
 
@@ -245,7 +246,9 @@ def _details(event: dict, tx_type: str, fields: dict) -> None:
             if name not in fields:
                 raise EventError(name, "required for deidentified (lineage: original -> de-identified copy)")
 
-    if tx_type in CONSENT_TYPES:
+    if "project" in event:
+        fields["project"] = _str(event, "project")
+    if tx_type in CONSENT_TYPES or tx_type == "consent.vote":
         for name in ("grantee", "scope"):
             value = _str(event, name, required=True)
             if len(value) > 128:

@@ -20,7 +20,10 @@ index entries):
   2f+1 of the current members (``quorum(n)``) agree on (type, subject, subject_key). Applying adds/removes
   ``member/`` and ``client/`` keys. (Consensus membership stays that of genesis; reconfiguration of the
   replica set is future work. The registry governs who may submit txs.)
-- ``consent.granted`` / ``research.access.granted`` write their key, ``consent.revoked`` deletes it.
+- ``consent.granted`` / ``research.access.granted`` write their key, ``consent.revoked`` deletes both, but
+  only from the patient's home member; ``consent.vote``, research projects and the export gate for
+  ``export`` / ``deidentified``: node.ledger.research (the rules and their state keys). The reason a rule
+  gives is kept in ``LedgerState.rejections`` (node-local memory, for ``get_tx`` and the log).
 - ``evidence.equivocation`` records the report.
 
 State root: ``root_0 = SHA-256(D || genesis_hash || msgpack(genesis writes))`` and for each block with at
@@ -34,11 +37,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections import OrderedDict
 
 import msgpack
 
 from consensus.certificate import quorum
 from node.ledger.genesis import Genesis
+from node.ledger.research import GATED_TYPES, RESEARCH_STATE_TYPES, ResearchState
+from node.ledger.research import consent_key as consent_key
 from node.ledger.tx import Tx
 
 __all__ = ["LedgerState", "STATE_DOMAIN", "STATE_TYPES", "next_state_root", "consent_key"]
@@ -46,7 +52,11 @@ __all__ = ["LedgerState", "STATE_DOMAIN", "STATE_TYPES", "next_state_root", "con
 STATE_DOMAIN = b"radchain/state/v1\x00"
 STATE_TYPES = frozenset({"client.added", "client.removed", "member.added", "member.removed",
                          "consent.granted", "consent.revoked", "research.access.granted",
-                         "evidence.equivocation"})
+                         "evidence.equivocation"}) | RESEARCH_STATE_TYPES | GATED_TYPES
+# types decided by node.ledger.research (consent ownership, projects, the export gate)
+_RESEARCH_RULED = frozenset({"consent.granted", "consent.revoked", "research.access.granted"}) | \
+    RESEARCH_STATE_TYPES | GATED_TYPES
+REMEMBER_REJECTIONS = 10_000  # reasons of recent rule rejections kept for get_tx
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 _U64 = struct.Struct(">Q")
@@ -58,10 +68,6 @@ def next_state_root(prev: bytes, height: int, writes: list[tuple[bytes, bytes | 
     return hashlib.sha256(STATE_DOMAIN + prev + _U64.pack(height) + _pack([list(w) for w in writes])).digest()
 
 
-def consent_key(kind: str, patient: bytes, grantee: str, scope: str) -> bytes:
-    return kind.encode() + b"/" + patient + _pack([grantee, scope])
-
-
 class LedgerState:
     """In-memory view of the registry part of the state (consents live only in the store)."""
 
@@ -71,6 +77,11 @@ class LedgerState:
         self.client_of: dict[bytes, str] = {}
         self.votes: dict[bytes, tuple[str, str, bytes, set[str]]] = {}
         self.root: bytes = b""
+        self.research = ResearchState()
+        # the agreed timestamp of the block being executed (consent and project expiry are judged by it);
+        # set by whoever executes a block (node.ledger.chain, node.ledger.verifier) before execute_txs
+        self.block_time: int = 0
+        self.rejections: OrderedDict[bytes, str] = OrderedDict()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -101,6 +112,8 @@ class LedgerState:
             elif key.startswith(b"vote/"):
                 tx_type, subject, subject_key, voters = msgpack.unpackb(value, raw=False)
                 st.votes[key[5:]] = (tx_type, subject, subject_key, set(voters))
+            else:
+                st.research.load_item(key, value)
         st.root = root
         return st
 
@@ -108,21 +121,27 @@ class LedgerState:
     def authorized(self, member: str, client: bytes) -> bool:
         return self.client_of.get(client) == member and member in self.members
 
+    def rule_violation(self, fields: dict, now_ms: int) -> str | None:
+        """Why a tx would be rejected by a research rule if executed now (admission's check), or None."""
+        if fields["type"] not in _RESEARCH_RULED:
+            return None
+        return self.research.decide(fields, now_ms, self.members, quorum(len(self.members)))
+
     # ------------------------------------------------------------------ execution
     def apply(self, tx: Tx, tx_hash: bytes, writes: list) -> bool:
         """Apply a state-changing tx (type in STATE_TYPES) whose signer is authorised; False = rejected."""
         f = tx.fields
         t = f["type"]
         member = f["member"]
-        if t in ("consent.granted", "research.access.granted"):
-            kind = "consent" if t == "consent.granted" else "research"
-            value = _pack({"expires": f.get("expires", 0), "purpose": f["purpose"], "member": member,
-                           "tx": tx_hash, "ts": f["ts"]})
-            writes.append((consent_key(kind, f["patient"], f["grantee"], f["scope"]), value))
-            return True
-        if t == "consent.revoked":
-            writes.append((consent_key("consent", f["patient"], f["grantee"], f["scope"]), None))
-            return True
+        if t in _RESEARCH_RULED:
+            reason = self.research.apply(f, tx_hash, writes, self.block_time, self.members,
+                                         quorum(len(self.members)))
+            if reason is None:
+                return True
+            self.rejections[tx_hash] = reason
+            if len(self.rejections) > REMEMBER_REJECTIONS:
+                self.rejections.popitem(last=False)
+            return False
         if t == "evidence.equivocation":
             ev = hashlib.sha256(_pack(f["evidence"])).digest()
             writes.append((b"evidence/" + f["offender"].to_bytes(2, "big") + ev, tx_hash))

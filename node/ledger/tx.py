@@ -30,7 +30,15 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 
-from node.vocabulary import ACTIONS, AUDIT_TYPES, CONSENT_TYPES, OUTCOMES
+from node.vocabulary import (
+    ACTIONS,
+    AUDIT_TYPES,
+    CONSENT_TYPES,
+    OUTCOMES,
+    SCOPES,
+    CodeError,
+    check_project_code,
+)
 
 try:  # libsodium through PyNaCl's cffi module: no per-call output allocation and copy (~2 us per tx)
     from nacl._sodium import ffi as _ffi
@@ -40,7 +48,7 @@ except ImportError:  # pragma: no cover - a PyNaCl without the cffi module layou
 
 __all__ = [
     "TX_DOMAIN", "TX_VERSION", "MAX_TX_BYTES", "MAX_LIST", "TOKEN_BYTES", "TxError", "Tx", "TX_TYPES", "TX_TYPE_ORDER",
-    "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "PURPOSES", "OUTCOMES", "ACTIONS",
+    "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "RESEARCH_TYPES", "PURPOSES", "OUTCOMES", "ACTIONS",
     "encode_body", "encode_tx", "sign_body", "sign_fields", "decode_tx", "verify_tx", "tx_hash",
 ]
 
@@ -95,6 +103,14 @@ def _evidence(items) -> bool:
             and 0 < len(items[0]) <= MAX_EVIDENCE_BYTES and 0 < len(items[1]) <= MAX_EVIDENCE_BYTES)
 
 
+def _project(code) -> bool:
+    try:
+        check_project_code(code)
+    except CodeError:
+        return False
+    return True
+
+
 _U63 = (1 << 63) - 1
 _TOKEN = (bytes, TOKEN_BYTES, TOKEN_BYTES, None, None, f"a {TOKEN_BYTES}-byte token")
 _DIGEST = (bytes, 32, 32, None, None, "a 32-byte SHA-256 digest")
@@ -118,7 +134,13 @@ FIELD_SPECS: dict[str, tuple] = {
     "purpose": (str, 1, 16, PURPOSES, None, "an HL7 PurposeOfUse code"),
     "outcome": (int, 0, 12, OUTCOMES, None, "one of 0, 4, 8, 12"),
     "action": (str, 1, 1, ACTIONS, None, "one of C, R, U, D, E"),
-    "grantee": _TEXT, "scope": _TEXT, "expires": _TIME,
+    "grantee": _TEXT, "expires": _TIME,
+    # consent and project scopes are codes (node.vocabulary), never free text
+    "scope": (str, 1, 16, SCOPES, None, "a scope code: ALL, IMG, IMG-<modality> or RPT"),
+    "project": (str, 1, 32, None, _project, "a project code of 1..32 characters A-Z 0-9 . _ -"),
+    "date_from": (int, 19000101, 29991231, None, None, "a date as the integer YYYYMMDD"),
+    "date_to": (int, 19000101, 29991231, None, None, "a date as the integer YYYYMMDD"),
+    "waiver": (int, 0, 1, None, None, "0 or 1 (1: the ethics board waived individual consent)"),
     "subject": _NAME, "subject_key": _KEY,
     "offender": (int, 0, (1 << 16) - 1, None, None, "a member index"),
     "evidence": (list, 2, 2, None, _evidence, f"two different messages of 1..{MAX_EVIDENCE_BYTES} bytes"),
@@ -133,6 +155,8 @@ _AUDIT_OPTIONAL = frozenset({"user", "ae", "peer_ae", "series", "instances", "n_
                              "digest", "pixel_digest", "study", "modality", "body_part", "study_date"})
 
 MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.removed")
+# research projects (a sponsor registers, data holders approve) and the quorum path for consent changes
+RESEARCH_TYPES = ("research.project.registered", "research.project.approved", "consent.vote")
 EVIDENCE_TYPES = ("evidence.equivocation",)
 
 # type -> (required fields beyond COMMON_REQUIRED, optional fields)
@@ -144,8 +168,12 @@ for _t in AUDIT_TYPES:
     _opt = set(_AUDIT_OPTIONAL) - _req
     if _t == "deidentified":
         _req |= {"source_digest", "derived_digest"}
+    if _t in ("export", "deidentified"):
+        _opt.add("project")  # a research release names its project (node.ledger.state's export gate)
     _SCHEMA[_t] = (frozenset(_req), frozenset(_opt))
-_CONSENT_OPTIONAL = frozenset({"user", "ae", "study", "expires", "outcome", "action"})
+# project: the research project a consent is for (its code; node.ledger.research matches it, so the
+# grantee itself may become a token)
+_CONSENT_OPTIONAL = frozenset({"user", "ae", "study", "expires", "outcome", "action", "project"})
 _SCHEMA["consent.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
 _SCHEMA["consent.revoked"] = (frozenset({"patient", "grantee", "scope"}), _CONSENT_OPTIONAL | {"purpose"})
 _SCHEMA["research.access.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
@@ -154,12 +182,20 @@ _SCHEMA["member.removed"] = (frozenset({"subject"}), frozenset())
 _SCHEMA["client.added"] = (frozenset({"subject_key"}), frozenset())
 _SCHEMA["client.removed"] = (frozenset({"subject_key"}), frozenset())
 _SCHEMA["evidence.equivocation"] = (frozenset({"offender", "evidence"}), frozenset())
+# a project: its code, the SHA-256 of its ethics approval (digest), purpose, data scope, expiry
+_SCHEMA["research.project.registered"] = (frozenset({"project", "digest", "purpose", "scope", "expires"}),
+                                          frozenset({"modality", "body_part", "date_from", "date_to", "waiver"}))
+_SCHEMA["research.project.approved"] = (frozenset({"project"}), frozenset())
+# a member's vote for a consent change it may not make alone (action C: grant, D: revoke)
+_SCHEMA["consent.vote"] = (frozenset({"patient", "grantee", "scope", "action"}),
+                           frozenset({"purpose", "expires", "project"}))
 del _t, _req, _opt
 
 TX_TYPES = frozenset(_SCHEMA)
 # Every tx type, in the order the store numbers them for its (member, type) index (code = position + 1,
 # on disk): append new types at the end only (tests/ledger/test_chain.py pins the codes).
-TX_TYPE_ORDER = AUDIT_TYPES + CONSENT_TYPES + MEMBERSHIP_TYPES + EVIDENCE_TYPES
+# index codes follow this order (node.ledger.store.TYPE_CODES): append only, a code once used never changes
+TX_TYPE_ORDER = AUDIT_TYPES + CONSENT_TYPES + MEMBERSHIP_TYPES + EVIDENCE_TYPES + RESEARCH_TYPES
 assert frozenset(TX_TYPE_ORDER) == TX_TYPES and len(TX_TYPE_ORDER) == len(TX_TYPES)
 # type -> ({allowed field: spec}, required fields, needs an actor), precomputed for the decoder's hot loop
 _TYPE_SPECS = {t: ({k: FIELD_SPECS[k] for k in COMMON_REQUIRED | req | opt}, COMMON_REQUIRED | req,

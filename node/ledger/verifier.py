@@ -158,6 +158,7 @@ def _verify_block(db, height: int, chain_id: str, members, state: LedgerState, p
         raise VerifyError(height, f"certificate: {exc}") from None
 
     puts: list[tuple[bytes, bytes]] = []
+    state.block_time = hdr.timestamp  # as node.ledger.chain.execute: rules judge expiry by the agreed block time
     statuses, writes, index_keys = execute_txs(state, height, txs, lambda th: location[th][0] == height,
                                                lambda k, v: puts.append((k, v)))
     puts.extend((key, b"") for key in index_keys)

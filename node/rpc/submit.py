@@ -147,7 +147,11 @@ def _ids(h: bytes, **answer) -> dict:
 
 def committed_answer(node, h: bytes, height: int) -> dict:
     status = node.store.tx_status(h)
-    return _ids(h, status="committed", height=height, outcome=STATUS_NAMES.get(status, "applied"))
+    answer = _ids(h, status="committed", height=height, outcome=STATUS_NAMES.get(status, "applied"))
+    reason = node.chain.state.rejections.get(h) if answer["outcome"] == "rejected" else None
+    if reason is not None:  # a ledger rule's reason (node.ledger.research), while this node remembers it
+        answer["reason"] = reason
+    return answer
 
 
 def _mode_and_timeout(params: dict) -> tuple[str, float]:

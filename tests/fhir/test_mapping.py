@@ -15,8 +15,9 @@ VALUES = {
     "study": b"\x05" * 16, "series": [b"\x06" * 16], "instances": [b"\x07" * 16], "n_series": 1,
     "n_instances": 12, "digest": b"\x08" * 32, "pixel_digest": b"\x09" * 32, "source_digest": b"\x0a" * 32,
     "derived_digest": b"\x0b" * 32, "purpose": "TREAT", "outcome": 4, "action": "R", "grantee": "hosp-b",
-    "scope": "imaging", "expires": 1_800_000_000_000, "subject": "hosp-e", "subject_key": b"\x0c" * 32,
+    "scope": "IMG", "expires": 1_800_000_000_000, "subject": "hosp-e", "subject_key": b"\x0c" * 32,
     "offender": 2, "evidence": [b"a", b"b"], "modality": "CT", "body_part": "HEAD", "study_date": 20261102,
+    "project": "LUNG-1", "date_from": 20200101, "date_to": 20251231, "waiver": 1,
 }
 
 

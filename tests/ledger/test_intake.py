@@ -93,7 +93,7 @@ def test_deidentified_needs_lineage_and_consent_fields():
     f = build(dict(base, source_digest="11" * 32, derived_digest="22" * 32))
     assert f["source_digest"] == b"\x11" * 32 and f["derived_digest"] == b"\x22" * 32
     consent = {"type": "consent.granted", "patient_id": "P", "issuer": "I", "purpose": "HRESCH",
-               "grantee": "uni-lab", "scope": "study:ct-lung", "expires": "2027-01-01T00:00:00Z"}
+               "grantee": "uni-lab", "scope": "IMG-CT", "expires": "2027-01-01T00:00:00Z"}
     f = decode_tx(sign_tx(build(consent), KEY)).fields
     assert f["grantee"] == "uni-lab" and f["expires"] == 1798761600000
     with pytest.raises(EventError, match="^scope"):

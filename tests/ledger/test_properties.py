@@ -11,6 +11,7 @@ from nacl.signing import SigningKey
 
 from node.ledger.merkle import EMPTY_ROOT, inclusion_path, merkle_levels, merkle_root, verify_inclusion
 from node.ledger.tx import PURPOSES, TxError, decode_tx, schema, sign_fields
+from node.vocabulary import SCOPES
 
 KEY = SigningKey(b"\x0b" * 32)
 token = st.binary(min_size=16, max_size=16)
@@ -22,15 +23,18 @@ VALUES = {
     "n_series": st.integers(0, 2**32 - 1), "n_instances": st.integers(0, 2**32 - 1), "digest": digest,
     "pixel_digest": digest, "source_digest": digest, "derived_digest": digest,
     "purpose": st.sampled_from(sorted(PURPOSES)), "outcome": st.sampled_from([0, 4, 8, 12]),
-    "action": st.sampled_from("CRUDE"), "grantee": text, "scope": text, "expires": st.integers(0, 2**63 - 1),
+    "action": st.sampled_from("CRUDE"), "grantee": text, "scope": st.sampled_from(sorted(SCOPES)), "expires": st.integers(0, 2**63 - 1),
     "subject": text, "subject_key": digest, "offender": st.integers(0, 65535),
     "evidence": st.lists(st.binary(min_size=1, max_size=64), min_size=2, max_size=2, unique=True),
     "modality": text, "body_part": text, "study_date": st.integers(19000101, 29991231),
+    "project": st.from_regex(r"[A-Z0-9][A-Z0-9._-]{0,31}", fullmatch=True),
+    "date_from": st.integers(19000101, 29991231), "date_to": st.integers(19000101, 29991231),
+    "waiver": st.integers(0, 1),
 }
 TYPES = ["instances.stored", "instances.accessed", "query", "transfer.begin", "instances.transferred", "export",
          "import", "study.deleted", "deidentified", "consent.granted", "consent.revoked",
          "research.access.granted", "member.added", "member.removed", "client.added", "client.removed",
-         "evidence.equivocation"]
+         "evidence.equivocation", "research.project.registered", "research.project.approved", "consent.vote"]
 
 
 @st.composite
