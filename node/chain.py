@@ -119,6 +119,7 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
     same statuses and state root.
     """
     statuses = bytearray(len(txs))
+    state.height = height  # membership changes take effect relative to it (node.epochs)
     writes: list = []
     seen: set[bytes] = set()
     chain_id = state.chain_id
@@ -221,7 +222,6 @@ class Chain:
         self.genesis = genesis
         self.store = store
         self.chain_id = genesis.chain_id
-        self.members = genesis.member_pubkeys
         self.clock = clock
         self.max_txs = genesis.param("max_block_txs")
         self.max_payload = genesis.param("max_payload_bytes")
@@ -253,6 +253,21 @@ class Chain:
     def height(self) -> int:
         return self.store.height
 
+    # ------------------------------------------------------------------ member sets (node.epochs)
+    def epoch_at(self, height: int):
+        """The consensus member set that certifies block ``height`` (certain up to ``epoch_known``)."""
+        return self.state.epochs.at(height)
+
+    def epoch_known(self, height: int) -> bool:
+        """Whether the blocks executed so far fix the member set of ``height`` (a change approved in a later
+        block takes effect only after the first epoch boundary past it)."""
+        return height <= self.state.epochs.known_through(self.store.height)
+
+    @property
+    def members(self) -> tuple[bytes, ...]:
+        """Member keys of the epoch of the next height (what the running replica signs with)."""
+        return self.epoch_at(self.store.height + 1).pubkeys
+
     # ------------------------------------------------------------------ txs (mempool entry point)
     def check_tx(self, raw: bytes) -> Tx:
         """Decode, verify and authorise one tx (mempool admission); raises TxError. Result is cached."""
@@ -282,7 +297,8 @@ class Chain:
         if not self.state.authorized(f["member"], f["client"]):
             raise TxNotAuthorised(f"client: key {f['client'].hex()[:16]} is not authorised for member {f['member']!r}")
         if f["type"] == "evidence.equivocation":
-            check_evidence_tx(f, self.chain_id, self.members)
+            epoch = self.epoch_at(self.store.height + 1)
+            check_evidence_tx(f, epoch.chain_id, epoch.pubkeys)
 
     def _remember(self, tx: Tx) -> None:
         cache = self._verified
@@ -343,7 +359,8 @@ class Chain:
             raise ProposalError(f"chain_id {header.chain_id!r}, expected {self.chain_id!r}")
         if header.height != height:
             raise ProposalError(f"proposal is for height {header.height}, expected {height}")
-        if header.proposer >= len(self.members):
+        epoch = self.epoch_at(height)
+        if header.proposer >= epoch.n:
             raise ProposalError(f"proposer {header.proposer} is not a member")
         now = int(self.clock() * 1000) if now_ms is None else now_ms
         if abs(header.timestamp - now) > self.max_skew:
@@ -360,7 +377,7 @@ class Chain:
                 raise ProposalError(f"tx {i}: client key not authorised for member {f['member']!r}")
             if f["type"] == "evidence.equivocation":
                 try:
-                    check_evidence_tx(f, chain_id, self.members)
+                    check_evidence_tx(f, epoch.chain_id, epoch.pubkeys)
                 except TxError as exc:
                     raise ProposalError(f"tx {i}: {exc}") from None
         props = self._proposals
@@ -377,7 +394,11 @@ class Chain:
         try:
             digest = proposal_digest(payload)
             cert = Certificate.decode(certificate)
-            verify_certificate(cert, self.members, self.chain_id, height, digest)
+            if not self.epoch_known(height):
+                raise ChainError(f"height {height}: its member set is not known before height "
+                                 f"{self.store.height + 1} executes")
+            epoch = self.epoch_at(height)
+            verify_certificate(cert, epoch.pubkeys, epoch.chain_id, epoch.local(height), digest)
         except (ProposalError, CertificateError) as exc:
             raise ChainError(f"height {height}: {exc}") from None
         return digest, cert
@@ -397,7 +418,7 @@ class Chain:
                 cert = Certificate.decode(certificate)
             except (ProposalError, CertificateError) as exc:
                 raise ChainError(f"height {height}: {exc}") from None
-            if cert.height != height or cert.digest != digest:
+            if cert.height != self.epoch_at(height).local(height) or cert.digest != digest:
                 raise ChainError(f"height {height}: certificate does not match the payload")
         cached = self._proposals.pop(digest, None)
         if cached is None:

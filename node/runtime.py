@@ -22,6 +22,7 @@ from node.chain import Chain
 from node.config import NodeConfig
 from node.diskspace import MIN_FREE, POLL, DiskGuard, free_bytes
 from node.driver import ConsensusDriver
+from node.epoch_replica import EpochApp, EpochReplica, Observer
 from node.events import event_to_tx_fields, make_tx, sign_tx
 from node.evidence import EvidenceLimiter, evidence_tx_fields
 from node.genesis import Genesis
@@ -66,9 +67,9 @@ class Node:
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         self.genesis = Genesis.load(cfg.genesis_path)
-        self.index = self.genesis.index_of(cfg.name)
         self.member_key = load_member_key(cfg.member_key_path)
-        if bytes(self.member_key.verify_key) != self.genesis.members[self.index].pubkey:
+        founder = self.genesis.member(cfg.name)
+        if founder is not None and bytes(self.member_key.verify_key) != founder.pubkey:
             raise ValueError(f"{cfg.member_key_path} is not the key genesis lists for member {cfg.name!r}")
         self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key)
         self.started_at = time.time()
@@ -77,29 +78,24 @@ class Node:
         self.chain = Chain(self.genesis, self.store)
         self.mempool = Mempool(cfg.home / "data" / "mempool", cfg.mempool.max_txs,
                                min_backlog=cfg.mempool.min_backlog, drain_seconds=cfg.mempool.busy_after_s)
-        self.wal = WriteAheadLog(cfg.wal_dir, fsync=cfg.consensus.wal_fsync)
+        self.wal = WriteAheadLog(self._wal_dir(self.chain.epoch_at(self.store.height + 1)),
+                                 fsync=cfg.consensus.wal_fsync)
         # A full disk pauses this node instead of killing it (node.diskspace): txs are refused, consensus
         # waits, and when space returns LevelDB is reopened and the node catches up by block sync.
         self.disk = DiskGuard(cfg.home / "data")
         self.disk.on_resume(self._reopen_stores)
         self.mempool.guard = self.disk
 
-        self.peer_ids = [m.peer_id for m in self.genesis.members]
-        self._index_of_peer = {pid: i for i, pid in enumerate(self.peer_ids)}
+        # The member set is an epoch of the chain (node.epochs): the replica, the peers this node talks to
+        # and the peers it accepts follow the epoch of the next height, and change after its last block.
         identity = load_or_create_identity(cfg.p2p_key_path)
-        self.net = PeerNetwork(identity, {m.peer_id: list(m.p2p) for m in self.genesis.members},
-                               cfg.psk, cfg.p2p_listen, lock_dir=str(cfg.home / "data"))
-        if self.net.peer_id != self.peer_ids[self.index]:
+        self._net_members: dict[str, list[str]] = self._network_members()
+        self.net = PeerNetwork(identity, self._net_members, cfg.psk, cfg.p2p_listen,
+                               lock_dir=str(cfg.home / "data"))
+        if founder is not None and founder.peer_id and self.net.peer_id != founder.peer_id:
             raise ValueError(f"{cfg.p2p_key_path} is not the libp2p identity genesis lists for {cfg.name!r}")
-
-        members = self.genesis.member_pubkeys
-        consensus_cfg = ConsensusConfig(
-            chain_id=self.genesis.chain_id, members=members,
-            checkpoint_interval=cfg.consensus.checkpoint_interval,
-            watermark_window=cfg.consensus.watermark_window, pipeline=cfg.consensus.pipeline,
-            progress_timeout=cfg.consensus.progress_timeout)
-        self.replica = Replica(consensus_cfg, self.index, Ed25519Crypto(self.member_key, members), self.chain,
-                               wal=tuple(self.wal.records), last_executed=self.store.height)
+        self.sync = None
+        self.replica = self._make_replica(self.wal)
         self.driver = ConsensusDriver(
             self.replica, self.chain, self.wal,
             send=lambda to, data: self.net.send(self.peer_ids[to], CONSENSUS_CHANNEL, data),
@@ -112,7 +108,7 @@ class Node:
         self.peer_scores = PeerScores(names={m.peer_id: m.name for m in self.genesis.members})
         self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,
                                on_admitted=self.driver.mempool_changed, scores=self.peer_scores)
-        self.sync = BlockSync(self.net, self.chain, self.driver, self.peer_ids, scores=self.peer_scores)
+        self.sync = BlockSync(self.net, self.chain, self.driver, list(self.peer_ids), scores=self.peer_scores)
         self.sync.report = lambda: {"view": self.replica.view, "mempool": len(self.mempool),
                                     "peers": len(self.net.connected_peers())}
         self.rpc = JsonRpcApp(self, METHODS, TokenStore(cfg.tokens_path), cfg.rpc.read_requires_token,
@@ -124,6 +120,73 @@ class Node:
         self._gossip_send, self._gossip_recv = trio.open_memory_channel(GOSSIP_QUEUE)
         # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
         self.mempool.restore(self.store.has_tx, time.monotonic())
+
+    # ------------------------------------------------------------------ member sets (node.epochs)
+    def _network_members(self) -> dict[str, list[str]]:
+        """Peers this node dials and admits: the members of the next height's epoch and of any epoch
+        already approved (a joining member syncs before its switch height). A removed member is in
+        neither once its last epoch ended: its connections are refused from then on."""
+        out: dict[str, list[str]] = {}
+        for epoch in (self.chain.epoch_at(self.store.height + 1), self.chain.state.epochs.latest):
+            for m in epoch.members:
+                if m.peer_id:
+                    out[m.peer_id] = list(m.addrs)
+        return out
+
+    def _wal_dir(self, epoch):
+        wal_dir = self.cfg.wal_dir
+        return wal_dir if epoch.start <= 1 else wal_dir.with_name(f"{wal_dir.name}-e{epoch.start}")
+
+    def _make_replica(self, wal: WriteAheadLog):
+        """The replica of the epoch of the next height: a fresh PBFT instance (node.epoch_replica), or an
+        Observer when this node is not one of its members (joining, or removed)."""
+        epoch = self.chain.epoch_at(self.store.height + 1)
+        self.epoch = epoch
+        self.peer_ids = [m.peer_id for m in epoch.members]
+        self._index_of_peer = {pid: i for i, pid in enumerate(self.peer_ids) if pid}
+        if self.sync is not None:
+            self.sync.peer_ids = list(self.peer_ids)
+        index = epoch.index_of(self.cfg.name)
+        if index is None or epoch.members[index].pubkey != bytes(self.member_key.verify_key):
+            self.index = -1
+            log.warning("not a member of the consortium's current member set (epoch from height %d): "
+                        "following the chain by block sync", epoch.start,
+                        extra={"fields": {"member": self.cfg.name, "epoch": epoch.start}})
+            return Observer(epoch)
+        self.index = index
+        ccfg = self.cfg.consensus
+        consensus_cfg = ConsensusConfig(
+            chain_id=epoch.chain_id, members=epoch.pubkeys, checkpoint_interval=ccfg.checkpoint_interval,
+            watermark_window=ccfg.watermark_window, pipeline=ccfg.pipeline,
+            progress_timeout=ccfg.progress_timeout)
+        offset = epoch.start - 1
+        replica = Replica(consensus_cfg, index, Ed25519Crypto(self.member_key, epoch.pubkeys),
+                          EpochApp(self.chain, offset), wal=tuple(wal.records),
+                          last_executed=self.store.height - offset)
+        return EpochReplica(replica, epoch, self.chain)
+
+    def _next_epoch_replica(self):
+        """driver.switch factory: the new epoch's replica with its own WAL (the old one is closed)."""
+        old = self.wal
+        self.wal = WriteAheadLog(self._wal_dir(self.chain.epoch_at(self.store.height + 1)),
+                                 fsync=self.cfg.consensus.wal_fsync)
+        old.close()
+        self.replica = self._make_replica(self.wal)
+        self._last_view = self.replica.view
+        self.mempool.release_in_flight()  # what the old epoch proposed past its end is proposable again
+        log.info("member set changed", extra={"fields": {
+            "epoch": self.epoch.start, "members": list(self.epoch.names), "n": self.epoch.n,
+            "quorum": self.epoch.quorum, "index": self.index}})
+        return self.replica, self.wal
+
+    def _follow_epochs(self, height: int) -> None:
+        """After block ``height``: update the network's member set, and switch replicas at an epoch end."""
+        members = self._network_members()
+        if members != self._net_members:
+            self._net_members = members
+            self.net.set_members(members)
+        if self.chain.epoch_at(height + 1).start != self.epoch.start:
+            self.driver.switch(self._next_epoch_replica)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -233,6 +296,7 @@ class Node:
         return self.chain.build_proposal(height, self.index, int(time.time() * 1000), txs)
 
     def _on_commit(self, block, payload: bytes) -> None:
+        self._follow_epochs(block.height)
         self.mempool.remove(block.tx_hashes)
         self.mempool.release_in_flight(up_to_height=block.height)
         for h in block.tx_hashes:
@@ -248,7 +312,7 @@ class Node:
         """Our replica saw two conflicting signed votes from one member: put the proof on chain."""
         try:
             fields = evidence_tx_fields(evidence)
-            offender = self.genesis.members[fields["offender"]].name
+            offender = self.epoch.members[fields["offender"]].name
             if not self._evidence_limiter.allow(fields["offender"]):
                 return  # this node put a proof against that member on its way a moment ago
             raw = make_tx("evidence.equivocation", self.member_key, chain_id=self.genesis.chain_id,
@@ -303,8 +367,9 @@ class Node:
         return {
             "node": self.cfg.name, "chain_id": self.genesis.chain_id,
             "height": self.store.height, "head": head.hex() if head else None,
-            "view": self.replica.view, "primary": self.genesis.members[self.replica.primary].name,
-            "peers": len(self.net.connected_peers()), "members": len(self.genesis.members),
+            "view": self.replica.view, "primary": self.epoch.members[self.replica.primary].name,
+            "peers": len(self.net.connected_peers()), "members": self.epoch.n,
+            "epoch": self.epoch.start, "quorum": self.epoch.quorum, "member": self.index >= 0,
             "mempool": len(self.mempool), "syncing": self.sync.syncing,
             "disk_full": self.disk.full,
             "uptime_s": round(time.time() - self.started_at, 1),

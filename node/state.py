@@ -17,9 +17,10 @@ index entries):
 - ``client.added`` / ``client.removed``: signed with the member key itself; a key belongs to at most one
   member; the member key cannot be removed.
 - ``member.added`` / ``member.removed``: signed with a member key; each is a vote, applied when votes from
-  2f+1 of the current members (``quorum(n)``) agree on (type, subject, subject_key). Applying adds/removes
-  ``member/`` and ``client/`` keys. (Consensus membership stays that of genesis; reconfiguration of the
-  replica set is future work. The registry governs who may submit txs.)
+  2f+1 of the current members (``quorum(n)``) agree on (type, subject, subject_key[, peer_id, addr]).
+  Applying adds/removes ``member/`` and ``client/`` keys at once (who may submit txs), and writes the
+  consensus member set of the next epoch, ``epoch/<start>`` (node.epochs): the replica set changes at
+  the first epoch boundary after the approving block.
 - ``consent.granted`` / ``research.access.granted`` write their key, ``consent.revoked`` deletes it.
 - ``evidence.equivocation`` records the report.
 
@@ -38,6 +39,7 @@ import struct
 import msgpack
 
 from consensus.certificate import quorum
+from node.epochs import EPOCH_PREFIX, EpochHistory, EpochMember, encode_epoch_value, epoch_key, switch_height
 from node.genesis import Genesis
 from node.tx import Tx
 
@@ -71,6 +73,8 @@ class LedgerState:
         self.client_of: dict[bytes, str] = {}
         self.votes: dict[bytes, tuple[str, str, bytes, set[str]]] = {}
         self.root: bytes = b""
+        self.epochs = EpochHistory(genesis)
+        self.height = 0  # the block being executed (execute_txs sets it): when a change takes effect
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -101,6 +105,8 @@ class LedgerState:
             elif key.startswith(b"vote/"):
                 tx_type, subject, subject_key, voters = msgpack.unpackb(value, raw=False)
                 st.votes[key[5:]] = (tx_type, subject, subject_key, set(voters))
+            elif key.startswith(EPOCH_PREFIX):
+                st.epochs.add_stored(int.from_bytes(key[len(EPOCH_PREFIX):], "big"), value)
         st.root = root
         return st
 
@@ -144,17 +150,26 @@ class LedgerState:
             del self.client_of[key]
             writes.append((b"client/" + key, None))
             return True
+        latest = self.epochs.latest
         if t == "member.added":
             subject, key = f["subject"], f["subject_key"]
             if subject in self.members or key in self.client_of or not subject.isprintable():
                 return False
+            if subject in latest.names or key in latest.pubkeys:
+                return False  # still in the consensus set until its removal takes effect
+            peer_id = f.get("peer_id", "")
+            if peer_id and any(m.peer_id == peer_id for m in latest.members):
+                return False
+            what = [t, subject, key] if "peer_id" not in f and "addr" not in f else \
+                [t, subject, key, peer_id, f.get("addr", "")]
         elif t == "member.removed":
             subject, key = f["subject"], b""
-            if subject not in self.members:
+            if subject not in self.members or latest.names == (subject,):
                 return False
+            what = [t, subject, key]
         else:  # pragma: no cover - STATE_TYPES and this function disagree
             raise AssertionError(t)
-        vote_id = hashlib.sha256(_pack([t, subject, key])).digest()
+        vote_id = hashlib.sha256(_pack(what)).digest()
         _, _, _, voters = self.votes.setdefault(vote_id, (t, subject, key, set()))
         voters.add(member)
         if len(voters & self.members.keys()) < quorum(len(self.members)):
@@ -167,10 +182,22 @@ class LedgerState:
             self.client_of[key] = subject
             writes.append((b"member/" + subject.encode(), key))
             writes.append((b"client/" + key, subject.encode()))
+            addr = f.get("addr")
+            new = latest.members + (EpochMember(subject, key, f.get("peer_id", ""), (addr,) if addr else ()),)
         else:
             del self.members[subject]
             writes.append((b"member/" + subject.encode(), None))
             for ck in sorted(k for k, m in self.client_of.items() if m == subject):
                 del self.client_of[ck]
                 writes.append((b"client/" + ck, None))
+            new = tuple(m for m in latest.members if m.name != subject)
+        self._set_next_epoch(new, writes)
         return True
+
+    def _set_next_epoch(self, members: tuple[EpochMember, ...], writes: list) -> None:
+        """The consensus set after the first epoch boundary past this block (node.epochs)."""
+        assert self.height >= 1, "a membership change outside a block"
+        start = switch_height(self.height, self.epochs.interval) + 1
+        assert start >= self.epochs.latest.start, "epochs only go forward"
+        self.epochs.set(start, members)
+        writes.append((epoch_key(start), encode_epoch_value(members)))

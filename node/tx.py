@@ -122,6 +122,9 @@ FIELD_SPECS: dict[str, tuple] = {
     "action": (str, 1, 1, ACTIONS, None, "one of C, R, U, D, E"),
     "grantee": _TEXT, "scope": _TEXT, "expires": _TIME,
     "subject": _NAME, "subject_key": _KEY,
+    # a joining member's libp2p identity and dial address (node.epochs): what the consensus set needs
+    "peer_id": (str, 1, 128, None, None, "a libp2p peer ID of 1..128 characters"),
+    "addr": (str, 1, 256, None, None, "a multiaddr of 1..256 characters"),
     "offender": (int, 0, (1 << 16) - 1, None, None, "a member index"),
     "evidence": (list, 2, 2, None, _evidence, f"two different messages of 1..{MAX_EVIDENCE_BYTES} bytes"),
     # non-identifying imaging categories for prior-imaging lookups (node.categories)
@@ -156,7 +159,7 @@ _CONSENT_OPTIONAL = frozenset({"user", "ae", "study", "expires", "outcome", "act
 _SCHEMA["consent.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
 _SCHEMA["consent.revoked"] = (frozenset({"patient", "grantee", "scope"}), _CONSENT_OPTIONAL | {"purpose"})
 _SCHEMA["research.access.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
-_SCHEMA["member.added"] = (frozenset({"subject", "subject_key"}), frozenset())
+_SCHEMA["member.added"] = (frozenset({"subject", "subject_key"}), frozenset({"peer_id", "addr"}))
 _SCHEMA["member.removed"] = (frozenset({"subject"}), frozenset())
 _SCHEMA["client.added"] = (frozenset({"subject_key"}), frozenset())
 _SCHEMA["client.removed"] = (frozenset({"subject_key"}), frozenset())
