@@ -60,6 +60,21 @@ def next_state_root(prev: bytes, height: int, writes: list[tuple[bytes, bytes | 
     return hashlib.sha256(STATE_DOMAIN + prev + _U64.pack(height) + _pack([list(w) for w in writes])).digest()
 
 
+def proposal_id(what: list) -> bytes:
+    """A membership proposal's id: votes with the same id count together (``radchain member approve ID``)."""
+    return hashlib.sha256(_pack(what)).digest()
+
+
+def proposal_what(fields: dict) -> list:
+    """What a member.added/member.removed tx proposes (its vote id's preimage)."""
+    t = fields["type"]
+    if t == "member.removed":
+        return [t, fields["subject"], b""]
+    if "peer_id" not in fields and "addr" not in fields:
+        return [t, fields["subject"], fields["subject_key"]]
+    return [t, fields["subject"], fields["subject_key"], fields.get("peer_id", ""), fields.get("addr", "")]
+
+
 def consent_key(kind: str, patient: bytes, grantee: str, scope: str) -> bytes:
     return kind.encode() + b"/" + patient + _pack([grantee, scope])
 
@@ -71,7 +86,8 @@ class LedgerState:
         self.chain_id = genesis.chain_id
         self.members: dict[str, bytes] = {}
         self.client_of: dict[bytes, str] = {}
-        self.votes: dict[bytes, tuple[str, str, bytes, set[str]]] = {}
+        # vote id -> (type, subject, subject_key, voters, further proposal fields (peer_id, addr))
+        self.votes: dict[bytes, tuple[str, str, bytes, set[str], tuple]] = {}
         self.root: bytes = b""
         self.epochs = EpochHistory(genesis)
         self.height = 0  # the block being executed (execute_txs sets it): when a change takes effect
@@ -103,8 +119,8 @@ class LedgerState:
             elif key.startswith(b"client/"):
                 st.client_of[key[7:]] = value.decode()
             elif key.startswith(b"vote/"):
-                tx_type, subject, subject_key, voters = msgpack.unpackb(value, raw=False)
-                st.votes[key[5:]] = (tx_type, subject, subject_key, set(voters))
+                tx_type, subject, subject_key, voters, *extra = msgpack.unpackb(value, raw=False)
+                st.votes[key[5:]] = (tx_type, subject, subject_key, set(voters), tuple(extra))
             elif key.startswith(EPOCH_PREFIX):
                 st.epochs.add_stored(int.from_bytes(key[len(EPOCH_PREFIX):], "big"), value)
         st.root = root
@@ -160,20 +176,19 @@ class LedgerState:
             peer_id = f.get("peer_id", "")
             if peer_id and any(m.peer_id == peer_id for m in latest.members):
                 return False
-            what = [t, subject, key] if "peer_id" not in f and "addr" not in f else \
-                [t, subject, key, peer_id, f.get("addr", "")]
+            what = proposal_what(f)
         elif t == "member.removed":
             subject, key = f["subject"], b""
             if subject not in self.members or latest.names == (subject,):
                 return False
-            what = [t, subject, key]
+            what = proposal_what(f)
         else:  # pragma: no cover - STATE_TYPES and this function disagree
             raise AssertionError(t)
-        vote_id = hashlib.sha256(_pack(what)).digest()
-        _, _, _, voters = self.votes.setdefault(vote_id, (t, subject, key, set()))
+        vote_id = proposal_id(what)
+        voters = self.votes.setdefault(vote_id, (t, subject, key, set(), tuple(what[3:])))[3]
         voters.add(member)
         if len(voters & self.members.keys()) < quorum(len(self.members)):
-            writes.append((b"vote/" + vote_id, _pack([t, subject, key, sorted(voters)])))
+            writes.append((b"vote/" + vote_id, _pack([t, subject, key, sorted(voters), *what[3:]])))
             return True
         del self.votes[vote_id]
         writes.append((b"vote/" + vote_id, None))

@@ -29,7 +29,24 @@ async def validators(node, params: dict, caller: Caller) -> dict:
                         "self": i == node.index}
                        for i, m in enumerate(epoch.members)],
         "pending": [e.to_json() for e in later],
+        "proposals": proposals(node.chain.state),
     }
+
+
+def proposals(state) -> list[dict]:
+    """Open membership proposals: what each proposes, who approved it so far, how many approvals it needs."""
+    from consensus.certificate import quorum
+
+    need = quorum(len(state.members))
+    out = []
+    for vid, (t, subject, key, voters, extra) in sorted(state.votes.items()):
+        item = {"id": vid.hex(), "type": t, "subject": subject, "approvals": sorted(voters), "needed": need}
+        if key:
+            item["subject_key"] = key.hex()
+        if extra:
+            item["peer_id"], item["addr"] = extra[0], extra[1]
+        out.append(item)
+    return out
 
 
 async def member_history(node, params: dict, caller: Caller) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -20,10 +21,12 @@ import time
 import httpx
 
 from consensus.certificate import Certificate, commit_signing_bytes
+from node.config import load_config
+from node.epochs import switch_height
 from node.events import make_tx
 from node.genesis import Genesis
 from node.keys import load_member_key
-from node.testnet import EXAMPLE_EVENT, LocalTestnet
+from node.testnet import EXAMPLE_EVENT, LocalTestnet, NodeInfo, free_base_port
 
 EPOCH_INTERVAL = 4  # switch heights every 4 blocks: quick to reach under load
 
@@ -59,11 +62,13 @@ class Load:
         self.thread.join(10)
 
 
-def vote(net: LocalTestnet, i: int, tx_type: str, **fields) -> str:
+def vote(net: LocalTestnet, i: int, tx_type: str, **fields) -> dict:
     info = net.nodes[i]
     key = load_member_key(info.home / "keys" / "member.key")
     raw = make_tx(tx_type, key, chain_id=Genesis.load(info.home).chain_id, member=info.name, **fields)
-    return net.rpc(i, "submit_tx", {"tx": raw.hex(), "mode": "commit", "timeout": 20}, timeout=30)["status"]
+    answer = net.rpc(i, "submit_tx", {"tx": raw.hex(), "mode": "commit", "timeout": 20}, timeout=30)
+    assert answer["status"] == "committed" and answer["outcome"] == "applied", answer
+    return answer
 
 
 def certificate(net: LocalTestnet, i: int, height: int) -> Certificate:
@@ -75,6 +80,28 @@ def metric(net: LocalTestnet, i: int, name: str) -> float:
     text = httpx.get(info.rpc + "/metrics", headers={"Authorization": f"Bearer {info.token}"}, timeout=5).text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
                or line.startswith(name + "{"))
+
+
+JOIN_OUTPUT: list[str] = []
+
+
+def join(net: LocalTestnet, tmp_path) -> NodeInfo:
+    """The joining hospital's home, made by `radchain init --join GENESIS` (same PSK and pseudonym key)."""
+    first = load_config(net.nodes[0].home)
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"psk": first.psk.hex(), "pseudonym_key": first.pseudonym_key.hex()}))
+    base = free_base_port(2)
+    home = (net.out / "hosp-e").resolve()
+    out = cli("init", "--home", str(home), "--name", "hosp-e", "--p2p", f"/ip4/127.0.0.1/tcp/{base}",
+              "--rpc", f"127.0.0.1:{base + 1}", "--secrets", str(secrets), "--join",
+              str(net.nodes[0].home / "genesis.json"))
+    JOIN_OUTPUT[:] = out.stdout.splitlines()
+    token = (home / "keys" / "operator.token").read_text().strip()
+    info = NodeInfo("hosp-e", home, f"http://127.0.0.1:{base + 1}", f"/ip4/127.0.0.1/tcp/{base}", token)
+    net.nodes.append(info)
+    net.procs.append(None)
+    net.wrap.append([])
+    return info
 
 
 def cli(*args, check: bool = True) -> subprocess.CompletedProcess:
@@ -93,14 +120,20 @@ def test_member_joins_by_vote_signs_certificates_then_one_is_removed(testnet, tm
         pre_change = net.rpc(0, "get_tx", {"hash": early})
         (tmp_path / "early.json").write_text(json.dumps(pre_change))
 
-        # --- a fifth hospital: started first, it is refused until approved, then syncs and joins
-        info, fields = net.add_node("hosp-e")
+        # --- a fifth hospital: `init --join` prints what to approve; started first, it is refused until
+        # approved (2f+1 = 3 votes through the CLI), then syncs from genesis and joins
+        join(net, tmp_path)
         net.start(4)
-        for i in range(3):  # quorum(4) = 3 approvals
-            assert vote(net, i, "member.added", **fields) == "committed"
-        validators = net.rpc(0, "validators")
-        assert [e["n"] for e in validators["pending"]] == [5]
-        switch = validators["pending"][0]["start"]
+        propose = [line.split() for line in JOIN_OUTPUT if line.strip().startswith("radchain member propose-add")]
+        assert len(propose) == 1
+        argv = [a if a != "<their" else "--home" for a in propose[0][1:] if a != "home>"]
+        argv[argv.index("--home") + 1] = str(net.nodes[0].home)
+        first = cli(*argv)
+        proposal = first.stdout.split("proposal ")[1].split()[0].rstrip(":;")
+        last = ""
+        for i in (1, 2):  # quorum(4) = 3 approvals
+            last = cli("member", "approve", proposal[:12], "--home", str(net.nodes[i].home)).stdout
+        switch = int(re.search(r"new member set starts at height (\d+)", last).group(1))
         assert (switch - 1) % EPOCH_INTERVAL == 0
         net.wait_until(lambda: net.rpc(4, "status")["member"] and net.height(4) >= switch + 2, 60,
                        "hosp-e synced and voting in the new member set")
@@ -121,11 +154,10 @@ def test_member_joins_by_vote_signs_certificates_then_one_is_removed(testnet, tm
 
         # --- remove hosp-d (index 3): 4 of 5 approvals
         net.wait_until(lambda: net.rpc(1, "status")["height"] >= net.height(0) - 2, 60, "hosp-b back")
-        for i in (0, 1, 2, 4):
-            assert vote(net, i, "member.removed", subject="hosp-d") == "committed"
-        pending = net.rpc(0, "validators")["pending"]
-        assert [e["n"] for e in pending] == [4]
-        removal = pending[0]["start"]
+        cli("member", "propose-remove", "hosp-d", "--home", str(net.nodes[0].home))
+        for i in (1, 2, 4):  # quorum(5) = 4: the last vote approves
+            approving = vote(net, i, "member.removed", subject="hosp-d")
+        removal = switch_height(approving["height"], EPOCH_INTERVAL) + 1
         net.wait_until(lambda: net.rpc(0, "validators")["epoch"] == removal and net.height(0) >= removal + 3,
                        60, "commits under the 4 remaining members")
         assert [m["name"] for m in net.rpc(0, "validators")["validators"]] == ["hosp-a", "hosp-b", "hosp-c",
