@@ -326,9 +326,17 @@ class Chain:
             return False
         return True
 
-    def _parse(self, payload: bytes, verify_all: bool) -> tuple[bytes, ProposalHeader, list[Tx], list[bytes]]:
+    def param(self, name: str, height: int):
+        """A consortium parameter in force at ``height``: genesis's, or a value voted since (node.epochs)."""
+        return self.epoch_at(height).param(name, self.genesis.param(name))
+
+    def _parse(self, payload: bytes, verify_all: bool, height: int | None = None
+               ) -> tuple[bytes, ProposalHeader, list[Tx], list[bytes]]:
+        max_txs, max_payload = self.max_txs, self.max_payload
+        if height is not None:
+            max_txs, max_payload = self.param("max_block_txs", height), self.param("max_payload_bytes", height)
         try:
-            header_bytes, raws = split_payload(payload, self.max_txs, self.max_payload)
+            header_bytes, raws = split_payload(payload, max_txs, max_payload)
             header = ProposalHeader.decode(header_bytes)
         except BlockError as exc:
             raise ProposalError(str(exc)) from None
@@ -354,7 +362,7 @@ class Chain:
         return digest, header, txs, hashes
 
     def validate_proposal(self, height: int, payload: bytes, now_ms: int | None = None) -> None:
-        digest, header, txs, hashes = self._parse(payload, verify_all=True)
+        digest, header, txs, hashes = self._parse(payload, verify_all=True, height=height)
         if header.chain_id != self.chain_id:
             raise ProposalError(f"chain_id {header.chain_id!r}, expected {self.chain_id!r}")
         if header.height != height:
@@ -363,9 +371,10 @@ class Chain:
         if header.proposer >= epoch.n:
             raise ProposalError(f"proposer {header.proposer} is not a member")
         now = int(self.clock() * 1000) if now_ms is None else now_ms
-        if abs(header.timestamp - now) > self.max_skew:
+        max_skew = self.param("max_clock_skew_ms", height)
+        if abs(header.timestamp - now) > max_skew:
             raise ProposalError(f"timestamp {header.timestamp} is {header.timestamp - now} ms from now "
-                                f"(tolerance {self.max_skew} ms)")
+                                f"(tolerance {max_skew} ms)")
         if len(set(hashes)) != len(hashes):
             raise ProposalError("a tx appears twice in the proposal")
         chain_id, authorized = self.chain_id, self.state.authorized
@@ -423,7 +432,7 @@ class Chain:
         cached = self._proposals.pop(digest, None)
         if cached is None:
             try:
-                digest, header, txs, hashes = self._parse(payload, verify_all=True)
+                digest, header, txs, hashes = self._parse(payload, verify_all=True, height=height)
             except ProposalError as exc:
                 raise ChainError(f"height {height}: committed payload is invalid: {exc.reason}") from None
         else:

@@ -12,9 +12,14 @@ Each epoch signs under its own consensus chain id (``<chain_id>`` for epoch 0, `
 after): a vote or certificate of one epoch is never valid in another, even where member indexes
 coincide, so a removed member's key (or an old quorum) cannot certify a block of a later epoch.
 
-State layout (node.state): ``epoch/<start height u64>`` -> msgpack [[name, pubkey 32, peer_id, [addr..]],
-...], written by the block that approves the change (and rewritten when another change joins the same
-pending epoch). Epoch 0 is not written: it is genesis.
+A member's key rotation (``member.key_rotated``: its signing key, libp2p identity or address) and a
+consortium parameter approved by 2f+1 (``params.changed``: block size, clock skew, progress timeout, RPC
+rate limit; VOTABLE_PARAMS) take effect the same way: a new epoch from the next boundary, with the same
+members (indexes unchanged) and its own Config.
+
+State layout (node.state): ``epoch/<start height u64>`` -> msgpack [[[name, pubkey 32, peer_id, [addr..]],
+...], {param: value}], written by the block that approves the change (and rewritten when another change
+joins the same pending epoch). Epoch 0 is not written: it is genesis.
 """
 
 from __future__ import annotations
@@ -33,6 +38,16 @@ __all__ = ["EpochMember", "Epoch", "EPOCH_PREFIX", "epoch_key", "decode_epoch_va
 EPOCH_PREFIX = b"epoch/"
 _U64 = struct.Struct(">Q")
 MAX_EPOCH_MEMBERS = 256  # a consortium of hospitals; bounds what a stored value may decode to
+# Parameters a 2f+1 vote may set, with the range a value must fall in. Size limits stay under the
+# decoders' absolute bounds (node.chain ABSOLUTE_*); epoch_interval is not votable (it places the
+# boundaries themselves).
+VOTABLE_PARAMS = {
+    "max_block_txs": (1, 10_000),
+    "max_payload_bytes": (64 * 1024, 6 * 1024 * 1024),
+    "max_clock_skew_ms": (1_000, 600_000),
+    "progress_timeout_ms": (500, 120_000),
+    "rpc_rate_limit": (1, 1_000_000),
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,10 @@ class Epoch:
     start: int  # first height committed under this member set
     members: tuple[EpochMember, ...]
     chain_id: str  # the consensus chain id its members sign under
+    params: tuple[tuple[str, int], ...] = ()  # voted parameters in force (VOTABLE_PARAMS), sorted
+
+    def param(self, name: str, default):
+        return dict(self.params).get(name, default)
 
     def local(self, height: int) -> int:
         """The epoch's own PBFT height of block ``height``: each epoch's replica counts from 1
@@ -86,7 +105,8 @@ class Epoch:
 
     def to_json(self) -> dict:
         return {"start": self.start, "chain_id": self.chain_id, "n": self.n, "f": self.f,
-                "quorum": self.quorum, "members": [m.to_json() for m in self.members]}
+                "quorum": self.quorum, "members": [m.to_json() for m in self.members],
+                "params": dict(self.params)}
 
 
 def consensus_chain_id(chain_id: str, start: int) -> str:
@@ -97,15 +117,20 @@ def epoch_key(start: int) -> bytes:
     return EPOCH_PREFIX + _U64.pack(start)
 
 
-def encode_epoch_value(members) -> bytes:
-    return msgpack.packb([[m.name, m.pubkey, m.peer_id, list(m.addrs)] for m in members], use_bin_type=True)
+def encode_epoch_value(members, params=()) -> bytes:
+    return msgpack.packb([[[m.name, m.pubkey, m.peer_id, list(m.addrs)] for m in members], dict(params)],
+                         use_bin_type=True)
 
 
-def decode_epoch_value(value: bytes) -> tuple[EpochMember, ...]:
-    """A stored epoch member list; raises ValueError on anything this module would not have written."""
-    raw = msgpack.unpackb(value, raw=False, max_array_len=MAX_EPOCH_MEMBERS, max_map_len=0, max_ext_len=0)
+def decode_epoch_value(value: bytes) -> tuple[tuple[EpochMember, ...], tuple[tuple[str, int], ...]]:
+    """A stored epoch (members, params); raises ValueError on anything this module would not have written."""
+    raw_members, raw_params = msgpack.unpackb(value, raw=False, max_array_len=MAX_EPOCH_MEMBERS,
+                                              max_map_len=len(VOTABLE_PARAMS), max_ext_len=0)
+    params = tuple(sorted(raw_params.items()))
+    if not all(k in VOTABLE_PARAMS and type(v) is int for k, v in params):
+        raise ValueError("malformed epoch parameters")
     out = []
-    for item in raw:
+    for item in raw_members:
         name, pubkey, peer_id, addrs = item
         if not (type(name) is str and type(pubkey) is bytes and len(pubkey) == 32 and type(peer_id) is str
                 and type(addrs) is list and all(type(a) is str for a in addrs)):
@@ -113,7 +138,7 @@ def decode_epoch_value(value: bytes) -> tuple[EpochMember, ...]:
         out.append(EpochMember(name, pubkey, peer_id, tuple(addrs)))
     if not out:
         raise ValueError("empty epoch")
-    return tuple(out)
+    return tuple(out), params
 
 
 def switch_height(approved_at: int, interval: int) -> int:
@@ -140,11 +165,12 @@ class EpochHistory:
         return c
 
     def add_stored(self, start: int, value: bytes) -> None:
-        self.set(start, decode_epoch_value(value))
+        members, params = decode_epoch_value(value)
+        self.set(start, members, params)
 
-    def set(self, start: int, members) -> Epoch:
+    def set(self, start: int, members, params=()) -> Epoch:
         assert start > 1, "epoch 0 is genesis"
-        epoch = Epoch(start, tuple(members), consensus_chain_id(self.chain_id, start))
+        epoch = Epoch(start, tuple(members), consensus_chain_id(self.chain_id, start), tuple(sorted(params)))
         self.epochs = [e for e in self.epochs if e.start != start] + [epoch]
         self.epochs.sort(key=lambda e: e.start)
         return epoch

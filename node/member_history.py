@@ -26,7 +26,8 @@ from node.store import SUFFIX, Store, member_type_prefix
 
 __all__ = ["REGISTRY_TYPES", "export_history", "replay_history", "MAX_HISTORY_TXS"]
 
-REGISTRY_TYPES = ("member.added", "member.removed", "client.added", "client.removed")
+REGISTRY_TYPES = ("member.added", "member.removed", "client.added", "client.removed", "member.key_rotated",
+                  "params.changed")
 MAX_HISTORY_TXS = 100_000  # bounds what a file makes the verifier check (each costs ~3 signature checks)
 
 

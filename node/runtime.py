@@ -67,15 +67,24 @@ class Node:
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         self.genesis = Genesis.load(cfg.genesis_path)
+        # This hospital's signing keys: member.key, and during a rotation (node.state: member.key_rotated)
+        # member.key.next (the new one) or member.key.old (the one consensus may still sign with).
         self.member_key = load_member_key(cfg.member_key_path)
+        self._own_keys: dict[bytes, object] = {}
+        self._load_own_keys()
         founder = self.genesis.member(cfg.name)
-        if founder is not None and bytes(self.member_key.verify_key) != founder.pubkey:
-            raise ValueError(f"{cfg.member_key_path} is not the key genesis lists for member {cfg.name!r}")
         self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key)
         self.started_at = time.time()
 
         self.store = Store(cfg.chain_dir, sync=cfg.store_sync)
         self.chain = Chain(self.genesis, self.store)
+        registered = self.chain.state.members.get(cfg.name, founder.pubkey if founder is not None else None)
+        if registered is not None:
+            if registered not in self._own_keys:
+                raise ValueError(f"{cfg.member_key_path} is not the key "
+                                 f"{'genesis lists' if registered == getattr(founder, 'pubkey', None) else 'the chain registers'}"
+                                 f" for member {cfg.name!r}")
+            self.member_key = self._own_keys[registered]  # txs are signed with the registered key
         self.mempool = Mempool(cfg.home / "data" / "mempool", cfg.mempool.max_txs,
                                min_backlog=cfg.mempool.min_backlog, drain_seconds=cfg.mempool.busy_after_s)
         self.wal = WriteAheadLog(self._wal_dir(self.chain.epoch_at(self.store.height + 1)),
@@ -88,12 +97,15 @@ class Node:
 
         # The member set is an epoch of the chain (node.epochs): the replica, the peers this node talks to
         # and the peers it accepts follow the epoch of the next height, and change after its last block.
-        identity = load_or_create_identity(cfg.p2p_key_path)
+        identity = self._p2p_identity()
         self._net_members: dict[str, list[str]] = self._network_members()
         self.net = PeerNetwork(identity, self._net_members, cfg.psk, cfg.p2p_listen,
                                lock_dir=str(cfg.home / "data"))
-        if founder is not None and founder.peer_id and self.net.peer_id != founder.peer_id:
-            raise ValueError(f"{cfg.p2p_key_path} is not the libp2p identity genesis lists for {cfg.name!r}")
+        current = self.chain.epoch_at(self.store.height + 1)
+        me = current.index_of(cfg.name)
+        if me is not None and current.members[me].peer_id and self.net.peer_id != current.members[me].peer_id:
+            raise ValueError(f"{cfg.p2p_key_path} is not the libp2p identity "
+                             f"{'genesis lists' if current.start <= 1 else 'the chain registers'} for {cfg.name!r}")
         self.sync = None
         self.replica = self._make_replica(self.wal)
         self.driver = ConsensusDriver(
@@ -113,6 +125,7 @@ class Node:
                                     "peers": len(self.net.connected_peers())}
         self.rpc = JsonRpcApp(self, METHODS, TokenStore(cfg.tokens_path), cfg.rpc.read_requires_token,
                               cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second, edge=cfg.rpc)
+        self._apply_params(self.epoch)
         self._last_view = self.replica.view
         self._evidence_limiter = EvidenceLimiter()
         self._commit_waiters: dict[bytes, list[trio.Event]] = {}
@@ -133,6 +146,31 @@ class Node:
                     out[m.peer_id] = list(m.addrs)
         return out
 
+    def _load_own_keys(self) -> None:
+        """(Re)read member.key, member.key.next and member.key.old (`radchain member rotate-key` writes them
+        while the node runs)."""
+        path = self.cfg.member_key_path
+        for p in (path, path.with_name(path.name + ".next"), path.with_name(path.name + ".old")):
+            try:
+                key = load_member_key(p)
+            except (OSError, ValueError):
+                continue
+            self._own_keys.setdefault(bytes(key.verify_key), key)
+
+    def _p2p_identity(self):
+        """p2p.key, or p2p.key.next once the member set of the next height lists that identity for us
+        (a rotated libp2p identity takes effect when the node restarts at or after its switch height)."""
+        from network.identity import peer_id_of
+
+        nxt = self.cfg.p2p_key_path.with_name(self.cfg.p2p_key_path.name + ".next")
+        if nxt.exists():
+            epoch = self.chain.epoch_at(self.store.height + 1)
+            index = epoch.index_of(self.cfg.name)
+            candidate = load_or_create_identity(nxt)
+            if index is not None and epoch.members[index].peer_id == peer_id_of(candidate):
+                return candidate
+        return load_or_create_identity(self.cfg.p2p_key_path)
+
     def _wal_dir(self, epoch):
         wal_dir = self.cfg.wal_dir
         return wal_dir if epoch.start <= 1 else wal_dir.with_name(f"{wal_dir.name}-e{epoch.start}")
@@ -147,7 +185,14 @@ class Node:
         if self.sync is not None:
             self.sync.peer_ids = list(self.peer_ids)
         index = epoch.index_of(self.cfg.name)
-        if index is None or epoch.members[index].pubkey != bytes(self.member_key.verify_key):
+        if index is not None and epoch.members[index].pubkey not in self._own_keys:
+            self._load_own_keys()
+        key = None if index is None else self._own_keys.get(epoch.members[index].pubkey)
+        if index is not None and key is None:
+            log.error("the member set from height %d lists a signing key for %s that this node does not hold "
+                      "(keys/member.key, .next, .old): following the chain without voting", epoch.start,
+                      self.cfg.name)
+        if key is None:
             self.index = -1
             log.warning("not a member of the consortium's current member set (epoch from height %d): "
                         "following the chain by block sync", epoch.start,
@@ -155,15 +200,24 @@ class Node:
             return Observer(epoch)
         self.index = index
         ccfg = self.cfg.consensus
+        # a voted timeout (node.epochs VOTABLE_PARAMS) overrides this node's configuration in its epoch
+        voted_timeout = epoch.param("progress_timeout_ms", None)
         consensus_cfg = ConsensusConfig(
             chain_id=epoch.chain_id, members=epoch.pubkeys, checkpoint_interval=ccfg.checkpoint_interval,
             watermark_window=ccfg.watermark_window, pipeline=ccfg.pipeline,
-            progress_timeout=ccfg.progress_timeout)
+            progress_timeout=ccfg.progress_timeout if voted_timeout is None else voted_timeout / 1000)
+        if self.sync is not None:  # a running node (at construction the RPC app does not exist yet)
+            self._apply_params(epoch)
         offset = epoch.start - 1
-        replica = Replica(consensus_cfg, index, Ed25519Crypto(self.member_key, epoch.pubkeys),
+        replica = Replica(consensus_cfg, index, Ed25519Crypto(key, epoch.pubkeys),
                           EpochApp(self.chain, offset), wal=tuple(wal.records),
                           last_executed=self.store.height - offset)
         return EpochReplica(replica, epoch, self.chain)
+
+    def _apply_params(self, epoch) -> None:
+        rate = epoch.param("rpc_rate_limit", None)
+        if rate is not None:
+            self.rpc.limiter.rate = float(rate)
 
     def _next_epoch_replica(self):
         """driver.switch factory: the new epoch's replica with its own WAL (the old one is closed)."""
@@ -173,6 +227,10 @@ class Node:
         old.close()
         self.replica = self._make_replica(self.wal)
         self._last_view = self.replica.view
+        me = self.epoch.index_of(self.cfg.name)
+        if me is not None and self.epoch.members[me].peer_id not in ("", self.net.peer_id):
+            log.error("this member's libp2p identity was rotated from height %d: restart the node to use "
+                      "keys/p2p.key.next (until then the others refuse the old identity)", self.epoch.start)
         self.mempool.release_in_flight()  # what the old epoch proposed past its end is proposable again
         log.info("member set changed", extra={"fields": {
             "epoch": self.epoch.start, "members": list(self.epoch.names), "n": self.epoch.n,
@@ -181,6 +239,12 @@ class Node:
 
     def _follow_epochs(self, height: int) -> None:
         """After block ``height``: update the network's member set, and switch replicas at an epoch end."""
+        registered = self.chain.state.members.get(self.cfg.name)
+        if registered is not None and registered != bytes(self.member_key.verify_key):
+            if registered not in self._own_keys:
+                self._load_own_keys()
+            if registered in self._own_keys:
+                self.member_key = self._own_keys[registered]  # our rotation applied: sign txs with the new key
         members = self._network_members()
         if members != self._net_members:
             self._net_members = members
@@ -292,7 +356,7 @@ class Node:
             self.mempool.release_in_flight()
         if not allow_empty and self.mempool.available() == 0:
             return None
-        txs = self.mempool.take_for_proposal(self.genesis.param("max_block_txs"), height)
+        txs = self.mempool.take_for_proposal(self.chain.param("max_block_txs", height), height)
         return self.chain.build_proposal(height, self.index, int(time.time() * 1000), txs)
 
     def _on_commit(self, block, payload: bytes) -> None:

@@ -39,14 +39,23 @@ import struct
 import msgpack
 
 from consensus.certificate import quorum
-from node.epochs import EPOCH_PREFIX, EpochHistory, EpochMember, encode_epoch_value, epoch_key, switch_height
+from node.epochs import (
+    EPOCH_PREFIX,
+    VOTABLE_PARAMS,
+    EpochHistory,
+    EpochMember,
+    encode_epoch_value,
+    epoch_key,
+    switch_height,
+)
 from node.genesis import Genesis
 from node.tx import Tx
 
 __all__ = ["LedgerState", "STATE_DOMAIN", "STATE_TYPES", "next_state_root", "consent_key"]
 
 STATE_DOMAIN = b"radchain/state/v1\x00"
-STATE_TYPES = frozenset({"client.added", "client.removed", "member.added", "member.removed",
+STATE_TYPES = frozenset({"client.added", "client.removed", "member.added", "member.removed", "member.key_rotated",
+                         "params.changed",
                          "consent.granted", "consent.revoked", "research.access.granted",
                          "evidence.equivocation"})
 
@@ -66,8 +75,10 @@ def proposal_id(what: list) -> bytes:
 
 
 def proposal_what(fields: dict) -> list:
-    """What a member.added/member.removed tx proposes (its vote id's preimage)."""
+    """What a member.added/member.removed/params.changed tx proposes (its vote id's preimage)."""
     t = fields["type"]
+    if t == "params.changed":
+        return [t, fields["param"], b"", fields["value"]]
     if t == "member.removed":
         return [t, fields["subject"], b""]
     if "peer_id" not in fields and "addr" not in fields:
@@ -167,7 +178,15 @@ class LedgerState:
             writes.append((b"client/" + key, None))
             return True
         latest = self.epochs.latest
-        if t == "member.added":
+        if t == "member.key_rotated":
+            return self._rotate(member, f, latest, writes)
+        if t == "params.changed":
+            name, value = f["param"], f["value"]
+            bounds = VOTABLE_PARAMS.get(name)
+            if bounds is None or not bounds[0] <= value <= bounds[1]:
+                return False
+            subject, key, what = name, b"", proposal_what(f)
+        elif t == "member.added":
             subject, key = f["subject"], f["subject_key"]
             if subject in self.members or key in self.client_of or not subject.isprintable():
                 return False
@@ -192,6 +211,11 @@ class LedgerState:
             return True
         del self.votes[vote_id]
         writes.append((b"vote/" + vote_id, None))
+        if t == "params.changed":
+            params = dict(latest.params)
+            params[subject] = f["value"]
+            self._set_next_epoch(latest.members, writes, tuple(sorted(params.items())))
+            return True
         if t == "member.added":
             self.members[subject] = key
             self.client_of[key] = subject
@@ -209,10 +233,33 @@ class LedgerState:
         self._set_next_epoch(new, writes)
         return True
 
-    def _set_next_epoch(self, members: tuple[EpochMember, ...], writes: list) -> None:
+    def _rotate(self, member: str, f: dict, latest, writes: list) -> bool:
+        """A member replaces its own signing key and/or libp2p identity and address (no vote: its keys are
+        its own business). Txs are signed with the new key from this block on; consensus switches to it at
+        the next epoch boundary, where the member keeps its replica index."""
+        new, peer_id, addr = f["subject_key"], f.get("peer_id"), f.get("addr")
+        index = latest.index_of(member)
+        if index is None or new in self.client_of or new in latest.pubkeys:
+            return False
+        if peer_id and any(m.peer_id == peer_id for m in latest.members if m.name != member):
+            return False
+        old = self.members[member]
+        del self.client_of[old]
+        self.client_of[new] = member
+        self.members[member] = new
+        writes.append((b"client/" + old, None))
+        writes.append((b"client/" + new, member.encode()))
+        writes.append((b"member/" + member.encode(), new))
+        entry = latest.members[index]
+        entry = EpochMember(member, new, peer_id or entry.peer_id, (addr,) if addr else entry.addrs)
+        self._set_next_epoch(latest.members[:index] + (entry,) + latest.members[index + 1:], writes)
+        return True
+
+    def _set_next_epoch(self, members: tuple[EpochMember, ...], writes: list, params=None) -> None:
         """The consensus set after the first epoch boundary past this block (node.epochs)."""
         assert self.height >= 1, "a membership change outside a block"
         start = switch_height(self.height, self.epochs.interval) + 1
         assert start >= self.epochs.latest.start, "epochs only go forward"
-        self.epochs.set(start, members)
-        writes.append((epoch_key(start), encode_epoch_value(members)))
+        params = self.epochs.latest.params if params is None else params
+        self.epochs.set(start, members, params)
+        writes.append((epoch_key(start), encode_epoch_value(members, params)))

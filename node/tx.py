@@ -125,6 +125,8 @@ FIELD_SPECS: dict[str, tuple] = {
     # a joining member's libp2p identity and dial address (node.epochs): what the consensus set needs
     "peer_id": (str, 1, 128, None, None, "a libp2p peer ID of 1..128 characters"),
     "addr": (str, 1, 256, None, None, "a multiaddr of 1..256 characters"),
+    "param": (str, 1, 32, None, None, "a consortium parameter name of 1..32 characters"),
+    "value": (int, 0, _U63, None, None, "a non-negative integer parameter value"),
     "offender": (int, 0, (1 << 16) - 1, None, None, "a member index"),
     "evidence": (list, 2, 2, None, _evidence, f"two different messages of 1..{MAX_EVIDENCE_BYTES} bytes"),
     # non-identifying imaging categories for prior-imaging lookups (node.categories)
@@ -142,7 +144,8 @@ AUDIT_TYPES = (
     "import", "study.deleted", "deidentified",
 )
 CONSENT_TYPES = ("consent.granted", "consent.revoked", "research.access.granted")
-MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.removed")
+MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.removed", "member.key_rotated",
+                    "params.changed")
 EVIDENCE_TYPES = ("evidence.equivocation",)
 
 # type -> (required fields beyond COMMON_REQUIRED, optional fields)
@@ -161,6 +164,10 @@ _SCHEMA["consent.revoked"] = (frozenset({"patient", "grantee", "scope"}), _CONSE
 _SCHEMA["research.access.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
 _SCHEMA["member.added"] = (frozenset({"subject", "subject_key"}), frozenset({"peer_id", "addr"}))
 _SCHEMA["member.removed"] = (frozenset({"subject"}), frozenset())
+# a member replaces its own signing key (and/or its libp2p identity and address): node.epochs
+_SCHEMA["member.key_rotated"] = (frozenset({"subject_key"}), frozenset({"peer_id", "addr"}))
+# a vote to set a consortium parameter (genesis "params") from an epoch boundary on: node.epochs
+_SCHEMA["params.changed"] = (frozenset({"param", "value"}), frozenset())
 _SCHEMA["client.added"] = (frozenset({"subject_key"}), frozenset())
 _SCHEMA["client.removed"] = (frozenset({"subject_key"}), frozenset())
 _SCHEMA["evidence.equivocation"] = (frozenset({"offender", "evidence"}), frozenset())

@@ -3,6 +3,8 @@
     radchain member propose-add --name N --member-key K --p2p-key P --addr A   (vote to add a hospital)
     radchain member approve ID                                                  (vote for an open proposal)
     radchain member propose-remove N                                            (vote to remove a member)
+    radchain member rotate-key [--p2p] [--addr A]                               (replace this member's keys)
+    radchain member propose-param NAME VALUE                                    (vote a consortium parameter)
     radchain member status                                                      (member set, proposals)
     radchain member history --out FILE                                          (for verify-receipt --history)
 
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 from node.commands._target import add_target_args, client_from_args
+from node.epochs import VOTABLE_PARAMS as VOTABLE
 
 
 def register(subparsers) -> None:
@@ -34,10 +37,18 @@ def register(subparsers) -> None:
     approve.add_argument("id", help="proposal id (hex, a unique prefix is enough)")
     remove = sub.add_parser("propose-remove", help="vote to remove a member")
     remove.add_argument("name", help="the member to remove")
+    rotate = sub.add_parser("rotate-key", help="replace this member's signing key (and with --p2p its libp2p "
+                                               "identity) from the next epoch boundary; no vote needed")
+    rotate.add_argument("--p2p", action="store_true", help="also a new libp2p identity (restart the node at "
+                                                           "the switch height printed)")
+    rotate.add_argument("--addr", help="a new p2p multiaddr for this member")
+    param = sub.add_parser("propose-param", help="vote to set a consortium parameter (2f+1 needed)")
+    param.add_argument("name", help="one of: " + ", ".join(sorted(VOTABLE)))
+    param.add_argument("value", type=int)
     sub.add_parser("status", help="the current member set, approved later sets and open proposals")
     hist = sub.add_parser("history", help="save the member history (verify-receipt --history)")
     hist.add_argument("--out", type=Path, required=True)
-    for q in (add, approve, remove, sub.choices["status"], hist):
+    for q in (add, approve, remove, rotate, param, sub.choices["status"], hist):
         add_target_args(q)
         q.add_argument("--json", action="store_true", help="print the RPC answer as JSON")
         q.set_defaults(func=run)
@@ -70,11 +81,12 @@ def _sign_and_submit(args, client, tx_type: str, **fields) -> int:
     chain_id = genesis.chain_id
     raw = make_tx(tx_type, key, chain_id=chain_id, member=cfg.name, **fields)
     answer = client.submit_tx(raw, mode="commit", timeout=30)
-    pid = proposal_id(proposal_what({"type": tx_type, **fields})).hex()
+    pid = proposal_id(proposal_what({"type": tx_type, **fields})).hex() if tx_type != "member.key_rotated" else ""
     if args.json:
         print(json.dumps({"proposal": pid, **answer}))
     else:
-        print(f"{cfg.name} voted {tx_type} {fields['subject']}: tx {answer['hash']} {answer['status']}"
+        what = fields.get("subject") or fields.get("param") or cfg.name
+        print(f"{cfg.name} voted {tx_type} {what}: tx {answer['hash']} {answer['status']}"
               + (f" at height {answer['height']}" if "height" in answer else "") + f"; proposal {pid}")
     v = client.validators()
     if any(p["id"] == pid for p in v.get("proposals", [])):
@@ -101,6 +113,35 @@ def _print_status(v: dict, only: str | None = None) -> None:
         if only is None or p["id"] == only:
             print(f"proposal {p['id']}: {p['type']} {p['subject']}: {len(p['approvals'])} of {p['needed']} "
                   f"approvals ({', '.join(p['approvals'])})")
+
+
+def _rotate(args, client) -> int:
+    """New keys go to keys/member.key.next (and keys/p2p.key.next); the node signs txs with the new key from
+    the block that records the rotation and votes with it from the next epoch boundary. A later rotation
+    first retires the previous one (member.key -> member.key.old, .next -> member.key)."""
+    from network.identity import load_or_create_identity, peer_id_of
+    from node.config import load_config
+    from node.keys import create_member_key, load_member_key
+
+    cfg = load_config(_home(args))
+    keys = cfg.member_key_path
+    nxt, old = keys.with_name(keys.name + ".next"), keys.with_name(keys.name + ".old")
+    registered = bytes.fromhex(next((m["pubkey"] for m in client.validators()["validators"]
+                                     if m["name"] == cfg.name), "00"))
+    if nxt.exists():
+        if bytes(load_member_key(nxt).verify_key) != registered:
+            print(f"radchain member: {nxt} exists and is not in use yet: a rotation is under way", file=sys.stderr)
+            return 1
+        keys.replace(old)
+        nxt.replace(keys)
+    fields = {"subject_key": bytes(create_member_key(nxt).verify_key)}
+    if args.p2p:
+        p2p_next = cfg.p2p_key_path.with_name(cfg.p2p_key_path.name + ".next")
+        p2p_next.unlink(missing_ok=True)
+        fields["peer_id"] = peer_id_of(load_or_create_identity(p2p_next))
+    if args.addr:
+        fields["addr"] = args.addr
+    return _sign_and_submit(args, client, "member.key_rotated", **fields)
 
 
 def run(args) -> int:
@@ -130,6 +171,16 @@ def run(args) -> int:
                                     peer_id=args.p2p_key, addr=args.addr)
         if cmd == "propose-remove":
             return _sign_and_submit(args, client, "member.removed", subject=args.name)
+        if cmd == "propose-param":
+            lo, hi = VOTABLE.get(args.name, (1, 0))
+            if not lo <= args.value <= hi:
+                print(f"radchain member: {args.name} must be one of {', '.join(sorted(VOTABLE))} with a value in "
+                      f"its range ({lo}..{hi})" if hi else f"radchain member: no votable parameter {args.name!r}",
+                      file=sys.stderr)
+                return 2
+            return _sign_and_submit(args, client, "params.changed", param=args.name, value=args.value)
+        if cmd == "rotate-key":
+            return _rotate(args, client)
         if cmd == "approve":
             wanted = args.id.lower()
             matches = [p for p in client.validators().get("proposals", []) if p["id"].startswith(wanted)]

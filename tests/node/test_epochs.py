@@ -10,7 +10,7 @@ from ledger_helpers import CHAIN_ID, T0, Consortium
 from nacl.signing import SigningKey
 
 from consensus.certificate import Certificate, commit_signing_bytes
-from node.chain import Chain, ChainError
+from node.chain import Chain, ChainError, ProposalError
 from node.chain_verify import ReceiptError, VerifyError, make_receipt, verify_chain, verify_receipt
 from node.epochs import switch_height
 from node.genesis import Genesis
@@ -213,3 +213,49 @@ def test_a_forged_or_foreign_history_is_refused(gov, tmp_path):
     with pytest.raises(ReceiptError):
         verify_receipt(late, epochs, CHAIN_ID)
     store.close()
+
+
+def test_a_rotated_signing_key_signs_txs_at_once_and_certificates_from_the_boundary(gov, gchain):
+    new_c = SigningKey(b"\x68" * 32)
+    gov.by_pub[bytes(new_c.verify_key)] = new_c
+    blk = gov.commit(gchain, [gov.tx(2, "member.key_rotated", subject_key=bytes(new_c.verify_key))])
+    assert blk.statuses == b"\x00"
+    # the registry follows at once: the old key no longer signs txs for hosp-c, the new one does
+    with pytest.raises(ProposalError, match="not authorised for member 'hosp-c'"):
+        gchain.validate_proposal(3, gchain.build_proposal(3, 0, T0, [gov.tx(2)]), now_ms=T0)
+    blk = gov.commit(gchain, [gov.tx(2, signer=new_c)])
+    assert blk.statuses == b"\x00"
+    gov.empty(gchain, 4)
+    assert gchain.epoch_at(4).members[2].pubkey == bytes(gov.keys[2].verify_key)
+    e = gchain.epoch_at(5)
+    assert e.members[2].pubkey == bytes(new_c.verify_key) and e.names == gchain.epoch_at(4).names
+    payload = gchain.build_proposal(5, 0, T0, [gov.tx(0)])
+    digest = gchain.proposal_digest(payload)
+    msg = commit_signing_bytes(e.chain_id, 0, 1, digest)
+    with_old = Certificate(1, 0, digest, tuple((i, k.sign(msg).signature) for i, k in
+                                                ((0, gov.keys[0]), (1, gov.keys[1]), (2, gov.keys[2])))).encode()
+    with pytest.raises(ChainError, match="bad signature from member 2"):
+        gchain.check_certified(5, payload, with_old)
+    gchain.execute(payload, gov.certificate(gchain, payload, 5, signers=(0, 1, 2)))
+    # a key already in use cannot be taken over
+    blk = gov.commit(gchain, [gov.tx(1, "member.key_rotated", subject_key=bytes(gov.keys[0].verify_key))])
+    assert blk.statuses[0] != 0
+
+
+def test_parameters_change_by_vote_at_the_boundary(gov, gchain):
+    votes = [gov.tx(i, "params.changed", param="max_block_txs", value=2) for i in range(3)]
+    bad = [gov.tx(0, "params.changed", param="max_block_txs", value=10**6),
+           gov.tx(0, "params.changed", param="epoch_interval", value=8)]
+    blk = gov.commit(gchain, votes[:2] + bad)
+    assert blk.statuses[2] != 0 and blk.statuses[3] != 0  # out of range, not votable
+    gov.commit(gchain, votes[2:])  # block 2 approves: in force from block 5
+    gov.empty(gchain, 3)
+    three = [gov.tx(0), gov.tx(1), gov.tx(2)]
+    payload = gchain.build_proposal(4, 0, T0, three)
+    gchain.validate_proposal(4, payload, now_ms=T0)  # still the genesis limit
+    gov.commit(gchain, three)
+    assert gchain.param("max_block_txs", 5) == 2 and gchain.epoch_at(5).params == (("max_block_txs", 2),)
+    with pytest.raises(Exception, match="2"):
+        gchain.validate_proposal(5, gchain.build_proposal(5, 0, T0, [gov.tx(0), gov.tx(1), gov.tx(2)]), now_ms=T0)
+    gov.commit(gchain, [gov.tx(0), gov.tx(1)])
+    assert gchain.height == 5
