@@ -68,6 +68,7 @@ def _home(args) -> Path:
 
 
 def _sign_and_submit(args, client, tx_type: str, **fields) -> int:
+    from node.client import RpcCallError
     from node.config import load_config
     from node.events import make_tx
     from node.genesis import Genesis
@@ -79,8 +80,16 @@ def _sign_and_submit(args, client, tx_type: str, **fields) -> int:
     key = load_member_key(cfg.member_key_path)
     genesis = Genesis.load(cfg.genesis_path)
     chain_id = genesis.chain_id
+    nxt = cfg.member_key_path.with_name(cfg.member_key_path.name + ".next")
     raw = make_tx(tx_type, key, chain_id=chain_id, member=cfg.name, **fields)
-    answer = client.submit_tx(raw, mode="commit", timeout=30)
+    try:
+        answer = client.submit_tx(raw, mode="commit", timeout=30)
+    except RpcCallError as exc:
+        # our rotation is recorded but the epoch has not switched yet: txs are signed with the new key
+        if not (exc.code == -32003 and "not authorised" in exc.message and nxt.exists()):
+            raise
+        raw = make_tx(tx_type, load_member_key(nxt), chain_id=chain_id, member=cfg.name, **fields)
+        answer = client.submit_tx(raw, mode="commit", timeout=30)
     pid = proposal_id(proposal_what({"type": tx_type, **fields})).hex() if tx_type != "member.key_rotated" else ""
     if args.json:
         print(json.dumps({"proposal": pid, **answer}))
@@ -189,6 +198,8 @@ def run(args) -> int:
                       file=sys.stderr)
                 return 1
             p = matches[0]
+            if p["type"] == "params.changed":
+                return _sign_and_submit(args, client, p["type"], param=p["param"], value=p["value"])
             fields = {"subject": p["subject"]}
             if p["type"] == "member.added":
                 fields["subject_key"] = bytes.fromhex(p["subject_key"])

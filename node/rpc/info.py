@@ -43,7 +43,9 @@ def proposals(state) -> list[dict]:
         item = {"id": vid.hex(), "type": t, "subject": subject, "approvals": sorted(voters), "needed": need}
         if key:
             item["subject_key"] = key.hex()
-        if extra:
+        if t == "params.changed":
+            item["param"], item["value"] = subject, extra[0]
+        elif extra:
             item["peer_id"], item["addr"] = extra[0], extra[1]
         out.append(item)
     return out

@@ -105,8 +105,9 @@ def join(net: LocalTestnet, tmp_path) -> NodeInfo:
 
 
 def cli(*args, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True, timeout=120,
-                          check=check)
+    out = subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True, timeout=120)
+    assert not check or out.returncode == 0, (args, out.stdout, out.stderr)
+    return out
 
 
 def test_member_joins_by_vote_signs_certificates_then_one_is_removed(testnet, tmp_path):
@@ -220,4 +221,50 @@ def test_member_joins_by_vote_signs_certificates_then_one_is_removed(testnet, tm
     # the whole chain verifies offline on a stopped member, certificates checked by height
     net.stop_all()
     out = cli("verify-chain", "--home", str(net.nodes[4].home), check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_keys_rotate_and_parameters_change_without_stopping_the_chain(testnet, tmp_path):
+    net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL})
+    net.start()
+    net.wait_ready(timeout=60)
+    home = [str(info.home) for info in net.nodes]
+    with Load(net, [0, 1]) as load:
+        net.wait_until(lambda: net.height(0) >= 2, 30, "first blocks under load")
+        old_c = net.rpc(0, "validators")["validators"][2]["pubkey"]
+        old_d = net.rpc(0, "validators")["validators"][3]["peer_id"]
+        # hosp-c: a new signing key; hosp-d: a new signing key and libp2p identity; max_block_txs 3 by 3 votes
+        cli("member", "rotate-key", "--home", home[2])
+        cli("member", "rotate-key", "--p2p", "--home", home[3])
+        first = cli("member", "propose-param", "max_block_txs", "3", "--home", home[0]).stdout
+        proposal = first.split("proposal ")[1].split()[0].rstrip(":;")
+        cli("member", "approve", proposal[:12], "--home", home[1])
+        last = cli("member", "approve", proposal[:12], "--home", home[2]).stdout
+        switch = int(re.search(r"new member set starts at height (\d+)", last).group(1))
+        net.wait_until(lambda: net.rpc(0, "validators")["epoch"] >= switch, 60, "the switch height")
+        v = net.rpc(0, "validators")
+        assert v["validators"][2]["pubkey"] != old_c and v["validators"][3]["peer_id"] != old_d
+        # hosp-d restarts with its new identity (keys/p2p.key.next) and is admitted under it
+        net.kill(3)
+        net.start(3)
+        net.wait_until(lambda: net.rpc(3, "status")["member"] and net.rpc(3, "status")["peers"] >= 2, 60,
+                       "hosp-d back under its new identity")
+        # with hosp-b stopped, quorum 3 of 4 needs hosp-c's new key and hosp-d's new identity
+        net.kill(1)
+        load.targets = [0, 2]
+        top = net.height(0)
+        net.wait_until(lambda: net.height(0) >= top + 3, 60, "commits without hosp-b")
+        cert = certificate(net, 0, top + 2)
+        assert {i for i, _ in cert.signatures} == {0, 2, 3}
+        for h in range(switch, net.height(0) + 1):
+            assert len(net.rpc(0, "get_block", {"height": h})["txs"]) <= 3  # the voted block size
+        net.start(1)
+        load.targets = [0, 1, 2]
+        net.wait_until(lambda: net.height(1) >= net.height(0) - 1, 60, "hosp-b caught up")
+    net.wait_until(lambda: len({net.height(i) for i in range(4)}) == 1, 60, "one height")
+    assert len({net.rpc(i, "status")["head"] for i in range(4)}) == 1
+    for h in sorted(load.acked):
+        assert net.rpc(2, "get_tx", {"hash": h, "receipt": False})["status"] == "committed", h
+    net.stop_all()
+    out = cli("verify-chain", "--home", home[2], check=False)
     assert out.returncode == 0, out.stdout + out.stderr
