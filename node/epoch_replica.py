@@ -50,6 +50,10 @@ class EpochReplica:
         self.retired = False
         self.stats = replica.stats
 
+    def __getattr__(self, name: str):
+        # anything else (config, crypto, ...) is the inner replica's: in epoch 0 (offset 0) heights coincide
+        return getattr(self.replica, name)
+
     # the read-only view the driver and runtime use, in chain heights
     @property
     def view(self) -> int:

@@ -107,6 +107,7 @@ class Node:
             raise ValueError(f"{cfg.p2p_key_path} is not the libp2p identity "
                              f"{'genesis lists' if current.start <= 1 else 'the chain registers'} for {cfg.name!r}")
         self.sync = None
+        self._switching_to: int | None = None
         self.replica = self._make_replica(self.wal)
         self.driver = ConsensusDriver(
             self.replica, self.chain, self.wal,
@@ -221,6 +222,7 @@ class Node:
 
     def _next_epoch_replica(self):
         """driver.switch factory: the new epoch's replica with its own WAL (the old one is closed)."""
+        self._switching_to = None
         old = self.wal
         self.wal = WriteAheadLog(self._wal_dir(self.chain.epoch_at(self.store.height + 1)),
                                  fsync=self.cfg.consensus.wal_fsync)
@@ -249,7 +251,10 @@ class Node:
         if members != self._net_members:
             self._net_members = members
             self.net.set_members(members)
-        if self.chain.epoch_at(height + 1).start != self.epoch.start:
+        want = self.chain.epoch_at(height + 1).start
+        if want != self.epoch.start and want != self._switching_to:
+            # once per epoch change: block sync may execute several blocks before the driver switches
+            self._switching_to = want
             self.driver.switch(self._next_epoch_replica)
 
     # ------------------------------------------------------------------ lifecycle
