@@ -19,10 +19,11 @@ from pathlib import Path
 import httpx
 
 from network.identity import load_or_create_identity, peer_id_of
-from node.config import write_config
-from node.genesis import Genesis, Member
-from node.keys import create_member_key, make_private_dir, write_secret
+from node.ledger.genesis import Genesis, Member
+from node.privatefiles import make_private_dir, write_secret
 from node.rpc.auth import ADMIN, READ, add_token
+from node.runtime.keys import create_member_key
+from node.runtime.settings import write_config
 
 HOSPITALS = ["hosp-a", "hosp-b", "hosp-c", "hosp-d", "hosp-e", "hosp-f", "hosp-g", "hosp-h", "hosp-i", "hosp-j"]
 EXAMPLE_EVENT = {"type": "instances.accessed", "patient_id": "PAT-1", "issuer": "HOSP-A",
@@ -220,8 +221,8 @@ class LocalTestnet:
         """A home for a hospital joining the running consortium (same genesis, PSK and pseudonym key, new
         keys and ports); not started. Returns its NodeInfo and what the members must approve
         (member.added fields: subject, subject_key, peer_id, addr). Index = len(nodes) - 1 afterwards."""
-        from node.config import load_config
-        from node.keys import load_member_key
+        from node.runtime.settings import load_config
+        from node.runtime.keys import load_member_key
 
         i = len(self.nodes)
         name = name or member_name(i)

@@ -31,8 +31,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from network.identity import load_or_create_identity, peer_id_of
-    from node.config import write_config
-    from node.keys import create_member_key, make_private_dir, write_secret
+    from node.privatefiles import make_private_dir, write_secret
+    from node.runtime.keys import create_member_key
+    from node.runtime.settings import write_config
     from node.testnet import add_operator_token
 
     # Anything created below (including by libraries) is private to this user, even under umask 000.
@@ -57,7 +58,7 @@ def run(args) -> int:
              "p2p": [args.p2p], "rpc": f"http://{args.rpc}", "clients": []}
     write_secret(args.home / "member.json", json.dumps(entry, indent=2) + "\n")  # public, but nobody else's to edit
     if args.join:
-        from node.genesis import Genesis, GenesisError
+        from node.ledger.genesis import Genesis, GenesisError
 
         try:
             genesis = Genesis.load(args.join)

@@ -10,7 +10,7 @@
 
 Votes are member.added / member.removed txs signed with this hospital's member key (HOME/keys/member.key,
 so --home or --testnet/--node is needed to vote). A proposal takes effect once 2f+1 of the current members
-approved it, at the first epoch boundary after the approving block (node.epochs): `status` shows the
+approved it, at the first epoch boundary after the approving block (node.ledger.epochs): `status` shows the
 approvals so far and the height at which an approved set starts. A joining hospital's `radchain init
 --join GENESIS` prints the exact propose-add command for the others.
 """
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from node.commands._target import add_target_args, client_from_args
-from node.epochs import VOTABLE_PARAMS as VOTABLE
+from node.ledger.epochs import VOTABLE_PARAMS as VOTABLE
 
 
 def register(subparsers) -> None:
@@ -69,11 +69,11 @@ def _home(args) -> Path:
 
 def _sign_and_submit(args, client, tx_type: str, **fields) -> int:
     from node.client import RpcCallError
-    from node.config import load_config
-    from node.events import make_tx
-    from node.genesis import Genesis
-    from node.keys import load_member_key
-    from node.state import proposal_id, proposal_what
+    from node.ledger.genesis import Genesis
+    from node.ledger.intake import make_tx
+    from node.ledger.state import proposal_id, proposal_what
+    from node.runtime.keys import load_member_key
+    from node.runtime.settings import load_config
 
     home = _home(args)
     cfg = load_config(home)
@@ -101,7 +101,7 @@ def _sign_and_submit(args, client, tx_type: str, **fields) -> int:
     if any(p["id"] == pid for p in v.get("proposals", [])):
         _print_status(v, only=pid)
     elif answer.get("outcome") == "applied" and "height" in answer:
-        from node.epochs import switch_height
+        from node.ledger.epochs import switch_height
 
         start = switch_height(answer["height"], genesis.param("epoch_interval")) + 1
         print(f"proposal approved at height {answer['height']}: the new member set starts at height {start}")
@@ -129,8 +129,8 @@ def _rotate(args, client) -> int:
     the block that records the rotation and votes with it from the next epoch boundary. A later rotation
     first retires the previous one (member.key -> member.key.old, .next -> member.key)."""
     from network.identity import load_or_create_identity, peer_id_of
-    from node.config import load_config
-    from node.keys import create_member_key, load_member_key
+    from node.runtime.keys import create_member_key, load_member_key
+    from node.runtime.settings import load_config
 
     cfg = load_config(_home(args))
     keys = cfg.member_key_path

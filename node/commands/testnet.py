@@ -30,7 +30,7 @@ def run(args) -> int:
         if not args.run:
             print(f"{manifest} exists already; remove {args.out} to create a new network", file=sys.stderr)
             return 1
-        from node.config import ConfigError, load_config
+        from node.runtime.settings import ConfigError, load_config
 
         for info in nodes:
             try:

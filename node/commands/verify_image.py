@@ -22,10 +22,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import httpx
 
-    from node.config import ConfigError, load_config
     from node.dicom.importer import iter_files
     from node.dicom.verify import ChainReader, summarize_studies, verify_files
-    from node.pseudonym import Pseudonymizer
+    from node.ledger.pseudonym import Pseudonymizer
+    from node.runtime.settings import ConfigError, load_config
 
     try:
         cfg = load_config(args.home)

@@ -22,33 +22,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def load_receipt(path: Path):
-    """(Receipt, claims) from a JSON receipt; claims are what the file says about itself (hash, height)."""
-    from node.chain_verify import Receipt, ReceiptError
-
-    data = path.read_bytes()
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        return Receipt.decode(data), {}  # binary (msgpack) receipt, as Receipt.encode writes it
-    if not isinstance(doc, dict):
-        raise ReceiptError("receipt JSON must be an object")
-    claims = {k: doc[k] for k in ("hash", "height", "chain_id") if k in doc}
-    if isinstance(doc.get("receipt"), dict):  # a whole get_tx answer
-        doc = doc["receipt"]
-        claims.update({k: doc[k] for k in ("height", "chain_id") if k in doc})
-    try:
-        receipt = Receipt(bytes.fromhex(doc["tx"]), int(doc["index"]), tuple(bytes.fromhex(p) for p in doc["path"]),
-                          bytes.fromhex(doc["proposal_header"]), bytes.fromhex(doc["certificate"]))
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: "index": Infinity
-        raise ReceiptError(f"malformed receipt: {exc.__class__.__name__}: {exc}") from None
-    return receipt, claims
-
-
 def run(args) -> int:
     from consensus.certificate import Certificate
-    from node.chain_verify import ReceiptError, verify_receipt
-    from node.genesis import Genesis, GenesisError
+    from node.ledger.genesis import Genesis, GenesisError
+    from node.ledger.verifier import ReceiptError, load_receipt, verify_receipt
 
     try:
         genesis = Genesis.load(args.genesis)
@@ -65,7 +42,7 @@ def run(args) -> int:
         return 1
     epochs, through = None, None
     if args.history is not None:
-        from node.member_history import replay_history
+        from node.ledger.member_history import replay_history
 
         try:
             doc = json.loads(args.history.read_bytes())
@@ -103,8 +80,8 @@ def run(args) -> int:
 
 
 def _height_of(receipt) -> int:
-    from node.block import BlockError, ProposalHeader
-    from node.chain_verify import ReceiptError
+    from node.ledger.block import BlockError, ProposalHeader
+    from node.ledger.verifier import ReceiptError
 
     try:
         return ProposalHeader.decode(receipt.proposal_header).height

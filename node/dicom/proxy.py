@@ -25,7 +25,7 @@ from collections.abc import Callable
 import trio
 
 from node.dicom import records, ul
-from node.dicom.audit import AssociationAuditor, Commit, Emit, Journal, Prepare, Reject, StudyDirectory
+from node.dicom.auditor import AssociationAuditor, Commit, Emit, Journal, Prepare, Reject, StudyDirectory
 from node.dicom.logsafe import net_label
 from node.dicom.spool import Spool, SpoolError
 

@@ -41,7 +41,7 @@ from starlette.routing import Route
 
 from node.explorer import PREFIX, data
 from node.explorer.svg import grouped_bars
-from node.pseudonym import PseudonymError
+from node.ledger.pseudonym import PseudonymError
 from node.rpc.auth import READ, token_hash
 from node.rpc.errors import RpcError
 

@@ -58,7 +58,7 @@ EVENT_TYPES: dict[str, frozenset[str]] = {}  # DICOM EventID -> the tx types it 
 for _t, _c in TYPE_EVENT.items():
     EVENT_TYPES[_c] = EVENT_TYPES.get(_c, frozenset()) | {_t}
 del _t, _c
-# EventActionCode when the tx does not carry one (node.events.DEFAULT_ACTION for events; E for the rest)
+# EventActionCode when the tx does not carry one (node.ledger.intake.DEFAULT_ACTION for events; E for the rest)
 _DEFAULT_ACTION = {
     "instances.stored": "C", "instances.accessed": "R", "query": "E", "transfer.begin": "E",
     "instances.transferred": "C", "export": "R", "import": "C", "study.deleted": "D", "deidentified": "R",
@@ -77,7 +77,7 @@ _PEER_ROLE = {
     "export": ("110154", "Destination Media"), "deidentified": ("110152", "Destination Role ID"),
     "query": ("110152", "Destination Role ID"),
 }
-DEFAULT_ACTION, PEER_ROLE = _DEFAULT_ACTION, _PEER_ROLE  # shared with node.atna_out
+DEFAULT_ACTION, PEER_ROLE = _DEFAULT_ACTION, _PEER_ROLE  # shared with node.reports.atna_syslog
 _MEMBERSHIP = frozenset({"member.added", "member.removed", "client.added", "client.removed", "member.key_rotated"})
 
 

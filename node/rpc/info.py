@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+from node.ledger.tx import tx_hash
 from node.rpc.errors import INVALID_PARAMS, RpcError
-from node.rpc.server import Caller, check_known, param
-from node.tx import tx_hash
+from node.rpc.protocol import Caller, check_known, param
 
 
 async def status(node, params: dict, caller: Caller) -> dict:
@@ -15,7 +15,7 @@ async def status(node, params: dict, caller: Caller) -> dict:
 
 async def validators(node, params: dict, caller: Caller) -> dict:
     """The consensus members of the current epoch (list order = replica index), which one is primary, the
-    quorum, and the member sets already approved for later heights (node.epochs)."""
+    quorum, and the member sets already approved for later heights (node.ledger.epochs)."""
     check_known(params, set())
     epoch = node.epoch
     primary = node.replica.primary
@@ -54,11 +54,11 @@ def proposals(state) -> list[dict]:
 async def member_history(node, params: dict, caller: Caller) -> dict:
     """Receipts of every applied registry tx (member and client key changes), in chain order: with
     genesis.json, what `radchain verify-receipt --history` needs to know the member set of any height
-    offline (node.member_history)."""
+    offline (node.ledger.member_history)."""
     check_known(params, set())
     import trio
 
-    from node.member_history import export_history, member_names
+    from node.ledger.member_history import export_history, member_names
 
     # reads the (member, type) index of every member ever known: off the event loop
     names = member_names(node.chain.state)
@@ -67,10 +67,10 @@ async def member_history(node, params: dict, caller: Caller) -> dict:
 
 async def peers(node, params: dict, caller: Caller) -> dict:
     """The other members, whether this node holds a live connection to each, and each one's misbehaviour
-    score (node.peerscore: malformed input it sent; ``blocked`` while its tx gossip is dropped)."""
+    score (node.runtime.peerscore: malformed input it sent; ``blocked`` while its tx gossip is dropped)."""
     check_known(params, set())
     connected = set(node.net.connected_peers())
-    members = node.epoch.members  # the current member set (node.epochs)
+    members = node.epoch.members  # the current member set (node.ledger.epochs)
     scores = node.peer_scores.snapshot()
     clean = {"score": 0.0, "blocked": False, "reports": 0, "dropped": 0, "kinds": {}}
     out = [{"name": m.name, "peer_id": m.peer_id, "p2p": list(m.addrs), "connected": m.peer_id in connected,

@@ -3,12 +3,12 @@ OpenRPC document that ``rpc.discover`` returns, kept in docs/openrpc.json)."""
 
 from __future__ import annotations
 
-from node.rpc.audit import audit_trail
+from node.rpc.audit_trail import audit_trail
+from node.rpc.blocks import blocks, get_block, get_tx
 from node.rpc.info import member_history, mempool, peers, status, validators
-from node.rpc.ledger import blocks, get_block, get_tx
 from node.rpc.openrpc import discover
 from node.rpc.prior import prior_imaging, redundancy
-from node.rpc.server import Method
+from node.rpc.protocol import Method
 from node.rpc.submit import submit_event, submit_tx
 from node.rpc.utilization import utilization
 

@@ -105,7 +105,7 @@ class Metrics:
         scores = node.peer_scores.snapshot()
         names = {m.peer_id: m.name for m in node.genesis.members}
         metric("radchain_peer_misbehaviour_score", "gauge",
-               "Decaying score of malformed input from each member (node.peerscore); blocked at 100.",
+               "Decaying score of malformed input from each member (node.runtime.peerscore); blocked at 100.",
                [(f'{{member="{names.get(p, "?")}"}}', s["score"]) for p, s in sorted(scores.items())]
                or [('{member=""}', 0)])
         metric("radchain_members", "gauge", "Consortium members (validators).", status["members"])

@@ -311,7 +311,7 @@ def test_full_disk_stops_one_member_cleanly_and_it_resumes(tmp_path):
         time.sleep(5)
         filler = _fill(data)
         before = {i: net.height(i) for i in range(3)}
-        # The full member refuses client txs with a retry error (node/diskspace.py), and stays up.
+        # The full member refuses client txs with a retry error (node/runtime/diskspace.py), and stays up.
         refusal = {}
 
         def refused() -> bool:

@@ -7,7 +7,7 @@ import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
 from node.fhir.mapping import TYPE_EVENT, audit_event
-from node.tx import TX_TYPES, schema
+from node.ledger.tx import TX_TYPES, schema
 
 VALUES = {
     "v": 1, "chain": "radchain-test", "member": "hosp-a", "client": b"\x01" * 32, "ts": 1_795_773_600_123,

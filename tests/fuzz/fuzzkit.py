@@ -301,16 +301,17 @@ def build_targets(tmp: str) -> list[Target]:
     from consensus.certificate import Certificate, CertificateError, verify_certificate
     from consensus.crypto import Ed25519Crypto
     from consensus.evidence import encode_evidence
-    from node.block import Block, BlockError, BlockHeader, ProposalHeader
-    from node.chain import Chain, ChainError, ProposalError, proposal_digest
-    from node.config import MempoolConfig
-    from node.events import make_tx
-    from node.evidence import evidence_tx_fields
-    from node.gossip import BatchError, TxGossip, decode_batch
-    from node.mempool import Mempool
-    from node.peerscore import PeerScores
-    from node.store import Store
-    from node.sync import (
+    from node.ledger.block import Block, BlockError, BlockHeader, ProposalHeader
+    from node.ledger.chain import Chain, ChainError, ProposalError, proposal_digest
+    from node.ledger.equivocation import evidence_tx_fields
+    from node.ledger.intake import make_tx
+    from node.ledger.store import Store
+    from node.ledger.tx import TxError, decode_tx
+    from node.runtime.gossip import BatchError, TxGossip, decode_batch
+    from node.runtime.mempool import Mempool
+    from node.runtime.peerscore import PeerScores
+    from node.runtime.settings import MempoolConfig
+    from node.runtime.sync import (
         BlockSync,
         SyncError,
         decode_blocks,
@@ -318,7 +319,6 @@ def build_targets(tmp: str) -> list[Target]:
         decode_status,
         decode_status_report,
     )
-    from node.tx import TxError, decode_tx
 
     c = Consortium()
     counter = [0]
@@ -517,10 +517,10 @@ class RpcTarget:
 
         from nacl.signing import SigningKey  # noqa: F401  (keys below are loaded from the homes)
 
-        from node.config import load_config
-        from node.keys import load_member_key
         from node.rpc.openrpc import DOCUMENT
-        from node.runtime import Node
+        from node.runtime.keys import load_member_key
+        from node.runtime.node import Node
+        from node.runtime.settings import load_config
         from node.testnet import EXAMPLE_EVENT, generate
 
         infos = generate(4, Path(tmp) / "rpcnet", base_port=40000)

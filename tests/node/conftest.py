@@ -11,8 +11,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from ledger_helpers import Consortium  # noqa: E402
 
-from node.chain import Chain  # noqa: E402
-from node.store import Store  # noqa: E402
+from node.ledger.chain import Chain  # noqa: E402
+from node.ledger.store import Store  # noqa: E402
 
 
 @pytest.fixture

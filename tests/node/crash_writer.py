@@ -14,8 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from ledger_helpers import T0, Consortium  # noqa: E402
 
-from node.chain import Chain  # noqa: E402
-from node.store import Store  # noqa: E402
+from node.ledger.chain import Chain  # noqa: E402
+from node.ledger.store import Store  # noqa: E402
 
 
 def main() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from nacl.signing import SigningKey
 
 from consensus.certificate import Certificate, commit_signing_bytes
-from node.chain import Chain
-from node.events import make_tx
-from node.genesis import Genesis, Member
-from node.pseudonym import Pseudonymizer
+from node.ledger.chain import Chain
+from node.ledger.genesis import Genesis, Member
+from node.ledger.intake import make_tx
+from node.ledger.pseudonym import Pseudonymizer
 
 CHAIN_ID = "radchain-test"
 T0 = 1_800_000_000_000  # fixed epoch ms used as "now" in tests

@@ -8,9 +8,9 @@ import hashlib
 
 from ledger_helpers import T0, Consortium
 
-from node.chain import Chain
-from node.chain_verify import make_receipt, verify_chain, verify_receipt
-from node.store import Store
+from node.ledger.chain import Chain
+from node.ledger.store import Store
+from node.ledger.verifier import make_receipt, verify_chain, verify_receipt
 
 
 def test_certificates_from_different_views_give_byte_identical_blocks(tmp_path):

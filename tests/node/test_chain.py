@@ -7,10 +7,10 @@ from ledger_helpers import CHAIN_ID, T0, Consortium
 from nacl.signing import SigningKey
 
 from consensus.certificate import Certificate
-from node.block import APPLIED, DUPLICATE, REJECTED, Block, ProposalHeader
-from node.chain import Chain, ChainError, ProposalError, proposal_digest
-from node.merkle import merkle_root
-from node.store import Store
+from node.ledger.block import APPLIED, DUPLICATE, REJECTED, Block, ProposalHeader
+from node.ledger.chain import Chain, ChainError, ProposalError, proposal_digest
+from node.ledger.merkle import merkle_root
+from node.ledger.store import Store
 
 
 def test_commit_blocks_and_query_indexes(consortium, chain, store):
@@ -44,7 +44,7 @@ def test_commit_blocks_and_query_indexes(consortium, chain, store):
 
 
 def chain_tx_field(store, h, name):
-    from node.tx import decode_tx
+    from node.ledger.tx import decode_tx
     return decode_tx(store.get_tx(h)[2]).fields.get(name)
 
 
@@ -79,7 +79,7 @@ def test_proposal_digest_is_the_header_hash(consortium, chain):
     c = consortium
     txs = [c.tx(0), c.tx(1)]
     payload = chain.build_proposal(1, 2, T0, txs)
-    from node.tx import tx_hash
+    from node.ledger.tx import tx_hash
     header = ProposalHeader(CHAIN_ID, 1, 2, T0, 2, merkle_root([tx_hash(t) for t in txs]))
     assert proposal_digest(payload) == header.digest() == chain.digest(payload)
 
@@ -103,7 +103,7 @@ def test_validate_rejects(consortium, chain, mutate, reason):
 
 
 def test_validate_rejects_wrong_tx_root_and_count(consortium, chain):
-    from node.block import encode_payload
+    from node.ledger.block import encode_payload
     c = consortium
     txs = [c.tx(0), c.tx(1)]
     good = ProposalHeader.decode(__import__("msgpack").unpackb(chain.build_proposal(1, 0, T0, txs))[0])
@@ -223,7 +223,7 @@ def test_member_type_and_time_queries_merge_in_timestamp_order(consortium, chain
         txs.append(c.tx(k % 3, tx_type, ts=T0 + 1000 - k * 7 % 23 * 10 + k))
     c.commit(chain, txs[:25])
     c.commit(chain, txs[25:])
-    from node.tx import decode_tx
+    from node.ledger.tx import decode_tx
     fields = {decode_tx(t).hash: decode_tx(t).fields for t in txs}
 
     def collect(name, key, limit=7, **kw):
@@ -254,10 +254,10 @@ def test_check_tx_admits_once_and_refuses_foreign_or_unauthorised(consortium, ch
     raw = c.tx(0)
     tx = chain.check_tx(raw)
     assert chain.check_tx(raw) is tx  # cached: verified once
-    from node.tx import TxError
+    from node.ledger.tx import TxError
     with pytest.raises(TxError, match="not authorised"):
         chain.check_tx(c.tx(0, signer=SigningKey(b"\x99" * 32)))
-    from node.events import make_tx
+    from node.ledger.intake import make_tx
     foreign = make_tx("instances.accessed", c.keys[0], chain_id="other", member="hosp-a", ts=T0,
                       patient=b"p" * 16, study=b"s" * 16, user=b"u" * 16, purpose="TREAT", outcome=0, action="R")
     with pytest.raises(TxError, match="chain"):

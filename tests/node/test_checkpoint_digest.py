@@ -16,8 +16,8 @@ from consensus.config import Config
 from consensus.crypto import Ed25519Crypto
 from consensus.events import Executed, MessageReceived, ProposalReady, TimerFired, WorkPending
 from consensus.replica import Replica
-from node.chain import Chain
-from node.store import Store
+from node.ledger.chain import Chain
+from node.ledger.store import Store
 
 
 class Ledgers:
@@ -54,7 +54,7 @@ class Ledgers:
                 self.propose()
             elif isinstance(a, Commit):
                 block = self.chains[i].execute(a.payload, a.certificate)
-                self.handle(i, Executed(a.height, block.hash))  # what node/driver.py reports
+                self.handle(i, Executed(a.height, block.hash))  # what node/runtime/driver.py reports
                 self.handle(i, WorkPending(max(0, self.target - a.height)))
 
     def propose(self) -> None:

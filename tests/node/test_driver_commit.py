@@ -12,11 +12,11 @@ from consensus import events as E
 from consensus.config import Config
 from consensus.crypto import Ed25519Crypto
 from consensus.replica import Replica
-from node.chain import Chain
-from node.driver import ConsensusDriver, SyncedBlocks
-from node.mempool import Mempool
-from node.store import Store
-from node.wal import WriteAheadLog
+from node.ledger.chain import Chain
+from node.ledger.store import Store
+from node.runtime.driver import ConsensusDriver, SyncedBlocks
+from node.runtime.mempool import Mempool
+from node.runtime.wal_file import WriteAheadLog
 
 
 def _driver(tmp_path, c: Consortium, chain: Chain) -> ConsensusDriver:

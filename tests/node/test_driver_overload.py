@@ -12,10 +12,10 @@ from consensus import actions as A
 from consensus.config import Config
 from consensus.crypto import Ed25519Crypto
 from consensus.replica import TICK, Replica
-from node import driver as D
-from node.chain import Chain
-from node.store import Store
-from node.wal import WriteAheadLog
+from node.ledger.chain import Chain
+from node.ledger.store import Store
+from node.runtime import driver as D
+from node.runtime.wal_file import WriteAheadLog
 
 
 def _driver(consortium, tmp_path) -> D.ConsensusDriver:

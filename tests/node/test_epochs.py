@@ -1,4 +1,4 @@
-"""Member sets by height (node.epochs): derived from genesis plus membership txs, and every certificate
+"""Member sets by height (node.ledger.epochs): derived from genesis plus membership txs, and every certificate
 checked against the set valid at its height: execution and block sync (Chain), verify-chain, receipts."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from ledger_helpers import CHAIN_ID, T0, Consortium
 from nacl.signing import SigningKey
 
 from consensus.certificate import Certificate, commit_signing_bytes
-from node.chain import Chain, ChainError, ProposalError
-from node.chain_verify import ReceiptError, VerifyError, make_receipt, verify_chain, verify_receipt
-from node.epochs import switch_height
-from node.genesis import Genesis
-from node.member_history import export_history, member_names, replay_history
-from node.store import Store
+from node.ledger.chain import Chain, ChainError, ProposalError
+from node.ledger.epochs import switch_height
+from node.ledger.genesis import Genesis
+from node.ledger.member_history import export_history, member_names, replay_history
+from node.ledger.store import Store
+from node.ledger.verifier import ReceiptError, VerifyError, make_receipt, verify_chain, verify_receipt
 
 INTERVAL = 4
 NEW = SigningKey(b"\x66" * 32)

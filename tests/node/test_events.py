@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from nacl.signing import SigningKey
 
-from node.events import EventError, event_to_tx_fields, sign_tx
-from node.pseudonym import PseudonymError, Pseudonymizer
-from node.tx import decode_tx
+from node.ledger.intake import EventError, event_to_tx_fields, sign_tx
+from node.ledger.pseudonym import PseudonymError, Pseudonymizer
+from node.ledger.tx import decode_tx
 
 KEY = SigningKey(b"\x09" * 32)
 P = Pseudonymizer(b"s" * 32)

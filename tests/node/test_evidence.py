@@ -7,10 +7,10 @@ from ledger_helpers import CHAIN_ID, T0
 
 from consensus.certificate import commit_signing_bytes
 from consensus.evidence import encode_evidence
-from node.chain import ProposalError
-from node.events import make_tx
-from node.evidence import evidence_tx_fields
-from node.tx import TxError
+from node.ledger.chain import ProposalError
+from node.ledger.equivocation import evidence_tx_fields
+from node.ledger.intake import make_tx
+from node.ledger.tx import TxError
 
 
 def equivocation(consortium, offender: int, signer=None) -> bytes:
@@ -59,7 +59,7 @@ def test_a_primary_cannot_slip_a_false_accusation_into_a_block(chain, consortium
 
 def test_one_evidence_tx_per_offender_per_interval():
     """A flooding member's equivocations become one tx per interval from this node, per offender."""
-    from node.evidence import EvidenceLimiter
+    from node.ledger.equivocation import EvidenceLimiter
 
     now = [0.0]
     limiter = EvidenceLimiter(interval=60.0, clock=lambda: now[0])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from node.genesis import Genesis, GenesisError
+from node.ledger.genesis import Genesis, GenesisError
 
 
 def test_round_trip(consortium, tmp_path):

@@ -13,14 +13,14 @@ import msgpack
 import pytest
 from ledger_helpers import T0
 
-from node.block import encode_payload
-from node.chain import ChainError, TxNotAuthorised
-from node.config import MempoolConfig
-from node.gossip import BatchError, TxGossip, decode_batch
-from node.mempool import Mempool
-from node.peerscore import PeerScores
-from node.sync import BlockSync, SyncError, decode_blocks, decode_request, decode_status
-from node.tx import TxError, decode_tx, tx_hash
+from node.ledger.block import encode_payload
+from node.ledger.chain import ChainError, TxNotAuthorised
+from node.ledger.tx import TxError, decode_tx, tx_hash
+from node.runtime.gossip import BatchError, TxGossip, decode_batch
+from node.runtime.mempool import Mempool
+from node.runtime.peerscore import PeerScores
+from node.runtime.settings import MempoolConfig
+from node.runtime.sync import BlockSync, SyncError, decode_blocks, decode_request, decode_status
 
 
 def _raw(body_map: dict, sig: bytes = bytes(64)) -> bytes:

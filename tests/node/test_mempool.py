@@ -7,7 +7,7 @@ import hashlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.mempool import IDLE_RETRY, RETRY_MAX, RETRY_MIN, Mempool, MempoolFull
+from node.runtime.mempool import IDLE_RETRY, RETRY_MAX, RETRY_MIN, Mempool, MempoolFull
 
 
 def _txs(n: int, tag: str = "") -> list[tuple[bytes, bytes]]:

@@ -1,4 +1,4 @@
-"""Threshold OPRF (node/oprf.py): RFC 9497 vectors, threshold = single key, DLEQ catches bad members, DKG."""
+"""Threshold OPRF (node/ledger/oprf.py): RFC 9497 vectors, threshold = single key, DLEQ catches bad members, DKG."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node import oprf
-from node.oprf import OprfError
+from node.ledger import oprf
+from node.ledger.oprf import OprfError
 
 # RFC 9497 appendix A.1.1 (OPRF(ristretto255, SHA-512), mode 0x00) and A.1.2 (VOPRF, mode 0x01), taken from
 # the CFRG draft repository's poc/vectors/allVectors.json (the RFC's final vectors, context "OPRFV1-").

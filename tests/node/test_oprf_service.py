@@ -13,9 +13,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from network_testkit import Roster, running  # noqa: E402
 
-from node import oprf  # noqa: E402
-from node.oprf import OprfError  # noqa: E402
-from node.oprf_service import (  # noqa: E402
+from node.ledger import oprf  # noqa: E402
+from node.ledger.oprf import OprfError  # noqa: E402
+from node.runtime.oprf_service import (  # noqa: E402
     CHANNEL,
     MAX_POINTS,
     OprfClient,

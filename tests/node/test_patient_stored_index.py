@@ -1,4 +1,4 @@
-"""The patient_stored index (node.store): written in the block's own batch for exactly the successful
+"""The patient_stored index (node.ledger.store): written in the block's own batch for exactly the successful
 store-like events of a patient; prior_imaging reads it and answers what the full patient walk answers; a
 store older than the index (no marker, no entries) still verifies and is answered through the fallback."""
 
@@ -8,11 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_helpers import Consortium
 
-from node.chain import Chain
-from node.chain_verify import VerifyError, verify_chain
+from node.ledger.chain import Chain
+from node.ledger.store import INDEXES, PATIENT_STORED_MARKER, STORED_TYPES, Store
+from node.ledger.tx import decode_tx
+from node.ledger.verifier import VerifyError, verify_chain
 from node.rpc.prior import prior_studies
-from node.store import INDEXES, PATIENT_STORED_MARKER, STORED_TYPES, Store
-from node.tx import decode_tx
 
 TYPES = ("instances.stored", "instances.accessed", "instances.transferred", "import", "export", "query")
 PATIENTS = ("PAT-1", "PAT-2")

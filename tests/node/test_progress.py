@@ -1,5 +1,5 @@
 """Progress bars on a terminal, silence in a pipe: `radchain verify-chain` on a real store, and the node's
-catch-up bar (node.sync) driven the way catch_up drives it."""
+catch-up bar (node.runtime.sync) driven the way catch_up drives it."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_verify_chain_bar_on_a_terminal_only(tmp_path, consortium):
 
 
 CATCH_UP = """
-from node.sync import _Progress
+from node.runtime.sync import _Progress
 p = _Progress(10, 60)
 for h in range(12, 61, 2):
     p.show(h)

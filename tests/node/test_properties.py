@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from node.merkle import EMPTY_ROOT, inclusion_path, merkle_levels, merkle_root, verify_inclusion
-from node.tx import PURPOSES, TxError, decode_tx, schema, sign_fields
+from node.ledger.merkle import EMPTY_ROOT, inclusion_path, merkle_levels, merkle_root, verify_inclusion
+from node.ledger.tx import PURPOSES, TxError, decode_tx, schema, sign_fields
 
 KEY = SigningKey(b"\x0b" * 32)
 token = st.binary(min_size=16, max_size=16)

@@ -1,4 +1,4 @@
-"""The members' status exchange (node/sync.py): what a member says about itself (height, view, mempool,
+"""The members' status exchange (node/runtime/sync.py): what a member says about itself (height, view, mempool,
 peers, last block time) is bounded and validated on decode, and a lying member cannot break a reader."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.explorer.data import ago, fmt_time
-from node.sync import (
+from node.runtime.sync import (
     MAX_STATUS_BYTES,
     MAX_TIME_MS,
     PeerStatus,

@@ -6,7 +6,7 @@ import msgpack
 import pytest
 from nacl.signing import SigningKey
 
-from node.tx import MAX_TX_BYTES, TX_DOMAIN, TxError, decode_tx, encode_tx, sign_body, sign_fields
+from node.ledger.tx import MAX_TX_BYTES, TX_DOMAIN, TxError, decode_tx, encode_tx, sign_body, sign_fields
 
 KEY = SigningKey(b"\x05" * 32)
 

@@ -12,10 +12,17 @@ from pathlib import Path
 import pytest
 from ledger_helpers import Consortium
 
-from node.chain import Chain
-from node.chain_verify import Receipt, ReceiptError, VerifyError, make_receipt, verify_chain, verify_receipt
 from node.cli import main as cli
-from node.store import Store
+from node.ledger.chain import Chain
+from node.ledger.store import Store
+from node.ledger.verifier import (
+    Receipt,
+    ReceiptError,
+    VerifyError,
+    make_receipt,
+    verify_chain,
+    verify_receipt,
+)
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -176,7 +183,7 @@ def test_kill_9_mid_stream_leaves_a_consistent_store(tmp_path, consortium):
 
 @pytest.mark.parametrize("index", ["Infinity", "-Infinity", "NaN", "1e400"])
 def test_json_receipt_with_a_non_finite_index_is_malformed_not_a_crash(tmp_path, index):
-    from node.commands.verify_receipt import load_receipt
+    from node.ledger.verifier import load_receipt
 
     path = tmp_path / "r.json"
     path.write_text('{"tx": "00", "index": ' + index + ', "path": [], "proposal_header": "", "certificate": ""}')

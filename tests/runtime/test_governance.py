@@ -21,11 +21,11 @@ import time
 import httpx
 
 from consensus.certificate import Certificate, commit_signing_bytes
-from node.config import load_config
-from node.epochs import switch_height
-from node.events import make_tx
-from node.genesis import Genesis
-from node.keys import load_member_key
+from node.ledger.epochs import switch_height
+from node.ledger.genesis import Genesis
+from node.ledger.intake import make_tx
+from node.runtime.keys import load_member_key
+from node.runtime.settings import load_config
 from node.testnet import EXAMPLE_EVENT, LocalTestnet, NodeInfo, free_base_port
 
 EPOCH_INTERVAL = 4  # switch heights every 4 blocks: quick to reach under load

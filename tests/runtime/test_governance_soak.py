@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from consensus.certificate import quorum
-from node.epochs import switch_height
+from node.ledger.epochs import switch_height
 from node.testnet import LocalTestnet
 
 sys.path.insert(0, os.path.dirname(__file__))  # the helpers of the make-test governance run
