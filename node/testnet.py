@@ -221,8 +221,8 @@ class LocalTestnet:
         """A home for a hospital joining the running consortium (same genesis, PSK and pseudonym key, new
         keys and ports); not started. Returns its NodeInfo and what the members must approve
         (member.added fields: subject, subject_key, peer_id, addr). Index = len(nodes) - 1 afterwards."""
-        from node.runtime.settings import load_config
         from node.runtime.keys import load_member_key
+        from node.runtime.settings import load_config
 
         i = len(self.nodes)
         name = name or member_name(i)
