@@ -19,6 +19,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from consensus.certificate import Certificate, commit_signing_bytes
 from node.ledger.epochs import switch_height
@@ -224,6 +225,7 @@ def test_member_joins_by_vote_signs_certificates_then_one_is_removed(testnet, tm
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.soak  # ~75 s on an idle machine: kept out of `make test` (the ledger side is in tests/node)
 def test_keys_rotate_and_parameters_change_without_stopping_the_chain(testnet, tmp_path):
     net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL})
     net.start()
