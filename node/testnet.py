@@ -197,6 +197,7 @@ class LocalTestnet:
         self.out = out
         self.nodes = generate(n, out, base_port=base, hosts=hosts, params=params, config_extra=config_extra)
         self.procs: list[subprocess.Popen | None] = [None] * n
+        self.config_extra = config_extra
         self.wrap = wrap or [[] for _ in range(n)]  # per-node command prefix, e.g. ip netns exec NS
 
     def start(self, i: int | None = None) -> None:
@@ -230,3 +231,30 @@ class LocalTestnet:
 
     def height(self, i: int) -> int:
         return self.rpc(i, "status", timeout=3)["height"]
+
+    def add_node(self, name: str | None = None) -> tuple[NodeInfo, dict]:
+        """A home for a hospital joining the running consortium (same genesis, PSK and pseudonym key, new
+        keys and ports); not started. Returns its NodeInfo and what the members must approve
+        (member.added fields: subject, subject_key, peer_id, addr). Index = len(nodes) - 1 afterwards."""
+        from node.runtime.keys import load_member_key
+        from node.runtime.settings import load_config
+
+        i = len(self.nodes)
+        name = name or member_name(i)
+        first = load_config(self.nodes[0].home)
+        base = free_base_port(2)
+        home = (self.out / name).resolve()
+        p2p, rpc_listen = f"/ip4/127.0.0.1/tcp/{base}", f"127.0.0.1:{base + 1}"
+        create_member_key(home / "keys" / "member.key")
+        identity = load_or_create_identity(home / "keys" / "p2p.key")
+        write_config(home, name=name, p2p_listen=p2p, rpc_listen=rpc_listen, psk=first.psk,
+                     pseudonym_key=first.pseudonym_key, extra=self.config_extra)
+        Genesis.load(self.nodes[0].home).save(home / "genesis.json")
+        info = NodeInfo(name, home, f"http://{rpc_listen}", p2p, add_operator_token(home),
+                        add_token(home / "tokens.json", "reader", [READ]))
+        self.nodes.append(info)
+        self.procs.append(None)
+        self.wrap.append([])
+        key = load_member_key(home / "keys" / "member.key")
+        return info, {"subject": name, "subject_key": bytes(key.verify_key), "peer_id": peer_id_of(identity),
+                      "addr": p2p}

@@ -233,7 +233,8 @@ def check_receipt(node, receipt: Receipt, claims: dict | None = None) -> dict:
     """{"valid": True, ...} or {"valid": False, "reason": ...}: never raises on hostile input."""
     genesis = node.genesis
     try:
-        tx, header = verify_receipt(receipt, genesis.member_pubkeys, genesis.chain_id)
+        # against the member set valid at the receipt's height (node.ledger.epochs), as this node derived it
+        tx, header = verify_receipt(receipt, node.chain.state.epochs, genesis.chain_id)
         claims = claims or {}
         if "hash" in claims and claims["hash"] != tx.hash.hex():
             raise ReceiptError(f"the receipt names tx {str(claims['hash'])[:64]}, but proves {tx.hash.hex()}")

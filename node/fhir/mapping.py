@@ -53,6 +53,7 @@ TYPE_EVENT = {
     "member.added": "110113", "member.removed": "110113", "client.added": "110113",
     "client.removed": "110113", "evidence.equivocation": "110113",
     "research.project.registered": "110113", "research.project.approved": "110113", "consent.vote": "110113",
+    "member.key_rotated": "110113", "params.changed": "110113",
 }
 EVENT_TYPES: dict[str, frozenset[str]] = {}  # DICOM EventID -> the tx types it stands for
 for _t, _c in TYPE_EVENT.items():
@@ -78,7 +79,7 @@ _PEER_ROLE = {
     "query": ("110152", "Destination Role ID"),
 }
 DEFAULT_ACTION, PEER_ROLE = _DEFAULT_ACTION, _PEER_ROLE  # shared with node.reports.atna_syslog
-_MEMBERSHIP = frozenset({"member.added", "member.removed", "client.added", "client.removed"})
+_MEMBERSHIP = frozenset({"member.added", "member.removed", "client.added", "client.removed", "member.key_rotated"})
 
 
 def iso_ms(ts_ms: int) -> str:

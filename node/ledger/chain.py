@@ -146,6 +146,7 @@ def execute_txs(state: LedgerState, height: int, txs: list[Tx], first_seen: Call
     same statuses and state root.
     """
     statuses = bytearray(len(txs))
+    state.height = height  # membership changes take effect relative to it (node.ledger.epochs)
     writes: list = []
     seen: set[bytes] = set()
     chain_id = state.chain_id
@@ -248,7 +249,6 @@ class Chain:
         self.genesis = genesis
         self.store = store
         self.chain_id = genesis.chain_id
-        self.members = genesis.member_pubkeys
         self.clock = clock
         self.max_txs = genesis.param("max_block_txs")
         self.max_payload = genesis.param("max_payload_bytes")
@@ -280,6 +280,21 @@ class Chain:
     def height(self) -> int:
         return self.store.height
 
+    # ------------------------------------------------------------------ member sets (node.ledger.epochs)
+    def epoch_at(self, height: int):
+        """The consensus member set that certifies block ``height`` (certain up to ``epoch_known``)."""
+        return self.state.epochs.at(height)
+
+    def epoch_known(self, height: int) -> bool:
+        """Whether the blocks executed so far fix the member set of ``height`` (a change approved in a later
+        block takes effect only after the first epoch boundary past it)."""
+        return height <= self.state.epochs.known_through(self.store.height)
+
+    @property
+    def members(self) -> tuple[bytes, ...]:
+        """Member keys of the epoch of the next height (what the running replica signs with)."""
+        return self.epoch_at(self.store.height + 1).pubkeys
+
     # ------------------------------------------------------------------ txs (mempool entry point)
     def check_tx(self, raw: bytes) -> Tx:
         """Decode, verify and authorise one tx (mempool admission); raises TxError. Result is cached."""
@@ -308,7 +323,8 @@ class Chain:
         if reason is not None:
             raise TxNotAuthorised(reason)
         if f["type"] == "evidence.equivocation":
-            check_evidence_tx(f, self.chain_id, self.members)
+            epoch = self.epoch_at(self.store.height + 1)
+            check_evidence_tx(f, epoch.chain_id, epoch.pubkeys)
         reason = self.state.rule_violation(f, int(self.clock() * 1000))
         if reason is not None:
             raise TxBreaksRule(reason)
@@ -339,9 +355,17 @@ class Chain:
             return False
         return True
 
-    def _parse(self, payload: bytes, verify_all: bool) -> tuple[bytes, ProposalHeader, list[Tx], list[bytes]]:
+    def param(self, name: str, height: int):
+        """A consortium parameter in force at ``height``: genesis's, or a value voted since (node.ledger.epochs)."""
+        return self.epoch_at(height).param(name, self.genesis.param(name))
+
+    def _parse(self, payload: bytes, verify_all: bool, height: int | None = None
+               ) -> tuple[bytes, ProposalHeader, list[Tx], list[bytes]]:
+        max_txs, max_payload = self.max_txs, self.max_payload
+        if height is not None:
+            max_txs, max_payload = self.param("max_block_txs", height), self.param("max_payload_bytes", height)
         try:
-            header_bytes, raws = split_payload(payload, self.max_txs, self.max_payload)
+            header_bytes, raws = split_payload(payload, max_txs, max_payload)
             header = ProposalHeader.decode(header_bytes)
         except BlockError as exc:
             raise ProposalError(str(exc)) from None
@@ -367,17 +391,19 @@ class Chain:
         return digest, header, txs, hashes
 
     def validate_proposal(self, height: int, payload: bytes, now_ms: int | None = None) -> None:
-        digest, header, txs, hashes = self._parse(payload, verify_all=True)
+        digest, header, txs, hashes = self._parse(payload, verify_all=True, height=height)
         if header.chain_id != self.chain_id:
             raise ProposalError(f"chain_id {header.chain_id!r}, expected {self.chain_id!r}")
         if header.height != height:
             raise ProposalError(f"proposal is for height {header.height}, expected {height}")
-        if header.proposer >= len(self.members):
+        epoch = self.epoch_at(height)
+        if header.proposer >= epoch.n:
             raise ProposalError(f"proposer {header.proposer} is not a member")
         now = int(self.clock() * 1000) if now_ms is None else now_ms
-        if abs(header.timestamp - now) > self.max_skew:
+        max_skew = self.param("max_clock_skew_ms", height)
+        if abs(header.timestamp - now) > max_skew:
             raise ProposalError(f"timestamp {header.timestamp} is {header.timestamp - now} ms from now "
-                                f"(tolerance {self.max_skew} ms)")
+                                f"(tolerance {max_skew} ms)")
         if len(set(hashes)) != len(hashes):
             raise ProposalError("a tx appears twice in the proposal")
         chain_id, authorized = self.chain_id, self.state.authorized
@@ -388,7 +414,7 @@ class Chain:
                 raise ProposalError(f"tx {i}: {reason}")
             if f["type"] == "evidence.equivocation":
                 try:
-                    check_evidence_tx(f, chain_id, self.members)
+                    check_evidence_tx(f, epoch.chain_id, epoch.pubkeys)
                 except TxError as exc:
                     raise ProposalError(f"tx {i}: {exc}") from None
         props = self._proposals
@@ -405,7 +431,11 @@ class Chain:
         try:
             digest = proposal_digest(payload)
             cert = Certificate.decode(certificate)
-            verify_certificate(cert, self.members, self.chain_id, height, digest)
+            if not self.epoch_known(height):
+                raise ChainError(f"height {height}: its member set is not known before height "
+                                 f"{self.store.height + 1} executes")
+            epoch = self.epoch_at(height)
+            verify_certificate(cert, epoch.pubkeys, epoch.chain_id, epoch.local(height), digest)
         except (ProposalError, CertificateError) as exc:
             raise ChainError(f"height {height}: {exc}") from None
         return digest, cert
@@ -425,12 +455,12 @@ class Chain:
                 cert = Certificate.decode(certificate)
             except (ProposalError, CertificateError) as exc:
                 raise ChainError(f"height {height}: {exc}") from None
-            if cert.height != height or cert.digest != digest:
+            if cert.height != self.epoch_at(height).local(height) or cert.digest != digest:
                 raise ChainError(f"height {height}: certificate does not match the payload")
         cached = self._proposals.pop(digest, None)
         if cached is None:
             try:
-                digest, header, txs, hashes = self._parse(payload, verify_all=True)
+                digest, header, txs, hashes = self._parse(payload, verify_all=True, height=height)
             except ProposalError as exc:
                 raise ChainError(f"height {height}: committed payload is invalid: {exc.reason}") from None
         else:

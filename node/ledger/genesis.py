@@ -34,6 +34,9 @@ DEFAULT_PARAMS = {
     # A proposal's timestamp may differ this much from a validator's clock (NTP-synced hospital hosts;
     # CometBFT's default PBTS precision+message delay is of the same order).
     "max_clock_skew_ms": 30_000,
+    # Membership changes take effect after the first multiple of this height past their approval
+    # (node.ledger.epochs); the default checkpoint interval, so a new member set starts on a checkpoint.
+    "epoch_interval": 16,
 }
 
 

@@ -142,6 +142,11 @@ FIELD_SPECS: dict[str, tuple] = {
     "date_to": (int, 19000101, 29991231, None, None, "a date as the integer YYYYMMDD"),
     "waiver": (int, 0, 1, None, None, "0 or 1 (1: the ethics board waived individual consent)"),
     "subject": _NAME, "subject_key": _KEY,
+    # a joining member's libp2p identity and dial address (node.ledger.epochs): what the consensus set needs
+    "peer_id": (str, 1, 128, None, None, "a libp2p peer ID of 1..128 characters"),
+    "addr": (str, 1, 256, None, None, "a multiaddr of 1..256 characters"),
+    "param": (str, 1, 32, None, None, "a consortium parameter name of 1..32 characters"),
+    "value": (int, 0, _U63, None, None, "a non-negative integer parameter value"),
     "offender": (int, 0, (1 << 16) - 1, None, None, "a member index"),
     "evidence": (list, 2, 2, None, _evidence, f"two different messages of 1..{MAX_EVIDENCE_BYTES} bytes"),
     # non-identifying imaging categories for prior-imaging lookups (node.vocabulary)
@@ -154,7 +159,8 @@ COMMON_REQUIRED = frozenset({"v", "chain", "type", "member", "client", "ts", "no
 _AUDIT_OPTIONAL = frozenset({"user", "ae", "peer_ae", "series", "instances", "n_series", "n_instances",
                              "digest", "pixel_digest", "study", "modality", "body_part", "study_date"})
 
-MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.removed")
+MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.removed", "member.key_rotated",
+                    "params.changed")
 # research projects (a sponsor registers, data holders approve) and the quorum path for consent changes
 RESEARCH_TYPES = ("research.project.registered", "research.project.approved", "consent.vote")
 EVIDENCE_TYPES = ("evidence.equivocation",)
@@ -177,8 +183,12 @@ _CONSENT_OPTIONAL = frozenset({"user", "ae", "study", "expires", "outcome", "act
 _SCHEMA["consent.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
 _SCHEMA["consent.revoked"] = (frozenset({"patient", "grantee", "scope"}), _CONSENT_OPTIONAL | {"purpose"})
 _SCHEMA["research.access.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
-_SCHEMA["member.added"] = (frozenset({"subject", "subject_key"}), frozenset())
+_SCHEMA["member.added"] = (frozenset({"subject", "subject_key"}), frozenset({"peer_id", "addr"}))
 _SCHEMA["member.removed"] = (frozenset({"subject"}), frozenset())
+# a member replaces its own signing key (and/or its libp2p identity and address): node.ledger.epochs
+_SCHEMA["member.key_rotated"] = (frozenset({"subject_key"}), frozenset({"peer_id", "addr"}))
+# a vote to set a consortium parameter (genesis "params") from an epoch boundary on: node.ledger.epochs
+_SCHEMA["params.changed"] = (frozenset({"param", "value"}), frozenset())
 _SCHEMA["client.added"] = (frozenset({"subject_key"}), frozenset())
 _SCHEMA["client.removed"] = (frozenset({"subject_key"}), frozenset())
 _SCHEMA["evidence.equivocation"] = (frozenset({"offender", "evidence"}), frozenset())
@@ -194,8 +204,8 @@ del _t, _req, _opt
 TX_TYPES = frozenset(_SCHEMA)
 # Every tx type, in the order the store numbers them for its (member, type) index (code = position + 1,
 # on disk): append new types at the end only (tests/ledger/test_chain.py pins the codes).
-# index codes follow this order (node.ledger.store.TYPE_CODES): append only, a code once used never changes
-TX_TYPE_ORDER = AUDIT_TYPES + CONSENT_TYPES + MEMBERSHIP_TYPES + EVIDENCE_TYPES + RESEARCH_TYPES
+TX_TYPE_ORDER = (AUDIT_TYPES + CONSENT_TYPES + MEMBERSHIP_TYPES[:4] + EVIDENCE_TYPES + RESEARCH_TYPES
+                 + MEMBERSHIP_TYPES[4:])
 assert frozenset(TX_TYPE_ORDER) == TX_TYPES and len(TX_TYPE_ORDER) == len(TX_TYPES)
 # type -> ({allowed field: spec}, required fields, needs an actor), precomputed for the decoder's hot loop
 _TYPE_SPECS = {t: ({k: FIELD_SPECS[k] for k in COMMON_REQUIRED | req | opt}, COMMON_REQUIRED | req,

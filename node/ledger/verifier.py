@@ -3,8 +3,9 @@
 ``verify_chain(store, genesis)`` replays the chain from genesis and, for every height, recomputes and
 checks: the block record decodes canonically; height, chain id and prev_hash link to the previous header;
 every tx's bytes hash to the hash listed in the block and decode canonically with a valid signature; the
-tx Merkle root; the proposal digest from the header; the commit certificate (2f+1 genesis members signed
-that digest at that height, in any view: the view is not part of the block); the per-tx statuses and the state root, by
+tx Merkle root; the proposal digest from the header; the commit certificate (a quorum of the member set valid at that
+height, derived from genesis plus the membership txs replayed so far (node.ledger.epochs), signed that digest at
+that height, in any view: the view is not part of the block); the per-tx statuses and the state root, by
 re-executing with the same code as the node (node.ledger.chain.execute_txs); the tx records and index entries the
 block should have written. Then the head record and the stored state. The first failure raises
 ``VerifyError`` with its height.
@@ -28,6 +29,7 @@ import msgpack
 from consensus.certificate import Certificate, CertificateError, verify_certificate
 from node.ledger.block import Block, BlockError, ProposalHeader
 from node.ledger.chain import execute_txs
+from node.ledger.epochs import EpochHistory
 from node.ledger.genesis import Genesis
 from node.ledger.merkle import inclusion_path, merkle_root, verify_inclusion
 from node.ledger.state import LedgerState, next_state_root
@@ -153,7 +155,9 @@ def _verify_block(db, height: int, chain_id: str, members, state: LedgerState, p
         raise VerifyError(height, "commit certificate missing")
     try:
         cert = Certificate.decode(cert_bytes)
-        verify_certificate(cert, members, chain_id, height, digest)
+        # the member set of this height, as replaying the chain so far derives it (node.ledger.epochs)
+        epoch = state.epochs.at(height)
+        verify_certificate(cert, epoch.pubkeys, epoch.chain_id, epoch.local(height), digest)
     except CertificateError as exc:
         raise VerifyError(height, f"certificate: {exc}") from None
 
@@ -241,7 +245,10 @@ def make_receipt(store: Store, tx_hash: bytes) -> Receipt | None:
 
 
 def verify_receipt(receipt: Receipt, members, chain_id: str) -> tuple[Tx, ProposalHeader]:
-    """Check a receipt against the consortium's member keys; return (the tx, the proposal header)."""
+    """Check a receipt against the consortium's member keys; return (the tx, the proposal header).
+
+    ``members``: the genesis member keys (valid for epoch 0 only), or an EpochHistory (node.ledger.epochs;
+    node.ledger.member_history derives one offline), whose member set valid at the receipt's height is used."""
     try:
         tx = decode_tx(receipt.tx)
     except TxError as exc:
@@ -256,7 +263,11 @@ def verify_receipt(receipt: Receipt, members, chain_id: str) -> tuple[Tx, Propos
         raise ReceiptError("Merkle path does not lead from the tx to the header's tx_root")
     try:
         cert = Certificate.decode(receipt.certificate)
-        verify_certificate(cert, members, chain_id, header.height, header.digest())
+        if isinstance(members, EpochHistory):
+            epoch = members.at(header.height)
+            verify_certificate(cert, epoch.pubkeys, epoch.chain_id, epoch.local(header.height), header.digest())
+        else:
+            verify_certificate(cert, members, chain_id, header.height, header.digest())
     except CertificateError as exc:
         raise ReceiptError(f"certificate: {exc}") from None
     return tx, header

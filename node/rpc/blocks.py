@@ -37,7 +37,7 @@ async def get_tx(node, params: dict, caller: Caller) -> dict:
     if with_receipt:
         receipt = make_receipt(store, h)
         cert = Certificate.decode(receipt.certificate)
-        members = node.genesis.members
+        members = node.chain.epoch_at(height).members  # the member set that certified this height
         answer["receipt"] = {
             "chain_id": node.genesis.chain_id, "height": height, **receipt.to_json(),
             "tx_root": block.header.tx_root.hex(), "tx_count": block.header.tx_count,

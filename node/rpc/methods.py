@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from node.rpc.audit_trail import audit_trail
 from node.rpc.blocks import blocks, get_block, get_tx
-from node.rpc.info import mempool, peers, status, validators
+from node.rpc.info import member_history, mempool, peers, status, validators
 from node.rpc.openrpc import discover
 from node.rpc.prior import prior_imaging, redundancy
 from node.rpc.protocol import Method
@@ -24,6 +24,7 @@ METHODS: dict[str, Method] = {
     "utilization": Method(utilization, write=False),
     "redundancy": Method(redundancy, write=False),
     "validators": Method(validators, write=False),
+    "member_history": Method(member_history, write=False),
     "peers": Method(peers, write=False, role="admin"),  # the members' network addresses: operators only
     "mempool": Method(mempool, write=False),
     "rpc.discover": Method(discover, write=False),

@@ -128,6 +128,32 @@ class ConsensusDriver:
                done: trio.Event | None = None) -> None:
         self._push(SyncedBlocks(blocks, announce, done))
 
+    def switch(self, factory: Callable[[], tuple[object, WriteAheadLog]]) -> None:
+        """The member set changes after the block just executed (node.ledger.epochs): the current replica is
+        retired at once (it answers nothing more, not even the rest of the action list being performed),
+        and before any other event ``factory()`` builds the next epoch's (replica, WAL), which then starts."""
+        retire = getattr(self.replica, "retired", None)
+        if retire is not None:
+            self.replica.retired = True
+        self._queue.appendleft(_Switch(factory))
+        if self._drained.is_set():
+            self._drained = trio.Event()
+        self._wakeup.set()
+
+    async def _switch(self, event: _Switch) -> None:
+        # Timers, deferred proposal requests and commits waiting for a gap belong to the old replica.
+        self._timers.clear()
+        self._fired.clear()
+        self._timers_changed.set()
+        self._deferred.clear()
+        self._pending_commits.clear()
+        await self._flush_wal()
+        self.replica, self.wal = event.factory()
+        self.stats["epoch_switches"] = self.stats.get("epoch_switches", 0) + 1
+        await self._perform(self.replica.start())
+        self._mempool_dirty = True
+        self._push(MempoolChanged())  # the new primary learns about pending work
+
     @property
     def queued(self) -> int:
         return len(self._queue)
@@ -185,6 +211,9 @@ class ConsensusDriver:
                     continue
                 elif isinstance(event, _Replay):
                     await self._perform([event.commit])
+                    continue
+                elif isinstance(event, _Switch):
+                    await self._switch(event)
                     continue
                 await self._feed(event)
                 await trio.lowlevel.checkpoint()
@@ -416,6 +445,11 @@ class ConsensusDriver:
 @dataclass(frozen=True)
 class _Replay:
     commit: A.Commit
+
+
+@dataclass(frozen=True)
+class _Switch:
+    factory: Callable[[], tuple[object, WriteAheadLog]]
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from node.rpc.methods import METHODS
 from node.rpc.server import JsonRpcApp
 from node.runtime.diskspace import MIN_FREE, POLL, DiskGuard, free_bytes
 from node.runtime.driver import ConsensusDriver
+from node.runtime.epoch_replica import EpochApp, EpochReplica, Observer
 from node.runtime.gossip import CHANNEL as TX_CHANNEL
 from node.runtime.gossip import TxGossip
 from node.runtime.keys import load_member_key
@@ -72,43 +73,51 @@ class Node:
         with contextlib.ExitStack() as opened:
             self.cfg = cfg
             self.genesis = Genesis.load(cfg.genesis_path)
-            self.index = self.genesis.index_of(cfg.name)
+            # This hospital's signing keys: member.key, and during a rotation (node.state: member.key_rotated)
+            # member.key.next (the new one) or member.key.old (the one consensus may still sign with).
             self.member_key = load_member_key(cfg.member_key_path)
-            if bytes(self.member_key.verify_key) != self.genesis.members[self.index].pubkey:
-                raise ValueError(f"{cfg.member_key_path} is not the key genesis lists for member {cfg.name!r}")
+            self._own_keys: dict[bytes, object] = {}
+            self._load_own_keys()
+            founder = self.genesis.member(cfg.name)
             self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key)
             self.started_at = time.time()
 
             self.store = Store(cfg.chain_dir, sync=cfg.store_sync)
             opened.callback(self.store.close)
             self.chain = Chain(self.genesis, self.store)
+            registered = self.chain.state.members.get(cfg.name, founder.pubkey if founder is not None else None)
+            if registered is not None:
+                if registered not in self._own_keys:
+                    raise ValueError(f"{cfg.member_key_path} is not the key "
+                                     f"{'genesis lists' if registered == getattr(founder, 'pubkey', None) else 'the chain registers'}"
+                                     f" for member {cfg.name!r}")
+                self.member_key = self._own_keys[registered]  # txs are signed with the registered key
             self.mempool = Mempool(cfg.home / "data" / "mempool", cfg.mempool.max_txs,
                                    min_backlog=cfg.mempool.min_backlog, drain_seconds=cfg.mempool.busy_after_s)
             opened.callback(self.mempool.close)
-            self.wal = WriteAheadLog(cfg.wal_dir, fsync=cfg.consensus.wal_fsync)
+            self.wal = WriteAheadLog(self._wal_dir(self.chain.epoch_at(self.store.height + 1)),
+                                     fsync=cfg.consensus.wal_fsync)
             opened.callback(self.wal.close)
-            # A full disk pauses this node instead of killing it (node.runtime.diskspace): txs are refused,
-            # consensus waits, and when space returns LevelDB is reopened and the node catches up by block sync.
+            # A full disk pauses this node instead of killing it (node.runtime.diskspace): txs are refused, consensus
+            # waits, and when space returns LevelDB is reopened and the node catches up by block sync.
             self.disk = DiskGuard(cfg.home / "data")
             self.disk.on_resume(self._reopen_stores)
             self.mempool.guard = self.disk
 
-            self.peer_ids = [m.peer_id for m in self.genesis.members]
-            self._index_of_peer = {pid: i for i, pid in enumerate(self.peer_ids)}
-            identity = load_or_create_identity(cfg.p2p_key_path)
-            self.net = PeerNetwork(identity, {m.peer_id: list(m.p2p) for m in self.genesis.members},
-                                   cfg.psk, cfg.p2p_listen, lock_dir=str(cfg.home / "data"))
-            if self.net.peer_id != self.peer_ids[self.index]:
-                raise ValueError(f"{cfg.p2p_key_path} is not the libp2p identity genesis lists for {cfg.name!r}")
-
-            members = self.genesis.member_pubkeys
-            consensus_cfg = ReplicaConfig(
-                chain_id=self.genesis.chain_id, members=members,
-                checkpoint_interval=cfg.consensus.checkpoint_interval,
-                watermark_window=cfg.consensus.watermark_window, pipeline=cfg.consensus.pipeline,
-                progress_timeout=cfg.consensus.progress_timeout)
-            self.replica = Replica(consensus_cfg, self.index, Ed25519Crypto(self.member_key, members), self.chain,
-                                   wal=tuple(self.wal.records), last_executed=self.store.height)
+            # The member set is an epoch of the chain (node.ledger.epochs): the replica, the peers this node talks to
+            # and the peers it accepts follow the epoch of the next height, and change after its last block.
+            identity = self._p2p_identity()
+            self._net_members: dict[str, list[str]] = self._network_members()
+            self.net = PeerNetwork(identity, self._net_members, cfg.psk, cfg.p2p_listen,
+                                   lock_dir=str(cfg.home / "data"))
+            current = self.chain.epoch_at(self.store.height + 1)
+            me = current.index_of(cfg.name)
+            if me is not None and current.members[me].peer_id and self.net.peer_id != current.members[me].peer_id:
+                raise ValueError(f"{cfg.p2p_key_path} is not the libp2p identity "
+                                 f"{'genesis lists' if current.start <= 1 else 'the chain registers'} for {cfg.name!r}")
+            self.sync = None
+            self._switching_to: int | None = None
+            self.replica = self._make_replica(self.wal)
             self.driver = ConsensusDriver(
                 self.replica, self.chain, self.wal,
                 send=lambda to, data: self.net.send(self.peer_ids[to], CONSENSUS_CHANNEL, data),
@@ -121,12 +130,13 @@ class Node:
             self.peer_scores = PeerScores(names={m.peer_id: m.name for m in self.genesis.members})
             self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,
                                    on_admitted=self.driver.mempool_changed, scores=self.peer_scores)
-            self.sync = BlockSync(self.net, self.chain, self.driver, self.peer_ids, scores=self.peer_scores)
+            self.sync = BlockSync(self.net, self.chain, self.driver, list(self.peer_ids), scores=self.peer_scores)
             self.sync.report = lambda: {"view": self.replica.view, "mempool": len(self.mempool),
                                         "peers": len(self.net.connected_peers())}
             self.rpc = JsonRpcApp(self, METHODS, TokenStore(cfg.tokens_path), cfg.rpc.read_requires_token,
                                   cfg.rpc.max_body_bytes, cfg.rpc.rate_limit_per_second, edge=cfg.rpc,
-                                  mounts=(explorer_mount, fhir_mount))  # docs/EXPLORER.md, docs/INTEROP.md
+                                  mounts=(explorer_mount, fhir_mount))  # /explorer (docs/EXPLORER.md), /fhir (docs/INTEROP.md)
+            self._apply_params(self.epoch)
             self._last_view = self.replica.view
             self._evidence_limiter = EvidenceLimiter()
             self._commit_waiters: dict[bytes, list[trio.Event]] = {}
@@ -135,6 +145,128 @@ class Node:
             # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
             self.mempool.restore(self.store.has_tx, time.monotonic())
             opened.pop_all()  # all opened: from here on close() (run's finally) releases them
+
+    # ------------------------------------------------------------------ member sets (node.ledger.epochs)
+    def _network_members(self) -> dict[str, list[str]]:
+        """Peers this node dials and admits: the members of the next height's epoch and of any epoch
+        already approved (a joining member syncs before its switch height). A removed member is in
+        neither once its last epoch ended: its connections are refused from then on."""
+        out: dict[str, list[str]] = {}
+        for epoch in (self.chain.epoch_at(self.store.height + 1), self.chain.state.epochs.latest):
+            for m in epoch.members:
+                if m.peer_id:
+                    out[m.peer_id] = list(m.addrs)
+        return out
+
+    def _load_own_keys(self) -> None:
+        """(Re)read member.key, member.key.next and member.key.old (`radchain member rotate-key` writes them
+        while the node runs)."""
+        path = self.cfg.member_key_path
+        for p in (path, path.with_name(path.name + ".next"), path.with_name(path.name + ".old")):
+            try:
+                key = load_member_key(p)
+            except (OSError, ValueError):
+                continue
+            self._own_keys.setdefault(bytes(key.verify_key), key)
+
+    def _p2p_identity(self):
+        """p2p.key, or p2p.key.next once the member set of the next height lists that identity for us
+        (a rotated libp2p identity takes effect when the node restarts at or after its switch height)."""
+        from network.identity import peer_id_of
+
+        nxt = self.cfg.p2p_key_path.with_name(self.cfg.p2p_key_path.name + ".next")
+        if nxt.exists():
+            epoch = self.chain.epoch_at(self.store.height + 1)
+            index = epoch.index_of(self.cfg.name)
+            candidate = load_or_create_identity(nxt)
+            if index is not None and epoch.members[index].peer_id == peer_id_of(candidate):
+                return candidate
+        return load_or_create_identity(self.cfg.p2p_key_path)
+
+    def _wal_dir(self, epoch):
+        wal_dir = self.cfg.wal_dir
+        return wal_dir if epoch.start <= 1 else wal_dir.with_name(f"{wal_dir.name}-e{epoch.start}")
+
+    def _make_replica(self, wal: WriteAheadLog):
+        """The replica of the epoch of the next height: a fresh PBFT instance (node.runtime.epoch_replica), or an
+        Observer when this node is not one of its members (joining, or removed)."""
+        epoch = self.chain.epoch_at(self.store.height + 1)
+        self.epoch = epoch
+        self.peer_ids = [m.peer_id for m in epoch.members]
+        self._index_of_peer = {pid: i for i, pid in enumerate(self.peer_ids) if pid}
+        if self.sync is not None:
+            self.sync.peer_ids = list(self.peer_ids)
+        index = epoch.index_of(self.cfg.name)
+        if index is not None and epoch.members[index].pubkey not in self._own_keys:
+            self._load_own_keys()
+        key = None if index is None else self._own_keys.get(epoch.members[index].pubkey)
+        if index is not None and key is None:
+            log.error("the member set from height %d lists a signing key for %s that this node does not hold "
+                      "(keys/member.key, .next, .old): following the chain without voting", epoch.start,
+                      self.cfg.name)
+        if key is None:
+            self.index = -1
+            log.warning("not a member of the consortium's current member set (epoch from height %d): "
+                        "following the chain by block sync", epoch.start,
+                        extra={"fields": {"member": self.cfg.name, "epoch": epoch.start}})
+            return Observer(epoch)
+        self.index = index
+        ccfg = self.cfg.consensus
+        # a voted timeout (node.ledger.epochs VOTABLE_PARAMS) overrides this node's configuration in its epoch
+        voted_timeout = epoch.param("progress_timeout_ms", None)
+        consensus_cfg = ReplicaConfig(
+            chain_id=epoch.chain_id, members=epoch.pubkeys, checkpoint_interval=ccfg.checkpoint_interval,
+            watermark_window=ccfg.watermark_window, pipeline=ccfg.pipeline,
+            progress_timeout=ccfg.progress_timeout if voted_timeout is None else voted_timeout / 1000)
+        if self.sync is not None:  # a running node (at construction the RPC app does not exist yet)
+            self._apply_params(epoch)
+        offset = epoch.start - 1
+        replica = Replica(consensus_cfg, index, Ed25519Crypto(key, epoch.pubkeys),
+                          EpochApp(self.chain, offset), wal=tuple(wal.records),
+                          last_executed=self.store.height - offset)
+        return EpochReplica(replica, epoch, self.chain)
+
+    def _apply_params(self, epoch) -> None:
+        rate = epoch.param("rpc_rate_limit", None)
+        if rate is not None:
+            self.rpc.limiter.rate = float(rate)
+
+    def _next_epoch_replica(self):
+        """driver.switch factory: the new epoch's replica with its own WAL (the old one is closed)."""
+        self._switching_to = None
+        old = self.wal
+        self.wal = WriteAheadLog(self._wal_dir(self.chain.epoch_at(self.store.height + 1)),
+                                 fsync=self.cfg.consensus.wal_fsync)
+        old.close()
+        self.replica = self._make_replica(self.wal)
+        self._last_view = self.replica.view
+        me = self.epoch.index_of(self.cfg.name)
+        if me is not None and self.epoch.members[me].peer_id not in ("", self.net.peer_id):
+            log.error("this member's libp2p identity was rotated from height %d: restart the node to use "
+                      "keys/p2p.key.next (until then the others refuse the old identity)", self.epoch.start)
+        self.mempool.release_in_flight()  # what the old epoch proposed past its end is proposable again
+        log.info("member set changed", extra={"fields": {
+            "epoch": self.epoch.start, "members": list(self.epoch.names), "n": self.epoch.n,
+            "quorum": self.epoch.quorum, "index": self.index}})
+        return self.replica, self.wal
+
+    def _follow_epochs(self, height: int) -> None:
+        """After block ``height``: update the network's member set, and switch replicas at an epoch end."""
+        registered = self.chain.state.members.get(self.cfg.name)
+        if registered is not None and registered != bytes(self.member_key.verify_key):
+            if registered not in self._own_keys:
+                self._load_own_keys()
+            if registered in self._own_keys:
+                self.member_key = self._own_keys[registered]  # our rotation applied: sign txs with the new key
+        members = self._network_members()
+        if members != self._net_members:
+            self._net_members = members
+            self.net.set_members(members)
+        want = self.chain.epoch_at(height + 1).start
+        if want != self.epoch.start and want != self._switching_to:
+            # once per epoch change: block sync may execute several blocks before the driver switches
+            self._switching_to = want
+            self.driver.switch(self._next_epoch_replica)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -240,10 +372,11 @@ class Node:
             self.mempool.release_in_flight()
         if not allow_empty and self.mempool.available() == 0:
             return None
-        txs = self.mempool.take_for_proposal(self.genesis.param("max_block_txs"), height)
+        txs = self.mempool.take_for_proposal(self.chain.param("max_block_txs", height), height)
         return self.chain.build_proposal(height, self.index, int(time.time() * 1000), txs)
 
     def _on_commit(self, block, payload: bytes) -> None:
+        self._follow_epochs(block.height)
         self.mempool.remove(block.tx_hashes)
         self.mempool.release_in_flight(up_to_height=block.height)
         for h in block.tx_hashes:
@@ -259,7 +392,7 @@ class Node:
         """Our replica saw two conflicting signed votes from one member: put the proof on chain."""
         try:
             fields = evidence_tx_fields(evidence)
-            offender = self.genesis.members[fields["offender"]].name
+            offender = self.epoch.members[fields["offender"]].name
             if not self._evidence_limiter.allow(fields["offender"]):
                 return  # this node put a proof against that member on its way a moment ago
             raw = make_tx("evidence.equivocation", self.member_key, chain_id=self.genesis.chain_id,
@@ -314,8 +447,9 @@ class Node:
         return {
             "node": self.cfg.name, "chain_id": self.genesis.chain_id,
             "height": self.store.height, "head": head.hex() if head else None,
-            "view": self.replica.view, "primary": self.genesis.members[self.replica.primary].name,
-            "peers": len(self.net.connected_peers()), "members": len(self.genesis.members),
+            "view": self.replica.view, "primary": self.epoch.members[self.replica.primary].name,
+            "peers": len(self.net.connected_peers()), "members": self.epoch.n,
+            "epoch": self.epoch.start, "quorum": self.epoch.quorum, "member": self.index >= 0,
             "mempool": len(self.mempool), "syncing": self.sync.syncing,
             "disk_full": self.disk.full,
             "uptime_s": round(time.time() - self.started_at, 1),

@@ -290,6 +290,9 @@ class BlockSync:
             self.scores.penalize(peer, peerscore.MALFORMED, "malformed sync response", exc)
             return []
         for i, (height, payload, cert) in enumerate(blocks):
+            if not self.chain.epoch_known(height):
+                # the member set certifying it is fixed only once the blocks before it execute (node.ledger.epochs)
+                return blocks[:i]
             try:
                 # Certificate first (bounded signature checks), so the driver never parses a payload
                 # that no quorum committed.

@@ -18,6 +18,7 @@ VALUES = {
     "scope": "IMG", "expires": 1_800_000_000_000, "subject": "hosp-e", "subject_key": b"\x0c" * 32,
     "offender": 2, "evidence": [b"a", b"b"], "modality": "CT", "body_part": "HEAD", "study_date": 20261102,
     "project": "LUNG-1", "date_from": 20200101, "date_to": 20251231, "waiver": 1,
+    "peer_id": "12D3KooWabc", "addr": "/ip4/10.0.0.5/tcp/26656", "param": "max_block_txs", "value": 500,
 }
 
 
