@@ -293,4 +293,6 @@ def test_index_type_codes_never_change():
         "instances.transferred": 5, "export": 6, "import": 7, "study.deleted": 8, "deidentified": 9,
         "consent.granted": 10, "consent.revoked": 11, "research.access.granted": 12, "member.added": 13,
         "member.removed": 14, "client.added": 15, "client.removed": 16, "evidence.equivocation": 17,
+        "research.project.registered": 18, "research.project.approved": 19, "consent.vote": 20,
+        "member.key_rotated": 21, "params.changed": 22,
     }

@@ -46,7 +46,8 @@ def tx(tx_type: str, member: str, key: SigningKey, **fields):
 
 
 def run(state: LedgerState, txs) -> tuple[list, list[bool]]:
-    """Apply txs as Chain execution does: an unauthorised signer is rejected before the state sees it."""
+    """Apply txs as one block's execution does: an unauthorised signer is rejected before the state sees it."""
+    state.height += 1  # each call is the next block (membership changes take effect relative to it)
     writes, applied = [], []
     for t in txs:
         f = t.fields
