@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.overload", "bench.rpc", "bench.dicom",
+BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.throughput", "bench.overload", "bench.rpc", "bench.dicom",
               "bench.oprf", "bench.interop"]
 
 
