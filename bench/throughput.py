@@ -178,7 +178,8 @@ def run_step(net: LocalTestnet, rate: float | None, seconds: float, tag: str, pr
     per_client = rate / CLIENTS if rate else None
     go = ctx.Event()
     clients = [ctx.Process(target=_load_client, args=(net.nodes[i % n].rpc, net.nodes[i % n].token, per_client,
-                                                      seconds, f"{tag}c{i}", queue, go)) for i in range(CLIENTS)]
+                                                      seconds, f"{tag}c{i}", queue, go), daemon=True)
+               for i in range(CLIENTS)]  # daemon: a failed run does not leave them waiting for `go`
     for c in clients:
         c.start()
     for _ in clients:  # generous: on a machine at load 30 a spawned process took over 2 minutes to import
