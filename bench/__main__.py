@@ -3,8 +3,8 @@
 import importlib
 import sys
 
-BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.overload", "bench.rpc", "bench.dicom",
-              "bench.oprf", "bench.interop", "bench.research"]
+BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.throughput", "bench.overload", "bench.rpc",
+              "bench.dicom", "bench.oprf", "bench.interop", "bench.research"]
 
 
 def main() -> int:

@@ -317,6 +317,18 @@ class Chain:
         self._check_authorised(tx)
         return tx
 
+    def verified(self, h: bytes) -> Tx | None:
+        """The tx with hash ``h`` (SHA-256 of its exact signed bytes) if this node already verified it."""
+        return self._verified.get(h)
+
+    def check_verified_tx(self, tx: Tx) -> Tx:
+        """check_tx for a tx decoded with ``decode_tx(raw, verify=False)`` whose signature the caller has
+        just checked (node.ledger.sigbatch, in a worker thread); raises TxError. Never call it otherwise:
+        the cache it fills lets proposals skip the signature check of this tx."""
+        self._remember(tx)
+        self._check_authorised(tx)
+        return tx
+
     def _check_authorised(self, tx: Tx) -> None:
         f = tx.fields
         reason = authority_error(f, self.chain_id, self.state.authorized)

@@ -15,7 +15,8 @@ import msgpack
 import trio
 
 from node.ledger.chain import Chain, TxNotAuthorised
-from node.ledger.tx import MAX_TX_BYTES, TxError
+from node.ledger.sigbatch import verify_txs
+from node.ledger.tx import MAX_TX_BYTES, Tx, TxError, decode_tx
 from node.runtime import peerscore
 from node.runtime.mempool import Mempool, MempoolFull
 from node.runtime.peerscore import PeerScores
@@ -61,6 +62,7 @@ class TxGossip:
         self.scores = scores if scores is not None else PeerScores()
         self._outbox: list[bytes] = []
         self._wake = trio.Event()
+        self._verify_limiter = trio.CapacityLimiter(1)  # one checking thread: batches stay in order
         self.stats = {"batches_out": 0, "batches_in": 0, "txs_in": 0, "txs_admitted": 0, "txs_refused": 0,
                       "batches_malformed": 0, "batches_dropped": 0, "rebroadcast": 0}
 
@@ -112,10 +114,71 @@ class TxGossip:
                 first_error = first_error or exc
                 continue
             items.append((h, raw))
+        self._admit_checked(peer, items, bad, first_error, len(raws))
+
+    async def on_batch_threaded(self, peer: str, data: bytes) -> None:
+        """on_batch, with the signature checks of the batch's new txs in a worker thread (one hand-off per
+        batch): decoding before and authorisation after stay on the event loop. Same outcomes as on_batch
+        for every input; a tx whose signature fails is refused exactly as there and never cached."""
+        self.stats["batches_in"] += 1
+        if self.scores.blocked(peer):
+            self.stats["batches_dropped"] += 1
+            self.scores.dropped(peer)
+            return
+        try:
+            raws = decode_batch(data)
+        except BatchError as exc:
+            self.stats["batches_malformed"] += 1
+            self.scores.penalize(peer, peerscore.MALFORMED, "malformed tx batch", exc)
+            return
+        self.stats["txs_in"] += len(raws)
+        chain, mempool, has = self.chain, self.mempool, self.chain.store.has_tx
+        bad, first_error = 0, None
+        checked: list[tuple[Tx, bool]] = []  # (tx, verified earlier by this node), in batch order
+        for raw in raws:
+            h = hashlib.sha256(raw).digest()
+            if h in mempool or has(h):
+                continue
+            tx = chain.verified(h)
+            if tx is not None:
+                checked.append((tx, True))
+                continue
+            try:
+                checked.append((decode_tx(raw, hash=h, verify=False), False))
+            except TxError as exc:
+                self.stats["txs_refused"] += 1
+                bad += 1
+                first_error = first_error or exc
+        unchecked = [tx for tx, known in checked if not known]
+        if unchecked:
+            oks = iter(await trio.to_thread.run_sync(verify_txs, unchecked, limiter=self._verify_limiter))
+        items = []
+        for tx, known in checked:
+            if not known and not next(oks):
+                self.stats["txs_refused"] += 1
+                bad += 1
+                first_error = first_error or TxError("signature: does not verify under the client key")
+                continue
+            if tx.hash in mempool or has(tx.hash):
+                continue  # admitted or committed while the thread worked
+            try:
+                chain.check_verified_tx(tx)  # authorisation against the state of now, after the await
+            except TxNotAuthorised:
+                self.stats["txs_refused"] += 1
+                continue
+            except TxError as exc:
+                self.stats["txs_refused"] += 1
+                bad += 1
+                first_error = first_error or exc
+                continue
+            items.append((tx.hash, tx.raw))
+        self._admit_checked(peer, items, bad, first_error, len(raws))
+
+    def _admit_checked(self, peer: str, items: list[tuple[bytes, bytes]], bad: int, first_error, count: int) -> None:
         if bad:
             # One report per batch, whatever the number of bad txs in it: the log stays one line.
             self.scores.penalize(peer, min(peerscore.MALFORMED, bad * peerscore.BAD_TX),
-                                 "invalid txs in a gossip batch", f"{bad} of {len(raws)}, first: {first_error}")
+                                 "invalid txs in a gossip batch", f"{bad} of {count}, first: {first_error}")
         if not items:
             return
         try:

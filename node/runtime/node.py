@@ -351,7 +351,10 @@ class Node:
             started = time.perf_counter()
             while True:
                 try:
-                    self.gossip.on_batch(peer, data)
+                    if self.cfg.mempool.verify_in_thread:
+                        await self.gossip.on_batch_threaded(peer, data)
+                    else:
+                        self.gossip.on_batch(peer, data)
                 except Exception as exc:
                     # Handlers turn malformed input into their own errors, so reaching here is a bug, but one
                     # member's batch must not stop gossip from the others: scored, logged once per interval.

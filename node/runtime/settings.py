@@ -43,6 +43,9 @@ class MempoolConfig:
     # chain commits in busy_after_s seconds at its recent rate, and never below min_backlog.
     busy_after_s: float = 1.5
     min_backlog: int = 1000
+    # Check the signatures of gossiped txs in a worker thread (libsodium releases the GIL: the event loop
+    # goes on meanwhile, on a second core if there is one); false checks them on the event loop.
+    verify_in_thread: bool = True
 
 
 @dataclass

@@ -153,6 +153,8 @@ class AdversaryNode(Node):
         self.driver.message = self._on_consensus_in
         self._on_batch_honest = self.gossip.on_batch
         self.gossip.on_batch = self._on_gossip_in
+        self._on_batch_threaded_honest = self.gossip.on_batch_threaded  # the path Node takes by default
+        self.gossip.on_batch_threaded = self._on_gossip_in_threaded
         # slow primary
         self._held: deque[bytes] = deque()
         self._held_set: set[bytes] = set()
@@ -311,6 +313,11 @@ class AdversaryNode(Node):
         if "replay" in self.b:
             self._recorded.append((time.monotonic(), TX_CHANNEL, data))
         self._on_batch_honest(peer, data)
+
+    async def _on_gossip_in_threaded(self, peer: str, data: bytes) -> None:
+        if "replay" in self.b:
+            self._recorded.append((time.monotonic(), TX_CHANNEL, data))
+        await self._on_batch_threaded_honest(peer, data)
 
     # ------------------------------------------------------------------ sync
     async def _sync_serve(self, peer: str, data: bytes) -> bytes:

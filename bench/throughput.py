@@ -1,0 +1,391 @@
+"""Issue 17: sustained throughput, CPU per committed tx per node, latency at half load, and the n-node table.
+
+`python -m bench bench.throughput` (part of `make bench`). For each testnet size in RADCHAIN_BENCH_SIZES:
+
+1. **max**: CLIENTS load processes send JSON-RPC batches of 100 `submit_event` as fast as the nodes take
+   them (honouring `retry_after` by backing off) for RADCHAIN_BENCH_SUSTAIN_S seconds on the smallest
+   size (the issue's "60 s sustained"), RADCHAIN_BENCH_TABLE_S on the others. Committed tx/s is counted
+   from the blocks executed between the end of the warm-up and the end of the window (not "until the
+   backlog drains": a backlog that grows does not count as throughput).
+   In the same window: CPU of every node process from /proc/<pid>/stat (and of its main thread from
+   /proc/<pid>/task/<pid>/stat), divided by the committed txs = CPU us per committed tx per node; bytes
+   every node process sent on its p2p TCP connections (the kernel's per-socket `bytes_sent`, `ss -ti`:
+   after Noise and yamux framing) per committed tx per node.
+2. **half**: the load clients offer half the committed rate of step 1 while PROBES threads each send one
+   `submit_event` at a time in `mode: "commit"` (the answer comes when the tx's block executed on the
+   node that took it): submit -> commit latency p50/p99 from those calls, not from polling.
+
+Baselines measured in the same run: the single-process raw pipeline (PyNaCl verify + msgpack decode +
+plyvel batch write, bench.ledger's RawPipeline): its tx/s, and its us per tx (what one node spends per tx
+at the very least if it did nothing but the ledger work on one core).
+
+Environment: RADCHAIN_BENCH_SIZES (default "4,7"), RADCHAIN_BENCH_SUSTAIN_S (default 60),
+RADCHAIN_BENCH_TABLE_S (default 20), RADCHAIN_BENCH_CONFIG (extra node config for every run,
+"section.key=value,..."), RADCHAIN_BENCH_AB (the baseline config of the A/B pair run on the first size right
+after its main run, default "mempool.verify_in_thread=false"; empty: no A/B). Default total: about 5 minutes
+on a quiet machine (4 testnet start-ups, 60 + 6 x 20 s of load, the drains).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from node.testnet import LocalTestnet
+
+CLIENTS = 4
+BATCH = 100
+PROBES = 4
+WARMUP_S = 5.0
+
+
+def _ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(path: str) -> float:
+    """utime + stime (seconds) from a /proc stat file."""
+    with open(path) as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _ticks()
+
+
+def cpu_sample(pids: list[int]) -> list[tuple[float, float]]:
+    """(process CPU s, main-thread CPU s) of each pid."""
+    return [(_cpu(f"/proc/{p}/stat"), _cpu(f"/proc/{p}/task/{p}/stat")) for p in pids]
+
+
+def wire_sample(pids: list[int], rpc_ports: set[int]) -> dict[int, int]:
+    """Bytes each pid's TCP sockets sent (kernel per-socket bytes_sent), RPC connections left out.
+
+    Sockets are keyed by (pid, local, peer) so a connection that closed between two samples is simply
+    missing from the later one (the delta ignores it rather than counting it negative)."""
+    out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=20).stdout
+    per_socket: dict[tuple, int] = {}
+    wanted = {str(p): p for p in pids}
+    current = None
+    for line in out.splitlines():
+        if line and not line[0].isspace():
+            current = None
+            parts = line.split()
+            if len(parts) < 5 or "pid=" not in line:
+                continue
+            local, peer = parts[3], parts[4]
+            try:
+                lport = int(local.rsplit(":", 1)[1])
+            except ValueError:
+                continue
+            if lport in rpc_ports:
+                continue
+            pid_text = line.split("pid=", 1)[1].split(",", 1)[0]
+            if pid_text in wanted:
+                current = (wanted[pid_text], local, peer)
+        elif current is not None:
+            for tok in line.split():
+                if tok.startswith("bytes_sent:"):
+                    per_socket[current] = int(tok.split(":", 1)[1])
+            current = None
+    return per_socket
+
+
+def wire_delta(before: dict, after: dict, pids: list[int]) -> list[int]:
+    sent = {p: 0 for p in pids}
+    for key, value in after.items():
+        sent[key[0]] += value - before.get(key, 0)
+    return [sent[p] for p in pids]
+
+
+def _event_batch(tag: str, n: int, now_ms: int, size: int = BATCH) -> list[dict]:
+    return [{"jsonrpc": "2.0", "id": i, "method": "submit_event", "params": {"event": {
+        "type": "instances.accessed", "patient_id": f"PAT-{(n + i) % 5000}", "issuer": "HOSP-A",
+        "study_uid": f"1.2.840.{(n + i) % 20000}", "actor": f"dr.{(n + i) % 300}", "purpose": "TREAT",
+        "event_id": f"{tag}-{n + i}", "time": now_ms}}} for i in range(size)]
+
+
+def _load_client(url: str, token: str, rate: float | None, seconds: float, tag: str, queue, go) -> None:
+    """A load process: batches of BATCH submit_event, paced to `rate` tx/s (None: as fast as taken).
+    A refusal (-32004 with retry_after) makes it wait as node.client does. Starts when `go` is set: a
+    spawned process takes seconds to import on a loaded machine, and the window must not start before."""
+    http = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    queue.put("ready")
+    go.wait()
+    start = time.time()
+    n = accepted = refused = 0
+    while time.time() - start < seconds:
+        try:
+            replies = http.post(url, json=_event_batch(tag, n, int(time.time() * 1000))).json()
+        except (httpx.HTTPError, ValueError):
+            time.sleep(0.1)
+            continue
+        n += BATCH
+        wait = 0.0
+        for r in replies if isinstance(replies, list) else []:
+            if "result" in r:
+                accepted += 1
+            else:
+                refused += 1
+                wait = max(wait, float((r.get("error", {}).get("data") or {}).get("retry_after", 0.05)))
+        if wait:
+            time.sleep(min(wait, 1.0))
+        elif rate:
+            ahead = start + n / rate - time.time()
+            if ahead > 0:
+                time.sleep(ahead)
+    queue.put((accepted, refused))
+
+
+def _probe(url: str, token: str, seconds: float, tag: str, out: list, stop_at: float) -> None:
+    """One commit-mode caller: submit one event, wait for the answer `committed`, record the time."""
+    http = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=40)
+    n = 0
+    while time.time() < stop_at:
+        call = _event_batch(tag, n, int(time.time() * 1000), 1)[0]
+        call["params"]["mode"] = "commit"
+        call["params"]["timeout"] = 30
+        t = time.perf_counter()
+        try:
+            reply = http.post(url, json=call).json()
+        except (httpx.HTTPError, ValueError):
+            time.sleep(0.1)
+            continue
+        n += 1
+        result = reply.get("result") or {}
+        if result.get("status") == "committed":
+            out.append((time.perf_counter() - t) * 1000)
+        elif "error" in reply:
+            time.sleep(0.05)
+
+
+def _txs_between(net: LocalTestnet, h0: int, h1: int) -> int:
+    return sum(net.rpc(0, "get_block", {"height": h})["header"]["tx_count"] for h in range(h0 + 1, h1 + 1))
+
+
+def run_step(net: LocalTestnet, rate: float | None, seconds: float, tag: str, probes: int = 0) -> dict:
+    """Load for `seconds`; measure over the window after WARMUP_S."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    n = len(net.nodes)
+    pids = [p.pid for p in net.procs]
+    rpc_ports = {int(info.rpc.rsplit(":", 1)[1]) for info in net.nodes}
+    per_client = rate / CLIENTS if rate else None
+    go = ctx.Event()
+    clients = [ctx.Process(target=_load_client, args=(net.nodes[i % n].rpc, net.nodes[i % n].token, per_client,
+                                                      seconds, f"{tag}c{i}", queue, go), daemon=True)
+               for i in range(CLIENTS)]  # daemon: a failed run does not leave them waiting for `go`
+    for c in clients:
+        c.start()
+    for _ in clients:  # generous: on a machine at load 30 a spawned process took over 2 minutes to import
+        if queue.get(timeout=600) != "ready":
+            raise RuntimeError("a load process did not start")
+    go.set()
+    t0 = time.time()
+    latencies: list[float] = []
+    threads = [threading.Thread(target=_probe, daemon=True,
+                                args=(net.nodes[i % n].rpc, net.nodes[i % n].token, seconds, f"{tag}p{i}",
+                                      latencies, t0 + seconds)) for i in range(probes)]
+    time.sleep(WARMUP_S)
+    # The probes start after the warm-up too: their latencies are those of the steady state.
+    for th in threads:
+        th.start()
+    h_start, cpu0, wire0, w0 = net.height(0), cpu_sample(pids), wire_sample(pids, rpc_ports), time.time()
+    time.sleep(max(0.0, t0 + seconds - time.time()))
+    h_end, cpu1, wire1, w1 = net.height(0), cpu_sample(pids), wire_sample(pids, rpc_ports), time.time()
+    results = [queue.get(timeout=60) for _ in clients]
+    for c in clients:
+        c.join(timeout=10)
+    for th in threads:
+        th.join(timeout=40)
+    committed = _txs_between(net, h_start, h_end)
+    window = w1 - w0
+    cpu = [b[0] - a[0] for a, b in zip(cpu0, cpu1, strict=True)]
+    main = [b[1] - a[1] for a, b in zip(cpu0, cpu1, strict=True)]
+    sent = wire_delta(wire0, wire1, pids)
+    per_tx = max(1, committed)
+    lat = sorted(latencies)
+    return {
+        "offered": rate, "window_s": window, "committed": committed, "tx_per_s": committed / window,
+        "accepted": sum(r[0] for r in results), "refused": sum(r[1] for r in results),
+        "cpu_us_per_tx": [c * 1e6 / per_tx for c in cpu], "main_us_per_tx": [m * 1e6 / per_tx for m in main],
+        "cores": [c / window for c in cpu], "wire_bytes_per_tx": [s / per_tx for s in sent],
+        "p50_ms": statistics.median(lat) if lat else float("nan"),
+        "p99_ms": lat[int(0.99 * (len(lat) - 1))] if lat else float("nan"), "samples": len(lat),
+    }
+
+
+def _config_extra(text: str) -> dict:
+    extra: dict = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        parsed: object = value
+        for cast in (int, float):
+            try:
+                parsed = cast(value)
+                break
+            except ValueError:
+                pass
+        if value in ("true", "false"):
+            parsed = value == "true"
+        extra.setdefault(section, {})[name] = parsed
+    return extra
+
+
+def measure_size(n: int, max_seconds: float, half_seconds: float, extra: dict) -> dict:
+    """Max step then (if half_seconds) the half-load step with commit-mode probes, on one fresh testnet."""
+    with tempfile.TemporaryDirectory(prefix=f"radchain-bench{n}-") as tmp:
+        net = LocalTestnet(Path(tmp), n, config_extra=extra or None)
+        try:
+            net.start()
+            net.wait_ready(timeout=120)
+            top = run_step(net, None, max_seconds, f"n{n}max")
+            half = run_step(net, top["tx_per_s"] / 2, half_seconds, f"n{n}half", probes=PROBES) if half_seconds else None
+        finally:
+            net.stop_all()
+    return {"n": n, "max": top, "half": half}
+
+
+def gossip_admission(n_txs: int = 2000, batch: int = 256) -> dict:
+    """In-process: one member admits n_txs gossiped txs (real Chain, LevelDB store and mempool), first with
+    the signatures checked inline on the event loop, then in the worker thread (fresh member each).
+    Returns event-loop-thread CPU us per tx and wall us per tx of each."""
+    import trio
+    from nacl.signing import SigningKey
+
+    from node.ledger.chain import Chain
+    from node.ledger.genesis import Genesis, Member
+    from node.ledger.intake import make_tx
+    from node.ledger.store import Store
+    from node.runtime.gossip import TxGossip
+    from node.runtime.mempool import Mempool
+    from node.runtime.settings import MempoolConfig
+
+    keys = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
+    members = tuple(Member(name=f"m{i}", pubkey=bytes(k.verify_key), peer_id=f"p{i}", p2p=(), rpc="")
+                    for i, k in enumerate(keys))
+    genesis = Genesis(chain_id="bench", genesis_time="2026-01-01T00:00:00+00:00", members=members, params={})
+    now = int(time.time() * 1000)
+    raws = [make_tx("instances.accessed", keys[i % 4], chain_id="bench", member=f"m{i % 4}", ts=now + i,
+                    nonce=i.to_bytes(16, "big"), patient=bytes(16), study=bytes(16), user=bytes(16),
+                    purpose="TREAT", outcome=0, action="R") for i in range(n_txs)]
+    frames = [msgpack_pack(raws[i:i + batch]) for i in range(0, n_txs, batch)]
+    out = {}
+    for mode in ("inline", "thread"):
+        with tempfile.TemporaryDirectory(prefix="radchain-gossip-") as tmp:
+            store = Store(os.path.join(tmp, "chain"))
+            chain = Chain(genesis, store)
+            mempool = Mempool(Path(tmp) / "mempool", n_txs + 10)
+            gossip = TxGossip(lambda ch, data: 0, chain, mempool, MempoolConfig(), on_admitted=lambda: None)
+
+            async def feed(gossip=gossip, mode=mode) -> tuple[float, float]:
+                c0, w0 = time.thread_time(), time.perf_counter()
+                for f in frames:
+                    if mode == "inline":
+                        gossip.on_batch("peer", f)
+                    else:
+                        await gossip.on_batch_threaded("peer", f)
+                return time.thread_time() - c0, time.perf_counter() - w0
+
+            cpu, wall = trio.run(feed)
+            assert len(mempool) == n_txs, (mode, len(mempool))
+            out[mode] = {"loop_us": cpu * 1e6 / n_txs, "wall_us": wall * 1e6 / n_txs}
+            mempool.close()
+            store.close()
+    return out
+
+
+def msgpack_pack(items: list[bytes]) -> bytes:
+    import msgpack
+
+    return msgpack.packb(items, use_bin_type=True)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def main() -> None:
+    from bench.testnet import raw_pipeline_rate
+
+    sizes = [int(x) for x in os.environ.get("RADCHAIN_BENCH_SIZES", "4,7").split(",")]
+    sustain = float(os.environ.get("RADCHAIN_BENCH_SUSTAIN_S", "60"))
+    table_s = float(os.environ.get("RADCHAIN_BENCH_TABLE_S", "20"))
+    extra = _config_extra(os.environ.get("RADCHAIN_BENCH_CONFIG", ""))
+    ab = _config_extra(os.environ.get("RADCHAIN_BENCH_AB", "mempool.verify_in_thread=false"))
+    raw_rate = raw_pipeline_rate()
+    raw_us = 1e6 / raw_rate
+    print(f"baseline, single-process raw pipeline (verify + decode + batch write): {raw_rate:.0f} tx/s, "
+          f"{raw_us:.0f} us/tx", flush=True)
+    if extra:
+        print(f"node config extra: {extra}", flush=True)
+    print(f"load average at start: {os.getloadavg()[0]:.1f} (2-core machine; above 2, other work shares the "
+          "cores and every absolute figure is depressed)", flush=True)
+
+    g = gossip_admission()
+    print(f"gossip admission, in process, 2,000 txs in batches of 256 (real chain, LevelDB mempool): event-loop "
+          f"CPU {g['inline']['loop_us']:.1f} us/tx with signatures checked inline (baseline), "
+          f"{g['thread']['loop_us']:.1f} us/tx with the worker thread: ratio "
+          f"{g['thread']['loop_us'] / g['inline']['loop_us']:.2f}x; wall {g['inline']['wall_us']:.0f} -> "
+          f"{g['thread']['wall_us']:.0f} us/tx", flush=True)
+
+    rows = []
+    for i, n in enumerate(sizes):
+        row = measure_size(n, sustain if i == 0 else table_s, table_s, extra)
+        rows.append(row)
+        top = row["max"]
+        print(f"  {n} nodes: {top['tx_per_s']:.0f} committed tx/s over {top['window_s']:.0f} s, "
+              f"CPU {_mean(top['cpu_us_per_tx']):.0f} us/tx/node; half load p50 {row['half']['p50_ms']:.0f} ms "
+              f"p99 {row['half']['p99_ms']:.0f} ms", flush=True)
+        if i == 0 and ab:
+            # A/B on the same size, back to back: the change off (baseline), then on, each on a fresh testnet.
+            off = measure_size(n, table_s, 0, {**extra, **{k: {**extra.get(k, {}), **v} for k, v in ab.items()}})
+            on = measure_size(n, table_s, 0, extra)
+            for label, r in (("baseline " + str(ab), off), ("this code", on)):
+                t = r["max"]
+                print(f"  A/B {n} nodes, {label}: {t['tx_per_s']:.0f} tx/s, CPU {_mean(t['cpu_us_per_tx']):.0f} "
+                      f"us/tx/node, event-loop thread {_mean(t['main_us_per_tx']):.0f} us/tx", flush=True)
+            a, b = off["max"], on["max"]
+            print(f"  A/B ratios (this code / baseline): tx/s {b['tx_per_s'] / max(1e-9, a['tx_per_s']):.2f}x, "
+                  f"CPU per tx {_mean(b['cpu_us_per_tx']) / _mean(a['cpu_us_per_tx']):.2f}x, event-loop thread "
+                  f"per tx {_mean(b['main_us_per_tx']) / _mean(a['main_us_per_tx']):.2f}x", flush=True)
+
+    first = rows[0]
+    top = first["max"]
+    print(f"\n{first['n']} nodes, {CLIENTS} load processes, sustained {top['window_s']:.0f} s "
+          f"(after {WARMUP_S:.0f} s warm-up): {top['tx_per_s']:.0f} committed tx/s (goal 3,500: "
+          f"{top['tx_per_s'] / 3500:.2f}x); baseline raw pipeline {raw_rate:.0f} tx/s: "
+          f"ratio {top['tx_per_s'] / raw_rate:.2f}x; {top['refused']} calls refused with retry_after")
+    cpu = _mean(top["cpu_us_per_tx"])
+    main_us = _mean(top["main_us_per_tx"])
+    print(f"CPU per committed tx per node: {' '.join(f'{c:.0f}' for c in top['cpu_us_per_tx'])} us "
+          f"(mean {cpu:.0f} us, goal <= 100: {cpu / 100:.2f}x; main thread {main_us:.0f} us); "
+          f"baseline raw pipeline {raw_us:.0f} us/tx: ratio {cpu / raw_us:.2f}x")
+    for cores in (2, 8):
+        bound = min(1e6 / main_us if main_us else float("inf"), cores * 1e6 / cpu)
+        print(f"projection, one node per machine with {cores} cores (CPU bound only: the event loop thread "
+              f"at {main_us:.0f} us/tx, all threads at {cpu:.0f} us/tx): {bound:,.0f} tx/s")
+    half = first["half"]
+    print(f"submit -> commit at half load ({half['tx_per_s']:.0f} tx/s committed, {half['samples']} commit-mode "
+          f"calls): p50 {half['p50_ms']:.0f} ms (goal 100: {half['p50_ms'] / 100:.2f}x), "
+          f"p99 {half['p99_ms']:.0f} ms (goal 400: {half['p99_ms'] / 400:.2f}x)")
+
+    print(f"\n{'nodes':>5} {'tx/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/tx/node':>15} {'main thr us':>11} "
+          f"{'wire B/tx/node':>14} {'cores/node':>10}")
+    for row in rows:
+        top, half = row["max"], row["half"]
+        print(f"{row['n']:>5} {top['tx_per_s']:>7.0f} {half['p50_ms']:>7.0f} {half['p99_ms']:>7.0f} "
+              f"{_mean(top['cpu_us_per_tx']):>15.0f} {_mean(top['main_us_per_tx']):>11.0f} "
+              f"{_mean(top['wire_bytes_per_tx']):>14.0f} {_mean(top['cores']):>10.2f}")
+    print("(tx/s, CPU and wire at max load; p50/p99 from commit-mode calls at half the max load; "
+          f"load average now {os.getloadavg()[0]:.1f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Gossip with signature checks in a worker thread (TxGossip.on_batch_threaded, node.ledger.sigbatch): the
+same outcomes as the inline path for every mix of valid, forged, foreign, malformed, repeated and committed
+txs, and the verified-tx cache it fills never vouches for a forgery (a proposal carrying one is refused)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+sys.path.insert(0, str(next(Path(__file__).parents[1].rglob("ledger_helpers.py")).parent))
+from ledger_helpers import T0, Consortium  # noqa: E402
+
+from node.ledger.chain import Chain, ProposalError  # noqa: E402
+from node.ledger.sigbatch import verify_txs  # noqa: E402
+from node.ledger.store import Store  # noqa: E402
+from node.ledger.tx import decode_tx, tx_hash  # noqa: E402
+from node.runtime.gossip import TxGossip  # noqa: E402
+from node.runtime.mempool import Mempool  # noqa: E402
+from node.runtime.peerscore import PeerScores  # noqa: E402
+from node.runtime.settings import MempoolConfig  # noqa: E402
+
+C = Consortium()
+STRANGER = SigningKey(b"\x99" * 32)
+
+
+class Member:
+    def __init__(self, path: Path):
+        self.store = Store(path / "chain")
+        self.chain = Chain(C.genesis, self.store)
+        self.mempool = Mempool(path / "mempool", 1000)
+        self.admitted = 0
+        self.gossip = TxGossip(lambda ch, data: 3, self.chain, self.mempool, MempoolConfig(),
+                               on_admitted=self.on_admitted, scores=PeerScores(log_interval=10.0))
+
+    def on_admitted(self) -> None:
+        self.admitted += 1
+
+    def close(self) -> None:
+        self.mempool.close()
+        self.store.close()
+
+
+def forge(raw: bytes, at: int = -1) -> bytes:
+    b = bytearray(raw)
+    b[at] ^= 1
+    return bytes(b)
+
+
+# One pool of txs the property draws from: valid ones from every member, forgeries of them (signature
+# and body bytes flipped), a well-signed tx of an unregistered key, garbage, and one tx committed before.
+VALID = [C.tx(i % 4) for i in range(6)]
+POOL = VALID + [forge(VALID[0]), forge(VALID[1], 20), C.tx(2, signer=STRANGER), b"\xc1junk", b""]
+COMMITTED = C.tx(3)
+
+
+def outcome(m: Member) -> tuple:
+    return (sorted(raw for raw in set(POOL) if tx_hash(raw) in m.mempool), m.gossip.stats["txs_admitted"],
+            m.gossip.stats["txs_refused"], m.gossip.scores.score("peer-a") > 0, m.admitted)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(st.sampled_from(POOL + [COMMITTED]), max_size=12), min_size=1, max_size=4))
+async def test_threaded_and_inline_checks_admit_and_refuse_the_same_txs(tmp_path_factory, batches):
+    inline, threaded = (Member(tmp_path_factory.mktemp(name)) for name in ("inline", "threaded"))
+    try:
+        for m in (inline, threaded):
+            C.commit(m.chain, [COMMITTED])
+        for batch in batches:
+            frame = msgpack.packb(batch, use_bin_type=True)
+            inline.gossip.on_batch("peer-a", frame)
+            await threaded.gossip.on_batch_threaded("peer-a", frame)
+        assert outcome(threaded) == outcome(inline)
+        admitted = set(outcome(threaded)[0])
+        assert admitted <= set(VALID)  # never a forgery, a stranger's tx or a committed one
+        assert admitted == {raw for b in batches for raw in b if raw in VALID}
+    finally:
+        inline.close()
+        threaded.close()
+
+
+async def test_a_forgery_is_neither_admitted_nor_cached_so_a_proposal_carrying_it_is_refused(tmp_path):
+    m = Member(tmp_path)
+    try:
+        good, forged = VALID[0], forge(VALID[1])
+        await m.gossip.on_batch_threaded("peer-a", msgpack.packb([forged, good], use_bin_type=True))
+        assert tx_hash(good) in m.mempool and tx_hash(forged) not in m.mempool
+        assert m.chain.verified(tx_hash(good)) is not None
+        assert m.chain.verified(tx_hash(forged)) is None
+        assert m.gossip.scores.score("peer-a") > 0
+        payload = m.chain.build_proposal(1, 0, T0, [good, forged])
+        with pytest.raises(ProposalError, match="signature"):
+            m.chain.validate_proposal(1, payload, now_ms=T0)
+        m.chain.validate_proposal(1, m.chain.build_proposal(1, 0, T0, [good]), now_ms=T0)
+    finally:
+        m.close()
+
+
+def test_verify_txs_checks_each_signature_against_its_own_body():
+    txs = [decode_tx(r, verify=False) for r in VALID[:2]]
+    # the signature of one tx on the body of another, under the same key: not a valid tx
+    swapped = decode_tx(msgpack.packb([txs[0].body, txs[1].sig], use_bin_type=True), verify=False)
+    assert verify_txs([*txs, swapped]) == [True, True, False]
