@@ -239,9 +239,11 @@ def render_rows(html: Path, screenshot: Path) -> list[tuple[str, str]]:
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        # generous timeouts: on a loaded 2-core machine launching Chromium alone took ~29 s (default limit 30 s)
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"], timeout=180_000)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(120_000)
             page.goto(html.as_uri())
             assert page.locator("#patient").is_visible()
             rows = page.locator("#events tbody tr")
