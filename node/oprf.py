@@ -178,9 +178,10 @@ POINT_BYTES = 32
 SCALAR_BYTES = 32
 PROOF_BYTES = 64
 OUTPUT_BYTES = 64
-TOKEN_BYTES = (
-    18  # 2-byte epoch || 16 bytes of OPRF output (128 bits, as the HMAC tokens of node/pseudonym.py)
-)
+# 2-byte epoch || 14 bytes of OPRF output: the 16 bytes every token field and index key of the ledger has
+# (node.tx.TOKEN_BYTES). 112 bits keep collisions negligible (birthday bound ~2^56 identifiers per epoch);
+# guessing does not depend on the length (a guesser compares whole tokens).
+TOKEN_BYTES = 16
 MAX_BATCH = 1024  # points per request: bounds a peer's work per message (callers may impose less)
 MAX_MEMBERS = 1000  # share indices are 1..MAX_MEMBERS
 MAX_INPUT_BYTES = 4096

@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-__all__ = ["Pseudonymizer", "PseudonymError", "TOKEN_BYTES", "MIN_KEY_BYTES"]
+__all__ = ["Pseudonymizer", "PseudonymError", "TOKEN_BYTES", "MIN_KEY_BYTES", "normalize", "CONSORTIUM_KINDS",
+           "LOCAL_KINDS"]
 
 TOKEN_BYTES = 16
 MIN_KEY_BYTES = 32
@@ -45,6 +46,41 @@ def _uid(uid: str, what: str) -> bytes:
     if not isinstance(uid, str):
         raise PseudonymError(f"{what}: must be a string")
     return _part(uid.rstrip("\x00 "), what)
+
+
+# Which key tokenizes which kind (docs/PSEUDONYMS.md, "Which identifiers use which key"):
+# the consortium's threshold OPRF for identifiers that must link across hospitals, this hospital's own
+# HMAC key (HOME/keys/local-pseudonym.key) for the rest.
+CONSORTIUM_KINDS = ("patient", "study", "grantee")
+LOCAL_KINDS = ("series", "instance", "user", "event")
+
+
+def normalize(kind: str, *values) -> tuple[str, ...]:
+    """Validated, DICOM-normalised parts of a consortium identifier (the OPRF input's parts).
+
+    Same rules as the HMAC tokens: UIDs lose trailing NUL/space padding, LO values (Patient ID, Issuer)
+    and grantees lose surrounding spaces; case is kept. Raises PseudonymError naming the field.
+    """
+    if kind == "patient":
+        patient_id, issuer = values
+        if not isinstance(patient_id, str) or not isinstance(issuer, str):
+            raise PseudonymError("patient_id, issuer: must be strings")
+        parts = ((patient_id.strip(), "patient_id"), (issuer.strip(), "issuer"))
+    elif kind == "study":
+        (uid,) = values
+        if not isinstance(uid, str):
+            raise PseudonymError("study_uid: must be a string")
+        parts = ((uid.rstrip("\x00 "), "study_uid"),)
+    elif kind == "grantee":
+        (grantee,) = values
+        if not isinstance(grantee, str):
+            raise PseudonymError("grantee: must be a string")
+        parts = ((grantee.strip(), "grantee"),)
+    else:
+        raise PseudonymError(f"kind: {kind!r} is not a consortium identifier kind")
+    for value, what in parts:
+        _part(value, what)  # the same bounds as the HMAC tokens
+    return tuple(v for v, _ in parts)
 
 
 class Pseudonymizer:

@@ -22,15 +22,15 @@ from node.chain import Chain
 from node.config import NodeConfig
 from node.diskspace import MIN_FREE, POLL, DiskGuard, free_bytes
 from node.driver import ConsensusDriver
-from node.events import event_to_tx_fields, make_tx, sign_tx
+from node.events import make_tx, sign_tx
 from node.evidence import EvidenceLimiter, evidence_tx_fields
 from node.genesis import Genesis
 from node.gossip import CHANNEL as TX_CHANNEL
 from node.gossip import TxGossip
 from node.keys import load_member_key
 from node.mempool import Mempool
+from node.oprf_service import OprfService, RateLimiter
 from node.peerscore import INTERNAL, PeerScores
-from node.pseudonym import Pseudonymizer
 from node.rpc.auth import TokenStore
 from node.rpc.http import ConnectionCaps, serve_rpc
 from node.rpc.methods import METHODS
@@ -38,6 +38,7 @@ from node.rpc.server import JsonRpcApp
 from node.store import Store
 from node.sync import CHANNEL as SYNC_CHANNEL
 from node.sync import BlockSync
+from node.tokenizer import Tokenizer, event_fields
 from node.tx import tx_hash
 from node.wal import WriteAheadLog
 
@@ -70,7 +71,6 @@ class Node:
         self.member_key = load_member_key(cfg.member_key_path)
         if bytes(self.member_key.verify_key) != self.genesis.members[self.index].pubkey:
             raise ValueError(f"{cfg.member_key_path} is not the key genesis lists for member {cfg.name!r}")
-        self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key)
         self.started_at = time.time()
 
         self.store = Store(cfg.chain_dir, sync=cfg.store_sync)
@@ -91,6 +91,13 @@ class Node:
                                cfg.psk, cfg.p2p_listen, lock_dir=str(cfg.home / "data"))
         if self.net.peer_id != self.peer_ids[self.index]:
             raise ValueError(f"{cfg.p2p_key_path} is not the libp2p identity genesis lists for {cfg.name!r}")
+        # Pseudonyms (docs/PSEUDONYMS.md): consortium identifiers by the threshold OPRF, answered for the
+        # other members by oprf_service within a per-member rate; this hospital's own kinds by its local key.
+        self.tokenizer = Tokenizer(cfg.home, self.net, self.peer_ids, self.index, timeout=cfg.oprf.timeout_s)
+        self.pseudonymizer = self.tokenizer.local  # local kinds only (series, instance, user, event)
+        self.oprf_service = OprfService(self.tokenizer.keys.shares, RateLimiter(cfg.oprf.rate, cfg.oprf.burst))
+        self._oprf_recorded: dict[str, tuple[int, int]] = {}  # peer -> (answered, refused) already on chain
+        self._oprf_since = int(time.time() * 1000)
 
         members = self.genesis.member_pubkeys
         consensus_cfg = ConsensusConfig(
@@ -132,6 +139,9 @@ class Node:
                 await nursery.start(self.net.run)
                 nursery.start_soon(self.disk.run)
                 self.net.serve(SYNC_CHANNEL, self.sync.serve)
+                self.oprf_service.install(self.net)
+                await nursery.start(self.tokenizer.run)
+                nursery.start_soon(self._oprf_counts_loop)
                 nursery.start_soon(self._inbox_loop)
                 nursery.start_soon(self._gossip_loop)
                 await nursery.start(self.driver.run)
@@ -161,6 +171,7 @@ class Node:
         self.chain.reload_state()
 
     def close(self) -> None:
+        self.tokenizer.close()
         self.wal.close()
         self.mempool.close()
         self.store.close()
@@ -260,8 +271,10 @@ class Node:
         log.warning("equivocation by member %s recorded as evidence", offender)
 
     # ------------------------------------------------------------------ transactions
-    def event_to_tx(self, event: dict) -> bytes:
-        fields = event_to_tx_fields(event, self.pseudonymizer, chain_id=self.genesis.chain_id,
+    async def event_to_tx(self, event: dict) -> bytes:
+        """A raw event -> this node's signed tx (EventError, TxError; TokenizeError when the consortium's
+        tokens cannot be computed now)."""
+        fields = await event_fields(event, self.tokenizer, chain_id=self.genesis.chain_id,
                                     member=self.cfg.name, client=bytes(self.member_key.verify_key))
         raw = sign_tx(fields, self.member_key)
         self.chain.check_own_tx(raw)  # admission then finds it checked and skips re-verifying our signature
@@ -296,6 +309,45 @@ class Node:
                 await event.wait()
             found = self.store.get_tx(h)
         return None if found is None else found[0]
+
+    # ------------------------------------------------------------------ pseudonym evaluation counts
+    def member_name_of_peer(self, peer: str) -> str:
+        index = self._index_of_peer.get(peer)
+        return self.genesis.members[index].name if index is not None else peer
+
+    def unrecorded_oprf_counts(self) -> list[tuple[str, int, int]]:
+        """[(requesting member, points answered, points refused)] since this node's last oprf.counts tx."""
+        svc, done = self.oprf_service, self._oprf_recorded
+        out = []
+        for peer in sorted(set(svc.answered) | set(svc.refused)):
+            a = svc.answered[peer] - done.get(peer, (0, 0))[0]
+            r = svc.refused[peer] - done.get(peer, (0, 0))[1]
+            if a or r:
+                out.append((self.member_name_of_peer(peer), a, r))
+        return out
+
+    def record_oprf_counts(self) -> dict | None:
+        """Put what this member evaluated/refused for whom since its last record on chain (an oprf.counts
+        tx); None when there is nothing new. Counts held in memory only: a crash loses at most one interval."""
+        counts = self.unrecorded_oprf_counts()
+        if not counts:
+            return None
+        svc = self.oprf_service
+        snapshot = {p: (svc.answered[p], svc.refused[p]) for p in set(svc.answered) | set(svc.refused)}
+        now = int(time.time() * 1000)
+        raw = make_tx("oprf.counts", self.member_key, chain_id=self.genesis.chain_id, member=self.cfg.name,
+                      oprf_counts=[[m, a, r] for m, a, r in counts], period_ms=max(1, now - self._oprf_since))
+        answer = self.submit([raw], checked=False)[0]  # MempoolFull/DiskFull: kept for the next interval
+        self._oprf_recorded, self._oprf_since = snapshot, now
+        return answer
+
+    async def _oprf_counts_loop(self) -> None:
+        while True:
+            await trio.sleep(self.cfg.oprf.stats_interval_s)
+            try:
+                self.record_oprf_counts()
+            except Exception as exc:  # a full mempool or disk: try again next interval
+                log.warning("could not record pseudonym evaluation counts: %s", exc)
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:

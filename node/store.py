@@ -99,7 +99,7 @@ def index_key_prefix(name: str, key: bytes | str) -> bytes:
 TYPE_CODES = {t: i + 1 for i, t in enumerate((
     "instances.stored", "instances.accessed", "query", "transfer.begin", "instances.transferred", "export",
     "import", "study.deleted", "deidentified", "consent.granted", "consent.revoked", "research.access.granted",
-    "member.added", "member.removed", "client.added", "client.removed", "evidence.equivocation"))}
+    "member.added", "member.removed", "client.added", "client.removed", "evidence.equivocation", "oprf.counts"))}
 assert set(TYPE_CODES) == TX_TYPES, "every tx type needs an index code"
 
 

@@ -19,10 +19,12 @@ from pathlib import Path
 import httpx
 
 from network.identity import load_or_create_identity, peer_id_of
+from node import oprf
 from node.config import write_config
 from node.genesis import Genesis, Member
 from node.keys import create_member_key, make_private_dir, write_secret
 from node.rpc.auth import ADMIN, READ, add_token
+from node.tokenizer import ensure_local_secrets, oprf_threshold, write_epoch
 
 HOSPITALS = ["hosp-a", "hosp-b", "hosp-c", "hosp-d", "hosp-e", "hosp-f", "hosp-g", "hosp-h", "hosp-i", "hosp-j"]
 EXAMPLE_EVENT = {"type": "instances.accessed", "patient_id": "PAT-1", "issuer": "HOSP-A",
@@ -51,7 +53,10 @@ def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.
     if n < 4:
         raise ValueError("a BFT testnet needs at least 4 nodes (n = 3f+1 with f >= 1)")
     make_private_dir(out, tighten=False)  # created 0700; an existing directory (even ".") is left alone
-    psk, pseudonym_key = os.urandom(32), os.urandom(32)
+    psk = os.urandom(32)
+    # The consortium OPRF key: a trusted dealer is acceptable for a testnet (docs/PSEUDONYMS.md, "Key setup").
+    # Each home receives its own share only; the dealer's key is dropped when this function returns.
+    public, shares = oprf.deal(oprf_threshold(n), n, epoch=1)
     nodes, members = [], []
     for i in range(n):
         name = member_name(i)
@@ -62,7 +67,9 @@ def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.
         key = create_member_key(home / "keys" / "member.key")
         identity = load_or_create_identity(home / "keys" / "p2p.key")
         write_config(home, name=name, p2p_listen=p2p, rpc_listen=rpc_listen, psk=psk,
-                     pseudonym_key=pseudonym_key, extra=config_extra)
+                     extra=config_extra)
+        write_epoch(home, public, shares[i])
+        ensure_local_secrets(home)
         token = add_operator_token(home)
         read_token = add_token(home / "tokens.json", "reader", [READ])
         members.append(Member(name=name, pubkey=bytes(key.verify_key), peer_id=peer_id_of(identity),

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - a PyNaCl without the cffi module layou
 
 __all__ = [
     "TX_DOMAIN", "TX_VERSION", "MAX_TX_BYTES", "MAX_LIST", "TOKEN_BYTES", "TxError", "Tx", "TX_TYPES",
-    "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "PURPOSES", "OUTCOMES", "ACTIONS",
+    "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "OPRF_TYPES", "PURPOSES", "OUTCOMES", "ACTIONS",
     "encode_body", "encode_tx", "sign_body", "sign_fields", "decode_tx", "verify_tx", "tx_hash",
 ]
 
@@ -92,6 +92,23 @@ def _tokens(items) -> bool:
     return True
 
 
+def _oprf_counts(items) -> bool:
+    """[[requesting member, points answered, points refused], ...]: names distinct, counts 0..2^32-1."""
+    names = set()
+    for item in items:
+        if type(item) is not list or len(item) != 3:
+            return False
+        name, answered, refused = item
+        if type(name) is not str or not 0 < len(name) <= 64 or name in names:
+            return False
+        if type(answered) is not int or type(refused) is not int:
+            return False
+        if not (0 <= answered < 1 << 32 and 0 <= refused < 1 << 32) or answered + refused == 0:
+            return False
+        names.add(name)
+    return True
+
+
 def _evidence(items) -> bool:
     return (items[0] != items[1] and type(items[0]) is bytes and type(items[1]) is bytes
             and 0 < len(items[0]) <= MAX_EVIDENCE_BYTES and 0 < len(items[1]) <= MAX_EVIDENCE_BYTES)
@@ -128,6 +145,10 @@ FIELD_SPECS: dict[str, tuple] = {
     "modality": (str, 1, 16, None, None, "a DICOM Modality code string of 1..16 characters"),
     "body_part": (str, 1, 16, None, None, "a DICOM Body Part Examined code string of 1..16 characters"),
     "study_date": (int, 19000101, 29991231, None, None, "a study date as the integer YYYYMMDD"),
+    # pseudonym evaluations a member answered/refused per requesting member since its previous record
+    "oprf_counts": (list, 1, MAX_LIST, None, _oprf_counts,
+                    "a list of [member, points answered, points refused] with distinct members"),
+    "period_ms": (int, 1, _U63, None, None, "a positive number of milliseconds"),
 }
 
 COMMON_REQUIRED = frozenset({"v", "chain", "type", "member", "client", "ts", "nonce"})
@@ -141,6 +162,7 @@ AUDIT_TYPES = (
 CONSENT_TYPES = ("consent.granted", "consent.revoked", "research.access.granted")
 MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.removed")
 EVIDENCE_TYPES = ("evidence.equivocation",)
+OPRF_TYPES = ("oprf.counts",)
 
 # type -> (required fields beyond COMMON_REQUIRED, optional fields)
 _SCHEMA: dict[str, tuple[frozenset, frozenset]] = {}
@@ -161,6 +183,8 @@ _SCHEMA["member.removed"] = (frozenset({"subject"}), frozenset())
 _SCHEMA["client.added"] = (frozenset({"subject_key"}), frozenset())
 _SCHEMA["client.removed"] = (frozenset({"subject_key"}), frozenset())
 _SCHEMA["evidence.equivocation"] = (frozenset({"offender", "evidence"}), frozenset())
+# A member's periodic record of the threshold-OPRF evaluations it answered for each other member (issue 13).
+_SCHEMA["oprf.counts"] = (frozenset({"oprf_counts", "period_ms"}), frozenset())
 del _t, _req, _opt
 
 TX_TYPES = frozenset(_SCHEMA)

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import time
+from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,6 +45,7 @@ from node.explorer.svg import grouped_bars
 from node.pseudonym import PseudonymError
 from node.rpc.auth import READ, token_hash
 from node.rpc.errors import RpcError
+from node.tokenizer import TokenizeError
 
 log = logging.getLogger("radchain.explorer")
 
@@ -384,8 +386,8 @@ class Explorer:
         result = None
         if error is None:
             try:
-                token = tokenize(*given.values())
-            except PseudonymError as exc:
+                token = await tokenize(*given.values())
+            except (PseudonymError, TokenizeError) as exc:
                 error = str(exc)
         if token is not None:
             if cursor is not None and (len(cursor) > 64 or any(c not in "0123456789abcdef" for c in cursor)):
@@ -403,11 +405,11 @@ class Explorer:
                          token=token.hex() if token else None, result=result, error=error, note=note)
 
     async def study(self, request: Request) -> Response:
-        return await self._search(request, "study.html", ("uid",), self.rpc.node.pseudonymizer.study)
+        return await self._search(request, "study.html", ("uid",), partial(self.rpc.node.tokenizer.token, "study"))
 
     async def patient(self, request: Request) -> Response:
         return await self._search(request, "patient.html", ("patient_id", "issuer"),
-                                  self.rpc.node.pseudonymizer.patient)
+                                  partial(self.rpc.node.tokenizer.token, "patient"))
 
     async def research(self, request: Request) -> Response:
         viewer, stop = await self.gate(request)

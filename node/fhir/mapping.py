@@ -51,7 +51,7 @@ TYPE_EVENT = {
     "study.deleted": "110105", "deidentified": "110106",
     "consent.granted": "110113", "consent.revoked": "110113", "research.access.granted": "110113",
     "member.added": "110113", "member.removed": "110113", "client.added": "110113",
-    "client.removed": "110113", "evidence.equivocation": "110113",
+    "client.removed": "110113", "evidence.equivocation": "110113", "oprf.counts": "110113",
 }
 EVENT_TYPES: dict[str, frozenset[str]] = {}  # DICOM EventID -> the tx types it stands for
 for _t, _c in TYPE_EVENT.items():

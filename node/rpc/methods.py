@@ -8,6 +8,7 @@ from node.rpc.info import mempool, peers, status, validators
 from node.rpc.ledger import blocks, get_block, get_tx
 from node.rpc.openrpc import discover
 from node.rpc.prior import prior_imaging, redundancy
+from node.rpc.pseudonym import pseudonym_stats
 from node.rpc.server import Method
 from node.rpc.submit import submit_event, submit_tx
 from node.rpc.utilization import utilization
@@ -26,5 +27,6 @@ METHODS: dict[str, Method] = {
     "validators": Method(validators, write=False),
     "peers": Method(peers, write=False, role="admin"),  # the members' network addresses: operators only
     "mempool": Method(mempool, write=False),
+    "pseudonym_stats": Method(pseudonym_stats, write=False),
     "rpc.discover": Method(discover, write=False),
 }

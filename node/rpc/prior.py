@@ -54,7 +54,7 @@ async def prior_imaging(node, params: dict, caller: Caller) -> dict:
     who = {k: params[k] for k in ("patient_id", "issuer", "patient") if k in params}
     if not who:
         raise RpcError(INVALID_PARAMS, "give the patient: patient_id + issuer, or patient (token)")
-    patient = parse_filter(node, who, caller).fields["patient"]
+    patient = (await parse_filter(node, who, caller)).fields["patient"]
     wanted = {}
     try:
         for name in ("modality", "body_part"):

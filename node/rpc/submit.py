@@ -37,8 +37,16 @@ from node.block import STATUS_NAMES
 from node.diskspace import DiskFull
 from node.events import EventError
 from node.mempool import MempoolFull
-from node.rpc.errors import INVALID_PARAMS, MEMPOOL_FULL, REJECTED, RpcError
+from node.rpc.errors import (
+    INVALID_PARAMS,
+    MEMPOOL_FULL,
+    PSEUDONYM_UNAVAILABLE,
+    RATE_LIMITED,
+    REJECTED,
+    RpcError,
+)
 from node.rpc.server import Caller, Later, check_known, param
+from node.tokenizer import TokenizeError
 from node.tx import MAX_TX_BYTES, TxError, tx_hash
 
 log = logging.getLogger("radchain.rpc")
@@ -205,9 +213,20 @@ async def submit_event(node, params: dict, caller: Caller):
     # only after signing, so it too waits for the backlog to drain).
     node.rpc.admission.gate()
     try:
-        raw = node.event_to_tx(event)
+        raw = await node.event_to_tx(event)
+    except TokenizeError as exc:
+        raise tokenize_error(exc) from None
     except EventError as exc:
         raise RpcError(REJECTED, str(exc), {"field": exc.field}) from None
     except TxError as exc:  # the event mapped to fields the tx schema refuses
         raise RpcError(REJECTED, f"rejected: {exc}", {"field": exc.field}) from None
     return _answer(node, raw, mode, timeout)
+
+
+def tokenize_error(exc: TokenizeError) -> RpcError:
+    """The consortium's pseudonyms could not be computed: a clear, retryable error (nothing was recorded)."""
+    data: dict = {"reason": f"pseudonym_{exc.code}"}
+    if exc.retry_after is not None:
+        data["retry_after"] = round(exc.retry_after, 3)
+    code = RATE_LIMITED if exc.code == "rate_limited" else PSEUDONYM_UNAVAILABLE
+    return RpcError(code, f"{exc}; nothing was recorded, submit again later", data)

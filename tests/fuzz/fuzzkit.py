@@ -529,7 +529,15 @@ class RpcTarget:
         self.node = node = Node(cfg)
         self.token = infos[0].token
         # one committed block, so reads find txs, blocks and audit entries
-        raws = [node.event_to_tx({**EXAMPLE_EVENT, "event_id": f"seed-{i}", "time": 1_800_000_000_000 + i})
+        from node.events import event_to_tx_fields, sign_tx
+
+        def event_to_tx(event: dict) -> bytes:
+            # The node is not running, so no consortium OPRF: seed txs tokenized with the local key only.
+            return sign_tx(event_to_tx_fields(event, node.pseudonymizer, chain_id=node.genesis.chain_id,
+                                              member=node.cfg.name, client=bytes(node.member_key.verify_key)),
+                           node.member_key)
+
+        raws = [event_to_tx({**EXAMPLE_EVENT, "event_id": f"seed-{i}", "time": 1_800_000_000_000 + i})
                 for i in range(3)]
         payload = node.chain.build_proposal(1, 0, int(time.time() * 1000), raws)
         from consensus.certificate import Certificate, commit_signing_bytes
@@ -540,7 +548,7 @@ class RpcTarget:
         cert = Certificate(1, 0, digest, tuple((i, keys[i].sign(msg).signature) for i in range(3))).encode()
         block = node.chain.execute(payload, cert)
         h = block.tx_hashes[0].hex()
-        tx_hex = node.event_to_tx({**EXAMPLE_EVENT, "event_id": "fresh", "time": 1_800_000_000_500}).hex()
+        tx_hex = event_to_tx({**EXAMPLE_EVENT, "event_id": "fresh", "time": 1_800_000_000_500}).hex()
         calls = []
         for method in DOCUMENT["methods"]:
             for ex in method.get("examples", []):
