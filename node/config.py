@@ -79,6 +79,8 @@ class OprfConfig:
     burst: float = 2000.0
     timeout_s: float = 10.0
     stats_interval_s: float = 60.0
+    # per requesting member: {"hosp-b" = [rate, burst]}, for a member whose volume differs from the default
+    limits: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -200,6 +202,10 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
     _fill(cfg.consensus, raw.get("consensus", {}), "consensus")
     _fill(cfg.mempool, raw.get("mempool", {}), "mempool")
     _fill(cfg.oprf, raw.get("oprf", {}), "oprf")
+    for member, limit in cfg.oprf.limits.items():
+        if not (isinstance(limit, list) and len(limit) == 2 and all(
+                isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in limit) and limit[1] >= 1):
+            raise ConfigError(f"oprf.limits.{member} must be [rate, burst]: positive numbers, burst >= 1")
     if ":" not in cfg.rpc.listen or not cfg.rpc.listen.rsplit(":", 1)[1].isdigit():
         raise ConfigError("rpc.listen must be HOST:PORT")
     if cfg.rpc.tokens:

@@ -174,7 +174,10 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
         if study is not None:
             fields["study"] = pseudonymizer.study(study)
         actor = _str(event, "actor")
-        if actor is not None:
+        actor_ae = event.get("actor_ae")
+        # DICOM traffic names its actor by the calling AE title, which goes on chain in clear as `ae`: a user
+        # token of the same value would only repeat it (and invite linking the token to the AE title).
+        if actor is not None and not (isinstance(actor_ae, str) and actor.strip() == actor_ae.strip()):
             fields["user"] = pseudonymizer.user(actor)
         series = _uid_list(event, "series_uids", pseudonymizer.series)
         if series is not None:

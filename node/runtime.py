@@ -38,7 +38,7 @@ from node.rpc.server import JsonRpcApp
 from node.store import Store
 from node.sync import CHANNEL as SYNC_CHANNEL
 from node.sync import BlockSync
-from node.tokenizer import Tokenizer, event_fields
+from node.tokenizer import Tokenizer, event_fields, prefetch
 from node.tx import tx_hash
 from node.wal import WriteAheadLog
 
@@ -95,7 +95,10 @@ class Node:
         # other members by oprf_service within a per-member rate; this hospital's own kinds by its local key.
         self.tokenizer = Tokenizer(cfg.home, self.net, self.peer_ids, self.index, timeout=cfg.oprf.timeout_s)
         self.pseudonymizer = self.tokenizer.local  # local kinds only (series, instance, user, event)
-        self.oprf_service = OprfService(self.tokenizer.keys.shares, RateLimiter(cfg.oprf.rate, cfg.oprf.burst))
+        peer_of = {m.name: m.peer_id for m in self.genesis.members}
+        limits = {peer_of[name]: (float(r), float(b)) for name, (r, b) in cfg.oprf.limits.items() if name in peer_of}
+        self.oprf_service = OprfService(self.tokenizer.keys.shares,
+                                        RateLimiter(cfg.oprf.rate, cfg.oprf.burst, limits))
         self._oprf_recorded: dict[str, tuple[int, int]] = {}  # peer -> (answered, refused) already on chain
         self._oprf_since = int(time.time() * 1000)
 
@@ -279,6 +282,11 @@ class Node:
         raw = sign_tx(fields, self.member_key)
         self.chain.check_own_tx(raw)  # admission then finds it checked and skips re-verifying our signature
         return raw
+
+    async def prefetch_tokens(self, event: dict) -> None:
+        """Compute (and cache) the consortium tokens `event` needs; raises what event_to_tx would."""
+        await prefetch(event, self.tokenizer, chain_id=self.genesis.chain_id, member=self.cfg.name,
+                       client=bytes(self.member_key.verify_key))
 
     def submit(self, raws: list[bytes], checked: bool = True) -> list[dict]:
         """Admit txs (already checked unless checked=False); durable before returning. One answer per tx."""

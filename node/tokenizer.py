@@ -49,7 +49,7 @@ from node.oprf_service import MAX_POINTS, OprfClient, OprfRefused
 from node.pseudonym import Pseudonymizer, normalize
 
 __all__ = ["Tokenizer", "TokenCache", "TokenizeError", "EpochKeys", "load_epochs", "write_epoch",
-           "load_local_key", "ensure_local_secrets", "KEYS_DIR", "oprf_threshold", "event_fields"]
+           "load_local_key", "ensure_local_secrets", "KEYS_DIR", "oprf_threshold", "event_fields", "prefetch"]
 
 log = logging.getLogger("radchain.tokenizer")
 
@@ -386,6 +386,14 @@ class _Resolved(_Collect):
 
     def _want(self, kind: str, *values) -> bytes:
         return self.tokens[(kind, normalize(kind, *values))]
+
+
+async def prefetch(event: dict, tokenizer: Tokenizer, **kwargs) -> None:
+    """Pass 1 and the OPRF round only: the tokens land in the cache for event_fields to find."""
+    collect = _Collect(tokenizer.local)
+    event_to_tx_fields(event, collect, **kwargs)
+    if collect.items:
+        await tokenizer.tokens(sorted(set(collect.items)))
 
 
 async def event_fields(event: dict, tokenizer: Tokenizer, **kwargs) -> dict:

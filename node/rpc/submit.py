@@ -230,3 +230,14 @@ def tokenize_error(exc: TokenizeError) -> RpcError:
         data["retry_after"] = round(exc.retry_after, 3)
     code = RATE_LIMITED if exc.code == "rate_limited" else PSEUDONYM_UNAVAILABLE
     return RpcError(code, f"{exc}; nothing was recorded, submit again later", data)
+
+
+async def prepare_event(node, params: dict) -> None:
+    """Batch warm-up (node.rpc.server.Method.prepare): this event's consortium tokens into the node's cache,
+    together with the rest of the batch's. Errors are left for submit_event itself to report."""
+    event = params.get("event")
+    if isinstance(event, dict):
+        try:
+            await node.prefetch_tokens(event)
+        except Exception:  # noqa: BLE001 - the call that follows reports whatever this hit
+            pass

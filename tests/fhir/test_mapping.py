@@ -17,6 +17,7 @@ VALUES = {
     "derived_digest": b"\x0b" * 32, "purpose": "TREAT", "outcome": 4, "action": "R", "grantee": "hosp-b",
     "scope": "imaging", "expires": 1_800_000_000_000, "subject": "hosp-e", "subject_key": b"\x0c" * 32,
     "offender": 2, "evidence": [b"a", b"b"], "modality": "CT", "body_part": "HEAD", "study_date": 20261102,
+    "oprf_counts": [["hosp-b", 40, 2]], "period_ms": 60_000,
 }
 
 
