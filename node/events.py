@@ -248,6 +248,10 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
             if len(value) > 128:
                 raise EventError(name, "longer than 128 characters")
             fields[name] = value
+        try:  # who is granted access: a person or an organisation, so a consortium token, never clear text
+            fields["grantee"] = pseudonymizer.grantee(fields["grantee"])
+        except PseudonymError as exc:
+            raise EventError("grantee", str(exc).split(": ", 1)[-1]) from None
         if "expires" in event:
             fields["expires"] = parse_time(event["expires"], "expires")
 

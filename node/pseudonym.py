@@ -125,6 +125,10 @@ class Pseudonymizer:
     def user(self, user_id: str) -> bytes:
         return self._token(b"user", _part(user_id.strip() if isinstance(user_id, str) else user_id, "actor"))
 
+    def grantee(self, grantee: str) -> bytes:
+        """Offline/tests only: a node tokenizes grantees with the consortium OPRF (node.tokenizer)."""
+        return self._token(b"grantee", _part(grantee.strip() if isinstance(grantee, str) else grantee, "grantee"))
+
     def event(self, member: str, event_id: str) -> bytes:
         """Nonce for an idempotent event: the source's event id, scoped to the submitting member."""
         return self._token(b"event", _part(member, "member"), _part(event_id, "event_id"))

@@ -137,7 +137,8 @@ FIELD_SPECS: dict[str, tuple] = {
     "purpose": (str, 1, 16, PURPOSES, None, "an HL7 PurposeOfUse code"),
     "outcome": (int, 0, 12, OUTCOMES, None, "one of 0, 4, 8, 12"),
     "action": (str, 1, 1, ACTIONS, None, "one of C, R, U, D, E"),
-    "grantee": _TEXT, "scope": _TEXT, "expires": _TIME,
+    # grantee: a consortium pseudonym token (issue 13: no free text naming people on chain); scope: issue 14
+    "grantee": _TOKEN, "scope": _TEXT, "expires": _TIME,
     "subject": _NAME, "subject_key": _KEY,
     "offender": (int, 0, (1 << 16) - 1, None, None, "a member index"),
     "evidence": (list, 2, 2, None, _evidence, f"two different messages of 1..{MAX_EVIDENCE_BYTES} bytes"),

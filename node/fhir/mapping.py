@@ -158,7 +158,8 @@ def audit_event(tx_hash: bytes, height: int, index: int, fields: dict) -> dict:
         if ext:
             entity["extension"] = ext
         entities.append(entity)
-    detail = [{"type": k, "valueString": fields[k]} for k in ("grantee", "scope", "subject") if k in fields]
+    detail = [{"type": k, "valueString": fields[k].hex() if isinstance(fields[k], bytes) else fields[k]}
+              for k in ("grantee", "scope", "subject") if k in fields]
     if "expires" in fields:
         detail.append({"type": "expires", "valueString": iso_ms(fields["expires"])})
     # where the record lives on the chain (a consumer fetches its Merkle proof with get_tx), and for

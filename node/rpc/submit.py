@@ -225,9 +225,10 @@ async def submit_event(node, params: dict, caller: Caller):
 
 def tokenize_error(exc: TokenizeError) -> RpcError:
     """The consortium's pseudonyms could not be computed: a clear, retryable error (nothing was recorded)."""
-    data: dict = {"reason": f"pseudonym_{exc.code}"}
-    if exc.retry_after is not None:
-        data["retry_after"] = round(exc.retry_after, 3)
+    # Always a retry_after: the event is fine, the consortium is not answering now. A client (the DICOM
+    # hook's spool) keeps the event and comes back, instead of dead-lettering it for its `reason`.
+    data: dict = {"reason": f"pseudonym_{exc.code}",
+                  "retry_after": round(exc.retry_after, 3) if exc.retry_after is not None else 5.0}
     code = RATE_LIMITED if exc.code == "rate_limited" else PSEUDONYM_UNAVAILABLE
     return RpcError(code, f"{exc}; nothing was recorded, submit again later", data)
 

@@ -333,7 +333,8 @@ def build_targets(tmp: str) -> list[Target]:
     txs = [c.tx(i % 4, t) for i in range(3) for t in ("instances.accessed", "instances.stored", "export", "query")]
     pseudo = c.pseudo
     txs.append(make_tx("consent.granted", c.keys[0], chain_id=CHAIN_ID, member=c.name(0), ts=T0, nonce=b"n" * 16,
-                       patient=pseudo.patient("P", "H"), grantee="hosp-b", scope="study", purpose="TREAT"))
+                       patient=pseudo.patient("P", "H"), grantee=pseudo.grantee("hosp-b"), scope="study",
+                       purpose="TREAT"))
     txs.append(make_tx("member.added", c.keys[0], chain_id=CHAIN_ID, member=c.name(0), ts=T0, nonce=b"m" * 16,
                        subject="hosp-x", subject_key=b"\x01" * 32))
     txs.append(make_tx("client.removed", c.keys[1], chain_id=CHAIN_ID, member=c.name(1), ts=T0, nonce=b"c" * 16,

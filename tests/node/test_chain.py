@@ -146,9 +146,10 @@ def test_client_keys_and_consent_state(consortium, chain, store):
     assert store.tx_status(blk.tx_hashes[0]) == REJECTED
     # consent registry
     pat = c.pseudo.patient("P9", "I")
-    c.commit(chain, [c.tx(2, "consent.granted", patient=pat, grantee="uni", scope="all", purpose="HRESCH")])
+    c.commit(chain, [c.tx(2, "consent.granted", patient=pat, grantee=c.pseudo.grantee("uni"), scope="all",
+                          purpose="HRESCH")])
     assert len(list(store.state_items(b"consent/" + pat))) == 1
-    c.commit(chain, [c.tx(2, "consent.revoked", patient=pat, grantee="uni", scope="all")])
+    c.commit(chain, [c.tx(2, "consent.revoked", patient=pat, grantee=c.pseudo.grantee("uni"), scope="all")])
     assert list(store.state_items(b"consent/" + pat)) == []
 
 

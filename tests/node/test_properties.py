@@ -22,7 +22,7 @@ VALUES = {
     "n_series": st.integers(0, 2**32 - 1), "n_instances": st.integers(0, 2**32 - 1), "digest": digest,
     "pixel_digest": digest, "source_digest": digest, "derived_digest": digest,
     "purpose": st.sampled_from(sorted(PURPOSES)), "outcome": st.sampled_from([0, 4, 8, 12]),
-    "action": st.sampled_from("CRUDE"), "grantee": text, "scope": text, "expires": st.integers(0, 2**63 - 1),
+    "action": st.sampled_from("CRUDE"), "grantee": token, "scope": text, "expires": st.integers(0, 2**63 - 1),
     "subject": text, "subject_key": digest, "offender": st.integers(0, 65535),
     "evidence": st.lists(st.binary(min_size=1, max_size=64), min_size=2, max_size=2, unique=True),
     "modality": text, "body_part": text, "study_date": st.integers(19000101, 29991231),
