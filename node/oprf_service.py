@@ -245,8 +245,11 @@ class OprfClient:
         self.last_errors: dict[str, Exception] = {}  # peer ID -> the exception (OprfRefused: code, retry_after)
         self._cpu = trio.CapacityLimiter(1)
 
-    async def evaluate(self, inputs: Sequence[bytes]) -> list[bytes]:
-        """RFC 9497 outputs (64 bytes) for `inputs`; raises OprfError if fewer than t members answer validly."""
+    async def evaluate(self, inputs: Sequence[bytes], report: dict | None = None) -> list[bytes]:
+        """RFC 9497 outputs (64 bytes) for `inputs`; raises OprfError if fewer than t members answer validly.
+
+        `report`, if given, receives this call's {"bad": {peer: why}, "errors": {peer: exception}} (concurrent
+        calls each get their own; `last_bad` / `last_errors` hold the latest call's)."""
         if not 0 < len(inputs) <= MAX_POINTS:
             raise OprfError(f"evaluate: 1..{MAX_POINTS} inputs per call")
         bis: list[BlindedInput] = [oprf.blind(x) for x in inputs]
@@ -289,6 +292,8 @@ class OprfClient:
                 if len(good) < t:
                     nursery.start_soon(ask, peer, index)
         self.last_bad, self.last_errors = bad, errors
+        if report is not None:
+            report.update(bad=bad, errors=errors)
         if len(good) < t:
             reasons = "; ".join(f"{p}: {r}" for p, r in sorted(bad.items()))
             raise OprfError(f"only {len(good)} of t={t} valid partial evaluations ({reasons})")

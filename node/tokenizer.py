@@ -55,6 +55,7 @@ log = logging.getLogger("radchain.tokenizer")
 
 KEYS_DIR = Path("keys") / "oprf"
 QUEUE = 4096  # identifiers waiting for a batch; a full queue makes callers wait (backpressure)
+INFLIGHT = 2  # rounds of OPRF requests under way at once
 _EPOCH_FILE = re.compile(r"^epoch-(\d{1,5})\.public$")
 
 
@@ -221,6 +222,7 @@ class Tokenizer:
             others = {pid: i + 1 for i, pid in enumerate(peer_ids) if i != own_index}
             self.clients[epoch] = OprfClient(net, public, others, share, timeout=timeout)
         self._send, self._recv = trio.open_memory_channel(QUEUE)
+        self._slots = trio.Semaphore(INFLIGHT)
         self.stats = {"requests": 0, "points": 0, "batches": 0, "failures": 0, "rate_limited": 0}
         self.latencies: list[float] = []  # seconds per batch, for bench/metrics (bounded below)
         self.bad_answers: Counter[str] = Counter()  # peer ID -> answers not used (failed proof, garbage...)
@@ -266,11 +268,19 @@ class Tokenizer:
 
     # -------------------------------------------------------------- batching
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await self._serve(nursery)
+
+    async def _serve(self, nursery) -> None:
         while True:
+            # Up to INFLIGHT rounds at once (one's network wait overlaps the other's CPU); while both are
+            # out, new identifiers accumulate and leave together in the next round.
+            await self._slots.acquire()
             try:
                 first = await self._recv.receive()
             except trio.EndOfChannel:
+                self._slots.release()
                 return
             batch = [first]
             total = len(first.inputs)
@@ -284,8 +294,14 @@ class Tokenizer:
             by_epoch: dict[int, list[_Request]] = {}
             for r in batch:
                 by_epoch.setdefault(r.epoch, []).append(r)
+            nursery.start_soon(self._run_batch, by_epoch)
+
+    async def _run_batch(self, by_epoch: dict[int, list[_Request]]) -> None:
+        try:
             for epoch, reqs in by_epoch.items():
                 await self._evaluate(epoch, reqs)
+        finally:
+            self._slots.release()
 
     async def _evaluate(self, epoch: int, reqs: list[_Request]) -> None:
         unique = sorted({x for r in reqs for x in r.inputs})
@@ -293,16 +309,18 @@ class Tokenizer:
         results: dict[bytes, bytes] = {}
         error: Exception | None = None
         started = trio.current_time()
+        report: dict = {}
         try:
             for start in range(0, len(unique), MAX_POINTS):
                 chunk = unique[start:start + MAX_POINTS]
+                report = {}
                 try:
-                    outputs = await client.evaluate(chunk)
+                    outputs = await client.evaluate(chunk, report)
                 finally:
-                    self._note_bad(client)
+                    self._note_bad(report)
                 results.update(zip(chunk, (oprf.token_from_output(epoch, o) for o in outputs), strict=True))
         except OprfError as exc:
-            error = self._explain(exc, client)
+            error = self._explain(exc, report)
         except Exception as exc:  # a bug here must fail these callers, not stop the loop (and the node)
             log.exception("consortium tokenization raised")
             error = TokenizeError("unavailable", f"consortium tokens unavailable: {type(exc).__name__}")
@@ -323,19 +341,20 @@ class Tokenizer:
                 r.error = error
             r.done.set()
 
-    def _note_bad(self, client: OprfClient) -> None:
-        for peer, err in client.last_errors.items():
+    def _note_bad(self, report: dict) -> None:
+        errors = report.get("errors", {})
+        for peer, err in errors.items():
             if isinstance(err, OprfRefused) and err.code == "rate_limited":
                 self.rate_limited_by[peer] += 1
             else:
                 self.bad_answers[peer] += 1
-        for peer, why in client.last_bad.items():
-            if peer not in client.last_errors:  # answered, but unusable: failed DLEQ proof, wrong index
+        for peer, why in report.get("bad", {}).items():
+            if peer not in errors:  # answered, but unusable: failed DLEQ proof, wrong index
                 self.bad_answers[peer] += 1
                 log.warning("member %s answered a pseudonym evaluation unusably: %s", peer, why)
 
-    def _explain(self, exc: OprfError, client: OprfClient) -> TokenizeError:
-        refusals = [e for e in client.last_errors.values() if isinstance(e, OprfRefused)]
+    def _explain(self, exc: OprfError, report: dict) -> TokenizeError:
+        refusals = [e for e in report.get("errors", {}).values() if isinstance(e, OprfRefused)]
         limited = [e for e in refusals if e.code == "rate_limited"]
         if limited:
             self.stats["rate_limited"] += 1
