@@ -264,6 +264,9 @@ class Tokenizer:
     async def all_epochs(self, kind: str, *values: str) -> list[bytes]:
         """The identifier's token in every epoch this node holds, newest first (audit look-ups)."""
         parts = normalize(kind, *values)
+        if not self.keys.epochs:
+            raise TokenizeError("no_key", "this node holds no OPRF key share (HOME/keys/oprf/): "
+                                          "consortium tokens cannot be computed")
         return [(await self.tokens([(kind, parts)], e))[0] for e in self.keys.epochs]
 
     # -------------------------------------------------------------- batching

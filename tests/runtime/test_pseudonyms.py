@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
+import sys
 import time
 
 import msgpack
@@ -141,6 +143,10 @@ def test_over_rate_requester_is_refused_and_counted_on_chain(net):
     started = time.monotonic()
     net.wait_until(on_chain, 30, "refusals to hosp-c recorded on chain by the members that refused")
     print(f"refusals on chain {time.monotonic() - started:.1f} s after the refused request")
+    info = net.nodes[1]
+    table = subprocess.run([sys.executable, "-m", "node.cli", "pseudonym", "stats", "--url", info.rpc,
+                            "--token", info.token], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert any(line.split()[:2] == [m, "hosp-c"] for m in refusers for line in table.splitlines()), table
     # What they answered before refusing is on chain too, and bounded by the burst plus the refill.
     rows = net.rpc(3, "pseudonym_stats")["recorded"]
     answered = {r["member"]: r["answered"] for r in rows if r["requester"] == "hosp-c"}
