@@ -223,6 +223,8 @@ class Tokenizer:
             self.clients[epoch] = OprfClient(net, public, others, share, timeout=timeout)
         self._send, self._recv = trio.open_memory_channel(QUEUE)
         self._slots = trio.Semaphore(INFLIGHT)
+        self._running = False
+        self.timeout = timeout
         self.stats = {"requests": 0, "points": 0, "batches": 0, "failures": 0, "rate_limited": 0}
         self.latencies: list[float] = []  # seconds per batch, for bench/metrics (bounded below)
         self.bad_answers: Counter[str] = Counter()  # peer ID -> answers not used (failed proof, garbage...)
@@ -246,11 +248,18 @@ class Tokenizer:
         out: list[bytes | None] = [self.cache.get(x) for x in inputs]
         missing = sorted({x for x, tok in zip(inputs, out, strict=True) if tok is None})
         if missing:
+            if not self._running:  # a node that is not serving (yet): say so rather than wait forever
+                raise TokenizeError("unavailable", "consortium tokens unavailable: the node is not running")
             found: dict[bytes, bytes] = {}
             for start in range(0, len(missing), MAX_POINTS):
                 req = _Request(epoch, missing[start:start + MAX_POINTS])
-                await self._send.send(req)
-                await req.done.wait()
+                # Bounded: a round asks every member with `timeout` each; a queue backed up behind rounds
+                # that long is itself the answer (the caller retries; the DICOM spool does).
+                with trio.move_on_after(4 * self.timeout) as scope:
+                    await self._send.send(req)
+                    await req.done.wait()
+                if scope.cancelled_caught:
+                    raise TokenizeError("unavailable", "consortium tokens unavailable: no answer in time")
                 if req.error is not None:
                     raise req.error
                 assert req.result is not None and len(req.result) == len(req.inputs)
@@ -271,9 +280,13 @@ class Tokenizer:
 
     # -------------------------------------------------------------- batching
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            await self._serve(nursery)
+        self._running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                await self._serve(nursery)
+        finally:
+            self._running = False
 
     async def _serve(self, nursery) -> None:
         while True:

@@ -11,8 +11,8 @@ SameSite=Strict and HttpOnly. The edge lets a same-origin Origin through only un
 Content-Security-Policy without script-src: there is no JavaScript at all.
 
 Raw identifiers (Study Instance UID, Patient ID + issuer) typed by the viewer travel in POST bodies, never in
-URLs (which end up in logs and browser history); they are tokenized with this node's pseudonym key and not
-kept. Pages show the tokens, labelled as pseudonyms, and echo only what the viewer typed.
+URLs (which end up in logs and browser history); they are tokenized by the consortium's threshold OPRF
+(node.tokenizer) and not kept. Pages show the tokens, labelled as pseudonyms, and echo only what the viewer typed.
 """
 
 from __future__ import annotations

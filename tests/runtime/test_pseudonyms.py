@@ -216,14 +216,14 @@ async def test_lying_member_is_caught_by_its_proof_and_f_down_still_tokenizes(ne
 
 def test_epoch_change_new_tokens_and_one_audit_trail(net):
     patient = ("3141592", "REGION-MPI")
-    old = submit(net, 0, event(patient[0], "1.2.826.0.7.1"))
+    old = submit(net, 0, event(patient[0], "1.2.826.0.7.1", type="instances.stored"))
     net.stop_all()
     public, shares = oprf.deal(3, 4, epoch=2)  # a new key: each home gets its own share of epoch 2
     for info, share in zip(net.nodes, shares, strict=True):
         write_epoch(info.home, public, share)
     net.start()
     net.wait_ready(timeout=120)
-    new = submit(net, 1, event(patient[0], "1.2.826.0.7.1"))
+    new = submit(net, 1, event(patient[0], "1.2.826.0.7.1", type="instances.stored"))
     assert old["patient"].startswith("0001") and new["patient"].startswith("0002")
     assert old["patient"] != new["patient"] and old["study"] != new["study"]
     # One trail across epochs, asked with the raw identifier at a third node.
@@ -237,5 +237,8 @@ def test_epoch_change_new_tokens_and_one_audit_trail(net):
     second = net.rpc(2, "audit_trail", {"patient_id": patient[0], "issuer": patient[1], "limit": 1,
                                         "cursor": first["next_cursor"]})
     assert [e["hash"] for e in first["entries"] + second["entries"]] == [e["hash"] for e in trail["entries"]]
+    # prior imaging of the patient lists the stores of both epochs (the study's token differs per epoch)
+    prior = net.rpc(2, "prior_imaging", {"patient_id": patient[0], "issuer": patient[1]})
+    assert {s["study"] for s in prior["studies"]} == {old["study"], new["study"]}
     stats = net.rpc(0, "pseudonym_stats")["local"]
     assert stats["epoch"] == 2 and [e["epoch"] for e in stats["epochs"]] == [1, 2]
