@@ -226,6 +226,8 @@ def test_epoch_change_new_tokens_and_one_audit_trail(net):
     new = submit(net, 1, event(patient[0], "1.2.826.0.7.1", type="instances.stored"))
     assert old["patient"].startswith("0001") and new["patient"].startswith("0002")
     assert old["patient"] != new["patient"] and old["study"] != new["study"]
+    height = net.height(1)
+    net.wait_until(lambda: all(net.height(i) >= height for i in range(4)), 60, "every node has both events")
     # One trail across epochs, asked with the raw identifier at a third node.
     trail = net.rpc(2, "audit_trail", {"patient_id": patient[0], "issuer": patient[1]})
     assert {e["patient"] for e in trail["entries"]} == {old["patient"], new["patient"]}
