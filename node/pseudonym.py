@@ -21,7 +21,7 @@ import hashlib
 import hmac
 
 __all__ = ["Pseudonymizer", "PseudonymError", "TOKEN_BYTES", "MIN_KEY_BYTES", "normalize", "CONSORTIUM_KINDS",
-           "LOCAL_KINDS"]
+           "LOCAL_KINDS", "TokenizeError"]
 
 TOKEN_BYTES = 16
 MIN_KEY_BYTES = 32
@@ -81,6 +81,19 @@ def normalize(kind: str, *values) -> tuple[str, ...]:
     for value, what in parts:
         _part(value, what)  # the same bounds as the HMAC tokens
     return tuple(v for v, _ in parts)
+
+
+# The error of the node's consortium tokenizer (node.tokenizer): defined here, with the token rules, so the
+# RPC edge can name it without importing the runtime.
+class TokenizeError(Exception):
+    """Consortium tokens cannot be computed now: too few members answered validly, or they refused.
+
+    `code` is "rate_limited" (every missing answer was a rate-limit refusal; `retry_after` seconds),
+    "no_key" (this node holds no epoch key) or "unavailable"."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code, self.retry_after = code, retry_after
 
 
 class Pseudonymizer:

@@ -46,7 +46,7 @@ from node.events import event_to_tx_fields
 from node.keys import make_private_dir, write_secret
 from node.oprf import EpochPublic, KeyShare, OprfError
 from node.oprf_service import MAX_POINTS, OprfClient, OprfRefused
-from node.pseudonym import Pseudonymizer, normalize
+from node.pseudonym import Pseudonymizer, TokenizeError, normalize
 
 __all__ = ["Tokenizer", "TokenCache", "TokenizeError", "EpochKeys", "load_epochs", "write_epoch",
            "load_local_key", "ensure_local_secrets", "KEYS_DIR", "oprf_threshold", "event_fields", "prefetch"]
@@ -57,17 +57,6 @@ KEYS_DIR = Path("keys") / "oprf"
 QUEUE = 4096  # identifiers waiting for a batch; a full queue makes callers wait (backpressure)
 INFLIGHT = 2  # rounds of OPRF requests under way at once
 _EPOCH_FILE = re.compile(r"^epoch-(\d{1,5})\.public$")
-
-
-class TokenizeError(Exception):
-    """Consortium tokens cannot be computed now: too few members answered validly, or they refused.
-
-    `code` is "rate_limited" (every missing answer was a rate-limit refusal; `retry_after` seconds),
-    "no_key" (this node holds no epoch key) or "unavailable"."""
-
-    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.code, self.retry_after = code, retry_after
 
 
 # ------------------------------------------------------------------------------------ key files

@@ -25,12 +25,11 @@ import dataclasses
 from dataclasses import dataclass, replace
 
 from node.events import EventError, parse_time
-from node.pseudonym import PseudonymError
+from node.pseudonym import PseudonymError, TokenizeError
 from node.rpc.errors import INVALID_PARAMS, UNAUTHORIZED, RpcError
 from node.rpc.render import fields_json, stored_tx
 from node.rpc.server import Caller, check_known, param
 from node.store import SUFFIX, IndexEntry, StoreError
-from node.tokenizer import TokenizeError
 from node.tx import TOKEN_BYTES, TX_TYPES
 
 DEFAULT_LIMIT = 100

@@ -37,6 +37,7 @@ from node.block import STATUS_NAMES
 from node.diskspace import DiskFull
 from node.events import EventError
 from node.mempool import MempoolFull
+from node.pseudonym import TokenizeError
 from node.rpc.errors import (
     INVALID_PARAMS,
     MEMPOOL_FULL,
@@ -46,7 +47,6 @@ from node.rpc.errors import (
     RpcError,
 )
 from node.rpc.server import Caller, Later, check_known, param
-from node.tokenizer import TokenizeError
 from node.tx import MAX_TX_BYTES, TxError, tx_hash
 
 log = logging.getLogger("radchain.rpc")
