@@ -26,7 +26,7 @@ venv: $(STAMP) ## create .venv and install RadChain with its dev tools
 sysdeps: ## install Debian packages the tests use (orthanc, dcmtk, chromium, rsyslog, libsodium, iproute2, curl)
 	@bash deploy/install-system-deps.sh test
 
-test: $(STAMP) sysdeps ## run the whole test suite (soak runs excluded)
+test: $(STAMP) sysdeps lint ## run the whole test suite (soak runs excluded), after `make lint`
 	@$(BIN)/python -m pytest -q -m "not soak" $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
@@ -46,8 +46,9 @@ mutants: $(STAMP) ## plant classic PBFT bugs in a copy of consensus/, count the 
 bench: $(STAMP) ## benchmarks with ratios against a baseline measured in the same run
 	@$(BIN)/python -m bench
 
-lint: $(STAMP) ## static checks (ruff)
+lint: $(STAMP) ## static checks: ruff, and the layer contracts (import-linter, in pyproject.toml)
 	@$(BIN)/ruff check node consensus network bench tests
+	@$(BIN)/lint-imports --no-cache
 
 clean: ## remove the virtual environment and local testnet
 	rm -rf $(VENV) $(TESTNET_DIR) *.egg-info

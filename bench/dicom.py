@@ -24,13 +24,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from node.testnet import free_port
+
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(pred, timeout: float, what: str) -> None:
@@ -93,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="radchain-bench-dicom-"))
     orthanc = proxy = None
     try:
-        http_port, dicom_port, proxy_port = _free_port(), _free_port(), _free_port()
+        http_port, dicom_port, proxy_port = free_port(), free_port(), free_port()
         cfg = {"Name": "BENCH", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "storage"),
                "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
                "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,

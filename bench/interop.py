@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from node.commands._progress import bar
     from node.fhir.mapping import audit_event
     from node.fhir.search import parse_search, run_search
-    from node.pseudonym import Pseudonymizer
+    from node.ledger.pseudonym import Pseudonymizer
+    from node.ledger.store import Store
     from node.rpc.prior import prior_studies
     from node.rpc.render import stored_tx
-    from node.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="radchain-bench-interop-"))
     try:

@@ -29,12 +29,12 @@ import plyvel
 from nacl.signing import SigningKey, VerifyKey
 
 from consensus.certificate import Certificate, commit_signing_bytes
-from node.chain import Chain
-from node.events import make_tx
-from node.genesis import Genesis, Member
-from node.pseudonym import Pseudonymizer
-from node.store import Store
-from node.tx import TX_DOMAIN
+from node.ledger.chain import Chain
+from node.ledger.genesis import Genesis, Member
+from node.ledger.intake import make_tx
+from node.ledger.pseudonym import Pseudonymizer
+from node.ledger.store import Store
+from node.ledger.tx import TX_DOMAIN
 
 CHAIN_ID = "radchain-bench"
 GOAL = 0.8

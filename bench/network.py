@@ -15,7 +15,6 @@ import argparse
 import functools
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -24,17 +23,9 @@ import time
 
 import trio
 
+from node.testnet import free_ports
+
 _HDR = struct.Struct(">IB")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 # ---------------------------------------------------------------------------- workers
@@ -171,7 +162,7 @@ async def _tcp_worker(cfg: dict) -> None:
 
 def _run(kind: str, nodes: int, messages: int, size: int) -> dict:
     with tempfile.TemporaryDirectory() as lock_dir:
-        ports = _free_ports(nodes)
+        ports = free_ports(nodes)
         procs = []
         env = dict(os.environ)
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""Threshold OPRF cost (node/oprf.py) next to today's HMAC tokens (node/pseudonym.py), in one process.
+"""Threshold OPRF cost (node/ledger/oprf.py) next to today's HMAC tokens (node/ledger/pseudonym.py), in one process.
 
     python -m bench.oprf [--batch 100] [--t 3] [--n 4] [--rounds 5] [--net-samples 40]
 
@@ -13,7 +13,7 @@ Each measure alternates with the others round by round and the best round counts
 
 Then, over the network (`--net-samples 0` skips it): 4 PeerNetwork hosts on 127.0.0.1 in this one process
 (so members' CPU is shared with the requester's: pessimistic), t = 3, member 0 tokenizing fresh identifiers
-through node/oprf_service.py; latency p50/p99 of one identifier and of a batch, against a plain PeerNetwork
+through node/runtime/oprf_service.py; latency p50/p99 of one identifier and of a batch, against a plain PeerNetwork
 request/response round trip (echo) in the same run. Nothing is cached (no cache exists yet).
 """
 
@@ -27,8 +27,8 @@ import time
 
 import trio
 
-from node import oprf
-from node.pseudonym import Pseudonymizer
+from node.ledger import oprf
+from node.ledger.pseudonym import Pseudonymizer
 
 
 def _best(fn, rounds: int) -> float:
@@ -131,7 +131,7 @@ def _pct(xs: list[float], q: float) -> float:
 async def _network(samples: int, batch: int) -> None:
     from network import PeerNetwork
     from network.identity import identity_from_seed, peer_id_of
-    from node.oprf_service import OprfClient, OprfService, RateLimiter
+    from node.runtime.oprf_service import OprfClient, OprfService, RateLimiter
 
     n, t = 4, 3
     keys = [identity_from_seed(bytes([200 + i]) * 32) for i in range(n)]

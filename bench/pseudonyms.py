@@ -27,8 +27,9 @@ from pathlib import Path
 
 import httpx
 
-from node.config import OprfConfig
-from node.testnet import EXAMPLE_EVENT, LocalTestnet
+from node.ledger.intake import EXAMPLE_EVENT
+from node.runtime.settings import OprfConfig
+from node.testnet import LocalTestnet
 
 CLIENTS = 4
 BATCH = 50

@@ -37,9 +37,10 @@ from nacl.bindings import crypto_sign
 from nacl.signing import SigningKey
 
 from consensus.certificate import Certificate, commit_signing_bytes
-from node.genesis import Genesis, Member
-from node.pseudonym import Pseudonymizer
-from node.tx import TX_DOMAIN, Tx, tx_hash
+from node.ledger.genesis import Genesis, Member
+from node.ledger.pseudonym import Pseudonymizer
+from node.ledger.tx import TX_DOMAIN, Tx, tx_hash
+from node.testnet import free_port
 
 CHAIN_ID = "radchain-bench"
 PSEUDONYM_KEY = b"bench-pseudonym-key-0123456789ab"
@@ -49,7 +50,7 @@ T0 = 1_800_000_000_000
 GOAL_P99_MS = 10.0
 
 _pack = msgpack.Packer(use_bin_type=True).pack
-_Node = None  # node.runtime.Node, imported by BenchNode (it pulls in libp2p)
+_Node = None  # node.runtime.node.Node, imported by BenchNode (it pulls in libp2p)
 
 
 def member_keys() -> list[SigningKey]:
@@ -66,7 +67,7 @@ def study_uid(i: int) -> str:
 
 
 class TxFactory:
-    """Signed audit txs, built field by field (what node.events.make_tx does, minus the re-checking)."""
+    """Signed audit txs, built field by field (what node.ledger.intake.make_tx does, minus the re-checking)."""
 
     TYPES = (("instances.accessed", "R"), ("instances.stored", "C"), ("instances.accessed", "R"), ("export", "R"))
 
@@ -94,8 +95,8 @@ class TxFactory:
 
 
 def build_ledger(path: Path, n_txs: int, n_studies: int, block_txs: int = BLOCK_TXS) -> tuple[Genesis, float]:
-    from node.chain import Chain
-    from node.store import Store
+    from node.ledger.chain import Chain
+    from node.ledger.store import Store
 
     keys = member_keys()
     genesis = make_genesis(keys)
@@ -143,13 +144,13 @@ class BenchNode:
     """What JsonRpcApp needs of a Node, over a real Chain, Store, Mempool and gossip admission (no network)."""
 
     def __init__(self, ledger: Path, work: Path):
-        from node.chain import Chain
-        from node.config import MempoolConfig
-        from node.gossip import TxGossip
-        from node.mempool import Mempool
+        from node.ledger.chain import Chain
+        from node.ledger.store import Store
         from node.rpc.methods import METHODS
         from node.rpc.server import JsonRpcApp
-        from node.store import Store
+        from node.runtime.gossip import TxGossip
+        from node.runtime.mempool import Mempool
+        from node.runtime.settings import MempoolConfig
 
         keys = member_keys()
         self.genesis = make_genesis(keys)
@@ -162,7 +163,7 @@ class BenchNode:
         self._commit_waiters: dict = {}
         self.rpc = JsonRpcApp(self, METHODS, {"bench": TOKEN}, False, 8 << 20, 1e9)
         global _Node
-        from node.runtime import Node as _Node
+        from node.runtime.node import Node as _Node
 
     def submit(self, raws: list[bytes], checked: bool = True) -> list[dict]:
         return _Node.submit(self, raws, checked)  # the node's own admission path, unchanged
@@ -217,9 +218,9 @@ def audit_in_process(ledger: Path, groups: list[list[int]]) -> dict:
 
     import trio
 
-    from node.rpc.audit import audit_trail
-    from node.rpc.server import Caller
-    from node.store import Store
+    from node.ledger.store import Store
+    from node.rpc.audit_trail import audit_trail
+    from node.rpc.protocol import Caller
 
     node = types.SimpleNamespace(store=Store(ledger, sync=False), pseudonymizer=Pseudonymizer(PSEUDONYM_KEY))
     caller = Caller("bench", "127.0.0.1")
@@ -257,14 +258,6 @@ def audit_in_process(ledger: Path, groups: list[list[int]]) -> dict:
     tok = summary("audit_trail handler, study token", handler_tok, floor)
     rawid = summary("audit_trail handler, raw study_uid", handler_raw, floor)
     return {"floor_p99": floor, "handler_token": tok, "handler_raw": rawid}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_measurements(ledger: Path, work: Path, studies: list[int], n_submit: int, floor_p99: float) -> dict:
@@ -337,9 +330,9 @@ def http_measurements(ledger: Path, work: Path, studies: list[int], n_submit: in
 
 def admission_baseline(n: int) -> float:
     """Chain.check_tx + Mempool.add_many per tx, in-process: the admission work without HTTP and JSON."""
-    from node.chain import Chain
-    from node.mempool import Mempool
-    from node.store import Store
+    from node.ledger.chain import Chain
+    from node.ledger.store import Store
+    from node.runtime.mempool import Mempool
 
     with tempfile.TemporaryDirectory(prefix="radchain-bench-adm-") as tmp:
         keys = member_keys()

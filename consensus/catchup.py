@@ -1,146 +1,179 @@
-"""Catching up: in-order delivery, fetching missing payloads, pushing committed blocks to lagging peers,
-status gossip, and state transfer. Part of Replica (a mixin: all state lives on the replica)."""
+"""Catching up: status gossip, answering payload fetches, pushing committed blocks to lagging peers, and
+state transfer when this replica is too far behind to catch up through consensus messages.
+
+A component of Replica with its own state: what each peer last reported (STATUS), the answer budget per
+peer and tick, the outstanding state transfer, and the stuck-replica detector. It calls back only
+Replica.emit/drop/sign/slot/digest/cert_valid/deliver/accept_proposal/transferred/send_checkpoint, reads
+the replica's view, phase, slots, last committed height, stable checkpoint and ticks, and asks the view
+changes for the NEW-VIEW to forward (ViewChanges.new_view_for)."""
 
 from __future__ import annotations
 
 from . import messages as m
-from .actions import Broadcast, CancelTimer, Commit, RequestStateTransfer, Send, SetTimer
+from .actions import CancelTimer, RequestStateTransfer, Send, SetTimer
 from .certificate import Certificate, CertificateError
-from .slot import Slot
+from .invariants import check
 
 TRANSFER = ("transfer",)
 
 
 class CatchUp:
-    """Delivery in height order and everything that gets a replica (or a peer) the blocks it lacks."""
+    __slots__ = ("replica", "config", "peer_status", "served", "transfer_target", "stuck_ticks",
+                 "committed_at_last_tick")
 
-    def _deliver(self) -> None:
-        if self._transfer is not None:
-            return
-        while True:
-            h = self._ld + 1
-            slot = self._slots.get(h)
-            if slot is None or slot.cert is None:
-                return
-            cert = slot.cert
-            assert cert.height == h and len(cert.signatures) >= self._q
-            payload = slot.payloads.get(cert.digest)
-            if payload is None:
-                self._fetch(slot, cert.digest)
-                return
-            self._ld = h
-            self.stats["delivered"] += 1
-            self._tp_bytes += len(payload)  # throughput floor (fairness.py)
-            self._emit(Commit(h, payload, cert.digest, cert.encode()))
-            self._on_progress()
+    def __init__(self, replica, last_executed: int) -> None:
+        self.replica = replica
+        self.config = replica.config
+        self.peer_status: dict[int, m.Status] = {}  # member -> its last STATUS
+        self.served: dict[int, tuple[int, int]] = {}  # member -> (tick, large answers sent in it)
+        self.transfer_target: int | None = None       # target of an outstanding state transfer
+        self.stuck_ticks = 0
+        self.committed_at_last_tick = last_executed
 
-    def _fetch(self, slot: Slot, d: bytes, to: int | None = None) -> None:
-        if slot.fetch_tick == self._ticks:  # at most once per retransmit interval
-            return
-        slot.fetch_tick = self._ticks
-        wire = self._sign(m.FETCH, (slot.height, d)).encode()
-        self.stats["fetch_sent"] += 1
-        self._emit(Send(to, wire) if to is not None else Broadcast(wire))
+    def peer_views(self) -> list[int]:
+        return [st.view for st in self.peer_status.values()]
 
-    def _budget(self, sender: int) -> bool:
-        """Large answers (payloads, pushed blocks) per peer and tick are bounded: a peer asking in a loop
-        cannot make this replica send megabytes per message it sends."""
-        tick, used = self._served.get(sender, (self._ticks, 0))
-        if tick != self._ticks:
+    def budget(self, sender: int) -> bool:
+        """Large answers (payloads, pushed blocks, NEW-VIEW forwards) per peer and tick are bounded: a peer
+        asking in a loop cannot make this replica send megabytes per message it sends."""
+        r = self.replica
+        tick, used = self.served.get(sender, (r.ticks, 0))
+        if tick != r.ticks:
             used = 0
         if used >= 2 * (self.config.pipeline + self.config.catchup_batch):
-            self._drop("rate_limited")
+            r.drop("rate_limited")
             return False
-        self._served[sender] = (self._ticks, used + 1)
+        self.served[sender] = (r.ticks, used + 1)
         return True
 
-    def _on_fetch(self, msg: m.Message, sender: int, data: bytes) -> None:
-        h, d = msg.body
-        if not self._budget(sender):
-            return
-        slot = self._slots.get(h)
-        if slot is None or d not in slot.payloads:
-            return self._drop("fetch_miss")
-        self._emit(Send(sender, self._sign(m.PAYLOAD, (h, d, slot.payloads[d])).encode()))
+    # ---- messages -----------------------------------------------------------------------------------------
 
-    def _on_payload(self, msg: m.Message, sender: int, data: bytes) -> None:
-        h, d, payload = msg.body
-        slot = self._slots.get(h)
-        if h <= self._ld or slot is None:
-            return self._drop("unsolicited_payload")
+    def on_fetch(self, msg: m.Message, sender: int, data: bytes) -> None:
+        r = self.replica
+        fetch: m.Fetch = msg.body
+        if not self.budget(sender):
+            return
+        slot = r.slots.get(fetch.height)
+        if slot is None or fetch.digest not in slot.payloads:
+            return r.drop("fetch_miss")
+        answer = m.Payload(fetch.height, fetch.digest, slot.payloads[fetch.digest])
+        r.emit(Send(sender, r.sign(m.PAYLOAD, answer).encode()))
+
+    def on_payload(self, msg: m.Message, sender: int, data: bytes) -> None:
+        r = self.replica
+        h, d, payload = msg.body.height, msg.body.digest, msg.body.payload
+        slot = r.slots.get(h)
+        if h <= r.last_committed or slot is None:
+            return r.drop("unsolicited_payload")
         if d in slot.payloads:
-            self.stats["duplicate"] += 1
+            r.stats["duplicate"] += 1
             return
         if d not in slot.known_digests():
-            return self._drop("unsolicited_payload")
-        if self._digest(payload) != d:
-            return self._drop("bad_digest")
-        if slot.pending is not None and slot.pending == (self._view, d):
-            return self._accept_proposal(slot, self._view, d, payload)
+            return r.drop("unsolicited_payload")
+        if r.digest(payload) != d:
+            return r.drop("bad_digest")
+        if slot.pending is not None and slot.pending == (r.view, d):
+            return r.accept_proposal(slot, r.view, d, payload)
         slot.payloads[d] = payload
-        self._deliver()
+        r.deliver()
 
-    def _on_decided(self, msg: m.Message, sender: int, data: bytes) -> None:
-        h, payload, cert_bytes = msg.body
-        if h <= self._ld or h <= self._stable[0]:
-            return self._drop("stale_height")
-        if h > self._ld + self._L:
-            return self._drop("above_window")
+    def on_decided(self, msg: m.Message, sender: int, data: bytes) -> None:
+        r = self.replica
+        h, payload = msg.body.height, msg.body.payload
+        if h <= r.last_committed or h <= r.stable.height:
+            return r.drop("stale_height")
+        if h > r.last_committed + r.window:
+            return r.drop("above_window")
         try:
-            cert = Certificate.decode(cert_bytes)
+            cert = Certificate.decode(msg.body.certificate)
         except CertificateError:
-            return self._drop("bad_certificate")
-        if cert.height != h or not self._cert_valid(cert):
-            return self._drop("bad_certificate")
-        if self._digest(payload) != cert.digest:
-            return self._drop("bad_digest")
-        slot = self._slot(h)
-        if slot.cert is not None and slot.cert.digest != cert.digest:  # needs more than f faulty members
-            self.stats["conflicting_certificate"] += 1
+            return r.drop("bad_certificate")
+        if cert.height != h or not r.cert_valid(cert):
+            return r.drop("bad_certificate")
+        if r.digest(payload) != cert.digest:
+            return r.drop("bad_digest")
+        slot = r.slot(h)
+        if slot.certificate is not None and slot.certificate.digest != cert.digest:  # needs more than f faulty
+            r.stats["conflicting_certificate"] += 1
             return
-        if slot.cert is None:
-            slot.cert = cert
+        if slot.certificate is None:
+            slot.certificate = cert
         slot.payloads[cert.digest] = payload
-        self._deliver()
+        r.deliver()
 
-    def _on_status(self, msg: m.Message, sender: int, data: bytes) -> None:
-        v, in_vc, ld, sh = msg.body
-        prev = self._peers.get(sender)
-        self._peers[sender] = msg.body
+    def on_status(self, msg: m.Message, sender: int, data: bytes) -> None:
+        r = self.replica
+        st: m.Status = msg.body
+        prev = self.peer_status.get(sender)
+        self.peer_status[sender] = st
+        check(len(self.peer_status) <= r.n, "peer status: one per member")
         # Push committed blocks, with certificates, to a peer that is more than a pipeline behind or reported
         # the same lag twice in a row, so a peer a moment behind is not sent megabytes it will get anyway.
-        if ld < self._ld and (self._ld - ld > self.config.pipeline or (prev is not None and prev[2] == ld)):
-            for h in range(ld + 1, min(self._ld, ld + self.config.catchup_batch) + 1):
-                slot = self._slots.get(h)
-                if slot is None or slot.cert is None or slot.cert.digest not in slot.payloads:
+        behind = st.last_committed
+        mine = r.last_committed
+        if behind < mine and (mine - behind > self.config.pipeline
+                              or (prev is not None and prev.last_committed == behind)):
+            for h in range(behind + 1, min(mine, behind + self.config.catchup_batch) + 1):
+                slot = r.slots.get(h)
+                cert = slot.certificate if slot is not None else None
+                if cert is None or cert.digest not in slot.payloads:
                     continue
-                if not self._budget(sender):
+                if not self.budget(sender):
                     break
-                body = (h, slot.payloads[slot.cert.digest], slot.cert.encode())
-                self._emit(Send(sender, self._sign(m.DECIDED, body).encode()))
-                self.stats["decided_sent"] += 1
-        if self._my_cp is not None and sh < self._my_cp_height:  # our newest checkpoint, to whoever lacks it
-            self._emit(Send(sender, self._my_cp))
-        if (self._nv_wire is not None and (v < self._nv_view or (v == self._nv_view and in_vc))
-                and self._budget(sender)):
-            self._emit(Send(sender, self._nv_wire))  # even from a later view change: it proves itself
+                body = m.Decided(h, slot.payloads[cert.digest], cert.encode())
+                r.emit(Send(sender, r.sign(m.DECIDED, body).encode()))
+                r.stats["decided_sent"] += 1
+        cps = r.checkpoints
+        if cps.my_newest is not None and st.stable_height < cps.my_newest_height:  # to whoever lacks it
+            r.emit(Send(sender, cps.my_newest))
+        forward = r.view_changes.new_view_for(st.view, st.in_view_change)
+        if forward is not None and self.budget(sender):
+            r.emit(Send(sender, forward))
 
-    def _request_transfer(self, target: int, peers: tuple[int, ...]) -> None:
-        self._transfer = target
-        self.stats["state_transfer"] += 1
-        self._emit(RequestStateTransfer(target, peers))
-        self._emit(SetTimer(TRANSFER, self.config.state_transfer_timeout))
+    # ---- state transfer -----------------------------------------------------------------------------------
 
-    def _on_transferred(self, h, sd) -> None:
+    def request_transfer(self, target: int, peers: tuple[int, ...]) -> None:
+        r = self.replica
+        self.transfer_target = target
+        r.stats["state_transfer"] += 1
+        r.emit(RequestStateTransfer(target, peers))
+        r.emit(SetTimer(TRANSFER, self.config.state_transfer_timeout))
+
+    def request_to_stable(self) -> None:
+        """Ask for the blocks up to the stable checkpoint from the members that signed it."""
+        r = self.replica
+        stable = r.stable
+        self.request_transfer(stable.height, tuple(i for i, _ in stable.proof if i != r.id))
+
+    def on_transferred(self, h, sd) -> None:
+        r = self.replica
         if type(h) is not int or h < 0 or type(sd) is not bytes:
-            return self._drop("bad_event")
-        if self._transfer is not None:
-            self._emit(CancelTimer(TRANSFER))
-        self._transfer = None
-        if h > self._ld:
-            self._ld = h
-            self._on_progress()
-        self._executed = max(self._executed, h)
-        if h % self._K == 0 and h > self._stable[0]:
-            self._send_checkpoint(h, sd)
-        self._deliver()
+            return r.drop("bad_event")
+        if self.transfer_target is not None:
+            r.emit(CancelTimer(TRANSFER))
+        self.transfer_target = None
+        r.transferred(h, sd)
+
+    def on_transfer_timeout(self) -> None:
+        r = self.replica
+        if self.transfer_target is not None:  # the node did not answer: resume and ask again if still behind
+            self.transfer_target = None
+            r.stats["state_transfer_timeout"] += 1
+            r.deliver()
+            if r.last_committed < r.stable.height:
+                self.request_to_stable()
+
+    def tick(self) -> None:
+        """Fallback catch-up: f+1 members claim more blocks than this replica has and nothing arrived for 3
+        ticks."""
+        r = self.replica
+        if r.last_committed != self.committed_at_last_tick:
+            self.committed_at_last_tick, self.stuck_ticks = r.last_committed, 0
+        else:
+            self.stuck_ticks += 1
+        if self.transfer_target is None and self.stuck_ticks >= 3:
+            claims = sorted(((st.last_committed, i) for i, st in self.peer_status.items()), reverse=True)
+            if len(claims) > r.f and claims[r.f][0] > r.last_committed:
+                target = claims[r.f][0]
+                self.stuck_ticks = 0
+                self.request_transfer(target, tuple(i for c, i in claims if c >= target))

@@ -25,106 +25,126 @@ from collections import deque
 
 from . import messages as m
 from .actions import Broadcast, CancelTimer, SetTimer
+from .invariants import check
 
 THROUGHPUT_VIEWS = 4  # the floor is relative to the best rate of this many previous views
 
 
 class Fairness:
-    """A mixin of Replica: all state lives on the replica (initialised by _init_fairness)."""
+    """A component of Replica with its own state. The replica reports the oldest pending tx
+    (on_oldest_request), delivered payload bytes (delivered), ticks, new views and COMPLAINs; this component
+    uses the replica only for its view, phase and primary, to emit actions, and to start a view change."""
 
-    def _init_fairness(self) -> None:
-        self._req_id = b""                   # oldest pending tx the node reported (b"": none)
-        self._req_timer: tuple | None = None
-        self._req_id_at_tick = b""
-        self._complaints: dict[int, int] = {}  # member -> view of its latest complaint
-        self._complained_view = -1
-        self._my_complaint: bytes | None = None
-        self._tp_bytes = 0                   # payload bytes delivered since the last tick
-        self._tp: deque[int] = deque(maxlen=self.config.throughput_window)
-        self._tp_best = 0.0                  # best windowed rate of the current view
-        self._tp_history: deque[float] = deque(maxlen=THROUGHPUT_VIEWS)
+    __slots__ = ("replica", "config", "oldest_request", "request_timer", "oldest_at_last_tick", "complaints",
+                 "complained_in_view", "my_complaint", "bytes_since_tick", "busy_tick_bytes", "best_rate",
+                 "best_rate_history")
 
-    def _on_oldest(self, oldest, age) -> None:
+    def __init__(self, replica) -> None:
+        self.replica = replica
+        self.config = replica.config
+        self.oldest_request = b""              # oldest pending tx the node reported (b"": none)
+        self.request_timer: tuple | None = None
+        self.oldest_at_last_tick = b""
+        self.complaints: dict[int, int] = {}   # member -> view of its latest complaint
+        self.complained_in_view = -1
+        self.my_complaint: bytes | None = None
+        self.bytes_since_tick = 0              # payload bytes delivered since the last tick
+        self.busy_tick_bytes: deque[int] = deque(maxlen=self.config.throughput_window)
+        self.best_rate = 0.0                   # best windowed rate of the current view
+        self.best_rate_history: deque[float] = deque(maxlen=THROUGHPUT_VIEWS)
+
+    def delivered(self, payload_bytes: int) -> None:
+        self.bytes_since_tick += payload_bytes
+
+    def on_oldest_request(self, oldest, age) -> None:
         if type(oldest) is not bytes or len(oldest) > m.MAX_DIGEST or type(age) not in (int, float) \
                 or not math.isfinite(age) or age < 0:
-            return self._drop("bad_event")
-        if oldest == self._req_id:
+            return self.replica.drop("bad_event")
+        if oldest == self.oldest_request:
             return  # the same tx: its timer keeps running
-        self._req_id = oldest
-        self._cancel_request_timer()
+        self.oldest_request = oldest
+        self.cancel_request_timer()
         if oldest:
             self._arm_request_timer(max(0.0, self.config.request_timeout - age))
 
     def _arm_request_timer(self, seconds: float) -> None:
-        self._req_timer = ("request", self._view)
-        self._emit(SetTimer(self._req_timer, seconds))
+        self.request_timer = ("request", self.replica.view)
+        self.replica.emit(SetTimer(self.request_timer, seconds))
 
-    def _cancel_request_timer(self) -> None:
-        if self._req_timer is not None:
-            self._emit(CancelTimer(self._req_timer))
-            self._req_timer = None
+    def cancel_request_timer(self) -> None:
+        if self.request_timer is not None:
+            self.replica.emit(CancelTimer(self.request_timer))
+            self.request_timer = None
 
-    def _on_request_timer(self, timer) -> None:
-        if timer != self._req_timer:
-            return self._drop("stale_timer")
-        self._req_timer = None
-        if self._req_id and not self._in_vc and self.config.primary(self._view) != self.id:
-            self.stats["request_timeout"] += 1
+    def on_request_timer(self, timer) -> None:
+        r = self.replica
+        if timer != self.request_timer:
+            return r.drop("stale_timer")
+        self.request_timer = None
+        if self.oldest_request and not r.in_view_change and not r.is_primary:
+            r.stats["request_timeout"] += 1
             self._complain()
 
-    def _fairness_new_view(self) -> None:
+    def on_new_view(self) -> None:
         """Entering a view: the new primary gets the full request bound and a fresh throughput window."""
-        self._cancel_request_timer()
-        if self._req_id:
+        self.cancel_request_timer()
+        if self.oldest_request:
             self._arm_request_timer(self.config.request_timeout)
-        if self._tp_best > 0:
-            self._tp_history.append(self._tp_best)
-        self._tp_best = 0.0
-        self._tp.clear()
-        self._complaints = {i: v for i, v in self._complaints.items() if v >= self._view}
+        if self.best_rate > 0:
+            self.best_rate_history.append(self.best_rate)
+        self.best_rate = 0.0
+        self.busy_tick_bytes.clear()
+        view = self.replica.view
+        self.complaints = {i: v for i, v in self.complaints.items() if v >= view}
 
-    def _fairness_tick(self) -> None:
-        delivered, self._tp_bytes = self._tp_bytes, 0
-        busy = bool(self._req_id) and self._req_id == self._req_id_at_tick and not self._in_vc
-        self._req_id_at_tick = self._req_id
+    def tick(self) -> None:
+        r = self.replica
+        delivered, self.bytes_since_tick = self.bytes_since_tick, 0
+        in_vc = r.in_view_change
+        busy = bool(self.oldest_request) and self.oldest_request == self.oldest_at_last_tick and not in_vc
+        self.oldest_at_last_tick = self.oldest_request
         if busy:
-            self._tp.append(delivered)
-            if len(self._tp) == self._tp.maxlen:
-                rate = sum(self._tp) / len(self._tp)
-                self._tp_best = max(self._tp_best, rate)
-                best = max(self._tp_history, default=0.0)
-                if rate < best * self.config.throughput_floor and self.config.primary(self._view) != self.id:
-                    self.stats["throughput_floor"] += 1
+            self.busy_tick_bytes.append(delivered)
+            if len(self.busy_tick_bytes) == self.busy_tick_bytes.maxlen:
+                rate = sum(self.busy_tick_bytes) / len(self.busy_tick_bytes)
+                self.best_rate = max(self.best_rate, rate)
+                best = max(self.best_rate_history, default=0.0)
+                if rate < best * self.config.throughput_floor and not r.is_primary:
+                    r.stats["throughput_floor"] += 1
                     self._complain()
-        if not self._in_vc and self._complained_view == self._view and self._my_complaint is not None:
-            self._emit(Broadcast(self._my_complaint))  # lost complaints would otherwise never count
+        if not r.in_view_change and self.complained_in_view == r.view and self.my_complaint is not None:
+            r.emit(Broadcast(self.my_complaint))  # lost complaints would otherwise never count
 
     def _complain(self) -> None:
-        if self._in_vc or self._complained_view == self._view:
+        r = self.replica
+        if r.in_view_change or self.complained_in_view == r.view:
             return
-        self._complained_view = self._view
-        msg = self._sign(m.COMPLAIN, (self._view,))
-        self._my_complaint = msg.encode()
-        self.stats["complaints_sent"] += 1
-        self._emit(Broadcast(self._my_complaint))
-        self._complaints[self.id] = self._view
+        check(not r.is_primary, "the primary never complains about itself")
+        self.complained_in_view = r.view
+        msg = r.sign(m.COMPLAIN, (r.view,))
+        self.my_complaint = msg.encode()
+        r.stats["complaints_sent"] += 1
+        r.emit(Broadcast(self.my_complaint))
+        self.complaints[r.id] = r.view
         self._check_complaints()
 
-    def _on_complain(self, msg: m.Message, sender: int, data: bytes) -> None:
-        (v,) = msg.body
-        if v != self._view or self._in_vc:
-            return self._drop("stale_complaint")
-        if self._complaints.get(msg.sender) == v:
-            self.stats["duplicate"] += 1
+    def on_complain(self, msg: m.Message, sender: int, data: bytes) -> None:
+        r = self.replica
+        v = msg.body.view
+        if v != r.view or r.in_view_change:
+            return r.drop("stale_complaint")
+        if self.complaints.get(msg.sender) == v:
+            r.stats["duplicate"] += 1
             return
-        self._complaints[msg.sender] = v
+        self.complaints[msg.sender] = v
         self._check_complaints()
 
     def _check_complaints(self) -> None:
-        if self._in_vc:
+        r = self.replica
+        if r.in_view_change:
             return
-        count = sum(1 for v in self._complaints.values() if v == self._view)
-        assert len(self._complaints) <= self._n
-        if count > self._f:  # at least one honest member waited too long
-            self.stats["complaint_view_changes"] += 1
-            self._start_view_change(self._view + 1)
+        count = sum(1 for v in self.complaints.values() if v == r.view)
+        check(len(self.complaints) <= r.n, "complaints: one per member")
+        if count > r.f:  # at least one honest member waited too long
+            r.stats["complaint_view_changes"] += 1
+            r.start_view_change(r.view + 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 import msgpack
 
@@ -46,54 +47,7 @@ def checkpoint_signing_bytes(chain_id: str, height: int, state_digest: bytes) ->
     return DOMAIN + _pack(["checkpoint", chain_id, height, state_digest])
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    kind: int
-    sender: int
-    body: tuple  # decoded, type-checked fields (see _body)
-    sig: bytes
-    raw: list | None = field(default=None, compare=False, repr=False)  # the body as decoded, for signing
-    memo: dict = field(default_factory=dict, compare=False, repr=False)  # signing bytes, per chain id
-
-    def encode(self) -> bytes:
-        return encode(self.kind, self.sender, self.body, self.sig)
-
-
-def signing_bytes(chain_id: str, kind: int, sender: int, body: tuple, raw: list | None = None) -> bytes:
-    if kind in (PREPREPARE, PREPARE):
-        return vote_signing_bytes(chain_id, body[0], body[1], body[2])
-    if kind == COMMIT:
-        return commit_signing_bytes(chain_id, body[0], body[1], body[2])
-    if kind == CHECKPOINT:
-        return checkpoint_signing_bytes(chain_id, body[0], body[1])
-    plain = raw if raw is not None else _plain(body)
-    if kind == PAYLOAD:  # the payload is bound by its digest
-        plain = plain[:2]
-    return DOMAIN + _pack([KIND_NAMES[kind], chain_id, sender, plain])
-
-
-def _plain(obj):
-    if isinstance(obj, tuple | list):
-        return [_plain(x) for x in obj]
-    return obj
-
-
-def encode(kind: int, sender: int, body: tuple, sig: bytes) -> bytes:
-    return _pack([kind, sender, _plain(body), sig])
-
-
-def sign(crypto, chain_id: str, kind: int, sender: int, body: tuple) -> Message:
-    return Message(kind, sender, body, crypto.sign(signing_bytes(chain_id, kind, sender, body)))
-
-
-def verify(crypto, chain_id: str, msg: Message) -> bool:
-    signed = msg.memo.get(chain_id)
-    if signed is None:  # decode_cached shares one Message per wire message: pack its signed bytes once
-        signed = msg.memo[chain_id] = signing_bytes(chain_id, msg.kind, msg.sender, msg.body, msg.raw)
-    return crypto.verify(msg.sender, signed, msg.sig)
-
-
-# ---- strict field checks -------------------------------------------------------------------------------
+# ---- strict field checks (each raises DecodeError) --------------------------------------------------------
 
 def _int(x) -> int:
     if type(x) is not int or not 0 <= x <= MAX_INT:
@@ -112,6 +66,7 @@ def _digest(x) -> bytes:
 
 
 def _list(x, limit: int) -> list:
+    """A peer's list of at most `limit` items (shape only: the items are checked by validate_basic)."""
     if type(x) is not list or len(x) > limit:
         raise DecodeError("expected a bounded list")
     return x
@@ -123,59 +78,321 @@ def _fields(x, n: int) -> list:
     return x
 
 
-def _sigs(x, n_members: int) -> tuple[tuple[int, bytes], ...]:
-    out = []
-    for item in _list(x, n_members):
-        i, s = _fields(item, 2)
-        out.append((_int(i), _bytes(s, MAX_SIG)))
-    return tuple(out)
+def _tuple(x, limit: int) -> tuple:
+    if type(x) is not tuple or len(x) > limit:
+        raise DecodeError("expected a bounded sequence")
+    return x
 
 
-def _body(kind: int, raw, n_members: int, max_bytes: int, window: int) -> tuple:
-    if kind == PREPREPARE:
-        v, h, d, p = _fields(raw, 4)
-        return (_int(v), _int(h), _digest(d), None if p is None else _bytes(p, max_bytes))
-    if kind in (PREPARE, COMMIT):
-        v, h, d = _fields(raw, 3)
-        return (_int(v), _int(h), _digest(d))
-    if kind == CHECKPOINT:
-        h, sd = _fields(raw, 2)
-        return (_int(h), _digest(sd))
-    if kind == VIEWCHANGE:
+def _sig_pairs(x, n_members: int) -> tuple[tuple[int, bytes], ...]:
+    """[[member, signature], ...] from the wire, as tuples (shape only: validate_basic checks the pairs)."""
+    return tuple(tuple(item) if type(item) is list else item for item in _list(x, n_members))
+
+
+def _check_sigs(x, n_members: int) -> None:
+    for item in _tuple(x, n_members):  # inline: a VIEW-CHANGE carries up to (L + 1) * n of them
+        if type(item) is not tuple or len(item) != 2:
+            raise DecodeError("expected [member, signature] pairs")
+        i, sig = item
+        if type(i) is not int or not 0 <= i <= MAX_INT or type(sig) is not bytes or len(sig) > MAX_SIG:
+            raise DecodeError("expected [member, signature] pairs")
+
+
+class Limits(NamedTuple):
+    """What a decoder accepts: members (signature lists), largest payload, watermark window (entry lists)."""
+    n_members: int
+    max_bytes: int
+    window: int
+
+
+Signatures = tuple[tuple[int, bytes], ...]  # (member, signature), as in a Certificate
+
+
+# ---- message bodies: one type per kind ------------------------------------------------------------------
+# Each body is a NamedTuple (so its wire form is the list of its fields, in order, exactly as the positional
+# tuples it replaces) with the kind it belongs to (KIND), a from_wire() that turns the decoded msgpack lists
+# into the typed value (shape only), and a validate_basic() that checks every field's type and bound (as
+# CometBFT's ValidateBasic), raising DecodeError.
+
+class PrePrepare(NamedTuple):
+    """The primary's proposal for (view, height); payload None in retransmissions and NEW-VIEW-era re-sends
+    (the receiver fetches it by digest)."""
+    view: int
+    height: int
+    digest: bytes
+    payload: bytes | None
+
+    KIND = PREPREPARE
+
+    def validate_basic(self, limits: Limits) -> None:
+        _int(self.view), _int(self.height), _digest(self.digest)
+        if self.payload is not None:
+            _bytes(self.payload, limits.max_bytes)
+
+
+class Prepare(NamedTuple):
+    view: int
+    height: int
+    digest: bytes
+
+    KIND = PREPARE
+
+    def validate_basic(self, limits: Limits) -> None:
+        _int(self.view), _int(self.height), _digest(self.digest)
+
+
+class CommitVote(NamedTuple):
+    """COMMIT (named apart from actions.Commit, the delivery of a block to the node)."""
+    view: int
+    height: int
+    digest: bytes
+
+    KIND = COMMIT
+
+    def validate_basic(self, limits: Limits) -> None:
+        _int(self.view), _int(self.height), _digest(self.digest)
+
+
+class Checkpoint(NamedTuple):
+    height: int
+    state_digest: bytes
+
+    KIND = CHECKPOINT
+
+    def validate_basic(self, limits: Limits) -> None:
+        _int(self.height), _digest(self.state_digest)
+
+
+class ViewChangeEntry(NamedTuple):
+    """Proof that `digest` was prepared (ENTRY_PREPARED: 2f+1 prepare votes) or committed (ENTRY_COMMITTED:
+    2f+1 commits) at `height` in `view`."""
+    height: int
+    view: int
+    digest: bytes
+    kind: int
+    signatures: Signatures
+
+    def validate_basic(self, limits: Limits) -> None:
+        if self.kind not in (ENTRY_PREPARED, ENTRY_COMMITTED) or type(self.kind) is not int:
+            raise DecodeError("bad entry kind")
+        _int(self.height), _int(self.view), _digest(self.digest)
+        _check_sigs(self.signatures, limits.n_members)
+
+
+class ViewChange(NamedTuple):
+    """VIEW-CHANGE to `new_view`: the sender's stable checkpoint (height, state digest, 2f+1 checkpoint
+    signatures; empty for the genesis checkpoint) and its best proof per height above it."""
+    new_view: int
+    stable_height: int
+    stable_digest: bytes
+    stable_proof: Signatures
+    entries: tuple[ViewChangeEntry, ...]
+
+    KIND = VIEWCHANGE
+
+    @classmethod
+    def from_wire(cls, raw, limits: Limits) -> ViewChange:
         nv, sh, sd, proof, entries = _fields(raw, 5)
-        ents = []
-        for e in _list(entries, window):
-            h, v, d, k, sigs = _fields(e, 5)
-            if k not in (ENTRY_PREPARED, ENTRY_COMMITTED):
-                raise DecodeError("bad entry kind")
-            ents.append((_int(h), _int(v), _digest(d), k, _sigs(sigs, n_members)))
-        return (_int(nv), _int(sh), _bytes(sd, MAX_DIGEST), _sigs(proof, n_members), tuple(ents))
-    if kind == NEWVIEW:
+        ents = tuple(ViewChangeEntry(e[0], e[1], e[2], e[3], _sig_pairs(e[4], limits.n_members))
+                     for e in (_fields(x, 5) for x in _list(entries, limits.window)))
+        return cls(nv, sh, sd, _sig_pairs(proof, limits.n_members), ents)
+
+    @classmethod
+    def coerce(cls, body) -> ViewChange:
+        nv, sh, sd, proof, entries = body
+        return cls(nv, sh, sd, proof, tuple(ViewChangeEntry(*e) for e in entries))
+
+    def validate_basic(self, limits: Limits) -> None:
+        _int(self.new_view), _int(self.stable_height), _bytes(self.stable_digest, MAX_DIGEST)
+        _check_sigs(self.stable_proof, limits.n_members)
+        for e in _tuple(self.entries, limits.window):
+            if type(e) is not ViewChangeEntry:
+                raise DecodeError("expected view-change entries")
+            e.validate_basic(limits)
+
+
+class Assignment(NamedTuple):
+    """A NEW-VIEW's re-proposal of `digest` at `height`, signed by the new primary as its prepare vote."""
+    height: int
+    digest: bytes
+    signature: bytes
+
+    def validate_basic(self, limits: Limits) -> None:
+        _int(self.height), _digest(self.digest), _bytes(self.signature, MAX_SIG)
+
+
+class NewView(NamedTuple):
+    """NEW-VIEW for `view`: the 2f+1 VIEW-CHANGEs (wire bytes, as signed by their senders) it is built from,
+    and the re-proposals the plan derives from them (consensus/viewchange.py: plan_new_view)."""
+    view: int
+    view_changes: tuple[bytes, ...]
+    assignments: tuple[Assignment, ...]
+
+    KIND = NEWVIEW
+
+    @classmethod
+    def from_wire(cls, raw, limits: Limits) -> NewView:
         v, vcs, assigned = _fields(raw, 3)
-        vc_list = tuple(_bytes(w, max_bytes) for w in _list(vcs, n_members))
-        asg = []
-        for a in _list(assigned, window):
-            h, d, s = _fields(a, 3)
-            asg.append((_int(h), _digest(d), _bytes(s, MAX_SIG)))
-        return (_int(v), vc_list, tuple(asg))
-    if kind == STATUS:
-        v, in_vc, ld, sh = _fields(raw, 4)
-        if type(in_vc) is not bool:
+        asg = tuple(Assignment(*_fields(a, 3)) for a in _list(assigned, limits.window))
+        return cls(v, tuple(_list(vcs, limits.n_members)), asg)
+
+    @classmethod
+    def coerce(cls, body) -> NewView:
+        v, vcs, assigned = body
+        return cls(v, tuple(vcs), tuple(Assignment(*a) for a in assigned))
+
+    def validate_basic(self, limits: Limits) -> None:
+        _int(self.view)
+        for wire in _tuple(self.view_changes, limits.n_members):
+            _bytes(wire, limits.max_bytes)
+        for a in _tuple(self.assignments, limits.window):
+            if type(a) is not Assignment:
+                raise DecodeError("expected assignments")
+            a.validate_basic(limits)
+
+
+class Status(NamedTuple):
+    """STATUS gossip: where the sender is (catch-up, NEW-VIEW forwarding, the view ceiling)."""
+    view: int
+    in_view_change: bool
+    last_committed: int
+    stable_height: int
+
+    KIND = STATUS
+
+    def validate_basic(self, limits: Limits) -> None:
+        if type(self.in_view_change) is not bool:
             raise DecodeError("expected a bool")
-        return (_int(v), in_vc, _int(ld), _int(sh))
-    if kind == FETCH:
-        h, d = _fields(raw, 2)
-        return (_int(h), _digest(d))
-    if kind == PAYLOAD:
-        h, d, p = _fields(raw, 3)
-        return (_int(h), _digest(d), _bytes(p, max_bytes))
-    if kind == DECIDED:
-        h, p, c = _fields(raw, 3)
-        return (_int(h), _bytes(p, max_bytes), _bytes(c, 1 << 16))
-    if kind == COMPLAIN:
-        (v,) = _fields(raw, 1)
-        return (_int(v),)
-    raise DecodeError(f"unknown message kind {kind!r}")
+        _int(self.view), _int(self.last_committed), _int(self.stable_height)
+
+
+class Fetch(NamedTuple):
+    height: int
+    digest: bytes
+
+    KIND = FETCH
+
+    def validate_basic(self, limits: Limits) -> None:
+        _int(self.height), _digest(self.digest)
+
+
+class Payload(NamedTuple):
+    """A block's payload, answering FETCH (bound by its digest, so only height and digest are signed)."""
+    height: int
+    digest: bytes
+    payload: bytes
+
+    KIND = PAYLOAD
+
+    def validate_basic(self, limits: Limits) -> None:
+        _int(self.height), _digest(self.digest), _bytes(self.payload, limits.max_bytes)
+
+
+class Decided(NamedTuple):
+    """A committed block pushed to a lagging peer, with its encoded commit certificate."""
+    height: int
+    payload: bytes
+    certificate: bytes
+
+    KIND = DECIDED
+
+    def validate_basic(self, limits: Limits) -> None:
+        _int(self.height), _bytes(self.payload, limits.max_bytes), _bytes(self.certificate, 1 << 16)
+
+
+class Complain(NamedTuple):
+    """A backup's complaint about the primary of `view` (consensus/fairness.py)."""
+    view: int
+
+    KIND = COMPLAIN
+
+    def validate_basic(self, limits: Limits) -> None:
+        _int(self.view)
+
+
+Body = (PrePrepare | Prepare | CommitVote | Checkpoint | ViewChange | NewView | Status | Fetch | Payload | Decided
+        | Complain)
+BODY_TYPES: dict[int, type] = {cls.KIND: cls for cls in (PrePrepare, Prepare, CommitVote, Checkpoint, ViewChange,
+                                                          NewView, Status, Fetch, Payload, Decided, Complain)}
+
+
+_COERCE = {kind: getattr(cls, "coerce", cls._make) for kind, cls in BODY_TYPES.items()}
+_FROM_WIRE = {kind: getattr(cls, "from_wire", None) for kind, cls in BODY_TYPES.items()}
+
+
+def typed_body(kind: int, body) -> Body:
+    """The typed body for a kind, from a typed body or a positional tuple of its fields (no validation)."""
+    if type(body) is BODY_TYPES.get(kind):
+        return body
+    coerce = _COERCE.get(kind)
+    if coerce is None:
+        raise DecodeError(f"unknown message kind {kind!r}")
+    return coerce(body)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    kind: int
+    sender: int
+    body: Body  # typed by kind (a positional tuple given here is converted)
+    sig: bytes
+    raw: list | None = field(default=None, compare=False, repr=False)  # the body as decoded, for signing
+    memo: dict = field(default_factory=dict, compare=False, repr=False)  # signing bytes, per chain id
+
+    def __post_init__(self) -> None:
+        if type(self.body) is not BODY_TYPES.get(self.kind):
+            object.__setattr__(self, "body", typed_body(self.kind, self.body))
+
+    def encode(self) -> bytes:
+        return encode(self.kind, self.sender, self.body, self.sig)
+
+
+def signing_bytes(chain_id: str, kind: int, sender: int, body: Body, raw: list | None = None) -> bytes:
+    if kind == PREPREPARE or kind == PREPARE:
+        return vote_signing_bytes(chain_id, body.view, body.height, body.digest)
+    if kind == COMMIT:
+        return commit_signing_bytes(chain_id, body.view, body.height, body.digest)
+    if kind == CHECKPOINT:
+        return checkpoint_signing_bytes(chain_id, body.height, body.state_digest)
+    plain = raw if raw is not None else _plain(body)
+    if kind == PAYLOAD:  # the payload is bound by its digest
+        plain = plain[:2]
+    return DOMAIN + _pack([KIND_NAMES[kind], chain_id, sender, plain])
+
+
+def _plain(obj):
+    if isinstance(obj, tuple | list):
+        return [_plain(x) for x in obj]
+    return obj
+
+
+def encode(kind: int, sender: int, body: tuple, sig: bytes) -> bytes:
+    """Wire bytes: msgpack [kind, sender, body as nested lists, signature]."""
+    return _pack([kind, sender, _plain(body), sig])
+
+
+def sign(crypto, chain_id: str, kind: int, sender: int, body) -> Message:
+    body = typed_body(kind, body)
+    return Message(kind, sender, body, crypto.sign(signing_bytes(chain_id, kind, sender, body)))
+
+
+def verify(crypto, chain_id: str, msg: Message) -> bool:
+    signed = msg.memo.get(chain_id)
+    if signed is None:  # decode_cached shares one Message per wire message: pack its signed bytes once
+        signed = msg.memo[chain_id] = signing_bytes(chain_id, msg.kind, msg.sender, msg.body, msg.raw)
+    return crypto.verify(msg.sender, signed, msg.sig)
+
+
+def decode_body(kind: int, raw, limits: Limits) -> Body:
+    """The typed, validated body of a kind from its decoded msgpack list. Raises DecodeError only."""
+    from_wire = _FROM_WIRE[kind]
+    if from_wire is not None:
+        body = from_wire(raw, limits)
+    else:
+        cls = BODY_TYPES[kind]
+        body = tuple.__new__(cls, _fields(raw, len(cls._fields)))
+    body.validate_basic(limits)
+    return body
 
 
 def decode(data: bytes, n_members: int, max_bytes: int, window: int) -> Message:
@@ -194,7 +411,8 @@ def decode(data: bytes, n_members: int, max_bytes: int, window: int) -> Message:
     sender = _int(sender)
     if sender >= n_members:
         raise DecodeError("sender is not a member")
-    return Message(kind, sender, _body(kind, body, n_members, max_bytes, window), _bytes(sig, MAX_SIG), body)
+    return Message(kind, sender, decode_body(kind, body, Limits(n_members, max_bytes, window)), _bytes(sig, MAX_SIG),
+                   body)
 
 
 @lru_cache(maxsize=2048)

@@ -13,6 +13,8 @@ Records for heights at or below the newest stable checkpoint are obsolete: compa
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import msgpack
 
 from .messages import MAX_DIGEST, MAX_SIG
@@ -44,6 +46,12 @@ def commit_record(view: int, height: int, digest: bytes, proof: tuple[tuple[int,
 
 def stable_record(height: int, state_digest: bytes, proof: tuple[tuple[int, bytes], ...]) -> bytes:
     return _pack(["stable", height, state_digest, [[i, s] for i, s in proof]])
+
+
+def is_stable_record(record: bytes) -> bool:
+    """Whether record is a ["stable", ...] record, without decoding it (a msgpack fixarray of 4, then the
+    fixstr "stable"): a runtime can compact its WAL after each one it appends."""
+    return record[:8] == b"\x94\xa6stable"
 
 
 def _int(x) -> int:
@@ -93,6 +101,43 @@ def decode(record: bytes) -> tuple:
     except (TypeError, IndexError) as exc:
         raise WalError("malformed record") from exc
     raise WalError(f"unknown record {tag!r}")
+
+
+class Replayed(NamedTuple):
+    """What a replica's WAL says about it (replay): its view and phase, the NEW-VIEW it entered last, its
+    newest stable checkpoint, and the votes and commits it signed, in WAL order."""
+    view: int
+    in_view_change: bool
+    new_view_wire: bytes | None  # the NEW-VIEW of new_view_view (entered), None if it entered none
+    new_view_view: int
+    stable: tuple[int, bytes, tuple[tuple[int, bytes], ...]] | None  # (height, state digest, proof)
+    votes: tuple[tuple, ...]    # ("vote", v, h, d, payload|None)
+    commits: tuple[tuple, ...]  # ("commit", v, h, d, prepared certificate)
+    bad_records: int            # torn or foreign records skipped
+
+
+def replay(records) -> Replayed:
+    """Fold a WAL (oldest record first) into the state a restarting replica resumes from."""
+    view, in_vc, nv_wire, nv_view, stable = 0, False, None, 0, None
+    votes, commits, bad = [], [], 0
+    for rec in records:
+        try:
+            r = decode(rec)
+        except (WalError, TypeError):
+            bad += 1
+            continue
+        tag = r[0]
+        if tag == "view" and r[1] > view:
+            view, in_vc = r[1], True
+        elif tag == "newview" and r[1] >= view:
+            view, in_vc, nv_wire, nv_view = r[1], False, r[2], r[1]
+        elif tag == "vote":
+            votes.append(r)
+        elif tag == "commit":
+            commits.append(r)
+        elif tag == "stable" and r[1] > (stable[0] if stable is not None else 0):
+            stable = r[1:]
+    return Replayed(view, in_vc, nv_wire, nv_view, stable, tuple(votes), tuple(commits), bad)
 
 
 def compact(records) -> list[bytes]:

@@ -4,7 +4,7 @@
 #   test:   real DICOM software, network namespaces and a browser (explorer tests) used by the test suite
 set -euo pipefail
 case "${1:-test}" in
-  python) pkgs=(python3-venv python3-dev build-essential libsodium23) ;;  # libsodium23: ristretto255 for node/oprf.py
+  python) pkgs=(python3-venv python3-dev build-essential libsodium23) ;;  # libsodium23: ristretto255 for node/ledger/oprf.py
   test)   pkgs=(orthanc orthanc-python orthanc-dicomweb dcmtk iproute2 curl chromium libsodium23 rsyslog rsyslog-gnutls) ;;
   *) echo "usage: $0 python|test" >&2; exit 2 ;;
 esac

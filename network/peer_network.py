@@ -34,6 +34,7 @@ from .framing import DATA, ERR, PING, PONG, REQ, RESP, FrameDecoder, FrameError
 from .host import PortLock, apply_library_workarounds, build_host
 from .identity import load_or_create_identity, parse_peer_id, peer_id_of
 from .queue import FrameQueue
+from .security import AllowList
 
 __all__ = ["PeerNetwork", "RequestError", "RequestTimeout", "MSG_PROTOCOL", "REQ_PROTOCOL"]
 
@@ -154,20 +155,14 @@ class PeerNetwork:
         self.heartbeat = heartbeat
         self.dead_after = dead_after
         self._lock_dir = lock_dir
+        self._queue_frames, self._queue_bytes = queue_frames, queue_bytes
         self._peers: dict[str, _Peer] = {}
         for pid, addrs in members.items():
-            ident = parse_peer_id(pid)
-            if pid == self.peer_id:
-                continue
-            wakeup = trio.lowlevel.ParkingLot()
-            self._peers[pid] = _Peer(
-                pid=pid,
-                id=ident,
-                addrs=[_dial_addr(pid, a) for a in addrs],
-                queue=FrameQueue(queue_frames, queue_bytes, wakeup),
-                urgent=FrameQueue(queue_frames, queue_bytes, wakeup),
-            )
-        self._allowed = frozenset(self._peers) | {self.peer_id}
+            if pid != self.peer_id:
+                self._peers[pid] = self._new_peer(pid, addrs)
+        self._allowed = AllowList(frozenset(self._peers) | {self.peer_id})
+        self._loops: dict[str, trio.CancelScope] = {}  # peer -> its dialing loop (set_members ends it)
+        self._nursery: trio.Nursery | None = None
         self._inbox_send, self.inbox = trio.open_memory_channel[tuple[str, str, bytes]](inbox_size)
         self._handlers: dict[str, Handler] = {}
         self._req_slots = trio.Semaphore(max_concurrent_requests)
@@ -177,6 +172,57 @@ class PeerNetwork:
         self._running = False
 
     # ------------------------------------------------------------------ public API
+
+    def _new_peer(self, pid: str, addrs: Sequence[str]) -> _Peer:
+        ident = parse_peer_id(pid)
+        wakeup = trio.lowlevel.ParkingLot()
+        return _Peer(pid=pid, id=ident, addrs=[_dial_addr(pid, a) for a in addrs],
+                     queue=FrameQueue(self._queue_frames, self._queue_bytes, wakeup),
+                     urgent=FrameQueue(self._queue_frames, self._queue_bytes, wakeup))
+
+    def set_members(self, members: Mapping[str, Sequence[str]]) -> tuple[list[str], list[str]]:
+        """Replace the consortium (peer ID -> static multiaddrs) while running: new members are allowed and
+        dialled; a member no longer listed is refused at the handshake from now on, its dialing loop ends,
+        its queued frames are dropped and its connection is closed. Known members keep their streams and
+        queues (their addresses are updated for the next dial). Returns (added, removed) peer IDs. Raises
+        ValueError (and changes nothing) if an entry does not parse."""
+        fresh = {pid: self._new_peer(pid, addrs) for pid, addrs in members.items()
+                 if pid != self.peer_id and pid not in self._peers}
+        for pid, addrs in members.items():  # validate every address before changing anything
+            if pid in self._peers:
+                [_dial_addr(pid, a) for a in addrs]
+        removed = [pid for pid in self._peers if pid not in members]
+        for pid, addrs in members.items():
+            if pid in self._peers:
+                self._peers[pid].addrs = [_dial_addr(pid, a) for a in addrs]
+        self._peers.update(fresh)
+        for pid in removed:
+            self._peers.pop(pid)
+        self._allowed.set(frozenset(self._peers) | {self.peer_id})
+        for pid in removed:
+            scope = self._loops.pop(pid, None)
+            if scope is not None:
+                scope.cancel()
+            self.stats["members_removed"] += 1
+        if self._nursery is not None:
+            for p in fresh.values():
+                self._nursery.start_soon(self._peer_loop, p)
+            for pid in removed:
+                self._nursery.start_soon(self._disconnect, pid)
+        self.stats["members_added"] += len(fresh)
+        if fresh or removed:
+            log.info("consortium changed: %d peers added, %d removed", len(fresh), len(removed))
+        return list(fresh), removed
+
+    async def _disconnect(self, pid: str) -> None:
+        host = self.host
+        if host is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+            try:
+                await host.disconnect(parse_peer_id(pid))
+            except Exception:
+                pass
 
     @property
     def peers(self) -> list[str]:
@@ -330,10 +376,12 @@ class PeerNetwork:
                     self._running = True
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(trio.sleep_forever)  # serve even with no other member
+                        self._nursery = nursery
                         for p in self._peers.values():
                             nursery.start_soon(self._peer_loop, p)
                         task_status.started()
                 finally:
+                    self._nursery = None
                     self._running = False
                     for p in self._peers.values():
                         p.up = False
@@ -381,12 +429,16 @@ class PeerNetwork:
         return self._peers.get(pid)
 
     async def _peer_loop(self, p: _Peer) -> None:
-        backoff = BACKOFF_MIN
-        while True:
-            if await self._session(p):
-                backoff = BACKOFF_MIN
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+        with trio.CancelScope() as scope:
+            self._loops[p.pid] = scope
+            if self._peers.get(p.pid) is not p:
+                return  # removed before this loop started
+            backoff = BACKOFF_MIN
+            while True:
+                if await self._session(p):
+                    backoff = BACKOFF_MIN
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _session(self, p: _Peer) -> bool:
         """One outbound stream's life. Returns True if the stream was established."""
@@ -496,8 +548,8 @@ class PeerNetwork:
                 # A replaced stream's reader may still be delivering its last chunk (blocked on a
                 # full inbox): the lock makes the new stream's frames wait behind it.
                 async with p.deliver:
-                    if p.inbound is not stream:
-                        break  # superseded by a newer stream from the same peer
+                    if p.inbound is not stream or self._peers.get(p.pid) is not p:
+                        break  # superseded by a newer stream from the same peer, or no longer a member
                     for kind, body in dec.feed(chunk):
                         if kind == DATA:
                             item = (p.pid, *framing.parse_channel_body(body))

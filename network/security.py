@@ -19,11 +19,35 @@ from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-__all__ = ["AllowListSecurity", "noise_only_security", "NOISE_PROTOCOL_ID"]
+__all__ = ["AllowList", "AllowListSecurity", "noise_only_security", "NOISE_PROTOCOL_ID"]
+
+
+class AllowList:
+    """The peer IDs admitted at the handshake; replaced as a whole when the consortium changes (PeerNetwork
+    .set_members), so a handshake checks against one consistent set, the one in force when it completes."""
+
+    def __init__(self, ids: Collection[str] = ()) -> None:
+        self.ids: frozenset[str] = frozenset(ids)
+
+    def set(self, ids: Collection[str]) -> None:
+        self.ids = frozenset(ids)
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self.ids
+
+    def __iter__(self):
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __or__(self, other) -> frozenset[str]:
+        return self.ids | frozenset(other)
 
 
 class AllowListSecurity(ISecureTransport):
-    """Wraps a secure transport; refuses authenticated peers whose ID is not in `allowed`."""
+    """Wraps a secure transport; refuses authenticated peers whose ID is not in `allowed` (a live
+    AllowList is consulted at each handshake; any other collection is frozen)."""
 
     def __init__(
         self,
@@ -32,7 +56,7 @@ class AllowListSecurity(ISecureTransport):
         on_reject: Callable[[str], None] | None = None,
     ) -> None:
         self.inner = inner
-        self.allowed = frozenset(allowed)
+        self.allowed = allowed if isinstance(allowed, AllowList) else frozenset(allowed)
         self._on_reject = on_reject
 
     async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:

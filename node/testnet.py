@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,16 +20,31 @@ from pathlib import Path
 import httpx
 
 from network.identity import load_or_create_identity, peer_id_of
-from node import oprf
-from node.config import write_config
-from node.genesis import Genesis, Member
-from node.keys import create_member_key, make_private_dir, write_secret
+from node.ledger import oprf
+from node.ledger.genesis import Genesis, Member
+from node.privatefiles import make_private_dir, write_secret
 from node.rpc.auth import ADMIN, READ, add_token
-from node.tokenizer import ensure_local_secrets, oprf_threshold, write_epoch
+from node.runtime.keys import create_member_key
+from node.runtime.settings import write_config
+from node.runtime.tokenizer import ensure_local_secrets, load_epochs, oprf_threshold, write_epoch
 
 HOSPITALS = ["hosp-a", "hosp-b", "hosp-c", "hosp-d", "hosp-e", "hosp-f", "hosp-g", "hosp-h", "hosp-i", "hosp-j"]
-EXAMPLE_EVENT = {"type": "instances.accessed", "patient_id": "PAT-1", "issuer": "HOSP-A",
-                 "study_uid": "1.2.840.1", "actor": "dr.smith", "purpose": "TREAT"}
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports on 127.0.0.1 that were free a moment ago (all bound at once, then released), for
+    tests and benchmarks that start their own servers. Another process may take one meanwhile: callers that
+    can, retry."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 @dataclass(frozen=True)
@@ -188,6 +204,7 @@ class LocalTestnet:
         self.out = out
         self.nodes = generate(n, out, base_port=base, hosts=hosts, params=params, config_extra=config_extra)
         self.procs: list[subprocess.Popen | None] = [None] * n
+        self.config_extra = config_extra
         self.wrap = wrap or [[] for _ in range(n)]  # per-node command prefix, e.g. ip netns exec NS
 
     def start(self, i: int | None = None) -> None:
@@ -221,3 +238,35 @@ class LocalTestnet:
 
     def height(self, i: int) -> int:
         return self.rpc(i, "status", timeout=3)["height"]
+
+    def add_node(self, name: str | None = None) -> tuple[NodeInfo, dict]:
+        """A home for a hospital joining the running consortium (same genesis and PSK, new
+        keys and ports); not started. Returns its NodeInfo and what the members must approve
+        (member.added fields: subject, subject_key, peer_id, addr). Index = len(nodes) - 1 afterwards."""
+        from node.runtime.keys import load_member_key
+        from node.runtime.settings import load_config
+
+        i = len(self.nodes)
+        name = name or member_name(i)
+        first = load_config(self.nodes[0].home)
+        base = free_base_port(2)
+        home = (self.out / name).resolve()
+        p2p, rpc_listen = f"/ip4/127.0.0.1/tcp/{base}", f"127.0.0.1:{base + 1}"
+        create_member_key(home / "keys" / "member.key")
+        identity = load_or_create_identity(home / "keys" / "p2p.key")
+        write_config(home, name=name, p2p_listen=p2p, rpc_listen=rpc_listen, psk=first.psk,
+                     extra=self.config_extra)
+        # A joining member gets the OPRF epochs' public parameters but no key share: the shares were dealt
+        # to the genesis members (docs/PSEUDONYMS.md), and its own local pseudonym key.
+        ensure_local_secrets(home)
+        for public in load_epochs(self.nodes[0].home).publics.values():
+            write_epoch(home, public, None)
+        Genesis.load(self.nodes[0].home).save(home / "genesis.json")
+        info = NodeInfo(name, home, f"http://{rpc_listen}", p2p, add_operator_token(home),
+                        add_token(home / "tokens.json", "reader", [READ]))
+        self.nodes.append(info)
+        self.procs.append(None)
+        self.wrap.append([])
+        key = load_member_key(home / "keys" / "member.key")
+        return info, {"subject": name, "subject_key": bytes(key.verify_key), "peer_id": peer_id_of(identity),
+                      "addr": p2p}

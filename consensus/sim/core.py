@@ -319,8 +319,6 @@ class Simulation:
             raise Violation("event queue ran dry")
         self.check_bounded()
         for node in self.nodes:
-            if node.replica is not None and node.replica.stats["internal_error"]:
-                raise Violation(f"replica {node.index} counted an internal error")
             self.totals.update(node.replica.stats)
         if self.verbose:
             for node in self.nodes:
@@ -420,16 +418,23 @@ class Simulation:
         node.timers = {}
         node.work_sent = -1
         node.inflight = set()
-        node.replica = Replica(self.config, node.member, node.crypto, self.app, wal=list(node.wal),
-                               last_executed=len(node.store))
-        self.perform(node, node.replica.start())
+        try:
+            node.replica = Replica(self.config, node.member, node.crypto, self.app, wal=list(node.wal),
+                                   last_executed=len(node.store))
+            actions = node.replica.start()
+        except Exception as exc:
+            raise Violation(_replica_error(node, "restart", exc)) from exc
+        self.perform(node, actions)
         self.send_work(node)
 
     def deliver_event(self, node: Node, event) -> None:
         if not node.up:
             return
         before = (node.replica.view, node.replica.in_view_change)
-        actions = node.replica.handle(event)
+        try:
+            actions = node.replica.handle(event)
+        except Exception as exc:  # an InvariantViolation (or any other bug): the replica stops loudly
+            raise Violation(_replica_error(node, type(event).__name__, exc)) from exc
         after = (node.replica.view, node.replica.in_view_change)
         entered = before != after and not after[1] and self.honest(node.index)
         if before != after:
@@ -437,8 +442,6 @@ class Simulation:
             self.log(f"i{node.index} {'view change to' if node.replica.in_view_change else 'enters view'} "
                      f"{node.replica.view} on {type(event).__name__}"
                      f"{' ' + str(event.timer) if isinstance(event, TimerFired) else ''}")
-        if node.replica.stats["internal_error"]:
-            raise Violation(f"replica {node.index} internal error on {type(event).__name__}")
         if before != after and not after[1] and node.crash_on_kind == ENTER_VIEW:
             node.crash_in_list = False
             for a in actions:
@@ -460,7 +463,7 @@ class Simulation:
     def entered_view(self, node: Node, old: int, w: int) -> None:
         """An honest replica enters each view on one NEW-VIEW only, restarts included; in the steady phase
         the f faulty members cannot make honest replicas leave honest primaries again and again."""
-        wire = getattr(node.replica, "_nv_wire", None)  # the NEW-VIEW it entered on (None for view 0)
+        wire = node.replica.entered_new_view  # the NEW-VIEW it entered on (None for view 0)
         if type(wire) is bytes:
             prev = self.entered.setdefault((node.member, w), wire)
             if prev != wire:
@@ -933,6 +936,11 @@ def _gcd(a: int, b: int) -> int:
     return a
 
 
+def _replica_error(node, on: str, exc: Exception) -> str:
+    what = "broke an invariant" if isinstance(exc, AssertionError) else "internal error"
+    return f"replica {node.index} {what} on {on}: {type(exc).__name__}: {exc}"
+
+
 def _footprint(obj, depth: int = 3) -> int:
     """Entries held in the containers of an object (dicts, lists, sets, and objects with __slots__), to a
     small depth: a generic measure that does not depend on the replica's attribute names."""
@@ -945,7 +953,9 @@ def _footprint(obj, depth: int = 3) -> int:
         v = name_value
         if isinstance(v, Counter) or v is None or isinstance(v, str | bytes | int | float | bool):
             continue
-        if isinstance(v, dict | list | set):
+        if depth == 3 and hasattr(type(v), "__slots__") and not isinstance(v, tuple):
+            total += _footprint(v, depth)  # a component of the replica (view changes, catch-up, ...)
+        elif isinstance(v, dict | list | set):
             total += len(v)
             if depth > 1:
                 items = v.values() if isinstance(v, dict) else v

@@ -38,54 +38,55 @@ class Mutant:
 
 MUTANTS = (
     Mutant("vc_entries_unchecked", "(a) prepared certificates in VIEW-CHANGE entries not checked",
-           (("viewchange.py", """        if not quorum_valid(crypto, n, q, sigs, signed):
+           (("viewchange.py", """        if not quorum_valid(crypto, n, q, e.signatures, signed):
             return "entry certificate"
 """, ""),)),
     Mutant("new_view_lowest_proof", "(b) the NEW-VIEW plan picks the lowest-view proof, not the highest",
-           (("viewchange.py", "if cur is None or (v, d) > cur:", "if cur is None or (v, d) < cur:"),)),
+           (("viewchange.py", "if cur is None or (e.view, e.digest) > cur:", "if cur is None or (e.view, e.digest) < cur:"),)),
     Mutant("new_view_not_logged", "(c) NEW-VIEW not written to the WAL (sent, or entered)",
-           (("viewchange.py", """            self._emit(Persist(walrec.newview_record(w, wire)))
+           (("viewchange.py", """            r.emit(Persist(walrec.newview_record(w, wire)))
 """, ""),
-            ("viewchange.py", """        self._emit(Persist(walrec.newview_record(w, data)))
+            ("viewchange.py", """        r.emit(Persist(walrec.newview_record(w, data)))
 """, ""))),
     Mutant("validation_skipped", "(d) the application's proposal validation skipped",
            (("replica.py", """        if not self._valid(slot.height, payload):
-            return self._drop("invalid_proposal")
+            return self.drop("invalid_proposal")
 """, ""),)),
     Mutant("prepare_not_logged", "(e) no WAL write before PREPARE",
-           (("replica.py", """        self._emit(Persist(walrec.vote_record(v, slot.height, d, payload)))
-        msg = self._sign(m.PREPARE, (v, slot.height, d))""", """        msg = self._sign(m.PREPARE, (v, slot.height, d))"""),)),
+           (("replica.py", """        self.emit(Persist(walrec.vote_record(v, slot.height, d, payload)))
+        msg = self.sign(m.PREPARE, (v, slot.height, d))""", """        msg = self.sign(m.PREPARE, (v, slot.height, d))"""),)),
     Mutant("quorum_2f", "quorum of 2f instead of 2f+1",
            (("certificate.py", "    return (n + max_faulty(n)) // 2 + 1", "    return max(1, 2 * max_faulty(n))"),)),
     Mutant("signatures_unchecked", "message signatures not verified on receipt",
-           (("replica.py", """        if not m.verify(self.crypto, self._chain, msg):
-            return self._drop("bad_signature")
+           (("replica.py", """        if not m.verify(self.crypto, self.chain_id, msg):
+            return self.drop("bad_signature")
 """, ""),)),
     Mutant("decided_certificate_unchecked", "DECIDED (pushed block) accepted without checking its certificate",
-           (("catchup.py", "if cert.height != h or not self._cert_valid(cert):", "if cert.height != h:"),)),
+           (("catchup.py", "if cert.height != h or not r.cert_valid(cert):", "if cert.height != h:"),)),
     Mutant("new_view_signatures_unchecked",
            "VIEW-CHANGE signatures inside a NEW-VIEW, and its assignment signatures, not verified",
-           (("viewchange.py", "if not known and (not m.verify(self.crypto, self._chain, vc) or check_view_change(",
+           (("viewchange.py", "if not known and (not m.verify(r.crypto, r.chain_id, vc) or check_view_change(",
              "if not known and (False or check_view_change("),
-            ("viewchange.py", "            if not self.crypto.verify(msg.sender, m.vote_signing_bytes(self._chain, w, h, d), s):",
+            ("viewchange.py",
+             "            if not r.crypto.verify(msg.sender, m.vote_signing_bytes(r.chain_id, w, a.height, a.digest), a.signature):",
              "            if False:"))),
     Mutant("commit_without_prepared", "COMMIT sent on the first vote, without a prepared certificate",
-           (("replica.py", """        if not votes or len(votes) < self._q:
+           (("replica.py", """        if not votes or len(votes) < self.quorum:
             return
         if slot.prepared""", """        if not votes:
             return
         if slot.prepared"""),)),
     Mutant("checkpoint_stable_f_plus_1", "a checkpoint becomes stable with f+1 matching signatures",
-           (("replica.py", "        if len(matching) >= self._q:\n            self._new_stable",
-             "        if len(matching) > self._f:\n            self._new_stable"),)),
+           (("checkpoints.py", "        return matching if len(matching) >= self.quorum else None",
+             "        return matching if len(matching) > (self.n - 1) // 3 else None"),)),
     Mutant("watermark_not_enforced", "votes above the high watermark accepted",
-           (("replica.py", """        if h > self._stable[0] + self._L:
-            self._drop("above_window")
+           (("replica.py", """        if h > low + self.window:
+            self.drop("above_window")
             return False
 """, ""),)),
     Mutant("join_view_change_on_f", "(ours) a replica joins a later view on f VIEW-CHANGEs instead of f+1",
-           (("viewchange.py", "        if len(views) > self._f:\n            self._start_view_change(views[self._f])",
-             "        if len(views) >= self._f:\n            self._start_view_change(views[self._f - 1])"),)),
+           (("viewchange.py", "        if len(views) > r.f:\n            r.start_view_change(views[r.f])",
+             "        if len(views) >= r.f:\n            r.start_view_change(views[r.f - 1])"),)),
 )
 
 

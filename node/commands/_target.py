@@ -21,7 +21,7 @@ def client_from_args(args):
     url = args.url or os.environ.get("RADCHAIN_URL")
     token = args.token or os.environ.get("RADCHAIN_TOKEN")
     if args.home:
-        from node.config import load_config
+        from node.runtime.settings import load_config
 
         cfg = load_config(args.home)
         url = url or cfg.rpc_url

@@ -3,7 +3,7 @@
     radchain atna-forward --home node-a --to arr.hospital:6514 --ca ca.pem --cert me.pem --key me.key \\
         --since 2026-11-01T00:00:00Z --state atna.cursor
 
-RFC 5424 syslog over RFC 5425 TLS (node.atna_out). One pass over what matches; run it from cron or a
+RFC 5424 syslog over RFC 5425 TLS (node.reports.atna_syslog). One pass over what matches; run it from cron or a
 timer with --state to send only what is new each time.
 """
 
@@ -32,8 +32,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from node.atna_out import SyslogTlsSender, forward, tls_context
     from node.client import RpcCallError
+    from node.reports.atna_syslog import SyslogTlsSender, forward, tls_context
 
     host, _, port = args.to.rpartition(":")
     if not host or not port.isdigit():

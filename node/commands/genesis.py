@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from node.genesis import Genesis, GenesisError
+    from node.ledger.genesis import Genesis, GenesisError
 
     doc = {"chain_id": args.chain_id, "genesis_time": datetime.now(UTC).isoformat(timespec="seconds"),
            "members": [json.loads(p.read_text()) for p in args.members], "params": {}}

@@ -25,15 +25,19 @@ def register(subparsers) -> None:
     p.add_argument("--p2p", required=True, help="p2p listen multiaddr, e.g. /ip4/10.1.0.5/tcp/26656")
     p.add_argument("--rpc", default="127.0.0.1:26657", help="RPC listen HOST:PORT (default 127.0.0.1:26657)")
     p.add_argument("--secrets", type=Path, help="consortium secrets JSON {psk} (hex)")
+    p.add_argument("--join", type=Path, metavar="GENESIS",
+                   help="join a running consortium: copy its genesis.json here and print what 2f+1 of its "
+                        "members must approve (`radchain member propose-add ...`)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from network.identity import load_or_create_identity, peer_id_of
-    from node.config import write_config
-    from node.keys import create_member_key, make_private_dir, write_secret
+    from node.privatefiles import make_private_dir, write_secret
+    from node.runtime.keys import create_member_key
+    from node.runtime.settings import write_config
+    from node.runtime.tokenizer import ensure_local_secrets
     from node.testnet import add_operator_token
-    from node.tokenizer import ensure_local_secrets
 
     # Anything created below (including by libraries) is private to this user, even under umask 000.
     os.umask(0o077)
@@ -59,6 +63,25 @@ def run(args) -> int:
     entry = {"name": args.name, "pubkey": bytes(key.verify_key).hex(), "peer_id": peer_id_of(identity),
              "p2p": [args.p2p], "rpc": f"http://{args.rpc}", "clients": []}
     write_secret(args.home / "member.json", json.dumps(entry, indent=2) + "\n")  # public, but nobody else's to edit
+    if args.join:
+        from node.ledger.genesis import Genesis, GenesisError
+
+        try:
+            genesis = Genesis.load(args.join)
+        except GenesisError as exc:
+            print(f"radchain init: {exc}", file=sys.stderr)
+            return 2
+        if genesis.member(args.name) is not None:
+            print(f"radchain init: {args.name!r} is already a founding member of {genesis.chain_id}", file=sys.stderr)
+            return 2
+        genesis.save(args.home / "genesis.json")
+        print(f"To join {genesis.chain_id}, 2f+1 of its current members run (the first proposes, the others "
+              f"approve the proposal id it prints, or run the same command):")
+        print(f"  radchain member propose-add --name {args.name} --member-key {entry['pubkey']} "
+              f"--p2p-key {entry['peer_id']} --addr {args.p2p} --home <their home>")
+        print(f"Then start this node (radchain start --home {args.home}): it syncs the chain from genesis and "
+              f"votes from the height at which the new member set takes effect.")
+        return 0
     print(json.dumps(entry, indent=2))
     print(f"member entry written to {args.home}/member.json; operator token (admin) in "
           f"{args.home}/keys/operator.token; more tokens: radchain token add --home {args.home}", file=sys.stderr)

@@ -61,10 +61,10 @@ def stats(args) -> int:
 
 
 def deal(args) -> int:
-    from node import oprf
-    from node.genesis import Genesis
-    from node.keys import make_private_dir, write_secret
-    from node.tokenizer import oprf_threshold
+    from node.ledger import oprf
+    from node.ledger.genesis import Genesis
+    from node.privatefiles import make_private_dir, write_secret
+    from node.runtime.tokenizer import oprf_threshold
 
     n = args.members
     t = args.threshold or oprf_threshold(n)
@@ -85,8 +85,8 @@ def deal(args) -> int:
 
 
 def install(args) -> int:
-    from node import oprf
-    from node.tokenizer import ensure_local_secrets, write_epoch
+    from node.ledger import oprf
+    from node.runtime.tokenizer import ensure_local_secrets, write_epoch
 
     try:
         public = oprf.decode_epoch_public(args.public.read_bytes())

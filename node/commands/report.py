@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from node.client import RpcCallError
-    from node.utilization_report import write_charts, write_csv
+    from node.reports.utilization_charts import write_charts, write_csv
 
     params: dict = {"repeat_days": args.repeat_days}
     for name in ("since", "until", "member"):
@@ -73,7 +73,7 @@ def run(args) -> int:
 
 def run_redundancy(args) -> int:
     from node.client import RpcCallError
-    from node.utilization_report import write_redundancy_csv
+    from node.reports.utilization_charts import write_redundancy_csv
 
     params: dict = {"within_days": args.within_days}
     for name in ("since", "until", "modality", "body_part"):

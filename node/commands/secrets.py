@@ -16,7 +16,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from node.keys import write_secret
+    from node.privatefiles import write_secret
 
     write_secret(args.out, json.dumps({"psk": os.urandom(32).hex()}),
                  exclusive=True)

@@ -18,7 +18,7 @@ def run(args) -> int:
 
     import trio
 
-    from node.config import ConfigError, load_config
+    from node.runtime.settings import ConfigError, load_config
 
     try:
         cfg = load_config(args.home)
@@ -27,7 +27,7 @@ def run(args) -> int:
         return 2
     import os
 
-    from node.keys import SecretModeError, check_home_secrets
+    from node.runtime.keys import SecretModeError, check_home_secrets
 
     try:
         check_home_secrets(cfg.home)
@@ -51,11 +51,11 @@ def run(args) -> int:
               "every read (audit trails, AE titles, metrics) is open to anyone who reaches this port",
               file=sys.stderr)
     from network.logs import mute_libp2p_logging
-    from node.logs import setup_logging
+    from node.runtime.jsonlogs import setup_logging
 
     setup_logging(cfg.log_level, cfg.name)
     mute_libp2p_logging()
-    from node.runtime import open_node
+    from node.runtime.node import open_node
 
     async def main() -> None:
         node = await open_node(cfg)  # waits, with one log line, while the data disk is full

@@ -30,7 +30,7 @@ def run(args) -> int:
         if not args.run:
             print(f"{manifest} exists already; remove {args.out} to create a new network", file=sys.stderr)
             return 1
-        from node.config import ConfigError, load_config
+        from node.runtime.settings import ConfigError, load_config
 
         for info in nodes:
             try:
@@ -54,6 +54,7 @@ def _run(nodes, out: Path) -> int:
     import signal
 
     from node import testnet
+    from node.ledger.intake import EXAMPLE_EVENT
 
     def _terminate(signum, frame):  # SIGTERM (e.g. from a supervisor) stops the nodes like Ctrl-C
         raise KeyboardInterrupt
@@ -68,7 +69,7 @@ def _run(nodes, out: Path) -> int:
         first = nodes[0]
         print("\nSubmit an event (identifiers stay on this node; only keyed pseudonyms go on chain):")
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "submit_event",
-                           "params": {"event": testnet.EXAMPLE_EVENT}})
+                           "params": {"event": EXAMPLE_EVENT}})
         print(f"  curl -s {first.rpc} -H 'Authorization: Bearer {first.token}' -d '{body}'")
         print(f"Tokens (operator: admin; reader: read only) are in {out}/testnet.json; "
               "`radchain token add/revoke/list --home HOME` manages them.")
@@ -95,9 +96,10 @@ def _run(nodes, out: Path) -> int:
 def _self_check(nodes) -> None:
     """Submit the example event on the first node and show it committed on every node."""
     from node import testnet
+    from node.ledger.intake import EXAMPLE_EVENT
 
     first = nodes[0]
-    answer = testnet.rpc_call(first.rpc, "submit_event", {"event": testnet.EXAMPLE_EVENT}, first.token)
+    answer = testnet.rpc_call(first.rpc, "submit_event", {"event": EXAMPLE_EVENT}, first.token)
     tx = answer["result"]["tx"]
     deadline = time.monotonic() + 30
     seen = {}

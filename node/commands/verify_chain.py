@@ -21,9 +21,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from node.chain_verify import VerifyError, verify_chain
-    from node.genesis import Genesis, GenesisError
-    from node.store import Store, StoreError
+    from node.ledger.genesis import Genesis, GenesisError
+    from node.ledger.store import Store, StoreError
+    from node.ledger.verifier import VerifyError, verify_chain
 
     try:
         genesis = Genesis.load(args.home / "genesis.json")

@@ -22,11 +22,11 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import httpx
 
-    from node.config import ConfigError, load_config
     from node.dicom.importer import iter_files
     from node.dicom.verify import ChainReader, summarize_studies, verify_files
-    from node.pseudonym import Pseudonymizer
-    from node.tokenizer import load_local_key
+    from node.ledger.pseudonym import Pseudonymizer
+    from node.runtime.settings import ConfigError, load_config
+    from node.runtime.tokenizer import load_local_key
 
     try:
         cfg = load_config(args.home)

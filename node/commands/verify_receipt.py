@@ -16,36 +16,16 @@ def register(subparsers) -> None:
                                           "valid, 1 if not (the reason is printed), 2 if FILE or G is unreadable.")
     p.add_argument("file", type=Path, help="receipt (JSON)")
     p.add_argument("--genesis", required=True, type=Path, help="the consortium's genesis.json")
+    p.add_argument("--history", type=Path, default=None,
+                   help="the member history (JSON, as the member_history RPC or `radchain member history` "
+                        "writes it): needed for a receipt of a height after the member set first changed")
     p.set_defaults(func=run)
-
-
-def load_receipt(path: Path):
-    """(Receipt, claims) from a JSON receipt; claims are what the file says about itself (hash, height)."""
-    from node.chain_verify import Receipt, ReceiptError
-
-    data = path.read_bytes()
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        return Receipt.decode(data), {}  # binary (msgpack) receipt, as Receipt.encode writes it
-    if not isinstance(doc, dict):
-        raise ReceiptError("receipt JSON must be an object")
-    claims = {k: doc[k] for k in ("hash", "height", "chain_id") if k in doc}
-    if isinstance(doc.get("receipt"), dict):  # a whole get_tx answer
-        doc = doc["receipt"]
-        claims.update({k: doc[k] for k in ("height", "chain_id") if k in doc})
-    try:
-        receipt = Receipt(bytes.fromhex(doc["tx"]), int(doc["index"]), tuple(bytes.fromhex(p) for p in doc["path"]),
-                          bytes.fromhex(doc["proposal_header"]), bytes.fromhex(doc["certificate"]))
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: "index": Infinity
-        raise ReceiptError(f"malformed receipt: {exc.__class__.__name__}: {exc}") from None
-    return receipt, claims
 
 
 def run(args) -> int:
     from consensus.certificate import Certificate
-    from node.chain_verify import ReceiptError, verify_receipt
-    from node.genesis import Genesis, GenesisError
+    from node.ledger.genesis import Genesis, GenesisError
+    from node.ledger.verifier import ReceiptError, load_receipt, verify_receipt
 
     try:
         genesis = Genesis.load(args.genesis)
@@ -60,8 +40,27 @@ def run(args) -> int:
     except ReceiptError as exc:
         print(f"verify-receipt: INVALID: {exc}")
         return 1
+    epochs, through = None, None
+    if args.history is not None:
+        from node.ledger.member_history import replay_history
+
+        try:
+            doc = json.loads(args.history.read_bytes())
+        except (OSError, ValueError) as exc:
+            print(f"verify-receipt: {args.history}: {exc}", file=sys.stderr)
+            return 2
+        try:
+            epochs, through = replay_history(genesis, doc)
+        except ReceiptError as exc:
+            print(f"verify-receipt: INVALID history {args.history}: {exc}")
+            return 1
     try:
-        tx, header = verify_receipt(receipt, genesis.member_pubkeys, genesis.chain_id)
+        if epochs is not None and through is not None and not epochs.known_through(through) >= \
+                _height_of(receipt):
+            raise ReceiptError(f"the history covers heights up to {epochs.known_through(through)}; "
+                               f"get a newer one for this receipt")
+        tx, header = verify_receipt(receipt, epochs if epochs is not None else genesis.member_pubkeys,
+                                    genesis.chain_id)
         if "hash" in claims and claims["hash"] != tx.hash.hex():
             raise ReceiptError(f"the file names tx {claims['hash']}, the receipt proves {tx.hash.hex()}")
         if "height" in claims and claims["height"] != header.height:
@@ -69,8 +68,22 @@ def run(args) -> int:
     except ReceiptError as exc:
         print(f"verify-receipt: INVALID: {exc}")
         return 1
-    signers = [genesis.members[i].name for i, _ in Certificate.decode(receipt.certificate).signatures]
+    if epochs is None:
+        members = [m.name for m in genesis.members]
+    else:
+        members = list(epochs.at(header.height).names)
+    signers = [members[i] for i, _ in Certificate.decode(receipt.certificate).signatures]
     print(f"verify-receipt: VALID: tx {tx.hash.hex()} ({tx.fields['type']} by {tx.fields['member']}) committed at "
           f"height {header.height} of {genesis.chain_id}, position {receipt.index} of {header.tx_count}; "
-          f"commit signed by {len(signers)} of {len(genesis.members)} members ({', '.join(signers)})")
+          f"commit signed by {len(signers)} of {len(members)} members ({', '.join(signers)})")
     return 0
+
+
+def _height_of(receipt) -> int:
+    from node.ledger.block import BlockError, ProposalHeader
+    from node.ledger.verifier import ReceiptError
+
+    try:
+        return ProposalHeader.decode(receipt.proposal_header).height
+    except BlockError as exc:
+        raise ReceiptError(str(exc)) from None

@@ -4,7 +4,7 @@ Transports (IHE ITI-20): RFC 5424 messages over TCP with octet-counting framing 
 non-transparent framing, RFC 6587 3.4.2, is accepted too), over TLS (RFC 5425, same framing), and over UDP
 (RFC 5426, one message per datagram). The parsing below is sans-I/O; `AtnaReceiver` does the sockets.
 
-Mapping (docs/audit-vocabulary): 110103 -> instances.accessed, 110104 -> instances.transferred,
+Mapping (node.vocabulary.EVENT_ID_TYPES): 110103 -> instances.accessed, 110104 -> instances.transferred,
 110102 -> transfer.begin, 110112 -> query, 110106 -> export, 110107 -> import, 110105 -> study.deleted.
 Other EventIDs (application activity, logins, security alerts ...) have no patient/study: journaled only.
 One event per study named in the message; event_id is a digest of the XML, so a retransmitted message is the
@@ -37,6 +37,7 @@ from node.dicom import records
 from node.dicom.logsafe import RateLimitedLog, net_label
 from node.dicom.settings import DEFAULT_ATNA_ALLOW, parse_allow
 from node.dicom.spool import Spool
+from node.vocabulary import ALLOWED_ACTIONS, DEFAULT_ACTION, EVENT_ID_TYPES
 
 log = logging.getLogger("radchain.dicom.atna")
 HANDSHAKE_SECONDS = 10.0  # a TLS client must finish its handshake (and show its certificate) by then
@@ -175,10 +176,6 @@ def parse_syslog(raw: bytes) -> SyslogMessage:
 
 
 # -- PS3.15 A.5 audit message ------------------------------------------------------------------------------------
-EVENT_TYPES = {"110103": "instances.accessed", "110104": "instances.transferred", "110102": "transfer.begin",
-               "110112": "query", "110106": "export", "110107": "import", "110105": "study.deleted"}
-ALLOWED_ACTIONS = {"instances.accessed": "CRUD", "instances.transferred": "CRU", "transfer.begin": "E",
-                   "query": "E", "export": "R", "import": "C", "study.deleted": "D"}
 
 
 def _local(tag: str) -> str:
@@ -256,12 +253,12 @@ def _events_of(root, xml: bytes, purpose: str, default_issuer: str) -> tuple[str
     event_code = _code(next(iter(_children(ident, "EventID")), None))
     if not event_code:
         raise AuditMessageError("EventIdentification has no EventID code")
-    kind = EVENT_TYPES.get(event_code)
+    kind = EVENT_ID_TYPES.get(event_code)
     if kind is None:
         return event_code, []
-    action = ident.get("EventActionCode") or records_default_action(kind)
+    action = ident.get("EventActionCode") or DEFAULT_ACTION[kind]
     if action not in ALLOWED_ACTIONS[kind]:
-        action = records_default_action(kind)
+        action = DEFAULT_ACTION[kind]
     try:
         outcome = int(ident.get("EventOutcomeIndicator", "0"))
     except ValueError:
@@ -325,10 +322,6 @@ def _events_of(root, xml: bytes, purpose: str, default_issuer: str) -> tuple[str
             e["event_id"] = f"atna-{digest[:40]}-{i}-{j // records.MAX_LIST}"
             events.append(e)
     return event_code, events
-
-
-def records_default_action(kind: str) -> str:
-    return {"instances.accessed": "R", "instances.transferred": "C"}.get(kind, ALLOWED_ACTIONS[kind][0])
 
 
 # -- the receiver -----------------------------------------------------------------------------------------------

@@ -10,7 +10,11 @@
 
 Several processes may share one spool (proxy, ATNA receiver, Orthanc, import); an flock on
 spool/deliver.lock lets exactly one of them deliver at a time, and the others stand by.
-Standard library only (http.client), so the Orthanc plugin can deliver too.
+Standard library only (http.client), so the Orthanc plugin can deliver too. That is why this is not
+node.client: the SDK needs httpx (pooled connections, WebSocket subscriptions), which Orthanc's interpreter
+does not have, and the hook imports nothing of node/ but node.vocabulary (checked by `make lint`). What this
+speaks is one method, submit_event, with the retry rules above; the SDK's rules for the same answers are
+in node.client.
 """
 
 from __future__ import annotations

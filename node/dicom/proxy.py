@@ -10,7 +10,7 @@ Consensus and delivery never sit on this path.
 A full pynetdicom SCP+SCU store-and-forward was the other option; it decodes and re-encodes every data set
 and tops out around 57 inst/s into Orthanc on this class of machine (shared/notes/dicom.md 5), below the 0.9x
 goal, and it would change the bytes the digests are taken over. pynetdicom is used here as an SCU only, to
-resolve the patient of a C-MOVE that names only a study (resolve.py).
+resolve the patient of a C-MOVE that names only a study (pynetdicom_resolver below).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 import trio
 
 from node.dicom import records, ul
-from node.dicom.audit import AssociationAuditor, Commit, Emit, Journal, Prepare, Reject, StudyDirectory
+from node.dicom.auditor import AssociationAuditor, Commit, Emit, Journal, Prepare, Reject, StudyDirectory
 from node.dicom.logsafe import net_label
 from node.dicom.spool import Spool, SpoolError
 

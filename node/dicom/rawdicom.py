@@ -54,7 +54,7 @@ TAGS = {
     "QueryRetrieveLevel": 0x00080052, "Modality": 0x00080060, "PatientName": 0x00100010,
     "PatientID": 0x00100020, "IssuerOfPatientID": 0x00100021, "StudyInstanceUID": 0x0020000D,
     "SeriesInstanceUID": 0x0020000E,
-    "StudyDate": 0x00080020, "BodyPartExamined": 0x00180015,  # categories for prior imaging (node.categories)
+    "StudyDate": 0x00080020, "BodyPartExamined": 0x00180015,  # categories for prior imaging (node.vocabulary)
 }
 
 

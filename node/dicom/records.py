@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-from node.categories import from_header
 from node.dicom.rawdicom import InstanceInfo
+from node.vocabulary import from_header
 
-MAX_LIST = 256  # node.tx.MAX_LIST: UIDs per list in one tx
+MAX_LIST = 256  # node.ledger.tx.MAX_LIST: UIDs per list in one tx
 
 # DIMSE status (PS3.7 C) -> EventOutcomeIndicator (PS3.15 A.5: 0 success, 4 minor, 8 serious, 12 major)
 def outcome_of(status: int | None) -> int:
@@ -59,7 +59,7 @@ def stored_event(info: InstanceInfo, *, actor: str, actor_ae: str | None, peer_a
         sop_instance_uids=[info.get("SOPInstanceUID")] if info.get("SOPInstanceUID") else None,
         n_series=1 if info.get("SeriesInstanceUID") else None, n_instances=1,
         digest=info.digest, pixel_digest=info.pixel_digest, outcome=outcome, action=action,
-        **from_header(info),  # Modality, Body Part Examined, study date: only valid values (node.categories)
+        **from_header(info),  # Modality, Body Part Examined, study date: only valid values (node.vocabulary)
     )
 
 

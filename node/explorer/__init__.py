@@ -1,11 +1,11 @@
 """Web explorer served by every node under /explorer (docs/EXPLORER.md): Jinja2 templates and one CSS file,
-no JavaScript. ``explorer_mount(rpc)`` is all the RPC server needs to include it."""
+no JavaScript. ``explorer_mount(rpc)`` is what the node gives the RPC server to include it."""
 
 from __future__ import annotations
 
 from starlette.routing import Mount
 
-PREFIX = "/explorer"
+from node.rpc.server import EXPLORER_PREFIX as PREFIX
 
 
 def explorer_mount(rpc) -> Mount:

@@ -42,7 +42,7 @@ from starlette.routing import Route
 
 from node.explorer import PREFIX, data
 from node.explorer.svg import grouped_bars
-from node.pseudonym import PseudonymError, TokenizeError
+from node.ledger.pseudonym import PseudonymError, TokenizeError
 from node.rpc.auth import READ, token_hash
 from node.rpc.errors import RpcError
 

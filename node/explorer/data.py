@@ -1,5 +1,5 @@
 """What the explorer's pages show, read from the node through the same paths as the RPC methods
-(node.rpc.audit.run_audit, node.rpc.render, node.chain_verify) so a page and an RPC answer never disagree.
+(node.rpc.audit_trail.run_audit, node.rpc.render, node.ledger.verifier) so a page and an RPC answer never disagree.
 
 Nothing here returns a raw patient, study or user identifier: the chain holds none (only keyed tokens,
 docs/PSEUDONYMS.md), and raw identifiers typed by the viewer are tokenized here and not kept.
@@ -16,11 +16,10 @@ import msgpack
 import trio
 
 from consensus.certificate import Certificate
-from node.chain_verify import Receipt, ReceiptError, make_receipt, verify_receipt
-from node.rpc.audit import Filter, run_audit
+from node.ledger.tx import CONSENT_TYPES
+from node.ledger.verifier import Receipt, ReceiptError, make_receipt, verify_receipt
+from node.rpc.audit_trail import Filter, run_audit
 from node.rpc.render import fields_json, stored_tx
-from node.sync import PeerStatus
-from node.tx import CONSENT_TYPES
 
 # Fields of a tx that are keyed tokens (pseudonyms), shown with that label. The rest are in clear on the
 # chain by design (member names, AE titles, codes, digests, times).
@@ -75,8 +74,7 @@ async def consortium(node, peer_status: PeerHeights) -> dict:
     store = node.store
     status = node.status()
     head = store.get_header(store.height) if store.height else None
-    reports: dict[int, PeerStatus | None] = {**await peer_status.get(node), node.index: PeerStatus(
-        store.height, status["view"], status["mempool"], status["peers"], head.timestamp if head else None)}
+    reports = {**await peer_status.get(node), node.index: node.sync.own_status()}
     connected = set(node.net.connected_peers())
     top = max((r.height for r in reports.values() if r is not None), default=0)
     primary = node.replica.primary
@@ -106,15 +104,15 @@ class PeerHeights:
     def __init__(self):
         self._lock: trio.Lock | None = None
         self._when = float("-inf")
-        self._reports: dict[int, PeerStatus | None] = {}
+        self._reports: dict = {}
 
-    async def get(self, node) -> dict[int, PeerStatus | None]:
+    async def get(self, node) -> dict:
         if self._lock is None:
             self._lock = trio.Lock()
         async with self._lock:
             if trio.current_time() - self._when < PEER_HEIGHTS_TTL:
                 return self._reports
-            reports: dict[int, PeerStatus | None] = {}
+            reports: dict = {}
 
             async def ask(i: int) -> None:
                 reports[i] = None
@@ -235,7 +233,8 @@ def check_receipt(node, receipt: Receipt, claims: dict | None = None) -> dict:
     """{"valid": True, ...} or {"valid": False, "reason": ...}: never raises on hostile input."""
     genesis = node.genesis
     try:
-        tx, header = verify_receipt(receipt, genesis.member_pubkeys, genesis.chain_id)
+        # against the member set valid at the receipt's height (node.ledger.epochs), as this node derived it
+        tx, header = verify_receipt(receipt, node.chain.state.epochs, genesis.chain_id)
         claims = claims or {}
         if "hash" in claims and claims["hash"] != tx.hash.hex():
             raise ReceiptError(f"the receipt names tx {str(claims['hash'])[:64]}, but proves {tx.hash.hex()}")
@@ -253,7 +252,7 @@ def check_receipt(node, receipt: Receipt, claims: dict | None = None) -> dict:
 
 
 class _Bytes:
-    """What node.commands.verify_receipt.load_receipt reads a receipt from (it only calls read_bytes)."""
+    """What node.ledger.verifier.load_receipt reads a receipt from (it only calls read_bytes)."""
 
     def __init__(self, data: bytes):
         self._data = data
@@ -265,7 +264,7 @@ class _Bytes:
 def check_receipt_text(node, data: bytes) -> dict:
     """A pasted or uploaded receipt (JSON as `radchain query --save-receipt` writes it, a whole get_tx
     answer, or the msgpack form), parsed by the same code as `radchain verify-receipt`."""
-    from node.commands.verify_receipt import load_receipt
+    from node.ledger.verifier import load_receipt
 
     if not data.strip():
         return {"valid": False, "reason": "nothing was pasted or uploaded"}

@@ -1,5 +1,5 @@
 """FHIR R4 facade of the ledger (docs/INTEROP.md): every applied tx as an IHE BALP-shaped AuditEvent,
-searchable with the IHE ITI-81 parameters. ``fhir_mount(rpc)`` is all the RPC server needs."""
+searchable with the IHE ITI-81 parameters. ``fhir_mount(rpc)`` is what the node gives the RPC server to include it."""
 
 from __future__ import annotations
 

@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from node.block import APPLIED
 from node.fhir.capability import capability_statement
 from node.fhir.mapping import audit_event
 from node.fhir.search import SearchError, parse_search, run_search
+from node.ledger.block import APPLIED
 from node.rpc.render import stored_tx
 
 FHIR_JSON = "application/fhir+json"

@@ -44,20 +44,23 @@ EVENT_IDS = {  # DICOM EventID code -> display (PS3.16 DCM)
     "110104": "DICOM Instances Transferred", "110105": "DICOM Study Deleted", "110106": "Export",
     "110107": "Import", "110112": "Query", "110113": "Security Alert",
 }
-# tx type -> DICOM EventID (docs/INTEROP.md; /work/shared/notes/audit-vocabulary.md "RadChain's transaction types")
+# tx type -> DICOM EventID (docs/INTEROP.md, the table of tx types)
 TYPE_EVENT = {
     "instances.stored": "110104", "instances.accessed": "110103", "query": "110112",
     "transfer.begin": "110102", "instances.transferred": "110104", "export": "110106", "import": "110107",
     "study.deleted": "110105", "deidentified": "110106",
     "consent.granted": "110113", "consent.revoked": "110113", "research.access.granted": "110113",
     "member.added": "110113", "member.removed": "110113", "client.added": "110113",
-    "client.removed": "110113", "evidence.equivocation": "110113", "oprf.counts": "110113",
+    "client.removed": "110113", "evidence.equivocation": "110113",
+    "research.project.registered": "110113", "research.project.approved": "110113", "consent.vote": "110113",
+    "member.key_rotated": "110113", "params.changed": "110113",
+    "oprf.counts": "110113",
 }
 EVENT_TYPES: dict[str, frozenset[str]] = {}  # DICOM EventID -> the tx types it stands for
 for _t, _c in TYPE_EVENT.items():
     EVENT_TYPES[_c] = EVENT_TYPES.get(_c, frozenset()) | {_t}
 del _t, _c
-# EventActionCode when the tx does not carry one (node.events.DEFAULT_ACTION for events; E for the rest)
+# EventActionCode when the tx does not carry one (node.ledger.intake.DEFAULT_ACTION for events; E for the rest)
 _DEFAULT_ACTION = {
     "instances.stored": "C", "instances.accessed": "R", "query": "E", "transfer.begin": "E",
     "instances.transferred": "C", "export": "R", "import": "C", "study.deleted": "D", "deidentified": "R",
@@ -76,8 +79,8 @@ _PEER_ROLE = {
     "export": ("110154", "Destination Media"), "deidentified": ("110152", "Destination Role ID"),
     "query": ("110152", "Destination Role ID"),
 }
-DEFAULT_ACTION, PEER_ROLE = _DEFAULT_ACTION, _PEER_ROLE  # shared with node.atna_out
-_MEMBERSHIP = frozenset({"member.added", "member.removed", "client.added", "client.removed"})
+DEFAULT_ACTION, PEER_ROLE = _DEFAULT_ACTION, _PEER_ROLE  # shared with node.reports.atna_syslog
+_MEMBERSHIP = frozenset({"member.added", "member.removed", "client.added", "client.removed", "member.key_rotated"})
 
 
 def iso_ms(ts_ms: int) -> str:

@@ -16,7 +16,7 @@ unfiltered answer):
 
 Comma-separated values (OR) are accepted for ``type``, ``subtype`` and ``outcome``.
 
-The most selective parameter picks the index (node.rpc.audit.Filter: study, patient, user, AE, tx type,
+The most selective parameter picks the index (node.rpc.audit_trail.Filter: study, patient, user, AE, tx type,
 member, time); the others are checked per tx. Each page examines at most ``_count * SCAN_FACTOR`` index
 entries, so a page may hold fewer than ``_count`` entries while still having a ``next`` link.
 """
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from node.fhir.mapping import DCM, EVENT_TYPES, PATIENT_SYSTEM, STUDY_SYSTEM, TX_TYPE_SYSTEM, USER_SYSTEM
-from node.rpc.audit import SCAN_FACTOR, Filter, _cursor
+from node.ledger.store import IndexEntry, StoreError
+from node.ledger.tx import TOKEN_BYTES, TX_TYPES
+from node.rpc.audit_trail import SCAN_FACTOR, Filter, _cursor
 from node.rpc.render import stored_tx
-from node.store import IndexEntry, StoreError
-from node.tx import TOKEN_BYTES, TX_TYPES
 
 DEFAULT_COUNT = 100
 MAX_COUNT = 1000

@@ -25,6 +25,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def read_store(path: Path) -> dict[str, dict]:
 
 
 def write_store(path: Path, entries: dict[str, dict]) -> None:
-    from node.keys import write_secret
+    from node.privatefiles import write_secret
 
     write_secret(path, json.dumps({"tokens": entries}, indent=2, sort_keys=True) + "\n")
 
@@ -115,8 +116,6 @@ def add_token(path: Path, name: str, roles: list[str], token: str | None = None)
 
 
 def _add_token(path: Path, name: str, roles: list[str], token: str | None) -> str:
-    from node.config import new_token
-
     if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
         raise TokenError("a token name is 1-64 characters of letters, digits, '-', '_' or '.'")
     for r in roles:
@@ -281,3 +280,9 @@ class CountedLog:
             self.logger.log(self.level, self.message, extra={"fields": {"count": self._pending, "total": self.total}})
             self._pending = 0
             self._last = now
+
+
+def new_token() -> str:
+    # Hex, not base64url: a token that starts with "-" reads as an option on a command line
+    # (`radchain audit --token -x...`), and one in 64 urlsafe tokens does.
+    return secrets.token_hex(24)

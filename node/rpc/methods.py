@@ -3,13 +3,13 @@ OpenRPC document that ``rpc.discover`` returns, kept in docs/openrpc.json)."""
 
 from __future__ import annotations
 
-from node.rpc.audit import audit_trail
-from node.rpc.info import mempool, peers, status, validators
-from node.rpc.ledger import blocks, get_block, get_tx
+from node.rpc.audit_trail import audit_trail
+from node.rpc.blocks import blocks, get_block, get_tx
+from node.rpc.info import member_history, mempool, peers, status, validators
 from node.rpc.openrpc import discover
 from node.rpc.prior import prior_imaging, redundancy
+from node.rpc.protocol import Method
 from node.rpc.pseudonym import pseudonym_stats
-from node.rpc.server import Method
 from node.rpc.submit import prepare_event, submit_event, submit_tx
 from node.rpc.utilization import utilization
 
@@ -25,6 +25,7 @@ METHODS: dict[str, Method] = {
     "utilization": Method(utilization, write=False),
     "redundancy": Method(redundancy, write=False),
     "validators": Method(validators, write=False),
+    "member_history": Method(member_history, write=False),
     "peers": Method(peers, write=False, role="admin"),  # the members' network addresses: operators only
     "mempool": Method(mempool, write=False),
     "pseudonym_stats": Method(pseudonym_stats, write=False),

@@ -98,10 +98,14 @@ class Metrics:
         metric("radchain_view_changes_total", "counter", "View changes this replica started.",
                replica_stats.get("view_changes", 0))
         metric("radchain_peers", "gauge", "Members connected to this node.", status["peers"])
+        net_stats = getattr(node.net, "stats", {})
+        metric("radchain_p2p_rejected_handshakes_total", "counter",
+               "Connections refused at the handshake: the peer is not a member (or no longer one).",
+               net_stats.get("rejected_handshakes", 0))
         scores = node.peer_scores.snapshot()
         names = {m.peer_id: m.name for m in node.genesis.members}
         metric("radchain_peer_misbehaviour_score", "gauge",
-               "Decaying score of malformed input from each member (node.peerscore); blocked at 100.",
+               "Decaying score of malformed input from each member (node.runtime.peerscore); blocked at 100.",
                [(f'{{member="{names.get(p, "?")}"}}', s["score"]) for p, s in sorted(scores.items())]
                or [('{member=""}', 0)])
         metric("radchain_members", "gauge", "Consortium members (validators).", status["members"])

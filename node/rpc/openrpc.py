@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
+from node.ledger import intake
 from node.rpc import errors as E
 
 
@@ -46,9 +47,7 @@ FILTER = [
     _p("since", TIME, "event time >= since (epoch ms or ISO 8601)"),
     _p("until", TIME, "event time < until"),
 ]
-EXAMPLE_EVENT = {"type": "instances.accessed", "patient_id": "PAT-1", "issuer": "HOSP-A",
-                 "study_uid": "1.2.840.1", "actor": "dr.smith", "purpose": "TREAT", "event_id": "pacs-7781",
-                 "time": "2026-11-27T10:00:00Z"}
+EXAMPLE_EVENT = {**intake.EXAMPLE_EVENT, "event_id": "pacs-7781", "time": "2026-11-27T10:00:00Z"}
 H = "5b1f0c0d2c8e4f1a9e7d3b6a2c4e8f0a1b3d5c7e9f0a2b4c6d8e0f1a3b5c7d9e"
 
 
@@ -173,11 +172,17 @@ METHODS = [
                               "cross_hospital": True,
                               "first": {"member": "hosp-a", "study": "6f1d...", "date": "2026-11-21"},
                               "repeat": {"member": "hosp-b", "study": "03be...", "date": "2026-11-27"}}]})),
-    _m("validators", "Consensus members, the primary, quorum and f.", [],
+    _m("validators", "Consensus members of the current epoch, the primary, quorum and f, and approved later "
+                     "member sets.", [],
        {"name": "validators", "schema": {"type": "object"}},
-       example=({}, {"view": 0, "quorum": 3, "max_faulty": 1, "validators": [
+       example=({}, {"view": 0, "quorum": 3, "max_faulty": 1, "epoch": 1, "consensus_chain_id": "radchain-test",
+                     "validators": [
            {"index": 0, "name": "hosp-a", "pubkey": H, "peer_id": "12D3KooW...", "rpc": "http://10.0.0.1:26601",
-            "primary": True, "self": True}]})),
+            "p2p": ["/ip4/10.0.0.1/tcp/26600"], "primary": True, "self": True}], "pending": []})),
+    _m("member_history", "Receipts of every applied membership and client-key tx, in chain order: the "
+                         "member set of any height, checkable offline (verify-receipt --history).", [],
+       {"name": "history", "schema": {"type": "object", "required": ["chain_id", "genesis", "through", "txs"]}},
+       example=({}, {"chain_id": "radchain-test", "genesis": H, "through": 120, "txs": []})),
     _m("peers", "The other members and whether this node is connected to each.", [],
        {"name": "peers", "schema": {"type": "object"}},
        example=({}, {"connected": 3, "peers": [{"name": "hosp-b", "peer_id": "12D3KooW...",

@@ -9,7 +9,7 @@ A study is a (hospital, study token) with at least one successful store-like eve
 instances.transferred, import): its date is the recorded study date (day precision) or else the day of its
 first store, its modality and body part the recorded categories, its instance count the sum of the events'
 n_instances (or their instance lists, or 1 each). Reads walk only the patient's ``patient_stored`` index
-(the patient's successful store-like events; node.store), or the whole ``patient`` index on a store older
+(the patient's successful store-like events; node.ledger.store), or the whole ``patient`` index on a store older
 than it, at most MAX_SCAN entries; past that ``truncated`` is true.
 
 ``repeats``: pairs of different studies with the same modality and body part whose dates are at most
@@ -23,13 +23,13 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
-from node.categories import CategoryError, code_string, to_date
-from node.events import EventError, parse_time
-from node.rpc.audit import parse_filter
+from node.ledger.intake import EventError, parse_time
+from node.ledger.store import STORED_TYPES, StoreError
+from node.rpc.audit_trail import parse_filter
 from node.rpc.errors import INVALID_PARAMS, RpcError
+from node.rpc.protocol import Caller, check_known, param
 from node.rpc.render import stored_tx
-from node.rpc.server import Caller, check_known, param
-from node.store import STORED_TYPES, StoreError
+from node.vocabulary import CategoryError, code_string, to_date
 
 STORE_TYPES = STORED_TYPES
 MAX_SCAN = 200_000  # index entries per call: bounds the latency of one lookup

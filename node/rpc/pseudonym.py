@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import trio
 
-from node import oprf
+from node.ledger import oprf
+from node.rpc.protocol import Caller, check_known
 from node.rpc.render import stored_tx
-from node.rpc.server import Caller, check_known
 
 MAX_RECORDS = 200_000  # oprf.counts txs summed per call (one per member per interval: years of records)
 _limiter = trio.CapacityLimiter(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgpack
 
-from node.block import STATUS_NAMES, Block
+from node.ledger.block import STATUS_NAMES, Block
 from node.rpc.errors import INVALID_PARAMS, RpcError
 
 _unpackb = msgpack.unpackb

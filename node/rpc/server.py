@@ -17,12 +17,10 @@ batch of 100 commit-mode submits lands in one or two blocks instead of one block
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -32,11 +30,7 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
 
-from node.explorer import PREFIX as EXPLORER_PREFIX
-from node.explorer import explorer_mount
-from node.fhir import fhir_mount
 from node.rpc.auth import (
     ADMIN,
     READ,
@@ -60,43 +54,15 @@ from node.rpc.errors import (
     UNAUTHORIZED,
     RpcError,
 )
+from node.rpc.protocol import Caller, Later, Method, loads
 
 log = logging.getLogger("radchain.rpc")
+# Where node.explorer is mounted: its own forms post back to this node, so Origin is checked as same-origin.
+EXPLORER_PREFIX = "/explorer"
 
-Handler = Callable[[object, dict, "Caller"], Awaitable[object]]
 # A batch is at most this many calls (each costs one rate-limit token). Ethereum clients cap batches the
 # same way (geth: 1000 items by default).
 MAX_BATCH = 1000
-
-
-@dataclass(frozen=True)
-class Method:
-    handler: Handler
-    write: bool  # needs a submit token
-    role: str = ""  # the role it needs, when not the one `write` implies (e.g. admin)
-    # Optional `await prepare(node, params)` run for every call of a batch at once before the calls run in
-    # order: submit_event computes a batch's pseudonyms in one round of OPRF requests. Must not raise.
-    prepare: Handler | None = None
-
-    @property
-    def needs(self) -> str:
-        return self.role or (SUBMIT if self.write else READ)
-
-
-@dataclass(frozen=True)
-class Caller:
-    integrator: str | None  # name of the token's owner, None when no valid token was given
-    address: str
-    roles: frozenset[str] = frozenset()  # what the token allows (node.rpc.auth)
-
-
-class Later:
-    """A handler's answer that needs waiting: ``await wait()`` gives the result (or raises RpcError)."""
-
-    __slots__ = ("wait",)
-
-    def __init__(self, wait: Callable[[], Awaitable[object]]):
-        self.wait = wait
 
 
 class TokenBucket:
@@ -138,12 +104,13 @@ class _Started:
 class JsonRpcApp:
     def __init__(self, node, methods: dict[str, Method], tokens: TokenStore | dict[str, str],
                  read_requires_token: bool, max_body_bytes: int, rate_limit: float,
-                 extra_routes: list | None = None, *, edge=None):
+                 extra_routes: list | None = None, *, edge=None, mounts: tuple = ()):
         """`tokens`: the node's TokenStore, or {name: token} (each with read and submit) in tests and
-        benchmarks. `edge`: the [rpc] settings (node.config.RpcConfig) for Host/Origin, proxies, body
-        deadline and limiter size; defaults apply without it."""
-        from node.config import RpcConfig
+        benchmarks. `edge`: the [rpc] settings (node.runtime.settings.RpcConfig) for Host/Origin, proxies, body
+        deadline and limiter size; defaults apply without it. `mounts`: factories `f(rpc) -> Mount` for the
+        apps served beside the RPC (the node passes the explorer's and the FHIR facade's)."""
         from node.rpc.metrics import Metrics
+        from node.rpc.settings import RpcConfig
         from node.rpc.submit import Admission
         from node.rpc.subscriptions import Subscriptions
 
@@ -166,8 +133,7 @@ class JsonRpcApp:
                   Route("/health", self.health, methods=["GET"]),
                   Route("/metrics", self.metrics_endpoint, methods=["GET"]),
                   WebSocketRoute("/ws", self.subscriptions.endpoint),
-                  explorer_mount(self),  # the web explorer, /explorer (docs/EXPLORER.md)
-                  fhir_mount(self)]  # FHIR AuditEvent search, /fhir (docs/INTEROP.md)
+                  *(mount(self) for mount in mounts)]
         self.app = _Edge(self, Starlette(routes=routes + (extra_routes or []), lifespan=self._lifespan))
 
     @asynccontextmanager
@@ -382,15 +348,6 @@ class JsonRpcApp:
         return None if started.notification else {"jsonrpc": "2.0", "id": started.rid, "result": result}
 
 
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
-
-
-def loads(data: bytes | str):
-    """Strict JSON: Python's json would accept NaN and Infinity, which no answer could then echo."""
-    return json.loads(data, parse_constant=_no_constants)
-
-
 def _retry_after(reply) -> float | None:
     err = reply.get("error") if isinstance(reply, dict) else None
     data = err.get("data") if isinstance(err, dict) else None
@@ -418,35 +375,8 @@ def _error(rid, err: RpcError) -> dict:
     return {"jsonrpc": "2.0", "id": rid, "error": err.to_json()}
 
 
-def param(params: dict, name: str, kind, required: bool = True, default=None):
-    """Fetch and type-check one parameter, with a message that names it."""
-    if name not in params:
-        if required:
-            raise RpcError(INVALID_PARAMS, f"missing param {name!r}")
-        return default
-    value = params[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        names = "/".join({"str": "string", "int": "integer", "dict": "object", "list": "array",
-                          "float": "number", "bool": "boolean"}.get(k.__name__, k.__name__) for k in kinds)
-        raise RpcError(INVALID_PARAMS, f"param {name!r} must be {names}")
-    return value
-
-
-def check_known(params: dict, known: set[str] | frozenset[str]) -> None:
-    """Refuse unknown parameter names (a typo must not silently widen a query)."""
-    unknown = sorted(k for k in params if k not in known)
-    if unknown:
-        raise RpcError(INVALID_PARAMS, f"unknown param(s) {', '.join(repr(k[:40]) for k in unknown[:5])}; "
-                                       f"known: {', '.join(sorted(known))}")
-
-
 def caller_of(request) -> str:
     return request.client.host if request.client else "?"
-
-
-async def ws_caller(app: JsonRpcApp, websocket: WebSocket) -> Caller:
-    return app.caller(websocket, websocket.query_params.get("token"))
 
 
 def _same_origin(origin: str | None, scope, host: str | None) -> bool:

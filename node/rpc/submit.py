@@ -16,7 +16,7 @@ Modes (the answer is never ambiguous; resubmitting the same tx is always safe an
   that leaves the client guessing (unlike CometBFT's ``broadcast_tx_commit`` timeouts).
 
 Backpressure: once the txs waiting to commit exceed what the chain commits in 1.5 s (its recent rate,
-see node.mempool), a new tx is refused before any work is spent on it with ``-32004`` and
+see node.runtime.mempool), a new tx is refused before any work is spent on it with ``-32004`` and
 ``data.retry_after`` (seconds; over plain HTTP also status 429 and a ``Retry-After`` header). A client
 waits that long and submits again; the node stays at low latency instead of queueing minutes of txs.
 
@@ -33,11 +33,11 @@ from collections import OrderedDict
 
 import trio
 
-from node.block import STATUS_NAMES
-from node.diskspace import DiskFull
-from node.events import EventError
-from node.mempool import MempoolFull
-from node.pseudonym import TokenizeError
+from node.ledger.block import STATUS_NAMES
+from node.ledger.intake import EventError
+from node.ledger.pseudonym import TokenizeError
+from node.ledger.refusals import DiskFull, MempoolFull
+from node.ledger.tx import MAX_TX_BYTES, TxError, tx_hash
 from node.rpc.errors import (
     INVALID_PARAMS,
     MEMPOOL_FULL,
@@ -46,8 +46,7 @@ from node.rpc.errors import (
     REJECTED,
     RpcError,
 )
-from node.rpc.server import Caller, Later, check_known, param
-from node.tx import MAX_TX_BYTES, TxError, tx_hash
+from node.rpc.protocol import Caller, Later, check_known, param
 
 log = logging.getLogger("radchain.rpc")
 
@@ -156,7 +155,11 @@ def _ids(h: bytes, **answer) -> dict:
 
 def committed_answer(node, h: bytes, height: int) -> dict:
     status = node.store.tx_status(h)
-    return _ids(h, status="committed", height=height, outcome=STATUS_NAMES.get(status, "applied"))
+    answer = _ids(h, status="committed", height=height, outcome=STATUS_NAMES.get(status, "applied"))
+    reason = node.chain.state.rejections.get(h) if answer["outcome"] == "rejected" else None
+    if reason is not None:  # a ledger rule's reason (node.ledger.research), while this node remembers it
+        answer["reason"] = reason
+    return answer
 
 
 def _mode_and_timeout(params: dict) -> tuple[str, float]:

@@ -32,8 +32,8 @@ import logging
 import trio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from node.block import APPLIED
-from node.rpc.audit import FILTER_PARAMS, Filter, entry_json, parse_filter
+from node.ledger.block import APPLIED
+from node.rpc.audit_trail import FILTER_PARAMS, Filter, entry_json, parse_filter
 from node.rpc.errors import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -42,8 +42,8 @@ from node.rpc.errors import (
     UNAUTHORIZED,
     RpcError,
 )
+from node.rpc.protocol import Caller, check_known, loads, param, ws_caller
 from node.rpc.render import block_json, stored_tx
-from node.rpc.server import Caller, check_known, loads, param, ws_caller
 
 log = logging.getLogger("radchain.rpc.ws")
 

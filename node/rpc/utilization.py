@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 
 import trio
 
-from node.categories import to_date
-from node.events import EventError, parse_time
+from node.ledger.intake import EventError, parse_time
 from node.rpc.errors import INVALID_PARAMS, RpcError
+from node.rpc.protocol import Caller, check_known, param
 from node.rpc.render import stored_tx
-from node.rpc.server import Caller, check_known, param
+from node.vocabulary import to_date
 
 STORE_TYPES = frozenset({"instances.stored", "instances.transferred", "import"})
 KIND = {"instances.accessed": "reads", "export": "exports", "deidentified": "exports", "query": "queries",

@@ -1,4 +1,4 @@
-"""A test-only Byzantine member: the real node (node/runtime.py) with one misbehaviour switched on.
+"""A test-only Byzantine member: the real node (node/runtime/node.py) with one misbehaviour switched on.
 
 Runs as its own OS process, like `radchain start`, with the member's real keys and the network PSK:
 
@@ -54,10 +54,10 @@ import msgpack  # noqa: E402
 import trio  # noqa: E402
 
 from consensus import messages as m  # noqa: E402
-from node.config import load_config  # noqa: E402
-from node.gossip import CHANNEL as TX_CHANNEL  # noqa: E402
-from node.runtime import CONSENSUS_CHANNEL, Node  # noqa: E402
-from node.sync import CHANNEL as SYNC_CHANNEL  # noqa: E402
+from node.runtime.gossip import CHANNEL as TX_CHANNEL  # noqa: E402
+from node.runtime.node import CONSENSUS_CHANNEL, Node  # noqa: E402
+from node.runtime.settings import load_config  # noqa: E402
+from node.runtime.sync import CHANNEL as SYNC_CHANNEL  # noqa: E402
 
 log = logging.getLogger("radchain.adversary")
 
@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from network.logs import mute_libp2p_logging
-    from node.logs import setup_logging
+    from node.runtime.jsonlogs import setup_logging
 
     cfg = load_config(args.home)
     setup_logging(cfg.log_level, cfg.name)

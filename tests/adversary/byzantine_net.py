@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from node.testnet import EXAMPLE_EVENT, LocalTestnet, NodeInfo, poll, rpc_call, start_node
+from node.ledger.intake import EXAMPLE_EVENT
+from node.testnet import LocalTestnet, NodeInfo, poll, rpc_call, start_node
 
 ADVERSARY = Path(__file__).resolve().with_name("adversary.py")
 BUSY = -32004  # JSON-RPC "node busy, submit again after data.retry_after seconds" (docs/RPC.md)

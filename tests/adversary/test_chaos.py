@@ -22,7 +22,8 @@ import httpx
 import pytest
 from byzantine_net import Submitted, chain_of, log_tail
 
-from node.testnet import EXAMPLE_EVENT, LocalTestnet, rpc_call
+from node.ledger.intake import EXAMPLE_EVENT
+from node.testnet import LocalTestnet, rpc_call
 
 CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "300"))
 FAULT_EVERY = 10.0
@@ -311,7 +312,7 @@ def test_full_disk_stops_one_member_cleanly_and_it_resumes(tmp_path):
         time.sleep(5)
         filler = _fill(data)
         before = {i: net.height(i) for i in range(3)}
-        # The full member refuses client txs with a retry error (node/diskspace.py), and stays up.
+        # The full member refuses client txs with a retry error (node/runtime/diskspace.py), and stays up.
         refusal = {}
 
         def refused() -> bool:

@@ -2,6 +2,7 @@ import pytest
 
 from consensus import messages as m
 from consensus.actions import Commit, ReportEvidence, RequestStateTransfer
+from consensus.checkpoints import StableCheckpoint
 from consensus.events import MessageReceived, StateTransferred, TimerFired
 from consensus.evidence import EvidenceError, verify_evidence
 
@@ -84,8 +85,8 @@ def test_lagging_replica_gets_committed_blocks_pushed(make_cluster):
 def test_state_transfer_timeout_resumes_and_asks_again(make_cluster):
     c = make_cluster(auto=False, checkpoint_interval=2, watermark_window=4)
     r = c.replicas[1]
-    r._stable = (4, b"s" * 32, ((0, b""), (2, b""), (3, b"")))
-    r._request_transfer(4, (0, 2, 3))
+    r.checkpoints.adopt(StableCheckpoint(4, b"s" * 32, ((0, b""), (2, b""), (3, b""))))
+    r.catch_up.request_transfer(4, (0, 2, 3))
     out = r.handle(TimerFired(("transfer",)))
     assert any(isinstance(a, RequestStateTransfer) for a in out)
     assert not any(isinstance(a, Commit) for a in out)

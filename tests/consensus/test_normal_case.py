@@ -81,7 +81,7 @@ def test_checkpoints_become_stable_and_garbage_collect(make_cluster):
     assert min(c.heights()) >= 8
     for r in c.replicas:
         assert r.stable_checkpoint >= 6
-        assert all(h > r.stable_checkpoint for h in r._slots)
+        assert all(h > r.stable_checkpoint for h in r.slots)
         assert r.stats["stable_checkpoints"] >= 3
 
 

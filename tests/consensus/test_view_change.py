@@ -40,7 +40,7 @@ def test_prepared_block_survives_the_view_change(make_cluster):
         if m.decode(data, 4, 1 << 20, 64).kind == m.COMMIT:
             continue
         c.handle(j, MessageReceived(i, data))
-    assert all(r._slots[1].prepared is not None for r in c.replicas)
+    assert all(r.slots[1].prepared is not None for r in c.replicas)
     assert c.heights() == [0, 0, 0, 0]
     c.auto = True
     _vc_round(c, silent_primary=0)
@@ -204,9 +204,9 @@ def test_view_change_timer_counts_members_already_past_the_view(make_cluster):
     for i in (0, 1, 3):
         c.handle(i, WorkPending(1))
         c.fire(i, "progress")
-    c.replicas[0]._start_view_change(2)  # as if its own timer had expired after a lost quorum
+    c.replicas[0].start_view_change(2)  # as if its own timer had expired after a lost quorum
     c.queue.clear()
-    vc = {i: c.replicas[i]._my_vc for i in (0, 1, 3)}
+    vc = {i: c.replicas[i].view_changes.mine for i in (0, 1, 3)}
     c.handle(1, MessageReceived(3, vc[3]))
     assert not any(t[0] == "vc" for t in c.timers[1])  # 2 of 3 for view 1: not yet
     c.handle(1, MessageReceived(0, vc[0]))
@@ -221,8 +221,8 @@ def test_new_view_is_forwarded_even_by_a_replica_in_a_later_view_change(make_clu
     c.run()
     r2 = c.replicas[2]
     assert r2.view == 1 and not r2.in_view_change
-    nv = r2._nv_wire
-    r2._start_view_change(2)
+    nv = r2.view_changes.entered_wire
+    r2.start_view_change(2)
     c.queue.clear()
     # a replica still waiting for view 1 reports it; replica 2, now in a view change to 2, forwards NEW-VIEW 1
     status = m.sign(c.crypto(3), "test", m.STATUS, 3, (1, True, 0, 0)).encode()

@@ -75,7 +75,6 @@ def test_two_vote_flooders_of_seven_neither_stall_nor_multiply_evidence(make_clu
         # one signature check per flooded (kind, view, height) and flooder, plus the honest traffic: far
         # below one per flooding message (24 per (view, height) and flooder)
         assert counting[i].verified < per_replica // 4, (counting[i].verified, per_replica)
-        assert r.stats["internal_error"] == 0
     # the chain the honest replicas agreed on is one chain
     for i in honest[1:]:
         assert [a.digest for a in c.commits[i][:36]] == [a.digest for a in c.commits[honest[0]][:36]]

@@ -66,6 +66,10 @@ def test_persist_records_roundtrip_and_compact():
     kept = walrec.compact(recs)
     assert recs[1] not in kept and recs[2] not in kept and recs[4] in kept and recs[3] in kept
     assert recs[0] in kept
+    assert [walrec.is_stable_record(r) for r in recs] == [False, False, False, True, False, False]
+    replayed = walrec.replay(recs)
+    assert replayed.view == 1 and replayed.in_view_change and replayed.bad_records == 1
+    assert replayed.stable == (8, b"s" * 32, ((0, b"a"),)) and len(replayed.votes) == 2 and len(replayed.commits) == 1
 
 
 def test_torn_wal_record_is_counted_not_fatal(make_cluster):

@@ -23,17 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from node.testnet import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 RADCHAIN = str(VENV_BIN / "radchain")
 CLIENT_TIMEOUT = 60  # seconds, for every dcmtk client call
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):

@@ -19,7 +19,7 @@ import pytest
 from dicom_helpers import audit_xml, frame, ident_elements, nested_sequences, sample_file, syslog
 
 from node.dicom import atna, rawdicom, ul
-from node.dicom.audit import AssociationAuditor
+from node.dicom.auditor import AssociationAuditor
 
 FUZZ_QUICK = 2_000
 FUZZ_SOAK = 100_000

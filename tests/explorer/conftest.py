@@ -42,7 +42,7 @@ def explorer_net(tmp_path_factory):
             (0, _event("export", STUDY, "dr.smith")),
             (0, _event("instances.accessed", OTHER_STUDY, "dr.smith")),
             (0, {"type": "consent.granted", "patient_id": PATIENT, "issuer": ISSUER, "grantee": "study-lung-ai",
-                 "scope": "CT chest, 2024-2026", "purpose": "HRESCH"}),
+                 "scope": "IMG-CT", "purpose": "HRESCH"}),
         ]
         net.committed = []
         for i, ev in plan:

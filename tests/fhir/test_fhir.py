@@ -43,7 +43,7 @@ EVENTS = [
     (1, {"type": "instances.accessed", "patient_id": "P2", "issuer": "HOSP-A", "study_uid": "1.2.3.3",
          "actor": "dr.no", "purpose": "TREAT"}),
     (0, {"type": "consent.granted", "patient_id": "P1", "issuer": "HOSP-A", "grantee": "hosp-b",
-         "scope": "imaging", "purpose": "TREAT", "actor": "dr.who"}),
+         "scope": "IMG", "purpose": "TREAT", "actor": "dr.who"}),
 ]
 
 

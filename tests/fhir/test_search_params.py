@@ -9,8 +9,8 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.categories import CategoryError, code_string, study_date
 from node.fhir.search import KNOWN, MAX_COUNT, SearchError, parse_search
+from node.vocabulary import CategoryError, code_string, study_date
 
 names = st.one_of(st.sampled_from(sorted(KNOWN)), st.text(max_size=20))
 values = st.one_of(st.text(max_size=300), st.from_regex(r"(ge|le|gt|lt|eq)?\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}:\d{2}Z)?)?)?",

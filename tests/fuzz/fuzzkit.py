@@ -30,7 +30,7 @@ from pathlib import Path
 import msgpack
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "node"))  # ledger_helpers
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "testkit"))  # ledger_helpers
 
 # ---------------------------------------------------------------------------------------------- mutator
 
@@ -301,16 +301,17 @@ def build_targets(tmp: str) -> list[Target]:
     from consensus.certificate import Certificate, CertificateError, verify_certificate
     from consensus.crypto import Ed25519Crypto
     from consensus.evidence import encode_evidence
-    from node.block import Block, BlockError, BlockHeader, ProposalHeader
-    from node.chain import Chain, ChainError, ProposalError, proposal_digest
-    from node.config import MempoolConfig
-    from node.events import make_tx
-    from node.evidence import evidence_tx_fields
-    from node.gossip import BatchError, TxGossip, decode_batch
-    from node.mempool import Mempool
-    from node.peerscore import PeerScores
-    from node.store import Store
-    from node.sync import (
+    from node.ledger.block import Block, BlockError, BlockHeader, ProposalHeader
+    from node.ledger.chain import Chain, ChainError, ProposalError, proposal_digest
+    from node.ledger.equivocation import evidence_tx_fields
+    from node.ledger.intake import make_tx
+    from node.ledger.store import Store
+    from node.ledger.tx import TxError, decode_tx
+    from node.runtime.gossip import BatchError, TxGossip, decode_batch
+    from node.runtime.mempool import Mempool
+    from node.runtime.peerscore import PeerScores
+    from node.runtime.settings import MempoolConfig
+    from node.runtime.sync import (
         BlockSync,
         SyncError,
         decode_blocks,
@@ -318,7 +319,6 @@ def build_targets(tmp: str) -> list[Target]:
         decode_status,
         decode_status_report,
     )
-    from node.tx import TxError, decode_tx
 
     c = Consortium()
     counter = [0]
@@ -333,7 +333,7 @@ def build_targets(tmp: str) -> list[Target]:
     txs = [c.tx(i % 4, t) for i in range(3) for t in ("instances.accessed", "instances.stored", "export", "query")]
     pseudo = c.pseudo
     txs.append(make_tx("consent.granted", c.keys[0], chain_id=CHAIN_ID, member=c.name(0), ts=T0, nonce=b"n" * 16,
-                       patient=pseudo.patient("P", "H"), grantee=pseudo.grantee("hosp-b"), scope="study",
+                       patient=pseudo.patient("P", "H"), grantee=pseudo.grantee("hosp-b"), scope="IMG",
                        purpose="TREAT"))
     txs.append(make_tx("member.added", c.keys[0], chain_id=CHAIN_ID, member=c.name(0), ts=T0, nonce=b"m" * 16,
                        subject="hosp-x", subject_key=b"\x01" * 32))
@@ -518,11 +518,12 @@ class RpcTarget:
 
         from nacl.signing import SigningKey  # noqa: F401  (keys below are loaded from the homes)
 
-        from node.config import load_config
-        from node.keys import load_member_key
+        from node.ledger.intake import EXAMPLE_EVENT
         from node.rpc.openrpc import DOCUMENT
-        from node.runtime import Node
-        from node.testnet import EXAMPLE_EVENT, generate
+        from node.runtime.keys import load_member_key
+        from node.runtime.node import Node
+        from node.runtime.settings import load_config
+        from node.testnet import generate
 
         infos = generate(4, Path(tmp) / "rpcnet", base_port=40000)
         cfg = load_config(infos[0].home)
@@ -530,7 +531,7 @@ class RpcTarget:
         self.node = node = Node(cfg)
         self.token = infos[0].token
         # one committed block, so reads find txs, blocks and audit entries
-        from node.events import event_to_tx_fields, sign_tx
+        from node.ledger.intake import event_to_tx_fields, sign_tx
 
         def event_to_tx(event: dict) -> bytes:
             # The node is not running, so no consortium OPRF: seed txs tokenized with the local key only.

@@ -71,7 +71,7 @@ def test_every_input_that_ever_failed_is_refused_cleanly(targets, name):
 
 
 def test_the_regressions_are_refused_for_the_right_reason(targets):
-    from node.tx import TxError, decode_tx
+    from node.ledger.tx import TxError, decode_tx
 
     for hexed in REGRESSIONS["tx"]:
         with pytest.raises(TxError, match="field names must be strings"):
@@ -95,7 +95,7 @@ async def test_quick_fuzz_rpc(rpc_target):
 def test_the_mutator_finds_the_issue_bug_when_it_is_reintroduced(targets, monkeypatch):
     """The fuzzer must be able to fail: with the key type check of defect 1 taken out again, the quick run
     of the tx target reports TypeError findings."""
-    import node.tx as tx
+    import node.ledger.tx as tx
 
     real = tx._check_fields_slowly
 

@@ -19,22 +19,18 @@ from interop_helpers import radchain
 sys.path.insert(0, str(Path(__file__).parents[1] / "dicom"))
 from dicom_helpers import make_pki  # noqa: E402
 
+from node.testnet import free_port
+
 pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(shutil.which("rsyslogd") is None,
                                  reason="needs Debian's rsyslog + rsyslog-gnutls (deploy/install-system-deps.sh test)")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def rsyslog(tmp_path_factory):
     d = tmp_path_factory.mktemp("rsyslog")
     pki = make_pki(d / "pki")
-    port = _free_port()
+    port = free_port()
     out = d / "audit.log"
     (d / "work").mkdir()
     conf = d / "rsyslog.conf"

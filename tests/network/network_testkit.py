@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import socket
 import tempfile
 from contextlib import asynccontextmanager
 
@@ -13,19 +12,12 @@ import trio
 
 from network import PeerNetwork
 from network.identity import identity_from_seed, peer_id_of
+from node.testnet import free_port
 
 PSK = bytes(range(32))
 # PortLock files of the test networks go here rather than into /tmp
 LOCK_DIR = tempfile.mkdtemp(prefix="radchain-net-tests-")
 atexit.register(shutil.rmtree, LOCK_DIR, True)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Roster:

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.ledger.intake import EXAMPLE_EVENT
 from node.rpc.methods import METHODS
-from node.testnet import EXAMPLE_EVENT
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -14,9 +14,8 @@ import pytest
 from nacl.signing import SigningKey
 
 from node.client import RadChainClient, RpcCallError
-from node.events import make_tx
-from node.keys import load_member_key
-from node.testnet import EXAMPLE_EVENT
+from node.ledger.intake import EXAMPLE_EVENT, make_tx
+from node.runtime.keys import load_member_key
 
 pytestmark = pytest.mark.timeout(120)
 

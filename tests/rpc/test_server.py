@@ -74,7 +74,7 @@ async def post_via(rpc: JsonRpcApp, forwarded_for: str | None, token: str = "pac
 
 
 async def test_client_address_from_a_trusted_proxy_only():
-    from node.config import RpcConfig
+    from node.runtime.settings import RpcConfig
 
     behind = JsonRpcApp(StubNode(), METHODS, {"pacs": "pacs-token-0123456789"}, True, 1 << 16, 3,
                         edge=RpcConfig(trusted_proxies=["10.9.9.9"]))
@@ -131,7 +131,8 @@ def test_secrets_are_0600_and_dirs_0700_whatever_the_umask(tmp_path):
 
     import pytest
 
-    from node.keys import SecretModeError, check_secret_mode, write_secret
+    from node.privatefiles import write_secret
+    from node.runtime.keys import SecretModeError, check_secret_mode
 
     old = os.umask(0)
     try:

@@ -15,7 +15,7 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from node.client import RadChainClient, Subscription
-from node.testnet import EXAMPLE_EVENT
+from node.ledger.intake import EXAMPLE_EVENT
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from node.testnet import EXAMPLE_EVENT
+from node.ledger.intake import EXAMPLE_EVENT
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -1,4 +1,4 @@
-"""A full disk pauses a node; it does not kill it (node/diskspace.py).
+"""A full disk pauses a node; it does not kill it (node/runtime/diskspace.py).
 
 The WAL test fills a real tiny tmpfs under a real WriteAheadLog. The node test runs four real node processes,
 member 3's data directory (chain store, mempool, WAL) on a 16 MiB tmpfs that the test fills: member 3 logs ONE
@@ -21,15 +21,16 @@ import trio
 
 from consensus import actions as A
 from consensus import events as E
-from node.chain import Chain
-from node.diskspace import DiskFull, DiskGuard
-from node.driver import ConsensusDriver
-from node.mempool import Mempool, MempoolFull
-from node.store import Store
-from node.testnet import EXAMPLE_EVENT, rpc_call
-from node.wal import WriteAheadLog
+from node.ledger.chain import Chain
+from node.ledger.intake import EXAMPLE_EVENT
+from node.ledger.store import Store
+from node.runtime.diskspace import DiskFull, DiskGuard
+from node.runtime.driver import ConsensusDriver
+from node.runtime.mempool import Mempool, MempoolFull
+from node.runtime.wal_file import WriteAheadLog
+from node.testnet import rpc_call
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testkit"))
 from ledger_helpers import T0, Consortium  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -136,7 +137,7 @@ def test_log_lines_on_a_full_disk_are_counted_not_raised(capsys):
     import io
     import logging
 
-    from node.logs import JsonFormatter, _StderrHandler
+    from node.runtime.jsonlogs import JsonFormatter, _StderrHandler
 
     full = open("/dev/full", "w")  # noqa: SIM115 (closing it flushes what could not be written: fails too)
     handler = _StderrHandler(full)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from node.testnet import EXAMPLE_EVENT, LocalTestnet
+from node.ledger.intake import EXAMPLE_EVENT
+from node.testnet import LocalTestnet
 
 NETNS = Path(__file__).resolve().parents[2] / "deploy" / "netns"
 

@@ -19,8 +19,8 @@ import pytest
 from node.client import RadChainClient
 from node.dicom.delivery import Deliverer
 from node.dicom.spool import Spool
+from node.ledger.intake import EXAMPLE_EVENT
 from node.rpc.errors import MEMPOOL_FULL, RATE_LIMITED
-from node.testnet import EXAMPLE_EVENT
 
 pytestmark = pytest.mark.timeout(180)
 

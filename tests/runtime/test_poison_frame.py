@@ -14,11 +14,11 @@ import trio
 
 from network import PeerNetwork
 from network.identity import load_or_create_identity, peer_id_of
-from node.block import ProposalHeader, encode_payload
-from node.config import load_config
-from node.merkle import merkle_root
-from node.testnet import EXAMPLE_EVENT
-from node.tx import tx_hash
+from node.ledger.block import ProposalHeader, encode_payload
+from node.ledger.intake import EXAMPLE_EVENT
+from node.ledger.merkle import merkle_root
+from node.ledger.tx import tx_hash
+from node.runtime.settings import load_config
 
 pytestmark = pytest.mark.timeout(180)
 

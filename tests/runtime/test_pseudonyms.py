@@ -18,12 +18,13 @@ import trio
 
 from network import PeerNetwork
 from network.identity import load_or_create_identity, peer_id_of
-from node import oprf
-from node.config import load_config
-from node.oprf_service import CHANNEL, decode_request
-from node.pseudonym import Pseudonymizer
-from node.testnet import EXAMPLE_EVENT, LocalTestnet
-from node.tokenizer import load_epochs, write_epoch
+from node.ledger import oprf
+from node.ledger.intake import EXAMPLE_EVENT
+from node.ledger.pseudonym import Pseudonymizer
+from node.runtime.oprf_service import CHANNEL, decode_request
+from node.runtime.settings import load_config
+from node.runtime.tokenizer import load_epochs, write_epoch
+from node.testnet import LocalTestnet
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -1,0 +1,212 @@
+"""`radchain member ...`: governance of the consortium's member set, by signed votes on chain.
+
+    radchain member propose-add --name N --member-key K --p2p-key P --addr A   (vote to add a hospital)
+    radchain member approve ID                                                  (vote for an open proposal)
+    radchain member propose-remove N                                            (vote to remove a member)
+    radchain member rotate-key [--p2p] [--addr A]                               (replace this member's keys)
+    radchain member propose-param NAME VALUE                                    (vote a consortium parameter)
+    radchain member status                                                      (member set, proposals)
+    radchain member history --out FILE                                          (for verify-receipt --history)
+
+Votes are member.added / member.removed txs signed with this hospital's member key (HOME/keys/member.key,
+so --home or --testnet/--node is needed to vote). A proposal takes effect once 2f+1 of the current members
+approved it, at the first epoch boundary after the approving block (node.ledger.epochs): `status` shows the
+approvals so far and the height at which an approved set starts. A joining hospital's `radchain init
+--join GENESIS` prints the exact propose-add command for the others.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from node.commands._target import add_target_args, client_from_args
+from node.ledger.epochs import VOTABLE_PARAMS as VOTABLE
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("member", help="propose, approve and inspect member-set changes")
+    sub = p.add_subparsers(dest="member_cmd", required=True)
+    add = sub.add_parser("propose-add", help="vote to add a hospital (its init prints these values)")
+    add.add_argument("--name", required=True, help="the joining member's name")
+    add.add_argument("--member-key", required=True, help="its member (signing) public key, 64 hex digits")
+    add.add_argument("--p2p-key", required=True, help="its libp2p peer ID (12D3KooW...)")
+    add.add_argument("--addr", required=True, help="its p2p multiaddr, e.g. /ip4/10.1.0.9/tcp/26656")
+    approve = sub.add_parser("approve", help="vote for an open proposal (its id from `member status`)")
+    approve.add_argument("id", help="proposal id (hex, a unique prefix is enough)")
+    remove = sub.add_parser("propose-remove", help="vote to remove a member")
+    remove.add_argument("name", help="the member to remove")
+    rotate = sub.add_parser("rotate-key", help="replace this member's signing key (and with --p2p its libp2p "
+                                               "identity) from the next epoch boundary; no vote needed")
+    rotate.add_argument("--p2p", action="store_true", help="also a new libp2p identity (restart the node at "
+                                                           "the switch height printed)")
+    rotate.add_argument("--addr", help="a new p2p multiaddr for this member")
+    param = sub.add_parser("propose-param", help="vote to set a consortium parameter (2f+1 needed)")
+    param.add_argument("name", help="one of: " + ", ".join(sorted(VOTABLE)))
+    param.add_argument("value", type=int)
+    sub.add_parser("status", help="the current member set, approved later sets and open proposals")
+    hist = sub.add_parser("history", help="save the member history (verify-receipt --history)")
+    hist.add_argument("--out", type=Path, required=True)
+    for q in (add, approve, remove, rotate, param, sub.choices["status"], hist):
+        add_target_args(q)
+        q.add_argument("--json", action="store_true", help="print the RPC answer as JSON")
+        q.set_defaults(func=run)
+
+
+def _home(args) -> Path:
+    if args.home:
+        return args.home
+    if args.testnet:
+        from node import testnet
+
+        nodes = testnet.load(args.testnet)
+        chosen = [n for n in nodes if n.name == args.node] if args.node else nodes[:1]
+        if chosen:
+            return chosen[0].home
+    raise SystemExit("voting signs with this hospital's member key: say --home HOME (or --testnet DIR --node N)")
+
+
+def _sign_and_submit(args, client, tx_type: str, **fields) -> int:
+    from node.client import RpcCallError
+    from node.ledger.genesis import Genesis
+    from node.ledger.intake import make_tx
+    from node.ledger.state import proposal_id, proposal_what
+    from node.runtime.keys import load_member_key
+    from node.runtime.settings import load_config
+
+    home = _home(args)
+    cfg = load_config(home)
+    key = load_member_key(cfg.member_key_path)
+    genesis = Genesis.load(cfg.genesis_path)
+    chain_id = genesis.chain_id
+    nxt = cfg.member_key_path.with_name(cfg.member_key_path.name + ".next")
+    raw = make_tx(tx_type, key, chain_id=chain_id, member=cfg.name, **fields)
+    try:
+        answer = client.submit_tx(raw, mode="commit", timeout=30)
+    except RpcCallError as exc:
+        # our rotation is recorded but the epoch has not switched yet: txs are signed with the new key
+        if not (exc.code == -32003 and "not authorised" in exc.message and nxt.exists()):
+            raise
+        raw = make_tx(tx_type, load_member_key(nxt), chain_id=chain_id, member=cfg.name, **fields)
+        answer = client.submit_tx(raw, mode="commit", timeout=30)
+    pid = proposal_id(proposal_what({"type": tx_type, **fields})).hex() if tx_type != "member.key_rotated" else ""
+    if args.json:
+        print(json.dumps({"proposal": pid, **answer}))
+    else:
+        what = fields.get("subject") or fields.get("param") or cfg.name
+        print(f"{cfg.name} voted {tx_type} {what}: tx {answer['hash']} {answer['status']}"
+              + (f" at height {answer['height']}" if "height" in answer else "") + f"; proposal {pid}")
+    v = client.validators()
+    if any(p["id"] == pid for p in v.get("proposals", [])):
+        _print_status(v, only=pid)
+    elif answer.get("outcome") == "applied" and "height" in answer:
+        from node.ledger.epochs import switch_height
+
+        start = switch_height(answer["height"], genesis.param("epoch_interval")) + 1
+        print(f"proposal approved at height {answer['height']}: the new member set starts at height {start}")
+    else:
+        print(f"vote not counted ({answer.get('outcome', answer['status'])}): see `radchain member status`")
+    return 0 if answer["status"] == "committed" and answer.get("outcome") == "applied" else 1
+
+
+def _print_status(v: dict, only: str | None = None) -> None:
+    if only is None:
+        names = ", ".join(m["name"] for m in v["validators"])
+        print(f"member set from height {v['epoch']}: n={len(v['validators'])} f={v['max_faulty']} "
+              f"quorum={v['quorum']} ({names}); view {v['view']}")
+        for e in v.get("pending", []):
+            print(f"approved: from height {e['start']}: n={e['n']} f={e['f']} quorum={e['quorum']} "
+                  f"({', '.join(m['name'] for m in e['members'])})")
+    for p in v.get("proposals", []):
+        if only is None or p["id"] == only:
+            print(f"proposal {p['id']}: {p['type']} {p['subject']}: {len(p['approvals'])} of {p['needed']} "
+                  f"approvals ({', '.join(p['approvals'])})")
+
+
+def _rotate(args, client) -> int:
+    """New keys go to keys/member.key.next (and keys/p2p.key.next); the node signs txs with the new key from
+    the block that records the rotation and votes with it from the next epoch boundary. A later rotation
+    first retires the previous one (member.key -> member.key.old, .next -> member.key)."""
+    from network.identity import load_or_create_identity, peer_id_of
+    from node.runtime.keys import create_member_key, load_member_key
+    from node.runtime.settings import load_config
+
+    cfg = load_config(_home(args))
+    keys = cfg.member_key_path
+    nxt, old = keys.with_name(keys.name + ".next"), keys.with_name(keys.name + ".old")
+    registered = bytes.fromhex(next((m["pubkey"] for m in client.validators()["validators"]
+                                     if m["name"] == cfg.name), "00"))
+    if nxt.exists():
+        if bytes(load_member_key(nxt).verify_key) != registered:
+            print(f"radchain member: {nxt} exists and is not in use yet: a rotation is under way", file=sys.stderr)
+            return 1
+        keys.replace(old)
+        nxt.replace(keys)
+    fields = {"subject_key": bytes(create_member_key(nxt).verify_key)}
+    if args.p2p:
+        p2p_next = cfg.p2p_key_path.with_name(cfg.p2p_key_path.name + ".next")
+        p2p_next.unlink(missing_ok=True)
+        fields["peer_id"] = peer_id_of(load_or_create_identity(p2p_next))
+    if args.addr:
+        fields["addr"] = args.addr
+    return _sign_and_submit(args, client, "member.key_rotated", **fields)
+
+
+def run(args) -> int:
+    from node.client import RpcCallError
+
+    client = client_from_args(args)
+    try:
+        cmd = args.member_cmd
+        if cmd == "status":
+            v = client.validators()
+            print(json.dumps(v, indent=2)) if args.json else _print_status(v)
+            return 0
+        if cmd == "history":
+            doc = client.call("member_history")
+            args.out.write_text(json.dumps(doc, indent=1) + "\n")
+            print(f"wrote {args.out}: {len(doc['txs'])} membership txs through height {doc['through']}")
+            return 0
+        if cmd == "propose-add":
+            try:
+                key = bytes.fromhex(args.member_key)
+            except ValueError:
+                key = b""
+            if len(key) != 32:
+                print("radchain member: --member-key must be 64 hex digits", file=sys.stderr)
+                return 2
+            return _sign_and_submit(args, client, "member.added", subject=args.name, subject_key=key,
+                                    peer_id=args.p2p_key, addr=args.addr)
+        if cmd == "propose-remove":
+            return _sign_and_submit(args, client, "member.removed", subject=args.name)
+        if cmd == "propose-param":
+            lo, hi = VOTABLE.get(args.name, (1, 0))
+            if not lo <= args.value <= hi:
+                print(f"radchain member: {args.name} must be one of {', '.join(sorted(VOTABLE))} with a value in "
+                      f"its range ({lo}..{hi})" if hi else f"radchain member: no votable parameter {args.name!r}",
+                      file=sys.stderr)
+                return 2
+            return _sign_and_submit(args, client, "params.changed", param=args.name, value=args.value)
+        if cmd == "rotate-key":
+            return _rotate(args, client)
+        if cmd == "approve":
+            wanted = args.id.lower()
+            matches = [p for p in client.validators().get("proposals", []) if p["id"].startswith(wanted)]
+            if len(matches) != 1:
+                print(f"radchain member: {'no' if not matches else 'more than one'} open proposal {args.id}",
+                      file=sys.stderr)
+                return 1
+            p = matches[0]
+            if p["type"] == "params.changed":
+                return _sign_and_submit(args, client, p["type"], param=p["param"], value=p["value"])
+            fields = {"subject": p["subject"]}
+            if p["type"] == "member.added":
+                fields["subject_key"] = bytes.fromhex(p["subject_key"])
+                if "peer_id" in p:
+                    fields["peer_id"], fields["addr"] = p["peer_id"], p["addr"]
+            return _sign_and_submit(args, client, p["type"], **fields)
+    except RpcCallError as exc:
+        print(f"radchain member: {exc}", file=sys.stderr)
+        return 1
+    raise AssertionError(args.member_cmd)  # pragma: no cover - argparse requires one of the above

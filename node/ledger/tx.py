@@ -1,0 +1,474 @@
+"""Transactions: the canonical msgpack encoding, ed25519 signatures and the strict decoder.
+
+Wire form of a signed transaction (what is gossiped, ordered and stored)::
+
+    msgpack array [body: bin, sig: bin(64)]
+
+``body`` is the canonical msgpack encoding of a map of fields (below); ``sig`` is the ed25519 signature of
+the ``client`` key over ``TX_DOMAIN + body``. The signature covers the body bytes exactly as sent, so a
+verifier never re-encodes to check it. The tx hash is ``sha256(wire bytes)``; ed25519 signatures are
+deterministic and libsodium rejects non-canonical ones, so one set of fields signed by one key has exactly
+one wire form and one hash (this is what makes ``event_id`` submissions idempotent).
+
+Canonical body: a msgpack map whose keys are strings in ascending order, integers in their shortest form,
+strings as str, byte strings as bin, no nil, no float, no ext, absent optional fields omitted, each array at
+most ``MAX_LIST`` items. The decoder checks this by re-encoding the decoded map and comparing bytes, so any
+other encoding of the same values is refused (``TxError``), as are unknown fields, missing required fields,
+values of the wrong type or size, and anything longer than ``MAX_TX_BYTES``.
+
+Field names are part of the public contract (RPC, receipts, other implementations); see docs/LEDGER.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+
+import msgpack
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey
+
+from node.vocabulary import (
+    ACTIONS,
+    AUDIT_TYPES,
+    CONSENT_TYPES,
+    OUTCOMES,
+    SCOPES,
+    CodeError,
+    check_project_code,
+)
+
+try:  # libsodium through PyNaCl's cffi module: no per-call output allocation and copy (~2 us per tx)
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - a PyNaCl without the cffi module layout
+    _lib = None
+
+__all__ = [
+    "TX_DOMAIN", "TX_VERSION", "MAX_TX_BYTES", "MAX_LIST", "TOKEN_BYTES", "TxError", "Tx", "TX_TYPES", "TX_TYPE_ORDER",
+    "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "RESEARCH_TYPES", "OPRF_TYPES", "PURPOSES", "OUTCOMES",
+    "ACTIONS",
+    "encode_body", "encode_tx", "sign_body", "sign_fields", "decode_tx", "verify_tx", "tx_hash",
+]
+
+TX_DOMAIN = b"radchain/tx/v1\x00"
+TX_VERSION = 1
+# A tx is one audit record, not a payload: 16 KiB holds 256 instance tokens with room to spare. Larger
+# studies are recorded with counts (n_series / n_instances) and a content digest instead of every token.
+MAX_TX_BYTES = 16 * 1024
+MAX_LIST = 256
+TOKEN_BYTES = 16  # pseudonym tokens: HMAC-SHA256 truncated to 128 bits (docs/PSEUDONYMS.md)
+MAX_EVIDENCE_BYTES = 4096
+
+# HL7 v3 PurposeOfUse (2.16.840.1.113883.1.11.20448), the codes in the value set's expansion.
+PURPOSES = frozenset({
+    "TREAT", "ETREAT", "BTG", "ERTREAT", "CLINTRL", "COC", "POPHLTH", "HPAYMT", "CLMATTCH", "COVAUTH",
+    "COVERAGE", "ELIGDET", "ELIGVER", "ENROLLM", "MILDCRG", "REMITADV", "HOPERAT", "CAREMGT", "DONAT",
+    "FRAUD", "GOV", "HACCRED", "HCOMPL", "HDECD", "HDIRECT", "HDM", "HLEGAL", "HOUTCOMS", "HPRGRP",
+    "HQUALIMP", "HSYSADMIN", "LABELING", "METAMGT", "MEMADMIN", "MILCDM", "PATADMIN", "PATSFTY", "PERFMSR",
+    "RECORDMGT", "SYSDEV", "HTEST", "TRAIN", "HMARKT", "HRESCH", "BIORCH", "CLINTRCH", "CLINTRCHNPC",
+    "CLINTRCHPC", "PRECLINTRCH", "DSRCH", "POARCH", "TRANSRCH", "PATRQT", "FAMRQT", "PWATRNY", "SUPNWK",
+    "PUBHLTH", "DISASTER", "THREAT",
+})
+
+
+class TxError(ValueError):
+    """The bytes are not a well-formed, canonical, correctly signed RadChain transaction.
+
+    Every message starts with the name of what is wrong (a field name, or ``tx``, ``body``, ``sig``,
+    ``signature``) followed by ``": "``; ``field`` is that name, for answers that must name the field.
+    """
+
+    @property
+    def field(self) -> str:
+        return str(self).partition(": ")[0]
+
+
+# ---------------------------------------------------------------------------------------------- schema
+# Each field: (python type, min, max, choices, list item check, description). For str/bytes/list min..max
+# bounds the length, for int the value (inclusive); ``choices`` (a frozenset) restricts str/int values;
+# lists are checked item by item. One flat spec instead of a predicate per field keeps the decoder's
+# per-field cost to a few comparisons (this loop runs for every field of every tx the chain sees).
+
+def _tokens(items) -> bool:
+    for t in items:
+        if type(t) is not bytes or len(t) != TOKEN_BYTES:
+            return False
+    return True
+
+
+def _oprf_counts(items) -> bool:
+    """[[requesting member, points answered, points refused], ...]: names distinct, counts 0..2^32-1."""
+    names = set()
+    for item in items:
+        if type(item) is not list or len(item) != 3:
+            return False
+        name, answered, refused = item
+        if type(name) is not str or not 0 < len(name) <= 64 or name in names:
+            return False
+        if type(answered) is not int or type(refused) is not int:
+            return False
+        if not (0 <= answered < 1 << 32 and 0 <= refused < 1 << 32) or answered + refused == 0:
+            return False
+        names.add(name)
+    return True
+
+
+def _evidence(items) -> bool:
+    return (items[0] != items[1] and type(items[0]) is bytes and type(items[1]) is bytes
+            and 0 < len(items[0]) <= MAX_EVIDENCE_BYTES and 0 < len(items[1]) <= MAX_EVIDENCE_BYTES)
+
+
+def _project(code) -> bool:
+    try:
+        check_project_code(code)
+    except CodeError:
+        return False
+    return True
+
+
+_U63 = (1 << 63) - 1
+_TOKEN = (bytes, TOKEN_BYTES, TOKEN_BYTES, None, None, f"a {TOKEN_BYTES}-byte token")
+_DIGEST = (bytes, 32, 32, None, None, "a 32-byte SHA-256 digest")
+_KEY = (bytes, 32, 32, None, None, "a 32-byte ed25519 public key")
+_AE = (str, 1, 16, None, None, "an AE title of 1..16 characters")  # DICOM AE titles are at most 16 chars
+_COUNT = (int, 0, (1 << 32) - 1, None, None, "a non-negative 32-bit count")
+_TIME = (int, 0, _U63, None, None, "a non-negative integer of milliseconds since the epoch")
+_NAME = (str, 1, 64, None, None, "a name of 1..64 characters")
+_TEXT = (str, 1, 128, None, None, "1..128 characters")
+_TOKENS = (list, 1, MAX_LIST, None, _tokens, f"a list of 1..{MAX_LIST} {TOKEN_BYTES}-byte tokens")
+
+FIELD_SPECS: dict[str, tuple] = {
+    "v": (int, TX_VERSION, TX_VERSION, None, None, f"the integer {TX_VERSION}"),
+    "chain": (str, 1, 64, None, None, "a chain id of 1..64 characters"),
+    "type": (str, 1, 64, None, None, "a transaction type"),  # the type itself is looked up first
+    "member": _NAME, "client": _KEY, "ts": _TIME,
+    "nonce": (bytes, 8, 32, None, None, "8..32 bytes"),
+    "user": _TOKEN, "ae": _AE, "peer_ae": _AE, "patient": _TOKEN, "study": _TOKEN,
+    "series": _TOKENS, "instances": _TOKENS, "n_series": _COUNT, "n_instances": _COUNT,
+    "digest": _DIGEST, "pixel_digest": _DIGEST, "source_digest": _DIGEST, "derived_digest": _DIGEST,
+    "purpose": (str, 1, 16, PURPOSES, None, "an HL7 PurposeOfUse code"),
+    "outcome": (int, 0, 12, OUTCOMES, None, "one of 0, 4, 8, 12"),
+    "action": (str, 1, 1, ACTIONS, None, "one of C, R, U, D, E"),
+    # grantee: a consortium pseudonym token (issue 13: no free text naming people on chain); a research
+    # consent names its project in `project`, which is what node.ledger.research matches (issue 14)
+    "grantee": _TOKEN, "expires": _TIME,
+    # consent and project scopes are codes (node.vocabulary), never free text
+    "scope": (str, 1, 16, SCOPES, None, "a scope code: ALL, IMG, IMG-<modality> or RPT"),
+    "project": (str, 1, 32, None, _project, "a project code of 1..32 characters A-Z 0-9 . _ -"),
+    "date_from": (int, 19000101, 29991231, None, None, "a date as the integer YYYYMMDD"),
+    "date_to": (int, 19000101, 29991231, None, None, "a date as the integer YYYYMMDD"),
+    "waiver": (int, 0, 1, None, None, "0 or 1 (1: the ethics board waived individual consent)"),
+    "subject": _NAME, "subject_key": _KEY,
+    # a joining member's libp2p identity and dial address (node.ledger.epochs): what the consensus set needs
+    "peer_id": (str, 1, 128, None, None, "a libp2p peer ID of 1..128 characters"),
+    "addr": (str, 1, 256, None, None, "a multiaddr of 1..256 characters"),
+    "param": (str, 1, 32, None, None, "a consortium parameter name of 1..32 characters"),
+    "value": (int, 0, _U63, None, None, "a non-negative integer parameter value"),
+    "offender": (int, 0, (1 << 16) - 1, None, None, "a member index"),
+    "evidence": (list, 2, 2, None, _evidence, f"two different messages of 1..{MAX_EVIDENCE_BYTES} bytes"),
+    # non-identifying imaging categories for prior-imaging lookups (node.vocabulary)
+    "modality": (str, 1, 16, None, None, "a DICOM Modality code string of 1..16 characters"),
+    "body_part": (str, 1, 16, None, None, "a DICOM Body Part Examined code string of 1..16 characters"),
+    "study_date": (int, 19000101, 29991231, None, None, "a study date as the integer YYYYMMDD"),
+    # pseudonym evaluations a member answered/refused per requesting member since its previous record
+    "oprf_counts": (list, 1, MAX_LIST, None, _oprf_counts,
+                    "a list of [member, points answered, points refused] with distinct members"),
+    "period_ms": (int, 1, _U63, None, None, "a positive number of milliseconds"),
+}
+
+COMMON_REQUIRED = frozenset({"v", "chain", "type", "member", "client", "ts", "nonce"})
+_AUDIT_OPTIONAL = frozenset({"user", "ae", "peer_ae", "series", "instances", "n_series", "n_instances",
+                             "digest", "pixel_digest", "study", "modality", "body_part", "study_date"})
+
+MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.removed", "member.key_rotated",
+                    "params.changed")
+# research projects (a sponsor registers, data holders approve) and the quorum path for consent changes
+RESEARCH_TYPES = ("research.project.registered", "research.project.approved", "consent.vote")
+EVIDENCE_TYPES = ("evidence.equivocation",)
+OPRF_TYPES = ("oprf.counts",)
+
+# type -> (required fields beyond COMMON_REQUIRED, optional fields)
+_SCHEMA: dict[str, tuple[frozenset, frozenset]] = {}
+for _t in AUDIT_TYPES:
+    _req = {"patient", "purpose", "outcome", "action"}
+    if _t != "query":  # a query names a patient, not necessarily one study (PS3.15 A.5.3.10)
+        _req.add("study")
+    _opt = set(_AUDIT_OPTIONAL) - _req
+    if _t == "deidentified":
+        _req |= {"source_digest", "derived_digest"}
+    if _t in ("export", "deidentified"):
+        _opt.add("project")  # a research release names its project (node.ledger.state's export gate)
+    _SCHEMA[_t] = (frozenset(_req), frozenset(_opt))
+# project: the research project a consent is for (its code; node.ledger.research matches it, so the
+# grantee itself may become a token)
+_CONSENT_OPTIONAL = frozenset({"user", "ae", "study", "expires", "outcome", "action", "project"})
+_SCHEMA["consent.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
+_SCHEMA["consent.revoked"] = (frozenset({"patient", "grantee", "scope"}), _CONSENT_OPTIONAL | {"purpose"})
+_SCHEMA["research.access.granted"] = (frozenset({"patient", "grantee", "scope", "purpose"}), _CONSENT_OPTIONAL)
+_SCHEMA["member.added"] = (frozenset({"subject", "subject_key"}), frozenset({"peer_id", "addr"}))
+_SCHEMA["member.removed"] = (frozenset({"subject"}), frozenset())
+# a member replaces its own signing key (and/or its libp2p identity and address): node.ledger.epochs
+_SCHEMA["member.key_rotated"] = (frozenset({"subject_key"}), frozenset({"peer_id", "addr"}))
+# a vote to set a consortium parameter (genesis "params") from an epoch boundary on: node.ledger.epochs
+_SCHEMA["params.changed"] = (frozenset({"param", "value"}), frozenset())
+_SCHEMA["client.added"] = (frozenset({"subject_key"}), frozenset())
+_SCHEMA["client.removed"] = (frozenset({"subject_key"}), frozenset())
+_SCHEMA["evidence.equivocation"] = (frozenset({"offender", "evidence"}), frozenset())
+# a project: its code, the SHA-256 of its ethics approval (digest), purpose, data scope, expiry
+_SCHEMA["research.project.registered"] = (frozenset({"project", "digest", "purpose", "scope", "expires"}),
+                                          frozenset({"modality", "body_part", "date_from", "date_to", "waiver"}))
+_SCHEMA["research.project.approved"] = (frozenset({"project"}), frozenset())
+# a member's vote for a consent change it may not make alone (action C: grant, D: revoke)
+_SCHEMA["consent.vote"] = (frozenset({"patient", "grantee", "scope", "action"}),
+                           frozenset({"purpose", "expires", "project"}))
+# A member's periodic record of the threshold-OPRF evaluations it answered for each other member (issue 13).
+_SCHEMA["oprf.counts"] = (frozenset({"oprf_counts", "period_ms"}), frozenset())
+del _t, _req, _opt
+
+TX_TYPES = frozenset(_SCHEMA)
+# Every tx type, in the order the store numbers them for its (member, type) index (code = position + 1,
+# on disk): append new types at the end only (tests/ledger/test_chain.py pins the codes).
+TX_TYPE_ORDER = (AUDIT_TYPES + CONSENT_TYPES + MEMBERSHIP_TYPES[:4] + EVIDENCE_TYPES + RESEARCH_TYPES
+                 + MEMBERSHIP_TYPES[4:] + OPRF_TYPES)
+assert frozenset(TX_TYPE_ORDER) == TX_TYPES and len(TX_TYPE_ORDER) == len(TX_TYPES)
+# type -> ({allowed field: spec}, required fields, needs an actor), precomputed for the decoder's hot loop
+_TYPE_SPECS = {t: ({k: FIELD_SPECS[k] for k in COMMON_REQUIRED | req | opt}, COMMON_REQUIRED | req,
+                   t in AUDIT_TYPES)
+               for t, (req, opt) in _SCHEMA.items()}
+
+
+def schema(tx_type: str) -> tuple[frozenset, frozenset]:
+    """(required, optional) field names of a tx type, common fields included in required."""
+    specs, required, _actor = _TYPE_SPECS[tx_type]
+    return required, frozenset(specs) - required
+
+
+# ---------------------------------------------------------------------------------------------- objects
+
+@dataclass(slots=True, eq=False)
+class Tx:
+    """A decoded transaction. ``raw`` is the wire form, ``hash`` = sha256(raw), ``fields`` the body map."""
+
+    raw: bytes
+    hash: bytes
+    body: bytes
+    sig: bytes
+    fields: dict
+
+    @property
+    def type(self) -> str:
+        return self.fields["type"]
+
+    @property
+    def member(self) -> str:
+        return self.fields["member"]
+
+    @property
+    def client(self) -> bytes:
+        return self.fields["client"]
+
+    @property
+    def ts(self) -> int:
+        return self.fields["ts"]
+
+    def verify(self) -> None:
+        """Raise TxError unless ``sig`` is the client key's signature over the body."""
+        verify_tx(self.body, self.sig, self.fields["client"])
+
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+_unpackb = msgpack.unpackb
+_sha256 = hashlib.sha256
+
+
+def tx_hash(raw: bytes) -> bytes:
+    return _sha256(raw).digest()
+
+
+def encode_body(fields: dict) -> bytes:
+    """Canonical body bytes for a complete field map (keys sorted). Raises TxError if invalid."""
+    body = _packb({k: fields[k] for k in sorted(fields)})
+    _check_fields(_decode_body(body), "body")
+    return body
+
+
+def encode_tx(body: bytes, sig: bytes) -> bytes:
+    return _packb([body, sig])
+
+
+def sign_body(body: bytes, signing_key: SigningKey) -> bytes:
+    return signing_key.sign(TX_DOMAIN + body).signature
+
+
+def sign_fields(fields: dict, signing_key: SigningKey) -> bytes:
+    """Wire bytes of ``fields`` signed by ``signing_key``; ``client`` and ``v`` are filled in if absent."""
+    fields = dict(fields)
+    client = bytes(signing_key.verify_key)
+    if fields.setdefault("client", client) != client:
+        raise TxError("client: does not match the signing key")
+    fields.setdefault("v", TX_VERSION)
+    body = encode_body(fields)
+    return encode_tx(body, sign_body(body, signing_key))
+
+
+_tls = threading.local()
+_OPEN_BUFFER = MAX_TX_BYTES + len(TX_DOMAIN) + 64
+
+
+def _sign_open(signed: bytes, client: bytes) -> bool:
+    """libsodium crypto_sign_open, returning whether the signature verifies (output discarded)."""
+    if _lib is None:
+        try:
+            crypto_sign_open(signed, client)
+        except (BadSignatureError, ValueError):
+            return False
+        return True
+    if len(client) != 32 or not 64 <= len(signed) <= _OPEN_BUFFER:
+        return False
+    try:
+        out, out_len = _tls.buffers
+    except AttributeError:  # one output buffer per thread: the cffi call releases the GIL
+        out, out_len = _tls.buffers = (_ffi.new("unsigned char[]", _OPEN_BUFFER),
+                                       _ffi.new("unsigned long long *"))
+    return _lib.crypto_sign_open(out, out_len, signed, len(signed), client) == 0
+
+
+def verify_tx(body: bytes, sig: bytes, client: bytes) -> None:
+    if len(sig) != 64 or not _sign_open(sig + TX_DOMAIN + body, client):
+        raise TxError("signature: does not verify under the client key")
+
+
+# ---------------------------------------------------------------------------------------------- decoder
+
+# msgpack's defaults for unpackb() bound every length by the input's size (at most MAX_TX_BYTES), but a
+# 16 KiB body of one-byte items is still a 16,000-entry map or array allocated before any check. The
+# explicit container limits in decode_tx and _decode_body refuse anything larger than the schema allows
+# before allocating it (~0.1 us per call; str and bin stay bounded by the input size). Nesting is bounded by msgpack's own stack (deeper input raises StackError, a ValueError).
+# strict_map_key (the default) still admits bin keys next to str keys: _check_fields_slowly type-checks
+# every key before comparing it. str/bin kept apart (raw=False) is a msgpack >= 1.0 default.
+if msgpack.version < (1, 0, 0):  # pragma: no cover
+    raise ImportError("node.ledger.tx needs msgpack >= 1.0")
+
+_MAX_FIELDS = len(FIELD_SPECS)
+
+
+def _decode_body(body: bytes) -> dict:
+    try:
+        fields = _unpackb(body, max_array_len=MAX_LIST, max_map_len=_MAX_FIELDS, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, FormatError, ...)
+        raise TxError(f"body: not a single msgpack value ({exc.__class__.__name__}: {exc})") from exc
+    if type(fields) is not dict:
+        raise TxError("body: must be a msgpack map")
+    return fields
+
+
+def _check_fields(fields: dict, where: str) -> None:
+    """Raise TxError unless ``fields`` has exactly the fields of its type, each valid, keys in sorted order.
+
+    Txs come in few shapes (type + ordered key list). The first tx of a shape goes through the
+    field-by-field check; its shape is then remembered with the per-position value checks, so later txs
+    of that shape only check values (key set, order, required fields and actor are properties of the
+    shape). Any failure is re-checked field by field for an error message that names the field.
+    """
+    try:
+        plan = _PLANS.get((fields.get("type"), *fields))
+    except TypeError:  # unhashable type value
+        plan = None
+    if plan is None:
+        _check_fields_slowly(fields, where)
+        if len(_PLANS) < _MAX_PLANS:
+            _PLANS[(fields["type"], *fields)] = tuple(_VALUE_CHECKS[k] for k in fields)
+        return
+    for (pytype, lo, hi, extra), value in zip(plan, fields.values(), strict=False):  # same shape: same length
+        if type(value) is not pytype:
+            break
+        if pytype is int:
+            if not lo <= value <= hi:
+                break
+        elif not lo <= len(value) <= hi:
+            break
+        if extra is not None and not (value in extra if type(extra) is frozenset else extra(value)):
+            break
+    else:
+        return
+    _check_fields_slowly(fields, where)
+    raise TxError(f"{where}: invalid field values")  # pragma: no cover - the slow check raises first
+
+
+# Shapes are ordered subsets of a fixed schema, so few occur; the bound only guards memory.
+_MAX_PLANS = 4096
+_PLANS: dict[tuple, tuple] = {}
+_VALUE_CHECKS = {k: (t, lo, hi, choices if choices is not None else items)
+                 for k, (t, lo, hi, choices, items, _desc) in FIELD_SPECS.items()}
+
+
+def _show(value) -> str:
+    """A short printable form of a peer's value for an error message (never the whole 16 KiB)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_fields_slowly(fields: dict, where: str) -> None:
+    """Field by field: raise TxError naming the first problem (unknown/misplaced/invalid/missing field)."""
+    tx_type = fields.get("type")
+    try:
+        specs, required, needs_actor = _TYPE_SPECS[tx_type]
+    except (KeyError, TypeError):
+        raise TxError(f"type: unknown transaction type {_show(tx_type)}") from None
+    prev = ""
+    for key, value in fields.items():
+        if type(key) is not str:  # msgpack admits bin keys; comparing one with a str raises TypeError
+            raise TxError(f"{_show(key)}: field names must be strings")
+        if key <= prev:
+            raise TxError(f"{where}: keys are not in canonical (sorted) order")
+        prev = key
+        spec = specs.get(key)
+        if spec is None:
+            if key in FIELD_SPECS:
+                raise TxError(f"{key}: not a field of {tx_type}")
+            raise TxError(f"{key[:40]}: unknown field")
+        pytype, lo, hi, choices, items, _desc = spec
+        vt = type(value)
+        if vt is not pytype:
+            raise TxError(f"{key}: must be {spec[5]}")
+        if not lo <= (value if vt is int else len(value)) <= hi or (
+                choices is not None and value not in choices) or (items is not None and not items(value)):
+            raise TxError(f"{key}: must be {spec[5]}")
+    if len(fields) < len(required) or not required.issubset(fields):
+        raise TxError(f"{', '.join(sorted(required - fields.keys()))}: required for {tx_type}")
+    if needs_actor and "user" not in fields and "ae" not in fields:
+        raise TxError("user, ae: an audit event needs an actor (user token and/or AE title)")
+
+
+def decode_tx(raw: bytes, *, verify: bool = True, hash: bytes | None = None) -> Tx:
+    """Decode wire bytes into a Tx, refusing anything not canonical; verify the signature unless told not to.
+
+    ``hash`` may pass sha256(raw) when the caller already computed it.
+    """
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    if len(raw) > MAX_TX_BYTES:
+        raise TxError(f"tx: {len(raw)} bytes, limit {MAX_TX_BYTES}")
+    try:
+        outer = _unpackb(raw, max_array_len=2, max_map_len=0)
+    except Exception as exc:
+        raise TxError(f"tx: not a single msgpack value ({exc.__class__.__name__}: {exc})") from exc
+    if type(outer) is not list or len(outer) != 2 or type(outer[0]) is not bytes or type(outer[1]) is not bytes:
+        raise TxError("tx: must be a msgpack array [body: bin, sig: bin]")
+    body, sig = outer
+    if len(sig) != 64:
+        raise TxError("sig: must be 64 bytes")
+    # The shortest encoding is the only canonical one, and any other encoding of [bin, bin] is longer:
+    # fixarray (1) + bin8/bin16 header of the body (2 or 3) + body + bin8 header of the sig (2) + 64.
+    if len(raw) != len(body) + (69 if len(body) < 256 else 70):
+        raise TxError("tx: non-canonical encoding of the outer array")
+    fields = _decode_body(body)
+    _check_fields(fields, "body")  # also checks key order, so the repack below compares like with like
+    if _packb(fields) != body:
+        raise TxError("body: non-canonical msgpack encoding")
+    if verify and not _sign_open(sig + TX_DOMAIN + body, fields["client"]):
+        raise TxError("signature: does not verify under the client key")
+    return Tx(raw, hash or _sha256(raw).digest(), body, sig, fields)

@@ -1,0 +1,459 @@
+"""Drives the sans-I/O replica: one task feeds it events and performs the actions it returns.
+
+Everything that changes the ledger goes through this task (consensus commits and synced blocks alike), so
+the store has a single writer and blocks are executed strictly in height order.
+
+Overload (docs/PERFORMANCE.md): the event queue holds at most MAX_QUEUED_MESSAGES peer messages (more are
+dropped and counted; PBFT retransmits what matters), other work (RPC admission, tx gossip) waits for the
+queue to drain through `yield_to_consensus`, and timers do not count long steps this node spent on one
+event (validating or executing a heavy block), plus an allowance for the primary's own: a heavy block
+does not look like a dead primary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from consensus import actions as A
+from consensus import events as E
+from consensus import wal as consensus_wal
+from consensus.replica import TICK
+from node.ledger.chain import Chain, ChainError
+from node.runtime.diskspace import DiskFull, DiskGuard, is_disk_full
+from node.runtime.wal_file import WriteAheadLog
+
+log = logging.getLogger("radchain.driver")
+
+# Rewrite the WAL without obsolete records once it grows past this (after a stable checkpoint).
+WAL_COMPACT_BYTES = 64 << 20
+# Peer messages waiting for the replica; beyond this they are dropped (counted in stats["dropped_messages"]).
+# 10,000 is minutes of honest traffic for n <= 10 at one block per ~100 ms; only a flood reaches it.
+MAX_QUEUED_MESSAGES = 10_000
+# Work that yields to consensus waits at most this long for the event queue to drain (then goes on:
+# consensus must come first, not alone).
+YIELD_MAX_WAIT = 0.025
+# Timers other than retransmission get this many times the recent longest step on top: the primary
+# validates and executes the blocks it pipelines too (consensus.Config.pipeline is 4), and a backup that is
+# still busy with them cannot tell a busy primary from a dead one.
+EXEC_ALLOWANCE_BLOCKS = 4
+EXEC_HISTORY = 32  # long steps whose duration is remembered
+# An event whose handling took longer than this is a long step (a heavy block), see _busy_for.
+LONG_STEP = 0.05
+
+
+@dataclass(frozen=True)
+class SyncedBlocks:
+    """Blocks fetched by block sync (already checked against their certificates by the sync task)."""
+    blocks: list[tuple[int, bytes, bytes]]  # (height, payload, certificate)
+    announce: bool  # tell the replica it may re-enter consensus at the new height
+    done: trio.Event | None = None
+
+
+@dataclass(frozen=True)
+class MempoolChanged:
+    pass
+
+
+class ConsensusDriver:
+    def __init__(self, replica, chain: Chain, wal: WriteAheadLog, *, send: Callable[[int, bytes], None],
+                 broadcast: Callable[[bytes], None], build_proposal: Callable[[int, bool], bytes | None],
+                 mempool_count: Callable[[], int], on_commit: Callable[[object, bytes], None],
+                 on_state_transfer: Callable[[int, tuple[int, ...]], None],
+                 on_evidence: Callable[[bytes], None],
+                 oldest_pending: Callable[[], tuple[bytes, float] | None] = lambda: None,
+                 disk: DiskGuard | None = None):
+        self.replica = replica
+        self.chain = chain
+        self.wal = wal
+        self._send = send
+        self._broadcast = broadcast
+        self._build_proposal = build_proposal
+        self._mempool_count = mempool_count
+        self._on_commit = on_commit
+        self._on_state_transfer = on_state_transfer
+        self._on_evidence = on_evidence
+        self._oldest_pending = oldest_pending  # (tx hash, time.monotonic() first held) for request timers
+        # One FIFO of events: peer messages (bounded), timer firings, sync results, mempool wake-ups (each
+        # bounded by construction: one per timer, one coalesced wake-up, one per sync request / gap).
+        self._queue: deque = deque()
+        self._queued_messages = 0
+        self._wakeup = trio.Event()
+        self._drained = trio.Event()  # set whenever the queue is empty and the replica is idle
+        self._drained.set()
+        self._timers: dict[object, float] = {}
+        self._timers_changed = trio.Event()
+        self._fired: dict[object, object] = {}  # timer -> token of its firing still in the queue
+        self._exec_times: deque[float] = deque(maxlen=EXEC_HISTORY)
+        self._pending_commits: dict[int, A.Commit] = {}
+        self._deferred: list[int] = []  # heights the replica asked a proposal for, waiting for txs
+        self._deferred_view = -1
+        self._mempool_dirty = False
+        # A full disk (node.runtime.diskspace): the driver waits for space, sending nothing meanwhile, and drops the
+        # consensus messages that arrive (as a partition would); block sync catches it up afterwards.
+        self._disk = disk
+        self.paused = False
+        self._disk_stalled = False  # a block write failed for lack of space: wait, then execute it again
+        self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0, "dropped_messages": 0,
+                      "stale_timers": 0, "busy_s": 0.0, "dropped_paused": 0}
+
+    # ------------------------------------------------------------------ inputs (any task)
+    def message(self, sender: int, data: bytes) -> bool:
+        """Queue a peer's consensus message; False (dropped, counted) while paused for a full disk or when
+        MAX_QUEUED_MESSAGES wait."""
+        if self.paused:
+            self.stats["dropped_paused"] += 1
+            return False
+        if self._queued_messages >= MAX_QUEUED_MESSAGES:
+            self.stats["dropped_messages"] += 1
+            if self.stats["dropped_messages"] % 1000 == 1:
+                log.warning("consensus queue full (%d messages): dropping; %d dropped so far",
+                            self._queued_messages, self.stats["dropped_messages"])
+            return False
+        self._queued_messages += 1
+        self._push(E.MessageReceived(sender, data))
+        return True
+
+    def mempool_changed(self) -> None:
+        if not self._mempool_dirty:  # coalesce: one WorkPending per burst of admissions
+            self._mempool_dirty = True
+            self._push(MempoolChanged())
+
+    def synced(self, blocks: list[tuple[int, bytes, bytes]], announce: bool = True,
+               done: trio.Event | None = None) -> None:
+        self._push(SyncedBlocks(blocks, announce, done))
+
+    def switch(self, factory: Callable[[], tuple[object, WriteAheadLog]]) -> None:
+        """The member set changes after the block just executed (node.ledger.epochs): the current replica is
+        retired at once (it answers nothing more, not even the rest of the action list being performed),
+        and before any other event ``factory()`` builds the next epoch's (replica, WAL), which then starts."""
+        retire = getattr(self.replica, "retired", None)
+        if retire is not None:
+            self.replica.retired = True
+        self._queue.appendleft(_Switch(factory))
+        if self._drained.is_set():
+            self._drained = trio.Event()
+        self._wakeup.set()
+
+    async def _switch(self, event: _Switch) -> None:
+        # Timers, deferred proposal requests and commits waiting for a gap belong to the old replica.
+        self._timers.clear()
+        self._fired.clear()
+        self._timers_changed.set()
+        self._deferred.clear()
+        self._pending_commits.clear()
+        await self._flush_wal()
+        self.replica, self.wal = event.factory()
+        self.stats["epoch_switches"] = self.stats.get("epoch_switches", 0) + 1
+        await self._perform(self.replica.start())
+        self._mempool_dirty = True
+        self._push(MempoolChanged())  # the new primary learns about pending work
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def yield_to_consensus(self, max_wait: float = YIELD_MAX_WAIT) -> None:
+        """For work that must not delay agreement (RPC submissions, tx gossip): wait until the replica has
+        handled everything queued for it, at most `max_wait` seconds. Always a checkpoint."""
+        if self._drained.is_set():
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(max_wait):
+            await self._drained.wait()
+
+    def _push(self, event) -> None:
+        self._queue.append(event)
+        if self._drained.is_set():
+            self._drained = trio.Event()
+        self._wakeup.set()
+
+    async def _next(self):
+        while not self._queue:
+            self._drained.set()
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        event = self._queue.popleft()
+        if type(event) is E.MessageReceived:
+            self._queued_messages -= 1
+        return event
+
+    # ------------------------------------------------------------------ the loop
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._timer_loop)
+            await self._perform(self.replica.start())
+            task_status.started()
+            step_started = None
+            while True:
+                if step_started is not None:
+                    self._busy_for(time.perf_counter() - step_started)
+                event = await self._next()
+                step_started = time.perf_counter()
+                self.stats["events"] += 1
+                if isinstance(event, _Fired):
+                    if self._fired.get(event.timer) is not event.token:
+                        self.stats["stale_timers"] += 1  # re-armed or cancelled after it fired
+                        continue
+                    del self._fired[event.timer]
+                    event = E.TimerFired(event.timer)
+                elif isinstance(event, MempoolChanged):
+                    self._mempool_dirty = False
+                    await self._propose_deferred()
+                    event = self._work_pending()
+                elif isinstance(event, SyncedBlocks):
+                    await self._apply_synced(event)
+                    continue
+                elif isinstance(event, _Replay):
+                    await self._perform([event.commit])
+                    continue
+                elif isinstance(event, _Switch):
+                    await self._switch(event)
+                    continue
+                await self._feed(event)
+                await trio.lowlevel.checkpoint()
+
+    def _work_pending(self) -> E.WorkPending:
+        """Mempool count and the oldest pending tx with its age: the replica has no clock, so the node says
+        how long it has held that tx (consensus/fairness.py turns it into a per-request timer)."""
+        oldest = self._oldest_pending()
+        if oldest is None:
+            return E.WorkPending(self._mempool_count())
+        tx_hash, since = oldest
+        return E.WorkPending(self._mempool_count(), tx_hash, max(0.0, time.monotonic() - since))
+
+    async def _feed(self, event) -> None:
+        follow = deque([event])
+        while follow:
+            await self._perform(self.replica.handle(follow.popleft()) or (), follow)
+
+    async def _perform(self, actions, follow: deque | None = None) -> None:
+        produced_events = follow if follow is not None else deque()
+        for action in actions:
+            if not isinstance(action, A.Persist) and self.wal.dirty:
+                # Anything that leaves the process, or acts on state, waits for the log to be durable.
+                await self._flush_wal()
+            produced = self._perform_one(action)
+            if produced is not None:
+                produced_events.append(produced)
+        await self._flush_wal()
+        if self._disk_stalled:
+            # A committed block could not be written: wait for space, then execute it again (its Executed,
+            # hence this replica's checkpoint vote, comes only once it is stored).
+            await self._wait_for_disk(self.chain.store.path, None)
+            nxt = self._pending_commits.pop(self.chain.height + 1, None)
+            if nxt is not None:
+                self._push(_Replay(nxt))
+        if follow is None:
+            while produced_events:
+                await self._feed(produced_events.popleft())
+
+    async def _flush_wal(self) -> None:
+        """Make the queued WAL records durable, waiting out a full disk: nothing after them (a vote, a
+        commit) happens before they are on disk: persist before acknowledge."""
+        while True:
+            try:
+                await self.wal.flush_async()
+                return
+            except DiskFull as exc:
+                await self._wait_for_disk(exc.path, exc)
+
+    async def _wait_for_disk(self, path, exc: BaseException | None) -> None:
+        if self._disk is None:
+            raise exc if exc is not None else DiskFull(path, 0)
+        self._disk.trip(path, exc)
+        self._disk_stalled = False
+        self.paused = True
+        try:
+            await self._disk.wait_resumed()
+        finally:
+            self.paused = False
+
+    def _perform_one(self, action):
+        """Perform one action; returns a follow-up event for the replica, if any."""
+        if isinstance(action, A.Persist):
+            self.wal.append(action.record)
+            self.wal.records.append(action.record)
+            self.stats["wal_records"] += 1
+            # A stable checkpoint ends an obsolete prefix; consensus.wal (the record format's one home) says
+            # which record is one. Decoded only once the log is big enough to be worth compacting.
+            if self.wal.size() > WAL_COMPACT_BYTES and consensus_wal.decode(action.record)[0] == "stable":
+                try:
+                    self.wal.flush()
+                    self.wal.records = list(consensus_wal.compact(self.wal.records))
+                    self.wal.rewrite(self.wal.records)
+                except DiskFull:
+                    pass  # no room to compact now: the log stays whole (queued records flush with the next)
+            return None
+        if isinstance(action, A.Send):
+            self._send(action.to, action.data)
+        elif isinstance(action, A.Broadcast):
+            self._broadcast(action.data)
+        elif isinstance(action, A.SetTimer):
+            self._fired.pop(action.timer, None)
+            self._timers[action.timer] = trio.current_time() + self._timer_seconds(action)
+            self._timers_changed.set()
+        elif isinstance(action, A.CancelTimer):
+            self._fired.pop(action.timer, None)
+            self._timers.pop(action.timer, None)
+        elif isinstance(action, A.RequestProposal):
+            # A pipelined primary asks for several heights as soon as work appears; those beyond the txs at
+            # hand wait for more txs instead of going out as empty blocks. A gap a view change left below
+            # an already proposed height is answered at once, empty if need be, or the heights above stall.
+            if self._deferred and self._deferred_view != self.replica.view:
+                self._deferred.clear()  # requests of a view the replica left (it forgot them): none to wait behind
+            must_answer = action.height < self.replica.highest_proposed
+            payload = None if self._deferred and not must_answer else self._build_proposal(action.height,
+                                                                                           must_answer)
+            if payload is not None:
+                return E.ProposalReady(action.height, payload)
+            if not self._deferred:
+                self._deferred_view = self.replica.view
+            self._deferred.append(action.height)
+        elif isinstance(action, A.Commit):
+            return self._commit(action)
+        elif isinstance(action, A.RequestStateTransfer):
+            self._on_state_transfer(action.target_height, action.peers)
+        elif isinstance(action, A.ReportEvidence):
+            self._on_evidence(action.evidence)
+        return None
+
+    async def _propose_deferred(self) -> None:
+        """Answer deferred proposal requests in height order while there are txs to propose."""
+        while self._deferred:
+            if self.replica.view != self._deferred_view:
+                self._deferred.clear()  # the replica forgot requests of an older view
+                return
+            payload = self._build_proposal(self._deferred[0], False)
+            if payload is None:
+                return
+            await self._feed(E.ProposalReady(self._deferred.pop(0), payload))
+
+    def _commit(self, action: A.Commit):
+        height = self.chain.height
+        if action.height <= height:
+            # Block sync got there first. The replica still needs Executed: without it this height never gets
+            # this replica's checkpoint vote. The digest is the stored block's (agreed data only).
+            stored = self.chain.store.get_block(action.height)
+            if stored is None or stored.header.proposal_digest != action.digest:
+                log.error("committed block %d differs from the stored one", action.height)
+                return None
+            return E.Executed(action.height, stored.hash)
+        if action.height > height + 1:
+            self._pending_commits[action.height] = action  # a gap that block sync will fill
+            return None
+        block = self._execute(action.payload, action.certificate)
+        if block is None:
+            if self._disk_stalled:
+                self._pending_commits[action.height] = action  # executed again once space returns
+            return None
+        # block.hash covers only agreed data (node/ledger/block.py), so honest replicas' checkpoint votes match
+        event = E.Executed(block.height, block.hash)
+        # Commits queued behind a gap can go now.
+        nxt = self._pending_commits.pop(self.chain.height + 1, None)
+        if nxt is not None:
+            self._push(_Replay(nxt))
+        return event
+
+    def _execute(self, payload: bytes, certificate: bytes, verify: bool = False):
+        try:
+            block = self.chain.execute(payload, certificate, verify_certificate_sigs=verify)
+        except ChainError:
+            log.exception("could not execute a committed block; will sync it from peers")
+            return None
+        except Exception as exc:
+            if self._disk is None or not is_disk_full(exc):
+                raise
+            self._disk.trip(self.chain.store.path, exc)  # the one log line; the store kept nothing of it
+            self._disk_stalled = True
+            return None
+        self.stats["commits"] += 1
+        self._on_commit(block, payload)
+        return block
+
+    async def _apply_synced(self, event: SyncedBlocks) -> None:
+        last = None
+        for height, payload, certificate in event.blocks:
+            if height != self.chain.height + 1:
+                continue
+            block = self._execute(payload, certificate, verify=True)
+            if block is None:
+                break
+            self.stats["synced_blocks"] += 1
+            last = block
+        if self._disk_stalled:
+            await self._wait_for_disk(self.chain.store.path, None)
+            self._push(event)  # the blocks not yet stored go again, in height order
+            return
+        for h in sorted(h for h in self._pending_commits if h <= self.chain.height):
+            # stored by sync meanwhile: replayed so the replica still gets its Executed (see _commit)
+            self._push(_Replay(self._pending_commits.pop(h)))
+        nxt = self._pending_commits.pop(self.chain.height + 1, None)
+        if nxt is not None:
+            self._push(_Replay(nxt))  # sync filled the gap below a queued commit: it can go now (see _commit)
+        if last is not None and event.announce:
+            await self._feed(E.StateTransferred(last.height, last.hash))
+        if event.done is not None:
+            event.done.set()
+
+    # ------------------------------------------------------------------ timers
+    def _timer_seconds(self, action: A.SetTimer) -> float:
+        """The replica's duration, plus the busy allowance for anything but retransmission."""
+        if action.timer == TICK or not self._exec_times:
+            return action.seconds
+        return action.seconds + EXEC_ALLOWANCE_BLOCKS * max(self._exec_times)
+
+    def _busy_for(self, seconds: float) -> None:
+        """One event took `seconds` to handle (a block validated or executed, with what ran meanwhile).
+        A long step does not count toward armed timers: this node was busy, not waiting for its peers,
+        and their messages may wait unread behind it (the deadlines move back by that much). Short steps
+        do not count, so a stream of small messages (a flood) never holds a timer back."""
+        if seconds < LONG_STEP:
+            return
+        self._exec_times.append(seconds)
+        self.stats["busy_s"] += seconds
+        for timer in self._timers:
+            if timer != TICK:
+                self._timers[timer] += seconds
+        self._timers_changed.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            if not self._timers:
+                await self._timers_changed.wait()
+                self._timers_changed = trio.Event()
+                continue
+            timer, deadline = min(self._timers.items(), key=lambda kv: kv[1])
+            with trio.move_on_at(deadline):
+                await self._timers_changed.wait()
+                self._timers_changed = trio.Event()
+                continue
+            if self._timers.get(timer) == deadline:
+                del self._timers[timer]
+                # Queued behind what already arrived: a message that proves progress re-arms the timer
+                # first, and the firing is then dropped as stale.
+                token = object()
+                self._fired[timer] = token
+                self._push(_Fired(timer, token))
+
+
+@dataclass(frozen=True)
+class _Replay:
+    commit: A.Commit
+
+
+@dataclass(frozen=True)
+class _Switch:
+    factory: Callable[[], tuple[object, WriteAheadLog]]
+
+
+@dataclass(frozen=True)
+class _Fired:
+    timer: object
+    token: object
+

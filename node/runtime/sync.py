@@ -1,0 +1,326 @@
+"""Block sync: serve committed blocks with their certificates, and catch up from peers.
+
+A node catches up when it starts behind (empty, or back from a crash), when the replica asks for state
+transfer, and — as a safety net, so no node ever stays stuck — whenever a peer reports a higher height while
+this node's height has not moved. Fetched blocks are executed by the consensus driver (the store's single
+writer), which checks every certificate against the member keys before applying a block.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgpack
+import trio
+
+from node.ledger.chain import Chain, ChainError
+from node.runtime import peerscore
+from node.runtime.peerscore import PeerScores
+
+log = logging.getLogger("radchain.sync")
+
+CHANNEL = "sync"
+MAX_RESPONSE_BYTES = 3 << 20
+MAX_BLOCKS_PER_REQUEST = 64
+WATCH_INTERVAL = 2.0
+REQUEST_TIMEOUT = 10.0
+MAX_REQUEST_BYTES = 256
+
+
+class SyncError(ValueError):
+    """A sync request or response is malformed (every decoder here raises this and nothing else)."""
+
+
+def _unpack(data: bytes, max_bytes: int, *, max_array: int, max_map: int, max_bin: int, max_str: int):
+    if type(data) is not bytes or len(data) > max_bytes:
+        raise SyncError("not bytes, or over the size limit")
+    try:
+        return msgpack.unpackb(data, raw=False, max_array_len=max_array, max_map_len=max_map,
+                               max_bin_len=max_bin, max_str_len=max_str, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several types (ValueError, ExtraData, FormatError, ...)
+        raise SyncError(f"undecodable ({exc.__class__.__name__})") from None
+
+
+def _is_height(x) -> bool:
+    return type(x) is int and 0 <= x < 1 << 63
+
+
+def decode_request(data: bytes) -> tuple[str, int]:
+    """Request frame -> ("status", 0) or ("blocks", from_height)."""
+    req = _unpack(data, MAX_REQUEST_BYTES, max_array=0, max_map=2, max_bin=0, max_str=16)
+    if type(req) is not dict or not all(type(k) is str for k in req):
+        raise SyncError("request must be a map with string keys")
+    op = req.get("op")
+    if op == "status" and req.keys() == {"op"}:
+        return "status", 0
+    if op == "blocks" and req.keys() == {"op", "from"}:
+        start = req["from"]
+        if not _is_height(start) or start < 1:
+            raise SyncError("from must be a height >= 1")
+        return "blocks", start
+    raise SyncError("request must be {op: status} or {op: blocks, from: height}")
+
+
+# A status answer is what a member says about itself: height (sync needs it) and, for the explorer's
+# consortium page, its view, mempool size, connected peers and last block time. A member may lie in any of
+# them; the decoder only bounds them so that no value can break a reader (a time past year 9999 would make
+# datetime raise, a huge count would be shown as such). Members without the extra fields still decode.
+MAX_STATUS_BYTES = 256
+MAX_STATUS_FIELDS = 8
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the largest time datetime can show
+_STATUS_LIMITS = {"view": 1 << 63, "mempool": 1 << 32, "peers": 1 << 16, "time": MAX_TIME_MS + 1}
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """A member's status as reported by that member (None: it did not say)."""
+
+    height: int
+    view: int | None = None
+    mempool: int | None = None
+    peers: int | None = None
+    time: int | None = None  # ms since the epoch: the timestamp of its last block
+
+
+def decode_status_report(reply: bytes) -> PeerStatus:
+    """Status response -> PeerStatus; raises SyncError (only) on anything malformed or out of bounds."""
+    value = _unpack(reply, MAX_STATUS_BYTES, max_array=0, max_map=MAX_STATUS_FIELDS, max_bin=64, max_str=16)
+    if type(value) is not dict or not _is_height(value.get("height")):
+        raise SyncError("status reply must be a map with a height")
+    extra = {}
+    for key, limit in _STATUS_LIMITS.items():
+        x = value.get(key)
+        if x is None:
+            continue
+        if type(x) is not int or not 0 <= x < limit:
+            raise SyncError(f"status {key} must be an integer in [0, {limit})")
+        extra[key] = x
+    return PeerStatus(value["height"], **extra)
+
+
+def decode_status(reply: bytes) -> int:
+    """Status response -> the peer's height."""
+    return decode_status_report(reply).height
+
+
+def decode_blocks(reply: bytes, start: int) -> list[tuple[int, bytes, bytes]]:
+    """Blocks response -> [(height, payload, certificate)], consecutive heights from ``start``, at most
+    MAX_BLOCKS_PER_REQUEST; payloads and certificates are not parsed here."""
+    value = _unpack(reply, 2 * MAX_RESPONSE_BYTES + (1 << 20), max_array=max(MAX_BLOCKS_PER_REQUEST, 3),
+                    max_map=1, max_bin=2 * MAX_RESPONSE_BYTES, max_str=64)
+    if type(value) is not dict or value.keys() - {"blocks", "error"}:
+        raise SyncError("reply must be {blocks: [...]} or {error: text}")
+    blocks = value.get("blocks")
+    if blocks is None:
+        return []  # {"error": ...}: the peer could not serve the request
+    if type(blocks) is not list:
+        raise SyncError("blocks must be an array")
+    out = []
+    for i, item in enumerate(blocks):
+        if type(item) is not list or len(item) != 3:
+            raise SyncError("each block must be [height, payload, certificate]")
+        height, payload, cert = item
+        if height != start + i or type(height) is not int:
+            raise SyncError(f"block {i}: height {height!r:.20}, expected {start + i}")
+        if type(payload) is not bytes or type(cert) is not bytes:
+            raise SyncError(f"block {height}: payload and certificate must be byte strings")
+        out.append((height, payload, cert))
+    return out
+
+
+class BlockSync:
+    def __init__(self, net, chain: Chain, driver, peer_ids: list[str], scores: PeerScores | None = None):
+        self.net = net
+        self.chain = chain
+        self.driver = driver
+        self.peer_ids = peer_ids  # index = member index; our own entry is skipped
+        self.syncing = False
+        self.target = 0
+        self._wake = trio.Event()
+        self._requested: tuple[int, tuple[int, ...]] | None = None
+        self.scores = scores if scores is not None else PeerScores()
+        # Set by the node: this node's {"view", "mempool", "peers"} for status answers (None: height only).
+        self.report: Callable[[], dict] | None = None
+        self.stats = {"served": 0, "fetched": 0, "rounds": 0, "bad_responses": 0, "bad_requests": 0,
+                      "bad_blocks": 0}
+
+    def own_status(self) -> PeerStatus:
+        """This node's status, as it answers a member's status request (the explorer's row for itself)."""
+        store = self.chain.store
+        header = store.get_header(store.height) if store.height else None
+        extra = self.report() if self.report is not None else {}
+        return PeerStatus(store.height, time=header.timestamp if header else None, **extra)
+
+    # ------------------------------------------------------------------ serving
+    async def serve(self, peer: str, data: bytes) -> bytes:
+        try:
+            op, start = decode_request(data)
+        except SyncError as exc:
+            self.stats["bad_requests"] += 1
+            self.scores.penalize(peer, peerscore.MALFORMED, "malformed sync request", exc)
+            return msgpack.packb({"error": f"malformed sync request: {exc}"})
+        store = self.chain.store
+        if op == "status":
+            answer = {"height": store.height, "head": store.head or b""}
+            header = store.get_header(store.height) if store.height else None
+            if header is not None:
+                answer["time"] = header.timestamp
+            if self.report is not None:
+                answer.update(self.report())
+            return msgpack.packb(answer, use_bin_type=True)
+        if op == "blocks":
+            out, size = [], 0
+            for height in range(start, min(store.height, start + MAX_BLOCKS_PER_REQUEST - 1) + 1):
+                payload, cert = store.get_payload(height), store.get_certificate(height)
+                if payload is None or cert is None:
+                    break
+                if out and size + len(payload) > MAX_RESPONSE_BYTES:
+                    break
+                out.append([height, payload, cert])
+                size += len(payload) + len(cert)
+            self.stats["served"] += len(out)
+            return msgpack.packb({"blocks": out}, use_bin_type=True)
+        raise AssertionError(f"decode_request returned op {op!r}")  # pragma: no cover
+
+    # ------------------------------------------------------------------ catching up
+    def request(self, target_height: int, peers: tuple[int, ...]) -> None:
+        """Replica asked for state transfer (RequestStateTransfer)."""
+        self._requested = (target_height, peers)
+        self._wake.set()
+
+    async def _status(self, index: int) -> int | None:
+        report = await self.status_report(index)
+        return None if report is None else report.height
+
+    async def status_report(self, index: int) -> PeerStatus | None:
+        """Member ``index``'s status as it reports it, or None (no answer, or a malformed one)."""
+        try:
+            reply = await self.net.request(self.peer_ids[index], CHANNEL, msgpack.packb({"op": "status"}),
+                                           timeout=REQUEST_TIMEOUT)
+        except Exception:  # unreachable, timed out: no answer (the network layer raises several types)
+            return None
+        try:
+            return decode_status_report(reply)
+        except SyncError as exc:
+            self.stats["bad_responses"] += 1
+            self.scores.penalize(self.peer_ids[index], peerscore.MALFORMED, "malformed sync status", exc)
+            return None
+
+    def _others(self) -> list[int]:
+        """Members to sync from: not us, and not blocked for misbehaviour (unless all are)."""
+        others = [i for i, pid in enumerate(self.peer_ids) if pid != self.net.peer_id]
+        return [i for i in others if not self.scores.blocked(self.peer_ids[i])] or others
+
+    async def run(self) -> None:
+        last_height = self.chain.height
+        while True:
+            with trio.move_on_after(WATCH_INTERVAL):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            requested, self._requested = self._requested, None
+            others = self._others()
+            if requested is not None:
+                target, candidates = requested
+                candidates = [i for i in candidates if i in others] or others
+            else:
+                # Safety net: our height stood still while a peer's moved on.
+                if self.chain.height != last_height:
+                    last_height = self.chain.height
+                    continue
+                heights = {}
+                for i in random.sample(others, min(2, len(others))):
+                    h = await self._status(i)
+                    if h is not None:
+                        heights[i] = h
+                target = max(heights.values(), default=0)
+                # Every peer ahead of us, highest first: a member that claims a height it cannot serve
+                # must not be the only one asked (catch_up moves on to the next when one serves nothing).
+                candidates = sorted((i for i, h in heights.items() if h > self.chain.height),
+                                    key=lambda i: -heights[i])
+            if target > self.chain.height and candidates:
+                await self.catch_up(target, candidates, announce=True)
+            last_height = self.chain.height
+
+    async def catch_up(self, target: int, candidates: list[int], announce: bool) -> None:
+        self.syncing, self.target = True, target
+        start = self.chain.height
+        progress = _Progress(start, target)
+        try:
+            stalled = 0
+            while self.chain.height < target and stalled < 3 * len(candidates):
+                peer = candidates[stalled % len(candidates)]
+                blocks = await self._fetch(peer, self.chain.height + 1)
+                if not blocks:
+                    stalled += 1
+                    continue
+                done = trio.Event()
+                before = self.chain.height
+                self.driver.synced(blocks, announce=announce, done=done)
+                await done.wait()
+                self.stats["fetched"] += len(blocks)
+                if self.chain.height == before:
+                    stalled += 1  # the peer's blocks did not verify; try another
+                progress.show(self.chain.height)
+                # A peer may have moved on while we fetched.
+                target = max(target, blocks[-1][0])
+        finally:
+            progress.close()
+            self.syncing = False
+            self.stats["rounds"] += 1
+
+    async def _fetch(self, index: int, start: int) -> list[tuple[int, bytes, bytes]]:
+        """Blocks from member ``index`` from height ``start``, each certificate checked against its payload
+        before the driver sees it; the valid prefix (a bad block and everything after it is dropped)."""
+        peer = self.peer_ids[index]
+        try:
+            reply = await self.net.request(peer, CHANNEL, msgpack.packb({"op": "blocks", "from": start}),
+                                           timeout=REQUEST_TIMEOUT)
+        except Exception as exc:  # unreachable, timed out: the network layer raises several types
+            self.stats["bad_responses"] += 1
+            log.info("block sync from member %d failed: %s", index, exc)
+            return []
+        try:
+            blocks = decode_blocks(reply, start)
+        except SyncError as exc:
+            self.stats["bad_responses"] += 1
+            self.scores.penalize(peer, peerscore.MALFORMED, "malformed sync response", exc)
+            return []
+        for i, (height, payload, cert) in enumerate(blocks):
+            if not self.chain.epoch_known(height):
+                # the member set certifying it is fixed only once the blocks before it execute (node.ledger.epochs)
+                return blocks[:i]
+            try:
+                # Certificate first (bounded signature checks), so the driver never parses a payload
+                # that no quorum committed.
+                self.chain.check_certified(height, payload, cert)
+            except ChainError as exc:
+                self.stats["bad_blocks"] += 1
+                self.scores.penalize(peer, peerscore.MALFORMED, "uncertified block in sync response", exc)
+                return blocks[:i]
+        return blocks
+
+
+class _Progress:
+    """A progress bar when stderr is a terminal (an operator watching a node catch up); nothing in a pipe
+    or a log file, where the "catching up" log line says the same once."""
+
+    def __init__(self, start: int, target: int):
+        from tqdm import tqdm
+
+        self.start, self.target = start, target
+        log.info("catching up", extra={"fields": {"from": start, "to": target}})
+        self.bar = tqdm(total=max(0, target - start), initial=0, desc="syncing blocks", unit="block",
+                        file=sys.stderr, disable=not sys.stderr.isatty() or target - start <= 1,
+                        dynamic_ncols=True)
+        self.enabled = not self.bar.disable
+
+    def show(self, height: int) -> None:
+        if self.enabled:
+            self.bar.update(max(0, min(height, self.target) - self.start - self.bar.n))
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,261 @@
+"""Member sets by height (node.ledger.epochs): derived from genesis plus membership txs, and every certificate
+checked against the set valid at its height: execution and block sync (Chain), verify-chain, receipts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from ledger_helpers import CHAIN_ID, T0, Consortium
+from nacl.signing import SigningKey
+
+from consensus.certificate import Certificate, commit_signing_bytes
+from node.ledger.chain import Chain, ChainError, ProposalError
+from node.ledger.epochs import switch_height
+from node.ledger.genesis import Genesis
+from node.ledger.member_history import export_history, member_names, replay_history
+from node.ledger.store import Store
+from node.ledger.verifier import ReceiptError, VerifyError, make_receipt, verify_chain, verify_receipt
+
+INTERVAL = 4
+NEW = SigningKey(b"\x66" * 32)
+
+
+class Gov(Consortium):
+    """The test consortium with epoch_interval 4 and a fifth hospital's key; certifies each block with the
+    member set valid at its height, as the epoch's replica would (own chain id, epoch-local height)."""
+
+    def __init__(self):
+        super().__init__()
+        self.genesis = dataclasses.replace(self.genesis, params={"epoch_interval": INTERVAL})
+        self.by_pub = {bytes(k.verify_key): k for k in [*self.keys, NEW]}
+
+    def name(self, i: int) -> str:
+        return "hosp-e" if i == 4 else super().name(i)
+
+    def tx(self, member: int = 0, tx_type: str = "instances.accessed", signer=None, ts=None, **fields):
+        if member == 4 and signer is None:
+            signer = NEW
+        return super().tx(member, tx_type, signer, ts, **fields)
+
+    def certificate(self, chain: Chain, payload: bytes, height: int, view: int = 0, signers=None) -> bytes:
+        epoch = chain.epoch_at(height)
+        digest = chain.proposal_digest(payload)
+        local = epoch.local(height)
+        msg = commit_signing_bytes(epoch.chain_id, view, local, digest)
+        chosen = range(epoch.quorum) if signers is None else signers
+        keys = [self.by_pub[m.pubkey] for m in epoch.members]
+        return Certificate(local, view, digest, tuple((i, keys[i].sign(msg).signature) for i in chosen)).encode()
+
+    def empty(self, chain: Chain, upto: int) -> None:
+        while chain.height < upto:
+            self.commit(chain, [self.tx(0)])
+
+    def add_e(self, chain: Chain, voters=(0, 1, 2)) -> None:
+        self.commit(chain, [self.tx(i, "member.added", subject="hosp-e", subject_key=bytes(NEW.verify_key),
+                                    peer_id="peer-e", addr="/ip4/127.0.0.1/tcp/7004") for i in voters])
+
+
+@pytest.fixture
+def gov() -> Gov:
+    return Gov()
+
+
+@pytest.fixture
+def gchain(gov, store) -> Chain:
+    return Chain(gov.genesis, store)
+
+
+def test_switch_height_is_the_first_boundary_after_the_approving_block():
+    assert [switch_height(h, 4) for h in (1, 2, 3, 4, 5, 8)] == [4, 4, 4, 8, 8, 12]
+
+
+def test_an_approved_member_joins_at_the_next_boundary_and_the_quorum_grows(gov, gchain, store):
+    gov.commit(gchain, [gov.tx(0)])
+    gov.add_e(gchain)  # approved in block 2: blocks up to 4 under the founders, 5 on under five members
+    assert not gchain.epoch_known(5)  # block 3 could still approve another change for height 5
+    gov.empty(gchain, 3)
+    assert gchain.epoch_known(5) and not gchain.epoch_known(9)
+    for h in (1, 4):
+        assert gchain.epoch_at(h).n == 4 and gchain.epoch_at(h).chain_id == CHAIN_ID
+    e = gchain.epoch_at(5)
+    assert (e.start, e.n, e.f, e.quorum, e.chain_id) == (5, 5, 1, 4, CHAIN_ID + "/e5")
+    assert e.members[4].name == "hosp-e" and e.members[4].peer_id == "peer-e"
+    gov.empty(gchain, 6)
+    # the store holds it: a restarted node derives the same sets
+    gchain2 = Chain(gov.genesis, store)
+    assert [(x.start, x.names) for x in gchain2.state.epochs.epochs] == \
+        [(x.start, x.names) for x in gchain.state.epochs.epochs]
+
+
+def test_certificates_are_checked_against_the_set_of_their_height(gov, gchain):
+    gov.add_e(gchain)
+    gov.empty(gchain, 4)
+    payload = gchain.build_proposal(5, 0, T0, [gov.tx(1)])
+    # the founders' quorum, as in epoch 0 (genesis chain id, global height): not valid for block 5
+    old = Consortium.certificate(gov, gchain, payload, 5)
+    with pytest.raises(ChainError):
+        gchain.check_certified(5, payload, old)
+    # three of the five (the old quorum size) are not enough
+    with pytest.raises(ChainError, match="3 valid signatures, 4 needed"):
+        gchain.check_certified(5, payload, gov.certificate(gchain, payload, 5, signers=(0, 1, 4)))
+    with pytest.raises(ChainError):
+        gchain.execute(payload, old)
+    gchain.execute(payload, gov.certificate(gchain, payload, 5, signers=(1, 2, 3, 4)))
+    assert gchain.height == 5
+
+
+def test_removal_takes_effect_at_the_boundary_and_the_removed_key_no_longer_counts(gov, gchain):
+    gov.add_e(gchain)
+    gov.empty(gchain, 5)
+    gov.commit(gchain, [gov.tx(i, "member.removed", subject="hosp-b") for i in (0, 2, 3, 4)])  # block 6
+    gov.empty(gchain, 8)
+    e = gchain.epoch_at(9)
+    assert e.names == ("hosp-a", "hosp-c", "hosp-d", "hosp-e") and e.quorum == 3
+    payload = gchain.build_proposal(9, 0, T0, [gov.tx(0)])
+    digest = gchain.proposal_digest(payload)
+    msg = commit_signing_bytes(e.chain_id, 0, 1, digest)
+    # hosp-b's key at its old index 1, with two others: refused under the new set
+    forged = Certificate(1, 0, digest, tuple((i, k.sign(msg).signature) for i, k in
+                                              ((0, gov.keys[0]), (1, gov.keys[1]), (2, gov.keys[3])))).encode()
+    with pytest.raises(ChainError, match="bad signature from member 1"):
+        gchain.check_certified(9, payload, forged)
+    gchain.execute(payload, gov.certificate(gchain, payload, 9))
+
+
+def test_membership_votes_that_cannot_take_effect_are_rejected(gov, gchain):
+    gov.add_e(gchain)
+    # approved again while pending: hosp-e is already in the next set
+    blk = gov.commit(gchain, [gov.tx(3, "member.added", subject="hosp-e", subject_key=bytes(NEW.verify_key),
+                                     peer_id="peer-e", addr="/ip4/127.0.0.1/tcp/7004")])
+    assert blk.statuses[0] != 0
+    # a peer ID already in the set
+    other = SigningKey(b"\x67" * 32)
+    blk = gov.commit(gchain, [gov.tx(0, "member.added", subject="hosp-x", subject_key=bytes(other.verify_key),
+                                     peer_id="peer1")])
+    assert blk.statuses[0] != 0
+
+
+def _certified_chain(gov, store) -> Chain:
+    chain = Chain(gov.genesis, store)
+    gov.commit(chain, [gov.tx(0)])
+    gov.add_e(chain)
+    gov.empty(chain, 5)
+    gov.commit(chain, [gov.tx(i, "member.removed", subject="hosp-b") for i in (0, 2, 3, 4)])
+    gov.empty(chain, 11)
+    return chain
+
+
+def test_verify_chain_follows_the_member_sets(gov, tmp_path):
+    store = Store(tmp_path / "c")
+    _certified_chain(gov, store)
+    assert verify_chain(store, gov.genesis) == 11
+    # a block after the switch certified by the founders (the old set, old chain id): refused at its height
+    block = store.get_block(6)
+    payload = store.get_payload(6)
+    digest = block.header.proposal_digest
+    msg = commit_signing_bytes(CHAIN_ID, 0, 6, digest)
+    old = Certificate(6, 0, digest, tuple((i, gov.keys[i].sign(msg).signature) for i in (0, 1, 2))).encode()
+    assert payload is not None
+    store.db.put(b"C" + (6).to_bytes(8, "big"), old)
+    with pytest.raises(VerifyError) as err:
+        verify_chain(store, gov.genesis)
+    assert err.value.height == 6
+    store.close()
+
+
+def test_receipts_verify_offline_with_the_member_history(gov, tmp_path):
+    store = Store(tmp_path / "c")
+    chain = _certified_chain(gov, store)
+    early = make_receipt(store, store.get_block(1).tx_hashes[0])
+    late = make_receipt(store, store.get_block(10).tx_hashes[0])
+    history = export_history(store, gov.genesis, member_names(chain.state))
+    assert history["through"] == 11 and len(history["txs"]) == 7  # 3 add votes + 4 remove votes
+    epochs, through = replay_history(gov.genesis, history)
+    assert [(e.start, e.n) for e in epochs.epochs] == [(1, 4), (5, 5), (9, 4)]
+    # before every change: genesis alone is enough, and so is the history
+    verify_receipt(early, gov.genesis.member_pubkeys, CHAIN_ID)
+    verify_receipt(early, epochs, CHAIN_ID)
+    # after them: the history is needed
+    verify_receipt(late, epochs, CHAIN_ID)
+    with pytest.raises(ReceiptError):
+        verify_receipt(late, gov.genesis.member_pubkeys, CHAIN_ID)
+    # forged after hosp-b's removal with its key, under either chain id: refused
+    cert = Certificate.decode(late.certificate)
+    for chain_id, height in ((CHAIN_ID, 10), (CHAIN_ID + "/e9", cert.height)):
+        msg = commit_signing_bytes(chain_id, 0, height, cert.digest)
+        forged = Certificate(height, 0, cert.digest,
+                             tuple((i, gov.keys[i].sign(msg).signature) for i in (0, 1, 2, 3))).encode()
+        with pytest.raises(ReceiptError):
+            verify_receipt(dataclasses.replace(late, certificate=forged), epochs, CHAIN_ID)
+    store.close()
+
+
+def test_a_forged_or_foreign_history_is_refused(gov, tmp_path):
+    store = Store(tmp_path / "c")
+    chain = _certified_chain(gov, store)
+    history = export_history(store, gov.genesis, member_names(chain.state))
+    bad = dict(history, txs=[dict(t) for t in history["txs"]])
+    bad["txs"][0]["certificate"] = bad["txs"][3]["certificate"]  # another block's certificate
+    with pytest.raises(ReceiptError):
+        replay_history(gov.genesis, bad)
+    with pytest.raises(ReceiptError):  # out of order: the later sets are unknown when it is checked
+        replay_history(gov.genesis, dict(history, txs=history["txs"][::-1]))
+    other = Genesis("other", gov.genesis.genesis_time, gov.genesis.members, gov.genesis.params)
+    with pytest.raises(ReceiptError, match="another chain"):
+        replay_history(other, history)
+    with pytest.raises(ReceiptError):
+        replay_history(gov.genesis, {"txs": "x"})
+    # a history cut short knows only the older sets: a later receipt fails, never a false VALID
+    short = dict(history, txs=history["txs"][:3], through=4)
+    epochs, _ = replay_history(gov.genesis, short)
+    late = make_receipt(store, store.get_block(10).tx_hashes[0])
+    with pytest.raises(ReceiptError):
+        verify_receipt(late, epochs, CHAIN_ID)
+    store.close()
+
+
+def test_a_rotated_signing_key_signs_txs_at_once_and_certificates_from_the_boundary(gov, gchain):
+    new_c = SigningKey(b"\x68" * 32)
+    gov.by_pub[bytes(new_c.verify_key)] = new_c
+    blk = gov.commit(gchain, [gov.tx(2, "member.key_rotated", subject_key=bytes(new_c.verify_key))])
+    assert blk.statuses == b"\x00"
+    # the registry follows at once: the old key no longer signs txs for hosp-c, the new one does
+    with pytest.raises(ProposalError, match="not authorised for member 'hosp-c'"):
+        gchain.validate_proposal(3, gchain.build_proposal(3, 0, T0, [gov.tx(2)]), now_ms=T0)
+    blk = gov.commit(gchain, [gov.tx(2, signer=new_c)])
+    assert blk.statuses == b"\x00"
+    gov.empty(gchain, 4)
+    assert gchain.epoch_at(4).members[2].pubkey == bytes(gov.keys[2].verify_key)
+    e = gchain.epoch_at(5)
+    assert e.members[2].pubkey == bytes(new_c.verify_key) and e.names == gchain.epoch_at(4).names
+    payload = gchain.build_proposal(5, 0, T0, [gov.tx(0)])
+    digest = gchain.proposal_digest(payload)
+    msg = commit_signing_bytes(e.chain_id, 0, 1, digest)
+    with_old = Certificate(1, 0, digest, tuple((i, k.sign(msg).signature) for i, k in
+                                                ((0, gov.keys[0]), (1, gov.keys[1]), (2, gov.keys[2])))).encode()
+    with pytest.raises(ChainError, match="bad signature from member 2"):
+        gchain.check_certified(5, payload, with_old)
+    gchain.execute(payload, gov.certificate(gchain, payload, 5, signers=(0, 1, 2)))
+    # a key already in use cannot be taken over
+    blk = gov.commit(gchain, [gov.tx(1, "member.key_rotated", subject_key=bytes(gov.keys[0].verify_key))])
+    assert blk.statuses[0] != 0
+
+
+def test_parameters_change_by_vote_at_the_boundary(gov, gchain):
+    votes = [gov.tx(i, "params.changed", param="max_block_txs", value=2) for i in range(3)]
+    bad = [gov.tx(0, "params.changed", param="max_block_txs", value=10**6),
+           gov.tx(0, "params.changed", param="epoch_interval", value=8)]
+    blk = gov.commit(gchain, votes[:2] + bad)
+    assert blk.statuses[2] != 0 and blk.statuses[3] != 0  # out of range, not votable
+    gov.commit(gchain, votes[2:])  # block 2 approves: in force from block 5
+    gov.empty(gchain, 3)
+    three = [gov.tx(0), gov.tx(1), gov.tx(2)]
+    payload = gchain.build_proposal(4, 0, T0, three)
+    gchain.validate_proposal(4, payload, now_ms=T0)  # still the genesis limit
+    gov.commit(gchain, three)
+    assert gchain.param("max_block_txs", 5) == 2 and gchain.epoch_at(5).params == (("max_block_txs", 2),)
+    with pytest.raises(Exception, match="2"):
+        gchain.validate_proposal(5, gchain.build_proposal(5, 0, T0, [gov.tx(0), gov.tx(1), gov.tx(2)]), now_ms=T0)
+    gov.commit(gchain, [gov.tx(0), gov.tx(1)])
+    assert gchain.height == 5

@@ -1,0 +1,160 @@
+"""Tx gossip (node/runtime/gossip.py) between two members' real chains and LevelDB mempools, the wire being
+the seam: every tx a client was told is pending reaches the other member exactly once per send, duplicates are
+dropped, batches stay within their bounds, a tx stuck too long is sent again, and nothing a member sends
+(garbage, forgeries, floods, repeats) gets past the checks or stops the loop."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import trio
+from nacl.signing import SigningKey
+
+sys.path.insert(0, str(next(Path(__file__).parents[1].rglob("ledger_helpers.py")).parent))
+from ledger_helpers import Consortium  # noqa: E402
+
+from node.ledger.chain import Chain  # noqa: E402
+from node.ledger.store import Store  # noqa: E402
+from node.ledger.tx import tx_hash  # noqa: E402
+from node.runtime.gossip import CHANNEL, MAX_BATCH_TXS, TxGossip, decode_batch  # noqa: E402
+from node.runtime.mempool import Mempool  # noqa: E402
+from node.runtime.peerscore import PeerScores  # noqa: E402
+from node.runtime.settings import MempoolConfig  # noqa: E402
+
+
+class Member:
+    """One member's chain, mempool and gossip; what it broadcasts is recorded as frames."""
+
+    def __init__(self, c: Consortium, path: Path, **cfg):
+        self.store = Store(path / "chain")
+        self.chain = Chain(c.genesis, self.store)
+        self.mempool = Mempool(path / "mempool", cfg.pop("max_txs", 1000))
+        self.frames: list[bytes] = []
+        self.admitted = 0
+        self.gossip = TxGossip(self.broadcast, self.chain, self.mempool, MempoolConfig(**cfg),
+                               on_admitted=self.on_admitted, scores=PeerScores(log_interval=10.0))
+
+    def broadcast(self, channel: str, data: bytes) -> int:
+        assert channel == CHANNEL
+        self.frames.append(data)
+        return 3
+
+    def on_admitted(self) -> None:
+        self.admitted += 1
+
+    def close(self):
+        self.mempool.close()
+        self.store.close()
+
+
+@pytest.fixture
+def c():
+    return Consortium()
+
+
+@pytest.fixture
+def members(c, tmp_path):
+    made = []
+
+    def make(name: str, **cfg) -> Member:
+        m = Member(c, tmp_path / name, **cfg)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()
+
+
+def items(raws):
+    return [(tx_hash(r), r) for r in raws]
+
+
+async def test_admitted_txs_reach_the_other_member_once_in_bounded_batches(c, members):
+    a, b = members("a", gossip_batch=4, gossip_interval=0.01), members("b")
+    raws = [c.tx(i % 4) for i in range(10)]
+    # a client submits its batch twice over, with a repeat inside: each tx is gossiped once
+    assert len(a.gossip.admit(items(raws + raws[:3]))) == 10
+    assert a.gossip.admit(items(raws)) == []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.gossip.run)
+        with trio.fail_after(5):
+            while sum(len(decode_batch(f)) for f in a.frames) < 10:
+                await trio.sleep(0.005)
+        await trio.sleep(0.05)  # a few more flush rounds: nothing is sent twice
+        nursery.cancel_scope.cancel()
+    sent = [raw for f in a.frames for raw in decode_batch(f)]
+    assert sorted(sent) == sorted(raws)
+    assert all(len(decode_batch(f)) <= 4 for f in a.frames)  # gossip_batch bounds every frame
+    for f in a.frames:
+        b.gossip.on_batch("peer-a", f)
+    assert all(tx_hash(r) in b.mempool for r in raws) and len(b.mempool) == 10
+    assert b.gossip.stats["txs_admitted"] == 10 and b.admitted == len(a.frames)
+    # B restarts: what it admitted from gossip was persisted before it was counted
+    b.mempool.close()
+    b.mempool = Mempool(b.mempool._path, 1000)
+    assert b.mempool.restore(lambda h: False, now=0.0) == 10
+
+
+def test_a_batch_of_known_committed_and_repeated_txs_admits_only_the_new_one(c, members):
+    b = members("b")
+    committed, held, new = c.tx(1), c.tx(2), c.tx(3)
+    c.commit(b.chain, [committed])
+    b.gossip.on_batch("peer-a", msgpack.packb([held], use_bin_type=True))
+    admitted_before = b.admitted
+    b.gossip.on_batch("peer-a", msgpack.packb([committed, held, new, new, new, held], use_bin_type=True))
+    assert tx_hash(committed) not in b.mempool  # already in a block: never proposed again
+    assert len(b.mempool) == 2 and tx_hash(new) in b.mempool
+    assert b.gossip.stats["txs_admitted"] == 2  # held once, new once (not once per copy)
+    assert b.admitted == admitted_before + 1
+    assert b.gossip.scores.score("peer-a") == 0  # repeats are not misbehaviour
+
+
+def test_forged_and_foreign_txs_are_refused_and_the_valid_ones_in_the_batch_admitted(c, members):
+    b = members("b")
+    good = c.tx(0)
+    forged = bytearray(c.tx(1))
+    forged[-1] ^= 1  # signature no longer verifies
+    stranger = c.tx(2, signer=SigningKey(b"\x99" * 32))  # well signed, by a key no member registered
+    b.gossip.on_batch("peer-c", msgpack.packb([bytes(forged), stranger, good], use_bin_type=True))
+    assert list(b.mempool.take_for_proposal(10, 1)) == [good]
+    assert b.gossip.stats["txs_refused"] == 2
+    assert b.gossip.scores.score("peer-c") > 0  # the forgery counts against the sender
+    assert b.gossip.scores.score("peer-x") == 0
+
+
+def test_a_flood_past_the_pool_bound_is_refused_without_raising_and_the_pool_stays_bounded(c, members):
+    b = members("b", max_txs=5)
+    for _ in range(3):
+        b.gossip.on_batch("peer-a", msgpack.packb([c.tx(0) for _ in range(4)], use_bin_type=True))
+        assert len(b.mempool) <= 5
+    assert len(b.mempool) == 4  # the second batch of 4 did not fit: refused whole, kept by its origin
+    assert b.gossip.stats["txs_refused"] == 8
+
+
+def test_oversized_batches_are_refused_unread_and_scored(c, members):
+    b = members("b")
+    too_many = msgpack.packb([b"x"] * (MAX_BATCH_TXS + 1), use_bin_type=True)
+    b.gossip.on_batch("peer-d", too_many)
+    b.gossip.on_batch("peer-d", b"\xdd" + b"\xff" * 4)  # claims 4 billion items in 5 bytes
+    assert b.gossip.stats["batches_malformed"] == 2 and len(b.mempool) == 0
+    assert b.gossip.scores.score("peer-d") > 0
+
+
+async def test_a_tx_waiting_too_long_is_gossiped_again(c, members):
+    """A batch lost with a killed peer connection: the origin sends its waiting txs again."""
+    a = members("a", rebroadcast_after=0.05, gossip_interval=0.01)
+    raw = c.tx(0)
+    a.mempool.add_many(items([raw]), time.monotonic())  # admitted, but its first batch was lost
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.gossip.run)
+        with trio.fail_after(5):
+            while len(a.frames) < 2:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert all(decode_batch(f) == [raw] for f in a.frames)
+    assert a.gossip.stats["rebroadcast"] >= 2
