@@ -340,7 +340,7 @@ def build_targets(tmp: str) -> list[Target]:
     txs.append(make_tx("client.removed", c.keys[1], chain_id=CHAIN_ID, member=c.name(1), ts=T0, nonce=b"c" * 16,
                        subject_key=b"\x02" * 32))
     txs.append(make_tx("deidentified", c.keys[2], chain_id=CHAIN_ID, member=c.name(2), ts=T0, nonce=b"d" * 16,
-                       patient=pseudo.patient("P", "H"), study=pseudo.study("1.2"), purpose="HRESCH", outcome=0,
+                       patient=pseudo.patient("P", "H"), study=pseudo.study("1.2"), purpose="PUBHLTH", outcome=0,
                        action="E", ae="DEID", source_digest=b"\x03" * 32, derived_digest=b"\x04" * 32,
                        instances=[b"\x05" * 16, b"\x06" * 16]))
     crypto3 = Ed25519Crypto(c.keys[3], c.genesis.member_pubkeys)
