@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.testnet import BATCH, event_batch
+from bench.testnet import BATCH, UNTHROTTLED, event_batch
 from node.testnet import LocalTestnet
 
 CLIENTS = 4
@@ -181,7 +181,8 @@ def main() -> None:
     factor = float(os.environ.get("RADCHAIN_OVERLOAD_FACTOR", "2"))
     with tempfile.TemporaryDirectory(prefix="radchain-overload-") as tmp:
         busy = os.environ.get("RADCHAIN_BUSY_AFTER_S")  # try another backpressure threshold
-        net = LocalTestnet(Path(tmp), 4, config_extra={"mempool": {"busy_after_s": float(busy)}} if busy else None)
+        net = LocalTestnet(Path(tmp), 4, config_extra={**UNTHROTTLED, **(
+            {"mempool": {"busy_after_s": float(busy)}} if busy else {})})
         try:
             net.start()
             net.wait_ready(timeout=90)

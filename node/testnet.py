@@ -20,11 +20,13 @@ from pathlib import Path
 import httpx
 
 from network.identity import load_or_create_identity, peer_id_of
+from node.ledger import oprf
 from node.ledger.genesis import Genesis, Member
 from node.privatefiles import make_private_dir, write_secret
 from node.rpc.auth import ADMIN, READ, add_token
 from node.runtime.keys import create_member_key
 from node.runtime.settings import write_config
+from node.runtime.tokenizer import ensure_local_secrets, load_epochs, oprf_threshold, write_epoch
 
 HOSPITALS = ["hosp-a", "hosp-b", "hosp-c", "hosp-d", "hosp-e", "hosp-f", "hosp-g", "hosp-h", "hosp-i", "hosp-j"]
 def free_ports(n: int) -> list[int]:
@@ -67,7 +69,10 @@ def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.
     if n < 4:
         raise ValueError("a BFT testnet needs at least 4 nodes (n = 3f+1 with f >= 1)")
     make_private_dir(out, tighten=False)  # created 0700; an existing directory (even ".") is left alone
-    psk, pseudonym_key = os.urandom(32), os.urandom(32)
+    psk = os.urandom(32)
+    # The consortium OPRF key: a trusted dealer is acceptable for a testnet (docs/PSEUDONYMS.md, "Key setup").
+    # Each home receives its own share only; the dealer's key is dropped when this function returns.
+    public, shares = oprf.deal(oprf_threshold(n), n, epoch=1)
     nodes, members = [], []
     for i in range(n):
         name = member_name(i)
@@ -78,7 +83,9 @@ def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.
         key = create_member_key(home / "keys" / "member.key")
         identity = load_or_create_identity(home / "keys" / "p2p.key")
         write_config(home, name=name, p2p_listen=p2p, rpc_listen=rpc_listen, psk=psk,
-                     pseudonym_key=pseudonym_key, extra=config_extra)
+                     extra=config_extra)
+        write_epoch(home, public, shares[i])
+        ensure_local_secrets(home)
         token = add_operator_token(home)
         read_token = add_token(home / "tokens.json", "reader", [READ])
         members.append(Member(name=name, pubkey=bytes(key.verify_key), peer_id=peer_id_of(identity),
@@ -233,7 +240,7 @@ class LocalTestnet:
         return self.rpc(i, "status", timeout=3)["height"]
 
     def add_node(self, name: str | None = None) -> tuple[NodeInfo, dict]:
-        """A home for a hospital joining the running consortium (same genesis, PSK and pseudonym key, new
+        """A home for a hospital joining the running consortium (same genesis and PSK, new
         keys and ports); not started. Returns its NodeInfo and what the members must approve
         (member.added fields: subject, subject_key, peer_id, addr). Index = len(nodes) - 1 afterwards."""
         from node.runtime.keys import load_member_key
@@ -248,7 +255,12 @@ class LocalTestnet:
         create_member_key(home / "keys" / "member.key")
         identity = load_or_create_identity(home / "keys" / "p2p.key")
         write_config(home, name=name, p2p_listen=p2p, rpc_listen=rpc_listen, psk=first.psk,
-                     pseudonym_key=first.pseudonym_key, extra=self.config_extra)
+                     extra=self.config_extra)
+        # A joining member gets the OPRF epochs' public parameters but no key share: the shares were dealt
+        # to the genesis members (docs/PSEUDONYMS.md), and its own local pseudonym key.
+        ensure_local_secrets(home)
+        for public in load_epochs(self.nodes[0].home).publics.values():
+            write_epoch(home, public, None)
         Genesis.load(self.nodes[0].home).save(home / "genesis.json")
         info = NodeInfo(name, home, f"http://{rpc_listen}", p2p, add_operator_token(home),
                         add_token(home / "tokens.json", "reader", [READ]))

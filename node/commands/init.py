@@ -1,8 +1,10 @@
 """`radchain init`: prepare one hospital's node home for a multi-host consortium.
 
 Each hospital runs `init`, sends the printed member entry (public data only) to the consortium's
-coordinator, who assembles genesis.json with `radchain genesis` and returns it. The two consortium secrets
-(network PSK and pseudonym key) travel out of band in a secrets file (`radchain secrets`).
+coordinator, who assembles genesis.json with `radchain genesis` and returns it. The network PSK travels out
+of band in a secrets file (`radchain secrets`). No pseudonym key does: each member receives only its own
+share of the consortium's OPRF key (`radchain pseudonym deal` / `install`, docs/PSEUDONYMS.md "Key setup"),
+and this hospital's local pseudonym key is generated here and never leaves the home.
 
 Whatever the umask, the home and keys/ are 0700 and every file written here 0600. The operator's RPC token
 (admin) is stored hashed in HOME/tokens.json and in clear in HOME/keys/operator.token, for local tools.
@@ -22,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--name", required=True, help="this member's name, e.g. the hospital's short name")
     p.add_argument("--p2p", required=True, help="p2p listen multiaddr, e.g. /ip4/10.1.0.5/tcp/26656")
     p.add_argument("--rpc", default="127.0.0.1:26657", help="RPC listen HOST:PORT (default 127.0.0.1:26657)")
-    p.add_argument("--secrets", type=Path, help="consortium secrets JSON {psk, pseudonym_key} (hex)")
+    p.add_argument("--secrets", type=Path, help="consortium secrets JSON {psk} (hex)")
     p.add_argument("--join", type=Path, metavar="GENESIS",
                    help="join a running consortium: copy its genesis.json here and print what 2f+1 of its "
                         "members must approve (`radchain member propose-add ...`)")
@@ -34,6 +36,7 @@ def run(args) -> int:
     from node.privatefiles import make_private_dir, write_secret
     from node.runtime.keys import create_member_key
     from node.runtime.settings import write_config
+    from node.runtime.tokenizer import ensure_local_secrets
     from node.testnet import add_operator_token
 
     # Anything created below (including by libraries) is private to this user, even under umask 000.
@@ -43,16 +46,19 @@ def run(args) -> int:
         return 1
     if args.secrets:
         secrets = json.loads(args.secrets.read_text())
-        psk, pkey = bytes.fromhex(secrets["psk"]), bytes.fromhex(secrets["pseudonym_key"])
+        psk = bytes.fromhex(secrets["psk"])
+        if "pseudonym_key" in secrets:
+            print(f"{args.secrets}: ignoring pseudonym_key (the shared HMAC key is gone; destroy that file's "
+                  "copies): members get OPRF key shares with `radchain pseudonym install`", file=sys.stderr)
     else:
-        psk, pkey = os.urandom(32), os.urandom(32)
-        print("no --secrets given: generated a new PSK and pseudonym key (a consortium of one until "
-              "they are replaced by the consortium's)", file=sys.stderr)
+        psk = os.urandom(32)
+        print("no --secrets given: generated a new PSK (a consortium of one until it is replaced by the "
+              "consortium's)", file=sys.stderr)
     make_private_dir(args.home / "keys")
     key = create_member_key(args.home / "keys" / "member.key")
     identity = load_or_create_identity(args.home / "keys" / "p2p.key")
-    write_config(args.home, name=args.name, p2p_listen=args.p2p, rpc_listen=args.rpc, psk=psk,
-                 pseudonym_key=pkey)
+    write_config(args.home, name=args.name, p2p_listen=args.p2p, rpc_listen=args.rpc, psk=psk)
+    ensure_local_secrets(args.home)
     add_operator_token(args.home)
     entry = {"name": args.name, "pubkey": bytes(key.verify_key).hex(), "peer_id": peer_id_of(identity),
              "p2p": [args.p2p], "rpc": f"http://{args.rpc}", "clients": []}

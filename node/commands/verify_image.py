@@ -13,7 +13,7 @@ def register(subparsers) -> None:
                     "through this node: UNCHANGED, METADATA-CHANGED (pixels identical), ALTERED or NOT-RECORDED, "
                     "and DUPLICATE when two hospitals stored the same content. Exit status: 0 all unchanged, "
                     "1 some altered, 3 some not recorded.")
-    p.add_argument("--home", required=True, help="node home directory (config.toml: RPC URL, pseudonym key)")
+    p.add_argument("--home", required=True, help="node home directory (config.toml: RPC URL; keys/local-pseudonym.key)")
     p.add_argument("files", nargs="+", metavar="FILE", help="DICOM files or directories")
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
     p.set_defaults(func=run)
@@ -26,6 +26,7 @@ def run(args) -> int:
     from node.dicom.verify import ChainReader, summarize_studies, verify_files
     from node.ledger.pseudonym import Pseudonymizer
     from node.runtime.settings import ConfigError, load_config
+    from node.runtime.tokenizer import load_local_key
 
     try:
         cfg = load_config(args.home)
@@ -41,7 +42,7 @@ def run(args) -> int:
     reader = ChainReader(f"http://{host}:{port}", token)
     files = [p for p in iter_files(args.files) if p.name.upper() != "DICOMDIR"]
     try:
-        verdicts = verify_files(files, reader, Pseudonymizer(cfg.pseudonym_key))
+        verdicts = verify_files(files, reader, Pseudonymizer(load_local_key(cfg.home)))
     except (httpx.HTTPError, RuntimeError) as exc:
         print(f"radchain verify-image: cannot read the chain at {host}:{port}: {exc}", file=sys.stderr)
         return 2

@@ -1,11 +1,13 @@
 """verify-image: was this DICOM file altered since it was recorded, and is it recorded at other hospitals?
 
 Everything is looked up on chain, through the node's JSON-RPC (get_block / get_tx, batched): a tx carries the
-instance's keyed token (`instances`, HMAC under the consortium pseudonym key every member holds in
-config.toml) and the raw SHA-256 `digest` / `pixel_digest` (rawdicom.py defines what they cover). So:
+instance's keyed token (`instances`, HMAC under the recording hospital's local pseudonym key,
+HOME/keys/local-pseudonym.key) and the raw SHA-256 `digest` / `pixel_digest` (rawdicom.py defines what they
+cover). So:
 
-* the file's SOPInstanceUID token finds every record of the instance, at any hospital; comparing digests says
-  UNCHANGED or ALTERED (and whether only metadata changed: same pixel digest);
+* at the hospital that recorded it, the file's SOPInstanceUID token finds every record of the instance;
+  comparing digests says UNCHANGED or ALTERED (and whether only metadata changed: same pixel digest);
+  another hospital finds it by content only: UNCHANGED (the same digest recorded in a store);
 * the same digest (or pixel digest) recorded in stored events by two members is a DUPLICATE (the same study
   stored at two hospitals).
 
@@ -127,7 +129,11 @@ def verify_files(paths: list[Path], reader: ChainReader, pseudonymizer) -> list[
 
 def _judge(v: FileVerdict) -> None:
     info = v.info
-    with_digest = [r for r in v.records if r.digest]
+    # Instance tokens are keyed by the recording hospital's local key (docs/PSEUDONYMS.md), so another
+    # hospital finds the instance by its content instead: the same whole-file digest in a store. (Equal
+    # pixel data alone is not the same instance: it says nothing about which record was edited.)
+    with_digest = [r for r in v.records if r.digest] or \
+        [r for r in v.same_content if r.digest == info.digest and r.type in STORE_TYPES]
     if any(r.digest == info.digest for r in with_digest):
         r = next(r for r in with_digest if r.digest == info.digest)
         v.verdict = "UNCHANGED"

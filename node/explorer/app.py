@@ -11,8 +11,8 @@ SameSite=Strict and HttpOnly. The edge lets a same-origin Origin through only un
 Content-Security-Policy without script-src: there is no JavaScript at all.
 
 Raw identifiers (Study Instance UID, Patient ID + issuer) typed by the viewer travel in POST bodies, never in
-URLs (which end up in logs and browser history); they are tokenized with this node's pseudonym key and not
-kept. Pages show the tokens, labelled as pseudonyms, and echo only what the viewer typed.
+URLs (which end up in logs and browser history); they are tokenized by the consortium's threshold OPRF
+(node.tokenizer) and not kept. Pages show the tokens, labelled as pseudonyms, and echo only what the viewer typed.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import time
+from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,7 +42,7 @@ from starlette.routing import Route
 
 from node.explorer import PREFIX, data
 from node.explorer.svg import grouped_bars
-from node.ledger.pseudonym import PseudonymError
+from node.ledger.pseudonym import PseudonymError, TokenizeError
 from node.rpc.auth import READ, token_hash
 from node.rpc.errors import RpcError
 
@@ -384,8 +385,8 @@ class Explorer:
         result = None
         if error is None:
             try:
-                token = tokenize(*given.values())
-            except PseudonymError as exc:
+                token = await tokenize(*given.values())
+            except (PseudonymError, TokenizeError) as exc:
                 error = str(exc)
         if token is not None:
             if cursor is not None and (len(cursor) > 64 or any(c not in "0123456789abcdef" for c in cursor)):
@@ -403,11 +404,11 @@ class Explorer:
                          token=token.hex() if token else None, result=result, error=error, note=note)
 
     async def study(self, request: Request) -> Response:
-        return await self._search(request, "study.html", ("uid",), self.rpc.node.pseudonymizer.study)
+        return await self._search(request, "study.html", ("uid",), partial(self.rpc.node.tokenizer.token, "study"))
 
     async def patient(self, request: Request) -> Response:
         return await self._search(request, "patient.html", ("patient_id", "issuer"),
-                                  self.rpc.node.pseudonymizer.patient)
+                                  partial(self.rpc.node.tokenizer.token, "patient"))
 
     async def research(self, request: Request) -> Response:
         viewer, stop = await self.gate(request)

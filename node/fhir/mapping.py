@@ -54,6 +54,7 @@ TYPE_EVENT = {
     "client.removed": "110113", "evidence.equivocation": "110113",
     "research.project.registered": "110113", "research.project.approved": "110113", "consent.vote": "110113",
     "member.key_rotated": "110113", "params.changed": "110113",
+    "oprf.counts": "110113",
 }
 EVENT_TYPES: dict[str, frozenset[str]] = {}  # DICOM EventID -> the tx types it stands for
 for _t, _c in TYPE_EVENT.items():
@@ -160,7 +161,8 @@ def audit_event(tx_hash: bytes, height: int, index: int, fields: dict) -> dict:
         if ext:
             entity["extension"] = ext
         entities.append(entity)
-    detail = [{"type": k, "valueString": fields[k]} for k in ("grantee", "scope", "subject") if k in fields]
+    detail = [{"type": k, "valueString": fields[k].hex() if isinstance(fields[k], bytes) else fields[k]}
+              for k in ("grantee", "scope", "subject") if k in fields]
     if "expires" in fields:
         detail.append({"type": "expires", "valueString": iso_ms(fields["expires"])})
     # where the record lives on the chain (a consumer fetches its Merkle proof with get_tx), and for

@@ -143,7 +143,7 @@ def event_to_tx_fields(event: dict, pseudonymizer: Pseudonymizer, *, chain_id: s
     fields: dict = {"v": TX_VERSION, "chain": chain_id, "type": tx_type, "member": member, "client": client}
     _identifiers(event, tx_type, pseudonymizer, fields)
     _audit_codes(event, tx_type, default_purpose, fields)
-    _details(event, tx_type, fields)
+    _details(event, tx_type, pseudonymizer, fields)
     _nonce_and_time(event, pseudonymizer, member, now_ms, fields)
     return fields
 
@@ -174,7 +174,10 @@ def _identifiers(event: dict, tx_type: str, pseudonymizer: Pseudonymizer, fields
         if study is not None:
             fields["study"] = pseudonymizer.study(study)
         actor = _str(event, "actor")
-        if actor is not None:
+        actor_ae = event.get("actor_ae")
+        # DICOM traffic names its actor by the calling AE title, which goes on chain in clear as `ae`: a user
+        # token of the same value would only repeat it (and invite linking the token to the AE title).
+        if actor is not None and not (isinstance(actor_ae, str) and actor.strip() == actor_ae.strip()):
             fields["user"] = pseudonymizer.user(actor)
         series = _uid_list(event, "series_uids", pseudonymizer.series)
         if series is not None:
@@ -223,7 +226,7 @@ def _audit_codes(event: dict, tx_type: str, default_purpose: str | None, fields:
         fields["action"] = action
 
 
-def _details(event: dict, tx_type: str, fields: dict) -> None:
+def _details(event: dict, tx_type: str, pseudonymizer: Pseudonymizer, fields: dict) -> None:
     """Counts, digests, imaging categories, de-identification lineage and consent terms."""
     for name in ("n_series", "n_instances"):
         value = _count(event, name)
@@ -254,6 +257,10 @@ def _details(event: dict, tx_type: str, fields: dict) -> None:
             if len(value) > 128:
                 raise EventError(name, "longer than 128 characters")
             fields[name] = value
+        try:  # who is granted access: a person or an organisation, so a consortium token, never clear text
+            fields["grantee"] = pseudonymizer.grantee(fields["grantee"])
+        except PseudonymError as exc:
+            raise EventError("grantee", str(exc).split(": ", 1)[-1]) from None
         if "expires" in event:
             fields["expires"] = parse_time(event["expires"], "expires")
 

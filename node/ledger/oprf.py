@@ -157,6 +157,8 @@ __all__ = [
     "dkg_contribution",
     "verify_contribution_share",
     "dkg_finish",
+    "reshare_contribution",
+    "reshare_finish",
     "feldman_public_share",
     "encode_scalar",
     "decode_scalar",
@@ -178,9 +180,10 @@ POINT_BYTES = 32
 SCALAR_BYTES = 32
 PROOF_BYTES = 64
 OUTPUT_BYTES = 64
-TOKEN_BYTES = (
-    18  # 2-byte epoch || 16 bytes of OPRF output (128 bits, as the HMAC tokens of node/ledger/pseudonym.py)
-)
+# 2-byte epoch || 14 bytes of OPRF output: the 16 bytes every token field and index key of the ledger has
+# (node.tx.TOKEN_BYTES). 112 bits keep collisions negligible (birthday bound ~2^56 identifiers per epoch);
+# guessing does not depend on the length (a guesser compares whole tokens).
+TOKEN_BYTES = 16
 MAX_BATCH = 1024  # points per request: bounds a peer's work per message (callers may impose less)
 MAX_MEMBERS = 1000  # share indices are 1..MAX_MEMBERS
 MAX_INPUT_BYTES = 4096
@@ -773,3 +776,59 @@ def dkg_finish(
         if not verify_contribution_share(commitments[dealer], index, s):
             raise OprfError(f"DKG: share from dealer {dealer} does not match its commitments (complain)")
     return public, KeyShare(index, sum(my_shares.values()) % ORDER, public)
+
+
+# ------------------------------------------------------------------- resharing (same key, new member set)
+
+
+def reshare_contribution(share: KeyShare, t_new: int, n_new: int) -> Contribution:
+    """Old member `share.index` re-deals its own share to a new member set: f(0) = k_i, degree t_new - 1.
+
+    The first commitment is k_i * G, which must equal the member's published K_i: a member cannot re-share
+    anything but its real share (reshare_finish checks it). Shares go to the new members as in the DKG.
+    """
+    _check_tn(t_new, n_new)
+    poly, shares = split_secret(share.secret, t_new, n_new)
+    return Contribution(share.index, tuple(_mul_base(a) for a in poly), tuple(shares))
+
+
+def reshare_finish(
+    old: EpochPublic,
+    t_new: int,
+    n_new: int,
+    index: int | None,
+    commitments: Mapping[int, Sequence[bytes]],
+    my_shares: Mapping[int, int] | None = None,
+) -> tuple[EpochPublic, KeyShare | None]:
+    """New shares of the same key (and epoch, so every token stays the same) for n_new members.
+
+    `commitments` maps old member index -> its reshare commitments (the qualified ones, decided on chain);
+    the first old.t of them (in index order) are combined with Lagrange coefficients at 0:
+    k'_j = sum lambda_i f_i(j), so k'(0) = sum lambda_i k_i = k. New member `index` also gets its share.
+    """
+    _check_tn(t_new, n_new)
+    dealers = sorted(commitments)[: old.t]
+    if len(dealers) < old.t:
+        raise OprfError(f"reshare: {len(dealers)} qualified old members, need t={old.t}")
+    points: dict[int, list[bytes]] = {}
+    for d in dealers:
+        comms = commitments[d]
+        if len(comms) != t_new:
+            raise OprfError(f"reshare: member {d} committed to degree {len(comms) - 1}, need {t_new - 1}")
+        points[d] = [decode_point(c, f"commitment {d}/{m}") for m, c in enumerate(comms)]
+        if points[d][0] != old.share_key(d):
+            raise OprfError(f"reshare: member {d} did not re-share its own key share")
+    lam = lagrange_at_zero(dealers)
+    summed = [_lincomb((lam[d], points[d][m]) for d in dealers) for m in range(t_new)]
+    public = EpochPublic(
+        old.epoch, t_new, n_new, summed[0], tuple(feldman_public_share(summed, j) for j in range(1, n_new + 1))
+    )
+    assert public.public_key == old.public_key  # the same key: Lagrange at 0 of the old shares
+    if index is None:
+        return public, None
+    if my_shares is None or not set(dealers) <= set(my_shares):
+        raise OprfError("reshare: need a share from every combined old member")
+    for d in dealers:
+        if not verify_contribution_share(commitments[d], index, my_shares[d]):
+            raise OprfError(f"reshare: share from member {d} does not match its commitments (complain)")
+    return public, KeyShare(index, sum(lam[d] * my_shares[d] for d in dealers) % ORDER, public)

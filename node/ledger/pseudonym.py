@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-__all__ = ["Pseudonymizer", "PseudonymError", "TOKEN_BYTES", "MIN_KEY_BYTES"]
+__all__ = ["Pseudonymizer", "PseudonymError", "TOKEN_BYTES", "MIN_KEY_BYTES", "normalize", "CONSORTIUM_KINDS",
+           "LOCAL_KINDS", "TokenizeError"]
 
 TOKEN_BYTES = 16
 MIN_KEY_BYTES = 32
@@ -45,6 +46,54 @@ def _uid(uid: str, what: str) -> bytes:
     if not isinstance(uid, str):
         raise PseudonymError(f"{what}: must be a string")
     return _part(uid.rstrip("\x00 "), what)
+
+
+# Which key tokenizes which kind (docs/PSEUDONYMS.md, "Which identifiers use which key"):
+# the consortium's threshold OPRF for identifiers that must link across hospitals, this hospital's own
+# HMAC key (HOME/keys/local-pseudonym.key) for the rest.
+CONSORTIUM_KINDS = ("patient", "study", "grantee")
+LOCAL_KINDS = ("series", "instance", "user", "event")
+
+
+def normalize(kind: str, *values) -> tuple[str, ...]:
+    """Validated, DICOM-normalised parts of a consortium identifier (the OPRF input's parts).
+
+    Same rules as the HMAC tokens: UIDs lose trailing NUL/space padding, LO values (Patient ID, Issuer)
+    and grantees lose surrounding spaces; case is kept. Raises PseudonymError naming the field.
+    """
+    if kind == "patient":
+        patient_id, issuer = values
+        if not isinstance(patient_id, str) or not isinstance(issuer, str):
+            raise PseudonymError("patient_id, issuer: must be strings")
+        parts = ((patient_id.strip(), "patient_id"), (issuer.strip(), "issuer"))
+    elif kind == "study":
+        (uid,) = values
+        if not isinstance(uid, str):
+            raise PseudonymError("study_uid: must be a string")
+        parts = ((uid.rstrip("\x00 "), "study_uid"),)
+    elif kind == "grantee":
+        (grantee,) = values
+        if not isinstance(grantee, str):
+            raise PseudonymError("grantee: must be a string")
+        parts = ((grantee.strip(), "grantee"),)
+    else:
+        raise PseudonymError(f"kind: {kind!r} is not a consortium identifier kind")
+    for value, what in parts:
+        _part(value, what)  # the same bounds as the HMAC tokens
+    return tuple(v for v, _ in parts)
+
+
+# The error of the node's consortium tokenizer (node.tokenizer): defined here, with the token rules, so the
+# RPC edge can name it without importing the runtime.
+class TokenizeError(Exception):
+    """Consortium tokens cannot be computed now: too few members answered validly, or they refused.
+
+    `code` is "rate_limited" (every missing answer was a rate-limit refusal; `retry_after` seconds),
+    "no_key" (this node holds no epoch key) or "unavailable"."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code, self.retry_after = code, retry_after
 
 
 class Pseudonymizer:
@@ -88,6 +137,10 @@ class Pseudonymizer:
 
     def user(self, user_id: str) -> bytes:
         return self._token(b"user", _part(user_id.strip() if isinstance(user_id, str) else user_id, "actor"))
+
+    def grantee(self, grantee: str) -> bytes:
+        """Offline/tests only: a node tokenizes grantees with the consortium OPRF (node.tokenizer)."""
+        return self._token(b"grantee", _part(grantee.strip() if isinstance(grantee, str) else grantee, "grantee"))
 
     def event(self, member: str, event_id: str) -> bytes:
         """Nonce for an idempotent event: the source's event id, scoped to the submitting member."""

@@ -53,7 +53,7 @@ _PROJECT_FIELDS = ("digest", "purpose", "scope", "expires", "modality", "body_pa
                    "waiver")
 
 
-def consent_key(kind: str, patient: bytes, grantee: str, scope: str) -> bytes:
+def consent_key(kind: str, patient: bytes, grantee: bytes, scope: str) -> bytes:
     return kind.encode() + b"/" + patient + _pack([grantee, scope])
 
 

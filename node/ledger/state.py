@@ -7,8 +7,8 @@ every change is a write of one key:
     member/<name>                         -> member public key 32
     client/<client key 32>                -> member name        (the member key is itself a client key)
     vote/<sha256(type, subject, key)>     -> msgpack [type, subject, subject_key, [voter names, sorted]]
-    consent/<patient 16><msgpack [grantee, scope]>  -> msgpack {expires, purpose, member, tx, ts}
-    research/<patient 16><msgpack [grantee, scope]> -> msgpack {expires, purpose, member, tx, ts}
+    consent/<patient 16><msgpack [grantee token, scope]>  -> msgpack {expires, purpose, member, tx, ts}
+    research/<patient 16><msgpack [grantee token, scope]> -> msgpack {expires, purpose, member, tx, ts}
     evidence/<offender u16><sha256(evidence)>        -> tx hash of the first report
 
 Rules (a tx that breaks one is REJECTED: kept in its block and Merkle tree, but no state effect and no

@@ -48,7 +48,8 @@ except ImportError:  # pragma: no cover - a PyNaCl without the cffi module layou
 
 __all__ = [
     "TX_DOMAIN", "TX_VERSION", "MAX_TX_BYTES", "MAX_LIST", "TOKEN_BYTES", "TxError", "Tx", "TX_TYPES", "TX_TYPE_ORDER",
-    "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "RESEARCH_TYPES", "PURPOSES", "OUTCOMES", "ACTIONS",
+    "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "RESEARCH_TYPES", "OPRF_TYPES", "PURPOSES", "OUTCOMES",
+    "ACTIONS",
     "encode_body", "encode_tx", "sign_body", "sign_fields", "decode_tx", "verify_tx", "tx_hash",
 ]
 
@@ -98,6 +99,23 @@ def _tokens(items) -> bool:
     return True
 
 
+def _oprf_counts(items) -> bool:
+    """[[requesting member, points answered, points refused], ...]: names distinct, counts 0..2^32-1."""
+    names = set()
+    for item in items:
+        if type(item) is not list or len(item) != 3:
+            return False
+        name, answered, refused = item
+        if type(name) is not str or not 0 < len(name) <= 64 or name in names:
+            return False
+        if type(answered) is not int or type(refused) is not int:
+            return False
+        if not (0 <= answered < 1 << 32 and 0 <= refused < 1 << 32) or answered + refused == 0:
+            return False
+        names.add(name)
+    return True
+
+
 def _evidence(items) -> bool:
     return (items[0] != items[1] and type(items[0]) is bytes and type(items[1]) is bytes
             and 0 < len(items[0]) <= MAX_EVIDENCE_BYTES and 0 < len(items[1]) <= MAX_EVIDENCE_BYTES)
@@ -134,7 +152,9 @@ FIELD_SPECS: dict[str, tuple] = {
     "purpose": (str, 1, 16, PURPOSES, None, "an HL7 PurposeOfUse code"),
     "outcome": (int, 0, 12, OUTCOMES, None, "one of 0, 4, 8, 12"),
     "action": (str, 1, 1, ACTIONS, None, "one of C, R, U, D, E"),
-    "grantee": _TEXT, "expires": _TIME,
+    # grantee: a consortium pseudonym token (issue 13: no free text naming people on chain); a research
+    # consent names its project in `project`, which is what node.ledger.research matches (issue 14)
+    "grantee": _TOKEN, "expires": _TIME,
     # consent and project scopes are codes (node.vocabulary), never free text
     "scope": (str, 1, 16, SCOPES, None, "a scope code: ALL, IMG, IMG-<modality> or RPT"),
     "project": (str, 1, 32, None, _project, "a project code of 1..32 characters A-Z 0-9 . _ -"),
@@ -153,6 +173,10 @@ FIELD_SPECS: dict[str, tuple] = {
     "modality": (str, 1, 16, None, None, "a DICOM Modality code string of 1..16 characters"),
     "body_part": (str, 1, 16, None, None, "a DICOM Body Part Examined code string of 1..16 characters"),
     "study_date": (int, 19000101, 29991231, None, None, "a study date as the integer YYYYMMDD"),
+    # pseudonym evaluations a member answered/refused per requesting member since its previous record
+    "oprf_counts": (list, 1, MAX_LIST, None, _oprf_counts,
+                    "a list of [member, points answered, points refused] with distinct members"),
+    "period_ms": (int, 1, _U63, None, None, "a positive number of milliseconds"),
 }
 
 COMMON_REQUIRED = frozenset({"v", "chain", "type", "member", "client", "ts", "nonce"})
@@ -164,6 +188,7 @@ MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.re
 # research projects (a sponsor registers, data holders approve) and the quorum path for consent changes
 RESEARCH_TYPES = ("research.project.registered", "research.project.approved", "consent.vote")
 EVIDENCE_TYPES = ("evidence.equivocation",)
+OPRF_TYPES = ("oprf.counts",)
 
 # type -> (required fields beyond COMMON_REQUIRED, optional fields)
 _SCHEMA: dict[str, tuple[frozenset, frozenset]] = {}
@@ -199,13 +224,15 @@ _SCHEMA["research.project.approved"] = (frozenset({"project"}), frozenset())
 # a member's vote for a consent change it may not make alone (action C: grant, D: revoke)
 _SCHEMA["consent.vote"] = (frozenset({"patient", "grantee", "scope", "action"}),
                            frozenset({"purpose", "expires", "project"}))
+# A member's periodic record of the threshold-OPRF evaluations it answered for each other member (issue 13).
+_SCHEMA["oprf.counts"] = (frozenset({"oprf_counts", "period_ms"}), frozenset())
 del _t, _req, _opt
 
 TX_TYPES = frozenset(_SCHEMA)
 # Every tx type, in the order the store numbers them for its (member, type) index (code = position + 1,
 # on disk): append new types at the end only (tests/ledger/test_chain.py pins the codes).
 TX_TYPE_ORDER = (AUDIT_TYPES + CONSENT_TYPES + MEMBERSHIP_TYPES[:4] + EVIDENCE_TYPES + RESEARCH_TYPES
-                 + MEMBERSHIP_TYPES[4:])
+                 + MEMBERSHIP_TYPES[4:] + OPRF_TYPES)
 assert frozenset(TX_TYPE_ORDER) == TX_TYPES and len(TX_TYPE_ORDER) == len(TX_TYPES)
 # type -> ({allowed field: spec}, required fields, needs an actor), precomputed for the decoder's hot loop
 _TYPE_SPECS = {t: ({k: FIELD_SPECS[k] for k in COMMON_REQUIRED | req | opt}, COMMON_REQUIRED | req,

@@ -8,8 +8,9 @@ Filters (any combination; the most selective one picks the index, the others are
 - ``member`` (submitting hospital), ``type`` (tx type, e.g. ``instances.accessed``)
 - ``since`` (inclusive) / ``until`` (exclusive): epoch milliseconds or ISO 8601, on the event's time
 
-Raw identifiers are turned into tokens here with the consortium pseudonym key, so they are meant for the
-hospital's own node, and they need an integrator token even where reads are open: without one, anybody
+Raw identifiers are turned into tokens here: a patient or study by the consortium's threshold OPRF, in
+every key epoch this node holds (so one patient's events before and after a key change are one trail), an
+actor by this hospital's local key. They are meant for the hospital's own node, and they need an integrator token even where reads are open: without one, anybody
 who can reach the port could use the node as an oracle to test guessed patient ids against the chain.
 
 Results are oldest first (event time, then height, then position), ``limit`` per page (default 100, at
@@ -20,10 +21,11 @@ number of index entries so that its latency stays bounded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, replace
 
 from node.ledger.intake import EventError, parse_time
-from node.ledger.pseudonym import PseudonymError
+from node.ledger.pseudonym import PseudonymError, TokenizeError
 from node.ledger.store import SUFFIX, IndexEntry, StoreError
 from node.ledger.tx import TOKEN_BYTES, TX_TYPES
 from node.rpc.errors import INVALID_PARAMS, UNAUTHORIZED, RpcError
@@ -46,6 +48,8 @@ class Filter:
     fields: dict  # tx field -> required value (bytes tokens or str)
     since: int | None
     until: int | None
+    # tx field -> tokens of the same identifier in older key epochs, which match as well
+    alternatives: dict = dataclasses.field(default_factory=dict)
 
     @property
     def index(self) -> tuple[str, bytes | str]:
@@ -56,7 +60,8 @@ class Filter:
 
     def matches(self, tx_fields: dict) -> bool:
         for k, v in self.fields.items():
-            if tx_fields.get(k) != v:
+            got = tx_fields.get(k)
+            if got != v and got not in self.alternatives.get(k, ()):
                 return False
         ts = tx_fields.get("ts", 0)
         return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
@@ -74,20 +79,31 @@ def _token(params: dict, name: str) -> bytes:
     return raw
 
 
-def parse_filter(node, params: dict, caller: Caller) -> Filter:
-    """Filter params -> Filter; raw identifiers become tokens with this node's pseudonymizer."""
+async def parse_filter(node, params: dict, caller: Caller) -> Filter:
+    """Filter params -> Filter; raw identifiers become tokens (consortium kinds in every epoch held)."""
     fields: dict = {}
     raw_given = [k for k in ("study_uid", "patient_id", "issuer", "actor") if k in params]
     if raw_given and caller.integrator is None:
         raise RpcError(UNAUTHORIZED, f"raw identifiers ({', '.join(raw_given)}) need an integrator token; "
                                      "send tokens (study, patient, user) instead")
     pseudo = node.pseudonymizer
+    alternatives: dict = {}
+
+    async def every_epoch(kind: str, *values: str) -> bytes:
+        tokens = await node.tokenizer.all_epochs(kind, *values)
+        alternatives[kind] = tuple(tokens[1:])
+        return tokens[0]
+
+    async def user(value: str) -> bytes:
+        return pseudo.user(value)
+
     try:
-        for raw_name, token_name, tokenize in (("study_uid", "study", pseudo.study), ("actor", "user", pseudo.user)):
+        for raw_name, token_name, tokenize in (("study_uid", "study", lambda v: every_epoch("study", v)),
+                                               ("actor", "user", user)):
             if raw_name in params and token_name in params:
                 raise RpcError(INVALID_PARAMS, f"give {raw_name} or {token_name}, not both")
             if raw_name in params:
-                fields[token_name] = tokenize(param(params, raw_name, str))
+                fields[token_name] = await tokenize(param(params, raw_name, str))
             elif token_name in params:
                 fields[token_name] = _token(params, token_name)
         if "patient_id" in params or "issuer" in params:
@@ -96,11 +112,16 @@ def parse_filter(node, params: dict, caller: Caller) -> Filter:
             if "patient_id" not in params or "issuer" not in params:
                 raise RpcError(INVALID_PARAMS, "a raw patient is patient_id together with issuer "
                                                "(Issuer of Patient ID): ids are only unique per issuer")
-            fields["patient"] = pseudo.patient(param(params, "patient_id", str), param(params, "issuer", str))
+            fields["patient"] = await every_epoch("patient", param(params, "patient_id", str),
+                                                  param(params, "issuer", str))
         elif "patient" in params:
             fields["patient"] = _token(params, "patient")
     except PseudonymError as exc:
         raise RpcError(INVALID_PARAMS, str(exc)) from None
+    except TokenizeError as exc:
+        from node.rpc.submit import tokenize_error
+
+        raise tokenize_error(exc) from None
     if "ae" in params:
         fields["ae"] = param(params, "ae", str)
     if "member" in params:
@@ -123,7 +144,7 @@ def parse_filter(node, params: dict, caller: Caller) -> Filter:
             bounds.append(parse_time(value, name))
         except EventError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
-    return Filter(fields, bounds[0], bounds[1])
+    return Filter(fields, bounds[0], bounds[1], {k: v for k, v in alternatives.items() if v})
 
 
 # Left out of audit entries: the same on every tx (chain, v) or only needed to re-verify one (nonce,
@@ -141,7 +162,7 @@ def entry_json(h: bytes, height: int, index: int, fields: dict, sig: bytes | Non
 
 async def audit_trail(node, params: dict, caller: Caller) -> dict:
     check_known(params, FILTER_PARAMS | {"cursor", "limit"})
-    flt = parse_filter(node, params, caller)
+    flt = await parse_filter(node, params, caller)
     limit = param(params, "limit", int, required=False, default=DEFAULT_LIMIT)
     if not 0 < limit <= MAX_LIMIT:
         raise RpcError(INVALID_PARAMS, f"limit must be 1..{MAX_LIMIT}")
@@ -150,6 +171,32 @@ async def audit_trail(node, params: dict, caller: Caller) -> dict:
 
 
 def run_audit(store, flt: Filter, cursor: str | None, limit: int) -> dict:
+    """One page; an identifier known under several key epochs is one trail (each token's index, merged)."""
+    index, key = flt.index
+    field_name = next((f for f, i in _ORDER if i == index), None)
+    alts = flt.alternatives.get(field_name, ()) if field_name else ()
+    if not alts:
+        return _run_audit(store, flt, cursor, limit)
+    pages = [_run_audit(store, replace(flt, fields={**flt.fields, field_name: k}), cursor, limit)
+             for k in (key, *alts)]
+
+    def pos(e: dict) -> tuple:
+        return (e.get("ts", 0), e["height"], e["index"])
+
+    # A page cut short (scan budget) only covers the index up to its cursor: merge up to the earliest one.
+    horizons = [SUFFIX.unpack(bytes.fromhex(p["next_cursor"])) for p in pages if p["next_cursor"]]
+    horizon = min(horizons) if horizons else None
+    merged = sorted((e for p in pages for e in p["entries"]), key=pos)
+    out = [e for e in merged if horizon is None or pos(e) <= horizon]
+    if len(out) > limit:
+        out = out[:limit]
+        nxt = SUFFIX.pack(*pos(out[-1])).hex()
+    else:
+        nxt = None if horizon is None else SUFFIX.pack(*horizon).hex()
+    return {"entries": out, "next_cursor": nxt, "index": index}
+
+
+def _run_audit(store, flt: Filter, cursor: str | None, limit: int) -> dict:
     index, key = flt.index
     extra = len(flt.fields) > (0 if index == "time" else 1)
     page = limit if not extra else min(MAX_LIMIT, limit * 2)

@@ -14,6 +14,8 @@ MEMPOOL_FULL = -32004
 RATE_LIMITED = -32005
 TOO_LARGE = -32006
 TIMEOUT = -32007
+# Consortium pseudonyms (threshold OPRF) cannot be computed now: fewer than t members answered validly.
+PSEUDONYM_UNAVAILABLE = -32008
 
 
 class RpcError(Exception):

@@ -9,13 +9,14 @@ from node.rpc.info import member_history, mempool, peers, status, validators
 from node.rpc.openrpc import discover
 from node.rpc.prior import prior_imaging, redundancy
 from node.rpc.protocol import Method
-from node.rpc.submit import submit_event, submit_tx
+from node.rpc.pseudonym import pseudonym_stats
+from node.rpc.submit import prepare_event, submit_event, submit_tx
 from node.rpc.utilization import utilization
 
 METHODS: dict[str, Method] = {
     "status": Method(status, write=False),
     "submit_tx": Method(submit_tx, write=True),
-    "submit_event": Method(submit_event, write=True),
+    "submit_event": Method(submit_event, write=True, prepare=prepare_event),
     "get_tx": Method(get_tx, write=False),
     "get_block": Method(get_block, write=False),
     "blocks": Method(blocks, write=False),
@@ -27,5 +28,6 @@ METHODS: dict[str, Method] = {
     "member_history": Method(member_history, write=False),
     "peers": Method(peers, write=False, role="admin"),  # the members' network addresses: operators only
     "mempool": Method(mempool, write=False),
+    "pseudonym_stats": Method(pseudonym_stats, write=False),
     "rpc.discover": Method(discover, write=False),
 }

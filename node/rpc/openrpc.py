@@ -191,6 +191,13 @@ METHODS = [
        [_p("limit", {"type": "integer", "minimum": 0, "maximum": 1000, "default": 100}, "hashes to list")],
        {"name": "mempool", "schema": {"type": "object"}},
        example=({"limit": 1}, {"size": 1, "max": 100000, "proposable": 1, "async_queued": 0, "txs": [H]})),
+    _m("pseudonym_stats", "Pseudonym (threshold OPRF) evaluations each member answered and refused per "
+                          "requesting member, summed from the oprf.counts txs on chain, and this node's live "
+                          "figures (unrecorded counts, tokenizer cache, key epochs and their fingerprints).", [],
+       {"name": "pseudonym_stats", "schema": {"type": "object", "required": ["recorded", "local"]}},
+       example=({}, {"recorded": [{"member": "hosp-b", "requester": "hosp-a", "answered": 412, "refused": 0,
+                                   "records": 7, "last_ts": 1795773600000}], "complete": True,
+                     "local": {"member": "hosp-a", "epoch": 1, "...": "..."}})),
     _m("rpc.discover", "This OpenRPC document.", [], {"name": "OpenRPC document", "schema": {"type": "object"}}),
 ]
 

@@ -54,7 +54,8 @@ async def prior_imaging(node, params: dict, caller: Caller) -> dict:
     who = {k: params[k] for k in ("patient_id", "issuer", "patient") if k in params}
     if not who:
         raise RpcError(INVALID_PARAMS, "give the patient: patient_id + issuer, or patient (token)")
-    patient = parse_filter(node, who, caller).fields["patient"]
+    flt = await parse_filter(node, who, caller)
+    patient, also = flt.fields["patient"], tuple(flt.alternatives.get("patient", ()))
     wanted = {}
     try:
         for name in ("modality", "body_part"):
@@ -74,11 +75,12 @@ async def prior_imaging(node, params: dict, caller: Caller) -> dict:
             raise RpcError(INVALID_PARAMS, "now: must be before the year 10000")
     # Up to MAX_SCAN index entries and tx reads: off the event loop, which consensus shares.
     return await trio.to_thread.run_sync(prior_studies, node.store, patient, wanted, within, repeat_days, now,
-                                         limiter=_prior_limiter)
+                                         also, limiter=_prior_limiter)
 
 
 def prior_studies(store, patient: bytes, wanted: dict, within_days: int | None, repeat_days: int,
-                  now_ms: int) -> dict:
+                  now_ms: int, also: tuple[bytes, ...] = ()) -> dict:
+    """`also`: the patient's tokens in older key epochs (one patient, one list of priors)."""
     since_day = None
     since_ms = None
     if within_days is not None:
@@ -89,9 +91,11 @@ def prior_studies(store, patient: bytes, wanted: dict, within_days: int | None, 
     studies: dict[tuple[str, bytes], dict] = {}
     cursor, scanned, truncated = None, 0, False
     index = "patient_stored" if getattr(store, "has_patient_stored_index", False) else "patient"
+    keys = [patient, *also]
+    key = keys.pop(0)
     while True:
         try:
-            entries, cursor = store.query(index, patient, since_ms, None, cursor, 1000)
+            entries, cursor = store.query(index, key, since_ms, None, cursor, 1000)
         except StoreError as exc:  # cannot happen for a token we made; keep the error typed
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         for e in entries:
@@ -100,7 +104,10 @@ def prior_studies(store, patient: bytes, wanted: dict, within_days: int | None, 
                 _add_store(studies, stored_tx(rec[2])[0], e.ts)
         scanned += len(entries)
         if cursor is None:
-            break
+            if not keys:
+                break
+            key = keys.pop(0)
+            continue
         if scanned >= MAX_SCAN:
             truncated = True
             break

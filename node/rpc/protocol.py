@@ -19,6 +19,9 @@ class Method:
     handler: Handler
     write: bool  # needs a submit token
     role: str = ""  # the role it needs, when not the one `write` implies (e.g. admin)
+    # Optional `await prepare(node, params)` run for every call of a batch at once before the calls run in
+    # order: submit_event computes a batch's pseudonyms in one round of OPRF requests. Must not raise.
+    prepare: Handler | None = None
 
     @property
     def needs(self) -> str:

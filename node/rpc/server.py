@@ -251,6 +251,7 @@ class JsonRpcApp:
     async def run_batch(self, requests: list, caller: Caller) -> list:
         replies = []
         driver = getattr(self.node, "driver", None)
+        await self._prepare(requests, caller)
         worked_since = time.perf_counter()
         for i, item in enumerate(requests):
             replies.append(await self._start(item, caller))
@@ -272,6 +273,22 @@ class JsonRpcApp:
                 for i in waiting:
                     nursery.start_soon(finish, i)
         return replies
+
+    async def _prepare(self, requests: list, caller: Caller) -> None:
+        prepared = []
+        for item in requests:
+            name = item.get("method") if isinstance(item, dict) else None
+            method = self.methods.get(name) if isinstance(name, str) else None
+            if method is not None and method.prepare is not None and isinstance(item.get("params"), dict):
+                try:
+                    self._authorize(method, caller)
+                except RpcError:
+                    continue  # the call itself will say so
+                prepared.append((method.prepare, item["params"]))
+        if len(prepared) > 1:
+            async with trio.open_nursery() as nursery:
+                for prepare, params in prepared:
+                    nursery.start_soon(prepare, self.node, params)
 
     async def _start(self, request, caller: Caller):
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(

@@ -35,9 +35,17 @@ import trio
 
 from node.ledger.block import STATUS_NAMES
 from node.ledger.intake import EventError
+from node.ledger.pseudonym import TokenizeError
 from node.ledger.refusals import DiskFull, MempoolFull
 from node.ledger.tx import MAX_TX_BYTES, TxError, tx_hash
-from node.rpc.errors import INVALID_PARAMS, MEMPOOL_FULL, REJECTED, RpcError
+from node.rpc.errors import (
+    INVALID_PARAMS,
+    MEMPOOL_FULL,
+    PSEUDONYM_UNAVAILABLE,
+    RATE_LIMITED,
+    REJECTED,
+    RpcError,
+)
 from node.rpc.protocol import Caller, Later, check_known, param
 
 log = logging.getLogger("radchain.rpc")
@@ -208,9 +216,32 @@ async def submit_event(node, params: dict, caller: Caller):
     # only after signing, so it too waits for the backlog to drain).
     node.rpc.admission.gate()
     try:
-        raw = node.event_to_tx(event)
+        raw = await node.event_to_tx(event)
+    except TokenizeError as exc:
+        raise tokenize_error(exc) from None
     except EventError as exc:
         raise RpcError(REJECTED, str(exc), {"field": exc.field}) from None
     except TxError as exc:  # the event mapped to fields the tx schema refuses
         raise RpcError(REJECTED, f"rejected: {exc}", {"field": exc.field}) from None
     return _answer(node, raw, mode, timeout)
+
+
+def tokenize_error(exc: TokenizeError) -> RpcError:
+    """The consortium's pseudonyms could not be computed: a clear, retryable error (nothing was recorded)."""
+    # Always a retry_after: the event is fine, the consortium is not answering now. A client (the DICOM
+    # hook's spool) keeps the event and comes back, instead of dead-lettering it for its `reason`.
+    data: dict = {"reason": f"pseudonym_{exc.code}",
+                  "retry_after": round(exc.retry_after, 3) if exc.retry_after is not None else 5.0}
+    code = RATE_LIMITED if exc.code == "rate_limited" else PSEUDONYM_UNAVAILABLE
+    return RpcError(code, f"{exc}; nothing was recorded, submit again later", data)
+
+
+async def prepare_event(node, params: dict) -> None:
+    """Batch warm-up (node.rpc.server.Method.prepare): this event's consortium tokens into the node's cache,
+    together with the rest of the batch's. Errors are left for submit_event itself to report."""
+    event = params.get("event")
+    if isinstance(event, dict):
+        try:
+            await node.prefetch_tokens(event)
+        except Exception:  # noqa: BLE001 - the call that follows reports whatever this hit
+            pass

@@ -132,7 +132,7 @@ class _Connection:
             if not self.still_allowed():
                 await self._close_revoked()
                 return
-            await self.send(self.handle(data))
+            await self.send(await self.handle(data))
 
     async def _close_revoked(self) -> None:
         await _send_quietly(self.ws, _error(None, RpcError(UNAUTHORIZED, "token revoked or no longer allowed to read")))
@@ -140,7 +140,7 @@ class _Connection:
         if self.nursery is not None:
             self.nursery.cancel_scope.cancel()
 
-    def handle(self, data: str) -> dict:
+    async def handle(self, data: str) -> dict:
         try:
             request = loads(data)
         except (ValueError, RecursionError) as exc:
@@ -156,7 +156,7 @@ class _Connection:
             if not isinstance(params, dict):
                 raise RpcError(INVALID_PARAMS, "params must be an object")
             if request["method"] == "subscribe":
-                result = self.subscribe(params)
+                result = await self.subscribe(params)
             elif request["method"] == "unsubscribe":
                 check_known(params, {"subscription"})
                 scope = self.subs.pop(param(params, "subscription", str), None)
@@ -171,7 +171,7 @@ class _Connection:
             return _error(rid, err)
         return {"jsonrpc": "2.0", "id": rid, "result": result}
 
-    def subscribe(self, params: dict) -> dict:
+    async def subscribe(self, params: dict) -> dict:
         check_known(params, {"kind", "from_height", "filter"})
         kind = param(params, "kind", str)
         if kind not in ("blocks", "events"):
@@ -184,7 +184,7 @@ class _Connection:
         if kind == "events":
             spec = param(params, "filter", dict, required=False, default={})
             check_known(spec, FILTER_PARAMS)
-            flt = parse_filter(self.node, spec, self.caller)
+            flt = await parse_filter(self.node, spec, self.caller)
         elif "filter" in params:
             raise RpcError(INVALID_PARAMS, "filter applies to kind events")
         if len(self.subs) >= MAX_SUBSCRIPTIONS:

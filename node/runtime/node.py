@@ -24,8 +24,7 @@ from node.fhir import fhir_mount
 from node.ledger.chain import Chain
 from node.ledger.equivocation import EvidenceLimiter, evidence_tx_fields
 from node.ledger.genesis import Genesis
-from node.ledger.intake import event_to_tx_fields, make_tx, sign_tx
-from node.ledger.pseudonym import Pseudonymizer
+from node.ledger.intake import make_tx, sign_tx
 from node.ledger.store import Store
 from node.ledger.tx import tx_hash
 from node.rpc.auth import TokenStore
@@ -39,10 +38,12 @@ from node.runtime.gossip import CHANNEL as TX_CHANNEL
 from node.runtime.gossip import TxGossip
 from node.runtime.keys import load_member_key
 from node.runtime.mempool import Mempool
+from node.runtime.oprf_service import OprfService, RateLimiter
 from node.runtime.peerscore import INTERNAL, PeerScores
 from node.runtime.settings import NodeConfig
 from node.runtime.sync import CHANNEL as SYNC_CHANNEL
 from node.runtime.sync import BlockSync
+from node.runtime.tokenizer import Tokenizer, event_fields, prefetch
 from node.runtime.wal_file import WriteAheadLog
 
 log = logging.getLogger("radchain.node")
@@ -79,7 +80,6 @@ class Node:
             self._own_keys: dict[bytes, object] = {}
             self._load_own_keys()
             founder = self.genesis.member(cfg.name)
-            self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key)
             self.started_at = time.time()
 
             self.store = Store(cfg.chain_dir, sync=cfg.store_sync)
@@ -115,6 +115,22 @@ class Node:
             if me is not None and current.members[me].peer_id and self.net.peer_id != current.members[me].peer_id:
                 raise ValueError(f"{cfg.p2p_key_path} is not the libp2p identity "
                                  f"{'genesis lists' if current.start <= 1 else 'the chain registers'} for {cfg.name!r}")
+            # Pseudonyms (docs/PSEUDONYMS.md): consortium identifiers by the threshold OPRF, answered for the
+            # other members by oprf_service within a per-member rate; this hospital's own kinds by its local
+            # key. The OPRF key shares were dealt to the genesis member set, so the tokenizer asks those
+            # members (a governance change of members does not reshare the key: docs/PSEUDONYMS.md).
+            oprf_peers = [m.peer_id for m in self.genesis.members]
+            oprf_index = next((i for i, m in enumerate(self.genesis.members) if m.name == cfg.name), -1)
+            self.tokenizer = Tokenizer(cfg.home, self.net, oprf_peers, oprf_index, timeout=cfg.oprf.timeout_s)
+            opened.callback(self.tokenizer.close)
+            self.pseudonymizer = self.tokenizer.local  # local kinds only (series, instance, user, event)
+            peer_of = {m.name: m.peer_id for m in self.genesis.members}
+            limits = {peer_of[name]: (float(r), float(b)) for name, (r, b) in cfg.oprf.limits.items()
+                      if name in peer_of}
+            self.oprf_service = OprfService(self.tokenizer.keys.shares,
+                                            RateLimiter(cfg.oprf.rate, cfg.oprf.burst, limits))
+            self._oprf_recorded: dict[str, tuple[int, int]] = {}  # peer -> (answered, refused) already on chain
+            self._oprf_since = int(time.time() * 1000)
             self.sync = None
             self._switching_to: int | None = None
             self.replica = self._make_replica(self.wal)
@@ -275,6 +291,9 @@ class Node:
                 await nursery.start(self.net.run)
                 nursery.start_soon(self.disk.run)
                 self.net.serve(SYNC_CHANNEL, self.sync.serve)
+                self.oprf_service.install(self.net)
+                await nursery.start(self.tokenizer.run)
+                nursery.start_soon(self._oprf_counts_loop)
                 nursery.start_soon(self._inbox_loop)
                 nursery.start_soon(self._gossip_loop)
                 await nursery.start(self.driver.run)
@@ -304,6 +323,7 @@ class Node:
         self.chain.reload_state()
 
     def close(self) -> None:
+        self.tokenizer.close()
         self.wal.close()
         self.mempool.close()
         self.store.close()
@@ -407,12 +427,19 @@ class Node:
         log.warning("equivocation by member %s recorded as evidence", offender)
 
     # ------------------------------------------------------------------ transactions
-    def event_to_tx(self, event: dict) -> bytes:
-        fields = event_to_tx_fields(event, self.pseudonymizer, chain_id=self.genesis.chain_id,
+    async def event_to_tx(self, event: dict) -> bytes:
+        """A raw event -> this node's signed tx (EventError, TxError; TokenizeError when the consortium's
+        tokens cannot be computed now)."""
+        fields = await event_fields(event, self.tokenizer, chain_id=self.genesis.chain_id,
                                     member=self.cfg.name, client=bytes(self.member_key.verify_key))
         raw = sign_tx(fields, self.member_key)
         self.chain.check_own_tx(raw)  # admission then finds it checked and skips re-verifying our signature
         return raw
+
+    async def prefetch_tokens(self, event: dict) -> None:
+        """Compute (and cache) the consortium tokens `event` needs; raises what event_to_tx would."""
+        await prefetch(event, self.tokenizer, chain_id=self.genesis.chain_id, member=self.cfg.name,
+                       client=bytes(self.member_key.verify_key))
 
     def submit(self, raws: list[bytes], checked: bool = True) -> list[dict]:
         """Admit txs (already checked unless checked=False); durable before returning. One answer per tx."""
@@ -443,6 +470,47 @@ class Node:
                 await event.wait()
             found = self.store.get_tx(h)
         return None if found is None else found[0]
+
+    # ------------------------------------------------------------------ pseudonym evaluation counts
+    def member_name_of_peer(self, peer: str) -> str:
+        for m in (*self.epoch.members, *self.genesis.members):  # the OPRF share holders are genesis members
+            if m.peer_id == peer:
+                return m.name
+        return peer
+
+    def unrecorded_oprf_counts(self) -> list[tuple[str, int, int]]:
+        """[(requesting member, points answered, points refused)] since this node's last oprf.counts tx."""
+        svc, done = self.oprf_service, self._oprf_recorded
+        out = []
+        for peer in sorted(set(svc.answered) | set(svc.refused)):
+            a = svc.answered[peer] - done.get(peer, (0, 0))[0]
+            r = svc.refused[peer] - done.get(peer, (0, 0))[1]
+            if a or r:
+                out.append((self.member_name_of_peer(peer), a, r))
+        return out
+
+    def record_oprf_counts(self) -> dict | None:
+        """Put what this member evaluated/refused for whom since its last record on chain (an oprf.counts
+        tx); None when there is nothing new. Counts held in memory only: a crash loses at most one interval."""
+        counts = self.unrecorded_oprf_counts()
+        if not counts:
+            return None
+        svc = self.oprf_service
+        snapshot = {p: (svc.answered[p], svc.refused[p]) for p in set(svc.answered) | set(svc.refused)}
+        now = int(time.time() * 1000)
+        raw = make_tx("oprf.counts", self.member_key, chain_id=self.genesis.chain_id, member=self.cfg.name,
+                      oprf_counts=[[m, a, r] for m, a, r in counts], period_ms=max(1, now - self._oprf_since))
+        answer = self.submit([raw], checked=False)[0]  # MempoolFull/DiskFull: kept for the next interval
+        self._oprf_recorded, self._oprf_since = snapshot, now
+        return answer
+
+    async def _oprf_counts_loop(self) -> None:
+        while True:
+            await trio.sleep(self.cfg.oprf.stats_interval_s)
+            try:
+                self.record_oprf_counts()
+            except Exception as exc:  # a full mempool or disk: try again next interval
+                log.warning("could not record pseudonym evaluation counts: %s", exc)
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:

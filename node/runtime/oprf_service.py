@@ -242,10 +242,14 @@ class OprfClient:
         self.net, self.public, self.members = net, public, dict(members)
         self.own_share, self.timeout = own_share, timeout
         self.last_bad: dict[str, str] = {}  # peer ID (or "self") -> why its answer was not used
+        self.last_errors: dict[str, Exception] = {}  # peer ID -> the exception (OprfRefused: code, retry_after)
         self._cpu = trio.CapacityLimiter(1)
 
-    async def evaluate(self, inputs: Sequence[bytes]) -> list[bytes]:
-        """RFC 9497 outputs (64 bytes) for `inputs`; raises OprfError if fewer than t members answer validly."""
+    async def evaluate(self, inputs: Sequence[bytes], report: dict | None = None) -> list[bytes]:
+        """RFC 9497 outputs (64 bytes) for `inputs`; raises OprfError if fewer than t members answer validly.
+
+        `report`, if given, receives this call's {"bad": {peer: why}, "errors": {peer: exception}} (concurrent
+        calls each get their own; `last_bad` / `last_errors` hold the latest call's)."""
         if not 0 < len(inputs) <= MAX_POINTS:
             raise OprfError(f"evaluate: 1..{MAX_POINTS} inputs per call")
         bis: list[BlindedInput] = [oprf.blind(x) for x in inputs]
@@ -253,6 +257,7 @@ class OprfClient:
         t = self.public.t
         good: dict[int, Partial] = {}
         bad: dict[str, str] = {}
+        errors: dict[str, Exception] = {}
         payload = encode_request(self.public.epoch, blinded)
 
         async with trio.open_nursery() as nursery:
@@ -263,6 +268,7 @@ class OprfClient:
                     partial = decode_response(peer, raw)
                 except Exception as e:  # network failure, refusal, garbage: that member is skipped
                     bad[peer] = f"{type(e).__name__}: {e}"
+                    errors[peer] = e
                     return
                 if partial.index != index:
                     bad[peer] = f"answered as member {partial.index}, is member {index}"
@@ -285,7 +291,9 @@ class OprfClient:
             for peer, index in self.members.items():
                 if len(good) < t:
                     nursery.start_soon(ask, peer, index)
-        self.last_bad = bad
+        self.last_bad, self.last_errors = bad, errors
+        if report is not None:
+            report.update(bad=bad, errors=errors)
         if len(good) < t:
             reasons = "; ".join(f"{p}: {r}" for p, r in sorted(bad.items()))
             raise OprfError(f"only {len(good)} of t={t} valid partial evaluations ({reasons})")

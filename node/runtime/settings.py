@@ -1,6 +1,6 @@
 """Node configuration: HOME/config.toml, validated at load with errors that name the bad key.
 
-The file holds this hospital's secrets (pseudonym key, network PSK), so it is written 0600 and `radchain
+The file holds this hospital's secrets (the network PSK; pseudonym keys live in HOME/keys/), so it is written 0600 and `radchain
 start` refuses it when others can read it. RPC tokens are not in it: HOME/tokens.json holds their hashes
 (node.rpc.auth, `radchain token`).
 """
@@ -49,15 +49,31 @@ class MempoolConfig:
 
 
 @dataclass
+class OprfConfig:
+    """[oprf]: how much this member evaluates for each other member (node.oprf_service, docs/PSEUDONYMS.md).
+
+    `rate` points per second sustained and `burst` at once, per requesting member: sized to a hospital's
+    fresh identifiers (two per new study: patient and study), not to its total traffic, since repeated
+    identifiers come from the requester's own cache. `stats_interval_s`: how often this member records on
+    chain how many evaluations it answered and refused for whom."""
+    rate: float = 20.0
+    burst: float = 2000.0
+    timeout_s: float = 10.0
+    stats_interval_s: float = 60.0
+    # per requesting member: {"hosp-b" = [rate, burst]}, for a member whose volume differs from the default
+    limits: dict = field(default_factory=dict)
+
+
+@dataclass
 class NodeConfig:
     home: Path
     name: str
     p2p_listen: str
     psk: bytes
-    pseudonym_key: bytes
     rpc: RpcConfig = field(default_factory=RpcConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     mempool: MempoolConfig = field(default_factory=MempoolConfig)
+    oprf: OprfConfig = field(default_factory=OprfConfig)
     log_level: str = "INFO"
     store_sync: bool = False  # a plyvel write survives kill -9 without fsync; set true to survive power loss
     extra: dict = field(default_factory=dict)  # sections owned by plugins, e.g. [dicom]
@@ -144,7 +160,12 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
         raise ConfigError(f"no config at {path}; run `radchain init` or `radchain testnet` first") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    known = {"node", "p2p", "rpc", "consensus", "mempool", "pseudonym", "log", "store"}
+    known = {"node", "p2p", "rpc", "consensus", "mempool", "oprf", "log", "store"}
+    if "pseudonym" in raw:
+        # The shared HMAC key let anyone who read one member's config recompute every token (issue 13).
+        raise ConfigError(f"{path}: [pseudonym] holds the old consortium pseudonym key, which no member may "
+                          "hold any more: tokens now come from the threshold OPRF (HOME/keys/oprf/). "
+                          "Delete the [pseudonym] section and destroy every copy of that key")
     for name in known:
         if not isinstance(raw.get(name, {}), dict):
             raise ConfigError(f"{name} must be a table ([{name}]), not a value")
@@ -164,7 +185,6 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
         name=node["name"],
         p2p_listen=p2p["listen"],
         psk=_hex_bytes(p2p, "psk", "p2p", 32),
-        pseudonym_key=_hex_bytes(raw.get("pseudonym", {}), "key", "pseudonym", 32),
         log_level=level.upper(),
         store_sync=raw.get("store", {}).get("sync", False),
         extra={k: v for k, v in raw.items() if k not in known},
@@ -172,6 +192,11 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
     _fill(cfg.rpc, raw.get("rpc", {}), "rpc")
     _fill(cfg.consensus, raw.get("consensus", {}), "consensus")
     _fill(cfg.mempool, raw.get("mempool", {}), "mempool")
+    _fill(cfg.oprf, raw.get("oprf", {}), "oprf")
+    for member, limit in cfg.oprf.limits.items():
+        if not (isinstance(limit, list) and len(limit) == 2 and all(
+                isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in limit) and limit[1] >= 1):
+            raise ConfigError(f"oprf.limits.{member} must be [rate, burst]: positive numbers, burst >= 1")
     port = cfg.rpc.listen.rsplit(":", 1)[1] if ":" in cfg.rpc.listen else ""
     if not (port.isascii() and port.isdigit()) or int(port) > 65535:  # "²" is a digit int() refuses
         raise ConfigError("rpc.listen must be HOST:PORT (a port up to 65535)")
@@ -184,7 +209,7 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
 
 
 def write_config(home: Path, *, name: str, p2p_listen: str, rpc_listen: str, psk: bytes,
-                 pseudonym_key: bytes, tokens: dict[str, str] | None = None, extra: dict | None = None) -> Path:
+                 tokens: dict[str, str] | None = None, extra: dict | None = None) -> Path:
     """Write HOME/config.toml (0600, the home 0700). `tokens` {name: token}, if given, go hashed into
     HOME/tokens.json with every role."""
     from node.privatefiles import make_private_dir, write_secret
@@ -195,8 +220,6 @@ def write_config(home: Path, *, name: str, p2p_listen: str, rpc_listen: str, psk
         "node": {"name": name},
         "p2p": {"listen": p2p_listen, "psk": psk.hex()},
         "rpc": {"listen": rpc_listen},
-        # The consortium pseudonym key: shared by members, never on chain, never sent over gossip.
-        "pseudonym": {"key": pseudonym_key.hex()},
         "log": {"level": "INFO"},
     }
     doc.update(extra or {})

@@ -219,7 +219,9 @@ def test_verify_image_and_duplicate_study(testnet, tmp_path):
     ds.PixelData = bytes(arr)
     ds.save_as(tmp_path / "pixels.dcm")
     other, _ = make_instances(tmp_path / "other", 1)
-    res = run_tool([RADCHAIN, "verify-image", "--home", str(home_d), "--json", str(tmp_path / "meta.dcm"),
+    # ALTERED needs the instance's token, which only the recording hospital (its local key) computes.
+    home_a = Path(testnet.node("hosp-a")["home"])
+    res = run_tool([RADCHAIN, "verify-image", "--home", str(home_a), "--json", str(tmp_path / "meta.dcm"),
                     str(tmp_path / "pixels.dcm"), str(other[0])], check=False)
     verdicts = [json.loads(line) for line in res.stdout.splitlines()]
     assert [v["verdict"] for v in verdicts] == ["METADATA-CHANGED", "ALTERED", "NOT-RECORDED"]

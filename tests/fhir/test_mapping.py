@@ -14,9 +14,10 @@ VALUES = {
     "nonce": b"\x02" * 16, "user": b"\x03" * 16, "ae": "VIEWER01", "peer_ae": "MODALITY", "patient": b"\x04" * 16,
     "study": b"\x05" * 16, "series": [b"\x06" * 16], "instances": [b"\x07" * 16], "n_series": 1,
     "n_instances": 12, "digest": b"\x08" * 32, "pixel_digest": b"\x09" * 32, "source_digest": b"\x0a" * 32,
-    "derived_digest": b"\x0b" * 32, "purpose": "TREAT", "outcome": 4, "action": "R", "grantee": "hosp-b",
+    "derived_digest": b"\x0b" * 32, "purpose": "TREAT", "outcome": 4, "action": "R", "grantee": b"\x0d" * 16,
     "scope": "IMG", "expires": 1_800_000_000_000, "subject": "hosp-e", "subject_key": b"\x0c" * 32,
     "offender": 2, "evidence": [b"a", b"b"], "modality": "CT", "body_part": "HEAD", "study_date": 20261102,
+    "oprf_counts": [["hosp-b", 40, 2]], "period_ms": 60_000,
     "project": "LUNG-1", "date_from": 20200101, "date_to": 20251231, "waiver": 1,
     "peer_id": "12D3KooWabc", "addr": "/ip4/10.0.0.5/tcp/26656", "param": "max_block_txs", "value": 500,
 }

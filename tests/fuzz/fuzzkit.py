@@ -333,7 +333,8 @@ def build_targets(tmp: str) -> list[Target]:
     txs = [c.tx(i % 4, t) for i in range(3) for t in ("instances.accessed", "instances.stored", "export", "query")]
     pseudo = c.pseudo
     txs.append(make_tx("consent.granted", c.keys[0], chain_id=CHAIN_ID, member=c.name(0), ts=T0, nonce=b"n" * 16,
-                       patient=pseudo.patient("P", "H"), grantee="hosp-b", scope="IMG", purpose="TREAT"))
+                       patient=pseudo.patient("P", "H"), grantee=pseudo.grantee("hosp-b"), scope="IMG",
+                       purpose="TREAT"))
     txs.append(make_tx("member.added", c.keys[0], chain_id=CHAIN_ID, member=c.name(0), ts=T0, nonce=b"m" * 16,
                        subject="hosp-x", subject_key=b"\x01" * 32))
     txs.append(make_tx("client.removed", c.keys[1], chain_id=CHAIN_ID, member=c.name(1), ts=T0, nonce=b"c" * 16,
@@ -530,7 +531,15 @@ class RpcTarget:
         self.node = node = Node(cfg)
         self.token = infos[0].token
         # one committed block, so reads find txs, blocks and audit entries
-        raws = [node.event_to_tx({**EXAMPLE_EVENT, "event_id": f"seed-{i}", "time": 1_800_000_000_000 + i})
+        from node.ledger.intake import event_to_tx_fields, sign_tx
+
+        def event_to_tx(event: dict) -> bytes:
+            # The node is not running, so no consortium OPRF: seed txs tokenized with the local key only.
+            return sign_tx(event_to_tx_fields(event, node.pseudonymizer, chain_id=node.genesis.chain_id,
+                                              member=node.cfg.name, client=bytes(node.member_key.verify_key)),
+                           node.member_key)
+
+        raws = [event_to_tx({**EXAMPLE_EVENT, "event_id": f"seed-{i}", "time": 1_800_000_000_000 + i})
                 for i in range(3)]
         payload = node.chain.build_proposal(1, 0, int(time.time() * 1000), raws)
         from consensus.certificate import Certificate, commit_signing_bytes
@@ -541,7 +550,7 @@ class RpcTarget:
         cert = Certificate(1, 0, digest, tuple((i, keys[i].sign(msg).signature) for i in range(3))).encode()
         block = node.chain.execute(payload, cert)
         h = block.tx_hashes[0].hex()
-        tx_hex = node.event_to_tx({**EXAMPLE_EVENT, "event_id": "fresh", "time": 1_800_000_000_500}).hex()
+        tx_hex = event_to_tx({**EXAMPLE_EVENT, "event_id": "fresh", "time": 1_800_000_000_500}).hex()
         calls = []
         for method in DOCUMENT["methods"]:
             for ex in method.get("examples", []):

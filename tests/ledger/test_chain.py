@@ -146,9 +146,10 @@ def test_client_keys_and_consent_state(consortium, chain, store):
     assert store.tx_status(blk.tx_hashes[0]) == REJECTED
     # consent registry
     pat = c.pseudo.patient("P9", "I")
-    c.commit(chain, [c.tx(2, "consent.granted", patient=pat, grantee="uni", scope="ALL", purpose="HRESCH")])
+    c.commit(chain, [c.tx(2, "consent.granted", patient=pat, grantee=c.pseudo.grantee("uni"), scope="ALL",
+                          purpose="HRESCH")])
     assert len(list(store.state_items(b"consent/" + pat))) == 1
-    c.commit(chain, [c.tx(2, "consent.revoked", patient=pat, grantee="uni", scope="ALL")])
+    c.commit(chain, [c.tx(2, "consent.revoked", patient=pat, grantee=c.pseudo.grantee("uni"), scope="ALL")])
     assert list(store.state_items(b"consent/" + pat)) == []
 
 
@@ -294,5 +295,5 @@ def test_index_type_codes_never_change():
         "consent.granted": 10, "consent.revoked": 11, "research.access.granted": 12, "member.added": 13,
         "member.removed": 14, "client.added": 15, "client.removed": 16, "evidence.equivocation": 17,
         "research.project.registered": 18, "research.project.approved": 19, "consent.vote": 20,
-        "member.key_rotated": 21, "params.changed": 22,
+        "member.key_rotated": 21, "params.changed": 22, "oprf.counts": 23,
     }

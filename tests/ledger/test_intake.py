@@ -95,7 +95,7 @@ def test_deidentified_needs_lineage_and_consent_fields():
     consent = {"type": "consent.granted", "patient_id": "P", "issuer": "I", "purpose": "HRESCH",
                "grantee": "uni-lab", "scope": "IMG-CT", "expires": "2027-01-01T00:00:00Z"}
     f = decode_tx(sign_tx(build(consent), KEY)).fields
-    assert f["grantee"] == "uni-lab" and f["expires"] == 1798761600000
+    assert f["grantee"] == P.grantee("uni-lab") and f["expires"] == 1798761600000
     with pytest.raises(EventError, match="^scope"):
         build({k: v for k, v in consent.items() if k != "scope"})
 
@@ -112,3 +112,13 @@ def test_pseudonyms_are_domain_separated_and_normalised():
         Pseudonymizer(b"short")
     assert "key_id" in repr(P) and "sss" not in repr(P)
     assert Pseudonymizer(b"s" * 32, version=2).study("1.2.3") != P.study("1.2.3")  # key epochs never collide
+
+
+def test_dicom_actor_is_recorded_once_as_the_ae_title():
+    # DICOM traffic: the actor is the calling AE title; it is on chain in clear as `ae`, with no user token
+    # of the same value next to it. A user id different from the AE title keeps its (local) token.
+    ev = {**MINIMAL, "actor": "CT_SCANNER_1", "actor_ae": "CT_SCANNER_1 "}
+    f = decode_tx(sign_tx(build(ev), KEY)).fields
+    assert f["ae"] == "CT_SCANNER_1" and "user" not in f
+    f = build({**ev, "actor": "dr.smith"})
+    assert f["ae"] == "CT_SCANNER_1" and f["user"] == P.user("dr.smith")

@@ -472,3 +472,48 @@ def test_decode_epoch_public_refuses_hostile_or_inconsistent_parameters():
     for data in bad:
         with pytest.raises(OprfError):
             oprf.decode_epoch_public(data)
+
+
+def _threshold_token(public, shares, kind="patient", parts=("1234567", "MPI")):
+    data = oprf.token_input(public.epoch, kind, *parts)
+    bi = oprf.blind(data)
+    partials = [oprf.evaluate_partial(s, [bi.element]) for s in shares]
+    return oprf.token_from_output(public.epoch, oprf.combine_verified(public, [bi], partials)[0])
+
+
+@pytest.mark.parametrize("t_new,n_new", [(3, 5), (3, 4), (5, 7), (1, 1)])
+def test_reshare_keeps_every_token_for_a_new_member_set(t_new, n_new):
+    k = oprf.random_scalar()
+    old, old_shares = oprf.deal(3, 4, epoch=2, secret=k)
+    dealers = [old_shares[0], old_shares[2], old_shares[3]]  # member 2 is away: any t old members suffice
+    contributions = {s.index: oprf.reshare_contribution(s, t_new, n_new) for s in dealers}
+    commitments = {i: c.commitments for i, c in contributions.items()}
+    public, _ = oprf.reshare_finish(old, t_new, n_new, None, commitments)
+    new_shares = []
+    for j in range(1, n_new + 1):
+        pub_j, share_j = oprf.reshare_finish(old, t_new, n_new, j, commitments,
+                                            {i: c.shares[j - 1] for i, c in contributions.items()})
+        assert pub_j == public
+        new_shares.append(share_j)
+    public.check_consistent()
+    assert public.public_key == old.public_key and public.epoch == old.epoch and public.n == n_new
+    want = oprf.tokenize_with_key(k, 2, "patient", "1234567", "MPI")
+    assert _threshold_token(public, random.sample(new_shares, t_new)) == want
+    assert _threshold_token(old, old_shares[:3]) == want
+    if t_new > 1:  # t_new - 1 new shares still say nothing
+        with pytest.raises(OprfError):
+            _threshold_token(public, new_shares[: t_new - 1])
+
+
+def test_reshare_refuses_a_member_that_deals_something_else_or_a_bad_share():
+    old, old_shares = oprf.deal(3, 4, epoch=1)
+    contributions = {s.index: oprf.reshare_contribution(s, 3, 5) for s in old_shares[:3]}
+    forged = oprf.dkg_contribution(2, 3, 5)  # member 2 deals a random secret instead of its share
+    commitments = {i: c.commitments for i, c in contributions.items()}
+    with pytest.raises(OprfError, match="did not re-share its own key share"):
+        oprf.reshare_finish(old, 3, 5, None, {**commitments, 2: forged.commitments})
+    shares = {i: c.shares[0] for i, c in contributions.items()}
+    with pytest.raises(OprfError, match="share from member 3 does not match"):
+        oprf.reshare_finish(old, 3, 5, 1, commitments, {**shares, 3: (shares[3] + 1) % oprf.ORDER})
+    with pytest.raises(OprfError, match="need t=3"):
+        oprf.reshare_finish(old, 3, 5, None, {1: commitments[1], 2: commitments[2]})

@@ -105,23 +105,23 @@ def test_removing_a_member_revokes_all_its_keys_and_the_member_key_cannot_be_rem
     assert "hosp-d" not in state.members
     assert not state.authorized("hosp-d", d_member) and not state.authorized("hosp-d", d_client)
     # hosp-d's txs are now refused before the state sees them
-    assert run(state, [tx("consent.granted", "hosp-d", MEMBER_KEYS[3], patient=PATIENT, grantee="x",
+    assert run(state, [tx("consent.granted", "hosp-d", MEMBER_KEYS[3], patient=PATIENT, grantee=b"\x0d" * 16,
                           scope="ALL", purpose="TREAT")])[1] == [False]
 
 
 def test_consent_grant_and_revoke_write_their_keys_and_the_root_follows_the_writes():
     state, genesis_writes = LedgerState.from_genesis(GENESIS)
-    grant = tx("consent.granted", "hosp-a", CLIENT_KEYS[0], patient=PATIENT, grantee="dr-x", scope="IMG-CT",
+    grant = tx("consent.granted", "hosp-a", CLIENT_KEYS[0], patient=PATIENT, grantee=b"\x0e" * 16, scope="IMG-CT",
                purpose="TREAT", expires=5)
-    revoke = tx("consent.revoked", "hosp-a", CLIENT_KEYS[0], patient=PATIENT, grantee="dr-x", scope="IMG-CT")
+    revoke = tx("consent.revoked", "hosp-a", CLIENT_KEYS[0], patient=PATIENT, grantee=b"\x0e" * 16, scope="IMG-CT")
     w1, _ = run(state, [grant])
-    key = consent_key("consent", PATIENT, "dr-x", "IMG-CT")
+    key = consent_key("consent", PATIENT, b"\x0e" * 16, "IMG-CT")
     # the first consent also records the patient's home member (node.ledger.research)
     assert [k for k, _ in w1] == [b"home/" + PATIENT, key] and w1[0][1] == b"hosp-a"
     assert msgpack.unpackb(w1[1][1]) == {"expires": 5, "purpose": "TREAT", "member": "hosp-a",
                                          "tx": grant.hash, "ts": 1_800_000_000_000}
     w2, _ = run(state, [revoke])
-    assert w2 == [(key, None), (consent_key("research", PATIENT, "dr-x", "IMG-CT"), None)]
+    assert w2 == [(key, None), (consent_key("research", PATIENT, b"\x0e" * 16, "IMG-CT"), None)]
     r0 = state.root
     r1 = next_state_root(r0, 1, w1)
     assert r1 != r0 and next_state_root(r1, 2, []) == r1  # a block without writes keeps the root

@@ -186,16 +186,22 @@ def test_research_export_with_consent(world, tmp_path):
     from nacl.signing import SigningKey  # noqa: F401 (the member key type)
 
     from node.ledger.intake import event_to_tx_fields, sign_tx
-    from node.ledger.pseudonym import Pseudonymizer
+    from node.ledger.pseudonym import Pseudonymizer, normalize
     from node.runtime.keys import load_member_key
     from node.runtime.settings import load_config
+    from node.runtime.tokenizer import _Resolved, load_local_key
 
     cfg = load_config(home["hosp-b"])
     key = load_member_key(cfg.member_key_path)
+    # The consortium tokens come from the threshold OPRF (issue 13): read hosp-b's own, already on chain.
+    trail = rpc(tn, "hosp-b", "audit_trail", {"study_uid": study})["entries"]
+    tokens = {("patient", normalize("patient", patient_id, issuer)): bytes.fromhex(trail[0]["patient"]),
+              ("study", normalize("study", study)): bytes.fromhex(trail[0]["study"])}
+    pseudonyms = _Resolved(Pseudonymizer(load_local_key(home["hosp-b"])), tokens)
     fields = event_to_tx_fields({"type": "export", "patient_id": patient_id, "issuer": issuer, "study_uid": study,
                                  "actor": "research-export", "purpose": "HRESCH", "project": "LUNG-1",
                                  "modality": "CT"},
-                                Pseudonymizer(cfg.pseudonym_key), chain_id=json.loads(
+                                pseudonyms, chain_id=json.loads(
                                     (home["hosp-b"] / "genesis.json").read_text())["chain_id"],
                                 member="hosp-b", client=bytes(key.verify_key))
     raw = sign_tx(fields, key)

@@ -36,12 +36,12 @@ def _status(chain, c, txs):
 def test_consent_is_owned_by_the_home_member_and_changed_otherwise_only_by_quorum(consortium, chain, store):
     c = consortium
     pat = c.pseudo.patient("P-OWN", "HOSP-A")
-    grant = c.tx(0, "consent.granted", patient=pat, grantee="ANY-APPROVED-PROJECT", scope="IMG", purpose="HRESCH")
+    grant = c.tx(0, "consent.granted", patient=pat, grantee=c.pseudo.grantee("ANY-APPROVED-PROJECT"), project="ANY-APPROVED-PROJECT", scope="IMG", purpose="HRESCH")
     assert _status(chain, c, [grant]) == [APPLIED]
     assert store.state_get(b"home/" + pat) == b"hosp-a"
     # hosp-d (the attack in the issue) can neither revoke nor grant for hosp-a's patient
-    revoke_d = c.tx(3, "consent.revoked", patient=pat, grantee="ANY-APPROVED-PROJECT", scope="IMG")
-    grant_d = c.tx(3, "research.access.granted", patient=pat, grantee="X", scope="ALL", purpose="HRESCH")
+    revoke_d = c.tx(3, "consent.revoked", patient=pat, grantee=c.pseudo.grantee("ANY-APPROVED-PROJECT"), project="ANY-APPROVED-PROJECT", scope="IMG")
+    grant_d = c.tx(3, "research.access.granted", patient=pat, grantee=c.pseudo.grantee("X"), project="X", scope="ALL", purpose="HRESCH")
     with pytest.raises(TxBreaksRule, match="home member 'hosp-a'"):
         chain.check_tx(revoke_d)  # the honest node's own admission check
     blk = c.commit(chain, [revoke_d, grant_d])  # forced into a block: every validator rejects both
@@ -50,14 +50,14 @@ def test_consent_is_owned_by_the_home_member_and_changed_otherwise_only_by_quoru
     assert len(list(store.state_items(b"consent/" + pat))) == 1
     assert list(store.state_items(b"research/" + pat)) == []
     # a quorum (3 of 4) of identical votes revokes; 2 votes do not
-    votes = [c.tx(i, "consent.vote", patient=pat, grantee="ANY-APPROVED-PROJECT", scope="IMG", action="D")
+    votes = [c.tx(i, "consent.vote", patient=pat, grantee=c.pseudo.grantee("ANY-APPROVED-PROJECT"), project="ANY-APPROVED-PROJECT", scope="IMG", action="D")
              for i in (1, 2, 3)]
     assert _status(chain, c, votes[:2]) == [APPLIED, APPLIED]
     assert len(list(store.state_items(b"consent/" + pat))) == 1
     assert _status(chain, c, votes[2:]) == [APPLIED]
     assert list(store.state_items(b"consent/" + pat)) == []
     # the home member keeps its role
-    assert _status(chain, c, [c.tx(0, "consent.granted", patient=pat, grantee="LUNG-1", scope="ALL",
+    assert _status(chain, c, [c.tx(0, "consent.granted", patient=pat, grantee=c.pseudo.grantee("LUNG-1"), project="LUNG-1", scope="ALL",
                                    purpose="HRESCH")]) == [APPLIED]
     verify_chain(store, c.genesis)  # offline replay derives the same statuses and state
 
@@ -84,7 +84,7 @@ def test_export_gate(consortium, chain, store):
     with pytest.raises(TxBreaksRule, match="must name an approved project"):
         chain.check_tx(_export(c, patient=pat, project=None))
     # consent by the patient's home member (hosp-b) for this project -> the export passes
-    consent = c.tx(1, "consent.granted", patient=pat, grantee="LUNG-1", scope="IMG-CT", purpose="HRESCH",
+    consent = c.tx(1, "consent.granted", patient=pat, grantee=c.pseudo.grantee("LUNG-1"), project="LUNG-1", scope="IMG-CT", purpose="HRESCH",
                    expires=T0 + 30 * DAY)
     assert _status(chain, c, [consent]) == [APPLIED]
     ok = _export(c, patient=pat)
@@ -98,7 +98,7 @@ def test_export_gate(consortium, chain, store):
     # a non-research export is not gated
     assert _status(chain, c, [_export(c, patient=pat, purpose="TREAT", project=None)]) == [APPLIED]
     # revoke: the next export is refused by the node and, forced, rejected at execution
-    assert _status(chain, c, [c.tx(1, "consent.revoked", patient=pat, grantee="LUNG-1", scope="IMG-CT")]) == [APPLIED]
+    assert _status(chain, c, [c.tx(1, "consent.revoked", patient=pat, grantee=c.pseudo.grantee("LUNG-1"), project="LUNG-1", scope="IMG-CT")]) == [APPLIED]
     again = _export(c, patient=pat)
     with pytest.raises(TxBreaksRule, match="no consent in force"):
         chain.check_tx(again)
@@ -111,7 +111,7 @@ def test_consent_expiry_is_judged_by_the_block_time(consortium, chain, store):
     c = consortium
     pat = c.pseudo.patient("P-EXP", "HOSP-B")
     c.commit(chain, [_project(c), c.tx(1, "research.project.approved", project="LUNG-1"),
-                     c.tx(1, "consent.granted", patient=pat, grantee="ANY-APPROVED-PROJECT", scope="ALL",
+                     c.tx(1, "consent.granted", patient=pat, grantee=c.pseudo.grantee("ANY-APPROVED-PROJECT"), project="ANY-APPROVED-PROJECT", scope="ALL",
                           purpose="HRESCH", expires=T0 + DAY)])
     assert _status(chain, c, [_export(c, patient=pat)]) == [APPLIED]
     late = _export(c, patient=pat)
@@ -139,7 +139,7 @@ def test_scopes_and_project_codes_are_codes(consortium):
     c = consortium
     pat = c.pseudo.patient("P-C", "HOSP-B")
     with pytest.raises(TxError, match="scope"):
-        c.tx(1, "consent.granted", patient=pat, grantee="LUNG-1", scope="CT chest 2024", purpose="HRESCH")
+        c.tx(1, "consent.granted", patient=pat, grantee=c.pseudo.grantee("LUNG-1"), project="LUNG-1", scope="CT chest 2024", purpose="HRESCH")
     with pytest.raises(TxError, match="project"):
         _project(c, code="lung study; drop")
     with pytest.raises(TxError, match="purpose"):
@@ -177,7 +177,7 @@ def test_a_consent_names_its_project_so_the_grantee_may_be_a_token(consortium, c
     c = consortium
     pat = c.pseudo.patient("P-TOK", "HOSP-B")
     c.commit(chain, [_project(c), c.tx(1, "research.project.approved", project="LUNG-1")])
-    opaque = "7f3a9c0e5b21d4f86a0c3e9b7d15f2a4"  # stands for a tokenized grantee
+    opaque = c.pseudo.grantee("lung-lab-uni")  # a grantee is a consortium token (issue 13)
     c.commit(chain, [c.tx(1, "consent.granted", patient=pat, grantee=opaque, scope="IMG", purpose="HRESCH",
                           project="OTHER-9")])
     with pytest.raises(TxBreaksRule, match="no consent in force"):

@@ -34,6 +34,12 @@ def test_init_genesis_start_submit_query_and_graceful_stop(tmp_path):
     radchain("genesis", "--chain-id", "regional-1", *[h / "member.json" for h in homes], "--out", tmp_path / "g.json")
     for h in homes:
         (h / "genesis.json").write_text((tmp_path / "g.json").read_text())
+    # The pseudonym key: a dealer's shares, each member installs its own (docs/PSEUDONYMS.md, "Key setup").
+    radchain("pseudonym", "deal", "--members", "4", "--epoch", "1", "--genesis", tmp_path / "g.json",
+             "--out", tmp_path / "shares")
+    for h in homes:
+        radchain("pseudonym", "install", "--home", h, "--public", tmp_path / "shares" / "epoch-1.public",
+                 "--share", tmp_path / "shares" / f"{h.name}.share")
 
     procs = [subprocess.Popen([sys.executable, "-m", "node.cli", "start", "--home", str(h)],
                               stdout=subprocess.DEVNULL, stderr=open(h / "node.log", "w")) for h in homes]

@@ -24,10 +24,10 @@ import pytest
 from consensus.certificate import Certificate, commit_signing_bytes
 from node.ledger.epochs import switch_height
 from node.ledger.genesis import Genesis
-from node.ledger.intake import make_tx
+from node.ledger.intake import EXAMPLE_EVENT, make_tx
 from node.runtime.keys import load_member_key
 from node.runtime.settings import load_config
-from node.testnet import EXAMPLE_EVENT, LocalTestnet, NodeInfo, free_base_port
+from node.testnet import LocalTestnet, NodeInfo, free_base_port
 
 EPOCH_INTERVAL = 4  # switch heights every 4 blocks: quick to reach under load
 
@@ -90,7 +90,7 @@ def join(net: LocalTestnet, tmp_path) -> NodeInfo:
     """The joining hospital's home, made by `radchain init --join GENESIS` (same PSK and pseudonym key)."""
     first = load_config(net.nodes[0].home)
     secrets = tmp_path / "secrets.json"
-    secrets.write_text(json.dumps({"psk": first.psk.hex(), "pseudonym_key": first.pseudonym_key.hex()}))
+    secrets.write_text(json.dumps({"psk": first.psk.hex()}))
     base = free_base_port(2)
     home = (net.out / "hosp-e").resolve()
     out = cli("init", "--home", str(home), "--name", "hosp-e", "--p2p", f"/ip4/127.0.0.1/tcp/{base}",
