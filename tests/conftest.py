@@ -5,6 +5,7 @@ Shared helpers live in tests/testkit/ (ledger_helpers: signed txs, certificates)
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -32,3 +33,20 @@ def store(tmp_path):
 @pytest.fixture
 def chain(consortium, store) -> Chain:
     return Chain(consortium.genesis, store)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Debian Chromium for the whole session. Playwright's sync API keeps its own event loop
+    running while it is open, so a second sync_playwright() in the same session fails: every browser test
+    (explorer pages, the patient access report) shares this one."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    with sync_playwright() as p:
+        # root needs --no-sandbox; a generous launch timeout: on a loaded 2-core machine launching took ~29 s
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"], timeout=180_000)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -3,15 +3,11 @@ Debian Chromium driven by Playwright (browsers cannot be downloaded here: never 
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-from playwright.sync_api import sync_playwright
 
 from node.rpc.auth import SUBMIT, add_token
 from node.testnet import LocalTestnet
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 STUDY = "1.2.840.113619.2.55.3.4271045733.996.1449464144.595"  # the study both hospitals touched
 OTHER_STUDY = "1.2.840.113619.2.55.3.999"  # another study of the same patient (hosp-a only)
 PATIENT, ISSUER = "PAT-0042", "HOSP-A"
@@ -55,16 +51,6 @@ def explorer_net(tmp_path_factory):
         yield net
     finally:
         net.stop_all()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])  # root needs --no-sandbox
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ def world(tmp_path_factory):
         tn.stop()
 
 
-def test_research_export_with_consent(world, tmp_path):
+def test_research_export_with_consent(world, tmp_path, browser):
     tn, orthanc, port, root = world
     home = {n["name"]: Path(n["home"]) for n in tn.nodes}
     files = [sample_file(n) for n in STUDY_FILES]
@@ -223,7 +223,7 @@ def test_research_export_with_consent(world, tmp_path):
              "--out", str(other))
     assert patient_id not in other.read_text() and str(ct.PatientName) not in other.read_text()
     assert patient_id in report.read_text()
-    rows = render_rows(report, tmp_path / "report-hosp-b.png")
+    rows = render_rows(browser, report, tmp_path / "report-hosp-b.png")
     types = [t for t, _ in rows]
     # the store, the view, the consent, the export (and its lineage), the withdrawal, in that order; the
     # forced export was rejected by every validator and is not an event of the patient's record
@@ -237,30 +237,23 @@ def test_research_export_with_consent(world, tmp_path):
     assert "Consent withdrawn" in texts["consent.revoked"]
 
 
-def render_rows(html: Path, screenshot: Path) -> list[tuple[str, str]]:
+def render_rows(browser, html: Path, screenshot: Path) -> list[tuple[str, str]]:
     """The event rows as headless Chromium shows them: (tx type, visible text), top to bottom."""
-    import shutil
-
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    with sync_playwright() as p:
-        # generous timeouts: on a loaded 2-core machine launching Chromium alone took ~29 s (default limit 30 s)
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"], timeout=180_000)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(120_000)
-            page.goto(html.as_uri())
-            assert page.locator("#patient").is_visible()
-            rows = page.locator("#events tbody tr")
-            out = []
-            for i in range(rows.count()):
-                row = rows.nth(i)
-                assert row.is_visible()
-                out.append((row.get_attribute("data-type"), row.inner_text()))
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(html.as_uri())
+        assert page.locator("#patient").is_visible()
+        rows = page.locator("#events tbody tr")
+        out = []
+        for i in range(rows.count()):
+            row = rows.nth(i)
+            assert row.is_visible()
+            out.append((row.get_attribute("data-type"), row.inner_text()))
+        page.screenshot(path=str(screenshot), full_page=True)
+    finally:
+        context.close()
     return out
 
 
