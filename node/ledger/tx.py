@@ -116,6 +116,14 @@ def _oprf_counts(items) -> bool:
     return True
 
 
+def _points(items) -> bool:
+    return all(type(p) is bytes and len(p) == 32 for p in items)
+
+
+def _boxes(items) -> bool:
+    return all(type(b) is bytes and len(b) == 80 for b in items)  # SealedBox of a 32-byte scalar
+
+
 def _evidence(items) -> bool:
     return (items[0] != items[1] and type(items[0]) is bytes and type(items[1]) is bytes
             and 0 < len(items[0]) <= MAX_EVIDENCE_BYTES and 0 < len(items[1]) <= MAX_EVIDENCE_BYTES)
@@ -177,6 +185,16 @@ FIELD_SPECS: dict[str, tuple] = {
     "oprf_counts": (list, 1, MAX_LIST, None, _oprf_counts,
                     "a list of [member, points answered, points refused] with distinct members"),
     "period_ms": (int, 1, _U63, None, None, "a positive number of milliseconds"),
+    # the OPRF key's resharing / DKG flow (node.ledger.oprf_reshare): which step, for which key epoch and
+    # which governance epoch (its start height), Feldman commitments, shares sealed to each new member
+    "oprf_kind": (str, 1, 16, frozenset({"public", "reshare", "dkg", "complaint", "justify", "ack"}), None,
+                  "one of public, reshare, dkg, complaint, justify, ack"),
+    "oprf_epoch": (int, 1, (1 << 16) - 1, None, None, "a key epoch 1..65535"),
+    "epoch_start": (int, 1, _U63, None, None, "the start height of a governance epoch"),
+    "commitments": (list, 1, 64, None, _points, "a list of 1..64 32-byte group elements"),
+    "boxes": (list, 1, MAX_LIST, None, _boxes, "a list of 1..256 sealed 80-byte shares"),
+    "share": (bytes, 32, 32, None, None, "a 32-byte scalar"),
+    "oprf_public": (bytes, 1, 12 * 1024, None, None, "encoded epoch public parameters of at most 12 KiB"),
 }
 
 COMMON_REQUIRED = frozenset({"v", "chain", "type", "member", "client", "ts", "nonce"})
@@ -189,6 +207,7 @@ MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.re
 RESEARCH_TYPES = ("research.project.registered", "research.project.approved", "consent.vote")
 EVIDENCE_TYPES = ("evidence.equivocation",)
 OPRF_TYPES = ("oprf.counts",)
+OPRF_DEALING_TYPES = ("oprf.dealing",)  # code 25 once the PSK-rotation type (24) lands before it
 
 # type -> (required fields beyond COMMON_REQUIRED, optional fields)
 _SCHEMA: dict[str, tuple[frozenset, frozenset]] = {}
@@ -226,13 +245,17 @@ _SCHEMA["consent.vote"] = (frozenset({"patient", "grantee", "scope", "action"}),
                            frozenset({"purpose", "expires", "project"}))
 # A member's periodic record of the threshold-OPRF evaluations it answered for each other member (issue 13).
 _SCHEMA["oprf.counts"] = (frozenset({"oprf_counts", "period_ms"}), frozenset())
+# A step of the OPRF key's resharing or dealer-free generation (node.ledger.oprf_reshare checks the fields
+# of each kind; a tx whose fields do not fit its kind is on chain but ignored by the flow).
+_SCHEMA["oprf.dealing"] = (frozenset({"oprf_kind", "oprf_epoch", "epoch_start"}),
+                           frozenset({"commitments", "boxes", "subject", "share", "oprf_public"}))
 del _t, _req, _opt
 
 TX_TYPES = frozenset(_SCHEMA)
 # Every tx type, in the order the store numbers them for its (member, type) index (code = position + 1,
 # on disk): append new types at the end only (tests/ledger/test_chain.py pins the codes).
 TX_TYPE_ORDER = (AUDIT_TYPES + CONSENT_TYPES + MEMBERSHIP_TYPES[:4] + EVIDENCE_TYPES + RESEARCH_TYPES
-                 + MEMBERSHIP_TYPES[4:] + OPRF_TYPES)
+                 + MEMBERSHIP_TYPES[4:] + OPRF_TYPES + OPRF_DEALING_TYPES)
 assert frozenset(TX_TYPE_ORDER) == TX_TYPES and len(TX_TYPE_ORDER) == len(TX_TYPES)
 # type -> ({allowed field: spec}, required fields, needs an actor), precomputed for the decoder's hot loop
 _TYPE_SPECS = {t: ({k: FIELD_SPECS[k] for k in COMMON_REQUIRED | req | opt}, COMMON_REQUIRED | req,

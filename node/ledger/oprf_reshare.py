@@ -1,0 +1,469 @@
+"""Resharing and dealer-free generation of the OPRF key as an on-chain message flow (tx type `oprf.dealing`).
+
+Pure module: it reads `oprf.dealing` txs in chain order (height, position) and decides, the same way at
+every node and in an offline verifier, which dealings count and what the new epoch parameters are. Only
+`open_box` / `seal_box` / `make_*` touch secrets (a member's own signing key, its own share).
+
+Kinds of `oprf.dealing` (fields beyond the common ones; every field bounded by node.ledger.tx's decoder):
+
+    public    oprf_epoch, epoch_start, oprf_public   a member attests the EpochPublic it holds for key epoch
+              `oprf_epoch`, in the member order of the governance epoch starting at `epoch_start`; recorded
+              once a quorum (2f+1) of that governance epoch's members attested the same bytes.
+    reshare   oprf_epoch, epoch_start, commitments, boxes   an old member re-deals its share k_i for the
+              member set of governance epoch `epoch_start`: Feldman commitments (t_new points, the first must
+              be its recorded K_i) and one SealedBox per new member (in that epoch's order) holding f_i(j).
+    dkg       same fields, for a fresh key epoch (no old key): the dealer's first commitment is free.
+    complaint oprf_epoch, epoch_start, subject   a new member says dealer `subject`'s box for it did not open
+              or does not match the commitments.
+    justify   oprf_epoch, epoch_start, subject, share   the dealer answers complainer `subject` by revealing
+              f_i(subject) in clear; anyone checks it against the commitments. A complaint not justified in
+              time excludes the dealer; a justified one is dismissed (the complainer uses the revealed share).
+    ack       oprf_epoch, epoch_start   a new member checked every dealing it has seen (no complaint); it also
+              keeps blocks coming while a round waits for its windows.
+
+Windows are counted in blocks from the dealing's block: complaints count up to COMPLAINT_WINDOW blocks after
+it, justifications up to JUSTIFY_WINDOW. So a dealing's fate is fixed at height h + JUSTIFY_WINDOW and the
+fates come in chain order: the first t qualified dealings (chain order) are final as soon as the last of them
+is decided, and every node picks the same set. Only the first dealing, complaint and justification of one
+member for one (dealer, complainer) pair counts; everything that does not fit is ignored here and its reason
+kept in `Round.ignored` (the tx itself is on chain for everyone to see).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from nacl.exceptions import CryptoError
+from nacl.public import SealedBox
+from nacl.signing import SigningKey, VerifyKey
+
+from node.ledger import oprf
+from node.ledger.oprf import EpochPublic, KeyShare, OprfError
+
+__all__ = [
+    "KINDS", "BOX_BYTES", "COMPLAINT_WINDOW", "JUSTIFY_WINDOW", "MAX_PUBLIC_BYTES", "DealingError", "Round",
+    "Outcome", "ChainView", "RecordedPublic", "seal_box", "open_box", "reshare_fields", "dkg_fields",
+    "complaint_fields", "justify_fields", "ack_fields", "public_fields", "oprf_threshold",
+]
+
+KINDS = ("public", "reshare", "dkg", "complaint", "justify", "ack")
+BOX_BYTES = oprf.SCALAR_BYTES + 48  # X25519 ephemeral key 32 + Poly1305 tag 16
+COMPLAINT_WINDOW = 4
+JUSTIFY_WINDOW = 8
+MAX_PUBLIC_BYTES = 12 * 1024  # an encoded EpochPublic of up to ~300 members (node.ledger.tx.MAX_TX_BYTES: 16 KiB)
+_FIELDS = {
+    "public": ({"oprf_public"}, set()),
+    "reshare": ({"commitments", "boxes"}, set()),
+    "dkg": ({"commitments", "boxes"}, set()),
+    "complaint": ({"subject"}, set()),
+    "justify": ({"subject", "share"}, set()),
+    "ack": (set(), set()),
+}
+_PAYLOAD = {"oprf_public", "commitments", "boxes", "subject", "share"}
+
+
+class DealingError(ValueError):
+    """A dealing tx that does not fit the flow (wrong fields for its kind, not a member, bad box...)."""
+
+
+def oprf_threshold(n: int) -> int:
+    """t = 2f + 1 for n = 3f + 1 members (docs/PSEUDONYMS.md, "Choice of t"); 1 for a consortium of one."""
+    assert n >= 1
+    return 2 * ((n - 1) // 3) + 1
+
+
+# ------------------------------------------------------------------------------------------ boxes
+
+
+def seal_box(share: int, member_pubkey: bytes) -> bytes:
+    """f(j) sealed to new member j's ed25519 member key converted to X25519 (libsodium sealed box)."""
+    box = SealedBox(VerifyKey(member_pubkey).to_curve25519_public_key()).encrypt(oprf.encode_scalar(share))
+    assert len(box) == BOX_BYTES
+    return bytes(box)
+
+
+def open_box(box: bytes, signing_key: SigningKey) -> int:
+    """The scalar in a box sealed to us: DealingError if it is not ours or not a canonical scalar."""
+    if type(box) is not bytes or len(box) != BOX_BYTES:
+        raise DealingError(f"box: must be {BOX_BYTES} bytes")
+    try:
+        plain = SealedBox(signing_key.to_curve25519_private_key()).decrypt(box)
+    except CryptoError:
+        raise DealingError("box: does not open with this member's key") from None
+    try:
+        return oprf.decode_scalar(plain, "boxed share")
+    except OprfError as e:
+        raise DealingError(str(e)) from None
+
+
+# ------------------------------------------------------------------------------------ tx fields
+
+
+def _base(kind: str, oprf_epoch: int, epoch_start: int) -> dict:
+    return {"type": "oprf.dealing", "oprf_kind": kind, "oprf_epoch": oprf_epoch, "epoch_start": epoch_start}
+
+
+def reshare_fields(share: KeyShare, new_members: Sequence[bytes], epoch_start: int) -> tuple[dict, oprf.Contribution]:
+    """An old member's dealing for the new member set (their ed25519 keys in epoch order), and what it dealt
+    (kept by the dealer until the round is decided, to answer complaints)."""
+    n_new = len(new_members)
+    c = oprf.reshare_contribution(share, oprf_threshold(n_new), n_new)
+    f = _base("reshare", share.public.epoch, epoch_start)
+    f["commitments"] = list(c.commitments)
+    f["boxes"] = [seal_box(s, pk) for s, pk in zip(c.shares, new_members, strict=True)]
+    return f, c
+
+
+def dkg_fields(dealer: int, oprf_epoch: int, members: Sequence[bytes], epoch_start: int
+               ) -> tuple[dict, oprf.Contribution]:
+    n = len(members)
+    c = oprf.dkg_contribution(dealer, oprf_threshold(n), n)
+    f = _base("dkg", oprf_epoch, epoch_start)
+    f["commitments"] = list(c.commitments)
+    f["boxes"] = [seal_box(s, pk) for s, pk in zip(c.shares, members, strict=True)]
+    return f, c
+
+
+def complaint_fields(oprf_epoch: int, epoch_start: int, dealer: str) -> dict:
+    return {**_base("complaint", oprf_epoch, epoch_start), "subject": dealer}
+
+
+def justify_fields(oprf_epoch: int, epoch_start: int, complainer: str, share: int) -> dict:
+    return {**_base("justify", oprf_epoch, epoch_start), "subject": complainer, "share": oprf.encode_scalar(share)}
+
+
+def ack_fields(oprf_epoch: int, epoch_start: int) -> dict:
+    return _base("ack", oprf_epoch, epoch_start)
+
+
+def public_fields(public: EpochPublic, epoch_start: int) -> dict:
+    return {**_base("public", public.epoch, epoch_start), "oprf_public": oprf.encode_epoch_public(public)}
+
+
+def check_kind_fields(fields: dict) -> None:
+    """The fields present are exactly the ones of the dealing's kind (the tx decoder checked each one)."""
+    kind = fields.get("oprf_kind")
+    if kind not in _FIELDS:
+        raise DealingError(f"oprf_kind: unknown {kind!r}")
+    required, optional = _FIELDS[kind]
+    present = _PAYLOAD & fields.keys()
+    if not required <= present or present - required - optional:
+        raise DealingError(f"{kind}: needs exactly {sorted(required)}, has {sorted(present)}")
+
+
+# ------------------------------------------------------------------------------------------- rounds
+
+
+@dataclass
+class _Dealing:
+    height: int
+    pos: int
+    dealer: str
+    index: int  # the dealer's index in the old EpochPublic (reshare) or in the new set (dkg), 1-based
+    commitments: tuple[bytes, ...]
+    boxes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A decided round: the new public parameters and the dealings they come from (chain order)."""
+
+    public: EpochPublic
+    dealers: tuple[str, ...]
+    decided_at: int  # the height at which the set became final
+
+
+@dataclass
+class Round:
+    """One resharing (old set -> governance epoch `epoch_start`) or DKG round, fed txs in chain order.
+
+    `old` is the recorded EpochPublic being reshared and `old_names` its members (index i = old_names[i-1]);
+    for a DKG both are None. `new_members` is [(name, ed25519 key)] of the governance epoch, in its order.
+    """
+
+    oprf_epoch: int
+    epoch_start: int
+    new_members: tuple[tuple[str, bytes], ...]
+    old: EpochPublic | None = None
+    old_names: tuple[str, ...] | None = None
+    dealings: list[_Dealing] = field(default_factory=list)
+    complaints: dict[tuple[str, str], int] = field(default_factory=dict)  # (dealer, complainer) -> height
+    justified: dict[tuple[str, str], int] = field(default_factory=dict)  # (dealer, complainer) -> share
+    acks: set[str] = field(default_factory=set)
+    ignored: list[tuple[int, str, str]] = field(default_factory=list)  # (height, member, why)
+    outcome: Outcome | None = None
+
+    def __post_init__(self) -> None:
+        assert (self.old is None) == (self.old_names is None)
+        assert self.old is None or len(self.old_names) == self.old.n
+        self.new_names = tuple(name for name, _ in self.new_members)
+        self.n_new = len(self.new_members)
+        self.t_new = oprf_threshold(self.n_new)
+        # how many dealings define the result: the old threshold (Lagrange needs t old shares), or for a
+        # DKG the new one (t >= f + 1 dealers, so at least one honest dealer's randomness is in the key)
+        self.needed = self.old.t if self.old is not None else self.t_new
+        self._dealt: dict[str, _Dealing] = {}
+
+    @property
+    def kind(self) -> str:
+        return "dkg" if self.old is None else "reshare"
+
+    def _ignore(self, height: int, member: str, why: str) -> None:
+        if len(self.ignored) < 1000:
+            self.ignored.append((height, member, why))
+
+    def add(self, height: int, pos: int, member: str, fields: dict) -> None:
+        """One `oprf.dealing` tx of this round, in chain order. Hostile: anything that does not fit is
+        ignored (with its reason), never raised, so one bad tx cannot stop the round."""
+        try:
+            self._add(height, pos, member, fields)
+        except (DealingError, OprfError) as e:
+            self._ignore(height, member, str(e))
+
+    def _add(self, height: int, pos: int, member: str, fields: dict) -> None:
+        check_kind_fields(fields)
+        kind = fields["oprf_kind"]
+        if self.outcome is not None and kind in ("reshare", "dkg"):
+            raise DealingError("round already decided")
+        if kind in ("reshare", "dkg"):
+            if kind != self.kind:
+                raise DealingError(f"a {kind} dealing in a {self.kind} round")
+            self._add_dealing(height, pos, member, fields)
+        elif kind == "complaint":
+            dealer = fields["subject"]
+            if member not in self.new_names:
+                raise DealingError("complaint from a member outside the new set")
+            d = self._dealt.get(dealer)
+            if d is None:
+                raise DealingError(f"complaint against {dealer!r}, who has not dealt")
+            if height > d.height + COMPLAINT_WINDOW:
+                raise DealingError("complaint after the complaint window")
+            self.complaints.setdefault((dealer, member), height)
+        elif kind == "justify":
+            complainer = fields["subject"]
+            d = self._dealt.get(member)
+            if d is None or (member, complainer) not in self.complaints:
+                raise DealingError("justification without a complaint")
+            if height > d.height + JUSTIFY_WINDOW:
+                raise DealingError("justification after the window")
+            if (member, complainer) in self.justified:
+                raise DealingError("second justification")
+            j = self.new_names.index(complainer) + 1
+            s = oprf.decode_scalar(fields["share"], "justified share")
+            if not oprf.verify_contribution_share(d.commitments, j, s):
+                raise DealingError("justification does not match the commitments")
+            self.justified[(member, complainer)] = s
+        elif kind == "ack":
+            if member not in self.new_names:
+                raise DealingError("ack from a member outside the new set")
+            self.acks.add(member)
+        else:
+            raise DealingError(f"{kind}: not part of a round")
+
+    def _add_dealing(self, height: int, pos: int, member: str, fields: dict) -> None:
+        if member in self._dealt:
+            raise DealingError("second dealing from this member (only the first counts)")
+        if self.old is not None:
+            if member not in self.old_names:
+                raise DealingError("reshare dealing from a member that holds no share of this key")
+            index = self.old_names.index(member) + 1
+        else:
+            if member not in self.new_names:
+                raise DealingError("DKG dealing from a non-member")
+            index = self.new_names.index(member) + 1
+        comms = tuple(fields["commitments"])
+        boxes = tuple(fields["boxes"])
+        if len(comms) != self.t_new:
+            raise DealingError(f"{len(comms)} commitments, need t={self.t_new}")
+        if len(boxes) != self.n_new:
+            raise DealingError(f"{len(boxes)} boxes, need one per new member ({self.n_new})")
+        if any(type(b) is not bytes or len(b) != BOX_BYTES for b in boxes):
+            raise DealingError(f"boxes: must be {BOX_BYTES} bytes each")
+        points = [oprf.decode_point(c, f"commitment {m}") for m, c in enumerate(comms)]
+        if self.old is not None and points[0] != self.old.share_key(index):
+            raise DealingError("first commitment is not the dealer's recorded public share K_i")
+        d = _Dealing(height, pos, member, index, tuple(points), boxes)
+        self._dealt[member] = d
+        self.dealings.append(d)
+
+    # ------------------------------------------------------------------------------ decision
+    def qualified(self, d: _Dealing) -> bool:
+        return all((d.dealer, c) in self.justified for (dealer, c) in self.complaints if dealer == d.dealer)
+
+    def decide(self, height: int) -> Outcome | None:
+        """The outcome once the chain has executed `height`: fixed from then on (chain order)."""
+        if self.outcome is not None:
+            return self.outcome
+        chosen: list[_Dealing] = []
+        for d in self.dealings:
+            if height < d.height + JUSTIFY_WINDOW:
+                return None  # this dealing's fate is open, and every later one's too
+            if self.qualified(d):
+                chosen.append(d)
+                if len(chosen) == self.needed:
+                    break
+        if len(chosen) < self.needed:
+            return None
+        comms = {d.index: d.commitments for d in chosen}
+        if self.old is not None:
+            public, _ = oprf.reshare_finish(self.old, self.t_new, self.n_new, None, comms)
+        else:
+            public, _ = oprf.dkg_finish(self.oprf_epoch, self.t_new, self.n_new, None, comms)
+        self.outcome = Outcome(public, tuple(d.dealer for d in chosen), max(d.height for d in chosen) + JUSTIFY_WINDOW)
+        return self.outcome
+
+    # ------------------------------------------------------------------------------ one member's view
+    def check_boxes(self, name: str, signing_key: SigningKey) -> tuple[dict[str, int], list[str]]:
+        """New member `name`: (dealer -> its share for us, dealers to complain about)."""
+        j = self.new_names.index(name) + 1
+        good: dict[str, int] = {}
+        bad: list[str] = []
+        for d in self.dealings:
+            s = self.justified.get((d.dealer, name))
+            if s is None:
+                try:
+                    s = open_box(d.boxes[j - 1], signing_key)
+                except DealingError:
+                    bad.append(d.dealer)
+                    continue
+                if not oprf.verify_contribution_share(d.commitments, j, s):
+                    bad.append(d.dealer)
+                    continue
+            good[d.dealer] = s
+        return good, bad
+
+    def my_share(self, name: str, signing_key: SigningKey) -> KeyShare | None:
+        """This new member's share of the decided outcome (None: not decided, or we lack a chosen share)."""
+        if self.outcome is None or name not in self.new_names:
+            return None
+        good, _ = self.check_boxes(name, signing_key)
+        chosen = [d for d in self.dealings if d.dealer in self.outcome.dealers]
+        if any(d.dealer not in good for d in chosen):
+            return None
+        j = self.new_names.index(name) + 1
+        comms = {d.index: d.commitments for d in chosen}
+        mine = {d.index: good[d.dealer] for d in chosen}
+        if self.old is not None:
+            public, share = oprf.reshare_finish(self.old, self.t_new, self.n_new, j, comms, mine)
+        else:
+            public, share = oprf.dkg_finish(self.oprf_epoch, self.t_new, self.n_new, j, comms, mine)
+        assert public == self.outcome.public
+        return share
+
+
+# ----------------------------------------------------------------------------------- the chain's view
+
+
+@dataclass(frozen=True)
+class RecordedPublic:
+    """An EpochPublic in force from `height + 1`, for the member order of governance epoch `epoch_start`."""
+
+    public: EpochPublic
+    epoch_start: int
+    names: tuple[str, ...]
+    height: int
+    how: str  # "attested" (a quorum posted it) or "reshare" / "dkg" (derived from a decided round)
+
+
+class ChainView:
+    """Every `oprf.dealing` tx in chain order -> the recorded EpochPublics and the rounds.
+
+    `members_of(epoch_start)` gives [(name, ed25519 key)] of the governance epoch starting there, or None if
+    no epoch starts at that height (node.ledger.epochs). The view is what every node and an offline
+    verifier derive from the chain alone.
+    """
+
+    def __init__(self, members_of: Callable[[int], Sequence[tuple[str, bytes]] | None]) -> None:
+        self.members_of = members_of
+        self.history: dict[int, list[RecordedPublic]] = {}  # oprf epoch -> records, oldest first
+        self.rounds: dict[tuple[int, int], Round] = {}
+        self._attest: dict[tuple[int, int, bytes], set[str]] = {}
+        self.ignored: list[tuple[int, str, str]] = []
+        self.height = 0
+
+    def current(self, oprf_epoch: int, height: int | None = None) -> RecordedPublic | None:
+        """The record in force at `height` (default: after everything fed so far)."""
+        records = self.history.get(oprf_epoch, [])
+        if height is None:
+            return records[-1] if records else None
+        found = None
+        for r in records:
+            if r.height < height:
+                found = r
+        return found
+
+    def _ignore(self, height: int, member: str, why: str) -> None:
+        if len(self.ignored) < 1000:
+            self.ignored.append((height, member, why))
+
+    def add(self, height: int, pos: int, member: str, fields: dict) -> None:
+        assert height >= self.height, "txs are fed in chain order"
+        self.advance(height - 1)
+        self.height = height
+        try:
+            self._add(height, pos, member, fields)
+        except (DealingError, OprfError) as e:
+            self._ignore(height, member, str(e))
+
+    def _add(self, height: int, pos: int, member: str, fields: dict) -> None:
+        check_kind_fields(fields)
+        kind, oe, start = fields["oprf_kind"], fields["oprf_epoch"], fields["epoch_start"]
+        members = self.members_of(start)
+        if members is None:
+            raise DealingError(f"epoch_start {start}: no governance epoch starts there")
+        names = tuple(n for n, _ in members)
+        if kind == "public":
+            public = oprf.decode_epoch_public(fields["oprf_public"])
+            if public.epoch != oe or public.n != len(names):
+                raise DealingError("public: epoch or member count does not match")
+            if member not in names:
+                raise DealingError("public: attested by a member outside that governance epoch")
+            key = (oe, start, bytes(fields["oprf_public"]))
+            voters = self._attest.setdefault(key, set())
+            voters.add(member)
+            if len(voters) == 2 * ((len(names) - 1) // 3) + 1 and not self._recorded(public, start):
+                self._record(RecordedPublic(public, start, names, height, "attested"))
+            return
+        rnd = self.rounds.get((oe, start))
+        if rnd is None:
+            if kind in ("reshare", "dkg"):
+                rnd = self._open_round(kind, oe, start, members)
+            else:
+                raise DealingError(f"{kind}: no round for key epoch {oe} / governance epoch {start}")
+        rnd.add(height, pos, member, fields)
+
+    def _open_round(self, kind: str, oe: int, start: int, members) -> Round:
+        if kind == "reshare":
+            old = self.current(oe)
+            if old is None:
+                raise DealingError(f"reshare of key epoch {oe}, which has no recorded public parameters")
+            if old.epoch_start >= start:
+                raise DealingError("reshare for a governance epoch not after the key's current one")
+            rnd = Round(oe, start, tuple(members), old.public, old.names)
+        else:
+            if oe in self.history:
+                raise DealingError(f"dkg for key epoch {oe}, which already exists")
+            rnd = Round(oe, start, tuple(members))
+        self.rounds[(oe, start)] = rnd
+        return rnd
+
+    def _recorded(self, public: EpochPublic, start: int) -> bool:
+        return any(r.public == public and r.epoch_start == start for r in self.history.get(public.epoch, []))
+
+    def _record(self, rec: RecordedPublic) -> None:
+        self.history.setdefault(rec.public.epoch, []).append(rec)
+
+    def advance(self, height: int) -> None:
+        """The chain executed `height`: decide rounds whose windows closed."""
+        for rnd in self.rounds.values():
+            if rnd.outcome is None and rnd.decide(height) is not None:
+                out = rnd.outcome
+                if not self._recorded(out.public, rnd.epoch_start):
+                    self._record(RecordedPublic(out.public, rnd.epoch_start, rnd.new_names, out.decided_at,
+                                                rnd.kind))
+        self.height = max(self.height, height)
+
+    def feed(self, txs: Iterable[tuple[int, int, str, dict]]) -> None:
+        for height, pos, member, fields in txs:
+            self.add(height, pos, member, fields)

@@ -1,0 +1,321 @@
+"""The OPRF key's resharing / DKG flow as the chain decides it (node/ledger/oprf_reshare.py), and the
+attacker's tests for every input of it: the `oprf.dealing` tx decoder and each kind of lying dealing."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from nacl.signing import SigningKey
+
+from node.ledger import oprf
+from node.ledger import oprf_reshare as rs
+from node.ledger.intake import make_tx
+from node.ledger.oprf_reshare import JUSTIFY_WINDOW, ChainView
+from node.ledger.tx import MAX_LIST, TxError, decode_tx
+
+NAMES = ["hosp-a", "hosp-b", "hosp-c", "hosp-d"]
+KEYS = {name: SigningKey(bytes([i + 1]) * 32) for i, name in enumerate([*NAMES, "hosp-e", "hosp-x"])}
+JOIN = 17  # governance epoch with hosp-e added
+LEAVE = 33  # governance epoch with hosp-d removed (after the join)
+SECRET = 0x1234567890ABCDEF
+
+
+def pk(name: str) -> bytes:
+    return bytes(KEYS[name].verify_key)
+
+
+EPOCHS = {
+    1: [(n, pk(n)) for n in NAMES],
+    JOIN: [(n, pk(n)) for n in [*NAMES, "hosp-e"]],
+    LEAVE: [(n, pk(n)) for n in ["hosp-a", "hosp-b", "hosp-c", "hosp-e"]],
+}
+
+
+@pytest.fixture(scope="module")
+def dealt():
+    public, shares = oprf.deal(3, 4, epoch=1, secret=SECRET)
+    return public, {n: s for n, s in zip(NAMES, shares, strict=True)}
+
+
+def attested_view(public) -> ChainView:
+    view = ChainView(EPOCHS.get)
+    for pos, name in enumerate(NAMES[:3]):
+        view.add(1, pos, name, rs.public_fields(public, 1))
+    return view
+
+
+def token(share_list, public, patient="1234567") -> bytes:
+    """The token of a patient through t shares (threshold evaluation, proofs checked)."""
+    data = oprf.token_input(public.epoch, "patient", patient, "ISSUER")
+    bi = oprf.blind(data)
+    partials = [oprf.evaluate_partial(s, [bi.element]) for s in share_list]
+    outputs, bad = oprf.combine(public, [bi], partials)
+    assert not bad
+    return oprf.token_from_output(public.epoch, outputs[0])
+
+
+def reference(patient="1234567") -> bytes:
+    return oprf.tokenize_with_key(SECRET, 1, "patient", patient, "ISSUER")
+
+
+def run_reshare(view, shares, start, dealers, height=2, tamper=None):
+    """Old members `dealers` deal for governance epoch `start`, one per block from `height`."""
+    members = [k for _, k in EPOCHS[start]]
+    contributions = {}
+    for pos, name in enumerate(dealers):
+        fields, c = rs.reshare_fields(shares[name], members, start)
+        if tamper and name in tamper:
+            fields = tamper[name](fields, c)
+        view.add(height + pos, 0, name, fields)
+        contributions[name] = c
+    return contributions, height + len(dealers) - 1
+
+
+def test_attested_public_is_recorded_at_quorum_only(dealt):
+    public, _ = dealt
+    view = ChainView(EPOCHS.get)
+    view.add(1, 0, "hosp-a", rs.public_fields(public, 1))
+    view.add(1, 1, "hosp-a", rs.public_fields(public, 1))  # one member twice is one attestation
+    view.add(1, 2, "hosp-b", rs.public_fields(public, 1))
+    assert view.current(1) is None
+    fake, _ = oprf.deal(3, 4, epoch=1)
+    view.add(2, 0, "hosp-x", rs.public_fields(fake, 1))  # not a member: ignored
+    view.add(2, 1, "hosp-c", rs.public_fields(public, 1))
+    rec = view.current(1)
+    assert rec.public == public and rec.names == tuple(NAMES) and rec.height == 2
+    assert view.current(1, height=2) is None and view.current(1, height=3) == rec  # in force from height 3
+
+
+def test_join_reshares_the_same_key_and_every_token_stays(dealt):
+    public, shares = dealt
+    view = attested_view(public)
+    _, last = run_reshare(view, shares, JOIN, ["hosp-a", "hosp-b", "hosp-c"])
+    view.advance(last + JUSTIFY_WINDOW - 1)
+    assert view.current(1).public == public  # windows open: the old parameters stay in force
+    view.advance(last + JUSTIFY_WINDOW)
+    rec = view.current(1)
+    assert rec.how == "reshare" and rec.names == tuple(n for n, _ in EPOCHS[JOIN])
+    assert rec.public.public_key == public.public_key and rec.public.n == 5 and rec.public.t == 3
+    rnd = view.rounds[(1, JOIN)]
+    new = {n: rnd.my_share(n, KEYS[n]) for n, _ in EPOCHS[JOIN]}
+    assert all(s is not None and s.public == rec.public for s in new.values())
+    for subset in itertools.combinations(new.values(), 3):
+        assert token(subset, rec.public) == reference()  # hosp-e among them or not: the same token
+
+
+def test_removed_member_old_share_is_useless_with_new_ones(dealt):
+    public, shares = dealt
+    view = attested_view(public)
+    _, last = run_reshare(view, shares, LEAVE, ["hosp-a", "hosp-b", "hosp-d"])
+    view.advance(last + JUSTIFY_WINDOW)
+    rec = view.current(1)
+    assert rec.names == ("hosp-a", "hosp-b", "hosp-c", "hosp-e")
+    rnd = view.rounds[(1, LEAVE)]
+    new = {n: rnd.my_share(n, KEYS[n]) for n in rec.names}
+    assert token([new["hosp-a"], new["hosp-b"], new["hosp-e"]], rec.public) == reference()
+    # hosp-d's old share k_4 with two new shares: a KeyShare of the new parameters at index 4 is hosp-e's
+    # slot; forcing the old scalar into it is refused, and Lagrange arithmetic on it gives a wrong key.
+    with pytest.raises(oprf.OprfError):
+        oprf.KeyShare(4, shares["hosp-d"].secret, rec.public)
+    lam = oprf.lagrange_at_zero([1, 2, 4])
+    k = (lam[1] * new["hosp-a"].secret + lam[2] * new["hosp-b"].secret + lam[4] * shares["hosp-d"].secret) % oprf.ORDER
+    assert oprf.tokenize_with_key(k, 1, "patient", "1234567", "ISSUER") != reference()
+    # and an old-parameter share no longer verifies against what is in force
+    bi = oprf.blind(oprf.token_input(1, "patient", "1234567", "ISSUER"))
+    assert not oprf.verify_partial(rec.public, [bi.element], oprf.evaluate_partial(shares["hosp-d"], [bi.element]))
+
+
+def _bad_box_for(victim):
+    def tamper(fields, c):
+        j = [n for n, _ in EPOCHS[JOIN]].index(victim)
+        fields["boxes"][j] = rs.seal_box(oprf.random_scalar(), pk(victim))  # opens, but not on the polynomial
+        return fields
+    return tamper
+
+
+def test_lying_dealer_is_excluded_after_an_unanswered_complaint(dealt):
+    public, shares = dealt
+    view = attested_view(public)
+    _, last = run_reshare(view, shares, JOIN, ["hosp-a", "hosp-b", "hosp-c", "hosp-d"],
+                          tamper={"hosp-b": _bad_box_for("hosp-e")})
+    rnd = view.rounds[(1, JOIN)]
+    good, bad = rnd.check_boxes("hosp-e", KEYS["hosp-e"])
+    assert bad == ["hosp-b"] and set(good) == {"hosp-a", "hosp-c", "hosp-d"}
+    view.add(last, 1, "hosp-e", rs.complaint_fields(1, JOIN, "hosp-b"))
+    view.advance(last + JUSTIFY_WINDOW)
+    rec = view.current(1)
+    assert rec.how == "reshare" and rnd.outcome.dealers == ("hosp-a", "hosp-c", "hosp-d")
+    new = [rnd.my_share(n, KEYS[n]) for n in ("hosp-b", "hosp-d", "hosp-e")]
+    assert token(new, rec.public) == reference()
+
+
+def test_false_complaint_is_dismissed_by_justification(dealt):
+    public, shares = dealt
+    view = attested_view(public)
+    contribs, last = run_reshare(view, shares, JOIN, ["hosp-a", "hosp-b", "hosp-c"])
+    view.add(last, 1, "hosp-e", rs.complaint_fields(1, JOIN, "hosp-a"))  # a lie: hosp-a's box is good
+    # a justification with a wrong share does not count; the right one does
+    view.add(last + 1, 0, "hosp-a", rs.justify_fields(1, JOIN, "hosp-e", oprf.random_scalar()))
+    view.add(last + 1, 1, "hosp-a", rs.justify_fields(1, JOIN, "hosp-e", contribs["hosp-a"].shares[4]))
+    view.advance(last + JUSTIFY_WINDOW)
+    rnd = view.rounds[(1, JOIN)]
+    assert rnd.outcome.dealers == ("hosp-a", "hosp-b", "hosp-c")
+    assert token([rnd.my_share(n, KEYS[n]) for n in ("hosp-a", "hosp-c", "hosp-e")], view.current(1).public) == reference()
+
+
+def test_unjustified_round_short_of_t_keeps_the_old_parameters(dealt):
+    public, shares = dealt
+    view = attested_view(public)
+    _, last = run_reshare(view, shares, JOIN, ["hosp-a", "hosp-b", "hosp-c"],
+                          tamper={"hosp-b": _bad_box_for("hosp-e")})
+    view.add(last, 1, "hosp-e", rs.complaint_fields(1, JOIN, "hosp-b"))
+    view.advance(last + 10 * JUSTIFY_WINDOW)
+    assert view.current(1).public == public  # two qualified dealings < t = 3: the old set keeps answering
+    _, last = run_reshare(view, shares, JOIN, ["hosp-d"], height=last + 10 * JUSTIFY_WINDOW)
+    view.advance(last + JUSTIFY_WINDOW)
+    assert view.rounds[(1, JOIN)].outcome.dealers == ("hosp-a", "hosp-c", "hosp-d")
+
+
+def test_dkg_members_agree_and_a_cheating_dealer_is_excluded():
+    view = ChainView(EPOCHS.get)
+    members = [k for _, k in EPOCHS[1]]
+    contribs = {}
+    for i, name in enumerate(NAMES, 1):
+        fields, contribs[name] = rs.dkg_fields(i, 1, members, 1)
+        if name == "hosp-a":
+            fields["boxes"][2] = rs.seal_box(oprf.random_scalar(), pk("hosp-c"))
+        view.add(1 + i, 0, name, fields)
+    rnd = view.rounds[(1, 1)]
+    assert rnd.check_boxes("hosp-c", KEYS["hosp-c"])[1] == ["hosp-a"]
+    view.add(6, 0, "hosp-c", rs.complaint_fields(1, 1, "hosp-a"))
+    view.advance(6 + JUSTIFY_WINDOW)
+    rec = view.current(1)
+    assert rec.how == "dkg" and rnd.outcome.dealers == ("hosp-b", "hosp-c", "hosp-d")
+    lam = oprf.lagrange_at_zero([1, 2, 3])  # k = sum over the qualified dealers of f_j(0)
+    key = sum(lam[i] * contribs[n].shares[i - 1] for n in rnd.outcome.dealers for i in (1, 2, 3)) % oprf.ORDER
+    shares = [rnd.my_share(n, KEYS[n]) for n in NAMES]
+    for subset in itertools.combinations(shares, 3):
+        assert token(subset, rec.public) == oprf.tokenize_with_key(key, 1, "patient", "1234567", "ISSUER")
+
+
+# ----------------------------------------------------------------------------------- hostile dealings
+
+
+def _wrong_first_commitment(fields, c):
+    fields["commitments"][0] = oprf.GENERATOR  # re-shares something other than its recorded K_i
+    return fields
+
+
+def _too_few_commitments(fields, c):
+    fields["commitments"] = fields["commitments"][:2]
+    return fields
+
+
+def _missing_box(fields, c):
+    fields["boxes"] = fields["boxes"][:-1]
+    return fields
+
+
+def _bad_point(fields, c):
+    fields["commitments"][1] = b"\xff" * 32
+    return fields
+
+
+@pytest.mark.parametrize("tamper", [_wrong_first_commitment, _too_few_commitments, _missing_box, _bad_point])
+def test_publicly_invalid_dealing_is_ignored_and_the_round_completes(dealt, tamper):
+    public, shares = dealt
+    view = attested_view(public)
+    _, last = run_reshare(view, shares, JOIN, ["hosp-a", "hosp-b", "hosp-c", "hosp-d"], tamper={"hosp-a": tamper})
+    rnd = view.rounds[(1, JOIN)]
+    assert [d.dealer for d in rnd.dealings] == ["hosp-b", "hosp-c", "hosp-d"]
+    assert any(m == "hosp-a" for _, m, _ in rnd.ignored)
+    view.advance(last + JUSTIFY_WINDOW)
+    assert token([rnd.my_share(n, KEYS[n]) for n in ("hosp-a", "hosp-b", "hosp-e")], view.current(1).public) == reference()
+
+
+def test_box_for_someone_else_is_a_complaint(dealt):
+    public, shares = dealt
+
+    def swap(fields, c):
+        fields["boxes"][4] = rs.seal_box(c.shares[4], pk("hosp-a"))  # hosp-e's share, sealed to hosp-a
+        return fields
+
+    view = attested_view(public)
+    run_reshare(view, shares, JOIN, ["hosp-a", "hosp-b", "hosp-c"], tamper={"hosp-c": swap})
+    assert view.rounds[(1, JOIN)].check_boxes("hosp-e", KEYS["hosp-e"])[1] == ["hosp-c"]
+
+
+def test_non_member_wrong_epoch_and_duplicate_dealings_do_not_count(dealt):
+    public, shares = dealt
+    view = attested_view(public)
+    members = [k for _, k in EPOCHS[JOIN]]
+    first, _ = rs.reshare_fields(shares["hosp-a"], members, JOIN)
+    second, _ = rs.reshare_fields(shares["hosp-a"], members, JOIN)
+    view.add(2, 0, "hosp-a", first)
+    view.add(2, 1, "hosp-a", second)  # only the first counts
+    view.add(2, 2, "hosp-e", rs.reshare_fields(shares["hosp-b"], members, JOIN)[0])  # holds no old share
+    other_key, other_shares = oprf.deal(3, 4, epoch=2)
+    view.add(2, 3, "hosp-b", rs.reshare_fields(other_shares[1], members, JOIN)[0])  # key epoch 2: no record
+    view.add(2, 4, "hosp-b", rs.reshare_fields(shares["hosp-b"], members, 5)[0])  # no governance epoch at 5
+    view.add(2, 5, "hosp-b", rs.reshare_fields(shares["hosp-b"], [k for _, k in EPOCHS[1]], 1)[0])  # not later
+    rnd = view.rounds[(1, JOIN)]
+    assert [(d.dealer, d.commitments[1]) for d in rnd.dealings] == [("hosp-a", first["commitments"][1])]
+    assert len(rnd.ignored) == 2 and len(view.ignored) == 3
+    # a complaint from outside the new set, or against someone who has not dealt, is ignored too
+    view.add(3, 0, "hosp-x", rs.complaint_fields(1, JOIN, "hosp-a"))
+    view.add(3, 1, "hosp-e", rs.complaint_fields(1, JOIN, "hosp-c"))
+    assert rnd.complaints == {}
+
+
+def dealing_tx(**fields) -> bytes:
+    base = {"oprf_kind": "reshare", "oprf_epoch": 1, "epoch_start": JOIN,
+            "commitments": [oprf.GENERATOR] * 3, "boxes": [bytes(80)] * 5}
+    base.update(fields)
+    base = {k: v for k, v in base.items() if v is not None}
+    return make_tx("oprf.dealing", KEYS["hosp-a"], chain_id="radchain-test", member="hosp-a", **base)
+
+
+def test_well_formed_dealing_decodes():
+    tx = decode_tx(dealing_tx())
+    assert tx.fields["oprf_kind"] == "reshare" and len(tx.fields["boxes"]) == 5
+
+
+@pytest.mark.parametrize("fields", [
+    {"oprf_kind": "steal"},                                   # unknown kind
+    {"oprf_epoch": 0}, {"oprf_epoch": 1 << 16},               # key epoch out of range
+    {"epoch_start": 0},                                       # no governance epoch 0
+    {"commitments": []},                                      # empty
+    {"commitments": [oprf.GENERATOR] * 65},                   # more than any threshold here
+    {"commitments": [b"\x01" * 31]},                          # short point
+    {"commitments": [[oprf.GENERATOR]]},                      # nested
+    {"commitments": [[[[[[b"deep"]]]]]]},                     # deeply nested
+    {"boxes": [bytes(81)] * 5},                               # box of the wrong size
+    {"boxes": [bytes(80)] * (MAX_LIST + 1)},                  # too many boxes
+    {"boxes": "not a list"},
+    {"share": bytes(33)},                                     # oversized scalar
+    {"oprf_public": bytes(12 * 1024 + 1)},                    # oversized public parameters
+    {"oprf_kind": None},                                      # required field missing
+])
+def test_malformed_dealing_is_refused_by_the_decoder(fields):
+    with pytest.raises(TxError):
+        decode_tx(dealing_tx(**fields))
+
+
+def test_fields_of_another_kind_are_ignored_by_the_flow(dealt):
+    public, shares = dealt
+    view = attested_view(public)
+    fields, _ = rs.reshare_fields(shares["hosp-a"], [k for _, k in EPOCHS[JOIN]], JOIN)
+    view.add(2, 0, "hosp-a", {**fields, "share": bytes(32)})  # a reshare carrying a share in clear
+    view.add(2, 1, "hosp-a", {**rs.ack_fields(1, JOIN), "commitments": fields["commitments"]})
+    assert (1, JOIN) not in view.rounds and len(view.ignored) == 2
+
+
+def test_box_opens_only_for_its_member():
+    box = rs.seal_box(12345, pk("hosp-e"))
+    assert rs.open_box(box, KEYS["hosp-e"]) == 12345
+    for bad in (box[:-1], bytes(80), box[:-1] + bytes([box[-1] ^ 1])):
+        with pytest.raises(rs.DealingError):
+            rs.open_box(bad, KEYS["hosp-e"])
+    with pytest.raises(rs.DealingError):
+        rs.open_box(box, KEYS["hosp-a"])
