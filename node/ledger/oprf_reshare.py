@@ -457,11 +457,14 @@ class ChainView:
     def advance(self, height: int) -> None:
         """The chain executed `height`: decide rounds whose windows closed."""
         for rnd in self.rounds.values():
-            if rnd.outcome is None and rnd.decide(height) is not None:
-                out = rnd.outcome
-                if not self._recorded(out.public, rnd.epoch_start):
-                    self._record(RecordedPublic(out.public, rnd.epoch_start, rnd.new_names, out.decided_at,
-                                                rnd.kind))
+            out = rnd.decide(height)
+            # the new shares take over at the later of: the round's decision, the governance switch (the
+            # last block of the old member set); until then the old shares keep answering
+            if out is None or height < max(out.decided_at, rnd.epoch_start - 1):
+                continue
+            if not self._recorded(out.public, rnd.epoch_start):
+                self._record(RecordedPublic(out.public, rnd.epoch_start, rnd.new_names,
+                                            max(out.decided_at, rnd.epoch_start - 1), rnd.kind))
         self.height = max(self.height, height)
 
     def feed(self, txs: Iterable[tuple[int, int, str, dict]]) -> None:

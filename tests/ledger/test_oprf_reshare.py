@@ -16,8 +16,8 @@ from node.ledger.tx import MAX_LIST, TxError, decode_tx
 
 NAMES = ["hosp-a", "hosp-b", "hosp-c", "hosp-d"]
 KEYS = {name: SigningKey(bytes([i + 1]) * 32) for i, name in enumerate([*NAMES, "hosp-e", "hosp-x"])}
-JOIN = 17  # governance epoch with hosp-e added
-LEAVE = 33  # governance epoch with hosp-d removed (after the join)
+JOIN = 9  # governance epoch with hosp-e added (its switch: the end of block 8)
+LEAVE = 10  # governance epoch with hosp-d removed (in these tests the windows, not the switch, come last)
 SECRET = 0x1234567890ABCDEF
 
 
@@ -162,6 +162,21 @@ def test_false_complaint_is_dismissed_by_justification(dealt):
     rnd = view.rounds[(1, JOIN)]
     assert rnd.outcome.dealers == ("hosp-a", "hosp-b", "hosp-c")
     assert token([rnd.my_share(n, KEYS[n]) for n in ("hosp-a", "hosp-c", "hosp-e")], view.current(1).public) == reference()
+
+
+def test_new_shares_take_over_at_the_governance_switch_not_before(dealt):
+    public, shares = dealt
+    view = attested_view(public)
+    late = 200
+    EPOCHS[late] = EPOCHS[JOIN]
+    try:
+        _, last = run_reshare(view, shares, late, ["hosp-a", "hosp-b", "hosp-c"])
+        view.advance(last + JUSTIFY_WINDOW)
+        assert view.rounds[(1, late)].outcome is not None and view.current(1).public == public
+        view.advance(late - 1)
+        assert view.current(1).height == late - 1 and view.current(1).public.n == 5
+    finally:
+        del EPOCHS[late]
 
 
 def test_unjustified_round_short_of_t_keeps_the_old_parameters(dealt):
