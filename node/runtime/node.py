@@ -38,6 +38,7 @@ from node.runtime.gossip import CHANNEL as TX_CHANNEL
 from node.runtime.gossip import TxGossip
 from node.runtime.keys import load_member_key
 from node.runtime.mempool import Mempool
+from node.runtime.oprf_resharing import Resharer
 from node.runtime.oprf_service import OprfService, RateLimiter
 from node.runtime.peerscore import INTERNAL, PeerScores
 from node.runtime.settings import NodeConfig
@@ -131,6 +132,9 @@ class Node:
                                             RateLimiter(cfg.oprf.rate, cfg.oprf.burst, limits))
             self._oprf_recorded: dict[str, tuple[int, int]] = {}  # peer -> (answered, refused) already on chain
             self._oprf_since = int(time.time() * 1000)
+            # the key's resharing when the member set changes: read from the chain, acted on after each block
+            self.resharer = Resharer(self)
+            self.resharer.start()
             self.sync = None
             self._switching_to: int | None = None
             self.replica = self._make_replica(self.wal)
@@ -406,6 +410,7 @@ class Node:
             for event in self._commit_waiters.pop(h, ()):
                 event.set()
         self.rpc.on_commit(block)  # metrics, WebSocket subscribers
+        self.resharer.on_commit(block)  # OPRF key resharing (node.runtime.oprf_resharing)
         self.driver.mempool_changed()
 
     def _on_state_transfer(self, target: int, peers: tuple[int, ...]) -> None:

@@ -103,11 +103,18 @@ def load_epochs(home: Path) -> EpochKeys:
             if public.epoch != int(m.group(1)):
                 raise OprfError(f"file names epoch {m.group(1)}, holds epoch {public.epoch}")
             publics[public.epoch] = public
-            share_path = path.with_suffix(".share")
-            if share_path.exists():
-                shares[public.epoch] = oprf.decode_key_share(share_path.read_bytes(), public)
         except (OprfError, OSError) as exc:
             raise ValueError(f"{path}: {exc}") from None
+        share_path = path.with_suffix(".share")
+        if share_path.exists():
+            try:
+                shares[public.epoch] = oprf.decode_key_share(share_path.read_bytes(), public)
+            except OprfError as exc:
+                # a crash between the two renames of a resharing's install (node.runtime.oprf_resharing, which
+                # marks it) leaves the new public file next to the old share: recomputed from the chain then
+                if not path.with_suffix(".installing").exists():
+                    raise ValueError(f"{path}: {exc}") from None
+                log.warning("%s: %s; not used (an install was interrupted)", share_path, exc)
     return EpochKeys(publics, shares)
 
 
@@ -201,15 +208,18 @@ class Tokenizer:
         self.local = Pseudonymizer(load_local_key(home))
         self.cache = TokenCache(home)
         self.clients: dict[int, OprfClient] = {}
+        self.net = net
         for epoch, share in self.keys.shares.items():
             public = self.keys.publics[epoch]
-            if public.n != len(peer_ids):
-                raise ValueError(f"OPRF epoch {epoch} has {public.n} shares, genesis {len(peer_ids)} members")
-            if share.index != own_index + 1:
-                raise ValueError(f"OPRF epoch {epoch}: the share in this home is member {share.index}'s, "
-                                 f"this node is member {own_index + 1} in genesis order")
+            if public.n != len(peer_ids) or share.index != own_index + 1:
+                # reshared to a later member set (node.runtime.oprf_resharing): its order is on chain, and
+                # the resharer points this epoch at it once the node has read the chain
+                log.info("OPRF epoch %d: share %d of %d is not in genesis order; waiting for the chain's "
+                         "member order", epoch, share.index, public.n)
+                continue
             others = {pid: i + 1 for i, pid in enumerate(peer_ids) if i != own_index}
             self.clients[epoch] = OprfClient(net, public, others, share, timeout=timeout)
+        self.timeout = timeout
         self._send, self._recv = trio.open_memory_channel(QUEUE)
         self._slots = trio.Semaphore(INFLIGHT)
         self._running = False
@@ -221,7 +231,20 @@ class Tokenizer:
 
     @property
     def epoch(self) -> int | None:
-        return self.keys.current
+        return max(self.clients, default=None)
+
+    def set_epoch(self, public: EpochPublic, share: KeyShare | None, peers: dict[str, int]) -> None:
+        """Point an epoch at new public parameters (a resharing put them in force on chain): `peers` maps
+        every other member's peer ID to its index in `public`; without a share this node stops computing
+        tokens of that epoch (a member outside the new set)."""
+        assert share is None or share.public == public
+        self.keys.publics[public.epoch] = public
+        if share is None:
+            self.keys.shares.pop(public.epoch, None)
+            self.clients.pop(public.epoch, None)
+            return
+        self.keys.shares[public.epoch] = share
+        self.clients[public.epoch] = OprfClient(self.net, public, peers, share, timeout=self.timeout)
 
     def close(self) -> None:
         self.cache.close()
@@ -262,10 +285,10 @@ class Tokenizer:
     async def all_epochs(self, kind: str, *values: str) -> list[bytes]:
         """The identifier's token in every epoch this node holds, newest first (audit look-ups)."""
         parts = normalize(kind, *values)
-        if not self.keys.epochs:
+        if not self.clients:
             raise TokenizeError("no_key", "this node holds no OPRF key share (HOME/keys/oprf/): "
                                           "consortium tokens cannot be computed")
-        return [(await self.tokens([(kind, parts)], e))[0] for e in self.keys.epochs]
+        return [(await self.tokens([(kind, parts)], e))[0] for e in sorted(self.clients, reverse=True)]
 
     # -------------------------------------------------------------- batching
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -1,0 +1,196 @@
+"""A node's part in the OPRF key's on-chain resharing (node.ledger.oprf_reshare decides; this acts).
+
+After every committed block the node feeds the block's `oprf.dealing` txs to its ChainView and then:
+  * attests the epoch public parameters it holds, once, while the chain has none recorded for that epoch;
+  * as a holder of the current shares, deals once to every later governance member set that differs
+    (its share re-dealt, sub-shares sealed to each new member's key), and answers complaints against it;
+  * as a member of a new set, opens its boxes, complains against each dealer whose box is bad, acks otherwise;
+  * when the chain puts new parameters in force, persists its new share (replacing the old one: the file is
+    written whole, then renamed over), then points the tokenizer and the evaluation service at it; a member
+    outside the new set erases its share.
+Every step is derived from the chain, so a restart rebuilds the view from the store and resumes. What the
+node posts is idempotent per (round, step) in memory; after a restart a second dealing is ignored on chain.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from node.ledger import oprf
+from node.ledger import oprf_reshare as rs
+from node.ledger.block import APPLIED
+from node.ledger.intake import make_tx
+from node.ledger.oprf import KeyShare, OprfError
+from node.ledger.oprf_reshare import ChainView, RecordedPublic
+from node.ledger.tx import decode_tx
+from node.privatefiles import write_secret
+from node.runtime.tokenizer import KEYS_DIR, write_epoch
+
+__all__ = ["Resharer"]
+
+log = logging.getLogger("radchain.oprf_resharing")
+TYPE = "oprf.dealing"
+
+
+class Resharer:
+    def __init__(self, node) -> None:
+        self.node = node
+        self.view = ChainView(self._members_of)
+        self.installed: dict[int, RecordedPublic | None] = {}
+        self._contribs: dict[tuple[int, int], oprf.Contribution] = {}
+        self._sent: set[tuple] = set()
+
+    # ------------------------------------------------------------------ chain
+    def _members_of(self, start: int):
+        for e in self.node.chain.state.epochs.epochs:
+            if e.start == start:
+                return [(m.name, m.pubkey) for m in e.members]
+        return None
+
+    def start(self) -> None:
+        """Rebuild the view from the store's (type) index, oldest first, then act on it."""
+        store = self.node.store
+        found, cursor = [], None
+        while True:
+            entries, cursor = store.query("type", TYPE, cursor=cursor, limit=1000)
+            found.extend(entries)
+            if cursor is None:
+                break
+        for e in sorted(found, key=lambda e: (e.height, e.index)):
+            self._feed(e.height, e.index, e.tx_hash)
+        self.view.advance(store.height)
+        self._install()
+
+    def _feed(self, height: int, index: int, h: bytes) -> None:
+        rec = self.node.store.get_tx(h)
+        if rec is None:
+            return
+        try:
+            tx = decode_tx(rec[2], verify=False)
+        except Exception:  # committed txs decoded once already; a store that disagrees is not ours to fix
+            log.exception("stored oprf.dealing tx does not decode")
+            return
+        if tx.type == TYPE:
+            self.view.add(height, index, tx.member, tx.fields)
+
+    def on_commit(self, block) -> None:
+        try:
+            for i, h in enumerate(block.tx_hashes):
+                rec = self.node.store.get_tx(h)
+                # applied txs of this block only (a duplicate's record is its first inclusion; a rejected
+                # one is not in the index start() reads either)
+                if rec is not None and rec[:2] == (block.height, i) and _is_dealing(rec[2]) \
+                        and self.node.store.tx_status(h) == APPLIED:
+                    self._feed(block.height, i, h)
+            self.view.advance(block.height)
+            self._install()
+            self._act()
+        except Exception:  # the resharing must never stop the node's commit path
+            log.exception("OPRF resharing step failed at height %d", block.height)
+
+    # ------------------------------------------------------------------ acting
+    def _post(self, key: tuple, fields: dict) -> None:
+        if key in self._sent:
+            return
+        node = self.node
+        fields = {k: v for k, v in fields.items() if k != "type"}
+        raw = make_tx(TYPE, node.member_key, chain_id=node.genesis.chain_id, member=node.cfg.name, **fields)
+        try:
+            node.submit([raw], checked=False)
+        except Exception as exc:  # a full mempool: the next block retries
+            log.warning("could not post %s: %s", key[0], exc)
+            return
+        self._sent.add(key)
+        log.info("OPRF key %s posted", key[0], extra={"fields": {"step": key[0], "round": list(key[1:3])}})
+
+    def _act(self) -> None:
+        node, name = self.node, self.node.cfg.name
+        keys = node.tokenizer.keys
+        for epoch, public in keys.publics.items():
+            if self.view.current(epoch) is None and epoch in keys.shares and public.n == len(node.genesis.members):
+                self._post(("public", epoch, 1), rs.public_fields(public, 1))
+        latest = node.chain.state.epochs.latest
+        for epoch, share in list(keys.shares.items()):
+            rec = self.view.current(epoch)
+            if rec is None or rec.public != share.public or name not in rec.names:
+                continue
+            if latest.start > rec.epoch_start and latest.names != rec.names:
+                key = (epoch, latest.start)
+                rnd = self.view.rounds.get(key)
+                if key not in self._contribs and (rnd is None or name not in {d.dealer for d in rnd.dealings}):
+                    fields, contrib = rs.reshare_fields(share, [m.pubkey for m in latest.members], latest.start)
+                    self._contribs[key] = contrib
+                    self._post(("reshare", *key), fields)
+        for (epoch, start), rnd in self.view.rounds.items():
+            if rnd.outcome is not None:
+                continue
+            contrib = self._contribs.get((epoch, start))
+            if contrib is not None:  # answer complaints against us with the share in clear
+                for dealer, complainer in rnd.complaints:
+                    if dealer == name and (dealer, complainer) not in rnd.justified:
+                        j = rnd.new_names.index(complainer)
+                        self._post(("justify", epoch, start, complainer),
+                                   rs.justify_fields(epoch, start, complainer, contrib.shares[j]))
+            if name in rnd.new_names and rnd.dealings:
+                _good, bad = rnd.check_boxes(name, node.member_key)
+                for dealer in bad:
+                    self._post(("complaint", epoch, start, dealer), rs.complaint_fields(epoch, start, dealer))
+                # an ack per dealing seen keeps blocks coming while the windows run
+                self._post(("ack", epoch, start, len(rnd.dealings)), rs.ack_fields(epoch, start))
+
+    # ------------------------------------------------------------------ installing
+    def _install(self) -> None:
+        node = self.node
+        for epoch, records in self.view.history.items():
+            rec = records[-1]
+            if self.installed.get(epoch) == rec:
+                continue
+            self.installed[epoch] = rec
+            if rec.how == "attested":
+                continue  # what the homes were dealt: the tokenizer loaded it at start
+            name = node.cfg.name
+            share: KeyShare | None = None
+            if name in rec.names:
+                rnd = self.view.rounds.get((epoch, rec.epoch_start))
+                share = rnd.my_share(name, node.member_key) if rnd is not None else None
+                if share is None:
+                    log.error("key epoch %d: new parameters in force but this member has no share of them", epoch)
+            self._persist(epoch, rec, share)
+            self._point(epoch, rec, share)
+            log.info("OPRF key epoch %d: %s member set in force", epoch, rec.how,
+                     extra={"fields": {"epoch": epoch, "members": list(rec.names), "t": rec.public.t,
+                                       "has_share": share is not None}})
+
+    def _persist(self, epoch: int, rec: RecordedPublic, share: KeyShare | None) -> None:
+        """The new share replaces the old on disk before anything answers with it (write, then rename)."""
+        d = Path(self.node.cfg.home) / KEYS_DIR
+        marker = d / f"epoch-{epoch}.installing"  # tells load_epochs a mismatched pair is an interrupted install
+        write_secret(marker, b"")
+        if share is not None:
+            write_epoch(d.parent.parent, rec.public, share)
+        else:
+            (d / f"epoch-{epoch}.share").unlink(missing_ok=True)  # a member outside the set erases its share
+            write_epoch(d.parent.parent, rec.public, None)
+        marker.unlink()
+
+    def _point(self, epoch: int, rec: RecordedPublic, share: KeyShare | None) -> None:
+        node = self.node
+        peers = {}
+        epoch_members = {m.name: m.peer_id for e in node.chain.state.epochs.epochs for m in e.members}
+        for i, n in enumerate(rec.names, 1):
+            if n != node.cfg.name and epoch_members.get(n):
+                peers[epoch_members[n]] = i
+        try:
+            node.tokenizer.set_epoch(rec.public, share, peers)
+        except OprfError as exc:
+            log.error("key epoch %d: cannot install: %s", epoch, exc)
+            return
+        if share is None:
+            node.oprf_service.shares.pop(epoch, None)
+        else:
+            node.oprf_service.shares[epoch] = share
+
+
+def _is_dealing(raw: bytes) -> bool:
+    return b"oprf.dealing" in raw  # cheap pre-filter; _feed decodes and checks the type
