@@ -111,7 +111,7 @@ def prior_studies(store, patient: bytes, wanted: dict, within_days: int | None, 
         if scanned >= MAX_SCAN:
             truncated = True
             break
-    out = _studies_out(studies, since_day, wanted)
+    out = _studies_out(_merge_epochs(studies), since_day, wanted)
     return {"patient": patient.hex(), "studies": out, "repeats": repeats(out, repeat_days),
             "truncated": truncated}
 
@@ -126,6 +126,12 @@ def _add_store(studies: dict, fields: dict, ts: int) -> bool:
         s = studies[key] = {"member": key[0], "study": key[1].hex(), "study_date": None,
                             "modality": set(), "body_part": set(), "instances": 0,
                             "first_stored": ts, "last_stored": ts}
+    # what ties one hospital's study across key epochs: its local series/instance tokens (the hospital's
+    # local key has no epoch) and the content digests; the study token itself changes with the epoch
+    s.setdefault("links", set()).update(fields.get("series", ()), fields.get("instances", ()))
+    for name in ("digest", "pixel_digest"):
+        if name in fields:
+            s["links"].add(fields[name])
     s["last_stored"] = max(s["last_stored"], ts)
     s["first_stored"] = min(s["first_stored"], ts)
     if "study_date" in fields and s["study_date"] is None:
@@ -136,6 +142,37 @@ def _add_store(studies: dict, fields: dict, ts: int) -> bool:
     n = fields.get("n_instances")
     s["instances"] += n if n is not None else len(fields.get("instances", ())) or 1
     return True
+
+
+def _merge_epochs(studies: dict) -> dict:
+    """One study of one hospital recorded under two key epochs (two study tokens, epoch-prefixed) is one
+    prior: entries of one member whose tokens have different epochs and that share a series or instance
+    token or a content digest are folded into the newest epoch's entry."""
+    by_member: dict[str, list[tuple[str, bytes]]] = {}
+    for key in studies:
+        by_member.setdefault(key[0], []).append(key)
+    for keys in by_member.values():
+        if len({k[1][:2] for k in keys}) < 2:
+            continue  # one epoch: tokens are already one per study
+        keys.sort(key=lambda k: k[1][:2], reverse=True)  # newest epoch first: it absorbs the older ones
+        for i, newer in enumerate(keys):
+            a = studies.get(newer)
+            if a is None:
+                continue
+            for older in keys[i + 1:]:
+                b = studies.get(older)
+                if b is None or older[1][:2] == newer[1][:2] or not (a["links"] & b["links"]):
+                    continue
+                a["links"] |= b["links"]
+                a["first_stored"] = min(a["first_stored"], b["first_stored"])
+                a["last_stored"] = max(a["last_stored"], b["last_stored"])
+                a["study_date"] = a["study_date"] or b["study_date"]
+                a["modality"] |= b["modality"]
+                a["body_part"] |= b["body_part"]
+                a["instances"] += b["instances"]
+                a.setdefault("earlier_tokens", []).append(b["study"])
+                del studies[older]
+    return studies
 
 
 def _studies_out(studies: dict, since_day, wanted: dict) -> list[dict]:
@@ -154,6 +191,8 @@ def _studies_out(studies: dict, since_day, wanted: dict) -> list[dict]:
         out.append({"member": s["member"], "study": s["study"], "date": day.isoformat(),
                     "modality": sorted(s["modality"]), "body_part": sorted(s["body_part"]),
                     "instances": s["instances"], "first_stored": s["first_stored"], "last_stored": s["last_stored"]})
+        if s.get("earlier_tokens"):  # the same study under older key epochs' tokens
+            out[-1]["earlier_tokens"] = sorted(s["earlier_tokens"])
     out.sort(key=lambda s: (s["date"], s["first_stored"]), reverse=True)  # newest first: what an orderer needs
     return out
 
