@@ -118,8 +118,8 @@ class Node:
                                  f"{'genesis lists' if current.start <= 1 else 'the chain registers'} for {cfg.name!r}")
             # Pseudonyms (docs/PSEUDONYMS.md): consortium identifiers by the threshold OPRF, answered for the
             # other members by oprf_service within a per-member rate; this hospital's own kinds by its local
-            # key. The OPRF key shares were dealt to the genesis member set, so the tokenizer asks those
-            # members (a governance change of members does not reshare the key: docs/PSEUDONYMS.md).
+            # key. The tokenizer starts with the genesis member order; a resharing on chain (oprf_resharing,
+            # below) points it at a later member set's order and shares.
             oprf_peers = [m.peer_id for m in self.genesis.members]
             oprf_index = next((i for i, m in enumerate(self.genesis.members) if m.name == cfg.name), -1)
             self.tokenizer = Tokenizer(cfg.home, self.net, oprf_peers, oprf_index, timeout=cfg.oprf.timeout_s)
