@@ -21,17 +21,20 @@ Kinds of `oprf.dealing` (fields beyond the common ones; every field bounded by n
     ack       oprf_epoch, epoch_start   a new member checked every dealing it has seen (no complaint); it also
               keeps blocks coming while a round waits for its windows.
 
-Windows are counted in blocks from the dealing's block: complaints count up to COMPLAINT_WINDOW blocks after
-it, justifications up to JUSTIFY_WINDOW. So a dealing's fate is fixed at height h + JUSTIFY_WINDOW and the
-fates come in chain order: the first t qualified dealings (chain order) are final as soon as the last of them
-is decided, and every node picks the same set. Only the first dealing, complaint and justification of one
+Windows are measured in the chain's agreed block time (the proposal timestamps every member checked, made
+monotone here by taking the running maximum), from the dealing's block: complaints count in blocks up to
+`complaint_ms` after it, justifications up to `justify_ms` (2x; genesis param `oprf_complaint_ms`, default
+COMPLAINT_MS). A dealing's fate is fixed at the first block past its justification window, so fates come in
+chain order: the first t qualified dealings (chain order) are final at the first block where the last of them
+is decided, and every node picks the same set. (Time, not a block count: blocks come as fast as txs do, and
+a joining member still syncing must get the time to open its boxes and complain.) Only the first dealing, complaint and justification of one
 member for one (dealer, complainer) pair counts; everything that does not fit is ignored here and its reason
 kept in `Round.ignored` (the tx itself is on chain for everyone to see).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nacl.exceptions import CryptoError
@@ -42,15 +45,14 @@ from node.ledger import oprf
 from node.ledger.oprf import EpochPublic, KeyShare, OprfError
 
 __all__ = [
-    "KINDS", "BOX_BYTES", "COMPLAINT_WINDOW", "JUSTIFY_WINDOW", "MAX_PUBLIC_BYTES", "DealingError", "Round",
+    "KINDS", "BOX_BYTES", "COMPLAINT_MS", "MAX_PUBLIC_BYTES", "DealingError", "Round",
     "Outcome", "ChainView", "RecordedPublic", "seal_box", "open_box", "reshare_fields", "dkg_fields",
     "complaint_fields", "justify_fields", "ack_fields", "public_fields", "oprf_threshold",
 ]
 
 KINDS = ("public", "reshare", "dkg", "complaint", "justify", "ack")
 BOX_BYTES = oprf.SCALAR_BYTES + 48  # X25519 ephemeral key 32 + Poly1305 tag 16
-COMPLAINT_WINDOW = 4
-JUSTIFY_WINDOW = 8
+COMPLAINT_MS = 60_000  # default complaint window; justifications get twice as long
 MAX_PUBLIC_BYTES = 12 * 1024  # an encoded EpochPublic of up to ~300 members (node.ledger.tx.MAX_TX_BYTES: 16 KiB)
 _FIELDS = {
     "public": ({"oprf_public"}, set()),
@@ -159,6 +161,7 @@ def check_kind_fields(fields: dict) -> None:
 class _Dealing:
     height: int
     pos: int
+    time: int  # the agreed time of its block (ms)
     dealer: str
     index: int  # the dealer's index in the old EpochPublic (reshare) or in the new set (dkg), 1-based
     commitments: tuple[bytes, ...]
@@ -187,6 +190,7 @@ class Round:
     new_members: tuple[tuple[str, bytes], ...]
     old: EpochPublic | None = None
     old_names: tuple[str, ...] | None = None
+    complaint_ms: int = COMPLAINT_MS
     dealings: list[_Dealing] = field(default_factory=list)
     complaints: dict[tuple[str, str], int] = field(default_factory=dict)  # (dealer, complainer) -> height
     justified: dict[tuple[str, str], int] = field(default_factory=dict)  # (dealer, complainer) -> share
@@ -213,15 +217,15 @@ class Round:
         if len(self.ignored) < 1000:
             self.ignored.append((height, member, why))
 
-    def add(self, height: int, pos: int, member: str, fields: dict) -> None:
-        """One `oprf.dealing` tx of this round, in chain order. Hostile: anything that does not fit is
-        ignored (with its reason), never raised, so one bad tx cannot stop the round."""
+    def add(self, height: int, pos: int, member: str, fields: dict, time: int) -> None:
+        """One `oprf.dealing` tx of this round, in chain order (`time`: its block's agreed time). Hostile:
+        anything that does not fit is ignored (with its reason), never raised, so one bad tx cannot stop it."""
         try:
-            self._add(height, pos, member, fields)
+            self._add(height, pos, member, fields, time)
         except (DealingError, OprfError) as e:
             self._ignore(height, member, str(e))
 
-    def _add(self, height: int, pos: int, member: str, fields: dict) -> None:
+    def _add(self, height: int, pos: int, member: str, fields: dict, time: int) -> None:
         check_kind_fields(fields)
         kind = fields["oprf_kind"]
         if self.outcome is not None and kind in ("reshare", "dkg"):
@@ -229,7 +233,7 @@ class Round:
         if kind in ("reshare", "dkg"):
             if kind != self.kind:
                 raise DealingError(f"a {kind} dealing in a {self.kind} round")
-            self._add_dealing(height, pos, member, fields)
+            self._add_dealing(height, pos, member, fields, time)
         elif kind == "complaint":
             dealer = fields["subject"]
             if member not in self.new_names:
@@ -237,7 +241,7 @@ class Round:
             d = self._dealt.get(dealer)
             if d is None:
                 raise DealingError(f"complaint against {dealer!r}, who has not dealt")
-            if height > d.height + COMPLAINT_WINDOW:
+            if time > d.time + self.complaint_ms:
                 raise DealingError("complaint after the complaint window")
             self.complaints.setdefault((dealer, member), height)
         elif kind == "justify":
@@ -245,7 +249,7 @@ class Round:
             d = self._dealt.get(member)
             if d is None or (member, complainer) not in self.complaints:
                 raise DealingError("justification without a complaint")
-            if height > d.height + JUSTIFY_WINDOW:
+            if time > d.time + 2 * self.complaint_ms:
                 raise DealingError("justification after the window")
             if (member, complainer) in self.justified:
                 raise DealingError("second justification")
@@ -261,7 +265,7 @@ class Round:
         else:
             raise DealingError(f"{kind}: not part of a round")
 
-    def _add_dealing(self, height: int, pos: int, member: str, fields: dict) -> None:
+    def _add_dealing(self, height: int, pos: int, member: str, fields: dict, time: int) -> None:
         if member in self._dealt:
             raise DealingError("second dealing from this member (only the first counts)")
         if self.old is not None:
@@ -283,7 +287,7 @@ class Round:
         points = [oprf.decode_point(c, f"commitment {m}") for m, c in enumerate(comms)]
         if self.old is not None and points[0] != self.old.share_key(index):
             raise DealingError("first commitment is not the dealer's recorded public share K_i")
-        d = _Dealing(height, pos, member, index, tuple(points), boxes)
+        d = _Dealing(height, pos, time, member, index, tuple(points), boxes)
         self._dealt[member] = d
         self.dealings.append(d)
 
@@ -291,13 +295,14 @@ class Round:
     def qualified(self, d: _Dealing) -> bool:
         return all((d.dealer, c) in self.justified for (dealer, c) in self.complaints if dealer == d.dealer)
 
-    def decide(self, height: int) -> Outcome | None:
-        """The outcome once the chain has executed `height`: fixed from then on (chain order)."""
+    def decide(self, height: int, time: int) -> Outcome | None:
+        """The outcome once the chain has executed block `height` of agreed time `time` (called for every
+        block in order): fixed from then on."""
         if self.outcome is not None:
             return self.outcome
         chosen: list[_Dealing] = []
         for d in self.dealings:
-            if height < d.height + JUSTIFY_WINDOW:
+            if time <= d.time + 2 * self.complaint_ms:
                 return None  # this dealing's fate is open, and every later one's too
             if self.qualified(d):
                 chosen.append(d)
@@ -310,7 +315,7 @@ class Round:
             public, _ = oprf.reshare_finish(self.old, self.t_new, self.n_new, None, comms)
         else:
             public, _ = oprf.dkg_finish(self.oprf_epoch, self.t_new, self.n_new, None, comms)
-        self.outcome = Outcome(public, tuple(d.dealer for d in chosen), max(d.height for d in chosen) + JUSTIFY_WINDOW)
+        self.outcome = Outcome(public, tuple(d.dealer for d in chosen), height)
         return self.outcome
 
     # ------------------------------------------------------------------------------ one member's view
@@ -374,8 +379,11 @@ class ChainView:
     verifier derive from the chain alone.
     """
 
-    def __init__(self, members_of: Callable[[int], Sequence[tuple[str, bytes]] | None]) -> None:
+    def __init__(self, members_of: Callable[[int], Sequence[tuple[str, bytes]] | None],
+                 complaint_ms: int = COMPLAINT_MS) -> None:
         self.members_of = members_of
+        self.complaint_ms = complaint_ms
+        self.time = 0  # the running maximum of the agreed block times fed so far
         self.history: dict[int, list[RecordedPublic]] = {}  # oprf epoch -> records, oldest first
         self.rounds: dict[tuple[int, int], Round] = {}
         self._attest: dict[tuple[int, int, bytes], set[str]] = {}
@@ -397,16 +405,17 @@ class ChainView:
         if len(self.ignored) < 1000:
             self.ignored.append((height, member, why))
 
-    def add(self, height: int, pos: int, member: str, fields: dict) -> None:
-        assert height >= self.height, "txs are fed in chain order"
-        self.advance(height - 1)
-        self.height = height
+    def add(self, height: int, pos: int, member: str, fields: dict, time: int) -> None:
+        """One `oprf.dealing` tx of block `height` (agreed time `time`), in chain order; then `advance`
+        once the whole block is fed."""
+        assert height > self.height, "txs are fed in chain order, each block before it is advanced past"
+        time = max(self.time, time)
         try:
-            self._add(height, pos, member, fields)
+            self._add(height, pos, member, fields, time)
         except (DealingError, OprfError) as e:
             self._ignore(height, member, str(e))
 
-    def _add(self, height: int, pos: int, member: str, fields: dict) -> None:
+    def _add(self, height: int, pos: int, member: str, fields: dict, time: int) -> None:
         check_kind_fields(fields)
         kind, oe, start = fields["oprf_kind"], fields["oprf_epoch"], fields["epoch_start"]
         members = self.members_of(start)
@@ -431,7 +440,7 @@ class ChainView:
                 rnd = self._open_round(kind, oe, start, members)
             else:
                 raise DealingError(f"{kind}: no round for key epoch {oe} / governance epoch {start}")
-        rnd.add(height, pos, member, fields)
+        rnd.add(height, pos, member, fields, time)
 
     def _open_round(self, kind: str, oe: int, start: int, members) -> Round:
         if kind == "reshare":
@@ -440,11 +449,11 @@ class ChainView:
                 raise DealingError(f"reshare of key epoch {oe}, which has no recorded public parameters")
             if old.epoch_start >= start:
                 raise DealingError("reshare for a governance epoch not after the key's current one")
-            rnd = Round(oe, start, tuple(members), old.public, old.names)
+            rnd = Round(oe, start, tuple(members), old.public, old.names, self.complaint_ms)
         else:
             if oe in self.history:
                 raise DealingError(f"dkg for key epoch {oe}, which already exists")
-            rnd = Round(oe, start, tuple(members))
+            rnd = Round(oe, start, tuple(members), complaint_ms=self.complaint_ms)
         self.rounds[(oe, start)] = rnd
         return rnd
 
@@ -454,19 +463,25 @@ class ChainView:
     def _record(self, rec: RecordedPublic) -> None:
         self.history.setdefault(rec.public.epoch, []).append(rec)
 
-    def advance(self, height: int) -> None:
-        """The chain executed `height`: decide rounds whose windows closed."""
+    def pending(self) -> bool:
+        """A round not yet in force (advance must see every block until none is)."""
+        return any(self.current(e) is None or self.current(e).epoch_start < s for e, s in self.rounds)
+
+    def advance(self, height: int, time: int) -> None:
+        """The chain executed block `height` of agreed time `time`: decide rounds whose windows closed."""
+        assert height >= self.height
+        self.time = time = max(self.time, time)
         for rnd in self.rounds.values():
-            out = rnd.decide(height)
+            out = rnd.decide(height, time)
             # the new shares take over at the later of: the round's decision, the governance switch (the
             # last block of the old member set); until then the old shares keep answering
             if out is None or height < max(out.decided_at, rnd.epoch_start - 1):
                 continue
+            now = self.current(rnd.oprf_epoch)
+            if now is not None and now.epoch_start >= rnd.epoch_start:
+                continue  # in force already, or overtaken by a later member set's round
             if not self._recorded(out.public, rnd.epoch_start):
                 self._record(RecordedPublic(out.public, rnd.epoch_start, rnd.new_names,
                                             max(out.decided_at, rnd.epoch_start - 1), rnd.kind))
         self.height = max(self.height, height)
 
-    def feed(self, txs: Iterable[tuple[int, int, str, dict]]) -> None:
-        for height, pos, member, fields in txs:
-            self.add(height, pos, member, fields)

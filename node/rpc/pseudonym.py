@@ -70,4 +70,29 @@ async def pseudonym_stats(node, params: dict, caller: Caller) -> dict:
                     "key_id": oprf.epoch_key_id(tok.keys.publics[e]), "share": e in tok.keys.shares}
                    for e in sorted(tok.keys.publics)],
     }
-    return {"recorded": recorded["rows"], "complete": recorded["complete"], "local": local}
+    return {"recorded": recorded["rows"], "complete": recorded["complete"], "local": local,
+            "chain_keys": chain_keys(node.resharer.view)}
+
+
+def chain_keys(view) -> dict:
+    """The key epochs' public parameters as the chain records them (attested by a quorum, or derived from a
+    decided resharing/DKG round of `oprf.dealing` txs), and every round: who dealt, who complained, who was
+    justified, which dealers the outcome uses (node.ledger.oprf_reshare)."""
+    epochs = []
+    for e, records in sorted(view.history.items()):
+        for r in records:
+            epochs.append({"epoch": e, "how": r.how, "epoch_start": r.epoch_start, "in_force_after": r.height,
+                           "members": list(r.names), "t": r.public.t, "n": r.public.n,
+                           "key_id": oprf.epoch_key_id(r.public),
+                           "public_shares": [p.hex() for p in r.public.public_shares]})
+    rounds = []
+    for (e, start), rnd in sorted(view.rounds.items()):
+        rounds.append({"epoch": e, "epoch_start": start, "kind": rnd.kind, "members": list(rnd.new_names),
+                       "dealt": [d.dealer for d in rnd.dealings],
+                       "complaints": sorted([d, c] for d, c in rnd.complaints),
+                       "justified": sorted([d, c] for d, c in rnd.justified),
+                       "acks": sorted(rnd.acks),
+                       "dealers": list(rnd.outcome.dealers) if rnd.outcome else None,
+                       "decided_at": rnd.outcome.decided_at if rnd.outcome else None,
+                       "ignored": len(rnd.ignored)})
+    return {"epochs": epochs, "rounds": rounds, "ignored": len(view.ignored)}

@@ -298,6 +298,7 @@ class Node:
                 self.oprf_service.install(self.net)
                 await nursery.start(self.tokenizer.run)
                 nursery.start_soon(self._oprf_counts_loop)
+                nursery.start_soon(self.resharer.run)
                 nursery.start_soon(self._inbox_loop)
                 nursery.start_soon(self._gossip_loop)
                 await nursery.start(self.driver.run)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import trio
+
 from node.ledger import oprf
 from node.ledger import oprf_reshare as rs
 from node.ledger.block import APPLIED
@@ -31,12 +33,16 @@ __all__ = ["Resharer"]
 
 log = logging.getLogger("radchain.oprf_resharing")
 TYPE = "oprf.dealing"
+TICK_S = 2.0
 
 
 class Resharer:
     def __init__(self, node) -> None:
         self.node = node
-        self.view = ChainView(self._members_of)
+        window = node.genesis.params.get("oprf_complaint_ms", rs.COMPLAINT_MS)
+        if type(window) is not int or not 0 < window <= 7 * 86_400_000:
+            raise ValueError("genesis params.oprf_complaint_ms: must be 1 ms .. 7 days")
+        self.view = ChainView(self._members_of, complaint_ms=window)
         self.installed: dict[int, RecordedPublic | None] = {}
         self._contribs: dict[tuple[int, int], oprf.Contribution] = {}
         self._sent: set[tuple] = set()
@@ -57,12 +63,20 @@ class Resharer:
             found.extend(entries)
             if cursor is None:
                 break
+        by_height: dict[int, list] = {}
         for e in sorted(found, key=lambda e: (e.height, e.index)):
-            self._feed(e.height, e.index, e.tx_hash)
-        self.view.advance(store.height)
+            by_height.setdefault(e.height, []).append(e)
+        # every block from the first dealing on is advanced past while a round waits (its windows are in
+        # the blocks' agreed time); blocks with no dealing and no waiting round need no reading
+        for h in range(min(by_height, default=store.height + 1), store.height + 1):
+            if h in by_height or self.view.pending():
+                time = store.get_header(h).timestamp
+                for e in by_height.get(h, ()):
+                    self._feed(e.height, e.index, e.tx_hash, time)
+                self.view.advance(h, time)
         self._install()
 
-    def _feed(self, height: int, index: int, h: bytes) -> None:
+    def _feed(self, height: int, index: int, h: bytes, time: int) -> None:
         rec = self.node.store.get_tx(h)
         if rec is None:
             return
@@ -72,7 +86,7 @@ class Resharer:
             log.exception("stored oprf.dealing tx does not decode")
             return
         if tx.type == TYPE:
-            self.view.add(height, index, tx.member, tx.fields)
+            self.view.add(height, index, tx.member, tx.fields, time)
 
     def on_commit(self, block) -> None:
         try:
@@ -82,8 +96,8 @@ class Resharer:
                 # one is not in the index start() reads either)
                 if rec is not None and rec[:2] == (block.height, i) and _is_dealing(rec[2]) \
                         and self.node.store.tx_status(h) == APPLIED:
-                    self._feed(block.height, i, h)
-            self.view.advance(block.height)
+                    self._feed(block.height, i, h, block.header.timestamp)
+            self.view.advance(block.height, block.header.timestamp)
             self._install()
             self._act()
         except Exception:  # the resharing must never stop the node's commit path
@@ -138,6 +152,27 @@ class Resharer:
                     self._post(("complaint", epoch, start, dealer), rs.complaint_fields(epoch, start, dealer))
                 # an ack per dealing seen keeps blocks coming while the windows run
                 self._post(("ack", epoch, start, len(rnd.dealings)), rs.ack_fields(epoch, start))
+
+    async def run(self, tick_s: float = TICK_S) -> None:
+        """Windows are counted in blocks, and a quiet chain makes none: while a round this member is part of
+        waits for its windows (or for the switch), post an `ack` whenever no block came for `tick_s`."""
+        last = -1
+        while True:
+            await trio.sleep(tick_s)
+            height = self.node.store.height
+            if height != last:
+                last = height
+                continue
+            try:
+                for (epoch, start), rnd in list(self.view.rounds.items()):
+                    rec = self.view.current(epoch)
+                    waiting = rec is None or rec.epoch_start != start
+                    recent = rnd.dealings and (height < start or self.view.time <= rnd.dealings[-1].time
+                                                + 4 * rnd.complaint_ms)
+                    if waiting and recent and self.node.cfg.name in rnd.new_names:
+                        self._post(("tick", epoch, start, height), rs.ack_fields(epoch, start))
+            except Exception:
+                log.exception("OPRF resharing tick failed")
 
     # ------------------------------------------------------------------ installing
     def _install(self) -> None:

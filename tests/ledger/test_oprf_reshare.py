@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 from node.ledger import oprf
 from node.ledger import oprf_reshare as rs
 from node.ledger.intake import make_tx
-from node.ledger.oprf_reshare import JUSTIFY_WINDOW, ChainView
+from node.ledger.oprf_reshare import ChainView
 from node.ledger.tx import MAX_LIST, TxError, decode_tx
 
 NAMES = ["hosp-a", "hosp-b", "hosp-c", "hosp-d"]
@@ -19,6 +19,26 @@ KEYS = {name: SigningKey(bytes([i + 1]) * 32) for i, name in enumerate([*NAMES, 
 JOIN = 9  # governance epoch with hosp-e added (its switch: the end of block 8)
 LEAVE = 10  # governance epoch with hosp-d removed (in these tests the windows, not the switch, come last)
 SECRET = 0x1234567890ABCDEF
+
+
+WINDOW = 4000  # complaint window (ms); justifications get 8000: with a block per second, 4 and 8 blocks
+JUSTIFY_WINDOW = 9  # blocks from a dealing to the first block past its justification window
+
+
+class View(ChainView):
+    """A ChainView fed one block per second of agreed time (block h at h * 1000 ms)."""
+
+    def __init__(self, members_of):
+        super().__init__(members_of, complaint_ms=WINDOW)
+
+    def add(self, height, pos, member, fields):
+        if height > self.height + 1:
+            self.advance(height - 1)
+        super().add(height, pos, member, fields, height * 1000)
+
+    def advance(self, height):
+        for h in range(self.height + 1, height + 1):
+            super().advance(h, h * 1000)
 
 
 def pk(name: str) -> bytes:
@@ -39,7 +59,7 @@ def dealt():
 
 
 def attested_view(public) -> ChainView:
-    view = ChainView(EPOCHS.get)
+    view = View(EPOCHS.get)
     for pos, name in enumerate(NAMES[:3]):
         view.add(1, pos, name, rs.public_fields(public, 1))
     return view
@@ -74,7 +94,7 @@ def run_reshare(view, shares, start, dealers, height=2, tamper=None):
 
 def test_attested_public_is_recorded_at_quorum_only(dealt):
     public, _ = dealt
-    view = ChainView(EPOCHS.get)
+    view = View(EPOCHS.get)
     view.add(1, 0, "hosp-a", rs.public_fields(public, 1))
     view.add(1, 1, "hosp-a", rs.public_fields(public, 1))  # one member twice is one attestation
     view.add(1, 2, "hosp-b", rs.public_fields(public, 1))
@@ -187,13 +207,13 @@ def test_unjustified_round_short_of_t_keeps_the_old_parameters(dealt):
     view.add(last, 1, "hosp-e", rs.complaint_fields(1, JOIN, "hosp-b"))
     view.advance(last + 10 * JUSTIFY_WINDOW)
     assert view.current(1).public == public  # two qualified dealings < t = 3: the old set keeps answering
-    _, last = run_reshare(view, shares, JOIN, ["hosp-d"], height=last + 10 * JUSTIFY_WINDOW)
+    _, last = run_reshare(view, shares, JOIN, ["hosp-d"], height=last + 10 * JUSTIFY_WINDOW + 1)
     view.advance(last + JUSTIFY_WINDOW)
     assert view.rounds[(1, JOIN)].outcome.dealers == ("hosp-a", "hosp-c", "hosp-d")
 
 
 def test_dkg_members_agree_and_a_cheating_dealer_is_excluded():
-    view = ChainView(EPOCHS.get)
+    view = View(EPOCHS.get)
     members = [k for _, k in EPOCHS[1]]
     contribs = {}
     for i, name in enumerate(NAMES, 1):

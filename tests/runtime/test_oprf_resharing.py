@@ -1,9 +1,13 @@
-"""The OPRF key reshared on chain when a member joins (issue 13), on real node processes.
+"""The OPRF key reshared on chain when members join and leave (issue 13), on real node processes.
 
-A 4-member testnet (t = 3) records a patient; a fifth hospital is approved by governance; the old members
-post `oprf.dealing` txs, hosp-e opens its sealed box, and from the switch the five members hold new shares
-of the same key (t = 3 of 5). With two founders stopped, a founder can only tokenize with hosp-e's partial
-(checked against the on-chain public share), and finds the patient recorded before the join: same token.
+A 4-member testnet (t = 3) records a patient. hosp-d is stopped and the test speaks for it as a lying
+dealer. A fifth hospital is approved by governance; the old members post `oprf.dealing` txs, hosp-d's
+(the test's) seals a share off its polynomial to hosp-e, hosp-e complains, nobody justifies, hosp-d is
+excluded and the round completes with the three honest dealings: all five members hold shares of the same
+key (3 of 5), hosp-d picking its own up from the chain when it restarts. With two founders stopped, a
+founder that never saw the patient finds it by its raw identifier through hosp-e's partial: the same token.
+Then hosp-d is removed: the key is reshared to a, b, c, e (3 of 4), and hosp-d's share no longer combines
+with two new shares into the right token, while any three new shares do.
 """
 
 from __future__ import annotations
@@ -14,55 +18,113 @@ import time
 import pytest
 
 from node.ledger import oprf
-from node.ledger.intake import EXAMPLE_EVENT
+from node.ledger import oprf_reshare as rs
+from node.ledger.epochs import switch_height
+from node.ledger.genesis import Genesis
+from node.ledger.intake import EXAMPLE_EVENT, make_tx
+from node.runtime.keys import load_member_key
 from node.runtime.tokenizer import load_epochs
 from node.testnet import LocalTestnet
-from tests.runtime.test_governance import EPOCH_INTERVAL, JOIN_OUTPUT, Load, cli, join
+from tests.runtime.test_governance import EPOCH_INTERVAL, JOIN_OUTPUT, cli, join, vote
 
 pytestmark = pytest.mark.timeout(300)
+PATIENT = ("7654321", "REGION-MPI")
+WINDOW_MS = 5000  # complaints within 5 s of a dealing's block, justifications 10 s (default 60 s)
 
 
-def test_joining_member_gets_a_share_by_the_on_chain_flow_and_tokens_stay(testnet, tmp_path):
-    net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL})
+def token_of(shares, public) -> bytes:
+    bi = oprf.blind(oprf.token_input(public.epoch, "patient", *PATIENT))
+    outputs, bad = oprf.combine(public, [bi], [oprf.evaluate_partial(s, [bi.element]) for s in shares])
+    assert not bad
+    return oprf.token_from_output(public.epoch, outputs[0])
+
+
+def holds(net, i: int, n: int) -> bool:
+    keys = load_epochs(net.nodes[i].home)
+    return 1 in keys.shares and keys.publics[1].n == n
+
+
+def test_members_join_and_leave_the_key_is_reshared_on_chain(testnet, tmp_path):
+    net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL, "oprf_complaint_ms": WINDOW_MS})
     net.start()
     net.wait_ready(timeout=60)
-    before = dict(EXAMPLE_EVENT, patient_id="7654321", issuer="REGION-MPI", study_uid="1.2.826.0.9.1",
+    before = dict(EXAMPLE_EVENT, patient_id=PATIENT[0], issuer=PATIENT[1], study_uid="1.2.826.0.9.1",
                   event_id="reshare-before", time=int(time.time() * 1000))
     answer = net.rpc(0, "submit_event", {"event": before, "mode": "commit", "timeout": 30}, timeout=60)
-    token = net.rpc(0, "get_tx", {"hash": answer["hash"], "receipt": False})["tx"]["patient"]
+    token = bytes.fromhex(net.rpc(0, "get_tx", {"hash": answer["hash"], "receipt": False})["tx"]["patient"])
     old_public = load_epochs(net.nodes[0].home).publics[1]
+    d_share = load_epochs(net.nodes[3].home).shares[1]
+    d_key = load_member_key(net.nodes[3].home / "keys" / "member.key")
+    chain_id = Genesis.load(net.nodes[0].home).chain_id
+    # the epoch-1 parameters each home was dealt are on chain once a quorum attested them
+    net.wait_until(lambda: [e["how"] for e in net.rpc(0, "pseudonym_stats")["chain_keys"]["epochs"]] == ["attested"],
+                   30, "epoch 1 attested on chain")
 
-    with Load(net, [0, 2]):  # blocks keep coming: the flow's windows are counted in blocks
-        join(net, tmp_path)
-        net.start(4)
-        propose = [line.split() for line in JOIN_OUTPUT if line.strip().startswith("radchain member propose-add")]
-        argv = [a if a != "<their" else "--home" for a in propose[0][1:] if a != "home>"]
-        argv[argv.index("--home") + 1] = str(net.nodes[0].home)
-        proposal = cli(*argv).stdout.split("proposal ")[1].split()[0].rstrip(":;")
-        last = ""
-        for i in (1, 2):
-            last = cli("member", "approve", proposal[:12], "--home", str(net.nodes[i].home)).stdout
-        switch = int(re.search(r"new member set starts at height (\d+)", last).group(1))
+    # --- join hosp-e, with hosp-d stopped and dealing a lie through the test
+    net.kill(3)
+    join(net, tmp_path)
+    net.start(4)
+    propose = [line.split() for line in JOIN_OUTPUT if line.strip().startswith("radchain member propose-add")]
+    argv = [a if a != "<their" else "--home" for a in propose[0][1:] if a != "home>"]
+    argv[argv.index("--home") + 1] = str(net.nodes[0].home)
+    proposal = cli(*argv).stdout.split("proposal ")[1].split()[0].rstrip(":;")
+    last = ""
+    for i in (1, 2):
+        last = cli("member", "approve", proposal[:12], "--home", str(net.nodes[i].home)).stdout
+    join_start = int(re.search(r"new member set starts at height (\d+)", last).group(1))
+    new_keys = [bytes(load_member_key(net.nodes[i].home / "keys" / "member.key").verify_key) for i in range(5)]
+    fields, contrib = rs.reshare_fields(d_share, new_keys, join_start)
+    fields["boxes"][4] = rs.seal_box(oprf.random_scalar(), new_keys[4])  # hosp-e's box: off the polynomial
+    fields.pop("type")
+    lie = make_tx("oprf.dealing", d_key, chain_id=chain_id, member="hosp-d", **fields)
+    net.rpc(0, "submit_tx", {"tx": lie.hex(), "mode": "commit", "timeout": 20}, timeout=30)
 
-        def reshared(i: int) -> bool:
-            keys = load_epochs(net.nodes[i].home)
-            return 1 in keys.shares and keys.publics[1].n == 5
-
-        net.wait_until(lambda: all(reshared(i) for i in range(5)), 120, "every member holds a share of 3-of-5")
-        assert net.height(0) >= switch - 1
+    net.wait_until(lambda: all(holds(net, i, 5) for i in (0, 1, 2, 4)), 120, "a, b, c, e hold shares of 3-of-5")
+    rnd = next(r for r in net.rpc(0, "pseudonym_stats")["chain_keys"]["rounds"] if r["epoch_start"] == join_start)
+    assert ["hosp-d", "hosp-e"] in rnd["complaints"] and rnd["justified"] == []
+    assert sorted(rnd["dealers"]) == ["hosp-a", "hosp-b", "hosp-c"]  # the liar excluded
+    assert "hosp-d" in rnd["dealt"]
+    net.start(3)  # hosp-d restarts and takes its new share from the boxes on chain
+    net.wait_until(lambda: holds(net, 3, 5), 60, "hosp-d holds its 3-of-5 share")
 
     keys = [load_epochs(net.nodes[i].home) for i in range(5)]
     public = keys[0].publics[1]
     assert all(k.publics[1] == public for k in keys), "every member installed the same public parameters"
-    assert public.public_key == old_public.public_key and public.t == 3  # the same key: tokens unchanged
-    assert keys[4].shares[1].index == 5
-    assert all(k.shares[1].secret != s.secret for k in keys[:4] for s in [keys[4].shares[1]])
+    assert public.public_key == old_public.public_key and (public.t, public.n) == (3, 5)  # the same key
+    chain = net.rpc(0, "pseudonym_stats")["chain_keys"]["epochs"][-1]
+    assert chain["how"] == "reshare" and chain["public_shares"] == [p.hex() for p in public.public_shares]
+    assert keys[3].shares[1].secret != d_share.secret and keys[4].shares[1].index == 5
+    for trio_ in ((0, 1, 4), (2, 3, 4), (0, 1, 2)):
+        assert token_of([keys[i].shares[1] for i in trio_], public) == token
 
     # two founders down: hosp-d (which never tokenized this patient: no cache) reaches t = 3 only with
     # hosp-a's and hosp-e's partials, each proof checked against the public share the chain's flow gave;
     # the pre-join event is found by its raw patient: the same token
     net.kill(1)
     net.kill(2)
-    found = net.rpc(3, "audit_trail", {"patient_id": "7654321", "issuer": "REGION-MPI"}, timeout=60)
-    assert [e["patient"] for e in found["entries"]] == [token], found
-    assert oprf.decode_point(public.share_key(5)) == keys[4].shares[1].public.share_key(5)
+    found = net.rpc(3, "audit_trail", {"patient_id": PATIENT[0], "issuer": PATIENT[1]}, timeout=60)
+    assert [e["patient"] for e in found["entries"]] == [token.hex()], found
+    net.start(1)
+    net.start(2)
+    net.wait_until(lambda: net.rpc(2, "status")["height"] >= net.height(0) - 1, 60, "b and c back")
+
+    # --- remove hosp-d: a, b, c, e reshare among themselves (quorum(5) = 4 votes)
+    removed_share = load_epochs(net.nodes[3].home).shares[1]
+    cli("member", "propose-remove", "hosp-d", "--home", str(net.nodes[0].home))
+    for i in (1, 2, 4):
+        approving = vote(net, i, "member.removed", subject="hosp-d")
+    leave_start = switch_height(approving["height"], EPOCH_INTERVAL) + 1
+    net.wait_until(lambda: all(holds(net, i, 4) for i in (0, 1, 2, 4)), 120, "a, b, c, e hold shares of 3-of-4")
+    keys = {i: load_epochs(net.nodes[i].home) for i in (0, 1, 2, 4)}
+    after = keys[0].publics[1]
+    assert after.public_key == old_public.public_key and (after.t, after.n) == (3, 4)
+    assert net.height(0) >= leave_start - 1
+    assert token_of([keys[i].shares[1] for i in (0, 2, 4)], after) == token
+    # hosp-d's share (index 4 of the 3-of-5 parameters) with two new shares: not the key
+    lam = oprf.lagrange_at_zero([1, 2, 4])
+    forged = (lam[1] * keys[0].shares[1].secret + lam[2] * keys[1].shares[1].secret
+              + lam[4] * removed_share.secret) % oprf.ORDER
+    assert oprf.tokenize_with_key(forged, 1, "patient", *PATIENT) != token
+    # and partials under its old share fail the proofs every member now checks
+    bi = oprf.blind(oprf.token_input(1, "patient", *PATIENT))
+    assert not oprf.verify_partial(after, [bi.element], oprf.evaluate_partial(removed_share, [bi.element]))
