@@ -72,6 +72,9 @@ def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.
     psk = os.urandom(32)
     # The consortium OPRF key: a trusted dealer is acceptable for a testnet (docs/PSEUDONYMS.md, "Key setup").
     # Each home receives its own share only; the dealer's key is dropped when this function returns.
+    # With genesis param `oprf_dkg_epoch` the members generate it themselves on chain instead (dealer-free,
+    # node.runtime.oprf_resharing): no home gets a share from here.
+    dkg = bool((params or {}).get("oprf_dkg_epoch"))
     public, shares = oprf.deal(oprf_threshold(n), n, epoch=1)
     nodes, members = [], []
     for i in range(n):
@@ -84,7 +87,8 @@ def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.
         identity = load_or_create_identity(home / "keys" / "p2p.key")
         write_config(home, name=name, p2p_listen=p2p, rpc_listen=rpc_listen, psk=psk,
                      extra=config_extra)
-        write_epoch(home, public, shares[i])
+        if not dkg:
+            write_epoch(home, public, shares[i])
         ensure_local_secrets(home)
         token = add_operator_token(home)
         read_token = add_token(home / "tokens.json", "reader", [READ])

@@ -16,6 +16,8 @@ def register(subparsers) -> None:
                    help="node i listens on BASE+2i (p2p) and BASE+2i+1 (RPC); default 26600")
     p.add_argument("--hosts", help="comma-separated IPs, one per node (e.g. namespaces from deploy/netns); "
                                    "default: all on 127.0.0.1")
+    p.add_argument("--oprf-dkg", action="store_true",
+                   help="no dealer: the members generate the pseudonym key on chain (docs/PSEUDONYMS.md)")
     p.add_argument("--run", action="store_true",
                    help="run the nodes in the foreground (created first if absent); Ctrl-C stops all")
     p.set_defaults(func=run)
@@ -43,7 +45,8 @@ def run(args) -> int:
         if hosts and len(hosts) != args.nodes:
             print(f"--hosts lists {len(hosts)} addresses for {args.nodes} nodes", file=sys.stderr)
             return 2
-        nodes = testnet.generate(args.nodes, args.out, base_port=args.base_port, hosts=hosts)
+        params = {"oprf_dkg_epoch": 1} if args.oprf_dkg else None
+        nodes = testnet.generate(args.nodes, args.out, base_port=args.base_port, hosts=hosts, params=params)
         print(f"created a {len(nodes)}-node network in {args.out}/ ({manifest})")
     if not args.run:
         return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import msgpack
 import trio
 
 from node.ledger import oprf
@@ -132,14 +133,27 @@ class Resharer:
             if latest.start > rec.epoch_start and latest.names != rec.names:
                 key = (epoch, latest.start)
                 rnd = self.view.rounds.get(key)
-                if key not in self._contribs and (rnd is None or name not in {d.dealer for d in rnd.dealings}):
+                if self._contrib(key) is None and (rnd is None or name not in {d.dealer for d in rnd.dealings}):
                     fields, contrib = rs.reshare_fields(share, [m.pubkey for m in latest.members], latest.start)
-                    self._contribs[key] = contrib
+                    self._save_contrib(key, contrib)
                     self._post(("reshare", *key), fields)
+        # dealer-free key generation: genesis asks for it (testnets: `radchain testnet --oprf-dkg`), or a member
+        # started a round (`radchain pseudonym dkg`): every member of that set deals once
+        want = node.genesis.params.get("oprf_dkg_epoch")
+        current = node.chain.epoch_at(node.store.height + 1)
+        if type(want) is int and 0 < want < 1 << 16 and self.view.current(want) is None \
+                and (want, current.start) not in self.view.rounds and name in current.names:
+            self._deal_dkg(want, current)
+        for (epoch, start), rnd in list(self.view.rounds.items()):
+            if rnd.kind == "dkg" and rnd.outcome is None and name in rnd.new_names \
+                    and name not in {d.dealer for d in rnd.dealings}:
+                members = self._members_of(start)
+                if members is not None and self._contrib((epoch, start)) is None:
+                    self._deal_dkg(epoch, None, start, members)
         for (epoch, start), rnd in self.view.rounds.items():
             if rnd.outcome is not None:
                 continue
-            contrib = self._contribs.get((epoch, start))
+            contrib = self._contrib((epoch, start))
             if contrib is not None:  # answer complaints against us with the share in clear
                 for dealer, complainer in rnd.complaints:
                     if dealer == name and (dealer, complainer) not in rnd.justified:
@@ -164,6 +178,7 @@ class Resharer:
                 last = height
                 continue
             try:
+                self._act()  # e.g. a genesis that asks for a DKG before any block exists
                 for (epoch, start), rnd in list(self.view.rounds.items()):
                     rec = self.view.current(epoch)
                     waiting = rec is None or rec.epoch_start != start
@@ -174,6 +189,50 @@ class Resharer:
             except Exception:
                 log.exception("OPRF resharing tick failed")
 
+    def _deal_dkg(self, epoch: int, current, start: int | None = None, members=None) -> None:
+        if current is not None:
+            start, members = current.start, [(m.name, m.pubkey) for m in current.members]
+        names = [n for n, _ in members]
+        fields, contrib = rs.dkg_fields(names.index(self.node.cfg.name) + 1, epoch, [k for _, k in members], start)
+        self._save_contrib((epoch, start), contrib)
+        self._post(("dkg", epoch, start), fields)
+
+    # what this member dealt in a round still open: kept (0600, next to its share) to answer complaints even
+    # after a restart, deleted once the round's parameters are in force
+    def _contrib_path(self, key: tuple[int, int]) -> Path:
+        return Path(self.node.cfg.home) / KEYS_DIR / f"dealt-{key[0]}-{key[1]}.secret"
+
+    def _save_contrib(self, key: tuple[int, int], contrib: oprf.Contribution) -> None:
+        write_secret(self._contrib_path(key), msgpack.packb(
+            [contrib.dealer, list(contrib.commitments), [oprf.encode_scalar(x) for x in contrib.shares]],
+            use_bin_type=True))
+        self._contribs[key] = contrib
+
+    def _contrib(self, key: tuple[int, int]) -> oprf.Contribution | None:
+        c = self._contribs.get(key)
+        path = self._contrib_path(key)
+        if c is None and path.exists():
+            try:
+                dealer, comms, shares = msgpack.unpackb(path.read_bytes(), raw=False)
+                c = self._contribs[key] = oprf.Contribution(
+                    dealer, tuple(comms), tuple(oprf.decode_scalar(x) for x in shares))
+            except (ValueError, TypeError, OprfError) as exc:
+                log.error("%s: unreadable (%s); this member cannot answer complaints in that round", path, exc)
+                return None
+        return c
+
+    def _forget_contribs(self, epoch: int, upto_start: int) -> None:
+        for key in [k for k in self._contribs if k[0] == epoch and k[1] <= upto_start]:
+            del self._contribs[key]
+        d = Path(self.node.cfg.home) / KEYS_DIR
+        if d.is_dir():
+            for path in d.glob(f"dealt-{epoch}-*.secret"):
+                try:
+                    if int(path.stem.split("-")[2]) <= upto_start:
+                        path.unlink()
+                except (ValueError, IndexError, OSError):
+                    continue
+
     # ------------------------------------------------------------------ installing
     def _install(self) -> None:
         node = self.node
@@ -182,6 +241,7 @@ class Resharer:
             if self.installed.get(epoch) == rec:
                 continue
             self.installed[epoch] = rec
+            self._forget_contribs(epoch, rec.epoch_start)
             if rec.how == "attested":
                 continue  # what the homes were dealt: the tokenizer loaded it at start
             name = node.cfg.name

@@ -128,3 +128,28 @@ def test_members_join_and_leave_the_key_is_reshared_on_chain(testnet, tmp_path):
     # and partials under its old share fail the proofs every member now checks
     bi = oprf.blind(oprf.token_input(1, "patient", *PATIENT))
     assert not oprf.verify_partial(after, [bi.element], oprf.evaluate_partial(removed_share, [bi.element]))
+
+
+def test_dealer_free_key_generation_on_chain(testnet):
+    """`radchain testnet --oprf-dkg`: no home gets a share from a dealer; the members deal on chain, and the
+    key nobody knows gives the same token at two hospitals, reproduced by any three members' shares."""
+    net: LocalTestnet = testnet(4, params={"oprf_dkg_epoch": 1, "oprf_complaint_ms": 2000})
+    assert not any(load_epochs(info.home).shares for info in net.nodes)
+    net.start()
+    net.wait_ready(timeout=60)
+    net.wait_until(lambda: all(holds(net, i, 4) for i in range(4)), 90, "every member holds a DKG share")
+    keys = [load_epochs(net.nodes[i].home) for i in range(4)]
+    public = keys[0].publics[1]
+    assert all(k.publics[1] == public for k in keys) and public.t == 3
+    rnd = net.rpc(1, "pseudonym_stats")["chain_keys"]["rounds"][0]
+    assert rnd["kind"] == "dkg" and len(rnd["dealers"]) == 3 and rnd["complaints"] == []
+    tokens = []
+    for i in (0, 2):
+        ev = dict(EXAMPLE_EVENT, patient_id=PATIENT[0], issuer=PATIENT[1], study_uid="1.2.826.0.9.2",
+                  event_id=f"dkg-{i}", time=int(time.time() * 1000))
+        answer = net.rpc(i, "submit_event", {"event": ev, "mode": "commit", "timeout": 30}, timeout=60)
+        tokens.append(net.rpc(i, "get_tx", {"hash": answer["hash"], "receipt": False})["tx"]["patient"])
+    assert tokens[0] == tokens[1] and tokens[0].startswith("0001")
+    for trio_ in ((0, 1, 2), (1, 2, 3)):
+        assert token_of([keys[i].shares[1] for i in trio_], public).hex() == tokens[0]
+    assert not list((net.nodes[0].home / "keys" / "oprf").glob("dealt-*")), "the dealt polynomial is erased"
