@@ -3,11 +3,15 @@
     radchain pseudonym stats --home H                       # who evaluated how many points for whom
     radchain pseudonym deal --members 4 --epoch 1 --out DIR # trusted dealer: one share file per member
     radchain pseudonym install --home H --share DIR/hosp-a.share --public DIR/epoch-1.public
+    radchain pseudonym dkg --epoch 2 --home H              # dealer-free: a new key generated on chain
 
 `deal` is the testnet/pilot path (docs/PSEUDONYMS.md "Key setup"): it draws a key, writes the epoch's public
 parameters and one share file per member (member i = position i in genesis), and forgets the key. Hand each
-member its own file only, then delete them. The dealer-free path (each member contributes a random sharing
-with Feldman commitments) is node.oprf.dkg_*; its message flow is not built yet.
+member its own file only, then delete them. `dkg` is the dealer-free path: this member posts the first
+`oprf.dealing` of kind dkg for a new key epoch and the current member set; every member's node deals its own
+random sharing when it sees it, and the key (known to nobody) is in force once the chain has decided the
+round (node.runtime.oprf_resharing; docs/PSEUDONYMS.md). A new testnet can start that way: `radchain testnet
+--oprf-dkg`. Membership changes reshare the current key on chain by themselves.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ def register(subparsers) -> None:
     i.add_argument("--public", type=Path, required=True)
     i.add_argument("--share", type=Path, help="this member's share (omit to only look tokens up)")
     i.set_defaults(func=install)
+    g = sub.add_parser("dkg", help="start dealer-free generation of a new key epoch on chain")
+    g.add_argument("--epoch", type=int, required=True, help="the new key epoch (1..65535, not on chain yet)")
+    add_target_args(g)
+    g.set_defaults(func=dkg)
 
 
 def stats(args) -> int:
@@ -97,4 +105,42 @@ def install(args) -> int:
     write_epoch(args.home, public, share)
     ensure_local_secrets(args.home)
     print(f"installed epoch {public.epoch} (key id {oprf.epoch_key_id(public)}) in {args.home}; restart the node")
+    return 0
+
+
+def dkg(args) -> int:
+    from node.ledger import oprf_reshare as rs
+    from node.ledger.genesis import Genesis
+    from node.ledger.intake import make_tx
+    from node.runtime.keys import load_member_key
+    from node.runtime.oprf_resharing import save_contribution
+    from node.runtime.settings import load_config
+
+    if not args.home:
+        print("radchain pseudonym dkg: --home (this member's keys sign the dealing)", file=sys.stderr)
+        return 2
+    if not 0 < args.epoch < 1 << 16:
+        print("--epoch: 1..65535", file=sys.stderr)
+        return 2
+    cfg = load_config(args.home)
+    client = client_from_args(args)
+    known = {e["epoch"] for e in client.call("pseudonym_stats", {})["chain_keys"]["epochs"]}
+    if args.epoch in known:
+        print(f"key epoch {args.epoch} exists on chain already: choose a new one", file=sys.stderr)
+        return 2
+    v = client.call("validators", {})
+    members = [(m["name"], bytes.fromhex(m["pubkey"])) for m in v["validators"]]
+    names = [n for n, _ in members]
+    if cfg.name not in names:
+        print(f"{cfg.name} is not in the current member set", file=sys.stderr)
+        return 2
+    fields, contrib = rs.dkg_fields(names.index(cfg.name) + 1, args.epoch, [k for _, k in members], v["epoch"])
+    save_contribution(cfg.home, (args.epoch, v["epoch"]), contrib)  # to answer complaints, as the node would
+    fields.pop("type")
+    raw = make_tx("oprf.dealing", load_member_key(cfg.member_key_path), chain_id=Genesis.load(cfg.genesis_path).chain_id,
+                  member=cfg.name, **fields)
+    answer = client.call("submit_tx", {"tx": raw.hex(), "mode": "commit", "timeout": 30})
+    print(f"key epoch {args.epoch}: dealer-free generation started for the {len(names)} members of height "
+          f"{v['epoch']} (tx {answer['hash'][:16]}..., {answer['status']}); every member deals when it sees it, "
+          f"and new tokens use epoch {args.epoch} once the chain puts it in force (radchain pseudonym stats)")
     return 0

@@ -30,7 +30,7 @@ from node.ledger.tx import decode_tx
 from node.privatefiles import write_secret
 from node.runtime.tokenizer import KEYS_DIR, write_epoch
 
-__all__ = ["Resharer"]
+__all__ = ["Resharer", "contribution_path", "save_contribution"]
 
 log = logging.getLogger("radchain.oprf_resharing")
 TYPE = "oprf.dealing"
@@ -200,12 +200,10 @@ class Resharer:
     # what this member dealt in a round still open: kept (0600, next to its share) to answer complaints even
     # after a restart, deleted once the round's parameters are in force
     def _contrib_path(self, key: tuple[int, int]) -> Path:
-        return Path(self.node.cfg.home) / KEYS_DIR / f"dealt-{key[0]}-{key[1]}.secret"
+        return contribution_path(self.node.cfg.home, key)
 
     def _save_contrib(self, key: tuple[int, int], contrib: oprf.Contribution) -> None:
-        write_secret(self._contrib_path(key), msgpack.packb(
-            [contrib.dealer, list(contrib.commitments), [oprf.encode_scalar(x) for x in contrib.shares]],
-            use_bin_type=True))
+        save_contribution(self.node.cfg.home, key, contrib)
         self._contribs[key] = contrib
 
     def _contrib(self, key: tuple[int, int]) -> oprf.Contribution | None:
@@ -285,6 +283,17 @@ class Resharer:
             node.oprf_service.shares.pop(epoch, None)
         else:
             node.oprf_service.shares[epoch] = share
+
+
+def contribution_path(home: Path, key: tuple[int, int]) -> Path:
+    """Where a member keeps what it dealt in round (key epoch, governance epoch start) until it is in force."""
+    return Path(home) / KEYS_DIR / f"dealt-{key[0]}-{key[1]}.secret"
+
+
+def save_contribution(home: Path, key: tuple[int, int], contrib: oprf.Contribution) -> None:
+    write_secret(contribution_path(home, key), msgpack.packb(
+        [contrib.dealer, list(contrib.commitments), [oprf.encode_scalar(x) for x in contrib.shares]],
+        use_bin_type=True))
 
 
 def _is_dealing(raw: bytes) -> bool:

@@ -153,3 +153,16 @@ def test_dealer_free_key_generation_on_chain(testnet):
     for trio_ in ((0, 1, 2), (1, 2, 3)):
         assert token_of([keys[i].shares[1] for i in trio_], public).hex() == tokens[0]
     assert not list((net.nodes[0].home / "keys" / "oprf").glob("dealt-*")), "the dealt polynomial is erased"
+    # a new key epoch, dealer-free, started by one member's command: every member deals, new tokens use it
+    out = cli("pseudonym", "dkg", "--epoch", "2", "--home", str(net.nodes[1].home))
+    assert "dealer-free generation started" in out.stdout
+    net.wait_until(lambda: all(2 in load_epochs(net.nodes[i].home).shares for i in range(4)), 90,
+                   "every member holds a share of key epoch 2")
+    ev = dict(EXAMPLE_EVENT, patient_id=PATIENT[0], issuer=PATIENT[1], study_uid="1.2.826.0.9.2",
+              event_id="dkg-2", time=int(time.time() * 1000))
+    net.wait_until(lambda: net.rpc(3, "pseudonym_stats")["local"]["epoch"] == 2, 30, "hosp-d tokenizes in epoch 2")
+    answer = net.rpc(3, "submit_event", {"event": ev, "mode": "commit", "timeout": 30}, timeout=60)
+    new = net.rpc(3, "get_tx", {"hash": answer["hash"], "receipt": False})["tx"]["patient"]
+    assert new.startswith("0002") and new != tokens[0]
+    trail = net.rpc(0, "audit_trail", {"patient_id": PATIENT[0], "issuer": PATIENT[1]})
+    assert {e["patient"] for e in trail["entries"]} == {tokens[0], new}  # one trail across both epochs
