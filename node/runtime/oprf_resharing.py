@@ -99,6 +99,12 @@ class Resharer:
                         and self.node.store.tx_status(h) == APPLIED:
                     self._feed(block.height, i, h, block.header.timestamp)
             self.view.advance(block.height, block.header.timestamp)
+            for (epoch, start), rnd in self.view.rounds.items():
+                rec = self.view.current(epoch)
+                if block.height == start - 1 and (rec is None or rec.epoch_start < start):
+                    log.warning("governance switch at height %d before the key's resharing completed (%d of %d "
+                                "dealings qualified so far): the old member set keeps evaluating", block.height,
+                                sum(map(rnd.qualified, rnd.dealings)), rnd.needed)
             self._install()
             self._act()
         except Exception:  # the resharing must never stop the node's commit path
