@@ -354,3 +354,22 @@ def test_box_opens_only_for_its_member():
             rs.open_box(bad, KEYS["hosp-e"])
     with pytest.raises(rs.DealingError):
         rs.open_box(box, KEYS["hosp-a"])
+
+
+def test_windows_are_in_block_time_late_complaints_and_justifications_do_not_count(dealt):
+    public, shares = dealt
+    view = attested_view(public)
+    contribs, last = run_reshare(view, shares, JOIN, ["hosp-a", "hosp-b", "hosp-c"],
+                                 tamper={"hosp-b": _bad_box_for("hosp-e")})
+    # hosp-a's dealing is at height 2 (time 2 s): a complaint at 7 s is past its 4 s window
+    view.add(7, 0, "hosp-e", rs.complaint_fields(1, JOIN, "hosp-a"))
+    # hosp-b's (height 3): a complaint in time, but the justification (a genuine one) after 8 s
+    view.add(7, 1, "hosp-e", rs.complaint_fields(1, JOIN, "hosp-b"))
+    view.add(12, 0, "hosp-b", rs.justify_fields(1, JOIN, "hosp-e", contribs["hosp-b"].shares[4]))
+    rnd = view.rounds[(1, JOIN)]
+    assert list(rnd.complaints) == [("hosp-b", "hosp-e")] and rnd.justified == {}
+    view.advance(40)
+    assert view.current(1).public == public  # hosp-b excluded: 2 < t qualified, the old set stays
+    # block times that go backwards are read as their running maximum: nothing reopens
+    super(View, view).add(41, 0, "hosp-e", rs.complaint_fields(1, JOIN, "hosp-c"), 1000)
+    assert ("hosp-c", "hosp-e") not in rnd.complaints
