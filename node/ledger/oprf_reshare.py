@@ -41,6 +41,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
+from consensus.certificate import quorum
 from node.ledger import oprf
 from node.ledger.oprf import EpochPublic, KeyShare, OprfError
 
@@ -208,6 +209,7 @@ class Round:
         # DKG the new one (t >= f + 1 dealers, so at least one honest dealer's randomness is in the key)
         self.needed = self.old.t if self.old is not None else self.t_new
         self._dealt: dict[str, _Dealing] = {}
+        self._opened: dict[tuple[str, str, bytes], int | None] = {}  # (member, dealer, its key) -> share or bad
 
     @property
     def kind(self) -> str:
@@ -327,12 +329,16 @@ class Round:
         for d in self.dealings:
             s = self.justified.get((d.dealer, name))
             if s is None:
-                try:
-                    s = open_box(d.boxes[j - 1], signing_key)
-                except DealingError:
-                    bad.append(d.dealer)
-                    continue
-                if not oprf.verify_contribution_share(d.commitments, j, s):
+                # each box is opened and checked once (a node asks after every block while the round runs)
+                memo = (name, d.dealer, bytes(signing_key.verify_key))
+                if memo not in self._opened:
+                    try:
+                        s = open_box(d.boxes[j - 1], signing_key)
+                        self._opened[memo] = s if oprf.verify_contribution_share(d.commitments, j, s) else None
+                    except DealingError:
+                        self._opened[memo] = None
+                s = self._opened[memo]
+                if s is None:
                     bad.append(d.dealer)
                     continue
             good[d.dealer] = s
@@ -431,7 +437,7 @@ class ChainView:
             key = (oe, start, bytes(fields["oprf_public"]))
             voters = self._attest.setdefault(key, set())
             voters.add(member)
-            if len(voters) == 2 * ((len(names) - 1) // 3) + 1 and not self._recorded(public, start):
+            if len(voters) == quorum(len(names)) and not self._recorded(public, start):
                 self._record(RecordedPublic(public, start, names, height, "attested"))
             return
         rnd = self.rounds.get((oe, start))
