@@ -95,8 +95,11 @@ def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.
         members.append(Member(name=name, pubkey=bytes(key.verify_key), peer_id=peer_id_of(identity),
                               p2p=(p2p,), rpc=f"http://{rpc_listen}"))
         nodes.append(NodeInfo(name, home, f"http://{rpc_listen}", p2p, token, read_token))
+    params = dict(params or {})
+    if not dkg:  # the dealt epoch's public parameters are on chain from genesis (node.runtime.oprf_resharing)
+        params.setdefault("oprf_epoch_public", oprf.encode_epoch_public(public).hex())
     genesis = Genesis(chain_id=chain_id, genesis_time=datetime.now(UTC).isoformat(timespec="seconds"),
-                      members=tuple(members), params=dict(params or {}))
+                      members=tuple(members), params=params)
     for info in nodes:
         genesis.save(info.home / "genesis.json")
     # Every node's operator token: a secret, 0600 like the keys.

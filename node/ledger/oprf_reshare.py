@@ -374,7 +374,7 @@ class RecordedPublic:
     epoch_start: int
     names: tuple[str, ...]
     height: int
-    how: str  # "attested" (a quorum posted it) or "reshare" / "dkg" (derived from a decided round)
+    how: str  # "genesis", "attested" (a quorum posted it), "reshare" / "dkg" (derived from a decided round)
 
 
 class ChainView:
@@ -465,6 +465,12 @@ class ChainView:
 
     def _recorded(self, public: EpochPublic, start: int) -> bool:
         return any(r.public == public and r.epoch_start == start for r in self.history.get(public.epoch, []))
+
+    def seed_genesis(self, public: EpochPublic, names: Sequence[str]) -> None:
+        """Genesis carries a key epoch's public parameters (testnets: the dealer's), in force from height 1."""
+        if self.history.get(public.epoch) or public.n != len(names):
+            raise DealingError("genesis key parameters: one record per epoch, one share per genesis member")
+        self._record(RecordedPublic(public, 1, tuple(names), 0, "genesis"))
 
     def _record(self, rec: RecordedPublic) -> None:
         self.history.setdefault(rec.public.epoch, []).append(rec)

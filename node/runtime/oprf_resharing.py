@@ -35,6 +35,7 @@ __all__ = ["Resharer", "contribution_path", "save_contribution"]
 log = logging.getLogger("radchain.oprf_resharing")
 TYPE = "oprf.dealing"
 TICK_S = 2.0
+GENESIS_PARAM = "oprf_epoch_public"  # hex of node.ledger.oprf.encode_epoch_public
 
 
 class Resharer:
@@ -44,6 +45,13 @@ class Resharer:
         if type(window) is not int or not 0 < window <= 7 * 86_400_000:
             raise ValueError("genesis params.oprf_complaint_ms: must be 1 ms .. 7 days")
         self.view = ChainView(self._members_of, complaint_ms=window)
+        carried = node.genesis.params.get(GENESIS_PARAM)
+        if carried is not None:  # testnets: the dealer's epoch-1 parameters are part of genesis
+            try:
+                self.view.seed_genesis(oprf.decode_epoch_public(bytes.fromhex(carried)),
+                                       [m.name for m in node.genesis.members])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"genesis params.{GENESIS_PARAM}: {exc}") from None
         self.installed: dict[int, RecordedPublic | None] = {}
         self._contribs: dict[tuple[int, int], oprf.Contribution] = {}
         self._sent: set[tuple] = set()
@@ -246,7 +254,11 @@ class Resharer:
                 continue
             self.installed[epoch] = rec
             self._forget_contribs(epoch, rec.epoch_start)
-            if rec.how == "attested":
+            if rec.how in ("genesis", "attested"):
+                home = node.tokenizer.keys.publics.get(epoch)
+                if home is not None and home != rec.public:
+                    log.error("key epoch %d: HOME/keys/oprf holds other public parameters (key id %s) than the "
+                              "chain records (key id %s)", epoch, oprf.epoch_key_id(home), oprf.epoch_key_id(rec.public))
                 continue  # what the homes were dealt: the tokenizer loaded it at start
             name = node.cfg.name
             share: KeyShare | None = None

@@ -18,6 +18,8 @@ VALUES = {
     "scope": "IMG", "expires": 1_800_000_000_000, "subject": "hosp-e", "subject_key": b"\x0c" * 32,
     "offender": 2, "evidence": [b"a", b"b"], "modality": "CT", "body_part": "HEAD", "study_date": 20261102,
     "oprf_counts": [["hosp-b", 40, 2]], "period_ms": 60_000,
+    "oprf_kind": "reshare", "oprf_epoch": 1, "epoch_start": 17, "commitments": [b"\x0e" * 32],
+    "boxes": [b"\x0f" * 80], "share": b"\x10" * 32, "oprf_public": b"\x11" * 40,
     "project": "LUNG-1", "date_from": 20200101, "date_to": 20251231, "waiver": 1,
     "peer_id": "12D3KooWabc", "addr": "/ip4/10.0.0.5/tcp/26656", "param": "max_block_txs", "value": 500,
 }
