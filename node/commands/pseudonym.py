@@ -65,6 +65,14 @@ def stats(args) -> int:
     print(f"tokenizer: {local['tokenizer']}")
     for e in local["epochs"]:
         print(f"epoch {e['epoch']}: t={e['t']} of n={e['n']}, key id {e['key_id']}, share held: {e['share']}")
+    chain = result.get("chain_keys", {})
+    for e in chain.get("epochs", []):
+        print(f"on chain: epoch {e['epoch']} ({e['how']}) in force after height {e['in_force_after']}: "
+              f"t={e['t']} of {', '.join(e['members'])}, key id {e['key_id']}")
+    for r in chain.get("rounds", []):
+        state = f"decided at {r['decided_at']} from {', '.join(r['dealers'])}" if r["dealers"] else "open"
+        print(f"round: epoch {r['epoch']} {r['kind']} for the members of height {r['epoch_start']}: {state}; "
+              f"dealt {', '.join(r['dealt']) or '-'}; complaints {r['complaints'] or '-'}")
     return 0
 
 

@@ -143,6 +143,8 @@ def test_dealer_free_key_generation_on_chain(testnet):
     assert all(k.publics[1] == public for k in keys) and public.t == 3
     rnd = net.rpc(1, "pseudonym_stats")["chain_keys"]["rounds"][0]
     assert rnd["kind"] == "dkg" and len(rnd["dealers"]) == 3 and rnd["complaints"] == []
+    table = cli("pseudonym", "stats", "--home", str(net.nodes[0].home)).stdout
+    assert "on chain: epoch 1 (dkg)" in table and "round: epoch 1 dkg for the members of height 1: decided" in table
     tokens = []
     for i in (0, 2):
         ev = dict(EXAMPLE_EVENT, patient_id=PATIENT[0], issuer=PATIENT[1], study_uid="1.2.826.0.9.2",
