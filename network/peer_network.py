@@ -33,6 +33,7 @@ from . import framing
 from .framing import DATA, ERR, PING, PONG, REQ, RESP, FrameDecoder, FrameError
 from .host import PortLock, apply_library_workarounds, build_host
 from .identity import load_or_create_identity, parse_peer_id, peer_id_of
+from .pnet import PskRing, fingerprint
 from .queue import FrameQueue
 from .security import AllowList
 
@@ -149,6 +150,8 @@ class PeerNetwork:
         if self.listen.value_for_protocol("ip4") is None or self.listen.value_for_protocol("tcp") is None:
             raise ValueError(f"listen address must be /ip4/<ip>/tcp/<port>, got {listen}")
         self.psk = psk
+        # every connection runs under one of the ring's keys; set_psks changes them while running (pnet)
+        self.psk_ring = PskRing([psk], psk) if psk is not None else None
         self.priority_channels = frozenset(priority_channels)
         self.max_response = max_response
         self.handler_timeout = handler_timeout
@@ -213,6 +216,39 @@ class PeerNetwork:
         if fresh or removed:
             log.info("consortium changed: %d peers added, %d removed", len(fresh), len(removed))
         return list(fresh), removed
+
+    def set_psks(self, accept: Iterable[bytes], prefer: bytes) -> int:
+        """Accept connections under any of `accept` and dial under `prefer` from now on (a PSK rotation:
+        network.pnet). Live connections that use a key no longer accepted are closed: their peers redial
+        under an accepted key. Returns how many were closed. Raises ValueError (and changes nothing) on a
+        malformed key set, or if the network was started without a PSK (no private network to rotate)."""
+        if self.psk_ring is None:
+            raise ValueError("this network runs without a PSK")
+        accept = list(accept)
+        before = self.psk_ring.status()
+        stale = self.psk_ring.set(accept, prefer)
+        self.psk = prefer
+        if self.psk_ring.status()["accepted"] != before["accepted"]:
+            log.info("private network keys: accept %s, prefer %s", ", ".join(map(fingerprint, accept)),
+                     fingerprint(prefer))
+        for conn in stale:
+            self.stats["psk_retired_connections"] += 1
+            if self._nursery is not None:
+                self._nursery.start_soon(self._close_conn, conn)
+        return len(stale)
+
+    def psk_status(self) -> dict:
+        """Fingerprints (network.pnet.fingerprint) of the preferred and accepted PSKs, and live connections by
+        the key this side writes under; {} without a PSK."""
+        return {} if self.psk_ring is None else self.psk_ring.status()
+
+    @staticmethod
+    async def _close_conn(conn) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+            try:
+                await conn.close()
+            except Exception:
+                pass
 
     async def _disconnect(self, pid: str) -> None:
         host = self.host
@@ -366,7 +402,7 @@ class PeerNetwork:
         lock = PortLock(self.listen, self._lock_dir)
         lock.acquire()
         try:
-            host = build_host(self.identity, self._allowed, self.psk, self.listen, self._on_reject)
+            host = build_host(self.identity, self._allowed, self.psk_ring, self.listen, self._on_reject)
             self.host = host
             async with host.run(listen_addrs=[self.listen]):
                 try:
