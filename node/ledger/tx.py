@@ -116,6 +116,25 @@ def _oprf_counts(items) -> bool:
     return True
 
 
+MAX_PSK_BOXES = 64  # a PSK rotation seals one 80-byte box per member; 64 of them fit in MAX_TX_BYTES
+
+
+def _psk_boxes(items) -> bool:
+    """[[member name, member key 32, sealed box 80], ...]: names and keys distinct (node.ledger.epochs)."""
+    names, keys = set(), set()
+    for item in items:
+        if type(item) is not list or len(item) != 3:
+            return False
+        name, key, box = item
+        if type(name) is not str or not 0 < len(name) <= 64 or name in names:
+            return False
+        if type(key) is not bytes or len(key) != 32 or key in keys or type(box) is not bytes or len(box) != 80:
+            return False
+        names.add(name)
+        keys.add(key)
+    return True
+
+
 def _evidence(items) -> bool:
     return (items[0] != items[1] and type(items[0]) is bytes and type(items[1]) is bytes
             and 0 < len(items[0]) <= MAX_EVIDENCE_BYTES and 0 < len(items[1]) <= MAX_EVIDENCE_BYTES)
@@ -177,6 +196,10 @@ FIELD_SPECS: dict[str, tuple] = {
     "oprf_counts": (list, 1, MAX_LIST, None, _oprf_counts,
                     "a list of [member, points answered, points refused] with distinct members"),
     "period_ms": (int, 1, _U63, None, None, "a positive number of milliseconds"),
+    # a consortium PSK rotation: the commitment to the new PSK and the PSK sealed to each member
+    "psk_commit": (bytes, 32, 32, None, None, "a 32-byte PSK commitment"),
+    "psk_boxes": (list, 1, MAX_PSK_BOXES, None, _psk_boxes,
+                  f"a list of 1..{MAX_PSK_BOXES} [member, 32-byte member key, 80-byte sealed box], distinct"),
 }
 
 COMMON_REQUIRED = frozenset({"v", "chain", "type", "member", "client", "ts", "nonce"})
@@ -189,6 +212,7 @@ MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.re
 RESEARCH_TYPES = ("research.project.registered", "research.project.approved", "consent.vote")
 EVIDENCE_TYPES = ("evidence.equivocation",)
 OPRF_TYPES = ("oprf.counts",)
+GOVERNANCE_TYPES = ("network.psk_rotated",)
 
 # type -> (required fields beyond COMMON_REQUIRED, optional fields)
 _SCHEMA: dict[str, tuple[frozenset, frozenset]] = {}
@@ -226,13 +250,15 @@ _SCHEMA["consent.vote"] = (frozenset({"patient", "grantee", "scope", "action"}),
                            frozenset({"purpose", "expires", "project"}))
 # A member's periodic record of the threshold-OPRF evaluations it answered for each other member (issue 13).
 _SCHEMA["oprf.counts"] = (frozenset({"oprf_counts", "period_ms"}), frozenset())
+# A vote to rotate the consortium PSK (issue 12): the proposal carries the boxes, approvals may omit them.
+_SCHEMA["network.psk_rotated"] = (frozenset({"psk_commit"}), frozenset({"psk_boxes"}))
 del _t, _req, _opt
 
 TX_TYPES = frozenset(_SCHEMA)
 # Every tx type, in the order the store numbers them for its (member, type) index (code = position + 1,
 # on disk): append new types at the end only (tests/ledger/test_chain.py pins the codes).
 TX_TYPE_ORDER = (AUDIT_TYPES + CONSENT_TYPES + MEMBERSHIP_TYPES[:4] + EVIDENCE_TYPES + RESEARCH_TYPES
-                 + MEMBERSHIP_TYPES[4:] + OPRF_TYPES)
+                 + MEMBERSHIP_TYPES[4:] + OPRF_TYPES + GOVERNANCE_TYPES)
 assert frozenset(TX_TYPE_ORDER) == TX_TYPES and len(TX_TYPE_ORDER) == len(TX_TYPES)
 # type -> ({allowed field: spec}, required fields, needs an actor), precomputed for the decoder's hot loop
 _TYPE_SPECS = {t: ({k: FIELD_SPECS[k] for k in COMMON_REQUIRED | req | opt}, COMMON_REQUIRED | req,

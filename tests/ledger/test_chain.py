@@ -296,4 +296,5 @@ def test_index_type_codes_never_change():
         "member.removed": 14, "client.added": 15, "client.removed": 16, "evidence.equivocation": 17,
         "research.project.registered": 18, "research.project.approved": 19, "consent.vote": 20,
         "member.key_rotated": 21, "params.changed": 22, "oprf.counts": 23,
+        "network.psk_rotated": 24,
     }

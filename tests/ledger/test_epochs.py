@@ -259,3 +259,98 @@ def test_parameters_change_by_vote_at_the_boundary(gov, gchain):
         gchain.validate_proposal(5, gchain.build_proposal(5, 0, T0, [gov.tx(0), gov.tx(1), gov.tx(2)]), now_ms=T0)
     gov.commit(gchain, [gov.tx(0), gov.tx(1)])
     assert gchain.height == 5
+
+
+# ---------------------------------------------------------------------------------------------- PSK rotation
+def _psk_proposal(gov, chain, psk=b"\x42" * 32, members=None):
+    from node.ledger.epochs import psk_commitment, seal_psk
+
+    members = dict(chain.state.members) if members is None else members
+    return psk_commitment(CHAIN_ID, psk), seal_psk(psk, members)
+
+
+def test_a_psk_rotation_is_sealed_to_each_member_and_approved_by_2f_plus_1(gov, gchain, tmp_path):
+    from node.ledger.epochs import PSK_RETIRE_AFTER, open_psk_box, psk_schedule
+
+    psk = b"\x42" * 32
+    commit, boxes = _psk_proposal(gov, gchain, psk)
+    gov.commit(gchain, [gov.tx(0)])
+    blk = gov.commit(gchain, [gov.tx(0, "network.psk_rotated", psk_commit=commit, psk_boxes=boxes),
+                              gov.tx(1, "network.psk_rotated", psk_commit=commit)])
+    assert list(blk.statuses) == [0, 0] and not gchain.state.psk_rotations  # 2 of 3 needed
+    for i in range(4):  # every member's box opens to the committed PSK, with its own member key only
+        assert open_psk_box(CHAIN_ID, commit, boxes, gov.name(i), gov.keys[i]) == psk
+    blk = gov.commit(gchain, [gov.tx(3, "network.psk_rotated", psk_commit=commit)])  # approved in block 3
+    assert list(blk.statuses) == [0]
+    (rot,) = gchain.state.psk_rotations.values()
+    assert rot.start == switch_height(3, INTERVAL) + 1 == 5 and rot.commit == commit
+    assert rot.retire_old_after == 4 + PSK_RETIRE_AFTER
+    # the plan each node follows: accept both from the approval, prefer the new from the boundary, drop old
+    old = b"\x01" * 32
+    learned = {commit: psk}
+    assert psk_schedule(old, [rot], learned, 3) == ([old, psk], old, [])
+    assert psk_schedule(old, [rot], learned, 4) == ([psk, old], psk, [])
+    assert psk_schedule(old, [rot], learned, 4 + PSK_RETIRE_AFTER) == ([psk], psk, [])
+    assert psk_schedule(old, [rot], {}, 99) == ([old], old, [commit])  # a node that could not open its box
+    # the rotation survives a restart (state reload) and verify-chain replays it
+    reloaded = Chain(gov.genesis, gchain.store)
+    assert reloaded.state.psk_rotations == gchain.state.psk_rotations
+
+
+def test_psk_rotations_that_must_not_take_effect_are_rejected(gov, gchain):
+    commit, boxes = _psk_proposal(gov, gchain)
+    gov.commit(gchain, [gov.tx(0)])
+    # an approval of nothing: no open proposal with this commitment
+    blk = gov.commit(gchain, [gov.tx(1, "network.psk_rotated", psk_commit=commit)])
+    assert blk.statuses[0] != 0 and "no open PSK rotation" in gchain.state.rejections[blk.tx_hashes[0]]
+    # boxes that leave a member out, or are sealed to another key than the member's
+    short = [b for b in boxes if b[0] != gov.name(3)]
+    wrong = [[n, bytes(NEW.verify_key) if n == gov.name(3) else k, b] for n, k, b in boxes]
+    for bad in (short, wrong):
+        blk = gov.commit(gchain, [gov.tx(0, "network.psk_rotated", psk_commit=commit, psk_boxes=bad)])
+        assert blk.statuses[0] != 0
+        assert "exactly the current members" in gchain.state.rejections[blk.tx_hashes[0]]
+    # an approval that swaps the boxes
+    _, other = _psk_proposal(gov, gchain, psk=b"\x43" * 32)
+    gov.commit(gchain, [gov.tx(0, "network.psk_rotated", psk_commit=commit, psk_boxes=boxes)])
+    blk = gov.commit(gchain, [gov.tx(1, "network.psk_rotated", psk_commit=commit, psk_boxes=other)])
+    assert blk.statuses[0] != 0
+    assert not gchain.state.psk_rotations
+
+
+def test_a_box_that_does_not_open_or_does_not_match_is_refused_with_the_reason(gov, gchain):
+    from node.ledger.epochs import PskBoxError, open_psk_box, psk_commitment, seal_psk
+
+    commit, boxes = _psk_proposal(gov, gchain)
+    me = gov.name(2)
+    garbage = [[n, k, bytes(80) if n == me else b] for n, k, b in boxes]
+    with pytest.raises(PskBoxError, match="does not open"):
+        open_psk_box(CHAIN_ID, commit, garbage, me, gov.keys[2])
+    # a box that opens, to another key than the one committed to
+    swapped = [[n, k, seal_psk(b"\x99" * 32, {n: k})[0][2] if n == me else b] for n, k, b in boxes]
+    with pytest.raises(PskBoxError, match="does not match the commitment"):
+        open_psk_box(CHAIN_ID, commit, swapped, me, gov.keys[2])
+    with pytest.raises(PskBoxError, match="no box"):
+        open_psk_box(CHAIN_ID, commit, boxes[:2], me, gov.keys[2])
+    with pytest.raises(PskBoxError, match="not to this member key"):
+        open_psk_box(CHAIN_ID, commit, boxes, me, NEW)
+    # the same PSK committed under another chain id does not match
+    assert psk_commitment("other-chain", b"\x42" * 32) != commit
+
+
+@pytest.mark.parametrize("bad", [
+    {"psk_commit": b"\x00" * 31},
+    {"psk_commit": b"\x00" * 32, "psk_boxes": []},
+    {"psk_commit": b"\x00" * 32, "psk_boxes": [["hosp-a", b"\x01" * 32, b"\x02" * 79]]},
+    {"psk_commit": b"\x00" * 32, "psk_boxes": [["hosp-a", b"\x01" * 32, b"\x02" * 80]] * 2},
+    {"psk_commit": b"\x00" * 32, "psk_boxes": [["hosp-a", b"\x01" * 32, b"\x02" * 80, b""]]},
+    {"psk_commit": b"\x00" * 32, "psk_boxes": [[["hosp-a"], b"\x01" * 32, b"\x02" * 80]]},
+    {"psk_commit": b"\x00" * 32, "psk_boxes": [[f"h{i}", bytes([i]) * 32, b"\x02" * 80] for i in range(65)]},
+    {"psk_commit": b"\x00" * 32, "psk_boxes": "x"},
+    {"psk_boxes": [["hosp-a", b"\x01" * 32, b"\x02" * 80]]},
+])
+def test_malformed_psk_rotation_txs_are_refused_by_the_decoder(gov, bad):
+    from node.ledger.tx import TxError
+
+    with pytest.raises(TxError):
+        gov.tx(0, "network.psk_rotated", **bad)
