@@ -270,3 +270,80 @@ def test_keys_rotate_and_parameters_change_without_stopping_the_chain(testnet, t
     net.stop_all()
     out = cli("verify-chain", "--home", home[2], check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _pnet_probe(p2p: str, psk: bytes) -> bytes:
+    """Open a raw TCP connection to a node's p2p port and speak libp2p pnet under ``psk``: the node's
+    answer (its nonce and the encrypted multistream header) or b"" if it closes the connection."""
+    import os
+    import socket
+
+    from Crypto.Cipher import Salsa20
+
+    _, _, host, _, port = p2p.split("/")[:5]
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        nonce = os.urandom(8)
+        s.sendall(nonce + Salsa20.new(key=psk, nonce=nonce).encrypt(b"\x13/multistream/1.0.0\n"))
+        got = b""
+        try:
+            while len(got) < 28:
+                chunk = s.recv(28 - len(got))
+                if not chunk:
+                    break
+                got += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return got
+
+
+def test_psk_rotates_by_vote_under_load_without_a_stop(testnet):
+    """A fresh PSK sealed to every member, approved by 2f+1 through the CLI (each approver opens its own
+    box first): every member moves to it at the boundary, the old one is refused after the drop height,
+    the chain commits through the switch, and a member killed mid-rotation restarts under the right key."""
+    from Crypto.Cipher import Salsa20
+
+    from network.pnet import fingerprint
+
+    net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL})
+    net.start()
+    net.wait_ready(timeout=60)
+    home = [str(info.home) for info in net.nodes]
+    old = load_config(net.nodes[0].home).psk
+    with Load(net, [0, 1, 2]) as load:
+        net.wait_until(lambda: net.height(0) >= 2, 30, "first blocks under load")
+        begin = net.height(0)
+        first = cli("member", "rotate-psk", "--home", home[0]).stdout
+        proposal = first.split("proposal ")[1].split()[0].rstrip(":;")
+        cli("member", "approve", proposal[:12], "--home", home[1])
+        cli("member", "approve", proposal[:12], "--home", home[3])  # quorum(4) = 3
+        (rot,) = net.rpc(0, "validators")["psk_rotations"]
+        # hosp-d learned the new key (persisted before use): kill -9 it now, restart it after the drop
+        net.wait_until(lambda: (net.nodes[3].home / "keys" / "psk.json").exists(), 30, "hosp-d holds the new PSK")
+        new = bytes.fromhex(next(iter(json.loads((net.nodes[3].home / "keys" / "psk.json").read_text()).values()))["psk"])
+        assert new != old and (net.nodes[3].home / "keys" / "psk.json").stat().st_mode & 0o777 == 0o600
+        net.kill(3)
+        load.targets = [0, 1, 2]
+        drop = rot["retire_old_after"]
+        net.wait_until(lambda: net.height(0) >= drop + 2, 90, "past the drop height under load")
+        net.start(3)
+        net.wait_until(lambda: net.height(3) >= net.height(0) - 1, 60, "hosp-d back under the new PSK")
+        end = net.height(0)
+    # committed through the switch: no gap between consecutive block times longer than a few seconds
+    times = [net.rpc(0, "get_block", {"height": h})["header"]["timestamp"] for h in range(begin, end + 1)]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) < 4000, gaps
+    net.wait_until(lambda: len({net.height(i) for i in range(4)}) == 1, 60, "one height")
+    assert len({net.rpc(i, "status")["head"] for i in range(4)}) == 1
+    for h in sorted(load.acked):
+        assert net.rpc(3, "get_tx", {"hash": h, "receipt": False})["status"] == "committed", h
+    fp = fingerprint(new)
+    for i in range(4):  # every member connected to every other under the new PSK only
+        net.wait_until(lambda i=i: net.rpc(i, "status")["peers"] == 3, 30, "full mesh")
+        psk = net.rpc(i, "status")["psk"]
+        assert psk["prefer"] == fp and psk["accepted"] == [fp] and set(psk["connections"]) == {fp}, psk
+    # a peer holding only the retired PSK is refused at its first bytes; the new PSK gets an answer
+    refused = net.rpc(0, "status")["psk"].get("refused", 0)
+    assert _pnet_probe(net.nodes[0].p2p, old) == b""
+    net.wait_until(lambda: net.rpc(0, "status")["psk"].get("refused", 0) > refused, 10, "refusal counted")
+    answer = _pnet_probe(net.nodes[0].p2p, new)
+    assert Salsa20.new(key=new, nonce=answer[:8]).decrypt(answer[8:]) == b"\x13/multistream/1.0.0\n"
