@@ -41,8 +41,8 @@ def register(subparsers) -> None:
     remove.add_argument("name", help="the member to remove")
     rotate = sub.add_parser("rotate-key", help="replace this member's signing key (and with --p2p its libp2p "
                                                "identity) from the next epoch boundary; no vote needed")
-    rotate.add_argument("--p2p", action="store_true", help="also a new libp2p identity (restart the node at "
-                                                           "the switch height printed)")
+    rotate.add_argument("--p2p", action="store_true", help="also a new libp2p identity (the running node "
+                                                           "switches to it at the switch height printed)")
     rotate.add_argument("--addr", help="a new p2p multiaddr for this member")
     param = sub.add_parser("propose-param", help="vote to set a consortium parameter (2f+1 needed)")
     param.add_argument("name", help="one of: " + ", ".join(sorted(VOTABLE)))

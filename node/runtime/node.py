@@ -304,8 +304,17 @@ class Node:
         self._last_view = self.replica.view
         me = self.epoch.index_of(self.cfg.name)
         if me is not None and self.epoch.members[me].peer_id not in ("", self.net.peer_id):
-            log.error("this member's libp2p identity was rotated from height %d: restart the node to use "
-                      "keys/p2p.key.next (until then the others refuse the old identity)", self.epoch.start)
+            # our libp2p identity was rotated (member.key_rotated --p2p): from this boundary the others admit
+            # only the new one, so the network rebuilds its host under keys/p2p.key.next, without a restart
+            candidate = self._p2p_identity()
+            from network.identity import peer_id_of
+
+            if peer_id_of(candidate) == self.epoch.members[me].peer_id:
+                self.net.set_identity(candidate)
+                log.info("libp2p identity rotated from height %d: now %s", self.epoch.start, self.net.peer_id)
+            else:
+                log.error("this member's libp2p identity was rotated from height %d, but keys/p2p.key.next is "
+                          "not that identity: the others refuse this node", self.epoch.start)
         self.mempool.release_in_flight()  # what the old epoch proposed past its end is proposable again
         log.info("member set changed", extra={"fields": {
             "epoch": self.epoch.start, "members": list(self.epoch.names), "n": self.epoch.n,
