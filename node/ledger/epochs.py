@@ -159,11 +159,13 @@ class EpochHistory:
     def __init__(self, genesis: Genesis, epochs: list[Epoch] | None = None):
         self.chain_id = genesis.chain_id
         self.interval = genesis.param("epoch_interval")
+        self.psk_retire_blocks = genesis.param("psk_retire_blocks")
         self.epochs: list[Epoch] = [genesis_epoch(genesis)] + sorted(epochs or (), key=lambda e: e.start)
 
     def copy(self) -> EpochHistory:
         c = EpochHistory.__new__(EpochHistory)
         c.chain_id, c.interval, c.epochs = self.chain_id, self.interval, list(self.epochs)
+        c.psk_retire_blocks = self.psk_retire_blocks
         return c
 
     def add_stored(self, start: int, value: bytes) -> None:
@@ -210,14 +212,14 @@ class EpochHistory:
 # draws a fresh 32-byte PSK and seals it to every current member (nacl SealedBox to the Curve25519 form of
 # its Ed25519 member key); the tx carries the boxes and a public commitment to the PSK, so each member checks
 # that its own box opens to the committed PSK before it approves. 2f+1 approvals (node.ledger.state) write
-# ``psk/<start u64>`` -> msgpack [commitment, [[name, member key, box], ...], approving height], start being
-# the first height after the next epoch boundary. Nodes accept {old, new} from the approving block on,
-# dial with the new one once the boundary is executed, and drop the old one PSK_RETIRE_AFTER blocks later.
+# ``psk/<start u64>`` -> msgpack [commitment, [[name, member key, box], ...], approving height, retire height],
+# start being the first height after the next epoch boundary. Nodes accept {old, new} from the approving
+# block on, dial with the new one once the boundary is executed, and drop the old one genesis param
+# ``psk_retire_blocks`` (64) blocks later (the retire height: executed blocks from which the old key is refused).
 
 PSK_PREFIX = b"psk/"
 PSK_BYTES = 32
 PSK_BOX_BYTES = PSK_BYTES + 48  # SealedBox: ephemeral public key 32 + MAC 16
-PSK_RETIRE_AFTER = 16  # blocks after the boundary during which the old PSK is still accepted
 _PSK_COMMIT_DOMAIN = b"radchain/psk-commit/v1\x00"
 
 
@@ -231,11 +233,7 @@ class PskRotation:
     commit: bytes
     boxes: tuple[tuple[str, bytes, bytes], ...]  # (member name, member key, sealed box)
     approved_at: int
-
-    @property
-    def retire_old_after(self) -> int:
-        """Executed height from which the previous PSK is refused."""
-        return self.start - 1 + PSK_RETIRE_AFTER
+    retire_old_after: int  # executed height from which the previous PSK is refused
 
     def to_json(self) -> dict:
         return {"start": self.start, "commit": self.commit.hex(), "approved_at": self.approved_at,
@@ -247,14 +245,19 @@ def psk_key(start: int) -> bytes:
     return PSK_PREFIX + _U64.pack(start)
 
 
-def encode_psk_value(commit: bytes, boxes, approved_at: int) -> bytes:
-    return msgpack.packb([commit, [list(b) for b in boxes], approved_at], use_bin_type=True)
+def psk_retire_height(start: int, retire_blocks: int) -> int:
+    """Executed height from which the PSK before a rotation starting at ``start`` is refused."""
+    return start - 1 + retire_blocks
+
+
+def encode_psk_value(commit: bytes, boxes, approved_at: int, retire: int) -> bytes:
+    return msgpack.packb([commit, [list(b) for b in boxes], approved_at, retire], use_bin_type=True)
 
 
 def decode_psk_value(start: int, value: bytes) -> PskRotation:
-    commit, boxes, approved_at = msgpack.unpackb(value, raw=False, max_array_len=MAX_EPOCH_MEMBERS,
+    commit, boxes, approved_at, retire = msgpack.unpackb(value, raw=False, max_array_len=MAX_EPOCH_MEMBERS,
                                                  max_map_len=0, max_ext_len=0)
-    if not (type(commit) is bytes and len(commit) == 32 and type(approved_at) is int):
+    if not (type(commit) is bytes and len(commit) == 32 and type(approved_at) is int and type(retire) is int):
         raise ValueError("malformed PSK rotation")
     out = []
     for name, key, box in boxes:
@@ -262,7 +265,7 @@ def decode_psk_value(start: int, value: bytes) -> PskRotation:
                 and len(box) == PSK_BOX_BYTES):
             raise ValueError("malformed PSK box")
         out.append((name, key, box))
-    return PskRotation(start, commit, tuple(out), approved_at)
+    return PskRotation(start, commit, tuple(out), approved_at, retire)
 
 
 def psk_commitment(chain_id: str, psk: bytes) -> bytes:

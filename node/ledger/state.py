@@ -55,6 +55,7 @@ from node.ledger.epochs import (
     encode_psk_value,
     epoch_key,
     psk_key,
+    psk_retire_height,
     switch_height,
 )
 from node.ledger.genesis import Genesis
@@ -314,8 +315,10 @@ class LedgerState:
             return reason
         del self.votes[vote_id]
         writes.append((b"vote/" + vote_id, None))
-        self.psk_rotations[start] = PskRotation(start, commit, tuple((n, k, b) for n, k, b in boxes), self.height)
-        writes.append((psk_key(start), encode_psk_value(commit, boxes, self.height)))
+        retire = psk_retire_height(start, self.epochs.psk_retire_blocks)
+        self.psk_rotations[start] = PskRotation(start, commit, tuple((n, k, b) for n, k, b in boxes), self.height,
+                                                retire)
+        writes.append((psk_key(start), encode_psk_value(commit, boxes, self.height, retire)))
         return None
 
     def _rotate(self, member: str, f: dict, latest, writes: list) -> bool:

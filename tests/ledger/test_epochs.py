@@ -270,7 +270,7 @@ def _psk_proposal(gov, chain, psk=b"\x42" * 32, members=None):
 
 
 def test_a_psk_rotation_is_sealed_to_each_member_and_approved_by_2f_plus_1(gov, gchain, tmp_path):
-    from node.ledger.epochs import PSK_RETIRE_AFTER, open_psk_box, psk_schedule
+    from node.ledger.epochs import open_psk_box, psk_schedule
 
     psk = b"\x42" * 32
     commit, boxes = _psk_proposal(gov, gchain, psk)
@@ -284,13 +284,13 @@ def test_a_psk_rotation_is_sealed_to_each_member_and_approved_by_2f_plus_1(gov, 
     assert list(blk.statuses) == [0]
     (rot,) = gchain.state.psk_rotations.values()
     assert rot.start == switch_height(3, INTERVAL) + 1 == 5 and rot.commit == commit
-    assert rot.retire_old_after == 4 + PSK_RETIRE_AFTER
+    assert rot.retire_old_after == 4 + 64  # genesis param psk_retire_blocks (default)
     # the plan each node follows: accept both from the approval, prefer the new from the boundary, drop old
     old = b"\x01" * 32
     learned = {commit: psk}
     assert psk_schedule(old, [rot], learned, 3) == ([old, psk], old, [])
     assert psk_schedule(old, [rot], learned, 4) == ([psk, old], psk, [])
-    assert psk_schedule(old, [rot], learned, 4 + PSK_RETIRE_AFTER) == ([psk], psk, [])
+    assert psk_schedule(old, [rot], learned, rot.retire_old_after) == ([psk], psk, [])
     assert psk_schedule(old, [rot], {}, 99) == ([old], old, [commit])  # a node that could not open its box
     # the rotation survives a restart (state reload) and verify-chain replays it
     reloaded = Chain(gov.genesis, gchain.store)

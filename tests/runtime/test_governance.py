@@ -30,6 +30,7 @@ from node.runtime.settings import load_config
 from node.testnet import LocalTestnet, NodeInfo, free_base_port
 
 EPOCH_INTERVAL = 4  # switch heights every 4 blocks: quick to reach under load
+PSK_RETIRE = 6  # blocks after a PSK rotation's boundary until the old PSK is refused (genesis default 64)
 
 
 class Load:
@@ -305,7 +306,7 @@ def test_psk_rotates_by_vote_under_load_without_a_stop(testnet):
 
     from network.pnet import fingerprint
 
-    net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL})
+    net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL, "psk_retire_blocks": PSK_RETIRE})
     net.start()
     net.wait_ready(timeout=60)
     home = [str(info.home) for info in net.nodes]
@@ -313,6 +314,22 @@ def test_psk_rotates_by_vote_under_load_without_a_stop(testnet):
     with Load(net, [0, 1, 2]) as load:
         net.wait_until(lambda: net.height(0) >= 2, 30, "first blocks under load")
         begin = net.height(0)
+        # hostile proposals: hosp-b's box does not open, or opens to another key than the committed one;
+        # the ledger cannot look inside a box, but hosp-b refuses to approve and says why
+        from node.ledger.epochs import psk_commitment, seal_psk
+        from node.ledger.state import proposal_id, proposal_what
+
+        registry = {m["name"]: bytes.fromhex(m["pubkey"]) for m in net.rpc(0, "validators")["validators"]}
+        chain_id = Genesis.load(net.nodes[0].home).chain_id
+        other_box = seal_psk(b"\x0c" * 32, {"hosp-b": registry["hosp-b"]})[0][2]
+        for seed, why, box in ((b"\x0a", "does not open", bytes(80)),
+                               (b"\x0b", "does not match the commitment", other_box)):
+            commit = psk_commitment(chain_id, seed * 32)
+            hostile = [[n, k, box if n == "hosp-b" else b] for n, k, b in seal_psk(seed * 32, registry)]
+            vote(net, 0, "network.psk_rotated", psk_commit=commit, psk_boxes=hostile)
+            pid = proposal_id(proposal_what({"type": "network.psk_rotated", "psk_commit": commit})).hex()
+            out = cli("member", "approve", pid[:12], "--home", home[1], check=False)
+            assert out.returncode == 1 and "refusing to approve" in out.stderr and why in out.stderr, out.stderr
         first = cli("member", "rotate-psk", "--home", home[0]).stdout
         proposal = first.split("proposal ")[1].split()[0].rstrip(":;")
         cli("member", "approve", proposal[:12], "--home", home[1])
