@@ -354,3 +354,26 @@ def test_malformed_psk_rotation_txs_are_refused_by_the_decoder(gov, bad):
 
     with pytest.raises(TxError):
         gov.tx(0, "network.psk_rotated", **bad)
+
+
+def test_the_explorer_names_proposers_and_signers_by_the_member_set_of_the_height(gov, tmp_path):
+    from types import SimpleNamespace
+
+    from node.explorer.data import block_detail
+
+    store = Store(tmp_path / "c")
+    chain = _certified_chain(gov, store)  # hosp-e joins from 5, hosp-b leaves later: indexes move
+    node = SimpleNamespace(chain=chain, store=store, genesis=gov.genesis, epoch=chain.epoch_at(chain.height + 1))
+    last = chain.height
+    epoch = chain.epoch_at(last)
+    assert "hosp-b" not in epoch.names and epoch.names[1] == "hosp-c"
+    detail = block_detail(node, last)
+    cert = Certificate.decode(store.get_certificate(last))
+    assert detail["signers"] == [epoch.members[i].name for i, _ in cert.signatures]
+    assert "hosp-b" in [gov.genesis.members[i].name for i, _ in cert.signatures]  # what genesis would say
+    assert "hosp-b" not in detail["signers"]
+    assert detail["proposer"] == epoch.members[store.get_block(last).header.proposer].name
+    first = block_detail(node, 1)  # an early block: the genesis set
+    assert first["signers"] == [gov.genesis.members[i].name
+                                for i, _ in Certificate.decode(store.get_certificate(1)).signatures]
+    store.close()
