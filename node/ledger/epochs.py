@@ -255,16 +255,20 @@ def encode_psk_value(commit: bytes, boxes, approved_at: int, retire: int) -> byt
 
 
 def decode_psk_value(start: int, value: bytes) -> PskRotation:
-    commit, boxes, approved_at, retire = msgpack.unpackb(value, raw=False, max_array_len=MAX_EPOCH_MEMBERS,
-                                                 max_map_len=0, max_ext_len=0)
+    """A stored rotation; raises ValueError on anything encode_psk_value would not have written."""
+    try:
+        commit, boxes, approved_at, retire = msgpack.unpackb(value, raw=False, max_array_len=MAX_EPOCH_MEMBERS,
+                                                             max_map_len=0, max_ext_len=0)
+        out = []
+        for name, key, box in boxes:
+            if not (type(name) is str and type(key) is bytes and len(key) == 32 and type(box) is bytes
+                    and len(box) == PSK_BOX_BYTES):
+                raise ValueError("malformed PSK box")
+            out.append((name, key, box))
+    except (TypeError, ValueError) as exc:  # msgpack's errors are ValueErrors; a wrong shape a TypeError
+        raise ValueError(f"malformed PSK rotation: {exc}") from None
     if not (type(commit) is bytes and len(commit) == 32 and type(approved_at) is int and type(retire) is int):
         raise ValueError("malformed PSK rotation")
-    out = []
-    for name, key, box in boxes:
-        if not (type(name) is str and type(key) is bytes and len(key) == 32 and type(box) is bytes
-                and len(box) == PSK_BOX_BYTES):
-            raise ValueError("malformed PSK box")
-        out.append((name, key, box))
     return PskRotation(start, commit, tuple(out), approved_at, retire)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ledger_helpers import CHAIN_ID, T0, Consortium
 from nacl.signing import SigningKey
 
@@ -350,10 +353,17 @@ def test_a_box_that_does_not_open_or_does_not_match_is_refused_with_the_reason(g
     {"psk_boxes": [["hosp-a", b"\x01" * 32, b"\x02" * 80]]},
 ])
 def test_malformed_psk_rotation_txs_are_refused_by_the_decoder(gov, bad):
-    from node.ledger.tx import TxError
+    from node.ledger.tx import TX_VERSION, TxError, decode_tx, encode_tx, sign_body
 
-    with pytest.raises(TxError):
+    with pytest.raises(TxError):  # our own encoder will not make one
         gov.tx(0, "network.psk_rotated", **bad)
+    # bytes an attacker signs by hand, bypassing the encoder: the decoder refuses them
+    key = gov.keys[0]
+    fields = {"v": TX_VERSION, "chain": CHAIN_ID, "type": "network.psk_rotated", "member": gov.name(0),
+              "client": bytes(key.verify_key), "ts": T0, "nonce": b"\x01" * 16, **bad}
+    body = msgpack.packb({k: fields[k] for k in sorted(fields)}, use_bin_type=True)
+    with pytest.raises(TxError):
+        decode_tx(encode_tx(body, sign_body(body, key)))
 
 
 def test_the_explorer_names_proposers_and_signers_by_the_member_set_of_the_height(gov, tmp_path):
@@ -377,3 +387,35 @@ def test_the_explorer_names_proposers_and_signers_by_the_member_set_of_the_heigh
     assert first["signers"] == [gov.genesis.members[i].name
                                 for i, _ in Certificate.decode(store.get_certificate(1)).signatures]
     store.close()
+
+
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**64 - 1), st.text(max_size=70),
+                  st.binary(max_size=90), st.sampled_from([b"\x01" * 32, b"\x02" * 80, "hosp-a"]))
+_nested = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=4), max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(boxes=_nested)
+def test_any_psk_boxes_value_is_either_well_formed_or_a_tx_error(boxes):
+    from node.ledger.tx import TxError
+
+    gov = Gov()
+    try:
+        raw = gov.tx(0, "network.psk_rotated", psk_commit=b"\x00" * 32, psk_boxes=boxes)
+    except TxError:
+        return
+    assert raw  # accepted: then it is a list of distinct [name, 32-byte key, 80-byte box]
+    assert isinstance(boxes, list) and all(
+        isinstance(b, list) and len(b) == 3 and len(b[1]) == 32 and len(b[2]) == 80 for b in boxes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.binary(max_size=200), _nested.map(lambda v: msgpack.packb(v, use_bin_type=True))))
+def test_a_stored_psk_rotation_decodes_or_raises_value_error(value):
+    from node.ledger.epochs import decode_psk_value
+
+    try:
+        rot = decode_psk_value(5, value)
+    except ValueError:
+        return
+    assert len(rot.commit) == 32
