@@ -212,9 +212,8 @@ class Node:
             self.net.set_psks(*plan)
 
     def _open_psk_box(self, rotation) -> bytes:
-        for _name, key, _box in rotation.boxes:
-            if _name == self.cfg.name and key not in self._own_keys:
-                self._load_own_keys()
+        if any(name == self.cfg.name and key not in self._own_keys for name, key, _box in rotation.boxes):
+            self._load_own_keys()  # a rotated member key written while the node runs
         for name, key, _box in rotation.boxes:
             if name == self.cfg.name and key in self._own_keys:
                 return open_psk_box(self.genesis.chain_id, rotation.commit, rotation.boxes, name, self._own_keys[key])
