@@ -25,6 +25,8 @@ from libp2p.crypto.keys import KeyPair
 
 from .logs import mute_libp2p_logging
 from .patches import apply_patches
+from .pnet import PskRing
+from .pnet import install as install_pnet
 from .security import noise_only_security
 
 __all__ = ["build_host", "PortLock", "PortInUse", "apply_library_workarounds", "PSK_LEN"]
@@ -35,6 +37,7 @@ PSK_LEN = 32
 def apply_library_workarounds() -> None:
     """Idempotent process-wide patches; must be in effect on every node of the network."""
     apply_patches()
+    install_pnet()
     mute_libp2p_logging()
 
 
@@ -44,24 +47,31 @@ apply_library_workarounds()
 def build_host(
     key_pair: KeyPair,
     allowed: Collection[str],
-    psk: bytes | None,
+    psk: bytes | PskRing | None,
     listen: multiaddr.Multiaddr,
     on_reject: Callable[[str], None] | None = None,
 ) -> IHost:
-    """A host that speaks Noise only (allow-listed), yamux, and PSK private networking if `psk`."""
+    """A host that speaks Noise only (allow-listed), yamux, and PSK private networking if `psk`.
+
+    A `PskRing` (network.pnet) makes the host accept any of its keys and dial with the preferred one;
+    the ring can be changed while the host runs. A plain 32-byte PSK is library pnet (one key)."""
     apply_library_workarounds()
     psk_hex = None
-    if psk is not None:
+    if isinstance(psk, bytes):
         if len(psk) != PSK_LEN:
             raise ValueError(f"psk must be {PSK_LEN} bytes, got {len(psk)}")
         psk_hex = psk.hex()
-    return libp2p.new_host(
+    host = libp2p.new_host(
         key_pair=key_pair,
         sec_opt=noise_only_security(key_pair, allowed, on_reject),
         muxer_preference="YAMUX",
         psk=psk_hex,
         listen_addrs=[listen],
     )
+    if isinstance(psk, PskRing):
+        # the swarm's only use of .psk is `new_protected_conn(raw_conn, self.psk)` (network.pnet.install)
+        host.get_network().psk = psk  # type: ignore[attr-defined]
+    return host
 
 
 class PortInUse(OSError):

@@ -33,6 +33,7 @@ from . import framing
 from .framing import DATA, ERR, PING, PONG, REQ, RESP, FrameDecoder, FrameError
 from .host import PortLock, apply_library_workarounds, build_host
 from .identity import load_or_create_identity, parse_peer_id, peer_id_of
+from .pnet import PskRing, fingerprint
 from .queue import FrameQueue
 from .security import AllowList
 
@@ -149,6 +150,8 @@ class PeerNetwork:
         if self.listen.value_for_protocol("ip4") is None or self.listen.value_for_protocol("tcp") is None:
             raise ValueError(f"listen address must be /ip4/<ip>/tcp/<port>, got {listen}")
         self.psk = psk
+        # every connection runs under one of the ring's keys; set_psks changes them while running (pnet)
+        self.psk_ring = PskRing([psk], psk) if psk is not None else None
         self.priority_channels = frozenset(priority_channels)
         self.max_response = max_response
         self.handler_timeout = handler_timeout
@@ -170,6 +173,7 @@ class PeerNetwork:
         self.host: IHost | None = None
         self.listen_addrs: list[str] = []
         self._running = False
+        self._rebuild: trio.Event | None = None  # set: run() rebuilds the host (set_identity)
 
     # ------------------------------------------------------------------ public API
 
@@ -213,6 +217,39 @@ class PeerNetwork:
         if fresh or removed:
             log.info("consortium changed: %d peers added, %d removed", len(fresh), len(removed))
         return list(fresh), removed
+
+    def set_psks(self, accept: Iterable[bytes], prefer: bytes) -> int:
+        """Accept connections under any of `accept` and dial under `prefer` from now on (a PSK rotation:
+        network.pnet). Live connections that use a key no longer accepted are closed: their peers redial
+        under an accepted key. Returns how many were closed. Raises ValueError (and changes nothing) on a
+        malformed key set, or if the network was started without a PSK (no private network to rotate)."""
+        if self.psk_ring is None:
+            raise ValueError("this network runs without a PSK")
+        accept = list(accept)
+        before = self.psk_ring.status()
+        stale = self.psk_ring.set(accept, prefer)
+        self.psk = prefer
+        if self.psk_ring.status()["accepted"] != before["accepted"]:
+            log.info("private network keys: accept %s, prefer %s", ", ".join(map(fingerprint, accept)),
+                     fingerprint(prefer))
+        for conn in stale:
+            self.stats["psk_retired_connections"] += 1
+            if self._nursery is not None:
+                self._nursery.start_soon(self._close_conn, conn)
+        return len(stale)
+
+    def psk_status(self) -> dict:
+        """Fingerprints (network.pnet.fingerprint) of the preferred and accepted PSKs, and live connections by
+        the key this side writes under; {} without a PSK."""
+        return {} if self.psk_ring is None else self.psk_ring.status()
+
+    @staticmethod
+    async def _close_conn(conn) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+            try:
+                await conn.close()
+            except Exception:
+                pass
 
     async def _disconnect(self, pid: str) -> None:
         host = self.host
@@ -361,38 +398,75 @@ class PeerNetwork:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, dial every member, and serve until cancelled. Closes the host first on the way out
-        (closing it after its services raced into "Nursery is closed to new arrivals")."""
+        (closing it after its services raced into "Nursery is closed to new arrivals"). `set_identity`
+        rebuilds the host (same listen address) under a new libp2p identity without leaving run()."""
         apply_library_workarounds()
         lock = PortLock(self.listen, self._lock_dir)
         lock.acquire()
         try:
-            host = build_host(self.identity, self._allowed, self.psk, self.listen, self._on_reject)
-            self.host = host
-            async with host.run(listen_addrs=[self.listen]):
-                try:
-                    host.set_stream_handler(MSG_PROTOCOL, self._on_msg_stream)
-                    host.set_stream_handler(REQ_PROTOCOL, self._on_req_stream)
-                    self.listen_addrs = [str(a) for a in host.get_transport_addrs()]
-                    self._running = True
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(trio.sleep_forever)  # serve even with no other member
-                        self._nursery = nursery
-                        for p in self._peers.values():
-                            nursery.start_soon(self._peer_loop, p)
-                        task_status.started()
-                finally:
-                    self._nursery = None
-                    self._running = False
-                    for p in self._peers.values():
-                        p.up = False
-                    with trio.CancelScope(shield=True), trio.move_on_after(3):
-                        try:
-                            await host.close()
-                        except Exception:
-                            log.debug("host.close failed", exc_info=True)
+            status: trio.TaskStatus[None] | None = task_status
+            while True:
+                self._rebuild = trio.Event()
+                await self._serve_host(status)
+                status = None  # started once
         finally:
+            self._rebuild = None
             self._inbox_send.close()
             lock.release()
+
+    async def _serve_host(self, task_status: trio.TaskStatus[None] | None) -> None:
+        """One host's life: returns when set_identity asks for a new host, else runs until cancelled."""
+        host = build_host(self.identity, self._allowed, self.psk_ring, self.listen, self._on_reject)
+        self.host = host
+        rebuild = self._rebuild
+        assert rebuild is not None
+        async with host.run(listen_addrs=[self.listen]):
+            try:
+                host.set_stream_handler(MSG_PROTOCOL, self._on_msg_stream)
+                host.set_stream_handler(REQ_PROTOCOL, self._on_req_stream)
+                self.listen_addrs = [str(a) for a in host.get_transport_addrs()]
+                if self.listen.value_for_protocol("tcp") == "0" and self.listen_addrs:
+                    self.listen = multiaddr.Multiaddr(self.listen_addrs[0])  # a rebuilt host binds the same port
+                self._running = True
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._until_rebuild, rebuild, nursery.cancel_scope)
+                    self._nursery = nursery
+                    for p in self._peers.values():
+                        nursery.start_soon(self._peer_loop, p)
+                    if task_status is not None:
+                        task_status.started()
+            finally:
+                self._nursery = None
+                self._running = False
+                for p in self._peers.values():
+                    p.up = False
+                with trio.CancelScope(shield=True), trio.move_on_after(3):
+                    try:
+                        await host.close()
+                    except Exception:
+                        log.debug("host.close failed", exc_info=True)
+
+    @staticmethod
+    async def _until_rebuild(rebuild: trio.Event, scope: trio.CancelScope) -> None:
+        await rebuild.wait()  # serve even with no other member until then
+        scope.cancel()
+
+    def set_identity(self, identity: KeyPair) -> bool:
+        """Take a new libp2p identity while running (a member's p2p key rotation): the host is closed and
+        rebuilt on the same listen address under `identity`, every member is redialled, and queued frames
+        are kept (each peer's queues and its unsent batch survive). The other members must allow the new
+        peer ID (their set_members) for the new connections to be admitted. Returns False if unchanged."""
+        pid = peer_id_of(identity)
+        if pid == self.peer_id:
+            return False
+        self.identity, self.peer_id = identity, pid
+        self._peers.pop(pid, None)  # never dial ourselves
+        self._allowed.set(frozenset(self._peers) | {self.peer_id})
+        self.stats["identity_changes"] += 1
+        log.info("libp2p identity is now %s: rebuilding the host", pid)
+        if self._rebuild is not None:
+            self._rebuild.set()
+        return True
 
     # ------------------------------------------------------------------ internals
 

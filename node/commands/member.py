@@ -5,6 +5,8 @@
     radchain member propose-remove N                                            (vote to remove a member)
     radchain member rotate-key [--p2p] [--addr A]                               (replace this member's keys)
     radchain member propose-param NAME VALUE                                    (vote a consortium parameter)
+    radchain member rotate-psk                                                  (vote a fresh consortium PSK)
+    radchain member psk-recover --url URL                                       (a node down through a rotation)
     radchain member status                                                      (member set, proposals)
     radchain member history --out FILE                                          (for verify-receipt --history)
 
@@ -39,16 +41,20 @@ def register(subparsers) -> None:
     remove.add_argument("name", help="the member to remove")
     rotate = sub.add_parser("rotate-key", help="replace this member's signing key (and with --p2p its libp2p "
                                                "identity) from the next epoch boundary; no vote needed")
-    rotate.add_argument("--p2p", action="store_true", help="also a new libp2p identity (restart the node at "
-                                                           "the switch height printed)")
+    rotate.add_argument("--p2p", action="store_true", help="also a new libp2p identity (the running node "
+                                                           "switches to it at the switch height printed)")
     rotate.add_argument("--addr", help="a new p2p multiaddr for this member")
     param = sub.add_parser("propose-param", help="vote to set a consortium parameter (2f+1 needed)")
     param.add_argument("name", help="one of: " + ", ".join(sorted(VOTABLE)))
     param.add_argument("value", type=int)
+    sub.add_parser("rotate-psk", help="propose a fresh consortium PSK, sealed to every member (2f+1 needed)")
+    sub.add_parser("psk-recover", help="fetch the PSK rotations from a member's RPC (--url) and open this "
+                                       "member's boxes into HOME/keys/psk.json (a node down through a rotation)")
     sub.add_parser("status", help="the current member set, approved later sets and open proposals")
     hist = sub.add_parser("history", help="save the member history (verify-receipt --history)")
     hist.add_argument("--out", type=Path, required=True)
-    for q in (add, approve, remove, rotate, param, sub.choices["status"], hist):
+    for q in (add, approve, remove, rotate, param, sub.choices["status"], hist, sub.choices["rotate-psk"],
+              sub.choices["psk-recover"]):
         add_target_args(q)
         q.add_argument("--json", action="store_true", help="print the RPC answer as JSON")
         q.set_defaults(func=run)
@@ -95,6 +101,8 @@ def _sign_and_submit(args, client, tx_type: str, **fields) -> int:
         print(json.dumps({"proposal": pid, **answer}))
     else:
         what = fields.get("subject") or fields.get("param") or cfg.name
+    if tx_type == "network.psk_rotated":
+        what = "commitment " + fields["psk_commit"].hex()[:16]
         print(f"{cfg.name} voted {tx_type} {what}: tx {answer['hash']} {answer['status']}"
               + (f" at height {answer['height']}" if "height" in answer else "") + f"; proposal {pid}")
     v = client.validators()
@@ -153,6 +161,87 @@ def _rotate(args, client) -> int:
     return _sign_and_submit(args, client, "member.key_rotated", **fields)
 
 
+def _registry(v: dict) -> dict[str, bytes]:
+    """Every member's current member key: the latest approved set (each registry change writes one)."""
+    latest = v["pending"][-1]["members"] if v.get("pending") else v["validators"]
+    return {m["name"]: bytes.fromhex(m["pubkey"]) for m in latest}
+
+
+def _own_member_keys(cfg) -> list:
+    from node.runtime.keys import load_member_key
+
+    path = cfg.member_key_path
+    out = []
+    for p in (path, path.with_name(path.name + ".next"), path.with_name(path.name + ".old")):
+        try:
+            out.append(load_member_key(p))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def _open_my_box(cfg, chain_id: str, commit: bytes, boxes: list) -> bytes:
+    """Our PSK from a rotation's boxes (checked against its commitment); PskBoxError says why not."""
+    from node.ledger.epochs import PskBoxError, open_psk_box
+
+    mine = [bytes(k) for n, k, _ in boxes if n == cfg.name]
+    keys = [k for k in _own_member_keys(cfg) if bytes(k.verify_key) in mine] or _own_member_keys(cfg)[:1]
+    if not keys:
+        raise PskBoxError(f"no member key in {cfg.member_key_path.parent}")
+    return open_psk_box(chain_id, commit, boxes, cfg.name, keys[0])
+
+
+def _hex_boxes(boxes) -> list:
+    return [[n, bytes.fromhex(k), bytes.fromhex(b)] for n, k, b in boxes]
+
+
+def _rotate_psk(args, client) -> int:
+    """A fresh PSK, sealed to every member's current member key, and its commitment: our own vote."""
+    import os
+
+    from node.ledger.epochs import psk_commitment, seal_psk
+    from node.ledger.genesis import Genesis
+    from node.runtime.settings import load_config
+
+    cfg = load_config(_home(args))
+    chain_id = Genesis.load(cfg.genesis_path).chain_id
+    psk = os.urandom(32)
+    boxes = seal_psk(psk, _registry(client.validators()))
+    commit = psk_commitment(chain_id, psk)
+    del psk  # this process forgets it; every node (ours included) opens its own box once it is approved
+    return _sign_and_submit(args, client, "network.psk_rotated", psk_commit=commit, psk_boxes=boxes)
+
+
+def _recover_psk(args, client) -> int:
+    """Open this member's box of every approved rotation (read from any member's RPC) into keys/psk.json."""
+    from node.ledger.epochs import PskBoxError
+    from node.ledger.genesis import Genesis
+    from node.runtime.psk_keys import PskKeys
+    from node.runtime.settings import load_config
+
+    cfg = load_config(_home(args))
+    chain_id = Genesis.load(cfg.genesis_path).chain_id
+    store = PskKeys(cfg.member_key_path.parent / "psk.json")
+    rotations = client.validators().get("psk_rotations", [])
+    failed = 0
+    for r in rotations:
+        commit = bytes.fromhex(r["commit"])
+        try:
+            psk = _open_my_box(cfg, chain_id, commit, _hex_boxes(r["boxes"]))
+        except PskBoxError as exc:
+            failed += 1
+            print(f"rotation from height {r['start']}: {exc}", file=sys.stderr)
+            continue
+        added = store.add(commit, psk, r["start"])
+        print(f"rotation from height {r['start']} (commitment {r['commit'][:16]}...): "
+              f"{'saved to ' + str(store.path) if added else 'already known'}")
+    if not rotations:
+        print("no PSK rotation on chain: the genesis PSK is current")
+    else:
+        print("start (or restart) the node: it dials with the newest PSK and catches up by block sync")
+    return 1 if failed else 0
+
+
 def run(args) -> int:
     from node.client import RpcCallError
 
@@ -190,6 +279,10 @@ def run(args) -> int:
             return _sign_and_submit(args, client, "params.changed", param=args.name, value=args.value)
         if cmd == "rotate-key":
             return _rotate(args, client)
+        if cmd == "rotate-psk":
+            return _rotate_psk(args, client)
+        if cmd == "psk-recover":
+            return _recover_psk(args, client)
         if cmd == "approve":
             wanted = args.id.lower()
             matches = [p for p in client.validators().get("proposals", []) if p["id"].startswith(wanted)]
@@ -198,6 +291,20 @@ def run(args) -> int:
                       file=sys.stderr)
                 return 1
             p = matches[0]
+            if p["type"] == "network.psk_rotated":
+                # approve only a PSK we can take: our box opens to the committed key (else we are shut out)
+                from node.ledger.epochs import PskBoxError
+                from node.ledger.genesis import Genesis
+                from node.runtime.settings import load_config
+
+                cfg = load_config(_home(args))
+                commit = bytes.fromhex(p["psk_commit"])
+                try:
+                    _open_my_box(cfg, Genesis.load(cfg.genesis_path).chain_id, commit, _hex_boxes(p["psk_boxes"]))
+                except PskBoxError as exc:
+                    print(f"radchain member: refusing to approve PSK rotation {p['id'][:16]}: {exc}", file=sys.stderr)
+                    return 1
+                return _sign_and_submit(args, client, p["type"], psk_commit=commit)
             if p["type"] == "params.changed":
                 return _sign_and_submit(args, client, p["type"], param=p["param"], value=p["value"])
             fields = {"subject": p["subject"]}

@@ -69,8 +69,9 @@ class MemberRow:
 async def consortium(node, peer_status: PeerHeights) -> dict:
     """Every member with its height, view, mempool, peers and last block time (this node's own, the
     others' as each reports it over the p2p sync channel, the request BlockSync itself uses), and whether
-    it is behind the highest height seen. A member may lie about itself: the page says "as reported"."""
-    members = node.genesis.members
+    it is behind the highest height seen. A member may lie about itself: the page says "as reported".
+    The members are the current set (node.ledger.epochs), index = replica index."""
+    members = node.epoch.members
     store = node.store
     status = node.status()
     head = store.get_header(store.height) if store.height else None
@@ -120,7 +121,7 @@ class PeerHeights:
                     reports[i] = await node.sync.status_report(i)
 
             async with trio.open_nursery() as nursery:
-                for i in range(len(node.genesis.members)):
+                for i in range(len(node.sync.peer_ids)):  # the current member set, by replica index
                     if i != node.index:
                         nursery.start_soon(ask, i)
             self._reports, self._when = reports, trio.current_time()
@@ -159,7 +160,7 @@ def block_detail(node, height: int, start: int = 0, count: int = 100) -> dict | 
         return None
     header = block.header.to_json()
     cert = store.get_certificate(height)
-    signers = _signers(node, cert)
+    signers = _signers(node, cert, height)
     total = len(block.tx_hashes)
     start = max(0, min(start, total - 1 if total else 0))
     txs = [{**(tx_summary(store, h) or {"hash": h.hex()}), "position": start + k}
@@ -167,19 +168,21 @@ def block_detail(node, height: int, start: int = 0, count: int = 100) -> dict | 
     return {"height": height, "header": header, "txs": txs, "signers": signers, "total": total,
             "first": start, "next": start + count if start + count < total else None,
             "prev": max(0, start - count) if start else None,
-            "proposer": _member_name(node, block.header.proposer)}
+            "proposer": _member_name(node, block.header.proposer, height)}
 
 
-def _member_name(node, index: int) -> str:
-    members = node.genesis.members
+def _member_name(node, index: int, height: int) -> str:
+    """The name of replica ``index`` in the member set valid at ``height`` (node.ledger.epochs): indexes
+    move when members join or leave, so genesis's list would name the wrong hospital after a change."""
+    members = node.chain.epoch_at(height).members
     return members[index].name if 0 <= index < len(members) else f"#{index}"
 
 
-def _signers(node, cert: bytes | None) -> list[str]:
+def _signers(node, cert: bytes | None, height: int) -> list[str]:
     if not cert:
         return []
     try:
-        return [_member_name(node, i) for i, _ in Certificate.decode(cert).signatures]
+        return [_member_name(node, i, height) for i, _ in Certificate.decode(cert).signatures]
     except Exception:  # shown as "no signers"; verification below says why
         return []
 
@@ -245,10 +248,10 @@ def check_receipt(node, receipt: Receipt, claims: dict | None = None) -> dict:
         return {"valid": False, "reason": str(exc)}
     except Exception as exc:  # malformed in a way the decoders did not name; still an answer, not a 500
         return {"valid": False, "reason": f"malformed receipt ({exc.__class__.__name__})"}
-    signers = _signers(node, receipt.certificate)
+    signers = _signers(node, receipt.certificate, header.height)
     return {"valid": True, "hash": tx.hash.hex(), "type": tx.fields["type"], "member": tx.fields["member"],
             "height": header.height, "index": receipt.index, "tx_count": header.tx_count,
-            "signers": signers, "members": len(genesis.members), "chain_id": genesis.chain_id}
+            "signers": signers, "members": node.chain.epoch_at(header.height).n, "chain_id": genesis.chain_id}
 
 
 class _Bytes:
@@ -322,7 +325,7 @@ def utilization(node, max_blocks: int = UTILIZATION_BLOCKS, max_txs: int = UTILI
             fields, _ = stored_tx(rec[2])
             events.append((str(fields.get("member", "?")), int(fields.get("ts", block.header.timestamp))))
     start = min(start, top)
-    members = [m.name for m in node.genesis.members]
+    members = [m.name for m in node.epoch.members]  # the current set; others seen are appended
     for name in sorted({m for m, _ in events} - set(members)):
         members.append(name)
     if not events:

@@ -54,7 +54,7 @@ TYPE_EVENT = {
     "client.removed": "110113", "evidence.equivocation": "110113",
     "research.project.registered": "110113", "research.project.approved": "110113", "consent.vote": "110113",
     "member.key_rotated": "110113", "params.changed": "110113",
-    "oprf.counts": "110113", "oprf.dealing": "110113",
+    "oprf.counts": "110113", "oprf.dealing": "110113", "network.psk_rotated": "110113",
 }
 EVENT_TYPES: dict[str, frozenset[str]] = {}  # DICOM EventID -> the tx types it stands for
 for _t, _c in TYPE_EVENT.items():

@@ -24,6 +24,8 @@ joins the same pending epoch). Epoch 0 is not written: it is genesis.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from dataclasses import dataclass
 
@@ -157,11 +159,13 @@ class EpochHistory:
     def __init__(self, genesis: Genesis, epochs: list[Epoch] | None = None):
         self.chain_id = genesis.chain_id
         self.interval = genesis.param("epoch_interval")
+        self.psk_retire_blocks = genesis.param("psk_retire_blocks")
         self.epochs: list[Epoch] = [genesis_epoch(genesis)] + sorted(epochs or (), key=lambda e: e.start)
 
     def copy(self) -> EpochHistory:
         c = EpochHistory.__new__(EpochHistory)
         c.chain_id, c.interval, c.epochs = self.chain_id, self.interval, list(self.epochs)
+        c.psk_retire_blocks = self.psk_retire_blocks
         return c
 
     def add_stored(self, start: int, value: bytes) -> None:
@@ -201,3 +205,126 @@ class EpochHistory:
                 if m.peer_id:
                     out[m.peer_id] = list(m.addrs)
         return out
+
+
+# ---------------------------------------------------------------------------------------------- PSK rotation
+# The consortium PSK (libp2p private network, network.pnet) rotates by ``network.psk_rotated``: the proposer
+# draws a fresh 32-byte PSK and seals it to every current member (nacl SealedBox to the Curve25519 form of
+# its Ed25519 member key); the tx carries the boxes and a public commitment to the PSK, so each member checks
+# that its own box opens to the committed PSK before it approves. 2f+1 approvals (node.ledger.state) write
+# ``psk/<start u64>`` -> msgpack [commitment, [[name, member key, box], ...], approving height, retire height],
+# start being the first height after the next epoch boundary. Nodes accept {old, new} from the approving
+# block on, dial with the new one once the boundary is executed, and drop the old one genesis param
+# ``psk_retire_blocks`` (64) blocks later (the retire height: executed blocks from which the old key is refused).
+
+PSK_PREFIX = b"psk/"
+PSK_BYTES = 32
+PSK_BOX_BYTES = PSK_BYTES + 48  # SealedBox: ephemeral public key 32 + MAC 16
+_PSK_COMMIT_DOMAIN = b"radchain/psk-commit/v1\x00"
+
+
+class PskBoxError(ValueError):
+    """This member cannot take the PSK a rotation proposes (why: no box, does not open, wrong key)."""
+
+
+@dataclass(frozen=True)
+class PskRotation:
+    start: int  # the first height whose block is proposed over connections under the new PSK
+    commit: bytes
+    boxes: tuple[tuple[str, bytes, bytes], ...]  # (member name, member key, sealed box)
+    approved_at: int
+    retire_old_after: int  # executed height from which the previous PSK is refused
+
+    def to_json(self) -> dict:
+        return {"start": self.start, "commit": self.commit.hex(), "approved_at": self.approved_at,
+                "retire_old_after": self.retire_old_after,
+                "boxes": [[n, k.hex(), b.hex()] for n, k, b in self.boxes]}
+
+
+def psk_key(start: int) -> bytes:
+    return PSK_PREFIX + _U64.pack(start)
+
+
+def psk_retire_height(start: int, retire_blocks: int) -> int:
+    """Executed height from which the PSK before a rotation starting at ``start`` is refused."""
+    return start - 1 + retire_blocks
+
+
+def encode_psk_value(commit: bytes, boxes, approved_at: int, retire: int) -> bytes:
+    return msgpack.packb([commit, [list(b) for b in boxes], approved_at, retire], use_bin_type=True)
+
+
+def decode_psk_value(start: int, value: bytes) -> PskRotation:
+    """A stored rotation; raises ValueError on anything encode_psk_value would not have written."""
+    try:
+        commit, boxes, approved_at, retire = msgpack.unpackb(value, raw=False, max_array_len=MAX_EPOCH_MEMBERS,
+                                                             max_map_len=0, max_ext_len=0)
+        out = []
+        for name, key, box in boxes:
+            if not (type(name) is str and type(key) is bytes and len(key) == 32 and type(box) is bytes
+                    and len(box) == PSK_BOX_BYTES):
+                raise ValueError("malformed PSK box")
+            out.append((name, key, box))
+    except (TypeError, ValueError) as exc:  # msgpack's errors are ValueErrors; a wrong shape a TypeError
+        raise ValueError(f"malformed PSK rotation: {exc}") from None
+    if not (type(commit) is bytes and len(commit) == 32 and type(approved_at) is int and type(retire) is int):
+        raise ValueError("malformed PSK rotation")
+    return PskRotation(start, commit, tuple(out), approved_at, retire)
+
+
+def psk_commitment(chain_id: str, psk: bytes) -> bytes:
+    """Public commitment to a PSK: BLAKE2b keyed with the PSK over the chain id (reveals nothing of a random key)."""
+    if len(psk) != PSK_BYTES:
+        raise ValueError(f"a PSK is {PSK_BYTES} bytes")
+    return hashlib.blake2b(_PSK_COMMIT_DOMAIN + chain_id.encode(), key=psk, digest_size=32).digest()
+
+
+def seal_psk(psk: bytes, members: dict[str, bytes]) -> list[list]:
+    """[[name, member key, SealedBox(psk) to that key], ...] for every member, sorted by name."""
+    from nacl.public import SealedBox
+    from nacl.signing import VerifyKey
+
+    return [[name, key, SealedBox(VerifyKey(key).to_curve25519_public_key()).encrypt(psk)]
+            for name, key in sorted(members.items())]
+
+
+def open_psk_box(chain_id: str, commit: bytes, boxes, name: str, signing_key) -> bytes:
+    """The PSK sealed to member ``name`` (its nacl SigningKey), checked against the commitment."""
+    from nacl.exceptions import CryptoError
+    from nacl.public import SealedBox
+
+    mine = [(k, b) for n, k, b in boxes if n == name]
+    if len(mine) != 1:
+        raise PskBoxError(f"the rotation has no box for {name}")
+    key, box = mine[0]
+    if bytes(key) != bytes(signing_key.verify_key):
+        raise PskBoxError(f"the box for {name} is sealed to {bytes(key).hex()[:16]}..., not to this member key")
+    try:
+        psk = SealedBox(signing_key.to_curve25519_private_key()).decrypt(bytes(box))
+    except CryptoError:
+        raise PskBoxError(f"the box for {name} does not open with this member key") from None
+    if len(psk) != PSK_BYTES or not hmac.compare_digest(psk_commitment(chain_id, psk), commit):
+        raise PskBoxError(f"the box for {name} opens to a key that does not match the commitment")
+    return psk
+
+
+def psk_schedule(base: bytes, rotations, learned: dict[bytes, bytes], executed: int
+                 ) -> tuple[list[bytes], bytes, list[bytes]]:
+    """(accept, prefer, missing commitments) after block ``executed``: ``base`` is the genesis PSK,
+    ``rotations`` the approved PskRotations, ``learned`` commitment -> PSK this node holds. The previous key
+    stays accepted until ``retire_old_after``; a rotation approved but not yet at its boundary is accepted,
+    not preferred. A key this node cannot open is skipped (reported in missing; psk-recover)."""
+    current, accept, missing = base, [base], []
+    for r in sorted(rotations, key=lambda r: r.start):
+        key = learned.get(r.commit)
+        if key is None:
+            missing.append(r.commit)
+            continue
+        if executed >= r.retire_old_after:
+            current, accept = key, [key]
+        elif executed >= r.start - 1:
+            accept = [key, *[k for k in accept if k != key]]
+            current = key
+        else:
+            accept = accept + [key]
+    return accept[:4], current, missing

@@ -37,6 +37,9 @@ DEFAULT_PARAMS = {
     # Membership changes take effect after the first multiple of this height past their approval
     # (node.ledger.epochs); the default checkpoint interval, so a new member set starts on a checkpoint.
     "epoch_interval": 16,
+    # After a PSK rotation's boundary the previous PSK is still accepted for this many blocks, so a node
+    # briefly behind catches up without `member psk-recover` (node.ledger.epochs).
+    "psk_retire_blocks": 64,
 }
 
 

@@ -45,11 +45,17 @@ import msgpack
 from consensus.certificate import quorum
 from node.ledger.epochs import (
     EPOCH_PREFIX,
+    PSK_PREFIX,
     VOTABLE_PARAMS,
     EpochHistory,
     EpochMember,
+    PskRotation,
+    decode_psk_value,
     encode_epoch_value,
+    encode_psk_value,
     epoch_key,
+    psk_key,
+    psk_retire_height,
     switch_height,
 )
 from node.ledger.genesis import Genesis
@@ -61,7 +67,7 @@ __all__ = ["LedgerState", "STATE_DOMAIN", "STATE_TYPES", "next_state_root", "con
 
 STATE_DOMAIN = b"radchain/state/v1\x00"
 STATE_TYPES = frozenset({"client.added", "client.removed", "member.added", "member.removed", "member.key_rotated",
-                         "params.changed",
+                         "params.changed", "network.psk_rotated",
                          "consent.granted", "consent.revoked", "research.access.granted",
                          "evidence.equivocation"}) | RESEARCH_STATE_TYPES | GATED_TYPES
 # types decided by node.ledger.research (consent ownership, projects, the export gate)
@@ -89,6 +95,8 @@ def proposal_what(fields: dict) -> list:
     t = fields["type"]
     if t == "params.changed":
         return [t, fields["param"], b"", fields["value"]]
+    if t == "network.psk_rotated":  # approvals name the commitment; the boxes travel with the proposal
+        return [t, "psk", fields["psk_commit"]]
     if t == "member.removed":
         return [t, fields["subject"], b""]
     if "peer_id" not in fields and "addr" not in fields:
@@ -113,6 +121,7 @@ class LedgerState:
         self.rejections: OrderedDict[bytes, str] = OrderedDict()
         self.epochs = EpochHistory(genesis)
         self.height = 0  # the block being executed (execute_txs sets it): when a change takes effect
+        self.psk_rotations: dict[int, PskRotation] = {}  # start height -> approved PSK rotation (epochs)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -145,6 +154,9 @@ class LedgerState:
                 st.votes[key[5:]] = (tx_type, subject, subject_key, set(voters), tuple(extra))
             elif key.startswith(EPOCH_PREFIX):
                 st.epochs.add_stored(int.from_bytes(key[len(EPOCH_PREFIX):], "big"), value)
+            elif key.startswith(PSK_PREFIX):
+                start = int.from_bytes(key[len(PSK_PREFIX):], "big")
+                st.psk_rotations[start] = decode_psk_value(start, value)
             else:
                 st.research.load_item(key, value)
         st.root = root
@@ -197,6 +209,12 @@ class LedgerState:
             writes.append((b"client/" + key, None))
             return True
         latest = self.epochs.latest
+        if t == "network.psk_rotated":
+            reason = self._psk_vote(member, f, writes)
+            if reason is None:
+                return True
+            self._reject(tx_hash, reason)
+            return False
         if t == "member.key_rotated":
             return self._rotate(member, f, latest, writes)
         if t == "params.changed":
@@ -251,6 +269,57 @@ class LedgerState:
             new = tuple(m for m in latest.members if m.name != subject)
         self._set_next_epoch(new, writes)
         return True
+
+    def _reject(self, tx_hash: bytes, reason: str) -> None:
+        self.rejections[tx_hash] = reason
+        if len(self.rejections) > REMEMBER_REJECTIONS:
+            self.rejections.popitem(last=False)
+
+    def _psk_vote(self, member: str, f: dict, writes: list) -> str | None:
+        """A vote for a PSK rotation (node.ledger.epochs): the first vote carries a box for every current
+        member (sealed to its current member key); 2f+1 votes for the same commitment approve it, from the
+        first height after the next epoch boundary. Returns why the vote is rejected, or None."""
+        commit, boxes = f["psk_commit"], f.get("psk_boxes")
+        registry = dict(sorted(self.members.items()))
+        vote_id = proposal_id(proposal_what(f))
+        open_vote = self.votes.get(vote_id)
+        created = open_vote is None
+        if created:
+            if boxes is None:
+                return "no open PSK rotation with this commitment: a proposal carries the boxes"
+            if {n: k for n, k, _ in boxes} != registry:
+                return "the boxes must be sealed to exactly the current members' keys"
+            if any(r.commit == commit for r in self.psk_rotations.values()):
+                return "this PSK was rotated to before"
+            open_vote = self.votes[vote_id] = ("network.psk_rotated", "psk", commit, set(), (boxes,))
+        elif boxes is not None and boxes != open_vote[4][0]:
+            return "an approval must carry the proposal's boxes or none"
+        voters = open_vote[3]
+        had_voted = member in voters
+        voters.add(member)
+        boxes = open_vote[4][0]
+        if len(voters & self.members.keys()) < quorum(len(self.members)):
+            writes.append((b"vote/" + vote_id, _pack([*open_vote[:3], sorted(voters), boxes])))
+            return None
+        start = switch_height(self.height, self.epochs.interval) + 1
+        reason = None
+        if {n: k for n, k, _ in boxes} != registry:
+            reason = "the member set changed since this rotation was proposed: propose a new one"
+        elif start in self.psk_rotations:
+            reason = f"a PSK rotation already starts at height {start}: approve this one after it"
+        if reason is not None:  # the vote stays as it was (or never existed)
+            if created:
+                del self.votes[vote_id]
+            elif not had_voted:
+                voters.discard(member)
+            return reason
+        del self.votes[vote_id]
+        writes.append((b"vote/" + vote_id, None))
+        retire = psk_retire_height(start, self.epochs.psk_retire_blocks)
+        self.psk_rotations[start] = PskRotation(start, commit, tuple((n, k, b) for n, k, b in boxes), self.height,
+                                                retire)
+        writes.append((psk_key(start), encode_psk_value(commit, boxes, self.height, retire)))
+        return None
 
     def _rotate(self, member: str, f: dict, latest, writes: list) -> bool:
         """A member replaces its own signing key and/or libp2p identity and address (no vote: its keys are

@@ -124,6 +124,25 @@ def _boxes(items) -> bool:
     return all(type(b) is bytes and len(b) == 80 for b in items)  # SealedBox of a 32-byte scalar
 
 
+MAX_PSK_BOXES = 64  # a PSK rotation seals one 80-byte box per member; 64 of them fit in MAX_TX_BYTES
+
+
+def _psk_boxes(items) -> bool:
+    """[[member name, member key 32, sealed box 80], ...]: names and keys distinct (node.ledger.epochs)."""
+    names, keys = set(), set()
+    for item in items:
+        if type(item) is not list or len(item) != 3:
+            return False
+        name, key, box = item
+        if type(name) is not str or not 0 < len(name) <= 64 or name in names:
+            return False
+        if type(key) is not bytes or len(key) != 32 or key in keys or type(box) is not bytes or len(box) != 80:
+            return False
+        names.add(name)
+        keys.add(key)
+    return True
+
+
 def _evidence(items) -> bool:
     return (items[0] != items[1] and type(items[0]) is bytes and type(items[1]) is bytes
             and 0 < len(items[0]) <= MAX_EVIDENCE_BYTES and 0 < len(items[1]) <= MAX_EVIDENCE_BYTES)
@@ -195,6 +214,10 @@ FIELD_SPECS: dict[str, tuple] = {
     "boxes": (list, 1, MAX_LIST, None, _boxes, "a list of 1..256 sealed 80-byte shares"),
     "share": (bytes, 32, 32, None, None, "a 32-byte scalar"),
     "oprf_public": (bytes, 1, 12 * 1024, None, None, "encoded epoch public parameters of at most 12 KiB"),
+    # a consortium PSK rotation: the commitment to the new PSK and the PSK sealed to each member
+    "psk_commit": (bytes, 32, 32, None, None, "a 32-byte PSK commitment"),
+    "psk_boxes": (list, 1, MAX_PSK_BOXES, None, _psk_boxes,
+                  f"a list of 1..{MAX_PSK_BOXES} [member, 32-byte member key, 80-byte sealed box], distinct"),
 }
 
 COMMON_REQUIRED = frozenset({"v", "chain", "type", "member", "client", "ts", "nonce"})
@@ -207,7 +230,8 @@ MEMBERSHIP_TYPES = ("member.added", "member.removed", "client.added", "client.re
 RESEARCH_TYPES = ("research.project.registered", "research.project.approved", "consent.vote")
 EVIDENCE_TYPES = ("evidence.equivocation",)
 OPRF_TYPES = ("oprf.counts",)
-OPRF_DEALING_TYPES = ("oprf.dealing",)  # code 25 once the PSK-rotation type (24) lands before it
+OPRF_DEALING_TYPES = ("oprf.dealing",)
+GOVERNANCE_TYPES = ("network.psk_rotated",)
 
 # type -> (required fields beyond COMMON_REQUIRED, optional fields)
 _SCHEMA: dict[str, tuple[frozenset, frozenset]] = {}
@@ -249,13 +273,15 @@ _SCHEMA["oprf.counts"] = (frozenset({"oprf_counts", "period_ms"}), frozenset())
 # of each kind; a tx whose fields do not fit its kind is on chain but ignored by the flow).
 _SCHEMA["oprf.dealing"] = (frozenset({"oprf_kind", "oprf_epoch", "epoch_start"}),
                            frozenset({"commitments", "boxes", "subject", "share", "oprf_public"}))
+# A vote to rotate the consortium PSK (issue 12): the proposal carries the boxes, approvals may omit them.
+_SCHEMA["network.psk_rotated"] = (frozenset({"psk_commit"}), frozenset({"psk_boxes"}))
 del _t, _req, _opt
 
 TX_TYPES = frozenset(_SCHEMA)
 # Every tx type, in the order the store numbers them for its (member, type) index (code = position + 1,
 # on disk): append new types at the end only (tests/ledger/test_chain.py pins the codes).
 TX_TYPE_ORDER = (AUDIT_TYPES + CONSENT_TYPES + MEMBERSHIP_TYPES[:4] + EVIDENCE_TYPES + RESEARCH_TYPES
-                 + MEMBERSHIP_TYPES[4:] + OPRF_TYPES + OPRF_DEALING_TYPES)
+                 + MEMBERSHIP_TYPES[4:] + OPRF_TYPES + GOVERNANCE_TYPES + OPRF_DEALING_TYPES)
 assert frozenset(TX_TYPE_ORDER) == TX_TYPES and len(TX_TYPE_ORDER) == len(TX_TYPES)
 # type -> ({allowed field: spec}, required fields, needs an actor), precomputed for the decoder's hot loop
 _TYPE_SPECS = {t: ({k: FIELD_SPECS[k] for k in COMMON_REQUIRED | req | opt}, COMMON_REQUIRED | req,

@@ -30,6 +30,8 @@ async def validators(node, params: dict, caller: Caller) -> dict:
                        for i, m in enumerate(epoch.members)],
         "pending": [e.to_json() for e in later],
         "proposals": proposals(node.chain.state),
+        # approved PSK rotations: commitment and sealed boxes are public (`member psk-recover` reads them)
+        "psk_rotations": [r.to_json() for _, r in sorted(node.chain.state.psk_rotations.items())],
     }
 
 
@@ -45,6 +47,9 @@ def proposals(state) -> list[dict]:
             item["subject_key"] = key.hex()
         if t == "params.changed":
             item["param"], item["value"] = subject, extra[0]
+        elif t == "network.psk_rotated":
+            item["psk_commit"] = key.hex()
+            item["psk_boxes"] = [[n, k.hex(), b.hex()] for n, k, b in extra[0]]
         elif extra:
             item["peer_id"], item["addr"] = extra[0], extra[1]
         out.append(item)

@@ -172,13 +172,15 @@ METHODS = [
                               "cross_hospital": True,
                               "first": {"member": "hosp-a", "study": "6f1d...", "date": "2026-11-21"},
                               "repeat": {"member": "hosp-b", "study": "03be...", "date": "2026-11-27"}}]})),
-    _m("validators", "Consensus members of the current epoch, the primary, quorum and f, and approved later "
-                     "member sets.", [],
+    _m("validators", "Consensus members of the current epoch, the primary, quorum and f, approved later "
+                     "member sets, open proposals and approved PSK rotations (public commitments and sealed "
+                     "boxes).", [],
        {"name": "validators", "schema": {"type": "object"}},
        example=({}, {"view": 0, "quorum": 3, "max_faulty": 1, "epoch": 1, "consensus_chain_id": "radchain-test",
                      "validators": [
            {"index": 0, "name": "hosp-a", "pubkey": H, "peer_id": "12D3KooW...", "rpc": "http://10.0.0.1:26601",
-            "p2p": ["/ip4/10.0.0.1/tcp/26600"], "primary": True, "self": True}], "pending": []})),
+            "p2p": ["/ip4/10.0.0.1/tcp/26600"], "primary": True, "self": True}], "pending": [],
+                     "psk_rotations": []})),
     _m("member_history", "Receipts of every applied membership and client-key tx, in chain order: the "
                          "member set of any height, checkable offline (verify-receipt --history).", [],
        {"name": "history", "schema": {"type": "object", "required": ["chain_id", "genesis", "through", "txs"]}},

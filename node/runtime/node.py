@@ -22,6 +22,7 @@ from network.identity import load_or_create_identity
 from node.explorer import explorer_mount
 from node.fhir import fhir_mount
 from node.ledger.chain import Chain
+from node.ledger.epochs import PskBoxError, open_psk_box, psk_schedule
 from node.ledger.equivocation import EvidenceLimiter, evidence_tx_fields
 from node.ledger.genesis import Genesis
 from node.ledger.intake import make_tx, sign_tx
@@ -41,6 +42,7 @@ from node.runtime.mempool import Mempool
 from node.runtime.oprf_resharing import Resharer
 from node.runtime.oprf_service import OprfService, RateLimiter
 from node.runtime.peerscore import INTERNAL, PeerScores
+from node.runtime.psk_keys import PskKeys
 from node.runtime.settings import NodeConfig
 from node.runtime.sync import CHANNEL as SYNC_CHANNEL
 from node.runtime.sync import BlockSync
@@ -111,6 +113,11 @@ class Node:
             self._net_members: dict[str, list[str]] = self._network_members()
             self.net = PeerNetwork(identity, self._net_members, cfg.psk, cfg.p2p_listen,
                                    lock_dir=str(cfg.home / "data"))
+            # PSK rotations (node.ledger.epochs): the keys this node learned, persisted before use
+            self.psk_keys = PskKeys(cfg.member_key_path.parent / "psk.json")
+            self._psk_plan: tuple | None = None
+            self._psk_unopened: set[bytes] = set()
+            self._follow_psk(self.store.height)
             current = self.chain.epoch_at(self.store.height + 1)
             me = current.index_of(cfg.name)
             if me is not None and current.members[me].peer_id and self.net.peer_id != current.members[me].peer_id:
@@ -177,6 +184,44 @@ class Node:
                 if m.peer_id:
                     out[m.peer_id] = list(m.addrs)
         return out
+
+    def _follow_psk(self, executed: int) -> None:
+        """After block ``executed``: open (and persist) our box of every approved PSK rotation, and tell the
+        network which PSKs to accept and which to prefer (node.ledger.epochs psk_schedule). A PSK recovered
+        by `member psk-recover` for a rotation this node has not executed yet is preferred: the others have
+        moved on to it."""
+        if self.cfg.psk is None:
+            return
+        rotations = list(self.chain.state.psk_rotations.values())
+        for r in rotations:
+            if r.commit in self.psk_keys.keys or r.commit in self._psk_unopened:
+                continue
+            try:
+                psk = self._open_psk_box(r)
+            except PskBoxError as exc:
+                self._psk_unopened.add(r.commit)
+                log.error("PSK rotation from height %d: %s; this node is refused by the others after height %d "
+                          "(`radchain member psk-recover`, docs/GOVERNANCE.md)", r.start, exc, r.retire_old_after)
+                continue
+            self.psk_keys.add(r.commit, psk, r.start)  # durable before the network uses it
+        accept, prefer, _missing = psk_schedule(self.cfg.psk, rotations, self.psk_keys.learned, executed)
+        known = {r.commit for r in rotations}
+        ahead = sorted((start, psk) for c, (psk, start) in self.psk_keys.keys.items() if c not in known)
+        for _start, psk in ahead:  # recovered ahead of the chain: newest first
+            accept = [psk, *[k for k in accept if k != psk]]
+            prefer = psk
+        plan = (tuple(accept[:4]), prefer)
+        if plan != self._psk_plan:
+            self._psk_plan = plan
+            self.net.set_psks(*plan)
+
+    def _open_psk_box(self, rotation) -> bytes:
+        if any(name == self.cfg.name and key not in self._own_keys for name, key, _box in rotation.boxes):
+            self._load_own_keys()  # a rotated member key written while the node runs
+        for name, key, _box in rotation.boxes:
+            if name == self.cfg.name and key in self._own_keys:
+                return open_psk_box(self.genesis.chain_id, rotation.commit, rotation.boxes, name, self._own_keys[key])
+        raise PskBoxError(f"no box for {self.cfg.name} sealed to a member key this node holds")
 
     def _load_own_keys(self) -> None:
         """(Re)read member.key, member.key.next and member.key.old (`radchain member rotate-key` writes them
@@ -262,8 +307,17 @@ class Node:
         self._last_view = self.replica.view
         me = self.epoch.index_of(self.cfg.name)
         if me is not None and self.epoch.members[me].peer_id not in ("", self.net.peer_id):
-            log.error("this member's libp2p identity was rotated from height %d: restart the node to use "
-                      "keys/p2p.key.next (until then the others refuse the old identity)", self.epoch.start)
+            # our libp2p identity was rotated (member.key_rotated --p2p): from this boundary the others admit
+            # only the new one, so the network rebuilds its host under keys/p2p.key.next, without a restart
+            candidate = self._p2p_identity()
+            from network.identity import peer_id_of
+
+            if peer_id_of(candidate) == self.epoch.members[me].peer_id:
+                self.net.set_identity(candidate)
+                log.info("libp2p identity rotated from height %d: now %s", self.epoch.start, self.net.peer_id)
+            else:
+                log.error("this member's libp2p identity was rotated from height %d, but keys/p2p.key.next is "
+                          "not that identity: the others refuse this node", self.epoch.start)
         self.mempool.release_in_flight()  # what the old epoch proposed past its end is proposable again
         log.info("member set changed", extra={"fields": {
             "epoch": self.epoch.start, "members": list(self.epoch.names), "n": self.epoch.n,
@@ -282,6 +336,7 @@ class Node:
         if members != self._net_members:
             self._net_members = members
             self.net.set_members(members)
+        self._follow_psk(height)
         want = self.chain.epoch_at(height + 1).start
         if want != self.epoch.start and want != self._switching_to:
             # once per epoch change: block sync may execute several blocks before the driver switches
@@ -528,6 +583,6 @@ class Node:
             "peers": len(self.net.connected_peers()), "members": self.epoch.n,
             "epoch": self.epoch.start, "quorum": self.epoch.quorum, "member": self.index >= 0,
             "mempool": len(self.mempool), "syncing": self.sync.syncing,
-            "disk_full": self.disk.full,
+            "disk_full": self.disk.full, "psk": self.net.psk_status(),
             "uptime_s": round(time.time() - self.started_at, 1),
         }

@@ -20,6 +20,7 @@ VALUES = {
     "oprf_counts": [["hosp-b", 40, 2]], "period_ms": 60_000,
     "oprf_kind": "reshare", "oprf_epoch": 1, "epoch_start": 17, "commitments": [b"\x0e" * 32],
     "boxes": [b"\x0f" * 80], "share": b"\x10" * 32, "oprf_public": b"\x11" * 40,
+    "psk_commit": b"\x12" * 32, "psk_boxes": [["hosp-a", b"\x13" * 32, b"\x14" * 80]],
     "project": "LUNG-1", "date_from": 20200101, "date_to": 20251231, "waiver": 1,
     "peer_id": "12D3KooWabc", "addr": "/ip4/10.0.0.5/tcp/26656", "param": "max_block_txs", "value": 500,
 }

@@ -296,7 +296,6 @@ def test_index_type_codes_never_change():
         "member.removed": 14, "client.added": 15, "client.removed": 16, "evidence.equivocation": 17,
         "research.project.registered": 18, "research.project.approved": 19, "consent.vote": 20,
         "member.key_rotated": 21, "params.changed": 22, "oprf.counts": 23,
-        # 24 is network.psk_rotated (s4-gov); on this branch alone oprf.dealing sits at 24 and moves to 25
-        # when the two merge (it must be 25 there: no store has written it yet)
-        "oprf.dealing": 24,
+        "network.psk_rotated": 24,
+        "oprf.dealing": 25,
     }

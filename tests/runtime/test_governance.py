@@ -30,6 +30,7 @@ from node.runtime.settings import load_config
 from node.testnet import LocalTestnet, NodeInfo, free_base_port
 
 EPOCH_INTERVAL = 4  # switch heights every 4 blocks: quick to reach under load
+PSK_RETIRE = 6  # blocks after a PSK rotation's boundary until the old PSK is refused (genesis default 64)
 
 
 class Load:
@@ -246,11 +247,12 @@ def test_keys_rotate_and_parameters_change_without_stopping_the_chain(testnet, t
         net.wait_until(lambda: net.rpc(0, "validators")["epoch"] >= switch, 60, "the switch height")
         v = net.rpc(0, "validators")
         assert v["validators"][2]["pubkey"] != old_c and v["validators"][3]["peer_id"] != old_d
-        # hosp-d restarts with its new identity (keys/p2p.key.next) and is admitted under it
-        net.kill(3)
-        net.start(3)
+        # hosp-d's node rebuilt its libp2p host under its new identity at the switch, without a restart
+        pid_d = v["validators"][3]["peer_id"]
         net.wait_until(lambda: net.rpc(3, "status")["member"] and net.rpc(3, "status")["peers"] >= 2, 60,
                        "hosp-d back under its new identity")
+        assert all(p["connected"] for p in net.rpc(0, "peers")["peers"] if p["peer_id"] == pid_d)
+        assert net.procs[3].poll() is None  # the same process
         # with hosp-b stopped, quorum 3 of 4 needs hosp-c's new key and hosp-d's new identity
         net.kill(1)
         load.targets = [0, 2]
@@ -270,3 +272,122 @@ def test_keys_rotate_and_parameters_change_without_stopping_the_chain(testnet, t
     net.stop_all()
     out = cli("verify-chain", "--home", home[2], check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def batch(net: LocalTestnet, i: int, calls: list[tuple[str, dict]]) -> list[dict]:
+    """Results of many RPC calls to node i, as JSON-RPC batches (one HTTP request per 500 calls)."""
+    info, out = net.nodes[i], []
+    for k in range(0, len(calls), 500):
+        body = [{"jsonrpc": "2.0", "id": k + j, "method": m, "params": p} for j, (m, p) in enumerate(calls[k:k + 500])]
+        replies = httpx.post(info.rpc, json=body, headers={"Authorization": f"Bearer {info.token}"}, timeout=60).json()
+        by_id = {r["id"]: r for r in replies}
+        for j in range(len(body)):
+            assert "result" in by_id[k + j], by_id[k + j]
+            out.append(by_id[k + j]["result"])
+    return out
+
+
+def tx_statuses(net: LocalTestnet, i: int, hashes: list[str]) -> list[str]:
+    return [r["status"] for r in batch(net, i, [("get_tx", {"hash": h, "receipt": False}) for h in hashes])]
+
+
+def _pnet_probe(p2p: str, psk: bytes) -> bytes:
+    """Open a raw TCP connection to a node's p2p port and speak libp2p pnet under ``psk``: the node's
+    answer (its nonce and the encrypted multistream header) or b"" if it closes the connection."""
+    import os
+    import socket
+
+    from Crypto.Cipher import Salsa20
+
+    _, _, host, _, port = p2p.split("/")[:5]
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        nonce = os.urandom(8)
+        s.sendall(nonce + Salsa20.new(key=psk, nonce=nonce).encrypt(b"\x13/multistream/1.0.0\n"))
+        got = b""
+        try:
+            while len(got) < 28:
+                chunk = s.recv(28 - len(got))
+                if not chunk:
+                    break
+                got += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return got
+
+
+def test_psk_rotates_by_vote_under_load_without_a_stop(testnet):
+    """A fresh PSK sealed to every member, approved by 2f+1 through the CLI (each approver opens its own
+    box first): every member moves to it at the boundary, the old one is refused after the drop height,
+    the chain commits through the switch, and a member that was down through the whole rotation gets back
+    in with `member psk-recover`."""
+    from Crypto.Cipher import Salsa20
+
+    from network.pnet import fingerprint
+    from node.ledger.epochs import psk_commitment, seal_psk
+    from node.ledger.state import proposal_id, proposal_what
+
+    net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL, "psk_retire_blocks": PSK_RETIRE})
+    net.start()
+    net.wait_ready(timeout=60)
+    home = [str(info.home) for info in net.nodes]
+    old = load_config(net.nodes[0].home).psk
+    with Load(net, [0, 1, 3]) as load:
+        net.wait_until(lambda: net.height(0) >= 2, 30, "first blocks under load")
+        net.kill(2)  # hosp-c is down through the whole rotation
+        begin = net.height(0)
+        # hostile proposals: hosp-b's box does not open, or opens to another key than the committed one;
+        # the ledger cannot look inside a box, but hosp-b refuses to approve and says why
+        registry = {m["name"]: bytes.fromhex(m["pubkey"]) for m in net.rpc(0, "validators")["validators"]}
+        chain_id = Genesis.load(net.nodes[0].home).chain_id
+        other_box = seal_psk(b"\x0c" * 32, {"hosp-b": registry["hosp-b"]})[0][2]
+        for seed, why, box in ((b"\x0a", "does not open", bytes(80)),
+                               (b"\x0b", "does not match the commitment", other_box)):
+            commit = psk_commitment(chain_id, seed * 32)
+            hostile = [[n, k, box if n == "hosp-b" else b] for n, k, b in seal_psk(seed * 32, registry)]
+            vote(net, 0, "network.psk_rotated", psk_commit=commit, psk_boxes=hostile)
+            pid = proposal_id(proposal_what({"type": "network.psk_rotated", "psk_commit": commit})).hex()
+            out = cli("member", "approve", pid[:12], "--home", home[1], check=False)
+            assert out.returncode == 1 and "refusing to approve" in out.stderr and why in out.stderr, out.stderr
+        first = cli("member", "rotate-psk", "--home", home[0]).stdout
+        proposal = first.split("proposal ")[1].split()[0].rstrip(":;")
+        cli("member", "approve", proposal[:12], "--home", home[1])
+        cli("member", "approve", proposal[:12], "--home", home[3])  # quorum(4) = 3
+        (rot,) = net.rpc(0, "validators")["psk_rotations"]
+        psk_file = net.nodes[3].home / "keys" / "psk.json"
+        net.wait_until(psk_file.exists, 30, "hosp-d holds the new PSK")
+        new = bytes.fromhex(json.loads(psk_file.read_text())[rot["commit"]]["psk"])
+        assert new != old and psk_file.stat().st_mode & 0o777 == 0o600
+        net.wait_until(lambda: net.height(0) >= rot["retire_old_after"] + 2, 90, "past the drop height under load")
+        # hosp-c comes back with the retired PSK only: refused at the first bytes, it cannot even sync
+        refused = net.rpc(0, "status")["psk"].get("refused", 0)
+        stuck = net.height(0)
+        net.start(2)
+        net.wait_until(lambda: net.rpc(0, "status")["psk"].get("refused", 0) > refused, 30, "hosp-c refused")
+        assert net.rpc(2, "status")["peers"] == 0 and net.height(2) < stuck
+        # its operator opens hosp-c's box from another member's RPC and restarts it
+        net.kill(2)
+        out = cli("member", "psk-recover", "--home", home[2], "--url", net.nodes[0].rpc, "--token",
+                  net.nodes[0].token)
+        assert "saved to" in out.stdout
+        net.start(2)
+        net.wait_until(lambda: net.height(2) >= net.height(0) - 1, 60, "hosp-c back under the new PSK")
+        end = net.height(0)
+    # committed through the switch: no gap between consecutive block times longer than a few seconds
+    times = [b["header"]["timestamp"] for b in batch(net, 0, [("get_block", {"height": h})
+                                                            for h in range(begin, end + 1)])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) < 4000, gaps
+    net.wait_until(lambda: len({net.height(i) for i in range(4)}) == 1, 60, "one height")
+    assert len({net.rpc(i, "status")["head"] for i in range(4)}) == 1
+    assert all(s == "committed" for s in tx_statuses(net, 2, sorted(load.acked)))  # hosp-c: nothing lost
+    fp = fingerprint(new)
+    for i in range(4):  # every member connected to every other under the new PSK only
+        net.wait_until(lambda i=i: net.rpc(i, "status")["peers"] == 3, 30, "full mesh")
+        psk = net.rpc(i, "status")["psk"]
+        assert psk["prefer"] == fp and psk["accepted"] == [fp] and set(psk["connections"]) == {fp}, psk
+    # a peer holding only the retired PSK is refused at its first bytes; the new PSK gets an answer
+    refused = net.rpc(0, "status")["psk"].get("refused", 0)
+    assert _pnet_probe(net.nodes[0].p2p, old) == b""
+    net.wait_until(lambda: net.rpc(0, "status")["psk"].get("refused", 0) > refused, 10, "refusal counted")
+    answer = _pnet_probe(net.nodes[0].p2p, new)
+    assert Salsa20.new(key=new, nonce=answer[:8]).decrypt(answer[8:]) == b"\x13/multistream/1.0.0\n"

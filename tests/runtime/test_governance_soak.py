@@ -3,6 +3,7 @@ survives f = 2 of 7 stopped, then shrinks and grows again for a few cycles (issu
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -10,19 +11,27 @@ import pytest
 
 from consensus.certificate import quorum
 from node.ledger.epochs import switch_height
+from node.runtime.settings import load_config
 from node.testnet import LocalTestnet
 
 sys.path.insert(0, os.path.dirname(__file__))  # the helpers of the make-test governance run
-from test_governance import EPOCH_INTERVAL, Load, certificate, cli, vote  # noqa: E402
+from test_governance import EPOCH_INTERVAL, PSK_RETIRE, Load, certificate, cli, vote  # noqa: E402
 
 pytestmark = pytest.mark.soak
 CYCLES = int(os.environ.get("RADCHAIN_GOV_CYCLES", "2"))
+
+
+PSK: list[bytes] = []  # the current consortium PSK once rotated (a joining hospital gets it out of band)
 
 
 def add(net: LocalTestnet, voters: list[int]) -> int:
     """Approve a new hospital with exactly quorum(n) of the current members; start it; its switch height."""
     info, fields = net.add_node()
     i = len(net.nodes) - 1
+    if PSK:  # its config gets the current PSK, not genesis's (retired by a rotation)
+        cfg = info.home / "config.toml"
+        cfg.write_text(cfg.read_text().replace(load_config(info.home).psk.hex(), PSK[-1].hex()))
+        assert load_config(info.home).psk == PSK[-1]
     net.start(i)
     need = quorum(len(voters))
     for v in voters[:need]:
@@ -36,6 +45,25 @@ def remove(net: LocalTestnet, voters: list[int], name: str) -> int:
     return switch_height(approving["height"], EPOCH_INTERVAL) + 1
 
 
+def rotate_psk(net: LocalTestnet, members: list[int], removed: int) -> None:
+    """A fresh PSK approved by quorum(n) members through the CLI; waits past the drop height. The removed
+    member (still running) knew the old PSK: afterwards it is refused at the transport too."""
+    homes = [str(net.nodes[i].home) for i in members]
+    first = cli("member", "rotate-psk", "--home", homes[0]).stdout
+    proposal = first.split("proposal ")[1].split()[0].rstrip(":;")
+    for h in homes[1:quorum(len(members))]:
+        cli("member", "approve", proposal[:12], "--home", h)
+    rot = net.rpc(members[0], "validators")["psk_rotations"][-1]
+    net.wait_until(lambda: min(net.height(i) for i in members) >= rot["retire_old_after"] + 1, 120,
+                   "past the PSK drop height")
+    doc = json.loads((net.nodes[members[0]].home / "keys" / "psk.json").read_text())
+    PSK.append(bytes.fromhex(doc[rot["commit"]]["psk"]))
+    refused = sum(net.rpc(i, "status")["psk"].get("refused", 0) for i in members)
+    net.wait_until(lambda: sum(net.rpc(i, "status")["psk"].get("refused", 0) for i in members) > refused, 30,
+                   "the removed member's dials refused under the retired PSK")
+    assert net.rpc(removed, "status")["peers"] == 0
+
+
 def settle(net: LocalTestnet, members: list[int], start: int) -> None:
     net.wait_until(lambda: all(net.rpc(i, "status")["member"] and net.rpc(i, "status")["epoch"] >= start
                                for i in members), 120, f"members {members} in the set from {start}")
@@ -44,7 +72,7 @@ def settle(net: LocalTestnet, members: list[int], start: int) -> None:
 
 
 def test_grow_to_seven_stop_f_then_shrink_and_grow_again(testnet):
-    net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL})
+    net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL, "psk_retire_blocks": PSK_RETIRE})
     net.start()
     net.wait_ready(timeout=60)
     members = [0, 1, 2, 3]
@@ -70,6 +98,7 @@ def test_grow_to_seven_stop_f_then_shrink_and_grow_again(testnet):
             start = remove(net, members, net.nodes[gone].name)
             members.remove(gone)
             settle(net, members, start)
+            rotate_psk(net, members, gone)
             net.kill(gone)
             start = add(net, members)
             members.append(len(net.nodes) - 1)
