@@ -189,7 +189,8 @@ class Resharer:
                 for dealer, complainer in rnd.complaints:
                     if dealer == name and (dealer, complainer) not in rnd.justified:
                         j = rnd.new_names.index(complainer)
-                        self._post(("justify", epoch, start, complainer),
+                        d = rnd._dealt[name]  # per dealing: a fresh one after an exclusion is answered anew
+                        self._post(("justify", epoch, start, complainer, d.height, d.pos),
                                    rs.justify_fields(epoch, start, complainer, contrib.shares[j]))
             # boxes were sealed to the member key this member had in that set: after a rotation they do not
             # open with the new one, and complaining would only make dealers publish our sub-shares
