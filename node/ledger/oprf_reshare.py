@@ -62,6 +62,9 @@ COMPLAINT_MS = 120_000  # default complaint window; justifications get twice as 
 # late, eating 2 x skew of the window. complaint_ms >= SKEW_FACTOR x max_clock_skew_ms leaves honest members
 # at least half of it in real time (checked at genesis load and on every vote changing the skew).
 SKEW_FACTOR = 4
+# A DKG round still undecided this many complaint windows after its first dealing is abandoned (its key epoch
+# number is spent): one member opening rounds nobody joins cannot keep the view waiting, nor block the next.
+DKG_GIVE_UP = 10
 # a dealing carries t = 2f+1 commitments, at most 64 (node.ledger.tx "commitments"), and one 80-byte box per
 # member in a 16 KiB tx: on-chain resharing works up to 96 members (n = 97 needs t = 65), and governance
 # refuses to grow a consortium past it (node.ledger.state, member.added)
@@ -235,6 +238,7 @@ class Round:
     acks: dict[str, set[str]] = field(default_factory=dict)  # dealer -> new members who acked its dealing
     ignored: list[tuple[int, str, str]] = field(default_factory=list)  # (height, member, why)
     outcome: Outcome | None = None
+    abandoned: bool = False  # a DKG round given up (DKG_GIVE_UP): it takes nothing more and decides nothing
 
     def __post_init__(self) -> None:
         assert (self.old is None) == (self.old_names is None)
@@ -268,6 +272,8 @@ class Round:
     def _add(self, height: int, pos: int, member: str, fields: dict, time: int) -> None:
         check_kind_fields(fields)
         kind = fields["oprf_kind"]
+        if self.abandoned:
+            raise DealingError("round abandoned")
         if self.outcome is not None and kind in ("reshare", "dkg"):
             raise DealingError("round already decided")
         if kind in ("reshare", "dkg"):
@@ -562,6 +568,8 @@ class ChainView:
                 raise DealingError(f"dkg for key epoch {oe}: only the next one ({newest + 1}) may be generated")
             if self.epoch_at is not None and start != self.epoch_at(height):
                 raise DealingError(f"dkg for governance epoch {start}, not the one in force at height {height}")
+            if any(r.kind == "dkg" and r.outcome is None and not r.abandoned for r in self.rounds.values()):
+                raise DealingError("another DKG round is open (until decided or abandoned)")
             rnd = Round(oe, start, tuple(members), complaint_ms=self.complaint_ms)
         self.rounds[(oe, start)] = rnd
         return rnd
@@ -580,7 +588,8 @@ class ChainView:
 
     def pending(self) -> bool:
         """A round not yet in force (advance must see every block until none is)."""
-        return any(self.current(e) is None or self.current(e).epoch_start < s for e, s in self.rounds)
+        return any((self.current(e) is None or self.current(e).epoch_start < s) and not r.abandoned
+                   for (e, s), r in self.rounds.items())
 
     def feeds(self, has_dealings: bool) -> bool:
         """Whether a block must be fed/advanced past (asked before feeding it): one with dealings, or any
@@ -593,7 +602,13 @@ class ChainView:
         assert height >= self.height
         self.time = time = max(self.time, time)
         for rnd in self.rounds.values():
+            if rnd.abandoned:
+                continue
             out = rnd.decide(height, time)
+            if out is None and rnd.kind == "dkg" and rnd.dealings \
+                    and time > rnd.dealings[0].time + DKG_GIVE_UP * rnd.complaint_ms:
+                rnd.abandoned = True
+                continue
             # the new shares take over at the later of: the round's decision, the governance switch (the
             # last block of the old member set); until then the old shares keep answering
             if out is None or height < max(out.decided_at, rnd.epoch_start - 1):

@@ -618,3 +618,25 @@ def test_an_excluded_dealer_may_deal_again_and_the_round_completes(dealt):
     view.advance(again + JUSTIFY_WINDOW)
     assert rnd.outcome.dealers == ("hosp-a", "hosp-c", "hosp-b")
     assert token([rnd.my_share(n, KEYS[n]) for n in ("hosp-a", "hosp-d", "hosp-e")], view.current(1).public) == reference()
+
+
+def test_an_abandoned_dkg_round_neither_waits_forever_nor_blocks_the_next():
+    """#12: one member opens a DKG round nobody joins. While it is open no other DKG round opens (one member
+    cannot pile up rounds); after DKG_GIVE_UP windows it is abandoned (the view stops waiting for it, its
+    epoch number is spent) and the members generate the next key epoch."""
+    view = RuledView()
+    keys = [k for _, k in EPOCHS[1]]
+    view.add(1, 0, "hosp-a", rs.dkg_fields(1, 1, keys, 1)[0])
+    view.add(2, 0, "hosp-b", rs.dkg_fields(2, 2, keys, 1)[0])
+    assert list(view.rounds) == [(1, 1)] and "another DKG round is open" in view.ignored[-1][2]
+    assert view.pending()
+    view.advance(2 + rs.DKG_GIVE_UP * WINDOW // 1000)
+    assert view.rounds[(1, 1)].abandoned and not view.pending()
+    start = view.height + 1  # by now the member set in force is LEAVE's
+    leave = [k for _, k in EPOCHS[LEAVE]]
+    for i, (name, _) in enumerate(EPOCHS[LEAVE], 1):
+        view.add(start, i, name, rs.dkg_fields(i, 2, leave, LEAVE)[0])
+        ack_good(view, start, 2, LEAVE, name, pos=10 * i)
+    view.add(start + 1, 0, "hosp-d", rs.ack_fields(1, 1, "hosp-a"))  # into the abandoned round: ignored
+    view.advance(start + JUSTIFY_WINDOW)
+    assert view.current(2).how == "dkg" and view.current(1) is None
