@@ -482,6 +482,7 @@ class ChainView:
         self.epoch_at = epoch_at
         self.fixed_through = fixed_through
         self._voted: set[tuple[int, int, str]] = set()  # (key epoch, epoch_start, member): one attestation each
+        self._decoded: dict[tuple[int, int, bytes], EpochPublic] = {}
         self.time = 0  # the running maximum of the agreed block times fed so far
         self.history: dict[int, list[RecordedPublic]] = {}  # oprf epoch -> records, oldest first
         self.rounds: dict[tuple[int, int], Round] = {}
@@ -533,10 +534,15 @@ class ChainView:
                 raise DealingError("public: this member attested for this key epoch already")
             if self.current(oe) is not None:
                 raise DealingError(f"public: key epoch {oe} is recorded already")
+            newest = max([*self.history, *(e for e, _ in self.rounds)], default=0)
+            if oe > newest + 1:  # a dealer deals epochs in order: this bounds the decodes to n per epoch
+                raise DealingError(f"public: key epoch {oe} is not the next one ({newest + 1})")
             _check_public_header(fields["oprf_public"], oe, len(names))
             self._voted.add((oe, start, member))
-            public = oprf.decode_epoch_public(fields["oprf_public"])
             key = (oe, start, bytes(fields["oprf_public"]))
+            public = self._decoded.get(key)
+            if public is None:  # the same bytes are decoded once
+                public = self._decoded[key] = oprf.decode_epoch_public(key[2])
             voters = self._attest.setdefault(key, set())
             voters.add(member)
             if len(voters) == quorum(len(names)) and not self._recorded(public, start):

@@ -578,6 +578,9 @@ def test_a_hostile_public_attestation_costs_no_decoding(dealt):
     assert view.current(1) is None  # b and c only: a's vote went to the other parameters
     view.add(3, 0, "hosp-d", rs.public_fields(public, 1))
     assert view.current(1).public == public
+    far, _ = oprf.deal(3, 4, epoch=9)
+    view.add(4, 0, "hosp-a", rs.public_fields(far, 1))  # epochs come in order: 9 is not the next one (2)
+    assert "not the next one" in view.ignored[-1][2]
 
 
 def test_a_lost_dealing_is_posted_again_from_what_was_dealt(dealt):
