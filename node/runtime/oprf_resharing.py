@@ -331,7 +331,10 @@ class Resharer:
                     # for us (or for everyone), the old shares are what still holds the key
                     log.error("key epoch %d: new parameters in force but this member cannot derive its share "
                               "of them; it keeps the share it holds (not deleted) and does not evaluate", epoch)
-                    self.installed[epoch] = rec  # derivation is a function of the chain: no use retrying
+                    # stop answering and tokenizing under parameters no longer in force (partials would fail
+                    # every proof): memory only, the file stays
+                    if self._point(epoch, rec, None):
+                        self.installed[epoch] = rec  # derivation is a function of the chain: no use retrying
                     continue
             self._persist(epoch, rec, share)
             if not self._point(epoch, rec, share):

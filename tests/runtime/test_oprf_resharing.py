@@ -206,10 +206,12 @@ def test_a_member_never_erases_its_share_for_want_of_a_new_one(tmp_path):
         view._record(RecordedPublic(held.public, 1, names, 1, "reshare"))
         node.resharer._install()
         assert load_epochs(nodes[0].home).shares[1] == held
-        # new parameters this member cannot derive a share of: keeps the old one, on disk and in use
+        # new parameters this member cannot derive a share of: keeps the old one on disk, and stops answering
+        # with it (its partials would fail every proof against the new public shares)
         view._record(RecordedPublic(other, 1, names, 2, "reshare"))
         node.resharer._install()
-        assert load_epochs(nodes[0].home).shares[1] == held and node.oprf_service.shares[1] == held
+        assert load_epochs(nodes[0].home).shares[1] == held
+        assert 1 not in node.oprf_service.shares and 1 not in node.tokenizer.keys.shares
         # a member outside the new set does erase its share (removal); an install that fails (here: the
         # marker file cannot be written) is retried after the next block, not forgotten (review #9)
         view._record(RecordedPublic(other, 1, names[1:] + ("hosp-x",), 3, "reshare"))
