@@ -202,6 +202,12 @@ class Genesis:
         for key, value in params.items():
             if key in DEFAULT_PARAMS and (type(value) is not int or value <= 0):
                 raise GenesisError(f"params.{key}: must be a positive integer")
+        from node.ledger.oprf_reshare import complaint_window  # (it does not import this module)
+
+        try:
+            complaint_window(params, params.get("max_clock_skew_ms", DEFAULT_PARAMS["max_clock_skew_ms"]))
+        except ValueError as exc:
+            raise GenesisError(str(exc)) from None
         return cls(chain_id, gtime, tuple(members), dict(params))
 
 

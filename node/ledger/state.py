@@ -59,6 +59,7 @@ from node.ledger.epochs import (
     switch_height,
 )
 from node.ledger.genesis import Genesis
+from node.ledger.oprf_reshare import COMPLAINT_MS, MAX_RESHARE_MEMBERS, SKEW_FACTOR
 from node.ledger.research import GATED_TYPES, RESEARCH_STATE_TYPES, ResearchState
 from node.ledger.research import consent_key as consent_key
 from node.ledger.tx import Tx
@@ -69,7 +70,7 @@ STATE_DOMAIN = b"radchain/state/v1\x00"
 STATE_TYPES = frozenset({"client.added", "client.removed", "member.added", "member.removed", "member.key_rotated",
                          "params.changed", "network.psk_rotated",
                          "consent.granted", "consent.revoked", "research.access.granted",
-                         "evidence.equivocation"}) | RESEARCH_STATE_TYPES | GATED_TYPES
+                         "evidence.equivocation", "oprf.dealing"}) | RESEARCH_STATE_TYPES | GATED_TYPES
 # types decided by node.ledger.research (consent ownership, projects, the export gate)
 _RESEARCH_RULED = frozenset({"consent.granted", "consent.revoked", "research.access.granted"}) | \
     RESEARCH_STATE_TYPES | GATED_TYPES
@@ -122,6 +123,8 @@ class LedgerState:
         self.epochs = EpochHistory(genesis)
         self.height = 0  # the block being executed (execute_txs sets it): when a change takes effect
         self.psk_rotations: dict[int, PskRotation] = {}  # start height -> approved PSK rotation (epochs)
+        window = genesis.params.get("oprf_complaint_ms", COMPLAINT_MS)  # validated by complaint_window()
+        self.oprf_complaint_ms = window if type(window) is int else COMPLAINT_MS
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -191,9 +194,13 @@ class LedgerState:
             ev = hashlib.sha256(_pack(f["evidence"])).digest()
             writes.append((b"evidence/" + f["offender"].to_bytes(2, "big") + ev, tx_hash))
             return True
-        # Registry changes: only the member key itself may ask for them.
+        # Registry changes and OPRF key dealings: only the member key itself may ask for them (a dealing
+        # receives the member's new key share and speaks for it in complaints and acks: a client key that
+        # could post one in the member's name could make dealers reveal that share; node.ledger.oprf_reshare)
         if self.members.get(member) != f["client"]:
             return False
+        if t == "oprf.dealing":
+            return True  # no state of its own: node.ledger.oprf_reshare reads the applied ones in chain order
         if t == "client.added":
             key = f["subject_key"]
             if key in self.client_of:
@@ -222,6 +229,8 @@ class LedgerState:
             bounds = VOTABLE_PARAMS.get(name)
             if bounds is None or not bounds[0] <= value <= bounds[1]:
                 return False
+            if name == "max_clock_skew_ms" and value * SKEW_FACTOR > self.oprf_complaint_ms:
+                return False  # the OPRF complaint window must stay well above what a primary can skew
             subject, key, what = name, b"", proposal_what(f)
         elif t == "member.added":
             subject, key = f["subject"], f["subject_key"]
@@ -229,6 +238,8 @@ class LedgerState:
                 return False
             if subject in latest.names or key in latest.pubkeys:
                 return False  # still in the consensus set until its removal takes effect
+            if len(latest.members) >= MAX_RESHARE_MEMBERS:
+                return False  # the OPRF key could not be reshared to a larger set on chain
             peer_id = f.get("peer_id", "")
             if peer_id and any(m.peer_id == peer_id for m in latest.members):
                 return False

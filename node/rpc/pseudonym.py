@@ -91,8 +91,8 @@ def chain_keys(view) -> dict:
                        "dealt": [d.dealer for d in rnd.dealings],
                        "complaints": sorted([d, c] for d, c in rnd.complaints),
                        "justified": sorted([d, c] for d, c in rnd.justified),
-                       "acks": sorted(rnd.acks),
+                       "acks": {d: sorted(a) for d, a in sorted(rnd.acks.items())},
                        "dealers": list(rnd.outcome.dealers) if rnd.outcome else None,
                        "decided_at": rnd.outcome.decided_at if rnd.outcome else None,
-                       "ignored": len(rnd.ignored)})
+                       "abandoned": rnd.abandoned, "ignored": len(rnd.ignored)})
     return {"epochs": epochs, "rounds": rounds, "ignored": len(view.ignored)}

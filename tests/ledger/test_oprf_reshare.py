@@ -79,8 +79,17 @@ def reference(patient="1234567") -> bytes:
     return oprf.tokenize_with_key(SECRET, 1, "patient", patient, "ISSUER")
 
 
-def run_reshare(view, shares, start, dealers, height=2, tamper=None):
-    """Old members `dealers` deal for governance epoch `start`, one per block from `height`."""
+def ack_good(view, height, oprf_epoch, start, dealer, pos=100, skip=()):
+    """Every new member (but `skip`) whose box from `dealer` opened and matched acks it in block `height`."""
+    rnd = view.rounds[(oprf_epoch, start)]
+    for i, (name, _) in enumerate(EPOCHS[start]):
+        if name not in skip and dealer in rnd.check_boxes(name, KEYS[name])[0]:
+            view.add(height, pos + i, name, rs.ack_fields(oprf_epoch, start, dealer))
+
+
+def run_reshare(view, shares, start, dealers, height=2, tamper=None, ack=True):
+    """Old members `dealers` deal for governance epoch `start`, one per block from `height`; the new members
+    whose boxes are good ack each dealing in its block."""
     members = [k for _, k in EPOCHS[start]]
     contributions = {}
     for pos, name in enumerate(dealers):
@@ -88,6 +97,9 @@ def run_reshare(view, shares, start, dealers, height=2, tamper=None):
         if tamper and name in tamper:
             fields = tamper[name](fields, c)
         view.add(height + pos, 0, name, fields)
+        rnd = view.rounds.get((1, start))
+        if ack and rnd is not None and name in {d.dealer for d in rnd.dealings}:
+            ack_good(view, height + pos, 1, start, name)
         contributions[name] = c
     return contributions, height + len(dealers) - 1
 
@@ -221,6 +233,7 @@ def test_dkg_members_agree_and_a_cheating_dealer_is_excluded():
         if name == "hosp-a":
             fields["boxes"][2] = rs.seal_box(oprf.random_scalar(), pk("hosp-c"))
         view.add(1 + i, 0, name, fields)
+        ack_good(view, 1 + i, 1, 1, name)
     rnd = view.rounds[(1, 1)]
     assert rnd.check_boxes("hosp-c", KEYS["hosp-c"])[1] == ["hosp-a"]
     view.add(6, 0, "hosp-c", rs.complaint_fields(1, 1, "hosp-a"))
@@ -342,7 +355,7 @@ def test_fields_of_another_kind_are_ignored_by_the_flow(dealt):
     view = attested_view(public)
     fields, _ = rs.reshare_fields(shares["hosp-a"], [k for _, k in EPOCHS[JOIN]], JOIN)
     view.add(2, 0, "hosp-a", {**fields, "share": bytes(32)})  # a reshare carrying a share in clear
-    view.add(2, 1, "hosp-a", {**rs.ack_fields(1, JOIN), "commitments": fields["commitments"]})
+    view.add(2, 1, "hosp-a", {**rs.ack_fields(1, JOIN, "hosp-a"), "commitments": fields["commitments"]})
     assert (1, JOIN) not in view.rounds and len(view.ignored) == 2
 
 
@@ -373,3 +386,260 @@ def test_windows_are_in_block_time_late_complaints_and_justifications_do_not_cou
     # block times that go backwards are read as their running maximum: nothing reopens
     super(View, view).add(41, 0, "hosp-e", rs.complaint_fields(1, JOIN, "hosp-c"), 1000)
     assert ("hosp-c", "hosp-e") not in rnd.complaints
+
+
+# ------------------------------------------------------------------ the review's attacks (oprf-review.md)
+
+
+class RuledView(View):
+    """A View with the rules every node supplies: member-key signers only, DKG only for the governance epoch
+    in force, dealings only for member sets no later block can change (here: every start <= height + 7)."""
+
+    def __init__(self, members_of=EPOCHS.get, complaint_ms=WINDOW):
+        ChainView.__init__(self, members_of, complaint_ms, key_ok=lambda m, k: k == pk(m),
+                           epoch_at=lambda h: max(s for s in EPOCHS if s <= h), fixed_through=lambda h: h + 7)
+
+    def add(self, height, pos, member, fields, signer="member"):
+        if height > self.height + 1:
+            self.advance(height - 1)
+        ChainView.add(self, height, pos, member, fields, height * 1000,
+                      pk(member) if signer == "member" else signer)
+
+
+def test_a_client_key_cannot_post_dealings_in_its_members_name(dealt):
+    """#1: a stolen client key of hosp-e must not complain as hosp-e (dealers would then publish hosp-e's
+    sub-shares), nor deal or ack as a member. Execution rejects it; the view ignores it too."""
+    from node.ledger.block import APPLIED, REJECTED
+    from node.ledger.chain import execute_txs
+    from node.ledger.genesis import Genesis, Member
+    from node.ledger.state import LedgerState
+
+    client = SigningKey(b"\x77" * 32)
+    members = tuple(Member(n, pk(n), f"peer{i}", (), "", (bytes(client.verify_key),) if n == "hosp-a" else ())
+                    for i, n in enumerate(NAMES))
+    genesis = Genesis("c", "2026-11-27T00:00:00+00:00", members, {})
+    state, _ = LedgerState.from_genesis(genesis)
+    fields = {k: v for k, v in rs.complaint_fields(1, JOIN, "hosp-b").items() if k != "type"}
+    by_client = decode_tx(make_tx("oprf.dealing", client, chain_id="c", member="hosp-a", **fields))
+    by_member = decode_tx(make_tx("oprf.dealing", KEYS["hosp-a"], chain_id="c", member="hosp-a", **fields))
+    statuses, _, _ = execute_txs(state, 1, [by_client, by_member], lambda h: True, lambda k, v: None)
+    assert list(statuses) == [REJECTED, APPLIED]
+
+    public, shares = dealt
+    view = RuledView()
+    for pos, name in enumerate(NAMES[:3]):
+        view.add(1, pos, name, rs.public_fields(public, 1))
+    run_reshare(view, shares, JOIN, ["hosp-a", "hosp-b", "hosp-c"])
+    thief = bytes(client.verify_key)
+    view.add(5, 0, "hosp-e", rs.complaint_fields(1, JOIN, "hosp-a"), signer=thief)
+    view.add(5, 1, "hosp-d", rs.reshare_fields(shares["hosp-d"], [k for _, k in EPOCHS[JOIN]], JOIN)[0],
+             signer=thief)
+    rnd = view.rounds[(1, JOIN)]
+    assert rnd.complaints == {} and [d.dealer for d in rnd.dealings] == ["hosp-a", "hosp-b", "hosp-c"]
+    assert sum("member key" in why for _, _, why in view.ignored) == 2
+
+
+def test_primary_skewing_timestamps_cannot_get_a_junk_dealing_chosen(dealt):
+    """#2 (attack.py s1): a Byzantine primary and dealer backdates its junk dealing's block by the skew and
+    stamps the next one ahead by as much, so the complaint window closes before the complaints land. No
+    honest member can ack a box that does not open: the junk never counts, the honest dealings do, and
+    every new member derives its share (nobody is left to erase its old one for nothing)."""
+    import os
+
+    public, shares = dealt
+    view = ChainView(EPOCHS.get, complaint_ms=rs.COMPLAINT_MS)
+    view.seed_genesis(public, NAMES)
+    t0, skew = 1_000_000_000, 30_000
+    assert rs.complaint_window({}, skew) == rs.COMPLAINT_MS
+    view.advance(1, t0 - skew)
+    junk, _ = rs.reshare_fields(shares["hosp-d"], [k for _, k in EPOCHS[JOIN]], JOIN)
+    junk["boxes"] = [os.urandom(rs.BOX_BYTES) for _ in junk["boxes"]]
+    view.add(2, 0, "hosp-d", junk, t0 - skew)
+    view.advance(2, t0 - skew)
+    view.advance(3, t0 + skew)
+    rnd = view.rounds[(1, JOIN)]
+    for h, name in enumerate(["hosp-a", "hosp-b", "hosp-c"], 4):
+        fields, _ = rs.reshare_fields(shares[name], [k for _, k in EPOCHS[JOIN]], JOIN)
+        view.add(h, 0, name, fields, t0 + 1000)
+        for i, (m, _) in enumerate(EPOCHS[JOIN]):
+            good, bad = rnd.check_boxes(m, KEYS[m])
+            for dealer in good:
+                view.add(h, 1 + i * 10, m, rs.ack_fields(1, JOIN, dealer), t0 + 1000)
+            assert "hosp-d" in bad
+        view.advance(h, t0 + 1000)
+    for h in range(7, 30):
+        view.advance(h, t0 + (h - 6) * skew)
+    assert rnd.outcome is not None and rnd.outcome.dealers == ("hosp-a", "hosp-b", "hosp-c")
+    new = {m: rnd.my_share(m, KEYS[m]) for m, _ in EPOCHS[JOIN]}
+    assert all(s is not None for s in new.values())
+    assert token([new["hosp-a"], new["hosp-d"], new["hosp-e"]], view.current(1).public) == reference()
+
+
+def test_complaint_window_must_exceed_what_clock_skew_can_eat():
+    """#2: the window is refused at genesis unless >= 4 x max_clock_skew_ms, and a vote raising the skew
+    past a quarter of it is rejected (else a primary's timestamps could close it early)."""
+    from node.ledger.genesis import Genesis, GenesisError, Member
+    from node.ledger.state import LedgerState
+
+    with pytest.raises(ValueError, match="max_clock_skew_ms"):
+        rs.complaint_window({"oprf_complaint_ms": 60_000}, 30_000)
+    members = [Member(n, pk(n), f"peer{i}", (), "", ()).to_json() for i, n in enumerate(NAMES)]
+    base = {"chain_id": "c", "genesis_time": "2026-11-27T00:00:00+00:00", "members": members}
+    with pytest.raises(GenesisError, match="oprf_complaint_ms"):
+        Genesis.from_json({**base, "params": {"oprf_complaint_ms": 60_000}})
+    genesis = Genesis.from_json({**base, "params": {"oprf_complaint_ms": 8000, "max_clock_skew_ms": 2000}})
+    state, _ = LedgerState.from_genesis(genesis)
+
+    def vote(member, value):
+        t = decode_tx(make_tx("params.changed", KEYS[member], chain_id="c", member=member,
+                              param="max_clock_skew_ms", value=value))
+        return state.apply(t, t.hash, [])
+    assert not vote("hosp-a", 2001)  # 4 x 2001 > 8000
+    assert vote("hosp-a", 1500)
+
+
+def test_one_dkg_round_per_key_epoch_the_next_one_only_for_the_set_in_force():
+    """#3 (attack.py s2): a second round for key epoch 1 (here: for an older governance epoch), a DKG for
+    key epoch 65535 (would pin the tokenizer's newest epoch), and a DKG for a set not in force are ignored."""
+    view = RuledView()
+    for i, (name, _) in enumerate(EPOCHS[JOIN]):
+        fields, _ = rs.dkg_fields(i + 1, 1, [k for _, k in EPOCHS[JOIN]], JOIN)
+        view.add(JOIN, i, name, fields)
+    assert list(view.rounds) == [(1, JOIN)]
+    for i, (name, _) in enumerate(EPOCHS[1]):
+        view.add(JOIN + 1, i, name, rs.dkg_fields(i + 1, 1, [k for _, k in EPOCHS[1]], 1)[0])  # old set
+        view.add(JOIN + 1, 10 + i, name, rs.dkg_fields(i + 1, 65535, [k for _, k in EPOCHS[JOIN]], JOIN)[0])
+        view.add(JOIN + 1, 20 + i, name, rs.dkg_fields(i + 1, 2, [k for _, k in EPOCHS[1]], 1)[0])  # not in force
+    assert list(view.rounds) == [(1, JOIN)]
+    whys = [why for _, _, why in view.ignored]
+    assert sum("already exists or has a round" in w for w in whys) == 4
+    assert sum("only the next one" in w for w in whys) == 4
+    assert sum("not the one in force" in w for w in whys) == 4
+
+
+def test_a_dealing_for_a_member_set_that_may_still_change_is_ignored(dealt):
+    """#4 (attack.py s3): whether a dealing counts must not depend on when a node reads the member sets: a
+    dealing naming a governance epoch that a later block could still create or rewrite is ignored, live and
+    on replay alike."""
+    public, shares = dealt
+    fields, _ = rs.reshare_fields(shares["hosp-a"], [k for _, k in EPOCHS[JOIN]], JOIN)
+
+    def feed(members_of):
+        view = RuledView(members_of)
+        for pos, name in enumerate(NAMES[:3]):
+            view.add(1, pos, name, rs.public_fields(public, 1))
+        view.add(1, 3, "hosp-a", fields)  # at height 1 the set starting at JOIN = 9 may still change
+        return list(view.rounds), [w for *_, w in view.ignored]
+    live, replay = feed({1: EPOCHS[1]}.get), feed(EPOCHS.get)
+    assert live[0] == replay[0] == []
+    assert "may still change" in replay[1][-1]
+
+
+def test_running_maximum_of_block_time_is_the_same_live_and_on_replay(dealt):
+    """#5 (runmax.py): a node that saw a far-ahead block before the first dealing, and one that replays
+    from the first dealing, must judge a complaint the same way: both feed exactly the blocks
+    ChainView.feeds() asks for."""
+    public, shares = dealt
+    f, _ = rs.reshare_fields(shares["hosp-d"], [k for _, k in EPOCHS[JOIN]], JOIN)
+    t = 10**9
+
+    def run(live):
+        v = ChainView(EPOCHS.get, complaint_ms=60_000)
+        v.seed_genesis(public, NAMES)
+        blocks = [(2, t + 30_000, []), (3, t + 1_000, [("hosp-d", f)]),
+                  (4, t + 70_000, [("hosp-e", rs.complaint_fields(1, JOIN, "hosp-d"))])]
+        for h, ts, txs in blocks:
+            if h == 2 and not live:
+                continue  # a replay starts at the first dealing
+            if v.feeds(bool(txs)):
+                for pos, (m, fields) in enumerate(txs):
+                    v.add(h, pos, m, fields, ts)
+                v.advance(h, ts)
+        return dict(v.rounds[(1, JOIN)].complaints)
+    assert run(True) == run(False) == {}  # 69 s after the dealing's block: late, for both
+
+
+def test_a_hostile_public_attestation_costs_no_decoding(dealt):
+    """#6: an attestation whose member count is not the governance epoch's is refused before the costly
+    consistency check; one attestation per member and key epoch counts."""
+    import time
+
+    big, _ = oprf.deal(150, 300, epoch=5)
+    view = RuledView()
+    started = time.perf_counter()
+    view.add(1, 0, "hosp-a", rs.public_fields(big, 1))
+    assert time.perf_counter() - started < 0.5 and view.ignored[-1][2].startswith("public: ")
+    other, _ = oprf.deal(3, 4, epoch=1)
+    public, _ = dealt
+    view.add(2, 0, "hosp-a", rs.public_fields(other, 1))
+    view.add(2, 1, "hosp-a", rs.public_fields(public, 1))  # a second attestation by hosp-a: ignored
+    view.add(2, 2, "hosp-b", rs.public_fields(public, 1))
+    view.add(2, 3, "hosp-c", rs.public_fields(public, 1))
+    assert view.current(1) is None  # b and c only: a's vote went to the other parameters
+    view.add(3, 0, "hosp-d", rs.public_fields(public, 1))
+    assert view.current(1).public == public
+    far, _ = oprf.deal(3, 4, epoch=9)
+    view.add(4, 0, "hosp-a", rs.public_fields(far, 1))  # epochs come in order: 9 is not the next one (2)
+    assert "not the next one" in view.ignored[-1][2]
+
+
+def test_a_lost_dealing_is_posted_again_from_what_was_dealt(dealt):
+    """#8: the re-posted dealing (boxes sealed afresh) is the same sharing: it counts and gives the same key;
+    and a dealing for the largest member set resharing supports fits in a tx."""
+    public, shares = dealt
+    keys = [k for _, k in EPOCHS[JOIN]]
+    view = attested_view(public)
+    contribs = {}
+    for pos, name in enumerate(["hosp-a", "hosp-b", "hosp-c"]):
+        _, contribs[name] = rs.reshare_fields(shares[name], keys, JOIN)  # the first tx got lost
+        view.add(2 + pos, 0, name, rs.fields_from_contribution("reshare", 1, JOIN, contribs[name], keys))
+        ack_good(view, 2 + pos, 1, JOIN, name)
+    view.advance(4 + JUSTIFY_WINDOW)
+    rnd = view.rounds[(1, JOIN)]
+    assert token([rnd.my_share(n, KEYS[n]) for n in ("hosp-b", "hosp-d", "hosp-e")], view.current(1).public) == reference()
+    n = rs.MAX_RESHARE_MEMBERS
+    many = [bytes(SigningKey(i.to_bytes(32, "big")).verify_key) for i in range(1, n + 1)]
+    fields, _ = rs.dkg_fields(1, 2, many, 1)
+    fields.pop("type")
+    assert len(make_tx("oprf.dealing", KEYS["hosp-a"], chain_id="c", member="hosp-a", **fields)) <= 16 * 1024
+
+
+def test_an_excluded_dealer_may_deal_again_and_the_round_completes(dealt):
+    """#10: hosp-b's first dealing is excluded (its complaint unanswered: e.g. it was down); with only three
+    old members able to deal (t = 3) the round would stall for good unless its fresh dealing counts."""
+    public, shares = dealt
+    view = attested_view(public)
+    _, last = run_reshare(view, shares, JOIN, ["hosp-a", "hosp-b", "hosp-c"],
+                          tamper={"hosp-b": _bad_box_for("hosp-e")})
+    view.add(last, 1, "hosp-e", rs.complaint_fields(1, JOIN, "hosp-b"))
+    view.advance(last + JUSTIFY_WINDOW)
+    rnd = view.rounds[(1, JOIN)]
+    assert rnd.outcome is None and view.current(1).public == public
+    again = last + JUSTIFY_WINDOW + 1
+    run_reshare(view, shares, JOIN, ["hosp-b"], height=again)
+    assert rnd.complaints == {} and len(rnd.dealings) == 4
+    view.advance(again + JUSTIFY_WINDOW)
+    assert rnd.outcome.dealers == ("hosp-a", "hosp-c", "hosp-b")
+    assert token([rnd.my_share(n, KEYS[n]) for n in ("hosp-a", "hosp-d", "hosp-e")], view.current(1).public) == reference()
+
+
+def test_an_abandoned_dkg_round_neither_waits_forever_nor_blocks_the_next():
+    """#12: one member opens a DKG round nobody joins. While it is open no other DKG round opens (one member
+    cannot pile up rounds); after DKG_GIVE_UP windows it is abandoned (the view stops waiting for it, its
+    epoch number is spent) and the members generate the next key epoch."""
+    view = RuledView()
+    keys = [k for _, k in EPOCHS[1]]
+    view.add(1, 0, "hosp-a", rs.dkg_fields(1, 1, keys, 1)[0])
+    view.add(2, 0, "hosp-b", rs.dkg_fields(2, 2, keys, 1)[0])
+    assert list(view.rounds) == [(1, 1)] and "another DKG round is open" in view.ignored[-1][2]
+    assert view.pending()
+    view.advance(2 + rs.DKG_GIVE_UP * WINDOW // 1000)
+    assert view.rounds[(1, 1)].abandoned and not view.pending()
+    start = view.height + 1  # by now the member set in force is LEAVE's
+    leave = [k for _, k in EPOCHS[LEAVE]]
+    for i, (name, _) in enumerate(EPOCHS[LEAVE], 1):
+        view.add(start, i, name, rs.dkg_fields(i, 2, leave, LEAVE)[0])
+        ack_good(view, start, 2, LEAVE, name, pos=10 * i)
+    view.add(start + 1, 0, "hosp-d", rs.ack_fields(1, 1, "hosp-a"))  # into the abandoned round: ignored
+    view.advance(start + JUSTIFY_WINDOW)
+    assert view.current(2).how == "dkg" and view.current(1) is None

@@ -29,7 +29,8 @@ from tests.runtime.test_governance import EPOCH_INTERVAL, JOIN_OUTPUT, cli, join
 
 pytestmark = pytest.mark.timeout(300)
 PATIENT = ("7654321", "REGION-MPI")
-WINDOW_MS = 5000  # complaints within 5 s of a dealing's block, justifications 10 s (default 60 s)
+WINDOW_MS = 8000  # complaints within 8 s of a dealing's block, justifications 16 s (default 120 s)
+SKEW_MS = 2000  # the window must be >= 4 x max_clock_skew_ms (node.ledger.oprf_reshare.SKEW_FACTOR)
 
 
 def token_of(shares, public) -> bytes:
@@ -45,7 +46,8 @@ def holds(net, i: int, n: int) -> bool:
 
 
 def test_members_join_and_leave_the_key_is_reshared_on_chain(testnet, tmp_path):
-    net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL, "oprf_complaint_ms": WINDOW_MS})
+    net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL, "oprf_complaint_ms": WINDOW_MS,
+                                              "max_clock_skew_ms": SKEW_MS})
     net.start()
     net.wait_ready(timeout=60)
     before = dict(EXAMPLE_EVENT, patient_id=PATIENT[0], issuer=PATIENT[1], study_uid="1.2.826.0.9.1",
@@ -72,6 +74,8 @@ def test_members_join_and_leave_the_key_is_reshared_on_chain(testnet, tmp_path):
     for i in (1, 2):
         last = cli("member", "approve", proposal[:12], "--home", str(net.nodes[i].home)).stdout
     join_start = int(re.search(r"new member set starts at height (\d+)", last).group(1))
+    # a dealing counts only for a member set no later block can change (the end of the approval's interval)
+    net.wait_until(lambda: switch_height(net.height(0) + 1, EPOCH_INTERVAL) >= join_start, 60, "join set fixed")
     new_keys = [bytes(load_member_key(net.nodes[i].home / "keys" / "member.key").verify_key) for i in range(5)]
     fields, contrib = rs.reshare_fields(d_share, new_keys, join_start)
     fields["boxes"][4] = rs.seal_box(oprf.random_scalar(), new_keys[4])  # hosp-e's box: off the polynomial
@@ -133,7 +137,8 @@ def test_members_join_and_leave_the_key_is_reshared_on_chain(testnet, tmp_path):
 def test_dealer_free_key_generation_on_chain(testnet):
     """`radchain testnet --oprf-dkg`: no home gets a share from a dealer; the members deal on chain, and the
     key nobody knows gives the same token at two hospitals, reproduced by any three members' shares."""
-    net: LocalTestnet = testnet(4, params={"oprf_dkg_epoch": 1, "oprf_complaint_ms": 2000})
+    net: LocalTestnet = testnet(4, params={"oprf_dkg_epoch": 1, "oprf_complaint_ms": WINDOW_MS,
+                                              "max_clock_skew_ms": SKEW_MS})
     assert not any(load_epochs(info.home).shares for info in net.nodes)
     net.start()
     net.wait_ready(timeout=60)
@@ -155,9 +160,18 @@ def test_dealer_free_key_generation_on_chain(testnet):
     for trio_ in ((0, 1, 2), (1, 2, 3)):
         assert token_of([keys[i].shares[1] for i in trio_], public).hex() == tokens[0]
     assert not list((net.nodes[0].home / "keys" / "oprf").glob("dealt-*")), "the dealt polynomial is erased"
-    # a new key epoch, dealer-free, started by one member's command: every member deals, new tokens use it
+    # a new key epoch, dealer-free: one member's command alone makes nobody else deal (no key of one
+    # member's choosing); three operators (2f+1) running it do, and every member then holds a share
     out = cli("pseudonym", "dkg", "--epoch", "2", "--home", str(net.nodes[1].home))
     assert "dealer-free generation started" in out.stdout
+    net.wait_until(lambda: any(r["epoch"] == 2 for r in net.rpc(0, "pseudonym_stats")["chain_keys"]["rounds"]), 30,
+                   "the round for key epoch 2 is on chain")
+    height = net.height(0)
+    net.wait_until(lambda: net.height(0) >= height + 3, 30, "three more blocks")
+    [rnd2] = [r for r in net.rpc(0, "pseudonym_stats")["chain_keys"]["rounds"] if r["epoch"] == 2]
+    assert rnd2["dealt"] == ["hosp-b"], rnd2
+    for i in (0, 2):
+        cli("pseudonym", "dkg", "--epoch", "2", "--home", str(net.nodes[i].home))
     net.wait_until(lambda: all(2 in load_epochs(net.nodes[i].home).shares for i in range(4)), 90,
                    "every member holds a share of key epoch 2")
     ev = dict(EXAMPLE_EVENT, patient_id=PATIENT[0], issuer=PATIENT[1], study_uid="1.2.826.0.9.2",
@@ -168,3 +182,45 @@ def test_dealer_free_key_generation_on_chain(testnet):
     assert new.startswith("0002") and new != tokens[0]
     trail = net.rpc(0, "audit_trail", {"patient_id": PATIENT[0], "issuer": PATIENT[1]})
     assert {e["patient"] for e in trail["entries"]} == {tokens[0], new}  # one trail across both epochs
+
+
+def test_a_member_never_erases_its_share_for_want_of_a_new_one(tmp_path):
+    """Review #2 and #7, on a real Node (no network): the chain puts new parameters in force for a set this
+    member is in, but it cannot derive its share of them (a chosen box did not open for it, or, after a
+    member key rotation and a restart, the boxes sealed to its old key no longer open). It must keep the share
+    it holds; before, it erased it and the key could be lost for good. A share already installed for the
+    recorded parameters is kept as it is."""
+    from node import testnet as tn
+    from node.ledger.oprf_reshare import RecordedPublic
+    from node.runtime.node import Node
+    from node.runtime.settings import load_config
+
+    nodes = tn.generate(4, tmp_path / "net", base_port=tn.free_base_port(8))
+    node = Node(load_config(nodes[0].home))
+    try:
+        held = load_epochs(nodes[0].home).shares[1]
+        names = tuple(m.name for m in node.genesis.members)
+        other, _ = oprf.deal(3, 4, epoch=1)
+        view = node.resharer.view
+        # already installed (e.g. before a restart): the record's parameters are the ones on disk
+        view._record(RecordedPublic(held.public, 1, names, 1, "reshare"))
+        node.resharer._install()
+        assert load_epochs(nodes[0].home).shares[1] == held
+        # new parameters this member cannot derive a share of: keeps the old one on disk, and stops answering
+        # with it (its partials would fail every proof against the new public shares)
+        view._record(RecordedPublic(other, 1, names, 2, "reshare"))
+        node.resharer._install()
+        assert load_epochs(nodes[0].home).shares[1] == held
+        assert 1 not in node.oprf_service.shares and 1 not in node.tokenizer.keys.shares
+        # a member outside the new set does erase its share (removal); an install that fails (here: the
+        # marker file cannot be written) is retried after the next block, not forgotten (review #9)
+        view._record(RecordedPublic(other, 1, names[1:] + ("hosp-x",), 3, "reshare"))
+        blocker = nodes[0].home / "keys" / "oprf" / "epoch-1.installing"
+        blocker.mkdir()
+        with pytest.raises(OSError):
+            node.resharer._install()
+        blocker.rmdir()
+        node.resharer._install()
+        assert 1 not in load_epochs(nodes[0].home).shares
+    finally:
+        node.close()
