@@ -8,7 +8,6 @@ certificate.commit_signing_bytes, a CHECKPOINT signs checkpoint_signing_bytes. O
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -35,8 +34,11 @@ class DecodeError(ValueError):
     pass
 
 
+_packb = msgpack.packb
+
+
 def _pack(obj) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    return _packb(obj, use_bin_type=True)
 
 
 def vote_signing_bytes(chain_id: str, view: int, height: int, digest: bytes) -> bytes:
@@ -330,18 +332,49 @@ def typed_body(kind: int, body) -> Body:
     return coerce(body)
 
 
-@dataclass(frozen=True, slots=True)
+_set = object.__setattr__
+
+
 class Message:
+    """One consensus message: kind, sender, body (typed by kind: a positional tuple given here is converted),
+    signature. Immutable (decode_cached shares one instance between every replica of a process). Written out
+    rather than a frozen dataclass: one is built per message signed or decoded, and the dataclass's
+    __init__ + __post_init__ were two Python calls where this is one."""
+
+    __slots__ = ("kind", "sender", "body", "sig", "raw", "memo")
     kind: int
     sender: int
-    body: Body  # typed by kind (a positional tuple given here is converted)
+    body: Body
     sig: bytes
-    raw: list | None = field(default=None, compare=False, repr=False)  # the body as decoded, for signing
-    memo: dict = field(default_factory=dict, compare=False, repr=False)  # signing bytes, per chain id
+    raw: list | None   # the body as decoded, for signing (not compared)
+    memo: dict         # signing bytes, per chain id (not compared)
 
-    def __post_init__(self) -> None:
-        if type(self.body) is not BODY_TYPES.get(self.kind):
-            object.__setattr__(self, "body", typed_body(self.kind, self.body))
+    def __init__(self, kind: int, sender: int, body, sig: bytes, raw: list | None = None) -> None:
+        if type(body) is not BODY_TYPES.get(kind):
+            body = typed_body(kind, body)
+        _set(self, "kind", kind)
+        _set(self, "sender", sender)
+        _set(self, "body", body)
+        _set(self, "sig", sig)
+        _set(self, "raw", raw)
+        _set(self, "memo", {})
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Message is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Message is immutable (cannot delete {name!r})")
+
+    def __eq__(self, other):
+        if type(other) is not Message:
+            return NotImplemented
+        return (self.kind, self.sender, self.body, self.sig) == (other.kind, other.sender, other.body, other.sig)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.sender, self.body, self.sig))
+
+    def __repr__(self) -> str:
+        return f"Message(kind={self.kind!r}, sender={self.sender!r}, body={self.body!r}, sig={self.sig!r})"
 
     def encode(self) -> bytes:
         return encode(self.kind, self.sender, self.body, self.sig)
@@ -354,25 +387,22 @@ def signing_bytes(chain_id: str, kind: int, sender: int, body: Body, raw: list |
         return commit_signing_bytes(chain_id, body.view, body.height, body.digest)
     if kind == CHECKPOINT:
         return checkpoint_signing_bytes(chain_id, body.height, body.state_digest)
-    plain = raw if raw is not None else _plain(body)
+    # msgpack packs every tuple (NamedTuple bodies included) as an array, exactly as the list it was decoded
+    # from: the bytes are the same whether the body came off the wire (raw) or was built here
+    plain = raw if raw is not None else body
     if kind == PAYLOAD:  # the payload is bound by its digest
         plain = plain[:2]
     return DOMAIN + _pack([KIND_NAMES[kind], chain_id, sender, plain])
 
 
-def _plain(obj):
-    if isinstance(obj, tuple | list):
-        return [_plain(x) for x in obj]
-    return obj
-
-
 def encode(kind: int, sender: int, body: tuple, sig: bytes) -> bytes:
-    """Wire bytes: msgpack [kind, sender, body as nested lists, signature]."""
-    return _pack([kind, sender, _plain(body), sig])
+    """Wire bytes: msgpack [kind, sender, body as nested arrays, signature] (tuples pack as arrays)."""
+    return _packb([kind, sender, body, sig], use_bin_type=True)
 
 
 def sign(crypto, chain_id: str, kind: int, sender: int, body) -> Message:
-    body = typed_body(kind, body)
+    if type(body) is not BODY_TYPES.get(kind):
+        body = typed_body(kind, body)
     return Message(kind, sender, body, crypto.sign(signing_bytes(chain_id, kind, sender, body)))
 
 

@@ -454,9 +454,11 @@ class Replica:
         """Every vote this replica signs goes through here: one digest per (kind, view, height), ever (the WAL
         carries them across restarts), and never above the high watermark."""
         prev = self._my_votes.get(key)
-        check(prev is None or prev.digest == d, "never two votes for different digests at one view and height")
+        if not (prev is None or prev.digest == d):
+            raise InvariantViolation("never two votes for different digests at one view and height")
         low = self.checkpoints.stable.height
-        check(low < key[2] <= low + self.window, "votes only inside the watermarks")
+        if not (low < key[2] <= low + self.window):
+            raise InvariantViolation("votes only inside the watermarks")
         self._my_votes[key] = MyVote(d, wire, self.ticks)
 
     def _vote_prepare(self, slot: Slot, v: int, d: bytes, payload: bytes | None) -> None:
@@ -466,7 +468,8 @@ class Replica:
             if mine.digest != d:
                 self.stats["refused_double_vote"] += 1
             return
-        check(self._phase is NORMAL and v == self._view, "PREPARE only in the current view, outside a view change")
+        if not (self._phase is NORMAL and v == self._view):
+            raise InvariantViolation("PREPARE only in the current view, outside a view change")
         self.emit(Persist(walrec.vote_record(v, slot.height, d, payload)))
         msg = self.sign(m.PREPARE, (v, slot.height, d))
         wire = msg.encode()
@@ -516,9 +519,10 @@ class Replica:
         if key in self._my_votes:
             return
         prepared = slot.prepared
-        check(self._accepted(slot, v, d), "COMMIT only for the proposal this replica accepted and voted for")
-        check(prepared is not None and prepared[:2] == (v, d) and len(prepared.votes) >= self.quorum,
-              "COMMIT only with a prepared certificate of 2f+1 votes")
+        if not (self._accepted(slot, v, d)):
+            raise InvariantViolation("COMMIT only for the proposal this replica accepted and voted for")
+        if not (prepared is not None and prepared[:2] == (v, d) and len(prepared.votes) >= self.quorum):
+            raise InvariantViolation("COMMIT only with a prepared certificate of 2f+1 votes")
         self.emit(Persist(walrec.commit_record(v, slot.height, d, prepared.votes)))
         msg = self.sign(m.COMMIT, (v, slot.height, d))
         wire = msg.encode()
@@ -564,8 +568,8 @@ class Replica:
             if slot is None or slot.certificate is None:
                 return
             cert = slot.certificate
-            check(cert.height == h and len({i for i, _ in cert.signatures}) >= self.quorum,
-                  "a delivered block has a certificate of 2f+1 distinct members for its height")
+            if not (cert.height == h and len({i for i, _ in cert.signatures}) >= self.quorum):
+                raise InvariantViolation("a delivered block has a certificate of 2f+1 distinct members for its height")
             payload = slot.payloads.get(cert.digest)
             if payload is None:
                 self._fetch(slot, cert.digest)
