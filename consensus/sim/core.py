@@ -296,13 +296,15 @@ class Simulation:
         else:
             self.plan_chaos(crashes_only=self.calm)
         self.push(self.heal_at, "heal")
-        while self.queue:
-            at, _seq, kind, args = heapq.heappop(self.queue)
+        handlers = {name[3:]: getattr(self, name) for name in dir(type(self)) if name.startswith("ev_")}
+        queue, heappop = self.queue, heapq.heappop
+        while queue:
+            at, _seq, kind, args = heappop(queue)
             self.now = at
             self.steps += 1
             if self.steps > self.max_steps:
                 raise Violation(f"step budget exhausted at t={self.now:.2f} (livelock?)")
-            getattr(self, "ev_" + kind)(*args)
+            handlers[kind](*args)
             if not self.steps & 255:
                 self.check_bounded()
             if self.healed:
@@ -941,28 +943,60 @@ def _replica_error(node, on: str, exc: Exception) -> str:
     return f"replica {node.index} {what} on {on}: {type(exc).__name__}: {exc}"
 
 
+_SKIP, _CONTAINER, _OBJECT = 0, 1, 2
+_ATTR_KIND: dict[type, int] = {}   # how _footprint treats an attribute of this type
+_ITEM_KIND: dict[type, int] = {}   # ... and an item of a container (a Counter held in a container counts)
+_SLOTS: dict[type, tuple] = {}
+
+
+def _classify(t: type, attribute: bool) -> int:
+    if attribute and (issubclass(t, Counter) or t is type(None) or issubclass(t, str | bytes | int | float | bool)):
+        kind = _SKIP
+    elif attribute and hasattr(t, "__slots__") and not issubclass(t, tuple):
+        kind = _OBJECT  # a component of the replica (view changes, catch-up, ...): counted as its own fields
+    elif issubclass(t, dict | list | set):
+        kind = _CONTAINER
+    elif hasattr(t, "__slots__") and not issubclass(t, tuple):
+        kind = _OBJECT
+    else:
+        kind = _SKIP
+    (_ATTR_KIND if attribute else _ITEM_KIND)[t] = kind
+    return kind
+
+
 def _footprint(obj, depth: int = 3) -> int:
     """Entries held in the containers of an object (dicts, lists, sets, and objects with __slots__), to a
-    small depth: a generic measure that does not depend on the replica's attribute names."""
-    total = 0
+    small depth: a generic measure that does not depend on the replica's attribute names. Runs every 256
+    steps for every replica: the kind of each type is decided once (_classify), not per value."""
     if depth == 0:
         return 0
-    values = vars(obj).values() if hasattr(obj, "__dict__") else (
-        [getattr(obj, s, None) for s in getattr(type(obj), "__slots__", ())])
-    for name_value in values:
-        v = name_value
-        if isinstance(v, Counter) or v is None or isinstance(v, str | bytes | int | float | bool):
-            continue
-        if depth == 3 and hasattr(type(v), "__slots__") and not isinstance(v, tuple):
-            total += _footprint(v, depth)  # a component of the replica (view changes, catch-up, ...)
-        elif isinstance(v, dict | list | set):
+    t = type(obj)
+    if hasattr(obj, "__dict__"):
+        values = vars(obj).values()
+    else:
+        slots = _SLOTS.get(t)
+        if slots is None:
+            slots = _SLOTS[t] = tuple(getattr(t, "__slots__", ()))
+        values = [getattr(obj, s, None) for s in slots]
+    attr_kind, item_kind = _ATTR_KIND, _ITEM_KIND
+    total = 0
+    for v in values:
+        k = attr_kind.get(type(v))
+        if k is None:
+            k = _classify(type(v), True)
+        if k == _OBJECT:
+            if depth == 3:
+                total += _footprint(v, depth)
+        elif k == _CONTAINER:
             total += len(v)
             if depth > 1:
-                items = v.values() if isinstance(v, dict) else v
-                for x in items:
-                    if isinstance(x, dict | list | set):
+                for x in (v.values() if isinstance(v, dict) else v):
+                    j = item_kind.get(type(x))
+                    if j is None:
+                        j = _classify(type(x), False)
+                    if j == _CONTAINER:
                         total += len(x)
-                    elif hasattr(type(x), "__slots__") and not isinstance(x, tuple):
+                    elif j == _OBJECT:
                         total += _footprint(x, depth - 1)
     return total
 
