@@ -88,7 +88,15 @@ def _tuple(x, limit: int) -> tuple:
 
 def _sig_pairs(x, n_members: int) -> tuple[tuple[int, bytes], ...]:
     """[[member, signature], ...] from the wire, as tuples (shape only: validate_basic checks the pairs)."""
-    return tuple(tuple(item) if type(item) is list else item for item in _list(x, n_members))
+    return tuple([tuple(item) if type(item) is list else item for item in _list(x, n_members)])
+
+
+def _check_vote(view, height, digest) -> None:
+    """The fields of a vote (PRE-PREPARE, PREPARE, COMMIT), checked inline: every vote received is checked."""
+    if type(view) is not int or not 0 <= view <= MAX_INT or type(height) is not int or not 0 <= height <= MAX_INT:
+        raise DecodeError("expected a non-negative integer")
+    if type(digest) is not bytes or not 1 <= len(digest) <= MAX_DIGEST:
+        raise DecodeError("expected bytes of bounded length")
 
 
 def _check_sigs(x, n_members: int) -> None:
@@ -127,9 +135,10 @@ class PrePrepare(NamedTuple):
     KIND = PREPREPARE
 
     def validate_basic(self, limits: Limits) -> None:
-        _int(self.view), _int(self.height), _digest(self.digest)
-        if self.payload is not None:
-            _bytes(self.payload, limits.max_bytes)
+        view, height, digest, payload = self
+        _check_vote(view, height, digest)
+        if payload is not None:
+            _bytes(payload, limits.max_bytes)
 
 
 class Prepare(NamedTuple):
@@ -140,7 +149,7 @@ class Prepare(NamedTuple):
     KIND = PREPARE
 
     def validate_basic(self, limits: Limits) -> None:
-        _int(self.view), _int(self.height), _digest(self.digest)
+        _check_vote(*self)
 
 
 class CommitVote(NamedTuple):
@@ -152,7 +161,7 @@ class CommitVote(NamedTuple):
     KIND = COMMIT
 
     def validate_basic(self, limits: Limits) -> None:
-        _int(self.view), _int(self.height), _digest(self.digest)
+        _check_vote(*self)
 
 
 class Checkpoint(NamedTuple):
@@ -162,7 +171,11 @@ class Checkpoint(NamedTuple):
     KIND = CHECKPOINT
 
     def validate_basic(self, limits: Limits) -> None:
-        _int(self.height), _digest(self.state_digest)
+        height, state_digest = self
+        if type(height) is not int or not 0 <= height <= MAX_INT:
+            raise DecodeError("expected a non-negative integer")
+        if type(state_digest) is not bytes or not 1 <= len(state_digest) <= MAX_DIGEST:
+            raise DecodeError("expected bytes of bounded length")
 
 
 class ViewChangeEntry(NamedTuple):
@@ -263,9 +276,12 @@ class Status(NamedTuple):
     KIND = STATUS
 
     def validate_basic(self, limits: Limits) -> None:
-        if type(self.in_view_change) is not bool:
+        view, in_view_change, last_committed, stable_height = self
+        if type(in_view_change) is not bool:
             raise DecodeError("expected a bool")
-        _int(self.view), _int(self.last_committed), _int(self.stable_height)
+        for x in (view, last_committed, stable_height):
+            if type(x) is not int or not 0 <= x <= MAX_INT:
+                raise DecodeError("expected a non-negative integer")
 
 
 class Fetch(NamedTuple):

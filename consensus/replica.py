@@ -471,7 +471,7 @@ class Replica:
         if not (self._phase is NORMAL and v == self._view):
             raise InvariantViolation("PREPARE only in the current view, outside a view change")
         self.emit(Persist(walrec.vote_record(v, slot.height, d, payload)))
-        msg = self.sign(m.PREPARE, (v, slot.height, d))
+        msg = self.sign(m.PREPARE, m.Prepare(v, slot.height, d))
         wire = msg.encode()
         self._record_my_vote(key, d, wire)
         self.emit(Broadcast(wire))
@@ -524,7 +524,7 @@ class Replica:
         if not (prepared is not None and prepared[:2] == (v, d) and len(prepared.votes) >= self.quorum):
             raise InvariantViolation("COMMIT only with a prepared certificate of 2f+1 votes")
         self.emit(Persist(walrec.commit_record(v, slot.height, d, prepared.votes)))
-        msg = self.sign(m.COMMIT, (v, slot.height, d))
+        msg = self.sign(m.COMMIT, m.CommitVote(v, slot.height, d))
         wire = msg.encode()
         self._record_my_vote(key, d, wire)
         self.emit(Broadcast(wire))
@@ -584,7 +584,7 @@ class Replica:
         if slot.fetch_tick == self.ticks:  # at most once per retransmit interval
             return
         slot.fetch_tick = self.ticks
-        wire = self.sign(m.FETCH, (slot.height, d)).encode()
+        wire = self.sign(m.FETCH, m.Fetch(slot.height, d)).encode()
         self.stats["fetch_sent"] += 1
         self.emit(Send(to, wire) if to is not None else Broadcast(wire))
 
@@ -608,7 +608,7 @@ class Replica:
             self.send_checkpoint(h, sd)
 
     def send_checkpoint(self, h: int, sd: bytes) -> None:
-        msg = self.sign(m.CHECKPOINT, (h, sd))
+        msg = self.sign(m.CHECKPOINT, m.Checkpoint(h, sd))
         wire = msg.encode()
         self.checkpoints.record_mine(h, wire)
         self.emit(Broadcast(wire))
@@ -654,7 +654,7 @@ class Replica:
     def pre_prepare(self, v: int, h: int, d: bytes, payload: bytes) -> None:
         """Propose payload (digest d) at height h of view v, as its primary: the PRE-PREPARE is also its vote."""
         self.emit(Persist(walrec.vote_record(v, h, d, payload)))
-        msg = self.sign(m.PREPREPARE, (v, h, d, payload))
+        msg = self.sign(m.PREPREPARE, m.PrePrepare(v, h, d, payload))
         self._record_my_vote(("p", v, h), d, m.encode(m.PREPREPARE, self.id, m.PrePrepare(v, h, d, None), msg.sig))
         slot = self.slot(h)
         slot.proposal, slot.assigned_in = Proposal(v, d), None
