@@ -195,6 +195,9 @@ class Simulation:
         for node in self.nodes:
             node.clock = rng.uniform(0.6, 1.6) if skew else 1.0
             node.amnesic = node.member == self.amnesic
+        # fixed from here on (members, instances and faulty set): looked up per message, not recomputed
+        self.honest_inst = [x.member not in self.faulty for x in self.nodes]
+        self.others = {mb: [j for j, x in enumerate(self.nodes) if x.member != mb] for mb in range(n)}
         self.adversary = Adversary(self, sorted(i for i in self.faulty if i in behaviours), attacks) \
             if attacks else None
         self.app = SimApp()
@@ -263,7 +266,7 @@ class Simulation:
             print(f"{self.now:9.4f} {text}")
 
     def honest(self, i: int) -> bool:
-        return self.nodes[i].member not in self.faulty
+        return self.honest_inst[i]
 
     def verify(self, msg) -> bool:
         return m.verify(self.checker, self.config.chain_id, msg)
@@ -505,9 +508,9 @@ class Simulation:
         t = type(a)
         i = node.index
         if t is Broadcast or t is Send:
-            if self.honest(i):
+            if self.honest_inst[i]:
                 self.check_no_double_sign(node.member, a.data)
-            targets = ([j for j in range(len(self.nodes)) if self.nodes[j].member != node.member] if t is Broadcast
+            targets = (self.others[node.member] if t is Broadcast
                        else [j for j in self.inst_of_member.get(a.to, ()) if j != i])
             if partial:
                 targets = [j for j in targets if self.rng.random() < 0.5]
@@ -669,7 +672,7 @@ class Simulation:
                   Executed(a.height, node.states[-1]))
 
     def append_block(self, node: Node, h: int, d: bytes, cert: bytes, payload: bytes, view: int) -> None:
-        if self.honest(node.index):
+        if self.honest_inst[node.index]:
             prev = self.committed.setdefault(h, d)
             if prev != d:
                 raise Violation(f"agreement: height {h} committed as {prev.hex()[:12]} and {d.hex()[:12]} "
@@ -715,7 +718,7 @@ class Simulation:
 
     def send(self, i: int, j: int, data: bytes) -> None:
         src = self.nodes[i]
-        if src.byzantine or (self.adversary is not None and not self.honest(i) and not src.amnesic):
+        if src.byzantine or (self.adversary is not None and not self.honest_inst[i] and not src.amnesic):
             for to, payload in rewrite(self, src, j, data):
                 self.transmit(i, to, payload)
         else:
@@ -778,7 +781,7 @@ class Simulation:
             return
         if node.byzantine and "replay" in node.byzantine and len(node.seen_msgs) < 200:
             node.seen_msgs.append(data)
-        if self.adversary is not None and not self.honest(j) and not node.amnesic:
+        if self.adversary is not None and not self.honest_inst[j] and not node.amnesic:
             self.adversary.observe(node, data)
         self.deliver_event(node, MessageReceived(self.nodes[i].member, data))
 
