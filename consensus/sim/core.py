@@ -229,6 +229,7 @@ class Simulation:
         self.entered: dict = {}
         self.spurious = 0  # requests submitted before the heal not yet everywhere
         self.nonce = 0
+        self.trace = None  # a hashlib object fed every action list the replicas return (trace_digest)
 
     def add_instance(self, member: int, behaviours: frozenset) -> None:
         node = Node(len(self.nodes), member, self.cryptos[member], behaviours)
@@ -429,6 +430,8 @@ class Simulation:
             actions = node.replica.start()
         except Exception as exc:
             raise Violation(_replica_error(node, "restart", exc)) from exc
+        if self.trace is not None:
+            self.trace.update(b"start" + repr(actions).encode())
         self.perform(node, actions)
         self.send_work(node)
 
@@ -440,6 +443,8 @@ class Simulation:
             actions = node.replica.handle(event)
         except Exception as exc:  # an InvariantViolation (or any other bug): the replica stops loudly
             raise Violation(_replica_error(node, type(event).__name__, exc)) from exc
+        if self.trace is not None:
+            self.trace.update(repr(actions).encode())
         after = (node.replica.view, node.replica.in_view_change)
         entered = before != after and not after[1] and self.honest(node.index)
         if before != after:
@@ -1004,8 +1009,21 @@ def _footprint(obj, depth: int = 3) -> int:
     return total
 
 
-def run_seed(seed: int, nodes: int, verbose: bool = False) -> tuple[str | None, dict]:
+def trace_digest(nodes: int, seeds: int, start: int = 0) -> str:
+    """SHA-256 over every action list every replica returned (start() and handle(), in order) and each
+    seed's outcome, for seeds start..start+seeds-1: equal digests mean the replicas behaved identically.
+    A refactoring or optimisation of consensus/ must leave it unchanged (tests/consensus/test_simulator.py
+    pins a few seeds; docs/CONSENSUS.md says how to check more)."""
+    h = hashlib.sha256()
+    for s in range(start, start + seeds):
+        err, info = run_seed(s, nodes, trace=h)
+        h.update(repr((s, err, info.get("steps"), info.get("height"))).encode())
+    return h.hexdigest()
+
+
+def run_seed(seed: int, nodes: int, verbose: bool = False, trace=None) -> tuple[str | None, dict]:
     sim = Simulation(seed, nodes, verbose)
+    sim.trace = trace
     try:
         info = sim.run()
     except Violation as exc:
@@ -1042,6 +1060,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=None, help="replay one schedule, verbosely")
     p.add_argument("--start", type=int, default=0, help="first seed of the search")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--trace", action="store_true",
+                   help="print the digest of every action list over the seeds (behaviour unchanged: same digest)")
     p.add_argument("--state-digest", choices=checks.MODES, default=None,
                    help=f"how the node computes checkpoint digests (default {checks.STATE_DIGEST}, as node/ does)")
     p.add_argument("--ignore", action="append", default=[], choices=("commit_unprepared", "bounded", "throughput", "stability"),
@@ -1050,6 +1070,10 @@ def main(argv=None) -> int:
     IGNORE.update(args.ignore)
     if args.state_digest:
         checks.STATE_DIGEST = args.state_digest
+    if args.trace:
+        print(f"trace digest (n={args.nodes}, seeds {args.start}..{args.start + args.seeds - 1}): "
+              f"{trace_digest(args.nodes, args.seeds, args.start)}")
+        return 0
     if args.seed is not None:
         err, info = run_seed(args.seed, args.nodes, verbose=not args.quiet)
         print(f"seed {args.seed}: {'VIOLATION: ' + err if err else 'ok'} {info}")
