@@ -4,7 +4,7 @@ import importlib
 import sys
 
 BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.throughput", "bench.overload", "bench.rpc",
-              "bench.dicom", "bench.oprf", "bench.pseudonyms", "bench.interop", "bench.research"]
+              "bench.dicom", "bench.oprf", "bench.pseudonyms", "bench.interop", "bench.research", "bench.simulator"]
 
 
 def main() -> int:
