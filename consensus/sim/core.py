@@ -120,6 +120,28 @@ class Violation(Exception):
     pass
 
 
+class MemoVerify:
+    """Real Ed25519 where each (member, bytes, signature) is verified once per schedule, the answer shared by
+    every replica and the oracle (each checks the same broadcast; verification is a pure function, so the
+    replicas act exactly as without it). Only the simulator's real-crypto schedules use it: in a node one
+    replica verifies each message once anyway. No __slots__: _footprint must not count the memo as replica
+    state."""
+
+    def __init__(self, crypto: Ed25519Crypto, memo: dict) -> None:
+        self.crypto = crypto
+        self.memo = memo
+        self.sign = crypto.sign
+
+    def verify(self, member, data, sig) -> bool:
+        if type(member) is not int or type(data) is not bytes or type(sig) is not bytes:
+            return self.crypto.verify(member, data, sig)  # hostile shapes: no memo key, the real check refuses
+        key = (member, data, sig)
+        ok = self.memo.get(key)
+        if ok is None:
+            ok = self.memo[key] = self.crypto.verify(member, data, sig)
+        return ok
+
+
 class Simulation:
     def __init__(self, seed: int, nodes: int = 4, verbose: bool = False) -> None:
         self.seed = seed
@@ -133,7 +155,8 @@ class Simulation:
         if self.real_crypto:
             keys = [hashlib.sha256(b"sim-key:%d:%d" % (seed, i)).digest() for i in range(n)]
             members = tuple(Ed25519Crypto(k, ()).public_key for k in keys)
-            self.cryptos = [Ed25519Crypto(k, members) for k in keys]
+            memo: dict = {}
+            self.cryptos = [MemoVerify(Ed25519Crypto(k, members), memo) for k in keys]
         else:
             secrets = KeyedHashCrypto.secrets_for(n, seed)
             members = tuple(hashlib.sha256(s).digest() for s in secrets)

@@ -115,3 +115,17 @@ def test_every_mutant_is_caught_at_every_size():
     survivors = [f"{r['mutant']} n={r['nodes']}: {r['status']} {r.get('detail', '')}" for r in rows
                  if r["status"] != "caught"]
     assert survivors == []
+
+
+def test_memo_verify_refuses_what_ed25519_refuses():
+    """The real-crypto schedules share verification answers between replicas: a forged, altered or badly
+    shaped signature is still refused, and hostile argument types never reach the memo."""
+    from consensus.crypto import Ed25519Crypto
+    from consensus.sim.core import MemoVerify
+    key = bytes(range(32))
+    c = MemoVerify(Ed25519Crypto(key, (Ed25519Crypto(key, ()).public_key,)), {})
+    sig = c.sign(b"block")
+    assert c.verify(0, b"block", sig) and c.verify(0, b"block", sig)
+    assert not c.verify(0, b"other", sig) and not c.verify(0, b"block", bytes(64)) and not c.verify(1, b"block", sig)
+    assert not c.verify([0], b"block", sig) and not c.verify(0, b"block", [sig])
+    assert len(c.memo) == 4
