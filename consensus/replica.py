@@ -478,7 +478,16 @@ class Replica:
         self._add_vote(slot, v, d, self.id, msg.sig)
 
     def _add_vote(self, slot: Slot, v: int, d: bytes, member: int, sig: bytes) -> bool:
-        return self._add(slot, "p", v, d, member, sig)
+        """Count one member's prepare vote (the pre-prepare included); False if not counted. _add, written out:
+        it runs for every prepare vote."""
+        refused = slot.add_vote("p", v, d, member, sig)
+        if refused is None:
+            return True
+        if refused == "duplicate":
+            self.stats["duplicate"] += 1
+        else:
+            self.drop(refused)
+        return False
 
     def _add(self, slot: Slot, kind: str, v: int, d: bytes, member: int, sig: bytes) -> bool:
         """Count one member's vote in the slot (bounded per member: Slot.add_vote); False if not counted."""
