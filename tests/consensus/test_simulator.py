@@ -129,3 +129,11 @@ def test_memo_verify_refuses_what_ed25519_refuses():
     assert not c.verify(0, b"other", sig) and not c.verify(0, b"block", bytes(64)) and not c.verify(1, b"block", sig)
     assert not c.verify([0], b"block", sig) and not c.verify(0, b"block", [sig])
     assert len(c.memo) == 4
+
+
+def test_every_mutant_anchor_matches_the_code_exactly_once():
+    """A refactoring that moves a mutant's anchor must move the mutant too (make mutants would report it only
+    after minutes of searching; this fails at once)."""
+    stale = [(mu.name, path, old[:60]) for mu in mutants.MUTANTS for path, old, _new in mu.edits
+             if (mutants.PKG / path).read_text().count(old) != 1]
+    assert stale == []
