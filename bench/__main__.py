@@ -5,7 +5,7 @@ import sys
 import traceback
 
 BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.throughput", "bench.overload", "bench.rpc",
-              "bench.dicom", "bench.oprf", "bench.pseudonyms", "bench.interop", "bench.research"]
+              "bench.dicom", "bench.oprf", "bench.pseudonyms", "bench.interop", "bench.research", "bench.simulator"]
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from . import messages as m
 from .actions import CancelTimer, RequestStateTransfer, Send, SetTimer
 from .certificate import Certificate, CertificateError
-from .invariants import check
+from .invariants import InvariantViolation
 
 TRANSFER = ("transfer",)
 
@@ -106,7 +106,8 @@ class CatchUp:
         st: m.Status = msg.body
         prev = self.peer_status.get(sender)
         self.peer_status[sender] = st
-        check(len(self.peer_status) <= r.n, "peer status: one per member")
+        if not (len(self.peer_status) <= r.n):
+            raise InvariantViolation("peer status: one per member")
         # Push committed blocks, with certificates, to a peer that is more than a pipeline behind or reported
         # the same lag twice in a row, so a peer a moment behind is not sent megabytes it will get anyway.
         behind = st.last_committed

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import NamedTuple
 
-from .invariants import check
+from .invariants import InvariantViolation
 
 CP_PER_MEMBER = 4  # checkpoint votes kept per member (its newest heights above the stable checkpoint)
 
@@ -61,16 +61,19 @@ class Checkpoints:
                     del self.votes[old]
         if member not in self.votes.get(height, {}):
             return None  # height itself was the member's oldest
-        check(len(self.votes) <= CP_PER_MEMBER * self.n, "checkpoint votes over their bound")
+        if not (len(self.votes) <= CP_PER_MEMBER * self.n):
+            raise InvariantViolation("checkpoint votes over their bound")
         matching = tuple(sorted((i, s) for i, (x, s) in self.votes[height].items() if x == state_digest))
         return matching if len(matching) >= self.quorum else None
 
     def adopt(self, stable: StableCheckpoint) -> None:
         """stable becomes the low watermark: everything at or below it is collected."""
-        check(stable.height > self.stable.height, "the stable checkpoint never moves back")
-        check(stable.height % self.interval == 0, "a stable checkpoint is at a checkpoint height")
-        check(len({i for i, _ in stable.proof}) == len(stable.proof) >= self.quorum,
-              "a stable checkpoint has 2f+1 distinct signers")
+        if not (stable.height > self.stable.height):
+            raise InvariantViolation("the stable checkpoint never moves back")
+        if not (stable.height % self.interval == 0):
+            raise InvariantViolation("a stable checkpoint is at a checkpoint height")
+        if not (len({i for i, _ in stable.proof}) == len(stable.proof) >= self.quorum):
+            raise InvariantViolation("a stable checkpoint has 2f+1 distinct signers")
         self.stable = stable
         h = stable.height
         for x in [x for x in self.votes if x <= h]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .evidence import encode_evidence
-from .invariants import check
+from .invariants import InvariantViolation
 
 SEEN_CAP = 100_000  # votes remembered above the stable checkpoint, shared by the members (1/n each)
 EVIDENCE_PER_CHECKPOINT = 1  # equivocation reports per offender between two stable checkpoints
@@ -40,7 +40,8 @@ class Equivocations:
             if self.seen_per_member[member] < SEEN_CAP // self.n:  # one member cannot fill others' share
                 self.seen[key] = (digest, sig)
                 self.seen_per_member[member] += 1
-            check(self.seen_per_member[member] <= SEEN_CAP // self.n, "equivocation table over its bound")
+            if not (self.seen_per_member[member] <= SEEN_CAP // self.n):
+                raise InvariantViolation("equivocation table over its bound")
             return None
         if prev[0] == digest or key in self.reported:
             return None

@@ -8,7 +8,6 @@ certificate.commit_signing_bytes, a CHECKPOINT signs checkpoint_signing_bytes. O
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -35,8 +34,11 @@ class DecodeError(ValueError):
     pass
 
 
+_packb = msgpack.packb
+
+
 def _pack(obj) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    return _packb(obj, use_bin_type=True)
 
 
 def vote_signing_bytes(chain_id: str, view: int, height: int, digest: bytes) -> bytes:
@@ -86,7 +88,15 @@ def _tuple(x, limit: int) -> tuple:
 
 def _sig_pairs(x, n_members: int) -> tuple[tuple[int, bytes], ...]:
     """[[member, signature], ...] from the wire, as tuples (shape only: validate_basic checks the pairs)."""
-    return tuple(tuple(item) if type(item) is list else item for item in _list(x, n_members))
+    return tuple([tuple(item) if type(item) is list else item for item in _list(x, n_members)])
+
+
+def _check_vote(view, height, digest) -> None:
+    """The fields of a vote (PRE-PREPARE, PREPARE, COMMIT), checked inline: every vote received is checked."""
+    if type(view) is not int or not 0 <= view <= MAX_INT or type(height) is not int or not 0 <= height <= MAX_INT:
+        raise DecodeError("expected a non-negative integer")
+    if type(digest) is not bytes or not 1 <= len(digest) <= MAX_DIGEST:
+        raise DecodeError("expected bytes of bounded length")
 
 
 def _check_sigs(x, n_members: int) -> None:
@@ -125,9 +135,10 @@ class PrePrepare(NamedTuple):
     KIND = PREPREPARE
 
     def validate_basic(self, limits: Limits) -> None:
-        _int(self.view), _int(self.height), _digest(self.digest)
-        if self.payload is not None:
-            _bytes(self.payload, limits.max_bytes)
+        view, height, digest, payload = self
+        _check_vote(view, height, digest)
+        if payload is not None:
+            _bytes(payload, limits.max_bytes)
 
 
 class Prepare(NamedTuple):
@@ -138,7 +149,7 @@ class Prepare(NamedTuple):
     KIND = PREPARE
 
     def validate_basic(self, limits: Limits) -> None:
-        _int(self.view), _int(self.height), _digest(self.digest)
+        _check_vote(*self)
 
 
 class CommitVote(NamedTuple):
@@ -150,7 +161,7 @@ class CommitVote(NamedTuple):
     KIND = COMMIT
 
     def validate_basic(self, limits: Limits) -> None:
-        _int(self.view), _int(self.height), _digest(self.digest)
+        _check_vote(*self)
 
 
 class Checkpoint(NamedTuple):
@@ -160,7 +171,11 @@ class Checkpoint(NamedTuple):
     KIND = CHECKPOINT
 
     def validate_basic(self, limits: Limits) -> None:
-        _int(self.height), _digest(self.state_digest)
+        height, state_digest = self
+        if type(height) is not int or not 0 <= height <= MAX_INT:
+            raise DecodeError("expected a non-negative integer")
+        if type(state_digest) is not bytes or not 1 <= len(state_digest) <= MAX_DIGEST:
+            raise DecodeError("expected bytes of bounded length")
 
 
 class ViewChangeEntry(NamedTuple):
@@ -261,9 +276,12 @@ class Status(NamedTuple):
     KIND = STATUS
 
     def validate_basic(self, limits: Limits) -> None:
-        if type(self.in_view_change) is not bool:
+        view, in_view_change, last_committed, stable_height = self
+        if type(in_view_change) is not bool:
             raise DecodeError("expected a bool")
-        _int(self.view), _int(self.last_committed), _int(self.stable_height)
+        for x in (view, last_committed, stable_height):
+            if type(x) is not int or not 0 <= x <= MAX_INT:
+                raise DecodeError("expected a non-negative integer")
 
 
 class Fetch(NamedTuple):
@@ -330,18 +348,49 @@ def typed_body(kind: int, body) -> Body:
     return coerce(body)
 
 
-@dataclass(frozen=True, slots=True)
+_set = object.__setattr__
+
+
 class Message:
+    """One consensus message: kind, sender, body (typed by kind: a positional tuple given here is converted),
+    signature. Immutable (decode_cached shares one instance between every replica of a process). Written out
+    rather than a frozen dataclass: one is built per message signed or decoded, and the dataclass's
+    __init__ + __post_init__ were two Python calls where this is one."""
+
+    __slots__ = ("kind", "sender", "body", "sig", "raw", "memo")
     kind: int
     sender: int
-    body: Body  # typed by kind (a positional tuple given here is converted)
+    body: Body
     sig: bytes
-    raw: list | None = field(default=None, compare=False, repr=False)  # the body as decoded, for signing
-    memo: dict = field(default_factory=dict, compare=False, repr=False)  # signing bytes, per chain id
+    raw: list | None   # the body as decoded, for signing (not compared)
+    memo: dict         # signing bytes, per chain id (not compared)
 
-    def __post_init__(self) -> None:
-        if type(self.body) is not BODY_TYPES.get(self.kind):
-            object.__setattr__(self, "body", typed_body(self.kind, self.body))
+    def __init__(self, kind: int, sender: int, body, sig: bytes, raw: list | None = None) -> None:
+        if type(body) is not BODY_TYPES.get(kind):
+            body = typed_body(kind, body)
+        _set(self, "kind", kind)
+        _set(self, "sender", sender)
+        _set(self, "body", body)
+        _set(self, "sig", sig)
+        _set(self, "raw", raw)
+        _set(self, "memo", {})
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Message is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Message is immutable (cannot delete {name!r})")
+
+    def __eq__(self, other):
+        if type(other) is not Message:
+            return NotImplemented
+        return (self.kind, self.sender, self.body, self.sig) == (other.kind, other.sender, other.body, other.sig)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.sender, self.body, self.sig))
+
+    def __repr__(self) -> str:
+        return f"Message(kind={self.kind!r}, sender={self.sender!r}, body={self.body!r}, sig={self.sig!r})"
 
     def encode(self) -> bytes:
         return encode(self.kind, self.sender, self.body, self.sig)
@@ -354,25 +403,22 @@ def signing_bytes(chain_id: str, kind: int, sender: int, body: Body, raw: list |
         return commit_signing_bytes(chain_id, body.view, body.height, body.digest)
     if kind == CHECKPOINT:
         return checkpoint_signing_bytes(chain_id, body.height, body.state_digest)
-    plain = raw if raw is not None else _plain(body)
+    # msgpack packs every tuple (NamedTuple bodies included) as an array, exactly as the list it was decoded
+    # from: the bytes are the same whether the body came off the wire (raw) or was built here
+    plain = raw if raw is not None else body
     if kind == PAYLOAD:  # the payload is bound by its digest
         plain = plain[:2]
     return DOMAIN + _pack([KIND_NAMES[kind], chain_id, sender, plain])
 
 
-def _plain(obj):
-    if isinstance(obj, tuple | list):
-        return [_plain(x) for x in obj]
-    return obj
-
-
 def encode(kind: int, sender: int, body: tuple, sig: bytes) -> bytes:
-    """Wire bytes: msgpack [kind, sender, body as nested lists, signature]."""
-    return _pack([kind, sender, _plain(body), sig])
+    """Wire bytes: msgpack [kind, sender, body as nested arrays, signature] (tuples pack as arrays)."""
+    return _packb([kind, sender, body, sig], use_bin_type=True)
 
 
 def sign(crypto, chain_id: str, kind: int, sender: int, body) -> Message:
-    body = typed_body(kind, body)
+    if type(body) is not BODY_TYPES.get(kind):
+        body = typed_body(kind, body)
     return Message(kind, sender, body, crypto.sign(signing_bytes(chain_id, kind, sender, body)))
 
 

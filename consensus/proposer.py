@@ -33,17 +33,17 @@ class Proposer:
         self.maybe_propose()
         r.arm_progress()
 
-    def _proposing(self) -> bool:
-        r = self.replica
-        return (not r.in_view_change and r.is_primary and r.catch_up.transfer_target is None and not self.paused)
-
     def maybe_propose(self) -> None:
-        if not self._proposing():
+        # called after nearly every event: the replica's properties are read once each
+        if self.paused:
             return
         r = self.replica
+        if r.in_view_change or not r.is_primary or r.catch_up.transfer_target is not None:
+            return
         view, slots, requested = r.view, r.slots, self.requested
-        low = max(r.last_committed, r.stable.height)
-        high = r.stable.height + r.window
+        stable = r.stable.height
+        low = max(r.last_committed, stable)
+        high = stable + r.window
         free, in_flight = [], 0
         for h in range(low + 1, high + 1):
             slot = slots.get(h)

@@ -454,9 +454,11 @@ class Replica:
         """Every vote this replica signs goes through here: one digest per (kind, view, height), ever (the WAL
         carries them across restarts), and never above the high watermark."""
         prev = self._my_votes.get(key)
-        check(prev is None or prev.digest == d, "never two votes for different digests at one view and height")
+        if not (prev is None or prev.digest == d):
+            raise InvariantViolation("never two votes for different digests at one view and height")
         low = self.checkpoints.stable.height
-        check(low < key[2] <= low + self.window, "votes only inside the watermarks")
+        if not (low < key[2] <= low + self.window):
+            raise InvariantViolation("votes only inside the watermarks")
         self._my_votes[key] = MyVote(d, wire, self.ticks)
 
     def _vote_prepare(self, slot: Slot, v: int, d: bytes, payload: bytes | None) -> None:
@@ -466,16 +468,26 @@ class Replica:
             if mine.digest != d:
                 self.stats["refused_double_vote"] += 1
             return
-        check(self._phase is NORMAL and v == self._view, "PREPARE only in the current view, outside a view change")
+        if not (self._phase is NORMAL and v == self._view):
+            raise InvariantViolation("PREPARE only in the current view, outside a view change")
         self.emit(Persist(walrec.vote_record(v, slot.height, d, payload)))
-        msg = self.sign(m.PREPARE, (v, slot.height, d))
+        msg = self.sign(m.PREPARE, m.Prepare(v, slot.height, d))
         wire = msg.encode()
         self._record_my_vote(key, d, wire)
         self.emit(Broadcast(wire))
         self._add_vote(slot, v, d, self.id, msg.sig)
 
     def _add_vote(self, slot: Slot, v: int, d: bytes, member: int, sig: bytes) -> bool:
-        return self._add(slot, "p", v, d, member, sig)
+        """Count one member's prepare vote (the pre-prepare included); False if not counted. _add, written out:
+        it runs for every prepare vote."""
+        refused = slot.add_vote("p", v, d, member, sig)
+        if refused is None:
+            return True
+        if refused == "duplicate":
+            self.stats["duplicate"] += 1
+        else:
+            self.drop(refused)
+        return False
 
     def _add(self, slot: Slot, kind: str, v: int, d: bytes, member: int, sig: bytes) -> bool:
         """Count one member's vote in the slot (bounded per member: Slot.add_vote); False if not counted."""
@@ -516,11 +528,12 @@ class Replica:
         if key in self._my_votes:
             return
         prepared = slot.prepared
-        check(self._accepted(slot, v, d), "COMMIT only for the proposal this replica accepted and voted for")
-        check(prepared is not None and prepared[:2] == (v, d) and len(prepared.votes) >= self.quorum,
-              "COMMIT only with a prepared certificate of 2f+1 votes")
+        if not (self._accepted(slot, v, d)):
+            raise InvariantViolation("COMMIT only for the proposal this replica accepted and voted for")
+        if not (prepared is not None and prepared[:2] == (v, d) and len(prepared.votes) >= self.quorum):
+            raise InvariantViolation("COMMIT only with a prepared certificate of 2f+1 votes")
         self.emit(Persist(walrec.commit_record(v, slot.height, d, prepared.votes)))
-        msg = self.sign(m.COMMIT, (v, slot.height, d))
+        msg = self.sign(m.COMMIT, m.CommitVote(v, slot.height, d))
         wire = msg.encode()
         self._record_my_vote(key, d, wire)
         self.emit(Broadcast(wire))
@@ -564,8 +577,8 @@ class Replica:
             if slot is None or slot.certificate is None:
                 return
             cert = slot.certificate
-            check(cert.height == h and len({i for i, _ in cert.signatures}) >= self.quorum,
-                  "a delivered block has a certificate of 2f+1 distinct members for its height")
+            if not (cert.height == h and len({i for i, _ in cert.signatures}) >= self.quorum):
+                raise InvariantViolation("a delivered block has a certificate of 2f+1 distinct members for its height")
             payload = slot.payloads.get(cert.digest)
             if payload is None:
                 self._fetch(slot, cert.digest)
@@ -580,7 +593,7 @@ class Replica:
         if slot.fetch_tick == self.ticks:  # at most once per retransmit interval
             return
         slot.fetch_tick = self.ticks
-        wire = self.sign(m.FETCH, (slot.height, d)).encode()
+        wire = self.sign(m.FETCH, m.Fetch(slot.height, d)).encode()
         self.stats["fetch_sent"] += 1
         self.emit(Send(to, wire) if to is not None else Broadcast(wire))
 
@@ -604,7 +617,7 @@ class Replica:
             self.send_checkpoint(h, sd)
 
     def send_checkpoint(self, h: int, sd: bytes) -> None:
-        msg = self.sign(m.CHECKPOINT, (h, sd))
+        msg = self.sign(m.CHECKPOINT, m.Checkpoint(h, sd))
         wire = msg.encode()
         self.checkpoints.record_mine(h, wire)
         self.emit(Broadcast(wire))
@@ -650,7 +663,7 @@ class Replica:
     def pre_prepare(self, v: int, h: int, d: bytes, payload: bytes) -> None:
         """Propose payload (digest d) at height h of view v, as its primary: the PRE-PREPARE is also its vote."""
         self.emit(Persist(walrec.vote_record(v, h, d, payload)))
-        msg = self.sign(m.PREPREPARE, (v, h, d, payload))
+        msg = self.sign(m.PREPREPARE, m.PrePrepare(v, h, d, payload))
         self._record_my_vote(("p", v, h), d, m.encode(m.PREPREPARE, self.id, m.PrePrepare(v, h, d, None), msg.sig))
         slot = self.slot(h)
         slot.proposal, slot.assigned_in = Proposal(v, d), None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .certificate import Certificate
-from .invariants import check
+from .invariants import InvariantViolation
 
 Signatures = tuple[tuple[int, bytes], ...]
 VOTE_VIEWS = 2  # views per member, kind and height whose votes a slot keeps (Slot.voters)
@@ -71,7 +71,8 @@ class Slot:
                     del table[(oldest, od)]
         mine[v] = d
         table.setdefault((v, d), {})[member] = sig
-        check(len(mine) <= VOTE_VIEWS, "a member holds at most VOTE_VIEWS votes per kind and height")
+        if not (len(mine) <= VOTE_VIEWS):
+            raise InvariantViolation("a member holds at most VOTE_VIEWS votes per kind and height")
         return None
 
     def known_digests(self) -> set[bytes]:

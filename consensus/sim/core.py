@@ -120,6 +120,28 @@ class Violation(Exception):
     pass
 
 
+class MemoVerify:
+    """Real Ed25519 where each (member, bytes, signature) is verified once per schedule, the answer shared by
+    every replica and the oracle (each checks the same broadcast; verification is a pure function, so the
+    replicas act exactly as without it). Only the simulator's real-crypto schedules use it: in a node one
+    replica verifies each message once anyway. No __slots__: _footprint must not count the memo as replica
+    state."""
+
+    def __init__(self, crypto: Ed25519Crypto, memo: dict) -> None:
+        self.crypto = crypto
+        self.memo = memo
+        self.sign = crypto.sign
+
+    def verify(self, member, data, sig) -> bool:
+        if type(member) is not int or type(data) is not bytes or type(sig) is not bytes:
+            return self.crypto.verify(member, data, sig)  # hostile shapes: no memo key, the real check refuses
+        key = (member, data, sig)
+        ok = self.memo.get(key)
+        if ok is None:
+            ok = self.memo[key] = self.crypto.verify(member, data, sig)
+        return ok
+
+
 class Simulation:
     def __init__(self, seed: int, nodes: int = 4, verbose: bool = False) -> None:
         self.seed = seed
@@ -133,7 +155,8 @@ class Simulation:
         if self.real_crypto:
             keys = [hashlib.sha256(b"sim-key:%d:%d" % (seed, i)).digest() for i in range(n)]
             members = tuple(Ed25519Crypto(k, ()).public_key for k in keys)
-            self.cryptos = [Ed25519Crypto(k, members) for k in keys]
+            memo: dict = {}
+            self.cryptos = [MemoVerify(Ed25519Crypto(k, members), memo) for k in keys]
         else:
             secrets = KeyedHashCrypto.secrets_for(n, seed)
             members = tuple(hashlib.sha256(s).digest() for s in secrets)
@@ -195,6 +218,9 @@ class Simulation:
         for node in self.nodes:
             node.clock = rng.uniform(0.6, 1.6) if skew else 1.0
             node.amnesic = node.member == self.amnesic
+        # fixed from here on (members, instances and faulty set): looked up per message, not recomputed
+        self.honest_inst = [x.member not in self.faulty for x in self.nodes]
+        self.others = {mb: [j for j, x in enumerate(self.nodes) if x.member != mb] for mb in range(n)}
         self.adversary = Adversary(self, sorted(i for i in self.faulty if i in behaviours), attacks) \
             if attacks else None
         self.app = SimApp()
@@ -226,6 +252,7 @@ class Simulation:
         self.entered: dict = {}
         self.spurious = 0  # requests submitted before the heal not yet everywhere
         self.nonce = 0
+        self.trace = None  # a hashlib object fed every action list the replicas return (trace_digest)
 
     def add_instance(self, member: int, behaviours: frozenset) -> None:
         node = Node(len(self.nodes), member, self.cryptos[member], behaviours)
@@ -263,7 +290,7 @@ class Simulation:
             print(f"{self.now:9.4f} {text}")
 
     def honest(self, i: int) -> bool:
-        return self.nodes[i].member not in self.faulty
+        return self.honest_inst[i]
 
     def verify(self, msg) -> bool:
         return m.verify(self.checker, self.config.chain_id, msg)
@@ -296,13 +323,15 @@ class Simulation:
         else:
             self.plan_chaos(crashes_only=self.calm)
         self.push(self.heal_at, "heal")
-        while self.queue:
-            at, _seq, kind, args = heapq.heappop(self.queue)
+        handlers = {name[3:]: getattr(self, name) for name in dir(type(self)) if name.startswith("ev_")}
+        queue, heappop = self.queue, heapq.heappop
+        while queue:
+            at, _seq, kind, args = heappop(queue)
             self.now = at
             self.steps += 1
             if self.steps > self.max_steps:
                 raise Violation(f"step budget exhausted at t={self.now:.2f} (livelock?)")
-            getattr(self, "ev_" + kind)(*args)
+            handlers[kind](*args)
             if not self.steps & 255:
                 self.check_bounded()
             if self.healed:
@@ -424,6 +453,8 @@ class Simulation:
             actions = node.replica.start()
         except Exception as exc:
             raise Violation(_replica_error(node, "restart", exc)) from exc
+        if self.trace is not None:
+            self.trace.update(b"start" + repr(actions).encode())
         self.perform(node, actions)
         self.send_work(node)
 
@@ -435,6 +466,8 @@ class Simulation:
             actions = node.replica.handle(event)
         except Exception as exc:  # an InvariantViolation (or any other bug): the replica stops loudly
             raise Violation(_replica_error(node, type(event).__name__, exc)) from exc
+        if self.trace is not None:
+            self.trace.update(repr(actions).encode())
         after = (node.replica.view, node.replica.in_view_change)
         entered = before != after and not after[1] and self.honest(node.index)
         if before != after:
@@ -503,9 +536,9 @@ class Simulation:
         t = type(a)
         i = node.index
         if t is Broadcast or t is Send:
-            if self.honest(i):
+            if self.honest_inst[i]:
                 self.check_no_double_sign(node.member, a.data)
-            targets = ([j for j in range(len(self.nodes)) if self.nodes[j].member != node.member] if t is Broadcast
+            targets = (self.others[node.member] if t is Broadcast
                        else [j for j in self.inst_of_member.get(a.to, ()) if j != i])
             if partial:
                 targets = [j for j in targets if self.rng.random() < 0.5]
@@ -667,7 +700,7 @@ class Simulation:
                   Executed(a.height, node.states[-1]))
 
     def append_block(self, node: Node, h: int, d: bytes, cert: bytes, payload: bytes, view: int) -> None:
-        if self.honest(node.index):
+        if self.honest_inst[node.index]:
             prev = self.committed.setdefault(h, d)
             if prev != d:
                 raise Violation(f"agreement: height {h} committed as {prev.hex()[:12]} and {d.hex()[:12]} "
@@ -713,7 +746,7 @@ class Simulation:
 
     def send(self, i: int, j: int, data: bytes) -> None:
         src = self.nodes[i]
-        if src.byzantine or (self.adversary is not None and not self.honest(i) and not src.amnesic):
+        if src.byzantine or (self.adversary is not None and not self.honest_inst[i] and not src.amnesic):
             for to, payload in rewrite(self, src, j, data):
                 self.transmit(i, to, payload)
         else:
@@ -776,7 +809,7 @@ class Simulation:
             return
         if node.byzantine and "replay" in node.byzantine and len(node.seen_msgs) < 200:
             node.seen_msgs.append(data)
-        if self.adversary is not None and not self.honest(j) and not node.amnesic:
+        if self.adversary is not None and not self.honest_inst[j] and not node.amnesic:
             self.adversary.observe(node, data)
         self.deliver_event(node, MessageReceived(self.nodes[i].member, data))
 
@@ -941,34 +974,79 @@ def _replica_error(node, on: str, exc: Exception) -> str:
     return f"replica {node.index} {what} on {on}: {type(exc).__name__}: {exc}"
 
 
+_SKIP, _CONTAINER, _OBJECT = 0, 1, 2
+_ATTR_KIND: dict[type, int] = {}   # how _footprint treats an attribute of this type
+_ITEM_KIND: dict[type, int] = {}   # ... and an item of a container (a Counter held in a container counts)
+_SLOTS: dict[type, tuple] = {}
+
+
+def _classify(t: type, attribute: bool) -> int:
+    if attribute and (issubclass(t, Counter) or t is type(None) or issubclass(t, str | bytes | int | float | bool)):
+        kind = _SKIP
+    elif attribute and hasattr(t, "__slots__") and not issubclass(t, tuple):
+        kind = _OBJECT  # a component of the replica (view changes, catch-up, ...): counted as its own fields
+    elif issubclass(t, dict | list | set):
+        kind = _CONTAINER
+    elif hasattr(t, "__slots__") and not issubclass(t, tuple):
+        kind = _OBJECT
+    else:
+        kind = _SKIP
+    (_ATTR_KIND if attribute else _ITEM_KIND)[t] = kind
+    return kind
+
+
 def _footprint(obj, depth: int = 3) -> int:
     """Entries held in the containers of an object (dicts, lists, sets, and objects with __slots__), to a
-    small depth: a generic measure that does not depend on the replica's attribute names."""
-    total = 0
+    small depth: a generic measure that does not depend on the replica's attribute names. Runs every 256
+    steps for every replica: the kind of each type is decided once (_classify), not per value."""
     if depth == 0:
         return 0
-    values = vars(obj).values() if hasattr(obj, "__dict__") else (
-        [getattr(obj, s, None) for s in getattr(type(obj), "__slots__", ())])
-    for name_value in values:
-        v = name_value
-        if isinstance(v, Counter) or v is None or isinstance(v, str | bytes | int | float | bool):
-            continue
-        if depth == 3 and hasattr(type(v), "__slots__") and not isinstance(v, tuple):
-            total += _footprint(v, depth)  # a component of the replica (view changes, catch-up, ...)
-        elif isinstance(v, dict | list | set):
+    t = type(obj)
+    if hasattr(obj, "__dict__"):
+        values = vars(obj).values()
+    else:
+        slots = _SLOTS.get(t)
+        if slots is None:
+            slots = _SLOTS[t] = tuple(getattr(t, "__slots__", ()))
+        values = [getattr(obj, s, None) for s in slots]
+    attr_kind, item_kind = _ATTR_KIND, _ITEM_KIND
+    total = 0
+    for v in values:
+        k = attr_kind.get(type(v))
+        if k is None:
+            k = _classify(type(v), True)
+        if k == _OBJECT:
+            if depth == 3:
+                total += _footprint(v, depth)
+        elif k == _CONTAINER:
             total += len(v)
             if depth > 1:
-                items = v.values() if isinstance(v, dict) else v
-                for x in items:
-                    if isinstance(x, dict | list | set):
+                for x in (v.values() if isinstance(v, dict) else v):
+                    j = item_kind.get(type(x))
+                    if j is None:
+                        j = _classify(type(x), False)
+                    if j == _CONTAINER:
                         total += len(x)
-                    elif hasattr(type(x), "__slots__") and not isinstance(x, tuple):
+                    elif j == _OBJECT:
                         total += _footprint(x, depth - 1)
     return total
 
 
-def run_seed(seed: int, nodes: int, verbose: bool = False) -> tuple[str | None, dict]:
+def trace_digest(nodes: int, seeds: int, start: int = 0) -> str:
+    """SHA-256 over every action list every replica returned (start() and handle(), in order) and each
+    seed's outcome, for seeds start..start+seeds-1: equal digests mean the replicas behaved identically.
+    A refactoring or optimisation of consensus/ must leave it unchanged (tests/consensus/test_simulator.py
+    pins a few seeds; docs/CONSENSUS.md says how to check more)."""
+    h = hashlib.sha256()
+    for s in range(start, start + seeds):
+        err, info = run_seed(s, nodes, trace=h)
+        h.update(repr((s, err, info.get("steps"), info.get("height"))).encode())
+    return h.hexdigest()
+
+
+def run_seed(seed: int, nodes: int, verbose: bool = False, trace=None) -> tuple[str | None, dict]:
     sim = Simulation(seed, nodes, verbose)
+    sim.trace = trace
     try:
         info = sim.run()
     except Violation as exc:
@@ -1005,6 +1083,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=None, help="replay one schedule, verbosely")
     p.add_argument("--start", type=int, default=0, help="first seed of the search")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--trace", action="store_true",
+                   help="print the digest of every action list over the seeds (behaviour unchanged: same digest)")
     p.add_argument("--state-digest", choices=checks.MODES, default=None,
                    help=f"how the node computes checkpoint digests (default {checks.STATE_DIGEST}, as node/ does)")
     p.add_argument("--ignore", action="append", default=[], choices=("commit_unprepared", "bounded", "throughput", "stability"),
@@ -1013,6 +1093,10 @@ def main(argv=None) -> int:
     IGNORE.update(args.ignore)
     if args.state_digest:
         checks.STATE_DIGEST = args.state_digest
+    if args.trace:
+        print(f"trace digest (n={args.nodes}, seeds {args.start}..{args.start + args.seeds - 1}): "
+              f"{trace_digest(args.nodes, args.seeds, args.start)}")
+        return 0
     if args.seed is not None:
         err, info = run_seed(args.seed, args.nodes, verbose=not args.quiet)
         print(f"seed {args.seed}: {'VIOLATION: ' + err if err else 'ok'} {info}")

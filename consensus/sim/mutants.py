@@ -54,7 +54,7 @@ MUTANTS = (
 """, ""),)),
     Mutant("prepare_not_logged", "(e) no WAL write before PREPARE",
            (("replica.py", """        self.emit(Persist(walrec.vote_record(v, slot.height, d, payload)))
-        msg = self.sign(m.PREPARE, (v, slot.height, d))""", """        msg = self.sign(m.PREPARE, (v, slot.height, d))"""),)),
+        msg = self.sign(m.PREPARE, m.Prepare(v, slot.height, d))""", """        msg = self.sign(m.PREPARE, m.Prepare(v, slot.height, d))"""),)),
     Mutant("quorum_2f", "quorum of 2f instead of 2f+1",
            (("certificate.py", "    return (n + max_faulty(n)) // 2 + 1", "    return max(1, 2 * max_faulty(n))"),)),
     Mutant("signatures_unchecked", "message signatures not verified on receipt",

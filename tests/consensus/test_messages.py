@@ -158,3 +158,16 @@ def test_every_valid_body_round_trips_byte_for_byte(item):
     assert back.encode() == data
     assert m.verify(c, "t", back)  # the signature covers what was decoded
     assert m.encode(kind, sender, tuple(body), msg.sig) == data  # the plain tuple's bytes: the old format
+
+
+def test_a_message_is_immutable_and_compares_by_content():
+    """decode_cached hands one Message to every replica of a process: none may change it."""
+    msg = m.Message(m.PREPARE, 0, (1, 2, D1), b"s")
+    with pytest.raises(AttributeError):
+        msg.sig = b"x"
+    with pytest.raises(AttributeError):
+        del msg.body
+    same = m.Message(m.PREPARE, 0, m.Prepare(1, 2, D1), b"s")
+    assert msg == same and hash(msg) == hash(same) and msg.body is not same.body
+    assert msg != m.Message(m.PREPARE, 0, (1, 2, D1), b"t") and msg != m.Message(m.COMMIT, 0, (1, 2, D1), b"s")
+    assert "body=Prepare(view=1, height=2" in repr(msg)

@@ -3,7 +3,7 @@ import time
 import pytest
 
 from consensus.sim import mutants
-from consensus.sim.core import Simulation
+from consensus.sim.core import Simulation, trace_digest
 from consensus.simulator import main, run_seed
 
 
@@ -46,6 +46,29 @@ def test_replay_of_one_seed_is_deterministic(capsys):
     assert a[0] is None and a[1]["steps"] == b[1]["steps"] and a[1]["height"] == b[1]["height"]
     assert main(["--seed", "17", "--nodes", "4", "--quiet"]) == 0
     assert "seed 17: ok" in capsys.readouterr().out
+
+
+# Digests of every action list the replicas return, computed on 2f0ea4c (before the consensus restructure and
+# its optimisation): the replicas still do exactly what they did. A deliberate change of behaviour changes
+# them: check it with `python -m consensus.simulator --trace --seeds 40 --nodes 4` (and 20 at n = 7) against
+# the commit before it, then update these.
+TRACE_4_NODES_SEEDS_1_6 = "3c66c068f0fc7ae1a156142f21bd7c8175daa4be134b24657474f740e538e7dd"
+TRACE_7_NODES_SEED_1 = "6f2e9ccbd785a4867c636d0a087b1eccd3eaaa211c2fb3cd20b90652063affe9"
+
+
+def test_replicas_act_exactly_as_before_the_restructure():
+    assert trace_digest(4, 6, start=1) == TRACE_4_NODES_SEEDS_1_6  # seed 0 (real Ed25519) costs 1 s
+    assert trace_digest(7, 1, start=1) == TRACE_7_NODES_SEED_1
+
+
+def test_trace_digest_sees_a_changed_action(monkeypatch):
+    """The digest covers the replicas' actions, not only each seed's outcome: a progress timeout a millionth
+    longer (same blocks, same verdict) changes it."""
+    from consensus.replica import Replica
+    before = trace_digest(4, 1, start=1)
+    original = Replica.backoff
+    monkeypatch.setattr(Replica, "backoff", lambda self, base, k: original(self, base, k) * 1.000001)
+    assert trace_digest(4, 1, start=1) != before
 
 
 def test_search_prints_the_summary(capsys):
@@ -92,3 +115,25 @@ def test_every_mutant_is_caught_at_every_size():
     survivors = [f"{r['mutant']} n={r['nodes']}: {r['status']} {r.get('detail', '')}" for r in rows
                  if r["status"] != "caught"]
     assert survivors == []
+
+
+def test_memo_verify_refuses_what_ed25519_refuses():
+    """The real-crypto schedules share verification answers between replicas: a forged, altered or badly
+    shaped signature is still refused, and hostile argument types never reach the memo."""
+    from consensus.crypto import Ed25519Crypto
+    from consensus.sim.core import MemoVerify
+    key = bytes(range(32))
+    c = MemoVerify(Ed25519Crypto(key, (Ed25519Crypto(key, ()).public_key,)), {})
+    sig = c.sign(b"block")
+    assert c.verify(0, b"block", sig) and c.verify(0, b"block", sig)
+    assert not c.verify(0, b"other", sig) and not c.verify(0, b"block", bytes(64)) and not c.verify(1, b"block", sig)
+    assert not c.verify([0], b"block", sig) and not c.verify(0, b"block", [sig])
+    assert len(c.memo) == 4
+
+
+def test_every_mutant_anchor_matches_the_code_exactly_once():
+    """A refactoring that moves a mutant's anchor must move the mutant too (make mutants would report it only
+    after minutes of searching; this fails at once)."""
+    stale = [(mu.name, path, old[:60]) for mu in mutants.MUTANTS for path, old, _new in mu.edits
+             if (mutants.PKG / path).read_text().count(old) != 1]
+    assert stale == []
