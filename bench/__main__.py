@@ -3,7 +3,8 @@
 import importlib
 import sys
 
-BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.throughput", "bench.overload", "bench.rpc",
+BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.throughput", "bench.catchup",
+              "bench.consortium", "bench.overload", "bench.rpc",
               "bench.dicom", "bench.oprf", "bench.pseudonyms", "bench.interop", "bench.research"]
 
 

@@ -396,6 +396,10 @@ class Chain:
             _header, hashes = split_compact_payload(payload, max_txs, max_payload)
         except BlockError:
             return []
+        return self.not_held(hashes)
+
+    def not_held(self, hashes: list[bytes]) -> list[bytes]:
+        """The distinct hashes of ``hashes`` whose tx this node does not hold, in order."""
         verified, source, has = self._verified, self.tx_source, self.store.has_tx
         out: dict[bytes, None] = {}
         for h in hashes:

@@ -55,6 +55,10 @@ LONG_STEP = 0.05
 # the view change as for any invalid proposal.
 HELD_MAX = 64
 FETCH_WAIT = 2.5
+# Before asking, a held message waits this long for gossip to bring the txs: the primary's own clients' txs
+# go out by gossip (flushed every few ms) at the moment it proposes them, and a proposal often overtakes
+# them; a fetch is a request stream of its own, dearer than waiting a moment.
+GOSSIP_GRACE = 0.03
 # Where the payload sits in the body of each kind that carries one (consensus.messages).
 _PAYLOAD_AT = {M.PREPREPARE: 3, M.PAYLOAD: 2, M.DECIDED: 1}
 
@@ -267,7 +271,13 @@ class ConsensusDriver:
     async def _fetch_then_deliver(self, event: E.MessageReceived, missing: list[bytes]) -> None:
         try:
             with trio.move_on_after(FETCH_WAIT):
-                await self._fetch_txs(event.sender, missing)
+                deadline = trio.current_time() + GOSSIP_GRACE
+                while missing and trio.current_time() < deadline:
+                    await trio.sleep(0.005)
+                    missing = self.chain.not_held(missing)
+                if missing:
+                    self.stats["fetched_for"] = self.stats.get("fetched_for", 0) + 1
+                    await self._fetch_txs(event.sender, missing)
         except Exception:  # the fetch reports its own failures; the message goes on regardless
             log.exception("fetching the txs of a compact proposal failed")
         finally:
