@@ -276,7 +276,10 @@ class ConsensusDriver:
                     await trio.sleep(0.005)
                     missing = self.chain.not_held(missing)
                 if missing:
-                    self.stats["fetched_for"] = self.stats.get("fetched_for", 0) + 1
+                    fetched = self.stats["fetched_for"] = self.stats.get("fetched_for", 0) + 1
+                    if fetched % 100 == 1:  # how often gossip is overtaken: one line per 100 fetches
+                        log.info("compact proposals: fetching %d txs from member %d (%d fetches, %d messages "
+                                 "held so far)", len(missing), event.sender, fetched, self.stats["held_for_txs"])
                     await self._fetch_txs(event.sender, missing)
         except Exception:  # the fetch reports its own failures; the message goes on regardless
             log.exception("fetching the txs of a compact proposal failed")
