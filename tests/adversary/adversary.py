@@ -263,7 +263,13 @@ class AdversaryNode(Node):
         # A second, valid proposal for the same height: same txs, another timestamp.
         try:
             header_bytes, txs = msgpack.unpackb(payload, raw=False)
-            alt = self.chain.build_proposal(h, self.index, int(time.time() * 1000) + 1, list(txs))
+            if type(txs) is bytes:  # a compact payload (node.ledger.block): the same tx hashes
+                hashes = [txs[k:k + 32] for k in range(0, len(txs), 32)]
+                header = ProposalHeader(self.genesis.chain_id, h, self.index, int(time.time() * 1000) + 1,
+                                        len(hashes), merkle_root(hashes))
+                alt = encode_compact_payload(header, hashes)
+            else:
+                alt = self.chain.build_proposal(h, self.index, int(time.time() * 1000) + 1, list(txs))
         except Exception:
             log.exception("could not build a second proposal")
             return self._to_all(data)
