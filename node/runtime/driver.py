@@ -280,7 +280,8 @@ class ConsensusDriver:
                     if fetched % 100 == 1:  # how often gossip is overtaken: one line per 100 fetches
                         log.info("compact proposals: fetching %d txs from member %d (%d fetches, %d messages "
                                  "held so far)", len(missing), event.sender, fetched, self.stats["held_for_txs"])
-                    await self._fetch_txs(event.sender, missing)
+                    while missing and await self._fetch_txs(event.sender, missing):
+                        missing = self.chain.not_held(missing)  # an answer in part: ask for the rest
         except Exception:  # the fetch reports its own failures; the message goes on regardless
             log.exception("fetching the txs of a compact proposal failed")
         finally:

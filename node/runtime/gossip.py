@@ -33,6 +33,9 @@ MAX_BATCH_BYTES = 8 << 20
 FETCH_CHANNEL = "txfetch"
 MAX_FETCH_TXS = 4096
 FETCH_TIMEOUT = 2.0
+# An answer stays under the network's response limit (network.PeerNetwork max_response, 4 MiB); a longer
+# list is answered in part and the asker asks again for the rest.
+MAX_FETCH_ANSWER_BYTES = 3 << 20
 
 
 class FetchError(ValueError):
@@ -221,7 +224,7 @@ class TxGossip:
     # ------------------------------------------------------------------ compact proposals: tx fetch
     async def serve_fetch(self, peer: str, data: bytes) -> bytes:
         """A member asks for txs by hash (it lacks them to validate our proposal): the ones this node holds,
-        in the order asked, within MAX_BATCH_BYTES. Unknown hashes are left out, not an error (a tx that
+        in the order asked, within MAX_FETCH_ANSWER_BYTES. Unknown hashes are left out, not an error (a tx that
         committed and was pruned, or a guess). A malformed request is scored against the member."""
         self.stats["fetch_requests"] = self.stats.get("fetch_requests", 0) + 1
         if self.scores.blocked(peer):
@@ -237,7 +240,7 @@ class TxGossip:
             raw = raw_of(h)
             if raw is None:
                 continue
-            if size + len(raw) + 5 > MAX_BATCH_BYTES - 16:
+            if size + len(raw) + 5 > MAX_FETCH_ANSWER_BYTES:
                 break
             out.append(raw)
             size += len(raw) + 5

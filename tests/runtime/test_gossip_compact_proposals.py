@@ -216,3 +216,24 @@ def test_a_hostile_proposer_answer_admits_nothing_and_is_scored(c, pair, attack)
         assert b.gossip.scores.score("primary") > 0
     else:
         assert b.gossip.stats["fetch_failed"] == 1
+
+
+def test_an_answer_stays_under_the_response_limit_and_the_rest_comes_on_asking_again(c, pair, monkeypatch):
+    import node.runtime.gossip as G
+
+    a, b = pair
+    raws = [c.tx(2) for _ in range(6)]
+    a.mempool.add_many(items(raws), 0.0)
+    monkeypatch.setattr(G, "MAX_FETCH_ANSWER_BYTES", 2 * max(len(r) for r in raws) + 20)
+    compact = a.chain.build_compact_proposal(1, 0, T0, raws)
+
+    async def main():
+        wire, rounds = Wire(a.gossip.serve_fetch), 0
+        missing = b.chain.missing_txs(compact)
+        while missing and await b.gossip.fetch(wire, "primary", missing):
+            rounds += 1
+            missing = b.chain.not_held(missing)
+        assert missing == [] and rounds == 3  # two txs per answer
+
+    trio.run(main)
+    assert b.chain.validate(1, compact)
