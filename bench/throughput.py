@@ -19,13 +19,13 @@ Baselines measured in the same run: the single-process raw pipeline (PyNaCl veri
 plyvel batch write, bench.ledger's RawPipeline): its tx/s, and its us per tx (what one node spends per tx
 at the very least if it did nothing but the ledger work on one core).
 
-Environment: RADCHAIN_BENCH_SIZES (default "4,7"), RADCHAIN_BENCH_SUSTAIN_S (default 60),
+Environment: RADCHAIN_BENCH_SIZES (default "4,7,10,16"), RADCHAIN_BENCH_SUSTAIN_S (default 60),
 RADCHAIN_BENCH_TABLE_S (default 20), RADCHAIN_BENCH_CONFIG (extra node config for every run,
 "section.key=value,..."), RADCHAIN_BENCH_AB (the baseline config of the A/B pair run on the first size right
 after its main run, default "mempool.compact_proposals=false"; empty: no A/B; RADCHAIN_BENCH_AB_ROUNDS
 alternates that many baseline/this-code pairs, default 1; RADCHAIN_BENCH_AB_ONLY=1 runs only those).
-Default total: about 5 minutes
-on a quiet machine (4 testnet start-ups, 60 + 6 x 20 s of load, the drains).
+Default total: about 8 minutes on a quiet machine (6 testnet start-ups, 16 nodes the largest; 60 + 8 x 20 s
+of load, the drains).
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ def _ab_ratios(offs: list[dict], ons: list[dict]) -> str:
 def main() -> None:
     from bench.testnet import raw_pipeline_rate
 
-    sizes = [int(x) for x in os.environ.get("RADCHAIN_BENCH_SIZES", "4,7").split(",")]
+    sizes = [int(x) for x in os.environ.get("RADCHAIN_BENCH_SIZES", "4,7,10,16").split(",")]
     sustain = float(os.environ.get("RADCHAIN_BENCH_SUSTAIN_S", "60"))
     table_s = float(os.environ.get("RADCHAIN_BENCH_TABLE_S", "20"))
     extra = _config_extra(os.environ.get("RADCHAIN_BENCH_CONFIG", ""))
