@@ -400,6 +400,8 @@ class Node:
         if not allow_empty and self.mempool.available() == 0:
             return None
         txs = self.mempool.take_for_proposal(self.chain.param("max_block_txs", height), height)
+        if self.cfg.mempool.compact_proposals:
+            self.gossip.flush_now()  # the txs go out ahead of the proposal naming them
         build = self.chain.build_compact_proposal if self.cfg.mempool.compact_proposals else self.chain.build_proposal
         return build(height, self.index, int(time.time() * 1000), txs)
 

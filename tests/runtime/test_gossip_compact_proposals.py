@@ -237,3 +237,17 @@ def test_an_answer_stays_under_the_response_limit_and_the_rest_comes_on_asking_a
 
     trio.run(main)
     assert b.chain.validate(1, compact)
+
+
+def test_flush_now_sends_the_outbox_at_once_in_bounded_batches(c, tmp_path):
+    sent = []
+    m = Member(c, tmp_path / "m")
+    m.gossip = TxGossip(lambda ch, data: sent.append(data) or 3, m.chain, m.mempool,
+                        MempoolConfig(gossip_batch=4), on_admitted=lambda: None)
+    raws = [c.tx(0) for _ in range(10)]
+    m.gossip.admit(items(raws))
+    m.gossip.flush_now()
+    assert [len(msgpack.unpackb(f)) for f in sent] == [4, 4, 2]
+    m.gossip.flush_now()
+    assert len(sent) == 3  # nothing twice
+    m.close()
