@@ -66,6 +66,29 @@ def study_uid(i: int) -> str:
     return f"1.2.840.113619.2.55.{i}"
 
 
+class LedgerTokens:
+    """Consortium tokens for the benchmark ledger: the nodes' OPRF function and epoch, evaluated with one key held
+    here (oprf.tokenize_with_key: what the threshold protocol reproduces). This benchmark measures look-ups;
+    bench.pseudonyms measures tokenization itself. `all_epochs` is the one call audit_trail makes of a node's
+    Tokenizer."""
+
+    EPOCH = 1
+
+    def __init__(self):
+        from node.ledger import oprf
+
+        self._oprf = oprf
+        self._secret, _ = oprf.derive_key_pair(b"radchain-bench-oprf-key", b"bench")
+
+    def token(self, kind: str, *values: str) -> bytes:
+        from node.ledger.pseudonym import normalize
+
+        return self._oprf.tokenize_with_key(self._secret, self.EPOCH, kind, *normalize(kind, *values))
+
+    async def all_epochs(self, kind: str, *values: str) -> list[bytes]:
+        return [self.token(kind, *values)]
+
+
 class TxFactory:
     """Signed audit txs, built field by field (what node.ledger.intake.make_tx does, minus the re-checking)."""
 
@@ -75,9 +98,10 @@ class TxFactory:
         self.keys = keys
         self.seeds = [bytes(k) + bytes(k.verify_key) for k in keys]  # libsodium's 64-byte secret key
         pseudo = Pseudonymizer(PSEUDONYM_KEY)
+        tokens = LedgerTokens()
         self.n_studies = n_studies
-        self.studies = [pseudo.study(study_uid(s)) for s in range(n_studies)]
-        self.patients = [pseudo.patient(f"PAT-{p}", "HOSP") for p in range(max(1, n_studies // 3))]
+        self.studies = [tokens.token("study", study_uid(s)) for s in range(n_studies)]
+        self.patients = [tokens.token("patient", f"PAT-{p}", "HOSP") for p in range(max(1, n_studies // 3))]
         self.users = [pseudo.user(f"user-{u}") for u in range(500)]
 
     def tx(self, i: int, salt: int = 0) -> Tx:
@@ -156,9 +180,15 @@ class BenchNode:
         self.genesis = make_genesis(keys)
         self.member_key = keys[0]
         self.pseudonymizer = Pseudonymizer(PSEUDONYM_KEY)
+        self.tokenizer = LedgerTokens()
         self.store = Store(ledger, sync=False)
         self.chain = Chain(self.genesis, self.store)
-        self.mempool = Mempool(work / "mempool", 1_000_000)
+        from node.runtime.diskspace import DiskGuard
+
+        self.disk = DiskGuard(work)  # Node.submit refuses while the disk is full
+        # Nothing commits here, so the backpressure of a real node (issue 9: refuse once the backlog exceeds
+        # ~1.5 s of commits) would refuse after 1,000 txs; this measures admission, so it never applies.
+        self.mempool = Mempool(work / "mempool", 1_000_000, min_backlog=1_000_000)
         self.gossip = TxGossip(lambda channel, data: 0, self.chain, self.mempool, MempoolConfig(), lambda: None)
         self._commit_waiters: dict = {}
         self.rpc = JsonRpcApp(self, METHODS, {"bench": TOKEN}, False, 8 << 20, 1e9)
@@ -222,9 +252,13 @@ def audit_in_process(ledger: Path, groups: list[list[int]]) -> dict:
     from node.rpc.audit_trail import audit_trail
     from node.rpc.protocol import Caller
 
-    node = types.SimpleNamespace(store=Store(ledger, sync=False), pseudonymizer=Pseudonymizer(PSEUDONYM_KEY))
+    tokens = LedgerTokens()
+    node = types.SimpleNamespace(store=Store(ledger, sync=False), pseudonymizer=Pseudonymizer(PSEUDONYM_KEY),
+                                 tokenizer=tokens)
     caller = Caller("bench", "127.0.0.1")
-    token = node.pseudonymizer.study
+
+    def token(uid: str) -> bytes:
+        return tokens.token("study", uid)
     raw, fetch, handler_tok, handler_raw, sizes = [], [], [], [], []
 
     async def run() -> None:  # the handler is a coroutine: time it inside one trio run, as the server does

@@ -120,6 +120,13 @@ class Deliverer:
                 self._conn.close()
                 self._conn = None
                 raise RetryLater(f"node unreachable at {self._host}:{self._port}: {exc}") from exc
+            except http.client.HTTPException as exc:
+                # A node stopped mid-answer (IncompleteRead) or something else on its port answering nonsense
+                # (BadStatusLine, LineTooLong): not an answer about these events, so they wait in the spool.
+                self._conn.close()
+                self._conn = None
+                raise RetryLater(f"node at {self._host}:{self._port} sent a broken HTTP answer: "
+                                 f"{type(exc).__name__}") from exc
         raise AssertionError("unreachable")
 
     def submit(self, event: dict) -> dict:
@@ -154,7 +161,8 @@ class Deliverer:
                 self.batch_ok = False  # a server without batch support
                 return [self._one(e) for e in events]
             return [self._classify(doc, status) for _ in calls]
-        by_id = {d.get("id"): d for d in doc if isinstance(d, dict)}
+        # ids are ours (ints): anything else, say a list, is no answer to our calls (and is unhashable)
+        by_id = {d["id"]: d for d in doc if isinstance(d, dict) and type(d.get("id")) is int}
         return [self._classify(by_id.get(c["id"]), status) for c in calls]
 
     def _one(self, event: dict):
@@ -248,6 +256,19 @@ class Deliverer:
                     stop.wait(_wait_for(exc, backoff))
                     if exc.retry_after is None:
                         backoff = min(backoff * 2, max_backoff)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - see below
+                    # A failure nobody foresaw in delivering must not end this loop: in the proxy it would
+                    # abort every modality's association, while the events wait safely in the spool. Loud
+                    # (traceback, counter, last_error in the proxy's status), then the same back-off.
+                    log.exception("delivery failed unexpectedly, will retry")
+                    self.stats["errors"] = self.stats.get("errors", 0) + 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    if self._conn is not None:
+                        self._conn.close()
+                        self._conn = None
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, max_backoff)
                     continue
                 backoff = 0.1
                 self.last_error = None

@@ -8,8 +8,8 @@ and a response (the source's acknowledgement) is held only until its event is fs
 Consensus and delivery never sit on this path.
 
 A full pynetdicom SCP+SCU store-and-forward was the other option; it decodes and re-encodes every data set
-and tops out around 57 inst/s into Orthanc on this class of machine (shared/notes/dicom.md 5), below the 0.9x
-goal, and it would change the bytes the digests are taken over. pynetdicom is used here as an SCU only, to
+and topped out around 57 inst/s into Orthanc when measured on a 2-core machine, below the 0.9x goal of
+`make bench`, and it would change the bytes the digests are taken over. pynetdicom is used here as an SCU only, to
 resolve the patient of a C-MOVE that names only a study (pynetdicom_resolver below).
 """
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import tomli_w
 
+from consensus.config import Config as ConsensusParams
 from node.rpc.settings import RpcConfig
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
@@ -153,6 +154,18 @@ def _fill(obj, section: dict, where: str) -> None:
         setattr(obj, key, value)
 
 
+def _check_consensus_keys_together(ccfg: ConsensusConfig) -> None:
+    """Keys that are each fine alone can still contradict each other (a watermark window that is not a multiple
+    of the checkpoint interval): the consensus Config says which, and it is said at load, as a ConfigError,
+    not as a traceback when the replica starts."""
+    try:
+        ConsensusParams(chain_id="config-check", members=(bytes(32),),
+                        checkpoint_interval=ccfg.checkpoint_interval, watermark_window=ccfg.watermark_window,
+                        pipeline=ccfg.pipeline, progress_timeout=ccfg.progress_timeout)
+    except ValueError as exc:
+        raise ConfigError(f"[consensus]: {exc}") from None
+
+
 def load_config(home: str | os.PathLike) -> NodeConfig:
     home = Path(home).resolve()
     path = home / "config.toml"
@@ -196,6 +209,7 @@ def load_config(home: str | os.PathLike) -> NodeConfig:
     _fill(cfg.consensus, raw.get("consensus", {}), "consensus")
     _fill(cfg.mempool, raw.get("mempool", {}), "mempool")
     _fill(cfg.oprf, raw.get("oprf", {}), "oprf")
+    _check_consensus_keys_together(cfg.consensus)
     for member, limit in cfg.oprf.limits.items():
         if not (isinstance(limit, list) and len(limit) == 2 and all(
                 isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in limit) and limit[1] >= 1):

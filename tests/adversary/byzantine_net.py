@@ -5,6 +5,7 @@ a steady load of txs submitted to honest members, and the checks a hospital care
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 import time
@@ -39,6 +40,20 @@ def log_tail(info: NodeInfo, lines: int = 30) -> str:
         return "\n".join((info.home / "node.log").read_text(errors="replace").splitlines()[-lines:])
     except OSError as exc:
         return f"(no log: {exc})"
+
+
+def view_change_lines(net: ByzantineTestnet, per_node: int = 8) -> str:
+    """The honest members' last log lines about views: when a latency bound fails, whether the view change
+    was slow (and why) or never happened is the first thing to know."""
+    out = []
+    for i in net.honest:
+        try:
+            lines = (net.nodes[i].home / "node.log").read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        hits = [line[:300] for line in lines if "view" in line.lower()][-per_node:]
+        out += [f"{net.nodes[i].name}: {line}" for line in hits]
+    return "\n".join(out) or "(none logged)"
 
 
 class ByzantineTestnet(LocalTestnet):
@@ -175,7 +190,8 @@ def assert_bounded_latency(load: Load, bound: float) -> None:
         late = [s for s in due if s.tx not in done]
         assert not late, (f"{len(late)} of {len(due)} txs submitted to honest {net.nodes[i].name} more than "
                           f"{bound:.0f} s ago are not committed (height {net.height(i)}, view "
-                          f"{net.rpc(i, 'status')['view']}) next to {net.describe()}")
+                          f"{net.rpc(i, 'status')['view']}) next to {net.describe()}; load average "
+                          f"{os.getloadavg()[0]:.1f}; view changes seen:\n{view_change_lines(net)}")
 
 
 def assert_all_committed_and_agreed(load: Load, timeout: float, start_heights: dict[int, int]) -> list[Block]:

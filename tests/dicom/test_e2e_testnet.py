@@ -59,6 +59,15 @@ class LiveTestnet:
             if name is None or n == name:
                 p.stop(signal.SIGTERM)
 
+    def restart_stopped(self) -> None:
+        """Bring back any node a test stopped and left down (it failed before restarting it), so that one
+        failure does not turn into 'connection refused' in every later test of this module."""
+        down = [name for name, p in self.procs.items() if not p.running()]
+        for name in down:
+            self.start(name)
+        if down:
+            wait_for(self.ready, 90, 0.2, f"{down} back and connected")
+
     def node(self, name: str) -> dict:
         return next(n for n in self.nodes if n["name"] == name)
 
@@ -101,6 +110,13 @@ def testnet(tmp_path_factory):
         raise AssertionError(f"testnet did not come up:\n{logs}") from None
     yield tn
     tn.stop()
+
+
+@pytest.fixture(autouse=True)
+def _whole_testnet_after_each_test(request):
+    yield
+    if "testnet" in request.fixturenames:
+        request.getfixturevalue("testnet").restart_stopped()
 
 
 def delivered(home: Path) -> dict[str, dict]:
@@ -186,7 +202,13 @@ def test_node_stopped_during_storescu_burst(testnet, orthanc, tmp_path):
                  "first deliveries")
         assert storescu.poll() is None, "the burst ended before the node could be stopped"
         testnet.stop("hosp-c")  # the node goes down mid-burst; the modality must not notice
-        assert storescu.wait(60) == 0, storescu.stdout.read()
+        if storescu.wait(60) != 0:
+            journal = home / "spool" / "journal.jsonl"
+            raise AssertionError(
+                f"storescu failed while the node was down:\n{storescu.stdout.read().decode(errors='replace')}"
+                f"\n--- proxy log ---\n{proxy.log.read_text()[-3000:]}"
+                f"\n--- spool journal ---\n{journal.read_text()[-2000:] if journal.exists() else ''}"
+                f"\n--- orthanc log ---\n{(orthanc.root / 'orthanc.log').read_text()[-2000:]}")
         testnet.start("hosp-c")
         wait_for(lambda: spool_empty(home), 90, 0.2, "spool drained after the node restarted")
         new = {k: v for k, v in delivered(home).items() if k not in before}

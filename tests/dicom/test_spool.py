@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import threading
 import time
 
+import pytest
 from dicom_helpers import RpcRecorder, wait_for
 
 from node.dicom.delivery import Deliverer, RetryLater
@@ -138,3 +140,53 @@ def test_crash_leftovers_in_tmp_are_swept(tmp_path):
     old = time.time() - 3600
     os.utime(junk, (old, old))
     assert spool.sweep_tmp() == 1 and spool.count() == 0
+
+
+BROKEN_ANSWERS = {
+    # the node was stopped (SIGTERM) after it sent the headers of its answer: the proxy's deliverer died with
+    # http.client.IncompleteRead and took the proxy, and the modality's association, down with it
+    "truncated-body": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1207\r\n\r\n[{\"jsonrpc\"",
+    "garbage-status-line": b"SSH-2.0-OpenSSH_9.2\r\n",
+    "endless-header": b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 70_000 + b"\r\n\r\n",
+    # JSON of the wrong shape: an unhashable id was a TypeError out of the deliverer
+    "odd-json-ids": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n"
+                    b'[{"id": [1], "result": {"tx": "00"}}, 7]',
+}
+
+
+@pytest.mark.parametrize("answer", BROKEN_ANSWERS.values(), ids=BROKEN_ANSWERS.keys())
+def test_a_broken_http_answer_keeps_the_events_and_the_deliverer_alive(tmp_path, answer):
+    """Whatever a stopping node (or another program on its port) sends back, the events stay in the spool
+    and are delivered once a real node answers on that port."""
+    rpc = RpcRecorder()
+    listener = socket.create_server(("127.0.0.1", rpc.port))
+    answered = threading.Event()
+
+    def broken_node():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+        answered.set()
+
+    server = threading.Thread(target=broken_node, daemon=True)
+    server.start()
+    spool = Spool(tmp_path / "spool")
+    ids = spool.put_many([ev(i) for i in range(3)], source="test")
+    d = Deliverer(spool, rpc.url, rpc.token, timeout=5)
+    with pytest.raises(RetryLater, match="broken HTTP answer|without a response for the event"):
+        d.run_once()
+    server.join(5)
+    listener.close()
+    assert answered.is_set() and spool.count() == 3 and not spool.dead()
+    rpc.start()
+    try:
+        stop = threading.Event()
+        t = threading.Thread(target=d.run_forever, args=(stop,), daemon=True)
+        t.start()
+        wait_for(lambda: spool.count() == 0, 15, what="spool drained once a real node answered")
+        assert set(rpc.unique()) == set(ids)
+        stop.set()
+        t.join(10)
+    finally:
+        rpc.stop()

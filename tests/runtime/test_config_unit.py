@@ -111,6 +111,10 @@ BAD = [
     ({"log": 'level = "LOUD"'}, "log.level"),
     ({"log": 'level = "basic_format"'}, "log.level"),
     ({"log": "level = 10"}, "log.level"),
+    # Fine one by one, contradictory together: were a ValueError traceback when the replica started.
+    ({"consensus": "checkpoint_interval = 16\nwatermark_window = 40"}, "consensus]: watermark_window"),
+    ({"consensus": "checkpoint_interval = 32\nwatermark_window = 32"}, "consensus]: watermark_window"),
+    ({"consensus": "pipeline = 128"}, "consensus]: pipeline"),
 ]
 
 
