@@ -48,12 +48,17 @@ EXEC_HISTORY = 32  # long steps whose duration is remembered
 # An event whose handling took longer than this is a long step (a heavy block), see _busy_for.
 LONG_STEP = 0.05
 # Compact proposals (node.ledger.block): a consensus message carrying a payload whose txs this node lacks
-# waits (at most FETCH_WAIT seconds, at most HELD_MAX at once; beyond, it goes to the replica as it is)
+# waits (at most FETCH_WAIT seconds, at most HELD_MAX at once, HELD_PER_SENDER of one member; beyond, it
+# goes to the replica as it is)
 # while the txs are fetched from the member that sent it, then goes to the replica. Holding a message is
 # what a slow link does: the replica sees nothing new. A proposer that never answers costs FETCH_WAIT; the
 # replica then finds the proposal invalid (a tx it does not hold), does not vote, and its timers lead to
 # the view change as for any invalid proposal.
 HELD_MAX = 64
+# ... and at most this many of one sender: a member filling the slots with proposals that cannot resolve
+# (only the primary's PRE-PREPARE counts, but the hold comes before the replica checks who signed) must not
+# leave the honest primary's proposals unheld (4 pipelined heights, retransmissions, fetched payloads).
+HELD_PER_SENDER = 16
 FETCH_WAIT = 2.5
 # Before asking, a held message waits this long for gossip to bring the txs: the primary's own clients' txs
 # go out by gossip (flushed every few ms) at the moment it proposes them, and a proposal often overtakes
@@ -98,7 +103,7 @@ class ConsensusDriver:
         # async fetch_txs(sender index, hashes): fetch a compact proposal's missing txs into the mempool
         self._fetch_txs = fetch_txs
         self._held = 0
-        self._nursery: trio.Nursery | None = None
+        self._held_by: dict[int, int] = {}  # sender -> messages of it held
         # One FIFO of events: peer messages (bounded), timer firings, sync results, mempool wake-ups (each
         # bounded by construction: one per timer, one coalesced wake-up, one per sync request / gap).
         self._queue: deque = deque()
@@ -207,7 +212,6 @@ class ConsensusDriver:
     # ------------------------------------------------------------------ the loop
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
             nursery.start_soon(self._timer_loop)
             await self._perform(self.replica.start())
             task_status.started()
@@ -240,8 +244,10 @@ class ConsensusDriver:
                 elif type(event) is E.MessageReceived and self._fetch_txs is not None:
                     missing = self._missing_txs(event.data)
                     if missing:
-                        if self._held < HELD_MAX:
+                        sender = event.sender
+                        if self._held < HELD_MAX and self._held_by.get(sender, 0) < HELD_PER_SENDER:
                             self._held += 1
+                            self._held_by[sender] = self._held_by.get(sender, 0) + 1
                             self.stats["held_for_txs"] += 1
                             nursery.start_soon(self._fetch_then_deliver, event, missing)
                             continue
@@ -286,6 +292,9 @@ class ConsensusDriver:
             log.exception("fetching the txs of a compact proposal failed")
         finally:
             self._held -= 1
+            left = self._held_by.pop(event.sender) - 1
+            if left:
+                self._held_by[event.sender] = left
             self._push(_Fetched(event))
 
     def _work_pending(self) -> E.WorkPending:

@@ -178,3 +178,25 @@ async def test_a_flood_of_unresolvable_proposals_holds_at_most_held_max(rig, mon
             r.driver.message(0, data)
         await wait_for(lambda: len(r.replica.messages()) == 9)
         nursery.cancel_scope.cancel()
+
+
+async def test_one_member_cannot_take_every_hold_slot(rig, monkeypatch):
+    monkeypatch.setattr(D, "HELD_MAX", 6)
+    monkeypatch.setattr(D, "HELD_PER_SENDER", 2)
+    monkeypatch.setattr(D, "FETCH_WAIT", 60.0)
+
+    async def fetch(r, hashes):
+        await trio.sleep_forever()
+
+    r = rig(fetch)
+    junk = [r.preprepare([r.c.tx(3)], height=h) for h in range(1, 6)]
+    honest = r.preprepare([r.c.tx(0)], height=9)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.driver.run)
+        for f in junk:
+            r.driver.message(3, f)  # a Byzantine member floods unresolvable proposals
+        await wait_for(lambda: len(r.replica.messages()) == 3)  # 2 held, 3 passed at once
+        r.driver.message(0, honest)
+        await wait_for(lambda: r.driver.stats["held_for_txs"] == 3)
+        assert honest not in r.replica.messages()  # the primary's proposal still gets its hold
+        nursery.cancel_scope.cancel()
