@@ -2,6 +2,7 @@
 
 import importlib
 import sys
+import traceback
 
 BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.throughput", "bench.catchup",
               "bench.consortium", "bench.overload", "bench.rpc",
@@ -10,6 +11,7 @@ BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.throughpu
 
 def main() -> int:
     only = sys.argv[1:]  # e.g. `python -m bench bench.testnet`
+    failed = []
     for name in BENCHMARKS:
         if only and name not in only:
             continue
@@ -19,7 +21,16 @@ def main() -> int:
             print(f"== {name}: not available ({exc})", flush=True)
             continue
         print(f"\n== {name}", flush=True)
-        module.main()
+        # Each module parses its own options from sys.argv: hand it none, not the list of modules chosen here.
+        sys.argv = [f"python -m {name}"]
+        try:
+            module.main()
+        except Exception:  # noqa: BLE001 - one broken benchmark must not hide the figures of the others
+            traceback.print_exc()
+            failed.append(name)
+    if failed:
+        print(f"\n== FAILED: {', '.join(failed)}", flush=True)
+        return 1
     return 0
 
 

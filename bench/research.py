@@ -43,7 +43,7 @@ def _setup(keys, pseudo, chain: Chain, patients: int) -> None:
     for i in range(patients):
         txs.append(make_tx("consent.granted", keys[1], chain_id=CHAIN_ID, member="hosp-1", ts=T0 + i,
                            nonce=b"c" + i.to_bytes(15, "big"), patient=pseudo.patient(f"P{i}", "H"),
-                           grantee="BENCH-1", scope="IMG", purpose="HRESCH"))
+                           grantee=pseudo.grantee("BENCH-1"), project="BENCH-1", scope="IMG", purpose="HRESCH"))
     for start in range(0, len(txs), 500):
         _commit(chain, keys, txs[start:start + 500])
 
