@@ -19,11 +19,13 @@ Baselines measured in the same run: the single-process raw pipeline (PyNaCl veri
 plyvel batch write, bench.ledger's RawPipeline): its tx/s, and its us per tx (what one node spends per tx
 at the very least if it did nothing but the ledger work on one core).
 
-Environment: RADCHAIN_BENCH_SIZES (default "4,7"), RADCHAIN_BENCH_SUSTAIN_S (default 60),
+Environment: RADCHAIN_BENCH_SIZES (default "4,7,10,16"), RADCHAIN_BENCH_SUSTAIN_S (default 60),
 RADCHAIN_BENCH_TABLE_S (default 20), RADCHAIN_BENCH_CONFIG (extra node config for every run,
 "section.key=value,..."), RADCHAIN_BENCH_AB (the baseline config of the A/B pair run on the first size right
-after its main run, default "mempool.verify_in_thread=false"; empty: no A/B). Default total: about 5 minutes
-on a quiet machine (4 testnet start-ups, 60 + 6 x 20 s of load, the drains).
+after its main run, default "mempool.compact_proposals=false"; empty: no A/B; RADCHAIN_BENCH_AB_ROUNDS
+alternates that many baseline/this-code pairs, default 1; RADCHAIN_BENCH_AB_ONLY=1 runs only those).
+Default total: about 8 minutes on a quiet machine (6 testnet start-ups, 16 nodes the largest; 60 + 8 x 20 s
+of load, the drains).
 """
 
 from __future__ import annotations
@@ -311,14 +313,47 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def ab_pairs(n: int, seconds: float, extra: dict, ab: dict) -> list[tuple[dict, dict]]:
+    """A/B on one size: the baseline config, then this code, each on a fresh testnet, alternated for
+    RADCHAIN_BENCH_AB_ROUNDS rounds (default 1), max load only. Prints each run and the ratios of each
+    round and of the means: on a shared machine only ratios measured back to back mean anything."""
+    rounds = int(os.environ.get("RADCHAIN_BENCH_AB_ROUNDS", "1"))
+    base = {**extra, **{k: {**extra.get(k, {}), **v} for k, v in ab.items()}}
+    pairs = []
+    for r in range(rounds):
+        off = measure_size(n, seconds, 0, base)["max"]
+        on = measure_size(n, seconds, 0, extra)["max"]
+        pairs.append((off, on))
+        for label, t in (("baseline " + str(ab), off), ("this code", on)):
+            print(f"  A/B {n} nodes, round {r + 1}, {label}: {t['tx_per_s']:.0f} tx/s, "
+                  f"CPU {_mean(t['cpu_us_per_tx']):.0f} us/tx/node, event-loop thread "
+                  f"{_mean(t['main_us_per_tx']):.0f} us/tx, wire {_mean(t['wire_bytes_per_tx']):.0f} B/tx/node "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+        print(f"  A/B round {r + 1} ratios (this code / baseline): {_ab_ratios([off], [on])}", flush=True)
+    if rounds > 1:
+        ratios = _ab_ratios([a for a, _ in pairs], [b for _, b in pairs])
+        print(f"  A/B mean ratios over {rounds} rounds: {ratios}", flush=True)
+    return pairs
+
+
+def _ab_ratios(offs: list[dict], ons: list[dict]) -> str:
+    def m(rows, key, per_node=True):
+        return _mean([_mean(t[key]) if per_node else t[key] for t in rows])
+
+    return (f"tx/s {m(ons, 'tx_per_s', False) / max(1e-9, m(offs, 'tx_per_s', False)):.2f}x, "
+            f"CPU per tx {m(ons, 'cpu_us_per_tx') / m(offs, 'cpu_us_per_tx'):.2f}x, "
+            f"event-loop thread per tx {m(ons, 'main_us_per_tx') / m(offs, 'main_us_per_tx'):.2f}x, "
+            f"wire bytes per tx {m(ons, 'wire_bytes_per_tx') / m(offs, 'wire_bytes_per_tx'):.2f}x")
+
+
 def main() -> None:
     from bench.testnet import raw_pipeline_rate
 
-    sizes = [int(x) for x in os.environ.get("RADCHAIN_BENCH_SIZES", "4,7").split(",")]
+    sizes = [int(x) for x in os.environ.get("RADCHAIN_BENCH_SIZES", "4,7,10,16").split(",")]
     sustain = float(os.environ.get("RADCHAIN_BENCH_SUSTAIN_S", "60"))
     table_s = float(os.environ.get("RADCHAIN_BENCH_TABLE_S", "20"))
     extra = _config_extra(os.environ.get("RADCHAIN_BENCH_CONFIG", ""))
-    ab = _config_extra(os.environ.get("RADCHAIN_BENCH_AB", "mempool.verify_in_thread=false"))
+    ab = _config_extra(os.environ.get("RADCHAIN_BENCH_AB", "mempool.compact_proposals=false"))
     raw_rate = raw_pipeline_rate()
     raw_us = 1e6 / raw_rate
     print(f"baseline, single-process raw pipeline (verify + decode + batch write): {raw_rate:.0f} tx/s, "
@@ -327,6 +362,10 @@ def main() -> None:
         print(f"node config extra: {extra}", flush=True)
     print(f"load average at start: {os.getloadavg()[0]:.1f} (2-core machine; above 2, other work shares the "
           "cores and every absolute figure is depressed)", flush=True)
+
+    if os.environ.get("RADCHAIN_BENCH_AB_ONLY") and ab:
+        ab_pairs(sizes[0], table_s, extra, ab)  # the A/B pairs alone (a quick decision on one change)
+        return
 
     g = gossip_admission()
     print(f"gossip admission, in process, 2,000 txs in batches of 256 (real chain, LevelDB mempool): event-loop "
@@ -344,17 +383,7 @@ def main() -> None:
               f"CPU {_mean(top['cpu_us_per_tx']):.0f} us/tx/node; half load p50 {row['half']['p50_ms']:.0f} ms "
               f"p99 {row['half']['p99_ms']:.0f} ms", flush=True)
         if i == 0 and ab:
-            # A/B on the same size, back to back: the change off (baseline), then on, each on a fresh testnet.
-            off = measure_size(n, table_s, 0, {**extra, **{k: {**extra.get(k, {}), **v} for k, v in ab.items()}})
-            on = measure_size(n, table_s, 0, extra)
-            for label, r in (("baseline " + str(ab), off), ("this code", on)):
-                t = r["max"]
-                print(f"  A/B {n} nodes, {label}: {t['tx_per_s']:.0f} tx/s, CPU {_mean(t['cpu_us_per_tx']):.0f} "
-                      f"us/tx/node, event-loop thread {_mean(t['main_us_per_tx']):.0f} us/tx", flush=True)
-            a, b = off["max"], on["max"]
-            print(f"  A/B ratios (this code / baseline): tx/s {b['tx_per_s'] / max(1e-9, a['tx_per_s']):.2f}x, "
-                  f"CPU per tx {_mean(b['cpu_us_per_tx']) / _mean(a['cpu_us_per_tx']):.2f}x, event-loop thread "
-                  f"per tx {_mean(b['main_us_per_tx']) / _mean(a['main_us_per_tx']):.2f}x", flush=True)
+            ab_pairs(n, table_s, extra, ab)
 
     first = rows[0]
     top = first["max"]

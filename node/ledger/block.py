@@ -19,7 +19,13 @@ views or signer sets for one block, and must still hold byte-identical headers, 
 checkpoint digests (the node reports block_hash as the replica's checkpoint state digest). The certificate
 is stored beside the block and checked against (height, proposal_digest); its view is not part of the block.
 
-``prev_hash`` of height 1 is the genesis hash. The stored block record is
+``prev_hash`` of height 1 is the genesis hash. A *compact* payload (what a primary proposes: the replicas already hold the txs from gossip) names the txs
+by hash instead: ``msgpack [proposal_header: bin, tx_hashes: bin (32 bytes each, block order)]``. Its
+proposal header, hence its digest and every vote and certificate over it, is the full payload's: a replica
+resolves the hashes to txs (fetching those it lacks) before it validates, and the block stored and served
+by block sync is the full payload.
+
+The stored block record is
 ``msgpack [block_header: bin, tx_hashes: bin (32 bytes each, block order), statuses: bin (1 byte each)]``
 where a status says what execution did with the tx (applied / duplicate of an earlier tx / rejected).
 """
@@ -32,7 +38,7 @@ from dataclasses import dataclass
 import msgpack
 
 __all__ = ["PROPOSAL_DOMAIN", "BLOCK_DOMAIN", "ProposalHeader", "BlockHeader", "Block", "BlockError",
-           "encode_payload", "split_payload", "APPLIED", "DUPLICATE", "REJECTED", "STATUS_NAMES"]
+           "encode_payload", "split_payload", "encode_compact_payload", "split_compact_payload", "is_compact_payload", "APPLIED", "DUPLICATE", "REJECTED", "STATUS_NAMES"]
 
 PROPOSAL_DOMAIN = b"radchain/proposal/v1\x00"
 BLOCK_DOMAIN = b"radchain/block/v2\x00"  # v2: no certificate view in the header
@@ -129,6 +135,53 @@ def split_payload(payload: bytes, max_txs: int, max_bytes: int) -> tuple[bytes, 
     if _pack(value) != payload:
         raise BlockError("payload: non-canonical encoding")
     return header, txs
+
+
+def encode_compact_payload(header: ProposalHeader | bytes, tx_hashes: list[bytes]) -> bytes:
+    header_bytes = header if isinstance(header, bytes) else header.encode()
+    return _pack([header_bytes, b"".join(tx_hashes)])
+
+
+def is_compact_payload(payload: bytes) -> bool:
+    """True when ``payload`` has the compact shape (its second item is a bin, not an array); reads two bytes
+    past the header's length prefix only, decides nothing about validity (split_compact_payload does)."""
+    if type(payload) is not bytes or len(payload) < 3 or payload[0] != 0x92:
+        return False
+    # [header: bin8/bin16/bin32, ...]: skip the header to the second item's type byte
+    t = payload[1]
+    if t == 0xC4:
+        pos = 3 + payload[2]
+    elif t == 0xC5 and len(payload) >= 4:
+        pos = 4 + int.from_bytes(payload[2:4], "big")
+    elif t == 0xC6 and len(payload) >= 6:
+        pos = 6 + int.from_bytes(payload[2:6], "big")
+    else:
+        return False
+    return pos < len(payload) and payload[pos] in (0xC4, 0xC5, 0xC6)
+
+
+def split_compact_payload(payload: bytes, max_txs: int, max_bytes: int) -> tuple[bytes, list[bytes]]:
+    """compact payload -> (proposal header bytes, tx hashes); structure and limits checked before the hash
+    list is built (at most ``max_txs`` hashes, 32 bytes each), canonical encoding only."""
+    if type(payload) is not bytes:
+        raise BlockError("payload: must be bytes")
+    if len(payload) > max_bytes:
+        raise BlockError(f"payload: {len(payload)} bytes, limit {max_bytes}")
+    try:
+        value = msgpack.unpackb(payload, raw=False, max_bin_len=max(32 * max_txs, 4096), max_str_len=0,
+                                max_array_len=2, max_map_len=0, max_ext_len=0)
+    except Exception as exc:
+        raise BlockError(f"payload: undecodable ({exc.__class__.__name__}: {exc})") from None
+    if type(value) is not list or len(value) != 2 or type(value[0]) is not bytes or type(value[1]) is not bytes:
+        raise BlockError("compact payload: must be [proposal_header: bin, tx_hashes: bin]")
+    header, blob = value
+    if len(blob) % 32:
+        raise BlockError("compact payload: tx_hashes is not a whole number of 32-byte hashes")
+    if len(blob) // 32 > max_txs:
+        raise BlockError(f"compact payload: {len(blob) // 32} txs, limit {max_txs}")
+    if _pack(value) != payload:
+        raise BlockError("payload: non-canonical encoding")
+    return header, [blob[i:i + 32] for i in range(0, len(blob), 32)]
 
 
 @dataclass(frozen=True)

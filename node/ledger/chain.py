@@ -36,7 +36,10 @@ from node.ledger.block import (
     BlockError,
     BlockHeader,
     ProposalHeader,
+    encode_compact_payload,
     encode_payload,
+    is_compact_payload,
+    split_compact_payload,
     split_payload,
 )
 from node.ledger.equivocation import check_evidence_tx
@@ -267,6 +270,9 @@ class Chain:
         self._seen = SeenFilter(store, seen_filter_bits)
         self._verified: dict[bytes, Tx] = {}
         self._proposals: dict[bytes, tuple[ProposalHeader, list[Tx], list[bytes]]] = {}
+        # Where a compact proposal's txs are found besides the verified cache and the store: the node's
+        # mempool (tx hash -> wire bytes or None). Unset (offline tools): only the cache and the store.
+        self.tx_source: Callable[[bytes], bytes | None] | None = None
 
     def _load_state(self) -> LedgerState:
         root = self.store.state_root if self.store.height else self.store.initial_state_root()
@@ -329,6 +335,11 @@ class Chain:
         self._check_authorised(tx)
         return tx
 
+    def remember_verified(self, tx: Tx) -> None:
+        """Cache a tx decoded with ``verify=False`` whose signature the caller has just checked (a tx
+        fetched for a compact proposal); authorisation is left to proposal validation."""
+        self._remember(tx)
+
     def _check_authorised(self, tx: Tx) -> None:
         f = tx.fields
         reason = authority_error(f, self.chain_id, self.state.authorized)
@@ -353,6 +364,50 @@ class Chain:
         header = ProposalHeader(self.chain_id, height, proposer, timestamp_ms, len(txs), merkle_root(hashes))
         return encode_payload(header, list(txs))
 
+    def build_compact_proposal(self, height: int, proposer: int, timestamp_ms: int, txs: list[bytes]) -> bytes:
+        """The payload a primary proposes when its replicas hold the txs already: the same proposal header
+        (so the same digest, votes and certificate) as build_proposal's, the txs named by hash."""
+        hashes = [_sha256(t).digest() for t in txs]
+        header = ProposalHeader(self.chain_id, height, proposer, timestamp_ms, len(txs), merkle_root(hashes))
+        return encode_compact_payload(header, hashes)
+
+    def tx_raw(self, h: bytes) -> bytes | None:
+        """Wire bytes of the tx with hash ``h`` if this node holds it (verified cache, mempool, store)."""
+        tx = self._verified.get(h)
+        if tx is not None:
+            return tx.raw
+        if self.tx_source is not None:
+            raw = self.tx_source(h)
+            if raw is not None:
+                return raw
+        rec = self.store.get_tx(h)
+        return None if rec is None else rec[2]
+
+    def missing_txs(self, payload: bytes, height: int | None = None) -> list[bytes]:
+        """The distinct tx hashes a compact ``payload`` names that this node does not hold (at most the block
+        limit, in payload order); [] for a full payload or one too malformed to name any (validation
+        refuses those on its own)."""
+        if not is_compact_payload(payload):
+            return []
+        max_txs, max_payload = self.max_txs, self.max_payload
+        if height is not None and self.epoch_known(height):
+            max_txs, max_payload = self.param("max_block_txs", height), self.param("max_payload_bytes", height)
+        try:
+            _header, hashes = split_compact_payload(payload, max_txs, max_payload)
+        except BlockError:
+            return []
+        return self.not_held(hashes)
+
+    def not_held(self, hashes: list[bytes]) -> list[bytes]:
+        """The distinct hashes of ``hashes`` whose tx this node does not hold, in order."""
+        verified, source, has = self._verified, self.tx_source, self.store.has_tx
+        out: dict[bytes, None] = {}
+        for h in hashes:
+            if h in verified or h in out or (source is not None and source(h) is not None) or has(h):
+                continue
+            out[h] = None
+        return list(out)
+
     proposal_digest = staticmethod(proposal_digest)
 
     def digest(self, payload: bytes) -> bytes:
@@ -376,28 +431,50 @@ class Chain:
         max_txs, max_payload = self.max_txs, self.max_payload
         if height is not None:
             max_txs, max_payload = self.param("max_block_txs", height), self.param("max_payload_bytes", height)
+        compact = is_compact_payload(payload)
         try:
-            header_bytes, raws = split_payload(payload, max_txs, max_payload)
+            if compact:
+                header_bytes, hashes = split_compact_payload(payload, max_txs, max_payload)
+            else:
+                header_bytes, raws = split_payload(payload, max_txs, max_payload)
             header = ProposalHeader.decode(header_bytes)
         except BlockError as exc:
             raise ProposalError(str(exc)) from None
         digest = _sha256(PROPOSAL_DOMAIN + header_bytes).digest()
-        if header.tx_count != len(raws):
-            raise ProposalError(f"tx_count {header.tx_count} but {len(raws)} txs")
+        count = len(hashes) if compact else len(raws)
+        if header.tx_count != count:
+            raise ProposalError(f"tx_count {header.tx_count} but {count} txs")
         cache = self._verified
         txs: list[Tx] = []
-        hashes: list[bytes] = []
-        append, append_hash = txs.append, hashes.append
-        for i, raw in enumerate(raws):
-            h = _sha256(raw).digest()
-            append_hash(h)
-            tx = cache.get(h)
-            if tx is None:
-                try:
-                    tx = decode_tx(raw, hash=h, verify=verify_all)
-                except TxError as exc:
-                    raise ProposalError(f"tx {i}: {exc}") from None
-            append(tx)
+        append = txs.append
+        if compact:
+            # Txs by hash: from the verified cache (gossip admitted them), else the mempool or the store,
+            # decoded and verified here. A tx's hash is the SHA-256 of its exact bytes, so a tx found under
+            # its hash is the one named.
+            for i, h in enumerate(hashes):
+                tx = cache.get(h)
+                if tx is None:
+                    raw = self.tx_raw(h)
+                    if raw is None:
+                        raise ProposalError(f"tx {i}: {h.hex()[:16]} is not held by this node")
+                    try:
+                        tx = decode_tx(raw, hash=h, verify=verify_all)
+                    except TxError as exc:
+                        raise ProposalError(f"tx {i}: {exc}") from None
+                append(tx)
+        else:
+            hashes = []
+            append_hash = hashes.append
+            for i, raw in enumerate(raws):
+                h = _sha256(raw).digest()
+                append_hash(h)
+                tx = cache.get(h)
+                if tx is None:
+                    try:
+                        tx = decode_tx(raw, hash=h, verify=verify_all)
+                    except TxError as exc:
+                        raise ProposalError(f"tx {i}: {exc}") from None
+                append(tx)
         if merkle_root(hashes) != header.tx_root:
             raise ProposalError("tx_root does not match the txs")
         return digest, header, txs, hashes

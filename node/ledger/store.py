@@ -216,6 +216,15 @@ class Store:
     def initial_state_root(self) -> bytes | None:
         return self._db.get(STATE0_KEY)
 
+    def make_durable(self) -> None:
+        """fsync what earlier writes with ``sync`` off left in the OS (one LevelDB log sync covers them all:
+        the log is sequential): block sync writes a batch of certified blocks unsynced and calls this
+        before anything acknowledges them. A no-op for a store opened with ``sync=False``."""
+        if self.sync:
+            head = self._db.get(HEAD_KEY)
+            if head is not None:
+                self._db.put(HEAD_KEY, head, sync=True)
+
     # ------------------------------------------------------------------ writing
     def batch(self):
         """A WriteBatch to fill with a block's tx records and index entries, then pass to write_block()."""

@@ -18,10 +18,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgpack
 import trio
 
 from consensus import actions as A
 from consensus import events as E
+from consensus import messages as M
 from consensus import wal as consensus_wal
 from consensus.replica import TICK
 from node.ledger.chain import Chain, ChainError
@@ -45,6 +47,25 @@ EXEC_ALLOWANCE_BLOCKS = 4
 EXEC_HISTORY = 32  # long steps whose duration is remembered
 # An event whose handling took longer than this is a long step (a heavy block), see _busy_for.
 LONG_STEP = 0.05
+# Compact proposals (node.ledger.block): a consensus message carrying a payload whose txs this node lacks
+# waits (at most FETCH_WAIT seconds, at most HELD_MAX at once, HELD_PER_SENDER of one member; beyond, it
+# goes to the replica as it is)
+# while the txs are fetched from the member that sent it, then goes to the replica. Holding a message is
+# what a slow link does: the replica sees nothing new. A proposer that never answers costs FETCH_WAIT; the
+# replica then finds the proposal invalid (a tx it does not hold), does not vote, and its timers lead to
+# the view change as for any invalid proposal.
+HELD_MAX = 64
+# ... and at most this many of one sender: a member filling the slots with proposals that cannot resolve
+# (only the primary's PRE-PREPARE counts, but the hold comes before the replica checks who signed) must not
+# leave the honest primary's proposals unheld (4 pipelined heights, retransmissions, fetched payloads).
+HELD_PER_SENDER = 16
+FETCH_WAIT = 2.5
+# Before asking, a held message waits this long for gossip to bring the txs: the primary's own clients' txs
+# go out by gossip (flushed every few ms) at the moment it proposes them, and a proposal often overtakes
+# them; a fetch is a request stream of its own, dearer than waiting a moment.
+GOSSIP_GRACE = 0.03
+# Where the payload sits in the body of each kind that carries one (consensus.messages).
+_PAYLOAD_AT = {M.PREPREPARE: 3, M.PAYLOAD: 2, M.DECIDED: 1}
 
 
 @dataclass(frozen=True)
@@ -67,7 +88,7 @@ class ConsensusDriver:
                  on_state_transfer: Callable[[int, tuple[int, ...]], None],
                  on_evidence: Callable[[bytes], None],
                  oldest_pending: Callable[[], tuple[bytes, float] | None] = lambda: None,
-                 disk: DiskGuard | None = None):
+                 disk: DiskGuard | None = None, fetch_txs=None):
         self.replica = replica
         self.chain = chain
         self.wal = wal
@@ -79,6 +100,10 @@ class ConsensusDriver:
         self._on_state_transfer = on_state_transfer
         self._on_evidence = on_evidence
         self._oldest_pending = oldest_pending  # (tx hash, time.monotonic() first held) for request timers
+        # async fetch_txs(sender index, hashes): fetch a compact proposal's missing txs into the mempool
+        self._fetch_txs = fetch_txs
+        self._held = 0
+        self._held_by: dict[int, int] = {}  # sender -> messages of it held
         # One FIFO of events: peer messages (bounded), timer firings, sync results, mempool wake-ups (each
         # bounded by construction: one per timer, one coalesced wake-up, one per sync request / gap).
         self._queue: deque = deque()
@@ -100,7 +125,8 @@ class ConsensusDriver:
         self.paused = False
         self._disk_stalled = False  # a block write failed for lack of space: wait, then execute it again
         self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0, "dropped_messages": 0,
-                      "stale_timers": 0, "busy_s": 0.0, "dropped_paused": 0}
+                      "stale_timers": 0, "busy_s": 0.0, "dropped_paused": 0, "held_for_txs": 0,
+                      "held_over_limit": 0}
 
     # ------------------------------------------------------------------ inputs (any task)
     def message(self, sender: int, data: bytes) -> bool:
@@ -215,8 +241,61 @@ class ConsensusDriver:
                 elif isinstance(event, _Switch):
                     await self._switch(event)
                     continue
+                elif type(event) is E.MessageReceived and self._fetch_txs is not None:
+                    missing = self._missing_txs(event.data)
+                    if missing:
+                        sender = event.sender
+                        if self._held < HELD_MAX and self._held_by.get(sender, 0) < HELD_PER_SENDER:
+                            self._held += 1
+                            self._held_by[sender] = self._held_by.get(sender, 0) + 1
+                            self.stats["held_for_txs"] += 1
+                            nursery.start_soon(self._fetch_then_deliver, event, missing)
+                            continue
+                        self.stats["held_over_limit"] += 1
+                elif type(event) is _Fetched:
+                    event = event.message
                 await self._feed(event)
                 await trio.lowlevel.checkpoint()
+
+    def _missing_txs(self, data: bytes) -> list[bytes]:
+        """Txs this node lacks of the compact payload a consensus message carries ([] for every other
+        message, and for anything malformed: the replica refuses that itself). Reads the kind from the
+        first two bytes (msgpack [kind, sender, body, sig]) so votes cost nothing here."""
+        if len(data) < 2 or data[0] != 0x94 or data[1] not in _PAYLOAD_AT:
+            return []
+        try:
+            msg = msgpack.unpackb(data, raw=False, max_str_len=0, max_map_len=0, max_ext_len=0, max_array_len=8,
+                                  max_bin_len=self.chain.max_payload)
+            body = msg[2]
+            payload = body[_PAYLOAD_AT[data[1]]]
+            if type(payload) is not bytes:
+                return []
+            return self.chain.missing_txs(payload)
+        except Exception:  # malformed: the replica's decoder refuses it and says why
+            return []
+
+    async def _fetch_then_deliver(self, event: E.MessageReceived, missing: list[bytes]) -> None:
+        try:
+            with trio.move_on_after(FETCH_WAIT):
+                deadline = trio.current_time() + GOSSIP_GRACE
+                while missing and trio.current_time() < deadline:
+                    await trio.sleep(0.005)
+                    missing = self.chain.not_held(missing)
+                if missing:
+                    fetched = self.stats["fetched_for"] = self.stats.get("fetched_for", 0) + 1
+                    if fetched % 100 == 1:  # how often gossip is overtaken: one line per 100 fetches
+                        log.info("compact proposals: fetching %d txs from member %d (%d fetches, %d messages "
+                                 "held so far)", len(missing), event.sender, fetched, self.stats["held_for_txs"])
+                    while missing and await self._fetch_txs(event.sender, missing):
+                        missing = self.chain.not_held(missing)  # an answer in part: ask for the rest
+        except Exception:  # the fetch reports its own failures; the message goes on regardless
+            log.exception("fetching the txs of a compact proposal failed")
+        finally:
+            self._held -= 1
+            left = self._held_by.pop(event.sender) - 1
+            if left:
+                self._held_by[event.sender] = left
+            self._push(_Fetched(event))
 
     def _work_pending(self) -> E.WorkPending:
         """Mempool count and the oldest pending tx with its age: the replica has no clock, so the node says
@@ -378,14 +457,32 @@ class ConsensusDriver:
 
     async def _apply_synced(self, event: SyncedBlocks) -> None:
         last = None
-        for height, payload, certificate in event.blocks:
-            if height != self.chain.height + 1:
-                continue
-            block = self._execute(payload, certificate, verify=True)
-            if block is None:
-                break
-            self.stats["synced_blocks"] += 1
-            last = block
+        store = self.chain.store
+        durable = store.sync
+        # One fsync per synced batch instead of one per block (a node catching up writes thousands of
+        # blocks): the blocks are written unsynced, then make_durable() syncs the LevelDB log once, before
+        # anything acknowledges them (StateTransferred, the Executed of a replayed commit). A kill -9 in
+        # between loses nothing (the OS holds the writes); a power loss at most blocks sync fetches again.
+        store.sync = False
+        try:
+            for height, payload, certificate in event.blocks:
+                if height != self.chain.height + 1:
+                    continue
+                block = self._execute(payload, certificate, verify=True)
+                if block is None:
+                    break
+                self.stats["synced_blocks"] += 1
+                last = block
+        finally:
+            store.sync = durable
+        if last is not None and not self._disk_stalled:
+            try:
+                store.make_durable()
+            except Exception as exc:
+                if self._disk is None or not is_disk_full(exc):
+                    raise
+                self._disk.trip(store.path, exc)
+                self._disk_stalled = True
         if self._disk_stalled:
             await self._wait_for_disk(self.chain.store.path, None)
             self._push(event)  # the blocks not yet stored go again, in height order
@@ -445,6 +542,12 @@ class ConsensusDriver:
 @dataclass(frozen=True)
 class _Replay:
     commit: A.Commit
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """A consensus message held while its compact payload's txs were fetched (done or given up)."""
+    message: E.MessageReceived
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,37 @@ log = logging.getLogger("radchain.gossip")
 CHANNEL = "tx"
 MAX_BATCH_TXS = 4096
 MAX_BATCH_BYTES = 8 << 20
+# Compact proposals (node.ledger.block): a replica asks the proposer for the txs a proposal names that it
+# does not hold. A request is at most MAX_FETCH_TXS hashes (a block's worth: max_block_txs is 2,000 by
+# default); an answer at most MAX_BATCH_BYTES, only txs whose hash was asked for.
+FETCH_CHANNEL = "txfetch"
+MAX_FETCH_TXS = 4096
+FETCH_TIMEOUT = 2.0
+# An answer stays under the network's response limit (network.PeerNetwork max_response, 4 MiB); a longer
+# list is answered in part and the asker asks again for the rest.
+MAX_FETCH_ANSWER_BYTES = 3 << 20
+
+
+class FetchError(ValueError):
+    """A tx-fetch request is not one bin of at most MAX_FETCH_TXS 32-byte hashes."""
+
+
+def encode_fetch_request(hashes: list[bytes]) -> bytes:
+    return msgpack.packb(b"".join(hashes), use_bin_type=True)
+
+
+def decode_fetch_request(data: bytes) -> list[bytes]:
+    """Request frame -> distinct tx hashes; raises FetchError only. Bounded before allocating."""
+    if type(data) is not bytes or len(data) > 32 * MAX_FETCH_TXS + 5:
+        raise FetchError("fetch: not bytes, or over the size limit")
+    try:
+        blob = msgpack.unpackb(data, raw=False, max_bin_len=32 * MAX_FETCH_TXS, max_str_len=0,
+                               max_array_len=0, max_map_len=0, max_ext_len=0)
+    except Exception as exc:
+        raise FetchError(f"fetch: undecodable ({exc.__class__.__name__})") from None
+    if type(blob) is not bytes or not blob or len(blob) % 32:
+        raise FetchError("fetch: must be one bin of 32-byte tx hashes")
+    return list(dict.fromkeys(blob[i:i + 32] for i in range(0, len(blob), 32)))
 
 
 class BatchError(ValueError):
@@ -190,10 +221,102 @@ class TxGossip:
         if fresh:
             self._on_admitted()
 
+    # ------------------------------------------------------------------ compact proposals: tx fetch
+    async def serve_fetch(self, peer: str, data: bytes) -> bytes:
+        """A member asks for txs by hash (it lacks them to validate our proposal): the ones this node holds,
+        in the order asked, within MAX_FETCH_ANSWER_BYTES. Unknown hashes are left out, not an error (a tx that
+        committed and was pruned, or a guess). A malformed request is scored against the member."""
+        self.stats["fetch_requests"] = self.stats.get("fetch_requests", 0) + 1
+        if self.scores.blocked(peer):
+            self.scores.dropped(peer)
+            return msgpack.packb([])
+        try:
+            hashes = decode_fetch_request(data)
+        except FetchError as exc:
+            self.scores.penalize(peer, peerscore.MALFORMED, "malformed tx fetch request", exc)
+            return msgpack.packb([])
+        out, size, raw_of = [], 0, self.chain.tx_raw
+        for h in hashes:
+            raw = raw_of(h)
+            if raw is None:
+                continue
+            if size + len(raw) + 5 > MAX_FETCH_ANSWER_BYTES:
+                break
+            out.append(raw)
+            size += len(raw) + 5
+        self.stats["fetch_served"] = self.stats.get("fetch_served", 0) + len(out)
+        return msgpack.packb(out, use_bin_type=True)
+
+    async def fetch(self, net, peer: str, hashes: list[bytes], timeout: float = FETCH_TIMEOUT) -> int:
+        """Ask `peer` (the proposer) for the txs `hashes` names; admit the ones whose hash was asked for and
+        whose signature verifies into the mempool (durably, past its size limit: a proposal this node may
+        vote for must still resolve after a restart). Returns how many were admitted; never raises for
+        what the peer sends or does not send (a silent proposer costs `timeout`, then the proposal fails
+        validation and the view change proceeds as for any invalid proposal)."""
+        wanted = set(hashes[:MAX_FETCH_TXS])
+        if not wanted:
+            return 0
+        self.stats["fetches"] = self.stats.get("fetches", 0) + 1
+        try:
+            reply = await net.request(peer, FETCH_CHANNEL, encode_fetch_request(list(wanted)), timeout=timeout)
+        except Exception as exc:  # unreachable, timed out, refused: the network layer raises several types
+            self.stats["fetch_failed"] = self.stats.get("fetch_failed", 0) + 1
+            log.info("tx fetch from %s failed: %s", peer, exc)
+            return 0
+        try:
+            raws = decode_batch(reply)
+        except BatchError as exc:
+            self.scores.penalize(peer, peerscore.MALFORMED, "malformed tx fetch answer", exc)
+            return 0
+        bad, first_error, fresh = 0, None, []
+        for raw in raws:
+            h = hashlib.sha256(raw).digest()
+            if h not in wanted:
+                bad += 1
+                first_error = first_error or "a tx that was not asked for (hash mismatch)"
+                continue
+            wanted.discard(h)  # once each
+            try:
+                fresh.append(decode_tx(raw, hash=h, verify=False))
+            except TxError as exc:
+                bad += 1
+                first_error = first_error or exc
+        oks = await trio.to_thread.run_sync(verify_txs, fresh, limiter=self._verify_limiter) if fresh else []
+        items = []
+        for tx, ok in zip(fresh, oks, strict=True):
+            if not ok:
+                bad += 1
+                first_error = first_error or "signature: does not verify under the client key"
+                continue
+            # Signature checked: cached so validation does not check it again. Authorisation is judged by
+            # proposal validation (a tx of a revoked key makes the proposal invalid, not this answer).
+            self.chain.remember_verified(tx)
+            items.append((tx.hash, tx.raw))
+        if bad:
+            self.scores.penalize(peer, min(peerscore.MALFORMED, bad * peerscore.BAD_TX),
+                                 "invalid txs in a tx fetch answer", f"{bad} of {len(raws)}, first: {first_error}")
+        if not items:
+            return 0
+        try:
+            admitted = self.mempool.add_many(items, time.monotonic(), force=True)
+        except MempoolFull:  # the disk is full: validation refuses the proposal, a view change follows
+            return 0
+        self.stats["fetched_txs"] = self.stats.get("fetched_txs", 0) + len(items)
+        return len(admitted)
+
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._flush_loop)
             nursery.start_soon(self._rebroadcast_loop)
+
+    def flush_now(self) -> None:
+        """Send what waits in the outbox at once: the primary calls it before it proposes, so the txs of
+        its own clients reach the replicas ahead of the compact proposal that names them (same peer
+        connections, sent first) instead of making them wait for the next flush or fetch them."""
+        while self._outbox:
+            batch, self._outbox = self._outbox[:self.cfg.gossip_batch], self._outbox[self.cfg.gossip_batch:]
+            self._broadcast(CHANNEL, msgpack.packb(batch, use_bin_type=True))
+            self.stats["batches_out"] += 1
 
     async def _flush_loop(self) -> None:
         while True:

@@ -100,13 +100,15 @@ class Mempool:
         entry = self._txs.get(tx_hash)
         return entry[0] if entry else None
 
-    def add_many(self, items: list[tuple[bytes, bytes]], now: float) -> list[bytes]:
-        """Admit (hash, raw) pairs not already held; returns the hashes that were new. Durable on return."""
+    def add_many(self, items: list[tuple[bytes, bytes]], now: float, *, force: bool = False) -> list[bytes]:
+        """Admit (hash, raw) pairs not already held; returns the hashes that were new. Durable on return.
+        `force`: past `max_txs` (txs fetched for a proposal this node is about to validate: bounded by the
+        proposals in flight, and they leave when their block commits)."""
         # One entry per hash: a tx repeated within the batch is admitted (and counted against max_txs) once.
         fresh = list({h: raw for h, raw in items if h not in self._txs}.items())
         if not fresh:
             return []
-        if len(self._txs) + len(fresh) > self.max_txs:
+        if not force and len(self._txs) + len(fresh) > self.max_txs:
             raise MempoolFull(f"mempool holds {len(self._txs)} of {self.max_txs} txs")
         if self._db is not None:
             if self.guard is not None and self.guard.full:

@@ -36,6 +36,7 @@ from node.runtime.diskspace import MIN_FREE, POLL, DiskGuard, free_bytes
 from node.runtime.driver import ConsensusDriver
 from node.runtime.epoch_replica import EpochApp, EpochReplica, Observer
 from node.runtime.gossip import CHANNEL as TX_CHANNEL
+from node.runtime.gossip import FETCH_CHANNEL as TX_FETCH_CHANNEL
 from node.runtime.gossip import TxGossip
 from node.runtime.keys import load_member_key
 from node.runtime.mempool import Mempool
@@ -152,11 +153,13 @@ class Node:
                 build_proposal=self._build_proposal, mempool_count=self.mempool.available,
                 oldest_pending=self.mempool.oldest,
                 on_commit=self._on_commit, on_state_transfer=self._on_state_transfer,
-                on_evidence=self._on_evidence, disk=self.disk)
+                on_evidence=self._on_evidence, disk=self.disk,
+                fetch_txs=lambda index, hashes: self.gossip.fetch(self.net, self.peer_ids[index], hashes))
             # Misbehaviour scores of the other members, shared by every loop that reads their input.
             self.peer_scores = PeerScores(names={m.peer_id: m.name for m in self.genesis.members})
             self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,
                                    on_admitted=self.driver.mempool_changed, scores=self.peer_scores)
+            self.chain.tx_source = self.mempool.get  # compact proposals name txs the mempool holds
             self.sync = BlockSync(self.net, self.chain, self.driver, list(self.peer_ids), scores=self.peer_scores)
             self.sync.report = lambda: {"view": self.replica.view, "mempool": len(self.mempool),
                                         "peers": len(self.net.connected_peers())}
@@ -350,6 +353,7 @@ class Node:
                 await nursery.start(self.net.run)
                 nursery.start_soon(self.disk.run)
                 self.net.serve(SYNC_CHANNEL, self.sync.serve)
+                self.net.serve(TX_FETCH_CHANNEL, self.gossip.serve_fetch)
                 self.oprf_service.install(self.net)
                 await nursery.start(self.tokenizer.run)
                 nursery.start_soon(self._oprf_counts_loop)
@@ -456,7 +460,10 @@ class Node:
         if not allow_empty and self.mempool.available() == 0:
             return None
         txs = self.mempool.take_for_proposal(self.chain.param("max_block_txs", height), height)
-        return self.chain.build_proposal(height, self.index, int(time.time() * 1000), txs)
+        if self.cfg.mempool.compact_proposals:
+            self.gossip.flush_now()  # the txs go out ahead of the proposal naming them
+        build = self.chain.build_compact_proposal if self.cfg.mempool.compact_proposals else self.chain.build_proposal
+        return build(height, self.index, int(time.time() * 1000), txs)
 
     def _on_commit(self, block, payload: bytes) -> None:
         self._follow_epochs(block.height)

@@ -47,6 +47,9 @@ class MempoolConfig:
     # Check the signatures of gossiped txs in a worker thread (libsodium releases the GIL: the event loop
     # goes on meanwhile, on a second core if there is one); false checks them on the event loop.
     verify_in_thread: bool = True
+    # Propose txs by hash (node.ledger.block compact payloads): the replicas hold them from gossip and fetch
+    # the few they lack from the proposer; false sends every tx again in the proposal.
+    compact_proposals: bool = True
 
 
 @dataclass

@@ -251,16 +251,36 @@ class BlockSync:
         progress = _Progress(start, target)
         try:
             stalled = 0
+            ahead: tuple[int, list] | None = None  # (first height, blocks) fetched during the last batch
             while self.chain.height < target and stalled < 3 * len(candidates):
                 peer = candidates[stalled % len(candidates)]
-                blocks = await self._fetch(peer, self.chain.height + 1)
+                first = self.chain.height + 1
+                if ahead is not None and ahead[0] == first and ahead[1]:
+                    blocks = ahead[1]
+                else:
+                    blocks = await self._fetch(peer, first)
+                ahead = None
                 if not blocks:
                     stalled += 1
                     continue
                 done = trio.Event()
                 before = self.chain.height
                 self.driver.synced(blocks, announce=announce, done=done)
-                await done.wait()
+                nxt = blocks[-1][0] + 1
+                if nxt <= target:
+                    # The next batch is asked for while the driver executes this one: the peer reads its
+                    # store and the bytes travel meanwhile (a catching-up node waited for both before).
+                    got: list = []
+
+                    async def prefetch(peer=peer, nxt=nxt, got=got) -> None:
+                        got.extend(await self._fetch(peer, nxt))
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(prefetch)
+                        await done.wait()
+                    ahead = (nxt, got)
+                else:
+                    await done.wait()
                 self.stats["fetched"] += len(blocks)
                 if self.chain.height == before:
                     stalled += 1  # the peer's blocks did not verify; try another

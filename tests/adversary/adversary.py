@@ -28,6 +28,9 @@ Behaviours (each is a thing one member of a consortium can do on its own):
   liar        signed lies: STATUS messages 20 times a second claiming to be far ahead or at height 0 (so
               honest members push it blocks), a VIEW-CHANGE for a new, far view and a CHECKPOINT at a new, far
               height every second, and a far height when asked over block sync (then serving honest blocks)
+  phantom     as primary, compact proposals (node.ledger.block) naming txs nobody has (made-up hashes,
+              consistent tx_count and tx_root), and it never answers a tx fetch: the replicas cannot resolve
+              them, must not vote, and must change view
   stalecert   as primary of view 0, once: pre-prepares one height H to just q-1 honest replicas, keeps their
               COMMITs for H from its own replica and withholds its own, so nobody but it holds a certificate
               (2f+1 valid commits of view 0); withholds everything after H so the honest members change
@@ -54,6 +57,8 @@ import msgpack  # noqa: E402
 import trio  # noqa: E402
 
 from consensus import messages as m  # noqa: E402
+from node.ledger.block import ProposalHeader, encode_compact_payload  # noqa: E402
+from node.ledger.merkle import merkle_root  # noqa: E402
 from node.runtime.gossip import CHANNEL as TX_CHANNEL  # noqa: E402
 from node.runtime.node import CONSENSUS_CHANNEL, Node  # noqa: E402
 from node.runtime.settings import load_config  # noqa: E402
@@ -61,7 +66,8 @@ from node.runtime.sync import CHANNEL as SYNC_CHANNEL  # noqa: E402
 
 log = logging.getLogger("radchain.adversary")
 
-BEHAVIOURS = ("equivocate", "flood", "malformed", "silent", "slow", "censor", "replay", "stalecert", "liar")
+BEHAVIOURS = ("equivocate", "flood", "malformed", "silent", "slow", "censor", "replay", "stalecert", "liar",
+              "phantom")
 
 # Issue 9 defect 1: a tx whose body map has a bytes key, zero signature. The field check used to raise
 # TypeError (sorting str and bytes keys) before the signature was checked.
@@ -147,6 +153,9 @@ class AdversaryNode(Node):
         # Node.run registers self.sync.serve when it starts: replace the handler before that.
         self._serve_honest = self.sync.serve
         self.sync.serve = self._sync_serve
+        if "phantom" in self.b:
+            self.driver._build_proposal = self._phantom_proposal
+            self.gossip.serve_fetch = self._never_answer  # Node.run registers it when it starts
         # Incoming: recorded for replay.
         self._recorded: deque[tuple[float, str, bytes]] = deque(maxlen=4000)
         self._message_honest = self.driver.message
@@ -196,6 +205,19 @@ class AdversaryNode(Node):
         except m.DecodeError:
             return None
 
+    # ------------------------------------------------------------------ phantom
+    def _phantom_proposal(self, height: int, allow_empty: bool) -> bytes:
+        hashes = [os.urandom(32) for _ in range(8)]
+        self.adv["phantom_proposals"] += 1
+        header = ProposalHeader(self.genesis.chain_id, height, self.index, int(time.time() * 1000), len(hashes),
+                                merkle_root(hashes))
+        return encode_compact_payload(header, hashes)
+
+    async def _never_answer(self, peer: str, data: bytes) -> bytes:
+        self.adv["fetches_ignored"] += 1
+        await trio.sleep_forever()
+        return b""  # pragma: no cover
+
     # ------------------------------------------------------------------ outgoing paths
     def _consensus_send(self, to: int, data: bytes) -> None:
         if "silent" in self.b:
@@ -241,7 +263,13 @@ class AdversaryNode(Node):
         # A second, valid proposal for the same height: same txs, another timestamp.
         try:
             header_bytes, txs = msgpack.unpackb(payload, raw=False)
-            alt = self.chain.build_proposal(h, self.index, int(time.time() * 1000) + 1, list(txs))
+            if type(txs) is bytes:  # a compact payload (node.ledger.block): the same tx hashes
+                hashes = [txs[k:k + 32] for k in range(0, len(txs), 32)]
+                header = ProposalHeader(self.genesis.chain_id, h, self.index, int(time.time() * 1000) + 1,
+                                        len(hashes), merkle_root(hashes))
+                alt = encode_compact_payload(header, hashes)
+            else:
+                alt = self.chain.build_proposal(h, self.index, int(time.time() * 1000) + 1, list(txs))
         except Exception:
             log.exception("could not build a second proposal")
             return self._to_all(data)

@@ -37,6 +37,9 @@ CASES = {
     "equivocate": Case(0, "equivocate"),
     "stalecert": Case(0, "stalecert"),
     "silent": Case(0, "silent"),
+    # Proposals whose txs nobody holds and a proposer that never answers the fetch: no honest vote, a
+    # progress timeout and a view change, as for a silent primary.
+    "phantom": Case(0, "phantom"),
     "noisy": Case(3, "flood,malformed,replay,liar", idle=5.0),
     # A slow or censoring primary is only caught by per-request timers (10 s in consensus.config): the
     # bound covers that timer and the view change after it.
@@ -69,6 +72,12 @@ def test_certificate_of_an_older_view_changes_no_header(byzantine_testnet):
 
 def test_silent_primary_is_replaced(byzantine_testnet):
     run(byzantine_testnet, "silent")
+
+
+def test_primary_proposing_txs_nobody_has_and_never_answering_is_replaced(byzantine_testnet):
+    net, _load, _chain = run(byzantine_testnet, "phantom")
+    # nothing it proposed could commit: every honest member left view 0
+    assert all(net.rpc(i, "status")["view"] >= 1 for i in net.honest)
 
 
 def test_vote_flood_malformed_frames_replays_and_lies_change_nothing(byzantine_testnet):
