@@ -41,6 +41,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.testnet import UNTHROTTLED, event_batch, warm_token_caches
 from node.testnet import LocalTestnet
 
 CLIENTS = 4
@@ -106,10 +107,8 @@ def wire_delta(before: dict, after: dict, pids: list[int]) -> list[int]:
 
 
 def _event_batch(tag: str, n: int, now_ms: int, size: int = BATCH) -> list[dict]:
-    return [{"jsonrpc": "2.0", "id": i, "method": "submit_event", "params": {"event": {
-        "type": "instances.accessed", "patient_id": f"PAT-{(n + i) % 5000}", "issuer": "HOSP-A",
-        "study_uid": f"1.2.840.{(n + i) % 20000}", "actor": f"dr.{(n + i) % 300}", "purpose": "TREAT",
-        "event_id": f"{tag}-{n + i}", "time": now_ms}}} for i in range(size)]
+    # bench.testnet's load: identifiers that repeat, as a hospital's do, tokenized in the warm-up
+    return event_batch(tag, n, now_ms, size)
 
 
 def _load_client(url: str, token: str, rate: float | None, seconds: float, tag: str, queue, go) -> None:
@@ -243,10 +242,11 @@ def _config_extra(text: str) -> dict:
 def measure_size(n: int, max_seconds: float, half_seconds: float, extra: dict) -> dict:
     """Max step then (if half_seconds) the half-load step with commit-mode probes, on one fresh testnet."""
     with tempfile.TemporaryDirectory(prefix=f"radchain-bench{n}-") as tmp:
-        net = LocalTestnet(Path(tmp), n, config_extra=extra or None)
+        net = LocalTestnet(Path(tmp), n, config_extra={**UNTHROTTLED, **extra})
         try:
             net.start()
             net.wait_ready(timeout=120)
+            warm_token_caches(net)  # a fresh identifier is an OPRF round (bench.pseudonyms measures those)
             top = run_step(net, None, max_seconds, f"n{n}max")
             half = run_step(net, top["tx_per_s"] / 2, half_seconds, f"n{n}half", probes=PROBES) if half_seconds else None
         finally:
