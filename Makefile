@@ -27,7 +27,7 @@ sysdeps: ## install Debian packages the tests use (orthanc, dcmtk, chromium, rsy
 	@bash deploy/install-system-deps.sh test
 
 test: $(STAMP) sysdeps lint ## run the whole test suite (soak runs excluded), after `make lint`
-	@$(BIN)/python -m pytest -q -m "not soak" $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -q -m "not soak" --durations=25 $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 soak: $(STAMP) sysdeps ## run the long soak and simulator searches

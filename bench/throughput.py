@@ -22,7 +22,7 @@ at the very least if it did nothing but the ledger work on one core).
 Environment: RADCHAIN_BENCH_SIZES (default "4,7,10,16"), RADCHAIN_BENCH_SUSTAIN_S (default 60),
 RADCHAIN_BENCH_TABLE_S (default 20), RADCHAIN_BENCH_CONFIG (extra node config for every run,
 "section.key=value,..."), RADCHAIN_BENCH_AB (the baseline config of the A/B pair run on the first size right
-after its main run, default "mempool.compact_proposals=false"; empty: no A/B; RADCHAIN_BENCH_AB_ROUNDS
+after its main run, default "mempool.compact_proposals=true" (the opt-in); empty: no A/B; RADCHAIN_BENCH_AB_ROUNDS
 alternates that many baseline/this-code pairs, default 1; RADCHAIN_BENCH_AB_ONLY=1 runs only those).
 Default total: about 8 minutes on a quiet machine (6 testnet start-ups, 16 nodes the largest; 60 + 8 x 20 s
 of load, the drains).
@@ -353,7 +353,7 @@ def main() -> None:
     sustain = float(os.environ.get("RADCHAIN_BENCH_SUSTAIN_S", "60"))
     table_s = float(os.environ.get("RADCHAIN_BENCH_TABLE_S", "20"))
     extra = _config_extra(os.environ.get("RADCHAIN_BENCH_CONFIG", ""))
-    ab = _config_extra(os.environ.get("RADCHAIN_BENCH_AB", "mempool.compact_proposals=false"))
+    ab = _config_extra(os.environ.get("RADCHAIN_BENCH_AB", "mempool.compact_proposals=true"))
     raw_rate = raw_pipeline_rate()
     raw_us = 1e6 / raw_rate
     print(f"baseline, single-process raw pipeline (verify + decode + batch write): {raw_rate:.0f} tx/s, "

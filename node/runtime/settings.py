@@ -48,8 +48,11 @@ class MempoolConfig:
     # goes on meanwhile, on a second core if there is one); false checks them on the event loop.
     verify_in_thread: bool = True
     # Propose txs by hash (node.ledger.block compact payloads): the replicas hold them from gossip and fetch
-    # the few they lack from the proposer; false sends every tx again in the proposal.
-    compact_proposals: bool = True
+    # the few they lack from the proposer; false sends every tx again in the proposal. Off by default: on a
+    # CPU-starved machine under overload it cost a view change in 1 of 3 runs of
+    # tests/runtime/test_overload.py (0 of 4 with it off), and issue 9 promises none. Every member receives
+    # both kinds whatever its own setting; all members should use the same (docs/PERFORMANCE.md).
+    compact_proposals: bool = False
 
 
 @dataclass

@@ -134,6 +134,7 @@ def test_members_join_and_leave_the_key_is_reshared_on_chain(testnet, tmp_path):
     assert not oprf.verify_partial(after, [bi.element], oprf.evaluate_partial(removed_share, [bi.element]))
 
 
+@pytest.mark.soak  # 55 s; the DKG rules are unit-tested in tests/ledger/test_oprf_reshare.py within make test
 def test_dealer_free_key_generation_on_chain(testnet):
     """`radchain testnet --oprf-dkg`: no home gets a share from a dealer; the members deal on chain, and the
     key nobody knows gives the same token at two hospitals, reproduced by any three members' shares."""
