@@ -108,24 +108,32 @@ class TxGossip:
             self._on_admitted()
         return fresh
 
+    def _open_batch(self, peer: str, data: bytes) -> list[bytes] | None:
+        """The batch's raw txs, or None when it is dropped: a blocked member's batch unread, a malformed one
+        counted and scored. Shared by the inline and the threaded admission paths so both refuse alike."""
+        self.stats["batches_in"] += 1
+        if self.scores.blocked(peer):
+            self.stats["batches_dropped"] += 1
+            self.scores.dropped(peer)
+            return None
+        try:
+            raws = decode_batch(data)
+        except BatchError as exc:
+            self.stats["batches_malformed"] += 1
+            self.scores.penalize(peer, peerscore.MALFORMED, "malformed tx batch", exc)
+            return None
+        self.stats["txs_in"] += len(raws)
+        return raws
+
     def on_batch(self, peer: str, data: bytes) -> None:
         """A batch from a member: every tx is checked (signature, authorisation) before admission.
 
         Never raises for anything the member sent: a malformed batch or tx is counted and scored against
         the member (node.runtime.peerscore), and each tx is handled on its own. Batches of a blocked member are
         dropped unread."""
-        self.stats["batches_in"] += 1
-        if self.scores.blocked(peer):
-            self.stats["batches_dropped"] += 1
-            self.scores.dropped(peer)
+        raws = self._open_batch(peer, data)
+        if raws is None:
             return
-        try:
-            raws = decode_batch(data)
-        except BatchError as exc:
-            self.stats["batches_malformed"] += 1
-            self.scores.penalize(peer, peerscore.MALFORMED, "malformed tx batch", exc)
-            return
-        self.stats["txs_in"] += len(raws)
         has = self.chain.store.has_tx
         items = []
         bad, first_error = 0, None
@@ -151,18 +159,9 @@ class TxGossip:
         """on_batch, with the signature checks of the batch's new txs in a worker thread (one hand-off per
         batch): decoding before and authorisation after stay on the event loop. Same outcomes as on_batch
         for every input; a tx whose signature fails is refused exactly as there and never cached."""
-        self.stats["batches_in"] += 1
-        if self.scores.blocked(peer):
-            self.stats["batches_dropped"] += 1
-            self.scores.dropped(peer)
+        raws = self._open_batch(peer, data)
+        if raws is None:
             return
-        try:
-            raws = decode_batch(data)
-        except BatchError as exc:
-            self.stats["batches_malformed"] += 1
-            self.scores.penalize(peer, peerscore.MALFORMED, "malformed tx batch", exc)
-            return
-        self.stats["txs_in"] += len(raws)
         chain, mempool, has = self.chain, self.mempool, self.chain.store.has_tx
         bad, first_error = 0, None
         checked: list[tuple[Tx, bool]] = []  # (tx, verified earlier by this node), in batch order
