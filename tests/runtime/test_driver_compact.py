@@ -23,20 +23,11 @@ from node.ledger.tx import tx_hash  # noqa: E402
 from node.runtime import driver as D  # noqa: E402
 from node.runtime.mempool import Mempool  # noqa: E402
 from node.runtime.wal_file import WriteAheadLog  # noqa: E402
+from tests.runtime.test_driver_unit import ScriptedReplica  # noqa: E402
 
 
-class Replica:
-    def __init__(self):
-        self.view = 0
-        self.highest_proposed = 0
-        self.seen: list = []
-
-    def start(self):
-        return []
-
-    def handle(self, event):
-        self.seen.append(event)
-        return []
+class Replica(ScriptedReplica):
+    """The driver unit tests' fake replica (answers nothing), plus the messages it was handed."""
 
     def messages(self) -> list[bytes]:
         return [e.data for e in self.seen if type(e) is E.MessageReceived]
