@@ -30,7 +30,7 @@ from node.ledger.store import SUFFIX, IndexEntry, StoreError
 from node.ledger.tx import TOKEN_BYTES, TX_TYPES
 from node.rpc.errors import INVALID_PARAMS, UNAUTHORIZED, RpcError
 from node.rpc.protocol import Caller, check_known, param
-from node.rpc.render import fields_json, stored_tx
+from node.rpc.render import stored_tx
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -57,6 +57,12 @@ class Filter:
             if field in self.fields:
                 return index, self.fields[field]
         return "time", b""
+
+    def index_keys(self) -> tuple[str, tuple]:
+        """(index, every key to read in it): the chosen index's key and its older-epoch alternatives."""
+        index, key = self.index
+        field = next((f for f, i in _ORDER if i == index), None)
+        return index, (key, *self.alternatives.get(field, ()))
 
     def matches(self, tx_fields: dict) -> bool:
         for k, v in self.fields.items():
@@ -153,10 +159,18 @@ _OMIT = frozenset({"chain", "v", "nonce"})
 
 
 def entry_json(h: bytes, height: int, index: int, fields: dict, sig: bytes | None = None) -> dict:
+    """One audit entry, built in one pass over the tx's fields (bytes as hex, _OMIT left out): no
+    intermediate dict per entry, which a 1,000-entry page would otherwise build and copy twice."""
     out = {"hash": h.hex(), "height": height, "index": index}
-    for k, v in fields_json(fields).items():
-        if k not in _OMIT:
-            out[k] = v
+    for k, v in fields.items():
+        if k in _OMIT:
+            continue
+        t = type(v)
+        if t is bytes:
+            v = v.hex()
+        elif t is list:
+            v = [x.hex() if type(x) is bytes else x for x in v]
+        out[k] = v
     return out
 
 

@@ -28,7 +28,8 @@ import trio
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, QueryParams
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSON
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from node.rpc.auth import (
@@ -54,7 +55,7 @@ from node.rpc.errors import (
     UNAUTHORIZED,
     RpcError,
 )
-from node.rpc.protocol import Caller, Later, Method, loads
+from node.rpc.protocol import Caller, Later, Method, dumps, loads
 
 log = logging.getLogger("radchain.rpc")
 # Where node.explorer is mounted: its own forms post back to this node, so Origin is checked as same-origin.
@@ -63,6 +64,14 @@ EXPLORER_PREFIX = "/explorer"
 # A batch is at most this many calls (each costs one rate-limit token). Ethereum clients cap batches the
 # same way (geth: 1000 items by default).
 MAX_BATCH = 1000
+
+
+class JSONResponse(_StarletteJSON):
+    """Every JSON-RPC answer: encoded once, by orjson (node.rpc.protocol.dumps), straight to the body bytes.
+    Starlette's own runs json.dumps and then encodes the str to UTF-8, a second copy of a large page."""
+
+    def render(self, content) -> bytes:
+        return dumps(content)
 
 
 class TokenBucket:
