@@ -168,6 +168,8 @@ class BenchNode:
     """What JsonRpcApp needs of a Node, over a real Chain, Store, Mempool and gossip admission (no network)."""
 
     def __init__(self, ledger: Path, work: Path):
+        from starlette.routing import Route
+
         from node.ledger.chain import Chain
         from node.ledger.store import Store
         from node.rpc.methods import METHODS
@@ -191,7 +193,8 @@ class BenchNode:
         self.mempool = Mempool(work / "mempool", 1_000_000, min_backlog=1_000_000)
         self.gossip = TxGossip(lambda channel, data: 0, self.chain, self.mempool, MempoolConfig(), lambda: None)
         self._commit_waiters: dict = {}
-        self.rpc = JsonRpcApp(self, METHODS, {"bench": TOKEN}, False, 8 << 20, 1e9)
+        self.rpc = JsonRpcApp(self, METHODS, {"bench": TOKEN}, False, 8 << 20, 1e9,
+                              extra_routes=[Route("/bench-json", _switch_json, methods=["POST"])])
         global _Node
         from node.runtime.node import Node as _Node
 
@@ -206,28 +209,70 @@ class BenchNode:
                 "mempool": len(self.mempool), "syncing": False, "uptime_s": 0}
 
 
-def serve(ledger: Path, work: Path, port: int) -> None:
+_THIS_CODE: dict = {}
+
+
+def set_json(impl: str) -> None:
+    """The A/B of the JSON layer inside one server process: "stdlib" puts back the RPC's JSON as it was
+    before orjson (Python's json, strict the same way, and Starlette's JSONResponse, which encodes to a str
+    and then to UTF-8); "orjson" is this code."""
+    import json as stdlib_json
+
+    from starlette.responses import JSONResponse as StarletteJSON
+
+    import node.rpc.server as server
+
+    if not _THIS_CODE:
+        _THIS_CODE.update(loads=server.loads, render=server.JSONResponse.render)
+    if impl == "stdlib":
+        server.loads = lambda data: stdlib_json.loads(data, parse_constant=_no_constant)
+        server.JSONResponse.render = StarletteJSON.render
+    else:
+        server.loads = _THIS_CODE["loads"]
+        server.JSONResponse.render = _THIS_CODE["render"]
+
+
+async def _switch_json(request):
+    from starlette.responses import PlainTextResponse
+
+    impl = (await request.body()).decode()
+    assert impl in ("stdlib", "orjson"), impl
+    set_json(impl)
+    return PlainTextResponse("ok")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def serve(ledger: Path, work: Path, port: int, profile: Path | None = None) -> None:
     import trio
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
+
+    from node.rpc.http import ConnectionCaps, serve_rpc
 
     node = BenchNode(ledger, work)
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.errorlog = None
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                await nursery.start(hypercorn_serve, node.rpc.app, config)
+                # the node's own serving path (node.rpc.http: hypercorn's protocol over our accept loop)
+                await nursery.start(serve_rpc, node.rpc.app, f"127.0.0.1:{port}", ConnectionCaps(256, 256))
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break
 
+    profiler = None
+    if profile is not None:  # --profile FILE: where the server's time goes (python -m pstats FILE)
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         trio.run(main)
     finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
         node.mempool.close()
         node.store.close()
 
@@ -259,7 +304,7 @@ def audit_in_process(ledger: Path, groups: list[list[int]]) -> dict:
 
     def token(uid: str) -> bytes:
         return tokens.token("study", uid)
-    raw, fetch, handler_tok, handler_raw, sizes = [], [], [], [], []
+    raw, fetch, handler_tok, handler_raw, sizes, pages = [], [], [], [], [], []
 
     async def run() -> None:  # the handler is a coroutine: time it inside one trio run, as the server does
         for s in groups[0]:
@@ -278,6 +323,7 @@ def audit_in_process(ledger: Path, groups: list[list[int]]) -> dict:
             page = await audit_trail(node, {"study": token(study_uid(s)).hex(), "limit": 1000}, caller)
             handler_tok.append((time.perf_counter() - t) * 1000)
             assert page["entries"] and page["next_cursor"] is None
+            pages.append(page)
         for s in groups[3]:
             t = time.perf_counter()
             await audit_trail(node, {"study_uid": study_uid(s), "limit": 1000}, caller)
@@ -291,17 +337,64 @@ def audit_in_process(ledger: Path, groups: list[list[int]]) -> dict:
     floor = summary("baseline 2: Store.query + get_tx per entry", fetch)["p99"]
     tok = summary("audit_trail handler, study token", handler_tok, floor)
     rawid = summary("audit_trail handler, raw study_uid", handler_raw, floor)
-    return {"floor_p99": floor, "handler_token": tok, "handler_raw": rawid}
+    return {"floor_p99": floor, "handler_token": tok, "handler_raw": rawid, "page": pages[-1]}
 
 
-def http_measurements(ledger: Path, work: Path, studies: list[int], n_submit: int, floor_p99: float) -> dict:
+def json_codec(page: dict) -> dict:
+    """The JSON layer alone, same inputs both ways: encoding one audit_trail answer (Starlette's
+    JSONResponse.render, json.dumps then UTF-8, before; node.rpc.protocol.dumps now) and decoding a batch
+    of 100 submit_tx calls (json.loads with the NaN check before; node.rpc.protocol.loads now)."""
+    import json as stdlib_json
+
+    from starlette.responses import JSONResponse as StarletteJSON
+
+    from node.rpc.protocol import dumps, loads
+
+    reply = {"jsonrpc": "2.0", "id": 1, "result": page}
+    factory = TxFactory(member_keys(), 100)
+    batch = stdlib_json.dumps([{"jsonrpc": "2.0", "id": j, "method": "submit_tx",
+                                "params": {"tx": factory.tx(j, salt=9).raw.hex(), "mode": "sync"}}
+                               for j in range(100)]).encode()
+    render = StarletteJSON.render
+
+    def per_call_us(fn, n: int) -> float:
+        best = float("inf")
+        for _ in range(5):  # best of 5: a shared machine only ever adds time
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.perf_counter() - t) / n * 1e6)
+        return best
+
+    assert stdlib_json.loads(dumps(reply)) == stdlib_json.loads(render(None, reply)) and loads(batch) == stdlib_json.loads(batch)
+    out = {"encode_stdlib_us": per_call_us(lambda: render(None, reply), 50),
+           "encode_orjson_us": per_call_us(lambda: dumps(reply), 50),
+           "decode_stdlib_us": per_call_us(lambda: stdlib_json.loads(batch, parse_constant=_no_constant), 50),
+           "decode_orjson_us": per_call_us(lambda: loads(batch), 50)}
+    print(f"  encode one audit_trail answer ({len(page['entries'])} entries, {len(dumps(reply)):,} B): json.dumps "
+          f"{out['encode_stdlib_us']:7.0f} us, orjson {out['encode_orjson_us']:6.0f} us  "
+          f"(json.dumps takes x{out['encode_stdlib_us'] / out['encode_orjson_us']:.1f})")
+    print(f"  decode a batch of 100 submit_tx ({len(batch):,} B):             json.loads "
+          f"{out['decode_stdlib_us']:7.0f} us, orjson {out['decode_orjson_us']:6.0f} us  "
+          f"(json.loads takes x{out['decode_stdlib_us'] / out['decode_orjson_us']:.1f}; limits checked)")
+    return out
+
+
+IMPLS = ("stdlib", "orjson")  # baseline first in every pair
+
+
+def http_measurements(ledger: Path, work: Path, studies: list[int], n_submit: int, floor_p99: float,
+                      profile: Path | None = None) -> dict:
+    """Over HTTP, one server process; every measurement alternates between the JSON layer as it was
+    (stdlib) and this code (orjson) in blocks of a few requests, so both meet the same machine load."""
     import httpx
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     server = subprocess.Popen([sys.executable, "-m", "bench.rpc", "--serve", str(ledger), "--work", str(work),
-                               "--port", str(port)], start_new_session=True)
-    results: dict = {}
+                               "--port", str(port), *(["--profile", str(profile)] if profile else [])],
+                              start_new_session=True)
+    results: dict = {impl: {} for impl in IMPLS}
     try:
         http = httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
         deadline = time.monotonic() + 120
@@ -315,43 +408,67 @@ def http_measurements(ledger: Path, work: Path, studies: list[int], n_submit: in
                 raise RuntimeError("bench RPC server did not start")
             time.sleep(0.2)
 
-        floor = []
-        for i in range(220):
+        def use(impl: str) -> None:
+            http.post(url + "bench-json", content=impl.encode()).raise_for_status()
+
+        def alternating(items: list, block: int):
+            """(impl, item) in blocks of `block` items (fewer on a short run: at least 2 blocks each),
+            stdlib and orjson taking turns."""
+            block = max(1, min(block, len(items) // 4))
+            for k in range(0, len(items), block):
+                impl = IMPLS[(k // block) % 2]
+                use(impl)
+                for item in items[k:k + block]:
+                    yield impl, item
+
+        for i in range(20):  # warm-up: connection, imports, first LevelDB reads
+            http.post(url, json={"jsonrpc": "2.0", "id": i, "method": "status"})
+        floor: dict = {impl: [] for impl in IMPLS}
+        for impl, i in alternating(list(range(400)), 20):
             t = time.perf_counter()
             http.post(url, json={"jsonrpc": "2.0", "id": i, "method": "status"})
-            if i >= 20:
-                floor.append((time.perf_counter() - t) * 1000)
-        results["http_status"] = summary("HTTP floor: `status` round trip", floor)
-        lat = []
-        for i, s in enumerate(studies):
-            body = {"jsonrpc": "2.0", "id": i, "method": "audit_trail", "params": {"study_uid": study_uid(s), "limit": 1000}}
+            floor[impl].append((time.perf_counter() - t) * 1000)
+        lat: dict = {impl: [] for impl in IMPLS}
+        for impl, s in alternating(studies, 10):
+            body = {"jsonrpc": "2.0", "id": s, "method": "audit_trail", "params": {"study_uid": study_uid(s), "limit": 1000}}
             t = time.perf_counter()
             reply = http.post(url, json=body)
-            lat.append((time.perf_counter() - t) * 1000)
+            lat[impl].append((time.perf_counter() - t) * 1000)
             assert reply.json()["result"]["entries"], reply.text[:200]
-        results["http_audit"] = summary("audit_trail over HTTP (separate process)", lat, floor_p99)
+        for impl in IMPLS:
+            results[impl]["http_status"] = summary(f"HTTP floor: `status` round trip, {impl} JSON", floor[impl])
+        for impl in IMPLS:
+            results[impl]["http_audit"] = summary(f"audit_trail over HTTP, {impl} JSON", lat[impl], floor_p99)
 
         # ---- submit throughput, sync mode
         factory = TxFactory(member_keys(), 100)
         print(f"  signing {n_submit + n_submit // 10:,} fresh txs for the submit runs ...", file=sys.stderr)
         batch_txs = [factory.tx(i, salt=1).raw.hex() for i in range(n_submit)]
         single_txs = [factory.tx(i, salt=2).raw.hex() for i in range(n_submit // 10)]
-        t = time.perf_counter()
-        for start in range(0, len(batch_txs), 100):
+        spent = {impl: 0.0 for impl in IMPLS}
+        done = {impl: 0 for impl in IMPLS}
+        for impl, start in alternating(list(range(0, len(batch_txs), 100)), 5):
             calls = [{"jsonrpc": "2.0", "id": j, "method": "submit_tx", "params": {"tx": tx, "mode": "sync"}}
                      for j, tx in enumerate(batch_txs[start:start + 100])]
+            t = time.perf_counter()
             replies = http.post(url, json=calls).json()
+            spent[impl] += time.perf_counter() - t
+            done[impl] += len(calls)
             assert all(r.get("result", {}).get("status") == "pending" for r in replies), replies[:2]
-        batch_rate = len(batch_txs) / (time.perf_counter() - t)
-        t = time.perf_counter()
-        for j, tx in enumerate(single_txs):
+        for impl in IMPLS:
+            results[impl]["submit_batch_tps"] = done[impl] / spent[impl]
+        spent = {impl: 0.0 for impl in IMPLS}
+        done = {impl: 0 for impl in IMPLS}
+        for impl, (j, tx) in alternating(list(enumerate(single_txs)), 50):
+            t = time.perf_counter()
             reply = http.post(url, json={"jsonrpc": "2.0", "id": j, "method": "submit_tx",
                                          "params": {"tx": tx, "mode": "sync"}}).json()
+            spent[impl] += time.perf_counter() - t
+            done[impl] += 1
             assert reply["result"]["status"] == "pending", reply
-        single_rate = len(single_txs) / (time.perf_counter() - t)
+        for impl in IMPLS:
+            results[impl]["submit_single_tps"] = done[impl] / spent[impl]
         http.close()
-        results["submit_batch_tps"] = batch_rate
-        results["submit_single_tps"] = single_rate
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -398,9 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--profile", type=Path, help="cProfile the orjson server into this file (python -m pstats)")
     args = ap.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.work, args.port)
+        serve(args.serve, args.work, args.port, args.profile)
         return 0
 
     n_studies = max(1, args.txs // 100)
@@ -417,22 +535,35 @@ def main(argv: list[str] | None = None) -> int:
         print("audit_trail, one study's whole history:")
         groups = study_groups(n_studies, args.queries, 5)
         audit = audit_in_process(ledger, groups[:4])
-        print("RPC server: node.rpc JsonRpcApp under hypercorn (trio worker), one process; client: httpx")
-        net = http_measurements(ledger, tmp / "work", groups[4], args.submit, audit["floor_p99"])
+        print("the JSON layer alone (best of 5):")
+        codec = json_codec(audit.pop("page"))
+        print("RPC server: node.rpc JsonRpcApp under hypercorn (trio worker), one process; client: httpx. Baseline:")
+        print("the JSON layer as it was (Python's json), in the same server, alternating with this code (orjson)")
+        runs = http_measurements(ledger, tmp / "work", groups[4], args.submit, audit["floor_p99"], args.profile)
+        net = runs["orjson"]
         base = admission_baseline(args.submit // 2)
         print("submit_tx, sync mode (checked and durably pending before the answer):")
         print(f"  baseline: Chain.check_tx + Mempool.add_many in-process      {base:9,.0f} tx/s")
-        print(f"  JSON-RPC batches of 100 over HTTP                          {net['submit_batch_tps']:9,.0f} tx/s"
-              f"  ({net['submit_batch_tps'] / base:.2f} of baseline)")
-        print(f"  one tx per HTTP request                                    {net['submit_single_tps']:9,.0f} tx/s"
-              f"  ({net['submit_single_tps'] / base:.2f} of baseline)")
-        p99 = audit["handler_raw"]["p99"]
+        for impl in ("stdlib", "orjson"):
+            r = runs[impl]
+            print(f"  JSON-RPC batches of 100 over HTTP, {impl:<6} JSON           {r['submit_batch_tps']:9,.0f} tx/s"
+                  f"  ({r['submit_batch_tps'] / base:.2f} of baseline)")
+            print(f"  one tx per HTTP request, {impl:<6} JSON                     {r['submit_single_tps']:9,.0f} tx/s"
+                  f"  ({r['submit_single_tps'] / base:.2f} of baseline)")
+        old = runs["stdlib"]
+        print(f"orjson against Python's json, same run: audit_trail over HTTP p50 "
+              f"x{net['http_audit']['p50'] / old['http_audit']['p50']:.2f}, p99 "
+              f"x{net['http_audit']['p99'] / old['http_audit']['p99']:.2f}; submit_tx batches "
+              f"x{net['submit_batch_tps'] / old['submit_batch_tps']:.2f} tx/s")
+        p99 = net["http_audit"]["p99"]
         verdict = "meets" if p99 <= GOAL_P99_MS else "MISSES"
-        print(f"goal: audit_trail p99 <= {GOAL_P99_MS:g} ms on {args.txs:,} txs: handler p99 {p99:.2f} ms "
-              f"(raw study_uid), HTTP p99 {net['http_audit']['p99']:.2f} ms -> {verdict}")
-        print(json.dumps({"txs": args.txs, "audit": audit, "http_audit": net["http_audit"],
-                          "submit_tps": {"batch100": round(net["submit_batch_tps"]),
-                                         "single": round(net["submit_single_tps"]), "baseline": round(base)}}))
+        print(f"goal: audit_trail p99 <= {GOAL_P99_MS:g} ms over HTTP on {args.txs:,} txs: HTTP p99 {p99:.2f} ms "
+              f"(handler alone {audit['handler_raw']['p99']:.2f} ms, raw study_uid) -> {verdict}")
+        print(json.dumps({"txs": args.txs, "audit": audit, "codec_us": {k: round(v) for k, v in codec.items()},
+                          "http_audit": {impl: runs[impl]["http_audit"] for impl in runs},
+                          "submit_tps": {**{f"batch100_{impl}": round(runs[impl]["submit_batch_tps"]) for impl in runs},
+                                         **{f"single_{impl}": round(runs[impl]["submit_single_tps"]) for impl in runs},
+                                         "baseline": round(base)}}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a --ledger directory lives outside it and stays
     return 0
