@@ -15,7 +15,7 @@ def test_bench_rpc_small_run(capsys):
     assert result["txs"] == 4000
     # every study's history was found (the handler asserts a non-empty page), over HTTP too
     assert result["audit"]["handler_raw"]["p99"] > 0
-    for impl in ("stdlib", "orjson"):  # the JSON layer as it was, and this code, in the same server
+    for impl in ("stdlib", "orjson", "orjson+1w"):  # the RPC as it was, and this code, in the same server
         assert result["http_audit"][impl]["p99"] > 0
         assert result["submit_tps"][f"batch100_{impl}"] > 0 and result["submit_tps"][f"single_{impl}"] > 0
     assert result["codec_us"]["encode_orjson_us"] > 0
