@@ -1,6 +1,7 @@
 """RPC benchmarks: ``audit_trail`` latency on a large ledger and ``submit_tx`` (sync mode) throughput.
 
-    python -m bench.rpc [--txs 1000000] [--queries 300] [--submit 20000]      (env RADCHAIN_BENCH_TXS)
+    python -m bench.rpc [--txs 1000000] [--queries 300] [--submit 20000] [--ledger DIR] [--profile FILE]
+    (env RADCHAIN_BENCH_TXS; --ledger keeps the built ledger for the next run)
 
 1. Builds a ledger of N txs directly with Chain/Store in a temp dir (no consensus): blocks of 2000 signed
    ``instances.accessed``/``stored``/``export`` txs over N/100 studies (so one study's history is ~100
@@ -10,11 +11,17 @@
      also reads each entry's block record to find the tx hash);
    - baseline 2: ``Store.query`` + ``Store.get_tx`` of every entry (the floor any answer with tx contents pays);
    - the RPC method handler, study given as a token (hex) and as a raw Study Instance UID;
-   - over HTTP: a node's RPC app (JsonRpcApp, hypercorn trio worker) in another process, httpx client.
-   Ratios are against baseline 2. Goal: handler p99 <= 10 ms.
+   - the JSON layer alone: one audit answer encoded, a batch of 100 submit_tx decoded, Python's json
+     against node.rpc.protocol (orjson), best of 5;
+   - over HTTP: a node's RPC app (JsonRpcApp on node.rpc.http.serve_rpc, the node's own serving path) in
+     another process, httpx client, raw study_uid. Three arms alternate in blocks of requests inside that
+     one server, so all meet the same machine load: "as before" (Python's json, Starlette's JSONResponse,
+     hypercorn's two writes per answer), "orjson, 2 writes", and "this code" (orjson, one write).
+   Ratios are against baseline 2. Goal: p99 <= 10 ms over HTTP.
 3. ``submit_tx`` throughput in sync mode (decoded, signature and key checked, durably in the mempool before
-   the answer) over HTTP to that server: JSON-RPC batches of 100, and one tx per request. Baseline: the same
-   admission work in-process without HTTP/JSON (``Chain.check_tx`` + ``Mempool.add_many`` per tx).
+   the answer) over HTTP to that server, the same three arms: JSON-RPC batches of 100, and one tx per
+   request. Baseline: the same admission work in-process without HTTP/JSON (``Chain.check_tx`` +
+   ``Mempool.add_many`` per tx).
 """
 
 from __future__ import annotations
