@@ -548,8 +548,9 @@ def main(argv: list[str] | None = None) -> int:
         audit = audit_in_process(ledger, groups[:4])
         print("the JSON layer alone (best of 5):")
         codec = json_codec(audit.pop("page"))
-        print("RPC server: node.rpc JsonRpcApp under hypercorn (trio worker), one process; client: httpx. Baseline:")
-        print("the JSON layer as it was (Python's json), in the same server, alternating with this code (orjson)")
+        print("RPC server: node.rpc JsonRpcApp on node.rpc.http.serve_rpc (hypercorn), one process; client: httpx.")
+        print("Three arms alternate in blocks of requests in that server: as before (Python's json, two writes per")
+        print("answer), orjson with two writes, this code (orjson, one write)")
         runs = http_measurements(ledger, tmp / "work", groups[4], args.submit, audit["floor_p99"], args.profile)
         net = runs["orjson+1w"]
         base = admission_baseline(args.submit // 2)
