@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -79,11 +81,16 @@ def main() -> None:
             print(f"member 3 was down for {txs:,} txs ({height} blocks, {load_s:.0f} s of load)", flush=True)
             raw_rate = raw_pipeline_rate()
             raw_cpu_us = raw_pipeline_cpu_us()
+            profile = os.environ.get("RADCHAIN_BENCH_CATCHUP_PROFILE")
+            if profile:  # cProfile inside member 3's process, from ready to the head (bench.catchup_profile)
+                net.wrap[3] = [sys.executable, "-m", "bench.catchup_profile", str(Path(profile).resolve())]
             t_start = time.time()
             net.start(3)
             pid = net.procs[3].pid
             net.wait_ready([3], timeout=300)
             t_ready = time.time()
+            if profile:
+                os.kill(pid, signal.SIGUSR1)
             cpu0 = _cpu(f"/proc/{pid}/stat")
             h3 = 0
             while h3 < height:
@@ -93,6 +100,10 @@ def main() -> None:
                     raise RuntimeError(f"member 3 at {h3} of {height} after an hour")
             t_done = time.time()
             cpu = _cpu(f"/proc/{pid}/stat") - cpu0
+            if profile:
+                os.kill(pid, signal.SIGUSR1)
+                time.sleep(3)
+                print(f"profile of member 3's event loop from ready to the head: {profile}", flush=True)
         finally:
             net.stop_all()
     seconds = t_done - t_ready
