@@ -123,7 +123,7 @@ class SyncedPayload:
 
 
 def prepare_synced(height: int, payload: bytes, certificate: bytes, epoch: Epoch, max_txs: int,
-                   max_payload: int) -> SyncedPayload:
+                   max_payload: int, known: Callable[[bytes], Tx | None] | None = None) -> SyncedPayload:
     """Check one synced block completely, reading nothing of a chain (so a worker thread may run it):
     certificate first (2f+1 of ``epoch``'s members signed this payload's header at this height; until it
     verifies no tx is read), then payload structure and limits, the txs against the certified tx root,
@@ -136,7 +136,11 @@ def prepare_synced(height: int, payload: bytes, certificate: bytes, epoch: Epoch
     model; it is kept because this ledger is evidence: a record whose signature does not verify must never
     be stored, even if more than f members colluded to certify it (the verifier and any auditor would then
     find a forged record). It costs one Ed25519 check per tx, done here in a worker thread, where libsodium
-    releases the GIL: on a machine with a spare core it overlaps the execution of the previous batch."""
+    releases the GIL: on a machine with a spare core it overlaps the execution of the previous batch.
+
+    ``known(hash)``: a tx this node already decoded and verified (Chain.verified: gossip admitted it), used
+    as is; the hash is SHA-256 of the exact signed bytes, so it is that very tx, signature included. A dict
+    lookup, safe from a worker thread."""
     try:
         digest = proposal_digest(payload)
         cert = Certificate.decode(certificate)
@@ -158,27 +162,33 @@ def prepare_synced(height: int, payload: bytes, certificate: bytes, epoch: Epoch
     hashes = [sha256(raw).digest() for raw in raws]
     if merkle_root(hashes) != header.tx_root:
         raise SyncedBlockError(f"height {height}: the txs do not match the certified tx root", peer_fault=True)
-    txs = []
+    txs: list[Tx] = []
+    unchecked: list[tuple[int, Tx]] = []
     for i, (raw, h) in enumerate(zip(raws, hashes, strict=True)):
-        try:
-            txs.append(decode_tx(raw, hash=h, verify=False))
-        except TxError as exc:
-            raise SyncedBlockError(f"height {height}: certified tx {i}: {exc}", peer_fault=False) from None
-    for i, ok in enumerate(verify_txs(txs)):
+        tx = known(h) if known is not None else None
+        if tx is None:
+            try:
+                tx = decode_tx(raw, hash=h, verify=False)
+            except TxError as exc:
+                raise SyncedBlockError(f"height {height}: certified tx {i}: {exc}", peer_fault=False) from None
+            unchecked.append((i, tx))
+        txs.append(tx)
+    for (i, _tx), ok in zip(unchecked, verify_txs([tx for _i, tx in unchecked]), strict=True):
         if not ok:
             raise SyncedBlockError(f"height {height}: certified tx {i}: signature does not verify",
                                    peer_fault=False)
     return SyncedPayload(height, payload, certificate, epoch, digest, header, txs, hashes)
 
 
-def prepare_synced_batch(items: Sequence[tuple[int, bytes, bytes, Epoch, int, int]]
+def prepare_synced_batch(items: Sequence[tuple[int, bytes, bytes, Epoch, int, int]],
+                         known: Callable[[bytes], Tx | None] | None = None
                          ) -> tuple[list[SyncedPayload], tuple[int, SyncedBlockError] | None]:
     """prepare_synced for consecutive blocks (one worker-thread call per sync response): the prepared
     prefix, and (index, error) of the first block refused (None: all prepared)."""
     out: list[SyncedPayload] = []
     for i, item in enumerate(items):
         try:
-            out.append(prepare_synced(*item))
+            out.append(prepare_synced(*item, known=known))
         except SyncedBlockError as exc:
             return out, (i, exc)
     return out, None

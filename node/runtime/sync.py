@@ -326,7 +326,8 @@ class BlockSync:
             epoch, max_txs, max_payload, known = self.chain.sync_context(height)
             items.append((height, payload, cert, epoch, max_txs, max_payload))
             certain.append(known)
-        prepared, failure = await trio.to_thread.run_sync(prepare_synced_batch, items)
+        # txs gossip already verified (chain.verified) are taken as they are, not decoded or checked again
+        prepared, failure = await trio.to_thread.run_sync(prepare_synced_batch, items, self.chain.verified)
         if failure is not None:
             i, exc = failure
             if exc.peer_fault and certain[i]:
