@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import msgpack
 
@@ -42,9 +43,11 @@ from node.ledger.block import (
     split_compact_payload,
     split_payload,
 )
+from node.ledger.epochs import Epoch
 from node.ledger.equivocation import check_evidence_tx
 from node.ledger.genesis import Genesis
 from node.ledger.merkle import merkle_root
+from node.ledger.sigbatch import verify_txs
 from node.ledger.state import STATE_TYPES, LedgerState, next_state_root
 from node.ledger.store import (
     LOC,
@@ -59,7 +62,7 @@ from node.ledger.store import (
 from node.ledger.tx import TOKEN_BYTES, Tx, TxError, decode_tx
 
 __all__ = ["Chain", "ChainError", "ProposalError", "TxNotAuthorised", "TxBreaksRule", "proposal_digest", "execute_txs",
-           "SeenFilter"]
+           "SeenFilter", "SyncedPayload", "SyncedBlockError", "prepare_synced"]
 
 _sha256 = hashlib.sha256
 
@@ -86,6 +89,109 @@ class TxBreaksRule(TxNotAuthorised):
     consent ownership, projects, the export gate). Refused at admission with the rule's reason; if one is
     committed anyway (a member that skipped this check), every validator rejects it at execution. An honest
     member may gossip one (a consent revoked after it admitted the tx), so gossip does not score it."""
+
+
+class SyncedBlockError(ChainError):
+    """A synced block that must not be applied. ``peer_fault``: the serving peer alone can be blamed (the
+    certificate does not verify, or the txs do not match the certified tx root); otherwise a quorum signed
+    a block no honest member would have validated (a tx that does not decode or whose signature fails),
+    which every honest peer would serve alike."""
+
+    def __init__(self, reason: str, peer_fault: bool):
+        super().__init__(reason)
+        self.peer_fault = peer_fault
+
+
+@dataclass(frozen=True, eq=False)
+class SyncedPayload:
+    """A block from block sync, checked by ``prepare_synced`` off the event loop: its certificate verified
+    under ``epoch``, its txs match the certified root, each decoded canonically once, each signature
+    verified. ``Chain.execute(payload, certificate, synced=this)`` applies it without repeating any of
+    that, after checking that ``epoch`` is the member set the executed chain fixes for ``height``."""
+
+    height: int
+    payload: bytes
+    certificate: bytes
+    epoch: Epoch  # the member set (and voted limits) every check above used
+    digest: bytes
+    header: ProposalHeader
+    txs: list[Tx]
+    hashes: list[bytes]
+
+    def __iter__(self):  # (height, payload, certificate), what a synced block was before it was prepared
+        return iter((self.height, self.payload, self.certificate))
+
+
+def prepare_synced(height: int, payload: bytes, certificate: bytes, epoch: Epoch, max_txs: int,
+                   max_payload: int, known: Callable[[bytes], Tx | None] | None = None) -> SyncedPayload:
+    """Check one synced block completely, reading nothing of a chain (so a worker thread may run it):
+    certificate first (2f+1 of ``epoch``'s members signed this payload's header at this height; until it
+    verifies no tx is read), then payload structure and limits, the txs against the certified tx root,
+    each tx's canonical decoding and its signature. Raises SyncedBlockError (only).
+
+    Why the signatures are still checked although a quorum certified the block: the certificate proves that
+    2f+1 members committed these exact txs (the header binds the tx root, the root every tx hash, a hash
+    the exact signed bytes), so with at most f faulty members every tx was verified by f+1 honest ones,
+    and the serving peer cannot slip in another tx. Skipping the check would thus be safe within the fault
+    model; it is kept because this ledger is evidence: a record whose signature does not verify must never
+    be stored, even if more than f members colluded to certify it (the verifier and any auditor would then
+    find a forged record). It costs one Ed25519 check per tx, done here in a worker thread, where libsodium
+    releases the GIL: on a machine with a spare core it overlaps the execution of the previous batch.
+
+    ``known(hash)``: a tx this node already decoded and verified (Chain.verified: gossip admitted it), used
+    as is; the hash is SHA-256 of the exact signed bytes, so it is that very tx, signature included. A dict
+    lookup, safe from a worker thread."""
+    try:
+        digest = proposal_digest(payload)
+        cert = Certificate.decode(certificate)
+        verify_certificate(cert, epoch.pubkeys, epoch.chain_id, epoch.local(height), digest)
+    except (ProposalError, CertificateError) as exc:
+        raise SyncedBlockError(f"height {height}: {exc}", peer_fault=True) from None
+    try:
+        header_bytes, raws = split_payload(payload, max_txs, max_payload)
+    except BlockError as exc:  # the certified header is there, the rest is not what honest members store
+        raise SyncedBlockError(f"height {height}: {exc}", peer_fault=True) from None
+    try:
+        header = ProposalHeader.decode(header_bytes)
+    except BlockError as exc:  # the header itself is certified: the quorum signed it
+        raise SyncedBlockError(f"height {height}: certified header: {exc}", peer_fault=False) from None
+    if header.tx_count != len(raws):
+        raise SyncedBlockError(f"height {height}: certified tx_count {header.tx_count}, {len(raws)} txs sent",
+                               peer_fault=True)
+    sha256 = _sha256
+    hashes = [sha256(raw).digest() for raw in raws]
+    if merkle_root(hashes) != header.tx_root:
+        raise SyncedBlockError(f"height {height}: the txs do not match the certified tx root", peer_fault=True)
+    txs: list[Tx] = []
+    unchecked: list[tuple[int, Tx]] = []
+    for i, (raw, h) in enumerate(zip(raws, hashes, strict=True)):
+        tx = known(h) if known is not None else None
+        if tx is None:
+            try:
+                tx = decode_tx(raw, hash=h, verify=False)
+            except TxError as exc:
+                raise SyncedBlockError(f"height {height}: certified tx {i}: {exc}", peer_fault=False) from None
+            unchecked.append((i, tx))
+        txs.append(tx)
+    for (i, _tx), ok in zip(unchecked, verify_txs([tx for _i, tx in unchecked]), strict=True):
+        if not ok:
+            raise SyncedBlockError(f"height {height}: certified tx {i}: signature does not verify",
+                                   peer_fault=False)
+    return SyncedPayload(height, payload, certificate, epoch, digest, header, txs, hashes)
+
+
+def prepare_synced_batch(items: Sequence[tuple[int, bytes, bytes, Epoch, int, int]],
+                         known: Callable[[bytes], Tx | None] | None = None
+                         ) -> tuple[list[SyncedPayload], tuple[int, SyncedBlockError] | None]:
+    """prepare_synced for consecutive blocks (one worker-thread call per sync response): the prepared
+    prefix, and (index, error) of the first block refused (None: all prepared)."""
+    out: list[SyncedPayload] = []
+    for i, item in enumerate(items):
+        try:
+            out.append(prepare_synced(*item, known=known))
+        except SyncedBlockError as exc:
+            return out, (i, exc)
+    return out, None
 
 
 def proposal_digest(payload: bytes) -> bytes:
@@ -512,6 +618,17 @@ class Chain:
         props[digest] = (header, txs, hashes)
 
     # ------------------------------------------------------------------ execution
+    def sync_context(self, height: int) -> tuple[Epoch, int, int, bool]:
+        """(member set, max_block_txs, max_payload_bytes, certain) for checking synced block ``height`` with
+        prepare_synced. Past ``epoch_known`` the member set is the one known now, tentatively (nearly
+        always the right one: sets change only by governance); ``certain`` says which. Execution
+        compares it with the set the executed chain fixes (Chain.execute), so a wrong guess only costs a
+        refetch, never a block checked against the wrong members."""
+        epoch = self.epoch_at(height)
+        return (epoch, epoch.param("max_block_txs", self.genesis.param("max_block_txs")),
+                epoch.param("max_payload_bytes", self.genesis.param("max_payload_bytes")),
+                self.epoch_known(height))
+
     def check_certified(self, height: int, payload: bytes, certificate: bytes) -> tuple[bytes, Certificate]:
         """(proposal digest, certificate) if ``certificate`` proves a quorum committed ``payload`` at
         ``height``; raise ChainError otherwise. Reads only the payload's header bytes (one bounded msgpack
@@ -529,14 +646,25 @@ class Chain:
             raise ChainError(f"height {height}: {exc}") from None
         return digest, cert
 
-    def execute(self, payload: bytes, certificate: bytes, *, verify_certificate_sigs: bool = True) -> Block:
+    def execute(self, payload: bytes, certificate: bytes, *, verify_certificate_sigs: bool = True,
+                synced: SyncedPayload | None = None) -> Block:
         """Apply a committed payload as the next block; one atomic store write. Returns the block.
 
         Raises ChainError, and nothing else, for any payload or certificate that is not a certified valid
         next block (anything a peer can send through block sync): the certificate is checked first, the
-        payload parsed only then."""
+        payload parsed only then. ``synced``: prepare_synced's result for exactly these bytes (block sync),
+        whose checks are not repeated once its member set is confirmed as the one of this height."""
         height = self.store.height + 1
-        if verify_certificate_sigs:
+        if synced is not None:
+            if synced.payload is not payload or synced.certificate is not certificate:
+                raise AssertionError("execute: synced was prepared for other bytes")
+            if synced.height != height:
+                raise ChainError(f"synced block {synced.height}, next is {height}")
+            if not self.epoch_known(height) or self.epoch_at(height) != synced.epoch:
+                raise ChainError(f"height {height}: its certificate was checked against a member set that is "
+                                 f"not the one the executed chain fixes")
+            digest, header, txs, hashes = synced.digest, synced.header, synced.txs, synced.hashes
+        elif verify_certificate_sigs:
             digest, cert = self.check_certified(height, payload, certificate)
         else:  # our own replica's commit: it checked the signatures as they arrived
             try:
@@ -546,14 +674,15 @@ class Chain:
                 raise ChainError(f"height {height}: {exc}") from None
             if cert.height != self.epoch_at(height).local(height) or cert.digest != digest:
                 raise ChainError(f"height {height}: certificate does not match the payload")
-        cached = self._proposals.pop(digest, None)
-        if cached is None:
-            try:
-                digest, header, txs, hashes = self._parse(payload, verify_all=True, height=height)
-            except ProposalError as exc:
-                raise ChainError(f"height {height}: committed payload is invalid: {exc.reason}") from None
-        else:
-            header, txs, hashes = cached
+        if synced is None:
+            cached = self._proposals.pop(digest, None)
+            if cached is None:
+                try:
+                    digest, header, txs, hashes = self._parse(payload, verify_all=True, height=height)
+                except ProposalError as exc:
+                    raise ChainError(f"height {height}: committed payload is invalid: {exc.reason}") from None
+            else:
+                header, txs, hashes = cached
         if header.height != height or header.chain_id != self.chain_id:
             raise ChainError(f"payload for {header.chain_id}/{header.height}, next is {self.chain_id}/{height}")
 

@@ -26,7 +26,7 @@ from consensus import events as E
 from consensus import messages as M
 from consensus import wal as consensus_wal
 from consensus.replica import TICK
-from node.ledger.chain import Chain, ChainError
+from node.ledger.chain import Chain, ChainError, SyncedPayload
 from node.runtime.diskspace import DiskFull, DiskGuard, is_disk_full
 from node.runtime.wal_file import WriteAheadLog
 
@@ -70,8 +70,9 @@ _PAYLOAD_AT = {M.PREPREPARE: 3, M.PAYLOAD: 2, M.DECIDED: 1}
 
 @dataclass(frozen=True)
 class SyncedBlocks:
-    """Blocks fetched by block sync (already checked against their certificates by the sync task)."""
-    blocks: list[tuple[int, bytes, bytes]]  # (height, payload, certificate)
+    """Blocks fetched by block sync: SyncedPayloads (checked by the sync task), or (height, payload,
+    certificate) triples, which execution checks in full."""
+    blocks: list  # SyncedPayload or (height, payload, certificate)
     announce: bool  # tell the replica it may re-enter consensus at the new height
     done: trio.Event | None = None
 
@@ -439,9 +440,9 @@ class ConsensusDriver:
             self._push(_Replay(nxt))
         return event
 
-    def _execute(self, payload: bytes, certificate: bytes, verify: bool = False):
+    def _execute(self, payload: bytes, certificate: bytes, verify: bool = False, synced=None):
         try:
-            block = self.chain.execute(payload, certificate, verify_certificate_sigs=verify)
+            block = self.chain.execute(payload, certificate, verify_certificate_sigs=verify, synced=synced)
         except ChainError:
             log.exception("could not execute a committed block; will sync it from peers")
             return None
@@ -465,10 +466,13 @@ class ConsensusDriver:
         # between loses nothing (the OS holds the writes); a power loss at most blocks sync fetches again.
         store.sync = False
         try:
-            for height, payload, certificate in event.blocks:
+            for item in event.blocks:
+                height, payload, certificate = item
                 if height != self.chain.height + 1:
                     continue
-                block = self._execute(payload, certificate, verify=True)
+                # checked by block sync in a worker thread (Chain.execute confirms its member set), or raw
+                synced = item if isinstance(item, SyncedPayload) else None
+                block = self._execute(payload, certificate, verify=True, synced=synced)
                 if block is None:
                     break
                 self.stats["synced_blocks"] += 1

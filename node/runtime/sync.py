@@ -3,7 +3,10 @@
 A node catches up when it starts behind (empty, or back from a crash), when the replica asks for state
 transfer, and — as a safety net, so no node ever stays stuck — whenever a peer reports a higher height while
 this node's height has not moved. Fetched blocks are executed by the consensus driver (the store's single
-writer), which checks every certificate against the member keys before applying a block.
+writer). Each response is checked in one worker-thread call before the driver sees it
+(node.ledger.chain.prepare_synced: certificate, txs against the certified root, each tx decoded once and
+its signature verified; libsodium releases the GIL), and the next response is fetched and checked while
+the driver executes the current one.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 import msgpack
 import trio
 
-from node.ledger.chain import Chain, ChainError
+from node.ledger.chain import Chain, SyncedPayload, prepare_synced_batch
 from node.runtime import peerscore
 from node.runtime.peerscore import PeerScores
 
@@ -266,10 +269,11 @@ class BlockSync:
                 done = trio.Event()
                 before = self.chain.height
                 self.driver.synced(blocks, announce=announce, done=done)
-                nxt = blocks[-1][0] + 1
+                nxt = blocks[-1].height + 1
                 if nxt <= target:
-                    # The next batch is asked for while the driver executes this one: the peer reads its
-                    # store and the bytes travel meanwhile (a catching-up node waited for both before).
+                    # The next batch is asked for and checked (in a worker thread) while the driver executes
+                    # this one: the peer reads its store, the bytes travel and the signatures are checked
+                    # meanwhile, on a spare core if there is one.
                     got: list = []
 
                     async def prefetch(peer=peer, nxt=nxt, got=got) -> None:
@@ -283,18 +287,24 @@ class BlockSync:
                     await done.wait()
                 self.stats["fetched"] += len(blocks)
                 if self.chain.height == before:
-                    stalled += 1  # the peer's blocks did not verify; try another
+                    stalled += 1  # the peer's blocks did not apply; try another
                 progress.show(self.chain.height)
                 # A peer may have moved on while we fetched.
-                target = max(target, blocks[-1][0])
+                target = max(target, blocks[-1].height)
         finally:
             progress.close()
             self.syncing = False
             self.stats["rounds"] += 1
 
-    async def _fetch(self, index: int, start: int) -> list[tuple[int, bytes, bytes]]:
-        """Blocks from member ``index`` from height ``start``, each certificate checked against its payload
-        before the driver sees it; the valid prefix (a bad block and everything after it is dropped)."""
+    async def _fetch(self, index: int, start: int) -> list[SyncedPayload]:
+        """Blocks from member ``index`` from height ``start``, each completely checked (prepare_synced, one
+        worker-thread call for the response) before the driver sees it: the valid prefix (a bad block and
+        everything after it is dropped).
+
+        Blocks past the heights whose member set the executed chain fixes (node.ledger.epochs) are checked
+        against the member set known now: the driver applies such a block only if that set turns out to be
+        the one of its height, so the next response can be checked while the driver executes this one.
+        A certificate that fails under such a guessed set is not held against the peer."""
         peer = self.peer_ids[index]
         try:
             reply = await self.net.request(peer, CHANNEL, msgpack.packb({"op": "blocks", "from": start}),
@@ -309,19 +319,27 @@ class BlockSync:
             self.stats["bad_responses"] += 1
             self.scores.penalize(peer, peerscore.MALFORMED, "malformed sync response", exc)
             return []
-        for i, (height, payload, cert) in enumerate(blocks):
-            if not self.chain.epoch_known(height):
-                # the member set certifying it is fixed only once the blocks before it execute (node.ledger.epochs)
-                return blocks[:i]
-            try:
-                # Certificate first (bounded signature checks), so the driver never parses a payload
-                # that no quorum committed.
-                self.chain.check_certified(height, payload, cert)
-            except ChainError as exc:
+        if not blocks:
+            return []
+        items, certain = [], []
+        for height, payload, cert in blocks:
+            epoch, max_txs, max_payload, known = self.chain.sync_context(height)
+            items.append((height, payload, cert, epoch, max_txs, max_payload))
+            certain.append(known)
+        # txs gossip already verified (chain.verified) are taken as they are, not decoded or checked again
+        prepared, failure = await trio.to_thread.run_sync(prepare_synced_batch, items, self.chain.verified)
+        if failure is not None:
+            i, exc = failure
+            if exc.peer_fault and certain[i]:
                 self.stats["bad_blocks"] += 1
-                self.scores.penalize(peer, peerscore.MALFORMED, "uncertified block in sync response", exc)
-                return blocks[:i]
-        return blocks
+                self.scores.penalize(peer, peerscore.MALFORMED, "uncertified or altered block in sync response",
+                                     exc)
+            elif not exc.peer_fault:
+                # A quorum certified a block no honest member validates: more than f members are faulty.
+                # Every honest peer serves the same block; it is refused all the same (never stored).
+                self.stats["bad_blocks"] += 1
+                log.error("refusing a certified block from member %d: %s", index, exc)
+        return prepared
 
 
 class _Progress:

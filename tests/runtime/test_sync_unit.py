@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import asynccontextmanager
+from hashlib import sha256
 from pathlib import Path
 
 import msgpack
@@ -22,7 +23,9 @@ from network_testkit import Roster, running  # noqa: E402
 from consensus.config import Config  # noqa: E402
 from consensus.crypto import Ed25519Crypto  # noqa: E402
 from consensus.replica import Replica  # noqa: E402
+from node.ledger.block import ProposalHeader, encode_payload, split_payload  # noqa: E402
 from node.ledger.chain import Chain  # noqa: E402
+from node.ledger.merkle import merkle_root  # noqa: E402
 from node.ledger.store import Store  # noqa: E402
 from node.runtime import sync as S  # noqa: E402
 from node.runtime.driver import ConsensusDriver  # noqa: E402
@@ -123,7 +126,7 @@ async def test_blocks_a_quorum_did_not_certify_are_never_stored(tmp_path, honest
     async with cluster(tmp_path, c, {1: liar, 2: honest_serve}) as sync:
         assert await sync._fetch(1, 1) == []  # the fork: refused before the driver sees a payload
         prefix = await sync._fetch(1, 1)  # the swapped certificate: the valid prefix only
-        assert [h for h, _, _ in prefix] == [1, 2, 3, 4]
+        assert [b.height for b in prefix] == [1, 2, 3, 4]
         assert sync.stats["bad_blocks"] == 2 and sync.chain.height == 0
         with trio.fail_after(30):
             await sync.catch_up(HEIGHT, [1, 2], announce=True)
@@ -194,3 +197,90 @@ async def test_serving_is_bounded_whatever_is_asked(honest_blocks):
     for bad in (msgpack.packb({"op": "blocks", "from": 0}), msgpack.packb({"op": "blocks"}),
                 msgpack.packb({"op": "status", "x": 1}), b"\x00" * (S.MAX_REQUEST_BYTES + 1)):
         assert "error" in msgpack.unpackb(await serve("peer-y", bad))
+
+
+def _honest_reply_with(honest_serve, replace: dict):
+    """A serving function answering like `honest_serve`, with block h's [payload, certificate] replaced by
+    replace[h](payload, certificate)."""
+
+    async def serve(peer, data):
+        op, _ = S.decode_request(data)
+        reply = await honest_serve(peer, data)
+        if op == "status":
+            return reply
+        value = msgpack.unpackb(reply)
+        for block in value["blocks"]:
+            if block[0] in replace:
+                block[1], block[2] = replace[block[0]](block[1], block[2])
+        return msgpack.packb(value, use_bin_type=True)
+
+    return serve
+
+
+async def test_txs_that_do_not_match_the_certified_root_are_refused_and_scored(tmp_path, honest_blocks):
+    """Member 1 serves block 3 with its certified header and certificate but another signed, valid tx in
+    place of the committed one: the certificate checks out (it covers the header), the tx root does not."""
+    c, honest = honest_blocks
+    header = ProposalHeader.decode(split_payload(honest.store.get_payload(3), 100, 1 << 20)[0])
+    forged_tx = c.tx(1, ts=T0 + 3)
+    forged = encode_payload(header, [forged_tx])
+
+    async with cluster(tmp_path, c, {1: _honest_reply_with(served_by(honest), {3: lambda p, cert: (forged, cert)}),
+                                     2: served_by(honest)}) as sync:
+        assert [b.height for b in await sync._fetch(1, 1)] == [1, 2]
+        assert sync.stats["bad_blocks"] == 1 and sync.scores.score(sync.peer_ids[1]) > 0
+        with trio.fail_after(30):
+            await sync.catch_up(HEIGHT, [1, 2], announce=True)
+        assert hashes(sync.chain) == hashes(honest)
+        assert sync.chain.store.get_tx(sha256(forged_tx).digest()) is None
+
+
+async def test_a_certified_block_with_a_bad_signature_is_never_stored(tmp_path, honest_blocks):
+    """More than f members certify a block 1 holding a tx whose signature does not verify (their own
+    proposal, consistent tx root): block sync refuses it (the serving peer is not blamed: every member
+    would serve what the quorum certified) and the node catches up from an honest member."""
+    c, honest = honest_blocks
+    body, sig = msgpack.unpackb(c.tx(0, ts=T0 + 1))
+    bad_tx = msgpack.packb([body, bytes([sig[0] ^ 1]) + sig[1:]], use_bin_type=True)
+    header = ProposalHeader(c.genesis.chain_id, 1, 0, T0 + 1, 1, merkle_root([sha256(bad_tx).digest()]))
+    bad = encode_payload(header, [bad_tx])
+    bad_cert = c.certificate(honest, bad, 1)
+
+    async with cluster(tmp_path, c, {1: _honest_reply_with(served_by(honest), {1: lambda p, cert: (bad, bad_cert)}),
+                                     2: served_by(honest)}) as sync:
+        assert await sync._fetch(1, 1) == []
+        assert sync.stats["bad_blocks"] == 1 and sync.chain.height == 0
+        assert sync.scores.score(sync.peer_ids[1]) == 0
+        with trio.fail_after(30):
+            await sync.catch_up(HEIGHT, [1, 2], announce=True)
+        assert hashes(sync.chain) == hashes(honest)
+        assert sync.chain.store.get_tx(sha256(bad_tx).digest()) is None
+
+
+async def test_oversized_answers_are_refused_and_scored(tmp_path, honest_blocks):
+    """Member 1 answers with a payload longer than its certified content (trailing bytes behind the
+    certified header and txs), then with a reply larger than any answer may be: both refused, nothing
+    stored, the member scored; member 2 serves the chain."""
+    c, honest = honest_blocks
+    honest_serve = served_by(honest)
+    padded = _honest_reply_with(honest_serve, {1: lambda p, cert: (p + b"\x00" * 64, cert)})
+    calls = []
+
+    async def liar(peer, data):
+        op, _ = S.decode_request(data)
+        if op == "blocks":
+            calls.append(1)
+            if len(calls) % 2 == 0:
+                return msgpack.packb({"blocks": [[1, b"\x00" * (2 * S.MAX_RESPONSE_BYTES + (1 << 20)), b""]]},
+                                     use_bin_type=True)
+        return await padded(peer, data)
+
+    async with cluster(tmp_path, c, {1: liar, 2: honest_serve}) as sync:
+        assert await sync._fetch(1, 1) == []  # the padded payload: certified header, extra bytes
+        assert sync.stats["bad_blocks"] == 1
+        assert await sync._fetch(1, 1) == []  # the oversized reply: refused before it is decoded
+        assert sync.stats["bad_responses"] == 1 and sync.chain.height == 0
+        assert sync.scores.score(sync.peer_ids[1]) > 0
+        with trio.fail_after(30):
+            await sync.catch_up(HEIGHT, [1, 2], announce=True)
+        assert hashes(sync.chain) == hashes(honest)
