@@ -24,6 +24,8 @@ RADCHAIN_BENCH_TABLE_S (default 20), RADCHAIN_BENCH_CONFIG (extra node config fo
 "section.key=value,..."), RADCHAIN_BENCH_AB (the baseline config of the A/B pair run on the first size right
 after its main run, default "mempool.compact_proposals=true" (the opt-in); empty: no A/B; RADCHAIN_BENCH_AB_ROUNDS
 alternates that many baseline/this-code pairs, default 1; RADCHAIN_BENCH_AB_ONLY=1 runs only those).
+RADCHAIN_BENCH_LATENCY_ONLY=<offered tx/s> runs only the half-load step at that rate (0: the commit-mode probes
+alone) on one testnet of the first size; with RADCHAIN_TRACE_LATENCY=1 the nodes' stage lines are printed.
 Default total: about 8 minutes on a quiet machine (6 testnet start-ups, 16 nodes the largest; 60 + 8 x 20 s
 of load, the drains).
 """

@@ -14,6 +14,7 @@ Off by default and free then. On, every node logs one line every INTERVAL second
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -63,7 +64,6 @@ class LatencyTrace:
         now = time.monotonic()
         self.proposed[height] = now
         arrival = self.node.mempool._arrival
-        import hashlib
         for raw in raws:
             t = arrival.get(hashlib.sha256(raw).digest())
             if t is not None:
