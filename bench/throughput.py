@@ -24,6 +24,8 @@ RADCHAIN_BENCH_TABLE_S (default 20), RADCHAIN_BENCH_CONFIG (extra node config fo
 "section.key=value,..."), RADCHAIN_BENCH_AB (the baseline config of the A/B pair run on the first size right
 after its main run, default "mempool.compact_proposals=true" (the opt-in); empty: no A/B; RADCHAIN_BENCH_AB_ROUNDS
 alternates that many baseline/this-code pairs, default 1; RADCHAIN_BENCH_AB_ONLY=1 runs only those).
+RADCHAIN_BENCH_LATENCY_ONLY=<offered tx/s> runs only the half-load step at that rate (0: the commit-mode probes
+alone) on one testnet of the first size; with RADCHAIN_TRACE_LATENCY=1 the nodes' stage lines are printed.
 Default total: about 8 minutes on a quiet machine (6 testnet start-ups, 16 nodes the largest; 60 + 8 x 20 s
 of load, the drains).
 """
@@ -169,18 +171,19 @@ def _txs_between(net: LocalTestnet, h0: int, h1: int) -> int:
     return sum(net.rpc(0, "get_block", {"height": h})["header"]["tx_count"] for h in range(h0 + 1, h1 + 1))
 
 
-def run_step(net: LocalTestnet, rate: float | None, seconds: float, tag: str, probes: int = 0) -> dict:
-    """Load for `seconds`; measure over the window after WARMUP_S."""
+def run_step(net: LocalTestnet, rate: float | None, seconds: float, tag: str, probes: int = 0,
+             n_clients: int = CLIENTS) -> dict:
+    """Load for `seconds`; measure over the window after WARMUP_S (n_clients=0: the probes alone)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     n = len(net.nodes)
     pids = [p.pid for p in net.procs]
     rpc_ports = {int(info.rpc.rsplit(":", 1)[1]) for info in net.nodes}
-    per_client = rate / CLIENTS if rate else None
+    per_client = rate / n_clients if rate and n_clients else None
     go = ctx.Event()
     clients = [ctx.Process(target=_load_client, args=(net.nodes[i % n].rpc, net.nodes[i % n].token, per_client,
                                                       seconds, f"{tag}c{i}", queue, go), daemon=True)
-               for i in range(CLIENTS)]  # daemon: a failed run does not leave them waiting for `go`
+               for i in range(n_clients)]  # daemon: a failed run does not leave them waiting for `go`
     for c in clients:
         c.start()
     for _ in clients:  # generous: on a machine at load 30 a spawned process took over 2 minutes to import
@@ -346,8 +349,38 @@ def _ab_ratios(offs: list[dict], ons: list[dict]) -> str:
             f"wire bytes per tx {m(ons, 'wire_bytes_per_tx') / m(offs, 'wire_bytes_per_tx'):.2f}x")
 
 
+def latency_only(n: int, rate: float, seconds: float, extra: dict) -> dict:
+    """RADCHAIN_BENCH_LATENCY_ONLY=<tx/s>: one testnet, the half-load step alone at that offered rate, with
+    the commit-mode probes (a quick before/after of a latency change). With RADCHAIN_TRACE_LATENCY=1 in the
+    environment the nodes log where txs wait (node.runtime.latency_trace); those lines are printed."""
+    with tempfile.TemporaryDirectory(prefix=f"radchain-lat{n}-") as tmp:
+        net = LocalTestnet(Path(tmp), n, config_extra={**UNTHROTTLED, **extra})
+        try:
+            net.start()
+            net.wait_ready(timeout=120)
+            warm_token_caches(net)
+            step = run_step(net, rate, seconds, f"n{n}lat", probes=PROBES, n_clients=CLIENTS if rate else 0)
+        finally:
+            net.stop_all()
+        for info in net.nodes:
+            for line in (info.home / "node.log").read_text(errors="replace").splitlines():
+                if "latency trace" in line:
+                    print("   ", line[-400:])
+    print(f"  {n} nodes, offered {rate:.0f} tx/s: committed {step['tx_per_s']:.0f} tx/s, submit -> commit "
+          f"p50 {step['p50_ms']:.0f} ms p99 {step['p99_ms']:.0f} ms ({step['samples']} commit-mode calls), "
+          f"CPU {_mean(step['cpu_us_per_tx']):.0f} us/tx/node (load average {os.getloadavg()[0]:.1f})", flush=True)
+    return step
+
+
 def main() -> None:
     from bench.testnet import raw_pipeline_rate
+
+    if os.environ.get("RADCHAIN_BENCH_LATENCY_ONLY"):
+        sizes = [int(x) for x in os.environ.get("RADCHAIN_BENCH_SIZES", "4").split(",")]
+        latency_only(sizes[0], float(os.environ["RADCHAIN_BENCH_LATENCY_ONLY"]),
+                     float(os.environ.get("RADCHAIN_BENCH_TABLE_S", "20")),
+                     _config_extra(os.environ.get("RADCHAIN_BENCH_CONFIG", "")))
+        return
 
     sizes = [int(x) for x in os.environ.get("RADCHAIN_BENCH_SIZES", "4,7,10,16").split(",")]
     sustain = float(os.environ.get("RADCHAIN_BENCH_SUSTAIN_S", "60"))

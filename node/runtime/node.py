@@ -39,6 +39,8 @@ from node.runtime.gossip import CHANNEL as TX_CHANNEL
 from node.runtime.gossip import FETCH_CHANNEL as TX_FETCH_CHANNEL
 from node.runtime.gossip import TxGossip
 from node.runtime.keys import load_member_key
+from node.runtime.latency_trace import ENABLED as TRACE_LATENCY
+from node.runtime.latency_trace import LatencyTrace
 from node.runtime.mempool import Mempool
 from node.runtime.oprf_resharing import Resharer
 from node.runtime.oprf_service import OprfService, RateLimiter
@@ -170,6 +172,8 @@ class Node:
             self._last_view = self.replica.view
             self._evidence_limiter = EvidenceLimiter()
             self._commit_waiters: dict[bytes, list[trio.Event]] = {}
+            self.trace = LatencyTrace(self) if TRACE_LATENCY else None
+            self.driver.trace = self.trace
             # Tx batches from members wait here for _gossip_loop (each is up to gossip_batch signature checks).
             self._gossip_send, self._gossip_recv = trio.open_memory_channel(GOSSIP_QUEUE)
             # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
@@ -360,6 +364,8 @@ class Node:
                 nursery.start_soon(self.resharer.run)
                 nursery.start_soon(self._inbox_loop)
                 nursery.start_soon(self._gossip_loop)
+                if self.trace is not None:
+                    nursery.start_soon(self.trace.run)
                 await nursery.start(self.driver.run)
                 nursery.start_soon(self.gossip.run)
                 nursery.start_soon(self.sync.run)
@@ -460,6 +466,8 @@ class Node:
         if not allow_empty and self.mempool.available() == 0:
             return None
         txs = self.mempool.take_for_proposal(self.chain.param("max_block_txs", height), height)
+        if self.trace is not None:
+            self.trace.on_propose(height, txs)
         if self.cfg.mempool.compact_proposals:
             self.gossip.flush_now()  # the txs go out ahead of the proposal naming them
         build = self.chain.build_compact_proposal if self.cfg.mempool.compact_proposals else self.chain.build_proposal
@@ -467,6 +475,8 @@ class Node:
 
     def _on_commit(self, block, payload: bytes) -> None:
         self._follow_epochs(block.height)
+        if self.trace is not None:
+            self.trace.on_commit(block)
         self.mempool.remove(block.tx_hashes)
         self.mempool.release_in_flight(up_to_height=block.height)
         for h in block.tx_hashes:

@@ -367,3 +367,49 @@ async def test_a_request_in_a_new_view_is_not_lost_behind_waiting_requests_of_an
         await rig.settle()
         assert replica.of(E.ProposalReady)[1:] == [E.ProposalReady(1, b"block 1: tx-b")]
         nursery.cancel_scope.cancel()
+
+
+async def test_queued_messages_share_one_wal_flush_and_none_of_their_votes_leaves_before_it(rigs, tmp_path,
+                                                                                           monkeypatch):
+    """Group commit: consensus messages waiting together are handled in one go, their WAL records written
+    with one fsync, and every vote they produce goes out only after it, in order; a commit among them still
+    finds every record before it durable, and the votes before it out."""
+    chain_blocks = blocks(Consortium(), tmp_path, 1)
+    rig = None
+
+    def script(event):
+        if not isinstance(event, E.MessageReceived):
+            return []
+        i = int(event.data.split(b" ")[1])
+        actions = [A.Persist(b"vote %d" % i), A.SetTimer(("progress", i), 5.0), A.Broadcast(b"vote %d" % i)]
+        if i == 3:
+            actions.append(commit(rig.chain, chain_blocks[0]))
+        return actions
+
+    monkeypatch.setattr(D, "GROUP_BUDGET", 60.0)  # a loaded machine must not cut the group short here
+    rig = rigs(ScriptedReplica(script), fsync=True)
+    flushes = []
+    flush_async = rig.wal.flush_async
+
+    async def counting_flush():
+        if rig.wal.dirty:
+            flushes.append(len(rig.wal._pending))
+        await flush_async()
+
+    rig.wal.flush_async = counting_flush
+    for i in range(1, 7):  # queued before the driver runs: all waiting at once
+        assert rig.driver.message(1, b"msg %d" % i)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.driver.run)
+        await rig.settle()
+        nursery.cancel_scope.cancel()
+    assert [e.data for e in rig.replica.of(E.MessageReceived)] == [b"msg %d" % i for i in range(1, 7)]
+    assert [(what, arg) for what, arg, _ in rig.out] == [
+        ("broadcast", b"vote 1"), ("broadcast", b"vote 2"), ("broadcast", b"vote 3"), ("commit", 1),
+        ("broadcast", b"vote 4"), ("broadcast", b"vote 5"), ("broadcast", b"vote 6")]
+    for what, arg, records in rig.out:
+        if what == "broadcast":
+            assert arg in records  # persist before send
+    assert rig.out[3][2] == [b"vote 1", b"vote 2", b"vote 3"]  # the commit found them all durable
+    assert flushes == [3, 3]  # six records, two fsyncs: one before the commit, one at the group's end
+    assert durable(rig.wal_dir) == [b"vote %d" % i for i in range(1, 7)]
