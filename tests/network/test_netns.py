@@ -67,7 +67,7 @@ async def test_nodes_in_namespaces_talk_survive_a_cut_and_resume(tmp_path):
             procs.append(PeerProc(argv, prefix=["ip", "netns", "exec", f"{prefix}-{i + 1}"]))
         a = procs[0]
         for p in procs:
-            await p.wait_line(lambda s: s.startswith("READY"))
+            await p.wait_line(lambda s: s.startswith("READY"), timeout=60)  # a py-libp2p start-up on a busy host
 
         def peers_line(want: set[str]):
             return lambda s: s.startswith("PEERS") and set(filter(None, s[6:].split(","))) == want

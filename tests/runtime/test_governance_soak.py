@@ -15,7 +15,16 @@ from node.runtime.settings import load_config
 from node.testnet import LocalTestnet
 
 sys.path.insert(0, os.path.dirname(__file__))  # the helpers of the make-test governance run
-from test_governance import EPOCH_INTERVAL, PSK_RETIRE, Load, assert_nothing_lost, certificate, cli, vote  # noqa: E402
+from test_governance import (  # noqa: E402
+    EPOCH_INTERVAL,
+    PSK_RETIRE,
+    Load,
+    assert_nothing_lost,
+    assert_one_chain,
+    certificate,
+    cli,
+    vote,
+)
 
 pytestmark = pytest.mark.soak
 CYCLES = int(os.environ.get("RADCHAIN_GOV_CYCLES", "2"))
@@ -104,8 +113,7 @@ def test_grow_to_seven_stop_f_then_shrink_and_grow_again(testnet):
             members.append(len(net.nodes) - 1)
             settle(net, members, start)
     assert_nothing_lost(net, [members[-1]], load.acked, timeout=120)
-    net.wait_until(lambda: len({net.height(i) for i in members}) == 1, 120, "one height")
-    assert len({net.rpc(i, "status")["head"] for i in members}) == 1
+    assert_one_chain(net, members, timeout=120)
     net.stop_all()
     out = cli("verify-chain", "--home", str(net.nodes[members[-1]].home), check=False)
     assert out.returncode == 0, out.stdout + out.stderr
