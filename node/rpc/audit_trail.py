@@ -30,7 +30,7 @@ from node.ledger.store import SUFFIX, IndexEntry, StoreError
 from node.ledger.tx import TOKEN_BYTES, TX_TYPES
 from node.rpc.errors import INVALID_PARAMS, UNAUTHORIZED, RpcError
 from node.rpc.protocol import Caller, check_known, param
-from node.rpc.render import stored_tx
+from node.rpc.render import fields_json, stored_tx
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -161,17 +161,7 @@ _OMIT = frozenset({"chain", "v", "nonce"})
 def entry_json(h: bytes, height: int, index: int, fields: dict, sig: bytes | None = None) -> dict:
     """One audit entry, built in one pass over the tx's fields (bytes as hex, _OMIT left out): no
     intermediate dict per entry, which a 1,000-entry page would otherwise build and copy twice."""
-    out = {"hash": h.hex(), "height": height, "index": index}
-    for k, v in fields.items():
-        if k in _OMIT:
-            continue
-        t = type(v)
-        if t is bytes:
-            v = v.hex()
-        elif t is list:
-            v = [x.hex() if type(x) is bytes else x for x in v]
-        out[k] = v
-    return out
+    return fields_json(fields, {"hash": h.hex(), "height": height, "index": index}, _OMIT)
 
 
 async def audit_trail(node, params: dict, caller: Caller) -> dict:

@@ -21,10 +21,13 @@ def stored_tx(raw: bytes) -> tuple[dict, bytes]:
     return _unpackb(body), sig
 
 
-def fields_json(fields: dict) -> dict:
-    """Tx fields with byte strings (tokens, keys, digests, nonces) as hex; flat, so no recursion."""
-    out = {}
+def fields_json(fields: dict, out: dict | None = None, omit: frozenset = frozenset()) -> dict:
+    """Tx fields with byte strings (tokens, keys, digests, nonces) as hex, added to ``out`` (a new dict by
+    default) in one pass, ``omit`` left out; flat, so no recursion."""
+    out = {} if out is None else out
     for k, v in fields.items():
+        if k in omit:
+            continue
         t = type(v)
         if t is bytes:
             v = v.hex()
