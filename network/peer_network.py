@@ -78,6 +78,7 @@ class _Peer:
     inbound: INetStream | None = None  # the peer's current stream to us
     deliver: trio.Lock = field(default_factory=trio.Lock)  # one reader delivers at a time (order)
     rtt: float | None = None
+    down_since: float | None = None  # trio clock when we last had no session with it (None: in session)
 
 
 def _dial_addr(pid: str, addr: str) -> multiaddr.Multiaddr:
@@ -140,6 +141,7 @@ class PeerNetwork:
         priority_channels: Iterable[str] = ("consensus",),
         heartbeat: float = 1.0,
         dead_after: float = 3.5,
+        stale_after: float = 10.0,
         lock_dir: str | None = None,
     ) -> None:
         if not isinstance(identity, KeyPair):
@@ -157,6 +159,12 @@ class PeerNetwork:
         self.handler_timeout = handler_timeout
         self.heartbeat = heartbeat
         self.dead_after = dead_after
+        # A member without a session for longer than this gets nothing queued: what waited for it is dropped.
+        # A restarted node used to receive (decrypt, decode, check) every gossip batch and consensus message
+        # of its whole absence, most of its catch-up CPU; block sync and gossip rebroadcast bring it what it
+        # lacks, as they do for any frame dropped by a full queue. Shorter absences (a blip, dead_after and
+        # a redial) keep their frames in order.
+        self.stale_after = stale_after
         self._lock_dir = lock_dir
         self._queue_frames, self._queue_bytes = queue_frames, queue_bytes
         self._peers: dict[str, _Peer] = {}
@@ -283,29 +291,36 @@ class PeerNetwork:
         """Enqueue `data` for `peer_id` on `channel` without blocking.
 
         Returns False, counting `stats["dropped_queue_full"]`, when the peer's queue for this lane is
-        full (a peer down or slower than we produce): nothing is enqueued then. Use `send_wait` to wait for room.
+        full (a peer down or slower than we produce), or `stats["dropped_peer_down"]` when we have had no
+        session with it for over `stale_after` s: nothing is enqueued then. Use `send_wait` to wait for room.
         Raises KeyError for a non-member, ValueError for a bad channel or a message over 16 MiB.
         """
         p = self._peer(peer_id)
-        return self._enqueue(self._lane(p, channel), framing.encode_data(channel, bytes(data)))
+        frame = framing.encode_data(channel, bytes(data))
+        if self._gone(p):
+            return False
+        return self._enqueue(self._lane(p, channel), frame)
 
     def broadcast(self, channel: str, data: bytes) -> int:
         """`send` to every other member (never to ourselves); returns how many queues accepted it."""
         frame = framing.encode_data(channel, bytes(data))
-        return sum(self._enqueue(self._lane(p, channel), frame) for p in self._peers.values())
+        return sum(self._enqueue(self._lane(p, channel), frame) for p in self._peers.values() if not self._gone(p))
 
     async def send_wait(self, peer_id: str, channel: str, data: bytes) -> None:
         """Like `send`, but waits for room in the peer's queue (backpressure) instead of dropping."""
         p = self._peer(peer_id)
+        if self._gone(p):
+            return  # nobody to wait for: dropped, as by `send`
         await self._lane(p, channel).put(framing.encode_data(channel, bytes(data)))
         self.stats["frames_queued"] += 1
 
     async def broadcast_wait(self, channel: str, data: bytes) -> None:
         """Like `broadcast`, waiting for room in each queue in turn."""
         frame = framing.encode_data(channel, bytes(data))
-        for p in self._peers.values():
-            await self._lane(p, channel).put(frame)
-            self.stats["frames_queued"] += 1
+        for p in list(self._peers.values()):
+            if not self._gone(p):
+                await self._lane(p, channel).put(frame)
+                self.stats["frames_queued"] += 1
 
     async def receive_batch(self, limit: int = 1024) -> list[tuple[str, str, bytes]]:
         """Wait for the next inbox item, then take whatever else is already there (up to `limit`).
@@ -484,6 +499,21 @@ class PeerNetwork:
     def _lane(self, p: _Peer, channel: str) -> FrameQueue:
         return p.urgent if channel in self.priority_channels else p.queue
 
+    def _gone(self, p: _Peer) -> bool:
+        """Whether `p` has been without a session for over `stale_after` s. The first time it is, the
+        frames waiting for it are dropped (counted in `stats["dropped_peer_down"]`, as is each frame
+        refused afterwards) until a session is established again."""
+        if p.down_since is None or p.up or trio.current_time() - p.down_since <= self.stale_after:
+            return False
+        if p.queue or p.urgent or p.pending:
+            dropped = p.queue.clear() + p.urgent.clear() + len(p.pending)
+            p.pending.clear()
+            self.stats["dropped_peer_down"] += dropped
+            log.info("peer %s without a session for over %.0f s: %d queued frames dropped", p.pid,
+                     self.stale_after, dropped)
+        self.stats["dropped_peer_down"] += 1
+        return True
+
     def _enqueue(self, q: FrameQueue, frame: bytes) -> bool:
         if q.put_nowait(frame):
             self.stats["frames_queued"] += 1
@@ -508,6 +538,8 @@ class PeerNetwork:
             if self._peers.get(p.pid) is not p:
                 return  # removed before this loop started
             backoff = BACKOFF_MIN
+            if not p.up and p.down_since is None:
+                p.down_since = trio.current_time()  # not reached yet: its absence counts from now
             while True:
                 if await self._session(p):
                     backoff = BACKOFF_MIN
@@ -526,7 +558,7 @@ class PeerNetwork:
                 await host.connect(PeerInfo(p.id, p.addrs))  # re-supply static addrs: peerstore TTLs expire
                 stream = await host.new_stream(p.id, [MSG_PROTOCOL])
             established = True
-            p.up, p.session_started = True, trio.current_time()
+            p.up, p.session_started, p.down_since = True, trio.current_time(), None
             self.stats["connects"] += 1
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watchdog, p, nursery.cancel_scope)
@@ -539,6 +571,8 @@ class PeerNetwork:
             log.debug("session with %s ended: %r", p.pid, e)
         finally:
             p.up = False
+            if established:
+                p.down_since = trio.current_time()
             await _quietly(stream, "reset")
         if dead:
             self.stats["peers_declared_dead"] += 1

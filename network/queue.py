@@ -49,6 +49,15 @@ class FrameQueue:
         # running, so the writer later drains many frames into one write (coalescing).
         await trio.lowlevel.checkpoint_if_cancelled()
 
+    def clear(self) -> int:
+        """Drop every frame (their peer is gone for good or for long); returns how many were dropped."""
+        n = len(self._q)
+        self._q.clear()
+        self.nbytes = 0
+        if self._not_full:
+            self._not_full.unpark_all()
+        return n
+
     def take(self, max_bytes: int, at_least_one: bool = True) -> list[bytes]:
         """Pop frames totalling at most `max_bytes` (plus one oversized frame if `at_least_one`)."""
         out: list[bytes] = []

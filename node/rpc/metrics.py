@@ -102,6 +102,10 @@ class Metrics:
         metric("radchain_p2p_rejected_handshakes_total", "counter",
                "Connections refused at the handshake: the peer is not a member (or no longer one).",
                net_stats.get("rejected_handshakes", 0))
+        metric("radchain_p2p_dropped_frames_total", "counter",
+               "Frames not sent: the member's queue was full, or it had no session for over stale_after s.",
+               [('{why="queue_full"}', net_stats.get("dropped_queue_full", 0)),
+                ('{why="peer_down"}', net_stats.get("dropped_peer_down", 0))])
         scores = node.peer_scores.snapshot()
         names = {m.peer_id: m.name for m in node.genesis.members}
         metric("radchain_peer_misbehaviour_score", "gauge",

@@ -80,3 +80,45 @@ async def test_peer_killed_with_sigkill_and_restarted_is_reached_again(tmp_path)
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+@pytest.mark.timeout(60)
+async def test_frames_for_a_peer_gone_longer_than_stale_after_are_dropped_not_replayed(tmp_path):
+    """A member away for longer than `stale_after` gets nothing of its absence when it comes back (its
+    queued frames are dropped, later sends refused and counted); frames sent after it is back arrive."""
+    r = Roster(2, seed=90)
+    key_path = tmp_path / "p2p.key"
+    key_path.write_bytes(identity_from_seed(bytes([91]) * 32).private_key.serialize())
+    key_path.chmod(0o600)
+    members_path = tmp_path / "members.json"
+    members_path.write_text(json.dumps({r.pids[0]: [], r.pids[1]: r.members[r.pids[1]]}))
+    a = r.net(0, stale_after=1.0)
+    peer = r.pids[1]
+    proc = _spawn(r, 1, key_path, members_path, tmp_path)
+    try:
+        async with running(a, connect=False):
+            assert await _ready(proc) == peer
+            await wait_for(lambda: peer in a.connected_peers(), timeout=15)
+            await _echo_roundtrip(a, peer, b"before-")
+
+            proc.send_signal(signal.SIGKILL)
+            await trio.to_thread.run_sync(proc.wait)
+            await wait_for(lambda: peer not in a.connected_peers(), timeout=10)
+            assert all(a.send(peer, "ping", b"early-%d" % i) for i in range(10))  # a blip: kept
+            await wait_for(lambda: not a.send(peer, "ping", b"late"), timeout=10)  # gone: refused
+            assert a.stats["dropped_peer_down"] >= 11  # the 10 queued frames and the refused one
+            assert a.peer_status()[peer]["queued_frames"] == 0
+            assert a.broadcast("ping", b"late-broadcast") == 0
+
+            proc = _spawn(r, 1, key_path, members_path, tmp_path)
+            assert await _ready(proc) == peer
+            await wait_for(lambda: peer in a.connected_peers(), timeout=15)
+            await _echo_roundtrip(a, peer, b"after-")  # asserts the echoes are exactly these, in order
+            with trio.move_on_after(1):  # nothing of the absence comes back
+                while True:
+                    _, _, data = await a.inbox.receive()
+                    assert not data.startswith((b"early-", b"late")), data
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
