@@ -77,7 +77,7 @@ async def test_member_sending_the_poison_tx_and_poisoned_blocks_kills_no_node(te
         # An idle honest node polls two random peers for their height every 2 s; when it asks the attacker
         # it tries to catch up from it and gets poisoned blocks: refused (certificate first), scored.
         await trio.to_thread.run_sync(lambda: net.wait_until(
-            lambda: any("uncertified block in sync response" in _peers_view_of_attacker(net, i)["kinds"]
+            lambda: any("uncertified or altered block in sync response" in _peers_view_of_attacker(net, i)["kinds"]
                         for i in honest), 60, "an honest node refused the attacker's synced blocks"))
         # the frame of the issue, alone, then its relatives, garbage on every channel, and sync requests
         attacker.broadcast("tx", msgpack.packb([POISON], use_bin_type=True))
