@@ -291,7 +291,22 @@ def batch(net: LocalTestnet, i: int, calls: list[tuple[str, dict]]) -> list[dict
 
 
 def tx_statuses(net: LocalTestnet, i: int, hashes: list[str]) -> list[str]:
-    return [r["status"] for r in batch(net, i, [("get_tx", {"hash": h, "receipt": False}) for h in hashes])]
+    """Each tx's status on node i; "unknown" where the node has no trace of it (error -32002: not committed,
+    pending nor recently rejected there; a tx acknowledged by another member may not have reached it yet)."""
+    info, out = net.nodes[i], []
+    for k in range(0, len(hashes), 500):
+        body = [{"jsonrpc": "2.0", "id": j, "method": "get_tx", "params": {"hash": h, "receipt": False}}
+                for j, h in enumerate(hashes[k:k + 500])]
+        replies = httpx.post(info.rpc, json=body, headers={"Authorization": f"Bearer {info.token}"}, timeout=60).json()
+        by_id = {r["id"]: r for r in replies}
+        for j in range(len(body)):
+            reply = by_id[j]
+            if "result" in reply:
+                out.append(reply["result"]["status"])
+            else:
+                assert reply["error"]["code"] == -32002, reply
+                out.append("unknown")
+    return out
 
 
 def assert_one_chain(net: LocalTestnet, nodes: list[int], timeout: float = 60) -> None:
