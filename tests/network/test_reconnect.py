@@ -41,16 +41,22 @@ async def _echo_roundtrip(net, peer: str, tag: bytes, n: int = 50) -> None:
     assert got == [tag + b"%d" % i for i in range(n)]
 
 
-@pytest.mark.timeout(60)
-async def test_peer_killed_with_sigkill_and_restarted_is_reached_again(tmp_path):
-    r = Roster(2, seed=80)
+def _echo_peer_files(tmp_path, seed: int) -> tuple[Roster, object, object]:
+    """A roster of two, the subprocess peer's key file and members file. The subprocess peer is not told
+    our address, so it never dials us: getting back together relies on our redial, through libp2p's 60 s
+    negative dial cache (marked while the peer was down)."""
+    r = Roster(2, seed=seed)
     key_path = tmp_path / "p2p.key"
-    key_path.write_bytes(identity_from_seed(bytes([81]) * 32).private_key.serialize())
+    key_path.write_bytes(identity_from_seed(bytes([seed + 1]) * 32).private_key.serialize())
     key_path.chmod(0o600)
     members_path = tmp_path / "members.json"
-    # The subprocess peer is not told our address, so it never dials us: getting back together relies
-    # on our redial, through libp2p's 60 s negative dial cache (marked while the peer was down).
     members_path.write_text(json.dumps({r.pids[0]: [], r.pids[1]: r.members[r.pids[1]]}))
+    return r, key_path, members_path
+
+
+@pytest.mark.timeout(60)
+async def test_peer_killed_with_sigkill_and_restarted_is_reached_again(tmp_path):
+    r, key_path, members_path = _echo_peer_files(tmp_path, 80)
     a = r.net(0)
     peer = r.pids[1]
     proc = _spawn(r, 1, key_path, members_path, tmp_path)
@@ -86,12 +92,7 @@ async def test_peer_killed_with_sigkill_and_restarted_is_reached_again(tmp_path)
 async def test_frames_for_a_peer_gone_longer_than_stale_after_are_dropped_not_replayed(tmp_path):
     """A member away for longer than `stale_after` gets nothing of its absence when it comes back (its
     queued frames are dropped, later sends refused and counted); frames sent after it is back arrive."""
-    r = Roster(2, seed=90)
-    key_path = tmp_path / "p2p.key"
-    key_path.write_bytes(identity_from_seed(bytes([91]) * 32).private_key.serialize())
-    key_path.chmod(0o600)
-    members_path = tmp_path / "members.json"
-    members_path.write_text(json.dumps({r.pids[0]: [], r.pids[1]: r.members[r.pids[1]]}))
+    r, key_path, members_path = _echo_peer_files(tmp_path, 90)
     a = r.net(0, stale_after=1.0)
     peer = r.pids[1]
     proc = _spawn(r, 1, key_path, members_path, tmp_path)

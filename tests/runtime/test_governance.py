@@ -282,8 +282,12 @@ def batch(net: LocalTestnet, i: int, calls: list[tuple[str, dict]]) -> list[dict
     info, out = net.nodes[i], []
     for k in range(0, len(calls), 500):
         body = [{"jsonrpc": "2.0", "id": k + j, "method": m, "params": p} for j, (m, p) in enumerate(calls[k:k + 500])]
-        replies = httpx.post(info.rpc, json=body, headers={"Authorization": f"Bearer {info.token}"}, timeout=60).json()
-        by_id = {r["id"]: r for r in replies}
+        for _ in range(10):  # the node's per-address rate limit (HTTP 429): wait its Retry-After, ask again
+            answer = httpx.post(info.rpc, json=body, headers={"Authorization": f"Bearer {info.token}"}, timeout=60)
+            if answer.status_code != 429:
+                break
+            time.sleep(float(answer.headers.get("Retry-After", "1")))
+        by_id = {r["id"]: r for r in answer.json()}
         for j in range(len(body)):
             assert "result" in by_id[k + j], by_id[k + j]
             out.append(by_id[k + j]["result"])
@@ -297,8 +301,10 @@ def tx_statuses(net: LocalTestnet, i: int, hashes: list[str]) -> list[str]:
     for k in range(0, len(hashes), 500):
         body = [{"jsonrpc": "2.0", "id": j, "method": "get_tx", "params": {"hash": h, "receipt": False}}
                 for j, h in enumerate(hashes[k:k + 500])]
-        replies = httpx.post(info.rpc, json=body, headers={"Authorization": f"Bearer {info.token}"}, timeout=60).json()
-        by_id = {r["id"]: r for r in replies}
+        answer = httpx.post(info.rpc, json=body, headers={"Authorization": f"Bearer {info.token}"}, timeout=60)
+        if answer.status_code == 429:  # the node's per-address rate limit: the caller's poll asks again
+            raise RuntimeError(f"node {i} rate-limited a batch of {len(body)} get_tx")
+        by_id = {r["id"]: r for r in answer.json()}
         for j in range(len(body)):
             reply = by_id[j]
             if "result" in reply:
@@ -327,21 +333,20 @@ def assert_nothing_lost(net: LocalTestnet, nodes: list[int], acked: set[str], ti
     load stopped may still sit in a mempool when the heights agree (its block is the next one), so this
     waits for the stragglers; a tx still not committed after ``timeout`` is lost, and the failure shows
     each straggler's status on every node."""
-    hashes = sorted(acked)
-    missing: dict[int, list[str]] = {}
+    missing: dict[int, list[str]] = {i: sorted(acked) for i in nodes}  # asked again: only what is not committed
 
     def all_committed() -> bool:
-        missing.clear()
-        for i in nodes:
-            statuses = tx_statuses(net, i, hashes)
-            late = [h for h, s in zip(hashes, statuses, strict=True) if s != "committed"]
-            if late:
-                missing[i] = late
+        for i in list(missing):
+            statuses = tx_statuses(net, i, missing[i])
+            missing[i] = [h for h, s in zip(missing[i], statuses, strict=True) if s != "committed"]
+            if not missing[i]:
+                del missing[i]
         return not missing
 
     try:
         net.wait_until(all_committed, timeout, "every acknowledged tx committed")
     except Exception as exc:
+        time.sleep(1)  # a fresh rate-limit budget for the report
         late = sorted({h for hs in missing.values() for h in hs})[:5]
         seen = {i: dict(zip(late, tx_statuses(net, i, late), strict=True)) for i in range(len(net.nodes))
                 if net.procs[i] is not None}
@@ -437,10 +442,17 @@ def test_psk_rotates_by_vote_under_load_without_a_stop(testnet):
     assert_nothing_lost(net, [2], load.acked)  # hosp-c, down through the rotation, holds them all
     assert_one_chain(net, list(range(4)))
     fp = fingerprint(new)
-    for i in range(4):  # every member connected to every other under the new PSK only
-        net.wait_until(lambda i=i: net.rpc(i, "status")["peers"] == 3, 30, "full mesh")
-        psk = net.rpc(i, "status")["psk"]
-        assert psk["prefer"] == fp and psk["accepted"] == [fp] and set(psk["connections"]) == {fp}, psk
+    def new_psk_only(i: int) -> bool:
+        status = net.rpc(i, "status")
+        psk = status["psk"]
+        return status["peers"] == 3 and psk["prefer"] == fp and psk["accepted"] == [fp] and (
+            set(psk["connections"]) == {fp})
+
+    for i in range(4):  # every member connected to every other under the new PSK only (a connection under
+        try:  # a key no longer accepted is closed asynchronously, and its peer redials: poll, then say why)
+            net.wait_until(lambda i=i: new_psk_only(i), 30, f"member {i}: full mesh under the new PSK only")
+        except TimeoutError:
+            raise AssertionError(net.rpc(i, "status")["psk"]) from None
     # a peer holding only the retired PSK is refused at its first bytes; the new PSK gets an answer
     refused = net.rpc(0, "status")["psk"].get("refused", 0)
     assert _pnet_probe(net.nodes[0].p2p, old) == b""
