@@ -41,6 +41,17 @@ async def _echo_roundtrip(net, peer: str, tag: bytes, n: int = 50) -> None:
     assert got == [tag + b"%d" % i for i in range(n)]
 
 
+async def _echoed_then_killed(a, peer: str, proc: subprocess.Popen) -> None:
+    """The spawned peer comes up, `a` reaches it and gets its echoes, then it is killed with kill -9 and
+    `a` sees it gone."""
+    assert await _ready(proc) == peer
+    await wait_for(lambda: peer in a.connected_peers(), timeout=15)
+    await _echo_roundtrip(a, peer, b"before-")
+    proc.send_signal(signal.SIGKILL)
+    await trio.to_thread.run_sync(proc.wait)
+    await wait_for(lambda: peer not in a.connected_peers(), timeout=10)
+
+
 def _echo_peer_files(tmp_path, seed: int) -> tuple[Roster, object, object]:
     """A roster of two, the subprocess peer's key file and members file. The subprocess peer is not told
     our address, so it never dials us: getting back together relies on our redial, through libp2p's 60 s
@@ -62,13 +73,7 @@ async def test_peer_killed_with_sigkill_and_restarted_is_reached_again(tmp_path)
     proc = _spawn(r, 1, key_path, members_path, tmp_path)
     try:
         async with running(a, connect=False):
-            assert await _ready(proc) == peer
-            await wait_for(lambda: peer in a.connected_peers(), timeout=15)
-            await _echo_roundtrip(a, peer, b"before-")
-
-            proc.send_signal(signal.SIGKILL)
-            await trio.to_thread.run_sync(proc.wait)
-            await wait_for(lambda: peer not in a.connected_peers(), timeout=10)
+            await _echoed_then_killed(a, peer, proc)
             # messages sent while the peer is down wait in its queue
             queued = [a.send(peer, "ping", b"during-%d" % i) for i in range(10)]
             assert all(queued)
@@ -98,13 +103,7 @@ async def test_frames_for_a_peer_gone_longer_than_stale_after_are_dropped_not_re
     proc = _spawn(r, 1, key_path, members_path, tmp_path)
     try:
         async with running(a, connect=False):
-            assert await _ready(proc) == peer
-            await wait_for(lambda: peer in a.connected_peers(), timeout=15)
-            await _echo_roundtrip(a, peer, b"before-")
-
-            proc.send_signal(signal.SIGKILL)
-            await trio.to_thread.run_sync(proc.wait)
-            await wait_for(lambda: peer not in a.connected_peers(), timeout=10)
+            await _echoed_then_killed(a, peer, proc)
             assert all(a.send(peer, "ping", b"early-%d" % i) for i in range(10))  # a blip: kept
             await wait_for(lambda: not a.send(peer, "ping", b"late"), timeout=10)  # gone: refused
             assert a.stats["dropped_peer_down"] >= 11  # the 10 queued frames and the refused one
