@@ -158,7 +158,7 @@ async def parse_filter(node, params: dict, caller: Caller) -> Filter:
 _OMIT = frozenset({"chain", "v", "nonce"})
 
 
-def entry_json(h: bytes, height: int, index: int, fields: dict, sig: bytes | None = None) -> dict:
+def entry_json(h: bytes, height: int, index: int, fields: dict) -> dict:
     """One audit entry, built in one pass over the tx's fields (bytes as hex, _OMIT left out): no
     intermediate dict per entry, which a 1,000-entry page would otherwise build and copy twice."""
     return fields_json(fields, {"hash": h.hex(), "height": height, "index": index}, _OMIT)
@@ -217,9 +217,9 @@ def _run_audit(store, flt: Filter, cursor: str | None, limit: int) -> dict:
             examined += 1
             rec = get_tx(e.tx_hash)
             if rec is not None:
-                fields, sig = stored_tx(rec[2])
+                fields, _sig = stored_tx(rec[2])
                 if not extra or flt.matches(fields):
-                    out.append(entry_json(e.tx_hash, e.height, e.index, fields, sig))
+                    out.append(entry_json(e.tx_hash, e.height, e.index, fields))
             if len(out) == limit or examined >= budget:
                 more = e is not entries[-1] or nxt is not None
                 return {"entries": out, "next_cursor": _cursor(e) if more else None, "index": index}

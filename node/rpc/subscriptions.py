@@ -264,10 +264,10 @@ class _Connection:
             rec = store.get_tx(e.tx_hash)
             if rec is None:
                 continue
-            fields, sig = stored_tx(rec[2])
+            fields, _sig = stored_tx(rec[2])
             if flt.matches(fields):
                 await self.send(_note(sub_id, {"type": "event", "height": e.height, "index": e.index,
-                                               "event": entry_json(e.tx_hash, e.height, e.index, fields, sig)}))
+                                               "event": entry_json(e.tx_hash, e.height, e.index, fields)}))
         await self.send(_note(sub_id, {"type": "progress", "height": head}))
         return True
 
@@ -279,10 +279,10 @@ class _Connection:
             rec = store.get_tx(h)
             if rec is None:
                 continue
-            fields, sig = stored_tx(rec[2])
+            fields, _sig = stored_tx(rec[2])
             if flt.matches(fields):
                 await self.send(_note(sub_id, {"type": "event", "height": block.height, "index": i,
-                                               "event": entry_json(h, block.height, i, fields, sig)}))
+                                               "event": entry_json(h, block.height, i, fields)}))
 
 
 def _note(sub_id: str, body: dict) -> dict:
