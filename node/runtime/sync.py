@@ -3,15 +3,16 @@
 A node catches up when it starts behind (empty, or back from a crash), when the replica asks for state
 transfer, and — as a safety net, so no node ever stays stuck — whenever a peer reports a higher height while
 this node's height has not moved. Fetched blocks are executed by the consensus driver (the store's single
-writer). Each response is checked in one worker-thread call before the driver sees it
-(node.ledger.chain.prepare_synced: certificate, txs against the certified root, each tx decoded once and
-its signature verified; libsodium releases the GIL), and the next response is fetched and checked while
-the driver executes the current one.
+writer). Each response is checked in worker threads before the driver sees it (node.ledger.chain.prepare_synced:
+certificate, txs against the certified root, each tx decoded once and its signature verified; libsodium
+releases the GIL, so the checks of one response run on every core), and fetching, checking and executing run as a
+pipeline: while the driver executes a response, the next is being checked and the one after is on its way.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 from collections.abc import Callable
@@ -30,6 +31,9 @@ CHANNEL = "sync"
 MAX_RESPONSE_BYTES = 3 << 20
 MAX_BLOCKS_PER_REQUEST = 64
 WATCH_INTERVAL = 2.0
+STARTUP_RETRY = 0.25
+STARTUP_TRIES = 20
+CHECK_THREADS = max(1, min(4, os.cpu_count() or 1))  # worker threads checking one sync response
 REQUEST_TIMEOUT = 10.0
 MAX_REQUEST_BYTES = 256
 
@@ -220,9 +224,15 @@ class BlockSync:
 
     async def run(self) -> None:
         last_height = self.chain.height
+        # A node that has just started is likely behind (back from a crash or an upgrade): it asks its peers
+        # at once, and again every STARTUP_RETRY until one has answered (connections are still being dialled)
+        # or STARTUP_TRIES have passed, rather than idling a WATCH_INTERVAL first.
+        interval, answered, tries = 0.0, False, 0
         while True:
-            with trio.move_on_after(WATCH_INTERVAL):
+            with trio.move_on_after(interval):
                 await self._wake.wait()
+            tries += 1
+            interval = WATCH_INTERVAL if answered or tries >= STARTUP_TRIES else STARTUP_RETRY
             self._wake = trio.Event()
             requested, self._requested = self._requested, None
             others = self._others()
@@ -239,6 +249,7 @@ class BlockSync:
                     h = await self._status(i)
                     if h is not None:
                         heights[i] = h
+                answered = answered or bool(heights)
                 target = max(heights.values(), default=0)
                 # Every peer ahead of us, highest first: a member that claims a height it cannot serve
                 # must not be the only one asked (catch_up moves on to the next when one serves nothing).
@@ -250,61 +261,75 @@ class BlockSync:
 
     async def catch_up(self, target: int, candidates: list[int], announce: bool) -> None:
         self.syncing, self.target = True, target
-        start = self.chain.height
-        progress = _Progress(start, target)
+        progress = _Progress(self.chain.height, target)
         try:
             stalled = 0
-            ahead: tuple[int, list] | None = None  # (first height, blocks) fetched during the last batch
             while self.chain.height < target and stalled < 3 * len(candidates):
-                peer = candidates[stalled % len(candidates)]
-                first = self.chain.height + 1
-                if ahead is not None and ahead[0] == first and ahead[1]:
-                    blocks = ahead[1]
-                else:
-                    blocks = await self._fetch(peer, first)
-                ahead = None
-                if not blocks:
-                    stalled += 1
-                    continue
-                done = trio.Event()
                 before = self.chain.height
-                self.driver.synced(blocks, announce=announce, done=done)
-                nxt = blocks[-1].height + 1
-                if nxt <= target:
-                    # The next batch is asked for and checked (in a worker thread) while the driver executes
-                    # this one: the peer reads its store, the bytes travel and the signatures are checked
-                    # meanwhile, on a spare core if there is one.
-                    got: list = []
-
-                    async def prefetch(peer=peer, nxt=nxt, got=got) -> None:
-                        got.extend(await self._fetch(peer, nxt))
-
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(prefetch)
-                        await done.wait()
-                    ahead = (nxt, got)
-                else:
-                    await done.wait()
-                self.stats["fetched"] += len(blocks)
+                target = await self._pipeline(candidates[stalled % len(candidates)], target, announce, progress)
                 if self.chain.height == before:
-                    stalled += 1  # the peer's blocks did not apply; try another
-                progress.show(self.chain.height)
-                # A peer may have moved on while we fetched.
-                target = max(target, blocks[-1].height)
+                    stalled += 1  # nothing (or nothing valid) from this peer: try the next
         finally:
             progress.close()
             self.syncing = False
             self.stats["rounds"] += 1
 
-    async def _fetch(self, index: int, start: int) -> list[SyncedPayload]:
-        """Blocks from member ``index`` from height ``start``, each completely checked (prepare_synced, one
-        worker-thread call for the response) before the driver sees it: the valid prefix (a bad block and
-        everything after it is dropped).
+    async def _pipeline(self, index: int, target: int, announce: bool, progress: _Progress) -> int:
+        """Catch up from member ``index`` until the target, its last block, or the first response that does
+        not apply; returns the target (raised if the peer served blocks past it: it moved on meanwhile).
 
-        Blocks past the heights whose member set the executed chain fixes (node.ledger.epochs) are checked
-        against the member set known now: the driver applies such a block only if that set turns out to be
-        the one of its height, so the next response can be checked while the driver executes this one.
-        A certificate that fails under such a guessed set is not held against the peer."""
+        Three stages run at once, so a batch costs the slowest of them rather than their sum: the peer reads
+        and sends response k+2 (`_receive`) while response k+1's certificates and signatures are checked in
+        worker threads (`_check`) and the driver executes response k. The
+        channels between them hold one response each, which bounds memory to a few responses."""
+        to_check_send, to_check = trio.open_memory_channel(1)
+        to_apply_send, to_apply = trio.open_memory_channel(1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive, index, self.chain.height + 1, to_check_send)
+            nursery.start_soon(self._check, index, to_check, to_apply_send)
+            async for blocks in to_apply:
+                if not blocks or blocks[0].height != self.chain.height + 1:
+                    break  # a response failed its checks (the valid prefix, if any, came first) or left a gap
+                before, done = self.chain.height, trio.Event()
+                self.driver.synced(blocks, announce=announce, done=done)
+                await done.wait()
+                self.stats["fetched"] += len(blocks)
+                progress.show(self.chain.height)
+                target = max(target, blocks[-1].height)
+                if self.chain.height != blocks[-1].height or self.chain.height >= target:
+                    break  # a block did not apply (e.g. a guessed member set was wrong: fetched again), or done
+                assert self.chain.height > before
+            nursery.cancel_scope.cancel()
+        return target
+
+    async def _receive(self, index: int, start: int, out: trio.MemorySendChannel) -> None:
+        """Ask member ``index`` for consecutive responses from ``start``; each decoded one goes to ``out``.
+        Stops at the first empty, failed or malformed response (sending it on as an empty list)."""
+        async with out:
+            while True:
+                blocks = await self._request(index, start)
+                try:
+                    await out.send(blocks)
+                except trio.BrokenResourceError:
+                    return  # the checker stopped at a refused block: what we fetched past it is of no use
+                if not blocks:
+                    return
+                start = blocks[-1][0] + 1
+
+    async def _check(self, index: int, inbox: trio.MemoryReceiveChannel, out: trio.MemorySendChannel) -> None:
+        async with inbox, out:
+            async for blocks in inbox:
+                prepared = await self._prepare(index, blocks) if blocks else []
+                await out.send(prepared)
+                if len(prepared) < len(blocks) or not prepared:
+                    return  # what follows a refused block cannot apply
+
+    async def _fetch(self, index: int, start: int) -> list[SyncedPayload]:
+        """One response of member ``index`` from height ``start``, completely checked: its valid prefix."""
+        return await self._prepare(index, await self._request(index, start))
+
+    async def _request(self, index: int, start: int) -> list[tuple[int, bytes, bytes]]:
+        """One response of member ``index`` from height ``start``, decoded (not checked); [] if it failed."""
         peer = self.peer_ids[index]
         try:
             reply = await self.net.request(peer, CHANNEL, msgpack.packb({"op": "blocks", "from": start}),
@@ -314,20 +339,30 @@ class BlockSync:
             log.info("block sync from member %d failed: %s", index, exc)
             return []
         try:
-            blocks = decode_blocks(reply, start)
+            return decode_blocks(reply, start)
         except SyncError as exc:
             self.stats["bad_responses"] += 1
             self.scores.penalize(peer, peerscore.MALFORMED, "malformed sync response", exc)
             return []
+
+    async def _prepare(self, index: int, blocks: list[tuple[int, bytes, bytes]]) -> list[SyncedPayload]:
+        """Each block of a response completely checked (prepare_synced, one worker-thread call for the
+        response) before the driver sees it: the valid prefix (a bad block and everything after it is
+        dropped).
+
+        Blocks past the heights whose member set the executed chain fixes (node.ledger.epochs) are checked
+        against the member set known now: the driver applies such a block only if that set turns out to be
+        the one of its height, so responses can be checked while the driver executes earlier ones.
+        A certificate that fails under such a guessed set is not held against the peer."""
         if not blocks:
             return []
+        peer = self.peer_ids[index]
         items, certain = [], []
         for height, payload, cert in blocks:
             epoch, max_txs, max_payload, known = self.chain.sync_context(height)
             items.append((height, payload, cert, epoch, max_txs, max_payload))
             certain.append(known)
-        # txs gossip already verified (chain.verified) are taken as they are, not decoded or checked again
-        prepared, failure = await trio.to_thread.run_sync(prepare_synced_batch, items, self.chain.verified)
+        prepared, failure = await self._check_in_threads(items)
         if failure is not None:
             i, exc = failure
             if exc.peer_fault and certain[i]:
@@ -340,6 +375,45 @@ class BlockSync:
                 self.stats["bad_blocks"] += 1
                 log.error("refusing a certified block from member %d: %s", index, exc)
         return prepared
+
+    async def _check_in_threads(self, items: list) -> tuple[list[SyncedPayload], tuple | None]:
+        """prepare_synced_batch over the response cut into up to CHECK_THREADS runs of consecutive blocks of
+        about equal size, each in its own worker thread: the signature checks, most of the work, release the
+        GIL, so a node catching up checks on every core. The same result as one call: the prepared prefix
+        and the first refusal (index into ``items``). Txs gossip already verified (chain.verified) are taken
+        as they are, not decoded or checked again."""
+        parts = split_by_size(items, CHECK_THREADS)
+        results: list = [None] * len(parts)
+
+        async def check(j: int) -> None:
+            results[j] = await trio.to_thread.run_sync(prepare_synced_batch, parts[j], self.chain.verified)
+
+        async with trio.open_nursery() as nursery:
+            for j in range(len(parts)):
+                nursery.start_soon(check, j)
+        prepared: list[SyncedPayload] = []
+        offset = 0
+        for part, (ok, failure) in zip(parts, results, strict=True):
+            prepared.extend(ok)
+            if failure is not None:
+                return prepared, (offset + failure[0], failure[1])
+            offset += len(part)
+        return prepared, None
+
+
+def split_by_size(items: list, parts: int) -> list[list]:
+    """``items`` (height, payload, ...) cut into at most ``parts`` non-empty runs of consecutive blocks with
+    about the same payload bytes each, in order."""
+    total = sum(len(item[1]) for item in items)
+    runs: list[list] = [[]]
+    done = 0
+    for item in items:
+        # the next run starts with the block whose middle lies past this run's share (never an empty run)
+        if runs[-1] and len(runs) < parts and done + len(item[1]) / 2 > total * len(runs) / parts:
+            runs.append([])
+        runs[-1].append(item)
+        done += len(item[1])
+    return runs
 
 
 class _Progress:
