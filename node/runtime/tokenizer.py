@@ -230,7 +230,7 @@ class Tokenizer:
         self._slots = trio.Semaphore(INFLIGHT)
         self._running = False
         self.timeout = timeout
-        self.stats = {"requests": 0, "points": 0, "batches": 0, "failures": 0, "rate_limited": 0}
+        self.stats = {"requests": 0, "points": 0, "batches": 0, "failures": 0, "rate_limited": 0, "memory_hits": 0}
         self.latencies: list[float] = []  # seconds per batch, for bench/metrics (bounded below)
         self.bad_answers: Counter[str] = Counter()  # peer ID -> answers not used (failed proof, garbage...)
         self.rate_limited_by: Counter[str] = Counter()  # peer ID -> rate-limit refusals received
@@ -265,6 +265,9 @@ class Tokenizer:
         memo = self._memo
         out = [memo.get((epoch, kind, parts)) for kind, parts in items]
         if None not in out:
+            # pseudonym_stats' cache_hits: tokens answered without an evaluation, from memory or at rest
+            self.cache.hits += len(out)
+            self.stats["memory_hits"] += len(out)
             return out  # type: ignore[return-value]
         # Not all in memory: the misses from the cache at rest, then from the consortium.
         keys = {}
