@@ -306,6 +306,188 @@ def gossip_admission(n_txs: int = 2000, batch: int = 256) -> dict:
     return out
 
 
+def gossip_grouped(n_txs: int = 3000, batch: int = 6, group: int = 6) -> dict:
+    """In-process: gossiped txs in small batches (at ~2,400 tx/s over 4 members a 5 ms flush carries a
+    handful of txs per member), checked with one worker-thread hand-off per batch (baseline) or per `group`
+    batches waiting together (node.runtime.node's gossip loop now). CPU us per tx of the whole process
+    (every thread: the hand-offs cost both sides) and of the event loop."""
+    import trio
+    from nacl.signing import SigningKey
+
+    from node.ledger.intake import make_tx
+
+    key = SigningKey(bytes([1]) * 32)
+    now = int(time.time() * 1000)
+    raws = [make_tx("instances.accessed", key, chain_id="bench", member="m0", ts=now + i, nonce=i.to_bytes(16, "big"),
+                    patient=bytes(16), study=bytes(16), user=bytes(16), purpose="TREAT", outcome=0, action="R")
+            for i in range(n_txs)]
+    frames = [(f"peer{i % 3}", msgpack_pack(raws[i:i + batch])) for i in range(0, n_txs, batch)]
+
+    def run(mode: str) -> tuple[float, float]:
+        with tempfile.TemporaryDirectory(prefix="radchain-gossip-") as tmp:
+            _genesis, store, _chain, mempool, gossip = _bench_member(tmp, key)
+
+            async def feed() -> tuple[float, float]:
+                c0, p0 = time.thread_time(), time.process_time()
+                if mode == "per batch":
+                    for peer, f in frames:
+                        await gossip.on_batch_threaded(peer, f)
+                else:
+                    for i in range(0, len(frames), group):
+                        await gossip.on_batches_threaded(frames[i:i + group])
+                return time.thread_time() - c0, time.process_time() - p0
+
+            loop, proc = trio.run(feed)
+            assert len(mempool) == n_txs, (mode, len(mempool))
+            mempool.close()
+            store.close()
+        return loop * 1e6 / n_txs, proc * 1e6 / n_txs
+
+    return {mode: run(mode) for mode in ("per batch", "grouped")}
+
+
+def _bench_member(tmp: str, key):
+    """A one-member chain, LevelDB store, mempool and gossip in `tmp`, the store holding 50,000 tx
+    records already (as a node's after a minute at full load: LevelDB lookups cost what they cost there)."""
+    from node.ledger.chain import Chain
+    from node.ledger.genesis import Genesis, Member
+    from node.ledger.store import Store, tx_key
+    from node.runtime.gossip import TxGossip
+    from node.runtime.mempool import Mempool
+    from node.runtime.settings import MempoolConfig
+
+    genesis = Genesis(chain_id="bench", genesis_time="2026-01-01T00:00:00+00:00", params={},
+                      members=(Member(name="m0", pubkey=bytes(key.verify_key), peer_id="p0", p2p=(), rpc=""),))
+    store = Store(os.path.join(tmp, "chain"))
+    rng = __import__("random").Random(7)
+    with store.db.write_batch() as wb:
+        for _ in range(50_000):
+            wb.put(tx_key(rng.randbytes(32)), rng.randbytes(300))
+    chain = Chain(genesis, store)
+    mempool = Mempool(Path(tmp) / "mempool", 1_000_000, min_backlog=10**9)  # never busy: no refusals here
+    gossip = TxGossip(lambda ch, data: 0, chain, mempool, MempoolConfig(), on_admitted=lambda: None)
+    return genesis, store, chain, mempool, gossip
+
+
+def submit_path(n_events: int = 3000) -> dict:
+    """In-process: the node's own work per `submit_event` call of a batch (prepare_event's token prefetch,
+    then submit_event in sync mode: tokens, signing, checks, durable mempool admission), the load's events
+    (200 patients, 400 studies, 300 actors, tokens already computed once), on a real chain, store,
+    mempool and tokenizer; no HTTP. Baseline: the code before this round, step by step (tokens from the
+    sealed LevelDB cache, the event read twice, the signed bytes decoded again, the authorisation checked
+    twice, LevelDB lookups per tx); this code: node.rpc.submit's prepare_event and submit_event on the
+    same fixture. Fresh fixture each; event-loop CPU us per call (thread_time)."""
+    from types import SimpleNamespace
+
+    import trio
+    from nacl.signing import SigningKey
+
+    from bench.testnet import event_batch
+    from node.ledger import oprf
+    from node.ledger.intake import event_to_tx_fields, sign_tx
+    from node.ledger.tx import tx_hash
+    from node.rpc.submit import Admission, prepare_event, submit_event
+    from node.runtime.node import Node
+    from node.runtime.tokenizer import Tokenizer, _Collect, _Resolved, ensure_local_secrets, write_epoch
+
+    key = SigningKey(bytes([9]) * 32)
+    calls = [c["params"] for c in event_batch("bench", 0, int(time.time() * 1000), n_events)]
+    public, shares = oprf.deal(3, 4, epoch=1)
+
+    def run(mode: str) -> float:
+        with tempfile.TemporaryDirectory(prefix="radchain-submit-") as tmp:
+            home = Path(tmp) / "home"
+            ensure_local_secrets(home)
+            write_epoch(home, public, shares[0])
+            tok = Tokenizer(home, None, ["p0", "p1", "p2", "p3"], 0)
+            assert tok.epoch == 1
+            items = {("patient", (c["event"]["patient_id"], c["event"]["issuer"])) for c in calls}
+            items |= {("study", (c["event"]["study_uid"],)) for c in calls}
+            tok.cache.put_many([(oprf.token_input(1, k, *parts), os.urandom(16)) for k, parts in items])
+            genesis, store, chain, mempool, gossip = _bench_member(tmp, key)
+            kw = {"chain_id": "bench", "member": "m0", "client": bytes(key.verify_key)}
+            node = SimpleNamespace(genesis=genesis, tokenizer=tok, cfg=SimpleNamespace(name="m0"), member_key=key,
+                                   chain=chain, store=store, mempool=mempool, gossip=gossip,
+                                   disk=SimpleNamespace(full=False))
+            node.rpc = SimpleNamespace(admission=Admission(node, SimpleNamespace(submitted=lambda h: None)))
+            for name in ("event_to_own_tx", "prefetch_tokens", "submit"):
+                setattr(node, name, getattr(Node, name).__get__(node))
+
+            async def before(call) -> None:
+                # prepare_event: pass 1 over the event and the tokens (into the cache) ...
+                event = call["event"]
+                collect = _Collect(tok.local)
+                event_to_tx_fields(event, collect, **kw)
+                await tok.tokens(sorted(set(collect.items)))
+                # ... then submit_event: pass 1 again, the tokens, pass 2, sign, decode the own tx again
+                collect = _Collect(tok.local)
+                event_to_tx_fields(event, collect, **kw)
+                wanted = sorted(set(collect.items))
+                tokens = dict(zip(wanted, await tok.tokens(wanted), strict=True))
+                fields = event_to_tx_fields(event, _Resolved(tok.local, tokens), **kw)
+                raw = sign_tx(fields, key)
+                chain.check_own_tx(raw)
+                h = tx_hash(raw)  # _answer
+                if h not in mempool and not store.has_tx(h):
+                    node.rpc.admission.gate()
+                assert store.get_tx(h) is None  # Admission.admit
+                h = tx_hash(raw)  # Node.submit(checked=False)
+                assert store.get_tx(h) is None
+                chain.check_tx(raw)
+                gossip.admit([(h, raw)])
+
+            async def this(call) -> None:
+                await prepare_event(node, call)
+                answer = await submit_event(node, call, None)
+                assert answer["status"] == "pending", answer
+
+            async def feed(step) -> float:
+                c0 = time.thread_time()
+                for call in calls:
+                    await step(call)
+                return time.thread_time() - c0
+
+            if mode == "before":
+                tok.memo_size = 0
+            cpu = trio.run(feed, before if mode == "before" else this)
+            assert len(mempool) == n_events, (mode, len(mempool))
+            result = cpu * 1e6 / n_events
+            mempool.close()
+            store.close()
+            tok.close()
+            return result
+
+    return {mode: run(mode) for mode in ("before", "this")}
+
+
+def psk_cipher(rounds: int = 3) -> dict:
+    """In-process: the private-network layer's Salsa20 (every frame of every p2p connection, each way),
+    pycryptodome's (baseline) against network.pnet.new_cipher, on a mix of frame sizes like a node's at
+    full load (votes of ~200-400 B, gossip batches of a few KB to 64 KB); identical output checked. CPU us
+    per frame, best of `rounds`."""
+    from Crypto.Cipher import Salsa20
+
+    from network.pnet import new_cipher
+
+    rng = __import__("random").Random(3)
+    frames = [rng.randbytes(rng.choice((140, 220, 380, 380, 600, 2_400, 9_000, 65_000))) for _ in range(4000)]
+    key, nonce = bytes(range(32)), bytes(8)
+    a, b = Salsa20.new(key=key, nonce=nonce), new_cipher(key, nonce)
+    for f in frames[:500]:
+        assert a.encrypt(f) == b.encrypt(f)
+    best = {}
+    for name, make in (("pycryptodome", lambda: Salsa20.new(key=key, nonce=nonce)), ("this", lambda: new_cipher(key, nonce))):
+        times = []
+        for _ in range(rounds):
+            c = make()
+            c0 = time.thread_time()
+            for f in frames:
+                c.encrypt(f)
+            times.append(time.thread_time() - c0)
+        best[name] = min(times) * 1e6 / len(frames)
+    return best
+
+
 def msgpack_pack(items: list[bytes]) -> bytes:
     import msgpack
 
@@ -406,6 +588,20 @@ def main() -> None:
           f"{g['thread']['loop_us']:.1f} us/tx with the worker thread: ratio "
           f"{g['thread']['loop_us'] / g['inline']['loop_us']:.2f}x; wall {g['inline']['wall_us']:.0f} -> "
           f"{g['thread']['wall_us']:.0f} us/tx", flush=True)
+
+    gg = gossip_grouped()
+    print(f"gossip in small batches, in process (3,000 txs, 6 per batch, 3 members): CPU {gg['per batch'][1]:.1f} "
+          f"us/tx for the process (event loop {gg['per batch'][0]:.1f}) with a worker-thread hand-off per batch "
+          f"(baseline), {gg['grouped'][1]:.1f} ({gg['grouped'][0]:.1f}) with one per 6 batches waiting together: "
+          f"ratio {gg['grouped'][1] / gg['per batch'][1]:.2f}x", flush=True)
+    sp = submit_path()
+    print(f"submit path, in process (prepare_event + submit_event per call of a batch, warm tokens, no HTTP): "
+          f"event-loop CPU {sp['before']:.1f} us per call with the code before this round (baseline), "
+          f"{sp['this']:.1f} us with this code: ratio {sp['this'] / sp['before']:.2f}x", flush=True)
+    pc = psk_cipher()
+    print(f"private-network Salsa20, in process (a node's frame-size mix): {pc['pycryptodome']:.1f} us per frame "
+          f"with pycryptodome (baseline), {pc['this']:.1f} us with libsodium through network.pnet: ratio "
+          f"{pc['this'] / pc['pycryptodome']:.2f}x", flush=True)
 
     rows = []
     for i, n in enumerate(sizes):

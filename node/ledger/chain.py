@@ -326,6 +326,13 @@ class SeenFilter:
         self.bits[a >> 3] |= 1 << (a & 7)
         self.bits[b >> 3] |= 1 << (b & 7)
 
+    def maybe(self, h: bytes) -> bool:
+        """False: no block this node executed (or holds) has tx ``h``, certain; True: ask the store."""
+        x = int.from_bytes(h[:8], "little")
+        a, b = x & self.mask, (x >> 32) & self.mask
+        bits = self.bits
+        return bool(bits[a >> 3] & (1 << (a & 7)) and bits[b >> 3] & (1 << (b & 7)))
+
     def first_seen_fn(self, has: Callable[[bytes], bytes | None]) -> Callable[[bytes], bool]:
         """first_seen(h) for execute_txs: True if no earlier block holds h (and remember h from now on)."""
         bits, mask = self.bits, self.mask
@@ -428,6 +435,15 @@ class Chain:
             self._remember(tx)
         self._check_authorised(tx)
         return tx
+
+    def committed_tx(self, h: bytes) -> tuple[int, int, bytes] | None:
+        """Store.get_tx(h), without a LevelDB lookup for a tx no block holds (nearly every tx a node is
+        offered: the seen filter's "absent" is certain, 2-6 us of LevelDB saved per tx)."""
+        return self.store.get_tx(h) if self._seen.maybe(h) else None
+
+    def has_committed(self, h: bytes) -> bool:
+        """Store.has_tx(h), through the seen filter (see committed_tx)."""
+        return self._seen.maybe(h) and self.store.has_tx(h)
 
     def verified(self, h: bytes) -> Tx | None:
         """The tx with hash ``h`` (SHA-256 of its exact signed bytes) if this node already verified it."""

@@ -83,6 +83,14 @@ def normalize(kind: str, *values) -> tuple[str, ...]:
     return tuple(v for v, _ in parts)
 
 
+def _hmac_pads(key: bytes) -> tuple:
+    """SHA-256 states after the HMAC key's inner and outer padded blocks (RFC 2104, block size 64)."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\x00")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key)))
+
+
 # The error of the node's consortium tokenizer (node.tokenizer): defined here, with the token rules, so the
 # RPC edge can name it without importing the runtime.
 class TokenizeError(Exception):
@@ -99,7 +107,7 @@ class TokenizeError(Exception):
 class Pseudonymizer:
     """Keyed tokens for patients, studies, series, instances, users and event ids."""
 
-    __slots__ = ("_key", "_domain", "key_id", "version")
+    __slots__ = ("_key", "_domain", "key_id", "version", "_inner", "_outer")
 
     def __init__(self, key: bytes, version: int = 1):
         """``version`` is the key epoch: a key rotation bumps it so old and new tokens never collide."""
@@ -112,13 +120,20 @@ class Pseudonymizer:
         self._domain = b"radchain/pseudonym/v%d/" % version
         # Public fingerprint of the key, to tell which key a deployment uses without revealing it.
         self.key_id = hmac.new(self._key, self._domain + b"key-id", hashlib.sha256).hexdigest()[:16]
+        self._inner, self._outer = _hmac_pads(self._key)
 
     def __repr__(self) -> str:  # never print the key
         return f"Pseudonymizer(key_id={self.key_id}, version={self.version})"
 
     def _token(self, kind: bytes, *parts: bytes) -> bytes:
         msg = self._domain + kind + b"\x00" + b"".join(parts)
-        return hmac.new(self._key, msg, hashlib.sha256).digest()[:TOKEN_BYTES]
+        # HMAC-SHA256(key, msg) from the key's two padded blocks hashed once (RFC 2104): the same bytes as
+        # hmac.new(key, msg, sha256).digest() at a third of its cost (two or more tokens per event)
+        inner = self._inner.copy()
+        inner.update(msg)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:TOKEN_BYTES]
 
     def patient(self, patient_id: str, issuer: str) -> bytes:
         """Patient ID (0010,0020) qualified by Issuer of Patient ID (0010,0021): IDs are only unique per issuer."""

@@ -50,7 +50,7 @@ __all__ = [
     "TX_DOMAIN", "TX_VERSION", "MAX_TX_BYTES", "MAX_LIST", "TOKEN_BYTES", "TxError", "Tx", "TX_TYPES", "TX_TYPE_ORDER",
     "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "RESEARCH_TYPES", "OPRF_TYPES", "PURPOSES", "OUTCOMES",
     "ACTIONS",
-    "encode_body", "encode_tx", "sign_body", "sign_fields", "decode_tx", "verify_tx", "tx_hash",
+    "encode_body", "encode_tx", "sign_body", "sign_fields", "sign_fields_tx", "decode_tx", "verify_tx", "tx_hash",
 ]
 
 TX_DOMAIN = b"radchain/tx/v1\x00"
@@ -354,13 +354,23 @@ def sign_body(body: bytes, signing_key: SigningKey) -> bytes:
 
 def sign_fields(fields: dict, signing_key: SigningKey) -> bytes:
     """Wire bytes of ``fields`` signed by ``signing_key``; ``client`` and ``v`` are filled in if absent."""
+    return sign_fields_tx(fields, signing_key).raw
+
+
+def sign_fields_tx(fields: dict, signing_key: SigningKey) -> Tx:
+    """sign_fields, returned as the decoded Tx (what decode_tx of its wire bytes gives): a node admitting
+    the tx it just signed skips decoding its own bytes again. Raises TxError if the fields are invalid."""
     fields = dict(fields)
     client = bytes(signing_key.verify_key)
     if fields.setdefault("client", client) != client:
         raise TxError("client: does not match the signing key")
     fields.setdefault("v", TX_VERSION)
-    body = encode_body(fields)
-    return encode_tx(body, sign_body(body, signing_key))
+    body = _packb({k: fields[k] for k in sorted(fields)})
+    decoded = _decode_body(body)  # the fields as every verifier sees them (types as msgpack gives them)
+    _check_fields(decoded, "body")
+    sig = sign_body(body, signing_key)
+    raw = encode_tx(body, sig)
+    return Tx(raw, _sha256(raw).digest(), body, sig, decoded)
 
 
 _tls = threading.local()

@@ -84,14 +84,15 @@ class Admission:
         data = _busy_data(over) if over is not None else {"retry_after": 1.0}
         return RpcError(MEMPOOL_FULL, f"{exc}; retry after {data['retry_after']:g} s (resubmitting is safe)", data)
 
-    def admit(self, raw: bytes, h: bytes) -> dict:
-        """Check and durably admit one tx; the answer, or RpcError(REJECTED / MEMPOOL_FULL)."""
+    def admit(self, raw: bytes, h: bytes, checked: bool = False) -> dict:
+        """Check and durably admit one tx; the answer, or RpcError(REJECTED / MEMPOOL_FULL). `checked`: the
+        node built and checked it itself (submit_event)."""
         node = self.node
-        found = node.store.get_tx(h)
+        found = node.chain.committed_tx(h)
         if found is not None:
             return committed_answer(node, h, found[0])
         try:
-            node.submit([raw], checked=False)
+            node.submit([raw], checked=checked, hashes=[h])
         except DiskFull as exc:  # before MempoolFull, which the mempool's disk-full refusal also is
             raise RpcError(MEMPOOL_FULL, str(exc), exc.data) from None
         except MempoolFull as exc:
@@ -99,13 +100,14 @@ class Admission:
         except TxError as exc:
             self._reject(h, str(exc))
             raise RpcError(REJECTED, f"rejected: {exc}", _ids(h, reason=str(exc), field=exc.field)) from None
-        self.rejected.pop(h, None)
+        if self.rejected:
+            self.rejected.pop(h, None)
         self.metrics.submitted(h)
         return _ids(h, status="pending")
 
     def enqueue(self, raw: bytes, h: bytes) -> dict:
         node = self.node
-        found = node.store.get_tx(h)
+        found = node.chain.committed_tx(h)
         if found is not None:
             return committed_answer(node, h, found[0])
         if h in node.mempool:
@@ -172,14 +174,16 @@ def _mode_and_timeout(params: dict) -> tuple[str, float]:
     return mode, float(timeout)
 
 
-def _answer(node, raw: bytes, mode: str, timeout: float):
+def _answer(node, raw: bytes, mode: str, timeout: float, h: bytes | None = None, checked: bool = False):
+    """The answer to one submitted tx (`h`: its hash when known; `checked`: built and checked by this node)."""
     admission: Admission = node.rpc.admission
-    h = tx_hash(raw)
+    if h is None:
+        h = tx_hash(raw)
     if mode == "async":
         return admission.enqueue(raw, h)
-    if h not in node.mempool and not node.store.has_tx(h):
+    if h not in node.mempool and not node.chain.has_committed(h):
         admission.gate()  # a resubmission of an admitted or committed tx is answered even when busy
-    answer = admission.admit(raw, h)
+    answer = admission.admit(raw, h, checked)
     if mode == "sync" or answer["status"] == "committed":
         return answer
 
@@ -216,14 +220,14 @@ async def submit_event(node, params: dict, caller: Caller):
     # only after signing, so it too waits for the backlog to drain).
     node.rpc.admission.gate()
     try:
-        raw = await node.event_to_tx(event)
+        tx = await node.event_to_own_tx(event)
     except TokenizeError as exc:
         raise tokenize_error(exc) from None
     except EventError as exc:
         raise RpcError(REJECTED, str(exc), {"field": exc.field}) from None
     except TxError as exc:  # the event mapped to fields the tx schema refuses
         raise RpcError(REJECTED, f"rejected: {exc}", {"field": exc.field}) from None
-    return _answer(node, raw, mode, timeout)
+    return _answer(node, tx.raw, mode, timeout, tx.hash, checked=True)
 
 
 def tokenize_error(exc: TokenizeError) -> RpcError:

@@ -61,6 +61,7 @@ class Mempool:
         self.min_backlog = min_backlog
         self.drain_seconds = drain_seconds
         self._commits: deque[tuple[float, int]] = deque()  # (monotonic time, txs) per committed block
+        self._committed = 0  # sum of the txs in _commits: every client call asks for the rate (overload)
         self._txs: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # hash -> (raw, received at)
         self._in_flight: dict[bytes, int] = {}  # hash -> height proposed at
         # hash -> when first admitted, in admission order; unlike _txs never re-ordered by touch(), so the
@@ -208,25 +209,29 @@ class Mempool:
     # ------------------------------------------------------------------ backpressure
     def _record_commit(self, n: int, now: float) -> None:
         self._commits.append((now, n))
-        while self._commits and self._commits[0][0] < now - RATE_WINDOW:
-            self._commits.popleft()
+        self._committed += n
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        commits = self._commits
+        while commits and commits[0][0] < now - RATE_WINDOW:
+            self._committed -= commits.popleft()[1]
 
     def commit_rate(self, now: float) -> float:
         """Txs committed per second over the last RATE_WINDOW seconds (0 when nothing committed)."""
-        while self._commits and self._commits[0][0] < now - RATE_WINDOW:
-            self._commits.popleft()
+        self._expire(now)
         if not self._commits:
             return 0.0
         # Over the window, or since the first block in it when the chain just started committing; at least
         # 1 s so one block right after an idle spell does not read as a huge rate.
         span = max(1.0, min(RATE_WINDOW, now - self._commits[0][0]))
-        return sum(n for _, n in self._commits) / span
+        return self._committed / span
 
     def admission_limit(self, now: float) -> int:
         return max(self.min_backlog, int(self.commit_rate(now) * self.drain_seconds))
 
     def overload(self, now: float) -> Overload | None:
-        """None when a client tx may be admitted now; else how long the client should wait. O(window)."""
+        """None when a client tx may be admitted now; else how long the client should wait. O(1) amortised."""
         backlog = len(self._txs)
         if backlog < self.min_backlog:
             return None

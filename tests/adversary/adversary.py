@@ -164,6 +164,8 @@ class AdversaryNode(Node):
         self.gossip.on_batch = self._on_gossip_in
         self._on_batch_threaded_honest = self.gossip.on_batch_threaded  # the path Node takes by default
         self.gossip.on_batch_threaded = self._on_gossip_in_threaded
+        self._on_batches_threaded_honest = self.gossip.on_batches_threaded  # batches waiting together
+        self.gossip.on_batches_threaded = self._on_gossip_in_grouped
         # slow primary
         self._held: deque[bytes] = deque()
         self._held_set: set[bytes] = set()
@@ -346,6 +348,11 @@ class AdversaryNode(Node):
         if "replay" in self.b:
             self._recorded.append((time.monotonic(), TX_CHANNEL, data))
         await self._on_batch_threaded_honest(peer, data)
+
+    async def _on_gossip_in_grouped(self, frames: list[tuple[str, bytes]]) -> None:
+        if "replay" in self.b:
+            self._recorded.extend((time.monotonic(), TX_CHANNEL, data) for _peer, data in frames)
+        await self._on_batches_threaded_honest(frames)
 
     # ------------------------------------------------------------------ sync
     async def _sync_serve(self, peer: str, data: bytes) -> bytes:

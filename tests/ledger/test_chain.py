@@ -11,6 +11,7 @@ from node.ledger.block import APPLIED, DUPLICATE, REJECTED, Block, ProposalHeade
 from node.ledger.chain import Chain, ChainError, ProposalError, proposal_digest
 from node.ledger.merkle import merkle_root
 from node.ledger.store import Store
+from node.ledger.tx import tx_hash
 
 
 def test_commit_blocks_and_query_indexes(consortium, chain, store):
@@ -282,6 +283,27 @@ def test_duplicates_detected_across_restart_whatever_the_filter_says(consortium,
     blk = ch.execute(payload, c.certificate(ch, payload, 2))
     assert blk.statuses == bytes([DUPLICATE] * 5 + [APPLIED] * 20)
     assert len(s.query("time", b"", limit=1000)[0]) == 40
+    s.close()
+
+
+@pytest.mark.parametrize("bits", [3, 27])
+def test_committed_lookups_through_the_filter_agree_with_the_store(consortium, tmp_path, bits):
+    """Chain.committed_tx / has_committed (the RPC's and gossip's "already committed?") answer exactly what
+    the store does, before and after a restart, whether the filter says "absent" or "maybe"."""
+    c = consortium
+    s = Store(tmp_path / "db")
+    ch = Chain(c.genesis, s, seen_filter_bits=bits)
+    old = [c.tx(i % 4) for i in range(20)]
+    c.commit(ch, old)
+    fresh = [c.tx(i % 4) for i in range(20)]
+    for _ in range(2):
+        for raw in old + fresh:
+            h = tx_hash(raw)
+            assert ch.committed_tx(h) == s.get_tx(h)
+            assert ch.has_committed(h) is s.has_tx(h) is (raw in old)
+        s.close()
+        s = Store(tmp_path / "db")
+        ch = Chain(c.genesis, s, seen_filter_bits=bits)
     s.close()
 
 

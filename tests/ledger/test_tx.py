@@ -6,7 +6,16 @@ import msgpack
 import pytest
 from nacl.signing import SigningKey
 
-from node.ledger.tx import MAX_TX_BYTES, TX_DOMAIN, TxError, decode_tx, encode_tx, sign_body, sign_fields
+from node.ledger.tx import (
+    MAX_TX_BYTES,
+    TX_DOMAIN,
+    TxError,
+    decode_tx,
+    encode_tx,
+    sign_body,
+    sign_fields,
+    sign_fields_tx,
+)
 
 KEY = SigningKey(b"\x05" * 32)
 
@@ -32,6 +41,28 @@ def test_round_trip_and_hash_is_deterministic():
     assert tx.type == "instances.accessed" and tx.member == "hosp-a"
     assert sign_fields(fields(), KEY) == raw  # ed25519 is deterministic: same fields, same bytes
     assert decode_tx(raw).hash == tx.hash
+
+
+@pytest.mark.parametrize("over", [{}, {"series": [b"x" * 16, b"y" * 16], "n_instances": 7}, {"user": None, "ae": "CT1"},
+                                  {"type": "query", "study": None}])
+def test_sign_fields_tx_is_exactly_what_decode_tx_reads_back(over):
+    """The own-tx path (node: submit_event) admits the Tx sign_fields_tx returns without decoding its bytes
+    again: it must be the same Tx decode_tx gives for them, field types and key order included."""
+    tx = sign_fields_tx(fields(**over), KEY)
+    again = decode_tx(tx.raw)
+    assert tx.raw == sign_fields(fields(**over), KEY)
+    assert (tx.hash, tx.body, tx.sig) == (again.hash, again.body, again.sig)
+    assert list(tx.fields.items()) == list(again.fields.items())
+    assert [type(v) for v in tx.fields.values()] == [type(v) for v in again.fields.values()]
+
+
+@pytest.mark.parametrize("over, message", [({"outcome": True}, "outcome"), ({"patient": b"p" * 15}, "patient"),
+                                            ({"ts": 1.0}, "ts"), ({"colour": "red"}, "colour"),
+                                            ({"client": b"c" * 32}, "client: does not match")])
+def test_sign_fields_tx_refuses_what_sign_fields_refuses(over, message):
+    for sign in (sign_fields, sign_fields_tx):
+        with pytest.raises(TxError, match=message):
+            sign(fields(**over), KEY)
 
 
 def test_signature_is_domain_separated():

@@ -84,6 +84,34 @@ async def test_threaded_and_inline_checks_admit_and_refuse_the_same_txs(tmp_path
         threaded.close()
 
 
+def grouped_outcome(m: Member) -> tuple:
+    return (sorted(raw for raw in set(POOL) if tx_hash(raw) in m.mempool), m.gossip.stats["txs_admitted"],
+            m.gossip.scores.score("peer-a") > 0, m.gossip.scores.score("peer-b") > 0, m.admitted > 0)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.tuples(st.sampled_from(["peer-a", "peer-b"]),
+                                  st.lists(st.sampled_from(POOL + [COMMITTED]), max_size=12)
+                                  | st.just(None)),  # None: a malformed frame
+                        min_size=1, max_size=6))
+async def test_batches_checked_together_end_as_if_checked_one_by_one(tmp_path_factory, batches):
+    """The node's gossip loop hands the batches waiting together to one worker-thread call
+    (on_batches_threaded): the same txs are admitted, and each member is scored for its own batches only."""
+    one, group = (Member(tmp_path_factory.mktemp(name)) for name in ("one", "group"))
+    try:
+        for m in (one, group):
+            C.commit(m.chain, [COMMITTED])
+        frames = [(peer, b"\xc1" if b is None else msgpack.packb(b, use_bin_type=True)) for peer, b in batches]
+        for peer, frame in frames:
+            await one.gossip.on_batch_threaded(peer, frame)
+        await group.gossip.on_batches_threaded(frames)
+        assert grouped_outcome(group) == grouped_outcome(one)
+        assert set(grouped_outcome(group)[0]) <= set(VALID)
+    finally:
+        one.close()
+        group.close()
+
+
 async def test_a_forgery_is_neither_admitted_nor_cached_so_a_proposal_carrying_it_is_refused(tmp_path):
     m = Member(tmp_path)
     try:

@@ -162,3 +162,26 @@ def test_kill_9_loses_no_tx_the_client_was_told_is_pending(tmp_path):
     assert all(item(i)[0] in pool for i in range(told + 1))
     assert len(pool) % 50 == 0  # a batch is whole or absent
     pool.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks=st.lists(st.tuples(st.floats(min_value=0, max_value=3, allow_nan=False), st.integers(0, 2000)),
+                       max_size=60),
+       later=st.floats(min_value=0, max_value=8, allow_nan=False))
+def test_the_commit_rate_kept_as_a_running_sum_is_the_rate_over_the_window(blocks, later):
+    """commit_rate (asked on every client call) keeps a running sum; it must equal the plain sum of the txs
+    committed in the last RATE_WINDOW seconds, whatever the spacing of the blocks."""
+    from node.runtime.mempool import RATE_WINDOW
+
+    pool, now, history = Mempool(None, 100), 100.0, []
+    for gap, n in blocks:
+        now += gap
+        pool.remove([b"x"] * n, now=now)
+        history.append((now, n))
+        window = [(t, k) for t, k in history if t >= now - RATE_WINDOW]
+        span = max(1.0, min(RATE_WINDOW, now - window[0][0]))
+        assert pool.commit_rate(now) == pytest.approx(sum(k for _, k in window) / span)
+    now += later
+    window = [(t, k) for t, k in history if t >= now - RATE_WINDOW]
+    expected = sum(k for _, k in window) / max(1.0, min(RATE_WINDOW, now - window[0][0])) if window else 0.0
+    assert pool.commit_rate(now) == pytest.approx(expected)

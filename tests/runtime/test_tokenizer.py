@@ -58,3 +58,132 @@ def test_pseudonym_refusals_are_retried_by_the_dicom_spool_not_dead_lettered(exc
     assert err.data["reason"].startswith("pseudonym_") and err.data["retry_after"] > 0
     verdict = Deliverer._classify({"jsonrpc": "2.0", "id": 1, "error": err.to_json()}, 200)
     assert isinstance(verdict, RetryLater), verdict
+
+
+# ------------------------------------------------------------------ the submit path's token work (issue 17)
+
+import hashlib  # noqa: E402
+
+from node.ledger.intake import EXAMPLE_EVENT, EventError, event_to_tx_fields  # noqa: E402
+from node.ledger.pseudonym import normalize  # noqa: E402
+from node.runtime.tokenizer import Tokenizer, _Resolved, event_fields, prefetch  # noqa: E402
+
+KW = {"chain_id": "c", "member": "hosp-a", "client": b"k" * 32}
+EVENTS = [
+    {**EXAMPLE_EVENT, "event_id": "e1", "time": 1_800_000_000_000},
+    {**EXAMPLE_EVENT, "event_id": "e2", "time": 1_800_000_000_001, "series_uids": ["1.2.3", "1.2.4"],
+     "sop_instance_uids": ["1.2.3.1"], "actor_ae": "CT1", "peer_ae": "PACS", "modality": "CT"},
+    {"type": "query", "patient_id": " PAT-9 ", "issuer": "HOSP-A", "actor": "dr.who", "purpose": "TREAT",
+     "event_id": "e3", "time": 1_800_000_000_002},
+    {"type": "instances.stored", "patient_id": "PAT-1", "issuer": "HOSP-A", "study_uid": "1.2.840.1\x00",
+     "actor": "MODALITY1", "actor_ae": "MODALITY1", "purpose": "TREAT", "event_id": "e4", "time": 1_800_000_000_003},
+    {"type": "consent.granted", "patient_id": "PAT-1", "issuer": "HOSP-A", "grantee": "dr.jones",
+     "scope": "ALL", "purpose": "TREAT", "actor": "dr.smith", "event_id": "e5", "time": 1_800_000_000_004},
+]
+
+
+def _consortium(event) -> list:
+    items = [("patient", normalize("patient", event["patient_id"], event["issuer"]))]
+    if "study_uid" in event:
+        items.append(("study", normalize("study", event["study_uid"])))
+    if "grantee" in event:
+        items.append(("grantee", normalize("grantee", event["grantee"])))
+    return items
+
+
+def _tokenizer(home, epochs=(1,)) -> Tokenizer:
+    """A tokenizer that is not running (no network): only what its caches hold can be answered."""
+    ensure_local_secrets(home)
+    for epoch in epochs:
+        public, shares = oprf.deal(3, 4, epoch=epoch)
+        write_epoch(home, public, shares[0])
+    return Tokenizer(home, None, ["p0", "p1", "p2", "p3"], 0)
+
+
+def _at_rest(tok: Tokenizer, items, epoch: int = 1) -> dict:
+    """Tokens for `items` into the cache at rest (as an earlier OPRF round would have put them)."""
+    tokens = {item: hashlib.sha256(oprf.token_input(epoch, item[0], *item[1])).digest()[:16] for item in items}
+    tok.cache.put_many([(oprf.token_input(epoch, k, *parts), t) for (k, parts), t in tokens.items()])
+    return tokens
+
+
+async def test_repeated_identifiers_are_answered_from_memory_not_the_cache_at_rest(tmp_path):
+    tok = _tokenizer(tmp_path)
+    items = [item for e in EVENTS for item in _consortium(e)]
+    known = _at_rest(tok, items)
+    at_rest = tok.cache.get
+    asked: list[bytes] = []
+    tok.cache.get = lambda x: asked.append(x) or at_rest(x)  # count the reads of the cache at rest
+    first = await tok.tokens(items)
+    assert first == [known[i] for i in items]
+    assert len(asked) == len(set(items)) and tok.cache.misses == 0
+    hits = tok.cache.hits
+    assert await tok.tokens(items) == first  # from memory: the cache at rest is not read again
+    assert len(asked) == len(set(items))
+    # pseudonym_stats' cache_hits counts them (answered without an evaluation), memory_hits says where
+    assert tok.cache.hits == hits + len(items) and tok.stats["memory_hits"] == len(items)
+    # bounded, oldest out: still right, the evicted ones come from the cache at rest again
+    tok._memo.clear()
+    tok.memo_size = 2
+    assert await tok.tokens(items) == first and len(tok._memo) == 2
+    tok.memo_size = 0  # off (the benchmark's baseline)
+    tok._memo.clear()
+    assert await tok.tokens(items) == first and not tok._memo
+    tok.close()
+
+
+async def test_memory_keeps_epochs_apart(tmp_path):
+    tok = _tokenizer(tmp_path, epochs=(1, 2))
+    items = _consortium(EVENTS[0])
+    one, two = _at_rest(tok, items, 1), _at_rest(tok, items, 2)
+    assert one != two
+    for _ in range(2):  # cold, then from memory
+        assert await tok.tokens(items, 1) == [one[i] for i in items]
+        assert await tok.tokens(items, 2) == [two[i] for i in items]
+        assert await tok.tokens(items) == [two[i] for i in items]  # the current epoch is the newest
+    tok.close()
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=[e["type"] + "-" + e["event_id"] for e in EVENTS])
+async def test_one_pass_gives_the_fields_of_the_two_pass_reading(tmp_path, event):
+    """event_fields reads the event once now; its fields (so the tx bytes and hash) are those the earlier
+    two passes gave: pass 1 listing the identifiers, pass 2 (_Resolved) with their tokens."""
+    tok = _tokenizer(tmp_path)
+    known = _at_rest(tok, _consortium(event))
+    fields = await event_fields(event, tok, **KW)
+    assert fields == event_to_tx_fields(event, _Resolved(tok.local, known), **KW)
+    assert all(type(v) is not object and not hasattr(v, "item") for v in fields.values())
+    assert fields["patient"] == known[_consortium(event)[0]]
+    tok.close()
+
+
+async def test_a_bad_event_is_refused_before_any_token_request_and_unknown_identifiers_need_the_consortium(tmp_path):
+    tok = _tokenizer(tmp_path)  # not running: any request would fail with TokenizeError("unavailable")
+    with pytest.raises(EventError, match="purpose"):
+        await event_fields({**EVENTS[0], "purpose": "FUN"}, tok, **KW)
+    with pytest.raises(EventError, match="patient_id"):
+        await event_fields({**EVENTS[0], "patient_id": ""}, tok, **KW)
+    with pytest.raises(TokenizeError) as info:
+        await event_fields(EVENTS[0], tok, **KW)
+    assert info.value.code == "unavailable"
+    tok.close()
+
+
+async def test_prefetch_returns_at_once_only_when_every_token_is_in_memory(tmp_path):
+    tok = _tokenizer(tmp_path)
+    _at_rest(tok, _consortium(EVENTS[0]))
+    await prefetch(EVENTS[0], tok, **KW)  # from the cache at rest into memory
+    await prefetch(EVENTS[0], tok, **KW)  # now the shortcut
+    assert tok.memoized(_consortium(EVENTS[0]))
+    # a new study: the full pass and a request (which fails: the tokenizer is not running)
+    with pytest.raises(TokenizeError):
+        await prefetch({**EVENTS[0], "study_uid": "9.9.9"}, tok, **KW)
+    # malformed identifiers never take the shortcut: the full pass reports them
+    for bad in ({**EVENTS[0], "patient_id": 7}, {**EVENTS[0], "study_uid": ""}, ["not", "an", "event"]):
+        with pytest.raises(EventError):
+            await prefetch(bad, tok, **KW)
+    # the rest of the event is submit_event's to judge (prepare_event ignores prefetch's errors anyway)
+    await prefetch({**EVENTS[0], "purpose": "FUN"}, tok, **KW)
+    with pytest.raises(EventError, match="purpose"):
+        await event_fields({**EVENTS[0], "purpose": "FUN"}, tok, **KW)
+    tok.close()
