@@ -24,6 +24,15 @@ the answer relayed. A crash can lose that rename but not the event: a staged eve
 is settled later by asking the PACS whether it holds the instance (`settle_staged`, C-FIND in proxy.py):
 held -> outcome 0, not held -> 8.
 
+Group commit (several modalities at once): `stage_grouped` lets concurrent callers share one fsync. The
+first caller to find no fsync running writes everything queued so far as one staged file (`{"events": [...]}`),
+fsyncs it once and wakes the others; whoever arrives meanwhile waits for the next file, written as soon as
+that fsync returns. A file of one event keeps the single-event form (`{"event": ...}`), so a lone association
+costs exactly what `stage` costs. The outcomes of a group file's events arrive one by one (one per association);
+they are kept in memory and the file moves to pending/ when the last one is known, all outcomes in its name
+(`...~o0.0.8.json`, in event order). A crash loses those in-memory outcomes, not the events: settling asks the
+PACS about each event whose outcome is unknown.
+
 Standard library only: the Orthanc plugin imports this module inside Orthanc's embedded Python.
 """
 
@@ -39,6 +48,20 @@ from pathlib import Path
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+
+
+GROUP_MAX = 64  # events in one group file (stage_grouped): bounds a file and the outcome list in its name
+
+
+class _Waiter:
+    __slots__ = ("record", "done", "name", "index", "error")
+
+    def __init__(self, record: dict):
+        self.record = record
+        self.done = False
+        self.name: str | None = None
+        self.index = 0
+        self.error: SpoolError | None = None
 
 
 class SpoolError(OSError):
@@ -69,6 +92,12 @@ class Spool:
             os.chmod(d, _DIR_MODE)
         self._seq = itertools.count()
         self._lock = threading.Lock()
+        # group commit (stage_grouped): events waiting for the next fsync, and whether one is running
+        self._group_cond = threading.Condition()
+        self._group_queue: list[_Waiter] = []
+        self._group_busy = False
+        self._partial: dict[str, list[int | None]] = {}  # group file name -> outcomes known so far
+        self._fsync = os.fsync  # a test may hold one fsync back to watch others queue (test_spool.py)
         # Set whenever an event is added; an in-process deliverer waits on it instead of polling.
         self.wakeup = threading.Event()
 
@@ -130,10 +159,110 @@ class Spool:
             raise SpoolError(f"cannot stage event in {self.root}: {exc}") from exc
         return name
 
-    def commit_staged(self, name: str, outcome: int) -> None:
-        """The outcome is known: make the staged event deliverable (a rename, no fsync: see module doc)."""
-        os.rename(self.staged_dir / name, self.pending_dir / f"{name[:-5]}~o{int(outcome)}.json")
+    def _record(self, event: dict, source: str, local: dict | None) -> dict:
+        event = dict(event)
+        event.setdefault("event_id", new_event_id())
+        record = {"event": event, "source": source, "spooled_at": time.time()}
+        if local:
+            record["local"] = local
+        return record
+
+    def stage_grouped(self, event: dict, *, source: str, local: dict | None = None) -> tuple[str, int]:
+        """`stage` for concurrent callers (worker threads): events that arrive while an fsync runs share the
+        next one (module doc, "group commit"). Blocks until this event is durable; returns (staged name, index
+        of the event in that file). Raises SpoolError when the file could not be written: then none of the
+        events in it is acknowledged."""
+        me = _Waiter(self._record(event, source, local))
+        cond = self._group_cond
+        with cond:
+            self._group_queue.append(me)
+            while not me.done:
+                if self._group_busy:
+                    cond.wait()
+                    continue
+                # leader: write everything queued so far (this caller's event included) with one fsync
+                self._group_busy = True
+                batch = self._group_queue[:GROUP_MAX]
+                del self._group_queue[:GROUP_MAX]
+                cond.release()
+                try:
+                    name, error = self._write_group([w.record for w in batch]), None
+                except SpoolError as exc:
+                    name, error = None, exc
+                finally:
+                    cond.acquire()
+                    self._group_busy = False
+                for i, w in enumerate(batch):
+                    w.done, w.name, w.index, w.error = True, name, i, error
+                cond.notify_all()
+        if me.error is not None:
+            raise me.error
+        return me.name, me.index
+
+    def _write_group(self, records: list[dict]) -> str:
+        assert 0 < len(records) <= GROUP_MAX, len(records)
+        doc = records[0] if len(records) == 1 else {"events": records}
+        name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):08d}.json"
+        if len(records) > 1:
+            with self._lock:
+                self._partial[name] = [None] * len(records)
+        try:
+            fd = os.open(self.staged_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+            try:
+                os.write(fd, json.dumps(doc, separators=(",", ":"), sort_keys=True).encode())
+                self._fsync(fd)  # one fsync for the whole group: the point of grouping
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with self._lock:
+                self._partial.pop(name, None)
+            raise SpoolError(f"cannot stage event in {self.root}: {exc}") from exc
+        return name
+
+    def commit_staged(self, name: str, outcome: int, index: int = 0) -> bool:
+        """The outcome of event `index` of staged file `name` is known. A single-event file becomes
+        deliverable at once (a rename, no fsync: see module doc); a group file when its last outcome is known.
+        Returns True when the file moved to pending/."""
+        with self._lock:
+            slots = self._partial.get(name)
+            if slots is not None:
+                assert 0 <= index < len(slots), (name, index)
+                slots[index] = int(outcome)
+                if any(o is None for o in slots):
+                    return False
+                del self._partial[name]
+                outcomes = slots
+            else:
+                assert index == 0, (name, index)
+                outcomes = [int(outcome)]
+        self._finish(name, outcomes)
+        return True
+
+    def known_outcomes(self, name: str) -> list[int | None] | None:
+        """The outcomes known so far for a group file (None for a single-event file or after a restart)."""
+        with self._lock:
+            slots = self._partial.get(name)
+            return list(slots) if slots is not None else None
+
+    def settle(self, name: str, outcomes: list[int]) -> None:
+        """Settling (proxy.settle_staged): every outcome of a staged file decided, move it to pending/."""
+        with self._lock:
+            self._partial.pop(name, None)
+        self._finish(name, [int(o) for o in outcomes])
+
+    def _finish(self, name: str, outcomes: list[int]) -> None:
+        os.rename(self.staged_dir / name,
+                  self.pending_dir / f"{name[:-5]}~o{'.'.join(str(o) for o in outcomes)}.json")
         self.wakeup.set()
+
+    @staticmethod
+    def staged_records(path: Path) -> list[dict]:
+        """The records of a staged file, in order (one for a single-event file)."""
+        doc = json.loads(path.read_bytes())
+        records = doc["events"] if "events" in doc else [doc]
+        if not records or not all(isinstance(r, dict) and isinstance(r.get("event"), dict) for r in records):
+            raise ValueError("staged file without events")
+        return records
 
     def drop_staged(self, name: str) -> None:
         (self.staged_dir / name).unlink(missing_ok=True)
@@ -176,13 +305,33 @@ class Spool:
 
     @staticmethod
     def load(path: Path) -> dict:
-        record = json.loads(path.read_bytes())
-        stem = path.name[:-5]
-        if "~o" in stem:  # a committed staged event: the outcome is in the name
-            record["event"]["outcome"] = int(stem.rsplit("~o", 1)[1])
-        return record
+        records = Spool.load_all(path)
+        if len(records) != 1:
+            raise ValueError(f"{path.name} holds {len(records)} events; use load_all")
+        return records[0]
 
-    def mark_delivered(self, path: Path, event_id: str, result: dict) -> None:
+    @staticmethod
+    def load_all(path: Path) -> list[dict]:
+        """The records of a pending file: one, or every event of a group file (stage_grouped), each with the
+        outcome its name carries (a committed staged event: `...~o0.json`, `...~o0.8.json`)."""
+        doc = json.loads(path.read_bytes())
+        records = doc["events"] if isinstance(doc, dict) and "events" in doc else [doc]
+        if not isinstance(records, list) or not records or len(records) > GROUP_MAX:
+            raise ValueError("no events, or more than a group holds")
+        for record in records:
+            if not isinstance(record, dict) or not isinstance(record.get("event"), dict):
+                raise ValueError("a record without an event")
+        stem = path.name[:-5]
+        if "~o" in stem:
+            outcomes = [int(o) for o in stem.rsplit("~o", 1)[1].split(".")]
+            if len(outcomes) != len(records):
+                raise ValueError(f"{len(outcomes)} outcomes in the name for {len(records)} events")
+            for record, outcome in zip(records, outcomes, strict=True):
+                record["event"]["outcome"] = outcome
+        return records
+
+    def mark_delivered(self, path: Path, event_id: str, result: dict, *, remove: bool = True) -> None:
+        """Log event_id -> tx, then remove the file (a group file: only once all its events are done)."""
         line = json.dumps({"event_id": event_id, "tx": result.get("tx"), "status": result.get("status"),
                            "height": result.get("height"), "time": time.time()}) + "\n"
         with self._lock:
@@ -192,9 +341,22 @@ class Spool:
             finally:
                 os.close(fd)
         # A crash between the two steps redelivers the event: the node dedupes it by event_id.
-        path.unlink(missing_ok=True)
+        if remove:
+            path.unlink(missing_ok=True)
 
-    def mark_dead(self, path: Path, reason: str, record: dict | None = None) -> Path:
+    def mark_dead(self, path: Path, reason: str, record: dict | None = None, *, member: int | None = None) -> Path:
+        """Move a file to dead/; with `member`, dead-letter that one event of a group file and leave the file
+        (the caller removes it once all its events are done)."""
+        if member is not None:
+            target = self.dead_dir / f"{path.name[:-5]}-{member}.json"
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+            try:
+                os.write(fd, json.dumps({"reason": reason, "time": time.time(), "record": record}, indent=1).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(self.dead_dir)
+            return target
         target = self.dead_dir / path.name
         doc = {"reason": reason, "time": time.time(), "record": record}
         if record is None:
