@@ -107,6 +107,7 @@ class Spool:
         self._seg_name: str | None = None  # the open segment (written by the group leader only)
         self._seg_fd = -1
         self._seg_count = 0
+        self._seg_flushes = 0
         self._seg_opened = 0.0
         self._fsync = os.fdatasync  # a test may hold one flush back to watch others queue (test_spool.py)
         # Set whenever an event is added; an in-process deliverer waits on it instead of polling.
@@ -223,7 +224,7 @@ class Spool:
                 fd = os.open(self.staged_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, _FILE_MODE)
                 with self._lock:
                     self._partial[name] = []
-                self._seg_name, self._seg_fd, self._seg_count = name, fd, 0
+                self._seg_name, self._seg_fd, self._seg_count, self._seg_flushes = name, fd, 0, 0
                 self._seg_opened = time.monotonic()
             name, first = self._seg_name, self._seg_count
             with self._lock:
@@ -232,6 +233,7 @@ class Spool:
             if os.write(self._seg_fd, lines) != len(lines):
                 raise OSError("short write")
             self._fsync(self._seg_fd)  # one flush for the whole group: the point of grouping
+            self._seg_flushes += 1
         except OSError as exc:
             # the segment may now end in a torn line: close it; settling reads it up to the last whole line
             try:
@@ -247,8 +249,11 @@ class Spool:
         name = self._seg_name
         if name is None:
             return
-        fd, self._seg_name, self._seg_fd, self._seg_count = self._seg_fd, None, -1, 0
+        fd, count, flushes = self._seg_fd, self._seg_count, self._seg_flushes
+        self._seg_name, self._seg_fd, self._seg_count = None, -1, 0
         os.close(fd)
+        # how well concurrent events share flushes (bench.dicom reads this); no identifiers
+        self.journal({"what": "segment-sealed", "file": name, "events": count, "flushes": flushes})
         with self._lock:
             slots = self._partial.get(name)
             if slots is None or any(o is None for o in slots):
