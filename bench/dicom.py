@@ -132,9 +132,15 @@ def _pending_events(home: Path) -> int:
     return sum(len(Spool.load_all(p)) for p in (home / "spool" / "pending").glob("*.json"))
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
+
+
+def _cpu_seconds(pid: int) -> float:
+    return sum(_cpu_split(pid))
 
 
 def _start_orthanc(work: Path) -> tuple[subprocess.Popen, int]:
@@ -204,20 +210,23 @@ def main(argv: list[str] | None = None) -> int:
         expected = 10
         rows = {}
         if args.only != "concurrent":
-            direct, via, cpu = [], [], 0.0
+            direct, via, cpu, user, system = [], [], 0.0, 0.0, 0.0
             for r in range(args.rounds):
                 for label, port, out in (("direct", dicom_port, direct), ("proxy", proxy_port, via)):
                     files = _make_instances(work / f"{label}{r}", n)
-                    cpu0 = _cpu_seconds(pid)
+                    u0, s0 = _cpu_split(pid)
                     secs = _storescu(port, files, "BENCH_" + label.upper())
                     if label == "proxy":
-                        cpu += _cpu_seconds(pid) - cpu0
+                        u1, s1 = _cpu_split(pid)
+                        user, system = user + u1 - u0, system + s1 - s0
+                        cpu = user + system
                         expected += n
                     out.append(n / secs)
                     print(f"  one association, round {r + 1} {label:6s}: {n} instances in {secs:.2f} s = "
                           f"{n / secs:.0f} inst/s", flush=True)
                     shutil.rmtree(work / f"{label}{r}")
             rows["single"] = (direct, via, cpu)
+            user_system = (user, system)
         time.sleep(1.0)  # the last segment of the first row is sealed (SEGMENT_AGE)
         files0, events0 = _spool_counts(home)
         if args.only != "single":
@@ -250,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{load1:.1f} at the end, {os.cpu_count()} CPUs")
         if "single" in rows:
             direct, via, cpu = rows["single"]
+            user, system = user_system
             _row(f"one association, {n} instances", n, direct, via)
             per_direct = 1000 / statistics.median(direct)
             per_proxy = 1000 / statistics.median(via)
@@ -259,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"costs {echo_proxy - echo_direct:.2f} ms per DIMSE round trip (C-ECHO {echo_proxy:.2f} ms "
                   f"through the proxy vs {echo_direct:.2f} ms direct); the spool's fsync ({fsync:.2f} ms median "
                   f"here) runs while Orthanc stores ({per_direct:.2f} ms per instance); proxy CPU "
-                  f"{cpu / (n * args.rounds) * 1000:.2f} ms per instance", flush=True)
+                  f"{cpu / (n * args.rounds) * 1000:.2f} ms per instance (user {user / (n * args.rounds) * 1000:.2f}, "
+                  f"system {system / (n * args.rounds) * 1000:.2f})", flush=True)
         if "concurrent" in rows:
             direct, via, cpu = rows["concurrent"]
             _row(f"{m} associations at once, {per * m} instances", per * m, direct, via)
