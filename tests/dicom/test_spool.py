@@ -214,3 +214,111 @@ def test_a_broken_http_answer_keeps_the_events_and_the_deliverer_alive(tmp_path,
         t.join(10)
     finally:
         rpc.stop()
+
+
+def _stage_in_threads(spool: Spool, events: list[dict]) -> tuple[list, list[threading.Thread]]:
+    out: list = [None] * len(events)
+
+    def one(i):
+        out[i] = spool.stage_grouped(events[i], source="test")
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(events))]
+    for t in threads:
+        t.start()
+    return out, threads
+
+
+def test_concurrent_stages_share_one_fsync(tmp_path):
+    """Group commit: events staged while a flush runs are appended together and share the next flush; each
+    caller returns only once its own event is durable, and learns where it is (segment, index)."""
+    spool = Spool(tmp_path / "spool")
+    real_fsync, release, entered, calls = spool._fsync, threading.Event(), threading.Event(), []
+
+    def held_fsync(fd):  # the real flush, held back the first time so that others queue behind it
+        calls.append(fd)
+        if len(calls) == 1:
+            entered.set()
+            assert release.wait(10)
+        real_fsync(fd)
+    spool._fsync = held_fsync
+    first, t1 = _stage_in_threads(spool, [ev(0)])
+    assert entered.wait(10)
+    rest, t2 = _stage_in_threads(spool, [ev(i) for i in range(1, 7)])
+    wait_for(lambda: len(spool._group_queue) == 6, 10, what="6 events queued behind the running flush")
+    assert all(r is None for r in first + rest)  # nobody is acknowledged before its flush
+    release.set()
+    for t in t1 + t2:
+        t.join(10)
+    assert len(calls) == 2  # 7 events, 2 flushes
+    staged = spool.staged()
+    assert len(staged) == 1  # one segment file, appended to: no file created per event
+    records = Spool.staged_records(staged[0])
+    assert [r["event"]["patient_id"] for r in records][0] == "P0"
+    assert sorted(r["event"]["patient_id"] for r in records[1:]) == [f"P{i}" for i in range(1, 7)]
+    assert first[0] == (staged[0].name, 0)
+    for i, (name, index) in enumerate(rest, start=1):  # each caller's (segment, index) is its own event
+        assert name == staged[0].name and records[index]["event"]["patient_id"] == f"P{i}"
+    assert stat.S_IMODE(staged[0].stat().st_mode) == 0o600
+    assert spool.is_open(staged[0].name)
+
+
+def test_a_segment_is_delivered_once_sealed_with_every_outcome(tmp_path):
+    rpc = RpcRecorder().start()
+    rpc.refuse_types = {"query"}
+    try:
+        spool = Spool(tmp_path / "spool")
+        events = [ev(0), ev(1), {**ev(2), "type": "query"}, ev(3), ev(4)]
+        refs, threads = _stage_in_threads(spool, events)
+        for t in threads:
+            t.join(10)
+        name = refs[0][0]
+        assert {r[0] for r in refs} == {name} and sorted(r[1] for r in refs) == [0, 1, 2, 3, 4]
+        # four of five associations answered: nothing deliverable yet, even once sealed
+        for i in (0, 1, 2, 3):
+            assert spool.commit_staged(name, 8 if i == 3 else 0, refs[i][1]) is False
+        assert spool.seal_idle(0) and not spool.is_open(name)
+        assert spool.count() == 0 and len(spool.staged()) == 1
+        assert spool.known_outcomes(name)[refs[4][1]] is None
+        assert spool.commit_staged(name, 0, refs[4][1]) is True
+        assert not spool.staged() and spool.count() == 1
+        # the next event opens a new segment; sealed with its outcome known, it goes straight to pending/
+        (name2, index2) = spool.stage_grouped(ev(5), source="test")
+        assert name2 != name and index2 == 0 and spool.commit_staged(name2, 0) is False
+        assert spool.seal_idle(0) and spool.count() == 2 and not spool.staged()
+        d = Deliverer(spool, rpc.url, rpc.token)
+        assert d.run_once() == 6
+        d.close()
+        got = {e["patient_id"]: e["outcome"] for e in rpc.events}
+        assert got == {"P0": 0, "P1": 0, "P3": 8, "P4": 0, "P5": 0}  # each event with its own outcome
+        assert [json.loads(p.read_text())["record"]["event"]["type"] for p in spool.dead()] == ["query"]
+        assert spool.count() == 0 and len(spool.delivered()) == 5
+    finally:
+        rpc.stop()
+
+
+def test_a_torn_segment_tail_is_not_an_event(tmp_path):
+    """A crash while appending leaves a torn last line: those events were never acknowledged (their flush had
+    not returned); the whole lines before it are read."""
+    spool = Spool(tmp_path / "spool")
+    name, _ = spool.stage_grouped(ev(1), source="test")
+    spool.stage_grouped(ev(2), source="test")
+    with open(spool.staged_dir / name, "ab") as f:
+        f.write(b'{"event": {"type": "instances.st')
+    assert [r["event"]["patient_id"] for r in Spool.staged_records(spool.staged_dir / name)] == ["P1", "P2"]
+
+
+def test_a_pending_segment_is_bounded_and_checked(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    line = json.dumps({"event": ev(1), "source": "test"}) + "\n"
+    (spool.pending_dir / "1-1-1~o0.0.json").write_text(line * 3)  # 2 outcomes for 3 events
+    (spool.pending_dir / "1-1-2.json").write_text(line * 65)  # more than a segment holds
+    (spool.pending_dir / "1-1-3.json").write_text(line + json.dumps({"no": "event"}) + "\n")
+    for p in spool.pending():
+        with pytest.raises(ValueError):
+            Spool.load_all(p)
+    rpc = RpcRecorder().start()
+    try:
+        d = Deliverer(spool, rpc.url, rpc.token)
+        assert d.run_once() == 3 and not rpc.events and len(spool.dead()) == 3
+        d.close()
+    finally:
+        rpc.stop()
