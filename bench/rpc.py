@@ -205,8 +205,8 @@ class BenchNode:
         global _Node
         from node.runtime.node import Node as _Node
 
-    def submit(self, raws: list[bytes], checked: bool = True) -> list[dict]:
-        return _Node.submit(self, raws, checked)  # the node's own admission path, unchanged
+    def submit(self, raws: list[bytes], checked: bool = True, hashes: list[bytes] | None = None) -> list[dict]:
+        return _Node.submit(self, raws, checked, hashes)  # the node's own admission path, unchanged
 
     async def wait_committed(self, h: bytes, timeout: float) -> int | None:
         return await _Node.wait_committed(self, h, timeout)
