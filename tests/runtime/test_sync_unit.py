@@ -49,6 +49,17 @@ def hashes(chain: Chain) -> list[bytes]:
     return [chain.store.get_block(h).hash for h in range(1, chain.height + 1)]
 
 
+async def run_until_head(sync, within: float) -> None:
+    """Block sync's own loop (no state-transfer request: what a node back from a stop runs) until the
+    node holds HEIGHT blocks; fails after `within` seconds."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sync.run)
+        with trio.fail_after(within):
+            while sync.chain.height < HEIGHT:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+
+
 @pytest.fixture(scope="module")
 def honest_blocks(tmp_path_factory):
     """An honest member's chain, built once (the catching-up nodes start empty)."""
@@ -180,12 +191,7 @@ async def test_a_member_claiming_a_height_it_does_not_have_cannot_stall_the_catc
         return msgpack.packb({"blocks": []}, use_bin_type=True)
 
     async with cluster(tmp_path, c, {1: boaster, 2: served_by(honest)}) as sync:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sync.run)
-            with trio.fail_after(20):
-                while sync.chain.height < HEIGHT:
-                    await trio.sleep(0.02)
-            nursery.cancel_scope.cancel()
+        await run_until_head(sync, within=20)
         assert hashes(sync.chain) == hashes(honest)
 
 
@@ -313,12 +319,7 @@ async def test_a_restarted_node_catches_up_at_once_not_after_a_watch_interval(tm
     monkeypatch.setattr(S, "WATCH_INTERVAL", 3600.0)
     c, honest = honest_blocks
     async with cluster(tmp_path, c, {1: served_by(honest), 2: served_by(honest)}) as sync:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sync.run)
-            with trio.fail_after(30):
-                while sync.chain.height < HEIGHT:
-                    await trio.sleep(0.02)
-            nursery.cancel_scope.cancel()
+        await run_until_head(sync, within=30)
         assert hashes(sync.chain) == hashes(honest)
 
 
