@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.dicom import records, ul
-from node.dicom.rawdicom import DEFLATED_LE, TAGS, inspect_dataset, text, walk_dataset
+from node.dicom.rawdicom import TAGS, inspect_dataset, text, walk_dataset
 
 log = logging.getLogger("radchain.dicom.proxy")
 
@@ -43,7 +43,6 @@ class Prepare:
     key: Any
     fn: Callable[[], Any]
     stage: Callable[[Any], dict] | None = None
-    inline: bool = False  # cheap enough to run on the event loop (see INLINE_MAX)
 
 
 @dataclass
@@ -89,11 +88,6 @@ class StudyDirectory:
     def get(self, study: str | None):
         return self._map.get(study) if study else None
 
-
-# A C-STORE data set up to this size, not deflated, is inspected on the event loop (Prepare.inline): one
-# bounded pass, ~0.2 ms of CPU for a 39 KB CT, ~1.5 ms at the limit. Bigger ones, and deflated ones (which
-# may inflate 1000:1), go to a worker thread. Why not always a thread: docs/PERFORMANCE.md "DICOM proxy".
-INLINE_MAX = 256 << 10
 
 # Identifiers are parsed in worker threads (Prepare), never on the event loop the proxy shares with the
 # node when the hook runs inside `radchain start`; each parse also has this time budget.
@@ -237,8 +231,7 @@ class AssociationAuditor:
                 op = _Op("store", mid, key=self._key("store", mid))
                 self._ops[mid] = op
                 data = msg.dataset_bytes()
-                return [Prepare(op.key, lambda: self._inspect(data, ts), self._stored_event,
-                                inline=len(data) <= INLINE_MAX and ts != DEFLATED_LE)]
+                return [Prepare(op.key, lambda: self._inspect(data, ts), self._stored_event)]
             if f in (ul.C_FIND_RQ, ul.C_GET_RQ, ul.C_MOVE_RQ):
                 kind = {ul.C_FIND_RQ: "find", ul.C_GET_RQ: "get", ul.C_MOVE_RQ: "move"}[f]
                 op = _Op(kind, mid, dest=msg.command.get("MoveDestination"))

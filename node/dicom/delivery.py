@@ -26,7 +26,6 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from node.dicom.spool import Spool
@@ -206,47 +205,36 @@ class Deliverer:
             return -1
         n = 0
         paths = self.spool.pending()
-        # A file holds one event or a group of them (Spool.stage_grouped); a batch holds up to BATCH events,
-        # and a file is removed once every event in it is delivered or dead-lettered. A file left half done
-        # (the node asked to retry) is sent whole again: the node dedupes by event_id.
-        entries: list[tuple[Path, int, dict]] = []
-        members: dict[Path, int] = {}
-        for path in paths:
-            try:
-                records = self.spool.load_all(path)
-            except FileNotFoundError:
+        for i in range(0, len(paths), BATCH):
+            batch = []
+            for path in paths[i:i + BATCH]:
+                try:
+                    record = self.spool.load(path)
+                    batch.append((path, record, record["event"]))
+                except FileNotFoundError:
+                    continue
+                except (ValueError, KeyError, TypeError) as exc:
+                    self.spool.mark_dead(path, f"corrupt spool file: {exc}")
+                    self.stats["dead"] += 1
+                    n += 1
+            if not batch:
                 continue
-            except (ValueError, KeyError, TypeError) as exc:
-                self.spool.mark_dead(path, f"corrupt spool file: {exc}")
-                self.stats["dead"] += 1
-                n += 1
-                continue
-            members[path] = len(records)
-            entries += [(path, i, record) for i, record in enumerate(records)]
-        done: dict[Path, int] = {}
-        for i in range(0, len(entries), BATCH):
-            batch = entries[i:i + BATCH]
-            outcomes = self.submit_many([record["event"] for _, _, record in batch])
+            outcomes = self.submit_many([event for _, _, event in batch])
             retry = None
-            for (path, j, record), outcome in zip(batch, outcomes, strict=True):
-                event = record["event"]
-                group = members[path] > 1
+            for (path, record, event), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, RetryLater):
                     if retry is None or (outcome.retry_after or 0) > (retry.retry_after or 0):
                         retry = outcome
-                    continue
-                if isinstance(outcome, ValueError):
-                    dead = self.spool.mark_dead(path, str(outcome), record, member=j if group else None)
+                elif isinstance(outcome, ValueError):
+                    dead = self.spool.mark_dead(path, str(outcome), record)
                     log.warning("event %s refused by the node: %s (moved to %s)", event.get("event_id"),
                                 outcome, dead)
                     self.stats["dead"] += 1
+                    n += 1
                 else:
-                    self.spool.mark_delivered(path, event.get("event_id"), outcome, remove=not group)
+                    self.spool.mark_delivered(path, event.get("event_id"), outcome)
                     self.stats["delivered"] += 1
-                n += 1
-                done[path] = done.get(path, 0) + 1
-                if group and done[path] == members[path]:
-                    path.unlink(missing_ok=True)
+                    n += 1
             if retry is not None:
                 raise retry
         return n

@@ -15,8 +15,8 @@ resolve the patient of a C-MOVE that names only a study (pynetdicom_resolver bel
 
 from __future__ import annotations
 
-import collections
 import itertools
+import json
 import logging
 import os
 import time
@@ -27,7 +27,7 @@ import trio
 from node.dicom import records, ul
 from node.dicom.auditor import AssociationAuditor, Commit, Emit, Journal, Prepare, Reject, StudyDirectory
 from node.dicom.logsafe import net_label
-from node.dicom.spool import SEGMENT_AGE, Spool, SpoolError
+from node.dicom.spool import Spool, SpoolError
 
 log = logging.getLogger("radchain.dicom.proxy")
 
@@ -35,7 +35,6 @@ ARTIM_SECONDS = 30.0      # PS3.8 9.1.5: how long a new connection may take to s
 CONNECT_SECONDS = 10.0    # to reach the PACS
 IDLE_SECONDS = 3600.0     # an association with no traffic at all for an hour is closed
 RECV = 1 << 16
-STORE_THREADS = 32        # C-STORE inspect + stage threads (DicomProxy.store_limiter)
 
 
 class DicomProxy:
@@ -52,15 +51,9 @@ class DicomProxy:
         self.resolver = resolver
         self.locator = locator          # (study uid, sop uid) -> does the PACS hold it? None: cannot tell
         self.settle_after = settle_after
-        # staged file name -> how many of its events may still get their PACS answer (a segment holds
-        # events of several associations and instances: spool.stage_grouped)
-        self.inflight: collections.Counter[str] = collections.Counter()
+        self.inflight: set[str] = set()  # staged event names whose PACS answer may still come
         self.directory = StudyDirectory()
         self.limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        # C-STORE inspections + staging: a thread per association in flight (up to this many), so that
-        # concurrent associations' events reach the spool together and share an fsync (group commit). The
-        # inspection itself is a bounded single pass (rawdicom.inspect_dataset); the thread mostly waits.
-        self.store_limiter = trio.CapacityLimiter(STORE_THREADS)
         self._ids = itertools.count(1)
         self.stats = {"associations": 0, "rejected": 0, "errors": 0, "events": 0}
         self.address: tuple[str, int] | None = None
@@ -72,23 +65,9 @@ class DicomProxy:
         log.info("DICOM proxy listening on %s:%d -> %s@%s:%d", *self.address, self.pacs_aet, self.pacs_host,
                  self.pacs_port)
         task_status.started(self.address)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._settle_loop)
-                nursery.start_soon(self._seal_loop)
-                await trio.serve_listeners(self._handle, listeners)
-        finally:
-            self.spool.seal_idle(0)  # stopping: what is answered goes to pending/ now, not after a restart
-
-    async def _seal_loop(self) -> None:
-        """A staged segment left open by a quiet proxy is sealed after SEGMENT_AGE, so that its events reach
-        delivery within about a second."""
-        while True:
-            await trio.sleep(SEGMENT_AGE / 2)
-            try:
-                self.spool.seal_idle()
-            except OSError as exc:
-                log.error("sealing the staged segment failed: %s", exc)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._settle_loop)
+            await trio.serve_listeners(self._handle, listeners)
 
     async def _settle_loop(self) -> None:
         while True:
@@ -98,49 +77,34 @@ class DicomProxy:
                 log.error("settling staged events failed: %s", exc)
             await trio.sleep(max(1.0, self.settle_after))
 
-    def release(self, name: str) -> None:
-        """One event of staged file `name` is answered or abandoned by its association."""
-        assert self.inflight[name] > 0, name
-        self.inflight[name] -= 1
-        if not self.inflight[name]:
-            del self.inflight[name]
-
     def settle_staged(self) -> int:
         """Staged C-STORE events whose answer never came (crash, dropped association): ask the PACS whether
-        it holds the instance; held -> outcome 0, not held -> 8; PACS unreachable -> try again later.
-        Outcomes already known (other events of a segment) are kept. Returns the files settled."""
+        it holds the instance; held -> outcome 0, not held -> 8; PACS unreachable -> try again later."""
         n = 0
         now = time.time()
         for path in self.spool.staged():
-            if self.inflight[path.name] > 0 or self.spool.is_open(path.name):
+            if path.name in self.inflight:
                 continue
             try:
                 if now - path.stat().st_mtime < self.settle_after:
                     continue
-                records = self.spool.staged_records(path)
+                event = json.loads(path.read_bytes())["event"]
             except OSError:
                 continue
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError):
                 # torn by a crash during stage(): never acknowledged to the modality, so never promised
                 self.spool.journal({"what": "staged-torn-dropped", "file": path.name})
                 self.spool.drop_staged(path.name)
                 continue
             if self.locator is None:
                 continue
-            known = self.spool.known_outcomes(path.name) or []
-            outcomes = [known[i] if i < len(known) else None for i in range(len(records))]
-            for i, record in enumerate(records):
-                if outcomes[i] is None:
-                    event = record["event"]
-                    held = self.locator(event.get("study_uid"), (event.get("sop_instance_uids") or [None])[0])
-                    if held is None:
-                        break  # the PACS cannot tell now: the whole file waits for the next round
-                    outcomes[i] = 0 if held else 8
-                    self.spool.journal({"what": "staged-settled", "event_id": event.get("event_id"),
-                                        "outcome": outcomes[i], "by": "PACS C-FIND"})
-            else:
-                self.spool.settle(path.name, outcomes)
-                n += 1
+            held = self.locator(event.get("study_uid"), (event.get("sop_instance_uids") or [None])[0])
+            if held is None:
+                continue
+            self.spool.commit_staged(path.name, 0 if held else 8)
+            self.spool.journal({"what": "staged-settled", "event_id": event.get("event_id"),
+                                "outcome": 0 if held else 8, "by": "PACS C-FIND"})
+            n += 1
         return n
 
     async def _handle(self, client: trio.SocketStream) -> None:
@@ -191,7 +155,7 @@ class Association:
             assoc_id=assoc_id)
         self.results: dict = {}
         self.done: dict = {}
-        self.staged: dict = {}  # prepare key -> (staged file name, index of the event in it)
+        self.staged: dict = {}  # prepare key -> staged event name
         self.nursery: trio.Nursery | None = None
 
     async def run(self) -> None:
@@ -235,8 +199,8 @@ class Association:
                 nursery.start_soon(self._relay, self.pacs, self.client, "down", ul.PduReader(), [])
         finally:
             await self.pacs.aclose()
-            for name, _index in self.staged.values():  # never answered: settle_staged will ask the PACS
-                self.proxy.release(name)
+            for name in self.staged.values():  # never answered: settle_staged will ask the PACS
+                self.proxy.inflight.discard(name)
             self._close_journal()
 
     def _close_journal(self) -> None:
@@ -261,7 +225,6 @@ class Association:
             pdus = backlog
             while True:
                 out = []
-                after = []  # outcomes to record once the answers are on their way (_commit)
                 for pdu_type, pdu in pdus:
                     try:
                         actions = self.auditor.feed(direction, pdu_type, pdu)
@@ -273,25 +236,14 @@ class Association:
                             self._prepare(a)
                         elif isinstance(a, Journal):
                             self.proxy.spool.journal(a.record)
-                        elif isinstance(a, Emit):
+                        elif isinstance(a, (Emit, Commit)):
                             if out:
                                 await dst.send_all(b"".join(out))
                                 out = []
-                            await self._emit(a)
-                        elif isinstance(a, Commit):
-                            if out:
-                                await dst.send_all(b"".join(out))
-                                out = []
-                            finish = await self._commit(a)
-                            if finish is not None:
-                                after.append(finish)
+                            await (self._emit(a) if isinstance(a, Emit) else self._commit(a))
                     out.append(pdu)
-                try:
-                    if out:
-                        await dst.send_all(b"".join(out))
-                finally:
-                    for finish in after:
-                        finish()
+                if out:
+                    await dst.send_all(b"".join(out))
                 with trio.fail_after(IDLE_SECONDS):
                     data = await src.receive_some(RECV)
                 if not data:
@@ -311,7 +263,7 @@ class Association:
 
         local = {"peer": self.peer, "assoc": self.auditor.assoc_id}
 
-        def inspect():
+        def run():
             try:
                 result = action.fn()
             except Exception as exc:
@@ -319,39 +271,21 @@ class Association:
                 # task and drops what the thread returns, but _close_journal must still see the error
                 self.results.setdefault(action.key, exc)
                 raise
-            if action.stage is None:
-                return result, None, None
-            event = action.stage(result)
-            return result, event, records.unrecordable(event)
-
-        def stage(event):
-            return self.proxy.spool.stage_grouped(event, source="dicom-proxy", local=local)
-
-        def run():
-            result, event, why = inspect()
-            if event is None or why:
-                return result, None, why
-            return result, stage(event), None
-
-        # a C-STORE's thread mostly waits for the (shared) fsync: its own, larger pool (store_limiter)
-        limiter = self.proxy.limiter if action.stage is None else self.proxy.store_limiter
+            if action.stage is not None:
+                event = action.stage(result)
+                why = records.unrecordable(event)
+                if why:
+                    return result, None, why
+                return result, self.proxy.spool.stage(event, source="dicom-proxy", local=local), None
+            return result, None, None
 
         async def work():
             try:
-                if action.inline:
-                    # A small data set (auditor.INLINE_MAX): inspected right here, only the durable write goes
-                    # to a thread. Measured on the 2-CPU machine under load: inspecting in the thread made the
-                    # event loop wait for the GIL (a thread preempted while holding it), +10 ms per instance.
-                    result, event, why = inspect()
-                    staged = None
-                    if event is not None and not why:
-                        staged = await trio.to_thread.run_sync(stage, event, limiter=limiter)
-                else:
-                    result, staged, why = await trio.to_thread.run_sync(run, limiter=limiter)
+                result, name, why = await trio.to_thread.run_sync(run, limiter=self.proxy.limiter)
                 self.results[action.key] = result
-                if staged:
-                    self.staged[action.key] = staged
-                    self.proxy.inflight[staged[0]] += 1
+                if name:
+                    self.staged[action.key] = name
+                    self.proxy.inflight.add(name)
                 if why:
                     self.proxy.spool.journal({"what": "unrecordable", "peer": self.peer, "reason": why,
                                               "assoc": self.auditor.assoc_id, "calling_ae": self.auditor.calling})
@@ -361,16 +295,13 @@ class Association:
                 done.set()
         self.nursery.start_soon(work)
 
-    async def _commit(self, action: Commit):
-        """The PACS answered a C-STORE: wait until its event (staged while the PACS worked) is durable; the
-        answer may then go to the modality. Returns what records the outcome (a rename into pending/), which
-        the relay runs after sending the answer: the rename is not what makes the event durable (a crash
-        before it leaves a staged event that settling resolves by asking the PACS), and on a busy file
-        system it can wait for a journal commit, which the modality need not wait for."""
+    async def _commit(self, action: Commit) -> None:
+        """The PACS answered a C-STORE: its event (staged while the PACS worked) gets the outcome, then the
+        answer goes to the modality."""
         await self.done[action.key].wait()
         del self.done[action.key]
         result = self.results.pop(action.key, None)
-        staged = self.staged.pop(action.key, None)
+        name = self.staged.pop(action.key, None)
         if isinstance(result, SpoolError):
             log.critical("spool write failed, aborting association %s: %s", self.auditor.assoc_id, result)
             await self._abort(str(result))
@@ -382,12 +313,10 @@ class Association:
                                       "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
                                       "error": f"{type(result).__name__}: {result}"})
             return
-        if staged is not None:
-            name, index = staged
-            self.proxy.release(name)
+        if name is not None:
+            self.proxy.spool.commit_staged(name, action.outcome)
+            self.proxy.inflight.discard(name)
             self.proxy.stats["events"] += 1
-            return lambda: self.proxy.spool.commit_staged(name, action.outcome, index)
-        return None
 
     async def _emit(self, action: Emit) -> None:
         for key in action.keys:
