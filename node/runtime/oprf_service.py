@@ -16,7 +16,7 @@ partials; members that answered garbage are reported in `last_bad`.
 
 Evaluation and verification run in a worker thread (libsodium calls release the GIL through ctypes), one at
 a time per service, so a large batch never stalls the trio loop that carries consensus traffic.
-The node's tokenizer does not use this yet (issue 13): node/ledger/intake.py still uses node/ledger/pseudonym.py.
+node/runtime/tokenizer.py holds one client per epoch.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import msgpack
 import trio
 
+from network import RequestError, RequestTimeout
 from node.ledger import oprf
 from node.ledger.oprf import BlindedInput, EpochPublic, KeyShare, OprfError, Partial
 
@@ -50,6 +51,11 @@ MAX_POINTS = 256  # per request: bounds a member's CPU per request (~80 ms at 0.
 MAX_REQUEST_BYTES = 64 + MAX_POINTS * (oprf.POINT_BYTES + 2)
 MAX_RESPONSE_BYTES = 256 + MAX_POINTS * (oprf.POINT_BYTES + 2) + 1024  # error messages are short
 VERSION = 1
+# A member whose connection is being re-made (it or we just restarted, a stale stream was reset) fails its
+# first request at once; it is asked again for this long, backing off, within the call's own timeout.
+# A member that stays down costs a failing call at most this long; one that refuses or lies is never re-asked.
+RETRY_UNREACHABLE_S = 3.0
+RETRY_FIRST_PAUSE_S = 0.1
 
 
 class OprfRefused(OprfError):
@@ -262,9 +268,25 @@ class OprfClient:
 
         async with trio.open_nursery() as nursery:
 
+            deadline = trio.current_time() + self.timeout
+            retry_until = trio.current_time() + min(RETRY_UNREACHABLE_S, self.timeout)
+
+            async def request(peer: str) -> bytes:
+                pause = RETRY_FIRST_PAUSE_S
+                while True:
+                    try:
+                        return await self.net.request(peer, CHANNEL, payload, timeout=deadline - trio.current_time())
+                    except RequestTimeout:
+                        raise
+                    except RequestError:
+                        if trio.current_time() + pause >= retry_until:
+                            raise
+                    await trio.sleep(pause)
+                    pause *= 2
+
             async def ask(peer: str, index: int) -> None:
                 try:
-                    raw = await self.net.request(peer, CHANNEL, payload, timeout=self.timeout)
+                    raw = await request(peer)
                     partial = decode_response(peer, raw)
                 except Exception as e:  # network failure, refusal, garbage: that member is skipped
                     bad[peer] = f"{type(e).__name__}: {e}"

@@ -11,13 +11,14 @@ import trio
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "network"))
 
-from network_testkit import Roster, running  # noqa: E402
+from network_testkit import Roster, running, wait_for  # noqa: E402
 
 from node.ledger import oprf  # noqa: E402
 from node.ledger.oprf import OprfError  # noqa: E402
 from node.runtime.oprf_service import (  # noqa: E402
     CHANNEL,
     MAX_POINTS,
+    RETRY_UNREACHABLE_S,
     OprfClient,
     OprfService,
     RateLimiter,
@@ -119,6 +120,31 @@ async def test_tokenization_works_with_f_members_down():
         c = client(0, timeout=5.0)
         tokens = await c.tokenize(PATIENTS[:3])
     assert tokens == [oprf.tokenize_with_key(secret, 1, k, *p) for k, p in PATIENTS[:3]]
+
+
+@pytest.mark.timeout(120)
+async def test_a_member_unreachable_at_first_is_asked_again_and_one_that_stays_down_fails_the_call_soon():
+    """t = 3 of 4 with member 4 down: member 3 is needed, and it starts only after the first requests to it have
+    failed (as when it or the requester has just restarted). A member that stays down ends the call within
+    the retry window, with the reason named."""
+    roster, nets, services, client, secret = consortium(seed=145)
+    async with running(*nets[:2]) as nursery:
+        c = client(0, timeout=20.0)
+
+        async def start_member_3_after_failed_requests():
+            await wait_for(lambda: nets[0].stats["requests_failed"] >= 2, timeout=10)
+            await nursery.start(nets[2].run)
+
+        nursery.start_soon(start_member_3_after_failed_requests)
+        tokens = await c.tokenize(PATIENTS[:2])
+        assert tokens == [oprf.tokenize_with_key(secret, 1, k, *p) for k, p in PATIENTS[:2]]
+        assert services[2].answered[roster.pids[0]] == 2, "member 3 answered once it was up"
+
+        down = OprfClient(nets[0], c.public, {roster.pids[3]: 4}, own_share=c.own_share, timeout=20.0)
+        t0 = trio.current_time()
+        with pytest.raises(OprfError, match=f"only 1 of t=3 .*{roster.pids[3]}: RequestError"):
+            await down.tokenize(PATIENTS[2:3])
+        assert trio.current_time() - t0 < RETRY_UNREACHABLE_S + 2.0
 
 
 class SlowService(OprfService):
