@@ -182,6 +182,10 @@ class PeerNetwork:
         self.listen_addrs: list[str] = []
         self._running = False
         self._rebuild: trio.Event | None = None  # set: run() rebuilds the host (set_identity)
+        # Called with a member's peer ID each time an outbound session to it is (re)established. A session
+        # can end with frames written into a connection that was already dead (the peer declared it silent
+        # and dropped it): the application resends what must not wait for its own timers (node: pending txs).
+        self.on_peer_up: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -560,6 +564,11 @@ class PeerNetwork:
             established = True
             p.up, p.session_started, p.down_since = True, trio.current_time(), None
             self.stats["connects"] += 1
+            if self.on_peer_up is not None:
+                try:
+                    self.on_peer_up(p.pid)
+                except Exception:  # the application's bug must not end a healthy session
+                    log.exception("on_peer_up(%s) raised", p.pid)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watchdog, p, nursery.cancel_scope)
                 await self._write_loop(p, stream)

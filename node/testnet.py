@@ -137,9 +137,13 @@ def start_node(info: NodeInfo, wrap: list[str] = ()) -> subprocess.Popen:
 def rpc_call(url: str, method: str, params: dict | None = None, token: str | None = None,
              timeout: float = 5.0) -> dict:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    reply = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}},
-                       headers=headers, timeout=timeout).json()
-    return reply
+    answer = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}},
+                        headers=headers, timeout=timeout)
+    try:
+        return answer.json()
+    except ValueError as exc:  # a node answered outside JSON-RPC: say how, for whoever reads the failure
+        raise ValueError(f"{method} at {url}: HTTP {answer.status_code}, headers {dict(answer.headers)}, "
+                         f"body {answer.content[:200]!r}") from exc
 
 
 def poll(predicate, timeout: float, what: str) -> None:

@@ -26,6 +26,7 @@ log = logging.getLogger("radchain.gossip")
 
 CHANNEL = "tx"
 MAX_BATCH_TXS = 4096
+RESEND_ON_CONNECT = MAX_BATCH_TXS  # pending txs sent to a member whose session was (re)established
 MAX_BATCH_BYTES = 8 << 20
 # Compact proposals (node.ledger.block): a replica asks the proposer for the txs a proposal names that it
 # does not hold. A request is at most MAX_FETCH_TXS hashes (a block's worth: max_block_txs is 2,000 by
@@ -84,8 +85,10 @@ def decode_batch(data: bytes) -> list[bytes]:
 
 class TxGossip:
     def __init__(self, broadcast: Callable[[str, bytes], int], chain: Chain, mempool: Mempool,
-                 cfg: MempoolConfig, on_admitted: Callable[[], None], scores: PeerScores | None = None):
+                 cfg: MempoolConfig, on_admitted: Callable[[], None], scores: PeerScores | None = None,
+                 send: Callable[[str, str, bytes], bool] | None = None):
         self._broadcast = broadcast
+        self._send = send  # to one member (on_peer_up)
         self.chain = chain
         self.mempool = mempool
         self.cfg = cfg
@@ -95,7 +98,8 @@ class TxGossip:
         self._wake = trio.Event()
         self._verify_limiter = trio.CapacityLimiter(1)  # one checking thread: batches stay in order
         self.stats = {"batches_out": 0, "batches_in": 0, "txs_in": 0, "txs_admitted": 0, "txs_refused": 0,
-                      "batches_malformed": 0, "batches_dropped": 0, "rebroadcast": 0}
+                      "batches_malformed": 0, "batches_dropped": 0, "rebroadcast": 0,
+                      "resent_on_connect": 0}
 
     def admit(self, items: list[tuple[bytes, bytes]]) -> list[bytes]:
         """Admit already-checked (hash, raw) txs from this node's clients; durable and queued for gossip.
@@ -345,9 +349,23 @@ class TxGossip:
                 self.stats["batches_out"] += 1
                 await trio.lowlevel.checkpoint()
 
+    def on_peer_up(self, peer: str) -> None:
+        """A session with `peer` was (re)established: send it every pending tx, oldest first, as CometBFT's
+        mempool reactor does for a new peer. Frames written just before a connection was found dead are
+        lost with it; without this, the txs among them waited for the rebroadcast timer, and the primary
+        could not propose them meanwhile. Bounded by RESEND_ON_CONNECT; the peer drops what it holds."""
+        if self._send is None:
+            return
+        pending = self.mempool.stale(float("inf"), limit=RESEND_ON_CONNECT)
+        for i in range(0, len(pending), self.cfg.gossip_batch):
+            self._send(peer, CHANNEL, msgpack.packb(pending[i:i + self.cfg.gossip_batch], use_bin_type=True))
+        self.stats["resent_on_connect"] += len(pending)
+
     async def _rebroadcast_loop(self) -> None:
+        # Checked every second (at most) for txs pending longer than rebroadcast_after: a tx whose gossip
+        # was lost waits rebroadcast_after + 1 s at most, not up to twice rebroadcast_after.
         while True:
-            await trio.sleep(self.cfg.rebroadcast_after)
+            await trio.sleep(min(1.0, self.cfg.rebroadcast_after))
             now = time.monotonic()
             stale = self.mempool.stale(now - self.cfg.rebroadcast_after, limit=MAX_BATCH_TXS)
             if stale:

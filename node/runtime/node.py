@@ -164,7 +164,9 @@ class Node:
             # Misbehaviour scores of the other members, shared by every loop that reads their input.
             self.peer_scores = PeerScores(names={m.peer_id: m.name for m in self.genesis.members})
             self.gossip = TxGossip(self.net.broadcast, self.chain, self.mempool, cfg.mempool,
-                                   on_admitted=self.driver.mempool_changed, scores=self.peer_scores)
+                                   on_admitted=self.driver.mempool_changed, scores=self.peer_scores,
+                                   send=self.net.send)
+            self.net.on_peer_up = self.gossip.on_peer_up
             self.chain.tx_source = self.mempool.get  # compact proposals name txs the mempool holds
             self.sync = BlockSync(self.net, self.chain, self.driver, list(self.peer_ids), scores=self.peer_scores)
             self.sync.report = lambda: {"view": self.replica.view, "mempool": len(self.mempool),

@@ -70,10 +70,13 @@ async def test_peer_killed_with_sigkill_and_restarted_is_reached_again(tmp_path)
     r, key_path, members_path = _echo_peer_files(tmp_path, 80)
     a = r.net(0)
     peer = r.pids[1]
+    ups: list[str] = []
+    a.on_peer_up = ups.append  # the application hears of every session (re)established (node: resend txs)
     proc = _spawn(r, 1, key_path, members_path, tmp_path)
     try:
         async with running(a, connect=False):
             await _echoed_then_killed(a, peer, proc)
+            assert ups == [peer]
             # messages sent while the peer is down wait in its queue
             queued = [a.send(peer, "ping", b"during-%d" % i) for i in range(10)]
             assert all(queued)
@@ -86,6 +89,7 @@ async def test_peer_killed_with_sigkill_and_restarted_is_reached_again(tmp_path)
             reconnect_s = trio.current_time() - t0
             await _echo_roundtrip(a, peer, b"after-")
             assert a.stats["connects"] >= 2
+            assert ups == [peer] * a.stats["connects"]
             print(f"reconnected {reconnect_s:.2f} s after the restarted peer listened")
     finally:
         if proc.poll() is None:

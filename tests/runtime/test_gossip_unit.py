@@ -34,14 +34,21 @@ class Member:
         self.chain = Chain(c.genesis, self.store)
         self.mempool = Mempool(path / "mempool", cfg.pop("max_txs", 1000))
         self.frames: list[bytes] = []
+        self.sent_to: list[tuple[str, bytes]] = []  # frames for one member (TxGossip.on_peer_up)
         self.admitted = 0
         self.gossip = TxGossip(self.broadcast, self.chain, self.mempool, MempoolConfig(**cfg),
-                               on_admitted=self.on_admitted, scores=PeerScores(log_interval=10.0))
+                               on_admitted=self.on_admitted, scores=PeerScores(log_interval=10.0),
+                               send=self.send)
 
     def broadcast(self, channel: str, data: bytes) -> int:
         assert channel == CHANNEL
         self.frames.append(data)
         return 3
+
+    def send(self, peer: str, channel: str, data: bytes) -> bool:
+        assert channel == CHANNEL
+        self.sent_to.append((peer, data))
+        return True
 
     def on_admitted(self) -> None:
         self.admitted += 1
@@ -158,3 +165,24 @@ async def test_a_tx_waiting_too_long_is_gossiped_again(c, members):
         nursery.cancel_scope.cancel()
     assert all(decode_batch(f) == [raw] for f in a.frames)
     assert a.gossip.stats["rebroadcast"] >= 2
+
+
+def test_a_member_reconnecting_gets_every_pending_tx_at_once_and_the_other_member_admits_them(c, members):
+    """Frames written into a connection found dead later are lost with it: when the session to a member is
+    (re)established it gets every pending tx, oldest first, in bounded batches, without waiting for the
+    rebroadcast timer; nobody else gets them again, and committed ones are not among them."""
+    a, b = members("a", gossip_batch=4), members("b")
+    raws = [c.tx(i % 4) for i in range(10)]
+    a.gossip.admit(items(raws))
+    a.gossip.on_peer_up("peer-b")
+    assert a.frames == [] and {peer for peer, _ in a.sent_to} == {"peer-b"}
+    sent = [raw for _, f in a.sent_to for raw in decode_batch(f)]
+    assert sent == raws and all(len(decode_batch(f)) <= 4 for _, f in a.sent_to)
+    assert a.gossip.stats["resent_on_connect"] == 10
+    for _, f in a.sent_to:
+        b.gossip.on_batch("peer-a", f)
+    assert all(tx_hash(r) in b.mempool for r in raws)
+    a.mempool.remove([tx_hash(r) for r in raws[:6]])  # committed meanwhile
+    a.sent_to.clear()
+    a.gossip.on_peer_up("peer-c")
+    assert [raw for _, f in a.sent_to for raw in decode_batch(f)] == raws[6:]
