@@ -77,6 +77,14 @@ class _OneWriteTCPServer(TCPServer):
     coalesce = True  # class-wide switch, for the benchmark's A/B
     _held = b""
 
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The client has gone (or we closed): hypercorn 0.18 leaves the keep-alive timer running, and its
+        # task group waits for it, so every finished connection held its slot under the caps (and its file
+        # descriptor) for keep_alive_timeout (30 s). A client opening a connection per call at ~35 calls/s
+        # then filled the 1,024 slots, and everyone was refused with 503 "too many connections".
+        await self.idle_task.stop()
+
     async def protocol_send(self, event) -> None:
         if isinstance(event, RawData):
             data = event.data

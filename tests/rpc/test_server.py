@@ -162,3 +162,44 @@ def test_connection_caps_total_per_address_and_exempt():
     for address in ("10.0.0.1", "10.0.0.100", "10.0.0.100", "127.0.0.1", "10.0.0.2"):
         caps.release(address)
     assert caps.open == 0 and not caps.by_address and caps.refused.total == 3
+
+
+async def _answer_ok(scope, receive, send):
+    """A minimal ASGI app with lifespan: what serve_rpc does around an app is the subject here."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def test_a_client_opening_a_connection_per_call_is_never_refused_for_its_finished_ones():
+    """Most simple integrations (curl, a script's one-off requests) open a connection per call and close it
+    after the answer. A finished connection frees its slot under the caps at once (hypercorn's keep-alive
+    timer used to hold it for 30 s): four times its per-address cap of one-shot calls in a row, from one
+    address, are all answered, and no slot stays taken."""
+    import trio
+
+    from node.rpc.http import ConnectionCaps, serve_rpc
+
+    caps = ConnectionCaps(total=1024, per_address=10)
+
+    def one_shot(port: int) -> int:
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.5"), timeout=10) as client:
+            return client.post(f"http://127.0.0.1:{port}/", json={}).status_code
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_rpc, _answer_ok, "127.0.0.1:0", caps)
+        codes = [await trio.to_thread.run_sync(one_shot, port) for _ in range(40)]
+        with trio.fail_after(5):
+            while caps.open:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert codes == [200] * 40, {code: codes.count(code) for code in set(codes)}
+    assert caps.refused.total == 0 and not caps.by_address
