@@ -55,6 +55,7 @@ def run(args) -> int:
 
     setup_logging(cfg.log_level, cfg.name)
     mute_libp2p_logging()
+    from node.runtime.gcpolicy import freeze_startup_heap
     from node.runtime.node import open_node
 
     async def main() -> None:
@@ -62,6 +63,7 @@ def run(args) -> int:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(node.run)
+                freeze_startup_heap()  # full collections walk what the node allocates, not its startup heap
                 async for signum in signals:
                     logging.getLogger("radchain.node").info(
                         "stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
