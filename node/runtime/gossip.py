@@ -363,11 +363,14 @@ class TxGossip:
 
     async def _rebroadcast_loop(self) -> None:
         # Checked every second (at most) for txs pending longer than rebroadcast_after: a tx whose gossip
-        # was lost waits rebroadcast_after + 1 s at most, not up to twice rebroadcast_after.
+        # was lost waits rebroadcast_after + 1 s at most, not up to twice rebroadcast_after. Under a backlog
+        # of old txs the volume stays what it was with one check per rebroadcast_after (MAX_BATCH_TXS).
+        every = min(1.0, self.cfg.rebroadcast_after)
+        limit = max(self.cfg.gossip_batch, int(MAX_BATCH_TXS * every / self.cfg.rebroadcast_after))
         while True:
-            await trio.sleep(min(1.0, self.cfg.rebroadcast_after))
+            await trio.sleep(every)
             now = time.monotonic()
-            stale = self.mempool.stale(now - self.cfg.rebroadcast_after, limit=MAX_BATCH_TXS)
+            stale = self.mempool.stale(now - self.cfg.rebroadcast_after, limit=limit)
             if stale:
                 self.stats["rebroadcast"] += len(stale)
                 for i in range(0, len(stale), self.cfg.gossip_batch):
