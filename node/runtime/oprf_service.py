@@ -51,9 +51,10 @@ MAX_POINTS = 256  # per request: bounds a member's CPU per request (~80 ms at 0.
 MAX_REQUEST_BYTES = 64 + MAX_POINTS * (oprf.POINT_BYTES + 2)
 MAX_RESPONSE_BYTES = 256 + MAX_POINTS * (oprf.POINT_BYTES + 2) + 1024  # error messages are short
 VERSION = 1
-# A member whose connection is being re-made (it or we just restarted, a stale stream was reset) fails its
-# first request at once; it is asked again for this long, backing off, within the call's own timeout.
-# A member that stays down costs a failing call at most this long; one that refuses or lies is never re-asked.
+# A member whose connection is being re-made (it or we just restarted, a stale stream was reset, its OPRF
+# service not installed yet) fails its first request at once; it is asked again for this long, backing off,
+# within the call's own timeout. A member that stays down costs a failing call at most this long (~5 requests);
+# one whose service answered (partials, a refusal, a bad proof) is never re-asked.
 RETRY_UNREACHABLE_S = 3.0
 RETRY_FIRST_PAUSE_S = 0.1
 
