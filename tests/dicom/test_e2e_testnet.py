@@ -31,6 +31,7 @@ from dicom_helpers import (
 )
 
 from node.dicom.rawdicom import EXPLICIT_LE
+from node.testnet import rpc_call
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -73,8 +74,7 @@ class LiveTestnet:
 
     def rpc(self, name: str, method: str, params: dict | None = None):
         n = self.node(name)
-        r = httpx.post(n["rpc"], json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}},
-                       headers={"Authorization": f"Bearer {n['token']}"}, timeout=10).json()
+        r = rpc_call(n["rpc"], method, params, n["token"], timeout=10)
         if "error" in r:
             raise RuntimeError(f"{name} {method}: {r['error']}")
         return r["result"]

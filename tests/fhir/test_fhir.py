@@ -16,7 +16,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from node.fhir.mapping import DCM, PATIENT_SYSTEM, STUDY_SYSTEM
-from node.testnet import LocalTestnet
+from node.testnet import LocalTestnet, shared_tls_context
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -79,7 +79,7 @@ def get(net, path: str, params=None, token: str | None = "reader") -> httpx.Resp
     tok = net.nodes[2].read_token if token == "reader" else token
     headers = {"Authorization": f"Bearer {tok}"} if tok else {}
     return httpx.get(base(net) + path if path.startswith("/") else path, params=params, headers=headers,
-                     timeout=15)
+                     timeout=15, verify=shared_tls_context())
 
 
 def search(net, params) -> tuple[list[dict], dict]:

@@ -37,11 +37,10 @@ def radchain(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def rpc(tn, name: str, method: str, params: dict | None = None, timeout: float = 60.0):
     """LiveTestnet.rpc with room for commit-mode calls on a loaded machine (its own HTTP timeout is 10 s)."""
-    import httpx
+    from node.testnet import rpc_call
 
     n = tn.node(name)
-    r = httpx.post(n["rpc"], json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}},
-                   headers={"Authorization": f"Bearer {n['token']}"}, timeout=timeout).json()
+    r = rpc_call(n["rpc"], method, params, n["token"], timeout=timeout)
     if "error" in r:
         raise RuntimeError(f"{name} {method}: {r['error']}")
     return r["result"]

@@ -27,7 +27,7 @@ from node.ledger.genesis import Genesis
 from node.ledger.intake import EXAMPLE_EVENT, make_tx
 from node.runtime.keys import load_member_key
 from node.runtime.settings import load_config
-from node.testnet import LocalTestnet, NodeInfo, free_base_port
+from node.testnet import LocalTestnet, NodeInfo, free_base_port, shared_tls_context
 
 EPOCH_INTERVAL = 4  # switch heights every 4 blocks: quick to reach under load
 PSK_RETIRE = 6  # blocks after a PSK rotation's boundary until the old PSK is refused (genesis default 64)
@@ -79,7 +79,8 @@ def certificate(net: LocalTestnet, i: int, height: int) -> Certificate:
 
 def metric(net: LocalTestnet, i: int, name: str) -> float:
     info = net.nodes[i]
-    text = httpx.get(info.rpc + "/metrics", headers={"Authorization": f"Bearer {info.token}"}, timeout=5).text
+    text = httpx.get(info.rpc + "/metrics", headers={"Authorization": f"Bearer {info.token}"}, timeout=5,
+                     verify=shared_tls_context()).text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
                or line.startswith(name + "{"))
 
@@ -175,7 +176,8 @@ def test_member_joins_by_vote_signs_certificates_then_one_is_removed(testnet, tm
                                        for i in (0, 1, 2, 3, 4)) > 0, 60, "hosp-d's connections refused")
         except TimeoutError:  # say what hosp-d's dialling did meanwhile
             info = net.nodes[3]
-            text = httpx.get(info.rpc + "/metrics", headers={"Authorization": f"Bearer {info.token}"}).text
+            text = httpx.get(info.rpc + "/metrics", headers={"Authorization": f"Bearer {info.token}"},
+                             verify=shared_tls_context()).text
             raise AssertionError([line for line in text.splitlines() if line.startswith("radchain_p2p")]
                                  + [net.rpc(3, "status")]) from None
         # hosp-d knows it was removed once it executed the switch to the set without it; cut off before
