@@ -1,12 +1,20 @@
 """C-STORE throughput through the DICOM audit proxy vs straight into Orthanc, measured in the same run.
 
-200 CT instances (pydicom's CT_small.dcm with new UIDs), one storescu association per run, TCP_NODELAY=1
-for storescu and Orthanc (shared/notes/dicom.md: without it every DIMSE waits ~40 ms for Nagle). The proxy
-runs as the real `radchain dicom-proxy` command and spools every event with fsync (no node: delivery is
-not on the modality's path anyway). Runs alternate direct/proxy to spread machine noise; medians compared.
-Goal: ratio >= 0.9.
+200 CT instances (pydicom's CT_small.dcm with new UIDs) per run, TCP_NODELAY=1 for storescu and Orthanc
+(shared/notes/dicom.md: without it every DIMSE waits ~40 ms for Nagle). The proxy runs as the real
+`radchain dicom-proxy` command and spools every event with fsync (no node: delivery is not on the modality's
+path anyway). Two cases:
 
-    python -m bench.dicom [--instances 200] [--rounds 3]
+- one association (one storescu): each instance is a request and an answer in turn, so every microsecond
+  the proxy adds is waited for;
+- several modalities at once (`--modalities`, default 4 storescu processes, the instances split between them):
+  the machine's CPU is the bound, shared by Orthanc, the modalities and the proxy.
+
+Three targets each: Orthanc directly (the baseline), a bare trio byte relay (`bench.tcp_relay`: the hop alone,
+no parsing, no spool) and the audit proxy. Runs alternate to spread machine noise; medians compared.
+Goal: proxy/direct >= 0.9.
+
+    python -m bench.dicom [--instances 200] [--rounds 3] [--modalities 4]
 """
 
 from __future__ import annotations
@@ -65,10 +73,17 @@ def _make_instances(out: Path, n: int) -> list[Path]:
     return paths
 
 
-def _storescu(port: int, files: list[Path], aet: str) -> float:
+def _storescu(port: int, files: list[Path], aet: str, modalities: int = 1) -> float:
+    """Seconds for `modalities` storescu processes (one association each) to store `files` between them."""
     t0 = time.perf_counter()
-    subprocess.run(["storescu", "-aet", aet, "-aec", "ORTHANC", "127.0.0.1", str(port), *map(str, files)],
-                   env=ENV, check=True, capture_output=True, timeout=300)
+    procs = [subprocess.Popen(["storescu", "-aet", f"{aet}{k}", "-aec", "ORTHANC", "127.0.0.1", str(port),
+                               *map(str, files[k::modalities])],
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for k in range(modalities)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed ({proc.returncode}): {err.decode(errors='replace')[-500:]}")
     return time.perf_counter() - t0
 
 
@@ -81,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.dicom")
     ap.add_argument("--instances", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--modalities", type=int, default=4)
     args = ap.parse_args(argv)
     for tool in ("Orthanc", "storescu"):
         if shutil.which(tool) is None:
             print(f"bench.dicom: {tool} not installed (bash deploy/install-system-deps.sh test)")
             return 1
     work = Path(tempfile.mkdtemp(prefix="radchain-bench-dicom-"))
-    orthanc = proxy = None
+    orthanc = proxy = relay = None
     try:
         http_port, dicom_port, proxy_port = free_port(), free_port(), free_port()
         cfg = {"Name": "BENCH", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "storage"),
@@ -115,31 +131,44 @@ def main(argv: list[str] | None = None) -> int:
                                   "--no-deliver"], env=ENV, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, start_new_session=True)
         _wait(lambda: _port_open(proxy_port), 20, "proxy did not start")
-        direct, via = [], []
-        proxy_cpu = 0.0
-        _storescu(dicom_port, _make_instances(work / "warm", 10), "WARMUP")  # first-association costs
+        relay_port = free_port()
+        relay = subprocess.Popen([sys.executable, "-m", "bench.tcp_relay", str(relay_port), str(dicom_port)],
+                                 env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+        _wait(lambda: _port_open(relay_port), 20, "relay did not start")
+        targets = (("direct", dicom_port), ("relay", relay_port), ("proxy", proxy_port))
+        for label, port in targets:  # first-association costs
+            _storescu(port, _make_instances(work / f"warm-{label}", 10), "WARMUP")
+        pending = home / "spool" / "pending"
+        warm = len(list(pending.glob("*.json")))
+        rates: dict[tuple[int, str], list[float]] = {}
+        proxy_cpu = {1: 0.0, args.modalities: 0.0}
         for r in range(args.rounds):
-            for label, port, out in (("direct", dicom_port, direct), ("proxy", proxy_port, via)):
-                files = _make_instances(work / f"{label}{r}", args.instances)
-                cpu0 = _cpu_seconds(proxy.pid)
-                secs = _storescu(port, files, "BENCH_" + label.upper())
-                if label == "proxy":
-                    proxy_cpu += _cpu_seconds(proxy.pid) - cpu0
-                out.append(args.instances / secs)
-                print(f"  round {r + 1} {label:6s}: {args.instances} instances in {secs:.2f} s = "
-                      f"{args.instances / secs:.0f} inst/s", flush=True)
-        spooled = len(list((home / "spool" / "pending").glob("*.json")))
-        expected = args.instances * args.rounds
-        d, p = statistics.median(direct), statistics.median(via)
-        print(f"C-STORE into Orthanc, {args.instances} x 39 KB CT, TCP_NODELAY=1: "
-              f"direct {d:.0f} inst/s, through the audit proxy {p:.0f} inst/s "
-              f"(every instance spooled with fsync: {spooled}/{expected})")
-        print(f"proxy CPU: {proxy_cpu / expected * 1000:.2f} ms per instance; "
-              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        print(f"ratio proxy/direct = {p / d:.2f}x (goal >= 0.9x)")
+            for k in (1, args.modalities):
+                for label, port in targets:
+                    files = _make_instances(work / f"{label}-{k}-{r}", args.instances)
+                    cpu0 = _cpu_seconds(proxy.pid)
+                    secs = _storescu(port, files, "B" + label[0].upper(), modalities=k)
+                    if label == "proxy":
+                        proxy_cpu[k] += _cpu_seconds(proxy.pid) - cpu0
+                    rates.setdefault((k, label), []).append(args.instances / secs)
+                    print(f"  round {r + 1}, {k} association(s), {label:6s}: {args.instances} instances in "
+                          f"{secs:.2f} s = {args.instances / secs:.0f} inst/s", flush=True)
+                    shutil.rmtree(work / f"{label}-{k}-{r}")
+        spooled = len(list(pending.glob("*.json"))) - warm
+        expected = args.instances * args.rounds * 2
+        print(f"C-STORE into Orthanc, {args.instances} x 39 KB CT per run, TCP_NODELAY=1, medians of "
+              f"{args.rounds} alternated runs (every proxied instance spooled with fsync: {spooled}/{expected}):")
+        for k in (1, args.modalities):
+            d, b, p = (statistics.median(rates[(k, label)]) for label in ("direct", "relay", "proxy"))
+            case = "one association" if k == 1 else f"{k} modalities at once"
+            print(f"  {case}: direct {d:.0f} inst/s (baseline); bare relay {b:.0f} inst/s = {b / d:.2f}x (the "
+                  f"hop alone); audit proxy {p:.0f} inst/s = {p / d:.2f}x (goal >= 0.9x), proxy CPU "
+                  f"{proxy_cpu[k] / (args.instances * args.rounds) * 1000:.2f} ms per instance")
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         return 0
     finally:
-        for proc in (proxy, orthanc):
+        for proc in (relay, proxy, orthanc):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 try:
