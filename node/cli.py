@@ -27,7 +27,21 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except Exception as exc:
+        import httpx  # only here: most commands never talk to a node, and the import costs start-up time
+
+        if not isinstance(exc, httpx.TransportError):
+            raise
+        # a node that is down, or a wrong --rpc/--home, is an operator's everyday case, not a crash
+        try:
+            where = f" at {exc.request.url}"
+        except RuntimeError:  # an httpx error raised without its request
+            where = ""
+        print(f"radchain {args.command}: cannot reach the node{where}: {exc or type(exc).__name__}",
+              file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -72,6 +72,19 @@ def test_init_genesis_start_submit_query_and_graceful_stop(tmp_path):
         assert radchain("verify-chain", "--home", h, "--quiet", check=False).returncode == 0
 
 
+def test_a_command_for_a_node_that_is_down_says_so_without_a_traceback(tmp_path):
+    home = tmp_path / "n"
+    port = free_base_port(2)
+    radchain("init", "--home", home, "--name", "n", "--p2p", f"/ip4/127.0.0.1/tcp/{port}",
+             "--rpc", f"127.0.0.1:{port + 1}")
+    for args in (["query"], ["submit", "--type", "instances.stored", "--patient-id", "P-1", "--issuer", "X",
+                             "--study-uid", "1.2.3", "--actor", "pacs", "--purpose", "TREAT"]):
+        r = radchain(*args, "--home", home, check=False)
+        assert r.returncode == 1, r
+        assert f"radchain {args[0]}: cannot reach the node at http://127.0.0.1:{port + 1}" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+
 def test_start_refuses_a_broken_config_with_a_clear_message(tmp_path):
     home = tmp_path / "n"
     radchain("init", "--home", home, "--name", "n", "--p2p", "/ip4/127.0.0.1/tcp/1")
