@@ -80,10 +80,16 @@ def _storescu(port: int, files: list[Path], aet: str, modalities: int = 1) -> fl
                                *map(str, files[k::modalities])],
                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for k in range(modalities)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        if proc.returncode != 0:
-            raise RuntimeError(f"storescu failed ({proc.returncode}): {err.decode(errors='replace')[-500:]}")
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            if proc.returncode != 0:
+                raise RuntimeError(f"storescu failed ({proc.returncode}): {err.decode(errors='replace')[-500:]}")
+    finally:
+        for proc in procs:  # one failed or hung: the others must not outlive the run
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return time.perf_counter() - t0
 
 
