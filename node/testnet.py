@@ -31,22 +31,46 @@ from node.runtime.settings import write_config
 from node.runtime.tokenizer import ensure_local_secrets, load_epochs, oprf_threshold, write_epoch
 
 HOSPITALS = ["hosp-a", "hosp-b", "hosp-c", "hosp-d", "hosp-e", "hosp-f", "hosp-g", "hosp-h", "hosp-i", "hosp-j"]
-def free_ports(n: int) -> list[int]:
-    """`n` distinct TCP ports on 127.0.0.1 that were free a moment ago (all bound at once, then released), for
-    tests and benchmarks that start their own servers. Another process may take one meanwhile: callers that
-    can, retry."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+# Ports handed out by free_ports/free_base_port in this process, so two callers never get the same one.
+_ISSUED_PORTS: set[int] = set()
+_TEST_PORT_LOW, _TEST_PORT_HIGH = 20000, 32000  # below Linux's ephemeral range (32768-60999)
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct TCP ports on `host` that were free a moment ago, for tests and benchmarks that start their
+    own servers. They are drawn below the ephemeral range: a port from bind(0) is an ephemeral one, which any
+    outgoing connection (even a dial to that very port before its server listens: TCP self-connect) may take
+    between check and bind, and CI saw exactly that ("127.0.0.1:60155 is already in use")."""
+    import random
+
+    rng = random.Random()
+    if len(_ISSUED_PORTS) > (_TEST_PORT_HIGH - _TEST_PORT_LOW) // 2:
+        _ISSUED_PORTS.clear()  # a long run: the earliest ports were released long ago
+    ports: list[int] = []
+    for _ in range(200 * n):
+        if len(ports) == n:
+            return ports
+        port = rng.randrange(_TEST_PORT_LOW, _TEST_PORT_HIGH)
+        if port in _ISSUED_PORTS or not _bindable(host, port):
+            continue
+        _ISSUED_PORTS.add(port)
+        ports.append(port)
+    if len(ports) == n:
+        return ports
+    raise RuntimeError(f"no {n} free ports in {_TEST_PORT_LOW}-{_TEST_PORT_HIGH}")
 
 
 def free_port() -> int:
     return free_ports(1)[0]
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -192,27 +216,31 @@ def stop(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
             p.wait()
 
 
-def free_base_port(count: int, host: str = "127.0.0.1", low: int = 20000, high: int = 32000) -> int:
+def free_base_port(count: int, host: str = "127.0.0.1", low: int = _TEST_PORT_LOW,
+                   high: int = _TEST_PORT_HIGH) -> int:
     """A base port with `count` consecutive free ports above it (for tests and benchmarks), below Linux's
     ephemeral range (32768+) so an outgoing connection cannot take a node's port between check and bind."""
     import random
-    import socket
 
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(low, high - count)
+        span = range(base, base + count)
+        if any(p in _ISSUED_PORTS for p in span):
+            continue
         socks = []
         try:
-            for port in range(base, base + count):
+            for port in span:
                 s = socket.socket()
                 socks.append(s)
                 s.bind((host, port))
-            return base
         except OSError:
             continue
         finally:
             for s in socks:
                 s.close()
+        _ISSUED_PORTS.update(span)
+        return base
     raise RuntimeError("no free port range found")
 
 
