@@ -10,9 +10,10 @@ path anyway). Two cases:
 - several modalities at once (`--modalities`, default 4 storescu processes, the instances split between them):
   the machine's CPU is the bound, shared by Orthanc, the modalities and the proxy.
 
-Three targets each: Orthanc directly (the baseline), a bare trio byte relay (`bench.tcp_relay`: the hop alone,
-no parsing, no spool) and the audit proxy. Runs alternate to spread machine noise; medians compared.
-Goal: proxy/direct >= 0.9.
+Targets: Orthanc directly (the baseline), a bare trio byte relay (`bench.tcp_relay`: the hop alone, no
+parsing, no spool), the audit proxy, and a second Orthanc running RadChain's plugin (deploy/orthanc: the hook
+inside the PACS, no hop; every stored instance spooled with fsync before Orthanc answers). Runs alternate to
+spread machine noise; medians compared. Goal: proxy/direct >= 0.9.
 
     python -m bench.dicom [--instances 200] [--rounds 3] [--modalities 4]
 """
@@ -98,6 +99,47 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _start_orthanc(root: Path, plugin_home: Path | None = None) -> tuple[subprocess.Popen, int]:
+    """An Orthanc with its own storage (and RadChain's plugin spooling into plugin_home when given): its
+    process and DICOM port, once it answers."""
+    http_port, dicom_port = free_port(), free_port()
+    cfg = {"Name": "BENCH", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "storage"),
+           "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+           "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
+           "Plugins": [], "SaveJobs": False}
+    if plugin_home is not None:
+        cfg["Plugins"] = [str(PYTHON_PLUGIN)]
+        cfg["PythonScript"] = str(REPO / "deploy" / "orthanc" / "radchain_plugin.py")
+        cfg["RadChain"] = {"Home": str(plugin_home), "SourceDir": str(REPO), "RecordDicomStores": True,
+                           "Deliver": False}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "orthanc.json").write_text(json.dumps(cfg))
+    proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def up():
+        if proc.poll() is not None:
+            raise RuntimeError(f"Orthanc exited ({proc.returncode}) with {root / 'orthanc.json'}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=1):
+                return True
+        except OSError:
+            return False
+    _wait(up, 30, "Orthanc did not start")
+    _wait(lambda: _port_open(dicom_port), 10, "Orthanc DICOM port")
+    return proc, dicom_port
+
+
+def _bench_home(path: Path) -> Path:
+    path.mkdir()
+    (path / "config.toml").write_text('[node]\nname = "bench"\n[dicom]\nissuer = "BENCH"\n')
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.dicom")
     ap.add_argument("--instances", type=int, default=200)
@@ -109,28 +151,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench.dicom: {tool} not installed (bash deploy/install-system-deps.sh test)")
             return 1
     work = Path(tempfile.mkdtemp(prefix="radchain-bench-dicom-"))
-    orthanc = proxy = relay = None
+    orthanc = proxy = relay = plugged = None
     try:
-        http_port, dicom_port, proxy_port = free_port(), free_port(), free_port()
-        cfg = {"Name": "BENCH", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "storage"),
-               "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-               "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
-               "Plugins": [], "SaveJobs": False}
-        (work / "orthanc.json").write_text(json.dumps(cfg))
-        orthanc = subprocess.Popen(["Orthanc", str(work / "orthanc.json")], env=ENV, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, start_new_session=True)
-
-        def up():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=1):
-                    return True
-            except OSError:
-                return False
-        _wait(up, 30, "Orthanc did not start")
-        _wait(lambda: _port_open(dicom_port), 10, "Orthanc DICOM port")
-        home = work / "home"
-        home.mkdir()
-        (home / "config.toml").write_text('[node]\nname = "bench"\n[dicom]\nissuer = "BENCH"\n')
+        orthanc, dicom_port = _start_orthanc(work / "orthanc")
+        home = _bench_home(work / "home")
+        plugin_home = _bench_home(work / "plugin-home")
+        if PYTHON_PLUGIN.exists():
+            plugged, plugged_port = _start_orthanc(work / "orthanc-plugin", plugin_home)
+        else:
+            print(f"bench.dicom: {PYTHON_PLUGIN} missing (Debian's orthanc-python): no plugin row")
+        proxy_port = free_port()
         radchain = str(Path(sys.executable).parent / "radchain")
         proxy = subprocess.Popen([radchain, "dicom-proxy", "--home", str(home), "--listen",
                                   f"127.0.0.1:{proxy_port}", "--pacs", f"ORTHANC@127.0.0.1:{dicom_port}",
@@ -142,40 +172,55 @@ def main(argv: list[str] | None = None) -> int:
                                  env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  start_new_session=True)
         _wait(lambda: _port_open(relay_port), 20, "relay did not start")
-        targets = (("direct", dicom_port), ("relay", relay_port), ("proxy", proxy_port))
+        targets = [("direct", dicom_port), ("relay", relay_port), ("proxy", proxy_port)]
+        if plugged is not None:
+            targets.append(("plugin", plugged_port))
+        cpu_of = {"direct": orthanc, "proxy": proxy, "plugin": plugged}
         for label, port in targets:  # first-association costs
             _storescu(port, _make_instances(work / f"warm-{label}", 10), "WARMUP")
-        pending = home / "spool" / "pending"
-        warm = len(list(pending.glob("*.json")))
+        pending = {"proxy": home / "spool" / "pending", "plugin": plugin_home / "spool" / "pending"}
+        warm = {label: len(list(d.glob("*.json"))) for label, d in pending.items()}
         rates: dict[tuple[int, str], list[float]] = {}
         cases = sorted({1, args.modalities})  # `--modalities 1` measures the single association once
-        proxy_cpu = dict.fromkeys(cases, 0.0)
+        cpu = {}  # (associations, target) -> CPU seconds of the process that does the target's work
         for r in range(args.rounds):
             for k in cases:
                 for label, port in targets:
                     files = _make_instances(work / f"{label}-{k}-{r}", args.instances)
-                    cpu0 = _cpu_seconds(proxy.pid)
+                    proc = cpu_of.get(label)
+                    cpu0 = _cpu_seconds(proc.pid) if proc else 0.0
                     secs = _storescu(port, files, "B" + label[0].upper(), modalities=k)
-                    if label == "proxy":
-                        proxy_cpu[k] += _cpu_seconds(proxy.pid) - cpu0
+                    if proc:
+                        cpu[(k, label)] = cpu.get((k, label), 0.0) + _cpu_seconds(proc.pid) - cpu0
                     rates.setdefault((k, label), []).append(args.instances / secs)
                     print(f"  round {r + 1}, {k} association(s), {label:6s}: {args.instances} instances in "
                           f"{secs:.2f} s = {args.instances / secs:.0f} inst/s", flush=True)
                     shutil.rmtree(work / f"{label}-{k}-{r}")
-        spooled = len(list(pending.glob("*.json"))) - warm
+        spooled = {label: len(list(d.glob("*.json"))) - warm[label] for label, d in pending.items()}
         expected = args.instances * args.rounds * len(cases)
+
+        def ms_per_instance(k: int, label: str) -> float:
+            return cpu[(k, label)] / (args.instances * args.rounds) * 1000
+
         print(f"C-STORE into Orthanc, {args.instances} x 39 KB CT per run, TCP_NODELAY=1, medians of "
-              f"{args.rounds} alternated runs (every proxied instance spooled with fsync: {spooled}/{expected}):")
+              f"{args.rounds} alternated runs (every instance spooled with fsync: proxy "
+              f"{spooled['proxy']}/{expected}" + (f", plugin {spooled['plugin']}/{expected}" if plugged else "")
+              + "):")
         for k in cases:
-            d, b, p = (statistics.median(rates[(k, label)]) for label in ("direct", "relay", "proxy"))
+            med = {label: statistics.median(rates[(k, label)]) for label, _ in targets}
+            d = med["direct"]
             case = "one association" if k == 1 else f"{k} modalities at once"
-            print(f"  {case}: direct {d:.0f} inst/s (baseline); bare relay {b:.0f} inst/s = {b / d:.2f}x (the "
-                  f"hop alone); audit proxy {p:.0f} inst/s = {p / d:.2f}x (goal >= 0.9x), proxy CPU "
-                  f"{proxy_cpu[k] / (args.instances * args.rounds) * 1000:.2f} ms per instance")
+            print(f"  {case}: direct {d:.0f} inst/s (baseline, Orthanc CPU {ms_per_instance(k, 'direct'):.2f} "
+                  f"ms/inst); bare relay {med['relay']:.0f} inst/s = {med['relay'] / d:.2f}x (the hop alone); "
+                  f"audit proxy {med['proxy']:.0f} inst/s = {med['proxy'] / d:.2f}x (goal >= 0.9x), proxy CPU "
+                  f"{ms_per_instance(k, 'proxy'):.2f} ms/inst")
+            if plugged is not None:
+                print(f"    Orthanc + RadChain plugin {med['plugin']:.0f} inst/s = {med['plugin'] / d:.2f}x, Orthanc "
+                      f"CPU {ms_per_instance(k, 'plugin'):.2f} ms/inst (the hook inside the PACS, no hop)")
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         return 0
     finally:
-        for proc in (relay, proxy, orthanc):
+        for proc in (relay, proxy, orthanc, plugged):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 try:
