@@ -31,31 +31,38 @@ from node.runtime.settings import write_config
 from node.runtime.tokenizer import ensure_local_secrets, load_epochs, oprf_threshold, write_epoch
 
 HOSPITALS = ["hosp-a", "hosp-b", "hosp-c", "hosp-d", "hosp-e", "hosp-f", "hosp-g", "hosp-h", "hosp-i", "hosp-j"]
-# Ports handed out by free_ports/free_base_port in this process, so two callers never get the same one.
-_ISSUED_PORTS: set[int] = set()
+# Ports handed out by free_ports/free_base_port in this process, oldest first, so two callers never get the
+# same one; past half the range the oldest half is forgotten (long since bound or released), so at least the
+# last quarter of the range (3,000 ports) is never handed out again.
+_ISSUED_PORTS: dict[int, None] = {}
 _TEST_PORT_LOW, _TEST_PORT_HIGH = 20000, 32000  # below Linux's ephemeral range (32768-60999)
+
+
+def _issue(ports) -> None:
+    _ISSUED_PORTS.update(dict.fromkeys(ports))
+    if len(_ISSUED_PORTS) > (_TEST_PORT_HIGH - _TEST_PORT_LOW) // 2:
+        for port in list(_ISSUED_PORTS)[:len(_ISSUED_PORTS) // 2]:
+            del _ISSUED_PORTS[port]
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """`n` distinct TCP ports on `host` that were free a moment ago, for tests and benchmarks that start their
     own servers. They are drawn below the ephemeral range: a port from bind(0) is an ephemeral one, which any
     outgoing connection (even a dial to that very port before its server listens: TCP self-connect) may take
-    between check and bind, and CI saw exactly that ("127.0.0.1:60155 is already in use")."""
+    between check and bind (a CI run lost a test to "127.0.0.1:60155 is already in use")."""
     import random
 
     rng = random.Random()
-    if len(_ISSUED_PORTS) > (_TEST_PORT_HIGH - _TEST_PORT_LOW) // 2:
-        _ISSUED_PORTS.clear()  # a long run: the earliest ports were released long ago
     ports: list[int] = []
     for _ in range(200 * n):
         if len(ports) == n:
-            return ports
+            break
         port = rng.randrange(_TEST_PORT_LOW, _TEST_PORT_HIGH)
-        if port in _ISSUED_PORTS or not _bindable(host, port):
+        if port in _ISSUED_PORTS or port in ports or not _bindable(host, port):
             continue
-        _ISSUED_PORTS.add(port)
         ports.append(port)
     if len(ports) == n:
+        _issue(ports)
         return ports
     raise RuntimeError(f"no {n} free ports in {_TEST_PORT_LOW}-{_TEST_PORT_HIGH}")
 
@@ -239,7 +246,7 @@ def free_base_port(count: int, host: str = "127.0.0.1", low: int = _TEST_PORT_LO
         finally:
             for s in socks:
                 s.close()
-        _ISSUED_PORTS.update(span)
+        _issue(span)
         return base
     raise RuntimeError("no free port range found")
 
