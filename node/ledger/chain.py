@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -382,6 +383,8 @@ class Chain:
         self.state = self._load_state()
         self._seen = SeenFilter(store, seen_filter_bits)
         self._verified: dict[bytes, Tx] = {}
+        # The cache is filled from gossip's worker thread too (remember_verified): every change under this lock.
+        self._verified_lock = threading.Lock()
         self._proposals: dict[bytes, tuple[ProposalHeader, list[Tx], list[bytes]]] = {}
         # Where a compact proposal's txs are found besides the verified cache and the store: the node's
         # mempool (tx hash -> wire bytes or None). Unset (offline tools): only the cache and the store.
@@ -459,7 +462,8 @@ class Chain:
 
     def remember_verified(self, tx: Tx) -> None:
         """Cache a tx decoded with ``verify=False`` whose signature the caller has just checked (a tx
-        fetched for a compact proposal); authorisation is left to proposal validation."""
+        fetched for a compact proposal, or one gossip's worker thread has just checked: safe from any
+        thread); authorisation is left to admission or proposal validation."""
         self._remember(tx)
 
     def _check_authorised(self, tx: Tx) -> None:
@@ -476,9 +480,10 @@ class Chain:
 
     def _remember(self, tx: Tx) -> None:
         cache = self._verified
-        if len(cache) >= self.VERIFIED_CACHE:
-            del cache[next(iter(cache))]
-        cache[tx.hash] = tx
+        with self._verified_lock:
+            if len(cache) >= self.VERIFIED_CACHE:
+                del cache[next(iter(cache))]
+            cache[tx.hash] = tx
 
     # ------------------------------------------------------------------ proposals
     def build_proposal(self, height: int, proposer: int, timestamp_ms: int, txs: list[bytes]) -> bytes:
@@ -735,6 +740,7 @@ class Chain:
         state.root = state_root
         verified = self._verified
         if verified:
-            for t in txs:
-                verified.pop(t.hash, None)
+            with self._verified_lock:
+                for t in txs:
+                    verified.pop(t.hash, None)
         return block

@@ -19,12 +19,15 @@ from node.ledger.tx import Tx, TxError, verify_tx
 __all__ = ["verify_txs"]
 
 
-def verify_txs(txs: Sequence[Tx], verified: Callable[[bytes], object] | None = None) -> list[bool]:
+def verify_txs(txs: Sequence[Tx], verified: Callable[[bytes], object] | None = None,
+               remember: Callable[[Tx], None] | None = None) -> list[bool]:
     """Whether each tx's signature verifies under its ``client`` key; never raises for a bad tx.
 
     ``verified(tx hash)`` (node.ledger.chain.Chain.verified), when given, is asked before each check: a tx
     the event loop checked meanwhile (a proposal that named it while this batch waited, node.ledger.chain)
-    is not checked again. It is a read of a dict the event loop writes, atomic under the GIL."""
+    is not checked again. It is a read of a dict the event loop writes, atomic under the GIL. ``remember``
+    (Chain.remember_verified) is told of each tx that verifies as soon as it has, so a proposal naming it
+    that the event loop validates before it takes this batch's results does not check it again."""
     ok = []
     append = ok.append
     for tx in txs:
@@ -37,4 +40,6 @@ def verify_txs(txs: Sequence[Tx], verified: Callable[[bytes], object] | None = N
             append(False)
         else:
             append(True)
+            if remember is not None:
+                remember(tx)
     return ok

@@ -202,7 +202,7 @@ class TxGossip:
             work.append((peer, len(raws), checked, bad, first_error))
         if unchecked:
             oks = iter(await trio.to_thread.run_sync(verify_txs, unchecked, chain.verified,
-                                                     limiter=self._verify_limiter))
+                                                     chain.remember_verified, limiter=self._verify_limiter))
         for peer, count, checked, bad, first_error in work:
             items = []
             for tx, known in checked:

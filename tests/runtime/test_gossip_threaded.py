@@ -174,3 +174,28 @@ def test_verify_txs_skips_what_the_event_loop_verified_meanwhile_and_only_that(m
     monkeypatch.setattr(sigbatch, "verify_tx", lambda body, sig, client: (checked.append(sig), real(body, sig, client)))
     assert verify_txs(txs, known.get) == [True, True, False]
     assert checked == [txs[1].sig, txs[2].sig]
+
+
+def test_a_tx_the_worker_thread_checked_is_not_checked_again_by_a_proposal_before_its_batch_is_taken(
+        tmp_path, monkeypatch):
+    """The worker thread caches each tx as soon as its signature verifies (not when the event loop takes the
+    batch's results), so a proposal the event loop validates in between does not check it again; a forgery
+    is cached by nothing and the proposal carrying it is refused."""
+    import node.ledger.tx as txmod
+
+    m = Member(tmp_path)
+    checks = []
+    real = txmod._sign_open
+    monkeypatch.setattr(txmod, "_sign_open", lambda signed, client: (checks.append(1), real(signed, client))[1])
+    try:
+        raws = [VALID[0], VALID[1], forge(VALID[2])]
+        txs = [decode_tx(r, verify=False) for r in raws]
+        assert verify_txs(txs, m.chain.verified, m.chain.remember_verified) == [True, True, False]
+        assert len(checks) == 3
+        m.chain.validate_proposal(1, m.chain.build_proposal(1, 0, T0, raws[:2]), now_ms=T0)
+        assert len(checks) == 3  # both came from the cache the worker thread filled
+        assert m.chain.verified(txs[2].hash) is None
+        with pytest.raises(ProposalError, match="signature"):
+            m.chain.validate_proposal(1, m.chain.build_proposal(1, 0, T0, raws), now_ms=T0)
+    finally:
+        m.close()
