@@ -212,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
             case = "one association" if k == 1 else f"{k} modalities at once"
             print(f"  {case}: direct {d:.0f} inst/s (baseline, Orthanc CPU {ms_per_instance(k, 'direct'):.2f} "
                   f"ms/inst); bare relay {med['relay']:.0f} inst/s = {med['relay'] / d:.2f}x (the hop alone, "
-                  f"relay CPU {ms_per_instance(k, 'relay'):.2f} ms/inst); audit proxy {med['proxy']:.0f} inst/s = {med['proxy'] / d:.2f}x (goal >= 0.9x), proxy CPU "
-                  f"{ms_per_instance(k, 'proxy'):.2f} ms/inst")
+                  f"relay CPU {ms_per_instance(k, 'relay'):.2f} ms/inst); audit proxy {med['proxy']:.0f} inst/s "
+                  f"= {med['proxy'] / d:.2f}x (goal >= 0.9x), proxy CPU {ms_per_instance(k, 'proxy'):.2f} ms/inst")
             if plugged is not None:
-                print(f"    Orthanc + RadChain plugin {med['plugin']:.0f} inst/s = {med['plugin'] / d:.2f}x, Orthanc "
-                      f"CPU {ms_per_instance(k, 'plugin'):.2f} ms/inst (the hook inside the PACS, no hop)")
+                print(f"    Orthanc + RadChain plugin {med['plugin']:.0f} inst/s = {med['plugin'] / d:.2f}x, "
+                      f"Orthanc CPU {ms_per_instance(k, 'plugin'):.2f} ms/inst (the hook inside the PACS, no hop)")
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         return 0
     finally:

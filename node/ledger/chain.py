@@ -574,7 +574,7 @@ class Chain:
         cache = self._verified
         # A tx whose signature is checked here (the primary proposed it before its gossip reached us) is
         # cached like an admitted one, so its gossip copy, arriving later, is not checked again (it was, for
-        # about a fifth of the txs on each replica at half load: bench.throughput).
+        # about a sixth of each replica's txs in a bench.throughput run).
         remember = self._remember
         txs: list[Tx] = []
         append = txs.append
