@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -36,6 +37,7 @@ HOSPITALS = ["hosp-a", "hosp-b", "hosp-c", "hosp-d", "hosp-e", "hosp-f", "hosp-g
 # last quarter of the range (3,000 ports) is never handed out again.
 _ISSUED_PORTS: dict[int, None] = {}
 _TEST_PORT_LOW, _TEST_PORT_HIGH = 20000, 32000  # below Linux's ephemeral range (32768-60999)
+_PORT_RNG = random.Random()
 
 
 def _issue(ports) -> None:
@@ -50,14 +52,11 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     own servers. They are drawn below the ephemeral range: a port from bind(0) is an ephemeral one, which any
     outgoing connection (even a dial to that very port before its server listens: TCP self-connect) may take
     between check and bind (a CI run lost a test to "127.0.0.1:60155 is already in use")."""
-    import random
-
-    rng = random.Random()
     ports: list[int] = []
     for _ in range(200 * n):
         if len(ports) == n:
             break
-        port = rng.randrange(_TEST_PORT_LOW, _TEST_PORT_HIGH)
+        port = _PORT_RNG.randrange(_TEST_PORT_LOW, _TEST_PORT_HIGH)
         if port in _ISSUED_PORTS or port in ports or not _bindable(host, port):
             continue
         ports.append(port)
@@ -227,25 +226,11 @@ def free_base_port(count: int, host: str = "127.0.0.1", low: int = _TEST_PORT_LO
                    high: int = _TEST_PORT_HIGH) -> int:
     """A base port with `count` consecutive free ports above it (for tests and benchmarks), below Linux's
     ephemeral range (32768+) so an outgoing connection cannot take a node's port between check and bind."""
-    import random
-
-    rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(low, high - count)
+        base = _PORT_RNG.randrange(low, high - count)
         span = range(base, base + count)
-        if any(p in _ISSUED_PORTS for p in span):
+        if any(p in _ISSUED_PORTS for p in span) or not all(_bindable(host, p) for p in span):
             continue
-        socks = []
-        try:
-            for port in span:
-                s = socket.socket()
-                socks.append(s)
-                s.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
         _issue(span)
         return base
     raise RuntimeError("no free port range found")
