@@ -10,12 +10,20 @@ path anyway). Two cases:
 - several modalities at once (`--modalities`, default 4 storescu processes, the instances split between them):
   the machine's CPU is the bound, shared by Orthanc, the modalities and the proxy.
 
+Two placements (`--placement`, both by default on a machine with two CPUs or more):
+
+- shared: every process on every CPU, as on one small server; the proxy's CPU is taken from Orthanc's;
+- separate: Orthanc (both of them) and the modalities pinned to one CPU, the proxy and the bare relay to
+  another, as when the proxy runs on the RadChain node's host and not on the PACS's. Orthanc has the same
+  one CPU whether it is reached directly or through the proxy, so the ratio is the hop and the recording
+  alone, without the CPU they take from the PACS.
+
 Targets: Orthanc directly (the baseline), a bare trio byte relay (`bench.tcp_relay`: the hop alone, no
 parsing, no spool), the audit proxy, and a second Orthanc running RadChain's plugin (deploy/orthanc: the hook
 inside the PACS, no hop; every stored instance spooled with fsync before Orthanc answers). Runs alternate to
 spread machine noise; medians compared. Goal: proxy/direct >= 0.9.
 
-    python -m bench.dicom [--instances 200] [--rounds 3] [--modalities 4]
+    python -m bench.dicom [--instances 200] [--rounds 3] [--modalities 4] [--placement both]
 """
 
 from __future__ import annotations
@@ -74,12 +82,14 @@ def _make_instances(out: Path, n: int) -> list[Path]:
     return paths
 
 
-def _storescu(port: int, files: list[Path], aet: str, modalities: int = 1) -> float:
-    """Seconds for `modalities` storescu processes (one association each) to store `files` between them."""
+def _storescu(port: int, files: list[Path], aet: str, modalities: int = 1, cpus: set[int] | None = None) -> float:
+    """Seconds for `modalities` storescu processes (one association each) to store `files` between them
+    (on `cpus` only, when given)."""
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     t0 = time.perf_counter()
     procs = [subprocess.Popen(["storescu", "-aet", f"{aet}{k}", "-aec", "ORTHANC", "127.0.0.1", str(port),
                                *map(str, files[k::modalities])],
-                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=pin)
              for k in range(modalities)]
     try:
         for proc in procs:
@@ -92,6 +102,17 @@ def _storescu(port: int, files: list[Path], aet: str, modalities: int = 1) -> fl
                 proc.kill()
                 proc.wait()
     return time.perf_counter() - t0
+
+
+def _pin(proc: subprocess.Popen | None, cpus: set[int]) -> None:
+    """Every thread of `proc` on `cpus` only (threads it starts later inherit the mask of their creator)."""
+    if proc is None:
+        return
+    for tid in os.listdir(f"/proc/{proc.pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that just ended
+            pass
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -145,7 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modalities", type=int, default=4)
+    ap.add_argument("--placement", choices=("shared", "separate", "both"), default="both")
     args = ap.parse_args(argv)
+    cpus = sorted(os.sched_getaffinity(0))
+    placements = ["shared", "separate"] if args.placement == "both" else [args.placement]
+    if "separate" in placements and len(cpus) < 2:
+        print("bench.dicom: one CPU, so no separate placement")
+        placements = ["shared"]
+    pacs_cpus, proxy_cpus = {cpus[0]}, set(cpus[1:])
     for tool in ("Orthanc", "storescu"):
         if shutil.which(tool) is None:
             print(f"bench.dicom: {tool} not installed (bash deploy/install-system-deps.sh test)")
@@ -180,43 +208,60 @@ def main(argv: list[str] | None = None) -> int:
             _storescu(port, _make_instances(work / f"warm-{label}", 10), "WARMUP")
         pending = {"proxy": home / "spool" / "pending", "plugin": plugin_home / "spool" / "pending"}
         warm = {label: len(list(d.glob("*.json"))) for label, d in pending.items()}
-        rates: dict[tuple[int, str], list[float]] = {}
+        rates: dict[tuple[str, int, str], list[float]] = {}
         cases = sorted({1, args.modalities})  # `--modalities 1` measures the single association once
-        cpu = {}  # (associations, target) -> CPU seconds of the process that does the target's work
+        cpu = {}  # (placement, associations, target) -> CPU seconds of the process doing the target's work
         for r in range(args.rounds):
-            for k in cases:
-                for label, port in targets:
-                    files = _make_instances(work / f"{label}-{k}-{r}", args.instances)
-                    proc = cpu_of.get(label)
-                    cpu0 = _cpu_seconds(proc.pid) if proc else 0.0
-                    secs = _storescu(port, files, "B" + label[0].upper(), modalities=k)
-                    if proc:
-                        cpu[(k, label)] = cpu.get((k, label), 0.0) + _cpu_seconds(proc.pid) - cpu0
-                    rates.setdefault((k, label), []).append(args.instances / secs)
-                    print(f"  round {r + 1}, {k} association(s), {label:6s}: {args.instances} instances in "
-                          f"{secs:.2f} s = {args.instances / secs:.0f} inst/s", flush=True)
-                    shutil.rmtree(work / f"{label}-{k}-{r}")
+            for placement in placements:
+                separate = placement == "separate"
+                for proc in (orthanc, plugged):
+                    _pin(proc, pacs_cpus if separate else set(cpus))
+                for proc in (proxy, relay):
+                    _pin(proc, proxy_cpus if separate else set(cpus))
+                for k in cases:
+                    for label, port in targets:
+                        files = _make_instances(work / f"{label}-{k}-{r}", args.instances)
+                        proc = cpu_of.get(label)
+                        cpu0 = _cpu_seconds(proc.pid) if proc else 0.0
+                        secs = _storescu(port, files, "B" + label[0].upper(), modalities=k,
+                                         cpus=pacs_cpus if separate else None)
+                        if proc:
+                            key = (placement, k, label)
+                            cpu[key] = cpu.get(key, 0.0) + _cpu_seconds(proc.pid) - cpu0
+                        rates.setdefault((placement, k, label), []).append(args.instances / secs)
+                        print(f"  round {r + 1}, {placement}, {k} association(s), {label:6s}: {args.instances} "
+                              f"instances in {secs:.2f} s = {args.instances / secs:.0f} inst/s", flush=True)
+                        shutil.rmtree(work / f"{label}-{k}-{r}")
         spooled = {label: len(list(d.glob("*.json"))) - warm[label] for label, d in pending.items()}
-        expected = args.instances * args.rounds * len(cases)
+        expected = args.instances * args.rounds * len(cases) * len(placements)
 
-        def ms_per_instance(k: int, label: str) -> float:
-            return cpu[(k, label)] / (args.instances * args.rounds) * 1000
+        def ms_per_instance(placement: str, k: int, label: str) -> float:
+            return cpu[(placement, k, label)] / (args.instances * args.rounds) * 1000
 
         print(f"C-STORE into Orthanc, {args.instances} x 39 KB CT per run, TCP_NODELAY=1, medians of "
               f"{args.rounds} alternated runs (every instance spooled with fsync: proxy "
               f"{spooled['proxy']}/{expected}" + (f", plugin {spooled['plugin']}/{expected}" if plugged else "")
               + "):")
-        for k in cases:
-            med = {label: statistics.median(rates[(k, label)]) for label, _ in targets}
-            d = med["direct"]
-            case = "one association" if k == 1 else f"{k} modalities at once"
-            print(f"  {case}: direct {d:.0f} inst/s (baseline, Orthanc CPU {ms_per_instance(k, 'direct'):.2f} "
-                  f"ms/inst); bare relay {med['relay']:.0f} inst/s = {med['relay'] / d:.2f}x (the hop alone, "
-                  f"relay CPU {ms_per_instance(k, 'relay'):.2f} ms/inst); audit proxy {med['proxy']:.0f} inst/s "
-                  f"= {med['proxy'] / d:.2f}x (goal >= 0.9x), proxy CPU {ms_per_instance(k, 'proxy'):.2f} ms/inst")
-            if plugged is not None:
-                print(f"    Orthanc + RadChain plugin {med['plugin']:.0f} inst/s = {med['plugin'] / d:.2f}x, "
-                      f"Orthanc CPU {ms_per_instance(k, 'plugin'):.2f} ms/inst (the hook inside the PACS, no hop)")
+        for placement in placements:
+            if placement == "shared":
+                print(f"  shared: every process on all {len(cpus)} CPUs")
+            else:
+                print(f"  separate: Orthanc and the modalities on CPU {cpus[0]}, the proxy and the relay on "
+                      f"CPU {','.join(map(str, cpus[1:]))}")
+            for k in cases:
+                med = {label: statistics.median(rates[(placement, k, label)]) for label, _ in targets}
+                d = med["direct"]
+                case = "one association" if k == 1 else f"{k} modalities at once"
+                print(f"    {case}: direct {d:.0f} inst/s (baseline, Orthanc CPU "
+                      f"{ms_per_instance(placement, k, 'direct'):.2f} ms/inst); bare relay {med['relay']:.0f} "
+                      f"inst/s = {med['relay'] / d:.2f}x (the hop alone, relay CPU "
+                      f"{ms_per_instance(placement, k, 'relay'):.2f} ms/inst); audit proxy {med['proxy']:.0f} "
+                      f"inst/s = {med['proxy'] / d:.2f}x (goal >= 0.9x), proxy CPU "
+                      f"{ms_per_instance(placement, k, 'proxy'):.2f} ms/inst")
+                if plugged is not None:
+                    print(f"      Orthanc + RadChain plugin {med['plugin']:.0f} inst/s = {med['plugin'] / d:.2f}x, "
+                          f"Orthanc CPU {ms_per_instance(placement, k, 'plugin'):.2f} ms/inst (the hook inside "
+                          f"the PACS, no hop)")
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         return 0
     finally:
