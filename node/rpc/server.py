@@ -293,11 +293,20 @@ class JsonRpcApp:
                     self._authorize(method, caller)
                 except RpcError:
                     continue  # the call itself will say so
+                if method.ready is not None and self._ready(method, item["params"]):
+                    continue  # nothing to warm up: no task for it
                 prepared.append((method.prepare, item["params"]))
         if len(prepared) > 1:
             async with trio.open_nursery() as nursery:
                 for prepare, params in prepared:
                     nursery.start_soon(prepare, self.node, params)
+
+    def _ready(self, method: Method, params: dict) -> bool:
+        try:
+            return bool(method.ready(self.node, params))
+        except Exception:  # a bug in the check only costs the warm-up task it would have saved
+            log.exception("rpc method prepare check failed")
+            return False
 
     async def _start(self, request, caller: Caller):
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(

@@ -49,7 +49,7 @@ from node.runtime.psk_keys import PskKeys
 from node.runtime.settings import NodeConfig
 from node.runtime.sync import CHANNEL as SYNC_CHANNEL
 from node.runtime.sync import BlockSync
-from node.runtime.tokenizer import Tokenizer, event_fields, prefetch
+from node.runtime.tokenizer import Tokenizer, event_fields, prefetch, warm
 from node.runtime.wal_file import WriteAheadLog
 
 log = logging.getLogger("radchain.node")
@@ -544,6 +544,10 @@ class Node:
         # Our own fresh signature over bytes we encoded and decoded once: check_own_tx's trust, no re-decode.
         self.chain.check_verified_tx(tx)
         return tx
+
+    def tokens_ready(self, event) -> bool:
+        """Whether every consortium token `event` needs is in memory (prefetch_tokens would do nothing)."""
+        return warm(event, self.tokenizer)
 
     async def prefetch_tokens(self, event: dict) -> None:
         """Compute (and cache) the consortium tokens `event` needs; raises what event_to_tx would."""

@@ -502,13 +502,20 @@ def _consortium_items(event) -> list[tuple[str, tuple[str, ...]]] | None:
     return items
 
 
+def warm(event, tokenizer: Tokenizer) -> bool:
+    """Whether every consortium token `event` needs is in memory already, so prefetch has nothing to do
+    (a few dict lookups: a hospital's identifiers repeat). False when unsure; never raises."""
+    if not isinstance(event, dict):
+        return False
+    items = _consortium_items(event)
+    return items is not None and tokenizer.memoized(items)
+
+
 async def prefetch(event: dict, tokenizer: Tokenizer, **kwargs) -> None:
     """The OPRF round only: the tokens land in the caches for event_fields to find. An event whose tokens
-    are all in memory already costs a few dict lookups (a hospital's identifiers repeat)."""
-    if isinstance(event, dict):
-        items = _consortium_items(event)
-        if items is not None and tokenizer.memoized(items):
-            return
+    are all in memory already costs a few dict lookups (`warm`)."""
+    if warm(event, tokenizer):
+        return
     collect = _Collect(tokenizer.local)
     event_to_tx_fields(event, collect, **kwargs)
     if collect.items:
