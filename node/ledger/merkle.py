@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-__all__ = ["EMPTY_ROOT", "leaf_hash", "merkle_root", "merkle_levels", "inclusion_path", "verify_inclusion",
-           "MerkleProof"]
+__all__ = ["EMPTY_ROOT", "leaf_hash", "merkle_root", "merkle_levels", "inclusion_path", "root_from_path",
+           "verify_inclusion", "MerkleProof"]
 
 _sha256 = hashlib.sha256
 EMPTY_ROOT = _sha256(b"").digest()
@@ -68,15 +68,16 @@ def inclusion_path(levels_or_hashes, index: int) -> list[bytes]:
     return path
 
 
-def verify_inclusion(tx_hash: bytes, index: int, count: int, path: list[bytes], root: bytes) -> bool:
-    """RFC 9162 section 2.1.3.2: does ``path`` prove leaf ``tx_hash`` at ``index`` of ``count`` under ``root``?"""
+def root_from_path(tx_hash: bytes, index: int, count: int, path: list[bytes]) -> bytes | None:
+    """RFC 9162 section 2.1.3.2: the root that ``path`` leads to from leaf ``tx_hash`` at ``index`` of
+    ``count``, or None if the path cannot belong to a tree of that size."""
     if not 0 <= index < count:
-        return False
+        return None
     fn, sn = index, count - 1
     r = _sha256(b"\x00" + tx_hash).digest()
     for p in path:
         if sn == 0:
-            return False
+            return None
         if fn & 1 or fn == sn:
             r = _sha256(b"\x01" + p + r).digest()
             if not fn & 1:
@@ -87,7 +88,12 @@ def verify_inclusion(tx_hash: bytes, index: int, count: int, path: list[bytes], 
             r = _sha256(b"\x01" + r + p).digest()
         fn >>= 1
         sn >>= 1
-    return sn == 0 and r == root
+    return r if sn == 0 else None
+
+
+def verify_inclusion(tx_hash: bytes, index: int, count: int, path: list[bytes], root: bytes) -> bool:
+    """RFC 9162 section 2.1.3.2: does ``path`` prove leaf ``tx_hash`` at ``index`` of ``count`` under ``root``?"""
+    return root_from_path(tx_hash, index, count, path) == root
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from node.ledger.merkle import EMPTY_ROOT, inclusion_path, merkle_levels, merkle_root, verify_inclusion
+from node.ledger.merkle import EMPTY_ROOT, inclusion_path, merkle_levels, merkle_root, root_from_path, verify_inclusion
 from node.ledger.tx import PURPOSES, TxError, decode_tx, schema, sign_fields
 from node.vocabulary import SCOPES
 
@@ -130,6 +130,7 @@ def test_merkle_root_and_paths_match_rfc_9162(leaves, data):
     path = inclusion_path(levels, m)
     assert path == reference_path(m, leaves)
     assert verify_inclusion(leaves[m], m, len(leaves), path, root)
+    assert root_from_path(leaves[m], m, len(leaves), path) == root
 
 
 @settings(max_examples=200, deadline=None)
