@@ -93,7 +93,8 @@ def root_from_path(tx_hash: bytes, index: int, count: int, path: list[bytes]) ->
 
 def verify_inclusion(tx_hash: bytes, index: int, count: int, path: list[bytes], root: bytes) -> bool:
     """RFC 9162 section 2.1.3.2: does ``path`` prove leaf ``tx_hash`` at ``index`` of ``count`` under ``root``?"""
-    return root_from_path(tx_hash, index, count, path) == root
+    computed = root_from_path(tx_hash, index, count, path)
+    return computed is not None and computed == root
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ class Method:
     prepare: Handler | None = None
     # Optional `ready(node, params) -> bool`: True when prepare has nothing to do for this call (a cheap,
     # synchronous check), so a batch starts a prepare task only for the calls that need one (a task is
-    # ~6 us, and under load nearly every event's pseudonyms are in memory already). Must not raise.
+    # ~6 us, and under load nearly every event's pseudonyms are in memory already). Should not raise: if it
+    # does, the server logs it once and warms the call up as if it were not ready.
     ready: Callable[[object, dict], bool] | None = None
 
     @property

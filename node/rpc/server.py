@@ -125,6 +125,7 @@ class JsonRpcApp:
 
         self.node = node
         self.methods = methods
+        self._ready_failed: set[Method] = set()  # methods whose Method.ready raised (logged once each)
         self.tokens = tokens if isinstance(tokens, TokenStore) else TokenStore(dict(tokens))
         self.read_requires_token = read_requires_token
         self.max_body_bytes = max_body_bytes
@@ -305,7 +306,9 @@ class JsonRpcApp:
         try:
             return bool(method.ready(self.node, params))
         except Exception:  # a bug in the check only costs the warm-up task it would have saved
-            log.exception("rpc method prepare check failed")
+            if method not in self._ready_failed:  # once: it would fail for every call of every batch
+                self._ready_failed.add(method)
+                log.exception("rpc: a method's warm-up check failed (warming up every call instead)")
             return False
 
     async def _start(self, request, caller: Caller):

@@ -241,8 +241,10 @@ def tokenize_error(exc: TokenizeError) -> RpcError:
 
 
 def event_ready(node, params: dict) -> bool:
-    """Method.ready of submit_event: the event's consortium tokens are all in memory already."""
-    return node.tokens_ready(params.get("event"))
+    """Method.ready of submit_event: the event's consortium tokens are all in memory already, or it is not
+    an event at all (the call itself refuses it; there is nothing to warm up)."""
+    event = params.get("event")
+    return not isinstance(event, dict) or node.tokens_ready(event)
 
 
 async def prepare_event(node, params: dict) -> None:

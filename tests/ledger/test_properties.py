@@ -9,7 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from node.ledger.merkle import EMPTY_ROOT, inclusion_path, merkle_levels, merkle_root, root_from_path, verify_inclusion
+from node.ledger.merkle import (
+    EMPTY_ROOT,
+    inclusion_path,
+    merkle_levels,
+    merkle_root,
+    root_from_path,
+    verify_inclusion,
+)
 from node.ledger.tx import PURPOSES, TxError, decode_tx, schema, sign_fields
 from node.vocabulary import SCOPES
 
@@ -153,3 +160,4 @@ def test_merkle_proof_fails_for_anything_else(leaves, data):
         assert not verify_inclusion(leaves[m], m, n, path[:-1], root)
     assert not verify_inclusion(leaves[m], m, n, path + [root], root)
     assert not verify_inclusion(leaves[m], n, n, path, root)
+    assert not verify_inclusion(leaves[m], n, n, path, None)  # an invalid proof matches no root, not even None

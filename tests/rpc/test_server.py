@@ -205,9 +205,10 @@ async def test_a_client_opening_a_connection_per_call_is_never_refused_for_its_f
     assert caps.refused.total == 0 and not caps.by_address
 
 
-async def test_a_batch_warms_up_only_the_calls_that_need_it_and_a_broken_check_fails_nothing():
+async def test_a_batch_warms_up_only_the_calls_that_need_it_and_a_broken_check_fails_nothing(caplog):
     """Method.ready: calls whose warm-up has nothing to do get no prepare task (a task per call of a
-    100-call batch is ~0.6 ms of event loop); a check that raises only costs the task it would save."""
+    100-call batch is ~0.6 ms of event loop); a check that raises only costs the task it would save, and is
+    logged once, not once per call."""
     from node.rpc.protocol import Method
 
     prepared: list[int] = []
@@ -231,3 +232,16 @@ async def test_a_batch_warms_up_only_the_calls_that_need_it_and_a_broken_check_f
     replies = (await post(rpc, calls)).json()
     assert sorted(r["result"] for r in replies) == [0, 1, 2, 3, 4]
     assert sorted(prepared) == [1, 3, 4]
+    assert (await post(rpc, calls)).status_code == 200 and sorted(prepared) == [1, 1, 3, 3, 4, 4]
+    assert sum("warm-up check failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_submit_event_has_nothing_to_warm_up_for_a_call_without_an_event():
+    from types import SimpleNamespace
+
+    from node.rpc.submit import event_ready
+
+    node = SimpleNamespace(tokens_ready=lambda event: event["patient_id"] == "warm")
+    assert event_ready(node, {}) and event_ready(node, {"event": None}) and event_ready(node, {"event": "x"})
+    assert event_ready(node, {"event": {"patient_id": "warm"}})
+    assert not event_ready(node, {"event": {"patient_id": "cold"}})
