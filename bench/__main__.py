@@ -4,8 +4,8 @@ import importlib
 import sys
 import traceback
 
-BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.throughput", "bench.batch_signatures", "bench.catchup",
-              "bench.consortium", "bench.overload", "bench.rpc",
+BENCHMARKS = ["bench.ledger", "bench.network", "bench.testnet", "bench.throughput", "bench.batch_signatures",
+              "bench.catchup", "bench.consortium", "bench.overload", "bench.rpc",
               "bench.dicom", "bench.oprf", "bench.pseudonyms", "bench.interop", "bench.research", "bench.simulator"]
 
 

@@ -13,8 +13,8 @@ path anyway). Two cases:
 Two placements (`--placement`, both by default on a machine with two CPUs or more):
 
 - shared: every process on every CPU, as on one small server; the proxy's CPU is taken from Orthanc's;
-- separate: Orthanc (both of them) and the modalities pinned to one CPU, the proxy and the bare relay to
-  another, as when the proxy runs on the RadChain node's host and not on the PACS's. Orthanc has the same
+- separate: Orthanc (both of them) and the modalities pinned to the first CPU, the proxy and the bare relay
+  to the others, as when the proxy runs on the RadChain node's host and not on the PACS's. Orthanc has the same
   one CPU whether it is reached directly or through the proxy, so the ratio is the hop and the recording
   alone, without the CPU they take from the PACS.
 
