@@ -43,7 +43,7 @@ from bench.testnet import event_batch
 from node.ledger.intake import event_to_tx_fields
 from node.ledger.merkle import inclusion_path, merkle_levels, root_from_path
 from node.ledger.pseudonym import Pseudonymizer
-from node.ledger.tx import encode_body, sign_body, verify_tx
+from node.ledger.tx import encode_body, encode_tx, sign_body, verify_tx
 
 BATCH_DOMAIN = b"radchain/tx-batch/v1\x00"  # what the batch signature would cover (this projection only)
 
@@ -52,9 +52,11 @@ class BatchError(ValueError):
     """A batched tx whose path or signature does not check out."""
 
 
+_sha256 = hashlib.sha256
+
+
 def _signed(count: int, root: bytes) -> bytes:
     return BATCH_DOMAIN + count.to_bytes(4, "big") + root
-_sha256 = hashlib.sha256
 
 
 def _bodies(n: int, key: SigningKey) -> list[bytes]:
@@ -71,7 +73,7 @@ def _bodies(n: int, key: SigningKey) -> list[bytes]:
 
 
 def _sign_each(bodies: list[bytes], key: SigningKey) -> list[bytes]:
-    return [msgpack.packb([b, sign_body(b, key)], use_bin_type=True) for b in bodies]
+    return [encode_tx(b, sign_body(b, key)) for b in bodies]
 
 
 def _sign_batches(bodies: list[bytes], key: SigningKey, batch: int) -> list[bytes]:
