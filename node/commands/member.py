@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     add.add_argument("--addr", required=True, help="its p2p multiaddr, e.g. /ip4/10.1.0.9/tcp/26656")
     approve = sub.add_parser("approve", help="vote for an open proposal (its id from `member status`)")
     approve.add_argument("id", help="proposal id (hex, a unique prefix is enough)")
+    approve.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                         help="how long to wait for the proposal to reach this node (default 10): it commits on "
+                              "the proposer's node first, and ours may apply that block a moment later")
     remove = sub.add_parser("propose-remove", help="vote to remove a member")
     remove.add_argument("name", help="the member to remove")
     rotate = sub.add_parser("rotate-key", help="replace this member's signing key (and with --p2p its libp2p "
@@ -97,14 +100,15 @@ def _sign_and_submit(args, client, tx_type: str, **fields) -> int:
         raw = make_tx(tx_type, load_member_key(nxt), chain_id=chain_id, member=cfg.name, **fields)
         answer = client.submit_tx(raw, mode="commit", timeout=30)
     pid = proposal_id(proposal_what({"type": tx_type, **fields})).hex() if tx_type != "member.key_rotated" else ""
+    ok = answer["status"] == "committed" and answer.get("outcome") == "applied"
     if args.json:
         print(json.dumps({"proposal": pid, **answer}))
-    else:
-        what = fields.get("subject") or fields.get("param") or cfg.name
+        return 0 if ok else 1
+    what = fields.get("subject") or fields.get("param") or cfg.name
     if tx_type == "network.psk_rotated":
         what = "commitment " + fields["psk_commit"].hex()[:16]
-        print(f"{cfg.name} voted {tx_type} {what}: tx {answer['hash']} {answer['status']}"
-              + (f" at height {answer['height']}" if "height" in answer else "") + f"; proposal {pid}")
+    print(f"{cfg.name} voted {tx_type} {what}: tx {answer['hash']} {answer['status']}"
+          + (f" at height {answer['height']}" if "height" in answer else "") + (f"; proposal {pid}" if pid else ""))
     v = client.validators()
     if any(p["id"] == pid for p in v.get("proposals", [])):
         _print_status(v, only=pid)
@@ -115,7 +119,7 @@ def _sign_and_submit(args, client, tx_type: str, **fields) -> int:
         print(f"proposal approved at height {answer['height']}: the new member set starts at height {start}")
     else:
         print(f"vote not counted ({answer.get('outcome', answer['status'])}): see `radchain member status`")
-    return 0 if answer["status"] == "committed" and answer.get("outcome") == "applied" else 1
+    return 0 if ok else 1
 
 
 def _print_status(v: dict, only: str | None = None) -> None:
@@ -242,6 +246,25 @@ def _recover_psk(args, client) -> int:
     return 1 if failed else 0
 
 
+def _open_proposals(client, prefix: str, wait: float) -> list[dict]:
+    """The open proposals whose id starts with prefix, polled for up to `wait` seconds while there are none: a
+    colleague's proposal is committed on their node first and applied on ours a moment later, so approving
+    right after hearing of it must not fail on that moment."""
+    import time
+
+    deadline = time.monotonic() + max(0.0, wait)
+    said = False
+    while True:
+        matches = [p for p in client.validators().get("proposals", []) if p["id"].startswith(prefix)]
+        if matches or time.monotonic() >= deadline:
+            return matches
+        if not said:
+            print(f"radchain member: no open proposal {prefix} on this node yet; waiting up to {wait:g} s",
+                  file=sys.stderr, flush=True)
+            said = True
+        time.sleep(0.2)
+
+
 def run(args) -> int:
     from node.client import RpcCallError
 
@@ -284,8 +307,7 @@ def run(args) -> int:
         if cmd == "psk-recover":
             return _recover_psk(args, client)
         if cmd == "approve":
-            wanted = args.id.lower()
-            matches = [p for p in client.validators().get("proposals", []) if p["id"].startswith(wanted)]
+            matches = _open_proposals(client, args.id.lower(), args.wait)
             if len(matches) != 1:
                 print(f"radchain member: {'no' if not matches else 'more than one'} open proposal {args.id}",
                       file=sys.stderr)

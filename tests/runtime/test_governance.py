@@ -25,6 +25,7 @@ from consensus.certificate import Certificate, commit_signing_bytes
 from node.ledger.epochs import switch_height
 from node.ledger.genesis import Genesis
 from node.ledger.intake import EXAMPLE_EVENT, make_tx
+from node.ledger.state import proposal_id, proposal_what
 from node.runtime.keys import load_member_key
 from node.runtime.settings import load_config
 from node.testnet import LocalTestnet, NodeInfo, free_base_port, shared_tls_context
@@ -249,10 +250,17 @@ def test_keys_rotate_and_parameters_change_without_stopping_the_chain(testnet, t
         # hosp-c: a new signing key; hosp-d: a new signing key and libp2p identity; max_block_txs 3 by 3 votes
         cli("member", "rotate-key", "--home", home[2])
         cli("member", "rotate-key", "--p2p", "--home", home[3])
+        # hosp-b approves before the proposal reaches its node (as a colleague told of it by phone would):
+        # its `approve` waits for it to arrive rather than failing on "no open proposal"
+        pid = proposal_id(proposal_what({"type": "params.changed", "param": "max_block_txs", "value": 3})).hex()
+        early = subprocess.Popen([sys.executable, "-m", "node.cli", "member", "approve", pid[:12], "--wait", "60",
+                                  "--home", home[1]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert "waiting" in early.stderr.readline()  # it asked its node, which has no such proposal yet
         first = cli("member", "propose-param", "max_block_txs", "3", "--home", home[0]).stdout
-        proposal = first.split("proposal ")[1].split()[0].rstrip(":;")
-        cli("member", "approve", proposal[:12], "--home", home[1])
-        last = cli("member", "approve", proposal[:12], "--home", home[2]).stdout
+        assert first.startswith("hosp-a voted params.changed max_block_txs: tx ") and f"; proposal {pid}\n" in first
+        out, err = early.communicate(timeout=90)
+        assert early.returncode == 0 and "voted params.changed" in out, (out, err)
+        last = cli("member", "approve", pid[:12], "--home", home[2]).stdout
         switch = int(re.search(r"new member set starts at height (\d+)", last).group(1))
         net.wait_until(lambda: net.rpc(0, "validators")["epoch"] >= switch, 60, "the switch height")
         v = net.rpc(0, "validators")
@@ -391,7 +399,6 @@ def test_psk_rotates_by_vote_under_load_without_a_stop(testnet):
 
     from network.pnet import fingerprint
     from node.ledger.epochs import psk_commitment, seal_psk
-    from node.ledger.state import proposal_id, proposal_what
 
     net: LocalTestnet = testnet(4, params={"epoch_interval": EPOCH_INTERVAL, "psk_retire_blocks": PSK_RETIRE})
     net.start()
