@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     ap = sub.add_parser("approve", help="approve a project as a data-holding member (--home required)")
     add_target_args(ap)
     ap.add_argument("project")
+    ap.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                    help="how long to wait for the project's registration to reach this node (default 10): it "
+                         "commits on the sponsor's node first, and ours may apply that block a moment later")
     ap.set_defaults(func=run_approve)
 
     ex = sub.add_parser("export", help="export studies de-identified under an approved project, with a manifest")
@@ -92,12 +95,14 @@ def run_show(args) -> int:
     return 0
 
 
-def _submit(args, raw: bytes) -> int:
+def _submit(args, raw: bytes, not_yet: str | None = None) -> int:
+    """Submit raw and wait for its commit. A refusal containing ``not_yet`` is retried for args.wait seconds:
+    it names state our node has not applied yet (a block committed elsewhere a moment earlier)."""
     from node.client import RpcCallError
 
     with client_from_args(args) as rc:
         try:
-            answer = rc.submit_tx(raw, mode="commit", timeout=30)
+            answer = _submit_when_ready(rc, raw, not_yet, getattr(args, "wait", 0.0))
             if answer.get("status") == "pending":  # admitted; a loaded chain may take longer to commit it
                 answer = {**answer, **rc.wait_committed(answer["tx"], timeout=90)}
         except RpcCallError as exc:
@@ -108,6 +113,26 @@ def _submit(args, raw: bytes) -> int:
         print(f"radchain research: rejected by the validators: {answer.get('reason', '')}", file=sys.stderr)
         return 1
     return 0 if answer.get("status") == "committed" else 3
+
+
+def _submit_when_ready(rc, raw: bytes, not_yet: str | None, wait: float) -> dict:
+    import time
+
+    from node.client import RpcCallError
+
+    deadline = time.monotonic() + max(0.0, wait)
+    said = False
+    while True:
+        try:
+            return rc.submit_tx(raw, mode="commit", timeout=30)
+        except RpcCallError as exc:
+            if not_yet is None or not_yet not in exc.message or time.monotonic() >= deadline:
+                raise
+            if not said:
+                print(f"radchain research: {exc.message}: not on this node yet, waiting up to {wait:g} s",
+                      file=sys.stderr, flush=True)
+                said = True
+            time.sleep(0.2)
 
 
 def _need_home(args, what: str) -> None:
@@ -143,7 +168,7 @@ def run_approve(args) -> int:
     except (TxError, ValueError) as exc:
         print(f"radchain research approve: {exc}", file=sys.stderr)
         return 2
-    return _submit(args, raw)
+    return _submit(args, raw, not_yet="is not registered")
 
 
 def run_export(args) -> int:

@@ -114,14 +114,21 @@ def test_research_export_with_consent(world, tmp_path, browser):
     run_tool(["getscu", "-aet", "VIEW_RES", "-aec", "ORTHANC", "-od", str(rx), "-S", "-k",
               "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(port)])
 
-    # hosp-c sponsors LUNG-1 (CT research) and OTHER-2; hosp-b approves only LUNG-1
+    # hosp-c sponsors LUNG-1 (CT research) and OTHER-2; hosp-b approves only LUNG-1, and starts to before the
+    # registration reaches its node: `approve` waits for it (a project never registered is refused)
+    nope = radchain("research", "approve", "NOPE-9", "--wait", "0.3", *target, check=False)
+    assert nope.returncode == 1 and "NOPE-9 is not registered" in nope.stderr, nope.stderr
+    early = subprocess.Popen([RADCHAIN, "research", "approve", "LUNG-1", "--wait", "90", *target],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "not on this node yet" in early.stderr.readline()
     ethics = tmp_path / "ethics.pdf"
     ethics.write_bytes(b"%PDF ethics board approval 2026-117")
     radchain("research", "register", "--home", str(home["hosp-c"]), "--project", "LUNG-1", "--ethics-doc",
              str(ethics), "--scope", "IMG-CT", "--expires", "2036-01-01")
     radchain("research", "register", "--home", str(home["hosp-c"]), "--project", "OTHER-2", "--ethics-doc",
              str(ethics), "--scope", "IMG", "--expires", "2036-01-01")
-    radchain("research", "approve", "LUNG-1", *target)
+    out, err = early.communicate(timeout=120)
+    assert early.returncode == 0 and '"committed"' in out, (out, err)
     listing = json.loads(radchain("research", "list", "--json", *target).stdout)
     by_code = {p["project"]: p for p in listing}
     assert [a["member"] for a in by_code["LUNG-1"]["approvals"]] == ["hosp-b"]
