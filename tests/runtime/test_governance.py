@@ -142,6 +142,8 @@ def test_member_joins_by_vote_signs_certificates_then_one_is_removed(testnet, tm
         assert (switch - 1) % EPOCH_INTERVAL == 0
         net.wait_until(lambda: net.rpc(4, "status")["member"] and net.height(4) >= switch + 2, 60,
                        "hosp-e synced and voting in the new member set")
+        # hosp-e's height says nothing of hosp-a's: hosp-a switches once it executed the switch height
+        net.wait_until(lambda: net.rpc(0, "validators")["epoch"] >= switch, 30, "hosp-a in the new member set")
         v = net.rpc(0, "validators")
         assert v["epoch"] == switch and len(v["validators"]) == 5 and v["quorum"] == 4
         assert v["validators"][4]["name"] == "hosp-e"
@@ -426,6 +428,8 @@ def test_psk_rotates_by_vote_under_load_without_a_stop(testnet):
         proposal = first.split("proposal ")[1].split()[0].rstrip(":;")
         cli("member", "approve", proposal[:12], "--home", home[1])
         cli("member", "approve", proposal[:12], "--home", home[3])  # quorum(4) = 3
+        # the approving vote was acknowledged by hosp-d's node: hosp-a's may apply that block a moment later
+        net.wait_until(lambda: net.rpc(0, "validators")["psk_rotations"], 30, "hosp-a applied the approved rotation")
         (rot,) = net.rpc(0, "validators")["psk_rotations"]
         psk_file = net.nodes[3].home / "keys" / "psk.json"
         net.wait_until(psk_file.exists, 30, "hosp-d holds the new PSK")
@@ -437,6 +441,8 @@ def test_psk_rotates_by_vote_under_load_without_a_stop(testnet):
         stuck = net.height(0)
         net.start(2)
         net.wait_until(lambda: net.rpc(0, "status")["psk"].get("refused", 0) > refused, 30, "hosp-c refused")
+        # hosp-c dials before its RPC server is up (node.runtime.node.Node.run): wait until it answers
+        net.wait_until(lambda: net.rpc(2, "status", timeout=2) is not None, 30, "hosp-c's RPC up")
         assert net.rpc(2, "status")["peers"] == 0 and net.height(2) < stuck
         # its operator opens hosp-c's box from another member's RPC and restarts it
         net.kill(2)
