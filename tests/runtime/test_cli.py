@@ -56,6 +56,11 @@ def test_init_genesis_start_submit_query_and_graceful_stop(tmp_path):
                        "--wait")
         answer = json.loads(out.stdout)
         assert answer["status"] == "committed", answer
+        # committed on north's node; east's may apply that block a moment later
+        deadline = time.monotonic() + 30
+        while json.loads(radchain("query", "--home", homes[2]).stdout)["height"] < answer["height"]:
+            assert time.monotonic() < deadline, f"east never reached height {answer['height']}"
+            time.sleep(0.3)
         seen = json.loads(radchain("query", "--home", homes[2], "--tx", answer["tx"]).stdout)
         assert seen["status"] == "committed" and seen["height"] == answer["height"]
         assert seen["tx"]["type"] == "instances.stored" and seen["tx"]["member"] == "north"
