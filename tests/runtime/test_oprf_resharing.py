@@ -90,6 +90,10 @@ def test_members_join_and_leave_the_key_is_reshared_on_chain(testnet, tmp_path):
     assert "hosp-d" in rnd["dealt"]
     net.start(3)  # hosp-d restarts and takes its new share from the boxes on chain
     net.wait_until(lambda: holds(net, 3, 5), 60, "hosp-d holds its 3-of-5 share")
+    # below, hosp-d's t = 3 are its own share and hosp-a's and hosp-e's: holding its share says it synced, not
+    # that its connections to those two (hosp-e's learned from the chain while syncing) are up yet
+    net.wait_until(lambda: {p["name"] for p in net.rpc(3, "peers")["peers"] if p["connected"]}
+                   >= {"hosp-a", "hosp-e"}, 60, "hosp-d connected to hosp-a and hosp-e")
 
     keys = [load_epochs(net.nodes[i].home) for i in range(5)]
     public = keys[0].publics[1]
@@ -110,7 +114,9 @@ def test_members_join_and_leave_the_key_is_reshared_on_chain(testnet, tmp_path):
     assert [e["patient"] for e in found["entries"]] == [token.hex()], found
     net.start(1)
     net.start(2)
-    net.wait_until(lambda: net.rpc(2, "status")["height"] >= net.height(0) - 1, 60, "b and c back")
+    # both, not only c: hosp-b's node takes a commit-mode vote next
+    net.wait_until(lambda: all(net.rpc(i, "status")["height"] >= net.height(0) - 1 for i in (1, 2)), 60,
+                   "b and c back")
 
     # --- remove hosp-d: a, b, c, e reshare among themselves (quorum(5) = 4 votes)
     removed_share = load_epochs(net.nodes[3].home).shares[1]
