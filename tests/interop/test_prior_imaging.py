@@ -14,8 +14,8 @@ from interop_helpers import TODAY, radchain
 pytestmark = pytest.mark.timeout(180)
 
 
-def prior(net, *args: str) -> dict:
-    res = radchain("prior-imaging", "--testnet", str(net.out), "--node", net.nodes[2].name, "--json", *args)
+def prior(net, *args: str, node: int = 2) -> dict:
+    res = radchain("prior-imaging", "--testnet", str(net.out), "--node", net.nodes[node].name, "--json", *args)
     return json.loads(res.stdout)
 
 
@@ -37,7 +37,10 @@ def test_prior_study_at_another_hospital_is_found(net):
     everything = prior(net, "--patient-id", "PRIOR-1", "--issuer", "HOSP-A")
     assert [s["body_part"] for s in everything["studies"]] == [["HEAD"], ["HEAD"], ["CHEST"]]
     assert prior(net, "--patient-id", "PRIOR-1", "--issuer", "HOSP-A", "--modality", "MR")["studies"] == []
-    # the human-readable form lists the same studies
+    # the human-readable form lists the same studies, at a fourth hospital: seen at the third, the imports'
+    # blocks may reach the fourth a moment later
+    net.wait_until(lambda: len(prior(net, "--patient-id", "PRIOR-1", "--issuer", "HOSP-A", node=3)["studies"]) == 3,
+                   60, "the three PRIOR-1 studies visible at a fourth hospital")
     text = radchain("prior-imaging", "--testnet", str(net.out), "--node", net.nodes[3].name,
                     "--patient-id", "PRIOR-1", "--issuer", "HOSP-A", "--within-days", "30").stdout
     assert text.splitlines()[0].split()[:3] == ["DATE", "HOSPITAL", "MODALITY"]

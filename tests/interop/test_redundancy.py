@@ -58,7 +58,10 @@ def test_repeat_studies_across_hospitals_are_listed_by_token(net, tmp_path):
     assert mine(report(net, "--within-days", "30", "--modality", "MR")) == [(redund1, "MR", "KNEE", 2, False, d, d)]
     # a store window that ends before anything was stored finds nothing
     assert report(net, "--since", "1999-01-01T00:00:00Z", "--until", "2000-01-01T00:00:00Z")["repeats"] == []
-    # the table: a header row, one line per pair, the summary; the CSV has the same pairs
+    # the table: a header row, one line per pair, the summary; the CSV has the same pairs. Asked at another
+    # node than `res`: it may apply hosp-d's import blocks a moment after the third hospital did
+    top = net.height(2)
+    net.wait_until(lambda: net.height(1) >= top, 60, "hosp-b has every block the third hospital had")
     out = tmp_path / "rep"
     table = radchain("report", "redundancy", "--testnet", str(net.out), "--node", net.nodes[1].name,
                      "--within-days", "30", "--out", str(out)).stdout.splitlines()
