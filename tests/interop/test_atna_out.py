@@ -71,7 +71,8 @@ def _records(out: Path) -> list[tuple[str, str, str, ET.Element]]:
     if not out.exists():
         return []
     recs = []
-    for line in out.read_text(encoding="utf-8").splitlines():
+    # complete lines only: rsyslog's omfile writes through a buffer, so a poll can catch a line half written
+    for line in out.read_text(encoding="utf-8").split("\n")[:-1]:
         fac, sev, msgid, app, msg = line.split("|", 4)
         recs.append((fac, sev, msgid, ET.fromstring(msg.lstrip("\ufeff").strip())))
     return recs
