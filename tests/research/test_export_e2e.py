@@ -46,6 +46,17 @@ def rpc(tn, name: str, method: str, params: dict | None = None, timeout: float =
     return r["result"]
 
 
+def at_height(tn, name: str, height: int) -> None:
+    """Until `name`'s node executed `height`: a block another member's node acknowledged."""
+    wait_for(lambda: rpc(tn, name, "status")["height"] >= height, 60, 0.2, f"{name} at height {height}")
+
+
+def recorded(tn, study: str, types: set[str]) -> None:
+    """Until hosp-b's chain holds events of these types for `study` (the audit proxy's spool delivers them)."""
+    wait_for(lambda: types <= {e["type"] for e in rpc(tn, "hosp-b", "audit_trail", {"study_uid": study})["entries"]},
+             60, 0.2, f"{sorted(types)} of study {study} committed on hosp-b")
+
+
 def originals(path: Path) -> tuple[set[str], set[str]]:
     """(identifying values, UIDs) of an original file: names, ids, birth date; every non-DICOM-defined UID
     anywhere in the data set (sequences included)."""
@@ -113,6 +124,9 @@ def test_research_export_with_consent(world, tmp_path, browser):
     rx.mkdir()
     run_tool(["getscu", "-aet", "VIEW_RES", "-aec", "ORTHANC", "-od", str(rx), "-S", "-k",
               "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(port)])
+    # the proxy spools both events and delivers them in the background: the export below needs the store on
+    # hosp-b's chain (its lineage), the patient report both
+    recorded(tn, study, {"instances.stored", "instances.accessed"})
 
     # hosp-c sponsors LUNG-1 (CT research) and OTHER-2; hosp-b approves only LUNG-1, and starts to before the
     # registration reaches its node: `approve` waits for it (a project never registered is refused)
@@ -125,10 +139,12 @@ def test_research_export_with_consent(world, tmp_path, browser):
     ethics.write_bytes(b"%PDF ethics board approval 2026-117")
     radchain("research", "register", "--home", str(home["hosp-c"]), "--project", "LUNG-1", "--ethics-doc",
              str(ethics), "--scope", "IMG-CT", "--expires", "2036-01-01")
-    radchain("research", "register", "--home", str(home["hosp-c"]), "--project", "OTHER-2", "--ethics-doc",
-             str(ethics), "--scope", "IMG", "--expires", "2036-01-01")
+    other2 = radchain("research", "register", "--home", str(home["hosp-c"]), "--project", "OTHER-2",
+                      "--ethics-doc", str(ethics), "--scope", "IMG", "--expires", "2036-01-01")
     out, err = early.communicate(timeout=120)
     assert early.returncode == 0 and '"committed"' in out, (out, err)
+    # OTHER-2 was committed on hosp-c's node: hosp-b's, listed next, may apply that block a moment later
+    at_height(tn, "hosp-b", json.loads(other2.stdout)["height"])
     listing = json.loads(radchain("research", "list", "--json", *target).stdout)
     by_code = {p["project"]: p for p in listing}
     assert [a["member"] for a in by_code["LUNG-1"]["approvals"]] == ["hosp-b"]
@@ -138,7 +154,10 @@ def test_research_export_with_consent(world, tmp_path, browser):
     # the home hospital records the patient's consent; another member can neither revoke nor grant
     consent = {"type": "consent.granted", "patient_id": patient_id, "issuer": issuer, "grantee": "lung-lab-uni",
                "project": "LUNG-1", "scope": "IMG-CT", "purpose": "HRESCH", "actor": "privacy-office"}
-    assert rpc(tn, "hosp-b", "submit_event", {"event": consent, "mode": "commit", "timeout": 45})["outcome"] == "applied"
+    granted = rpc(tn, "hosp-b", "submit_event", {"event": consent, "mode": "commit", "timeout": 45})
+    assert granted["outcome"] == "applied", granted
+    # hosp-d refuses at admission only once its node applied the consent (hosp-b's home) acknowledged by hosp-b's
+    at_height(tn, "hosp-d", granted["height"])
     for ev in ({**consent, "type": "consent.revoked"}, {**consent, "project": "OTHER-2"}):
         with pytest.raises(RuntimeError, match="home member 'hosp-b'"):
             rpc(tn, "hosp-d", "submit_event", {"event": ev})
@@ -272,6 +291,7 @@ def test_waiver_export_and_verify_export_against_a_hostile_manifest(world, tmp_p
     home = {n["name"]: Path(n["home"]) for n in tn.nodes}
     mr = pydicom.dcmread(sample_file("MR_small.dcm"))
     run_tool(["storescu", "-aet", "MR_RES", "-aec", "ORTHANC", "127.0.0.1", str(port), str(sample_file("MR_small.dcm"))])
+    recorded(tn, str(mr.StudyInstanceUID), {"instances.stored"})  # delivered by the proxy in the background
     ethics = tmp_path / "waiver.pdf"
     ethics.write_bytes(b"%PDF ethics board: consent waived for retrospective MR study")
     radchain("research", "register", "--home", str(home["hosp-c"]), "--project", "RETRO-MR", "--ethics-doc",
