@@ -231,6 +231,17 @@ def run_case(make_testnet, n: int, adversaries: dict, load_seconds: float, bound
     net = make_testnet(n, adversaries)
     net.start()
     net.wait_ready(net.honest)
+    # The latency bound counts from each tx's acknowledgment, and a node answers RPC before its first sessions
+    # are up: the honest members connected to each other first, or the first txs also pay for the dialling.
+    honest_names = {net.nodes[i].name for i in net.honest}
+
+    def meshed(i: int) -> bool:
+        net.assert_honest_alive()
+        connected = {p["name"] for p in net.rpc(i, "peers", timeout=5)["peers"] if p["connected"]}
+        return honest_names - {net.nodes[i].name} <= connected
+
+    for i in net.honest:
+        net.wait_until(lambda i=i: meshed(i), 60, f"{net.nodes[i].name} connected to the other honest members")
     start_heights = {i: net.height(i) for i in net.honest}
     load = Load(net, net.honest)
     load.run(load_seconds)
