@@ -21,6 +21,7 @@ from node.dicom.delivery import Deliverer
 from node.dicom.spool import Spool
 from node.ledger.intake import EXAMPLE_EVENT
 from node.rpc.errors import MEMPOOL_FULL, RATE_LIMITED
+from node.testnet import wait_ready
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -80,7 +81,9 @@ def test_overloaded_testnet_refuses_with_retry_after_and_loses_nothing(testnet, 
     # A low floor so the backlog limit (2 s of commits) is what decides, from the first seconds on.
     net = testnet(4, config_extra={"mempool": {"min_backlog": 300}})
     net.start()
-    net.wait_ready()
+    # the full mesh, not only RPC (served before the first sessions are up): "view 0 throughout" below
+    # must not depend on whether the flood began while a backup still dialled the primary
+    wait_ready(net.nodes, timeout=60, peers=3)
     until = time.monotonic() + PUSH_SECONDS
     floods = [{"accepted": [], "errors": [], "refused_batches": []} for _ in range(4)]
     threads = [threading.Thread(target=_flood, args=(net.nodes[i].rpc, net.nodes[i].token, f"flood{i}", until,
