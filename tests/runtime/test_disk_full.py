@@ -290,7 +290,7 @@ def test_full_data_dir_pauses_one_member_which_resumes_and_agrees(testnet, tmpfs
 
     filler.unlink()  # space returns
     back = time.monotonic()
-    net.wait_until(lambda: net.rpc(victim, "status")["disk_full"] is False, 10, "the member resumes by itself")
+    net.wait_until(lambda: net.rpc(victim, "status")["disk_full"] is False, 30, "the member resumes by itself")
     tx = _submit(info, "after")["result"]["tx"]
     net.wait_until(lambda: _committed_everywhere(net, tx, range(4)), 30,
                    "a tx submitted to the resumed member commits on all four")
@@ -309,7 +309,8 @@ def test_full_data_dir_pauses_one_member_which_resumes_and_agrees(testnet, tmpfs
     net.kill(victim)
     filler = _fill(data)
     net.start(victim)
-    net.wait_until(lambda: len(_disk_full_lines(info.home / "node.log")) == 2, 15, "a disk-full line at start")
+    # a node process's start (imports alone took 3-6 s here with a testnet running) before its first line
+    net.wait_until(lambda: len(_disk_full_lines(info.home / "node.log")) == 2, 60, "a disk-full line at start")
     assert "cannot open" in _disk_full_lines(info.home / "node.log")[1]["msg"]
     assert net.procs[victim].poll() is None, "the member exited instead of waiting for space"
     filler.unlink()
