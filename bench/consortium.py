@@ -12,9 +12,9 @@ CPU cost model, measured on this machine in the same run:
   (keyed-hash signatures inside the simulation, so it runs in seconds at n = 100), plus
 - Ed25519: every sign and verify the replicas make is counted and charged at the cost of one PyNaCl
   sign / verify measured here (what consensus.crypto.Ed25519Crypto does in the node), plus
-- transport: py-libp2p (Noise, yamux, PSK) CPU per message, from two runs of bench.network's 4-process
-  all-to-all burst (the CPU of the worker processes from getrusage(RUSAGE_CHILDREN), the difference of
-  two message counts, so start-up cancels out), half charged to the sender, half to the receiver.
+- transport: py-libp2p (Noise, yamux, PSK) CPU per message, from bench.network's 4-process all-to-all
+  burst (each worker's own CPU from the start signal to its last message received), half charged to the
+  sender, half to the receiver.
   RADCHAIN_BENCH_MSG_US=<us> skips that measurement (uses the given value).
 
 The primary always has work (a full mempool), proposes blocks of B txs (RADCHAIN_BENCH_BLOCK_TXS, default
@@ -34,7 +34,6 @@ import heapq
 import math
 import os
 import random
-import resource
 import statistics
 import time
 from collections import Counter
@@ -210,19 +209,15 @@ def measure_crypto() -> tuple[float, float]:
 
 
 def measure_transport() -> float:
-    """py-libp2p CPU per message (send + receive), microseconds: bench.network's all-to-all burst at two
-    message counts, worker CPU from getrusage(RUSAGE_CHILDREN), start-up cancelled by the difference."""
+    """py-libp2p CPU per message (send + receive), microseconds: bench.network's all-to-all burst, each worker's
+    CPU from GO to its last message received (start-up and connecting, which once swamped the difference of two
+    runs' getrusage(RUSAGE_CHILDREN) and read "0 us", left out)."""
     from bench.network import _run
 
-    def cpu_of(messages: int) -> tuple[float, int]:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        r = _run("p2p", 4, messages, 300)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), r["total"]
-
-    c1, t1 = cpu_of(500)
-    c2, t2 = cpu_of(4000)
-    return max(0.5, (c2 - c1) * 1e6 / (t2 - t1))
+    r = _run("p2p", 4, 4000, 300)
+    if r["cpu"] <= 0:
+        raise RuntimeError("bench.network workers reported no CPU for the burst")
+    return r["cpu"] * 1e6 / r["total"]
 
 
 def raw_pipeline_cpu_us(n: int = 4000) -> float:

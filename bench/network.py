@@ -55,6 +55,7 @@ async def _p2p_worker(cfg: dict) -> None:
             await net.wait_connected()
         print("READY", flush=True)
         await _wait_go()
+        cpu0 = time.process_time()  # this process's CPU for the burst alone (start-up and connecting left out)
         done = trio.Event()
         end = 0.0
 
@@ -72,7 +73,8 @@ async def _p2p_worker(cfg: dict) -> None:
                 if not net.send(p, "tx", payload):
                     await net.send_wait(p, "tx", payload)
         await done.wait()
-        print("DONE", json.dumps({"end": end, "stats": dict(net.stats)}), flush=True)
+        print("DONE", json.dumps({"end": end, "cpu": time.process_time() - cpu0, "stats": dict(net.stats)}),
+              flush=True)
         # stay up until told to exit: others may still be receiving from us
         await trio.to_thread.run_sync(sys.stdin.readline)
         nursery.cancel_scope.cancel()
@@ -202,7 +204,7 @@ def _run(kind: str, nodes: int, messages: int, size: int) -> dict:
     elapsed = max(r["end"] for r in reports) - start
     total = nodes * (nodes - 1) * messages
     return {"elapsed": elapsed, "msgs_per_s": total / elapsed, "total": total,
-            "stats": reports[0].get("stats", {})}
+            "cpu": sum(r.get("cpu", 0.0) for r in reports), "stats": reports[0].get("stats", {})}
 
 
 def main(argv: list[str] | None = None) -> None:
