@@ -116,8 +116,6 @@ def _submit(args, raw: bytes, not_yet: str | None = None) -> int:
 
 
 def _submit_when_ready(rc, raw: bytes, not_yet: str | None, wait: float) -> dict:
-    import time
-
     from node.client import RpcCallError
 
     deadline = time.monotonic() + max(0.0, wait)
