@@ -91,6 +91,11 @@ def world(tmp_path_factory):
     need("Orthanc", "storescu", "getscu")
     root = tmp_path_factory.mktemp("research")
     tn = LiveTestnet(root / "net")
+    # the forced export below needs hosp-a to stay the primary of view 0: a slow, loaded host must not turn a
+    # 2 s stall into a view change (this module tests research rules, not view changes)
+    for n in tn.nodes:
+        with open(Path(n["home"]) / "config.toml", "a") as f:
+            f.write("\n[consensus]\nprogress_timeout = 15\n")
     for name in ("hosp-b", "hosp-c", "hosp-d"):
         tn.start(name)
     forcer = ProcessHandle([sys.executable, str(HERE / "forcing_node.py"), tn.node("hosp-a")["home"]],

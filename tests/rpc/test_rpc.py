@@ -287,6 +287,8 @@ def test_reads_blocks_validators_peers_mempool_metrics(net):
         assert [v["name"] for v in vals["validators"]] == ["hosp-a", "hosp-b", "hosp-c", "hosp-d"]
         assert vals["quorum"] == 3 and sum(v["primary"] for v in vals["validators"]) == 1
         assert [v["self"] for v in vals["validators"]] == [False, True, False, False]
+        # a session silent for 3.5 s on a slow host is redialled: all three are connected again soon
+        net.wait_until(lambda: rc.peers()["connected"] == 3, 30, "hosp-b connected to its three peers")
         peers = rc.peers()
         assert peers["connected"] == 3 and {p["name"] for p in peers["peers"]} == {"hosp-a", "hosp-c", "hosp-d"}
         pool = rc.mempool()
