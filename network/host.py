@@ -2,7 +2,8 @@
 
 Library workarounds applied here (py-libp2p 0.8.1; see docs/NETWORK.md and shared notes):
   * security table = Noise only, wrapped by the allow-list (the default also offers plaintext);
-  * yamux: RTT ping loop disabled (deadlock) and no 5 s send-window timeout (network/patches.py);
+  * yamux: RTT ping loop disabled (deadlock), no 5 s send-window timeout, and receive-window credit
+    once per half window instead of a WINDOW_UPDATE frame per read (network/patches.py);
   * the TCP listener sets SO_REUSEPORT, so a second process can bind the same port silently and
     the kernel splits connections between the two: `PortLock` takes an flock per listen address
     and also probes the port with a plain (non-REUSEPORT) bind;

@@ -10,6 +10,14 @@
    waits for window as long as the stream is open: backpressure reaches our bounded per-peer
    queues instead, and dead peers are still detected by our heartbeat, whose watchdog cancels
    the blocked write.
+3. Yamux receive-window credit: `YamuxStream._auto_tune_and_send_window_update` of 0.8.1 sends a
+   WINDOW_UPDATE frame after most reads (its "release on read" default and its partial-slack branch,
+   which alternate), so a trickle of small messages costs one credit frame back per data frame: an
+   extra Noise + PSK encryption, a send and a receive on both ends. The replacement is go-yamux's rule:
+   credit the consumed bytes in one update once they reach half the receive window (the library's own
+   `_grow_threshold`). The sender can still have up to half a window in flight while the update is on
+   its way, so a reader that keeps reading never stalls it; a reader that stops is what should stall it.
+   Measured: `python -m bench.yamux_credit`.
 Each patch checks the original's source first and is skipped (with a warning) if it changed.
 """
 
@@ -29,6 +37,7 @@ log = logging.getLogger("radchain.network")
 
 _ORIG_WRITE = _yamux.YamuxStream.write
 _ORIG_RTT = _yamux.Yamux._measure_rtt_loop
+_ORIG_CREDIT = _yamux.YamuxStream._auto_tune_and_send_window_update
 _applied = False
 
 
@@ -71,6 +80,22 @@ async def _write_waiting_for_window(self: _yamux.YamuxStream, data: bytes) -> No
         sent += len(frame) - _yamux.HEADER_SIZE
 
 
+async def _credit_at_half_window(self: _yamux.YamuxStream, *, bytes_read: int = 0) -> None:
+    """Send receive-window credit only once the bytes read and not yet credited reach half the window."""
+    increment = 0
+    async with self.window_lock:
+        # recv_window drops as frames arrive (Yamux.handle_incoming); what is buffered is not consumed yet,
+        # so `consumed` is what the application has read and the sender has not been credited for.
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        consumed = self.target_recv_window - (self.recv_window + buffered)
+        if consumed > 0 and consumed >= self._grow_threshold():
+            self.recv_window += consumed
+            self._pending_recv_release = 0
+            increment = consumed
+    if increment:
+        await self.send_window_update(increment, skip_lock=True)
+
+
 def apply_patches() -> None:
     global _applied
     if _applied:
@@ -86,3 +111,8 @@ def apply_patches() -> None:
         _yamux.YamuxStream.write = _write_waiting_for_window  # type: ignore[method-assign]
     else:  # pragma: no cover
         log.warning("py-libp2p YamuxStream.write changed: window-wait workaround NOT applied")
+    credit_src = inspect.getsource(_ORIG_CREDIT)
+    if "_pending_recv_release" in credit_src and "send_window_update" in credit_src:
+        _yamux.YamuxStream._auto_tune_and_send_window_update = _credit_at_half_window  # type: ignore[method-assign]
+    else:  # pragma: no cover
+        log.warning("py-libp2p yamux window credit changed: half-window credit NOT applied")

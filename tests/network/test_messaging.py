@@ -157,3 +157,53 @@ async def test_slow_consumer_gets_backpressure_not_a_torn_down_stream():
                 got = [int((await b.inbox.receive())[2][:6]) for _ in range(n)]
         assert got == list(range(n))
         assert a.stats["connects"] == 1 and a.stats["stream_errors"] == 0
+
+
+@pytest.mark.timeout(90)
+async def test_a_trickle_is_not_answered_frame_for_frame_and_big_messages_still_flow(monkeypatch):
+    # py-libp2p 0.8.1 answers most small DATA frames with a WINDOW_UPDATE frame (an encryption, a send and a
+    # receive more per message); network/patches.py credits once per half window, as go-yamux does. The
+    # window must still open for messages far larger than it, in both directions at once.
+    import struct
+
+    from libp2p.stream_muxer.yamux import yamux
+
+    frames = collections.Counter()
+    write_frame = yamux.Yamux._write_frame
+
+    async def counting(self, data: bytes) -> None:
+        frames[struct.unpack(yamux.YAMUX_HEADER_FORMAT, data[:yamux.HEADER_SIZE])[1]] += 1
+        await write_frame(self, data)
+
+    monkeypatch.setattr(yamux.Yamux, "_write_frame", counting)
+    r = Roster(2, seed=140)
+    a, b = r.net(0), r.net(1)
+    n = 1500
+    async with running(a, b):
+        frames.clear()
+        with trio.fail_after(60):
+            for i in range(n):  # one at a time: each message is its own DATA frame
+                assert a.send(b.peer_id, "tx", b"%06d" % i + b"." * 300)
+                peer, channel, data = await b.inbox.receive()
+                assert (peer, channel, int(data[:6])) == (a.peer_id, "tx", i)
+        assert frames[yamux.TYPE_DATA] >= n
+        # 1,500 x ~320 B is under two half-windows (128 KiB each): a handful of credits, not ~1,500.
+        assert frames[yamux.TYPE_WINDOW_UPDATE] <= 10, frames
+
+        big = [bytes([k]) * (3 << 20) for k in range(4)]  # 3 MiB each: 12 times the 256 KiB window
+        got = {a.peer_id: [], b.peer_id: []}
+
+        async def receive(net, into):
+            while len(into) < len(big):
+                into.append((await net.inbox.receive())[2])
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive, b, got[b.peer_id])
+                nursery.start_soon(receive, a, got[a.peer_id])
+                for m in big:
+                    for src, dst in ((a, b), (b, a)):
+                        if not src.send(dst.peer_id, "blocks", m):
+                            await src.send_wait(dst.peer_id, "blocks", m)
+        assert got[a.peer_id] == big and got[b.peer_id] == big
+        assert a.stats["stream_errors"] == 0 and b.stats["stream_errors"] == 0
