@@ -216,6 +216,7 @@ def run_step(net: LocalTestnet, rate: float | None, seconds: float, tag: str, pr
     lat = sorted(latencies)
     return {
         "offered": rate, "window_s": window, "committed": committed, "tx_per_s": committed / window,
+        "blocks": h_end - h_start,
         "accepted": sum(r[0] for r in results), "refused": sum(r[1] for r in results),
         "cpu_us_per_tx": [c * 1e6 / per_tx for c in cpu], "main_us_per_tx": [m * 1e6 / per_tx for m in main],
         "cores": [c / window for c in cpu], "wire_bytes_per_tx": [s / per_tx for s in sent],
@@ -512,7 +513,8 @@ def ab_pairs(n: int, seconds: float, extra: dict, ab: dict) -> list[tuple[dict, 
         for label, t in (("baseline " + str(ab), off), ("this code", on)):
             print(f"  A/B {n} nodes, round {r + 1}, {label}: {t['tx_per_s']:.0f} tx/s, "
                   f"CPU {_mean(t['cpu_us_per_tx']):.0f} us/tx/node, event-loop thread "
-                  f"{_mean(t['main_us_per_tx']):.0f} us/tx, wire {_mean(t['wire_bytes_per_tx']):.0f} B/tx/node "
+                  f"{_mean(t['main_us_per_tx']):.0f} us/tx, wire {_mean(t['wire_bytes_per_tx']):.0f} B/tx/node, "
+                  f"{t['blocks'] / t['window_s']:.0f} blocks/s of {t['committed'] / max(1, t['blocks']):.0f} txs "
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         print(f"  A/B round {r + 1} ratios (this code / baseline): {_ab_ratios([off], [on])}", flush=True)
     if rounds > 1:
@@ -550,7 +552,8 @@ def latency_only(n: int, rate: float, seconds: float, extra: dict) -> dict:
                     print("   ", line[-400:])
     print(f"  {n} nodes, offered {rate:.0f} tx/s: committed {step['tx_per_s']:.0f} tx/s, submit -> commit "
           f"p50 {step['p50_ms']:.0f} ms p99 {step['p99_ms']:.0f} ms ({step['samples']} commit-mode calls), "
-          f"CPU {_mean(step['cpu_us_per_tx']):.0f} us/tx/node (load average {os.getloadavg()[0]:.1f})", flush=True)
+          f"CPU {_mean(step['cpu_us_per_tx']):.0f} us/tx/node, {step['blocks'] / step['window_s']:.0f} blocks/s of "
+          f"{step['committed'] / max(1, step['blocks']):.0f} txs (load average {os.getloadavg()[0]:.1f})", flush=True)
     return step
 
 
