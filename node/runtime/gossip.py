@@ -95,7 +95,8 @@ class TxGossip:
         self._on_admitted = on_admitted
         self.scores = scores if scores is not None else PeerScores()
         self._outbox: list[bytes] = []
-        self._wake = trio.Event()
+        self._wake = trio.Event()  # a full batch waits: flush without waiting out the interval
+        self._pending = trio.Event()  # the outbox has txs
         self._verify_limiter = trio.CapacityLimiter(1)  # one checking thread: batches stay in order
         self.stats = {"batches_out": 0, "batches_in": 0, "txs_in": 0, "txs_admitted": 0, "txs_refused": 0,
                       "batches_malformed": 0, "batches_dropped": 0, "rebroadcast": 0,
@@ -107,6 +108,7 @@ class TxGossip:
         fresh = self.mempool.add_many(items, time.monotonic())
         if fresh:
             self._outbox.extend(self.mempool.get(h) for h in fresh)  # once each, however often submitted
+            self._pending.set()
             if len(self._outbox) >= self.cfg.gossip_batch:
                 self._wake.set()
             self._on_admitted()
@@ -340,10 +342,18 @@ class TxGossip:
             self.stats["batches_out"] += 1
 
     async def _flush_loop(self) -> None:
+        # At most one flush per gossip_interval (txs arriving meanwhile share a batch), none while the outbox is
+        # empty: an idle node does not wake 200 times a second, and a tx on a quiet node goes out at once.
+        last = float("-inf")
         while True:
-            with trio.move_on_after(self.cfg.gossip_interval):
-                await self._wake.wait()
-            self._wake = trio.Event()
+            if not self._outbox:
+                await self._pending.wait()
+            wait = last + self.cfg.gossip_interval - trio.current_time()
+            if wait > 0 and len(self._outbox) < self.cfg.gossip_batch:
+                with trio.move_on_after(wait):
+                    await self._wake.wait()
+            self._wake, self._pending = trio.Event(), trio.Event()  # what is set from here on is flushed below
+            last = trio.current_time()
             while self._outbox:
                 batch, self._outbox = self._outbox[:self.cfg.gossip_batch], self._outbox[self.cfg.gossip_batch:]
                 self._broadcast(CHANNEL, msgpack.packb(batch, use_bin_type=True))

@@ -186,3 +186,36 @@ def test_a_member_reconnecting_gets_every_pending_tx_at_once_and_the_other_membe
     a.sent_to.clear()
     a.gossip.on_peer_up("peer-c")
     assert [raw for _, f in a.sent_to for raw in decode_batch(f)] == raws[6:]
+
+
+async def test_a_quiet_members_tx_goes_out_at_once_then_batches_are_paced(c, members, autojump_clock):
+    """The flush loop sleeps while the outbox is empty (an idle node woke 200 times a second before), sends
+    a tx that arrives after a quiet spell at once, and then at most one batch per gossip_interval unless a
+    whole batch waits."""
+    a = members("a", gossip_batch=8, gossip_interval=0.005)
+    sent: list[tuple[float, int]] = []
+
+    def broadcast(channel: str, data: bytes) -> int:
+        sent.append((trio.current_time(), len(decode_batch(data))))
+        return 3
+
+    a.gossip._broadcast = broadcast
+    raws = [c.tx(i % 4) for i in range(20)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.gossip.run)
+        await trio.sleep(10)
+        assert sent == []
+        t0 = trio.current_time()
+        a.gossip.admit(items(raws[:1]))
+        await trio.sleep(0.001)
+        assert sent == [(t0, 1)]  # not held back for an interval
+        a.gossip.admit(items(raws[1:2]))
+        await trio.sleep(0.010)
+        assert sent[1] == (t0 + 0.005, 1)  # paced: one interval after the previous batch
+        t1 = trio.current_time()
+        a.gossip.admit(items(raws[2:3]))
+        await trio.sleep(0.001)
+        a.gossip.admit(items(raws[3:11]))  # a whole batch waits: out without waiting out the interval
+        await trio.sleep(0.001)
+        assert sent[2:] == [(t1, 1), (t1 + 0.001, 8)]
+        nursery.cancel_scope.cancel()
