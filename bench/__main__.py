@@ -4,7 +4,7 @@ import importlib
 import sys
 import traceback
 
-BENCHMARKS = ["bench.ledger", "bench.network", "bench.yamux_credit", "bench.testnet", "bench.throughput", "bench.batch_signatures",
+BENCHMARKS = ["bench.ledger", "bench.network", "bench.trickle", "bench.testnet", "bench.throughput", "bench.batch_signatures",
               "bench.catchup", "bench.consortium", "bench.overload", "bench.rpc",
               "bench.dicom", "bench.oprf", "bench.pseudonyms", "bench.interop", "bench.research", "bench.simulator"]
 

@@ -17,7 +17,7 @@
    credit the consumed bytes in one update once they reach half the receive window (the library's own
    `_grow_threshold`). The sender can still have up to half a window in flight while the update is on
    its way, so a reader that keeps reading never stalls it; a reader that stops is what should stall it.
-   Measured: `python -m bench.yamux_credit`.
+   Measured: `python -m bench.trickle`.
 Each patch checks the original's source first and is skipped (with a warning) if it changed.
 """
 

@@ -48,6 +48,9 @@ HEADER = b"\x13/multistream/1.0.0\n"
 PREAMBLE = NONCE_LEN + len(HEADER)
 MAX_ACCEPTED = 4  # a rotation overlaps two keys; a few more cover back-to-back rotations
 PREAMBLE_TIMEOUT = 10.0  # a peer that connects and sends nothing is dropped (bounded like libp2p's upgrade)
+# Once identified, a read takes up to this much of what the socket holds and keeps the rest: Noise reads each
+# message as a 2-byte length and then the body, two recv calls per message without it (bench.trickle).
+READ_AHEAD = 64 * 1024
 
 
 def _load_sodium_salsa20():
@@ -184,7 +187,8 @@ class MultiPskConn(RawConnection):
         self.read_key: bytes | None = None
         self._read_cipher = None
         self._write_cipher = None
-        self._buf = b""
+        self._buf = b""  # decrypted bytes read ahead; self._buf[self._pos:] not yet returned
+        self._pos = 0
         self._lock = trio.Lock()
         self.closed = False
         ring._conns.add(self)
@@ -210,7 +214,7 @@ class MultiPskConn(RawConnection):
             for key in self._ring.accepted:
                 cipher = new_cipher(key, nonce)
                 if cipher.decrypt(head) == HEADER:
-                    self._read_cipher, self.read_key, self._buf = cipher, key, HEADER
+                    self._read_cipher, self.read_key, self._buf, self._pos = cipher, key, HEADER, 0
                     return
             self._ring.stats["refused"] += 1
             raise PskRefused("the peer's preamble decrypts under none of the accepted PSKs")
@@ -224,14 +228,22 @@ class MultiPskConn(RawConnection):
                     self._ring.dial_failed(self._addr, self.write_key)
                 await self._close_quietly()
                 raise
-        if self._buf:
-            out = self._buf if n is None or n < 0 else self._buf[:n]
-            self._buf = self._buf[len(out):]
+        if n == 0:
+            return b""
+        whole = n is None or n < 0
+        if self._pos < len(self._buf):
+            end = len(self._buf) if whole else min(len(self._buf), self._pos + n)
+            out = self._buf[self._pos:end]  # an offset, not a re-slice of the rest: no copy per small read
+            self._pos = end
             return out
-        data = await self._conn.read(n)
+        data = await self._conn.read(None if whole else max(n, READ_AHEAD))
         if not data:
             return b""
-        return self._read_cipher.decrypt(data)
+        plain = self._read_cipher.decrypt(data)
+        if whole or len(plain) <= n:
+            return plain
+        self._buf, self._pos = plain, n
+        return plain[:n]
 
     async def write(self, data: bytes) -> None:
         if self._write_cipher is None:
