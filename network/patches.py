@@ -15,8 +15,9 @@
    which alternate), so a trickle of small messages costs one credit frame back per data frame: an
    extra Noise + PSK encryption, a send and a receive on both ends. The replacement is go-yamux's rule:
    credit the consumed bytes in one update once they reach half the receive window (the library's own
-   `_grow_threshold`). The sender can still have up to half a window in flight while the update is on
-   its way, so a reader that keeps reading never stalls it; a reader that stops is what should stall it.
+   `_grow_threshold`), with the library's auto-tuning at each credit. The sender can still have up to
+   half a window in flight while the update is on its way, so a reader that keeps reading never stalls it;
+   a reader that stops is what should stall it.
    Measured: `python -m bench.trickle`.
 Each patch checks the original's source first and is skipped (with a warning) if it changed.
 """
@@ -91,7 +92,9 @@ async def _credit_at_half_window(self: _yamux.YamuxStream, *, bytes_read: int = 
         if consumed > 0 and consumed >= self._grow_threshold():
             self.recv_window += consumed
             self._pending_recv_release = 0
-            increment = consumed
+            # The library's window auto-tuning, as its own rule runs it with each credit: a stream whose
+            # half-window credits follow each other quickly (a bulk transfer) doubles its window, up to 16 MiB.
+            increment = consumed + self._apply_autotune_epoch(buffered)
     if increment:
         await self.send_window_update(increment, skip_lock=True)
 

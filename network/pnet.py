@@ -220,6 +220,8 @@ class MultiPskConn(RawConnection):
             raise PskRefused("the peer's preamble decrypts under none of the accepted PSKs")
 
     async def read(self, n: int | None = None) -> bytes:
+        # One reader at a time, as the stack above reads (multistream, then Noise, then yamux's reader task):
+        # two concurrent reads could each buffer a remainder and hand bytes back out of order.
         if self._read_cipher is None:
             try:
                 await self._identify()
@@ -235,6 +237,8 @@ class MultiPskConn(RawConnection):
             end = len(self._buf) if whole else min(len(self._buf), self._pos + n)
             out = self._buf[self._pos:end]  # an offset, not a re-slice of the rest: no copy per small read
             self._pos = end
+            if end == len(self._buf):
+                self._buf, self._pos = b"", 0  # not held until the next socket read
             return out
         data = await self._conn.read(None if whole else max(n, READ_AHEAD))
         if not data:

@@ -348,12 +348,16 @@ class TxGossip:
         while True:
             if not self._outbox:
                 await self._pending.wait()
+                if not self._outbox:  # set for txs that flush_now or the last round already sent
+                    self._pending = trio.Event()
+                    continue
             wait = last + self.cfg.gossip_interval - trio.current_time()
             if wait > 0 and len(self._outbox) < self.cfg.gossip_batch:
                 with trio.move_on_after(wait):
                     await self._wake.wait()
             self._wake, self._pending = trio.Event(), trio.Event()  # what is set from here on is flushed below
-            last = trio.current_time()
+            if self._outbox:  # flush_now may have sent it already: then the next quiet tx still goes at once
+                last = trio.current_time()
             while self._outbox:
                 batch, self._outbox = self._outbox[:self.cfg.gossip_batch], self._outbox[self.cfg.gossip_batch:]
                 self._broadcast(CHANNEL, msgpack.packb(batch, use_bin_type=True))

@@ -218,4 +218,16 @@ async def test_a_quiet_members_tx_goes_out_at_once_then_batches_are_paced(c, mem
         a.gossip.admit(items(raws[3:11]))  # a whole batch waits: out without waiting out the interval
         await trio.sleep(0.001)
         assert sent[2:] == [(t1, 1), (t1 + 0.001, 8)]
+        # flush_now (the primary, before a compact proposal) sends the outbox itself: the loop must not
+        # count that as its own flush and hold the next quiet tx back
+        await trio.sleep(1)
+        t2 = trio.current_time()
+        a.gossip.admit(items(raws[11:12]))
+        await trio.sleep(0.001)
+        a.gossip.admit(items(raws[12:13]))
+        a.gossip.flush_now()
+        await trio.sleep(0.005)
+        a.gossip.admit(items(raws[13:14]))  # the loop's last flush was at t2, more than an interval ago
+        await trio.sleep(0.001)
+        assert sent[-3:] == [(t2, 1), (t2 + 0.001, 1), (t2 + 0.006, 1)]
         nursery.cancel_scope.cancel()
