@@ -88,13 +88,12 @@ ARMS = {  # name: (yamux credit rule, pnet read-ahead bytes)
 
 
 def _measure(rule, read_ahead: int, messages: int, size: int) -> dict:
-    saved = pnet.READ_AHEAD
+    saved = _yamux.YamuxStream._auto_tune_and_send_window_update, pnet.READ_AHEAD
     _yamux.YamuxStream._auto_tune_and_send_window_update, pnet.READ_AHEAD = rule, read_ahead
     try:
         return trio.run(_trickle, messages, size)
-    finally:
-        _yamux.YamuxStream._auto_tune_and_send_window_update, pnet.READ_AHEAD = (
-            patches._credit_at_half_window, saved)
+    finally:  # what was in effect before (the patch, unless apply_patches skipped it)
+        _yamux.YamuxStream._auto_tune_and_send_window_update, pnet.READ_AHEAD = saved
 
 
 def main(argv: list[str] | None = None) -> None:
