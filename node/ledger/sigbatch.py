@@ -35,7 +35,7 @@ def verify_txs(txs: Sequence[Tx], verified: Callable[[bytes], object] | None = N
             append(True)
             continue
         try:
-            verify_tx(tx.body, tx.sig, tx.fields["client"])
+            verify_tx(tx.body, tx.sig, tx.fields["client"], tx.proof)
         except TxError:
             append(False)
         else:

@@ -1,14 +1,25 @@
 """Transactions: the canonical msgpack encoding, ed25519 signatures and the strict decoder.
 
-Wire form of a signed transaction (what is gossiped, ordered and stored)::
+Wire forms of a signed transaction (what is gossiped, ordered and stored)::
 
-    msgpack array [body: bin, sig: bin(64)]
+    msgpack array [body: bin, sig: bin(64)]                 signed alone
+    msgpack array [body: bin, sig: bin(64), proof: bin]     signed in a batch
 
-``body`` is the canonical msgpack encoding of a map of fields (below); ``sig`` is the ed25519 signature of
-the ``client`` key over ``TX_DOMAIN + body``. The signature covers the body bytes exactly as sent, so a
-verifier never re-encodes to check it. The tx hash is ``sha256(wire bytes)``; ed25519 signatures are
-deterministic and libsodium rejects non-canonical ones, so one set of fields signed by one key has exactly
-one wire form and one hash (this is what makes ``event_id`` submissions idempotent).
+``body`` is the canonical msgpack encoding of a map of fields (below). Signed alone, ``sig`` is the ed25519
+signature of the ``client`` key over ``TX_DOMAIN + body``. Signed in a batch (a member signing its own
+clients' events, node.runtime.own_txs), ``sig`` is the client key's signature over ``TX_BATCH_DOMAIN +
+size u16 + root``, where ``root`` is the RFC 9162 Merkle root (node.ledger.merkle) over the batch's
+``sha256(body)`` digests, and ``proof`` is ``index u16 | size u16 | audit path`` (32 bytes per hash, exactly
+as many as RFC 9162 gives that index in a tree of that size; 2 <= size <= MAX_SIGN_BATCH). One check of the
+batch's signature then serves all its txs: a verifier remembers each (key, signature, size, root) it
+checked and needs only the path's hashes for the batch's other txs. Signing the size too keeps a path for
+leaf 2 of 3 from passing as leaf 1 of 2, so nobody but the signer can make a second valid form of a tx.
+
+The signature covers the body bytes exactly as sent, so a verifier never re-encodes to check it. The tx
+hash is ``sha256(wire bytes)``. Ed25519 signatures are deterministic and libsodium rejects non-canonical
+ones, so one set of fields signed alone by one key has one wire form; a member that signs the same fields
+in two batches would get two, which is why a member finds its own earlier tx by the body's digest before
+signing an event again (``event_id`` submissions stay idempotent: node.runtime.own_txs).
 
 Canonical body: a msgpack map whose keys are strings in ascending order, integers in their shortest form,
 strings as str, byte strings as bin, no nil, no float, no ext, absent optional fields omitted, each array at
@@ -22,6 +33,7 @@ Field names are part of the public contract (RPC, receipts, other implementation
 from __future__ import annotations
 
 import hashlib
+import struct
 import threading
 from dataclasses import dataclass
 
@@ -30,6 +42,7 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 
+from node.ledger.merkle import inclusion_path, merkle_levels, root_from_path
 from node.vocabulary import (
     ACTIONS,
     AUDIT_TYPES,
@@ -47,17 +60,25 @@ except ImportError:  # pragma: no cover - a PyNaCl without the cffi module layou
     _lib = None
 
 __all__ = [
-    "TX_DOMAIN", "TX_VERSION", "MAX_TX_BYTES", "MAX_LIST", "TOKEN_BYTES", "TxError", "Tx", "TX_TYPES", "TX_TYPE_ORDER",
+    "TX_DOMAIN", "TX_BATCH_DOMAIN", "MAX_SIGN_BATCH", "TX_VERSION", "MAX_TX_BYTES", "MAX_LIST", "TOKEN_BYTES", "TxError", "Tx", "TX_TYPES", "TX_TYPE_ORDER",
     "AUDIT_TYPES", "CONSENT_TYPES", "MEMBERSHIP_TYPES", "RESEARCH_TYPES", "OPRF_TYPES", "PURPOSES", "OUTCOMES",
     "ACTIONS",
     "encode_body", "encode_tx", "sign_body", "sign_fields", "sign_fields_tx", "decode_tx", "verify_tx", "tx_hash",
+    "body_digest", "signable_body", "sign_bodies", "signature_ok",
 ]
 
 TX_DOMAIN = b"radchain/tx/v1\x00"
+TX_BATCH_DOMAIN = b"radchain/txbatch/v1\x00"  # differs from TX_DOMAIN within its length: no message is both
+# A batch's audit path has at most 8 hashes (256 B); the proof's two u16 make 260 B at most.
+MAX_SIGN_BATCH = 256
+_PROOF_HEAD = struct.Struct(">HH")  # index, size
 TX_VERSION = 1
 # A tx is one audit record, not a payload: 16 KiB holds 256 instance tokens with room to spare. Larger
 # studies are recorded with counts (n_series / n_instances) and a content digest instead of every token.
 MAX_TX_BYTES = 16 * 1024
+# The longest body that still fits MAX_TX_BYTES with the longest proof: outer array and headers (1 + 3 + 2
+# + 64 + 3) and the proof (4 + 8 x 32).
+_MAX_BATCHED_BODY = MAX_TX_BYTES - 73 - 260
 MAX_LIST = 256
 TOKEN_BYTES = 16  # pseudonym tokens: HMAC-SHA256 truncated to 128 bits (docs/PSEUDONYMS.md)
 MAX_EVIDENCE_BYTES = 4096
@@ -299,13 +320,15 @@ def schema(tx_type: str) -> tuple[frozenset, frozenset]:
 
 @dataclass(slots=True, eq=False)
 class Tx:
-    """A decoded transaction. ``raw`` is the wire form, ``hash`` = sha256(raw), ``fields`` the body map."""
+    """A decoded transaction. ``raw`` is the wire form, ``hash`` = sha256(raw), ``fields`` the body map,
+    ``proof`` the batch proof (b"" for a tx signed alone)."""
 
     raw: bytes
     hash: bytes
     body: bytes
     sig: bytes
     fields: dict
+    proof: bytes = b""
 
     @property
     def type(self) -> str:
@@ -324,8 +347,8 @@ class Tx:
         return self.fields["ts"]
 
     def verify(self) -> None:
-        """Raise TxError unless ``sig`` is the client key's signature over the body."""
-        verify_tx(self.body, self.sig, self.fields["client"])
+        """Raise TxError unless ``sig`` is the client key's signature over the body (or its batch's root)."""
+        verify_tx(self.body, self.sig, self.fields["client"], self.proof)
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -344,8 +367,13 @@ def encode_body(fields: dict) -> bytes:
     return body
 
 
-def encode_tx(body: bytes, sig: bytes) -> bytes:
-    return _packb([body, sig])
+def encode_tx(body: bytes, sig: bytes, proof: bytes = b"") -> bytes:
+    return _packb([body, sig, proof] if proof else [body, sig])
+
+
+def body_digest(body: bytes) -> bytes:
+    """What a batch's Merkle tree holds for a tx, and how a member finds its own tx by its fields."""
+    return _sha256(body).digest()
 
 
 def sign_body(body: bytes, signing_key: SigningKey) -> bytes:
@@ -360,6 +388,12 @@ def sign_fields(fields: dict, signing_key: SigningKey) -> bytes:
 def sign_fields_tx(fields: dict, signing_key: SigningKey) -> Tx:
     """sign_fields, returned as the decoded Tx (what decode_tx of its wire bytes gives): a node admitting
     the tx it just signed skips decoding its own bytes again. Raises TxError if the fields are invalid."""
+    return sign_bodies([signable_body(fields, signing_key)], signing_key)[0]
+
+
+def signable_body(fields: dict, signing_key: SigningKey) -> tuple[bytes, dict]:
+    """(canonical body, the fields as every verifier decodes them) for signing with ``signing_key``;
+    ``client`` and ``v`` are filled in if absent. Raises TxError if the fields are invalid."""
     fields = dict(fields)
     client = bytes(signing_key.verify_key)
     if fields.setdefault("client", client) != client:
@@ -368,9 +402,51 @@ def sign_fields_tx(fields: dict, signing_key: SigningKey) -> Tx:
     body = _packb({k: fields[k] for k in sorted(fields)})
     decoded = _decode_body(body)  # the fields as every verifier sees them (types as msgpack gives them)
     _check_fields(decoded, "body")
+    return body, decoded
+
+
+def sign_bodies(bodies: list[tuple[bytes, dict]], signing_key: SigningKey, most: int = MAX_SIGN_BATCH) -> list[Tx]:
+    """Sign signable_body results as one batch: one signature over the Merkle root of their digests, each
+    tx carrying its audit path (the module docstring). More than ``most`` (at most MAX_SIGN_BATCH) are
+    split into batches of as even a size as can be; a batch of one is signed alone."""
+    assert 1 <= most <= MAX_SIGN_BATCH
+    client = bytes(signing_key.verify_key)
+    for _body, fields in bodies:
+        if fields["client"] != client:  # signable_body for another key (the member rotated its key since)
+            raise TxError("client: does not match the signing key")
+    if any(len(body) > _MAX_BATCHED_BODY for body, _fields in bodies):
+        # too long to carry a proof within MAX_TX_BYTES (no event comes near): those go alone, in place
+        alone: list = [None] * len(bodies)
+        small = [i for i, (body, _f) in enumerate(bodies) if len(body) <= _MAX_BATCHED_BODY]
+        for i, tx in zip(small, sign_bodies([bodies[i] for i in small], signing_key, most), strict=True):
+            alone[i] = tx
+        for i, (body, fields) in enumerate(bodies):
+            if alone[i] is None:
+                alone[i] = _sign_alone(body, fields, signing_key)
+        return alone
+    out: list[Tx] = []
+    parts = -(-len(bodies) // most)  # ceil: 17 bodies at most 16 are batches of 9 and 8, not 16 and 1
+    for k in range(parts):
+        part = bodies[k * len(bodies) // parts:(k + 1) * len(bodies) // parts]
+        if len(part) == 1:
+            out.append(_sign_alone(*part[0], signing_key))
+            continue
+        levels = merkle_levels([_sha256(body).digest() for body, _fields in part])
+        size = len(part)
+        signed_size = size.to_bytes(2, "big")
+        sig = signing_key.sign(TX_BATCH_DOMAIN + signed_size + levels[-1][0]).signature
+        _remember_batch(client + sig + signed_size + levels[-1][0])  # our own signature: no need to check it
+        for index, (body, fields) in enumerate(part):
+            proof = _PROOF_HEAD.pack(index, size) + b"".join(inclusion_path(levels, index))
+            raw = encode_tx(body, sig, proof)
+            out.append(Tx(raw, _sha256(raw).digest(), body, sig, fields, proof))
+    return out
+
+
+def _sign_alone(body: bytes, fields: dict, signing_key: SigningKey) -> Tx:
     sig = sign_body(body, signing_key)
     raw = encode_tx(body, sig)
-    return Tx(raw, _sha256(raw).digest(), body, sig, decoded)
+    return Tx(raw, _sha256(raw).digest(), body, sig, fields)
 
 
 _tls = threading.local()
@@ -395,9 +471,48 @@ def _sign_open(signed: bytes, client: bytes) -> bool:
     return _lib.crypto_sign_open(out, out_len, signed, len(signed), client) == 0
 
 
-def verify_tx(body: bytes, sig: bytes, client: bytes) -> None:
-    if len(sig) != 64 or not _sign_open(sig + TX_DOMAIN + body, client):
+def verify_tx(body: bytes, sig: bytes, client: bytes, proof: bytes = b"") -> None:
+    if not signature_ok(body, sig, client, proof):
         raise TxError("signature: does not verify under the client key")
+
+
+# (client key, signature, size, root) of batch signatures that verified: the batch's other txs need only
+# their audit path. Keyed by the exact signed message and key, so an entry can vouch for nothing else.
+# Shared by the event loop and the worker threads that check gossip (node.ledger.sigbatch).
+_BATCHES_OK: dict[bytes, None] = {}
+_BATCHES_LOCK = threading.Lock()
+_MAX_BATCHES_OK = 16_384  # ~2 MB; a member's batches of its last few seconds are what matters
+
+
+def _remember_batch(key: bytes) -> None:
+    with _BATCHES_LOCK:
+        _BATCHES_OK[key] = None
+        if len(_BATCHES_OK) > _MAX_BATCHES_OK:
+            del _BATCHES_OK[next(iter(_BATCHES_OK))]  # insertion order: the oldest goes
+
+
+def signature_ok(body: bytes, sig: bytes, client: bytes, proof: bytes = b"") -> bool:
+    """Whether ``sig`` (with ``proof`` for a tx signed in a batch) is the client key's signature of ``body``."""
+    if len(sig) != 64:
+        return False
+    if not proof:
+        return _sign_open(sig + TX_DOMAIN + body, client)
+    if len(proof) < 4 or (len(proof) - 4) % 32:
+        return False
+    index, size = _PROOF_HEAD.unpack_from(proof)
+    if not 2 <= size <= MAX_SIGN_BATCH:
+        return False
+    path = [proof[i:i + 32] for i in range(4, len(proof), 32)]
+    root = root_from_path(_sha256(body).digest(), index, size, path)  # None unless index < size, path exact
+    if root is None:
+        return False
+    key = client + sig + proof[2:4] + root
+    if key in _BATCHES_OK:
+        return True
+    if not _sign_open(sig + TX_BATCH_DOMAIN + proof[2:4] + root, client):
+        return False
+    _remember_batch(key)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- decoder
@@ -512,22 +627,29 @@ def decode_tx(raw: bytes, *, verify: bool = True, hash: bytes | None = None) -> 
     if len(raw) > MAX_TX_BYTES:
         raise TxError(f"tx: {len(raw)} bytes, limit {MAX_TX_BYTES}")
     try:
-        outer = _unpackb(raw, max_array_len=2, max_map_len=0)
+        outer = _unpackb(raw, max_array_len=3, max_map_len=0)
     except Exception as exc:
         raise TxError(f"tx: not a single msgpack value ({exc.__class__.__name__}: {exc})") from exc
-    if type(outer) is not list or len(outer) != 2 or type(outer[0]) is not bytes or type(outer[1]) is not bytes:
-        raise TxError("tx: must be a msgpack array [body: bin, sig: bin]")
-    body, sig = outer
+    if type(outer) is not list or not 2 <= len(outer) <= 3 or any(type(x) is not bytes for x in outer):
+        raise TxError("tx: must be a msgpack array [body: bin, sig: bin] or [body: bin, sig: bin, proof: bin]")
+    body, sig = outer[0], outer[1]
+    proof = outer[2] if len(outer) == 3 else b""
     if len(sig) != 64:
         raise TxError("sig: must be 64 bytes")
-    # The shortest encoding is the only canonical one, and any other encoding of [bin, bin] is longer:
-    # fixarray (1) + bin8/bin16 header of the body (2 or 3) + body + bin8 header of the sig (2) + 64.
-    if len(raw) != len(body) + (69 if len(body) < 256 else 70):
+    # The shortest encoding is the only canonical one, and any other encoding of [bin, bin(, bin)] is
+    # longer: fixarray (1) + bin8/bin16 header of the body (2 or 3) + body + bin8 header of the sig (2) + 64
+    # (+ bin8/bin16 header of the proof + proof).
+    expected = len(body) + (69 if len(body) < 256 else 70)
+    if len(outer) == 3:
+        if not 4 + 32 <= len(proof) <= 4 + 32 * 8 or (len(proof) - 4) % 32:
+            raise TxError("proof: must be index u16, size u16 and 1..8 32-byte hashes")
+        expected += len(proof) + (2 if len(proof) < 256 else 3)
+    if len(raw) != expected:
         raise TxError("tx: non-canonical encoding of the outer array")
     fields = _decode_body(body)
     _check_fields(fields, "body")  # also checks key order, so the repack below compares like with like
     if _packb(fields) != body:
         raise TxError("body: non-canonical msgpack encoding")
-    if verify and not _sign_open(sig + TX_DOMAIN + body, fields["client"]):
+    if verify and not signature_ok(body, sig, fields["client"], proof):
         raise TxError("signature: does not verify under the client key")
-    return Tx(raw, hash or _sha256(raw).digest(), body, sig, fields)
+    return Tx(raw, hash or _sha256(raw).digest(), body, sig, fields, proof)

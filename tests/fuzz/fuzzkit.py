@@ -306,7 +306,7 @@ def build_targets(tmp: str) -> list[Target]:
     from node.ledger.equivocation import evidence_tx_fields
     from node.ledger.intake import make_tx
     from node.ledger.store import Store
-    from node.ledger.tx import TxError, decode_tx
+    from node.ledger.tx import TxError, decode_tx, sign_bodies, signable_body
     from node.runtime.gossip import BatchError, TxGossip, decode_batch
     from node.runtime.mempool import Mempool
     from node.runtime.peerscore import PeerScores
@@ -349,6 +349,9 @@ def build_targets(tmp: str) -> list[Target]:
     blob = encode_evidence("prepare", CHAIN_ID, 3, 0, 5, (b"\xaa" * 32, sig_a), (b"\xbb" * 32, sig_b))
     txs.append(make_tx("evidence.equivocation", c.keys[0], chain_id=CHAIN_ID, member=c.name(0), ts=T0,
                        nonce=b"e" * 16, **evidence_tx_fields(blob)))
+    # three of member 1's events signed as one batch (node.ledger.tx: [body, sig, proof])
+    batch_bodies = [signable_body(decode_tx(c.tx(1), verify=False).fields, c.keys[1]) for _ in range(3)]
+    txs += [tx.raw for tx in sign_bodies(batch_bodies, c.keys[1])]
     for raw in txs:  # the corpus must be valid, or the fuzzer starts from refusals
         chain.check_tx(raw)
 

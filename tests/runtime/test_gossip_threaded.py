@@ -148,7 +148,7 @@ async def test_a_tx_a_proposal_brought_first_is_not_checked_again_when_its_gossi
     m = Member(tmp_path)
     checked = []
     real = sigbatch.verify_tx
-    monkeypatch.setattr(sigbatch, "verify_tx", lambda body, sig, client: (checked.append(sig), real(body, sig, client)))
+    monkeypatch.setattr(sigbatch, "verify_tx", lambda body, sig, client, proof=b"": (checked.append(sig), real(body, sig, client, proof)))
     try:
         proposed, forged = VALID[2], forge(VALID[3])
         m.chain.validate_proposal(1, m.chain.build_proposal(1, 0, T0, [proposed]), now_ms=T0)
@@ -176,7 +176,7 @@ def test_verify_txs_skips_what_the_event_loop_verified_meanwhile_and_only_that(m
     known = {txs[0].hash: txs[0]}
     checked = []
     real = sigbatch.verify_tx
-    monkeypatch.setattr(sigbatch, "verify_tx", lambda body, sig, client: (checked.append(sig), real(body, sig, client)))
+    monkeypatch.setattr(sigbatch, "verify_tx", lambda body, sig, client, proof=b"": (checked.append(sig), real(body, sig, client, proof)))
     assert verify_txs(txs, known.get) == [True, True, False]
     assert checked == [txs[1].sig, txs[2].sig]
 
