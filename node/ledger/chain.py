@@ -52,6 +52,7 @@ from node.ledger.sigbatch import verify_txs
 from node.ledger.state import STATE_TYPES, LedgerState, next_state_root
 from node.ledger.store import (
     LOC,
+    OWN,
     STORED_TYPES,
     SUFFIX,
     TX,
@@ -389,6 +390,9 @@ class Chain:
         # Where a compact proposal's txs are found besides the verified cache and the store: the node's
         # mempool (tx hash -> wire bytes or None). Unset (offline tools): only the cache and the store.
         self.tx_source: Callable[[bytes], bytes | None] | None = None
+        # The member this node signs for: execute indexes that member's txs by body (Store.own_tx), which is
+        # how an event submitted again finds the tx it got before (node.runtime.own_txs). Unset: no index.
+        self.own_member: str | None = None
 
     def _load_state(self) -> LedgerState:
         root = self.store.state_root if self.store.height else self.store.initial_state_root()
@@ -726,6 +730,14 @@ class Chain:
             put = batch.put
             for key in index_keys:
                 put(key, b"")
+            own = self.own_member
+            if own is not None:  # this node's own txs by body, durable with the block (node.runtime.own_txs)
+                key = state.members.get(own)  # signed with the member key: the events it signed itself
+                for tx, status in zip(txs, statuses, strict=True):
+                    f = tx.fields
+                    if status != DUPLICATE and f["member"] == own and f["client"] == key:
+                        put(OWN + _sha256(tx.body).digest(), tx.hash)
+                put(*store.own_marker(own, height))
             state_root = next_state_root(state.root, height, writes)
             prev = store.head if height > 1 else self.genesis.hash()
             # only agreed data: every honest node derives byte-identical headers, whatever certificate it holds

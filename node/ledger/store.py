@@ -13,6 +13,8 @@ lookup below is a point get or one range scan)::
     I k | member | 00 | type code u8 | ts u64 | height u64 | index u32 -> (empty)  (member/type/time)
     M index.patient_stored      -> 01   (present: every block of this store has patient_stored entries)
     S state key                 -> state value                                   (node.ledger.state)
+    O sha256(tx body) 32        -> tx hash 32    (this node's own member's txs: node.runtime.own_txs)
+    M index.own                 -> msgpack [member, height]   (the O entries are complete up to height)
 
 Index entries carry no value: (height, index) in the key locate the tx (its hash is in the block record),
 which keeps every index entry at key size. Bytes written per block matter: the batch is fsynced.
@@ -37,6 +39,7 @@ marker and the entries of their old blocks: readers check ``has_patient_stored_i
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import os
 import struct
@@ -47,18 +50,19 @@ from dataclasses import dataclass
 import msgpack
 import plyvel
 
-from node.ledger.block import Block, BlockHeader, encode_payload
+from node.ledger.block import DUPLICATE, Block, BlockHeader, encode_payload
 from node.ledger.merkle import MerkleProof, inclusion_path
 from node.ledger.refusals import is_disk_full
 from node.ledger.tx import TX_TYPE_ORDER, TX_TYPES
 
 __all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "QUERYABLE", "STORED_TYPES", "index_key_prefix",
-           "index_tag", "block_key", "cert_key", "hash_key", "tx_key", "state_key", "height_bytes"]
+           "index_tag", "OWN", "block_key", "cert_key", "hash_key", "tx_key", "state_key", "height_bytes"]
 
 INDEXES = {"study": b"s", "patient": b"p", "actor": b"a", "ae": b"e", "patient_stored": b"q"}
 # Tx types that record stored instances: the patient_stored index holds their successful events.
 STORED_TYPES = frozenset({"instances.stored", "instances.transferred", "import"})
 PATIENT_STORED_MARKER = b"Mindex.patient_stored"
+OWN_MARKER = b"Mindex.own"
 # member, type and time share one entry per tx, keyed (member, type): both are low-cardinality, so a query
 # by one of them is a k-way merge over the few (member, type) pairs, and the hot path writes one LevelDB
 # entry instead of three (each entry costs 1-2 us of memtable insertion).
@@ -69,7 +73,7 @@ QUERYABLE = tuple(INDEXES) + ("member", "type", "time")
 HEAD_KEY = b"Mhead"
 GENESIS_KEY = b"Mgenesis"
 STATE0_KEY = b"Mstate0"  # the state root after genesis (before block 1)
-BLOCK, CERT, BLOCK_HASH, TX, STATE, INDEX = b"B", b"C", b"H", b"T", b"S", b"I"
+BLOCK, CERT, BLOCK_HASH, TX, STATE, INDEX, OWN = b"B", b"C", b"H", b"T", b"S", b"I", b"O"
 BLOCK_END = b"C"  # the first key past every B key (B keys are followed by C keys)
 _U64 = struct.Struct(">Q")
 _LOC = struct.Struct(">QIB")   # height, index, status
@@ -317,6 +321,44 @@ class Store:
 
     def has_tx(self, tx_hash: bytes) -> bool:
         return self._db.get(tx_key(tx_hash)) is not None
+
+    def own_tx(self, digest: bytes) -> bytes | None:
+        """The hash of the committed tx of this node's member whose body has SHA-256 ``digest``, or None."""
+        return self._db.get(OWN + digest)
+
+    def own_index_height(self, member: str) -> int:
+        """Up to which height the O entries of ``member`` are complete (Chain.execute moves it with each block)."""
+        value = self._db.get(OWN_MARKER)
+        if value is None:
+            return 0
+        indexed_member, height = msgpack.unpackb(value)
+        return height if indexed_member == member else 0
+
+    @staticmethod
+    def own_marker(member: str, height: int) -> tuple[bytes, bytes]:
+        return OWN_MARKER, msgpack.packb([member, height])
+
+    def index_own(self, member: str) -> int:
+        """Write the O entries of ``member``'s txs in the blocks past own_index_height (blocks executed by
+        code without the index, or by an offline tool); returns how many blocks that read. One write batch
+        per block, with the marker, so an interrupted run resumes where it stopped."""
+        start = self.own_index_height(member) + 1
+        done = 0
+        for block in self.blocks(start):
+            wb = self._db.write_batch(sync=self.sync)
+            for h, status in zip(block.tx_hashes, block.statuses, strict=True):
+                if status == DUPLICATE:
+                    continue  # its first inclusion is indexed
+                rec = self._db.get(tx_key(h))
+                if rec is None:
+                    raise StoreError(f"block {block.height} names tx {h.hex()} the store does not hold")
+                body = msgpack.unpackb(rec[_LOC.size:])[0]
+                if msgpack.unpackb(body).get("member") == member:
+                    wb.put(OWN + hashlib.sha256(body).digest(), h)
+            wb.put(*self.own_marker(member, block.height))
+            wb.write()
+            done += 1
+        return done
 
     def tx_proof(self, tx_hash: bytes) -> MerkleProof | None:
         """Merkle audit path of a tx to its block's tx_root (RFC 9162), or None if the tx is unknown."""

@@ -97,6 +97,10 @@ class Mempool:
     def __contains__(self, tx_hash: bytes) -> bool:
         return tx_hash in self._txs
 
+    def raws(self):
+        """(hash, wire bytes) of every tx held, oldest first (a snapshot: safe to admit meanwhile)."""
+        return [(h, entry[0]) for h, entry in self._txs.items()]
+
     def get(self, tx_hash: bytes) -> bytes | None:
         entry = self._txs.get(tx_hash)
         return entry[0] if entry else None

@@ -25,9 +25,9 @@ from node.ledger.chain import Chain
 from node.ledger.epochs import PskBoxError, open_psk_box, psk_schedule
 from node.ledger.equivocation import EvidenceLimiter, evidence_tx_fields
 from node.ledger.genesis import Genesis
-from node.ledger.intake import make_tx, sign_event_tx
+from node.ledger.intake import EventError, make_tx
 from node.ledger.store import Store
-from node.ledger.tx import Tx, tx_hash
+from node.ledger.tx import Tx, TxError, signable_body, tx_hash
 from node.rpc.auth import TokenStore
 from node.rpc.http import ConnectionCaps, serve_rpc
 from node.rpc.methods import METHODS
@@ -44,6 +44,7 @@ from node.runtime.latency_trace import LatencyTrace
 from node.runtime.mempool import Mempool
 from node.runtime.oprf_resharing import Resharer
 from node.runtime.oprf_service import OprfService, RateLimiter
+from node.runtime.own_txs import OwnTxs
 from node.runtime.peerscore import INTERNAL, PeerScores
 from node.runtime.psk_keys import PskKeys
 from node.runtime.settings import NodeConfig
@@ -184,6 +185,8 @@ class Node:
             self._gossip_send, self._gossip_recv = trio.open_memory_channel(GOSSIP_QUEUE)
             # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
             self.mempool.restore(self.store.has_tx, time.monotonic())
+            self.own_txs = OwnTxs(self.chain, self.mempool, cfg.name, max_pending=2 * cfg.mempool.max_txs,
+                                  batch=cfg.mempool.sign_batch)
             opened.pop_all()  # all opened: from here on close() (run's finally) releases them
 
     # ------------------------------------------------------------------ member sets (node.ledger.epochs)
@@ -503,6 +506,7 @@ class Node:
         if self.trace is not None:
             self.trace.on_commit(block)
         self.mempool.remove(block.tx_hashes)
+        self.own_txs.on_commit(block.tx_hashes)
         self.mempool.release_in_flight(up_to_height=block.height)
         for h in block.tx_hashes:
             for event in self._commit_waiters.pop(h, ()):
@@ -538,12 +542,40 @@ class Node:
     async def event_to_own_tx(self, event: dict) -> Tx:
         """event_to_tx as the decoded Tx, checked (authorised now) and cached like check_own_tx: admission
         then finds it checked and neither decodes nor verifies it again."""
+        tx = self.sign_own([await self.own_body(event)])[0]
+        if isinstance(tx, TxError):
+            raise tx
+        return tx
+
+    async def own_body(self, event: dict) -> tuple[bytes, dict]:
+        """The canonical body of the tx recording ``event`` (node.ledger.tx.signable_body), not signed yet:
+        EventError, TokenizeError as event_to_tx raises them."""
         fields = await event_fields(event, self.tokenizer, chain_id=self.genesis.chain_id,
                                     member=self.cfg.name, client=bytes(self.member_key.verify_key))
-        tx = sign_event_tx(fields, self.member_key)
-        # Our own fresh signature over bytes we encoded and decoded once: check_own_tx's trust, no re-decode.
-        self.chain.check_verified_tx(tx)
-        return tx
+        try:
+            return signable_body(fields, self.member_key)
+        except TxError as exc:
+            raise EventError(exc.field, str(exc).split(": ", 1)[-1]) from None
+
+    def sign_own(self, bodies: list[tuple[bytes, dict]]) -> list[Tx | TxError]:
+        """own_body results as this node's txs, signed as one batch (or found: node.runtime.own_txs), each
+        checked and cached like check_own_tx: per body the Tx, or the TxError saying why it may not be
+        admitted now (not authorised, or a ledger rule such as an export without consent)."""
+        key = self.member_key
+        client = bytes(key.verify_key)
+        # A body built before the member's key rotation committed names the old key: built again for the new
+        # one, as own_body would build it now (the key is part of the body, so it is another tx either way).
+        bodies = [item if item[1]["client"] == client else signable_body({**item[1], "client": client}, key)
+                  for item in bodies]
+        out: list[Tx | TxError] = []
+        for tx in self.own_txs.sign(bodies, key):
+            try:
+                # Our own fresh signature over bytes we encoded and decoded once, or a tx of ours the mempool
+                # or the store holds: check_own_tx's trust, no re-decode.
+                out.append(self.chain.check_verified_tx(tx))
+            except TxError as exc:
+                out.append(exc)
+        return out
 
     def tokens_ready(self, event) -> bool:
         """Whether every consortium token `event` needs is in memory (prefetch_tokens would do nothing)."""

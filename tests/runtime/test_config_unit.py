@@ -105,6 +105,8 @@ BAD = [
     ({"mempool": "max_txs = nan"}, "mempool.max_txs"),
     ({"mempool": "max_txs = 0.5"}, "mempool.max_txs"),
     ({"consensus": "pipeline = 2.5"}, "consensus.pipeline"),
+    ({"mempool": "sign_batch = 0"}, "mempool.sign_batch"),
+    ({"mempool": "sign_batch = 257"}, "mempool.sign_batch"),
     # Were silently taken: "no" read as true (store.sync on), an unknown level as INFO, and a level naming
     # another attribute of the logging module (BASIC_FORMAT) a ValueError traceback at start.
     ({"store": 'sync = "no"'}, "store.sync"),
