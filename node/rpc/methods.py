@@ -10,13 +10,14 @@ from node.rpc.openrpc import discover
 from node.rpc.prior import prior_imaging, redundancy
 from node.rpc.protocol import Method
 from node.rpc.pseudonym import pseudonym_stats
-from node.rpc.submit import event_ready, prepare_event, submit_event, submit_tx
+from node.rpc.submit import event_ready, prepare_event, submit_event, submit_events, submit_tx
 from node.rpc.utilization import utilization
 
 METHODS: dict[str, Method] = {
     "status": Method(status, write=False),
     "submit_tx": Method(submit_tx, write=True),
-    "submit_event": Method(submit_event, write=True, prepare=prepare_event, ready=event_ready),
+    "submit_event": Method(submit_event, write=True, prepare=prepare_event, ready=event_ready,
+                           batch=submit_events),
     "get_tx": Method(get_tx, write=False),
     "get_block": Method(get_block, write=False),
     "blocks": Method(blocks, write=False),

@@ -33,6 +33,11 @@ class Method:
     # ~6 us, and under load nearly every event's pseudonyms are in memory already). Should not raise: if it
     # does, the server logs it once and warms the call up as if it were not ready.
     ready: Callable[[object, dict], bool] | None = None
+    # Optional `await batch(node, [params, ...], caller) -> [result | Later | RpcError, ...]`, run once in
+    # place of the handler for the calls to this method of one JSON-RPC batch (two or more, each params a
+    # dict, the caller authorised): submit_event signs a batch's events under one signature. One outcome per
+    # call, in order; a call's error is its RpcError in the list, never raised for the others.
+    batch: Callable[[object, list, Caller], Awaitable[list]] | None = None
 
     @property
     def needs(self) -> str:

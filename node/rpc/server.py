@@ -259,13 +259,21 @@ class JsonRpcApp:
         return await self._finish(started) if isinstance(started, _Started) else started
 
     async def run_batch(self, requests: list, caller: Caller) -> list:
-        replies = []
+        replies: list = []
         driver = getattr(self.node, "driver", None)
         await self._prepare(requests, caller)
         worked_since = time.perf_counter()
-        for i, item in enumerate(requests):
-            replies.append(await self._start(item, caller))
-            if i % 16 == 15:
+        since_yield = 0
+        i = 0
+        while i < len(requests):
+            run = self._batch_run(requests, i, caller)
+            if len(run) > 1:  # consecutive calls to a Method.batch method: one call of it, in their place
+                replies += await self._run_together(requests[i:i + len(run)], run[0], caller)
+            else:
+                replies.append(await self._start(requests[i], caller))
+            i += max(1, len(run))
+            since_yield += max(1, len(run))
+            if since_yield >= 16:
                 # A batch of hundreds of submits is ~100 ms of work: consensus messages waiting for the
                 # driver go first (bounded wait), so client load never starves agreement. Cheap calls
                 # (refusals under overload) only checkpoint, so they are answered at once.
@@ -274,6 +282,7 @@ class JsonRpcApp:
                 else:
                     await trio.lowlevel.checkpoint()
                 worked_since = time.perf_counter()
+                since_yield = 0
         waiting = [i for i, r in enumerate(replies) if isinstance(r, _Started)]
         if waiting:
             async def finish(i: int) -> None:
@@ -283,6 +292,51 @@ class JsonRpcApp:
                 for i in waiting:
                     nursery.start_soon(finish, i)
         return replies
+
+    def _batch_run(self, requests: list, start: int, caller: Caller) -> list[str]:
+        """The method name of each call of the run of well-formed, authorised calls to one method with a
+        Method.batch that starts at ``start`` (empty if that call is not one). Calls of other methods in
+        between end a run, so a batch's calls still take effect in their order."""
+        run: list[str] = []
+        for item in requests[start:]:
+            if not isinstance(item, dict) or item.get("jsonrpc") != "2.0" or not _valid_id(item.get("id")):
+                break
+            name = item.get("method")
+            method = self.methods.get(name) if isinstance(name, str) else None
+            if method is None or method.batch is None or not isinstance(item.get("params", {}), dict):
+                break
+            if run and name != run[0]:
+                break
+            try:
+                self._authorize(method, caller)
+            except RpcError:
+                break  # _start says why
+            run.append(name)
+        return run
+
+    async def _run_together(self, calls: list[dict], name: str, caller: Caller) -> list:
+        """The replies of ``calls`` (all to ``name``) from one call of its Method.batch."""
+        method = self.methods[name]
+        for _ in calls:
+            self.metrics.request(name)
+        try:
+            outcomes = await method.batch(self.node, [call.get("params", {}) for call in calls], caller)
+            if len(outcomes) != len(calls):
+                raise AssertionError(f"{name}: {len(outcomes)} outcomes for {len(calls)} calls")
+        except Exception:  # a bug must not take the node down; every call of the run is told
+            log.exception("rpc method %s failed for a batch", name)
+            outcomes = [RpcError(INTERNAL_ERROR, "internal error")] * len(calls)
+        return [self._reply(call, name, outcome) for call, outcome in zip(calls, outcomes, strict=True)]
+
+    def _reply(self, request: dict, name: str, outcome):
+        """A call's reply from its handler's outcome (a result, a Later or an RpcError)."""
+        rid, is_notification = request.get("id"), "id" not in request
+        if isinstance(outcome, RpcError):
+            self.metrics.error(outcome.code)
+            return None if is_notification else _error(rid, outcome)
+        if isinstance(outcome, Later):
+            return _Started(rid, is_notification, name, outcome)
+        return None if is_notification else {"jsonrpc": "2.0", "id": rid, "result": outcome}
 
     async def _prepare(self, requests: list, caller: Caller) -> None:
         prepared = []

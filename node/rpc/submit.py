@@ -39,6 +39,7 @@ from node.ledger.pseudonym import TokenizeError
 from node.ledger.refusals import DiskFull, MempoolFull
 from node.ledger.tx import MAX_TX_BYTES, TxError, tx_hash
 from node.rpc.errors import (
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     MEMPOOL_FULL,
     PSEUDONYM_UNAVAILABLE,
@@ -213,21 +214,75 @@ async def submit_tx(node, params: dict, caller: Caller):
 
 
 async def submit_event(node, params: dict, caller: Caller):
+    mode, timeout, body = await _event_body(node, params)
+    tx = node.sign_own([body])[0]
+    if isinstance(tx, TxError):  # not authorised (member removed, key revoked) or a ledger rule refuses it
+        raise _refused(tx)
+    return _answer(node, tx.raw, mode, timeout, tx.hash, checked=True)
+
+
+def _refused(exc: TxError) -> RpcError:
+    return RpcError(REJECTED, f"rejected: {exc}", {"field": exc.field})
+
+
+async def submit_events(node, calls: list[dict], caller: Caller) -> list:
+    """submit_event for the calls of one JSON-RPC batch (Method.batch): the events are signed together,
+    under one signature (node.ledger.tx, node.runtime.own_txs), and each call is answered as its own."""
+    outcomes: list = [None] * len(calls)
+    ready: list[tuple[int, str, float, tuple[bytes, dict]]] = []
+    driver = getattr(node, "driver", None)
+    worked_since = time.perf_counter()
+    for i, params in enumerate(calls):
+        try:
+            ready.append((i, *await _event_body(node, params)))
+        except RpcError as exc:
+            outcomes[i] = exc
+        if i % 16 == 15:  # as JsonRpcApp.run_batch does between calls: consensus goes first
+            if driver is not None and time.perf_counter() - worked_since > 0.002:
+                await driver.yield_to_consensus()
+            else:
+                await trio.lowlevel.checkpoint()
+            worked_since = time.perf_counter()
+    if not ready:
+        return outcomes
+    txs = node.sign_own([body for _i, _mode, _timeout, body in ready])
+    worked_since = time.perf_counter()
+    for k, ((i, mode, timeout, _body), tx) in enumerate(zip(ready, txs, strict=True)):
+        if isinstance(tx, TxError):  # this event alone: the others of the batch go on
+            outcomes[i] = _refused(tx)
+            continue
+        try:
+            outcomes[i] = _answer(node, tx.raw, mode, timeout, tx.hash, checked=True)
+        except RpcError as exc:
+            outcomes[i] = exc
+        except Exception:  # a bug costs this call, not the batch's calls admitted already
+            log.exception("submit_event failed in a batch")
+            outcomes[i] = RpcError(INTERNAL_ERROR, "internal error")
+        if k % 16 == 15:  # each admission is a durable mempool write and a gossip hand-off
+            if driver is not None and time.perf_counter() - worked_since > 0.002:
+                await driver.yield_to_consensus()
+            else:
+                await trio.lowlevel.checkpoint()
+            worked_since = time.perf_counter()
+    return outcomes
+
+
+async def _event_body(node, params: dict) -> tuple[str, float, tuple[bytes, dict]]:
+    """A submit_event call's mode, timeout and unsigned tx body (Node.own_body), or RpcError."""
     check_known(params, {"event", "mode", "timeout"})
     mode, timeout = _mode_and_timeout(params)
     event = param(params, "event", dict)
-    # Before signing: under overload the refusal must cost nothing (a resubmitted event is found by hash
-    # only after signing, so it too waits for the backlog to drain).
+    # Before any work: under overload the refusal must cost nothing (a resubmitted event is found by its
+    # body only after that is built, so it too waits for the backlog to drain).
     node.rpc.admission.gate()
     try:
-        tx = await node.event_to_own_tx(event)
+        return mode, timeout, await node.own_body(event)
     except TokenizeError as exc:
         raise tokenize_error(exc) from None
     except EventError as exc:
         raise RpcError(REJECTED, str(exc), {"field": exc.field}) from None
     except TxError as exc:  # the event mapped to fields the tx schema refuses
         raise RpcError(REJECTED, f"rejected: {exc}", {"field": exc.field}) from None
-    return _answer(node, tx.raw, mode, timeout, tx.hash, checked=True)
 
 
 def tokenize_error(exc: TokenizeError) -> RpcError:

@@ -306,6 +306,43 @@ def test_reads_blocks_validators_peers_mempool_metrics(net):
     assert int(count.split()[1]) > 0
 
 
+def test_a_batch_of_events_is_signed_once_and_an_event_sent_again_in_another_batch_keeps_its_tx(net, tmp_path):
+    """node.runtime.own_txs on four real nodes: the events of one JSON-RPC batch share one signature (the
+    other members check it once), each tx still verifies alone as a receipt, and resubmitting events in a
+    differently made-up batch (or alone) gives their first txs, recorded once."""
+    info = net.nodes[0]
+    study = "1.2.840.99.77"
+    events = [event(study, time=1_700_000_100_000 + i) for i in range(8)]
+    with RadChainClient(info.rpc, info.token) as rc:
+        first = rc.batch([("submit_event", {"event": e, "mode": "commit", "timeout": 30}) for e in events[:6]])
+        assert all(a["status"] == "committed" for a in first), first
+        hashes = [a["hash"] for a in first]
+        height = max(a["height"] for a in first)
+        net.wait_until(lambda: net.height(1) >= height, 30, "node 1 has the blocks")
+        got = [net.rpc(1, "get_tx", {"hash": h}) for h in hashes]
+        assert len({g["tx"]["sig"] for g in got}) == 1 and all(g["tx"].get("proof") for g in got)
+        (tmp_path / "receipt.json").write_text(json.dumps(got[3]))
+        checked = radchain("verify-receipt", str(tmp_path / "receipt.json"), "--genesis",
+                           str(info.home / "genesis.json"))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+        again = rc.batch([("submit_event", {"event": e, "mode": "commit", "timeout": 30})
+                          for e in (events[1], events[6], events[4], events[7])])
+        assert [again[0]["hash"], again[2]["hash"]] == [hashes[1], hashes[4]]
+        assert again[0]["status"] == again[2]["status"] == "committed"
+        assert again[1]["status"] == again[3]["status"] == "committed" and again[1]["hash"] not in hashes
+        alone = rc.call("submit_event", {"event": events[0], "mode": "commit"})
+        assert alone["hash"] == hashes[0] and alone["height"] == first[0]["height"]
+        trail = list(rc.audit_trail_all(study_uid=study, limit=50))
+        assert sorted(e["hash"] for e in trail) == sorted(hashes + [again[1]["hash"], again[3]["hash"]])
+
+        # one event a ledger rule refuses (an export for a project nobody registered) is refused alone
+        mixed = rc.batch([("submit_event", {"event": e, "mode": "commit", "timeout": 30}) for e in (
+            event(study), event(study, type="export", project="NOPE-1", purpose="HRESCH"), event(study))])
+        assert isinstance(mixed[1], RpcCallError) and "not registered" in str(mixed[1])
+        assert mixed[0]["status"] == mixed[2]["status"] == "committed", mixed
+
+
 def test_audit_trail_pages_with_a_cursor(net):
     info = net.nodes[0]
     study = "1.2.840.99.5"

@@ -245,3 +245,42 @@ def test_submit_event_has_nothing_to_warm_up_for_a_call_without_an_event():
     assert event_ready(node, {}) and event_ready(node, {"event": None}) and event_ready(node, {"event": "x"})
     assert event_ready(node, {"event": {"patient_id": "warm"}})
     assert not event_ready(node, {"event": {"patient_id": "cold"}})
+
+
+async def test_consecutive_calls_to_a_batch_method_run_together_in_their_place_and_fail_alone():
+    """Method.batch (submit_event signs a batch's events under one signature): a run of consecutive calls
+    to it is one call of the batch handler, where the run stands, so calls to other methods in between keep
+    their order; a call's error is its own; a malformed call in the run ends it and gets its own error."""
+    from node.rpc.errors import REJECTED, RpcError
+    from node.rpc.protocol import Method
+
+    order: list = []
+
+    async def one(node, params, caller):
+        order.append(("one", params["n"]))
+        return params["n"]
+
+    async def together(node, calls, caller):
+        order.append(("together", [c["n"] for c in calls]))
+        return [RpcError(REJECTED, "odd") if c["n"] % 2 else c["n"] for c in calls]
+
+    async def other(node, params, caller):
+        order.append(("other", params["n"]))
+        return -params["n"]
+
+    methods = {**METHODS, "sig": Method(one, write=False, batch=together), "other": Method(other, write=False)}
+    rpc = JsonRpcApp(StubNode(), methods, {"pacs": "pacs-token-0123456789"}, False, 1 << 16, 1000.0)
+
+    def call(method, n, **extra):
+        return {"jsonrpc": "2.0", "id": n, "method": method, "params": {"n": n}, **extra}
+
+    calls = [call("sig", 0), call("sig", 1), call("sig", 2), call("other", 3), call("sig", 4),
+             call("sig", 5), {"jsonrpc": "2.0", "id": 6, "method": "sig", "params": [6]}, call("sig", 7),
+             call("sig", 8), call("sig", 9)]
+    replies = {r["id"]: r for r in (await post(rpc, calls)).json()}
+    assert order == [("together", [0, 1, 2]), ("other", 3), ("together", [4, 5]), ("together", [7, 8, 9])]
+    assert [replies[n].get("result") for n in (0, 2, 3, 4, 8)] == [0, 2, -3, 4, 8]
+    assert [replies[n]["error"]["message"] for n in (1, 5, 7, 9)] == ["odd"] * 4
+    assert "params must be an object" in replies[6]["error"]["message"]
+    replies = (await post(rpc, [call("sig", 11), call("other", 12)])).json()  # a run of one: the plain handler
+    assert order[-2:] == [("one", 11), ("other", 12)] and [r.get("result") for r in replies] == [11, -12]
