@@ -8,6 +8,7 @@ docs/PSEUDONYMS.md), and raw identifiers typed by the viewer are tokenized here 
 from __future__ import annotations
 
 import json
+import struct
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ import msgpack
 import trio
 
 from consensus.certificate import Certificate
-from node.ledger.tx import CONSENT_TYPES
+from node.ledger.tx import CONSENT_TYPES, decode_tx
 from node.ledger.verifier import Receipt, ReceiptError, make_receipt, verify_receipt
 from node.rpc.audit_trail import Filter, run_audit
 from node.rpc.render import fields_json, stored_tx
@@ -196,6 +197,11 @@ def tx_detail(node, tx_hash: bytes) -> dict | None:
         return None
     height, index, raw = rec
     fields, sig = stored_tx(raw)
+    proof = decode_tx(raw, verify=False).proof  # stored bytes passed decode_tx when executed
+    batch = None
+    if proof:
+        index, size = struct.unpack_from(">HH", proof)
+        batch = {"index": index, "size": size, "proof": proof.hex()}
     shown = fields_json(fields)
     rows = [{"name": k, "value": _short(v), "token": k in TOKEN_FIELDS, "time": _explain(k, v)}
             for k, v in sorted(shown.items())]
@@ -207,7 +213,7 @@ def tx_detail(node, tx_hash: bytes) -> dict | None:
         receipt_json = json.dumps({"chain_id": node.genesis.chain_id, "height": height, "hash": tx_hash.hex(),
                                    **receipt.to_json()}, indent=1)
     return {"hash": tx_hash.hex(), "height": height, "index": index, "rows": rows, "type": fields.get("type"),
-            "member": fields.get("member"), "ts": fields.get("ts"), "sig": sig.hex(), "check": result,
+            "member": fields.get("member"), "ts": fields.get("ts"), "sig": sig.hex(), "batch": batch, "check": result,
             "receipt_json": receipt_json}
 
 

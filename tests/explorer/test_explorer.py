@@ -14,6 +14,7 @@ import sys
 import httpx
 from playwright.sync_api import expect
 
+from node.client import RadChainClient
 from tests.explorer.conftest import ISSUER, OTHER_STUDY, PATIENT, STUDY
 
 
@@ -355,3 +356,22 @@ def test_a_member_that_stops_is_shown_then_recovers_by_itself(explorer_net, page
     net.wait_ready([3], timeout=60)
     expect(last.locator("td").nth(3)).to_have_text("up to date", timeout=40_000)
     shot(page, tmp_path, "member-back")
+
+
+def test_a_tx_signed_in_a_batch_shows_its_batch_and_its_receipt_is_valid(explorer_net, page, tmp_path):
+    """Events submitted in one JSON-RPC batch share one signature (node.ledger.tx); the tx page says so,
+    shows the proof, and its receipt still verifies on its own."""
+    net = explorer_net
+    events = [{"type": "instances.accessed", "patient_id": "P-BATCH", "issuer": ISSUER, "actor": "dr.batch",
+               "purpose": "TREAT", "study_uid": f"1.2.840.99.{900 + i}"} for i in range(3)]
+    with RadChainClient(net.nodes[0].rpc, net.nodes[0].token) as rc:
+        answers = rc.batch([("submit_event", {"event": ev, "mode": "commit", "timeout": 30}) for ev in events])
+    assert all(a["status"] == "committed" for a in answers), answers
+    h = answers[1]["hash"]
+    net.wait_until(lambda: net.height(2) >= answers[1]["height"], 30, "node 2 has the block")
+    login(page, net, 2, net.nodes[2].read_token)
+    page.goto(url(net, 2) + f"/tx/{h}")
+    where = shot(page, tmp_path, "tx-batch")
+    assert "receipt valid" in page.inner_text("#verdict"), where
+    fields = page.inner_text("#fields")
+    assert "of a batch of 3 signed together; this tx is number 2" in fields and "batch proof" in fields, where
