@@ -22,7 +22,7 @@ at the very least if it did nothing but the ledger work on one core).
 Environment: RADCHAIN_BENCH_SIZES (default "4,7,10,16"), RADCHAIN_BENCH_SUSTAIN_S (default 60),
 RADCHAIN_BENCH_TABLE_S (default 20), RADCHAIN_BENCH_CONFIG (extra node config for every run,
 "section.key=value,..."), RADCHAIN_BENCH_AB (the baseline config of the A/B pair run on the first size right
-after its main run, default "mempool.compact_proposals=true" (the opt-in); empty: no A/B; RADCHAIN_BENCH_AB_ROUNDS
+after its main run, default "mempool.sign_batch=1": each own tx signed alone; empty: no A/B; RADCHAIN_BENCH_AB_ROUNDS
 alternates that many baseline/this-code pairs, default 1; RADCHAIN_BENCH_AB_ONLY=1 runs only those).
 RADCHAIN_BENCH_LATENCY_ONLY=<offered tx/s> runs only the half-load step at that rate (0: the commit-mode probes
 alone) on one testnet of the first size; with RADCHAIN_TRACE_LATENCY=1 the nodes' stage lines are printed.
@@ -389,6 +389,7 @@ def submit_path(n_events: int = 3000) -> dict:
     from node.ledger.tx import tx_hash
     from node.rpc.submit import Admission, prepare_event, submit_event
     from node.runtime.node import Node
+    from node.runtime.own_txs import OwnTxs
     from node.runtime.tokenizer import Tokenizer, _Collect, _Resolved, ensure_local_secrets, write_epoch
 
     key = SigningKey(bytes([9]) * 32)
@@ -411,8 +412,9 @@ def submit_path(n_events: int = 3000) -> dict:
                                    chain=chain, store=store, mempool=mempool, gossip=gossip,
                                    disk=SimpleNamespace(full=False))
             node.rpc = SimpleNamespace(admission=Admission(node, SimpleNamespace(submitted=lambda h: None)))
-            for name in ("event_to_own_tx", "prefetch_tokens", "submit"):
+            for name in ("event_to_own_tx", "own_body", "sign_own", "prefetch_tokens", "submit"):
                 setattr(node, name, getattr(Node, name).__get__(node))
+            node.own_txs = OwnTxs(chain, mempool, "m0", max_pending=2 * n_events)
 
             async def before(call) -> None:
                 # prepare_event: pass 1 over the event and the tokens (into the cache) ...
@@ -571,7 +573,7 @@ def main() -> None:
     sustain = float(os.environ.get("RADCHAIN_BENCH_SUSTAIN_S", "60"))
     table_s = float(os.environ.get("RADCHAIN_BENCH_TABLE_S", "20"))
     extra = _config_extra(os.environ.get("RADCHAIN_BENCH_CONFIG", ""))
-    ab = _config_extra(os.environ.get("RADCHAIN_BENCH_AB", "mempool.compact_proposals=true"))
+    ab = _config_extra(os.environ.get("RADCHAIN_BENCH_AB", "mempool.sign_batch=1"))
     raw_rate = raw_pipeline_rate()
     raw_us = 1e6 / raw_rate
     print(f"baseline, single-process raw pipeline (verify + decode + batch write): {raw_rate:.0f} tx/s, "
