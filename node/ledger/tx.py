@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import msgpack
@@ -479,7 +480,7 @@ def verify_tx(body: bytes, sig: bytes, client: bytes, proof: bytes = b"") -> Non
 # (client key, signature, size, root) of batch signatures that verified: the batch's other txs need only
 # their audit path. Keyed by the exact signed message and key, so an entry can vouch for nothing else.
 # Shared by the event loop and the worker threads that check gossip (node.ledger.sigbatch).
-_BATCHES_OK: dict[bytes, None] = {}
+_BATCHES_OK: OrderedDict[bytes, None] = OrderedDict()  # O(1) oldest-out (node.runtime.own_txs says why)
 _BATCHES_LOCK = threading.Lock()
 _MAX_BATCHES_OK = 16_384  # ~2 MB; a member's batches of its last few seconds are what matters
 
@@ -488,7 +489,7 @@ def _remember_batch(key: bytes) -> None:
     with _BATCHES_LOCK:
         _BATCHES_OK[key] = None
         if len(_BATCHES_OK) > _MAX_BATCHES_OK:
-            del _BATCHES_OK[next(iter(_BATCHES_OK))]  # insertion order: the oldest goes
+            _BATCHES_OK.popitem(last=False)
 
 
 def signature_ok(body: bytes, sig: bytes, client: bytes, proof: bytes = b"") -> bool:

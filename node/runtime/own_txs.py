@@ -21,6 +21,7 @@ whose SHA-256 names a tx of this member that is pending or committed gets that t
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 from nacl.signing import SigningKey
 
@@ -44,8 +45,10 @@ class OwnTxs:
         self._mempool = mempool
         self._member = member
         self._max_pending = max_pending
-        self._recent: dict[bytes, bytes] = {}  # body digest -> wire bytes, the last RECENT txs signed
-        self._pending: dict[bytes, bytes] = {}  # body digest -> tx hash, signed and not known committed
+        # OrderedDicts: evicting the oldest is O(1) (a plain dict's first item is found by skipping the slots
+        # its earlier deletions left, 7 us per eviction at this size against 1)
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()  # body digest -> wire bytes, the last RECENT
+        self._pending: OrderedDict[bytes, bytes] = OrderedDict()  # body digest -> tx hash, not known committed
         self._digest_of: dict[bytes, bytes] = {}  # tx hash -> body digest, to forget it at commit
         chain.own_member = member
         blocks = chain.store.index_own(member)  # blocks executed without the index (older code, offline tools)
@@ -81,7 +84,7 @@ class OwnTxs:
                 recent[digest] = tx.raw
                 self._track(digest, tx.hash)
             while len(recent) > RECENT:
-                del recent[next(iter(recent))]  # insertion order: the oldest goes
+                recent.popitem(last=False)
             for i, digest in positions:
                 out[i] = signed[digest]
         assert all(tx is not None for tx in out)
@@ -97,8 +100,7 @@ class OwnTxs:
         turns = len(self._pending)
         while len(self._pending) > self._max_pending and turns:  # refused or dropped txs go, oldest first
             turns -= 1
-            old, old_h = next(iter(self._pending.items()))
-            del self._pending[old]
+            old, old_h = self._pending.popitem(last=False)
             if old_h in mempool:  # still pending (max_pending is twice the mempool: few go round again)
                 self._pending[old] = old_h
             else:
