@@ -24,7 +24,7 @@ import httpx
 
 from network.identity import load_or_create_identity, peer_id_of
 from node.ledger import oprf
-from node.ledger.genesis import Genesis, Member
+from node.ledger.genesis import NEW_CHAIN_PARAMS, Genesis, Member
 from node.privatefiles import make_private_dir, write_secret
 from node.rpc.auth import ADMIN, READ, add_token
 from node.runtime.keys import create_member_key
@@ -127,7 +127,7 @@ def generate(n: int, out: Path, *, base_port: int = 26600, host: str = "127.0.0.
         members.append(Member(name=name, pubkey=bytes(key.verify_key), peer_id=peer_id_of(identity),
                               p2p=(p2p,), rpc=f"http://{rpc_listen}"))
         nodes.append(NodeInfo(name, home, f"http://{rpc_listen}", p2p, token, read_token))
-    params = dict(params or {})
+    params = {**NEW_CHAIN_PARAMS, **(params or {})}
     if not dkg:  # the dealt epoch's public parameters are on chain from genesis (node.runtime.oprf_resharing)
         params.setdefault("oprf_epoch_public", oprf.encode_epoch_public(public).hex())
     genesis = Genesis(chain_id=chain_id, genesis_time=datetime.now(UTC).isoformat(timespec="seconds"),

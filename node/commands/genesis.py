@@ -17,10 +17,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from node.ledger.genesis import Genesis, GenesisError
+    from node.ledger.genesis import NEW_CHAIN_PARAMS, Genesis, GenesisError
 
     doc = {"chain_id": args.chain_id, "genesis_time": datetime.now(UTC).isoformat(timespec="seconds"),
-           "members": [json.loads(p.read_text()) for p in args.members], "params": {}}
+           "members": [json.loads(p.read_text()) for p in args.members], "params": dict(NEW_CHAIN_PARAMS)}
     try:
         genesis = Genesis.from_json(doc)
     except GenesisError as exc:

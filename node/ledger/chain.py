@@ -196,6 +196,11 @@ def prepare_synced_batch(items: Sequence[tuple[int, bytes, bytes, Epoch, int, in
     return out, None
 
 
+def _batch_refusal(tx: Tx, max_batch: int) -> str:
+    return (f"sig: signed in a batch of {tx.batch_size}, the consortium's max_sign_batch is {max_batch} "
+            "(a parameter its members vote: params.changed)")
+
+
 def proposal_digest(payload: bytes) -> bytes:
     """SHA-256 of the payload's proposal header (domain-separated); reads only the header."""
     # Only the header (a bin) is read: no container larger than the outer pair, no map, str or ext.
@@ -475,6 +480,10 @@ class Chain:
         reason = authority_error(f, self.chain_id, self.state.authorized)
         if reason is not None:
             raise TxNotAuthorised(reason)
+        if tx.proof:
+            max_batch = self.param("max_sign_batch", self.store.height + 1)
+            if tx.batch_size > max_batch:
+                raise TxNotAuthorised(_batch_refusal(tx, max_batch))
         if f["type"] == "evidence.equivocation":
             epoch = self.epoch_at(self.store.height + 1)
             check_evidence_tx(f, epoch.chain_id, epoch.pubkeys)
@@ -635,11 +644,14 @@ class Chain:
         if len(set(hashes)) != len(hashes):
             raise ProposalError("a tx appears twice in the proposal")
         chain_id, authorized = self.chain_id, self.state.authorized
+        max_batch = self.param("max_sign_batch", height)
         for i, tx in enumerate(txs):
             f = tx.fields
             reason = authority_error(f, chain_id, authorized)
             if reason is not None:
                 raise ProposalError(f"tx {i}: {reason}")
+            if tx.proof and tx.batch_size > max_batch:
+                raise ProposalError(f"tx {i}: {_batch_refusal(tx, max_batch)}")
             if f["type"] == "evidence.equivocation":
                 try:
                     check_evidence_tx(f, epoch.chain_id, epoch.pubkeys)

@@ -49,6 +49,7 @@ VOTABLE_PARAMS = {
     "max_clock_skew_ms": (1_000, 600_000),
     "progress_timeout_ms": (500, 120_000),
     "rpc_rate_limit": (1, 1_000_000),
+    "max_sign_batch": (1, 256),  # node.ledger.tx MAX_SIGN_BATCH
 }
 
 

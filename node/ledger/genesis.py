@@ -22,7 +22,7 @@ from pathlib import Path
 
 import msgpack
 
-__all__ = ["Genesis", "Member", "GenesisError", "DEFAULT_PARAMS", "GENESIS_DOMAIN"]
+__all__ = ["Genesis", "Member", "GenesisError", "DEFAULT_PARAMS", "NEW_CHAIN_PARAMS", "GENESIS_DOMAIN"]
 
 GENESIS_DOMAIN = b"radchain/genesis/v1\x00"
 
@@ -40,7 +40,12 @@ DEFAULT_PARAMS = {
     # After a PSK rotation's boundary the previous PSK is still accepted for this many blocks, so a node
     # briefly behind catches up without `member psk-recover` (node.ledger.epochs).
     "psk_retire_blocks": 64,
+    # The most txs a member may sign under one signature (node.ledger.tx: [body, sig, proof]); 1 accepts only
+    # txs signed alone. A wire form is a consensus rule, so a consortium whose genesis predates batches keeps
+    # 1 until its members, all upgraded, vote it up (params.changed); new consortia start at 16.
+    "max_sign_batch": 1,
 }
+NEW_CHAIN_PARAMS = {"max_sign_batch": 16}  # what `radchain genesis` and local testnets write into a new genesis
 
 
 class GenesisError(ValueError):

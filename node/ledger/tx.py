@@ -332,6 +332,12 @@ class Tx:
     proof: bytes = b""
 
     @property
+    def batch_size(self) -> int:
+        """How many txs share this tx's signature (1: signed alone). Read from the proof, unchecked: the
+        signature check (decode_tx, verify_tx) is what refuses a proof that does not hold."""
+        return int.from_bytes(self.proof[2:4], "big") if self.proof else 1
+
+    @property
     def type(self) -> str:
         return self.fields["type"]
 

@@ -568,7 +568,9 @@ class Node:
         bodies = [item if item[1]["client"] == client else signable_body({**item[1], "client": client}, key)
                   for item in bodies]
         out: list[Tx | TxError] = []
-        for tx in self.own_txs.sign(bodies, key):
+        # no larger batches than the consortium accepts at the next height (a consensus parameter)
+        most = min(self.cfg.mempool.sign_batch, self.chain.param("max_sign_batch", self.store.height + 1))
+        for tx in self.own_txs.sign(bodies, key, most):
             try:
                 # Our own fresh signature over bytes we encoded and decoded once, or a tx of ours the mempool
                 # or the store holds: check_own_tx's trust, no re-decode.

@@ -62,10 +62,10 @@ class OwnTxs:
             if tx.fields["member"] == member:
                 self._track(body_digest(tx.body), tx.hash)
 
-    def sign(self, bodies: list[tuple[bytes, dict]], key: SigningKey) -> list[Tx]:
+    def sign(self, bodies: list[tuple[bytes, dict]], key: SigningKey, most: int | None = None) -> list[Tx]:
         """One Tx per (body, fields) of node.ledger.tx.signable_body: this member's pending or committed tx
-        with that body if there is one, else a new tx, the new ones signed as one batch. A body repeated in
-        the list is signed once."""
+        with that body if there is one, else a new tx, the new ones signed as one batch (at most ``most``
+        per signature). A body repeated in the list is signed once."""
         out: list[Tx | None] = [None] * len(bodies)
         new: dict[bytes, tuple[bytes, dict]] = {}
         positions: list[tuple[int, bytes]] = []
@@ -78,7 +78,7 @@ class OwnTxs:
             new.setdefault(digest, (body, fields))
             positions.append((i, digest))
         if new:
-            signed = dict(zip(new, sign_bodies(list(new.values()), key, self._batch), strict=True))
+            signed = dict(zip(new, sign_bodies(list(new.values()), key, min(self._batch, most or self._batch)), strict=True))
             recent = self._recent
             for digest, tx in signed.items():
                 recent[digest] = tx.raw

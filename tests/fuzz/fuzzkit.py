@@ -304,6 +304,7 @@ def build_targets(tmp: str) -> list[Target]:
     from node.ledger.block import Block, BlockError, BlockHeader, ProposalHeader
     from node.ledger.chain import Chain, ChainError, ProposalError, proposal_digest
     from node.ledger.equivocation import evidence_tx_fields
+    from node.ledger.genesis import NEW_CHAIN_PARAMS
     from node.ledger.intake import make_tx
     from node.ledger.store import Store
     from node.ledger.tx import TxError, decode_tx, sign_bodies, signable_body
@@ -320,7 +321,7 @@ def build_targets(tmp: str) -> list[Target]:
         decode_status_report,
     )
 
-    c = Consortium()
+    c = Consortium(params=NEW_CHAIN_PARAMS)  # batched txs accepted, as on a new chain
     counter = [0]
 
     def fresh_chain() -> Chain:

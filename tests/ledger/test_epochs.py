@@ -264,6 +264,32 @@ def test_parameters_change_by_vote_at_the_boundary(gov, gchain):
     assert gchain.height == 5
 
 
+def test_batch_signed_txs_wait_for_the_consortium_to_vote_them_in(gov, gchain):
+    """A second wire form is a consensus rule: on a chain whose genesis predates batches (max_sign_batch
+    1), a tx signed in a batch is refused at admission and in a proposal until 2f+1 members vote the
+    parameter up; from the boundary on it is accepted, up to the voted size."""
+    from node.ledger.tx import TxError, decode_tx, sign_bodies, signable_body
+
+    def batch(n: int, start: int):
+        return sign_bodies([signable_body(decode_tx(gov.tx(0, ts=T0 + start + i), verify=False).fields,
+                                          gov.keys[0]) for i in range(n)], gov.keys[0])
+
+    assert gchain.param("max_sign_batch", 1) == 1
+    four = batch(4, 0)
+    with pytest.raises(TxError, match="max_sign_batch is 1"):
+        gchain.check_tx(four[0].raw)
+    with pytest.raises(ProposalError, match="max_sign_batch is 1"):
+        gchain.validate_proposal(1, gchain.build_proposal(1, 0, T0, [four[0].raw]), now_ms=T0)
+    gov.commit(gchain, [gov.tx(i, "params.changed", param="max_sign_batch", value=4) for i in range(3)])
+    gov.empty(gchain, INTERVAL)  # approved at block 1: in force from the next boundary
+    assert gchain.param("max_sign_batch", gchain.height + 1) == 4
+    gchain.check_tx(four[1].raw)
+    blk = gov.commit(gchain, [tx.raw for tx in four])
+    assert list(blk.statuses) == [0, 0, 0, 0]
+    with pytest.raises(TxError, match="batch of 5"):
+        gchain.check_tx(batch(5, 10)[0].raw)
+
+
 # ---------------------------------------------------------------------------------------------- PSK rotation
 def _psk_proposal(gov, chain, psk=b"\x42" * 32, members=None):
     from node.ledger.epochs import psk_commitment, seal_psk

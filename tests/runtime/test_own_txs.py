@@ -6,13 +6,20 @@ from __future__ import annotations
 import hashlib
 import time
 
-from ledger_helpers import CHAIN_ID, T0
+import pytest
+from ledger_helpers import CHAIN_ID, T0, Consortium
 
 from node.ledger import tx as txmod
+from node.ledger.genesis import NEW_CHAIN_PARAMS
 from node.ledger.tx import decode_tx, signable_body
 from node.ledger.verifier import verify_chain
 from node.runtime.mempool import Mempool
 from node.runtime.own_txs import OwnTxs
+
+
+@pytest.fixture
+def consortium() -> Consortium:
+    return Consortium(params=NEW_CHAIN_PARAMS)  # a new chain: batches of up to 16 accepted
 
 
 def body(c, n: int, member: int = 0):

@@ -20,7 +20,7 @@ T0 = 1_800_000_000_000  # fixed epoch ms used as "now" in tests
 class Consortium:
     """Four members with deterministic keys; member 0 also has one extra client key."""
 
-    def __init__(self, n: int = 4):
+    def __init__(self, n: int = 4, params: dict | None = None):
         self.keys = [SigningKey(bytes([i + 1]) * 32) for i in range(n)]
         self.client = SigningKey(b"\x77" * 32)
         members = []
@@ -28,7 +28,7 @@ class Consortium:
             clients = (bytes(self.client.verify_key),) if i == 0 else ()
             members.append(Member(f"hosp-{chr(97 + i)}", bytes(k.verify_key), f"peer{i}",
                                   (f"/ip4/127.0.0.1/tcp/{7000 + i}",), f"http://127.0.0.1:{8000 + i}", clients))
-        self.genesis = Genesis(CHAIN_ID, "2026-11-27T00:00:00+00:00", tuple(members), {})
+        self.genesis = Genesis(CHAIN_ID, "2026-11-27T00:00:00+00:00", tuple(members), dict(params or {}))
         self.pseudo = Pseudonymizer(b"k" * 32)
         self._n = 0
 
