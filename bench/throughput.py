@@ -408,7 +408,8 @@ def submit_path(n_events: int = 3000) -> dict:
             tok.cache.put_many([(oprf.token_input(1, k, *parts), os.urandom(16)) for k, parts in items])
             genesis, store, chain, mempool, gossip = _bench_member(tmp, key)
             kw = {"chain_id": "bench", "member": "m0", "client": bytes(key.verify_key)}
-            node = SimpleNamespace(genesis=genesis, tokenizer=tok, cfg=SimpleNamespace(name="m0"), member_key=key,
+            node = SimpleNamespace(genesis=genesis, tokenizer=tok, member_key=key,
+                                   cfg=SimpleNamespace(name="m0", mempool=SimpleNamespace(sign_batch=16)),
                                    chain=chain, store=store, mempool=mempool, gossip=gossip,
                                    disk=SimpleNamespace(full=False))
             node.rpc = SimpleNamespace(admission=Admission(node, SimpleNamespace(submitted=lambda h: None)))
