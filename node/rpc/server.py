@@ -55,7 +55,7 @@ from node.rpc.errors import (
     UNAUTHORIZED,
     RpcError,
 )
-from node.rpc.protocol import Caller, Later, Method, dumps, loads
+from node.rpc.protocol import Caller, Later, Method, dumps, let_consensus_in, loads
 
 log = logging.getLogger("radchain.rpc")
 # Where node.explorer is mounted: its own forms post back to this node, so Origin is checked as same-origin.
@@ -260,7 +260,6 @@ class JsonRpcApp:
 
     async def run_batch(self, requests: list, caller: Caller) -> list:
         replies: list = []
-        driver = getattr(self.node, "driver", None)
         await self._prepare(requests, caller)
         worked_since = time.perf_counter()
         since_yield = 0
@@ -274,14 +273,7 @@ class JsonRpcApp:
             i += max(1, len(run))
             since_yield += max(1, len(run))
             if since_yield >= 16:
-                # A batch of hundreds of submits is ~100 ms of work: consensus messages waiting for the
-                # driver go first (bounded wait), so client load never starves agreement. Cheap calls
-                # (refusals under overload) only checkpoint, so they are answered at once.
-                if driver is not None and time.perf_counter() - worked_since > 0.002:
-                    await driver.yield_to_consensus()
-                else:
-                    await trio.lowlevel.checkpoint()
-                worked_since = time.perf_counter()
+                worked_since = await let_consensus_in(self.node, worked_since)
                 since_yield = 0
         waiting = [i for i, r in enumerate(replies) if isinstance(r, _Started)]
         if waiting:

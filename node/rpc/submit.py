@@ -47,7 +47,7 @@ from node.rpc.errors import (
     REJECTED,
     RpcError,
 )
-from node.rpc.protocol import Caller, Later, check_known, param
+from node.rpc.protocol import Caller, Later, check_known, let_consensus_in, param
 
 log = logging.getLogger("radchain.rpc")
 
@@ -230,7 +230,6 @@ async def submit_events(node, calls: list[dict], caller: Caller) -> list:
     under one signature (node.ledger.tx, node.runtime.own_txs), and each call is answered as its own."""
     outcomes: list = [None] * len(calls)
     ready: list[tuple[int, str, float, tuple[bytes, dict]]] = []
-    driver = getattr(node, "driver", None)
     worked_since = time.perf_counter()
     for i, params in enumerate(calls):
         try:
@@ -238,11 +237,7 @@ async def submit_events(node, calls: list[dict], caller: Caller) -> list:
         except RpcError as exc:
             outcomes[i] = exc
         if i % 16 == 15:  # as JsonRpcApp.run_batch does between calls: consensus goes first
-            if driver is not None and time.perf_counter() - worked_since > 0.002:
-                await driver.yield_to_consensus()
-            else:
-                await trio.lowlevel.checkpoint()
-            worked_since = time.perf_counter()
+            worked_since = await let_consensus_in(node, worked_since)
     if not ready:
         return outcomes
     txs = node.sign_own([body for _i, _mode, _timeout, body in ready])
@@ -259,11 +254,7 @@ async def submit_events(node, calls: list[dict], caller: Caller) -> list:
             log.exception("submit_event failed in a batch")
             outcomes[i] = RpcError(INTERNAL_ERROR, "internal error")
         if k % 16 == 15:  # each admission is a durable mempool write and a gossip hand-off
-            if driver is not None and time.perf_counter() - worked_since > 0.002:
-                await driver.yield_to_consensus()
-            else:
-                await trio.lowlevel.checkpoint()
-            worked_since = time.perf_counter()
+            worked_since = await let_consensus_in(node, worked_since)
     return outcomes
 
 

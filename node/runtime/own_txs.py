@@ -43,7 +43,6 @@ class OwnTxs:
         self._batch = batch  # at most this many txs under one signature (mempool.sign_batch)
         self._chain = chain
         self._mempool = mempool
-        self._member = member
         self._max_pending = max_pending
         # OrderedDicts: evicting the oldest is O(1) (a plain dict's first item is found by skipping the slots
         # its earlier deletions left, 7 us per eviction at this size against 1)
@@ -78,7 +77,8 @@ class OwnTxs:
             new.setdefault(digest, (body, fields))
             positions.append((i, digest))
         if new:
-            signed = dict(zip(new, sign_bodies(list(new.values()), key, min(self._batch, most or self._batch)), strict=True))
+            most = min(self._batch, most or self._batch)
+            signed = dict(zip(new, sign_bodies(list(new.values()), key, most), strict=True))
             recent = self._recent
             for digest, tx in signed.items():
                 recent[digest] = tx.raw
