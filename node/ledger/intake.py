@@ -26,15 +26,13 @@ from node.ledger.tx import (
     OUTCOMES,
     PURPOSES,
     TX_VERSION,
-    Tx,
     TxError,
     sign_fields,
-    sign_fields_tx,
 )
 from node.vocabulary import ALLOWED_ACTIONS, DEFAULT_ACTION, EVENT_TYPES, CategoryError, code_string
 from node.vocabulary import study_date as categories_study_date
 
-__all__ = ["EventError", "event_to_tx_fields", "sign_tx", "sign_event_tx", "make_tx", "parse_time", "EXAMPLE_EVENT"]
+__all__ = ["EventError", "event_to_tx_fields", "sign_tx", "make_tx", "parse_time", "EXAMPLE_EVENT"]
 
 # The example raw event the docs, `make testnet` and the OpenRPC document show (tests add event_id and time).
 EXAMPLE_EVENT = {"type": "instances.accessed", "patient_id": "PAT-1", "issuer": "HOSP-A",
@@ -293,14 +291,6 @@ def sign_tx(fields: dict, signing_key: SigningKey) -> bytes:
     """
     try:
         return sign_fields(fields, signing_key)
-    except TxError as exc:
-        raise EventError(str(exc).split(":", 1)[0], str(exc).split(": ", 1)[-1]) from None
-
-
-def sign_event_tx(fields: dict, signing_key: SigningKey) -> Tx:
-    """sign_tx, returned as the decoded Tx (same bytes, same errors)."""
-    try:
-        return sign_fields_tx(fields, signing_key)
     except TxError as exc:
         raise EventError(str(exc).split(":", 1)[0], str(exc).split(": ", 1)[-1]) from None
 
