@@ -49,8 +49,7 @@ class OwnTxs:
         self._recent: OrderedDict[bytes, bytes] = OrderedDict()  # body digest -> wire bytes, the last RECENT
         self._pending: OrderedDict[bytes, bytes] = OrderedDict()  # body digest -> tx hash, not known committed
         self._digest_of: dict[bytes, bytes] = {}  # tx hash -> body digest, to forget it at commit
-        chain.own_member = member
-        blocks = chain.store.index_own(member)  # blocks executed without the index (older code, offline tools)
+        blocks = chain.index_own_txs(member)  # blocks executed without the index (older code, offline tools)
         if blocks:
             log.info("indexed this member's txs by body in %d blocks", blocks)
         for h, raw in mempool.raws():
@@ -127,7 +126,7 @@ class OwnTxs:
                 raw = found[2] if found is not None else None
             if raw is not None:
                 return decode_tx(raw, verify=False, hash=h)  # the bytes this node signed (hash = their SHA-256)
-        h = self._chain.store.own_tx(digest)
+        h = self._chain.own_tx(digest)
         if h is not None:
             found = self._chain.committed_tx(h)
             if found is not None:

@@ -115,3 +115,29 @@ def test_the_pending_bound_drops_refused_txs_first_not_those_still_in_the_mempoo
     assert [tx.hash for tx in again] == [tx.hash for tx in kept]
     assert len(own._pending) <= 4 and len(own._digest_of) == len(own._pending)
     mempool.close()
+
+
+def test_a_new_event_costs_no_store_lookup_and_a_committed_one_is_still_found(consortium, chain, tmp_path,
+                                                                              monkeypatch):
+    """Chain.own_tx's filter: a body never committed is answered from memory (a LevelDB miss per own tx
+    more than doubled compaction), and one committed, before or after the filter was rebuilt, is found."""
+    c = consortium
+    lookups = []
+    real = chain.store.own_tx
+    monkeypatch.setattr(chain.store, "own_tx", lambda digest: lookups.append(digest) or real(digest))
+    mempool = Mempool(tmp_path / "mempool", 1000)
+    own = OwnTxs(chain, mempool, c.name(0), max_pending=2000)
+    first = own.sign([body(c, n) for n in range(40)], c.keys[0])
+    assert lookups == []
+    c.commit(chain, [tx.raw for tx in first[:20]])  # executed after the filter was built: added as written
+    mempools = [Mempool(tmp_path / f"mempool{i}", 1000) for i in (2, 3)]  # empty: nothing pending
+    restarted = OwnTxs(chain, mempools[0], c.name(0), max_pending=2000)  # the filter rebuilt from the O keys
+    c.commit(chain, [tx.raw for tx in first[20:]])  # executed after the rebuild
+    for i, n in enumerate((3, 25, 39)):
+        lookups.clear()
+        signer = restarted if i < 2 else OwnTxs(chain, mempools[1], c.name(0), max_pending=2000)
+        found = signer.sign([body(c, n)] + [body(c, 100 + 50 * i + k) for k in range(50)], c.keys[0])
+        assert found[0].hash == first[n].hash
+        assert lookups == [hashlib.sha256(first[n].body).digest()]  # 50 new events: none asked the store
+    for m in [mempool, *mempools]:
+        m.close()
