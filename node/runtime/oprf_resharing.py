@@ -109,14 +109,12 @@ class Resharer:
 
     def on_commit(self, block) -> None:
         try:
-            dealings = []
-            for i, h in enumerate(block.tx_hashes):
-                rec = self.node.store.get_tx(h)
-                # applied txs of this block only (a duplicate's record is its first inclusion; a rejected
-                # one is not in the index start() reads either)
-                if rec is not None and rec[:2] == (block.height, i) and _is_dealing(rec[2]) \
-                        and self.node.store.tx_status(h) == APPLIED:
-                    dealings.append((i, h))
+            # applied txs of this block only (a duplicate's status is DUPLICATE, its record the first
+            # inclusion; a rejected one is not in the index start() reads either)
+            height, types = self.node.chain.last_executed
+            assert height == block.height and len(types) == len(block.tx_hashes), "not the block executed last"
+            dealings = [(i, h) for i, h in enumerate(block.tx_hashes)
+                        if types[i] == TYPE and block.statuses[i] == APPLIED]
             # exactly the blocks start() advances past after a restart: the view's running maximum of block
             # times must not depend on whether this node saw the blocks live or replays them
             if self.view.feeds(bool(dealings)):
@@ -390,6 +388,3 @@ def save_contribution(home: Path, key: tuple[int, int], contrib: oprf.Contributi
 def _pairs(members) -> list[tuple[str, bytes]]:
     return [(m.name, m.pubkey) if hasattr(m, "pubkey") else tuple(m) for m in members]
 
-
-def _is_dealing(raw: bytes) -> bool:
-    return b"oprf.dealing" in raw  # cheap pre-filter; _feed decodes and checks the type
