@@ -72,7 +72,7 @@ class Mempool:
         self.guard: DiskGuard | None = None  # set by the node: a full disk refuses admission until it clears
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
-            self._db = plyvel.DB(str(path), create_if_missing=True)
+            self._db = _open_db(path)
 
     def restore(self, is_committed, now: float) -> int:
         """Re-admit what was acknowledged before the last stop, dropping what committed meanwhile."""
@@ -183,7 +183,7 @@ class Mempool:
         log record) until reopened, when it recovers to the last whole write."""
         if self._db is not None:
             self._db.close()
-            self._db = plyvel.DB(str(self._path), create_if_missing=True)
+            self._db = _open_db(self._path)
 
     def release_in_flight(self, up_to_height: int | None = None) -> None:
         """Make proposed-but-uncommitted txs proposable again (after a view change, or once their height
@@ -253,3 +253,10 @@ class Mempool:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _open_db(path) -> plyvel.DB:
+    # Uncompressed: an entry lives from admission to its block's commit (about a second), and what LevelDB
+    # does with it after is flush it and compact it away. Snappy cost the shared compaction thread CPU on every
+    # one of those passes for records that are deleted before the disk space could matter.
+    return plyvel.DB(str(path), create_if_missing=True, compression=None)
