@@ -7,8 +7,9 @@
    size (the issue's "60 s sustained"), RADCHAIN_BENCH_TABLE_S on the others. Committed tx/s is counted
    from the blocks executed between the end of the warm-up and the end of the window (not "until the
    backlog drains": a backlog that grows does not count as throughput).
-   In the same window: CPU of every node process from /proc/<pid>/stat (and of its main thread from
-   /proc/<pid>/task/<pid>/stat), divided by the committed txs = CPU us per committed tx per node; bytes
+   In the same window: CPU of every node process from /proc/<pid>/stat (and of its main thread, of LevelDB's
+   background thread and of trio's worker threads from /proc/<pid>/task), divided by the committed txs = CPU
+   us per committed tx per node; bytes
    every node process sent on its p2p TCP connections (the kernel's per-socket `bytes_sent`, `ss -ti`:
    after Noise and yamux framing) per committed tx per node.
 2. **half**: the load clients offer half the committed rate of step 1 while PROBES threads each send one
@@ -63,9 +64,33 @@ def _cpu(path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / _ticks()
 
 
-def cpu_sample(pids: list[int]) -> list[tuple[float, float]]:
-    """(process CPU s, main-thread CPU s) of each pid."""
-    return [(_cpu(f"/proc/{p}/stat"), _cpu(f"/proc/{p}/task/{p}/stat")) for p in pids]
+def cpu_sample(pids: list[int]) -> list[tuple[float, float, dict[int, float]]]:
+    """(process CPU s, main-thread CPU s, {tid: CPU s} of its other long-lived threads) of each pid.
+
+    In a node the only such thread is LevelDB's background thread (memtable flushes and compactions of every
+    database the process opened; py-spy shows no Python frames in it). Trio's worker threads name themselves
+    "Trio thread N"; they, and threads that exited (whose CPU stays in the process total), are the rest."""
+    return [(_cpu(f"/proc/{p}/stat"), _cpu(f"/proc/{p}/task/{p}/stat"), _native_threads(p)) for p in pids]
+
+
+def _native_threads(pid: int) -> dict[int, float]:
+    out: dict[int, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        if int(tid) == pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                name = fh.read().strip()
+            if name.startswith("Trio thread"):
+                continue
+            out[int(tid)] = _cpu(f"/proc/{pid}/task/{tid}/stat")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited between the listing and the read: its CPU is in the process total
+    return out
 
 
 def wire_sample(pids: list[int], rpc_ports: set[int]) -> dict[int, int]:
@@ -211,6 +236,7 @@ def run_step(net: LocalTestnet, rate: float | None, seconds: float, tag: str, pr
     window = w1 - w0
     cpu = [b[0] - a[0] for a, b in zip(cpu0, cpu1, strict=True)]
     main = [b[1] - a[1] for a, b in zip(cpu0, cpu1, strict=True)]
+    native = [sum(v - a[2].get(tid, 0.0) for tid, v in b[2].items()) for a, b in zip(cpu0, cpu1, strict=True)]
     sent = wire_delta(wire0, wire1, pids)
     per_tx = max(1, committed)
     lat = sorted(latencies)
@@ -219,6 +245,7 @@ def run_step(net: LocalTestnet, rate: float | None, seconds: float, tag: str, pr
         "blocks": h_end - h_start,
         "accepted": sum(r[0] for r in results), "refused": sum(r[1] for r in results),
         "cpu_us_per_tx": [c * 1e6 / per_tx for c in cpu], "main_us_per_tx": [m * 1e6 / per_tx for m in main],
+        "native_us_per_tx": [x * 1e6 / per_tx for x in native],
         "cores": [c / window for c in cpu], "wire_bytes_per_tx": [s / per_tx for s in sent],
         "p50_ms": statistics.median(lat) if lat else float("nan"),
         "p99_ms": lat[int(0.99 * (len(lat) - 1))] if lat else float("nan"), "samples": len(lat),
@@ -628,8 +655,10 @@ def main() -> None:
           f"ratio {top['tx_per_s'] / raw_rate:.2f}x; {top['refused']} calls refused with retry_after")
     cpu = _mean(top["cpu_us_per_tx"])
     main_us = _mean(top["main_us_per_tx"])
+    native_us = _mean(top["native_us_per_tx"])
     print(f"CPU per committed tx per node: {' '.join(f'{c:.0f}' for c in top['cpu_us_per_tx'])} us "
-          f"(mean {cpu:.0f} us, goal <= 100: {cpu / 100:.2f}x; main thread {main_us:.0f} us); "
+          f"(mean {cpu:.0f} us, goal <= 100: {cpu / 100:.2f}x; main thread {main_us:.0f} us, LevelDB's "
+          f"background thread {native_us:.0f} us, trio's worker threads {cpu - main_us - native_us:.0f} us); "
           f"baseline raw pipeline {raw_us:.0f} us/tx: ratio {cpu / raw_us:.2f}x")
     for cores in (2, 8):
         bound = min(1e6 / main_us if main_us else float("inf"), cores * 1e6 / cpu)
