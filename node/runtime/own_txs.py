@@ -15,7 +15,8 @@ whose SHA-256 names a tx of this member that is pending or committed gets that t
 - pending ones here by hash, refilled from the mempool when the node starts (what it holds is what
   survived the restart);
 - committed ones in the store (``O digest -> hash``, written by Chain.execute in the block's own write
-  batch, so the index is exactly as durable as the block).
+  batch, so the index is exactly as durable as the block), asked only when Chain.own_tx's in-memory filter
+  of those digests says "maybe": nearly every body is new.
 """
 
 from __future__ import annotations
