@@ -67,9 +67,10 @@ def _cpu(path: str) -> float:
 def cpu_sample(pids: list[int]) -> list[tuple[float, float, dict[int, float]]]:
     """(process CPU s, main-thread CPU s, {tid: CPU s} of its other long-lived threads) of each pid.
 
-    In a node the only such thread is LevelDB's background thread (memtable flushes and compactions of every
-    database the process opened; py-spy shows no Python frames in it). Trio's worker threads name themselves
-    "Trio thread N"; they, and threads that exited (whose CPU stays in the process total), are the rest."""
+    In a node the only thread nobody named is LevelDB's background thread (memtable flushes and compactions of
+    every database the process opened; py-spy shows no Python frames in it). Trio's worker threads carry a
+    name; they, and threads that exited (whose CPU stays in the process total), are the rest. A thread that
+    first shows in the later sample started in the window: all its CPU counts."""
     return [(_cpu(f"/proc/{p}/stat"), _cpu(f"/proc/{p}/task/{p}/stat"), _native_threads(p)) for p in pids]
 
 
@@ -79,13 +80,20 @@ def _native_threads(pid: int) -> dict[int, float]:
         tids = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
         return out
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            unnamed = fh.read().strip()  # what a thread is called that nobody named: the process's name
+    except FileNotFoundError:
+        return out
     for tid in tids:
         if int(tid) == pid:
             continue
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as fh:
                 name = fh.read().strip()
-            if name.startswith("Trio thread"):
+            # trio names its workers "Trio thread N" when idle and after the job while one runs
+            # ("verify_txs from"): any name but the process's is not LevelDB's thread
+            if name != unnamed:
                 continue
             out[int(tid)] = _cpu(f"/proc/{pid}/task/{tid}/stat")
         except (FileNotFoundError, ProcessLookupError):
