@@ -129,7 +129,7 @@ def test_a_new_event_costs_no_store_lookup_and_a_committed_one_is_still_found(co
     own = OwnTxs(chain, mempool, c.name(0), max_pending=2000)
     first = own.sign([body(c, n) for n in range(40)], c.keys[0])
     assert lookups == []
-    c.commit(chain, [tx.raw for tx in first[:20]])  # executed after the filter was built: added as written
+    c.commit(chain, [tx.raw for tx in first[:20]])  # committed before the rebuild below
     mempools = [Mempool(tmp_path / f"mempool{i}", 1000) for i in (2, 3)]  # empty: nothing pending
     restarted = OwnTxs(chain, mempools[0], c.name(0), max_pending=2000)  # the filter rebuilt from the O keys
     c.commit(chain, [tx.raw for tx in first[20:]])  # executed after the rebuild
