@@ -61,7 +61,7 @@ from node.ledger.store import (
     member_type_prefix,
     tx_key,
 )
-from node.ledger.tx import TOKEN_BYTES, Tx, TxError, decode_tx
+from node.ledger.tx import TOKEN_BYTES, Tx, TxError, body_digest, decode_tx
 
 __all__ = ["Chain", "ChainError", "ProposalError", "TxNotAuthorised", "TxBreaksRule", "proposal_digest", "execute_txs",
            "SeenFilter", "SyncedPayload", "SyncedBlockError", "prepare_synced"]
@@ -773,10 +773,10 @@ class Chain:
                 for tx, status in zip(txs, statuses, strict=True):
                     f = tx.fields
                     if status != DUPLICATE and f["member"] == own and f["client"] == key:
-                        body_digest = _sha256(tx.body).digest()
-                        put(OWN + body_digest, tx.hash)
+                        digest_of_body = body_digest(tx.body)
+                        put(OWN + digest_of_body, tx.hash)
                         if seen is not None:  # before the write: a write that fails leaves a harmless bit
-                            seen.add(body_digest)
+                            seen.add(digest_of_body)
                 put(*store.own_marker(own, height))
             state_root = next_state_root(state.root, height, writes)
             prev = store.head if height > 1 else self.genesis.hash()

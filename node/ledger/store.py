@@ -39,7 +39,6 @@ marker and the entries of their old blocks: readers check ``has_patient_stored_i
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import os
 import struct
@@ -53,7 +52,7 @@ import plyvel
 from node.ledger.block import DUPLICATE, Block, BlockHeader, encode_payload
 from node.ledger.merkle import MerkleProof, inclusion_path
 from node.ledger.refusals import is_disk_full
-from node.ledger.tx import TX_TYPE_ORDER, TX_TYPES
+from node.ledger.tx import TX_TYPE_ORDER, TX_TYPES, body_digest
 
 __all__ = ["Store", "StoreError", "IndexEntry", "INDEXES", "QUERYABLE", "STORED_TYPES", "index_key_prefix",
            "index_tag", "OWN", "block_key", "cert_key", "hash_key", "tx_key", "state_key", "height_bytes"]
@@ -354,7 +353,7 @@ class Store:
                     raise StoreError(f"block {block.height} names tx {h.hex()} the store does not hold")
                 body = msgpack.unpackb(rec[_LOC.size:])[0]
                 if msgpack.unpackb(body).get("member") == member:
-                    wb.put(OWN + hashlib.sha256(body).digest(), h)
+                    wb.put(OWN + body_digest(body), h)
             wb.put(*self.own_marker(member, block.height))
             wb.write()
             done += 1

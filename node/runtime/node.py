@@ -185,8 +185,7 @@ class Node:
             self._gossip_send, self._gossip_recv = trio.open_memory_channel(GOSSIP_QUEUE)
             # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
             self.mempool.restore(self.store.has_tx, time.monotonic())
-            self.own_txs = OwnTxs(self.chain, self.mempool, cfg.name, max_pending=2 * cfg.mempool.max_txs,
-                                  batch=cfg.mempool.sign_batch)
+            self.own_txs = OwnTxs(self.chain, self.mempool, cfg.name, max_pending=2 * cfg.mempool.max_txs)
             opened.pop_all()  # all opened: from here on close() (run's finally) releases them
 
     # ------------------------------------------------------------------ member sets (node.ledger.epochs)

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from nacl.signing import SigningKey
 
 from node.ledger.chain import Chain
-from node.ledger.tx import Tx, TxError, body_digest, decode_tx, sign_bodies
+from node.ledger.tx import MAX_SIGN_BATCH, Tx, TxError, body_digest, decode_tx, sign_bodies
 from node.runtime.mempool import Mempool
 
 __all__ = ["OwnTxs", "RECENT"]
@@ -40,8 +40,7 @@ RECENT = 32_768
 
 
 class OwnTxs:
-    def __init__(self, chain: Chain, mempool: Mempool, member: str, max_pending: int, batch: int = 16):
-        self._batch = batch  # at most this many txs under one signature (mempool.sign_batch)
+    def __init__(self, chain: Chain, mempool: Mempool, member: str, max_pending: int):
         self._chain = chain
         self._mempool = mempool
         self._max_pending = max_pending
@@ -61,7 +60,7 @@ class OwnTxs:
             if tx.fields["member"] == member:
                 self._track(body_digest(tx.body), tx.hash)
 
-    def sign(self, bodies: list[tuple[bytes, dict]], key: SigningKey, most: int | None = None) -> list[Tx]:
+    def sign(self, bodies: list[tuple[bytes, dict]], key: SigningKey, most: int = MAX_SIGN_BATCH) -> list[Tx]:
         """One Tx per (body, fields) of node.ledger.tx.signable_body: this member's pending or committed tx
         with that body if there is one, else a new tx, the new ones signed as one batch (at most ``most``
         per signature). A body repeated in the list is signed once."""
@@ -77,7 +76,6 @@ class OwnTxs:
             new.setdefault(digest, (body, fields))
             positions.append((i, digest))
         if new:
-            most = min(self._batch, most or self._batch)
             signed = dict(zip(new, sign_bodies(list(new.values()), key, most), strict=True))
             recent = self._recent
             for digest, tx in signed.items():

@@ -106,10 +106,10 @@ def test_blocks_executed_without_the_index_are_indexed_when_the_node_starts(cons
 def test_the_pending_bound_drops_refused_txs_first_not_those_still_in_the_mempool(consortium, chain, tmp_path):
     c = consortium
     mempool = Mempool(tmp_path / "mempool", 1000)
-    own = OwnTxs(chain, mempool, c.name(0), max_pending=4, batch=1)
-    kept = own.sign([body(c, n) for n in range(2)], c.keys[0])
+    own = OwnTxs(chain, mempool, c.name(0), max_pending=4)
+    kept = own.sign([body(c, n) for n in range(2)], c.keys[0], most=1)
     admit(mempool, kept)
-    own.sign([body(c, n) for n in range(10, 20)], c.keys[0])  # refused: never admitted
+    own.sign([body(c, n) for n in range(10, 20)], c.keys[0], most=1)  # refused: never admitted
     own._recent.clear()  # as after RECENT more txs: only the mempool and the store remain
     again = own.sign([body(c, 0), body(c, 1)], c.keys[0])
     assert [tx.hash for tx in again] == [tx.hash for tx in kept]
@@ -127,7 +127,7 @@ def test_a_new_event_costs_no_store_lookup_and_a_committed_one_is_still_found(co
     monkeypatch.setattr(chain.store, "own_tx", lambda digest: lookups.append(digest) or real(digest))
     mempool = Mempool(tmp_path / "mempool", 1000)
     own = OwnTxs(chain, mempool, c.name(0), max_pending=2000)
-    first = own.sign([body(c, n) for n in range(40)], c.keys[0])
+    first = own.sign([body(c, n) for n in range(40)], c.keys[0], most=16)  # the chain's max_sign_batch
     assert lookups == []
     c.commit(chain, [tx.raw for tx in first[:20]])  # committed before the rebuild below
     mempools = [Mempool(tmp_path / f"mempool{i}", 1000) for i in (2, 3)]  # empty: nothing pending
