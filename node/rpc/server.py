@@ -364,7 +364,6 @@ class JsonRpcApp:
             self.metrics.error(INVALID_REQUEST)
             return _error(rid if _valid_id(rid) else None,
                           RpcError(INVALID_REQUEST, 'a call needs "jsonrpc": "2.0" and a string "method"'))
-        is_notification = "id" not in request
         rid = request.get("id")
         if not _valid_id(rid):
             self.metrics.error(INVALID_REQUEST)
@@ -379,17 +378,13 @@ class JsonRpcApp:
             params = request.get("params", {})
             if not isinstance(params, dict):
                 raise RpcError(INVALID_PARAMS, "params must be an object (by-name parameters)")
-            result = await method.handler(self.node, params, caller)
+            outcome = await method.handler(self.node, params, caller)
         except RpcError as err:
-            self.metrics.error(err.code)
-            return None if is_notification else _error(rid, err)
+            outcome = err
         except Exception:  # a bug in a handler must not take the node down; the log keeps the trace
             log.exception("rpc method %s failed", name)
-            self.metrics.error(INTERNAL_ERROR)
-            return None if is_notification else _error(rid, RpcError(INTERNAL_ERROR, "internal error"))
-        if isinstance(result, Later):
-            return _Started(rid, is_notification, name, result)
-        return None if is_notification else {"jsonrpc": "2.0", "id": rid, "result": result}
+            outcome = RpcError(INTERNAL_ERROR, "internal error")
+        return self._reply(request, name, outcome)
 
     def _authorize(self, method: Method, caller: Caller) -> None:
         needs = method.needs
