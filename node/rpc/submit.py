@@ -214,11 +214,10 @@ async def submit_tx(node, params: dict, caller: Caller):
 
 
 async def submit_event(node, params: dict, caller: Caller):
-    mode, timeout, body = await _event_body(node, params)
-    tx = node.sign_own([body])[0]
-    if isinstance(tx, TxError):  # not authorised (member removed, key revoked) or a ledger rule refuses it
-        raise _refused(tx)
-    return _answer(node, tx.raw, mode, timeout, tx.hash, checked=True)
+    outcome = (await submit_events(node, [params], caller))[0]
+    if isinstance(outcome, RpcError):
+        raise outcome
+    return outcome
 
 
 def _refused(exc: TxError) -> RpcError:
@@ -243,7 +242,9 @@ async def submit_events(node, calls: list[dict], caller: Caller) -> list:
     txs = node.sign_own([body for _i, _mode, _timeout, body in ready])
     worked_since = time.perf_counter()
     for k, ((i, mode, timeout, _body), tx) in enumerate(zip(ready, txs, strict=True)):
-        if isinstance(tx, TxError):  # this event alone: the others of the batch go on
+        # not authorised (member removed, key revoked) or a ledger rule refuses it: this event alone, the
+        # others of the batch go on
+        if isinstance(tx, TxError):
             outcomes[i] = _refused(tx)
             continue
         try:
