@@ -448,7 +448,7 @@ def submit_path(n_events: int = 3000) -> dict:
                                    chain=chain, store=store, mempool=mempool, gossip=gossip,
                                    disk=SimpleNamespace(full=False))
             node.rpc = SimpleNamespace(admission=Admission(node, SimpleNamespace(submitted=lambda h: None)))
-            for name in ("event_to_own_tx", "own_body", "sign_own", "prefetch_tokens", "submit"):
+            for name in ("own_body", "sign_own", "prefetch_tokens", "submit"):
                 setattr(node, name, getattr(Node, name).__get__(node))
             node.own_txs = OwnTxs(chain, mempool, "m0", max_pending=2 * n_events)
 

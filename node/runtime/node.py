@@ -533,22 +533,10 @@ class Node:
         log.warning("equivocation by member %s recorded as evidence", offender)
 
     # ------------------------------------------------------------------ transactions
-    async def event_to_tx(self, event: dict) -> bytes:
-        """A raw event -> this node's signed tx (EventError, TxError; TokenizeError when the consortium's
-        tokens cannot be computed now)."""
-        return (await self.event_to_own_tx(event)).raw
-
-    async def event_to_own_tx(self, event: dict) -> Tx:
-        """event_to_tx as the decoded Tx, checked (authorised now) and cached like check_own_tx: admission
-        then finds it checked and neither decodes nor verifies it again."""
-        tx = self.sign_own([await self.own_body(event)])[0]
-        if isinstance(tx, TxError):
-            raise tx
-        return tx
-
     async def own_body(self, event: dict) -> tuple[bytes, dict]:
         """The canonical body of the tx recording ``event`` (node.ledger.tx.signable_body), not signed yet:
-        EventError, TokenizeError as event_to_tx raises them."""
+        EventError for an event the ledger's fields cannot hold, TokenizeError when the consortium's tokens
+        cannot be computed now."""
         fields = await event_fields(event, self.tokenizer, chain_id=self.genesis.chain_id,
                                     member=self.cfg.name, client=bytes(self.member_key.verify_key))
         try:
@@ -583,7 +571,7 @@ class Node:
         return warm(event, self.tokenizer)
 
     async def prefetch_tokens(self, event: dict) -> None:
-        """Compute (and cache) the consortium tokens `event` needs; raises what event_to_tx would."""
+        """Compute (and cache) the consortium tokens `event` needs; raises what own_body would."""
         await prefetch(event, self.tokenizer, chain_id=self.genesis.chain_id, member=self.cfg.name,
                        client=bytes(self.member_key.verify_key))
 
