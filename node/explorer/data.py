@@ -8,7 +8,6 @@ docs/PSEUDONYMS.md), and raw identifiers typed by the viewer are tokenized here 
 from __future__ import annotations
 
 import json
-import struct
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -196,12 +195,11 @@ def tx_detail(node, tx_hash: bytes) -> dict | None:
     if rec is None:
         return None
     height, index, raw = rec
-    fields, sig = stored_tx(raw)
-    proof = decode_tx(raw, verify=False).proof  # stored bytes passed decode_tx when executed
+    tx = decode_tx(raw, verify=False)  # stored bytes passed decode_tx when executed
+    fields, sig = tx.fields, tx.sig
     batch = None
-    if proof:
-        index, size = struct.unpack_from(">HH", proof)
-        batch = {"index": index, "size": size, "proof": proof.hex()}
+    if tx.proof:  # its place among the txs signed together, not in the block (that is `index`)
+        batch = {"index": int.from_bytes(tx.proof[:2], "big"), "size": tx.batch_size, "proof": tx.proof.hex()}
     shown = fields_json(fields)
     rows = [{"name": k, "value": _short(v), "token": k in TOKEN_FIELDS, "time": _explain(k, v)}
             for k, v in sorted(shown.items())]
