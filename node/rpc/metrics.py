@@ -106,6 +106,21 @@ class Metrics:
                "Frames not sent: the member's queue was full, or it had no session for over stale_after s.",
                [('{why="queue_full"}', net_stats.get("dropped_queue_full", 0)),
                 ('{why="peer_down"}', net_stats.get("dropped_peer_down", 0))])
+        metric("radchain_p2p_frames_total", "counter",
+               "Frames this node sent to and received from other members (consensus, gossip, requests).",
+               [('{direction="out"}', net_stats.get("frames_out", 0)), ('{direction="in"}', net_stats.get("frames_in", 0))])
+        metric("radchain_p2p_bytes_total", "counter", "Frame bytes sent to and received from other members.",
+               [('{direction="out"}', net_stats.get("bytes_out", 0)), ('{direction="in"}', net_stats.get("bytes_in", 0))])
+        metric("radchain_p2p_writes_total", "counter",
+               "Stream writes: frames queued for a member together go out in one write.", net_stats.get("writes", 0))
+        driver = getattr(node, "driver", None)
+        driver_stats = getattr(driver, "stats", {})
+        metric("radchain_consensus_events_total", "counter",
+               "Events the consensus driver fed to the replica (messages, timers, work and commits).",
+               driver_stats.get("events", 0))
+        metric("radchain_wal_records_total", "counter", "Consensus WAL records written.", driver_stats.get("wal_records", 0))
+        metric("radchain_wal_flushes_total", "counter", "Consensus WAL writes made durable (fsync when enabled).",
+               getattr(getattr(driver, "wal", None), "flushes", 0))
         scores = node.peer_scores.snapshot()
         names = {m.peer_id: m.name for m in node.genesis.members}
         metric("radchain_peer_misbehaviour_score", "gauge",

@@ -28,6 +28,7 @@ class WriteAheadLog:
         self.records: list[bytes] = self._read_and_repair()
         self._fh = open(self.path, "ab", buffering=0)
         self._pending: list[bytes] = []
+        self.flushes = 0  # writes made durable (one per driver group: /metrics radchain_wal_flushes_total)
 
     def _read_and_repair(self) -> list[bytes]:
         if not self.path.exists():
@@ -62,6 +63,7 @@ class WriteAheadLog:
         if self.fsync:
             self._fsync(start)
         self._pending.clear()
+        self.flushes += 1
 
     async def flush_async(self) -> None:
         """flush() with the fsync in a worker thread, so the node's other tasks run while the disk works.
@@ -72,6 +74,7 @@ class WriteAheadLog:
         if self.fsync:
             await trio.to_thread.run_sync(self._fsync, start)
         self._pending.clear()
+        self.flushes += 1
 
     def _write_pending(self) -> int:
         """Write the queued records whole, or not at all: on a full disk (a raw write may also come back

@@ -300,6 +300,14 @@ def test_reads_blocks_validators_peers_mempool_metrics(net):
                  "radchain_mempool_txs", "radchain_txs_committed_total", "radchain_syncing",
                  'radchain_commit_latency_seconds_bucket{le="+Inf"}', "radchain_commit_latency_seconds_count"):
         assert f"\n{name} " in "\n" + text, name
+    # the counters of what a block costs a node (docs/PERFORMANCE.md, "What a block costs"): a node that
+    # agreed blocks with its peers has sent and received frames and made WAL records durable
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if not line.startswith("#")}
+    assert values['radchain_p2p_frames_total{direction="out"}'] > 0 and values['radchain_p2p_frames_total{direction="in"}'] > 0
+    assert values['radchain_p2p_bytes_total{direction="in"}'] > values['radchain_p2p_frames_total{direction="in"}']
+    assert 0 < values["radchain_p2p_writes_total"] <= values['radchain_p2p_frames_total{direction="out"}']
+    assert values["radchain_consensus_events_total"] > 0
+    assert 0 < values["radchain_wal_flushes_total"] <= values["radchain_wal_records_total"]
     # node 0 took the submits above: its histogram has observations
     metrics0 = httpx.get(net.nodes[0].rpc + "/metrics", headers={"Authorization": f"Bearer {net.nodes[0].read_token}"}).text
     count = next(line for line in metrics0.splitlines() if line.startswith("radchain_commit_latency_seconds_count"))
