@@ -537,21 +537,6 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def block_cost(top: dict, half: dict) -> tuple[float, float] | None:
-    """(CPU us per tx, CPU ms per block) per node fitted to the two steps: cores = a * tx/s + b * blocks/s.
-    A block costs its consensus messages (~7 frames each way per node at n = 4), WAL flushes and its
-    execution whatever its size, and the eager pipeline makes more, smaller blocks as load falls, so at
-    half load a larger share of the CPU goes to blocks. None when the steps cannot tell the two apart."""
-    t1, b1, c1 = top["tx_per_s"], top["blocks"] / top["window_s"], _mean(top["cores"])
-    t2, b2, c2 = half["tx_per_s"], half["blocks"] / half["window_s"], _mean(half["cores"])
-    det = t1 * b2 - t2 * b1
-    if abs(det) < 1e-9 * max(1.0, t1 * b2):
-        return None
-    a = (c1 * b2 - c2 * b1) / det
-    b = (t1 * c2 - t2 * c1) / det
-    return a * 1e6, b * 1e3
-
-
 def ab_pairs(n: int, seconds: float, extra: dict, ab: dict) -> list[tuple[dict, dict]]:
     """A/B on one size: the baseline config, then this code, each on a fresh testnet, alternated for
     RADCHAIN_BENCH_AB_ROUNDS rounds (default 1), max load only. Prints each run and the ratios of each
@@ -695,12 +680,6 @@ def main() -> None:
     print(f"blocks: {blocks_s[0]:.0f}/s of {top['committed'] / max(1, top['blocks']):.0f} txs at max load, "
           f"{blocks_s[1]:.0f}/s of {half['committed'] / max(1, half['blocks']):.0f} txs at half load; cores per "
           f"node {_mean(top['cores']):.2f} and {_mean(half['cores']):.2f}")
-    fit = block_cost(top, half)
-    if fit is not None:
-        per_tx, per_block = fit
-        print(f"CPU per node fitted to the two steps: {per_tx:.0f} us per tx + {per_block:.2f} ms per block; "
-              f"blocks take {100 * per_block * blocks_s[1] / 1e3 / _mean(half['cores']):.0f} % of a node's CPU "
-              f"at half load, {100 * per_block * blocks_s[0] / 1e3 / _mean(top['cores']):.0f} % at max load")
 
     print(f"\n{'nodes':>5} {'tx/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/tx/node':>15} {'main thr us':>11} "
           f"{'wire B/tx/node':>14} {'cores/node':>10}")
