@@ -400,9 +400,9 @@ class Chain:
         # how an event submitted again finds the tx it got before (node.runtime.own_txs). Unset: no index.
         self.own_member: str | None = None
         self._own_seen: SeenFilter | None = None  # the O keys' digests (index_own_txs)
-        # (height, tx types in block order) of the block execute applied last: what commit-time observers
+        # (height, decoded txs in block order) of the block execute applied last: what commit-time observers
         # (node.runtime.oprf_resharing) read instead of fetching and decoding every tx from the store again.
-        self.last_executed: tuple[int, tuple[str, ...]] = (0, ())
+        self.last_executed: tuple[int, Sequence[Tx]] = (0, ())
 
     OWN_FILTER_BITS_LOG2 = 26  # 8 MiB: ~1 % false positives at 4 million own txs, ~6 % at 10 million
 
@@ -790,7 +790,7 @@ class Chain:
             self.state = self._load_state()  # in-memory registry may hold half a block; the store does not
             raise
         state.root = state_root
-        self.last_executed = (height, tuple(t.type for t in txs))
+        self.last_executed = (height, txs)
         verified = self._verified
         if verified:
             with self._verified_lock:

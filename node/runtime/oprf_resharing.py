@@ -111,10 +111,11 @@ class Resharer:
         try:
             # applied txs of this block only (a duplicate's status is DUPLICATE, its record the first
             # inclusion; a rejected one is not in the index start() reads either)
-            height, types = self.node.chain.last_executed
-            assert height == block.height and len(types) == len(block.tx_hashes), "not the block executed last"
-            dealings = [(i, h) for i, h in enumerate(block.tx_hashes)
-                        if types[i] == TYPE and block.statuses[i] == APPLIED]
+            height, txs = self.node.chain.last_executed
+            assert height == block.height and len(txs) == len(block.tx_hashes), "not the block executed last"
+            dealings = [(i, tx.hash) for i, tx in enumerate(txs) if tx.type == TYPE and block.statuses[i] == APPLIED]
+            assert all(h == block.tx_hashes[i] for i, h in dealings), "not the block executed last"
+
             # exactly the blocks start() advances past after a restart: the view's running maximum of block
             # times must not depend on whether this node saw the blocks live or replays them
             if self.view.feeds(bool(dealings)):
