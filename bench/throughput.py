@@ -29,7 +29,7 @@ RADCHAIN_BENCH_LATENCY_ONLY=<offered tx/s> runs only the half-load step at that 
 alone) on one testnet of the first size; with RADCHAIN_TRACE_LATENCY=1 the nodes' stage lines are printed.
 RADCHAIN_BENCH_TRIALS=<k> runs only the first size's max then half steps, on k fresh testnets one after the
 other, and says in how many the half-load goals held (the half step's tail differs from run to run: see
-docs/PERFORMANCE.md, "the half-load modes").
+docs/PERFORMANCE.md, "2026-12-03 evening").
 Default total: about 8 minutes on a quiet machine (6 testnet start-ups, 16 nodes the largest; 60 + 8 x 20 s
 of load, the drains).
 """
@@ -253,7 +253,7 @@ def run_step(net: LocalTestnet, rate: float | None, seconds: float, tag: str, pr
     per_tx = max(1, committed)
     lat = sorted(ms for _, ms in latencies)
     # The same calls by when they were answered: a step that slides from many small blocks into few large
-    # ones mid-way (docs/PERFORMANCE.md, the half-load modes) shows as a tail that grows window by window.
+    # ones mid-way (docs/PERFORMANCE.md, "2026-12-03 evening") shows as a tail that grows window by window.
     windows: dict[int, list[float]] = {}
     last = max(0, round((w1 - w0) / TAIL_WINDOW_S) - 1)  # a call answered after the window joins the last one
     for at, ms in latencies:
