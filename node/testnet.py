@@ -236,6 +236,19 @@ def free_base_port(count: int, host: str = "127.0.0.1", low: int = _TEST_PORT_LO
     raise RuntimeError("no free port range found")
 
 
+def log_tail(info: NodeInfo, lines: int = 40, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last `lines` lines of a node's log (HOME/node.log), read from at most its last `max_bytes`: what
+    a failed test shows of each node (tests/runtime/conftest.py). [] when the node never logged."""
+    path = info.home / "node.log"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            tail = f.read()
+    except FileNotFoundError:
+        return []
+    return tail.decode(errors="replace").splitlines()[-lines:]
+
+
 class LocalTestnet:
     """N real node processes on this machine: start, kill -9, restart, and RPC helpers."""
 

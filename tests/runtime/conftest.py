@@ -4,12 +4,36 @@ from __future__ import annotations
 
 import pytest
 
-from node.testnet import LocalTestnet
+from node.testnet import LocalTestnet, log_tail
+
+# What a failed test shows of each of its nodes' logs, in its failure report (so in CI's kept output too): a
+# test that fails once in many runs is explained by these lines or not at all.
+LOG_TAIL_LINES = 40
+LOG_LINE_CHARS = 400
+
+
+def node_log_tails(nets: list[LocalTestnet]) -> str:
+    out = []
+    for k, net in enumerate(nets):
+        for info in net.nodes:
+            out.append(f"--- testnet {k}, {info.name}: last lines of {info.home / 'node.log'}")
+            out.extend(line[:LOG_LINE_CHARS] for line in log_tail(info, LOG_TAIL_LINES))
+    return "\n".join(out)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    nets = getattr(item, "testnets", None)
+    if report.when == "call" and report.failed and nets:
+        report.sections.append(("Captured node logs", node_log_tails(nets)))
 
 
 @pytest.fixture
-def testnet(tmp_path):
+def testnet(tmp_path, request):
     nets: list[LocalTestnet] = []
+    request.node.testnets = nets
 
     def make(n: int = 4, **kwargs) -> LocalTestnet:
         net = LocalTestnet(tmp_path / f"net{len(nets)}", n, **kwargs)
