@@ -266,13 +266,14 @@ def run_step(net: LocalTestnet, rate: float | None, seconds: float, tag: str, pr
         "native_us_per_tx": [x * 1e6 / per_tx for x in native],
         "cores": [c / window for c in cpu], "wire_bytes_per_tx": [s / per_tx for s in sent],
         "p50_ms": statistics.median(lat) if lat else float("nan"),
-        "p99_ms": lat[int(0.99 * (len(lat) - 1))] if lat else float("nan"), "samples": len(lat),
+        "p99_ms": _pct(lat, 0.99) if lat else float("nan"), "samples": len(lat),
         "p50_p99_by_window": [(statistics.median(xs), _pct(sorted(xs), 0.99)) for _, xs in sorted(windows.items())],
     }
 
 
-def _pct(xs: list[float], q: float) -> float:
-    return xs[int(q * (len(xs) - 1))]
+def _pct(ordered: list[float], q: float) -> float:
+    """The q quantile of an already sorted, non-empty list (the nearest lower rank, as this bench always used)."""
+    return ordered[int(q * (len(ordered) - 1))]
 
 
 def _by_window(step: dict) -> str:
