@@ -236,17 +236,23 @@ def free_base_port(count: int, host: str = "127.0.0.1", low: int = _TEST_PORT_LO
     raise RuntimeError("no free port range found")
 
 
-def log_tail(info: NodeInfo, lines: int = 40, max_bytes: int = 64 * 1024) -> list[str]:
-    """The last `lines` lines of a node's log (HOME/node.log), read from at most its last `max_bytes`: what
-    a failed test shows of each node (tests/runtime/conftest.py). [] when the node never logged."""
-    path = info.home / "node.log"
+# What a failed test shows of each of its nodes' logs (tests/runtime/conftest.py).
+LOG_TAIL_LINES = 40
+
+
+def log_tail(info: NodeInfo, lines: int = LOG_TAIL_LINES, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last `lines` whole lines of a node's log (HOME/node.log), read from at most its last `max_bytes`;
+    [] when the node never logged."""
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
-            tail = f.read()
+        with open(info.home / "node.log", "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max_bytes))
+            tail = f.read().decode(errors="replace").splitlines()
     except FileNotFoundError:
         return []
-    return tail.decode(errors="replace").splitlines()[-lines:]
+    if size > max_bytes:
+        tail = tail[1:]  # the read began inside a line
+    return tail[-lines:]
 
 
 class LocalTestnet:

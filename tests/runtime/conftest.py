@@ -6,9 +6,8 @@ import pytest
 
 from node.testnet import LocalTestnet, log_tail
 
-# What a failed test shows of each of its nodes' logs, in its failure report (so in CI's kept output too): a
-# test that fails once in many runs is explained by these lines or not at all.
-LOG_TAIL_LINES = 40
+# A failed test shows the last lines of each of its nodes' logs in its failure report (so in CI's kept output
+# too): a test that fails once in many runs is explained by these lines or not at all.
 LOG_LINE_CHARS = 400
 
 
@@ -17,7 +16,7 @@ def node_log_tails(nets: list[LocalTestnet]) -> str:
     for k, net in enumerate(nets):
         for info in net.nodes:
             out.append(f"--- testnet {k}, {info.name}: last lines of {info.home / 'node.log'}")
-            out.extend(line[:LOG_LINE_CHARS] for line in log_tail(info, LOG_TAIL_LINES))
+            out.extend(line[:LOG_LINE_CHARS] for line in log_tail(info))
     return "\n".join(out)
 
 
