@@ -115,7 +115,6 @@ class Resharer:
             assert height == block.height and len(txs) == len(block.tx_hashes), "not the block executed last"
             dealings = [(i, tx.hash) for i, tx in enumerate(txs) if tx.type == TYPE and block.statuses[i] == APPLIED]
             assert all(h == block.tx_hashes[i] for i, h in dealings), "not the block executed last"
-
             # exactly the blocks start() advances past after a restart: the view's running maximum of block
             # times must not depend on whether this node saw the blocks live or replays them
             if self.view.feeds(bool(dealings)):
