@@ -396,6 +396,10 @@ class Chain:
         # Where a compact proposal's txs are found besides the verified cache and the store: the node's
         # mempool (tx hash -> wire bytes or None). Unset (offline tools): only the cache and the store.
         self.tx_source: Callable[[bytes], bytes | None] | None = None
+        # Called with a compact proposal's txs once it validated, before the vote on it can leave: the node
+        # puts the ones it holds in memory only on disk, since after a kill -9 the vote (in the WAL) relies
+        # on them. Raises ProposalError when it cannot (disk full). Unset (offline tools): nothing kept.
+        self.keep_txs: Callable[[list[Tx]], None] | None = None
         # The member this node signs for: execute indexes that member's txs by body (Store.own_tx), which is
         # how an event submitted again finds the tx it got before (node.runtime.own_txs). Unset: no index.
         self.own_member: str | None = None
@@ -681,6 +685,8 @@ class Chain:
                     check_evidence_tx(f, epoch.chain_id, epoch.pubkeys)
                 except TxError as exc:
                     raise ProposalError(f"tx {i}: {exc}") from None
+        if self.keep_txs is not None and is_compact_payload(payload):
+            self.keep_txs(txs)
         props = self._proposals
         if len(props) >= self.PROPOSAL_CACHE:
             del props[next(iter(props))]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import msgpack
 import trio
 
-from node.ledger.chain import Chain, TxNotAuthorised
+from node.ledger.chain import Chain, ProposalError, TxNotAuthorised
 from node.ledger.sigbatch import verify_txs
 from node.ledger.tx import MAX_TX_BYTES, Tx, TxError, decode_tx
 from node.runtime import peerscore
@@ -236,7 +236,9 @@ class TxGossip:
         if not items:
             return
         try:
-            fresh = self.mempool.add_many(items, time.monotonic())
+            # In memory only: the origin persisted these before acknowledging them (node.runtime.mempool); a
+            # compact proposal naming them puts them on disk before this node votes (Node._keep_txs).
+            fresh = self.mempool.add_many(items, time.monotonic(), durable=False)
         except MempoolFull:
             self.stats["txs_refused"] += len(items)
             return  # the origin keeps them and re-gossips later
@@ -245,6 +247,18 @@ class TxGossip:
             self._on_admitted()
 
     # ------------------------------------------------------------------ compact proposals: tx fetch
+    def keep_for_vote(self, txs: list[Tx]) -> None:
+        """Chain.keep_txs: a compact proposal this node is about to vote on names these txs. Gossip left them
+        in memory only, and after a kill -9 the vote in the WAL relies on holding them: on disk now. A tx
+        committed before (a duplicate the block will mark so) is in the store already and stays out of
+        the mempool. Raises ProposalError when the disk is full: no vote this node could not honour."""
+        committed = self.chain.store.has_tx
+        try:
+            self.mempool.add_many([(tx.hash, tx.raw) for tx in txs if not committed(tx.hash)], time.monotonic(),
+                                  force=True)
+        except MempoolFull as exc:
+            raise ProposalError(f"cannot keep the proposal's txs: {exc}") from None
+
     async def serve_fetch(self, peer: str, data: bytes) -> bytes:
         """A member asks for txs by hash (it lacks them to validate our proposal): the ones this node holds,
         in the order asked, within MAX_FETCH_ANSWER_BYTES. Unknown hashes are left out, not an error (a tx that

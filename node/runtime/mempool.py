@@ -1,5 +1,12 @@
 """Pending transactions: deduplicated, bounded, persisted before a submitter is told "pending".
 
+Only what this node acknowledges or votes on is written to disk: its own clients' txs, and the txs a
+compact proposal names (fetched, or held from gossip) before this node votes on it, since after a kill -9 the
+vote relies on them. Otherwise gossip's txs are held in memory: their origin persisted them before
+acknowledging and resends whatever has not committed to each peer it (re)connects to, so a copy on every
+member's disk would be three more LevelDB writes and deletes (and their compaction) per tx for no guarantee
+the origin lacks.
+
 A tx leaves the mempool only when a committed block carries it. The primary marks the txs it proposes as
 in flight so the next height does not propose them again; a view change releases them.
 
@@ -67,6 +74,7 @@ class Mempool:
         # hash -> when first admitted, in admission order; unlike _txs never re-ordered by touch(), so the
         # oldest tx a primary leaves out stays the oldest (consensus' per-request timer, WorkPending.oldest)
         self._arrival: OrderedDict[bytes, float] = OrderedDict()
+        self._on_disk: set[bytes] = set()  # the held txs written to the mempool's LevelDB (durable admissions)
         self._db = None
         self._path = path
         self.guard: DiskGuard | None = None  # set by the node: a full disk refuses admission until it clears
@@ -85,6 +93,7 @@ class Mempool:
             else:
                 self._txs[h] = (raw, now)
                 self._arrival[h] = now
+                self._on_disk.add(h)
         if gone:
             with self._db.write_batch() as batch:
                 for h in gone:
@@ -105,29 +114,38 @@ class Mempool:
         entry = self._txs.get(tx_hash)
         return entry[0] if entry else None
 
-    def add_many(self, items: list[tuple[bytes, bytes]], now: float, *, force: bool = False) -> list[bytes]:
-        """Admit (hash, raw) pairs not already held; returns the hashes that were new. Durable on return.
+    def add_many(self, items: list[tuple[bytes, bytes]], now: float, *, force: bool = False,
+                 durable: bool = True) -> list[bytes]:
+        """Admit (hash, raw) pairs not already held; returns the hashes that were new.
+        `durable`: on disk on return, including txs already held in memory only (a client submitting a
+        tx that gossip brought is acknowledged, so it must survive a restart here); gossip passes False.
         `force`: past `max_txs` (txs fetched for a proposal this node is about to validate: bounded by the
         proposals in flight, and they leave when their block commits)."""
         # One entry per hash: a tx repeated within the batch is admitted (and counted against max_txs) once.
-        fresh = list({h: raw for h, raw in items if h not in self._txs}.items())
-        if not fresh:
+        unique = {h: raw for h, raw in items}
+        held = self._txs
+        fresh = [(h, raw) for h, raw in unique.items() if h not in held]
+        on_disk = self._on_disk
+        writes = ([(h, raw) for h, raw in unique.items() if h not in on_disk]
+                  if durable and self._db is not None else [])
+        if not fresh and not writes:
             return []
-        if not force and len(self._txs) + len(fresh) > self.max_txs:
-            raise MempoolFull(f"mempool holds {len(self._txs)} of {self.max_txs} txs")
-        if self._db is not None:
+        if fresh and not force and len(held) + len(fresh) > self.max_txs:
+            raise MempoolFull(f"mempool holds {len(held)} of {self.max_txs} txs")
+        if writes:
             if self.guard is not None and self.guard.full:
                 raise self.disk_full(None)
             try:
                 with self._db.write_batch() as batch:
-                    for h, raw in fresh:
+                    for h, raw in writes:
                         batch.put(h, raw)
             except (plyvel.Error, OSError) as exc:
                 if not is_disk_full(exc):
                     raise
                 raise self.disk_full(exc) from None
+            on_disk.update(h for h, _ in writes)
         for h, raw in fresh:
-            self._txs[h] = (raw, now)
+            held[h] = (raw, now)
             self._arrival[h] = now
         return [h for h, _ in fresh]
 
@@ -160,10 +178,13 @@ class Mempool:
             del self._arrival[h]
         for h in hashes:
             self._in_flight.pop(h, None)
-        if self._db is not None and removed:
+        on_disk = self._on_disk
+        written = [h for h in removed if h in on_disk]
+        if self._db is not None and written:
+            on_disk.difference_update(written)
             try:
                 with self._db.write_batch() as batch:
-                    for h in removed:
+                    for h in written:
                         batch.delete(h)
             except (plyvel.Error, OSError) as exc:
                 # Safe to go on: restore() drops whatever committed meanwhile, so a stale entry is harmless.

@@ -168,6 +168,7 @@ class Node:
                                    on_admitted=self.driver.mempool_changed, scores=self.peer_scores,
                                    send=self.net.send)
             self.net.on_peer_up = self.gossip.on_peer_up
+            self.chain.keep_txs = self.gossip.keep_for_vote
             self.chain.tx_source = self.mempool.get  # compact proposals name txs the mempool holds
             self.sync = BlockSync(self.net, self.chain, self.driver, list(self.peer_ids), scores=self.peer_scores)
             self.sync.report = lambda: {"view": self.replica.view, "mempool": len(self.mempool),

@@ -34,6 +34,7 @@ from node.runtime.gossip import (  # noqa: E402
     decode_fetch_request,
     encode_fetch_request,
 )
+from node.runtime.diskspace import DiskGuard  # noqa: E402
 from node.runtime.mempool import Mempool  # noqa: E402
 from node.runtime.peerscore import PeerScores  # noqa: E402
 from node.runtime.settings import MempoolConfig  # noqa: E402
@@ -47,6 +48,7 @@ class Member:
         self.chain.tx_source = self.mempool.get
         self.gossip = TxGossip(lambda ch, data: 3, self.chain, self.mempool, MempoolConfig(),
                                on_admitted=lambda: None, scores=PeerScores(log_interval=10.0))
+        self.chain.keep_txs = self.gossip.keep_for_vote  # as node.runtime.node wires it
 
     def close(self):
         self.mempool.close()
@@ -251,3 +253,45 @@ def test_flush_now_sends_the_outbox_at_once_in_bounded_batches(c, tmp_path):
     m.gossip.flush_now()
     assert len(sent) == 3  # nothing twice
     m.close()
+
+
+def test_gossip_copies_stay_in_memory_until_a_compact_proposal_names_them_then_survive_a_restart(c, pair, tmp_path):
+    a, b = pair
+    committed = c.tx(3)
+    for m in (a, b):
+        c.commit(m.chain, [committed])
+    raws = [c.tx(i % 3) for i in range(6)]
+    a.mempool.add_many(items(raws), 0.0)
+    b.gossip.on_batch("peer-a", msgpack.packb(raws + [committed], use_bin_type=True))
+    assert all(tx_hash(r) in b.mempool for r in raws) and tx_hash(committed) not in b.mempool
+
+    def restart(m: Member) -> int:
+        m.mempool.close()
+        m.mempool = m.gossip.mempool = Mempool(m.mempool._path, 1000)
+        m.chain.tx_source = m.mempool.get
+        return m.mempool.restore(m.store.has_tx, 0.0)
+
+    assert restart(b) == 0  # gossip's copies were never written: the origin A holds them on disk
+    b.gossip.on_batch("peer-a", msgpack.packb(raws, use_bin_type=True))
+    compact = a.chain.build_compact_proposal(2, 0, T0, raws[:4] + [committed])
+    assert b.chain.validate(2, compact)
+    assert tx_hash(committed) not in b.mempool  # in the store: the mempool would propose it again
+    # B's vote on it would now be in its WAL: after a kill -9 it still holds the 4 txs the vote relies on,
+    # and not the ones no proposal named
+    assert restart(b) == 4
+    assert b.chain.missing_txs(compact) == []
+    assert tx_hash(raws[5]) not in b.mempool
+
+
+def test_a_replica_that_cannot_keep_a_compact_proposals_txs_does_not_vote_for_it(c, pair, tmp_path):
+    a, b = pair
+    raws = [c.tx(i % 3) for i in range(4)]
+    b.gossip.on_batch("peer-a", msgpack.packb(raws, use_bin_type=True))
+    b.mempool.guard = DiskGuard(tmp_path)
+    b.mempool.guard.full = True  # what a failed write leaves until space returns
+    compact = a.chain.build_compact_proposal(1, 0, T0, raws)
+    with pytest.raises(ProposalError, match="cannot keep"):
+        b.chain.validate_proposal(1, compact)
+    assert not b.chain.validate(1, compact)
+    b.mempool.guard.full = False
+    assert b.chain.validate(1, compact)

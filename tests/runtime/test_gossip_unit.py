@@ -101,10 +101,38 @@ async def test_admitted_txs_reach_the_other_member_once_in_bounded_batches(c, me
         b.gossip.on_batch("peer-a", f)
     assert all(tx_hash(r) in b.mempool for r in raws) and len(b.mempool) == 10
     assert b.gossip.stats["txs_admitted"] == 10 and b.admitted == len(a.frames)
-    # B restarts: what it admitted from gossip was persisted before it was counted
+    # Both restart: the origin A acknowledged these to its client, so its disk holds them; B holds its gossip
+    # copies in memory only (A resends its pending txs to every peer on connect, the next test)
+    for m in (a, b):
+        m.mempool.close()
+        m.mempool = Mempool(m.mempool._path, 1000)
+    assert a.mempool.restore(lambda h: False, now=0.0) == 10
+    assert b.mempool.restore(lambda h: False, now=0.0) == 0
+
+
+def test_a_restarted_origin_resends_what_it_acknowledged_and_a_client_copy_of_a_gossip_tx_is_persisted(c, members):
+    a, b = members("a"), members("b")
+    raws = [c.tx(i) for i in range(3)]
+    a.gossip.admit(items(raws))
+    b.gossip.on_batch("peer-a", msgpack.packb(raws, use_bin_type=True))
+    # A's client resubmits one of them to B (say A stopped answering): B acknowledges it, so it goes to disk
+    assert b.gossip.admit(items(raws[:1])) == []  # already held: not gossiped again
+    a.mempool.close(), b.mempool.close()
+    a.mempool, b.mempool = Mempool(a.mempool._path, 1000), Mempool(b.mempool._path, 1000)
+    assert b.mempool.restore(lambda h: False, now=0.0) == 1 and tx_hash(raws[0]) in b.mempool
+    assert a.mempool.restore(lambda h: False, now=0.0) == 3
+    fresh_b = members("b2")  # a member that lost its memory copy: A's reconnect brings every tx back
+    a.gossip.mempool = a.mempool
+    a.gossip.on_peer_up("peer-b")
+    for peer, frame in a.sent_to:
+        assert peer == "peer-b"
+        fresh_b.gossip.on_batch("peer-a", frame)
+    assert sorted(fresh_b.mempool.raws()) == sorted(items(raws))
+    # committed txs leave the disk too, including the one B persisted after holding it in memory
+    b.mempool.remove([tx_hash(r) for r in raws], now=1.0)
     b.mempool.close()
     b.mempool = Mempool(b.mempool._path, 1000)
-    assert b.mempool.restore(lambda h: False, now=0.0) == 10
+    assert b.mempool.restore(lambda h: False, now=2.0) == 0
 
 
 def test_a_batch_of_known_committed_and_repeated_txs_admits_only_the_new_one(c, members):
