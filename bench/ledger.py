@@ -72,7 +72,7 @@ class RawPipeline:
 
     def __init__(self, path: str, sync: bool):
         self.db = plyvel.DB(path, create_if_missing=True, bloom_filter_bits=10, write_buffer_size=32 << 20,
-                            lru_cache_size=64 << 20)
+                            lru_cache_size=64 << 20, compression=None)  # the chain store's options
         self.sync = sync
         self.keys: dict[bytes, VerifyKey] = {}
 

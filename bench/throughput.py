@@ -271,6 +271,11 @@ def run_step(net: LocalTestnet, rate: float | None, seconds: float, tag: str, pr
     }
 
 
+def store_bytes(path: Path) -> int:
+    """Bytes of a LevelDB directory's files as they stand (its log and level-0 tables included)."""
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
 def _pct(ordered: list[float], q: float) -> float:
     """The q quantile of an already sorted, non-empty list (the nearest lower rank, as this bench always used)."""
     return ordered[int(q * (len(ordered) - 1))]
@@ -307,6 +312,8 @@ def measure_size(n: int, max_seconds: float, half_seconds: float, extra: dict) -
             net.wait_ready(timeout=120)
             warm_token_caches(net)  # a fresh identifier is an OPRF round (bench.pseudonyms measures those)
             top = run_step(net, None, max_seconds, f"n{n}max")
+            top["store_bytes_per_tx"] = store_bytes(net.nodes[0].home / "data" / "chain") / max(
+                1, _txs_between(net, 0, net.height(0)))
             half = run_step(net, top["tx_per_s"] / 2, half_seconds, f"n{n}half", probes=PROBES) if half_seconds else None
         finally:
             net.stop_all()
@@ -715,6 +722,8 @@ def main() -> None:
         bound = min(1e6 / main_us if main_us else float("inf"), cores * 1e6 / cpu)
         print(f"projection, one node per machine with {cores} cores (CPU bound only: the event loop thread "
               f"at {main_us:.0f} us/tx, all threads at {cpu:.0f} us/tx): {bound:,.0f} tx/s")
+    print(f"chain store on disk after the max step: {top['store_bytes_per_tx']:.0f} bytes per tx (node 0's "
+          "LevelDB files as they stand, uncompacted log and level-0 tables included)")
     half = first["half"]
     print(f"submit -> commit at half load ({half['tx_per_s']:.0f} tx/s committed, {half['samples']} commit-mode "
           f"calls): p50 {half['p50_ms']:.0f} ms (goal 100: {half['p50_ms'] / 100:.2f}x), "

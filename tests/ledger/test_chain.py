@@ -193,6 +193,28 @@ def test_reopen_restores_head_and_state(consortium, tmp_path):
         Chain(other.genesis, Store(tmp_path / "db"))
 
 
+def test_a_store_written_with_snappy_compression_opens_and_grows(consortium, tmp_path):
+    """Stores before 2026-12-03 were written compressed (LevelDB's default); the store now writes
+    uncompressed tables, and an upgraded node must read its old ones and go on."""
+    import plyvel
+
+    c = consortium
+    s = Store(tmp_path / "db")
+    first = [c.tx(i) for i in range(4)]
+    c.commit(Chain(c.genesis, s), first)
+    s.close()
+    old = plyvel.DB(str(tmp_path / "db"), compression="snappy")
+    old.compact_range()  # every table rewritten by the old code's options
+    old.close()
+    s = Store(tmp_path / "db")
+    ch = Chain(c.genesis, s)
+    assert s.height == 1 and [s.get_tx(tx_hash(r))[2] for r in first] == first
+    c.commit(ch, [c.tx(0)])
+    s.db.compact_range()
+    assert s.height == 2 and s.get_tx(tx_hash(first[0]))[2] == first[0]
+    s.close()
+
+
 def test_store_payload_round_trip_for_sync(consortium, chain, store, tmp_path):
     c = consortium
     txs = [c.tx(i % 4) for i in range(7)]
