@@ -26,6 +26,7 @@ from node.ledger.chain import Chain, ProposalError  # noqa: E402
 from node.ledger.merkle import merkle_root  # noqa: E402
 from node.ledger.store import Store  # noqa: E402
 from node.ledger.tx import tx_hash  # noqa: E402
+from node.runtime.diskspace import DiskGuard  # noqa: E402
 from node.runtime.gossip import (  # noqa: E402
     FETCH_CHANNEL,
     MAX_FETCH_TXS,
@@ -34,7 +35,6 @@ from node.runtime.gossip import (  # noqa: E402
     decode_fetch_request,
     encode_fetch_request,
 )
-from node.runtime.diskspace import DiskGuard  # noqa: E402
 from node.runtime.mempool import Mempool  # noqa: E402
 from node.runtime.peerscore import PeerScores  # noqa: E402
 from node.runtime.settings import MempoolConfig  # noqa: E402
