@@ -91,12 +91,27 @@ def _views(net: LocalTestnet) -> list[int]:
     return [net.rpc(i, "status", timeout=10)["view"] for i in range(len(net.nodes))]
 
 
+def _triggers(net: LocalTestnet) -> list[dict[str, float]]:
+    """Each node's radchain_view_change_triggers_total counters, by trigger label (node.rpc.metrics)."""
+    return [net.metrics(i, "radchain_view_change_triggers_total") for i in range(len(net.nodes))]
+
+
+def _trigger_delta(before: list[dict], after: list[dict]) -> str:
+    """What moved the replicas towards a view change in a phase, per node: '' when nothing did."""
+    parts = []
+    for i, (a, b) in enumerate(zip(before, after, strict=True)):
+        moved = {k.split('"')[1]: int(v - a.get(k, 0)) for k, v in b.items() if v > a.get(k, 0)}  # {trigger="x"}
+        if moved:
+            parts.append(f"node {i} " + ", ".join(f"{k} {n}" for k, n in sorted(moved.items())))
+    return "; ".join(parts)
+
+
 def run_phase(net: LocalTestnet, rate: float | None, seconds: float, honour: bool, tag: str) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     barrier = ctx.Barrier(CLIENTS + 1)
     per_client = rate / CLIENTS if rate else None
-    views0 = _views(net)
+    views0, triggers0 = _views(net), _triggers(net)
     height = net.height(0)
     clients = [ctx.Process(target=_client, args=(net.nodes[i % len(net.nodes)].rpc, net.nodes[i % len(net.nodes)].token,
                                                  per_client, seconds, honour, f"{tag}c{i}", queue, barrier))
@@ -135,7 +150,7 @@ def run_phase(net: LocalTestnet, rate: float | None, seconds: float, honour: boo
         time.sleep(0.02)
     for c in clients:
         c.join(timeout=10)
-    views1 = _views(net)
+    views1, triggers1 = _views(net), _triggers(net)
     sent = {k: v for r in results for k, v in r["sent"].items()}
     latencies = sorted((seen[k] - v) * 1000 for k, v in sent.items() if k in seen)
     steady = [n for at, n in block_seen if t0 + WARMUP <= at <= t0 + seconds]
@@ -159,6 +174,7 @@ def run_phase(net: LocalTestnet, rate: float | None, seconds: float, honour: boo
         "refused_within_100ms": sum(1 for ms in refused_ms if ms <= 100) / len(refused_ms) if refused_ms else 1.0,
         "errors": [e for r in results for e in r["errors"]],
         "view_changes": max(b - a for a, b in zip(views0, views1, strict=True)),
+        "triggers": _trigger_delta(triggers0, triggers1),
         "mempool": [net.rpc(i, "status")["mempool"] for i in range(len(net.nodes))],
         "admit_p50_ms": statistics.median(accepted_ms) if accepted_ms else float("nan"),
         "admit_p99_ms": accepted_ms[int(0.99 * (len(accepted_ms) - 1))] if accepted_ms else float("nan"),
@@ -200,6 +216,9 @@ def main() -> None:
         print(_row("peak" if r is peak else "step", r))
     print(_row("overload", over))
     for name, r in [("step", s) for s in steps] + [("overload", over)]:
+        if r["triggers"]:  # a view change (or a replica moving towards one): what set it off, per node
+            offered = "max" if r["offered"] is None else f"{r['offered']:.0f}"
+            print(f"{name} {offered}: view change triggers: {r['triggers']}")
         if r["errors"]:
             print(f"{name}: {len(r['errors'])} errors other than retry refusals, first: {r['errors'][0]}")
     ratio = over["tx_per_s"] / peak["tx_per_s"] if peak["tx_per_s"] else float("nan")

@@ -289,6 +289,19 @@ class LocalTestnet:
             raise RuntimeError(f"{info.name} {method}: {reply['error']}")
         return reply["result"]
 
+    def metrics(self, i: int, name: str, timeout: float = 10.0) -> dict[str, float]:
+        """Node i's /metrics samples of metric `name`, by label set ('' when it has none), e.g.
+        metrics(0, "radchain_view_change_triggers_total")['{trigger="request_timeout"}']."""
+        info = self.nodes[i]
+        text = httpx.get(info.rpc + "/metrics", headers={"Authorization": f"Bearer {info.read_token}"},
+                         timeout=timeout, verify=shared_tls_context()).text
+        out = {}
+        for line in text.splitlines():
+            series, _, value = line.rpartition(" ")
+            if series == name or series.startswith(name + "{"):
+                out[series[len(name):]] = float(value)
+        return out
+
     def wait_ready(self, indexes=None, timeout: float = 60.0) -> None:
         chosen = [self.nodes[i] for i in (indexes if indexes is not None else range(len(self.nodes)))]
         wait_ready(chosen, timeout=timeout)

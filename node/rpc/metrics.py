@@ -14,6 +14,11 @@ from collections import Counter, OrderedDict
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TRACK_SUBMITTED = 100_000  # txs whose submission time is remembered for the histogram
 
+# /metrics label -> the replica's stats counter (consensus.replica, consensus.fairness, consensus.viewchange)
+VIEW_CHANGE_TRIGGERS = (("progress_timeout", "progress_timeout"), ("request_timeout", "request_timeout"),
+                        ("throughput_floor", "throughput_floor"), ("view_change_timeout", "view_change_timeout"),
+                        ("complaints", "complaint_view_changes"))
+
 
 class Histogram:
     def __init__(self, buckets: tuple[float, ...]):
@@ -97,6 +102,12 @@ class Metrics:
         metric("radchain_view", "gauge", "Current PBFT view.", status["view"])
         metric("radchain_view_changes_total", "counter", "View changes this replica started.",
                replica_stats.get("view_changes", 0))
+        metric("radchain_view_change_triggers_total", "counter",
+               "Why this replica moved towards a view change: nothing committed while work waited "
+               "(progress_timeout), a tx held too long unproposed (request_timeout), a primary delivering "
+               "under the throughput floor (throughput_floor), a view change that found no NEW-VIEW in time "
+               "(view_change_timeout), f+1 complaints (complaints).",
+               [(f'{{trigger="{name}"}}', replica_stats.get(key, 0)) for name, key in VIEW_CHANGE_TRIGGERS])
         metric("radchain_peers", "gauge", "Members connected to this node.", status["peers"])
         net_stats = getattr(node.net, "stats", {})
         metric("radchain_p2p_rejected_handshakes_total", "counter",

@@ -307,6 +307,11 @@ def test_reads_blocks_validators_peers_mempool_metrics(net):
     assert values['radchain_p2p_bytes_total{direction="in"}'] > values['radchain_p2p_frames_total{direction="in"}']
     assert 0 < values["radchain_p2p_writes_total"] <= values['radchain_p2p_frames_total{direction="out"}']
     assert values["radchain_consensus_events_total"] > 0
+    # every view-change trigger is exposed (tests/runtime/test_agreement.py sees one move when a primary dies)
+    triggers = {k: v for k, v in values.items() if k.startswith("radchain_view_change_triggers_total")}
+    assert sorted(triggers) == sorted(f'radchain_view_change_triggers_total{{trigger="{t}"}}' for t in (
+        "progress_timeout", "request_timeout", "throughput_floor", "view_change_timeout", "complaints"))
+    assert all(v >= 0 and v == int(v) for v in triggers.values())
     assert 0 < values["radchain_wal_flushes_total"] <= values["radchain_wal_records_total"]
     # node 0 took the submits above: its histogram has observations
     metrics0 = httpx.get(net.nodes[0].rpc + "/metrics", headers={"Authorization": f"Bearer {net.nodes[0].read_token}"}).text

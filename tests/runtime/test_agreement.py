@@ -68,6 +68,9 @@ def test_kill_9_one_node_others_continue_and_it_catches_up(testnet, victim):
     for i in alive:
         net.wait_until(lambda i=i: committed_on(net, i, during), 90,
                        f"txs committed on node {i} with node {dead} ({victim}) dead")
+    if victim == "primary":  # /metrics says why the survivors replaced it: work waited, nothing committed
+        fired = [net.metrics(i, "radchain_view_change_triggers_total") for i in alive]
+        assert sum(t['{trigger="progress_timeout"}'] + t['{trigger="request_timeout"}'] for t in fired) >= 1, fired
 
     net.start(dead)
     net.wait_ready([dead])
