@@ -160,8 +160,8 @@ class Store:
             # bloom filter: has_tx() of a new tx is a miss, answered without reading a table block.
             # Uncompressed: Snappy cost LevelDB's compaction thread 10 us per tx at full load (15 against 5
             # us, about a tenth of a node's CPU per tx) for 28 % less disk, 474 against 660 bytes per tx
-            # (docs/PERFORMANCE.md, "Compression off"). Stores written compressed open as they are: LevelDB
-            # marks each block's compression.
+            # (docs/PERFORMANCE.md, "2026-12-03 late evening"). Stores written compressed open as they are:
+            # LevelDB marks each block's compression.
             self._db = plyvel.DB(self.path, create_if_missing=create, bloom_filter_bits=10, compression=None,
                                  write_buffer_size=32 << 20, lru_cache_size=64 << 20)
         except plyvel.IOError as exc:
