@@ -92,15 +92,24 @@ def _views(net: LocalTestnet) -> list[int]:
 
 
 def _triggers(net: LocalTestnet) -> list[dict[str, float]]:
-    """Each node's radchain_view_change_triggers_total counters, by trigger label (node.rpc.metrics)."""
-    return [net.metrics(i, "radchain_view_change_triggers_total") for i in range(len(net.nodes))]
+    """Per node, from node.rpc.metrics: what moved its replica towards a view change (by trigger), the frames
+    it could not send (lost votes stall a replica) and its WAL fsyncs over a second (a vote waits for one)."""
+    out = []
+    for i in range(len(net.nodes)):
+        counts = {k.split('"')[1]: v for k, v in net.metrics(i, "radchain_view_change_triggers_total").items()}
+        counts.update({"dropped " + k.split('"')[1]: v
+                       for k, v in net.metrics(i, "radchain_p2p_dropped_frames_total").items()})
+        fsync = net.metrics(i, "radchain_wal_fsync_seconds_bucket")
+        counts["WAL fsyncs over 1 s"] = fsync.get('{le="+Inf"}', 0) - fsync.get('{le="1"}', 0)
+        out.append(counts)
+    return out
 
 
 def _trigger_delta(before: list[dict], after: list[dict]) -> str:
-    """What moved the replicas towards a view change in a phase, per node: '' when nothing did."""
+    """What moved in a phase, per node: '' when nothing did."""
     parts = []
     for i, (a, b) in enumerate(zip(before, after, strict=True)):
-        moved = {k.split('"')[1]: int(v - a.get(k, 0)) for k, v in b.items() if v > a.get(k, 0)}  # {trigger="x"}
+        moved = {k: int(v - a.get(k, 0)) for k, v in b.items() if v > a.get(k, 0)}
         if moved:
             parts.append(f"node {i} " + ", ".join(f"{k} {n}" for k, n in sorted(moved.items())))
     return "; ".join(parts)
@@ -218,7 +227,7 @@ def main() -> None:
     for name, r in [("step", s) for s in steps] + [("overload", over)]:
         if r["triggers"]:  # a view change (or a replica moving towards one): what set it off, per node
             offered = "max" if r["offered"] is None else f"{r['offered']:.0f}"
-            print(f"{name} {offered}: view change triggers: {r['triggers']}")
+            print(f"{name} {offered}: view change triggers, lost frames, slow fsyncs: {r['triggers']}")
         if r["errors"]:
             print(f"{name}: {len(r['errors'])} errors other than retry refusals, first: {r['errors'][0]}")
     ratio = over["tx_per_s"] / peak["tx_per_s"] if peak["tx_per_s"] else float("nan")

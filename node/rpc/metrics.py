@@ -132,6 +132,11 @@ class Metrics:
         metric("radchain_wal_records_total", "counter", "Consensus WAL records written.", driver_stats.get("wal_records", 0))
         metric("radchain_wal_flushes_total", "counter", "Consensus WAL writes made durable (fsync when enabled).",
                getattr(getattr(driver, "wal", None), "flushes", 0))
+        fsyncs = getattr(getattr(driver, "wal", None), "fsync_seconds", None)
+        if fsyncs is not None:
+            out.append("# HELP radchain_wal_fsync_seconds How long each consensus WAL fsync took (a vote waits for it).")
+            out.append("# TYPE radchain_wal_fsync_seconds histogram")
+            out.extend(fsyncs.lines("radchain_wal_fsync_seconds"))
         scores = node.peer_scores.snapshot()
         names = {m.peer_id: m.name for m in node.genesis.members}
         metric("radchain_peer_misbehaviour_score", "gauge",

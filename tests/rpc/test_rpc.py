@@ -313,6 +313,11 @@ def test_reads_blocks_validators_peers_mempool_metrics(net):
         "progress_timeout", "request_timeout", "throughput_floor", "view_change_timeout", "complaints"))
     assert all(v >= 0 and v == int(v) for v in triggers.values())
     assert 0 < values["radchain_wal_flushes_total"] <= values["radchain_wal_records_total"]
+    # every durable flush fsynced once, and the histogram's buckets add up
+    fsyncs = values["radchain_wal_fsync_seconds_count"]
+    assert fsyncs == values['radchain_wal_fsync_seconds_bucket{le="+Inf"}'] > 0
+    assert fsyncs <= values["radchain_wal_flushes_total"] and values["radchain_wal_fsync_seconds_sum"] > 0
+    assert values['radchain_wal_fsync_seconds_bucket{le="0.001"}'] <= values['radchain_wal_fsync_seconds_bucket{le="5"}'] <= fsyncs
     # node 0 took the submits above: its histogram has observations
     metrics0 = httpx.get(net.nodes[0].rpc + "/metrics", headers={"Authorization": f"Bearer {net.nodes[0].read_token}"}).text
     count = next(line for line in metrics0.splitlines() if line.startswith("radchain_commit_latency_seconds_count"))
