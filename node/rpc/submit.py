@@ -111,7 +111,7 @@ class Admission:
         found = node.chain.committed_tx(h)
         if found is not None:
             return committed_answer(node, h, found[0])
-        if h in node.mempool:
+        if node.mempool.durable(h):  # a gossip copy held in memory only goes through the queue: written first
             return _ids(h, status="pending")
         if node.disk.full:
             exc = node.disk.refusal()

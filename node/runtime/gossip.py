@@ -252,11 +252,14 @@ class TxGossip:
         in memory only, and after a kill -9 the vote in the WAL relies on holding them: on disk now. A tx
         committed before (a duplicate the block will mark so) is in the store already and stays out of
         the mempool. Raises ProposalError when the disk is full: no vote this node could not honour."""
-        committed = self.chain.store.has_tx
+        durable, committed = self.mempool.durable, self.chain.has_committed  # the seen filter spares LevelDB
         try:
-            self.mempool.add_many([(tx.hash, tx.raw) for tx in txs if not committed(tx.hash)], time.monotonic(),
-                                  force=True)
+            self.mempool.add_many([(tx.hash, tx.raw) for tx in txs if not durable(tx.hash) and not committed(tx.hash)],
+                                  time.monotonic(), force=True)
         except MempoolFull as exc:
+            raise ProposalError(f"cannot keep the proposal's txs: {exc}") from None
+        except Exception as exc:  # LevelDB failing otherwise: said here, since the replica only counts it
+            log.error("cannot keep the txs of a compact proposal, so no vote on it: %s", exc, exc_info=exc)
             raise ProposalError(f"cannot keep the proposal's txs: {exc}") from None
 
     async def serve_fetch(self, peer: str, data: bytes) -> bytes:

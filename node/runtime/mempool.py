@@ -149,6 +149,15 @@ class Mempool:
             self._arrival[h] = now
         return [h for h, _ in fresh]
 
+    def durable(self, tx_hash: bytes) -> bool:
+        """Whether this node holds the tx on disk (not only in memory, as gossip's copies are)."""
+        return tx_hash in self._on_disk
+
+    def unmark(self, hashes) -> None:
+        """Take txs out of flight again (a proposal built from them was not sent)."""
+        for h in hashes:
+            self._in_flight.pop(h, None)
+
     def take_for_proposal(self, max_txs: int, height: int) -> list[bytes]:
         """Txs held longest (first admission, which re-gossip does not reset) not already in flight; marks
         them in flight at `height`. First-admission order is what the per-request timers watch, so an

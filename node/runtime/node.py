@@ -26,6 +26,7 @@ from node.ledger.epochs import PskBoxError, open_psk_box, psk_schedule
 from node.ledger.equivocation import EvidenceLimiter, evidence_tx_fields
 from node.ledger.genesis import Genesis
 from node.ledger.intake import EventError, make_tx
+from node.ledger.refusals import MempoolFull
 from node.ledger.store import Store
 from node.ledger.tx import Tx, TxError, signable_body, tx_hash
 from node.rpc.auth import TokenStore
@@ -497,6 +498,14 @@ class Node:
         if self.trace is not None:
             self.trace.on_propose(height, txs)
         if self.cfg.mempool.compact_proposals:
+            # The PRE-PREPARE is this primary's vote, and after a kill -9 its WAL names these txs by hash only:
+            # on disk first (gossip left its copies in memory). A full disk: no proposal until space returns.
+            hashes = [tx_hash(raw) for raw in txs]
+            try:
+                self.mempool.add_many(list(zip(hashes, txs, strict=True)), time.monotonic(), force=True)
+            except MempoolFull:
+                self.mempool.unmark(hashes)
+                return None
             self.gossip.flush_now()  # the txs go out ahead of the proposal naming them
         build = self.chain.build_compact_proposal if self.cfg.mempool.compact_proposals else self.chain.build_proposal
         return build(height, self.index, int(time.time() * 1000), txs)
