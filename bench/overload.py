@@ -115,6 +115,18 @@ def _trigger_delta(before: list[dict], after: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def _drain_time(net: LocalTestnet, limit: float = 60.0) -> float | None:
+    """Seconds until every node's mempool is empty once every accepted tx was seen committed on node 0 (a
+    node that fell behind still holds what it has not executed yet), None if one still holds txs after
+    `limit`: those would be entries its commits never removed."""
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if not any(net.rpc(i, "status")["mempool"] for i in range(len(net.nodes))):
+            return time.time() - t0
+        time.sleep(0.5)
+    return None
+
+
 def run_phase(net: LocalTestnet, rate: float | None, seconds: float, honour: bool, tag: str) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -185,11 +197,17 @@ def run_phase(net: LocalTestnet, rate: float | None, seconds: float, honour: boo
         "view_changes": max(b - a for a, b in zip(views0, views1, strict=True)),
         "triggers": _trigger_delta(triggers0, triggers1),
         "mempool": [net.rpc(i, "status")["mempool"] for i in range(len(net.nodes))],
+        "mempool_drained_s": _drain_time(net),
         "admit_p50_ms": statistics.median(accepted_ms) if accepted_ms else float("nan"),
         "admit_p99_ms": accepted_ms[int(0.99 * (len(accepted_ms) - 1))] if accepted_ms else float("nan"),
         "p99_ms_by_client": by_client,
         "backlog_p50": statistics.median(backlog) if backlog else 0, "backlog_max": max(backlog, default=0),
     }
+
+
+def _drained(r: dict) -> str:
+    t = r["mempool_drained_s"]
+    return "still not empty 60 s later" if t is None else f"all empty {t:.1f} s later"
 
 
 def _row(name: str, r: dict) -> str:
@@ -235,7 +253,7 @@ def main() -> None:
           f"(goal 0); p99 commit latency {over['p99_ms'] / 1000:.2f} s (goal <= 2 s); "
           f"{100 * over['refused_within_100ms']:.1f} % of requests with refusals answered within 100 ms "
           f"(goal 100 %); accepted but never committed: {over['lost']} (must be 0); "
-          f"mempool at end {over['mempool']}; backlog on node 0 under overload: median {over['backlog_p50']:.0f} "
+          f"mempool at end {over['mempool']} ({_drained(over)}); backlog on node 0 under overload: median {over['backlog_p50']:.0f} "
           f"txs ({over['backlog_p50'] / max(1, over['tx_per_s']):.1f} s of commits), max {over['backlog_max']}; "
           f"a fully admitted batch of {BATCH} answered in p50 {over['admit_p50_ms']:.0f} ms, "
           f"p99 {over['admit_p99_ms']:.0f} ms; p99 commit latency by client (client i sends to node i, node 0 "
