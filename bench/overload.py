@@ -93,12 +93,15 @@ def _views(net: LocalTestnet) -> list[int]:
 
 def _triggers(net: LocalTestnet) -> list[dict[str, float]]:
     """Per node, from node.rpc.metrics: what moved its replica towards a view change (by trigger), the frames
-    it could not send (lost votes stall a replica) and its WAL fsyncs over a second (a vote waits for one)."""
+    it could not send and the messages its replica dropped (lost votes stall a replica), and its WAL fsyncs
+    over a second (a vote waits for one)."""
     out = []
     for i in range(len(net.nodes)):
         counts = {k.split('"')[1]: v for k, v in net.metrics(i, "radchain_view_change_triggers_total").items()}
         counts.update({"dropped " + k.split('"')[1]: v
                        for k, v in net.metrics(i, "radchain_p2p_dropped_frames_total").items()})
+        counts.update({"replica dropped " + k.split('"')[1]: v  # stale_*: late votes for what committed, normal
+                       for k, v in net.metrics(i, "radchain_consensus_dropped_total").items() if "stale_" not in k})
         fsync = net.metrics(i, "radchain_wal_fsync_seconds_bucket")
         counts["WAL fsyncs over 1 s"] = fsync.get('{le="+Inf"}', 0) - fsync.get('{le="1"}', 0)
         out.append(counts)

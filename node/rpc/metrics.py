@@ -108,6 +108,11 @@ class Metrics:
                "under the throughput floor (throughput_floor), a view change that found no NEW-VIEW in time "
                "(view_change_timeout), f+1 complaints (complaints).",
                [(f'{{trigger="{name}"}}', replica_stats.get(key, 0)) for name, key in VIEW_CHANGE_TRIGGERS])
+        metric("radchain_consensus_dropped_total", "counter",
+               "Consensus messages and events the replica dropped, by reason (above_window: beyond its "
+               "watermarks, as a replica that fell behind sees the others' votes; stale_*; bad_*; ...).",
+               [(f'{{reason="{key[5:]}"}}', n) for key, n in sorted(replica_stats.items())
+                if key.startswith("drop_")] or [('{reason="above_window"}', 0)])
         metric("radchain_peers", "gauge", "Members connected to this node.", status["peers"])
         net_stats = getattr(node.net, "stats", {})
         metric("radchain_p2p_rejected_handshakes_total", "counter",

@@ -312,6 +312,8 @@ def test_reads_blocks_validators_peers_mempool_metrics(net):
     assert sorted(triggers) == sorted(f'radchain_view_change_triggers_total{{trigger="{t}"}}' for t in (
         "progress_timeout", "request_timeout", "throughput_floor", "view_change_timeout", "complaints"))
     assert all(v >= 0 and v == int(v) for v in triggers.values())
+    dropped = {k: v for k, v in values.items() if k.startswith("radchain_consensus_dropped_total{reason=")}
+    assert dropped and all(v >= 0 for v in dropped.values())
     assert 0 < values["radchain_wal_flushes_total"] <= values["radchain_wal_records_total"]
     # every durable flush fsynced once, and the histogram's buckets add up
     fsyncs = values["radchain_wal_fsync_seconds_count"]
