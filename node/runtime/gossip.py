@@ -237,7 +237,7 @@ class TxGossip:
             return
         try:
             # In memory only: the origin persisted these before acknowledging them (node.runtime.mempool); a
-            # compact proposal naming them puts them on disk before this node votes (Node._keep_txs).
+            # compact proposal naming them puts them on disk before this node votes (keep_for_vote).
             fresh = self.mempool.add_many(items, time.monotonic(), durable=False)
         except MempoolFull:
             self.stats["txs_refused"] += len(items)
