@@ -67,6 +67,7 @@ class Replica:
         self.crypto = crypto
         self.app = app
         self.stats: Counter[str] = Counter()
+        self.view_change_snapshot: dict | None = None  # progress_snapshot() when it last started a view change
         self.chain_id = config.chain_id
         self.n, self.f, self.quorum = config.n, config.f, config.quorum
         # any two quorums share an honest member (2q - n >= f + 1), and f faulty members cannot block one
@@ -264,6 +265,7 @@ class Replica:
         """NORMAL (or VIEW_CHANGE to an earlier view) -> VIEW_CHANGE to w."""
         if w <= self._view:
             return
+        self.view_change_snapshot = self.progress_snapshot()
         self._cancel_progress()
         self.fairness.cancel_request_timer()
         self.view_changes.cancel_timer()
@@ -680,6 +682,36 @@ class Replica:
                                                  or s.certificate is not None)
                    for h, s in self.slots.items())
 
+    def progress_snapshot(self, limit: int = 8) -> dict:
+        """What this replica held when it last moved towards a view change, for the node's log: operators ask
+        why their member voted against the primary (was nothing proposed, or a proposal stuck waiting for
+        its payload or for votes?). Per height above the last committed one: p<view> accepted proposal,
+        w a pre-prepare waiting for its payload, P<n>/C<n> the most PREPAREs/COMMITs for one digest,
+        cert the commit certificate, $ the payload held."""
+        heights = sorted(h for h in self.slots if h > self._last_committed)[:limit]
+        slots = []
+        for h in heights:
+            s = self.slots[h]
+            parts = [str(h)]
+            if s.proposal is not None:
+                parts.append(f"p{s.proposal.view}")
+            if s.pending is not None:
+                parts.append("w")
+            parts.append(f"P{max((len(v) for v in s.prepares.values()), default=0)}")
+            parts.append(f"C{max((len(v) for v in s.commits.values()), default=0)}")
+            if s.certificate is not None:
+                parts.append("cert")
+            if any(d in s.payloads for d in s.known_digests()):
+                parts.append("$")
+            slots.append(" ".join(parts))
+        return {"view": self._view, "phase": self._phase.name, "last_committed": self._last_committed,
+                "pending_work": self.proposer.pending_work, "oldest_request_held": bool(self.fairness.oldest_request),
+                "stable": self.checkpoints.stable.height, "slots": slots}
+
+    def _next_block_certified(self) -> bool:
+        slot = self.slots.get(self._last_committed + 1)
+        return slot is not None and slot.certificate is not None
+
     def arm_progress(self) -> None:
         if self._phase is VIEW_CHANGE or self.config.primary(self._view) == self.id or self._progress_timer is not None:
             return
@@ -710,6 +742,16 @@ class Replica:
                 return self.drop("stale_timer")
             self._progress_timer = None
             if self._phase is VIEW_CHANGE or self.config.primary(self._view) == self.id:
+                return
+            if self._next_block_certified():
+                # The quorum has already decided the next block and only its payload is still on its way here
+                # (a backup behind on the primary's link: 2f+1 small COMMITs overtake one large PRE-PREPARE). A
+                # new primary would have to re-propose that same block, so a view change cannot deliver it
+                # sooner; it would only take this member out of the quorum. Ask for the payload and wait again.
+                self.stats["progress_waited_certified"] += 1
+                slot = self.slots[self._last_committed + 1]
+                self._fetch(slot, slot.certificate.digest)
+                self.arm_progress()
                 return
             if self.proposer.pending_work > 0 or self._has_inflight():
                 self.stats["progress_timeout"] += 1

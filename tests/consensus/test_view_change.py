@@ -228,3 +228,52 @@ def test_new_view_is_forwarded_even_by_a_replica_in_a_later_view_change(make_clu
     status = m.sign(c.crypto(3), "test", m.STATUS, 3, (1, True, 0, 0)).encode()
     out = r2.handle(MessageReceived(3, status))
     assert any(getattr(a, "data", None) == nv and getattr(a, "to", None) == 3 for a in out)
+
+
+def _run_holding_payloads_for(c, lagging: int, held: list, hold_commits: bool = False) -> None:
+    """Deliver everything except what carries a block's payload to `lagging` (a backup behind on the
+    primary's link, whose 2f+1 small COMMITs overtake the primary's large PRE-PREPARE); those are kept in
+    `held`, in order."""
+    payload_kinds = {m.PREPREPARE, m.PAYLOAD} | ({m.COMMIT} if hold_commits else set())
+    while c.queue:
+        i, j, data = c.queue.popleft()
+        if j == lagging and m.decode(data, 4, 1 << 20, 64).kind in payload_kinds:
+            held.append((i, j, data))
+            continue
+        c.handle(j, MessageReceived(i, data))
+
+
+def test_a_backup_whose_next_block_is_certified_waits_for_its_payload_instead_of_changing_view(make_cluster):
+    c = make_cluster()
+    c.target = 1
+    for i in range(4):
+        c.handle(i, WorkPending(1))
+    held: list = []
+    _run_holding_payloads_for(c, 3, held)
+    decided = c.heights()[0]
+    assert decided >= 1 and c.heights() == [decided, decided, decided, 0]
+    assert c.replicas[3].slots[1].certificate is not None  # the quorum decided block 1; its payload is held
+    c.fire(3, "progress")
+    r3 = c.replicas[3]
+    assert r3.view == 0 and not r3.in_view_change
+    assert r3.stats["progress_timeout"] == 0 and r3.stats["progress_waited_certified"] == 1
+    assert any(t[0] == "progress" for t in c.timers[3])  # it keeps watching the primary
+    assert any(m.decode(d, 4, 1 << 20, 64).kind == m.PAYLOAD for _i, _j, d in held)  # it asked its peers
+    c.queue.extend(held)  # the payload gets through at last
+    c.run()
+    assert c.heights() == [decided] * 4
+    assert [a.digest for a in c.commits[3]] == [a.digest for a in c.commits[0]]
+    assert all(r.view == 0 for r in c.replicas)
+
+
+def test_a_backup_without_the_next_blocks_certificate_still_changes_view(make_cluster):
+    """The rule above is narrow: with no certificate for its next block the backup cannot tell a lagging link
+    from a primary that stalls it, and votes for a view change as before."""
+    c = make_cluster()
+    c.target = 1
+    for i in range(4):
+        c.handle(i, WorkPending(1))
+    _run_holding_payloads_for(c, 3, [], hold_commits=True)
+    assert c.replicas[3].slots[1].certificate is None
+    c.fire(3, "progress")
+    assert c.replicas[3].in_view_change and c.replicas[3].stats["progress_timeout"] == 1
