@@ -102,6 +102,7 @@ def _triggers(net: LocalTestnet) -> list[dict[str, float]]:
                        for k, v in net.metrics(i, "radchain_p2p_dropped_frames_total").items()})
         counts.update({"replica dropped " + k.split('"')[1]: v  # stale_*: late votes for what committed, normal
                        for k, v in net.metrics(i, "radchain_consensus_dropped_total").items() if "stale_" not in k})
+        counts["progress waits (next block certified)"] = net.metrics(i, "radchain_progress_waits_total").get("", 0)
         fsync = net.metrics(i, "radchain_wal_fsync_seconds_bucket")
         counts["WAL fsyncs over 1 s"] = fsync.get('{le="+Inf"}', 0) - fsync.get('{le="1"}', 0)
         out.append(counts)
@@ -128,6 +129,20 @@ def _drain_time(net: LocalTestnet, limit: float = 60.0) -> float | None:
             return time.time() - t0
         time.sleep(0.5)
     return None
+
+
+def _view_change_log_lines(net: LocalTestnet, limit: int = 12) -> list[str]:
+    """Each node's "view change to view N started: ..." log lines (the trigger and the replica's in-flight
+    heights then), at most `limit` per node."""
+    out = []
+    for i, info in enumerate(net.nodes):
+        try:
+            text = (info.home / "node.log").read_text(errors="replace")
+        except FileNotFoundError:
+            continue
+        lines = [line for line in text.splitlines() if "view change to view" in line]
+        out += [f"node {i}: {line[:600]}" for line in lines[:limit]]
+    return out
 
 
 def run_phase(net: LocalTestnet, rate: float | None, seconds: float, honour: bool, tag: str) -> dict:
@@ -235,6 +250,7 @@ def main() -> None:
             steps = [run_phase(net, rate, peak_s, True, f"peak{i}") for i, rate in enumerate(loads)]
             peak = max(steps, key=lambda r: r["tx_per_s"])
             over = run_phase(net, factor * peak["tx_per_s"], overload_s, False, "over")
+            vc_lines = _view_change_log_lines(net)
         finally:
             net.stop_all()
     print(f"\n4-node testnet, {CLIENTS} client processes, JSON-RPC batches of {BATCH} submit_event; peak steps "
@@ -251,6 +267,8 @@ def main() -> None:
             print(f"{name} {offered}: view change triggers, lost frames, slow fsyncs: {r['triggers']}")
         if r["errors"]:
             print(f"{name}: {len(r['errors'])} errors other than retry refusals, first: {r['errors'][0]}")
+    for line in vc_lines:  # what each replica held when it started a view change (node.runtime.driver)
+        print(line)
     ratio = over["tx_per_s"] / peak["tx_per_s"] if peak["tx_per_s"] else float("nan")
     print(f"overload vs peak: {ratio:.2f}x committed tx/s (goal >= 0.95); view changes {over['view_changes']} "
           f"(goal 0); p99 commit latency {over['p99_ms'] / 1000:.2f} s (goal <= 2 s); "

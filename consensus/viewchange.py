@@ -163,6 +163,7 @@ class ViewChanges:
         views = sorted((x.body.new_view for i, x in self.received.items() if i != r.id and x.body.new_view > r.view),
                        reverse=True)
         if len(views) > r.f:
+            r.stats["joined_view_change"] += 1
             r.start_view_change(views[r.f])
         elif r.in_view_change:
             self.check_quorum()

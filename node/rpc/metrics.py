@@ -17,7 +17,7 @@ TRACK_SUBMITTED = 100_000  # txs whose submission time is remembered for the his
 # /metrics label -> the replica's stats counter (consensus.replica, consensus.fairness, consensus.viewchange)
 VIEW_CHANGE_TRIGGERS = (("progress_timeout", "progress_timeout"), ("request_timeout", "request_timeout"),
                         ("throughput_floor", "throughput_floor"), ("view_change_timeout", "view_change_timeout"),
-                        ("complaints", "complaint_view_changes"))
+                        ("complaints", "complaint_view_changes"), ("joined", "joined_view_change"))
 
 
 class Histogram:
@@ -106,8 +106,13 @@ class Metrics:
                "Why this replica moved towards a view change: nothing committed while work waited "
                "(progress_timeout), a tx held too long unproposed (request_timeout), a primary delivering "
                "under the throughput floor (throughput_floor), a view change that found no NEW-VIEW in time "
-               "(view_change_timeout), f+1 complaints (complaints).",
+               "(view_change_timeout), f+1 complaints (complaints), f+1 members' VIEW-CHANGEs for a later view "
+               "(joined).",
                [(f'{{trigger="{name}"}}', replica_stats.get(key, 0)) for name, key in VIEW_CHANGE_TRIGGERS])
+        metric("radchain_progress_waits_total", "counter",
+               "Progress timeouts that did not start a view change because the next block was already certified "
+               "by 2f+1 members and only its payload was still on its way to this replica (it was behind).",
+               replica_stats.get("progress_waited_certified", 0))
         metric("radchain_consensus_dropped_total", "counter",
                "Consensus messages and events the replica dropped, by reason (above_window: beyond its "
                "watermarks, as a replica that fell behind sees the others' votes; stale_*; bad_*; ...).",

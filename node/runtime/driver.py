@@ -33,6 +33,10 @@ from node.runtime.wal_file import WriteAheadLog
 
 log = logging.getLogger("radchain.driver")
 
+# consensus' stats counters that start a view change (node.rpc.metrics exports them by trigger)
+VIEW_CHANGE_TRIGGER_STATS = ("progress_timeout", "request_timeout", "throughput_floor", "view_change_timeout",
+                             "complaint_view_changes", "joined_view_change")
+
 # Rewrite the WAL without obsolete records once it grows past this (after a stable checkpoint).
 WAL_COMPACT_BYTES = 64 << 20
 # Peer messages waiting for the replica; beyond this they are dropped (counted in stats["dropped_messages"]).
@@ -125,6 +129,8 @@ class ConsensusDriver:
         self._fired: dict[object, object] = {}  # timer -> token of its firing still in the queue
         self._exec_times: deque[float] = deque(maxlen=EXEC_HISTORY)
         self._pending_commits: dict[int, A.Commit] = {}
+        self._view_changes_logged = 0  # the replica's view_changes count already logged (_log_view_change)
+        self._trigger_counts: dict[str, int] = {}
         self._deferred: list[int] = []  # heights the replica asked a proposal for, waiting for txs
         self._deferred_view = -1
         self._mempool_dirty = False
@@ -355,6 +361,19 @@ class ConsensusDriver:
         follow = deque([event])
         while follow:
             await self._perform(self.replica.handle(follow.popleft()) or (), follow)
+        stats = getattr(self.replica, "stats", None)
+        if stats is not None and stats["view_changes"] != self._view_changes_logged:
+            self._log_view_change(stats)
+
+    def _log_view_change(self, stats) -> None:
+        """One line per view change this replica started: which trigger moved and what it held then."""
+        self._view_changes_logged = stats["view_changes"]
+        counts = {k: stats[k] for k in VIEW_CHANGE_TRIGGER_STATS}
+        moved = [k for k in VIEW_CHANGE_TRIGGER_STATS if counts[k] != self._trigger_counts.get(k, 0)]
+        self._trigger_counts = counts
+        fields = {"to_view": self.replica.view, "trigger": ",".join(moved) or "restart",
+                  **(getattr(self.replica, "view_change_snapshot", None) or {})}
+        log.warning("view change to view %d started: %s", self.replica.view, fields, extra={"fields": fields})
 
     async def _perform(self, actions, follow: deque | None = None) -> None:
         produced_events = follow if follow is not None else deque()

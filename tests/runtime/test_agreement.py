@@ -71,6 +71,12 @@ def test_kill_9_one_node_others_continue_and_it_catches_up(testnet, victim):
     if victim == "primary":  # /metrics says why the survivors replaced it: work waited, nothing committed
         fired = [net.metrics(i, "radchain_view_change_triggers_total") for i in alive]
         assert sum(t['{trigger="progress_timeout"}'] + t['{trigger="request_timeout"}'] for t in fired) >= 1, fired
+        # and each survivor's log says which trigger moved it and what its replica held then
+        logged = [line for i in alive for line in (net.nodes[i].home / "node.log").read_text().splitlines()
+                  if "view change to view" in line]
+        assert len(logged) >= len(alive), logged
+        assert any("progress_timeout" in line or "request_timeout" in line for line in logged), logged
+        assert all("last_committed" in line and "trigger" in line for line in logged), logged
 
     net.start(dead)
     net.wait_ready([dead])
