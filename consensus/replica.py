@@ -710,7 +710,7 @@ class Replica:
 
     def _next_block_certified(self) -> bool:
         slot = self.slots.get(self._last_committed + 1)
-        return slot is not None and slot.certificate is not None
+        return slot is not None and slot.certificate is not None and slot.certificate.digest not in slot.payloads
 
     def arm_progress(self) -> None:
         if self._phase is VIEW_CHANGE or self.config.primary(self._view) == self.id or self._progress_timer is not None:
@@ -750,6 +750,7 @@ class Replica:
                 # sooner; it would only take this member out of the quorum. Ask for the payload and wait again.
                 self.stats["progress_waited_certified"] += 1
                 slot = self.slots[self._last_committed + 1]
+                slot.fetch_tick = -1  # ask everybody now, whatever this tick has already asked
                 self._fetch(slot, slot.certificate.digest)
                 self.arm_progress()
                 return
@@ -783,12 +784,15 @@ class Replica:
                 if (v == self._view and h > self._last_committed and vote.tick < self.ticks - 1
                         and (slot is None or slot.certificate is None)):
                     self.emit(Broadcast(vote.wire))
-            for slot in self.slots.values():
-                if slot.pending is not None and slot.pending.view == self._view:
-                    self._fetch(slot, slot.pending.digest, to=self.config.primary(self._view))
+        # The next block's certificate first: it asks everybody, and a pending pre-prepare at the same height
+        # (whose payload only the primary is asked for, below) must not use up this tick's one fetch.
         slot = self.slots.get(self._last_committed + 1)
         if slot is not None and slot.certificate is not None and slot.certificate.digest not in slot.payloads:
             self._fetch(slot, slot.certificate.digest)
+        if self._phase is not VIEW_CHANGE:
+            for slot in self.slots.values():
+                if slot.pending is not None and slot.pending.view == self._view:
+                    self._fetch(slot, slot.pending.digest, to=self.config.primary(self._view))
         self.catch_up.tick()
 
     # ---- restart from the WAL -------------------------------------------------------------------------------

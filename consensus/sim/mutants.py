@@ -85,8 +85,10 @@ MUTANTS = (
             return False
 """, ""),)),
     Mutant("join_view_change_on_f", "(ours) a replica joins a later view on f VIEW-CHANGEs instead of f+1",
-           (("viewchange.py", "        if len(views) > r.f:\n            r.start_view_change(views[r.f])",
-             "        if len(views) >= r.f:\n            r.start_view_change(views[r.f - 1])"),)),
+           (("viewchange.py", "        if len(views) > r.f:\n            r.stats[\"joined_view_change\"] += 1\n"
+                              "            r.start_view_change(views[r.f])",
+             "        if len(views) >= r.f:\n            r.stats[\"joined_view_change\"] += 1\n"
+                              "            r.start_view_change(views[r.f - 1])"),)),
 )
 
 

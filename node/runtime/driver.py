@@ -193,6 +193,9 @@ class ConsensusDriver:
         self._pending_commits.clear()
         await self._flush_wal()
         self.replica, self.wal = event.factory()
+        stats = getattr(self.replica, "stats", None) or {}  # a new replica counts from its own start
+        self._view_changes_logged = stats.get("view_changes", 0)
+        self._trigger_counts = {k: stats.get(k, 0) for k in VIEW_CHANGE_TRIGGER_STATS}
         self.stats["epoch_switches"] = self.stats.get("epoch_switches", 0) + 1
         await self._perform(self.replica.start())
         self._mempool_dirty = True

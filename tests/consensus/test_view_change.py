@@ -253,12 +253,14 @@ def test_a_backup_whose_next_block_is_certified_waits_for_its_payload_instead_of
     decided = c.heights()[0]
     assert decided >= 1 and c.heights() == [decided, decided, decided, 0]
     assert c.replicas[3].slots[1].certificate is not None  # the quorum decided block 1; its payload is held
-    c.fire(3, "progress")
     r3 = c.replicas[3]
+    fetches = r3.stats["fetch_sent"]
+    c.fire(3, "progress")
     assert r3.view == 0 and not r3.in_view_change
     assert r3.stats["progress_timeout"] == 0 and r3.stats["progress_waited_certified"] == 1
     assert any(t[0] == "progress" for t in c.timers[3])  # it keeps watching the primary
-    assert any(m.decode(d, 4, 1 << 20, 64).kind == m.PAYLOAD for _i, _j, d in held)  # it asked its peers
+    assert r3.stats["fetch_sent"] == fetches + 1  # it asks its peers again, although this tick already asked
+    assert sum(1 for i, _j, d in c.queue if i == 3 and m.decode(d, 4, 1 << 20, 64).kind == m.FETCH) == 3
     c.queue.extend(held)  # the payload gets through at last
     c.run()
     assert c.heights() == [decided] * 4
