@@ -102,6 +102,8 @@ def _triggers(net: LocalTestnet) -> list[dict[str, float]]:
                        for k, v in net.metrics(i, "radchain_p2p_dropped_frames_total").items()})
         counts.update({"replica dropped " + k.split('"')[1]: v  # stale_*: late votes for what committed, normal
                        for k, v in net.metrics(i, "radchain_consensus_dropped_total").items() if "stale_" not in k})
+        counts.update({"gossip " + k.split('"')[1]: v  # refused or re-sent: a member may lack a tx
+                       for k, v in net.metrics(i, "radchain_gossip_txs_total").items() if "admitted" not in k})
         counts["progress waits (next block certified)"] = net.metrics(i, "radchain_progress_waits_total").get("", 0)
         fsync = net.metrics(i, "radchain_wal_fsync_seconds_bucket")
         counts["WAL fsyncs over 1 s"] = fsync.get('{le="+Inf"}', 0) - fsync.get('{le="1"}', 0)

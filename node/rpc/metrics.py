@@ -134,6 +134,12 @@ class Metrics:
                [('{direction="out"}', net_stats.get("bytes_out", 0)), ('{direction="in"}', net_stats.get("bytes_in", 0))])
         metric("radchain_p2p_writes_total", "counter",
                "Stream writes: frames queued for a member together go out in one write.", net_stats.get("writes", 0))
+        gossip_stats = getattr(getattr(node, "gossip", None), "stats", {})
+        metric("radchain_gossip_txs_total", "counter",
+               "Txs gossip brought from other members: admitted to the mempool, refused (mempool full, bad or "
+               "unauthorised tx), and this node's own pending txs sent again after rebroadcast_after s.",
+               [(f'{{result="{k}"}}', gossip_stats.get(key, 0)) for k, key in
+                (("admitted", "txs_admitted"), ("refused", "txs_refused"), ("rebroadcast", "rebroadcast"))])
         driver = getattr(node, "driver", None)
         driver_stats = getattr(driver, "stats", {})
         metric("radchain_consensus_events_total", "counter",

@@ -310,8 +310,12 @@ def test_reads_blocks_validators_peers_mempool_metrics(net):
     # every view-change trigger is exposed (tests/runtime/test_agreement.py sees one move when a primary dies)
     triggers = {k: v for k, v in values.items() if k.startswith("radchain_view_change_triggers_total")}
     assert sorted(triggers) == sorted(f'radchain_view_change_triggers_total{{trigger="{t}"}}' for t in (
-        "progress_timeout", "request_timeout", "throughput_floor", "view_change_timeout", "complaints"))
+        "progress_timeout", "request_timeout", "throughput_floor", "view_change_timeout", "complaints", "joined"))
     assert all(v >= 0 and v == int(v) for v in triggers.values())
+    assert values["radchain_progress_waits_total"] >= 0
+    gossip = {k: v for k, v in values.items() if k.startswith("radchain_gossip_txs_total")}
+    assert sorted(gossip) == sorted(f'radchain_gossip_txs_total{{result="{r}"}}' for r in (
+        "admitted", "refused", "rebroadcast")) and all(v >= 0 and v == int(v) for v in gossip.values())
     dropped = {k: v for k, v in values.items() if k.startswith("radchain_consensus_dropped_total{reason=")}
     assert dropped and all(v >= 0 for v in dropped.values())
     assert 0 < values["radchain_wal_flushes_total"] <= values["radchain_wal_records_total"]
