@@ -39,6 +39,13 @@ __all__ = ["CP_PER_MEMBER", "EVIDENCE_PER_CHECKPOINT", "TICK", "InvariantViolati
 TICK = ("tick",)
 
 
+# What moves a replica towards a view change: label (in /metrics and the node's log) -> its stats counter.
+# request_timeout and throughput_floor count complaints sent; f+1 complaints count as complaints.
+VIEW_CHANGE_TRIGGERS = {"progress_timeout": "progress_timeout", "request_timeout": "request_timeout",
+                        "throughput_floor": "throughput_floor", "view_change_timeout": "view_change_timeout",
+                        "complaints": "complaint_view_changes", "joined": "joined_view_change"}
+
+
 class Phase(enum.Enum):
     """NORMAL: in a view: proposals (primary), PREPARE and COMMIT votes, delivery.
     VIEW_CHANGE: gave up on the previous view, waiting for the NEW-VIEW of `view`: PRE-PREPAREs of `view` are

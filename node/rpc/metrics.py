@@ -10,14 +10,11 @@ from __future__ import annotations
 import time
 from collections import Counter, OrderedDict
 
+from consensus.replica import VIEW_CHANGE_TRIGGERS
+
 # Seconds. PBFT on a LAN commits in well under a second; the tail buckets show view changes and sync.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TRACK_SUBMITTED = 100_000  # txs whose submission time is remembered for the histogram
-
-# /metrics label -> the replica's stats counter (consensus.replica, consensus.fairness, consensus.viewchange)
-VIEW_CHANGE_TRIGGERS = (("progress_timeout", "progress_timeout"), ("request_timeout", "request_timeout"),
-                        ("throughput_floor", "throughput_floor"), ("view_change_timeout", "view_change_timeout"),
-                        ("complaints", "complaint_view_changes"), ("joined", "joined_view_change"))
 
 
 class Histogram:
@@ -108,7 +105,7 @@ class Metrics:
                "under the throughput floor (throughput_floor), a view change that found no NEW-VIEW in time "
                "(view_change_timeout), f+1 complaints (complaints), f+1 members' VIEW-CHANGEs for a later view "
                "(joined).",
-               [(f'{{trigger="{name}"}}', replica_stats.get(key, 0)) for name, key in VIEW_CHANGE_TRIGGERS])
+               [(f'{{trigger="{name}"}}', replica_stats.get(key, 0)) for name, key in VIEW_CHANGE_TRIGGERS.items()])
         metric("radchain_progress_waits_total", "counter",
                "Progress timeouts that did not start a view change because the next block was already certified "
                "by 2f+1 members and only its payload was still on its way to this replica (it was behind).",

@@ -26,16 +26,12 @@ from consensus import actions as A
 from consensus import events as E
 from consensus import messages as M
 from consensus import wal as consensus_wal
-from consensus.replica import TICK
+from consensus.replica import TICK, VIEW_CHANGE_TRIGGERS
 from node.ledger.chain import Chain, ChainError, SyncedPayload
 from node.runtime.diskspace import DiskFull, DiskGuard, is_disk_full
 from node.runtime.wal_file import WriteAheadLog
 
 log = logging.getLogger("radchain.driver")
-
-# consensus' stats counters that start a view change (node.rpc.metrics exports them by trigger)
-VIEW_CHANGE_TRIGGER_STATS = ("progress_timeout", "request_timeout", "throughput_floor", "view_change_timeout",
-                             "complaint_view_changes", "joined_view_change")
 
 # Rewrite the WAL without obsolete records once it grows past this (after a stable checkpoint).
 WAL_COMPACT_BYTES = 64 << 20
@@ -195,7 +191,7 @@ class ConsensusDriver:
         self.replica, self.wal = event.factory()
         stats = getattr(self.replica, "stats", None) or {}  # a new replica counts from its own start
         self._view_changes_logged = stats.get("view_changes", 0)
-        self._trigger_counts = {k: stats.get(k, 0) for k in VIEW_CHANGE_TRIGGER_STATS}
+        self._trigger_counts = {label: stats.get(key, 0) for label, key in VIEW_CHANGE_TRIGGERS.items()}
         self.stats["epoch_switches"] = self.stats.get("epoch_switches", 0) + 1
         await self._perform(self.replica.start())
         self._mempool_dirty = True
@@ -371,10 +367,10 @@ class ConsensusDriver:
     def _log_view_change(self, stats) -> None:
         """One line per view change this replica started: which trigger moved and what it held then."""
         self._view_changes_logged = stats["view_changes"]
-        counts = {k: stats[k] for k in VIEW_CHANGE_TRIGGER_STATS}
-        moved = [k for k in VIEW_CHANGE_TRIGGER_STATS if counts[k] != self._trigger_counts.get(k, 0)]
+        counts = {label: stats[key] for label, key in VIEW_CHANGE_TRIGGERS.items()}
+        moved = [label for label, n in counts.items() if n != self._trigger_counts.get(label, 0)]
         self._trigger_counts = counts
-        fields = {"to_view": self.replica.view, "trigger": ",".join(moved) or "restart",
+        fields = {"to_view": self.replica.view, "trigger": ",".join(moved) or "unknown",
                   **(getattr(self.replica, "view_change_snapshot", None) or {})}
         log.warning("view change to view %d started: %s", self.replica.view, fields, extra={"fields": fields})
 
