@@ -532,10 +532,15 @@ class Chain:
         header = ProposalHeader(self.chain_id, height, proposer, timestamp_ms, len(txs), merkle_root(hashes))
         return encode_payload(header, list(txs))
 
-    def build_compact_proposal(self, height: int, proposer: int, timestamp_ms: int, txs: list[bytes]) -> bytes:
+    def build_compact_proposal(self, height: int, proposer: int, timestamp_ms: int, txs: list[bytes],
+                               hashes: list[bytes] | None = None) -> bytes:
         """The payload a primary proposes when its replicas hold the txs already: the same proposal header
-        (so the same digest, votes and certificate) as build_proposal's, the txs named by hash."""
-        hashes = [_sha256(t).digest() for t in txs]
+        (so the same digest, votes and certificate) as build_proposal's, the txs named by hash (`hashes`,
+        when the caller has them already)."""
+        if hashes is None:
+            hashes = [_sha256(t).digest() for t in txs]
+        if len(hashes) != len(txs):
+            raise ValueError(f"{len(hashes)} hashes for {len(txs)} txs")
         header = ProposalHeader(self.chain_id, height, proposer, timestamp_ms, len(txs), merkle_root(hashes))
         return encode_compact_payload(header, hashes)
 

@@ -507,8 +507,8 @@ class Node:
                 self.mempool.unmark(hashes)
                 return None
             self.gossip.flush_now()  # the txs go out ahead of the proposal naming them
-        build = self.chain.build_compact_proposal if self.cfg.mempool.compact_proposals else self.chain.build_proposal
-        return build(height, self.index, int(time.time() * 1000), txs)
+            return self.chain.build_compact_proposal(height, self.index, int(time.time() * 1000), txs, hashes)
+        return self.chain.build_proposal(height, self.index, int(time.time() * 1000), txs)
 
     def _on_commit(self, block, payload: bytes) -> None:
         self._follow_epochs(block.height)
