@@ -1,3 +1,5 @@
+import hashlib
+
 from consensus import messages as m
 from consensus.events import MessageReceived, ProposalReady, WorkPending
 from consensus.viewchange import check_view_change, plan_new_view
@@ -279,3 +281,37 @@ def test_a_backup_without_the_next_blocks_certificate_still_changes_view(make_cl
     assert c.replicas[3].slots[1].certificate is None
     c.fire(3, "progress")
     assert c.replicas[3].in_view_change and c.replicas[3].stats["progress_timeout"] == 1
+
+
+class _LateClockApp:
+    """An application whose clock would refuse the block now (a payload that arrives late)."""
+
+    def digest(self, payload: bytes) -> bytes:
+        return hashlib.sha256(payload).digest()
+
+    def validate(self, height: int, payload: bytes) -> bool:
+        return False
+
+
+def test_a_certified_payload_is_delivered_without_being_validated_again(make_cluster):
+    """A backup holds the primary's PRE-PREPARE without its payload (a retransmission carries none), then the
+    block's certificate from the others' COMMITs; the payload arrives so late that this replica's own
+    validation would refuse it now. 2f+1 members decided the block, so it is delivered as it is."""
+    c = make_cluster()
+    c.target = 1
+    for i in range(4):
+        c.handle(i, WorkPending(1))
+    held: list = []
+    _run_holding_payloads_for(c, 3, held, hold_commits=True)
+    decoded = [(i, j, d, m.decode(d, 4, 1 << 20, 64)) for i, j, d in held]
+    pp = next(msg for _i, _j, _d, msg in decoded if msg.kind == m.PREPREPARE and msg.body.height == 1)
+    r3 = c.replicas[3]
+    c.handle(3, MessageReceived(0, m.encode(m.PREPREPARE, 0, m.PrePrepare(0, 1, pp.body.digest, None), pp.sig)))
+    assert r3.slots[1].pending is not None and r3.slots[1].certificate is None
+    r3.app = _LateClockApp()  # from now on this replica's clock refuses the block
+    for i, j, d, msg in decoded:
+        if msg.kind == m.COMMIT and msg.body.height == 1:
+            c.handle(j, MessageReceived(i, d))
+    assert r3.slots[1].certificate is not None and r3.last_committed == 0
+    c.run()  # the payload its fetches asked for arrives
+    assert r3.last_committed >= 1 and c.commits[3][0].digest == c.commits[0][0].digest == pp.body.digest
