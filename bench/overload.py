@@ -143,7 +143,7 @@ def _view_change_log_lines(net: LocalTestnet, limit: int = 12) -> list[str]:
         except FileNotFoundError:
             continue
         lines = [line for line in text.splitlines() if "view change to view" in line]
-        out += [f"node {i}: {line[:600]}" for line in lines[:limit]]
+        out += [f"node {i}: {line[:1500]}" for line in lines[:limit]]
     return out
 
 

@@ -106,6 +106,12 @@ class Metrics:
                "(view_change_timeout), f+1 complaints (complaints), f+1 members' VIEW-CHANGEs for a later view "
                "(joined).",
                [(f'{{trigger="{name}"}}', replica_stats.get(key, 0)) for name, key in VIEW_CHANGE_TRIGGERS.items()])
+        loop_lag = getattr(node, "loop_lag", None)
+        if loop_lag is not None:
+            metric("radchain_event_loop_lag_seconds", "gauge",
+                   "The longest the node's event loop woke late in the last 10 s (a 100 ms sleep measured against "
+                   "the clock): a node whose loop stalls reads nothing from its peers meanwhile.",
+                   round(loop_lag.worst(), 4))
         metric("radchain_progress_waits_total", "counter",
                "Progress timeouts that did not start a view change because the next block was already certified "
                "by 2f+1 members and only its payload was still on its way to this replica (it was behind).",

@@ -136,6 +136,9 @@ class ConsensusDriver:
         self.paused = False
         self._disk_stalled = False  # a block write failed for lack of space: wait, then execute it again
         self.trace = None  # node.runtime.latency_trace, when RADCHAIN_TRACE_LATENCY=1
+        # () -> dict: what the application adds to the view-change log line (its event loop's lag, what it
+        # last heard from each peer), so the line tells a stalled node from silent peers
+        self.diagnostics: Callable[[], dict] | None = None
         self._grouping = False  # handling a group of messages: sends wait in _held_sends for one WAL flush
         self._held_sends: list = []
         self.stats = {"commits": 0, "synced_blocks": 0, "wal_records": 0, "events": 0, "dropped_messages": 0,
@@ -371,7 +374,12 @@ class ConsensusDriver:
         moved = [label for label, n in counts.items() if n != self._trigger_counts.get(label, 0)]
         self._trigger_counts = counts
         fields = {"to_view": self.replica.view, "trigger": ",".join(moved) or "unknown",
-                  **(getattr(self.replica, "view_change_snapshot", None) or {})}
+                  **(getattr(self.replica, "view_change_snapshot", None) or {}), "queued": len(self._queue)}
+        if self.diagnostics is not None:
+            try:
+                fields.update(self.diagnostics())
+            except Exception as exc:  # a log line's extras must never stop consensus
+                fields["diagnostics_error"] = repr(exc)
         log.warning("view change to view %d started: %s", self.replica.view, fields, extra={"fields": fields})
 
     async def _perform(self, actions, follow: deque | None = None) -> None:

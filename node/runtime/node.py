@@ -42,6 +42,7 @@ from node.runtime.gossip import TxGossip
 from node.runtime.keys import load_member_key
 from node.runtime.latency_trace import ENABLED as TRACE_LATENCY
 from node.runtime.latency_trace import LatencyTrace
+from node.runtime.loop_lag import LoopLag
 from node.runtime.mempool import Mempool
 from node.runtime.oprf_resharing import Resharer
 from node.runtime.oprf_service import OprfService, RateLimiter
@@ -183,12 +184,22 @@ class Node:
             self._commit_waiters: dict[bytes, list[trio.Event]] = {}
             self.trace = LatencyTrace(self) if TRACE_LATENCY else None
             self.driver.trace = self.trace
+            self.loop_lag = LoopLag()
+            self.driver.diagnostics = self._view_change_diagnostics
             # Tx batches from members wait here for _gossip_loop (each is up to gossip_batch signature checks).
             self._gossip_send, self._gossip_recv = trio.open_memory_channel(GOSSIP_QUEUE)
             # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
             self.mempool.restore(self.store.has_tx, time.monotonic())
             self.own_txs = OwnTxs(self.chain, self.mempool, cfg.name, max_pending=2 * cfg.mempool.max_txs)
             opened.pop_all()  # all opened: from here on close() (run's finally) releases them
+
+    def _view_change_diagnostics(self) -> dict:
+        """For the view-change log line: this node's worst event-loop lag of the last 10 s, and per member
+        how long since any bytes came from it (heartbeats included) and the frames waiting to go to it."""
+        names = {m.peer_id: m.name for m in self.genesis.members}
+        peers = {names.get(pid, pid[-8:]): f"silent {st['silent_s']}s queued {st['queued_frames']}"
+                 for pid, st in self.net.peer_status().items()}
+        return {"loop_lag_max_ms": round(self.loop_lag.worst() * 1000, 1), "peers": peers}
 
     # ------------------------------------------------------------------ member sets (node.ledger.epochs)
     def _network_members(self) -> dict[str, list[str]]:
@@ -374,6 +385,7 @@ class Node:
                 nursery.start_soon(self.resharer.run)
                 nursery.start_soon(self._inbox_loop)
                 nursery.start_soon(self._gossip_loop)
+                nursery.start_soon(self.loop_lag.run)
                 if self.trace is not None:
                     nursery.start_soon(self.trace.run)
                 await nursery.start(self.driver.run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import pytest
@@ -77,6 +78,12 @@ def test_kill_9_one_node_others_continue_and_it_catches_up(testnet, victim):
         assert len(logged) >= len(alive), logged
         assert any("progress_timeout" in line or "request_timeout" in line for line in logged), logged
         assert all("last_committed" in line and "trigger" in line for line in logged), logged
+        # ... and tells silent peers from a stalled node: the killed primary was silent for seconds
+        for line in logged:
+            fields = json.loads(line)
+            assert fields["loop_lag_max_ms"] < 5000, fields
+            silent = fields["peers"][net.nodes[dead].name]
+            assert float(silent.split()[1].rstrip("s")) >= 1.0, fields
 
     net.start(dead)
     net.wait_ready([dead])
