@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -147,6 +148,17 @@ def _view_change_log_lines(net: LocalTestnet, limit: int = 12) -> list[str]:
     return out
 
 
+def _keep_logs(net: LocalTestnet) -> Path | None:
+    """A view change happened: copy every node's log out of the run's temporary directory (what the other
+    members did meanwhile is the half of the story the lines above do not tell)."""
+    kept = Path(tempfile.mkdtemp(prefix="radchain-overload-logs-"))
+    for i, info in enumerate(net.nodes):
+        log_path = info.home / "node.log"
+        if log_path.exists():
+            shutil.copy(log_path, kept / f"node{i}-{info.name}.log")
+    return kept
+
+
 def run_phase(net: LocalTestnet, rate: float | None, seconds: float, honour: bool, tag: str) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -255,6 +267,7 @@ def main() -> None:
             vc_lines = _view_change_log_lines(net)
         finally:
             net.stop_all()
+        kept = _keep_logs(net) if vc_lines else None
     print(f"\n4-node testnet, {CLIENTS} client processes, JSON-RPC batches of {BATCH} submit_event; peak steps "
           f"of {peak_s:.0f} s honouring retry_after; overload: {factor:g}x the peak for {overload_s:.0f} s, never "
           f"backing off. tx/s is steady state (first {WARMUP:.0f} s left out); latencies of accepted txs.")
@@ -271,6 +284,8 @@ def main() -> None:
             print(f"{name}: {len(r['errors'])} errors other than retry refusals, first: {r['errors'][0]}")
     for line in vc_lines:  # what each replica held when it started a view change (node.runtime.driver)
         print(line)
+    if kept:
+        print(f"every node's log of this run, kept for the view change above: {kept}")
     ratio = over["tx_per_s"] / peak["tx_per_s"] if peak["tx_per_s"] else float("nan")
     print(f"overload vs peak: {ratio:.2f}x committed tx/s (goal >= 0.95); view changes {over['view_changes']} "
           f"(goal 0); p99 commit latency {over['p99_ms'] / 1000:.2f} s (goal <= 2 s); "

@@ -64,6 +64,11 @@ class MyVote(NamedTuple):
     wire: bytes
     tick: int  # when it was sent (-1: restored from the WAL)
 
+def _voters(table: dict[tuple[int, bytes], dict[int, bytes]]) -> str:
+    """The members behind the best-supported (view, digest) of a vote table, for progress_snapshot."""
+    best = max(table.values(), key=len, default={})
+    return ",".join(map(str, sorted(best)))
+
 
 class Replica:
     def __init__(self, config: Config, replica_id: int, crypto, app, wal=(), last_executed: int = 0) -> None:
@@ -693,8 +698,10 @@ class Replica:
         """What this replica held when it last moved towards a view change, for the node's log: operators ask
         why their member voted against the primary (was nothing proposed, or a proposal stuck waiting for
         its payload or for votes?). Per height above the last committed one: p<view> accepted proposal,
-        w a pre-prepare waiting for its payload, P<n>/C<n> the most PREPAREs/COMMITs for one digest,
-        cert the commit certificate, $ the payload held."""
+        w a pre-prepare waiting for its payload, P<voters>/C<voters> the members whose PREPAREs/COMMITs
+        count for the best-supported digest ("P0,1,2,3 C3": everyone prepared, only this replica's own COMMIT
+        arrived), cert the commit certificate, $ the payload held. Also every drop counter (which votes this
+        replica threw away, and why) and the height of a state transfer under way (delivery waits for it)."""
         heights = sorted(h for h in self.slots if h > self._last_committed)[:limit]
         slots = []
         for h in heights:
@@ -704,8 +711,8 @@ class Replica:
                 parts.append(f"p{s.proposal.view}")
             if s.pending is not None:
                 parts.append("w")
-            parts.append(f"P{max((len(v) for v in s.prepares.values()), default=0)}")
-            parts.append(f"C{max((len(v) for v in s.commits.values()), default=0)}")
+            parts.append("P" + _voters(s.prepares))
+            parts.append("C" + _voters(s.commits))
             if s.certificate is not None:
                 parts.append("cert")
             if any(d in s.payloads for d in s.known_digests()):
@@ -713,7 +720,9 @@ class Replica:
             slots.append(" ".join(parts))
         return {"view": self._view, "phase": self._phase.name, "last_committed": self._last_committed,
                 "pending_work": self.proposer.pending_work, "oldest_request_held": bool(self.fairness.oldest_request),
-                "stable": self.checkpoints.stable.height, "slots": slots}
+                "stable": self.checkpoints.stable.height, "slots": slots,
+                "transfer_target": self.catch_up.transfer_target,
+                "drops": {k[5:]: n for k, n in sorted(self.stats.items()) if k.startswith("drop_") and n}}
 
     def _next_block_certified(self) -> bool:
         slot = self.slots.get(self._last_committed + 1)

@@ -315,3 +315,25 @@ def test_a_certified_payload_is_delivered_without_being_validated_again(make_clu
     assert r3.slots[1].certificate is not None and r3.last_committed == 0
     c.run()  # the payload its fetches asked for arrives
     assert r3.last_committed >= 1 and c.commits[3][0].digest == c.commits[0][0].digest == pp.body.digest
+
+
+def test_the_view_change_snapshot_names_the_votes_a_backup_held_and_what_it_dropped(make_cluster):
+    """Operators read why a member voted against the primary from this snapshot (the driver logs it): here
+    every PREPARE reached each backup but no COMMIT got through, so each holds its own COMMIT alone."""
+    c = make_cluster(auto=False)
+    r0 = c.replicas[0]
+    c.perform(0, r0.handle(WorkPending(1)))
+    c.perform(0, r0.handle(ProposalReady(1, b"blk:1:0")))
+    while c.queue:
+        i, j, data = c.queue.popleft()
+        if m.decode(data, 4, 1 << 20, 64).kind == m.COMMIT:
+            continue
+        c.handle(j, MessageReceived(i, data))
+    c.handle(1, MessageReceived(2, b"\x00garbage"))  # counted as a drop, never a crash
+    c.down.add(0)
+    c.handle(1, WorkPending(1))
+    c.fire(1, "progress")
+    snap = c.replicas[1].view_change_snapshot
+    assert snap["last_committed"] == 0 and snap["transfer_target"] is None
+    assert snap["slots"] == ["1 p0 P0,1,2,3 C1 $"]
+    assert snap["drops"] and all(n > 0 for n in snap["drops"].values())
