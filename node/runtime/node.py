@@ -194,12 +194,19 @@ class Node:
             opened.pop_all()  # all opened: from here on close() (run's finally) releases them
 
     def _view_change_diagnostics(self) -> dict:
-        """For the view-change log line: this node's worst event-loop lag of the last 10 s, and per member
-        how long since any bytes came from it (heartbeats included) and the frames waiting to go to it."""
+        """For the view-change log line: this node's worst event-loop lag of the last 10 s, per member how
+        long since any bytes came from it (heartbeats included) and the frames waiting to go to it, and what
+        waits between the network and the replica."""
         names = {m.peer_id: m.name for m in self.genesis.members}
         peers = {names.get(pid, pid[-8:]): f"silent {st['silent_s']}s queued {st['queued_frames']}"
                  for pid, st in self.net.peer_status().items()}
-        return {"loop_lag_max_ms": round(self.loop_lag.worst() * 1000, 1), "peers": peers}
+        inbox, gossip = self.net.inbox.statistics(), self._gossip_recv.statistics()
+        return {"loop_lag_max_ms": round(self.loop_lag.worst() * 1000, 1), "peers": peers,
+                # frames read from the peers but not yet routed, and tx batches waiting for their checks: the
+                # routing loop waits while the latter is full, and consensus frames behind it wait too
+                "inbox": f"{inbox.current_buffer_used}/{inbox.max_buffer_size}",
+                "gossip_queue": f"{gossip.current_buffer_used}/{gossip.max_buffer_size}",
+                "inbox_full_waits": self.net.stats.get("inbox_full_waits", 0)}
 
     # ------------------------------------------------------------------ member sets (node.ledger.epochs)
     def _network_members(self) -> dict[str, list[str]]:
