@@ -701,7 +701,8 @@ class Replica:
         w a pre-prepare waiting for its payload, P<voters>/C<voters> the members whose PREPAREs/COMMITs
         count for the best-supported digest ("P0,1,2,3 C3": everyone prepared, only this replica's own COMMIT
         arrived), cert the commit certificate, $ the payload held. Also every drop counter (which votes this
-        replica threw away, and why) and the height of a state transfer under way (delivery waits for it)."""
+        replica threw away, and why), the height of a state transfer under way (delivery waits for it) and the
+        last committed height each other member reported."""
         heights = sorted(h for h in self.slots if h > self._last_committed)[:limit]
         slots = []
         for h in heights:
@@ -722,6 +723,9 @@ class Replica:
                 "pending_work": self.proposer.pending_work, "oldest_request_held": bool(self.fairness.oldest_request),
                 "stable": self.checkpoints.stable.height, "slots": slots,
                 "transfer_target": self.catch_up.transfer_target,
+                # where the others said they were in their last STATUS: ahead (this replica fell behind) or
+                # stuck at the same height (the whole group waited)?
+                "peers_committed": {i: st.last_committed for i, st in sorted(self.catch_up.peer_status.items())},
                 "drops": {k[5:]: n for k, n in sorted(self.stats.items()) if k.startswith("drop_") and n}}
 
     def _next_block_certified(self) -> bool:

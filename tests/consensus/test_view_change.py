@@ -337,3 +337,4 @@ def test_the_view_change_snapshot_names_the_votes_a_backup_held_and_what_it_drop
     assert snap["last_committed"] == 0 and snap["transfer_target"] is None
     assert snap["slots"] == ["1 p0 P0,1,2,3 C1 $"]
     assert snap["drops"] and all(n > 0 for n in snap["drops"].values())
+    assert set(snap["peers_committed"]) <= {0, 2, 3} and all(h == 0 for h in snap["peers_committed"].values())
