@@ -726,7 +726,8 @@ class Replica:
                 # where the others said they were in their last STATUS: ahead (this replica fell behind) or
                 # stuck at the same height (the whole group waited)?
                 "peers_committed": {i: st.last_committed for i, st in sorted(self.catch_up.peer_status.items())},
-                "drops": {k[5:]: n for k, n in sorted(self.stats.items()) if k.startswith("drop_") and n}}
+                "drops": {k[5:]: n for k, n in sorted(self.stats.items()) if k.startswith("drop_") and n},
+                "duplicates": self.stats["duplicate"]}  # votes received again (retransmissions), not counted
 
     def _next_block_certified(self) -> bool:
         slot = self.slots.get(self._last_committed + 1)
