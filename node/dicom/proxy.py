@@ -4,7 +4,9 @@ Design: bytes are relayed PDU by PDU, unmodified (except the called AE title, re
 the PACS sees exactly what the modality sent and every DIMSE service (C-ECHO, C-STORE, C-FIND, C-GET,
 C-MOVE, N-*) and transfer syntax works without the proxy re-encoding anything. A copy of each PDU goes to
 the sans-I/O `AssociationAuditor`; data sets are parsed and hashed in worker threads while the PACS is busy,
-and a response (the source's acknowledgement) is held only until its event is fsynced in the spool.
+and a response (the source's acknowledgement) is held only until its event is fsynced in the spool
+(node/dicom/workers.py: a few long-lived threads; a finished job's result waits for the answer without waking
+the event loop).
 Consensus and delivery never sit on this path.
 
 A full pynetdicom SCP+SCU store-and-forward was the other option; it decodes and re-encodes every data set
@@ -19,6 +21,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -28,6 +31,7 @@ from node.dicom import records, ul
 from node.dicom.auditor import AssociationAuditor, Commit, Emit, Journal, Prepare, Reject, StudyDirectory
 from node.dicom.logsafe import net_label
 from node.dicom.spool import Spool, SpoolError
+from node.dicom.workers import Job, Workers
 
 log = logging.getLogger("radchain.dicom.proxy")
 
@@ -53,7 +57,8 @@ class DicomProxy:
         self.settle_after = settle_after
         self.inflight: set[str] = set()  # staged event names whose PACS answer may still come
         self.directory = StudyDirectory()
-        self.limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.threads = max(2, os.cpu_count() or 2)
+        self.workers: Workers | None = None  # started by serve()
         self._ids = itertools.count(1)
         self.stats = {"associations": 0, "rejected": 0, "errors": 0, "events": 0}
         self.address: tuple[str, int] | None = None
@@ -64,10 +69,14 @@ class DicomProxy:
         self.address = listeners[0].socket.getsockname()[:2]
         log.info("DICOM proxy listening on %s:%d -> %s@%s:%d", *self.address, self.pacs_aet, self.pacs_host,
                  self.pacs_port)
-        task_status.started(self.address)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._settle_loop)
-            await trio.serve_listeners(self._handle, listeners)
+        self.workers = Workers(self.threads)
+        try:
+            task_status.started(self.address)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._settle_loop)
+                await trio.serve_listeners(self._handle, listeners)
+        finally:
+            self.workers.close()
 
     async def _settle_loop(self) -> None:
         while True:
@@ -153,9 +162,14 @@ class Association:
             peer=peer, pacs_aet=proxy.pacs_aet, purpose=proxy.purpose, default_issuer=proxy.default_issuer,
             allowed_aets=proxy.allowed_aets, directory=proxy.directory, resolver=proxy.resolver,
             assoc_id=assoc_id)
-        self.results: dict = {}
-        self.done: dict = {}
-        self.staged: dict = {}  # prepare key -> staged event name
+        self.jobs: dict[object, Job] = {}  # prepare key -> its worker job, until the answer or Emit takes it
+        self._unstarted: list[Job] = []
+        # prepare key -> staged event name, added by the worker that staged it; once the association has
+        # ended (`closed`), a worker no longer marks what it staged in flight: settle_staged takes it
+        self.staged: dict = {}
+        self.closed = False
+        self.failed: dict = {}  # prepare key -> the error its job raised, for _close_journal
+        self.lock = threading.Lock()
         self.nursery: trio.Nursery | None = None
 
     async def run(self) -> None:
@@ -198,19 +212,21 @@ class Association:
                 nursery.start_soon(self._relay, self.client, self.pacs, "up", reader, first[1:])
                 nursery.start_soon(self._relay, self.pacs, self.client, "down", ul.PduReader(), [])
         finally:
-            await self.pacs.aclose()
-            for name in self.staged.values():  # never answered: settle_staged will ask the PACS
+            # before the first checkpoint: a cancelled proxy (shutdown) must still do this
+            with self.lock:
+                self.closed = True
+                unanswered = list(self.staged.values())
+            for name in unanswered:  # never answered: settle_staged will ask the PACS
                 self.proxy.inflight.discard(name)
             self._close_journal()
+            await self.pacs.aclose()
 
     def _close_journal(self) -> None:
         """An association that ended without release: say what was left unanswered and why."""
-        for value in list(self.results.values()):
-            if isinstance(value, Exception):
-                log.error("association %s: data set not recorded: %s", self.auditor.assoc_id, value)
-                self.proxy.spool.journal({"what": "malformed-dataset", "peer": self.peer,
-                                          "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
-                                          "error": f"{type(value).__name__}: {value}"})
+        with self.lock:  # `closed` is set: a job failing from now on journals itself (run() in _prepare)
+            failed = [error for key, error in self.failed.items() if key in self.jobs]
+        for error in failed:
+            self._journal_malformed(error)
         if self.auditor.state not in ("released", "aborted", "rejected"):
             unanswered = len(self.auditor._ops)
             log.warning("association %s closed without release (%d request(s) unanswered)",
@@ -221,116 +237,144 @@ class Association:
 
     async def _relay(self, src: trio.SocketStream, dst: trio.SocketStream, direction: str,
                      reader: ul.PduReader, backlog: list) -> None:
+        # No traffic for IDLE_SECONDS ends the association: one cancel scope whose deadline each read pushes
+        # back (a fail_after around every read cost more than the read's own bookkeeping)
+        idle = trio.CancelScope(deadline=trio.current_time() + IDLE_SECONDS)
         try:
-            pdus = backlog
-            while True:
-                out = []
-                for pdu_type, pdu in pdus:
-                    try:
-                        actions = self.auditor.feed(direction, pdu_type, pdu)
-                    except ul.ProtocolError as exc:
-                        await self._abort(f"{direction}: {exc}")
-                        raise
-                    for a in actions:
-                        if isinstance(a, Prepare):
-                            self._prepare(a)
-                        elif isinstance(a, Journal):
-                            self.proxy.spool.journal(a.record)
-                        elif isinstance(a, (Emit, Commit)):
-                            if out:
-                                await dst.send_all(b"".join(out))
-                                out = []
-                            await (self._emit(a) if isinstance(a, Emit) else self._commit(a))
-                    out.append(pdu)
-                if out:
-                    await dst.send_all(b"".join(out))
-                with trio.fail_after(IDLE_SECONDS):
-                    data = await src.receive_some(RECV)
-                if not data:
-                    break
-                try:
-                    pdus = reader.feed(data)
-                except ul.ProtocolError as exc:
-                    await self._abort(f"{direction}: {exc}")
-                    raise
+            with idle:
+                await self._relay_until_closed(src, dst, direction, reader, backlog, idle)
+            if idle.cancelled_caught:
+                raise trio.TooSlowError(f"{direction}: no traffic for {IDLE_SECONDS:.0f} s")
         finally:
             # one side closed (normally after A-RELEASE-RP): close the other one too
             self.nursery.cancel_scope.cancel()
 
-    def _prepare(self, action: Prepare) -> None:
-        done = trio.Event()
-        self.done[action.key] = done
+    async def _relay_until_closed(self, src: trio.SocketStream, dst: trio.SocketStream, direction: str,
+                                  reader: ul.PduReader, pdus: list, idle: trio.CancelScope) -> None:
+        while True:
+            out = []
+            for pdu_type, pdu in pdus:
+                try:
+                    actions = self.auditor.feed(direction, pdu_type, pdu)
+                except ul.ProtocolError as exc:
+                    await self._abort(f"{direction}: {exc}")
+                    raise
+                for a in actions:
+                    if isinstance(a, Prepare):
+                        self._prepare(a)
+                    elif isinstance(a, Journal):
+                        self.proxy.spool.journal(a.record)
+                    elif isinstance(a, (Emit, Commit)):
+                        if out:
+                            await dst.send_all(b"".join(out))
+                            out = []
+                        self._start_jobs()  # what this action waits for
+                        await (self._emit(a) if isinstance(a, Emit) else self._commit(a))
+                out.append(pdu)
+            if out:
+                await dst.send_all(b"".join(out))
+            self._start_jobs()
+            data = await src.receive_some(RECV)
+            if not data:
+                return
+            idle.deadline = trio.current_time() + IDLE_SECONDS
+            try:
+                pdus = reader.feed(data)
+            except ul.ProtocolError as exc:
+                await self._abort(f"{direction}: {exc}")
+                raise
 
+    def _journal_malformed(self, error: BaseException, what: str | None = None) -> None:
+        log.error("%sassociation %s: data set not recorded: %s", f"{what} in " if what else "",
+                  self.auditor.assoc_id, error)
+        self.proxy.spool.journal({"what": "malformed-dataset", **({"op": what} if what else {}),
+                                  "peer": self.peer, "calling_ae": self.auditor.calling,
+                                  "assoc": self.auditor.assoc_id, "error": f"{type(error).__name__}: {error}"})
+
+    def _prepare(self, action: Prepare) -> None:
+        proxy, key = self.proxy, action.key
         local = {"peer": self.peer, "assoc": self.auditor.assoc_id}
 
-        def run():
+        def run():  # on a worker thread
             try:
                 result = action.fn()
             except Exception as exc:
-                # recorded here too: if the association is torn down meanwhile, trio cancels the waiting
-                # task and drops what the thread returns, but _close_journal must still see the error
-                self.results.setdefault(action.key, exc)
+                with self.lock:
+                    late = self.closed  # _close_journal has read `failed`: nobody else will say it
+                    if not late:
+                        self.failed[key] = exc
+                if late:
+                    self._journal_malformed(exc)
                 raise
-            if action.stage is not None:
-                event = action.stage(result)
-                why = records.unrecordable(event)
-                if why:
-                    return result, None, why
-                return result, self.proxy.spool.stage(event, source="dicom-proxy", local=local), None
-            return result, None, None
+            if action.stage is None:
+                return result, None
+            event = action.stage(result)
+            why = records.unrecordable(event)
+            if why:
+                proxy.spool.journal({"what": "unrecordable", "peer": self.peer, "reason": why,
+                                     "assoc": self.auditor.assoc_id, "calling_ae": self.auditor.calling})
+                return result, None
+            name = proxy.spool.stage(event, source="dicom-proxy", local=local)
+            with self.lock:
+                if not self.closed:
+                    self.staged[key] = name
+                    proxy.inflight.add(name)
+            return result, name
 
-        async def work():
-            try:
-                result, name, why = await trio.to_thread.run_sync(run, limiter=self.proxy.limiter)
-                self.results[action.key] = result
-                if name:
-                    self.staged[action.key] = name
-                    self.proxy.inflight.add(name)
-                if why:
-                    self.proxy.spool.journal({"what": "unrecordable", "peer": self.peer, "reason": why,
-                                              "assoc": self.auditor.assoc_id, "calling_ae": self.auditor.calling})
-            except Exception as exc:
-                self.results[action.key] = exc
-            finally:
-                done.set()
-        self.nursery.start_soon(work)
+        # started once the PDU that carried the data set is on its way to the PACS (_start_jobs): a
+        # worker that woke now would take the GIL from the loop's send, which the PACS is waiting for
+        job = self.jobs[key] = proxy.workers.job(run)
+        self._unstarted.append(job)
+
+    def _start_jobs(self) -> None:
+        for job in self._unstarted:
+            self.proxy.workers.start(job)
+        self._unstarted.clear()
 
     async def _commit(self, action: Commit) -> None:
         """The PACS answered a C-STORE: its event (staged while the PACS worked) gets the outcome, then the
         answer goes to the modality."""
-        await self.done[action.key].wait()
-        del self.done[action.key]
-        result = self.results.pop(action.key, None)
-        name = self.staged.pop(action.key, None)
-        if isinstance(result, SpoolError):
-            log.critical("spool write failed, aborting association %s: %s", self.auditor.assoc_id, result)
-            await self._abort(str(result))
-            raise result
-        if isinstance(result, Exception):
-            log.error("%s in association %s: data set not recorded: %s", action.what, self.auditor.assoc_id,
-                      result)
-            self.proxy.spool.journal({"what": "malformed-dataset", "op": action.what, "peer": self.peer,
-                                      "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
-                                      "error": f"{type(result).__name__}: {result}"})
+        job = self.jobs[action.key]
+        try:
+            _, name = await job.result()
+        except SpoolError as exc:
+            del self.jobs[action.key]
+            log.critical("spool write failed, aborting association %s: %s", self.auditor.assoc_id, exc)
+            await self._abort(str(exc))
+            raise
+        except Exception as exc:
+            del self.jobs[action.key]
+            with self.lock:
+                self.failed.pop(action.key, None)
+            self._journal_malformed(exc, action.what)
             return
+        # collected: from here on no await until the answer is relayed, so a teardown cannot come between
+        del self.jobs[action.key]
         if name is not None:
-            self.proxy.spool.commit_staged(name, action.outcome)
-            self.proxy.inflight.discard(name)
+            with self.lock:
+                self.staged.pop(action.key, None)
+            try:
+                self.proxy.spool.commit_staged(name, action.outcome)
+            finally:
+                self.proxy.inflight.discard(name)  # committed, or left staged for settle_staged
             self.proxy.stats["events"] += 1
 
     async def _emit(self, action: Emit) -> None:
+        results = {}
         for key in action.keys:
-            await self.done[key].wait()
-        results = {k: self.results.pop(k, None) for k in action.keys}
-        for k in action.keys:
-            self.done.pop(k, None)
+            job = self.jobs.get(key)
+            try:
+                results[key] = None if job is None else (await job.result())[0]
+            except Exception as exc:
+                results[key] = exc
+        for key in action.keys:  # collected: taken off only now, so a teardown meanwhile still saw them
+            self.jobs.pop(key, None)
+        with self.lock:
+            for key in action.keys:
+                self.failed.pop(key, None)
         for value in results.values():
             if isinstance(value, Exception):
-                log.error("%s in association %s: data set not recorded: %s", action.what,
-                          self.auditor.assoc_id, value)
-                self.proxy.spool.journal({"what": "malformed-dataset", "op": action.what, "peer": self.peer,
-                                          "calling_ae": self.auditor.calling, "assoc": self.auditor.assoc_id,
-                                          "error": f"{type(value).__name__}: {value}"})
+                self._journal_malformed(value, action.what)
         events = []
         for event in action.build(results):
             if isinstance(event, Journal):
@@ -350,6 +394,7 @@ class Association:
             return
         local = {"peer": self.peer, "assoc": self.auditor.assoc_id, "op": action.what}
         try:
+            # trio's own threads: a query's events must not queue behind other associations' data sets
             await trio.to_thread.run_sync(
                 lambda: self.proxy.spool.put_many(events, source="dicom-proxy", local=local))
         except SpoolError as exc:

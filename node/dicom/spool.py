@@ -24,7 +24,8 @@ the answer relayed. A crash can lose that rename but not the event: a staged eve
 is settled later by asking the PACS whether it holds the instance (`settle_staged`, C-FIND in proxy.py):
 held -> outcome 0, not held -> 8.
 
-Standard library only: the Orthanc plugin imports this module inside Orthanc's embedded Python.
+Standard library only: the Orthanc plugin imports this module inside Orthanc's embedded Python (orjson, when
+installed, only encodes faster; json does the same job without it).
 """
 
 from __future__ import annotations
@@ -39,6 +40,23 @@ from pathlib import Path
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+
+
+try:
+    import orjson
+except ImportError:  # Orthanc's embedded Python: the plugin
+    orjson = None
+
+
+def _encode(record: dict) -> bytes:
+    """Compact JSON with sorted keys (orjson is ~10x faster on the proxy's path; json takes what it cannot,
+    such as a non-string key)."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            pass
+    return json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
 
 
 class SpoolError(OSError):
@@ -90,7 +108,7 @@ class Spool:
                     record["local"] = local
                 name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):08d}.json"
                 tmp_path = self.tmp / name
-                data = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+                data = _encode(record)
                 fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
                 try:
                     os.write(fd, data)
@@ -122,7 +140,7 @@ class Spool:
         try:
             fd = os.open(self.staged_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
             try:
-                os.write(fd, json.dumps(record, separators=(",", ":"), sort_keys=True).encode())
+                os.write(fd, _encode(record))
                 os.fsync(fd)
             finally:
                 os.close(fd)
