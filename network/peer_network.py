@@ -569,10 +569,19 @@ class PeerNetwork:
                     self.on_peer_up(p.pid)
                 except Exception:  # the application's bug must not end a healthy session
                     log.exception("on_peer_up(%s) raised", p.pid)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watchdog, p, nursery.cancel_scope)
-                await self._write_loop(p, stream)
-            dead = True  # only the watchdog ends the nursery without an exception
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watchdog, p, nursery.cancel_scope)
+                    await self._write_loop(p, stream)
+            except* Exception as group:
+                # A write that fails while the host is torn down (set_identity's rebuild) arrives in one group
+                # with the rebuild's Cancelled: `except Exception` below cannot catch that group, and the
+                # write's error went on to end the whole node. Here the error is handled and the Cancelled
+                # alone goes on to the scope that cancelled.
+                self.stats["stream_errors"] += 1
+                log.debug("session with %s ended: %r", p.pid, group.exceptions[0])
+            else:
+                dead = True  # only the watchdog ends the nursery without an exception
         except trio.TooSlowError:
             self.stats["dial_timeouts"] += 1
         except Exception as e:
