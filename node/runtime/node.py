@@ -64,6 +64,11 @@ GOSSIP_SLICE = 0.01  # seconds of tx checks between two yields to the consensus 
 # this many bytes (~1,000 txs, ~10 ms of decoding on the event loop) per hand-off.
 GOSSIP_GROUP = 32
 GOSSIP_GROUP_BYTES = 256 << 10
+# After an epoch switch, a member's previous libp2p identity (rotated with `member rotate-key --p2p`) is still
+# admitted this long: that member may not have executed the last block of the old epoch yet (the others'
+# COMMITs for it can be in flight when they switch), and it moves to its new identity only once it has. Cut
+# off at the switch, it could not fetch that block from anyone and stayed out for good.
+ROTATION_GRACE = 60.0
 
 
 async def open_node(cfg: NodeConfig) -> Node:
@@ -120,6 +125,9 @@ class Node:
             # The member set is an epoch of the chain (node.ledger.epochs): the replica, the peers this node talks to
             # and the peers it accepts follow the epoch of the next height, and change after its last block.
             identity = self._p2p_identity()
+            self._rotation_grace: dict[str, list[str]] = {}  # previous peer IDs still admitted (ROTATION_GRACE)
+            self._rotation_grace_until = 0.0
+            self._rotation_grace_started = trio.Event()
             self._net_members: dict[str, list[str]] = self._network_members()
             self.net = PeerNetwork(identity, self._net_members, cfg.psk, cfg.p2p_listen,
                                    lock_dir=str(cfg.home / "data"))
@@ -218,7 +226,37 @@ class Node:
             for m in epoch.members:
                 if m.peer_id:
                     out[m.peer_id] = list(m.addrs)
+        if time.monotonic() < self._rotation_grace_until:
+            for pid, addrs in self._rotation_grace.items():
+                out.setdefault(pid, addrs)
         return out
+
+    def _start_rotation_grace(self, height: int) -> None:
+        """After block ``height``, the last of an epoch: keep admitting, for ROTATION_GRACE, the previous
+        peer ID of each member that stays but rotated its libp2p identity (not of a removed member)."""
+        old, new = self.chain.epoch_at(height), self.chain.epoch_at(height + 1)
+        now_at = {m.name: m.peer_id for m in new.members}
+        rotated = {m.peer_id: list(m.addrs) for m in old.members
+                   if m.peer_id and now_at.get(m.name) not in (None, m.peer_id)}
+        if rotated:
+            self._rotation_grace = rotated
+            self._rotation_grace_until = time.monotonic() + ROTATION_GRACE
+            self._rotation_grace_started.set()
+
+    async def _rotation_grace_loop(self) -> None:
+        while True:
+            await self._rotation_grace_started.wait()
+            self._rotation_grace_started = trio.Event()
+            while (left := self._rotation_grace_until - time.monotonic()) > 0:
+                await trio.sleep(left)
+            self._rotation_grace = {}
+            self._update_net_members()
+
+    def _update_net_members(self) -> None:
+        members = self._network_members()
+        if members != self._net_members:
+            self._net_members = members
+            self.net.set_members(members)
 
     def _follow_psk(self, executed: int) -> None:
         """After block ``executed``: open (and persist) our box of every approved PSK rotation, and tell the
@@ -367,12 +405,11 @@ class Node:
                 self._load_own_keys()
             if registered in self._own_keys:
                 self.member_key = self._own_keys[registered]  # our rotation applied: sign txs with the new key
-        members = self._network_members()
-        if members != self._net_members:
-            self._net_members = members
-            self.net.set_members(members)
-        self._follow_psk(height)
         want = self.chain.epoch_at(height + 1).start
+        if want == height + 1 and height > 0:
+            self._start_rotation_grace(height)
+        self._update_net_members()
+        self._follow_psk(height)
         if want != self.epoch.start and want != self._switching_to:
             # once per epoch change: block sync may execute several blocks before the driver switches
             self._switching_to = want
@@ -393,6 +430,7 @@ class Node:
                 nursery.start_soon(self._inbox_loop)
                 nursery.start_soon(self._gossip_loop)
                 nursery.start_soon(self.loop_lag.run)
+                nursery.start_soon(self._rotation_grace_loop)
                 if self.trace is not None:
                     nursery.start_soon(self.trace.run)
                 await nursery.start(self.driver.run)

@@ -292,6 +292,38 @@ def test_keys_rotate_and_parameters_change_without_stopping_the_chain(testnet, t
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_a_member_down_across_its_own_identity_switch_rejoins_under_the_new_one(testnet, tmp_path):
+    """hosp-d rotates its libp2p identity, then is killed before the switch height and restarted after the
+    others passed it. Its chain still says "your old identity until the switch", which the others stop
+    admitting at the switch: without the grace (node.runtime.node ROTATION_GRACE) it could never fetch the
+    blocks that tell it to move on (the same happens to a running member one block behind at the switch)."""
+    from network.identity import load_or_create_identity, peer_id_of
+
+    # a switch height well after the rotation is recorded: hosp-d is killed between the two
+    net: LocalTestnet = testnet(4, params={"epoch_interval": 64})
+    net.start()
+    net.wait_ready(timeout=60)
+    with Load(net, [0, 1]) as load:
+        net.wait_until(lambda: net.height(0) >= 2, 30, "first blocks under load")
+        cli("member", "rotate-key", "--p2p", "--home", str(net.nodes[3].home))
+        new_d = peer_id_of(load_or_create_identity(load_config(net.nodes[3].home).p2p_key_path.with_name("p2p.key.next")))
+
+        def approved_on_d() -> bool:
+            v = net.rpc(3, "validators")
+            return any(m["peer_id"] == new_d for m in (v["pending"][-1]["members"] if v.get("pending") else []))
+
+        net.wait_until(approved_on_d, 30, "hosp-d executed its own rotation")
+        net.kill(3)
+        net.wait_until(lambda: net.rpc(0, "validators")["validators"][3]["peer_id"] == new_d, 60,
+                       "the others past the switch")
+        net.start(3)
+        net.wait_until(lambda: net.rpc(3, "status")["peers"] >= 2 and net.height(3) >= net.height(0) - 1, 45,
+                       "hosp-d caught up and connected under its new identity")
+        assert any(p["peer_id"] == new_d and p["connected"] for p in net.rpc(0, "peers")["peers"])
+    assert_nothing_lost(net, [0], load.acked)
+    assert_one_chain(net, list(range(4)))
+
+
 def batch(net: LocalTestnet, i: int, calls: list[tuple[str, dict]]) -> list[dict]:
     """Results of many RPC calls to node i, as JSON-RPC batches (one HTTP request per 500 calls)."""
     info, out = net.nodes[i], []
