@@ -460,10 +460,21 @@ class Chain:
         h = _sha256(raw).digest()
         tx = self._verified.get(h)
         if tx is None:
-            tx = decode_tx(raw, hash=h)
+            tx = decode_tx(raw, hash=h, verify=False)
+            self.refuse_unauthorised(tx)  # before the costly check, so a stranger's tx costs no verification
+            tx.verify()
             self._remember(tx)
         self._check_authorised(tx)
         return tx
+
+    def refuse_unauthorised(self, tx: Tx) -> None:
+        """Raise TxNotAuthorised when ``tx`` names another chain or a client key no member authorised (now).
+        Asked before a tx's signature is checked: anyone can sign txs with a key of their own, and a member
+        sending them cannot be told from an honest one whose key was revoked meanwhile (neither is scored),
+        so they must cost a dict lookup, not an Ed25519 verification and a place in the verified cache."""
+        reason = authority_error(tx.fields, self.chain_id, self.state.authorized)
+        if reason is not None:
+            raise TxNotAuthorised(reason)
 
     def check_own_tx(self, raw: bytes) -> Tx:
         """Like check_tx for a tx this node has just signed itself: its own fresh signature is not verified

@@ -194,6 +194,10 @@ class TxGossip:
                     continue
                 try:
                     tx = decode_tx(raw, hash=h, verify=False)
+                    chain.refuse_unauthorised(tx)  # a stranger's key costs no signature check (Chain.check_tx)
+                except TxNotAuthorised:
+                    self.stats["txs_refused"] += 1
+                    continue
                 except TxError as exc:
                     self.stats["txs_refused"] += 1
                     bad += 1

@@ -17,7 +17,7 @@ from nacl.signing import SigningKey
 sys.path.insert(0, str(next(Path(__file__).parents[1].rglob("ledger_helpers.py")).parent))
 from ledger_helpers import Consortium  # noqa: E402
 
-from node.ledger.chain import Chain  # noqa: E402
+from node.ledger.chain import Chain, TxNotAuthorised  # noqa: E402
 from node.ledger.store import Store  # noqa: E402
 from node.ledger.tx import tx_hash  # noqa: E402
 from node.runtime.gossip import CHANNEL, MAX_BATCH_TXS, TxGossip, decode_batch  # noqa: E402
@@ -160,6 +160,31 @@ def test_forged_and_foreign_txs_are_refused_and_the_valid_ones_in_the_batch_admi
     assert b.gossip.stats["txs_refused"] == 2
     assert b.gossip.scores.score("peer-c") > 0  # the forgery counts against the sender
     assert b.gossip.scores.score("peer-x") == 0
+
+
+async def test_txs_signed_by_a_key_no_member_authorised_cost_no_signature_check(c, members, monkeypatch):
+    """A member can sign any number of txs with a key of its own and replay them forever: neither gossip path
+    may spend an Ed25519 verification on them (nor keep them in the verified cache), and the sender is not
+    scored, as an honest member whose client key was revoked meanwhile sends the same."""
+    import node.ledger.tx as txmod
+    checks = []
+    real = txmod._sign_open
+    monkeypatch.setattr(txmod, "_sign_open", lambda signed, client: checks.append(client) or real(signed, client))
+    stranger = SigningKey(b"\x99" * 32)
+    strangers = [c.tx(1, signer=stranger) for _ in range(200)]
+    good = c.tx(0)
+    b = members("b")
+    b.gossip.on_batch("peer-c", msgpack.packb(strangers + [good], use_bin_type=True))  # inline path
+    await b.gossip.on_batches_threaded([("peer-c", msgpack.packb(strangers, use_bin_type=True))] * 2)
+    assert checks == [bytes(c.keys[0].verify_key)]  # the one authorised tx, and nothing else
+    assert list(b.mempool.take_for_proposal(10, 1)) == [good]
+    assert b.gossip.stats["txs_refused"] == 3 * len(strangers)
+    assert all(b.chain.verified(tx_hash(r)) is None for r in strangers)
+    assert b.gossip.scores.score("peer-c") == 0
+    # a client of this node is refused the same way, before any signature check
+    with pytest.raises(TxNotAuthorised):
+        b.chain.check_tx(strangers[0])
+    assert len(checks) == 1
 
 
 def test_a_flood_past_the_pool_bound_is_refused_without_raising_and_the_pool_stays_bounded(c, members):
