@@ -236,10 +236,10 @@ class Node:
         peer ID of each member that stays but rotated its libp2p identity (not of a removed member)."""
         old, new = self.chain.epoch_at(height), self.chain.epoch_at(height + 1)
         now_at = {m.name: m.peer_id for m in new.members}
-        rotated = {m.peer_id: list(m.addrs) for m in old.members
-                   if m.peer_id and now_at.get(m.name) not in (None, m.peer_id)}
+        rotated = {m.peer_id: list(m.addrs) for m in old.members  # our own old identity is nobody to admit
+                   if m.peer_id and m.name != self.cfg.name and now_at.get(m.name) not in (None, m.peer_id)}
         if rotated:
-            self._rotation_grace = rotated
+            self._rotation_grace.update(rotated)  # a second switch within the grace extends the first's
             self._rotation_grace_until = time.monotonic() + ROTATION_GRACE
             self._rotation_grace_started.set()
 
