@@ -168,6 +168,7 @@ class Association:
         # ended (`closed`), a worker no longer marks what it staged in flight: settle_staged takes it
         self.staged: dict = {}
         self.closed = False
+        self.aborting = False  # _abort was called: run() sends the A-ABORTs once the relays have stopped
         self.failed: dict = {}  # prepare key -> the error its job raised, for _close_journal
         self.lock = threading.Lock()
         self.nursery: trio.Nursery | None = None
@@ -219,6 +220,8 @@ class Association:
             for name in unanswered:  # never answered: settle_staged will ask the PACS
                 self.proxy.inflight.discard(name)
             self._close_journal()
+            if self.aborting:
+                await self._send_aborts()
             await self.pacs.aclose()
 
     def _close_journal(self) -> None:
@@ -257,7 +260,7 @@ class Association:
                 try:
                     actions = self.auditor.feed(direction, pdu_type, pdu)
                 except ul.ProtocolError as exc:
-                    await self._abort(f"{direction}: {exc}")
+                    self._abort(f"{direction}: {exc}")
                     raise
                 for a in actions:
                     if isinstance(a, Prepare):
@@ -281,7 +284,7 @@ class Association:
             try:
                 pdus = reader.feed(data)
             except ul.ProtocolError as exc:
-                await self._abort(f"{direction}: {exc}")
+                self._abort(f"{direction}: {exc}")
                 raise
 
     def _journal_malformed(self, error: BaseException, what: str | None = None) -> None:
@@ -340,7 +343,7 @@ class Association:
         except SpoolError as exc:
             del self.jobs[action.key]
             log.critical("spool write failed, aborting association %s: %s", self.auditor.assoc_id, exc)
-            await self._abort(str(exc))
+            self._abort(str(exc))
             raise
         except Exception as exc:
             del self.jobs[action.key]
@@ -400,20 +403,25 @@ class Association:
         except SpoolError as exc:
             # Not durable -> must not acknowledge: abort so the modality retries later.
             log.critical("spool write failed, aborting association %s: %s", self.auditor.assoc_id, exc)
-            await self._abort(str(exc))
+            self._abort(str(exc))
             raise
         self.proxy.stats["events"] += len(events)
 
-    async def _abort(self, why: str) -> None:
+    def _abort(self, why: str) -> None:
+        """Journal why, and have run() send A-ABORT both ways once the relays have stopped (the caller
+        raises, which stops them): sending now could collide with the other relay, still inside a send_all
+        on that stream (trio refuses two senders; the abort was lost and the error logged as a crash)."""
         self.proxy.spool.journal({"what": "association-aborted-by-proxy", "assoc": self.auditor.assoc_id,
                                   "peer": self.peer, "calling_ae": self.auditor.calling, "error": why})
-        for stream in (self.client, self.pacs):
-            if stream is not None:
-                with trio.move_on_after(2):
-                    try:
-                        await stream.send_all(ul.abort())
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        pass
+        self.aborting = True
+
+    async def _send_aborts(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):  # also when the proxy is shutting down
+            for stream in (self.client, self.pacs):
+                try:
+                    await stream.send_all(ul.abort())
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
 
 
 def pynetdicom_resolver(pacs: tuple[str, str, int], own_aet: str = "RADCHAIN", timeout: float = 5.0):

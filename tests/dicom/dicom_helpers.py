@@ -330,30 +330,32 @@ def _item(item_type: int, payload: bytes) -> bytes:
     return bytes([item_type, 0]) + struct.pack(">H", len(payload)) + payload
 
 
-def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: str = "ORTHANC",
-              sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str | None = "1.2.3.4.5.6.7.8.9",
-              timeout: float = 20.0, ts: str = "1.2.840.10008.1.2", command_field: int = 0x0001,
-              move_destination: str | None = None) -> bytes:
-    """Associate (transfer syntax `ts`, implicit VR LE by default), send one request (C-STORE by default;
-    0x0020 for C-FIND with sop_class a FIND model) with `dataset` bytes as-is, return what came back."""
+def associate_rq(calling: str = "MODALITY1", called: str = "ORTHANC",
+                 sop_class: str = "1.2.840.10008.5.1.4.1.1.2", ts: str = "1.2.840.10008.1.2") -> bytes:
+    """An A-ASSOCIATE-RQ proposing one presentation context (id 1) and a 16 KiB maximum PDU."""
+    import struct
+    ctx = bytes([1, 0, 0, 0]) + _item(0x30, sop_class.encode()) + _item(0x40, ts.encode())
+    user = _item(0x51, struct.pack(">I", 16384))
+    body = (struct.pack(">H", 1) + b"\0\0" + called.encode().ljust(16) + calling.encode().ljust(16) + bytes(32)
+            + _item(0x10, b"1.2.840.10008.3.1.1.1") + _item(0x20, ctx) + _item(0x50, user))
+    return bytes([1, 0]) + struct.pack(">I", len(body)) + body
+
+
+def command_set(sop_class: str, command_field: int, *, message_id: int = 1, has_dataset: bool = True,
+                sop_uid: str | None = None, move_destination: str | None = None) -> bytes:
+    """A DIMSE command set, implicit VR little endian, with its CommandGroupLength."""
     import struct
 
     from pydicom.dataset import Dataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
-
-    ts = ts.encode()
-    ctx = bytes([1, 0, 0, 0]) + _item(0x30, sop_class.encode()) + _item(0x40, ts)
-    user = _item(0x51, struct.pack(">I", 16384))
-    body = (struct.pack(">H", 1) + b"\0\0" + called.encode().ljust(16) + calling.encode().ljust(16) + bytes(32)
-            + _item(0x10, b"1.2.840.10008.3.1.1.1") + _item(0x20, ctx) + _item(0x50, user))
-    rq = bytes([1, 0]) + struct.pack(">I", len(body)) + body
     cmd = Dataset()
     cmd.AffectedSOPClassUID = sop_class
     cmd.CommandField = command_field
-    cmd.MessageID = 1
-    cmd.Priority = 0
-    cmd.CommandDataSetType = 0x0000
+    cmd.MessageID = message_id
+    if command_field != 0x0030:  # C-ECHO-RQ has no priority
+        cmd.Priority = 0
+    cmd.CommandDataSetType = 0x0000 if has_dataset else 0x0101
     if sop_uid:
         cmd.AffectedSOPInstanceUID = sop_uid
     if move_destination:
@@ -362,10 +364,26 @@ def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: 
     buf.is_little_endian, buf.is_implicit_VR = True, True
     write_dataset(buf, cmd)
     raw = buf.getvalue()
-    raw = b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(raw)) + raw  # CommandGroupLength
-    def pdv(payload: bytes, header: int) -> bytes:
-        item = struct.pack(">I", len(payload) + 2) + bytes([1, header]) + payload
-        return bytes([4, 0]) + struct.pack(">I", len(item)) + item
+    return b"\x00\x00\x00\x00\x04\x00\x00\x00" + struct.pack("<I", len(raw)) + raw
+
+
+def p_data(payload: bytes, header: int, context_id: int = 1) -> bytes:
+    """A P-DATA-TF carrying one PDV (header 0x03: last command fragment, 0x02: last data set fragment)."""
+    import struct
+    item = struct.pack(">I", len(payload) + 2) + bytes([context_id, header]) + payload
+    return bytes([4, 0]) + struct.pack(">I", len(item)) + item
+
+
+def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: str = "ORTHANC",
+              sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str | None = "1.2.3.4.5.6.7.8.9",
+              timeout: float = 20.0, ts: str = "1.2.840.10008.1.2", command_field: int = 0x0001,
+              move_destination: str | None = None) -> bytes:
+    """Associate (transfer syntax `ts`, implicit VR LE by default), send one request (C-STORE by default;
+    0x0020 for C-FIND with sop_class a FIND model) with `dataset` bytes as-is, return what came back."""
+    import struct
+
+    rq = associate_rq(calling, called, sop_class, ts)
+    raw = command_set(sop_class, command_field, sop_uid=sop_uid, move_destination=move_destination)
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(rq)
         first = s.recv(65536)
@@ -373,7 +391,7 @@ def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: 
             return first
         # data set fragments within the PACS's 16 KiB maximum PDU (what Orthanc/dcmtk accept by default)
         chunks = [dataset[i:i + 16000] for i in range(0, len(dataset), 16000)] or [b""]
-        s.sendall(pdv(raw, 0x03) + b"".join(pdv(c, 0x02 if i == len(chunks) - 1 else 0x00)
+        s.sendall(p_data(raw, 0x03) + b"".join(p_data(c, 0x02 if i == len(chunks) - 1 else 0x00)
                                             for i, c in enumerate(chunks)))
         got = b""
         try:

@@ -5,17 +5,25 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import threading
 
 import pytest
 from dicom_helpers import (
+    RADCHAIN,
     ProcessHandle,
+    associate_rq,
+    command_set,
+    free_port,
     make_instances,
+    p_data,
     raw_store,
     run_tool,
     spooled_events,
     start_proxy,
     wait_for,
 )
+
+from node.dicom import ul
 
 
 @pytest.fixture
@@ -78,10 +86,14 @@ def test_store_find_get_move_echo(proxy, home, rpc, orthanc, tmp_path):
                j["peer"].startswith("127.0.0.1:") for j in journal)
     assert wait_for(lambda: not list((home / "spool" / "pending").iterdir()), 10, what="spool drained")
 
+VERIFICATION = "1.2.840.10008.1.1"
+
 
 def _journal(home):
     path = home / "spool" / "journal.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    text = path.read_text() if path.exists() else ""
+    # the proxy may be writing a line right now: read whole lines only
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
 
 def test_unknown_ae_garbage_and_malformed_data_keep_the_proxy_up(home, rpc, orthanc, tmp_path):
@@ -117,6 +129,160 @@ def test_unknown_ae_garbage_and_malformed_data_keep_the_proxy_up(home, rpc, orth
         assert "not in [dicom] allowed_aets" in p.log.read_text()
     finally:
         p.stop()
+
+
+class _Tap:
+    """A TCP hop between the proxy and Orthanc that keeps every byte the proxy sent towards the PACS."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.upstream: list[bytearray] = []  # per connection
+        self.to_proxy: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.target_port))
+            self.upstream.append(keep := bytearray())
+            self.to_proxy.append(down)
+            threading.Thread(target=self._pipe, args=(down, up, keep), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, down, None), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst, keep):
+        try:
+            while data := src.recv(65536):
+                if keep is not None:
+                    keep += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def inject(self, data: bytes) -> None:
+        """Send `data` to the proxy as if the PACS had sent it, on the newest connection (in a thread: the
+        proxy may stop reading); `injected` counts what the kernel took."""
+        self.injected, self.injection_done = 0, False
+        sock = self.to_proxy[-1]
+
+        def run():
+            for i in range(0, len(data), 1 << 16):
+                try:
+                    sock.sendall(data[i:i + (1 << 16)])
+                except OSError:
+                    return
+                self.injected += len(data[i:i + (1 << 16)])
+            self.injection_done = True
+        threading.Thread(target=run, daemon=True).start()
+
+    def wait_until_the_proxy_stops_reading(self) -> None:
+        """Until what the kernel takes from an injection stops growing (polled half a second apart)."""
+        last = [None]
+
+        def stalled():
+            seen, last[0] = last[0], self.injected
+            return seen == self.injected > 0
+        wait_for(stalled, 20, interval=0.5, what="the injection to stall")
+        assert not self.injection_done, "the proxy took the whole flood: nothing waits in a send"
+
+    def close(self):
+        self.listener.close()
+
+
+def _read_pdu(s: socket.socket) -> bytes:
+    got = b""
+    while len(got) < 6 or len(got) < 6 + struct.unpack(">I", got[2:6])[0]:
+        chunk = s.recv(65536)
+        if not chunk:
+            return got
+        got += chunk
+    return got
+
+
+def test_a_pdu_the_proxy_refuses_never_reaches_the_pacs(home, rpc, orthanc, tmp_path):
+    """Each chunk a modality sends is parsed before it is forwarded: bytes the proxy refuses (here a PDU type
+    the Upper Layer does not define) end the association on both sides and never reach the PACS."""
+    tap = _Tap(orthanc.dicom_port)
+    port = free_port()
+    p = ProcessHandle([RADCHAIN, "dicom-proxy", "--home", str(home), "--listen", f"127.0.0.1:{port}",
+                       "--pacs", f"ORTHANC@127.0.0.1:{tap.port}"], tmp_path / "proxy.log", ready_port=port).start()
+    refused = {  # what each bad chunk is, as the proxy's journal has it
+        "an undefined PDU type": bytes([0x55, 0]) + struct.pack(">I", 12) + b"RC-NOT-SENT!",
+        "a P-DATA-TF over the size limit": bytes([4, 0]) + struct.pack(">I", ul.MAX_PDU + 1) + b"RC-NOT-SENT!",
+    }
+    try:
+        # five times each: the abort used to collide, one time in a few, with the relay still sending
+        # the C-ECHO's answer (trio refused the second sender, the abort was lost, the error logged a crash)
+        for what, chunk in list(refused.items()) * 5:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(associate_rq(sop_class=VERIFICATION))
+                assert _read_pdu(s)[0] == 2, "association accepted"
+                echo = p_data(command_set(VERIFICATION, 0x0030, has_dataset=False), 0x03)
+                s.sendall(echo)
+                rsp = _read_pdu(s)
+                assert rsp[0] == 4 and b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00" in rsp, "C-ECHO answered"
+                assert bytes(tap.upstream[-1]).endswith(echo)
+                s.sendall(chunk)
+                assert _read_pdu(s)[:1] in (b"\x07", b""), f"{what}: the modality is aborted"
+        wait_for(lambda: len([j for j in _journal(home) if j["what"] == "association-aborted-by-proxy"]) == 10,
+                 10, what="every abort journaled")
+        assert len(tap.upstream) == 10 and not [b for b in tap.upstream if b"RC-NOT-SENT!" in b]
+        assert p.running()
+    finally:
+        p.stop()
+        tap.close()
+    assert "Traceback" not in p.log.read_text(), p.log.read_text()
+
+
+def test_an_abort_while_the_modality_is_not_reading_leaves_the_proxy_clean(home, rpc, orthanc, tmp_path):
+    """The PACS streams to a modality that does not read (the proxy's relay waits inside a send to it) when
+    the modality sends bytes the proxy refuses: the association is aborted and journaled, no crash is logged,
+    and the proxy goes on serving. (Sending the A-ABORT there and then collided with that waiting send.)"""
+    tap = _Tap(orthanc.dicom_port)
+    port = free_port()
+    p = ProcessHandle([RADCHAIN, "dicom-proxy", "--home", str(home), "--listen", f"127.0.0.1:{port}",
+                       "--pacs", f"ORTHANC@127.0.0.1:{tap.port}"], tmp_path / "proxy.log", ready_port=port).start()
+    echo = p_data(command_set(VERIFICATION, 0x0030, has_dataset=False), 0x03)
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(10)
+            s.connect(("127.0.0.1", port))
+            s.sendall(associate_rq(sop_class=VERIFICATION))
+            assert _read_pdu(s)[0] == 2, "association accepted"
+            s.sendall(echo)
+            assert _read_pdu(s)[0] == 4, "C-ECHO answered"
+            # an N-EVENT-REPORT with an 8 MiB data set, from the PACS's side, that the modality never reads
+            flood = p_data(command_set(VERIFICATION, 0x0100), 0x01 | 0x02)
+            flood += p_data(bytes(16000), 0x00) * 512
+            tap.inject(flood)
+            tap.wait_until_the_proxy_stops_reading()
+            s.sendall(bytes([0x55, 0]) + struct.pack(">I", 12) + b"RC-NOT-SENT!")
+            wait_for(lambda: [j for j in _journal(home) if j["what"] == "association-aborted-by-proxy"], 10,
+                     what="the abort journaled")
+        assert not [b for b in tap.upstream if b"RC-NOT-SENT!" in b]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # still serving
+            s.sendall(associate_rq(sop_class=VERIFICATION))
+            assert _read_pdu(s)[0] == 2
+            s.sendall(echo)
+            assert _read_pdu(s)[0] == 4
+        assert p.running()
+    finally:
+        p.stop()
+        tap.close()
+    log = p.log.read_text()
+    assert "Traceback" not in log, log
 
 
 def test_node_down_during_storescu_burst(home, rpc, orthanc, tmp_path):
