@@ -143,6 +143,14 @@ class Metrics:
                "unauthorised tx), and this node's own pending txs sent again after rebroadcast_after s.",
                [(f'{{result="{k}"}}', gossip_stats.get(key, 0)) for k, key in
                 (("admitted", "txs_admitted"), ("refused", "txs_refused"), ("rebroadcast", "rebroadcast"))])
+        backlog = getattr(node, "gossip_backlog", None)
+        if backlog is not None:
+            metric("radchain_gossip_backlog_batches", "gauge",
+                   "Tx batches from other members waiting for their checks (a queue per member, served in turn).",
+                   backlog.batches)
+            metric("radchain_gossip_backlog_holds_total", "counter",
+                   "Times a member had so many tx batches waiting that its stream was no longer read until its "
+                   "queue was down to half (it slows that member alone).", backlog.holds)
         driver = getattr(node, "driver", None)
         driver_stats = getattr(driver, "stats", {})
         metric("radchain_consensus_events_total", "counter",

@@ -39,6 +39,7 @@ from node.runtime.epoch_replica import EpochApp, EpochReplica, Observer
 from node.runtime.gossip import CHANNEL as TX_CHANNEL
 from node.runtime.gossip import FETCH_CHANNEL as TX_FETCH_CHANNEL
 from node.runtime.gossip import TxGossip
+from node.runtime.gossip_backlog import GossipBacklog
 from node.runtime.keys import load_member_key
 from node.runtime.latency_trace import ENABLED as TRACE_LATENCY
 from node.runtime.latency_trace import LatencyTrace
@@ -58,7 +59,6 @@ from node.runtime.wal_file import WriteAheadLog
 log = logging.getLogger("radchain.node")
 
 CONSENSUS_CHANNEL = "consensus"
-GOSSIP_QUEUE = 64  # tx batches from members waiting for their checks
 GOSSIP_SLICE = 0.01  # seconds of tx checks between two yields to the consensus driver
 # Tx batches waiting together are checked together (one worker-thread hand-off): at most this many, and
 # this many bytes (~1,000 txs, ~10 ms of decoding on the event loop) per hand-off.
@@ -131,6 +131,9 @@ class Node:
             self._net_members: dict[str, list[str]] = self._network_members()
             self.net = PeerNetwork(identity, self._net_members, cfg.psk, cfg.p2p_listen,
                                    lock_dir=str(cfg.home / "data"))
+            # Tx batches from members wait here for _gossip_loop (each is up to gossip_batch signature checks),
+            # a queue per member: one that sends faster than they are checked is held at the network
+            self.gossip_backlog = GossipBacklog(self.net.hold, self.net.release)
             # PSK rotations (node.ledger.epochs): the keys this node learned, persisted before use
             self.psk_keys = PskKeys(cfg.member_key_path.parent / "psk.json")
             self._psk_plan: tuple | None = None
@@ -194,8 +197,6 @@ class Node:
             self.driver.trace = self.trace
             self.loop_lag = LoopLag()
             self.driver.diagnostics = self._view_change_diagnostics
-            # Tx batches from members wait here for _gossip_loop (each is up to gossip_batch signature checks).
-            self._gossip_send, self._gossip_recv = trio.open_memory_channel(GOSSIP_QUEUE)
             # Txs acknowledged as pending before a restart come back unless they committed meanwhile.
             self.mempool.restore(self.store.has_tx, time.monotonic())
             self.own_txs = OwnTxs(self.chain, self.mempool, cfg.name, max_pending=2 * cfg.mempool.max_txs)
@@ -208,12 +209,12 @@ class Node:
         names = {m.peer_id: m.name for m in self.genesis.members}
         peers = {names.get(pid, pid[-8:]): f"silent {st['silent_s']}s queued {st['queued_frames']}"
                  for pid, st in self.net.peer_status().items()}
-        inbox, gossip = self.net.inbox.statistics(), self._gossip_recv.statistics()
+        inbox = self.net.inbox.statistics()
         return {"loop_lag_max_ms": round(self.loop_lag.worst() * 1000, 1), "peers": peers,
-                # frames read from the peers but not yet routed, and tx batches waiting for their checks: the
-                # routing loop waits while the latter is full, and consensus frames behind it wait too
+                # frames read from the peers but not yet routed, and tx batches waiting for their checks (a
+                # member with too many of them waiting is held: its stream is not read meanwhile)
                 "inbox": f"{inbox.current_buffer_used}/{inbox.max_buffer_size}",
-                "gossip_queue": f"{gossip.current_buffer_used}/{gossip.max_buffer_size}",
+                "gossip_backlog": self.gossip_backlog.status(),
                 "inbox_full_waits": self.net.stats.get("inbox_full_waits", 0)}
 
     # ------------------------------------------------------------------ member sets (node.ledger.epochs)
@@ -256,7 +257,9 @@ class Node:
         members = self._network_members()
         if members != self._net_members:
             self._net_members = members
-            self.net.set_members(members)
+            _, removed = self.net.set_members(members)
+            for peer in removed:
+                self.gossip_backlog.forget(peer)
 
     def _follow_psk(self, executed: int) -> None:
         """After block ``executed``: open (and persist) our box of every approved PSK rotation, and tell the
@@ -487,7 +490,7 @@ class Node:
                     if channel == CONSENSUS_CHANNEL:
                         self.driver.message(index, data)
                     elif channel == TX_CHANNEL:
-                        await self._gossip_send.send((peer, data))  # bounded: a backlog slows the peers' streams
+                        self.gossip_backlog.put(peer, data)  # never waits: a member over its bounds is held
                 except Exception as exc:
                     # Each frame on its own: the handlers turn malformed input into their own errors, so
                     # reaching here is a bug, but one member's frame must not stop this loop (and with it
@@ -498,10 +501,7 @@ class Node:
 
     async def _gossip_loop(self) -> None:
         while True:
-            try:
-                first = await self._gossip_recv.receive()
-            except trio.EndOfChannel:
-                return
+            first = await self.gossip_backlog.take()
             await self.driver.yield_to_consensus()
             # Then every batch already waiting, up to ~GOSSIP_SLICE of work: one wait per slice rather than
             # per batch, or small batches (a flush every 5 ms) would cap gossip at a batch per wait. The
@@ -512,16 +512,16 @@ class Node:
                 size = len(group[0][1])
                 while len(group) < GOSSIP_GROUP and size < GOSSIP_GROUP_BYTES:
                     try:
-                        group.append(self._gossip_recv.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
+                        group.append(self.gossip_backlog.take_nowait())
+                    except trio.WouldBlock:
                         break
                     size += len(group[-1][1])
                 await self._check_gossip(group)
                 if time.perf_counter() - started > GOSSIP_SLICE:
                     break
                 try:
-                    group = [self._gossip_recv.receive_nowait()]
-                except (trio.WouldBlock, trio.EndOfChannel):
+                    group = [self.gossip_backlog.take_nowait()]
+                except trio.WouldBlock:
                     break
 
     async def _check_gossip(self, group: list[tuple[str, bytes]]) -> None:
