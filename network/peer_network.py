@@ -63,12 +63,6 @@ class RequestTimeout(RequestError, TimeoutError):
     """No response within the caller's timeout."""
 
 
-def _set_event() -> trio.Event:
-    event = trio.Event()
-    event.set()
-    return event
-
-
 @dataclass(eq=False)
 class _Peer:
     pid: str
@@ -83,8 +77,6 @@ class _Peer:
     reader_blocked: bool = False  # the inbound reader waits on a full inbox (our fault, not the peer's)
     inbound: INetStream | None = None  # the peer's current stream to us
     deliver: trio.Lock = field(default_factory=trio.Lock)  # one reader delivers at a time (order)
-    # set unless the application holds the peer (`hold`): its inbound stream is then not read
-    flowing: trio.Event = field(default_factory=_set_event)
     rtt: float | None = None
     down_since: float | None = None  # trio clock when we last had no session with it (None: in session)
 
@@ -221,7 +213,7 @@ class PeerNetwork:
                 self._peers[pid].addrs = [_dial_addr(pid, a) for a in addrs]
         self._peers.update(fresh)
         for pid in removed:
-            self._peers.pop(pid).flowing.set()  # a held reader wakes up, and ends: no longer a member
+            self._peers.pop(pid)
         self._allowed.set(frozenset(self._peers) | {self.peer_id})
         for pid in removed:
             scope = self._loops.pop(pid, None)
@@ -298,20 +290,6 @@ class PeerNetwork:
             # a reader waiting on our full inbox can't hear the peer; that is our slowness, not its
             if p.up and (p.reader_blocked or now - p.last_rx <= self.dead_after)
         ]
-
-    def hold(self, peer_id: str) -> None:
-        """Stop reading the peer's frames (the application has too many of them waiting): what it sends
-        waits in its own buffers and the stream's window, which slows its sender alone. Its frames already
-        read are delivered. Until `release`; a non-member is ignored."""
-        p = self._peers.get(peer_id)
-        if p is not None and p.flowing.is_set():
-            p.flowing = trio.Event()
-            self.stats["holds"] += 1
-
-    def release(self, peer_id: str) -> None:
-        p = self._peers.get(peer_id)
-        if p is not None:
-            p.flowing.set()
 
     def send(self, peer_id: str, channel: str, data: bytes) -> bool:
         """Enqueue `data` for `peer_id` on `channel` without blocking.
@@ -688,14 +666,6 @@ class PeerNetwork:
         stats = self.stats
         try:
             while True:
-                if not p.flowing.is_set():
-                    p.reader_blocked = True  # held by us: not the peer's silence
-                    try:
-                        while not p.flowing.is_set():  # held again before this reader woke up
-                            await p.flowing.wait()
-                    finally:
-                        p.reader_blocked = False
-                        p.last_rx = trio.current_time()
                 chunk = await stream.read(READ_CHUNK)
                 if not chunk:
                     break

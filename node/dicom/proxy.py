@@ -169,6 +169,7 @@ class Association:
         self.staged: dict = {}
         self.closed = False
         self.aborting = False  # _abort was called: run() sends the A-ABORTs once the relays have stopped
+        self.cut: set[int] = set()  # id() of a stream a relay was cancelled while sending on (mid-PDU)
         self.failed: dict = {}  # prepare key -> the error its job raised, for _close_journal
         self.lock = threading.Lock()
         self.nursery: trio.Nursery | None = None
@@ -219,10 +220,12 @@ class Association:
                 unanswered = list(self.staged.values())
             for name in unanswered:  # never answered: settle_staged will ask the PACS
                 self.proxy.inflight.discard(name)
-            self._close_journal()
-            if self.aborting:
-                await self._send_aborts()
-            await self.pacs.aclose()
+            try:
+                self._close_journal()
+            finally:
+                if self.aborting:
+                    await self._send_aborts()
+                await self.pacs.aclose()
 
     def _close_journal(self) -> None:
         """An association that ended without release: say what was left unanswered and why."""
@@ -269,13 +272,13 @@ class Association:
                         self.proxy.spool.journal(a.record)
                     elif isinstance(a, (Emit, Commit)):
                         if out:
-                            await dst.send_all(b"".join(out))
+                            await self._send(dst, b"".join(out))
                             out = []
                         self._start_jobs()  # what this action waits for
                         await (self._emit(a) if isinstance(a, Emit) else self._commit(a))
                 out.append(pdu)
             if out:
-                await dst.send_all(b"".join(out))
+                await self._send(dst, b"".join(out))
             self._start_jobs()
             data = await src.receive_some(RECV)
             if not data:
@@ -407,17 +410,27 @@ class Association:
             raise
         self.proxy.stats["events"] += len(events)
 
+    async def _send(self, dst: trio.SocketStream, data: bytes) -> None:
+        self.cut.add(id(dst))  # still there if this send is cancelled: the stream may end mid-PDU
+        await dst.send_all(data)
+        self.cut.discard(id(dst))
+
     def _abort(self, why: str) -> None:
-        """Journal why, and have run() send A-ABORT both ways once the relays have stopped (the caller
-        raises, which stops them): sending now could collide with the other relay, still inside a send_all
-        on that stream (trio refuses two senders; the abort was lost and the error logged as a crash)."""
+        """Have run() send A-ABORT both ways once the relays have stopped (the caller raises, which stops
+        them), and journal why. Sending here could collide with the other relay, still inside a send on that
+        stream (trio refuses a second sender: the abort was lost and the association's end logged as a
+        crash)."""
+        self.aborting = True
         self.proxy.spool.journal({"what": "association-aborted-by-proxy", "assoc": self.auditor.assoc_id,
                                   "peer": self.peer, "calling_ae": self.auditor.calling, "error": why})
-        self.aborting = True
 
     async def _send_aborts(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(2):  # also when the proxy is shutting down
-            for stream in (self.client, self.pacs):
+        """An A-ABORT to each side, 2 s each, the PACS first; a side whose stream a relay left mid-PDU gets
+        none (it would read the abort's bytes as the rest of that PDU): closing it is all it can be told."""
+        for stream in (self.pacs, self.client):
+            if id(stream) in self.cut:
+                continue
+            with trio.CancelScope(shield=True), trio.move_on_after(2):  # also while the proxy shuts down
                 try:
                     await stream.send_all(ul.abort())
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
