@@ -148,9 +148,10 @@ class Metrics:
             metric("radchain_gossip_backlog_batches", "gauge",
                    "Tx batches from other members waiting for their checks (a queue per member, served in turn).",
                    backlog.batches)
-            metric("radchain_gossip_backlog_holds_total", "counter",
-                   "Times a member had so many tx batches waiting that its stream was no longer read until its "
-                   "queue was down to half (it slows that member alone).", backlog.holds)
+            metric("radchain_gossip_backlog_dropped_total", "counter",
+                   "Tx batches from other members dropped unchecked: their member already had its bound waiting "
+                   "(its txs come again with its rebroadcast, or are fetched when a proposal names them).",
+                   backlog.dropped)
         driver = getattr(node, "driver", None)
         driver_stats = getattr(driver, "stats", {})
         metric("radchain_consensus_events_total", "counter",

@@ -1,60 +1,57 @@
 """Tx batches from other members, waiting for their checks: a queue per member, served round-robin.
 
 Before this there was one shared queue of 64 batches between the router (node.py `_inbox_loop`) and the
-checks (`_gossip_loop`), and the router waited whenever it was full. Every member's consensus frames then
-waited behind one member's tx batches: a member gossiping valid txs as fast as it could delayed everyone's
-votes by however long the checks of its backlog took. Now the router never waits. A member whose own queue
-reaches its bounds is held at the network (its stream is not read until its queue is down to half), which
-slows that member's stream alone, and the checks take the members' batches in turn, so one member's flood
-delays only its own batches.
+checks (`_gossip_loop`), and the router waited whenever it was full, with every member's consensus frames
+behind it: a member gossiping valid txs as fast as it could delayed everyone's votes by however long the
+checks of its batches took. Now the router never waits, the checks take the members' batches in turn, and a
+member with PEER_BATCHES (or PEER_BYTES) waiting has its further batches dropped until the checks catch up,
+so one member's flood costs the others neither votes nor their turn.
+
+A dropped batch is not lost: its txs wait in the sending member's mempool, which sends them again after
+`mempool.rebroadcast_after`, and a proposal naming a tx this node lacks makes it fetch the tx. Holding the
+member's stream instead (not reading it) was tried and measured: its consensus frames share that stream, so
+a node whose checks fell behind stopped hearing the others' votes, fell behind, and started a view change
+(docs/PERFORMANCE.md, 2026-12-04).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable
 
 import trio
 
-PEER_BATCHES = 32        # batches one member may have waiting before its stream is held
-PEER_BYTES = 16 << 20    # or bytes (a batch is at most gossip.MAX_BATCH_BYTES)
+PEER_BATCHES = 64        # batches one member may have waiting; beyond, its new batches are dropped
+PEER_BYTES = 32 << 20    # or bytes (a batch is at most gossip.MAX_BATCH_BYTES, 8 MiB)
 
 
 class GossipBacklog:
-    def __init__(self, hold: Callable[[str], object], release: Callable[[str], object], *,
-                 peer_batches: int = PEER_BATCHES, peer_bytes: int = PEER_BYTES):
-        assert peer_batches >= 2 and peer_bytes > 0
-        self._hold, self._release = hold, release
+    def __init__(self, *, peer_batches: int = PEER_BATCHES, peer_bytes: int = PEER_BYTES):
+        assert peer_batches >= 1 and peer_bytes > 0
         self.peer_batches, self.peer_bytes = peer_batches, peer_bytes
         # members with batches waiting, in the order they are served next; a served member goes to the end
         self._queues: OrderedDict[str, deque[bytes]] = OrderedDict()
         self._bytes: dict[str, int] = {}
-        self._held: set[str] = set()
         self._ready = trio.Event()
         self.batches = 0   # waiting, all members together
-        self.holds = 0     # times a member's stream was held (counter, for /metrics)
+        self.dropped = 0   # batches dropped because their member had its bound waiting (counter)
 
     def __len__(self) -> int:
         return self.batches
 
-    def held(self) -> frozenset[str]:
-        return frozenset(self._held)
-
-    def put(self, peer: str, data: bytes) -> None:
-        """Queue a batch; never waits. A batch the network has already read is always taken (the member is
-        held once its queue reaches the bounds, so it overshoots them by at most what one read delivered)."""
+    def put(self, peer: str, data: bytes) -> bool:
+        """Queue a batch; never waits. False (and the batch dropped) when the member has its bound waiting."""
         q = self._queues.get(peer)
         if q is None:
             q = self._queues[peer] = deque()
             self._bytes[peer] = 0
+        elif len(q) >= self.peer_batches or self._bytes[peer] + len(data) > self.peer_bytes:
+            self.dropped += 1
+            return False
         q.append(data)
         self._bytes[peer] += len(data)
         self.batches += 1
         self._ready.set()
-        if peer not in self._held and (len(q) >= self.peer_batches or self._bytes[peer] >= self.peer_bytes):
-            self._held.add(peer)
-            self.holds += 1
-            self._hold(peer)
+        return True
 
     def take_nowait(self) -> tuple[str, bytes]:
         """The next member's oldest batch; trio.WouldBlock when none waits."""
@@ -69,10 +66,7 @@ class GossipBacklog:
         else:
             del self._queues[peer]
             del self._bytes[peer]
-        if peer in self._held and len(q) <= self.peer_batches // 2 and self._bytes.get(peer, 0) <= self.peer_bytes // 2:
-            self._held.discard(peer)
-            self._release(peer)
-        assert self.batches == sum(map(len, self._queues.values()))
+        assert self.batches >= len(q) and (q or peer not in self._bytes)
         return peer, data
 
     async def take(self) -> tuple[str, bytes]:
@@ -82,15 +76,12 @@ class GossipBacklog:
         return self.take_nowait()
 
     def forget(self, peer: str) -> None:
-        """A member left: drop its batches and stop holding it."""
+        """A member left: drop its batches."""
         q = self._queues.pop(peer, None)
         if q is not None:
             self.batches -= len(q)
             del self._bytes[peer]
-        if peer in self._held:
-            self._held.discard(peer)
-            self._release(peer)
 
     def status(self) -> str:
         waiting = ", ".join(f"{peer[-8:]} {len(q)}" for peer, q in self._queues.items())
-        return f"{self.batches} batches ({waiting or 'none'}), {len(self._held)} members held"
+        return f"{self.batches} batches ({waiting or 'none'}), {self.dropped} dropped so far"

@@ -132,8 +132,8 @@ class Node:
             self.net = PeerNetwork(identity, self._net_members, cfg.psk, cfg.p2p_listen,
                                    lock_dir=str(cfg.home / "data"))
             # Tx batches from members wait here for _gossip_loop (each is up to gossip_batch signature checks),
-            # a queue per member: one that sends faster than they are checked is held at the network
-            self.gossip_backlog = GossipBacklog(self.net.hold, self.net.release)
+            # a queue per member, served in turn: one that sends faster than they are checked loses its excess
+            self.gossip_backlog = GossipBacklog()
             # PSK rotations (node.ledger.epochs): the keys this node learned, persisted before use
             self.psk_keys = PskKeys(cfg.member_key_path.parent / "psk.json")
             self._psk_plan: tuple | None = None
@@ -211,8 +211,7 @@ class Node:
                  for pid, st in self.net.peer_status().items()}
         inbox = self.net.inbox.statistics()
         return {"loop_lag_max_ms": round(self.loop_lag.worst() * 1000, 1), "peers": peers,
-                # frames read from the peers but not yet routed, and tx batches waiting for their checks (a
-                # member with too many of them waiting is held: its stream is not read meanwhile)
+                # frames read from the peers but not yet routed, and tx batches waiting for their checks
                 "inbox": f"{inbox.current_buffer_used}/{inbox.max_buffer_size}",
                 "gossip_backlog": self.gossip_backlog.status(),
                 "inbox_full_waits": self.net.stats.get("inbox_full_waits", 0)}
@@ -490,7 +489,7 @@ class Node:
                     if channel == CONSENSUS_CHANNEL:
                         self.driver.message(index, data)
                     elif channel == TX_CHANNEL:
-                        self.gossip_backlog.put(peer, data)  # never waits: a member over its bounds is held
+                        self.gossip_backlog.put(peer, data)  # never waits: past its member's bound, dropped
                 except Exception as exc:
                     # Each frame on its own: the handlers turn malformed input into their own errors, so
                     # reaching here is a bug, but one member's frame must not stop this loop (and with it
