@@ -146,7 +146,7 @@ class Metrics:
         backlog = getattr(node, "gossip_backlog", None)
         if backlog is not None:
             metric("radchain_gossip_backlog_batches", "gauge",
-                   "Tx batches from other members waiting for their checks (a queue per member, served in turn).",
+                   "Tx batches from other members waiting for their checks (a queue per member, served in turn by bytes).",
                    backlog.batches)
             metric("radchain_gossip_backlog_dropped_total", "counter",
                    "Tx batches from other members dropped unchecked: their member already had its bound waiting "

@@ -3,9 +3,12 @@
 Before this there was one shared queue of 64 batches between the router (node.py `_inbox_loop`) and the
 checks (`_gossip_loop`), and the router waited whenever it was full, with every member's consensus frames
 behind it: a member gossiping valid txs as fast as it could delayed everyone's votes by however long the
-checks of its batches took. Now the router never waits, the checks take the members' batches in turn, and a
-member with PEER_BATCHES (or PEER_BYTES) waiting has its further batches dropped until the checks catch up,
-so one member's flood costs the others neither votes nor their turn.
+checks of its batches took. Now the router never waits, the checks take the members in turn (deficit round
+robin over bytes, so a member sending 8 MiB batches gets no more checking per turn than one sending small
+ones), and a member with PEER_BYTES (or PEER_BATCHES) waiting has its further batches dropped until the
+checks catch up, so one member's flood costs the others neither votes nor their turn. The bound is mostly
+bytes: after a link comes back the network delivers what queued while it was down, thousands of small
+batches from an honest member, which should be checked rather than dropped.
 
 A dropped batch is not lost: its txs wait in the sending member's mempool, which sends them again after
 `mempool.rebroadcast_after`, and a proposal naming a tx this node lacks makes it fetch the tx. Holding the
@@ -20,17 +23,21 @@ from collections import OrderedDict, deque
 
 import trio
 
-PEER_BATCHES = 64        # batches one member may have waiting; beyond, its new batches are dropped
-PEER_BYTES = 32 << 20    # or bytes (a batch is at most gossip.MAX_BATCH_BYTES, 8 MiB)
+PEER_BYTES = 32 << 20    # bytes one member may have waiting; beyond, its new batches are dropped
+PEER_BATCHES = 4096      # or batches
+QUANTUM = 256 << 10      # bytes of batches a member's turn adds to its credit (a batch is at most 8 MiB)
 
 
 class GossipBacklog:
-    def __init__(self, *, peer_batches: int = PEER_BATCHES, peer_bytes: int = PEER_BYTES):
-        assert peer_batches >= 1 and peer_bytes > 0
-        self.peer_batches, self.peer_bytes = peer_batches, peer_bytes
-        # members with batches waiting, in the order they are served next; a served member goes to the end
+    def __init__(self, *, peer_batches: int = PEER_BATCHES, peer_bytes: int = PEER_BYTES,
+                 quantum: int = QUANTUM):
+        assert peer_batches >= 1 and peer_bytes > 0 and quantum > 0
+        self.peer_batches, self.peer_bytes, self.quantum = peer_batches, peer_bytes, quantum
+        # members with batches waiting, the one whose turn it is first; a member whose turn ends goes last
         self._queues: OrderedDict[str, deque[bytes]] = OrderedDict()
         self._bytes: dict[str, int] = {}
+        self._credit: dict[str, int] = {}  # bytes a member may still have taken in its turns (deficit)
+        self._turn: str | None = None      # whose turn it is (it got its quantum)
         self._ready = trio.Event()
         self.batches = 0   # waiting, all members together
         self.dropped = 0   # batches dropped because their member had its bound waiting (counter)
@@ -44,6 +51,7 @@ class GossipBacklog:
         if q is None:
             q = self._queues[peer] = deque()
             self._bytes[peer] = 0
+            self._credit[peer] = 0
         elif len(q) >= self.peer_batches or self._bytes[peer] + len(data) > self.peer_bytes:
             self.dropped += 1
             return False
@@ -57,16 +65,22 @@ class GossipBacklog:
         """The next member's oldest batch; trio.WouldBlock when none waits."""
         if not self._queues:
             raise trio.WouldBlock
-        peer, q = next(iter(self._queues.items()))
+        while True:  # ends: each pass gives the member first a quantum or moves on to one that has credit
+            peer, q = next(iter(self._queues.items()))
+            if self._turn != peer:
+                self._turn = peer
+                self._credit[peer] += self.quantum
+            if self._credit[peer] >= len(q[0]):
+                break
+            self._queues.move_to_end(peer)  # its turn is over; it keeps its credit for the next
+            self._turn = None
         data = q.popleft()
+        self._credit[peer] -= len(data)
         self._bytes[peer] -= len(data)
         self.batches -= 1
-        if q:
-            self._queues.move_to_end(peer)
-        else:
-            del self._queues[peer]
-            del self._bytes[peer]
-        assert self.batches >= len(q) and (q or peer not in self._bytes)
+        if not q:  # nothing waits: no credit saved up for later (a member cannot bank turns)
+            del self._queues[peer], self._bytes[peer], self._credit[peer]
+            self._turn = None
         return peer, data
 
     async def take(self) -> tuple[str, bytes]:
@@ -80,7 +94,9 @@ class GossipBacklog:
         q = self._queues.pop(peer, None)
         if q is not None:
             self.batches -= len(q)
-            del self._bytes[peer]
+            del self._bytes[peer], self._credit[peer]
+            if self._turn == peer:
+                self._turn = None
 
     def status(self) -> str:
         waiting = ", ".join(f"{peer[-8:]} {len(q)}" for peer, q in self._queues.items())

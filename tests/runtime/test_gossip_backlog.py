@@ -14,18 +14,33 @@ from node.runtime.gossip_backlog import GossipBacklog
 
 
 def test_a_flooding_member_gets_its_turn_and_no_more():
-    b = GossipBacklog(peer_batches=64)
+    b = GossipBacklog(quantum=3)  # a turn: one 3-byte batch
     for i in range(30):
-        assert b.put("flooder", b"f%d" % i)
-    b.put("honest", b"h0")
-    b.put("other", b"o0")
+        assert b.put("flooder", b"f%02d" % i)
+    b.put("honest", b"h00")
+    b.put("other", b"o00")
     taken = [b.take_nowait() for _ in range(4)]
     # the honest members' batches come second and third, not after the flooder's thirty
-    assert taken == [("flooder", b"f0"), ("honest", b"h0"), ("other", b"o0"), ("flooder", b"f1")]
+    assert taken == [("flooder", b"f00"), ("honest", b"h00"), ("other", b"o00"), ("flooder", b"f01")]
+
+
+def test_turns_are_counted_in_bytes_not_batches():
+    """A member sending batches 8 times larger gets as many bytes checked per turn as one sending small
+    ones, not 8 times more (deficit round robin)."""
+    b = GossipBacklog(quantum=800)
+    for _round in range(20):
+        b.put("big", bytes(800))
+        for _ in range(8):
+            b.put("small", bytes(100))
+    served = {"big": 0, "small": 0}
+    for _ in range(40):
+        peer, data = b.take_nowait()
+        served[peer] += len(data)
+    assert abs(served["big"] - served["small"]) <= 800, served
 
 
 def test_a_member_at_its_bound_loses_its_excess_and_the_others_do_not():
-    b = GossipBacklog(peer_batches=8, peer_bytes=1 << 20)
+    b = GossipBacklog(peer_batches=8, peer_bytes=1 << 20, quantum=2)
     assert all(b.put("flooder", b"x%d" % i) for i in range(8))
     assert not b.put("flooder", b"excess")
     assert b.put("honest", b"h"), "another member's batch still goes in"
@@ -82,14 +97,15 @@ ops = st.lists(st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=ops, peer_batches=st.integers(1, 6), peer_bytes=st.integers(100, 2000))
-def test_against_a_model(ops, peer_batches, peer_bytes):
+@given(ops=ops, peer_batches=st.integers(1, 6), peer_bytes=st.integers(100, 2000), quantum=st.integers(1, 900))
+def test_against_a_model(ops, peer_batches, peer_bytes, quantum):
     """Per member FIFO, nothing invented, a batch dropped exactly when its member had its bound waiting, and
-    the members served in turn."""
-    b = GossipBacklog(peer_batches=peer_batches, peer_bytes=peer_bytes)
+    the members served in turn: while another member waits, one member's consecutive batches add up to at
+    most a quantum plus one batch."""
+    b = GossipBacklog(peer_batches=peer_batches, peer_bytes=peer_bytes, quantum=quantum)
     model: dict[str, deque[bytes]] = {}
     dropped = seq = 0
-    last_served: list[tuple[str, set[str]]] = []
+    run: tuple[str, int, set[str]] | None = None  # (member, bytes, who waited throughout) of the latest run
     for op, peer, size in ops:
         if op == "put":
             seq += 1
@@ -109,14 +125,16 @@ def test_against_a_model(ops, peer_batches, peer_bytes):
             waiting = {p for p, q in model.items() if q}
             peer, data = b.take_nowait()
             assert model[peer].popleft() == data
-            # in turn: not served twice in a row past a member that waited at both takes
-            if last_served and last_served[-1][0] == peer:
-                assert not (waiting & last_served[-1][1]) - {peer}
-            last_served.append((peer, waiting))
+            if run is not None and run[0] == peer:
+                run = (peer, run[1] + len(data), run[2] & waiting)
+            else:
+                run = (peer, len(data), waiting)
+            if run[2] - {peer}:  # someone else waited throughout this member's run
+                assert run[1] <= quantum + 404, run  # a batch here is at most 404 bytes
         else:
             b.forget(peer)
             model.pop(peer, None)
-            if last_served:  # if it comes back, it is a new member: it waits its turn from the end
-                last_served[-1][1].discard(peer)
+            if run is not None:  # if it comes back, it is a new member: it waits its turn from the end
+                run[2].discard(peer)
         assert len(b) == sum(map(len, model.values()))
         assert b.dropped == dropped
