@@ -19,6 +19,12 @@
    half a window in flight while the update is on its way, so a reader that keeps reading never stalls it;
    a reader that stops is what should stall it.
    Measured: `python -m bench.trickle`.
+4. Yamux frames written whole: `Yamux._write_frame` writes under the connection's write lock but can be
+   cancelled halfway (a request given up on its timeout, the OPRF client cancelling the slowest member once
+   it has t answers), when the socket's buffer is full; the next writer's frame then follows half a Noise
+   message, the member cannot decrypt the connection and drops it, with its consensus stream and the frames
+   already written after the cut. The replacement writes each frame shielded from cancellation, for at most
+   FRAME_WRITE_SECONDS; a frame not written by then closes the connection (it cannot carry another).
 Each patch checks the original's source first and is skipped (with a warning) if it changed.
 """
 
@@ -29,6 +35,7 @@ import logging
 import struct
 
 import trio
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
@@ -39,6 +46,8 @@ log = logging.getLogger("radchain.network")
 _ORIG_WRITE = _yamux.YamuxStream.write
 _ORIG_RTT = _yamux.Yamux._measure_rtt_loop
 _ORIG_CREDIT = _yamux.YamuxStream._auto_tune_and_send_window_update
+_ORIG_WRITE_FRAME = _yamux.Yamux._write_frame
+FRAME_WRITE_SECONDS = 5.0
 _applied = False
 
 
@@ -99,6 +108,23 @@ async def _credit_at_half_window(self: _yamux.YamuxStream, *, bytes_read: int = 
         await self.send_window_update(increment, skip_lock=True)
 
 
+async def _write_frame_whole(self: _yamux.Yamux, data: bytes) -> None:
+    """`Yamux._write_frame` of 0.8.1 (without its debug log), the frame written whole or the connection closed."""
+    async with self._write_lock:  # waiting for the lock may be cancelled: nothing is written yet
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(FRAME_WRITE_SECONDS) as late:
+                await self.secured_conn.write(data)
+            if late.cancelled_caught:
+                log.warning("a yamux frame was not written within %.0f s: closing the connection", FRAME_WRITE_SECONDS)
+                with trio.move_on_after(1):
+                    try:
+                        await self.secured_conn.close()
+                    except Exception:
+                        pass
+                raise RawConnError("connection closed: a frame could not be written whole")
+    await trio.lowlevel.checkpoint()
+
+
 def apply_patches() -> None:
     global _applied
     if _applied:
@@ -119,3 +145,8 @@ def apply_patches() -> None:
         _yamux.YamuxStream._auto_tune_and_send_window_update = _credit_at_half_window  # type: ignore[method-assign]
     else:  # pragma: no cover
         log.warning("py-libp2p yamux window credit changed: half-window credit NOT applied")
+    frame_src = inspect.getsource(_ORIG_WRITE_FRAME)
+    if "async with self._write_lock:" in frame_src and "await self.secured_conn.write(data)" in frame_src:
+        _yamux.Yamux._write_frame = _write_frame_whole  # type: ignore[method-assign]
+    else:  # pragma: no cover
+        log.warning("py-libp2p Yamux._write_frame changed: whole-frame writes NOT applied")
