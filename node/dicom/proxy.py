@@ -169,7 +169,7 @@ class Association:
         self.staged: dict = {}
         self.closed = False
         self.aborting = False  # _abort was called: run() sends the A-ABORTs once the relays have stopped
-        self.cut: set[int] = set()  # id() of a stream a relay was cancelled while sending on (mid-PDU)
+        self.cut: set[trio.SocketStream] = set()  # streams a relay was cancelled while sending on (mid-PDU)
         self.failed: dict = {}  # prepare key -> the error its job raised, for _close_journal
         self.lock = threading.Lock()
         self.nursery: trio.Nursery | None = None
@@ -411,9 +411,9 @@ class Association:
         self.proxy.stats["events"] += len(events)
 
     async def _send(self, dst: trio.SocketStream, data: bytes) -> None:
-        self.cut.add(id(dst))  # still there if this send is cancelled: the stream may end mid-PDU
+        self.cut.add(dst)  # still there if this send is cancelled: the stream may end mid-PDU
         await dst.send_all(data)
-        self.cut.discard(id(dst))
+        self.cut.discard(dst)
 
     def _abort(self, why: str) -> None:
         """Have run() send A-ABORT both ways once the relays have stopped (the caller raises, which stops
@@ -428,7 +428,7 @@ class Association:
         """An A-ABORT to each side, 2 s each, the PACS first; a side whose stream a relay left mid-PDU gets
         none (it would read the abort's bytes as the rest of that PDU): closing it is all it can be told."""
         for stream in (self.pacs, self.client):
-            if id(stream) in self.cut:
+            if stream in self.cut:
                 continue
             with trio.CancelScope(shield=True), trio.move_on_after(2):  # also while the proxy shuts down
                 try:

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -326,14 +327,12 @@ def start_proxy(home: Path, orthanc: Orthanc, *extra: str) -> tuple[ProcessHandl
 
 # -- a hand-made SCU that can put malformed bytes on the wire (pynetdicom and dcmtk re-encode) -------------
 def _item(item_type: int, payload: bytes) -> bytes:
-    import struct
     return bytes([item_type, 0]) + struct.pack(">H", len(payload)) + payload
 
 
 def associate_rq(calling: str = "MODALITY1", called: str = "ORTHANC",
                  sop_class: str = "1.2.840.10008.5.1.4.1.1.2", ts: str = "1.2.840.10008.1.2") -> bytes:
     """An A-ASSOCIATE-RQ proposing one presentation context (id 1) and a 16 KiB maximum PDU."""
-    import struct
     ctx = bytes([1, 0, 0, 0]) + _item(0x30, sop_class.encode()) + _item(0x40, ts.encode())
     user = _item(0x51, struct.pack(">I", 16384))
     body = (struct.pack(">H", 1) + b"\0\0" + called.encode().ljust(16) + calling.encode().ljust(16) + bytes(32)
@@ -344,8 +343,6 @@ def associate_rq(calling: str = "MODALITY1", called: str = "ORTHANC",
 def command_set(sop_class: str, command_field: int, *, message_id: int = 1, has_dataset: bool = True,
                 sop_uid: str | None = None, move_destination: str | None = None) -> bytes:
     """A DIMSE command set, implicit VR little endian, with its CommandGroupLength."""
-    import struct
-
     from pydicom.dataset import Dataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
@@ -369,7 +366,6 @@ def command_set(sop_class: str, command_field: int, *, message_id: int = 1, has_
 
 def p_data(payload: bytes, header: int, context_id: int = 1) -> bytes:
     """A P-DATA-TF carrying one PDV (header 0x03: last command fragment, 0x02: last data set fragment)."""
-    import struct
     item = struct.pack(">I", len(payload) + 2) + bytes([context_id, header]) + payload
     return bytes([4, 0]) + struct.pack(">I", len(item)) + item
 
@@ -380,8 +376,6 @@ def raw_store(port: int, dataset: bytes, *, calling: str = "MODALITY1", called: 
               move_destination: str | None = None) -> bytes:
     """Associate (transfer syntax `ts`, implicit VR LE by default), send one request (C-STORE by default;
     0x0020 for C-FIND with sop_class a FIND model) with `dataset` bytes as-is, return what came back."""
-    import struct
-
     rq = associate_rq(calling, called, sop_class, ts)
     raw = command_set(sop_class, command_field, sop_uid=sop_uid, move_destination=move_destination)
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -503,7 +497,6 @@ DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 
 def _el(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
     """One explicit VR little endian element."""
-    import struct
     if len(value) % 2:
         value += b"\0" if vr == b"UI" else b" "
     if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
@@ -513,7 +506,6 @@ def _el(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
 
 def dicom_file(dataset: bytes, ts: str) -> bytes:
     """PS3.10 file: preamble, DICM, a minimal meta group naming transfer syntax `ts`, then `dataset`."""
-    import struct
     meta = _el(0x0002, 0x0001, b"OB", b"\0\1") + _el(0x0002, 0x0010, b"UI", ts.encode())
     return bytes(128) + b"DICM" + _el(0x0002, 0x0000, b"UL", struct.pack("<I", len(meta))) + meta + dataset
 
@@ -526,7 +518,6 @@ def ident_elements(patient: str = "RC-BOMB-1", study: str = "1.2.826.0.1.3680043
 
 def nested_sequences(depth: int = 3000, explicit: bool = True, close: bool = True) -> bytes:
     """`depth` undefined-length sequences, each in an undefined-length item of the one before."""
-    import struct
     sq = (struct.pack("<HH2sxxI", 0x0040, 0xA730, b"SQ", 0xFFFFFFFF) if explicit
           else struct.pack("<HHI", 0x0040, 0xA730, 0xFFFFFFFF))
     item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
@@ -537,7 +528,6 @@ def nested_sequences(depth: int = 3000, explicit: bool = True, close: bool = Tru
 def deflate_bomb(inflated: int = 200 << 20) -> bytes:
     """A deflated data set (raw deflate) that inflates to `inflated` bytes: identifiers, then one huge OB
     element of zeros. 200 MiB deflates to about 200 KB."""
-    import struct
     import zlib
     head = ident_elements() + struct.pack("<HH2sxxI", 0x0009, 0x1010, b"OB", inflated)
     c = zlib.compressobj(9, zlib.DEFLATED, -15)

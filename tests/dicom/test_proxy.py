@@ -205,6 +205,17 @@ class _Tap:
         self.listener.close()
 
 
+def _proxy_behind(tap: _Tap, home, tmp_path) -> tuple[ProcessHandle, int]:
+    port = free_port()
+    p = ProcessHandle([RADCHAIN, "dicom-proxy", "--home", str(home), "--listen", f"127.0.0.1:{port}",
+                       "--pacs", f"ORTHANC@127.0.0.1:{tap.port}"], tmp_path / "proxy.log", ready_port=port)
+    return p.start(), port
+
+
+ECHO = p_data(command_set(VERIFICATION, 0x0030, has_dataset=False), 0x03)  # a C-ECHO-RQ, context 1
+ECHO_OK = b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00"  # (0000,0900) Status 0 in a command set
+
+
 def _read_pdu(s: socket.socket) -> bytes:
     got = b""
     while len(got) < 6 or len(got) < 6 + struct.unpack(">I", got[2:6])[0]:
@@ -219,9 +230,7 @@ def test_a_pdu_the_proxy_refuses_never_reaches_the_pacs(home, rpc, orthanc, tmp_
     """Each chunk a modality sends is parsed before it is forwarded: bytes the proxy refuses (here a PDU type
     the Upper Layer does not define) end the association on both sides and never reach the PACS."""
     tap = _Tap(orthanc.dicom_port)
-    port = free_port()
-    p = ProcessHandle([RADCHAIN, "dicom-proxy", "--home", str(home), "--listen", f"127.0.0.1:{port}",
-                       "--pacs", f"ORTHANC@127.0.0.1:{tap.port}"], tmp_path / "proxy.log", ready_port=port).start()
+    p, port = _proxy_behind(tap, home, tmp_path)
     refused = {  # what each bad chunk is, as the proxy's journal has it
         "an undefined PDU type": bytes([0x55, 0]) + struct.pack(">I", 12) + b"RC-NOT-SENT!",
         "a P-DATA-TF over the size limit": bytes([4, 0]) + struct.pack(">I", ul.MAX_PDU + 1) + b"RC-NOT-SENT!",
@@ -234,15 +243,13 @@ def test_a_pdu_the_proxy_refuses_never_reaches_the_pacs(home, rpc, orthanc, tmp_
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
                 s.sendall(associate_rq(sop_class=VERIFICATION))
                 assert _read_pdu(s)[0] == 2, "association accepted"
-                echo = p_data(command_set(VERIFICATION, 0x0030, has_dataset=False), 0x03)
-                s.sendall(echo)
+                s.sendall(ECHO)
                 rsp = _read_pdu(s)
-                assert rsp[0] == 4 and b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00" in rsp, "C-ECHO answered"
-                assert bytes(tap.upstream[n]).endswith(echo)
+                assert rsp[0] == 4 and ECHO_OK in rsp, "C-ECHO answered"
+                assert bytes(tap.upstream[n]).endswith(ECHO)
                 s.sendall(chunk)
                 assert _read_pdu(s) == ul.abort(), f"{what}: the modality gets an A-ABORT"
-            wait_for(lambda n=n, echo=echo: bytes(tap.upstream[n]).endswith(echo + ul.abort()), 5,
-                     what="the PACS's A-ABORT")
+            wait_for(lambda n=n: bytes(tap.upstream[n]).endswith(ECHO + ul.abort()), 5, what="the PACS's A-ABORT")
         wait_for(lambda: len([j for j in _journal(home) if j["what"] == "association-aborted-by-proxy"]) == 10,
                  10, what="every abort journaled")
         assert len(tap.upstream) == 10 and not [b for b in tap.upstream if b"RC-NOT-SENT!" in b]
@@ -258,10 +265,7 @@ def test_an_abort_while_the_modality_is_not_reading_leaves_the_proxy_clean(home,
     the modality sends bytes the proxy refuses: the association is aborted and journaled, no crash is logged,
     and the proxy goes on serving. (Sending the A-ABORT there and then collided with that waiting send.)"""
     tap = _Tap(orthanc.dicom_port)
-    port = free_port()
-    p = ProcessHandle([RADCHAIN, "dicom-proxy", "--home", str(home), "--listen", f"127.0.0.1:{port}",
-                       "--pacs", f"ORTHANC@127.0.0.1:{tap.port}"], tmp_path / "proxy.log", ready_port=port).start()
-    echo = p_data(command_set(VERIFICATION, 0x0030, has_dataset=False), 0x03)
+    p, port = _proxy_behind(tap, home, tmp_path)
     try:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -269,7 +273,7 @@ def test_an_abort_while_the_modality_is_not_reading_leaves_the_proxy_clean(home,
             s.connect(("127.0.0.1", port))
             s.sendall(associate_rq(sop_class=VERIFICATION))
             assert _read_pdu(s)[0] == 2, "association accepted"
-            s.sendall(echo)
+            s.sendall(ECHO)
             assert _read_pdu(s)[0] == 4, "C-ECHO answered"
             # an N-EVENT-REPORT with an 8 MiB data set, from the PACS's side, that the modality never reads
             flood = p_data(command_set(VERIFICATION, 0x0100), 0x01 | 0x02)
@@ -293,8 +297,8 @@ def test_an_abort_while_the_modality_is_not_reading_leaves_the_proxy_clean(home,
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # still serving
             s.sendall(associate_rq(sop_class=VERIFICATION))
             assert _read_pdu(s)[0] == 2
-            s.sendall(echo)
-            assert _read_pdu(s)[0] == 4
+            s.sendall(ECHO)
+            assert ECHO_OK in _read_pdu(s)
         assert p.running()
     finally:
         p.stop()
